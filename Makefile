@@ -1,0 +1,44 @@
+# gradwatch: every target does its own set-up on a fresh Debian machine.
+#   make demo   the daemon on the embedded reference model and sample, with a corruption schedule
+#   make test   fmt + clippy + the whole test suite (needs no ../shared)
+
+SHELL := /bin/bash
+CARGO ?= cargo
+ORT_DIR := .ort/host
+export ORT_DYLIB_PATH ?= $(CURDIR)/$(ORT_DIR)/libonnxruntime.so
+# Debian packages the build and the tests need (bindgen for v4l, the MQTT test broker).
+APT_PACKAGES := libclang-dev pkg-config mosquitto python3-pip unzip
+
+.PHONY: deps ort build release test lint demo bench clean
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+ort: deps
+	scripts/fetch-onnxruntime.sh
+
+build: ort
+	$(CARGO) build --release --locked
+
+release: build
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+test: ort lint
+	$(CARGO) test --locked --release
+
+demo: build
+	./target/release/gradwatch run --config config/demo.toml
+
+bench: ort
+	$(CARGO) bench --locked --bench gradient
+
+clean:
+	$(CARGO) clean
