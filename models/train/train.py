@@ -187,6 +187,8 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--checkpoint", default="out/train/checkpoint.pt")
     ap.add_argument("--smoke", action="store_true", help="tiny run to check the script end to end")
+    ap.add_argument("--init", help="start from this checkpoint's weights, with a plain linearly decaying "
+                                   "learning rate (no warm-up): the second stage of a two-stage run")
     args = ap.parse_args()
 
     if args.threads:
@@ -216,9 +218,20 @@ def main():
     model = ResNet18(43).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     steps_per_epoch = math.ceil(min(args.samples_per_epoch, len(ytr)) / args.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch,
-                                                pct_start=0.25)
-    gen = torch.Generator().manual_seed(args.seed)
+    total_steps = args.epochs * steps_per_epoch
+    if args.init:
+        ck = torch.load(args.init, map_location=device, weights_only=False)  # our own checkpoint
+        model.load_state_dict(ck["model"])
+        # Keep the first stage's normalisation so the weights see the inputs they learnt on.
+        mean, std = ck["mean"], ck["std"]
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).to(device)
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1).to(device)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total_steps))
+        gen_seed = args.seed + 1
+    else:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total_steps, pct_start=0.25)
+        gen_seed = args.seed
+    gen = torch.Generator().manual_seed(gen_seed)
     xtr_t = to_float(xtr)
     ytr_t = torch.from_numpy(ytr)
     t0 = time.time()

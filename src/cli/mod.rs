@@ -1,0 +1,37 @@
+//! The `gradwatch` command line: one subcommand per capability.
+
+mod compile;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for a bad configuration or bad arguments (systemd treats it as a failure to start).
+pub const EXIT_CONFIG: i32 = 2;
+
+/// gradwatch: tells when a camera classifier looks at input it does not understand.
+#[derive(Parser, Debug)]
+#[command(name = "gradwatch", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Compile an ONNX classifier into its gradient-feature graph.
+    Compile(compile::CompileArgs),
+}
+
+/// Parses arguments, runs the subcommand, returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Compile(a) => compile::run(a),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}

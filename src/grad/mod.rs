@@ -1,0 +1,594 @@
+//! The gradient compiler: any ONNX classifier in, an ONNX graph that also outputs the
+//! per-sample squared gradient norm of every parameter tensor out.
+//!
+//! This is the paper's "gradient generation framework" (Lee & AlRegib, ICIP 2020) done ahead
+//! of time on the graph, so that a stock ONNX Runtime computes the gradients as an ordinary
+//! inference graph with standard `ai.onnx` operators only (what TensorRT's parser accepts).
+//!
+//! For logits `z` (C classes) and a confounding label `y` (all ones by default) the loss is
+//! `J = -(1/C) sum_i [y_i log s(z_i) + (1-y_i) log(1-s(z_i))]`, so `dJ/dz = (s(z) - y)/C`.
+//! The backward pass is emitted op by op; each parameter tensor's per-sample squared norm is
+//! computed without materialising per-sample gradients where a cheaper identity exists:
+//! Gemm `||dW||^2 = ||delta||^2 ||x||^2`, Conv by im2col (`delta P^T`) or the "ghost norm"
+//! `sum((delta^T delta) * (P^T P))`, chosen per layer by cost, BatchNormalization scale/shift
+//! as spatial reductions.
+
+mod builder;
+mod ops;
+
+use std::collections::{HashMap, HashSet};
+
+use crate::onnx::{self, attr, GraphProto, ModelProto, NodeProto, OnnxError, TensorProto};
+use builder::Builder;
+
+/// Operators the compiler differentiates through.
+pub const SUPPORTED_OPS: &[&str] = &[
+    "Conv",
+    "BatchNormalization",
+    "Relu",
+    "LeakyRelu",
+    "Clip",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "ReduceMean",
+    "Flatten",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "Concat",
+    "Gemm",
+    "MatMul",
+    "Identity",
+    "Dropout",
+    "Pad",
+    "Constant",
+    "Softmax",
+];
+
+/// Metadata key holding the JSON list of feature (parameter tensor) names.
+pub const META_FEATURES: &str = "gradwatch.features";
+/// Metadata key holding the loss the features were compiled with.
+pub const META_LOSS: &str = "gradwatch.loss";
+/// Metadata key holding the confounding label.
+pub const META_LABEL: &str = "gradwatch.label";
+
+/// Output names of a compiled graph.
+pub mod outputs {
+    /// `[N, C]` logits.
+    pub const LOGITS: &str = "logits";
+    /// `[N, P]` squared gradient norms, one per parameter tensor.
+    pub const FEATURES: &str = "grad_features";
+    /// `[N, D]` input of the last Gemm/MatMul.
+    pub const PENULTIMATE: &str = "penultimate";
+    /// Gradient of the loss with respect to the model input, shaped like the input.
+    pub const INPUT_GRAD: &str = "input_grad";
+    /// Graph input of a graph compiled with [`super::Loss::Odin`]: the temperature, shape `[1]`.
+    pub const TEMPERATURE: &str = "temperature";
+}
+
+/// The loss whose gradient the features measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Loss {
+    /// Binary cross-entropy on the logits against the confounding label (the paper).
+    #[default]
+    BceLogits,
+    /// Binary cross-entropy on the softmax probabilities against the confounding label
+    /// (the pytorch-ood variant): `J = -(1/C) sum_i [y_i log p_i + (1-y_i) log(1-p_i)]`, `p = softmax(z)`.
+    BceSoftmax,
+    /// ODIN's loss, `-log softmax(z/T)[argmax z]`, with the temperature as a graph input
+    /// (`temperature`, shape `[1]`); compile with `input_grad` for the input perturbation.
+    Odin,
+}
+
+impl Loss {
+    /// The command-line / metadata name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::BceLogits => "bce-logits",
+            Loss::BceSoftmax => "bce-softmax",
+            Loss::Odin => "odin",
+        }
+    }
+}
+
+impl std::str::FromStr for Loss {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bce-logits" => Ok(Loss::BceLogits),
+            "bce-softmax" => Ok(Loss::BceSoftmax),
+            "odin" => Ok(Loss::Odin),
+            _ => Err(format!("unknown loss '{s}' (expected bce-logits, bce-softmax or odin)")),
+        }
+    }
+}
+
+/// How a Conv layer's per-sample weight-gradient norm is formed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ConvNorm {
+    /// The cheaper of the two per layer (by multiply-accumulate count).
+    #[default]
+    Auto,
+    /// `||delta P^T||^2` (cost ~ Cout * Cin k^2 * HW).
+    Im2col,
+    /// `sum((delta^T delta) * (P^T P))` (cost ~ (HW)^2 (Cout + Cin k^2)).
+    Ghost,
+}
+
+/// Options of [`compile`].
+#[derive(Clone, Debug, Default)]
+pub struct CompileOptions {
+    /// The loss.
+    pub loss: Loss,
+    /// The confounding label (0/1 per class, not exactly one 1); `None` is all ones.
+    pub label: Option<Vec<f32>>,
+    /// Also output `penultimate`.
+    pub penultimate: bool,
+    /// Also output `input_grad`.
+    pub input_grad: bool,
+    /// Conv norm formulation.
+    pub conv_norm: ConvNorm,
+}
+
+/// A compiled model and what the compiler learnt about it.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    /// The gradient graph.
+    pub model: ModelProto,
+    /// Parameter tensor names, in graph order: the columns of `grad_features`.
+    pub features: Vec<String>,
+    /// Number of classes (width of `logits`).
+    pub num_classes: usize,
+    /// Name of the model's image input.
+    pub input_name: String,
+    /// Per-sample shape of the input (without the batch axis).
+    pub input_shape: Vec<usize>,
+    /// Width of `penultimate`, when requested and found.
+    pub penultimate_dim: Option<usize>,
+    /// For each Conv weight, the norm formulation chosen (`im2col` or `ghost`).
+    pub conv_plans: Vec<(String, &'static str)>,
+}
+
+/// Why a model could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum GradError {
+    /// The model itself is malformed.
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    /// An operator the compiler cannot differentiate.
+    #[error("unsupported operator '{op}' (node '{node}'); gradwatch compiles: {}", SUPPORTED_OPS.join(", "))]
+    Unsupported {
+        /// Operator type.
+        op: String,
+        /// Node name.
+        node: String,
+    },
+    /// A supported operator used in a way the compiler cannot handle.
+    #[error("node '{node}' ({op}): {why}")]
+    Node {
+        /// Node name.
+        node: String,
+        /// Operator type.
+        op: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The model as a whole does not fit (inputs, outputs, opset, options).
+    #[error("{0}")]
+    Model(String),
+}
+
+pub(crate) fn node_err(n: &NodeProto, why: impl Into<String>) -> GradError {
+    GradError::Node { node: n.name.clone(), op: n.op_type.clone(), why: why.into() }
+}
+
+/// What the analysis knows while compiling.
+pub(crate) struct Ctx {
+    /// Constant tensors: initializers and Constant-node outputs.
+    pub consts: HashMap<String, TensorProto>,
+    /// Per-sample shapes of activations (tensors carrying the batch axis first).
+    pub shapes: HashMap<String, Vec<usize>>,
+    /// Values that depend on a parameter (their gradient is needed).
+    pub param_dep: HashSet<String>,
+    /// Parameter tensors -> per-sample squared norm tensor `[N]`.
+    pub norms: HashMap<String, String>,
+    /// Parameters in graph order.
+    pub params: Vec<String>,
+    /// Conv plans chosen.
+    pub conv_plans: Vec<(String, &'static str)>,
+    /// Compute gradients for every activation (the input gradient is wanted).
+    pub all_grads: bool,
+    pub conv_norm: ConvNorm,
+    pub b: Builder,
+}
+
+impl Ctx {
+    pub fn is_act(&self, name: &str) -> bool {
+        self.shapes.contains_key(name)
+    }
+
+    pub fn shape(&self, n: &NodeProto, name: &str) -> Result<Vec<usize>, GradError> {
+        self.shapes.get(name).cloned().ok_or_else(|| node_err(n, format!("input '{name}' has no known shape")))
+    }
+
+    /// Whether the gradient of activation `name` must be formed.
+    pub fn wants_grad(&self, name: &str) -> bool {
+        self.is_act(name) && (self.all_grads || self.param_dep.contains(name))
+    }
+
+    pub fn const_f32(&self, n: &NodeProto, name: &str) -> Result<ndarray::ArrayD<f32>, GradError> {
+        let t = self.consts.get(name).ok_or_else(|| node_err(n, format!("input '{name}' must be a constant")))?;
+        Ok(onnx::tensor_f32(t)?)
+    }
+
+    pub fn const_i64(&self, n: &NodeProto, name: &str) -> Result<Vec<i64>, GradError> {
+        let t = self.consts.get(name).ok_or_else(|| node_err(n, format!("input '{name}' must be a constant")))?;
+        Ok(onnx::tensor_i64(t)?.iter().copied().collect())
+    }
+
+    pub fn const_dims(&self, n: &NodeProto, name: &str) -> Result<Vec<usize>, GradError> {
+        let t = self.consts.get(name).ok_or_else(|| node_err(n, format!("input '{name}' must be a constant")))?;
+        Ok(t.dims.iter().map(|&d| d.max(0) as usize).collect())
+    }
+
+    /// Records a parameter's per-sample squared norm.
+    pub fn add_norm(&mut self, n: &NodeProto, param: &str, norm: String) -> Result<(), GradError> {
+        if self.norms.insert(param.to_string(), norm).is_some() {
+            return Err(node_err(
+                n,
+                format!("parameter '{param}' is used by more than one node; shared weights are not supported"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The parameter inputs of a node (constant inputs that are trained weights).
+fn param_inputs(
+    n: &NodeProto,
+    consts: &HashMap<String, TensorProto>,
+    producers: &HashMap<String, &NodeProto>,
+) -> Vec<String> {
+    let is_const = |i: usize| n.input.get(i).is_some_and(|s| !s.is_empty() && consts.contains_key(s));
+    let pick = |idx: &[usize]| idx.iter().filter(|&&i| is_const(i)).map(|&i| n.input[i].clone()).collect::<Vec<_>>();
+    match n.op_type.as_str() {
+        "Conv" => pick(&[1, 2]),
+        "Gemm" => pick(&[1, 2]),
+        "MatMul" => pick(&[1]),
+        "BatchNormalization" => pick(&[1, 2]),
+        // MatMul + Add is how some exporters write a Gemm: the Add's constant is its bias.
+        "Add" => {
+            let after_matmul =
+                (0..2).any(|i| n.input.get(i).and_then(|s| producers.get(s)).is_some_and(|p| p.op_type == "MatMul"));
+            if after_matmul {
+                pick(&[0, 1])
+            } else {
+                vec![]
+            }
+        }
+        _ => vec![],
+    }
+}
+
+fn constant_node_value(n: &NodeProto) -> Result<TensorProto, GradError> {
+    let a = onnx::Attrs::of(n);
+    if let Some(t) = a.tensor("value")? {
+        let mut t = t.clone();
+        t.name = n.output[0].clone();
+        return Ok(t);
+    }
+    for at in &n.attribute {
+        let name = n.output[0].as_str();
+        match at.name.as_str() {
+            "value_float" => return Ok(onnx::make_tensor_f32(name, &[], &[at.f])),
+            "value_floats" => return Ok(onnx::make_tensor_f32(name, &[at.floats.len()], &at.floats)),
+            "value_int" => return Ok(onnx::make_tensor_i64(name, &[], &[at.i])),
+            "value_ints" => return Ok(onnx::make_tensor_i64(name, &[at.ints.len()], &at.ints)),
+            _ => {}
+        }
+    }
+    Err(node_err(n, "Constant without a value gradwatch can read"))
+}
+
+/// Compiles a classifier into its gradient graph.
+pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, GradError> {
+    let graph = model.graph.as_ref().ok_or(OnnxError::NoGraph)?;
+    let opset =
+        onnx::default_opset(model).ok_or_else(|| GradError::Model("the model imports no ai.onnx opset".into()))?;
+    if opset < 13 {
+        return Err(GradError::Model(format!(
+            "opset {opset} is too old; re-export the model with opset 13 or newer (e.g. torch.onnx.export(..., opset_version=17))"
+        )));
+    }
+    for n in &graph.node {
+        if !(n.domain.is_empty() || n.domain == "ai.onnx") {
+            return Err(GradError::Unsupported { op: format!("{}:{}", n.domain, n.op_type), node: n.name.clone() });
+        }
+    }
+
+    // Constants.
+    let mut consts: HashMap<String, TensorProto> =
+        graph.initializer.iter().map(|t| (t.name.clone(), t.clone())).collect();
+    for n in &graph.node {
+        if n.op_type == "Constant" {
+            if n.output.len() != 1 {
+                return Err(node_err(n, "Constant must have one output"));
+            }
+            consts.insert(n.output[0].clone(), constant_node_value(n)?);
+        } else if n.op_type == "Identity" && n.output.len() == 1 {
+            // Exporters alias equal initializers through Identity (PyTorch does for equal BN biases).
+            if let Some(t) = n.input.first().and_then(|i| consts.get(i)) {
+                let mut t = t.clone();
+                t.name = n.output[0].clone();
+                consts.insert(n.output[0].clone(), t);
+            }
+        }
+    }
+
+    // The image input.
+    let inputs: Vec<_> = graph.input.iter().filter(|i| !consts.contains_key(&i.name)).collect();
+    let input = match inputs.as_slice() {
+        [one] => *one,
+        _ => {
+            return Err(GradError::Model(format!(
+                "expected exactly one (image) input, found {}: {:?}",
+                inputs.len(),
+                inputs.iter().map(|i| &i.name).collect::<Vec<_>>()
+            )))
+        }
+    };
+    let (elem, dims) = onnx::value_info_shape(input)
+        .ok_or_else(|| GradError::Model(format!("input '{}' has no tensor shape", input.name)))?;
+    if elem != onnx::data_type::FLOAT {
+        return Err(GradError::Model(format!("input '{}' must be float32 (found type {elem})", input.name)));
+    }
+    let input_shape: Vec<usize> =
+        dims.iter().skip(1).map(|d| d.map(|v| v as usize)).collect::<Option<_>>().ok_or_else(|| {
+            GradError::Model(format!("input '{}' must have static dims after the batch axis: {dims:?}", input.name))
+        })?;
+    if dims.is_empty() {
+        return Err(GradError::Model(format!("input '{}' must have a batch axis", input.name)));
+    }
+
+    // The logits: the first output, or the input of a trailing Softmax.
+    let producers: HashMap<String, &NodeProto> =
+        graph.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.clone(), n))).collect();
+    let out0 = graph.output.first().ok_or_else(|| GradError::Model("the model has no outputs".into()))?;
+    let mut logits = out0.name.clone();
+    if let Some(p) = producers.get(&logits) {
+        if p.op_type == "Softmax" || p.op_type == "LogSoftmax" {
+            logits = p.input[0].clone();
+        }
+    }
+
+    // Nodes that the logits depend on.
+    let mut needed_vals: HashSet<String> = HashSet::from([logits.clone()]);
+    let mut needed = vec![false; graph.node.len()];
+    for (i, n) in graph.node.iter().enumerate().rev() {
+        if n.output.iter().any(|o| needed_vals.contains(o)) {
+            needed[i] = true;
+            needed_vals.extend(n.input.iter().filter(|s| !s.is_empty()).cloned());
+        }
+    }
+
+    let mut taken: HashSet<String> = consts.keys().cloned().collect();
+    taken.extend(graph.node.iter().flat_map(|n| n.output.iter().cloned()));
+    taken.extend(graph.input.iter().map(|i| i.name.clone()));
+    taken.extend(graph.node.iter().map(|n| n.name.clone()));
+    let mut ctx = Ctx {
+        consts,
+        shapes: HashMap::from([(input.name.clone(), input_shape.clone())]),
+        param_dep: HashSet::new(),
+        norms: HashMap::new(),
+        params: Vec::new(),
+        conv_plans: Vec::new(),
+        all_grads: opts.input_grad,
+        conv_norm: opts.conv_norm,
+        b: Builder::new(opset, taken),
+    };
+
+    // Forward analysis: shapes, parameters, dependence on parameters.
+    let mut fwd: Vec<&NodeProto> = Vec::new();
+    let mut last_linear: Option<(String, usize)> = None;
+    for (i, n) in graph.node.iter().enumerate() {
+        if !needed[i] || n.output.iter().all(|o| ctx.consts.contains_key(o)) {
+            continue;
+        }
+        if !SUPPORTED_OPS.contains(&n.op_type.as_str()) {
+            return Err(GradError::Unsupported { op: n.op_type.clone(), node: n.name.clone() });
+        }
+        if n.op_type == "Softmax" {
+            return Err(node_err(n, "Softmax is supported only as the model's final node"));
+        }
+        if !n.input.iter().any(|s| ctx.is_act(s)) {
+            return Err(node_err(n, "computes on constants only; fold constants first (e.g. onnxsim)"));
+        }
+        let shape = ops::forward_shape(n, &ctx)?;
+        let out = n.output.first().ok_or_else(|| node_err(n, "node has no output"))?;
+        let params = param_inputs(n, &ctx.consts, &producers);
+        if !params.is_empty() || n.input.iter().any(|s| ctx.param_dep.contains(s)) {
+            ctx.param_dep.insert(out.clone());
+        }
+        if matches!(n.op_type.as_str(), "Gemm" | "MatMul") {
+            let a = &n.input[0];
+            if let Some(s) = ctx.shapes.get(a) {
+                last_linear = Some((a.clone(), s.iter().product()));
+            }
+        }
+        ctx.params.extend(params);
+        ctx.shapes.insert(out.clone(), shape);
+        fwd.push(n);
+    }
+    let logits_shape =
+        ctx.shapes.get(&logits).cloned().ok_or_else(|| {
+            GradError::Model(format!("output '{logits}' does not depend on the input '{}'", input.name))
+        })?;
+    let num_classes = match logits_shape.as_slice() {
+        [c] => *c,
+        other => return Err(GradError::Model(format!("logits must be [N, C]; '{logits}' is [N, {other:?}]"))),
+    };
+    if ctx.params.is_empty() {
+        return Err(GradError::Model(
+            "the model has no parameters (Conv/Gemm/MatMul/BatchNormalization weights)".into(),
+        ));
+    }
+
+    // Backward: seed, then nodes in reverse order.
+    let label = match &opts.label {
+        None => vec![1.0f32; num_classes],
+        Some(l) => {
+            if l.len() != num_classes {
+                return Err(GradError::Model(format!(
+                    "label has {} entries, the model has {num_classes} classes",
+                    l.len()
+                )));
+            }
+            if l.iter().any(|&v| v != 0.0 && v != 1.0) {
+                return Err(GradError::Model("the confounding label must be 0/1 per class".into()));
+            }
+            if l.iter().filter(|&&v| v == 1.0).count() == 1 {
+                return Err(GradError::Model(
+                    "a label with exactly one 1 is an ordinary class label, not a confounding label".into(),
+                ));
+            }
+            l.clone()
+        }
+    };
+    let seed = ops::loss_seed(&mut ctx, &logits, &label, opts.loss)?;
+    let mut contrib: HashMap<String, Vec<String>> = HashMap::from([(logits.clone(), vec![seed])]);
+    for n in fwd.iter().rev() {
+        let out = &n.output[0];
+        let Some(parts) = contrib.remove(out) else { continue };
+        let dy = sum_parts(&mut ctx.b, parts);
+        for (x, dx) in ops::backward(n, &dy, &mut ctx)? {
+            contrib.entry(x).or_default().push(dx);
+        }
+    }
+
+    // Outputs.
+    let b = &mut ctx.b;
+    let mut new_nodes: Vec<NodeProto> =
+        graph.node.iter().enumerate().filter(|(i, _)| needed[*i]).map(|(_, n)| n.clone()).collect();
+    let mut outputs = Vec::new();
+    let logits_out = if logits == outputs::LOGITS {
+        logits.clone()
+    } else {
+        if !b.reserve(outputs::LOGITS) {
+            return Err(GradError::Model("the model already has a value named 'logits' that is not its output".into()));
+        }
+        b.op_to("Identity", &[&logits], outputs::LOGITS, vec![]);
+        outputs::LOGITS.to_string()
+    };
+    outputs.push(onnx::make_value_info(&logits_out, onnx::data_type::FLOAT, &[None, Some(num_classes as i64)]));
+
+    let mut cols = Vec::new();
+    let mut features = Vec::new();
+    for p in &ctx.params {
+        let norm = ctx.norms.get(p).ok_or_else(|| {
+            GradError::Model(format!(
+                "parameter '{p}' gets no gradient from the logits (is it on a path to the output?)"
+            ))
+        })?;
+        cols.push(b.reshape_to(norm, &[-1, 1]));
+        features.push(p.clone());
+    }
+    let col_refs: Vec<&str> = cols.iter().map(String::as_str).collect();
+    if !b.reserve(outputs::FEATURES) {
+        return Err(GradError::Model(format!("the model already has a value named '{}'", outputs::FEATURES)));
+    }
+    b.op_to("Concat", &col_refs, outputs::FEATURES, vec![attr::int("axis", 1)]);
+    outputs.push(onnx::make_value_info(
+        outputs::FEATURES,
+        onnx::data_type::FLOAT,
+        &[None, Some(features.len() as i64)],
+    ));
+
+    let mut penultimate_dim = None;
+    if opts.penultimate {
+        let (name, dim) =
+            last_linear.ok_or_else(|| GradError::Model("no Gemm/MatMul found for the penultimate output".into()))?;
+        b.reserve(outputs::PENULTIMATE);
+        let flat = b.reshape_batch(&name, &[dim]);
+        b.op_to("Identity", &[&flat], outputs::PENULTIMATE, vec![]);
+        outputs.push(onnx::make_value_info(outputs::PENULTIMATE, onnx::data_type::FLOAT, &[None, Some(dim as i64)]));
+        penultimate_dim = Some(dim);
+    }
+    if opts.input_grad {
+        let parts = contrib.remove(&input.name).unwrap_or_default();
+        if parts.is_empty() {
+            return Err(GradError::Model("no gradient reaches the input".into()));
+        }
+        let g = sum_parts(b, parts);
+        b.reserve(outputs::INPUT_GRAD);
+        b.op_to("Identity", &[&g], outputs::INPUT_GRAD, vec![]);
+        let mut d = vec![None];
+        d.extend(input_shape.iter().map(|&v| Some(v as i64)));
+        outputs.push(onnx::make_value_info(outputs::INPUT_GRAD, onnx::data_type::FLOAT, &d));
+    }
+
+    new_nodes.append(&mut b.nodes);
+    let used: HashSet<&str> = new_nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+    let mut initializer: Vec<TensorProto> =
+        graph.initializer.iter().filter(|t| used.contains(t.name.as_str())).cloned().collect();
+    initializer.append(&mut b.inits);
+
+    let mut in_dims = vec![None];
+    in_dims.extend(input_shape.iter().map(|&v| Some(v as i64)));
+    let mut graph_inputs = vec![onnx::make_value_info(&input.name, onnx::data_type::FLOAT, &in_dims)];
+    if opts.loss == Loss::Odin {
+        graph_inputs.push(onnx::make_value_info(outputs::TEMPERATURE, onnx::data_type::FLOAT, &[Some(1)]));
+    }
+
+    let mut out_model = model.clone();
+    out_model.graph = Some(GraphProto {
+        node: new_nodes,
+        name: format!("{}_gradwatch", graph.name),
+        initializer,
+        doc_string: "gradient features compiled by gradwatch".into(),
+        input: graph_inputs,
+        output: outputs,
+        value_info: vec![],
+    });
+    out_model.producer_name = "gradwatch".into();
+    out_model.producer_version = env!("CARGO_PKG_VERSION").into();
+    onnx::set_metadata(&mut out_model, META_FEATURES, &serde_json::to_string(&features).unwrap_or_default());
+    onnx::set_metadata(&mut out_model, META_LOSS, opts.loss.name());
+    onnx::set_metadata(
+        &mut out_model,
+        META_LABEL,
+        &label.iter().map(|v| if *v == 1.0 { "1" } else { "0" }).collect::<String>(),
+    );
+
+    Ok(Compiled {
+        model: out_model,
+        features,
+        num_classes,
+        input_name: input.name.clone(),
+        input_shape,
+        penultimate_dim,
+        conv_plans: ctx.conv_plans,
+    })
+}
+
+fn sum_parts(b: &mut Builder, mut parts: Vec<String>) -> String {
+    if parts.len() == 1 {
+        return parts.remove(0);
+    }
+    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    b.op("Sum", &refs, vec![])
+}
+
+/// Feature names stored in a compiled model's metadata.
+pub fn feature_names(model: &ModelProto) -> Option<Vec<String>> {
+    onnx::metadata(model).get(META_FEATURES).and_then(|s| serde_json::from_str(s).ok())
+}
