@@ -350,9 +350,9 @@ fn gaussian_hand_computed_2d() {
     let g = Gaussian::fit(&hand_points(), &[0; 4], 1, 0.0).unwrap();
     g.validate().unwrap();
     let want = [[1.0 / 2.25, -0.5 / 2.25], [-0.5 / 2.25, 2.5 / 2.25]];
-    for i in 0..2 {
-        for j in 0..2 {
-            assert!((g.precision[i][j] - want[i][j]).abs() < 1e-12, "{g:?}");
+    for (got_row, want_row) in g.precision.iter().zip(want) {
+        for (got, w) in got_row.iter().zip(want_row) {
+            assert!((got - w).abs() < 1e-12, "{g:?}");
         }
     }
     // (1, 0): 1/2.25 = 0.4444; (1, 1): (1 - 2*0.5 + 2.5) / 2.25 = 2.5/2.25 = 1.1111;
