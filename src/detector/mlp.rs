@@ -103,7 +103,11 @@ pub struct TrainReport {
     pub val_loss_history: Vec<f64>,
 }
 
-/// Flat parameter layout used while training: `[w1 (h*p) | b1 (h) | w2 (h) | b2 (1)]`.
+/// Flat parameter layout used while training: `[w1t (p*h) | b1 (h) | w2 (h) | b2 (1)]`, where
+/// `w1t` is the first-layer weight matrix **transposed** (`p x h`, row `j` = the weights of
+/// input `j` into every hidden unit). Then both the forward pass and the weight gradient are
+/// "add a scalar times a contiguous h-vector" loops, which vectorise without reassociating
+/// any sum (~4x faster than per-unit dot products here).
 struct Flat {
     h: usize,
     p: usize,
@@ -114,7 +118,7 @@ impl Flat {
     fn len(h: usize, p: usize) -> usize {
         h * p + 2 * h + 1
     }
-    fn w1(&self) -> &[f32] {
+    fn w1t(&self) -> &[f32] {
         &self.theta[..self.h * self.p]
     }
     fn b1(&self) -> &[f32] {
@@ -129,20 +133,27 @@ impl Flat {
 
     /// Pre-sigmoid output for one sample; `hid` receives the post-ReLU activations.
     fn forward(&self, x: &[f32], hid: &mut [f32]) -> f32 {
-        let (w1, b1, w2) = (self.w1(), self.b1(), self.w2());
+        let h = self.h;
+        hid.copy_from_slice(self.b1());
+        for (&xj, wj) in x.iter().zip(self.w1t().chunks_exact(h)) {
+            for (a, &w) in hid.iter_mut().zip(wj) {
+                *a += xj * w;
+            }
+        }
         let mut z = self.b2();
-        for (k, a) in hid.iter_mut().enumerate() {
-            let row = &w1[k * self.p..(k + 1) * self.p];
-            let pre = b1[k] + dot(row, x);
-            *a = pre.max(0.0);
-            z += w2[k] * *a;
+        for (a, &w) in hid.iter_mut().zip(self.w2()) {
+            *a = a.max(0.0);
+            z += w * *a;
         }
         z
     }
 
     fn to_mlp(&self) -> Mlp {
+        let (h, p, w1t) = (self.h, self.p, self.w1t());
         Mlp {
-            w1: self.w1().chunks(self.p).map(<[f32]>::to_vec).collect(),
+            w1: (0..h)
+                .map(|k| (0..p).map(|j| w1t[j * h + k]).collect())
+                .collect(),
             b1: self.b1().to_vec(),
             w2: self.w2().to_vec(),
             b2: self.b2(),
@@ -482,9 +493,10 @@ fn batch_grad(
     grad.iter_mut().for_each(|g| *g = 0.0);
     let inv_b = 1.0 / idx.len() as f32;
     let w2 = net.w2();
-    let (gw1, rest) = grad.split_at_mut(h * p);
+    let (gw1t, rest) = grad.split_at_mut(h * p);
     let (gb1, rest) = rest.split_at_mut(h);
     let (gw2, gb2) = rest.split_at_mut(h);
+    let mut da = vec![0.0f32; h];
     for &i in idx {
         let xi = &x[i * p..(i + 1) * p];
         let yi = y[i];
@@ -496,12 +508,12 @@ fn batch_grad(
             let a = hid[k];
             gw2[k] += dz * a;
             // ReLU gate: a > 0 iff the pre-activation was positive.
-            if a > 0.0 {
-                let da = dz * w2[k];
-                gb1[k] += da;
-                for (g, &xj) in gw1[k * p..(k + 1) * p].iter_mut().zip(xi) {
-                    *g += da * xj;
-                }
+            da[k] = if a > 0.0 { dz * w2[k] } else { 0.0 };
+            gb1[k] += da[k];
+        }
+        for (&xj, gj) in xi.iter().zip(gw1t.chunks_exact_mut(h)) {
+            for (g, &d) in gj.iter_mut().zip(&da) {
+                *g += xj * d;
             }
         }
     }
