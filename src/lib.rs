@@ -5,6 +5,8 @@
 //! per-sample squared gradient norms of every parameter tensor (Lee & AlRegib, ICIP 2020).
 
 pub mod cli;
+pub mod detector;
+pub mod eval;
 pub mod frame;
 pub mod grad;
 pub mod onnx;
