@@ -4,4 +4,7 @@
 //! The gradient compiler ([`grad`]) turns any ONNX classifier into a graph that also outputs the
 //! per-sample squared gradient norms of every parameter tensor (Lee & AlRegib, ICIP 2020).
 
+pub mod alert;
 pub mod frame;
+pub mod metrics;
+pub mod sink;
