@@ -420,3 +420,34 @@ fn broker_restart_loses_no_event() {
     assert_eq!(st.dropped, 0);
     assert!(st.connects >= 2, "{st:?}");
 }
+
+#[test]
+fn mqtt_from_toml_config_through_fanout() {
+    use gradwatch::sink::{build_all, Fanout, SinkConfig};
+    #[derive(serde::Deserialize)]
+    struct Top {
+        sink: Vec<SinkConfig>,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), false);
+    let sub = Sub::connect(broker.port, "t-fan", "gradwatch/box4/#", true);
+    let top: Top = toml::from_str(&format!(
+        "[[sink]]\nkind = \"mqtt\"\nhost = \"127.0.0.1\"\nport = {}\nclient_id = \"box4\"\n",
+        broker.port
+    ))
+    .unwrap();
+    let fan = Fanout::new(build_all(&top.sink).unwrap(), 64).unwrap();
+    for i in 0..3 {
+        fan.send(&ev(i));
+    }
+    let report = fan.shutdown(Instant::now() + Duration::from_secs(20));
+    assert!(report.clean(), "{report:?}");
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let g = sub.next_where(10, "event", |g| g.topic.contains("/events/"));
+        got.push(event_index(&g.payload));
+    }
+    assert_eq!(got, [0, 1, 2]);
+    let g = sub.next_where(10, "offline", |g| g.payload == "offline");
+    assert_eq!(g.topic, "gradwatch/box4/status");
+}

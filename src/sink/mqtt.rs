@@ -287,6 +287,8 @@ struct Shared {
     /// Signalled when the queue shrinks (flush waits on it).
     changed: Condvar,
     stop: AtomicBool,
+    /// Deadline of the last `flush`, which also bounds the clean close that follows it.
+    close_by: Mutex<Option<Instant>>,
     dropped: AtomicU64,
     connects: AtomicU64,
     drop_log: LogLimiter,
@@ -335,6 +337,7 @@ impl MqttSink {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
+            close_by: Mutex::new(None),
             dropped: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             drop_log: LogLimiter::new(Duration::from_secs(10)),
@@ -420,6 +423,9 @@ impl Sink for MqttSink {
     }
 
     fn flush(&mut self, deadline: Instant) -> Result<(), SinkError> {
+        if let Ok(mut c) = self.shared.close_by.lock() {
+            *c = Some(deadline);
+        }
         let mut st = self.shared.lock();
         loop {
             if st.queue.is_empty() {
