@@ -4,10 +4,13 @@
 //! The gradient compiler ([`grad`]) turns any ONNX classifier into a graph that also outputs the
 //! per-sample squared gradient norms of every parameter tensor (Lee & AlRegib, ICIP 2020).
 
+pub mod alert;
 pub mod cli;
 pub mod detector;
 pub mod eval;
 pub mod frame;
 pub mod grad;
+pub mod metrics;
 pub mod onnx;
 pub mod runtime;
+pub mod sink;

@@ -1,0 +1,580 @@
+//! Debounced alerts: turns a stream of scored frames into `alert_start` / `alert_update` /
+//! `alert_end` events with hysteresis (raise at k of the last n frames over threshold, clear at
+//! j or fewer) and a minimum duration, plus `stream_down` / `stream_up` events.
+//!
+//! Times come from the frames, never from the wall clock, so recorded score sequences replay to
+//! identical events. The JSON form of [`Event`] is the wire format of every sink and is
+//! documented in `docs/alerts.md`.
+
+pub mod time;
+
+use std::collections::VecDeque;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+pub use time::{parse_rfc3339, rfc3339_ms, unix_ms};
+
+/// Errors of the alert module.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    /// The policy's numbers are inconsistent.
+    #[error("invalid alert policy: {0} (fix the [alert] section of the config)")]
+    InvalidPolicy(String),
+}
+
+/// One scored frame, as the detector hands it to the alert stage.
+#[derive(Clone, Debug)]
+pub struct Scored {
+    /// Stream (camera) name.
+    pub stream: String,
+    /// Frame sequence number within the stream (increasing).
+    pub seq: u64,
+    /// Capture time of the frame; all alert times derive from it.
+    pub time: SystemTime,
+    /// Uncertainty score (higher = less familiar).
+    pub score: f32,
+    /// Threshold in force; the frame is "over" when `score > threshold`.
+    pub threshold: f32,
+    /// Index of the classifier's top class.
+    pub top_class: usize,
+    /// Name of the top class, when the model has labels.
+    pub top_class_name: Option<String>,
+    /// Softmax probability of the top class.
+    pub confidence: f32,
+    /// Free-form tag carried by the frame (e.g. the corruption applied in a demo).
+    pub tag: Option<String>,
+}
+
+impl Scored {
+    /// Whether the frame counts as over threshold. NaN scores never do (they are a bug
+    /// upstream, and must not raise alerts on their own).
+    pub fn is_over(&self) -> bool {
+        self.score > self.threshold
+    }
+}
+
+/// Debounce policy of the alert stage (TOML `[alert]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertPolicy {
+    /// n: number of most recent frames considered. Default 10.
+    pub window: usize,
+    /// k: raise when at least k of the last n frames are over threshold. Default 6.
+    pub raise: usize,
+    /// j: clear when at most j of the last n frames are over threshold. Default 2.
+    pub clear: usize,
+    /// An alert lasts at least this long (frame time, from the raising frame) before it can
+    /// clear. Default 1000.
+    pub min_duration_ms: u64,
+    /// Period of `alert_update` events while an alert is active (frame time); 0 = never.
+    /// Default 5000.
+    pub update_interval_ms: u64,
+}
+
+impl Default for AlertPolicy {
+    fn default() -> Self {
+        AlertPolicy {
+            window: 10,
+            raise: 6,
+            clear: 2,
+            min_duration_ms: 1000,
+            update_interval_ms: 5000,
+        }
+    }
+}
+
+impl AlertPolicy {
+    /// Checks `1 <= raise <= window <= 100000` and `clear < raise`.
+    pub fn validate(&self) -> Result<(), AlertError> {
+        if self.window == 0 || self.window > 100_000 {
+            return Err(AlertError::InvalidPolicy(format!(
+                "window = {} must be in 1..=100000",
+                self.window
+            )));
+        }
+        if self.raise == 0 || self.raise > self.window {
+            return Err(AlertError::InvalidPolicy(format!(
+                "raise = {} must be in 1..=window ({})",
+                self.raise, self.window
+            )));
+        }
+        if self.clear >= self.raise {
+            return Err(AlertError::InvalidPolicy(format!(
+                "clear = {} must be below raise = {} (hysteresis)",
+                self.clear, self.raise
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The model that produced the scores, carried in every alert.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRef {
+    /// Model name.
+    pub name: String,
+    /// Hex SHA-256 of the model file.
+    pub sha256: String,
+}
+
+/// Why an alert ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The over-threshold count fell to `clear` or below (after `min_duration_ms`).
+    Cleared,
+    /// The daemon shut down with the alert open.
+    Shutdown,
+    /// The stream went down with the alert open.
+    StreamDown,
+}
+
+impl EndReason {
+    /// The wire string ("cleared", "shutdown", "stream_down").
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Cleared => "cleared",
+            EndReason::Shutdown => "shutdown",
+            EndReason::StreamDown => "stream_down",
+        }
+    }
+}
+
+/// The state of one alert, as carried by `alert_start`, `alert_update` and `alert_end`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Stable id, `<stream>-<first_seq>-<first_time unix ms>`; same in all events of an alert.
+    pub id: String,
+    /// Stream name.
+    pub stream: String,
+    /// When this event happened (RFC 3339 UTC, ms): the triggering frame's time, or the
+    /// time given to `shutdown` / `stream_down`.
+    pub time: String,
+    /// Sequence number of the first over-threshold frame of the alert.
+    pub first_seq: u64,
+    /// Sequence number of the most recent frame included.
+    pub last_seq: u64,
+    /// Time of the first frame (RFC 3339 UTC, ms).
+    pub first_time: String,
+    /// Time of the most recent frame included (RFC 3339 UTC, ms).
+    pub last_time: String,
+    /// `time` minus `first_time`, in milliseconds.
+    pub duration_ms: u64,
+    /// Frames from `first_seq` to `last_seq` seen by the tracker.
+    pub frames: u64,
+    /// Of those, frames over threshold.
+    pub frames_over: u64,
+    /// Highest score in the alert.
+    pub peak_score: f32,
+    /// Mean score over the alert's frames (NaN scores excluded).
+    pub mean_score: f32,
+    /// Threshold in force at the peak frame.
+    pub threshold: f32,
+    /// Top class of the peak frame.
+    pub top_class: usize,
+    /// Name of the top class of the peak frame, if known.
+    pub top_class_name: Option<String>,
+    /// Top-class probability of the peak frame.
+    pub confidence: f32,
+    /// Model name.
+    pub model: String,
+    /// Model SHA-256 (hex).
+    pub model_sha256: String,
+    /// Tag of the peak frame.
+    pub tag: Option<String>,
+}
+
+/// An event emitted by the alert stage: the unit every sink delivers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// An alert was raised.
+    AlertStart {
+        /// The alert.
+        #[serde(flatten)]
+        alert: Alert,
+    },
+    /// Periodic progress of an active alert.
+    AlertUpdate {
+        /// The alert.
+        #[serde(flatten)]
+        alert: Alert,
+    },
+    /// An alert ended.
+    AlertEnd {
+        /// The alert, final numbers.
+        #[serde(flatten)]
+        alert: Alert,
+        /// Why it ended.
+        reason: EndReason,
+    },
+    /// A stream stopped delivering frames.
+    StreamDown {
+        /// Stream name.
+        stream: String,
+        /// RFC 3339 UTC time.
+        time: String,
+        /// Human-readable cause.
+        reason: String,
+    },
+    /// A stream (re)started delivering frames.
+    StreamUp {
+        /// Stream name.
+        stream: String,
+        /// RFC 3339 UTC time.
+        time: String,
+    },
+}
+
+impl Event {
+    /// The stream this event concerns.
+    pub fn stream(&self) -> &str {
+        match self {
+            Event::AlertStart { alert } | Event::AlertUpdate { alert } => &alert.stream,
+            Event::AlertEnd { alert, .. } => &alert.stream,
+            Event::StreamDown { stream, .. } | Event::StreamUp { stream, .. } => stream,
+        }
+    }
+
+    /// The `event` tag of the JSON form ("alert_start", ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::AlertStart { .. } => "alert_start",
+            Event::AlertUpdate { .. } => "alert_update",
+            Event::AlertEnd { .. } => "alert_end",
+            Event::StreamDown { .. } => "stream_down",
+            Event::StreamUp { .. } => "stream_up",
+        }
+    }
+
+    /// The alert carried, for alert events.
+    pub fn alert(&self) -> Option<&Alert> {
+        match self {
+            Event::AlertStart { alert } | Event::AlertUpdate { alert } => Some(alert),
+            Event::AlertEnd { alert, .. } => Some(alert),
+            _ => None,
+        }
+    }
+
+    /// One JSON object, no newline: the line format of the stdout and file sinks and the MQTT
+    /// payload.
+    pub fn to_json(&self) -> String {
+        // Serializing these plain structs cannot fail (string keys, no maps with odd keys);
+        // NaN floats become `null`, which the fallback keeps parseable anyway.
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(
+                "{{\"event\":\"serialization_error\",\"error\":{}}}",
+                serde_json::Value::String(e.to_string())
+            )
+        })
+    }
+}
+
+/// Running statistics of an open alert.
+#[derive(Clone, Debug)]
+struct Open {
+    id: String,
+    first_seq: u64,
+    first_time: SystemTime,
+    raised_at: SystemTime,
+    last_emit: SystemTime,
+    last_seq: u64,
+    last_time: SystemTime,
+    frames: u64,
+    frames_over: u64,
+    score_sum: f64,
+    scored: u64,
+    peak: Option<Scored>,
+}
+
+impl Open {
+    fn add(&mut self, s: &Scored) {
+        self.frames += 1;
+        self.last_seq = s.seq;
+        self.last_time = s.time;
+        if s.is_over() {
+            self.frames_over += 1;
+        }
+        if !s.score.is_nan() {
+            self.score_sum += f64::from(s.score);
+            self.scored += 1;
+            if self.peak.as_ref().is_none_or(|p| s.score > p.score) {
+                self.peak = Some(s.clone());
+            }
+        }
+    }
+}
+
+/// Debounced alert state machine for one stream.
+pub struct AlertTracker {
+    stream: String,
+    policy: AlertPolicy,
+    model: ModelRef,
+    /// The last `window` frames, kept in full so a raise can account for the frames since
+    /// the first over-threshold one.
+    recent: VecDeque<Scored>,
+    over_in_window: usize,
+    last_seq: Option<u64>,
+    open: Option<Open>,
+    out_of_order: u64,
+}
+
+impl AlertTracker {
+    /// A tracker for `stream`; fails if the policy is inconsistent.
+    pub fn new(
+        stream: impl Into<String>,
+        policy: AlertPolicy,
+        model: ModelRef,
+    ) -> Result<Self, AlertError> {
+        policy.validate()?;
+        Ok(AlertTracker {
+            stream: stream.into(),
+            recent: VecDeque::with_capacity(policy.window),
+            policy,
+            model,
+            over_in_window: 0,
+            last_seq: None,
+            open: None,
+            out_of_order: 0,
+        })
+    }
+
+    /// The stream name.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// Whether an alert is open.
+    pub fn is_active(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Over-threshold frames among the last `window` frames.
+    pub fn over_in_window(&self) -> usize {
+        self.over_in_window
+    }
+
+    /// Frames ignored because their `seq` did not increase (duplicates, reordering).
+    pub fn out_of_order(&self) -> u64 {
+        self.out_of_order
+    }
+
+    /// Feeds one frame; returns the events it causes (none, one, or rarely two).
+    ///
+    /// Frames of another stream or with a non-increasing `seq` are ignored (counted in
+    /// [`out_of_order`](Self::out_of_order)).
+    pub fn push(&mut self, s: &Scored) -> Vec<Event> {
+        if s.stream != self.stream || self.last_seq.is_some_and(|last| s.seq <= last) {
+            self.out_of_order += 1;
+            return Vec::new();
+        }
+        self.last_seq = Some(s.seq);
+        self.recent.push_back(s.clone());
+        if s.is_over() {
+            self.over_in_window += 1;
+        }
+        if self.recent.len() > self.policy.window {
+            if let Some(old) = self.recent.pop_front() {
+                if old.is_over() {
+                    self.over_in_window -= 1;
+                }
+            }
+        }
+
+        let mut out = Vec::new();
+        match self.open.as_mut() {
+            None => {
+                if self.over_in_window >= self.policy.raise {
+                    out.push(self.raise(s.time));
+                }
+            }
+            Some(open) => {
+                open.add(s);
+                let held = ms_between(open.raised_at, s.time) >= self.policy.min_duration_ms;
+                if self.over_in_window <= self.policy.clear && held {
+                    out.push(self.close(s.time, EndReason::Cleared));
+                } else if self.policy.update_interval_ms > 0
+                    && ms_between(open.last_emit, s.time) >= self.policy.update_interval_ms
+                {
+                    open.last_emit = s.time;
+                    let alert = self.snapshot(s.time);
+                    out.push(Event::AlertUpdate { alert });
+                }
+            }
+        }
+        out
+    }
+
+    /// Closes an open alert with reason "shutdown" at `time`.
+    pub fn shutdown(&mut self, time: SystemTime) -> Vec<Event> {
+        if self.open.is_some() {
+            vec![self.close(time, EndReason::Shutdown)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The stream went down: ends an open alert (reason "stream_down"), then `stream_down`.
+    /// The window is reset, since frames after a restart are a new sequence.
+    pub fn stream_down(&mut self, time: SystemTime, reason: &str) -> Vec<Event> {
+        let mut out = Vec::new();
+        if self.open.is_some() {
+            out.push(self.close(time, EndReason::StreamDown));
+        }
+        self.reset_window();
+        out.push(Event::StreamDown {
+            stream: self.stream.clone(),
+            time: rfc3339_ms(time),
+            reason: reason.to_string(),
+        });
+        out
+    }
+
+    /// The stream (re)started; resets the window and the sequence check (a restarted source
+    /// may count from 0 again).
+    pub fn stream_up(&mut self, time: SystemTime) -> Event {
+        self.reset_window();
+        Event::StreamUp {
+            stream: self.stream.clone(),
+            time: rfc3339_ms(time),
+        }
+    }
+
+    fn reset_window(&mut self) {
+        self.recent.clear();
+        self.over_in_window = 0;
+        self.last_seq = None;
+    }
+
+    /// Opens an alert covering the window from its first over-threshold frame.
+    fn raise(&mut self, now: SystemTime) -> Event {
+        let start = self.recent.iter().position(Scored::is_over).unwrap_or(0);
+        let first = &self.recent[start];
+        let mut open = Open {
+            id: format!("{}-{}-{}", self.stream, first.seq, unix_ms(first.time)),
+            first_seq: first.seq,
+            first_time: first.time,
+            raised_at: now,
+            last_emit: now,
+            last_seq: first.seq,
+            last_time: first.time,
+            frames: 0,
+            frames_over: 0,
+            score_sum: 0.0,
+            scored: 0,
+            peak: None,
+        };
+        for s in self.recent.iter().skip(start) {
+            open.add(s);
+        }
+        self.open = Some(open);
+        let alert = self.snapshot(now);
+        Event::AlertStart { alert }
+    }
+
+    fn close(&mut self, time: SystemTime, reason: EndReason) -> Event {
+        let alert = self.snapshot(time);
+        self.open = None;
+        Event::AlertEnd { alert, reason }
+    }
+
+    /// The open alert's numbers as of `time`. Only called with an alert open.
+    fn snapshot(&self, time: SystemTime) -> Alert {
+        let Some(open) = self.open.as_ref() else {
+            // Unreachable by construction; an empty alert is better than a panic.
+            return self.empty_alert(time);
+        };
+        let peak = open.peak.as_ref();
+        Alert {
+            id: open.id.clone(),
+            stream: self.stream.clone(),
+            time: rfc3339_ms(time),
+            first_seq: open.first_seq,
+            last_seq: open.last_seq,
+            first_time: rfc3339_ms(open.first_time),
+            last_time: rfc3339_ms(open.last_time),
+            duration_ms: ms_between(open.first_time, time),
+            frames: open.frames,
+            frames_over: open.frames_over,
+            peak_score: peak.map_or(0.0, |p| p.score),
+            mean_score: if open.scored > 0 {
+                (open.score_sum / open.scored as f64) as f32
+            } else {
+                0.0
+            },
+            threshold: peak.map_or(0.0, |p| p.threshold),
+            top_class: peak.map_or(0, |p| p.top_class),
+            top_class_name: peak.and_then(|p| p.top_class_name.clone()),
+            confidence: peak.map_or(0.0, |p| p.confidence),
+            model: self.model.name.clone(),
+            model_sha256: self.model.sha256.clone(),
+            tag: peak.and_then(|p| p.tag.clone()),
+        }
+    }
+
+    fn empty_alert(&self, time: SystemTime) -> Alert {
+        Alert {
+            id: String::new(),
+            stream: self.stream.clone(),
+            time: rfc3339_ms(time),
+            first_seq: 0,
+            last_seq: 0,
+            first_time: rfc3339_ms(time),
+            last_time: rfc3339_ms(time),
+            duration_ms: 0,
+            frames: 0,
+            frames_over: 0,
+            peak_score: 0.0,
+            mean_score: 0.0,
+            threshold: 0.0,
+            top_class: 0,
+            top_class_name: None,
+            confidence: 0.0,
+            model: self.model.name.clone(),
+            model_sha256: self.model.sha256.clone(),
+            tag: None,
+        }
+    }
+}
+
+/// Milliseconds from `a` to `b`, 0 if `b` is earlier (clock steps must not underflow).
+fn ms_between(a: SystemTime, b: SystemTime) -> u64 {
+    b.duration_since(a)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_validation() {
+        assert!(AlertPolicy::default().validate().is_ok());
+        let bad = |w, r, c| {
+            AlertPolicy {
+                window: w,
+                raise: r,
+                clear: c,
+                ..AlertPolicy::default()
+            }
+            .validate()
+            .is_err()
+        };
+        assert!(bad(0, 0, 0));
+        assert!(bad(5, 6, 2));
+        assert!(bad(10, 0, 0));
+        assert!(bad(10, 3, 3));
+        assert!(!bad(1, 1, 0));
+    }
+
+    #[test]
+    fn policy_toml_defaults_and_unknown_fields() {
+        let p: AlertPolicy = toml::from_str("raise = 4").unwrap();
+        assert_eq!(p.raise, 4);
+        assert_eq!(p.window, 10);
+        assert_eq!(p.update_interval_ms, 5000);
+        assert!(toml::from_str::<AlertPolicy>("rise = 4").is_err());
+    }
+}

@@ -1,0 +1,575 @@
+//! Prometheus metrics: a registry of cheap atomic counters, gauges and histograms that the
+//! pipeline updates, rendered in the text exposition format 0.0.4, and a small HTTP server
+//! ([`MetricsServer`]) serving `/metrics` and `/healthz`.
+//!
+//! Hand-rolled rather than built on a metrics crate: the set of metrics is fixed and small,
+//! and the format is simple enough that the test parses it back.
+
+mod server;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+pub use server::{Health, HealthFn, MetricsServer};
+
+use crate::sink::StatsHandle;
+
+/// Errors of the metrics module.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen on {addr}: {reason} (is the port in use? change [metrics] bind)")]
+    Bind {
+        /// Requested address.
+        addr: String,
+        /// Cause.
+        reason: String,
+    },
+    /// Could not start the server thread.
+    #[error("cannot start the metrics thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// `[metrics]` config section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` and `/healthz`. Default true.
+    pub enabled: bool,
+    /// Listen address. Default "127.0.0.1:9464".
+    pub bind: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            bind: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// A monotonically increasing counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds 1.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A gauge holding an integer value.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    /// Sets the value.
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    /// Current value.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A histogram with fixed upper bounds (`le`), lock-free.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: Vec<f64>,
+    /// Per-bucket (non-cumulative) counts; the last one is +Inf.
+    counts: Vec<AtomicU64>,
+    /// Sum of observations, as f64 bits.
+    sum: AtomicU64,
+}
+
+impl Histogram {
+    /// A histogram with the given finite, increasing upper bounds (+Inf is implicit).
+    /// Non-finite or out-of-order bounds are dropped.
+    pub fn new(bounds: &[f64]) -> Self {
+        let mut b: Vec<f64> = Vec::with_capacity(bounds.len());
+        for &x in bounds {
+            if x.is_finite() && b.last().is_none_or(|&l| x > l) {
+                b.push(x);
+            }
+        }
+        let counts = (0..=b.len()).map(|_| AtomicU64::new(0)).collect();
+        Histogram {
+            bounds: b,
+            counts,
+            sum: AtomicU64::new(0f64.to_bits()),
+        }
+    }
+
+    /// Records one value. NaN is ignored (it would poison the sum).
+    pub fn observe(&self, v: f64) {
+        if v.is_nan() {
+            return;
+        }
+        let i = self
+            .bounds
+            .iter()
+            .position(|&b| v <= b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let mut cur = self.sum.load(Ordering::Relaxed);
+        loop {
+            let new = (f64::from_bits(cur) + v).to_bits();
+            match self
+                .sum
+                .compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(x) => cur = x,
+            }
+        }
+    }
+
+    /// Total observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Sum of observations.
+    pub fn sum(&self) -> f64 {
+        f64::from_bits(self.sum.load(Ordering::Relaxed))
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cum = 0u64;
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, c) in self.counts.iter().enumerate() {
+            cum += c.load(Ordering::Relaxed);
+            let le = match self.bounds.get(i) {
+                Some(b) => fmt_f64(*b),
+                None => "+Inf".to_string(),
+            };
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cum}");
+        }
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", fmt_f64(self.sum()));
+        let _ = writeln!(out, "{name}_count{braces} {cum}");
+    }
+}
+
+/// Buckets for latencies in seconds (1 ms .. 10 s).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Buckets for batch sizes.
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+/// Buckets for scores (the detector's score is roughly a standardized distance; alerts
+/// fire around the threshold, so resolution is concentrated near 0..5).
+pub const SCORE_BUCKETS: &[f64] = &[
+    -1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0,
+];
+
+/// Per-stream metrics. Get one with [`Metrics::stream`] and keep the `Arc`.
+#[derive(Debug)]
+pub struct StreamMetrics {
+    /// Frames read from the source.
+    pub frames_captured: Counter,
+    /// Frames that went through the model.
+    pub frames_scored: Counter,
+    /// Frames dropped (queue full, too late).
+    pub frames_dropped: Counter,
+    /// Frames rejected as bad (decode error, wrong size, NaN score).
+    pub frames_bad: Counter,
+    /// Alerts raised.
+    pub alerts_raised: Counter,
+    /// Distribution of scores.
+    pub score: Histogram,
+    /// 1 when the stream delivers frames, 0 when down.
+    pub up: Gauge,
+}
+
+impl StreamMetrics {
+    fn new() -> Self {
+        StreamMetrics {
+            frames_captured: Counter::default(),
+            frames_scored: Counter::default(),
+            frames_dropped: Counter::default(),
+            frames_bad: Counter::default(),
+            alerts_raised: Counter::default(),
+            score: Histogram::new(SCORE_BUCKETS),
+            up: Gauge::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    streams: RwLock<BTreeMap<String, Arc<StreamMetrics>>>,
+    batch_size: Histogram,
+    inference_latency: Histogram,
+    capture_to_verdict: Histogram,
+    provider: RwLock<String>,
+    build_labels: RwLock<Vec<(String, String)>>,
+    sinks: RwLock<Option<StatsHandle>>,
+}
+
+/// The metrics registry. Cloning is cheap (shared).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// An empty registry; `build_info` carries the crate version, the execution provider is
+    /// "cpu" until [`set_execution_provider`](Self::set_execution_provider).
+    pub fn new() -> Self {
+        Metrics {
+            inner: Arc::new(Inner {
+                streams: RwLock::new(BTreeMap::new()),
+                batch_size: Histogram::new(BATCH_BUCKETS),
+                inference_latency: Histogram::new(LATENCY_BUCKETS),
+                capture_to_verdict: Histogram::new(LATENCY_BUCKETS),
+                provider: RwLock::new("cpu".into()),
+                build_labels: RwLock::new(vec![(
+                    "version".into(),
+                    env!("CARGO_PKG_VERSION").into(),
+                )]),
+                sinks: RwLock::new(None),
+            }),
+        }
+    }
+
+    /// The metrics of `stream`, created on first use.
+    pub fn stream(&self, stream: &str) -> Arc<StreamMetrics> {
+        if let Some(m) = read(&self.inner.streams).get(stream) {
+            return m.clone();
+        }
+        write(&self.inner.streams)
+            .entry(stream.to_string())
+            .or_insert_with(|| Arc::new(StreamMetrics::new()))
+            .clone()
+    }
+
+    /// Histogram of inference batch sizes.
+    pub fn batch_size(&self) -> &Histogram {
+        &self.inner.batch_size
+    }
+
+    /// Histogram of inference latency per batch, seconds.
+    pub fn inference_latency(&self) -> &Histogram {
+        &self.inner.inference_latency
+    }
+
+    /// Histogram of capture-to-verdict latency per frame, seconds.
+    pub fn capture_to_verdict(&self) -> &Histogram {
+        &self.inner.capture_to_verdict
+    }
+
+    /// Sets the ONNX Runtime execution provider reported by `gradwatch_execution_provider`.
+    pub fn set_execution_provider(&self, provider: &str) {
+        *write(&self.inner.provider) = provider.to_string();
+    }
+
+    /// Adds a label to `gradwatch_build_info` (e.g. `model`, `model_sha256`); replaces an
+    /// existing one with the same key.
+    pub fn set_build_label(&self, key: &str, value: &str) {
+        let mut labels = write(&self.inner.build_labels);
+        match labels.iter_mut().find(|(k, _)| k == key) {
+            Some(kv) => kv.1 = value.to_string(),
+            None => labels.push((key.to_string(), value.to_string())),
+        }
+    }
+
+    /// Where the per-sink metrics come from.
+    pub fn set_sink_stats(&self, stats: StatsHandle) {
+        *write(&self.inner.sinks) = Some(stats);
+    }
+
+    /// Renders everything in the Prometheus text format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        let streams: Vec<(String, Arc<StreamMetrics>)> = read(&self.inner.streams)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let per_stream = |out: &mut String,
+                          name: &str,
+                          kind: &str,
+                          help: &str,
+                          get: &dyn Fn(&StreamMetrics) -> String| {
+            header(out, name, kind, help);
+            for (s, m) in &streams {
+                let _ = writeln!(out, "gradwatch_{name}{{stream=\"{}\"}} {}", esc(s), get(m));
+            }
+        };
+        per_stream(
+            &mut out,
+            "frames_captured_total",
+            "counter",
+            "Frames read from the source.",
+            &|m| m.frames_captured.get().to_string(),
+        );
+        per_stream(
+            &mut out,
+            "frames_scored_total",
+            "counter",
+            "Frames scored by the model.",
+            &|m| m.frames_scored.get().to_string(),
+        );
+        per_stream(
+            &mut out,
+            "frames_dropped_total",
+            "counter",
+            "Frames dropped before scoring (queue full or stale).",
+            &|m| m.frames_dropped.get().to_string(),
+        );
+        per_stream(
+            &mut out,
+            "frames_bad_total",
+            "counter",
+            "Frames rejected as unusable.",
+            &|m| m.frames_bad.get().to_string(),
+        );
+        per_stream(
+            &mut out,
+            "alerts_raised_total",
+            "counter",
+            "Alerts raised.",
+            &|m| m.alerts_raised.get().to_string(),
+        );
+        per_stream(
+            &mut out,
+            "stream_up",
+            "gauge",
+            "1 when the stream delivers frames.",
+            &|m| m.up.get().to_string(),
+        );
+        header(
+            &mut out,
+            "score",
+            "histogram",
+            "Uncertainty score per frame.",
+        );
+        for (s, m) in &streams {
+            m.score.render(
+                &mut out,
+                "gradwatch_score",
+                &format!("stream=\"{}\"", esc(s)),
+            );
+        }
+        for (name, help, h) in [
+            (
+                "batch_size",
+                "Frames per inference batch.",
+                &self.inner.batch_size,
+            ),
+            (
+                "inference_latency_seconds",
+                "Model run time per batch.",
+                &self.inner.inference_latency,
+            ),
+            (
+                "capture_to_verdict_seconds",
+                "Time from frame capture to its score.",
+                &self.inner.capture_to_verdict,
+            ),
+        ] {
+            header(&mut out, name, "histogram", help);
+            h.render(&mut out, &format!("gradwatch_{name}"), "");
+        }
+
+        let sinks = read(&self.inner.sinks)
+            .as_ref()
+            .map(|h| h.snapshot())
+            .unwrap_or_default();
+        for (name, kind, help, get) in [
+            (
+                "sink_queue_depth",
+                "gauge",
+                "Events waiting in the sink's queue.",
+                (|s| s.queue_depth as u64) as fn(&crate::sink::SinkStats) -> u64,
+            ),
+            (
+                "sink_backlog",
+                "gauge",
+                "Events accepted by the sink but not yet confirmed (MQTT: awaiting PUBACK).",
+                |s| s.backlog as u64,
+            ),
+            (
+                "sink_sent_total",
+                "counter",
+                "Events accepted by the sink.",
+                |s| s.sent,
+            ),
+            (
+                "sink_failed_total",
+                "counter",
+                "Events the sink failed to write.",
+                |s| s.failed,
+            ),
+            (
+                "sink_dropped_total",
+                "counter",
+                "Events dropped (queue or buffer overflow).",
+                |s| s.dropped,
+            ),
+        ] {
+            header(&mut out, name, kind, help);
+            for s in &sinks {
+                let _ = writeln!(
+                    out,
+                    "gradwatch_{name}{{sink=\"{}\"}} {}",
+                    esc(&s.name),
+                    get(s)
+                );
+            }
+        }
+
+        header(
+            &mut out,
+            "execution_provider",
+            "gauge",
+            "ONNX Runtime execution provider in use (value 1).",
+        );
+        let _ = writeln!(
+            out,
+            "gradwatch_execution_provider{{provider=\"{}\"}} 1",
+            esc(&read(&self.inner.provider))
+        );
+        header(
+            &mut out,
+            "build_info",
+            "gauge",
+            "Build information (value 1).",
+        );
+        let labels: Vec<String> = read(&self.inner.build_labels)
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", esc(v)))
+            .collect();
+        let _ = writeln!(out, "gradwatch_build_info{{{}}} 1", labels.join(","));
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP gradwatch_{name} {help}");
+    let _ = writeln!(out, "# TYPE gradwatch_{name} {kind}");
+}
+
+/// Escapes a label value (backslash, double quote, newline), per the exposition format.
+fn esc(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// Formats a sample value: integers without a fraction, others with Rust's shortest
+/// round-trip form, infinities as `+Inf`/`-Inf`.
+fn fmt_f64(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        format!("{v}")
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    match l.read() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    match l.write() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::new(&[1.0, 2.0, 5.0]);
+        for v in [0.5, 1.0, 1.5, 3.0, 7.0, f64::NAN] {
+            h.observe(v);
+        }
+        let mut s = String::new();
+        h.render(&mut s, "x", "a=\"b\"");
+        // le=1: {0.5, 1.0}; le=2: +1.5; le=5: +3.0; +Inf: +7.0. Sum 13, NaN ignored.
+        assert_eq!(
+            s,
+            "x_bucket{a=\"b\",le=\"1\"} 2\nx_bucket{a=\"b\",le=\"2\"} 3\n\
+             x_bucket{a=\"b\",le=\"5\"} 4\nx_bucket{a=\"b\",le=\"+Inf\"} 5\n\
+             x_sum{a=\"b\"} 13\nx_count{a=\"b\"} 5\n"
+        );
+    }
+
+    #[test]
+    fn label_values_escaped() {
+        assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn render_has_every_family() {
+        let m = Metrics::new();
+        m.stream("cam0").frames_captured.add(3);
+        let text = m.render();
+        for fam in [
+            "frames_captured_total",
+            "frames_scored_total",
+            "frames_dropped_total",
+            "frames_bad_total",
+            "alerts_raised_total",
+            "stream_up",
+            "score",
+            "batch_size",
+            "inference_latency_seconds",
+            "capture_to_verdict_seconds",
+            "sink_queue_depth",
+            "sink_sent_total",
+            "sink_failed_total",
+            "sink_dropped_total",
+            "execution_provider",
+            "build_info",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE gradwatch_{fam} ")),
+                "missing {fam}"
+            );
+        }
+        assert!(text.contains("gradwatch_frames_captured_total{stream=\"cam0\"} 3\n"));
+        assert!(text.contains("gradwatch_execution_provider{provider=\"cpu\"} 1\n"));
+    }
+}

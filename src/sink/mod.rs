@@ -1,0 +1,618 @@
+//! Event sinks (stdout, file, MQTT) and the [`Fanout`] that feeds them.
+//!
+//! Each sink runs on its own thread behind a bounded queue, so a slow or failing sink never
+//! blocks the pipeline or the other sinks: when a sink's queue is full the event is dropped
+//! *for that sink*, counted and logged (rate-limited).
+
+pub mod file;
+pub mod mqtt;
+pub mod stdout;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use serde::{Deserialize, Serialize};
+
+use crate::alert::Event;
+
+pub use file::FileSink;
+pub use mqtt::{MqttSink, MqttSinkConfig, MqttTlsConfig};
+pub use stdout::StdoutSink;
+
+/// Default capacity of each sink's queue in the [`Fanout`].
+pub const DEFAULT_QUEUE: usize = 1024;
+
+/// Errors of the sink module.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Writing failed (disk full, broken pipe, ...).
+    #[error("write failed: {0}")]
+    Io(#[source] std::io::Error),
+    /// A file could not be opened.
+    #[error("cannot open {path}: {source} (check the path exists and is writable)")]
+    Open {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sink is temporarily unusable; the event was not delivered.
+    #[error("sink unavailable: {0}")]
+    Unavailable(String),
+    /// The configuration is unusable.
+    #[error("invalid sink config: {0}")]
+    Config(String),
+    /// `flush` ran out of time with events still undelivered.
+    #[error("flush deadline passed with {pending} event(s) undelivered")]
+    Timeout {
+        /// Events still waiting.
+        pending: usize,
+    },
+    /// Could not start the sink's thread.
+    #[error("cannot start sink thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// A destination for events. Implementations may block in `send`; the [`Fanout`] isolates
+/// them on their own threads.
+pub trait Sink: Send {
+    /// Name used in logs and metric labels.
+    fn name(&self) -> &str;
+    /// Delivers (or durably queues) one event.
+    fn send(&mut self, ev: &Event) -> Result<(), SinkError>;
+    /// Reopens underlying resources (SIGHUP; the file sink reopens its path for logrotate).
+    fn reopen(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+    /// Pushes out whatever is buffered, giving up at `deadline`.
+    fn flush(&mut self, deadline: Instant) -> Result<(), SinkError>;
+    /// Events the sink itself has dropped so far (e.g. MQTT buffer overflow while the broker
+    /// is down), cumulative. Default 0.
+    fn dropped(&self) -> u64 {
+        0
+    }
+    /// Events accepted by `send` but not yet confirmed delivered (e.g. awaiting PUBACK).
+    fn backlog(&self) -> usize {
+        0
+    }
+}
+
+/// Sink section of the config: `[[sink]]` tables selected by `kind`.
+///
+/// ```toml
+/// [[sink]]
+/// kind = "stdout"
+///
+/// [[sink]]
+/// kind = "file"
+/// path = "/var/lib/gradwatch/events.jsonl"
+/// fsync = true
+///
+/// [[sink]]
+/// kind = "mqtt"
+/// host = "broker.local"
+/// client_id = "cam-box-1"
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SinkConfig {
+    /// JSON lines on stdout.
+    Stdout(StdoutSinkConfig),
+    /// JSON lines appended to a file.
+    File(FileSinkConfig),
+    /// MQTT publisher.
+    Mqtt(MqttSinkConfig),
+}
+
+/// `kind = "stdout"`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkConfig {
+    /// Name in logs/metrics. Default "stdout".
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `kind = "file"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// Name in logs/metrics. Default "file".
+    #[serde(default)]
+    pub name: Option<String>,
+    /// File to append to (required).
+    pub path: PathBuf,
+    /// `fsync` (`sync_data`) after every event. Default true.
+    #[serde(default = "default_true")]
+    pub fsync: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl SinkConfig {
+    /// The name the sink will have (the configured `name`, else the kind).
+    pub fn name(&self) -> String {
+        match self {
+            SinkConfig::Stdout(c) => c.name.clone().unwrap_or_else(|| "stdout".into()),
+            SinkConfig::File(c) => c.name.clone().unwrap_or_else(|| "file".into()),
+            SinkConfig::Mqtt(c) => c.name.clone().unwrap_or_else(|| "mqtt".into()),
+        }
+    }
+
+    /// Builds the sink (opens the file, starts the MQTT connection thread).
+    pub fn build(&self) -> Result<Box<dyn Sink>, SinkError> {
+        let name = self.name();
+        Ok(match self {
+            SinkConfig::Stdout(_) => Box::new(StdoutSink::new(name)),
+            SinkConfig::File(c) => Box::new(FileSink::open(name, &c.path, c.fsync)?),
+            SinkConfig::Mqtt(c) => Box::new(MqttSink::start(name, c)?),
+        })
+    }
+}
+
+/// Builds all configured sinks, making duplicate names unique ("file", "file-2", ...) so
+/// metric labels do not collide.
+pub fn build_all(configs: &[SinkConfig]) -> Result<Vec<Box<dyn Sink>>, SinkError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(configs.len());
+    for c in configs {
+        let mut cfg = c.clone();
+        let base = cfg.name();
+        let mut name = base.clone();
+        let mut i = 2;
+        while !seen.insert(name.clone()) {
+            name = format!("{base}-{i}");
+            i += 1;
+        }
+        match &mut cfg {
+            SinkConfig::Stdout(c) => c.name = Some(name),
+            SinkConfig::File(c) => c.name = Some(name),
+            SinkConfig::Mqtt(c) => c.name = Some(name),
+        }
+        out.push(cfg.build()?);
+    }
+    Ok(out)
+}
+
+/// Logs at most once per period, counting what it suppressed.
+struct LogLimiter {
+    period: Duration,
+    last: Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl LogLimiter {
+    fn new(period: Duration) -> Self {
+        LogLimiter {
+            period,
+            last: Mutex::new(None),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Calls `f(suppressed_since_last)` if the period has passed.
+    fn hit(&self, f: impl FnOnce(u64)) {
+        let now = Instant::now();
+        let mut last = match self.last.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if last.is_none_or(|t| now.duration_since(t) >= self.period) {
+            *last = Some(now);
+            drop(last);
+            f(self.suppressed.swap(0, Ordering::Relaxed));
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counters of one sink, shared between the fan-out, its worker and the metrics.
+struct Counters {
+    name: String,
+    sent: AtomicU64,
+    failed: AtomicU64,
+    /// Dropped because the fan-out queue was full.
+    overflow: AtomicU64,
+    /// Dropped inside the sink (last value of `Sink::dropped`).
+    internal_dropped: AtomicU64,
+    backlog: AtomicU64,
+    drop_log: LogLimiter,
+    fail_log: LogLimiter,
+}
+
+/// A snapshot of one sink's counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkStats {
+    /// Sink name.
+    pub name: String,
+    /// Events waiting in the fan-out queue.
+    pub queue_depth: usize,
+    /// Events the sink accepted without error.
+    pub sent: u64,
+    /// Events whose `send` failed.
+    pub failed: u64,
+    /// Events dropped: fan-out queue overflow plus the sink's own drops.
+    pub dropped: u64,
+    /// Events accepted by the sink but not yet confirmed (MQTT awaiting PUBACK).
+    pub backlog: usize,
+}
+
+/// Cheap cloneable handle to read sink statistics (for the metrics endpoint) without
+/// holding the [`Fanout`].
+#[derive(Clone)]
+pub struct StatsHandle {
+    entries: Arc<Vec<(Arc<Counters>, Receiver<Msg>)>>,
+}
+
+impl std::fmt::Debug for StatsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.snapshot()).finish()
+    }
+}
+
+impl StatsHandle {
+    /// Current counters of every sink, in configuration order.
+    pub fn snapshot(&self) -> Vec<SinkStats> {
+        self.entries
+            .iter()
+            .map(|(c, rx)| SinkStats {
+                name: c.name.clone(),
+                queue_depth: rx.len(),
+                sent: c.sent.load(Ordering::Relaxed),
+                failed: c.failed.load(Ordering::Relaxed),
+                dropped: c.overflow.load(Ordering::Relaxed)
+                    + c.internal_dropped.load(Ordering::Relaxed),
+                backlog: c.backlog.load(Ordering::Relaxed) as usize,
+            })
+            .collect()
+    }
+}
+
+enum Msg {
+    Event(Arc<Event>),
+}
+
+enum Ctrl {
+    Reopen,
+    Shutdown(Instant),
+}
+
+/// What happened to one sink at shutdown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkShutdown {
+    /// Sink name.
+    pub name: String,
+    /// The worker finished (drained its queue and flushed) before the deadline.
+    pub finished: bool,
+    /// Events left undelivered in the queue (or the sink's backlog) at the end.
+    pub undelivered: usize,
+    /// The final flush error, if any.
+    pub error: Option<String>,
+}
+
+/// Result of [`Fanout::shutdown`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// One entry per sink, in configuration order.
+    pub sinks: Vec<SinkShutdown>,
+}
+
+impl ShutdownReport {
+    /// True when every sink finished with nothing undelivered.
+    pub fn clean(&self) -> bool {
+        self.sinks
+            .iter()
+            .all(|s| s.finished && s.undelivered == 0 && s.error.is_none())
+    }
+}
+
+struct Worker {
+    counters: Arc<Counters>,
+    tx: Sender<Msg>,
+    ctrl: Sender<Ctrl>,
+    done: Receiver<SinkShutdown>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Owns the sinks, each on its own thread behind a bounded queue.
+pub struct Fanout {
+    workers: Vec<Worker>,
+    stats: StatsHandle,
+    shut: bool,
+}
+
+impl Fanout {
+    /// Starts one thread per sink, each with a queue of `queue_size` events (at least 1).
+    pub fn new(sinks: Vec<Box<dyn Sink>>, queue_size: usize) -> Result<Fanout, SinkError> {
+        let mut workers = Vec::with_capacity(sinks.len());
+        let mut entries = Vec::with_capacity(sinks.len());
+        for sink in sinks {
+            let counters = Arc::new(Counters {
+                name: sink.name().to_string(),
+                sent: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                overflow: AtomicU64::new(0),
+                internal_dropped: AtomicU64::new(0),
+                backlog: AtomicU64::new(0),
+                drop_log: LogLimiter::new(Duration::from_secs(10)),
+                fail_log: LogLimiter::new(Duration::from_secs(10)),
+            });
+            let (tx, rx) = bounded(queue_size.max(1));
+            let (ctrl_tx, ctrl_rx) = bounded(16);
+            let (done_tx, done_rx) = bounded(1);
+            entries.push((counters.clone(), rx.clone()));
+            let c = counters.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("sink-{}", counters.name))
+                .spawn(move || run_worker(sink, rx, ctrl_rx, done_tx, c))
+                .map_err(SinkError::Thread)?;
+            workers.push(Worker {
+                counters,
+                tx,
+                ctrl: ctrl_tx,
+                done: done_rx,
+                thread: Some(thread),
+            });
+        }
+        Ok(Fanout {
+            workers,
+            stats: StatsHandle {
+                entries: Arc::new(entries),
+            },
+            shut: false,
+        })
+    }
+
+    /// Queues `ev` for every sink; never blocks. A full queue drops the event for that sink
+    /// (counted in `dropped`, logged at most every 10 s per sink).
+    pub fn send(&self, ev: &Event) {
+        let ev = Arc::new(ev.clone());
+        for w in &self.workers {
+            match w.tx.try_send(Msg::Event(ev.clone())) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    w.counters.overflow.fetch_add(1, Ordering::Relaxed);
+                    let name = &w.counters.name;
+                    w.counters.drop_log.hit(|more| {
+                        log::warn!(
+                            "sink {name}: queue full, dropping event ({more} more dropped since \
+                             the last message); the sink is slow or stuck"
+                        )
+                    });
+                }
+            }
+        }
+    }
+
+    /// Asks every sink to reopen (SIGHUP). Returns immediately; the reopen happens on each
+    /// sink's thread before its next event.
+    pub fn reopen(&self) {
+        for w in &self.workers {
+            if w.ctrl.try_send(Ctrl::Reopen).is_err() {
+                log::warn!("sink {}: reopen request not queued", w.counters.name);
+            }
+        }
+    }
+
+    /// Names of the sinks, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.workers
+            .iter()
+            .map(|w| w.counters.name.clone())
+            .collect()
+    }
+
+    /// Current statistics.
+    pub fn stats(&self) -> Vec<SinkStats> {
+        self.stats.snapshot()
+    }
+
+    /// A handle for reading statistics from another thread (the metrics server).
+    pub fn stats_handle(&self) -> StatsHandle {
+        self.stats.clone()
+    }
+
+    /// Lets each sink drain its queue and flush until `deadline`. Sinks still busy at the
+    /// deadline are abandoned (their threads detached) and reported as not finished.
+    pub fn shutdown(mut self, deadline: Instant) -> ShutdownReport {
+        self.shut = true;
+        for w in &self.workers {
+            let _ = w.ctrl.try_send(Ctrl::Shutdown(deadline));
+        }
+        let mut report = ShutdownReport::default();
+        for w in &mut self.workers {
+            // A little grace past the deadline for the worker to report back.
+            let wait_until = deadline + Duration::from_millis(200);
+            match w.done.recv_deadline(wait_until) {
+                Ok(r) => {
+                    if let Some(t) = w.thread.take() {
+                        let _ = t.join();
+                    }
+                    report.sinks.push(r);
+                }
+                Err(_) => {
+                    log::warn!(
+                        "sink {}: did not finish by the shutdown deadline; abandoning it",
+                        w.counters.name
+                    );
+                    report.sinks.push(SinkShutdown {
+                        name: w.counters.name.clone(),
+                        finished: false,
+                        undelivered: w.tx.len() + 1,
+                        error: Some("deadline passed while the sink was busy".into()),
+                    });
+                }
+            }
+        }
+        report
+    }
+}
+
+impl Drop for Fanout {
+    fn drop(&mut self) {
+        if !self.shut {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            for w in &self.workers {
+                let _ = w.ctrl.try_send(Ctrl::Shutdown(deadline));
+            }
+        }
+    }
+}
+
+fn run_worker(
+    mut sink: Box<dyn Sink>,
+    rx: Receiver<Msg>,
+    ctrl: Receiver<Ctrl>,
+    done: Sender<SinkShutdown>,
+    c: Arc<Counters>,
+) {
+    let deliver = |sink: &mut Box<dyn Sink>, ev: &Event| {
+        match sink.send(ev) {
+            Ok(()) => {
+                c.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                c.failed.fetch_add(1, Ordering::Relaxed);
+                c.fail_log.hit(|more| {
+                    log::warn!(
+                        "sink {}: {e} ({more} more failures since the last message)",
+                        c.name
+                    )
+                });
+            }
+        }
+        c.internal_dropped.store(sink.dropped(), Ordering::Relaxed);
+        c.backlog.store(sink.backlog() as u64, Ordering::Relaxed);
+    };
+    let c_name = c.name.clone();
+    let reopen = |sink: &mut Box<dyn Sink>, name: &str| {
+        if let Err(e) = sink.reopen() {
+            log::warn!("sink {name}: reopen failed: {e}; will retry on the next event");
+        }
+    };
+    let deadline = loop {
+        crossbeam_channel::select! {
+            recv(ctrl) -> m => match m {
+                Ok(Ctrl::Reopen) => reopen(&mut sink, &c_name),
+                Ok(Ctrl::Shutdown(d)) => break d,
+                Err(_) => break Instant::now(),
+            },
+            recv(rx) -> m => match m {
+                Ok(Msg::Event(ev)) => {
+                    // Control messages sent before this event take effect first, so events
+                    // sent after `Fanout::reopen` land in the reopened file.
+                    let mut stop = None;
+                    while let Ok(c) = ctrl.try_recv() {
+                        match c {
+                            Ctrl::Reopen => reopen(&mut sink, &c_name),
+                            Ctrl::Shutdown(d) => stop = Some(d),
+                        }
+                    }
+                    deliver(&mut sink, &ev);
+                    if let Some(d) = stop {
+                        break d;
+                    }
+                }
+                Err(_) => break Instant::now(),
+            },
+            default(Duration::from_millis(500)) => {
+                // Refresh counters that change without sends (MQTT acks).
+                c.internal_dropped.store(sink.dropped(), Ordering::Relaxed);
+                c.backlog.store(sink.backlog() as u64, Ordering::Relaxed);
+            }
+        }
+    };
+    while Instant::now() < deadline {
+        match rx.try_recv() {
+            Ok(Msg::Event(ev)) => deliver(&mut sink, &ev),
+            Err(_) => break,
+        }
+    }
+    let error = sink.flush(deadline).err().map(|e| e.to_string());
+    c.internal_dropped.store(sink.dropped(), Ordering::Relaxed);
+    c.backlog.store(sink.backlog() as u64, Ordering::Relaxed);
+    let undelivered = rx.len() + sink.backlog();
+    let name = c.name.clone();
+    // Dropping the sink closes it (the MQTT sink disconnects) before we report.
+    drop(sink);
+    let _ = done.send(SinkShutdown {
+        name,
+        finished: true,
+        undelivered,
+        error,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_parses_each_kind() {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Top {
+            sink: Vec<SinkConfig>,
+        }
+        let t: Top = toml::from_str(
+            r#"
+            [[sink]]
+            kind = "stdout"
+            [[sink]]
+            kind = "file"
+            path = "/tmp/x.jsonl"
+            [[sink]]
+            kind = "mqtt"
+            host = "localhost"
+            client_id = "box1"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(t.sink.len(), 3);
+        match &t.sink[1] {
+            SinkConfig::File(f) => assert!(f.fsync),
+            other => panic!("{other:?}"),
+        }
+        match &t.sink[2] {
+            SinkConfig::Mqtt(m) => {
+                assert_eq!(m.port, 1883);
+                assert_eq!(m.qos, 1);
+                assert_eq!(m.topic_prefix, "gradwatch");
+                assert_eq!(m.buffer, 10_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            "[[sink]]\nkind = \"stdout\"\nfoo = 1",
+            "[[sink]]\nkind = \"file\"\npath = \"x\"\nfsnc = true",
+            "[[sink]]\nkind = \"mqtt\"\nhost = \"h\"\nclient_id = \"c\"\nprot = 1",
+            "[[sink]]\nkind = \"kafka\"",
+        ] {
+            assert!(toml::from_str::<Top>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn duplicate_names_made_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = |p: &str| {
+            SinkConfig::File(FileSinkConfig {
+                name: None,
+                path: dir.path().join(p),
+                fsync: false,
+            })
+        };
+        let sinks = build_all(&[cfg("a"), cfg("b"), cfg("c")]).unwrap();
+        let names: Vec<_> = sinks.iter().map(|s| s.name().to_string()).collect();
+        assert_eq!(names, ["file", "file-2", "file-3"]);
+    }
+}
