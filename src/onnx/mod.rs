@@ -11,7 +11,8 @@ use ndarray::{ArrayD, IxDyn};
 use prost::Message;
 
 pub use proto::{
-    data_type, AttributeProto, AttributeType, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
+    data_type, AttributeProto, AttributeType, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    ValueInfoProto,
 };
 
 /// Errors reading, interpreting or writing an ONNX model.

@@ -1,0 +1,242 @@
+//! Small ONNX models built in code, and finite-difference gradients through ONNX Runtime.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+
+use gradwatch::onnx::{self, attr, AttributeProto, GraphProto, ModelProto, OperatorSetIdProto, TensorProto};
+use gradwatch::runtime::{ModelSession, RuntimeOptions};
+use ndarray::{ArrayD, IxDyn};
+
+/// A deterministic generator (SplitMix64) for weights and inputs.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+/// Builds a small model: parameters are initializers that are also graph inputs, so the
+/// finite-difference runs can override them through the feed.
+pub struct Net {
+    pub nodes: Vec<onnx::NodeProto>,
+    pub inits: Vec<TensorProto>,
+    pub params: Vec<String>,
+    pub rng: Rng,
+    n: usize,
+    pub opset: i64,
+}
+
+impl Net {
+    pub fn new(seed: u64) -> Self {
+        Net { nodes: vec![], inits: vec![], params: vec![], rng: Rng::new(seed), n: 0, opset: 17 }
+    }
+
+    fn name(&mut self, hint: &str) -> String {
+        self.n += 1;
+        format!("{hint}{}", self.n)
+    }
+
+    /// A trainable tensor with values uniform in [-scale, scale).
+    pub fn param(&mut self, dims: &[usize], scale: f32) -> String {
+        let name = self.name("p");
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| self.rng.uniform() * scale).collect();
+        self.inits.push(onnx::make_tensor_f32(&name, dims, &v));
+        self.params.push(name.clone());
+        name
+    }
+
+    /// A fixed float constant.
+    pub fn constant(&mut self, dims: &[usize], values: &[f32]) -> String {
+        let name = self.name("c");
+        self.inits.push(onnx::make_tensor_f32(&name, dims, values));
+        name
+    }
+
+    /// A fixed int64 constant.
+    pub fn ints(&mut self, values: &[i64]) -> String {
+        let name = self.name("i");
+        self.inits.push(onnx::make_tensor_i64(&name, &[values.len()], values));
+        name
+    }
+
+    pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+        let out = self.name(&op.to_lowercase());
+        let nn = format!("n_{out}");
+        self.nodes.push(onnx::make_node(op, &nn, inputs, &[&out], attrs));
+        out
+    }
+
+    /// Conv with a fresh weight (and bias when `bias`).
+    pub fn conv(&mut self, x: &str, cin: usize, cout: usize, k: usize, bias: bool, attrs: Vec<AttributeProto>) -> String {
+        let group = attrs.iter().find(|a| a.name == "group").map(|a| a.i as usize).unwrap_or(1);
+        let w = self.param(&[cout, cin / group, k, k], 0.5);
+        if bias {
+            let b = self.param(&[cout], 0.2);
+            self.op("Conv", &[x, &w, &b], attrs)
+        } else {
+            self.op("Conv", &[x, &w], attrs)
+        }
+    }
+
+    /// Flatten then Gemm to `classes` logits.
+    pub fn head(&mut self, x: &str, features: usize, classes: usize) -> String {
+        let f = self.op("Flatten", &[x], vec![attr::int("axis", 1)]);
+        let w = self.param(&[classes, features], 0.4);
+        let b = self.param(&[classes], 0.2);
+        self.op("Gemm", &[&f, &w, &b], vec![attr::int("transB", 1)])
+    }
+
+    /// The model with input `x` of per-sample dims `input` and output `out`.
+    pub fn model(&self, input: &[usize], out: &str) -> ModelProto {
+        let mut in_dims = vec![None];
+        in_dims.extend(input.iter().map(|&d| Some(d as i64)));
+        let mut inputs = vec![onnx::make_value_info("x", onnx::data_type::FLOAT, &in_dims)];
+        for t in &self.inits {
+            if self.params.contains(&t.name) {
+                let d: Vec<Option<i64>> = t.dims.iter().map(|&v| Some(v)).collect();
+                inputs.push(onnx::make_value_info(&t.name, onnx::data_type::FLOAT, &d));
+            }
+        }
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: self.opset }],
+            producer_name: "gradwatch tests".into(),
+            graph: Some(GraphProto {
+                node: self.nodes.clone(),
+                name: "test".into(),
+                initializer: self.inits.clone(),
+                input: inputs,
+                output: vec![onnx::make_value_info(out, onnx::data_type::FLOAT, &[None, None])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// Loads ONNX Runtime (fetched by `make ort` into .ort/host, or ORT_DYLIB_PATH).
+pub fn ort() -> RuntimeOptions {
+    gradwatch::runtime::init(None).expect("ONNX Runtime: run `make ort` or set ORT_DYLIB_PATH");
+    RuntimeOptions { threads: 1, ..Default::default() }
+}
+
+/// Random input batch.
+pub fn input(rng: &mut Rng, n: usize, dims: &[usize]) -> ArrayD<f32> {
+    let mut d = vec![n];
+    d.extend(dims);
+    let count: usize = d.iter().product();
+    ArrayD::from_shape_vec(IxDyn(&d), (0..count).map(|_| rng.uniform()).collect()).unwrap()
+}
+
+fn softplus(v: f64) -> f64 {
+    if v > 30.0 {
+        v
+    } else {
+        v.exp().ln_1p()
+    }
+}
+
+/// Per-sample loss of a logits row: binary cross-entropy against `label` on the logits, or on
+/// the softmax probabilities when `softmax`.
+pub fn loss(z: &[f32], label: &[f32], softmax: bool) -> f64 {
+    let c = z.len() as f64;
+    if softmax {
+        let m = z.iter().fold(f64::MIN, |a, &b| a.max(b as f64));
+        let e: Vec<f64> = z.iter().map(|&v| (v as f64 - m).exp()).collect();
+        let s: f64 = e.iter().sum();
+        -e.iter()
+            .zip(label)
+            .map(|(&ei, &y)| {
+                let p = ei / s;
+                y as f64 * p.ln() + (1.0 - y as f64) * (1.0 - p).ln()
+            })
+            .sum::<f64>()
+            / c
+    } else {
+        z.iter().zip(label).map(|(&v, &y)| y as f64 * softplus(-v as f64) + (1.0 - y as f64) * softplus(v as f64)).sum::<f64>()
+            / c
+    }
+}
+
+/// Per-sample losses of the forward model with some tensors overridden.
+fn losses(
+    s: &mut ModelSession,
+    x: &ArrayD<f32>,
+    over: &HashMap<String, ArrayD<f32>>,
+    out: &str,
+    label: &[f32],
+    softmax: bool,
+) -> Vec<f64> {
+    let mut feed: Vec<(&str, ndarray::ArrayViewD<f32>)> = vec![("x", x.view())];
+    for (k, v) in over {
+        feed.push((k.as_str(), v.view()));
+    }
+    let r = s.run(&feed).unwrap();
+    let z = &r[out];
+    z.outer_iter().map(|row| loss(row.as_slice().unwrap(), label, softmax)).collect()
+}
+
+/// Finite-difference per-sample squared gradient norms of every parameter, `[param][sample]`,
+/// and the input gradient `[sample][element]`.
+pub fn finite_differences(
+    net: &Net,
+    model: &ModelProto,
+    x: &ArrayD<f32>,
+    out: &str,
+    label: &[f32],
+    softmax: bool,
+    eps: f32,
+) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let opts = ort();
+    let bytes = onnx::encode(model);
+    let mut s = ModelSession::new(&bytes, &opts).unwrap();
+    let n = x.shape()[0];
+    let mut norms = Vec::new();
+    for p in &net.params {
+        let t = net.inits.iter().find(|t| &t.name == p).unwrap();
+        let base = onnx::tensor_f32(t).unwrap();
+        let mut acc = vec![0.0f64; n];
+        for i in 0..base.len() {
+            let mut plus = base.clone();
+            plus.as_slice_mut().unwrap()[i] += eps;
+            let mut minus = base.clone();
+            minus.as_slice_mut().unwrap()[i] -= eps;
+            let lp = losses(&mut s, x, &HashMap::from([(p.clone(), plus)]), out, label, softmax);
+            let lm = losses(&mut s, x, &HashMap::from([(p.clone(), minus)]), out, label, softmax);
+            for k in 0..n {
+                let g = (lp[k] - lm[k]) / (2.0 * eps as f64);
+                acc[k] += g * g;
+            }
+        }
+        norms.push(acc);
+    }
+    let per = x.len() / n;
+    let mut input_grad = vec![vec![0.0; per]; n];
+    for i in 0..per {
+        let mut xp = x.clone();
+        let mut xm = x.clone();
+        for k in 0..n {
+            xp.as_slice_mut().unwrap()[k * per + i] += eps;
+            xm.as_slice_mut().unwrap()[k * per + i] -= eps;
+        }
+        let lp = losses(&mut s, &xp, &HashMap::new(), out, label, softmax);
+        let lm = losses(&mut s, &xm, &HashMap::new(), out, label, softmax);
+        for k in 0..n {
+            input_grad[k][i] = (lp[k] - lm[k]) / (2.0 * eps as f64);
+        }
+    }
+    (norms, input_grad)
+}
