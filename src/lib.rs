@@ -5,3 +5,5 @@
 //! per-sample squared gradient norms of every parameter tensor (Lee & AlRegib, ICIP 2020).
 
 pub mod frame;
+pub mod corrupt;
+pub mod data;
