@@ -28,7 +28,7 @@ pub enum DataError {
         source: std::io::Error,
     },
     /// Not a valid `.npy` file (bad magic, bad header, truncated, wrong dtype ...).
-    #[error("{path}: not a usable .npy file: {reason}; write it with numpy.save (e.g. numpy.save(path, x.astype(numpy.uint8)))")]
+    #[error("{path}: not a usable .npy file: {reason}; write it with numpy.save: images as uint8 [N, H, W, 3], labels as integers [N]")]
     Npy {
         /// The file.
         path: PathBuf,
@@ -36,7 +36,7 @@ pub enum DataError {
         reason: String,
     },
     /// A `.npy` array of the wrong shape.
-    #[error("{path}: array has shape {shape:?}, expected {expected}")]
+    #[error("{path}: array has shape {shape:?}, expected {expected}; reshape it with numpy before saving")]
     Shape {
         /// The file.
         path: PathBuf,
@@ -75,6 +75,18 @@ pub enum DataError {
     NoImages {
         /// The file that was to be written.
         path: PathBuf,
+    },
+    /// An image to save whose buffer does not match its size, or too large for the format.
+    #[error("{path}: image claims {width}x{height} with {len} bytes; it needs width*height*3 bytes and sides below 2^32")]
+    BadImage {
+        /// The file that was to be written.
+        path: PathBuf,
+        /// Claimed width.
+        width: usize,
+        /// Claimed height.
+        height: usize,
+        /// Buffer length.
+        len: usize,
     },
     /// A path that is neither a folder, an `.npy` file nor an image file.
     #[error("{path}: not a folder, .npy file or image file (.png/.jpg/.jpeg/.ppm/.pnm); pass one of those")]
@@ -273,7 +285,24 @@ pub fn load_image_dir(dir: &Path) -> Result<Vec<DirEntryImage>, DataError> {
 
 /// Saves an RGB8 image as PNG.
 pub fn save_png(path: &Path, img: &RgbImage) -> Result<(), DataError> {
-    let (w, h) = (img.width as u32, img.height as u32);
+    let bad = || DataError::BadImage {
+        path: path.to_path_buf(),
+        width: img.width,
+        height: img.height,
+        len: img.data.len(),
+    };
+    // The encoder panics on a buffer of the wrong length; the fields are public, so check.
+    if img
+        .width
+        .checked_mul(img.height)
+        .and_then(|n| n.checked_mul(3))
+        != Some(img.data.len())
+    {
+        return Err(bad());
+    }
+    let (Ok(w), Ok(h)) = (u32::try_from(img.width), u32::try_from(img.height)) else {
+        return Err(bad());
+    };
     image::save_buffer_with_format(
         path,
         &img.data,

@@ -4,6 +4,6 @@
 //! The gradient compiler ([`grad`]) turns any ONNX classifier into a graph that also outputs the
 //! per-sample squared gradient norms of every parameter tensor (Lee & AlRegib, ICIP 2020).
 
-pub mod frame;
 pub mod corrupt;
 pub mod data;
+pub mod frame;

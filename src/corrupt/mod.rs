@@ -147,6 +147,16 @@ pub enum CorruptError {
     /// The JPEG round trip of `codec_error` failed (e.g. an image over 65535 px a side).
     #[error("codec_error: JPEG round trip failed: {0}; use an image at most 65535 px a side")]
     Codec(String),
+    /// An [`RgbImage`] whose buffer length is not `width * height * 3`.
+    #[error("image claims {width}x{height} but holds {len} bytes (expected width*height*3); build images with RgbImage::new")]
+    BadImage {
+        /// Claimed width.
+        width: usize,
+        /// Claimed height.
+        height: usize,
+        /// Actual buffer length.
+        len: usize,
+    },
 }
 
 // Level tables, index = level - 1. Spatial values are in pixels of a 32x32 image.
@@ -201,6 +211,7 @@ pub fn apply(
         return Err(CorruptError::BadLevel(level));
     }
     let (w, h) = (img.width, img.height);
+    check_image(img)?;
     if w == 0 || h == 0 {
         return Ok(img.clone());
     }
@@ -263,6 +274,22 @@ pub fn apply(
         height: h,
         data,
     })
+}
+
+/// Rejects images whose buffer does not match their size (the fields are public).
+fn check_image(img: &RgbImage) -> Result<(), CorruptError> {
+    let want = img
+        .width
+        .checked_mul(img.height)
+        .and_then(|n| n.checked_mul(3));
+    if want != Some(img.data.len()) {
+        return Err(CorruptError::BadImage {
+            width: img.width,
+            height: img.height,
+            len: img.data.len(),
+        });
+    }
+    Ok(())
 }
 
 /// A per-value tone curve through a 256-entry table (the whole op costs one lookup a byte).
@@ -333,6 +360,7 @@ pub fn montage(
     if kinds.is_empty() {
         return Err(CorruptError::NoKinds);
     }
+    check_image(img)?;
     let cols = 1 + usize::from(MAX_LEVEL);
     let (cw, ch) = (img.width * scale, img.height * scale);
     let width = cols * cw + (cols - 1) * MONTAGE_GAP;
@@ -440,6 +468,22 @@ mod tests {
         for kind in Corruption::ALL {
             assert_eq!(apply(&img, kind, 3, 1).ok(), Some(img.clone()));
         }
+    }
+
+    #[test]
+    fn inconsistent_image_is_an_error_not_a_panic() {
+        let img = RgbImage {
+            width: 4,
+            height: 4,
+            data: vec![0; 10],
+        };
+        for kind in Corruption::ALL {
+            assert!(matches!(
+                apply(&img, kind, 2, 0),
+                Err(CorruptError::BadImage { len: 10, .. })
+            ));
+        }
+        assert!(montage(&img, &[Corruption::Noise], 0, 1).is_err());
     }
 
     #[test]
