@@ -58,37 +58,32 @@ pub(crate) fn disc_blur(src: &Buf, radius: f32) -> Buf {
 }
 
 fn disc_blur_direct(src: &Buf, radius: f32) -> Buf {
-    let r = (radius + 0.5).ceil() as isize;
-    let mut taps: Vec<(isize, isize, f32)> = Vec::new();
+    let r = (radius + 0.5).ceil() as usize;
+    let p = pad(src, r);
+    let pw = src.w + 2 * r;
+    // Taps as (row, column) offsets into the padded buffer from the output pixel's window corner.
+    let mut taps: Vec<(usize, usize, f32)> = Vec::new();
     let mut total = 0.0;
-    for dy in -r..=r {
-        for dx in -r..=r {
-            let dist = ((dx * dx + dy * dy) as f32).sqrt();
-            let wgt = (radius + 0.5 - dist).clamp(0.0, 1.0);
+    for ty in 0..=2 * r {
+        for tx in 0..=2 * r {
+            let (dx, dy) = (tx as f32 - r as f32, ty as f32 - r as f32);
+            let wgt = (radius + 0.5 - (dx * dx + dy * dy).sqrt()).clamp(0.0, 1.0);
             if wgt > 0.0 {
-                taps.push((dx, dy, wgt));
+                taps.push((ty, tx, wgt));
                 total += wgt;
             }
         }
     }
-    for t in &mut taps {
-        t.2 /= total;
-    }
-    let (w, h) = (src.w as isize, src.h as isize);
+    // Each tap adds a shifted padded row to the output row: contiguous slices that vectorise.
+    let row_len = src.w * 3;
     let mut out = vec![0.0f32; src.d.len()];
-    for y in 0..h {
-        for x in 0..w {
-            let mut acc = [0.0f32; 3];
-            for &(dx, dy, wgt) in &taps {
-                let sx = (x + dx).clamp(0, w - 1);
-                let sy = (y + dy).clamp(0, h - 1);
-                let i = ((sy * w + sx) * 3) as usize;
-                acc[0] += wgt * src.d[i];
-                acc[1] += wgt * src.d[i + 1];
-                acc[2] += wgt * src.d[i + 2];
+    for (y, out_row) in out.chunks_exact_mut(row_len).enumerate() {
+        for &(ty, tx, wgt) in &taps {
+            let start = ((y + ty) * pw + tx) * 3;
+            let wgt = wgt / total;
+            for (o, &v) in out_row.iter_mut().zip(&p[start..start + row_len]) {
+                *o += wgt * v;
             }
-            let o = ((y * w + x) * 3) as usize;
-            out[o..o + 3].copy_from_slice(&acc);
         }
     }
     Buf {
@@ -96,6 +91,24 @@ fn disc_blur_direct(src: &Buf, radius: f32) -> Buf {
         h: src.h,
         d: out,
     }
+}
+
+/// Copy of `src` with an `r`-pixel clamp-to-edge border, so kernels need no bounds checks.
+fn pad(src: &Buf, r: usize) -> Vec<f32> {
+    let (pw, ph) = (src.w + 2 * r, src.h + 2 * r);
+    let mut p = Vec::with_capacity(pw * ph * 3);
+    for py in 0..ph {
+        let y = py.saturating_sub(r).min(src.h - 1);
+        let row = &src.d[y * src.w * 3..(y + 1) * src.w * 3];
+        for _ in 0..r {
+            p.extend_from_slice(&row[..3]);
+        }
+        p.extend_from_slice(row);
+        for _ in 0..r {
+            p.extend_from_slice(&row[row.len() - 3..]);
+        }
+    }
+    p
 }
 
 /// Separable Gaussian blur with standard deviation `sigma` pixels (kernel truncated at 3 sigma).
@@ -117,43 +130,44 @@ pub(crate) fn gaussian_blur(src: &Buf, sigma: f32) -> Buf {
 }
 
 fn gaussian_blur_direct(src: &Buf, sigma: f32) -> Buf {
-    let r = (3.0 * sigma).ceil().max(1.0) as isize;
-    let mut kern: Vec<f32> = (-r..=r)
-        .map(|i| (-((i * i) as f32) / (2.0 * sigma * sigma)).exp())
+    let r = (3.0 * sigma).ceil().max(1.0) as usize;
+    let mut kern: Vec<f32> = (0..=2 * r)
+        .map(|i| {
+            let d = i as f32 - r as f32;
+            (-(d * d) / (2.0 * sigma * sigma)).exp()
+        })
         .collect();
     let total: f32 = kern.iter().sum();
     kern.iter_mut().for_each(|v| *v /= total);
-    let (w, h) = (src.w as isize, src.h as isize);
-    let mut tmp = vec![0.0f32; src.d.len()];
-    // Horizontal pass.
-    for y in 0..h {
-        for x in 0..w {
-            let mut acc = [0.0f32; 3];
-            for (j, &kv) in kern.iter().enumerate() {
-                let sx = (x + j as isize - r).clamp(0, w - 1);
-                let i = ((y * w + sx) * 3) as usize;
-                acc[0] += kv * src.d[i];
-                acc[1] += kv * src.d[i + 1];
-                acc[2] += kv * src.d[i + 2];
+    let p = pad(src, r);
+    let (w, pw, ph) = (src.w, src.w + 2 * r, src.h + 2 * r);
+    if w == 0 {
+        return Buf {
+            w: src.w,
+            h: src.h,
+            d: Vec::new(),
+        };
+    }
+    let row_len = w * 3;
+    // Horizontal pass over every padded row (the vertical pass needs the border rows too), as
+    // shifted-row accumulations that vectorise.
+    let mut tmp = vec![0.0f32; w * ph * 3];
+    for (y, tmp_row) in tmp.chunks_exact_mut(row_len).enumerate() {
+        for (j, &kv) in kern.iter().enumerate() {
+            let start = (y * pw + j) * 3;
+            for (o, &v) in tmp_row.iter_mut().zip(&p[start..start + row_len]) {
+                *o += kv * v;
             }
-            let o = ((y * w + x) * 3) as usize;
-            tmp[o..o + 3].copy_from_slice(&acc);
         }
     }
     // Vertical pass.
     let mut out = vec![0.0f32; src.d.len()];
-    for y in 0..h {
-        for x in 0..w {
-            let mut acc = [0.0f32; 3];
-            for (j, &kv) in kern.iter().enumerate() {
-                let sy = (y + j as isize - r).clamp(0, h - 1);
-                let i = ((sy * w + x) * 3) as usize;
-                acc[0] += kv * tmp[i];
-                acc[1] += kv * tmp[i + 1];
-                acc[2] += kv * tmp[i + 2];
+    for (y, out_row) in out.chunks_exact_mut(row_len).enumerate() {
+        for (j, &kv) in kern.iter().enumerate() {
+            let start = (y + j) * row_len;
+            for (o, &v) in out_row.iter_mut().zip(&tmp[start..start + row_len]) {
+                *o += kv * v;
             }
-            let o = ((y * w + x) * 3) as usize;
-            out[o..o + 3].copy_from_slice(&acc);
         }
     }
     Buf {
@@ -168,23 +182,27 @@ fn downsample(src: &Buf, k: usize) -> Buf {
     let sw = src.w.div_ceil(k);
     let sh = src.h.div_ceil(k);
     let mut d = vec![0.0f32; sw * sh * 3];
-    let mut cnt = vec![0u32; sw * sh];
-    for y in 0..src.h {
-        let row = (y / k) * sw;
-        for x in 0..src.w {
-            let o = row + x / k;
-            let i = (y * src.w + x) * 3;
-            d[o * 3] += src.d[i];
-            d[o * 3 + 1] += src.d[i + 1];
-            d[o * 3 + 2] += src.d[i + 2];
-            cnt[o] += 1;
+    // Block index of each column, so the per-pixel loop has no division.
+    let bx: Vec<usize> = (0..src.w).map(|x| x / k).collect();
+    for (y, row) in src.d.chunks_exact(src.w * 3).enumerate() {
+        let out_row = &mut d[(y / k) * sw * 3..(y / k + 1) * sw * 3];
+        for (px, &b) in row.chunks_exact(3).zip(&bx) {
+            let o = &mut out_row[b * 3..b * 3 + 3];
+            o[0] += px[0];
+            o[1] += px[1];
+            o[2] += px[2];
         }
     }
-    for (o, &c) in cnt.iter().enumerate() {
-        let inv = 1.0 / c.max(1) as f32;
-        d[o * 3] *= inv;
-        d[o * 3 + 1] *= inv;
-        d[o * 3 + 2] *= inv;
+    for by in 0..sh {
+        let rows = (src.h - by * k).min(k);
+        for bxi in 0..sw {
+            let cols = (src.w - bxi * k).min(k);
+            let inv = 1.0 / (rows * cols) as f32;
+            let o = (by * sw + bxi) * 3;
+            d[o] *= inv;
+            d[o + 1] *= inv;
+            d[o + 2] *= inv;
+        }
     }
     Buf { w: sw, h: sh, d }
 }
@@ -200,19 +218,19 @@ fn upsample(src: &Buf, w: usize, h: usize, k: usize) -> Buf {
     };
     let xs: Vec<(usize, usize, f32)> = (0..w).map(|x| coord(x, src.w)).collect();
     let mut d = vec![0.0f32; w * h * 3];
-    for y in 0..h {
+    // Vertical lerp into one small row, then horizontal lerp of that row into the output row.
+    let mut mid = vec![0.0f32; src.w * 3];
+    let srow = |y: usize| &src.d[y * src.w * 3..(y + 1) * src.w * 3];
+    for (y, out_row) in d.chunks_exact_mut(w * 3).enumerate() {
         let (y0, y1, wy) = coord(y, src.h);
-        for (x, &(x0, x1, wx)) in xs.iter().enumerate() {
-            let a = (y0 * src.w + x0) * 3;
-            let b = (y0 * src.w + x1) * 3;
-            let c = (y1 * src.w + x0) * 3;
-            let e = (y1 * src.w + x1) * 3;
-            let o = (y * w + x) * 3;
-            for ch in 0..3 {
-                let top = src.d[a + ch] * (1.0 - wx) + src.d[b + ch] * wx;
-                let bot = src.d[c + ch] * (1.0 - wx) + src.d[e + ch] * wx;
-                d[o + ch] = top * (1.0 - wy) + bot * wy;
-            }
+        for ((m, &a), &b) in mid.iter_mut().zip(srow(y0)).zip(srow(y1)) {
+            *m = a + (b - a) * wy;
+        }
+        for (o, &(x0, x1, wx)) in out_row.chunks_exact_mut(3).zip(&xs) {
+            let (a, b) = (&mid[x0 * 3..x0 * 3 + 3], &mid[x1 * 3..x1 * 3 + 3]);
+            o[0] = a[0] + (b[0] - a[0]) * wx;
+            o[1] = a[1] + (b[1] - a[1]) * wx;
+            o[2] = a[2] + (b[2] - a[2]) * wx;
         }
     }
     Buf { w, h, d }

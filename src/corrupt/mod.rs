@@ -303,13 +303,13 @@ fn map_lut(data: &[u8], f: impl Fn(f32) -> f32) -> Vec<u8> {
 
 /// Pulls each pixel towards its luma (BT.601) by `amount` (1 = grey).
 fn decolor(data: &[u8], amount: f32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len());
-    for px in data.chunks_exact(3) {
+    let mut out = vec![0u8; data.len()];
+    for (o, px) in out.chunks_exact_mut(3).zip(data.chunks_exact(3)) {
         let (r, g, b) = (px[0] as f32, px[1] as f32, px[2] as f32);
         let y = 0.299 * r + 0.587 * g + 0.114 * b;
-        for c in [r, g, b] {
-            out.push(to_u8(c + (y - c) * amount));
-        }
+        o[0] = to_u8(r + (y - r) * amount);
+        o[1] = to_u8(g + (y - g) * amount);
+        o[2] = to_u8(b + (y - b) * amount);
     }
     out
 }
