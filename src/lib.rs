@@ -6,6 +6,8 @@
 
 pub mod alert;
 pub mod cli;
+pub mod corrupt;
+pub mod data;
 pub mod detector;
 pub mod eval;
 pub mod frame;
