@@ -5,3 +5,4 @@
 //! per-sample squared gradient norms of every parameter tensor (Lee & AlRegib, ICIP 2020).
 
 pub mod frame;
+pub mod source;
