@@ -404,9 +404,24 @@ fn pipe_config_errors() {
 
 // ---------------------------------------------------------------- replay
 
-/// Writes `n` 2x1 images; image i has every byte = 10 * i.
+/// Replay test image `i`: 32x32 (CIFAR-sized, so real corruptions have room), a ramp.
+fn test_image(i: usize) -> RgbImage {
+    let mut img = RgbImage::zeros(32, 32);
+    for y in 0..32 {
+        for x in 0..32 {
+            let v = |c: usize| (10 * i + 3 * x + 5 * y + 40 * c) as u8;
+            img.set_pixel(x, y, [v(0), v(1), v(2)]);
+        }
+    }
+    img
+}
+
+/// Writes images `test_image(0..n)` as an (n, 32, 32, 3) uint8 array.
 fn write_npy(dir: &Path, n: usize) -> PathBuf {
-    let arr = ndarray::Array4::from_shape_fn((n, 1, 2, 3), |(i, _, _, _)| (10 * i) as u8);
+    let images: Vec<RgbImage> = (0..n).map(test_image).collect();
+    let arr = ndarray::Array4::from_shape_fn((n, 32, 32, 3), |(i, y, x, c)| {
+        images[i].data[(y * 32 + x) * 3 + c]
+    });
     let path = dir.join("frames.npy");
     ndarray_npy::write_npy(&path, &arr).unwrap();
     path
@@ -483,9 +498,7 @@ schedule = [
     // Paced at 10 fps: the 20th frame (index 19) was due at 1.9 s.
     assert_eq!(sim.elapsed(), Duration::from_millis(1900));
     // Frames cycle through the array; corruption uses seed + frame index.
-    let images: Vec<RgbImage> = (0..3)
-        .map(|i| RgbImage::new(2, 1, vec![(10 * i) as u8; 6]).unwrap())
-        .collect();
+    let images: Vec<RgbImage> = (0..3).map(test_image).collect();
     for (i, ev) in events[..20].iter().enumerate() {
         let (img, tag) = frame(ev.clone());
         let clean = &images[i % 3];
