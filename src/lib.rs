@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod onnx;
 pub mod runtime;
 pub mod sink;
+pub mod source;

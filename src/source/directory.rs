@@ -1,0 +1,128 @@
+//! Image files from a directory, in name order.
+//!
+//! ```toml
+//! [[stream]]
+//! name = "folder"
+//! kind = "directory"
+//! path = "frames/"     # required
+//! fps = 2.0            # default 0 = as fast as possible (then use queue.policy = "block")
+//! loop = false         # default false: End after the last file
+//! ```
+//!
+//! The directory is listed once, when the source is built: regular files not starting with
+//! `.`, sorted by file name byte-wise (so number frames with zero padding: `0001.png`).
+//! The format is detected from the content (PNG, JPEG, PPM/PGM); a file that is not an image
+//! or does not decode is a [`SourceEvent::BadFrame`] naming it, and the stream goes on. Each
+//! frame's tag is its file name.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::clock::{Clock, Pacer};
+use super::{check_fps, load_image_file, Source, SourceError, SourceEvent};
+
+/// Config of a `kind = "directory"` stream.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// The directory. Required.
+    pub path: PathBuf,
+    /// Frames a second; 0 plays as fast as the consumer takes them. Default 0.
+    #[serde(default)]
+    pub fps: f64,
+    /// Start again from the first file after the last. Default false.
+    #[serde(default, rename = "loop")]
+    pub looping: bool,
+}
+
+impl DirectoryConfig {
+    /// Checks the config without reading the directory.
+    pub fn validate(&self) -> Result<(), SourceError> {
+        if self.path.as_os_str().is_empty() {
+            return Err(SourceError::Config("`path` is empty".into()));
+        }
+        check_fps(self.fps)
+    }
+}
+
+/// Lists the files a directory source plays, in play order.
+pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
+    let io_err = |source| SourceError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err)? {
+        let entry = entry.map_err(io_err)?;
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        // `metadata` follows symlinks, so linked frames count too.
+        if std::fs::metadata(&path)
+            .map(|m| m.is_file())
+            .unwrap_or(false)
+        {
+            files.push(path);
+        }
+    }
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    if files.is_empty() {
+        return Err(SourceError::EmptyDirectory(dir.to_path_buf()));
+    }
+    Ok(files)
+}
+
+/// Plays a directory's files (see the module doc).
+pub struct DirectorySource {
+    files: Vec<PathBuf>,
+    next: usize,
+    looping: bool,
+    ended: bool,
+    pacer: Pacer,
+    clock: Arc<dyn Clock>,
+}
+
+impl DirectorySource {
+    /// Lists the directory; an empty or unreadable one is an error.
+    pub fn new(config: &DirectoryConfig, clock: Arc<dyn Clock>) -> Result<Self, SourceError> {
+        config.validate()?;
+        Ok(Self {
+            files: list_files(&config.path)?,
+            next: 0,
+            looping: config.looping,
+            ended: false,
+            pacer: Pacer::new(config.fps),
+            clock,
+        })
+    }
+}
+
+impl Source for DirectorySource {
+    fn poll(&mut self) -> SourceEvent {
+        if self.ended {
+            return SourceEvent::End;
+        }
+        if self.next >= self.files.len() {
+            if !self.looping {
+                self.ended = true;
+                return SourceEvent::End;
+            }
+            self.next = 0;
+        }
+        self.pacer.wait(self.clock.as_ref());
+        let path = &self.files[self.next];
+        self.next += 1;
+        match load_image_file(path) {
+            Ok(image) => SourceEvent::Frame {
+                image,
+                tag: path.file_name().map(|n| n.to_string_lossy().into_owned()),
+            },
+            Err(e) => SourceEvent::BadFrame {
+                reason: format!("{}: {e}", path.display()),
+            },
+        }
+    }
+}
