@@ -55,7 +55,9 @@ pub enum DataError {
         source: image::ImageError,
     },
     /// Images of different sizes where one array needs them equal.
-    #[error("{path}: image {index} is {got_w}x{got_h} but image 0 is {want_w}x{want_h}; resize them to one size first")]
+    #[error(
+        "{path}: image {index} is {got_w}x{got_h} but image 0 is {want_w}x{want_h}; resize them to one size first"
+    )]
     MixedSizes {
         /// The file being written.
         path: PathBuf,
@@ -77,7 +79,9 @@ pub enum DataError {
         path: PathBuf,
     },
     /// An image to save whose buffer does not match its size, or too large for the format.
-    #[error("{path}: image claims {width}x{height} with {len} bytes; it needs width*height*3 bytes and sides below 2^32")]
+    #[error(
+        "{path}: image claims {width}x{height} with {len} bytes; it needs width*height*3 bytes and sides below 2^32"
+    )]
     BadImage {
         /// The file that was to be written.
         path: PathBuf,
@@ -97,17 +101,11 @@ pub enum DataError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
-    move |source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| DataError::Io { path: path.to_path_buf(), source }
 }
 
 fn npy_err(path: &Path, reason: impl std::fmt::Display) -> DataError {
-    DataError::Npy {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
+    DataError::Npy { path: path.to_path_buf(), reason: reason.to_string() }
 }
 
 /// Element types this module reads from `.npy`.
@@ -130,12 +128,7 @@ fn read_checked(path: &Path) -> Result<(Vec<u8>, Header, Dtype), DataError> {
         "|u1" => (Dtype::U8, 1),
         "<i4" | ">i4" => (Dtype::I32, 4),
         "<i8" | ">i8" => (Dtype::I64, 8),
-        other => {
-            return Err(npy_err(
-                path,
-                format!("dtype {other} is not uint8, int32 or int64"),
-            ))
-        }
+        other => return Err(npy_err(path, format!("dtype {other} is not uint8, int32 or int64"))),
     };
     let len = header
         .shape
@@ -146,7 +139,10 @@ fn read_checked(path: &Path) -> Result<(Vec<u8>, Header, Dtype), DataError> {
     if have != len {
         return Err(npy_err(
             path,
-            format!("header says {len} data bytes for shape {:?} but the file holds {have} (truncated or corrupt)", header.shape),
+            format!(
+                "header says {len} data bytes for shape {:?} but the file holds {have} (truncated or corrupt)",
+                header.shape
+            ),
         ));
     }
     Ok((bytes, header, dtype))
@@ -178,11 +174,7 @@ pub fn load_npy_images(path: &Path) -> Result<Vec<RgbImage>, DataError> {
     let (h, w) = (sh[1], sh[2]);
     let images = arr
         .axis_iter(Axis(0))
-        .map(|img| RgbImage {
-            width: w,
-            height: h,
-            data: img.iter().copied().collect(),
-        })
+        .map(|img| RgbImage { width: w, height: h, data: img.iter().copied().collect() })
         .collect();
     Ok(images)
 }
@@ -197,22 +189,17 @@ pub fn load_npy_labels(path: &Path) -> Result<Vec<i64>, DataError> {
             expected: "[N] (one label per image)",
         });
     }
-    let labels =
-        match dtype {
-            Dtype::U8 => ArrayD::<u8>::read_npy(&bytes[..])
-                .map(|a| a.iter().map(|&v| i64::from(v)).collect()),
-            Dtype::I32 => ArrayD::<i32>::read_npy(&bytes[..])
-                .map(|a| a.iter().map(|&v| i64::from(v)).collect()),
-            Dtype::I64 => ArrayD::<i64>::read_npy(&bytes[..]).map(|a| a.iter().copied().collect()),
-        };
+    let labels = match dtype {
+        Dtype::U8 => ArrayD::<u8>::read_npy(&bytes[..]).map(|a| a.iter().map(|&v| i64::from(v)).collect()),
+        Dtype::I32 => ArrayD::<i32>::read_npy(&bytes[..]).map(|a| a.iter().map(|&v| i64::from(v)).collect()),
+        Dtype::I64 => ArrayD::<i64>::read_npy(&bytes[..]).map(|a| a.iter().copied().collect()),
+    };
     labels.map_err(|e| npy_err(path, e))
 }
 
 /// Saves images as one uint8 `.npy` array `[N, H, W, 3]`; all images must share one size.
 pub fn save_npy_images(path: &Path, images: &[RgbImage]) -> Result<(), DataError> {
-    let first = images.first().ok_or_else(|| DataError::NoImages {
-        path: path.to_path_buf(),
-    })?;
+    let first = images.first().ok_or_else(|| DataError::NoImages { path: path.to_path_buf() })?;
     let (w, h) = (first.width, first.height);
     let mut data = Vec::with_capacity(images.len() * w * h * 3);
     for (index, img) in images.iter().enumerate() {
@@ -228,8 +215,7 @@ pub fn save_npy_images(path: &Path, images: &[RgbImage]) -> Result<(), DataError
         }
         data.extend_from_slice(&img.data);
     }
-    let arr = ArrayD::from_shape_vec(IxDyn(&[images.len(), h, w, 3]), data)
-        .map_err(|e| npy_err(path, e))?;
+    let arr = ArrayD::from_shape_vec(IxDyn(&[images.len(), h, w, 3]), data).map_err(|e| npy_err(path, e))?;
     let file = std::fs::File::create(path).map_err(io_err(path))?;
     let mut writer = std::io::BufWriter::new(file);
     arr.write_npy(&mut writer).map_err(|e| npy_err(path, e))?;
@@ -241,17 +227,10 @@ pub fn save_npy_images(path: &Path, images: &[RgbImage]) -> Result<(), DataError
 pub fn load_image(path: &Path) -> Result<RgbImage, DataError> {
     let reader = image::ImageReader::open(path).map_err(io_err(path))?;
     let reader = reader.with_guessed_format().map_err(io_err(path))?;
-    let img = reader.decode().map_err(|source| DataError::Image {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let img = reader.decode().map_err(|source| DataError::Image { path: path.to_path_buf(), source })?;
     let rgb = img.to_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-    Ok(RgbImage {
-        width: w,
-        height: h,
-        data: rgb.into_raw(),
-    })
+    Ok(RgbImage { width: w, height: h, data: rgb.into_raw() })
 }
 
 /// One entry of [`load_image_dir`]: the file name and the decoded image or why it failed.
@@ -277,59 +256,31 @@ pub fn load_image_dir(dir: &Path) -> Result<Vec<DirEntryImage>, DataError> {
         }
     }
     files.sort();
-    Ok(files
-        .into_iter()
-        .map(|(name, path)| (name, load_image(&path)))
-        .collect())
+    Ok(files.into_iter().map(|(name, path)| (name, load_image(&path))).collect())
 }
 
 /// Saves an RGB8 image as PNG.
 pub fn save_png(path: &Path, img: &RgbImage) -> Result<(), DataError> {
-    let bad = || DataError::BadImage {
-        path: path.to_path_buf(),
-        width: img.width,
-        height: img.height,
-        len: img.data.len(),
-    };
+    let bad =
+        || DataError::BadImage { path: path.to_path_buf(), width: img.width, height: img.height, len: img.data.len() };
     // The encoder panics on a buffer of the wrong length; the fields are public, so check.
-    if img
-        .width
-        .checked_mul(img.height)
-        .and_then(|n| n.checked_mul(3))
-        != Some(img.data.len())
-    {
+    if img.width.checked_mul(img.height).and_then(|n| n.checked_mul(3)) != Some(img.data.len()) {
         return Err(bad());
     }
     let (Ok(w), Ok(h)) = (u32::try_from(img.width), u32::try_from(img.height)) else {
         return Err(bad());
     };
-    image::save_buffer_with_format(
-        path,
-        &img.data,
-        w,
-        h,
-        image::ExtendedColorType::Rgb8,
-        image::ImageFormat::Png,
-    )
-    .map_err(|source| match source {
-        image::ImageError::IoError(source) => DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
-        source => DataError::Image {
-            path: path.to_path_buf(),
-            source,
-        },
-    })
+    image::save_buffer_with_format(path, &img.data, w, h, image::ExtendedColorType::Rgb8, image::ImageFormat::Png)
+        .map_err(|source| match source {
+            image::ImageError::IoError(source) => DataError::Io { path: path.to_path_buf(), source },
+            source => DataError::Image { path: path.to_path_buf(), source },
+        })
 }
 
 /// Loads named images from a `.npy` stack (names `"0"`, `"1"`, ...), a folder (names = file
 /// names; undecodable files are skipped with a warning) or a single image file.
 pub fn load_images(path: &Path) -> Result<Vec<(String, RgbImage)>, DataError> {
-    let is_npy = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
+    let is_npy = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("npy"));
     if path.is_dir() {
         let mut out = Vec::new();
         for (name, img) in load_image_dir(path)? {
@@ -340,25 +291,13 @@ pub fn load_images(path: &Path) -> Result<Vec<(String, RgbImage)>, DataError> {
         }
         Ok(out)
     } else if is_npy {
-        Ok(load_npy_images(path)?
-            .into_iter()
-            .enumerate()
-            .map(|(i, img)| (i.to_string(), img))
-            .collect())
+        Ok(load_npy_images(path)?.into_iter().enumerate().map(|(i, img)| (i.to_string(), img)).collect())
     } else if has_image_extension(path) {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(vec![(name, load_image(path)?)])
     } else if !path.exists() {
-        Err(DataError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        })
+        Err(DataError::Io { path: path.to_path_buf(), source: std::io::Error::from(std::io::ErrorKind::NotFound) })
     } else {
-        Err(DataError::UnknownFormat {
-            path: path.to_path_buf(),
-        })
+        Err(DataError::UnknownFormat { path: path.to_path_buf() })
     }
 }

@@ -2,9 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gradwatch::alert::{
-    parse_rfc3339, AlertPolicy, AlertTracker, EndReason, Event, ModelRef, Scored,
-};
+use gradwatch::alert::{parse_rfc3339, AlertPolicy, AlertTracker, EndReason, Event, ModelRef, Scored};
 
 /// 2024-01-01T00:00:00Z, so ids and times are predictable.
 const T0_MS: u64 = 1_704_067_200_000;
@@ -14,10 +12,7 @@ fn t(ms: u64) -> SystemTime {
 }
 
 fn model() -> ModelRef {
-    ModelRef {
-        name: "resnet18".into(),
-        sha256: "ab".repeat(32),
-    }
+    ModelRef { name: "resnet18".into(), sha256: "ab".repeat(32) }
 }
 
 fn frame(seq: u64, score: f32, dt_ms: u64) -> Scored {
@@ -35,13 +30,7 @@ fn frame(seq: u64, score: f32, dt_ms: u64) -> Scored {
 }
 
 fn policy(min_duration_ms: u64, update_interval_ms: u64) -> AlertPolicy {
-    AlertPolicy {
-        window: 10,
-        raise: 6,
-        clear: 2,
-        min_duration_ms,
-        update_interval_ms,
-    }
+    AlertPolicy { window: 10, raise: 6, clear: 2, min_duration_ms, update_interval_ms }
 }
 
 /// Feeds `scores` as frames 0.. spaced `dt_ms`; returns (seq of the triggering frame, event).
@@ -147,15 +136,7 @@ fn min_duration_respected() {
 fn periodic_updates() {
     // Raise at seq 5 (t=500); updates every 5000 ms of frame time: seq 55, 105, 155.
     let (_, evs) = run(policy(1000, 5000), &[2.0; 160], 100);
-    assert_eq!(
-        kinds(&evs),
-        [
-            (5, "alert_start"),
-            (55, "alert_update"),
-            (105, "alert_update"),
-            (155, "alert_update")
-        ]
-    );
+    assert_eq!(kinds(&evs), [(5, "alert_start"), (55, "alert_update"), (105, "alert_update"), (155, "alert_update")]);
     let u = evs[1].1.alert().unwrap();
     assert_eq!(u.frames, 56);
     assert_eq!(u.frames_over, 56);
@@ -190,20 +171,10 @@ fn stream_down_ends_alert_then_reports() {
     let (mut tr, _) = run(policy(60_000, 0), &[2.0; 8], 100);
     let evs = tr.stream_down(t(1000), "EOF");
     assert_eq!(evs.len(), 2);
-    assert!(matches!(
-        &evs[0],
-        Event::AlertEnd {
-            reason: EndReason::StreamDown,
-            ..
-        }
-    ));
+    assert!(matches!(&evs[0], Event::AlertEnd { reason: EndReason::StreamDown, .. }));
     assert_eq!(
         evs[1],
-        Event::StreamDown {
-            stream: "cam0".into(),
-            time: "2024-01-01T00:00:01.000Z".into(),
-            reason: "EOF".into()
-        }
+        Event::StreamDown { stream: "cam0".into(), time: "2024-01-01T00:00:01.000Z".into(), reason: "EOF".into() }
     );
     // No alert open: only stream_down.
     assert_eq!(tr.stream_down(t(1100), "EOF").len(), 1);
@@ -217,10 +188,7 @@ fn stream_down_ends_alert_then_reports() {
         evs.extend(tr.push(&f));
     }
     assert_eq!(evs.len(), 1);
-    assert_eq!(
-        evs[0].alert().unwrap().id,
-        format!("cam0-0-{}", T0_MS + 3000)
-    );
+    assert_eq!(evs[0].alert().unwrap().id, format!("cam0-0-{}", T0_MS + 3000));
 }
 
 #[test]
@@ -231,10 +199,8 @@ fn ids_stable_within_and_unique_across_alerts() {
     scores.extend([2.0; 6]);
     scores.extend([0.0; 29]);
     let (_, evs) = run(policy(0, 300), &scores, 100);
-    let mut ids: Vec<(String, &'static str)> = evs
-        .iter()
-        .map(|(_, e)| (e.alert().unwrap().id.clone(), e.kind()))
-        .collect();
+    let mut ids: Vec<(String, &'static str)> =
+        evs.iter().map(|(_, e)| (e.alert().unwrap().id.clone(), e.kind())).collect();
     assert_eq!(ids.first().unwrap().1, "alert_start");
     let first = ids[0].0.clone();
     let second_start = ids.iter().rposition(|(_, k)| *k == "alert_start").unwrap();
@@ -257,9 +223,8 @@ fn ids_stable_within_and_unique_across_alerts() {
 
 #[test]
 fn replay_is_deterministic() {
-    let scores: Vec<f32> = (0..500)
-        .map(|i| if (i / 17) % 3 == 0 { 2.0 } else { 0.2 } + (i % 7) as f32 * 0.01)
-        .collect();
+    let scores: Vec<f32> =
+        (0..500).map(|i| if (i / 17) % 3 == 0 { 2.0 } else { 0.2 } + (i % 7) as f32 * 0.01).collect();
     let (_, a) = run(policy(500, 1000), &scores, 40);
     let (_, b) = run(policy(500, 1000), &scores, 40);
     assert!(!a.is_empty());
@@ -293,11 +258,7 @@ fn out_of_order_and_nan_frames() {
 
 #[test]
 fn invalid_policy_rejected() {
-    let p = AlertPolicy {
-        raise: 2,
-        clear: 2,
-        ..AlertPolicy::default()
-    };
+    let p = AlertPolicy { raise: 2, clear: 2, ..AlertPolicy::default() };
     assert!(AlertTracker::new("cam0", p, model()).is_err());
 }
 
@@ -329,12 +290,6 @@ fn events_round_trip_through_json() {
     }
     assert_eq!(
         seen.into_iter().collect::<Vec<_>>(),
-        [
-            "alert_end",
-            "alert_start",
-            "alert_update",
-            "stream_down",
-            "stream_up"
-        ]
+        ["alert_end", "alert_start", "alert_update", "stream_down", "stream_up"]
     );
 }

@@ -14,28 +14,16 @@ fn sign(variant: usize, w: usize, h: usize) -> RgbImage {
             let (u, v) = (fx / w as f32, fy / h as f32);
             // Background: a sky-to-foliage gradient with a little structure.
             let mut p = match variant % 3 {
-                0 => [
-                    90.0 + 80.0 * (1.0 - v),
-                    120.0 + 60.0 * (1.0 - v),
-                    150.0 + 50.0 * (1.0 - v),
-                ],
+                0 => [90.0 + 80.0 * (1.0 - v), 120.0 + 60.0 * (1.0 - v), 150.0 + 50.0 * (1.0 - v)],
                 1 => [60.0 + 40.0 * u, 110.0 + 50.0 * v, 50.0 + 30.0 * u],
-                _ => [
-                    140.0 - 60.0 * u,
-                    130.0 - 40.0 * v,
-                    120.0 + 40.0 * (u * 9.0).sin(),
-                ],
+                _ => [140.0 - 60.0 * u, 130.0 - 40.0 * v, 120.0 + 40.0 * (u * 9.0).sin()],
             };
             let d = ((fx - cx).powi(2) + (fy - cy).powi(2)).sqrt();
             match variant % 3 {
                 0 => {
                     // Prohibitory: red ring, white disc, black bar.
                     if d < r {
-                        p = if d > r * 0.72 {
-                            [200.0, 25.0, 30.0]
-                        } else {
-                            [240.0, 240.0, 235.0]
-                        };
+                        p = if d > r * 0.72 { [200.0, 25.0, 30.0] } else { [240.0, 240.0, 235.0] };
                         if d < r * 0.72 && (fy - cy).abs() < r * 0.16 && (fx - cx).abs() < r * 0.5 {
                             p = [20.0, 20.0, 20.0];
                         }
@@ -45,11 +33,9 @@ fn sign(variant: usize, w: usize, h: usize) -> RgbImage {
                     // Mandatory: blue disc with a white arrow.
                     if d < r {
                         p = [30.0, 70.0, 170.0];
-                        let up =
-                            (fx - cx).abs() < r * 0.15 && fy > cy - r * 0.3 && fy < cy + r * 0.6;
-                        let head = fy < cy - r * 0.2
-                            && fy > cy - r * 0.65
-                            && (fx - cx).abs() < (fy - (cy - r * 0.65)) * 0.9;
+                        let up = (fx - cx).abs() < r * 0.15 && fy > cy - r * 0.3 && fy < cy + r * 0.6;
+                        let head =
+                            fy < cy - r * 0.2 && fy > cy - r * 0.65 && (fx - cx).abs() < (fy - (cy - r * 0.65)) * 0.9;
                         if up || head {
                             p = [245.0, 245.0, 245.0];
                         }
@@ -60,11 +46,7 @@ fn sign(variant: usize, w: usize, h: usize) -> RgbImage {
                     let t = (fy - (cy - r)) / (2.0 * r * 0.87);
                     if (0.0..=1.0).contains(&t) && (fx - cx).abs() < t * r {
                         let inner = t > 0.25 && t < 0.88 && (fx - cx).abs() < (t - 0.13) * r * 0.85;
-                        p = if inner {
-                            [235.0, 230.0, 215.0]
-                        } else {
-                            [205.0, 30.0, 35.0]
-                        };
+                        p = if inner { [235.0, 230.0, 215.0] } else { [205.0, 30.0, 35.0] };
                         if inner && (fx - cx).abs() < r * 0.08 && t > 0.4 && t < 0.75 {
                             p = [15.0, 15.0, 15.0];
                         }
@@ -78,12 +60,7 @@ fn sign(variant: usize, w: usize, h: usize) -> RgbImage {
 }
 
 fn mad(a: &RgbImage, b: &RgbImage) -> f64 {
-    let sum: u64 = a
-        .data
-        .iter()
-        .zip(&b.data)
-        .map(|(&x, &y)| u64::from(x.abs_diff(y)))
-        .sum();
+    let sum: u64 = a.data.iter().zip(&b.data).map(|(&x, &y)| u64::from(x.abs_diff(y))).sum();
     sum as f64 / a.data.len() as f64
 }
 
@@ -109,31 +86,13 @@ fn mad_table(kind: Corruption) -> [f64; 5] {
 
 #[test]
 fn deviation_strictly_increases_with_level_for_every_type() {
-    println!(
-        "{:<14} {:>7} {:>7} {:>7} {:>7} {:>7}",
-        "kind", "L1", "L2", "L3", "L4", "L5"
-    );
+    println!("{:<14} {:>7} {:>7} {:>7} {:>7} {:>7}", "kind", "L1", "L2", "L3", "L4", "L5");
     for kind in Corruption::ALL {
         let t = mad_table(kind);
-        println!(
-            "{:<14} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2}",
-            kind.name(),
-            t[0],
-            t[1],
-            t[2],
-            t[3],
-            t[4]
-        );
+        println!("{:<14} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2}", kind.name(), t[0], t[1], t[2], t[3], t[4]);
         assert!(t[0] > 0.3, "{kind}: level 1 changes nothing ({:.3})", t[0]);
         for l in 1..5 {
-            assert!(
-                t[l] > t[l - 1],
-                "{kind}: level {} MAD {:.3} <= level {} MAD {:.3}",
-                l + 1,
-                t[l],
-                l,
-                t[l - 1]
-            );
+            assert!(t[l] > t[l - 1], "{kind}: level {} MAD {:.3} <= level {} MAD {:.3}", l + 1, t[l], l, t[l - 1]);
         }
     }
 }
@@ -161,10 +120,7 @@ fn same_seed_same_bytes_and_seeded_types_vary_with_seed() {
             if kind.uses_seed() {
                 assert_ne!(a, c, "{kind} level {level} ignores the seed");
             } else {
-                assert_eq!(
-                    a, c,
-                    "{kind} level {level} depends on the seed but says it does not"
-                );
+                assert_eq!(a, c, "{kind} level {level} depends on the seed but says it does not");
             }
         }
     }
@@ -180,12 +136,7 @@ fn known_answer_bytes_do_not_drift() {
     let sums: Vec<(Corruption, u64)> = Corruption::ALL
         .iter()
         .filter(|&&k| k != Corruption::CodecError)
-        .map(|&k| {
-            (
-                k,
-                run(&img, k, 3, 7).data.iter().map(|&v| u64::from(v)).sum(),
-            )
-        })
+        .map(|&k| (k, run(&img, k, 3, 7).data.iter().map(|&v| u64::from(v)).sum()))
         .collect();
     let expected = [
         (Corruption::Noise, 452_116),
@@ -219,11 +170,7 @@ fn odd_and_large_sizes_are_preserved() {
         for &kind in kinds {
             for level in [1, 5] {
                 let out = run(&img, kind, level, 5);
-                assert_eq!(
-                    (out.width, out.height, out.data.len()),
-                    (w, h, w * h * 3),
-                    "{kind} at {w}x{h}"
-                );
+                assert_eq!((out.width, out.height, out.data.len()), (w, h, w * h * 3), "{kind} at {w}x{h}");
             }
         }
     }
@@ -235,19 +182,12 @@ fn large_frame_looks_like_small_sign() {
     // corrupting the 32x32 sign directly, for the spatial types.
     let big = sign(0, 320, 320);
     let small = big.resize(32, 32);
-    for kind in [
-        Corruption::LensBlur,
-        Corruption::GaussianBlur,
-        Corruption::Haze,
-    ] {
+    for kind in [Corruption::LensBlur, Corruption::GaussianBlur, Corruption::Haze] {
         let a = run(&big, kind, 4, 3).resize(32, 32);
         let b = run(&small, kind, 4, 3);
         let d_ab = mad(&a, &b);
         let d_clean = mad(&small, &b);
-        assert!(
-            d_ab < 0.5 * d_clean,
-            "{kind}: big-then-shrink differs by {d_ab:.2} vs corruption size {d_clean:.2}"
-        );
+        assert!(d_ab < 0.5 * d_clean, "{kind}: big-then-shrink differs by {d_ab:.2} vs corruption size {d_clean:.2}");
     }
 }
 
@@ -255,38 +195,17 @@ fn large_frame_looks_like_small_sign() {
 fn levels_zero_and_six_are_rejected() {
     let img = sign(0, 8, 8);
     for kind in Corruption::ALL {
-        assert!(matches!(
-            apply(&img, kind, 0, 1),
-            Err(CorruptError::BadLevel(0))
-        ));
-        assert!(matches!(
-            apply(&img, kind, 6, 1),
-            Err(CorruptError::BadLevel(6))
-        ));
+        assert!(matches!(apply(&img, kind, 0, 1), Err(CorruptError::BadLevel(0))));
+        assert!(matches!(apply(&img, kind, 6, 1), Err(CorruptError::BadLevel(6))));
     }
     let msg = CorruptError::BadLevel(6).to_string();
-    assert!(
-        msg.contains('6') && msg.contains("1") && msg.contains("5"),
-        "{msg}"
-    );
+    assert!(msg.contains('6') && msg.contains("1") && msg.contains("5"), "{msg}");
 }
 
 #[test]
 fn paper_types_are_the_table_2_order() {
     let names: Vec<&str> = Corruption::PAPER.iter().map(|k| k.name()).collect();
-    assert_eq!(
-        names,
-        [
-            "noise",
-            "lens_blur",
-            "gaussian_blur",
-            "dirty_lens",
-            "exposure",
-            "snow",
-            "haze",
-            "decolor"
-        ]
-    );
+    assert_eq!(names, ["noise", "lens_blur", "gaussian_blur", "dirty_lens", "exposure", "snow", "haze", "decolor"]);
     assert_eq!(Corruption::ALL.len(), 10);
 }
 
@@ -305,12 +224,7 @@ fn write_preview_montage() {
     }
     let big = montage(
         &sign(0, 320, 240),
-        &[
-            Corruption::LensBlur,
-            Corruption::DirtyLens,
-            Corruption::Snow,
-            Corruption::Haze,
-        ],
+        &[Corruption::LensBlur, Corruption::DirtyLens, Corruption::Snow, Corruption::Haze],
         1,
         1,
     )

@@ -4,21 +4,16 @@
 use std::path::{Path, PathBuf};
 
 use gradwatch::data::{
-    load_image, load_image_dir, load_images, load_npy_images, load_npy_labels, save_npy_images,
-    save_png, DataError,
+    load_image, load_image_dir, load_images, load_npy_images, load_npy_labels, save_npy_images, save_png, DataError,
 };
 use gradwatch::frame::RgbImage;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/data")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data").join(name)
 }
 
 fn pattern(w: usize, h: usize, k: u8) -> RgbImage {
-    let data = (0..w * h * 3)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(k))
-        .collect();
+    let data = (0..w * h * 3).map(|i| (i as u8).wrapping_mul(31).wrapping_add(k)).collect();
     RgbImage::new(w, h, data).unwrap_or_else(|| panic!("bad test image"))
 }
 
@@ -68,14 +63,8 @@ fn saving_mixed_sizes_or_nothing_is_an_error() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let path = dir.path().join("x.npy");
     let err = save_npy_images(&path, &[pattern(2, 2, 0), pattern(3, 2, 0)]);
-    assert!(
-        matches!(err, Err(DataError::MixedSizes { index: 1, .. })),
-        "{err:?}"
-    );
-    assert!(matches!(
-        save_npy_images(&path, &[]),
-        Err(DataError::NoImages { .. })
-    ));
+    assert!(matches!(err, Err(DataError::MixedSizes { index: 1, .. })), "{err:?}");
+    assert!(matches!(save_npy_images(&path, &[]), Err(DataError::NoImages { .. })));
 }
 
 #[test]
@@ -90,24 +79,16 @@ fn labels_of_each_integer_width() {
 
 #[test]
 fn bad_npy_files_are_errors_that_name_the_file() {
-    for name in [
-        "truncated.npy",
-        "garbage.npy",
-        "huge_header.npy",
-        "float_images.npy",
-        "gray_images.npy",
-        "missing.npy",
-    ] {
+    for name in
+        ["truncated.npy", "garbage.npy", "huge_header.npy", "float_images.npy", "gray_images.npy", "missing.npy"]
+    {
         let err = match load_npy_images(&fixture(name)) {
             Ok(v) => panic!("{name}: loaded {} images", v.len()),
             Err(e) => e,
         };
         let msg = err.to_string();
         println!("{msg}");
-        assert!(
-            msg.contains(name),
-            "{name}: message does not name the file: {msg}"
-        );
+        assert!(msg.contains(name), "{name}: message does not name the file: {msg}");
     }
     // Labels go through the same checks.
     assert!(load_npy_labels(&fixture("truncated.npy")).is_err());
@@ -135,10 +116,7 @@ fn image_dir_in_name_order_with_bad_files_as_entries() {
     let entries = load_image_dir(&fixture("dir")).unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
     // notes.txt is not an image extension and is not listed; the upper-case .PNG is.
-    assert_eq!(
-        names,
-        ["a_gray.png", "b_broken.png", "c_rgba.PNG", "d_tiny.ppm"]
-    );
+    assert_eq!(names, ["a_gray.png", "b_broken.png", "c_rgba.PNG", "d_tiny.ppm"]);
     let get = |i: usize| entries[i].1.as_ref().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(get(0).pixel(1, 0), [200, 200, 200]); // grey expands to RGB
     assert!(matches!(&entries[1].1, Err(DataError::Image { .. })));
@@ -177,36 +155,17 @@ fn load_images_single_file_and_bad_paths() {
     let one = load_images(&fixture("dir/d_tiny.ppm")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(one.len(), 1);
     assert_eq!(one[0].0, "d_tiny.ppm");
-    assert!(matches!(
-        load_images(&fixture("dir/notes.txt")),
-        Err(DataError::UnknownFormat { .. })
-    ));
-    assert!(matches!(
-        load_images(&fixture("nope")),
-        Err(DataError::Io { .. })
-    ));
-    assert!(matches!(
-        load_image_dir(&fixture("nope")),
-        Err(DataError::Io { .. })
-    ));
-    assert!(matches!(
-        load_image(&fixture("dir/b_broken.png")),
-        Err(DataError::Image { .. })
-    ));
+    assert!(matches!(load_images(&fixture("dir/notes.txt")), Err(DataError::UnknownFormat { .. })));
+    assert!(matches!(load_images(&fixture("nope")), Err(DataError::Io { .. })));
+    assert!(matches!(load_image_dir(&fixture("nope")), Err(DataError::Io { .. })));
+    assert!(matches!(load_image(&fixture("dir/b_broken.png")), Err(DataError::Image { .. })));
 }
 
 #[test]
 fn saving_an_inconsistent_image_is_an_error() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let img = RgbImage {
-        width: 3,
-        height: 3,
-        data: vec![0; 5],
-    };
+    let img = RgbImage { width: 3, height: 3, data: vec![0; 5] };
     let png = save_png(&dir.path().join("bad.png"), &img);
-    assert!(
-        matches!(png, Err(DataError::BadImage { len: 5, .. })),
-        "{png:?}"
-    );
+    assert!(matches!(png, Err(DataError::BadImage { len: 5, .. })), "{png:?}");
     assert!(save_npy_images(&dir.path().join("bad.npy"), &[img]).is_err());
 }

@@ -2,9 +2,7 @@
 //! determinism, error handling, the Gaussian (Mahalanobis) model on hand-computed cases, and
 //! serde round trips. Sizes are chosen to run in seconds in a debug build.
 
-use gradwatch::detector::{
-    DetectorError, Gaussian, LogStandardizer, Mlp, MlpConfig, DEFAULT_SHRINKAGE,
-};
+use gradwatch::detector::{DetectorError, Gaussian, LogStandardizer, Mlp, MlpConfig, DEFAULT_SHRINKAGE};
 use gradwatch::eval::metrics::auroc;
 use ndarray::{array, Array2};
 
@@ -13,10 +11,7 @@ struct TestRng(u64);
 
 impl TestRng {
     fn uniform(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     }
     fn normal(&mut self) -> f64 {
@@ -47,28 +42,12 @@ fn synthetic(rng: &mut TestRng, n_fam: usize, n_unf: usize) -> (Array2<f32>, Vec
 }
 
 fn small_cfg(seed: u64) -> MlpConfig {
-    MlpConfig {
-        hidden: 16,
-        max_epochs: 30,
-        patience: 8,
-        seed,
-        ..MlpConfig::default()
-    }
+    MlpConfig { hidden: 16, max_epochs: 30, patience: 8, seed, ..MlpConfig::default() }
 }
 
 fn split_scores(s: &[f32], y: &[u8]) -> (Vec<f32>, Vec<f32>) {
-    let fam = s
-        .iter()
-        .zip(y)
-        .filter(|p| *p.1 == 0)
-        .map(|p| *p.0)
-        .collect();
-    let unf = s
-        .iter()
-        .zip(y)
-        .filter(|p| *p.1 == 1)
-        .map(|p| *p.0)
-        .collect();
+    let fam = s.iter().zip(y).filter(|p| *p.1 == 0).map(|p| *p.0).collect();
+    let unf = s.iter().zip(y).filter(|p| *p.1 == 1).map(|p| *p.0).collect();
     (fam, unf)
 }
 
@@ -79,21 +58,13 @@ fn mlp_separates_synthetic_blobs_despite_imbalance() {
     let (xt, yt) = synthetic(&mut rng, 100, 1500);
     let (xv, yv) = synthetic(&mut rng, 300, 300);
     let (xs, ys) = synthetic(&mut rng, 300, 300);
-    let st =
-        LogStandardizer::fit(&xt.select(ndarray::Axis(0), &(0..100).collect::<Vec<_>>())).unwrap();
-    let (zt, zv, zs) = (
-        st.transform(&xt).unwrap(),
-        st.transform(&xv).unwrap(),
-        st.transform(&xs).unwrap(),
-    );
+    let st = LogStandardizer::fit(&xt.select(ndarray::Axis(0), &(0..100).collect::<Vec<_>>())).unwrap();
+    let (zt, zv, zs) = (st.transform(&xt).unwrap(), st.transform(&xv).unwrap(), st.transform(&xs).unwrap());
     let (mlp, report) = Mlp::train(&zt, &yt, &zv, &yv, &small_cfg(7)).unwrap();
     assert!(report.best_val_auroc > 0.99, "{report:?}");
     assert!(report.best_epoch >= 1 && report.best_epoch <= report.epochs_run);
     assert_eq!(report.val_loss_history.len(), report.epochs_run);
-    assert_eq!(
-        report.best_val_loss,
-        report.val_loss_history[report.best_epoch - 1]
-    );
+    assert_eq!(report.best_val_loss, report.val_loss_history[report.best_epoch - 1]);
     // Well below chance loss (ln 2 = 0.693).
     assert!(report.best_val_loss < 0.2, "{report:?}");
     assert_eq!(mlp.inputs(), P);
@@ -127,10 +98,7 @@ fn mlp_training_is_deterministic_for_a_seed() {
     let (xv, yv) = synthetic(&mut rng, 50, 50);
     let st = LogStandardizer::fit(&xt).unwrap();
     let (zt, zv) = (st.transform(&xt).unwrap(), st.transform(&xv).unwrap());
-    let cfg = MlpConfig {
-        max_epochs: 5,
-        ..small_cfg(99)
-    };
+    let cfg = MlpConfig { max_epochs: 5, ..small_cfg(99) };
     let (a, ra) = Mlp::train(&zt, &yt, &zv, &yv, &cfg).unwrap();
     let (b, rb) = Mlp::train(&zt, &yt, &zv, &yv, &cfg).unwrap();
     assert_eq!(a, b);
@@ -151,22 +119,11 @@ fn mlp_early_stopping_keeps_best_epoch() {
     let st = LogStandardizer::fit(&xt).unwrap();
     xt = st.transform(&xt).unwrap();
     let zv = st.transform(&xv).unwrap();
-    let cfg = MlpConfig {
-        hidden: 8,
-        max_epochs: 200,
-        patience: 3,
-        lr: 1e-2,
-        seed: 1,
-        ..MlpConfig::default()
-    };
+    let cfg = MlpConfig { hidden: 8, max_epochs: 200, patience: 3, lr: 1e-2, seed: 1, ..MlpConfig::default() };
     let (_, r) = Mlp::train(&xt, &yt, &zv, &yv, &cfg).unwrap();
     assert!(r.epochs_run < 200, "{r:?}");
     assert_eq!(r.epochs_run, r.best_epoch + 3, "{r:?}");
-    let min = r
-        .val_loss_history
-        .iter()
-        .copied()
-        .fold(f64::INFINITY, f64::min);
+    let min = r.val_loss_history.iter().copied().fold(f64::INFINITY, f64::min);
     assert_eq!(r.best_val_loss, min);
 }
 
@@ -178,43 +135,18 @@ fn mlp_rejects_bad_inputs() {
     let xv_wrong = Array2::<f32>::zeros((2, 4));
     assert!(matches!(
         Mlp::train(&x, &y, &xv_wrong, &[0, 1], &cfg),
-        Err(DetectorError::DimensionMismatch {
-            expected: 3,
-            got: 4,
-            ..
-        })
+        Err(DetectorError::DimensionMismatch { expected: 3, got: 4, .. })
     ));
-    assert!(matches!(
-        Mlp::train(&x, &y[..3], &x, &y, &cfg),
-        Err(DetectorError::LabelCount { .. })
-    ));
-    assert!(matches!(
-        Mlp::train(&x, &[0, 1, 2, 0], &x, &y, &cfg),
-        Err(DetectorError::BadLabel { label: 2, .. })
-    ));
-    assert!(matches!(
-        Mlp::train(&x, &[0, 0, 0, 0], &x, &y, &cfg),
-        Err(DetectorError::MissingClass { class: 1, .. })
-    ));
+    assert!(matches!(Mlp::train(&x, &y[..3], &x, &y, &cfg), Err(DetectorError::LabelCount { .. })));
+    assert!(matches!(Mlp::train(&x, &[0, 1, 2, 0], &x, &y, &cfg), Err(DetectorError::BadLabel { label: 2, .. })));
+    assert!(matches!(Mlp::train(&x, &[0, 0, 0, 0], &x, &y, &cfg), Err(DetectorError::MissingClass { class: 1, .. })));
     let mut xn = x.clone();
     xn[[2, 1]] = f32::NAN;
-    assert!(matches!(
-        Mlp::train(&xn, &y, &x, &y, &cfg),
-        Err(DetectorError::NonFinite { row: 2, col: 1, .. })
-    ));
-    let bad = MlpConfig {
-        batch: 0,
-        ..cfg.clone()
-    };
-    assert!(matches!(
-        Mlp::train(&x, &y, &x, &y, &bad),
-        Err(DetectorError::Config(_))
-    ));
+    assert!(matches!(Mlp::train(&xn, &y, &x, &y, &cfg), Err(DetectorError::NonFinite { row: 2, col: 1, .. })));
+    let bad = MlpConfig { batch: 0, ..cfg.clone() };
+    assert!(matches!(Mlp::train(&x, &y, &x, &y, &bad), Err(DetectorError::Config(_))));
     let empty = Array2::<f32>::zeros((0, 3));
-    assert!(matches!(
-        Mlp::train(&x, &y, &empty, &[], &cfg),
-        Err(DetectorError::Empty { .. })
-    ));
+    assert!(matches!(Mlp::train(&x, &y, &empty, &[], &cfg), Err(DetectorError::Empty { .. })));
 }
 
 #[test]
@@ -223,12 +155,7 @@ fn mlp_hand_forward_pass_and_invalid_models() {
     // logit = 2*h1 - 1*h2 + 0.25.
     // x = [3, 1]: h1 = 2, h2 = relu(2 - 1) = 1 -> 4 - 1 + 0.25 = 3.25.
     // x = [0, 1]: h1 = relu(-1) = 0, h2 = relu(-0.5) = 0 -> 0.25.
-    let m = Mlp {
-        w1: vec![vec![1.0, -1.0], vec![0.5, 0.5]],
-        b1: vec![0.0, -1.0],
-        w2: vec![2.0, -1.0],
-        b2: 0.25,
-    };
+    let m = Mlp { w1: vec![vec![1.0, -1.0], vec![0.5, 0.5]], b1: vec![0.0, -1.0], w2: vec![2.0, -1.0], b2: 0.25 };
     m.validate().unwrap();
     assert_eq!(m.logit_row(&[3.0, 1.0]), 3.25);
     assert_eq!(m.logit_row(&[0.0, 1.0]), 0.25);
@@ -238,28 +165,14 @@ fn mlp_hand_forward_pass_and_invalid_models() {
     assert!(m.logit_row(&[1.0]).is_nan());
     assert!(m.score(&Array2::zeros((2, 5))).iter().all(|s| s.is_nan()));
     // Logits do not saturate where the probability does.
-    let big = Mlp {
-        w1: vec![vec![1.0]],
-        b1: vec![0.0],
-        w2: vec![1.0],
-        b2: 0.0,
-    };
+    let big = Mlp { w1: vec![vec![1.0]], b1: vec![0.0], w2: vec![1.0], b2: 0.0 };
     assert_eq!(big.score_row(&[50.0]), big.score_row(&[60.0])); // both 1.0 in f32
     assert!(big.logit_row(&[50.0]) < big.logit_row(&[60.0]));
     // Corrupt models are reported by validate and score NaN instead of panicking.
-    let ragged = Mlp {
-        w1: vec![vec![1.0, 2.0], vec![1.0]],
-        ..m.clone()
-    };
-    assert!(matches!(
-        ragged.validate(),
-        Err(DetectorError::InvalidModel(_))
-    ));
+    let ragged = Mlp { w1: vec![vec![1.0, 2.0], vec![1.0]], ..m.clone() };
+    assert!(matches!(ragged.validate(), Err(DetectorError::InvalidModel(_))));
     assert!(ragged.logit_row(&[1.0, 1.0]).is_nan());
-    let short_b1 = Mlp {
-        b1: vec![0.0],
-        ..m.clone()
-    };
+    let short_b1 = Mlp { b1: vec![0.0], ..m.clone() };
     assert!(short_b1.validate().is_err());
     assert!(short_b1.logit_row(&[1.0, 1.0]).is_nan());
 }
@@ -296,10 +209,7 @@ fn standardizer_statistics_and_hand_case() {
         assert!((s - 1.0).abs() < 1e-4, "std {s}");
     }
     // Row API equals the batch API.
-    assert_eq!(
-        st.transform_row(&x.row(7).to_vec()).unwrap(),
-        z.row(7).to_vec()
-    );
+    assert_eq!(st.transform_row(&x.row(7).to_vec()).unwrap(), z.row(7).to_vec());
 }
 
 #[test]
@@ -308,32 +218,13 @@ fn standardizer_errors() {
     let st = LogStandardizer::fit(&x).unwrap();
     assert!(matches!(
         st.transform(&array![[1.0f32, 2.0, 3.0]]),
-        Err(DetectorError::DimensionMismatch {
-            expected: 2,
-            got: 3,
-            ..
-        })
+        Err(DetectorError::DimensionMismatch { expected: 2, got: 3, .. })
     ));
-    assert!(matches!(
-        st.transform_row(&[1.0]),
-        Err(DetectorError::DimensionMismatch { .. })
-    ));
-    assert!(matches!(
-        st.transform_row(&[1.0, f32::NAN]),
-        Err(DetectorError::NonFinite { col: 1, .. })
-    ));
-    assert!(matches!(
-        LogStandardizer::fit(&array![[1.0f32, f32::INFINITY]]),
-        Err(DetectorError::NonFinite { .. })
-    ));
-    assert!(matches!(
-        LogStandardizer::fit(&Array2::zeros((0, 4))),
-        Err(DetectorError::Empty { .. })
-    ));
-    let corrupt = LogStandardizer {
-        std: vec![1.0],
-        ..st
-    };
+    assert!(matches!(st.transform_row(&[1.0]), Err(DetectorError::DimensionMismatch { .. })));
+    assert!(matches!(st.transform_row(&[1.0, f32::NAN]), Err(DetectorError::NonFinite { col: 1, .. })));
+    assert!(matches!(LogStandardizer::fit(&array![[1.0f32, f32::INFINITY]]), Err(DetectorError::NonFinite { .. })));
+    assert!(matches!(LogStandardizer::fit(&Array2::zeros((0, 4))), Err(DetectorError::Empty { .. })));
+    let corrupt = LogStandardizer { std: vec![1.0], ..st };
     assert!(corrupt.validate().is_err());
     assert!(corrupt.transform_row(&[1.0, 2.0]).is_err());
 }
@@ -384,35 +275,20 @@ fn gaussian_hand_computed_2d() {
 fn gaussian_singular_and_bad_inputs() {
     // Collinear points: x1 = 2 x0 -> singular S. Fails without shrinkage, works with it.
     let x = array![[1.0f32, 2.0], [2.0, 4.0], [3.0, 6.0], [4.0, 8.0]];
-    assert!(matches!(
-        Gaussian::fit(&x, &[0; 4], 1, 0.0),
-        Err(DetectorError::NotPositiveDefinite(_))
-    ));
+    assert!(matches!(Gaussian::fit(&x, &[0; 4], 1, 0.0), Err(DetectorError::NotPositiveDefinite(_))));
     let g = Gaussian::fit(&x, &[0; 4], 1, DEFAULT_SHRINKAGE).unwrap();
     g.validate().unwrap();
     // Off the line is far more unfamiliar than on it at the same offset from the mean.
     assert!(g.score_row(&[3.5, 5.0]) > 1000.0 * g.score_row(&[3.5, 7.0]));
-    assert!(matches!(
-        Gaussian::fit(&x, &[0, 0, 0, 0], 2, 0.1),
-        Err(DetectorError::MissingClass { class: 1, .. })
-    ));
-    assert!(matches!(
-        Gaussian::fit(&x, &[0, 3, 0, 0], 2, 0.1),
-        Err(DetectorError::BadLabel { label: 3, .. })
-    ));
-    assert!(matches!(
-        Gaussian::fit(&x, &[0; 4], 1, 1.5),
-        Err(DetectorError::Config(_))
-    ));
+    assert!(matches!(Gaussian::fit(&x, &[0, 0, 0, 0], 2, 0.1), Err(DetectorError::MissingClass { class: 1, .. })));
+    assert!(matches!(Gaussian::fit(&x, &[0, 3, 0, 0], 2, 0.1), Err(DetectorError::BadLabel { label: 3, .. })));
+    assert!(matches!(Gaussian::fit(&x, &[0; 4], 1, 1.5), Err(DetectorError::Config(_))));
     assert!(matches!(
         Gaussian::fit(&array![[1.0f32, 1.0], [1.0, 1.0]], &[0, 0], 1, 0.5),
         Err(DetectorError::NotPositiveDefinite(_))
     ));
     assert!(g.score_row(&[1.0, 2.0, 3.0]).is_nan());
-    let corrupt = Gaussian {
-        precision: vec![vec![1.0, 0.0], vec![0.0]],
-        ..g
-    };
+    let corrupt = Gaussian { precision: vec![vec![1.0, 0.0], vec![0.0]], ..g };
     assert!(corrupt.validate().is_err());
     assert!(corrupt.score_row(&[1.0, 2.0]).is_nan());
 }
@@ -439,18 +315,9 @@ fn serde_toml_round_trip_preserves_scores() {
     let (xt, yt) = synthetic(&mut rng, 60, 60);
     let st = LogStandardizer::fit(&xt).unwrap();
     let zt = st.transform(&xt).unwrap();
-    let cfg = MlpConfig {
-        max_epochs: 2,
-        ..small_cfg(3)
-    };
+    let cfg = MlpConfig { max_epochs: 2, ..small_cfg(3) };
     let (mlp, _) = Mlp::train(&zt, &yt, &zt, &yt, &cfg).unwrap();
-    let g = Gaussian::fit(
-        &zt,
-        &yt.iter().map(|&y| y as usize).collect::<Vec<_>>(),
-        2,
-        1e-3,
-    )
-    .unwrap();
+    let g = Gaussian::fit(&zt, &yt.iter().map(|&y| y as usize).collect::<Vec<_>>(), 2, 1e-3).unwrap();
 
     let st2: LogStandardizer = toml::from_str(&toml::to_string(&st).unwrap()).unwrap();
     let mlp2: Mlp = toml::from_str(&toml::to_string(&mlp).unwrap()).unwrap();
@@ -468,13 +335,6 @@ fn serde_toml_round_trip_preserves_scores() {
 
     // Config: missing fields take defaults, unknown fields are rejected.
     let c: MlpConfig = toml::from_str("hidden = 32\nseed = 5").unwrap();
-    assert_eq!(
-        c,
-        MlpConfig {
-            hidden: 32,
-            seed: 5,
-            ..MlpConfig::default()
-        }
-    );
+    assert_eq!(c, MlpConfig { hidden: 32, seed: 5, ..MlpConfig::default() });
     assert!(toml::from_str::<MlpConfig>("hiden = 32").is_err());
 }

@@ -82,7 +82,11 @@ fn conv_strided_dilated_asymmetric_pads() {
             4,
             3,
             false,
-            vec![attr::ints("strides", &ints(&[2, 2])), attr::ints("dilations", &[2, 1]), attr::ints("pads", &[1, 0, 2, 1])],
+            vec![
+                attr::ints("strides", &ints(&[2, 2])),
+                attr::ints("dilations", &[2, 1]),
+                attr::ints("pads", &[1, 0, 2, 1]),
+            ],
         );
         // H: (6+1+2-5)/2+1 = 3, W: (6+0+1-3)/2+1 = 3
         (y, 4 * 3 * 3)
@@ -211,7 +215,11 @@ fn average_pools() {
         let a = n.op(
             "AveragePool",
             &[x],
-            vec![attr::ints("kernel_shape", &[3, 3]), attr::ints("strides", &[2, 2]), attr::ints("pads", &[1, 1, 1, 1])],
+            vec![
+                attr::ints("kernel_shape", &[3, 3]),
+                attr::ints("strides", &[2, 2]),
+                attr::ints("pads", &[1, 1, 1, 1]),
+            ],
         );
         let b = n.op(
             "AveragePool",
@@ -300,7 +308,11 @@ fn trailing_softmax_is_skipped_and_bce_softmax_loss() {
     let plain = grad::compile(&fd_case.net.model(&fd_case.input, &fd_case.out), &CompileOptions::default()).unwrap();
     assert_eq!(compiled.features, plain.features);
     let label = [1.0, 0.0, 1.0];
-    check_with(&fd_case, &CompileOptions { loss: Loss::BceSoftmax, label: Some(label.to_vec()), ..Default::default() }, &label);
+    check_with(
+        &fd_case,
+        &CompileOptions { loss: Loss::BceSoftmax, label: Some(label.to_vec()), ..Default::default() },
+        &label,
+    );
 }
 
 fn clone_net(n: &Net) -> Net {
@@ -405,9 +417,39 @@ fn output_uses_standard_ops_only() {
     let g = compiled.model.graph.as_ref().unwrap();
     let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
     const ALLOWED: &[&str] = &[
-        "Conv", "ConvTranspose", "BatchNormalization", "Relu", "Add", "Sub", "Mul", "Div", "Neg", "Max", "MaxPool",
-        "GlobalAveragePool", "Flatten", "Gemm", "MatMul", "Reshape", "Transpose", "ReduceSum", "ReduceSumSquare", "Sigmoid",
-        "Softmax", "Greater", "Less", "And", "Where", "Equal", "Cast", "ArgMax", "Concat", "Split", "Slice", "Pad", "Identity",
+        "Conv",
+        "ConvTranspose",
+        "BatchNormalization",
+        "Relu",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Neg",
+        "Max",
+        "MaxPool",
+        "GlobalAveragePool",
+        "Flatten",
+        "Gemm",
+        "MatMul",
+        "Reshape",
+        "Transpose",
+        "ReduceSum",
+        "ReduceSumSquare",
+        "Sigmoid",
+        "Softmax",
+        "Greater",
+        "Less",
+        "And",
+        "Where",
+        "Equal",
+        "Cast",
+        "ArgMax",
+        "Concat",
+        "Split",
+        "Slice",
+        "Pad",
+        "Identity",
         "Sum",
     ];
     for n in &g.node {
@@ -437,4 +479,3 @@ fn malformed_model_is_an_error() {
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
     assert!(onnx::load(&p).is_err());
 }
-

@@ -1,27 +1,16 @@
 //! Metrics against hand-computed cases and brute-force reference implementations.
 //! Convention: higher score = more unfamiliar; alarm = `score > threshold`.
 
-use gradwatch::eval::metrics::{
-    auroc, evaluate, rates_at, roc_curve, threshold_for_false_alarm, Metrics,
-};
+use gradwatch::eval::metrics::{auroc, evaluate, rates_at, roc_curve, threshold_for_false_alarm, Metrics};
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-12
 }
 
 fn assert_metrics(m: Metrics, want: [f64; 5]) {
-    let got = [
-        m.detection_accuracy,
-        m.auroc,
-        m.aupr_in,
-        m.aupr_out,
-        m.fpr_at_95_tpr,
-    ];
+    let got = [m.detection_accuracy, m.auroc, m.aupr_in, m.aupr_out, m.fpr_at_95_tpr];
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            close(*g, w),
-            "field {i} (det_acc, auroc, aupr_in, aupr_out, fpr95): got {g}, want {w}; {m:?}"
-        );
+        assert!(close(*g, w), "field {i} (det_acc, auroc, aupr_in, aupr_out, fpr95): got {g}, want {w}; {m:?}");
     }
 }
 
@@ -175,9 +164,7 @@ fn lcg_scores(seed: u64, n: usize, shift: f32) -> Vec<f32> {
     let mut s = seed;
     (0..n)
         .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let u = (s >> 40) as f32 / (1u64 << 24) as f32;
             ((u + shift) * 20.0).round() / 20.0
         })
@@ -214,10 +201,7 @@ fn frac(v: &[f32], pred: impl Fn(f32) -> bool) -> f64 {
 }
 
 fn brute_det_acc(f: &[f32], u: &[f32]) -> f64 {
-    thresholds(f, u)
-        .into_iter()
-        .map(|t| 0.5 * frac(f, |x| x <= t) + 0.5 * frac(u, |x| x > t))
-        .fold(0.0, f64::max)
+    thresholds(f, u).into_iter().map(|t| 0.5 * frac(f, |x| x <= t) + 0.5 * frac(u, |x| x > t)).fold(0.0, f64::max)
 }
 
 /// sklearn-style AP of `pos` against `neg`, where "more positive" = larger `key`.
@@ -241,11 +225,7 @@ fn brute_ap(pos: &[f32], neg: &[f32]) -> f64 {
 fn brute_fpr95(f: &[f32], u: &[f32]) -> f64 {
     let mut fs = f.to_vec();
     fs.sort_by(|a, b| a.total_cmp(b));
-    let t = fs
-        .iter()
-        .copied()
-        .find(|&t| frac(f, |x| x <= t) >= 0.95 - 1e-12)
-        .unwrap();
+    let t = fs.iter().copied().find(|&t| frac(f, |x| x <= t) >= 0.95 - 1e-12).unwrap();
     frac(u, |x| x <= t)
 }
 
@@ -264,13 +244,7 @@ fn random_detector_matches_brute_force() {
             brute_ap(&u, &f),
             brute_fpr95(&f, &u),
         ];
-        let got = [
-            m.detection_accuracy,
-            m.auroc,
-            m.aupr_in,
-            m.aupr_out,
-            m.fpr_at_95_tpr,
-        ];
+        let got = [m.detection_accuracy, m.auroc, m.aupr_in, m.aupr_out, m.fpr_at_95_tpr];
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
             assert!((g - w).abs() < 1e-12, "seed {seed} field {i}: {g} vs {w}");
         }
@@ -279,25 +253,15 @@ fn random_detector_matches_brute_force() {
         let roc = roc_curve(&f, &u);
         assert_eq!(roc.first(), Some(&(0.0, 0.0)));
         assert_eq!(roc.last(), Some(&(1.0, 1.0)));
-        let area: f64 = roc
-            .windows(2)
-            .map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0)
-            .sum();
+        let area: f64 = roc.windows(2).map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0).sum();
         assert!((area - m.auroc).abs() < 1e-12, "{area} vs {}", m.auroc);
         // Thresholds honour their false-alarm bound and are the smallest that do.
         for rate in [0.0, 0.01, 0.05, 0.1, 0.5, 0.99] {
             let t = threshold_for_false_alarm(&f, rate);
             assert!(rates_at(&f, &u, t).0 <= rate + 1e-12);
-            let below = f
-                .iter()
-                .copied()
-                .filter(|&x| x < t)
-                .fold(f32::NAN, f32::max);
+            let below = f.iter().copied().filter(|&x| x < t).fold(f32::NAN, f32::max);
             if !below.is_nan() {
-                assert!(
-                    rates_at(&f, &u, below).0 > rate,
-                    "rate {rate}: {t} not minimal"
-                );
+                assert!(rates_at(&f, &u, below).0 > rate, "rate {rate}: {t} not minimal");
             }
         }
     }

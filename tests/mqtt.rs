@@ -19,10 +19,7 @@ fn mosquitto_bin() -> PathBuf {
             return PathBuf::from(p);
         }
     }
-    if let Ok(out) = Command::new("sh")
-        .args(["-c", "command -v mosquitto"])
-        .output()
-    {
+    if let Ok(out) = Command::new("sh").args(["-c", "command -v mosquitto"]).output() {
         let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !s.is_empty() {
             return PathBuf::from(s);
@@ -35,11 +32,7 @@ fn mosquitto_bin() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A mosquitto process with a generated config.
@@ -60,10 +53,7 @@ impl Broker {
             dir.join("mosquitto.log").display()
         );
         if persistent {
-            c += &format!(
-                "persistence true\npersistence_location {}/\npersistence_file broker.db\n",
-                dir.display()
-            );
+            c += &format!("persistence true\npersistence_location {}/\npersistence_file broker.db\n", dir.display());
         } else {
             c += "persistence false\n";
         }
@@ -71,12 +61,7 @@ impl Broker {
         // the temporary directory.
         c += "user root\n";
         std::fs::write(&conf, c).unwrap();
-        let mut b = Broker {
-            port,
-            conf,
-            dir: dir.to_path_buf(),
-            child: None,
-        };
+        let mut b = Broker { port, conf, dir: dir.to_path_buf(), child: None };
         b.spawn();
         b
     }
@@ -93,8 +78,7 @@ impl Broker {
         let end = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if Instant::now() > end {
-                let log =
-                    std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default();
+                let log = std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default();
                 panic!("mosquitto did not start listening on {}: {log}", self.port);
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -104,9 +88,7 @@ impl Broker {
     /// SIGTERM (a clean broker stop, which saves persistence) and wait for exit.
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
             let end = Instant::now() + Duration::from_secs(10);
             while c.try_wait().ok().flatten().is_none() {
                 if Instant::now() > end {
@@ -176,9 +158,7 @@ impl Sub {
                 }
             }
         });
-        sub_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("subscriber got no SUBACK");
+        sub_rx.recv_timeout(Duration::from_secs(10)).expect("subscriber got no SUBACK");
         Sub { rx, client }
     }
 
@@ -245,8 +225,7 @@ fn events_arrive_qos1_and_status_is_retained_online() {
     for e in &evs {
         sink.send(e).unwrap();
     }
-    sink.flush(Instant::now() + Duration::from_secs(20))
-        .unwrap();
+    sink.flush(Instant::now() + Duration::from_secs(20)).unwrap();
     let st = sink.stats();
     assert_eq!((st.acked, st.pending, st.dropped), (5, 0, 0));
 
@@ -294,10 +273,7 @@ impl Proxy {
                 list.push(down.try_clone().unwrap());
                 list.push(up.try_clone().unwrap());
                 drop(list);
-                for (mut a, mut b) in [
-                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
-                    (up, down),
-                ] {
+                for (mut a, mut b) in [(down.try_clone().unwrap(), up.try_clone().unwrap()), (up, down)] {
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 4096];
                         loop {
@@ -340,16 +316,12 @@ fn last_will_offline_after_unclean_death() {
 
     proxy.kill_all();
     let g = sub.next_where(10, "last will", |_| true);
-    assert_eq!(
-        g.payload, "offline",
-        "the broker must publish the last will"
-    );
+    assert_eq!(g.payload, "offline", "the broker must publish the last will");
     // The sink reconnects (through the proxy, still accepting) and says "online" again.
     let g = sub.next_where(20, "online after reconnect", |_| true);
     assert_eq!(g.payload, "online");
     sink.send(&ev(1)).unwrap();
-    sink.flush(Instant::now() + Duration::from_secs(20))
-        .unwrap();
+    sink.flush(Instant::now() + Duration::from_secs(20)).unwrap();
     assert!(sink.stats().connects >= 2);
 }
 
@@ -401,8 +373,7 @@ fn broker_restart_loses_no_event() {
     for i in 40..N {
         sink.send(&ev(i)).unwrap();
     }
-    sink.flush(Instant::now() + Duration::from_secs(30))
-        .expect("events not acknowledged after the broker came back");
+    sink.flush(Instant::now() + Duration::from_secs(30)).expect("events not acknowledged after the broker came back");
     collect(&sub, &|a| (0..N).all(|i| a.contains(&i)), 30);
 
     let mut first_seen = Vec::new();

@@ -40,26 +40,18 @@ fn ev(i: u64) -> Event {
     match i % 5 {
         0 => Event::AlertStart { alert: alert(i) },
         1 => Event::AlertUpdate { alert: alert(i) },
-        2 => Event::AlertEnd {
-            alert: alert(i),
-            reason: EndReason::Cleared,
-        },
+        2 => Event::AlertEnd { alert: alert(i), reason: EndReason::Cleared },
         3 => Event::StreamDown {
             stream: "cam0".into(),
             time: "2024-01-01T00:00:02.000Z".into(),
             reason: format!("gone {i}"),
         },
-        _ => Event::StreamUp {
-            stream: "cam0".into(),
-            time: format!("2024-01-01T00:00:{:02}.000Z", i % 60),
-        },
+        _ => Event::StreamUp { stream: "cam0".into(), time: format!("2024-01-01T00:00:{:02}.000Z", i % 60) },
     }
 }
 
 fn parse_lines(text: &str) -> Vec<Event> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
 }
 
 /// Polls `cond` until true; panics after `secs`.
@@ -235,10 +227,7 @@ fn blocked_sink_does_not_block_others_and_counts_overflow() {
     let (release_tx, release_rx) = bounded::<()>(0);
     let fan = Fanout::new(
         vec![
-            Box::new(BlockingSink {
-                entered: entered_tx,
-                release: release_rx,
-            }),
+            Box::new(BlockingSink { entered: entered_tx, release: release_rx }),
             Box::new(MemSink { got: got.clone() }),
             Box::new(FailingSink),
         ],
@@ -283,11 +272,7 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap();
+    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap();
     let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
     (status, body.to_string())
 }
@@ -299,10 +284,7 @@ fn parse_exposition(text: &str) -> Vec<(String, f64)> {
         if line.starts_with('#') {
             let mut parts = line.splitn(4, ' ');
             assert_eq!(parts.next(), Some("#"));
-            assert!(
-                matches!(parts.next(), Some("HELP") | Some("TYPE")),
-                "{line}"
-            );
+            assert!(matches!(parts.next(), Some("HELP") | Some("TYPE")), "{line}");
             assert!(parts.next().unwrap().starts_with("gradwatch_"), "{line}");
             continue;
         }
@@ -319,11 +301,7 @@ fn parse_exposition(text: &str) -> Vec<(String, f64)> {
 }
 
 fn value(samples: &[(String, f64)], series: &str) -> f64 {
-    samples
-        .iter()
-        .find(|(s, _)| s == series)
-        .unwrap_or_else(|| panic!("no series {series}"))
-        .1
+    samples.iter().find(|(s, _)| s == series).unwrap_or_else(|| panic!("no series {series}")).1
 }
 
 #[test]
@@ -350,13 +328,8 @@ fn metrics_over_http() {
 
     let healthy = Arc::new(AtomicBool::new(true));
     let h = healthy.clone();
-    let health: HealthFn = Arc::new(move || {
-        if h.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err("stream cam0 down for 30 s".into())
-        }
-    });
+    let health: HealthFn =
+        Arc::new(move || if h.load(Ordering::SeqCst) { Ok(()) } else { Err("stream cam0 down for 30 s".into()) });
     let srv = MetricsServer::start("127.0.0.1:0", m.clone(), health).unwrap();
     let addr = srv.local_addr();
     assert_ne!(addr.port(), 0);
@@ -364,74 +337,24 @@ fn metrics_over_http() {
     let (status, body) = http_get(addr, "/metrics");
     assert_eq!(status, 200);
     let samples = parse_exposition(&body);
-    assert_eq!(
-        value(&samples, "gradwatch_frames_captured_total{stream=\"cam0\"}"),
-        7.0
-    );
+    assert_eq!(value(&samples, "gradwatch_frames_captured_total{stream=\"cam0\"}"), 7.0);
     assert_eq!(value(&samples, "gradwatch_stream_up{stream=\"cam0\"}"), 1.0);
     // score buckets: le=0.5 -> {0.2}; le=1 -> +0.7; le=1.5 -> +1.2; le=4 -> +3.5; +Inf -> 5.
-    assert_eq!(
-        value(
-            &samples,
-            "gradwatch_score_bucket{stream=\"cam0\",le=\"0.5\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        value(
-            &samples,
-            "gradwatch_score_bucket{stream=\"cam0\",le=\"1.5\"}"
-        ),
-        3.0
-    );
-    assert_eq!(
-        value(
-            &samples,
-            "gradwatch_score_bucket{stream=\"cam0\",le=\"+Inf\"}"
-        ),
-        5.0
-    );
-    assert_eq!(
-        value(&samples, "gradwatch_score_count{stream=\"cam0\"}"),
-        5.0
-    );
+    assert_eq!(value(&samples, "gradwatch_score_bucket{stream=\"cam0\",le=\"0.5\"}"), 1.0);
+    assert_eq!(value(&samples, "gradwatch_score_bucket{stream=\"cam0\",le=\"1.5\"}"), 3.0);
+    assert_eq!(value(&samples, "gradwatch_score_bucket{stream=\"cam0\",le=\"+Inf\"}"), 5.0);
+    assert_eq!(value(&samples, "gradwatch_score_count{stream=\"cam0\"}"), 5.0);
     assert!((value(&samples, "gradwatch_score_sum{stream=\"cam0\"}") - 45.6).abs() < 1e-9);
-    assert_eq!(
-        value(
-            &samples,
-            "gradwatch_inference_latency_seconds_bucket{le=\"0.005\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        value(
-            &samples,
-            "gradwatch_inference_latency_seconds_bucket{le=\"+Inf\"}"
-        ),
-        2.0
-    );
-    assert_eq!(
-        value(&samples, "gradwatch_sink_sent_total{sink=\"mem\"}"),
-        2.0
-    );
-    assert_eq!(
-        value(&samples, "gradwatch_sink_dropped_total{sink=\"mem\"}"),
-        0.0
-    );
-    assert_eq!(
-        value(&samples, "gradwatch_execution_provider{provider=\"cpu\"}"),
-        1.0
-    );
-    assert!(samples
-        .iter()
-        .any(|(s, v)| s.starts_with("gradwatch_build_info{version=\"") && *v == 1.0));
+    assert_eq!(value(&samples, "gradwatch_inference_latency_seconds_bucket{le=\"0.005\"}"), 1.0);
+    assert_eq!(value(&samples, "gradwatch_inference_latency_seconds_bucket{le=\"+Inf\"}"), 2.0);
+    assert_eq!(value(&samples, "gradwatch_sink_sent_total{sink=\"mem\"}"), 2.0);
+    assert_eq!(value(&samples, "gradwatch_sink_dropped_total{sink=\"mem\"}"), 0.0);
+    assert_eq!(value(&samples, "gradwatch_execution_provider{provider=\"cpu\"}"), 1.0);
+    assert!(samples.iter().any(|(s, v)| s.starts_with("gradwatch_build_info{version=\"") && *v == 1.0));
 
     assert_eq!(http_get(addr, "/healthz"), (200, "ok\n".to_string()));
     healthy.store(false, Ordering::SeqCst);
-    assert_eq!(
-        http_get(addr, "/healthz"),
-        (503, "stream cam0 down for 30 s\n".to_string())
-    );
+    assert_eq!(http_get(addr, "/healthz"), (503, "stream cam0 down for 30 s\n".to_string()));
     assert_eq!(http_get(addr, "/nope").0, 404);
 
     srv.stop();

@@ -10,18 +10,13 @@ use gradwatch::frame::RgbImage;
 use gradwatch::source::convert::{
     grey_to_rgb, mjpeg_to_rgb, rgb24_to_rgb, scan_jpeg, to_rgb, yuyv_to_rgb, ConvertError,
 };
-use gradwatch::source::v4l2::{
-    Backoff, CaptureDevice, CaptureError, DeviceOpener, NegotiatedFormat, V4l2Source,
-};
+use gradwatch::source::v4l2::{Backoff, CaptureDevice, CaptureError, DeviceOpener, NegotiatedFormat, V4l2Source};
 use gradwatch::source::{
-    Clock, DropPolicy, PixelFormat, SimClock, Source, SourceConfig, SourceError, SourceEvent,
-    StreamConfig,
+    Clock, DropPolicy, PixelFormat, SimClock, Source, SourceConfig, SourceError, SourceEvent, StreamConfig,
 };
 
 fn fixture(name: &str) -> Vec<u8> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/v4l2")
-        .join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v4l2").join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -43,11 +38,7 @@ fn frame(ev: SourceEvent) -> (RgbImage, Option<String>) {
 fn bt601_float(y: u8, u: u8, v: u8) -> [f64; 3] {
     let (y, u, v) = (y as f64 - 16.0, u as f64 - 128.0, v as f64 - 128.0);
     let c = |x: f64| x.clamp(0.0, 255.0);
-    [
-        c(1.164 * y + 1.596 * v),
-        c(1.164 * y - 0.391 * u - 0.813 * v),
-        c(1.164 * y + 2.018 * u),
-    ]
+    [c(1.164 * y + 1.596 * v), c(1.164 * y - 0.391 * u - 0.813 * v), c(1.164 * y + 2.018 * u)]
 }
 
 const BARS: [(u8, u8, u8); 8] = [
@@ -119,27 +110,11 @@ fn yuyv_stride_padding_is_skipped() {
 #[test]
 fn yuyv_wrong_sizes_are_errors() {
     let raw = fixture("yuyv_16x8.raw");
-    assert!(matches!(
-        yuyv_to_rgb(&raw[..255], 16, 8, 32),
-        Err(ConvertError::BufferSize {
-            needed: 256,
-            got: 255,
-            ..
-        })
-    ));
+    assert!(matches!(yuyv_to_rgb(&raw[..255], 16, 8, 32), Err(ConvertError::BufferSize { needed: 256, got: 255, .. })));
     // Claiming a stride of 40 on a packed buffer needs 40*7 + 32 = 312 bytes.
-    assert!(matches!(
-        yuyv_to_rgb(&raw, 16, 8, 40),
-        Err(ConvertError::BufferSize { needed: 312, .. })
-    ));
-    assert!(matches!(
-        yuyv_to_rgb(&raw, 16, 8, 30),
-        Err(ConvertError::Stride { .. })
-    ));
-    assert!(matches!(
-        yuyv_to_rgb(&raw, 15, 8, 0),
-        Err(ConvertError::OddWidth(15))
-    ));
+    assert!(matches!(yuyv_to_rgb(&raw, 16, 8, 40), Err(ConvertError::BufferSize { needed: 312, .. })));
+    assert!(matches!(yuyv_to_rgb(&raw, 16, 8, 30), Err(ConvertError::Stride { .. })));
+    assert!(matches!(yuyv_to_rgb(&raw, 15, 8, 0), Err(ConvertError::OddWidth(15))));
 }
 
 #[test]
@@ -179,10 +154,7 @@ fn mjpeg_fixture_decodes_near_source_colours() {
         for y in [1, 4, 6] {
             let got = img.pixel(x, y);
             for k in 0..3 {
-                assert!(
-                    (got[k] as i32 - want[k]).abs() <= 10,
-                    "({x},{y}): got {got:?}, want {want:?}"
-                );
+                assert!((got[k] as i32 - want[k]).abs() <= 10, "({x},{y}): got {got:?}, want {want:?}");
             }
         }
     }
@@ -194,16 +166,10 @@ fn mjpeg_without_dht_gets_the_standard_tables() {
     let without = fixture("mjpeg_16x8_nodht.jpg");
     assert!(scan_jpeg(&with).unwrap().has_dht);
     assert!(!scan_jpeg(&without).unwrap().has_dht);
-    assert_eq!(
-        mjpeg_to_rgb(&without).unwrap(),
-        mjpeg_to_rgb(&with).unwrap()
-    );
+    assert_eq!(mjpeg_to_rgb(&without).unwrap(), mjpeg_to_rgb(&with).unwrap());
     // The dispatcher checks the size against the negotiated one.
     assert!(to_rgb(PixelFormat::Mjpeg, &without, 16, 8, 0).is_ok());
-    assert!(matches!(
-        to_rgb(PixelFormat::Mjpeg, &without, 640, 480, 0),
-        Err(ConvertError::Dimensions { .. })
-    ));
+    assert!(matches!(to_rgb(PixelFormat::Mjpeg, &without, 640, 480, 0), Err(ConvertError::Dimensions { .. })));
 }
 
 #[test]
@@ -216,10 +182,7 @@ fn mjpeg_truncated_fixture_is_an_error() {
 fn mjpeg_trailing_zero_padding_is_accepted() {
     let mut padded = fixture("mjpeg_16x8.jpg");
     padded.extend_from_slice(&[0; 100]);
-    assert_eq!(
-        mjpeg_to_rgb(&padded).unwrap(),
-        mjpeg_to_rgb(&fixture("mjpeg_16x8.jpg")).unwrap()
-    );
+    assert_eq!(mjpeg_to_rgb(&padded).unwrap(), mjpeg_to_rgb(&fixture("mjpeg_16x8.jpg")).unwrap());
 }
 
 #[test]
@@ -247,16 +210,11 @@ fn mjpeg_never_panics_on_cut_or_damaged_frames() {
 // ---------------------------------------------------------------- directory
 
 fn write_png(path: &Path, w: u32, h: u32, rgb: [u8; 3]) {
-    image::RgbImage::from_pixel(w, h, image::Rgb(rgb))
-        .save(path)
-        .unwrap();
+    image::RgbImage::from_pixel(w, h, image::Rgb(rgb)).save(path).unwrap();
 }
 
 fn directory_source(dir: &Path, extra: &str, clock: Arc<dyn Clock>) -> Box<dyn Source> {
-    let toml = format!(
-        "name = \"d\"\nkind = \"directory\"\npath = {:?}\n{extra}",
-        dir.display().to_string()
-    );
+    let toml = format!("name = \"d\"\nkind = \"directory\"\npath = {:?}\n{extra}", dir.display().to_string());
     let cfg: StreamConfig = toml::from_str(&toml).unwrap();
     cfg.build(clock).unwrap()
 }
@@ -268,11 +226,7 @@ fn directory_plays_in_name_order_and_skips_a_bad_file() {
     write_png(&dir.path().join("a.png"), 4, 2, [10, 0, 0]);
     std::fs::write(dir.path().join("c.png"), b"this is not a PNG").unwrap();
     // A PPM, named .img: the format comes from the content.
-    std::fs::write(
-        dir.path().join("d.img"),
-        b"P6\n2 1\n255\n\x01\x02\x03\x04\x05\x06",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("d.img"), b"P6\n2 1\n255\n\x01\x02\x03\x04\x05\x06").unwrap();
     std::fs::write(dir.path().join(".hidden.png"), b"ignored").unwrap();
     std::fs::create_dir(dir.path().join("sub")).unwrap();
     let (_, clock) = sim();
@@ -316,10 +270,7 @@ fn directory_empty_or_missing_is_a_build_error() {
         looping: false,
     });
     let (_, clock) = sim();
-    assert!(matches!(
-        cfg.build(clock.clone()),
-        Err(SourceError::EmptyDirectory(_))
-    ));
+    assert!(matches!(cfg.build(clock.clone()), Err(SourceError::EmptyDirectory(_))));
     let cfg = SourceConfig::Directory(gradwatch::source::DirectoryConfig {
         path: dir.path().join("nope"),
         fps: 0.0,
@@ -395,10 +346,8 @@ fn pipe_config_errors() {
     };
     assert!(bad("width = 0\nheight = 2").contains("width"));
     assert!(bad("width = 2\nheight = 2\nreopen = true").contains("reopen"));
-    let cfg: StreamConfig = toml::from_str(
-        "name = \"p\"\nkind = \"pipe\"\nwidth = 2\nheight = 2\npath = \"/nonexistent/fifo\"",
-    )
-    .unwrap();
+    let cfg: StreamConfig =
+        toml::from_str("name = \"p\"\nkind = \"pipe\"\nwidth = 2\nheight = 2\npath = \"/nonexistent/fifo\"").unwrap();
     assert!(matches!(cfg.build(sim().1), Err(SourceError::Io { .. })));
 }
 
@@ -419,19 +368,14 @@ fn test_image(i: usize) -> RgbImage {
 /// Writes images `test_image(0..n)` as an (n, 32, 32, 3) uint8 array.
 fn write_npy(dir: &Path, n: usize) -> PathBuf {
     let images: Vec<RgbImage> = (0..n).map(test_image).collect();
-    let arr = ndarray::Array4::from_shape_fn((n, 32, 32, 3), |(i, y, x, c)| {
-        images[i].data[(y * 32 + x) * 3 + c]
-    });
+    let arr = ndarray::Array4::from_shape_fn((n, 32, 32, 3), |(i, y, x, c)| images[i].data[(y * 32 + x) * 3 + c]);
     let path = dir.join("frames.npy");
     ndarray_npy::write_npy(&path, &arr).unwrap();
     path
 }
 
 fn replay_config(path: &Path, rest: &str) -> StreamConfig {
-    let toml = format!(
-        "name = \"r\"\nkind = \"replay\"\npath = {:?}\n{rest}",
-        path.display().to_string()
-    );
+    let toml = format!("name = \"r\"\nkind = \"replay\"\npath = {:?}\n{rest}", path.display().to_string());
     toml::from_str(&toml).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -477,9 +421,7 @@ schedule = [
   { frames = 3, duration_s = 0.3, corruption = "noise", level = 1 },
 ]"#,
     );
-    let SourceConfig::Replay(rc) = &cfg.source else {
-        panic!("not a replay config")
-    };
+    let SourceConfig::Replay(rc) = &cfg.source else { panic!("not a replay config") };
     assert_eq!(rc.window_frames().unwrap(), vec![10, 5, 2, 3]);
     let (sim, clock) = sim();
     let mut src = cfg.build(clock).unwrap();
@@ -531,9 +473,7 @@ level = 5
     let (sim, clock) = sim();
     let mut src = cfg.build(clock).unwrap();
     let events = drain(src.as_mut(), 12);
-    assert!(events
-        .iter()
-        .all(|e| matches!(e, SourceEvent::Frame { .. })));
+    assert!(events.iter().all(|e| matches!(e, SourceEvent::Frame { .. })));
     assert_eq!(
         tag_runs(&events),
         vec![
@@ -561,12 +501,7 @@ fn replay_empty_schedule_is_one_clean_pass() {
 fn replay_config_errors_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_npy(dir.path(), 3);
-    let err = |rest: &str| {
-        replay_config(&path, rest)
-            .validate()
-            .unwrap_err()
-            .to_string()
-    };
+    let err = |rest: &str| replay_config(&path, rest).validate().unwrap_err().to_string();
     let e = err("schedule = [{ duration_s = 1.0 }]");
     assert!(e.contains("schedule[0]") && e.contains("frames"), "{e}");
     let e = err("fps = 10\nschedule = [{ frames = 1 }, { frames = 3, duration_s = 1.0 }]");
@@ -637,20 +572,13 @@ struct File {
 #[test]
 fn full_config_parses_with_defaults() {
     let f: File = toml::from_str(FULL_CONFIG).unwrap_or_else(|e| panic!("{e}"));
-    let [cam, folder, pipe, demo] = &f.stream[..] else {
-        panic!("4 streams")
-    };
+    let [cam, folder, pipe, demo] = &f.stream[..] else { panic!("4 streams") };
     assert_eq!(cam.name, "cam0");
     assert!(cam.enabled);
     assert_eq!(cam.queue.size, 2);
     assert_eq!(cam.queue.policy, DropPolicy::Block);
-    assert_eq!(
-        cam.roi.map(|r| (r.x, r.y, r.width, r.height)),
-        Some((10, 20, 100, 50))
-    );
-    let SourceConfig::V4l2(v) = &cam.source else {
-        panic!("v4l2")
-    };
+    assert_eq!(cam.roi.map(|r| (r.x, r.y, r.width, r.height)), Some((10, 20, 100, 50)));
+    let SourceConfig::V4l2(v) = &cam.source else { panic!("v4l2") };
     assert_eq!(v.device, PathBuf::from("/dev/video2"));
     assert_eq!(v.formats, vec![PixelFormat::Mjpeg, PixelFormat::Yuyv]);
     assert_eq!(v.reconnect_initial_s, 0.5);
@@ -660,9 +588,7 @@ fn full_config_parses_with_defaults() {
     assert_eq!(folder.queue.policy, DropPolicy::DropOldest);
     assert!(matches!(&folder.source, SourceConfig::Directory(d) if d.looping && d.fps == 2.5));
     assert!(matches!(&pipe.source, SourceConfig::Pipe(p) if p.path == Path::new("-")));
-    let SourceConfig::Replay(r) = &demo.source else {
-        panic!("replay")
-    };
+    let SourceConfig::Replay(r) = &demo.source else { panic!("replay") };
     assert_eq!(r.window_frames().unwrap(), vec![100, 100]);
     for s in &f.stream {
         s.validate().unwrap_or_else(|e| panic!("{}: {e}", s.name));
@@ -684,8 +610,7 @@ fn parse_err(toml_text: &str) -> String {
 fn config_errors_name_the_key() {
     let e = parse_err("[[stream]]\nname = \"c\"\nkind = \"v4l2\"\ndevcie = \"/dev/video0\"\n");
     assert!(e.contains("devcie") && e.contains("stream `c`"), "{e}");
-    let e =
-        parse_err("[[stream]]\nname = \"c\"\nkind = \"pipe\"\nwidth = 1\nheight = 1\nqueu = 3\n");
+    let e = parse_err("[[stream]]\nname = \"c\"\nkind = \"pipe\"\nwidth = 1\nheight = 1\nqueu = 3\n");
     assert!(e.contains("queu") && e.contains("`queue`"), "{e}");
     let e = parse_err("[[stream]]\nname = \"c\"\nkind = \"webcam\"\n");
     assert!(e.contains("webcam"), "{e}");
@@ -693,9 +618,7 @@ fn config_errors_name_the_key() {
     assert!(e.contains("kind"), "{e}");
     let e = parse_err("[[stream]]\nkind = \"v4l2\"\n");
     assert!(e.contains("name"), "{e}");
-    let e = parse_err(
-        "[[stream]]\nname = \"c\"\nkind = \"v4l2\"\nroi = { x = 0, y = 0, w = 1, height = 1 }\n",
-    );
+    let e = parse_err("[[stream]]\nname = \"c\"\nkind = \"v4l2\"\nroi = { x = 0, y = 0, w = 1, height = 1 }\n");
     assert!(e.contains("`w`"), "{e}");
     let e = parse_err("[[stream]]\nname = \"c\"\nkind = \"v4l2\"\nqueue = { size = 1, policy = \"drop_newest\" }\n");
     assert!(e.contains("drop_newest"), "{e}");
@@ -709,13 +632,10 @@ fn config_errors_name_the_key() {
 
 #[test]
 fn stream_validate_checks_common_keys() {
-    let s: StreamConfig = toml::from_str(
-        "name = \"c\"\nkind = \"v4l2\"\nroi = { x = 0, y = 0, width = 0, height = 5 }",
-    )
-    .unwrap();
-    assert!(s.validate().unwrap_err().to_string().contains("roi"));
     let s: StreamConfig =
-        toml::from_str("name = \"c\"\nkind = \"v4l2\"\nqueue = { size = 0 }").unwrap();
+        toml::from_str("name = \"c\"\nkind = \"v4l2\"\nroi = { x = 0, y = 0, width = 0, height = 5 }").unwrap();
+    assert!(s.validate().unwrap_err().to_string().contains("roi"));
+    let s: StreamConfig = toml::from_str("name = \"c\"\nkind = \"v4l2\"\nqueue = { size = 0 }").unwrap();
     assert!(s.validate().unwrap_err().to_string().contains("queue.size"));
     let s: StreamConfig = toml::from_str("name = \"c\"\nkind = \"v4l2\"\nfps = 10").unwrap();
     s.validate().unwrap();
@@ -724,12 +644,7 @@ fn stream_validate_checks_common_keys() {
 #[test]
 fn roi_crop_checks_bounds() {
     let img = RgbImage::new(4, 2, (0..24).collect()).unwrap();
-    let roi = gradwatch::source::Roi {
-        x: 1,
-        y: 1,
-        width: 2,
-        height: 1,
-    };
+    let roi = gradwatch::source::Roi { x: 1, y: 1, width: 2, height: 1 };
     assert_eq!(roi.crop(&img).unwrap().data, vec![15, 16, 17, 18, 19, 20]);
     let outside = gradwatch::source::Roi { x: 3, ..roi };
     assert!(outside.crop(&img).is_none());
@@ -758,12 +673,8 @@ struct FakeDevice {
     steps: Vec<Step>,
 }
 
-const FAKE_FORMAT: NegotiatedFormat = NegotiatedFormat {
-    pixel_format: PixelFormat::Grey,
-    width: 2,
-    height: 1,
-    stride: 2,
-};
+const FAKE_FORMAT: NegotiatedFormat =
+    NegotiatedFormat { pixel_format: PixelFormat::Grey, width: 2, height: 1, stride: 2 };
 
 impl CaptureDevice for FakeDevice {
     fn format(&self) -> NegotiatedFormat {
@@ -791,9 +702,7 @@ impl DeviceOpener for FakeOpener {
         if opens.is_empty() {
             return Err("no such device".into());
         }
-        opens
-            .remove(0)
-            .map(|steps| Box::new(FakeDevice { steps }) as Box<dyn CaptureDevice>)
+        opens.remove(0).map(|steps| Box::new(FakeDevice { steps }) as Box<dyn CaptureDevice>)
     }
 }
 
@@ -814,11 +723,7 @@ fn v4l2_reconnects_with_exponential_backoff() {
         Err("gone".to_string()),
         Ok(vec![Step::Frame(vec![7, 8])]),
     ]));
-    let opener = FakeOpener {
-        opens,
-        attempts: attempts.clone(),
-        clock: sim.clone(),
-    };
+    let opener = FakeOpener { opens, attempts: attempts.clone(), clock: sim.clone() };
     let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(4));
     let mut src = V4l2Source::new(Box::new(opener), backoff, sim.clone());
 
@@ -848,12 +753,7 @@ fn v4l2_reconnects_with_exponential_backoff() {
         ]
     );
     // Attempts at 0, then +0.5 s, +1 s (success resets), unplug at 1.5 s: +0.5 s, +1 s.
-    let ms: Vec<u128> = attempts
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_millis())
-        .collect();
+    let ms: Vec<u128> = attempts.lock().unwrap().iter().map(|d| d.as_millis()).collect();
     assert_eq!(ms, vec![0, 500, 1500, 2000, 3000]);
 }
 
@@ -883,18 +783,14 @@ fn v4l2_down_reason_says_when_it_retries() {
 #[test]
 fn v4l2_without_the_feature_is_a_clear_error() {
     let cfg: StreamConfig = toml::from_str("name = \"c\"\nkind = \"v4l2\"").unwrap();
-    assert!(matches!(
-        cfg.build(sim().1),
-        Err(SourceError::FeatureDisabled("v4l2"))
-    ));
+    assert!(matches!(cfg.build(sim().1), Err(SourceError::FeatureDisabled("v4l2"))));
 }
 
 #[cfg(feature = "v4l2")]
 #[test]
 fn v4l2_missing_device_is_down_not_a_build_error() {
     let cfg: StreamConfig =
-        toml::from_str("name = \"c\"\nkind = \"v4l2\"\ndevice = \"/dev/gradwatch-no-such-camera\"")
-            .unwrap();
+        toml::from_str("name = \"c\"\nkind = \"v4l2\"\ndevice = \"/dev/gradwatch-no-such-camera\"").unwrap();
     let mut src = cfg.build(sim().1).unwrap();
     match src.poll() {
         SourceEvent::Down { reason } => assert!(reason.contains("no-such-camera"), "{reason}"),

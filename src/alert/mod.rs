@@ -74,13 +74,7 @@ pub struct AlertPolicy {
 
 impl Default for AlertPolicy {
     fn default() -> Self {
-        AlertPolicy {
-            window: 10,
-            raise: 6,
-            clear: 2,
-            min_duration_ms: 1000,
-            update_interval_ms: 5000,
-        }
+        AlertPolicy { window: 10, raise: 6, clear: 2, min_duration_ms: 1000, update_interval_ms: 5000 }
     }
 }
 
@@ -88,10 +82,7 @@ impl AlertPolicy {
     /// Checks `1 <= raise <= window <= 100000` and `clear < raise`.
     pub fn validate(&self) -> Result<(), AlertError> {
         if self.window == 0 || self.window > 100_000 {
-            return Err(AlertError::InvalidPolicy(format!(
-                "window = {} must be in 1..=100000",
-                self.window
-            )));
+            return Err(AlertError::InvalidPolicy(format!("window = {} must be in 1..=100000", self.window)));
         }
         if self.raise == 0 || self.raise > self.window {
             return Err(AlertError::InvalidPolicy(format!(
@@ -263,10 +254,7 @@ impl Event {
         // Serializing these plain structs cannot fail (string keys, no maps with odd keys);
         // NaN floats become `null`, which the fallback keeps parseable anyway.
         serde_json::to_string(self).unwrap_or_else(|e| {
-            format!(
-                "{{\"event\":\"serialization_error\",\"error\":{}}}",
-                serde_json::Value::String(e.to_string())
-            )
+            format!("{{\"event\":\"serialization_error\",\"error\":{}}}", serde_json::Value::String(e.to_string()))
         })
     }
 }
@@ -322,11 +310,7 @@ pub struct AlertTracker {
 
 impl AlertTracker {
     /// A tracker for `stream`; fails if the policy is inconsistent.
-    pub fn new(
-        stream: impl Into<String>,
-        policy: AlertPolicy,
-        model: ModelRef,
-    ) -> Result<Self, AlertError> {
+    pub fn new(stream: impl Into<String>, policy: AlertPolicy, model: ModelRef) -> Result<Self, AlertError> {
         policy.validate()?;
         Ok(AlertTracker {
             stream: stream.into(),
@@ -423,11 +407,7 @@ impl AlertTracker {
             out.push(self.close(time, EndReason::StreamDown));
         }
         self.reset_window();
-        out.push(Event::StreamDown {
-            stream: self.stream.clone(),
-            time: rfc3339_ms(time),
-            reason: reason.to_string(),
-        });
+        out.push(Event::StreamDown { stream: self.stream.clone(), time: rfc3339_ms(time), reason: reason.to_string() });
         out
     }
 
@@ -435,10 +415,7 @@ impl AlertTracker {
     /// may count from 0 again).
     pub fn stream_up(&mut self, time: SystemTime) -> Event {
         self.reset_window();
-        Event::StreamUp {
-            stream: self.stream.clone(),
-            time: rfc3339_ms(time),
-        }
+        Event::StreamUp { stream: self.stream.clone(), time: rfc3339_ms(time) }
     }
 
     fn reset_window(&mut self) {
@@ -498,11 +475,7 @@ impl AlertTracker {
             frames: open.frames,
             frames_over: open.frames_over,
             peak_score: peak.map_or(0.0, |p| p.score),
-            mean_score: if open.scored > 0 {
-                (open.score_sum / open.scored as f64) as f32
-            } else {
-                0.0
-            },
+            mean_score: if open.scored > 0 { (open.score_sum / open.scored as f64) as f32 } else { 0.0 },
             threshold: peak.map_or(0.0, |p| p.threshold),
             top_class: peak.map_or(0, |p| p.top_class),
             top_class_name: peak.and_then(|p| p.top_class_name.clone()),
@@ -540,9 +513,7 @@ impl AlertTracker {
 
 /// Milliseconds from `a` to `b`, 0 if `b` is earlier (clock steps must not underflow).
 fn ms_between(a: SystemTime, b: SystemTime) -> u64 {
-    b.duration_since(a)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    b.duration_since(a).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -552,16 +523,7 @@ mod tests {
     #[test]
     fn policy_validation() {
         assert!(AlertPolicy::default().validate().is_ok());
-        let bad = |w, r, c| {
-            AlertPolicy {
-                window: w,
-                raise: r,
-                clear: c,
-                ..AlertPolicy::default()
-            }
-            .validate()
-            .is_err()
-        };
+        let bad = |w, r, c| AlertPolicy { window: w, raise: r, clear: c, ..AlertPolicy::default() }.validate().is_err();
         assert!(bad(0, 0, 0));
         assert!(bad(5, 6, 2));
         assert!(bad(10, 0, 0));

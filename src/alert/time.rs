@@ -5,9 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Milliseconds since the Unix epoch; times before 1970 clamp to 0 (frame clocks that far off
 /// are bugs upstream, and a clamped value keeps ids and JSON well-formed).
 pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    t.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// Formats `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (RFC 3339, UTC, milliseconds, truncated).
@@ -18,12 +16,7 @@ pub fn rfc3339_ms(t: SystemTime) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
 /// Parses what [`rfc3339_ms`] writes (and the same form with 0-9 fraction digits) back into a
@@ -103,22 +96,13 @@ mod tests {
         // computed by hand: 11016 days * 86400 + 45296 s.
         assert_eq!(rfc3339_ms(at(951_827_696_789)), "2000-02-29T12:34:56.789Z");
         // 2024-12-31T23:59:59.999Z = 1735689599999 ms (last ms of a leap year).
-        assert_eq!(
-            rfc3339_ms(at(1_735_689_599_999)),
-            "2024-12-31T23:59:59.999Z"
-        );
-        assert_eq!(
-            rfc3339_ms(at(1_735_689_600_000)),
-            "2025-01-01T00:00:00.000Z"
-        );
+        assert_eq!(rfc3339_ms(at(1_735_689_599_999)), "2024-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(at(1_735_689_600_000)), "2025-01-01T00:00:00.000Z");
         // Sub-millisecond parts truncate.
         let t = at(1_000) + Duration::from_micros(999);
         assert_eq!(rfc3339_ms(t), "1970-01-01T00:00:01.000Z");
         // Before the epoch clamps.
-        assert_eq!(
-            rfc3339_ms(UNIX_EPOCH - Duration::from_secs(5)),
-            "1970-01-01T00:00:00.000Z"
-        );
+        assert_eq!(rfc3339_ms(UNIX_EPOCH - Duration::from_secs(5)), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]

@@ -19,11 +19,7 @@ pub(crate) struct Buf {
 impl Buf {
     /// Float copy of 8-bit data.
     pub fn from_u8(w: usize, h: usize, data: &[u8]) -> Self {
-        Self {
-            w,
-            h,
-            d: data.iter().map(|&v| v as f32).collect(),
-        }
+        Self { w, h, d: data.iter().map(|&v| v as f32).collect() }
     }
 
     /// Rounds and clamps back to 8 bits.
@@ -42,11 +38,7 @@ pub(crate) fn to_u8(v: f32) -> u8 {
 /// the disc's approximate coverage of that pixel) so radii below 2 px still differ smoothly.
 pub(crate) fn disc_blur(src: &Buf, radius: f32) -> Buf {
     if radius <= 0.05 || src.w == 0 || src.h == 0 {
-        return Buf {
-            w: src.w,
-            h: src.h,
-            d: src.d.clone(),
-        };
+        return Buf { w: src.w, h: src.h, d: src.d.clone() };
     }
     let k = (radius / DISC_MAX_RADIUS).ceil().max(1.0) as usize;
     if k > 1 {
@@ -86,11 +78,7 @@ fn disc_blur_direct(src: &Buf, radius: f32) -> Buf {
             }
         }
     }
-    Buf {
-        w: src.w,
-        h: src.h,
-        d: out,
-    }
+    Buf { w: src.w, h: src.h, d: out }
 }
 
 /// Copy of `src` with an `r`-pixel clamp-to-edge border, so kernels need no bounds checks.
@@ -114,11 +102,7 @@ fn pad(src: &Buf, r: usize) -> Vec<f32> {
 /// Separable Gaussian blur with standard deviation `sigma` pixels (kernel truncated at 3 sigma).
 pub(crate) fn gaussian_blur(src: &Buf, sigma: f32) -> Buf {
     if sigma <= 0.05 || src.w == 0 || src.h == 0 {
-        return Buf {
-            w: src.w,
-            h: src.h,
-            d: src.d.clone(),
-        };
+        return Buf { w: src.w, h: src.h, d: src.d.clone() };
     }
     let k = (sigma / GAUSS_MAX_SIGMA).ceil().max(1.0) as usize;
     if k > 1 {
@@ -142,11 +126,7 @@ fn gaussian_blur_direct(src: &Buf, sigma: f32) -> Buf {
     let p = pad(src, r);
     let (w, pw, ph) = (src.w, src.w + 2 * r, src.h + 2 * r);
     if w == 0 {
-        return Buf {
-            w: src.w,
-            h: src.h,
-            d: Vec::new(),
-        };
+        return Buf { w: src.w, h: src.h, d: Vec::new() };
     }
     let row_len = w * 3;
     // Horizontal pass over every padded row (the vertical pass needs the border rows too), as
@@ -170,11 +150,7 @@ fn gaussian_blur_direct(src: &Buf, sigma: f32) -> Buf {
             }
         }
     }
-    Buf {
-        w: src.w,
-        h: src.h,
-        d: out,
-    }
+    Buf { w: src.w, h: src.h, d: out }
 }
 
 /// Area average over `k x k` blocks (partial blocks at the right/bottom edge average what they hold).
@@ -241,11 +217,7 @@ mod tests {
     use super::*;
 
     fn constant(w: usize, h: usize, v: f32) -> Buf {
-        Buf {
-            w,
-            h,
-            d: vec![v; w * h * 3],
-        }
+        Buf { w, h, d: vec![v; w * h * 3] }
     }
 
     #[test]
@@ -253,12 +225,7 @@ mod tests {
         // Normalised kernels: a flat image must come back flat, at full and reduced resolution.
         for (w, h) in [(1, 1), (5, 3), (64, 48)] {
             let b = constant(w, h, 100.0);
-            for out in [
-                disc_blur(&b, 1.3),
-                disc_blur(&b, 20.0),
-                gaussian_blur(&b, 0.7),
-                gaussian_blur(&b, 11.0),
-            ] {
+            for out in [disc_blur(&b, 1.3), disc_blur(&b, 20.0), gaussian_blur(&b, 0.7), gaussian_blur(&b, 11.0)] {
                 assert_eq!((out.w, out.h), (w, h));
                 assert!(out.d.iter().all(|&v| (v - 100.0).abs() < 1e-3));
             }
@@ -285,9 +252,7 @@ mod tests {
         let mut b = constant(41, 1, 0.0);
         b.d[20 * 3] = 1.0;
         let out = gaussian_blur(&b, 2.0);
-        let var: f32 = (0..41)
-            .map(|x| out.d[x * 3] * ((x as f32 - 20.0).powi(2)))
-            .sum();
+        let var: f32 = (0..41).map(|x| out.d[x * 3] * ((x as f32 - 20.0).powi(2))).sum();
         assert!((var - 4.0).abs() < 0.05, "variance {var}");
     }
 

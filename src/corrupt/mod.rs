@@ -94,10 +94,7 @@ impl Corruption {
 
     /// Whether the output depends on the seed (the others are pure functions of image and level).
     pub fn uses_seed(self) -> bool {
-        matches!(
-            self,
-            Corruption::Noise | Corruption::DirtyLens | Corruption::Snow | Corruption::Haze
-        )
+        matches!(self, Corruption::Noise | Corruption::DirtyLens | Corruption::Snow | Corruption::Haze)
     }
 
     fn index(self) -> u64 {
@@ -117,10 +114,7 @@ impl std::str::FromStr for Corruption {
     /// Parses a name as [`Corruption::name`] writes it; case and `-` for `_` are forgiven.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let norm = s.trim().to_ascii_lowercase().replace('-', "_");
-        Corruption::ALL
-            .into_iter()
-            .find(|k| k.name() == norm)
-            .ok_or_else(|| CorruptError::UnknownKind(s.to_string()))
+        Corruption::ALL.into_iter().find(|k| k.name() == norm).ok_or_else(|| CorruptError::UnknownKind(s.to_string()))
     }
 }
 
@@ -171,13 +165,7 @@ const DIRT_COUNT: [f32; 5] = [2.0, 3.0, 5.0, 7.0, 10.0];
 /// `dirty_lens`: blotch opacity.
 const DIRT_OPACITY: [f32; 5] = [0.3, 0.45, 0.6, 0.75, 0.88];
 /// `exposure`: gain and offset, `y = gain * x + offset`, clipped.
-const EXPOSURE: [(f32, f32); 5] = [
-    (1.03, 6.0),
-    (1.1, 20.0),
-    (1.2, 40.0),
-    (1.35, 65.0),
-    (1.5, 95.0),
-];
+const EXPOSURE: [(f32, f32); 5] = [(1.03, 6.0), (1.1, 20.0), (1.2, 40.0), (1.35, 65.0), (1.5, 95.0)];
 /// `snow`: flakes per 32x32 area.
 const SNOW_COUNT: [f32; 5] = [10.0, 25.0, 45.0, 75.0, 110.0];
 /// `snow`: flake size factor.
@@ -189,24 +177,13 @@ const HAZE: [f32; 5] = [0.08, 0.22, 0.38, 0.55, 0.72];
 /// `decolor`: fraction of saturation removed.
 const DECOLOR: [f32; 5] = [0.25, 0.45, 0.65, 0.85, 1.0];
 /// `darkening`: gain and gamma, `y = 255 * gain * (x / 255) ^ gamma`.
-const DARKEN: [(f32, f32); 5] = [
-    (0.93, 1.02),
-    (0.78, 1.1),
-    (0.6, 1.2),
-    (0.45, 1.35),
-    (0.3, 1.5),
-];
+const DARKEN: [(f32, f32); 5] = [(0.93, 1.02), (0.78, 1.1), (0.6, 1.2), (0.45, 1.35), (0.3, 1.5)];
 /// `codec_error`: JPEG quality (1..=100).
 const JPEG_QUALITY: [u8; 5] = [75, 40, 20, 10, 3];
 
 /// Applies `kind` at `level` (1..=5) to `img`; `seed` fixes the random pattern of
 /// noise, dirty lens, snow and haze (the others ignore it). Same inputs, same bytes.
-pub fn apply(
-    img: &RgbImage,
-    kind: Corruption,
-    level: u8,
-    seed: u64,
-) -> Result<RgbImage, CorruptError> {
+pub fn apply(img: &RgbImage, kind: Corruption, level: u8, seed: u64) -> Result<RgbImage, CorruptError> {
     if !(1..=MAX_LEVEL).contains(&level) {
         return Err(CorruptError::BadLevel(level));
     }
@@ -226,17 +203,10 @@ pub fn apply(
         Corruption::Noise => {
             let sigma = NOISE_SIGMA[li];
             let mut rng = SplitMix64::new(seed);
-            img.data
-                .iter()
-                .map(|&v| to_u8(v as f32 + sigma * rng.normalish()))
-                .collect()
+            img.data.iter().map(|&v| to_u8(v as f32 + sigma * rng.normalish())).collect()
         }
-        Corruption::LensBlur => {
-            filter::disc_blur(&Buf::from_u8(w, h, &img.data), LENS_RADIUS[li] * s).to_u8()
-        }
-        Corruption::GaussianBlur => {
-            filter::gaussian_blur(&Buf::from_u8(w, h, &img.data), GAUSS_SIGMA[li] * s).to_u8()
-        }
+        Corruption::LensBlur => filter::disc_blur(&Buf::from_u8(w, h, &img.data), LENS_RADIUS[li] * s).to_u8(),
+        Corruption::GaussianBlur => filter::gaussian_blur(&Buf::from_u8(w, h, &img.data), GAUSS_SIGMA[li] * s).to_u8(),
         Corruption::DirtyLens => {
             let mut b = Buf::from_u8(w, h, &img.data);
             overlay::dirty_lens(&mut b, count(DIRT_COUNT[li]), DIRT_OPACITY[li], s, seed);
@@ -248,13 +218,7 @@ pub fn apply(
         }
         Corruption::Snow => {
             let mut b = Buf::from_u8(w, h, &img.data);
-            overlay::snow(
-                &mut b,
-                count(SNOW_COUNT[li]),
-                SNOW_VEIL[li],
-                SNOW_SIZE[li] * s,
-                seed,
-            );
+            overlay::snow(&mut b, count(SNOW_COUNT[li]), SNOW_VEIL[li], SNOW_SIZE[li] * s, seed);
             b.to_u8()
         }
         Corruption::Haze => {
@@ -269,25 +233,14 @@ pub fn apply(
         }
         Corruption::CodecError => jpeg_round_trip(img, JPEG_QUALITY[li])?,
     };
-    Ok(RgbImage {
-        width: w,
-        height: h,
-        data,
-    })
+    Ok(RgbImage { width: w, height: h, data })
 }
 
 /// Rejects images whose buffer does not match their size (the fields are public).
 fn check_image(img: &RgbImage) -> Result<(), CorruptError> {
-    let want = img
-        .width
-        .checked_mul(img.height)
-        .and_then(|n| n.checked_mul(3));
+    let want = img.width.checked_mul(img.height).and_then(|n| n.checked_mul(3));
     if want != Some(img.data.len()) {
-        return Err(CorruptError::BadImage {
-            width: img.width,
-            height: img.height,
-            len: img.data.len(),
-        });
+        return Err(CorruptError::BadImage { width: img.width, height: img.height, len: img.data.len() });
     }
     Ok(())
 }
@@ -326,9 +279,7 @@ fn jpeg_round_trip(img: &RgbImage, quality: u8) -> Result<Vec<u8>, CorruptError>
     JpegEncoder::new_with_quality(&mut bytes, quality)
         .encode(&img.data, w, h, image::ExtendedColorType::Rgb8)
         .map_err(codec)?;
-    let decoded = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
-        .map_err(codec)?
-        .to_rgb8();
+    let decoded = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg).map_err(codec)?.to_rgb8();
     if decoded.width() != w || decoded.height() != h {
         return Err(CorruptError::Codec(format!(
             "decoded {}x{} from a {}x{} image",
@@ -348,12 +299,7 @@ const MONTAGE_GAP: usize = 2;
 
 /// A montage: one row per kind, columns = clean + levels 1..=5, each cell `scale`x upscaled
 /// (nearest), 2 px mid-grey gaps between cells.
-pub fn montage(
-    img: &RgbImage,
-    kinds: &[Corruption],
-    seed: u64,
-    scale: usize,
-) -> Result<RgbImage, CorruptError> {
+pub fn montage(img: &RgbImage, kinds: &[Corruption], seed: u64, scale: usize) -> Result<RgbImage, CorruptError> {
     if scale == 0 {
         return Err(CorruptError::BadScale);
     }
@@ -365,18 +311,10 @@ pub fn montage(
     let (cw, ch) = (img.width * scale, img.height * scale);
     let width = cols * cw + (cols - 1) * MONTAGE_GAP;
     let height = kinds.len() * ch + (kinds.len() - 1) * MONTAGE_GAP;
-    let mut out = RgbImage {
-        width,
-        height,
-        data: vec![MONTAGE_GAP_VALUE; width * height * 3],
-    };
+    let mut out = RgbImage { width, height, data: vec![MONTAGE_GAP_VALUE; width * height * 3] };
     for (row, &kind) in kinds.iter().enumerate() {
         for col in 0..cols {
-            let cell = if col == 0 {
-                img.clone()
-            } else {
-                apply(img, kind, col as u8, seed)?
-            };
+            let cell = if col == 0 { img.clone() } else { apply(img, kind, col as u8, seed)? };
             let (ox, oy) = (col * (cw + MONTAGE_GAP), row * (ch + MONTAGE_GAP));
             for y in 0..ch {
                 for x in 0..cw {
@@ -408,19 +346,9 @@ mod tests {
             assert_eq!(k.name().parse::<Corruption>().ok(), Some(k));
             assert_eq!(k.to_string(), k.name());
         }
-        assert_eq!(
-            "Lens-Blur".parse::<Corruption>().ok(),
-            Some(Corruption::LensBlur)
-        );
-        let err = "fog"
-            .parse::<Corruption>()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(
-            err.contains("fog") && err.contains("codec_error") && err.contains("lens_blur"),
-            "{err}"
-        );
+        assert_eq!("Lens-Blur".parse::<Corruption>().ok(), Some(Corruption::LensBlur));
+        let err = "fog".parse::<Corruption>().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("fog") && err.contains("codec_error") && err.contains("lens_blur"), "{err}");
     }
 
     #[test]
@@ -453,11 +381,7 @@ mod tests {
         let img = flat([10, 20, 30]);
         for kind in [Corruption::LensBlur, Corruption::GaussianBlur] {
             for level in 1..=5 {
-                assert_eq!(
-                    apply(&img, kind, level, 0).ok(),
-                    Some(img.clone()),
-                    "{kind} {level}"
-                );
+                assert_eq!(apply(&img, kind, level, 0).ok(), Some(img.clone()), "{kind} {level}");
             }
         }
     }
@@ -472,16 +396,9 @@ mod tests {
 
     #[test]
     fn inconsistent_image_is_an_error_not_a_panic() {
-        let img = RgbImage {
-            width: 4,
-            height: 4,
-            data: vec![0; 10],
-        };
+        let img = RgbImage { width: 4, height: 4, data: vec![0; 10] };
         for kind in Corruption::ALL {
-            assert!(matches!(
-                apply(&img, kind, 2, 0),
-                Err(CorruptError::BadImage { len: 10, .. })
-            ));
+            assert!(matches!(apply(&img, kind, 2, 0), Err(CorruptError::BadImage { len: 10, .. })));
         }
         assert!(montage(&img, &[Corruption::Noise], 0, 1).is_err());
     }
@@ -489,18 +406,11 @@ mod tests {
     #[test]
     fn montage_geometry() {
         let img = flat([255, 0, 0]);
-        let m = montage(&img, &[Corruption::Haze, Corruption::Noise], 1, 3)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let m = montage(&img, &[Corruption::Haze, Corruption::Noise], 1, 3).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((m.width, m.height), (6 * 12 + 5 * 2, 2 * 12 + 2));
         assert_eq!(m.pixel(0, 0), [255, 0, 0]); // clean cell
         assert_eq!(m.pixel(12, 0), [MONTAGE_GAP_VALUE; 3]); // gap
-        assert!(matches!(
-            montage(&img, &[], 1, 3),
-            Err(CorruptError::NoKinds)
-        ));
-        assert!(matches!(
-            montage(&img, &[Corruption::Haze], 1, 0),
-            Err(CorruptError::BadScale)
-        ));
+        assert!(matches!(montage(&img, &[], 1, 3), Err(CorruptError::NoKinds)));
+        assert!(matches!(montage(&img, &[Corruption::Haze], 1, 0), Err(CorruptError::BadScale)));
     }
 }

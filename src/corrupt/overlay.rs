@@ -52,8 +52,7 @@ pub(crate) fn dirty_lens(buf: &mut Buf, count: usize, opacity: f32, s: f32, seed
             let rb = ra * rng.range(0.5, 1.0);
             let ang = rng.range(0.0, std::f32::consts::PI);
             let (sin, cos) = ang.sin_cos();
-            let (Some((x0, x1)), Some((y0, y1))) = (span(bx, ra + 1.0, w), span(by, ra + 1.0, h))
-            else {
+            let (Some((x0, x1)), Some((y0, y1))) = (span(bx, ra + 1.0, w), span(by, ra + 1.0, h)) else {
                 continue;
             };
             for y in y0..=y1 {
@@ -93,11 +92,7 @@ pub(crate) fn snow(buf: &mut Buf, count: usize, veil: f32, s: f32, seed: u64) {
         let px = rng.range(-0.05, 1.05) * w as f32;
         let py = rng.range(-0.05, 1.05) * h as f32;
         let rad = rng.range(0.35, 0.85) * s;
-        let len = if rng.uniform() < 0.7 {
-            0.0
-        } else {
-            rng.range(0.5, 2.0) * s
-        };
+        let len = if rng.uniform() < 0.7 { 0.0 } else { rng.range(0.5, 2.0) * s };
         let op = rng.range(0.6, 1.0);
         let (qx, qy) = (px + dir_x * len, py + dir_y * len);
         let (Some((x0, x1)), Some((y0, y1))) = (
@@ -110,11 +105,7 @@ pub(crate) fn snow(buf: &mut Buf, count: usize, veil: f32, s: f32, seed: u64) {
             for x in x0..=x1 {
                 let (fx, fy) = (x as f32 + 0.5, y as f32 + 0.5);
                 // Distance from the pixel centre to the segment p..q.
-                let t = if len > 0.0 {
-                    (((fx - px) * dir_x + (fy - py) * dir_y) / len).clamp(0.0, 1.0)
-                } else {
-                    0.0
-                };
+                let t = if len > 0.0 { (((fx - px) * dir_x + (fy - py) * dir_y) / len).clamp(0.0, 1.0) } else { 0.0 };
                 let (ex, ey) = (fx - (px + dir_x * len * t), fy - (py + dir_y * len * t));
                 let d = (ex * ex + ey * ey).sqrt();
                 let cov = op * (1.0 - smoothstep(0.3 * rad, rad + 0.5, d));

@@ -44,41 +44,23 @@ impl Gaussian {
     /// zeros and `n_classes = 1` for the one-class detector). Errors on non-finite features,
     /// shape/label problems, or a covariance that is not positive definite after shrinkage.
     /// Cost `O(n d^2 + d^3)`: ~seconds for 50k x 512 in release.
-    pub fn fit(
-        x: &Array2<f32>,
-        labels: &[usize],
-        n_classes: usize,
-        shrinkage: f64,
-    ) -> Result<Self, DetectorError> {
+    pub fn fit(x: &Array2<f32>, labels: &[usize], n_classes: usize, shrinkage: f64) -> Result<Self, DetectorError> {
         const WHAT: &str = "gaussian fitting features";
         let (n, d) = x.dim();
         if n == 0 || d == 0 {
             return Err(DetectorError::Empty { what: WHAT });
         }
         if !(0.0..=1.0).contains(&shrinkage) {
-            return Err(DetectorError::Config(format!(
-                "gaussian shrinkage must be in [0, 1], got {shrinkage}"
-            )));
+            return Err(DetectorError::Config(format!("gaussian shrinkage must be in [0, 1], got {shrinkage}")));
         }
         if n_classes == 0 {
-            return Err(DetectorError::Config(
-                "gaussian n_classes must be >= 1".into(),
-            ));
+            return Err(DetectorError::Config("gaussian n_classes must be >= 1".into()));
         }
         if labels.len() != n {
-            return Err(DetectorError::LabelCount {
-                what: WHAT,
-                samples: n,
-                labels: labels.len(),
-            });
+            return Err(DetectorError::LabelCount { what: WHAT, samples: n, labels: labels.len() });
         }
         if let Some(row) = labels.iter().position(|&l| l >= n_classes) {
-            return Err(DetectorError::BadLabel {
-                what: WHAT,
-                row,
-                label: labels[row],
-                allowed: n_classes,
-            });
+            return Err(DetectorError::BadLabel { what: WHAT, row, label: labels[row], allowed: n_classes });
         }
         check_finite(WHAT, x, false)?;
 
@@ -120,9 +102,7 @@ impl Gaussian {
         }
         let scale = (0..d).map(|i| cov[i * d + i]).sum::<f64>() / d as f64;
         if scale.is_nan() || scale <= 0.0 {
-            return Err(DetectorError::NotPositiveDefinite(
-                "every feature is constant within its class".into(),
-            ));
+            return Err(DetectorError::NotPositiveDefinite("every feature is constant within its class".into()));
         }
         for (k, v) in cov.iter_mut().enumerate() {
             *v *= 1.0 - shrinkage;
@@ -131,15 +111,10 @@ impl Gaussian {
             }
         }
         let l = cholesky(&cov, d).map_err(|j| {
-            DetectorError::NotPositiveDefinite(format!(
-                "pivot {j} of {d} vanished, shrinkage {shrinkage}"
-            ))
+            DetectorError::NotPositiveDefinite(format!("pivot {j} of {d} vanished, shrinkage {shrinkage}"))
         })?;
         let inv = inverse_from_cholesky(&l, d);
-        Ok(Self {
-            means,
-            precision: inv.chunks(d).map(<[f64]>::to_vec).collect(),
-        })
+        Ok(Self { means, precision: inv.chunks(d).map(<[f64]>::to_vec).collect() })
     }
 
     /// Feature dimension `d`, 0 for an empty model.
@@ -161,13 +136,7 @@ impl Gaussian {
         if self.means.iter().any(|m| m.len() != d) {
             return bad(format!("gaussian means are not all of length {d}"));
         }
-        if self
-            .means
-            .iter()
-            .chain(&self.precision)
-            .flatten()
-            .any(|v| !v.is_finite())
-        {
+        if self.means.iter().chain(&self.precision).flatten().any(|v| !v.is_finite()) {
             return bad("gaussian parameters contain NaN or infinity".into());
         }
         for i in 0..d {
@@ -202,12 +171,7 @@ impl Gaussian {
             for ((t, &v), mu) in diff.iter_mut().zip(x).zip(m) {
                 *t = f64::from(v) - mu;
             }
-            let q: f64 = self
-                .precision
-                .iter()
-                .zip(&diff)
-                .map(|(row, &di)| di * dot(row, &diff))
-                .sum();
+            let q: f64 = self.precision.iter().zip(&diff).map(|(row, &di)| di * dot(row, &diff)).sum();
             if q.is_nan() {
                 return f32::NAN;
             }
@@ -239,11 +203,6 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
             acc[i] += x[i] * y[i];
         }
     }
-    let rest: f64 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
+    let rest: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
     (acc[0] + acc[2]) + (acc[1] + acc[3]) + rest
 }

@@ -85,14 +85,12 @@ mod tests {
     fn inverse_times_matrix_is_identity() {
         let d = 6;
         // A = B B^T + I with a fixed B.
-        let b: Vec<f64> = (0..d * d)
-            .map(|i| ((i * 7 % 11) as f64 - 5.0) / 3.0)
-            .collect();
+        let b: Vec<f64> = (0..d * d).map(|i| ((i * 7 % 11) as f64 - 5.0) / 3.0).collect();
         let mut a = vec![0.0; d * d];
         for i in 0..d {
             for j in 0..d {
-                a[i * d + j] = (0..d).map(|k| b[i * d + k] * b[j * d + k]).sum::<f64>()
-                    + if i == j { 1.0 } else { 0.0 };
+                a[i * d + j] =
+                    (0..d).map(|k| b[i * d + k] * b[j * d + k]).sum::<f64>() + if i == j { 1.0 } else { 0.0 };
             }
         }
         let inv = inverse_from_cholesky(&cholesky(&a, d).unwrap(), d);

@@ -30,15 +30,7 @@ pub struct MlpConfig {
 
 impl Default for MlpConfig {
     fn default() -> Self {
-        Self {
-            hidden: 64,
-            lr: 1e-3,
-            weight_decay: 1e-4,
-            batch: 64,
-            max_epochs: 200,
-            patience: 20,
-            seed: 0,
-        }
+        Self { hidden: 64, lr: 1e-3, weight_decay: 1e-4, batch: 64, max_epochs: 200, patience: 20, seed: 0 }
     }
 }
 
@@ -59,10 +51,7 @@ impl MlpConfig {
             return bad(format!("mlp lr must be finite and > 0, got {}", self.lr));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return bad(format!(
-                "mlp weight_decay must be finite and >= 0, got {}",
-                self.weight_decay
-            ));
+            return bad(format!("mlp weight_decay must be finite and >= 0, got {}", self.weight_decay));
         }
         Ok(())
     }
@@ -151,9 +140,7 @@ impl Flat {
     fn to_mlp(&self) -> Mlp {
         let (h, p, w1t) = (self.h, self.p, self.w1t());
         Mlp {
-            w1: (0..h)
-                .map(|k| (0..p).map(|j| w1t[j * h + k]).collect())
-                .collect(),
+            w1: (0..h).map(|k| (0..p).map(|j| w1t[j * h + k]).collect()).collect(),
             b1: self.b1().to_vec(),
             w2: self.w2().to_vec(),
             b2: self.b2(),
@@ -172,12 +159,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[i] += x[i] * y[i];
         }
     }
-    let mut s: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
+    let mut s: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
     s += (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
     s
 }
@@ -185,11 +167,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Numerically stable binary cross-entropy on a logit: `softplus(z) - y z`.
 fn bce_logit(z: f32, y: f32) -> f64 {
     let z = f64::from(z);
-    let softplus = if z > 0.0 {
-        z + (-z).exp().ln_1p()
-    } else {
-        z.exp().ln_1p()
-    };
+    let softplus = if z > 0.0 { z + (-z).exp().ln_1p() } else { z.exp().ln_1p() };
     softplus - f64::from(y) * z
 }
 
@@ -204,43 +182,23 @@ fn sigmoid(z: f32) -> f32 {
 }
 
 /// Validates a labelled set and returns (row-major copy, per-class counts).
-fn check_set(
-    what: &'static str,
-    x: &Array2<f32>,
-    y: &[u8],
-    p: usize,
-) -> Result<(Vec<f32>, [usize; 2]), DetectorError> {
+fn check_set(what: &'static str, x: &Array2<f32>, y: &[u8], p: usize) -> Result<(Vec<f32>, [usize; 2]), DetectorError> {
     let (n, px) = x.dim();
     if n == 0 || px == 0 {
         return Err(DetectorError::Empty { what });
     }
     if px != p {
-        return Err(DetectorError::DimensionMismatch {
-            what,
-            expected: p,
-            got: px,
-        });
+        return Err(DetectorError::DimensionMismatch { what, expected: p, got: px });
     }
     if y.len() != n {
-        return Err(DetectorError::LabelCount {
-            what,
-            samples: n,
-            labels: y.len(),
-        });
+        return Err(DetectorError::LabelCount { what, samples: n, labels: y.len() });
     }
     check_finite(what, x, false)?;
     let mut counts = [0usize; 2];
     for (row, &l) in y.iter().enumerate() {
         match l {
             0 | 1 => counts[l as usize] += 1,
-            _ => {
-                return Err(DetectorError::BadLabel {
-                    what,
-                    row,
-                    label: l as usize,
-                    allowed: 2,
-                })
-            }
+            _ => return Err(DetectorError::BadLabel { what, row, label: l as usize, allowed: 2 }),
         }
     }
     Ok((x.as_standard_layout().iter().copied().collect(), counts))
@@ -251,13 +209,7 @@ fn check_set(
 fn class_weights(counts: [usize; 2]) -> [f32; 2] {
     let n: usize = counts.iter().sum();
     let k = counts.iter().filter(|&&c| c > 0).count().max(1);
-    counts.map(|c| {
-        if c == 0 {
-            0.0
-        } else {
-            (n as f64 / (k * c) as f64) as f32
-        }
-    })
+    counts.map(|c| if c == 0 { 0.0 } else { (n as f64 / (k * c) as f64) as f32 })
 }
 
 impl Mlp {
@@ -292,10 +244,7 @@ impl Mlp {
         let (xv, cv) = check_set("validation features", x_val, y_val, p)?;
         for (class, &c) in ct.iter().enumerate() {
             if c == 0 {
-                return Err(DetectorError::MissingClass {
-                    what: "training labels",
-                    class,
-                });
+                return Err(DetectorError::MissingClass { what: "training labels", class });
             }
         }
         let wt = class_weights(ct);
@@ -304,11 +253,7 @@ impl Mlp {
         let h = cfg.hidden;
 
         let mut rng = SplitMix64::new(cfg.seed);
-        let mut net = Flat {
-            h,
-            p,
-            theta: vec![0.0; Flat::len(h, p)],
-        };
+        let mut net = Flat { h, p, theta: vec![0.0; Flat::len(h, p)] };
         let s1 = (2.0 / p as f64).sqrt();
         for w in &mut net.theta[..h * p] {
             *w = (rng.normal() * s1) as f32;
@@ -409,10 +354,7 @@ impl Mlp {
             return bad("mlp has no hidden units or no inputs".into());
         }
         if let Some(k) = self.w1.iter().position(|r| r.len() != p) {
-            return bad(format!(
-                "mlp w1 row {k} has {} entries, row 0 has {p}",
-                self.w1[k].len()
-            ));
+            return bad(format!("mlp w1 row {k} has {} entries, row 0 has {p}", self.w1[k].len()));
         }
         if self.b1.len() != h || self.w2.len() != h {
             return bad(format!(
@@ -458,11 +400,7 @@ impl Mlp {
         match xs.as_slice() {
             Some(s) => s.chunks(x.ncols()).map(|r| self.logit_row(r)).collect(),
             // Unreachable: a standard-layout array is contiguous; stay total anyway.
-            None => x
-                .rows()
-                .into_iter()
-                .map(|r| self.logit_row(&r.to_vec()))
-                .collect(),
+            None => x.rows().into_iter().map(|r| self.logit_row(&r.to_vec())).collect(),
         }
     }
 
@@ -480,15 +418,7 @@ impl Mlp {
 
 /// Gradient of the mean weighted BCE over the samples `idx` into `grad` (overwritten), in
 /// the flat layout of [`Flat`].
-fn batch_grad(
-    net: &Flat,
-    x: &[f32],
-    y: &[u8],
-    idx: &[usize],
-    w: [f32; 2],
-    grad: &mut [f32],
-    hid: &mut [f32],
-) {
+fn batch_grad(net: &Flat, x: &[f32], y: &[u8], idx: &[usize], w: [f32; 2], grad: &mut [f32], hid: &mut [f32]) {
     let (h, p) = (net.h, net.p);
     grad.iter_mut().for_each(|g| *g = 0.0);
     let inv_b = 1.0 / idx.len() as f32;
@@ -569,27 +499,17 @@ mod tests {
         // `train` would apply with central differences of the batch loss.
         let (h, p) = (3, 4);
         let mut rng = SplitMix64::new(11);
-        let theta: Vec<f32> = (0..Flat::len(h, p))
-            .map(|_| rng.normal() as f32 * 0.7)
-            .collect();
+        let theta: Vec<f32> = (0..Flat::len(h, p)).map(|_| rng.normal() as f32 * 0.7).collect();
         let xs: Vec<f32> = (0..2 * p).map(|_| rng.normal() as f32).collect();
         let ys = [0u8, 1u8];
         let w = [1.5f32, 0.75f32];
         let loss = |th: &[f32]| {
-            let net = Flat {
-                h,
-                p,
-                theta: th.to_vec(),
-            };
+            let net = Flat { h, p, theta: th.to_vec() };
             let mut hid = vec![0.0; h];
             evaluate_flat(&net, &xs, &ys, w, &mut hid).0
         };
         // Analytic gradient from the code `train` uses.
-        let net = Flat {
-            h,
-            p,
-            theta: theta.clone(),
-        };
+        let net = Flat { h, p, theta: theta.clone() };
         let mut g = vec![0.0f32; theta.len()];
         let mut hid = vec![0.0; h];
         batch_grad(&net, &xs, &ys, &[0, 1], w, &mut g, &mut hid);

@@ -81,9 +81,7 @@ pub enum DetectorError {
         allowed: usize,
     },
     /// A class that must be present has no sample.
-    #[error(
-        "{what}: class {class} has no samples; every class needs at least one training sample"
-    )]
+    #[error("{what}: class {class} has no samples; every class needs at least one training sample")]
     MissingClass {
         /// Which input.
         what: &'static str,
@@ -94,29 +92,20 @@ pub enum DetectorError {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// The (shrunk) covariance could not be inverted.
-    #[error("covariance is not positive definite ({0}); increase the shrinkage (e.g. 1e-3) or remove constant features")]
+    #[error(
+        "covariance is not positive definite ({0}); increase the shrinkage (e.g. 1e-3) or remove constant features"
+    )]
     NotPositiveDefinite(String),
     /// A deserialised model is internally inconsistent.
-    #[error(
-        "invalid model: {0}; the model file is corrupt or from an incompatible version, refit it"
-    )]
+    #[error("invalid model: {0}; the model file is corrupt or from an incompatible version, refit it")]
     InvalidModel(String),
 }
 
 /// Checks that every value of `x` is finite (`allow_inf`: only NaN is rejected).
-pub(crate) fn check_finite(
-    what: &'static str,
-    x: &ndarray::Array2<f32>,
-    allow_inf: bool,
-) -> Result<(), DetectorError> {
+pub(crate) fn check_finite(what: &'static str, x: &ndarray::Array2<f32>, allow_inf: bool) -> Result<(), DetectorError> {
     for ((row, col), &v) in x.indexed_iter() {
         if v.is_nan() || (!allow_inf && v.is_infinite()) {
-            return Err(DetectorError::NonFinite {
-                what,
-                row,
-                col,
-                value: v as f64,
-            });
+            return Err(DetectorError::NonFinite { what, row, col, value: v as f64 });
         }
     }
     Ok(())

@@ -40,15 +40,11 @@ impl LogStandardizer {
     /// [`fit`](Self::fit) with an explicit `eps` (must be finite and > 0).
     pub fn fit_with_eps(x: &Array2<f32>, eps: f64) -> Result<Self, DetectorError> {
         if !(eps.is_finite() && eps > 0.0) {
-            return Err(DetectorError::Config(format!(
-                "eps must be finite and > 0, got {eps}"
-            )));
+            return Err(DetectorError::Config(format!("eps must be finite and > 0, got {eps}")));
         }
         let (n, p) = x.dim();
         if n == 0 || p == 0 {
-            return Err(DetectorError::Empty {
-                what: "standardizer fitting features",
-            });
+            return Err(DetectorError::Empty { what: "standardizer fitting features" });
         }
         check_finite("standardizer fitting features", x, false)?;
         let mut mean = vec![0.0f64; p];
@@ -68,10 +64,7 @@ impl LogStandardizer {
                 *s += d * d;
             }
         }
-        let std = m2
-            .into_iter()
-            .map(|s| (s / n as f64).sqrt().max(MIN_STD))
-            .collect();
+        let std = m2.into_iter().map(|s| (s / n as f64).sqrt().max(MIN_STD)).collect();
         Ok(Self { eps, mean, std })
     }
 
@@ -83,9 +76,7 @@ impl LogStandardizer {
     /// Checks a (deserialised) standardizer: matching lengths, finite mean, positive std and eps.
     pub fn validate(&self) -> Result<(), DetectorError> {
         if self.mean.is_empty() {
-            return Err(DetectorError::InvalidModel(
-                "standardizer has no features".into(),
-            ));
+            return Err(DetectorError::InvalidModel("standardizer has no features".into()));
         }
         if self.mean.len() != self.std.len() {
             return Err(DetectorError::InvalidModel(format!(
@@ -95,14 +86,9 @@ impl LogStandardizer {
             )));
         }
         if !(self.eps.is_finite() && self.eps > 0.0) {
-            return Err(DetectorError::InvalidModel(format!(
-                "standardizer eps {} is not finite and > 0",
-                self.eps
-            )));
+            return Err(DetectorError::InvalidModel(format!("standardizer eps {} is not finite and > 0", self.eps)));
         }
-        if self.mean.iter().any(|m| !m.is_finite())
-            || self.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
-        {
+        if self.mean.iter().any(|m| !m.is_finite()) || self.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
             return Err(DetectorError::InvalidModel(
                 "standardizer mean/std contain non-finite or non-positive values".into(),
             ));
@@ -117,11 +103,7 @@ impl LogStandardizer {
         self.validate()?;
         let (n, p) = x.dim();
         if p != self.dim() {
-            return Err(DetectorError::DimensionMismatch {
-                what: "standardizer input",
-                expected: self.dim(),
-                got: p,
-            });
+            return Err(DetectorError::DimensionMismatch { what: "standardizer input", expected: self.dim(), got: p });
         }
         check_finite("standardizer input", x, true)?;
         let mut out = Array2::<f32>::zeros((n, p));
@@ -144,12 +126,7 @@ impl LogStandardizer {
             });
         }
         if let Some(col) = x.iter().position(|v| v.is_nan()) {
-            return Err(DetectorError::NonFinite {
-                what: "standardizer input",
-                row: 0,
-                col,
-                value: f64::NAN,
-            });
+            return Err(DetectorError::NonFinite { what: "standardizer input", row: 0, col, value: f64::NAN });
         }
         Ok(x.iter().enumerate().map(|(j, &v)| self.one(j, v)).collect())
     }

@@ -62,11 +62,8 @@ struct Group {
 
 /// Sorts all scores ascending and collapses equal scores into groups.
 fn groups(familiar: &[f32], unfamiliar: &[f32]) -> Vec<Group> {
-    let mut all: Vec<(f32, bool)> = familiar
-        .iter()
-        .map(|&s| (canon(s), false))
-        .chain(unfamiliar.iter().map(|&s| (canon(s), true)))
-        .collect();
+    let mut all: Vec<(f32, bool)> =
+        familiar.iter().map(|&s| (canon(s), false)).chain(unfamiliar.iter().map(|&s| (canon(s), true))).collect();
     all.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
     let mut out: Vec<Group> = Vec::new();
     let mut last: Option<f32> = None;
@@ -158,13 +155,7 @@ pub fn evaluate(familiar: &[f32], unfamiliar: &[f32]) -> Metrics {
         }
     }
 
-    Metrics {
-        detection_accuracy: best,
-        auroc,
-        aupr_in: ap_in,
-        aupr_out: ap_out,
-        fpr_at_95_tpr: fpr95,
-    }
+    Metrics { detection_accuracy: best, auroc, aupr_in: ap_in, aupr_out: ap_out, fpr_at_95_tpr: fpr95 }
 }
 
 fn auroc_from_groups(g: &[Group], nf: usize, nu: usize) -> f64 {
@@ -187,11 +178,7 @@ pub fn auroc(familiar: &[f32], unfamiliar: &[f32]) -> f64 {
     if familiar.is_empty() || unfamiliar.is_empty() {
         return f64::NAN;
     }
-    auroc_from_groups(
-        &groups(familiar, unfamiliar),
-        familiar.len(),
-        unfamiliar.len(),
-    )
+    auroc_from_groups(&groups(familiar, unfamiliar), familiar.len(), unfamiliar.len())
 }
 
 /// ROC curve with unfamiliar as the positive class: points `(FPR, TPR)` obtained by lowering
@@ -233,11 +220,7 @@ pub fn threshold_for_false_alarm(familiar: &[f32], rate: f64) -> f32 {
     if n == 0 {
         return f32::INFINITY;
     }
-    let rate = if rate.is_nan() {
-        0.0
-    } else {
-        rate.clamp(0.0, 1.0)
-    };
+    let rate = if rate.is_nan() { 0.0 } else { rate.clamp(0.0, 1.0) };
     let m = ((rate * n as f64 + 1e-9).floor() as usize).min(n);
     if m == n {
         return f32::NEG_INFINITY;

@@ -46,10 +46,7 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig {
-            enabled: true,
-            bind: "127.0.0.1:9464".into(),
-        }
+        MetricsConfig { enabled: true, bind: "127.0.0.1:9464".into() }
     }
 }
 
@@ -108,11 +105,7 @@ impl Histogram {
             }
         }
         let counts = (0..=b.len()).map(|_| AtomicU64::new(0)).collect();
-        Histogram {
-            bounds: b,
-            counts,
-            sum: AtomicU64::new(0f64.to_bits()),
-        }
+        Histogram { bounds: b, counts, sum: AtomicU64::new(0f64.to_bits()) }
     }
 
     /// Records one value. NaN is ignored (it would poison the sum).
@@ -120,19 +113,12 @@ impl Histogram {
         if v.is_nan() {
             return;
         }
-        let i = self
-            .bounds
-            .iter()
-            .position(|&b| v <= b)
-            .unwrap_or(self.bounds.len());
+        let i = self.bounds.iter().position(|&b| v <= b).unwrap_or(self.bounds.len());
         self.counts[i].fetch_add(1, Ordering::Relaxed);
         let mut cur = self.sum.load(Ordering::Relaxed);
         loop {
             let new = (f64::from_bits(cur) + v).to_bits();
-            match self
-                .sum
-                .compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match self.sum.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(x) => cur = x,
             }
@@ -160,27 +146,19 @@ impl Histogram {
             };
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cum}");
         }
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
         let _ = writeln!(out, "{name}_sum{braces} {}", fmt_f64(self.sum()));
         let _ = writeln!(out, "{name}_count{braces} {cum}");
     }
 }
 
 /// Buckets for latencies in seconds (1 ms .. 10 s).
-pub const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+pub const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 /// Buckets for batch sizes.
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 /// Buckets for scores (the detector's score is roughly a standardized distance; alerts
 /// fire around the threshold, so resolution is concentrated near 0..5).
-pub const SCORE_BUCKETS: &[f64] = &[
-    -1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0,
-];
+pub const SCORE_BUCKETS: &[f64] = &[-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0];
 
 /// Per-stream metrics. Get one with [`Metrics::stream`] and keep the `Arc`.
 #[derive(Debug)]
@@ -249,10 +227,7 @@ impl Metrics {
                 inference_latency: Histogram::new(LATENCY_BUCKETS),
                 capture_to_verdict: Histogram::new(LATENCY_BUCKETS),
                 provider: RwLock::new("cpu".into()),
-                build_labels: RwLock::new(vec![(
-                    "version".into(),
-                    env!("CARGO_PKG_VERSION").into(),
-                )]),
+                build_labels: RwLock::new(vec![("version".into(), env!("CARGO_PKG_VERSION").into())]),
                 sinks: RwLock::new(None),
             }),
         }
@@ -263,10 +238,7 @@ impl Metrics {
         if let Some(m) = read(&self.inner.streams).get(stream) {
             return m.clone();
         }
-        write(&self.inner.streams)
-            .entry(stream.to_string())
-            .or_insert_with(|| Arc::new(StreamMetrics::new()))
-            .clone()
+        write(&self.inner.streams).entry(stream.to_string()).or_insert_with(|| Arc::new(StreamMetrics::new())).clone()
     }
 
     /// Histogram of inference batch sizes.
@@ -307,34 +279,21 @@ impl Metrics {
     /// Renders everything in the Prometheus text format 0.0.4.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8192);
-        let streams: Vec<(String, Arc<StreamMetrics>)> = read(&self.inner.streams)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let per_stream = |out: &mut String,
-                          name: &str,
-                          kind: &str,
-                          help: &str,
-                          get: &dyn Fn(&StreamMetrics) -> String| {
-            header(out, name, kind, help);
-            for (s, m) in &streams {
-                let _ = writeln!(out, "gradwatch_{name}{{stream=\"{}\"}} {}", esc(s), get(m));
-            }
-        };
-        per_stream(
-            &mut out,
-            "frames_captured_total",
-            "counter",
-            "Frames read from the source.",
-            &|m| m.frames_captured.get().to_string(),
-        );
-        per_stream(
-            &mut out,
-            "frames_scored_total",
-            "counter",
-            "Frames scored by the model.",
-            &|m| m.frames_scored.get().to_string(),
-        );
+        let streams: Vec<(String, Arc<StreamMetrics>)> =
+            read(&self.inner.streams).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let per_stream =
+            |out: &mut String, name: &str, kind: &str, help: &str, get: &dyn Fn(&StreamMetrics) -> String| {
+                header(out, name, kind, help);
+                for (s, m) in &streams {
+                    let _ = writeln!(out, "gradwatch_{name}{{stream=\"{}\"}} {}", esc(s), get(m));
+                }
+            };
+        per_stream(&mut out, "frames_captured_total", "counter", "Frames read from the source.", &|m| {
+            m.frames_captured.get().to_string()
+        });
+        per_stream(&mut out, "frames_scored_total", "counter", "Frames scored by the model.", &|m| {
+            m.frames_scored.get().to_string()
+        });
         per_stream(
             &mut out,
             "frames_dropped_total",
@@ -342,65 +301,27 @@ impl Metrics {
             "Frames dropped before scoring (queue full or stale).",
             &|m| m.frames_dropped.get().to_string(),
         );
-        per_stream(
-            &mut out,
-            "frames_bad_total",
-            "counter",
-            "Frames rejected as unusable.",
-            &|m| m.frames_bad.get().to_string(),
-        );
-        per_stream(
-            &mut out,
-            "alerts_raised_total",
-            "counter",
-            "Alerts raised.",
-            &|m| m.alerts_raised.get().to_string(),
-        );
-        per_stream(
-            &mut out,
-            "stream_up",
-            "gauge",
-            "1 when the stream delivers frames.",
-            &|m| m.up.get().to_string(),
-        );
-        header(
-            &mut out,
-            "score",
-            "histogram",
-            "Uncertainty score per frame.",
-        );
+        per_stream(&mut out, "frames_bad_total", "counter", "Frames rejected as unusable.", &|m| {
+            m.frames_bad.get().to_string()
+        });
+        per_stream(&mut out, "alerts_raised_total", "counter", "Alerts raised.", &|m| {
+            m.alerts_raised.get().to_string()
+        });
+        per_stream(&mut out, "stream_up", "gauge", "1 when the stream delivers frames.", &|m| m.up.get().to_string());
+        header(&mut out, "score", "histogram", "Uncertainty score per frame.");
         for (s, m) in &streams {
-            m.score.render(
-                &mut out,
-                "gradwatch_score",
-                &format!("stream=\"{}\"", esc(s)),
-            );
+            m.score.render(&mut out, "gradwatch_score", &format!("stream=\"{}\"", esc(s)));
         }
         for (name, help, h) in [
-            (
-                "batch_size",
-                "Frames per inference batch.",
-                &self.inner.batch_size,
-            ),
-            (
-                "inference_latency_seconds",
-                "Model run time per batch.",
-                &self.inner.inference_latency,
-            ),
-            (
-                "capture_to_verdict_seconds",
-                "Time from frame capture to its score.",
-                &self.inner.capture_to_verdict,
-            ),
+            ("batch_size", "Frames per inference batch.", &self.inner.batch_size),
+            ("inference_latency_seconds", "Model run time per batch.", &self.inner.inference_latency),
+            ("capture_to_verdict_seconds", "Time from frame capture to its score.", &self.inner.capture_to_verdict),
         ] {
             header(&mut out, name, "histogram", help);
             h.render(&mut out, &format!("gradwatch_{name}"), "");
         }
 
-        let sinks = read(&self.inner.sinks)
-            .as_ref()
-            .map(|h| h.snapshot())
-            .unwrap_or_default();
+        let sinks = read(&self.inner.sinks).as_ref().map(|h| h.snapshot()).unwrap_or_default();
         for (name, kind, help, get) in [
             (
                 "sink_queue_depth",
@@ -414,57 +335,21 @@ impl Metrics {
                 "Events accepted by the sink but not yet confirmed (MQTT: awaiting PUBACK).",
                 |s| s.backlog as u64,
             ),
-            (
-                "sink_sent_total",
-                "counter",
-                "Events accepted by the sink.",
-                |s| s.sent,
-            ),
-            (
-                "sink_failed_total",
-                "counter",
-                "Events the sink failed to write.",
-                |s| s.failed,
-            ),
-            (
-                "sink_dropped_total",
-                "counter",
-                "Events dropped (queue or buffer overflow).",
-                |s| s.dropped,
-            ),
+            ("sink_sent_total", "counter", "Events accepted by the sink.", |s| s.sent),
+            ("sink_failed_total", "counter", "Events the sink failed to write.", |s| s.failed),
+            ("sink_dropped_total", "counter", "Events dropped (queue or buffer overflow).", |s| s.dropped),
         ] {
             header(&mut out, name, kind, help);
             for s in &sinks {
-                let _ = writeln!(
-                    out,
-                    "gradwatch_{name}{{sink=\"{}\"}} {}",
-                    esc(&s.name),
-                    get(s)
-                );
+                let _ = writeln!(out, "gradwatch_{name}{{sink=\"{}\"}} {}", esc(&s.name), get(s));
             }
         }
 
-        header(
-            &mut out,
-            "execution_provider",
-            "gauge",
-            "ONNX Runtime execution provider in use (value 1).",
-        );
-        let _ = writeln!(
-            out,
-            "gradwatch_execution_provider{{provider=\"{}\"}} 1",
-            esc(&read(&self.inner.provider))
-        );
-        header(
-            &mut out,
-            "build_info",
-            "gauge",
-            "Build information (value 1).",
-        );
-        let labels: Vec<String> = read(&self.inner.build_labels)
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", esc(v)))
-            .collect();
+        header(&mut out, "execution_provider", "gauge", "ONNX Runtime execution provider in use (value 1).");
+        let _ = writeln!(out, "gradwatch_execution_provider{{provider=\"{}\"}} 1", esc(&read(&self.inner.provider)));
+        header(&mut out, "build_info", "gauge", "Build information (value 1).");
+        let labels: Vec<String> =
+            read(&self.inner.build_labels).iter().map(|(k, v)| format!("{k}=\"{}\"", esc(v))).collect();
         let _ = writeln!(out, "gradwatch_build_info{{{}}} 1", labels.join(","));
         out
     }
@@ -564,10 +449,7 @@ mod tests {
             "execution_provider",
             "build_info",
         ] {
-            assert!(
-                text.contains(&format!("# TYPE gradwatch_{fam} ")),
-                "missing {fam}"
-            );
+            assert!(text.contains(&format!("# TYPE gradwatch_{fam} ")), "missing {fam}");
         }
         assert!(text.contains("gradwatch_frames_captured_total{stream=\"cam0\"} 3\n"));
         assert!(text.contains("gradwatch_execution_provider{provider=\"cpu\"} 1\n"));

@@ -27,17 +27,12 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Binds `bind` (e.g. "127.0.0.1:9464"; port 0 picks a free one) and serves on a thread.
     pub fn start(bind: &str, metrics: Metrics, health: HealthFn) -> Result<Self, MetricsError> {
-        let server = Server::http(bind).map_err(|e| MetricsError::Bind {
-            addr: bind.to_string(),
-            reason: e.to_string(),
-        })?;
+        let server =
+            Server::http(bind).map_err(|e| MetricsError::Bind { addr: bind.to_string(), reason: e.to_string() })?;
         let addr = server
             .server_addr()
             .to_ip()
-            .ok_or_else(|| MetricsError::Bind {
-                addr: bind.to_string(),
-                reason: "not an IP listener".into(),
-            })?;
+            .ok_or_else(|| MetricsError::Bind { addr: bind.to_string(), reason: "not an IP listener".into() })?;
         let server = Arc::new(server);
         let stop = Arc::new(AtomicBool::new(false));
         let (srv, stp) = (server.clone(), stop.clone());
@@ -45,12 +40,7 @@ impl MetricsServer {
             .name("metrics-http".into())
             .spawn(move || serve(&srv, &stp, &metrics, &health))
             .map_err(MetricsError::Thread)?;
-        Ok(MetricsServer {
-            server,
-            addr,
-            stop,
-            thread: Some(thread),
-        })
+        Ok(MetricsServer { server, addr, stop, thread: Some(thread) })
     }
 
     /// The bound address (useful with port 0).
@@ -96,8 +86,7 @@ fn serve(server: &Server, stop: &AtomicBool, metrics: &Metrics, health: &HealthF
         let resp = match (req.method(), path.as_str()) {
             (tiny_http::Method::Get, "/metrics") => {
                 let mut r = Response::from_string(metrics.render());
-                if let Some(h) = header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                {
+                if let Some(h) = header("Content-Type", "text/plain; version=0.0.4; charset=utf-8") {
                     r = r.with_header(h);
                 }
                 r
@@ -106,9 +95,7 @@ fn serve(server: &Server, stop: &AtomicBool, metrics: &Metrics, health: &HealthF
                 Ok(()) => Response::from_string("ok\n"),
                 Err(reason) => Response::from_string(format!("{reason}\n")).with_status_code(503),
             },
-            (tiny_http::Method::Get, _) => {
-                Response::from_string("not found\n").with_status_code(404)
-            }
+            (tiny_http::Method::Get, _) => Response::from_string("not found\n").with_status_code(404),
             _ => Response::from_string("method not allowed\n").with_status_code(405),
         };
         if let Err(e) = req.respond(resp) {

@@ -27,13 +27,7 @@ impl FileSink {
     /// path is reported at start-up rather than at the first alert.
     pub fn open(name: impl Into<String>, path: &Path, fsync: bool) -> Result<Self, SinkError> {
         let file = open_append(path)?;
-        Ok(FileSink {
-            name: name.into(),
-            path: path.to_path_buf(),
-            fsync,
-            file: Some(file),
-            next_retry: None,
-        })
+        Ok(FileSink { name: name.into(), path: path.to_path_buf(), fsync, file: Some(file), next_retry: None })
     }
 
     /// The configured path.
@@ -61,9 +55,7 @@ impl FileSink {
                 }
             }
         }
-        self.file
-            .as_mut()
-            .ok_or_else(|| SinkError::Unavailable(format!("{} is not open", self.path.display())))
+        self.file.as_mut().ok_or_else(|| SinkError::Unavailable(format!("{} is not open", self.path.display())))
     }
 }
 
@@ -72,10 +64,7 @@ fn open_append(path: &Path) -> Result<File, SinkError> {
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|e| SinkError::Open {
-            path: path.to_path_buf(),
-            source: e,
-        })
+        .map_err(|e| SinkError::Open { path: path.to_path_buf(), source: e })
 }
 
 impl Sink for FileSink {
@@ -90,10 +79,13 @@ impl Sink for FileSink {
         let file = self.ensure_open()?;
         // A single write of the whole line (O_APPEND) keeps lines whole even if another
         // process appends to the same file.
-        let res = file
-            .write_all(line.as_bytes())
-            .and_then(|()| file.flush())
-            .and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
+        let res = file.write_all(line.as_bytes()).and_then(|()| file.flush()).and_then(|()| {
+            if fsync {
+                file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = res {
             // Drop the handle: the next event reopens (the directory may come back, the disk
             // may get space). A partial line may remain; readers skip unparsable lines.

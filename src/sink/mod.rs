@@ -191,11 +191,7 @@ struct LogLimiter {
 
 impl LogLimiter {
     fn new(period: Duration) -> Self {
-        LogLimiter {
-            period,
-            last: Mutex::new(None),
-            suppressed: AtomicU64::new(0),
-        }
+        LogLimiter { period, last: Mutex::new(None), suppressed: AtomicU64::new(0) }
     }
 
     /// Calls `f(suppressed_since_last)` if the period has passed.
@@ -269,8 +265,7 @@ impl StatsHandle {
                 queue_depth: rx.len(),
                 sent: c.sent.load(Ordering::Relaxed),
                 failed: c.failed.load(Ordering::Relaxed),
-                dropped: c.overflow.load(Ordering::Relaxed)
-                    + c.internal_dropped.load(Ordering::Relaxed),
+                dropped: c.overflow.load(Ordering::Relaxed) + c.internal_dropped.load(Ordering::Relaxed),
                 backlog: c.backlog.load(Ordering::Relaxed) as usize,
             })
             .collect()
@@ -309,9 +304,7 @@ pub struct ShutdownReport {
 impl ShutdownReport {
     /// True when every sink finished with nothing undelivered.
     pub fn clean(&self) -> bool {
-        self.sinks
-            .iter()
-            .all(|s| s.finished && s.undelivered == 0 && s.error.is_none())
+        self.sinks.iter().all(|s| s.finished && s.undelivered == 0 && s.error.is_none())
     }
 }
 
@@ -355,21 +348,9 @@ impl Fanout {
                 .name(format!("sink-{}", counters.name))
                 .spawn(move || run_worker(sink, rx, ctrl_rx, done_tx, c))
                 .map_err(SinkError::Thread)?;
-            workers.push(Worker {
-                counters,
-                tx,
-                ctrl: ctrl_tx,
-                done: done_rx,
-                thread: Some(thread),
-            });
+            workers.push(Worker { counters, tx, ctrl: ctrl_tx, done: done_rx, thread: Some(thread) });
         }
-        Ok(Fanout {
-            workers,
-            stats: StatsHandle {
-                entries: Arc::new(entries),
-            },
-            shut: false,
-        })
+        Ok(Fanout { workers, stats: StatsHandle { entries: Arc::new(entries) }, shut: false })
     }
 
     /// Queues `ev` for every sink; never blocks. A full queue drops the event for that sink
@@ -405,10 +386,7 @@ impl Fanout {
 
     /// Names of the sinks, in order.
     pub fn names(&self) -> Vec<String> {
-        self.workers
-            .iter()
-            .map(|w| w.counters.name.clone())
-            .collect()
+        self.workers.iter().map(|w| w.counters.name.clone()).collect()
     }
 
     /// Current statistics.
@@ -440,10 +418,7 @@ impl Fanout {
                     report.sinks.push(r);
                 }
                 Err(_) => {
-                    log::warn!(
-                        "sink {}: did not finish by the shutdown deadline; abandoning it",
-                        w.counters.name
-                    );
+                    log::warn!("sink {}: did not finish by the shutdown deadline; abandoning it", w.counters.name);
                     report.sinks.push(SinkShutdown {
                         name: w.counters.name.clone(),
                         finished: false,
@@ -482,12 +457,7 @@ fn run_worker(
             }
             Err(e) => {
                 c.failed.fetch_add(1, Ordering::Relaxed);
-                c.fail_log.hit(|more| {
-                    log::warn!(
-                        "sink {}: {e} ({more} more failures since the last message)",
-                        c.name
-                    )
-                });
+                c.fail_log.hit(|more| log::warn!("sink {}: {e} ({more} more failures since the last message)", c.name));
             }
         }
         c.internal_dropped.store(sink.dropped(), Ordering::Relaxed);
@@ -544,12 +514,7 @@ fn run_worker(
     let name = c.name.clone();
     // Dropping the sink closes it (the MQTT sink disconnects) before we report.
     drop(sink);
-    let _ = done.send(SinkShutdown {
-        name,
-        finished: true,
-        undelivered,
-        error,
-    });
+    let _ = done.send(SinkShutdown { name, finished: true, undelivered, error });
 }
 
 #[cfg(test)]
@@ -604,13 +569,7 @@ mod tests {
     #[test]
     fn duplicate_names_made_unique() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = |p: &str| {
-            SinkConfig::File(FileSinkConfig {
-                name: None,
-                path: dir.path().join(p),
-                fsync: false,
-            })
-        };
+        let cfg = |p: &str| SinkConfig::File(FileSinkConfig { name: None, path: dir.path().join(p), fsync: false });
         let sinks = build_all(&[cfg("a"), cfg("b"), cfg("c")]).unwrap();
         let names: Vec<_> = sinks.iter().map(|s| s.name().to_string()).collect();
         assert_eq!(names, ["file", "file-2", "file-3"]);

@@ -20,8 +20,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rumqttc::{
-    Client, Connection, Event as MqEvent, LastWill, MqttOptions, Packet, Publish, QoS,
-    RecvTimeoutError, Request, TlsConfiguration, Transport,
+    Client, Connection, Event as MqEvent, LastWill, MqttOptions, Packet, Publish, QoS, RecvTimeoutError, Request,
+    TlsConfiguration, Transport,
 };
 use serde::{Deserialize, Serialize};
 
@@ -154,12 +154,7 @@ impl MqttSinkConfig {
 
     /// Topic of the events of `stream` (the stream name with `/ + #` and NUL replaced by `_`).
     pub fn event_topic(&self, stream: &str) -> String {
-        format!(
-            "{}/{}/events/{}",
-            self.topic_prefix,
-            self.client_id,
-            topic_level(stream)
-        )
+        format!("{}/{}/events/{}", self.topic_prefix, self.client_id, topic_level(stream))
     }
 
     fn validate(&self) -> Result<(), SinkError> {
@@ -167,14 +162,9 @@ impl MqttSinkConfig {
         if self.host.is_empty() {
             return bad("mqtt host is empty".into());
         }
-        for (what, v) in [
-            ("client_id", &self.client_id),
-            ("topic_prefix", &self.topic_prefix),
-        ] {
+        for (what, v) in [("client_id", &self.client_id), ("topic_prefix", &self.topic_prefix)] {
             if v.is_empty() || v.contains(['/', '+', '#', '\0']) {
-                return bad(format!(
-                    "mqtt {what} = {v:?} must be non-empty without '/', '+', '#'"
-                ));
+                return bad(format!("mqtt {what} = {v:?} must be non-empty without '/', '+', '#'"));
             }
         }
         if self.qos > 1 {
@@ -184,10 +174,7 @@ impl MqttSinkConfig {
             return bad("mqtt buffer must be at least 1".into());
         }
         if !(1..=65_535).contains(&self.keep_alive_s) {
-            return bad(format!(
-                "mqtt keep_alive_s = {} must be in 1..=65535",
-                self.keep_alive_s
-            ));
+            return bad(format!("mqtt keep_alive_s = {} must be in 1..=65535", self.keep_alive_s));
         }
         if self.password.is_some() && self.username.is_none() {
             return bad("mqtt password given without username".into());
@@ -206,33 +193,19 @@ impl MqttSinkConfig {
             .set_clean_session(true)
             .set_inflight(MAX_INFLIGHT)
             .set_max_packet_size(1 << 20, 1 << 20)
-            .set_last_will(LastWill::new(
-                self.status_topic(),
-                "offline",
-                QoS::AtLeastOnce,
-                true,
-            ));
+            .set_last_will(LastWill::new(self.status_topic(), "offline", QoS::AtLeastOnce, true));
         if let Some(u) = &self.username {
             o.set_credentials(u.clone(), self.password.clone().unwrap_or_default());
         }
         if let Some(t) = &self.tls {
             install_ring_provider();
-            let read = |p: &PathBuf| {
-                std::fs::read(p).map_err(|e| SinkError::Open {
-                    path: p.clone(),
-                    source: e,
-                })
-            };
+            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| SinkError::Open { path: p.clone(), source: e });
             let ca = read(&t.ca_file)?;
             let client_auth = match (&t.client_cert, &t.client_key) {
                 (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
                 _ => None,
             };
-            o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-                ca,
-                alpn: None,
-                client_auth,
-            }));
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple { ca, alpn: None, client_auth }));
         }
         Ok(o)
     }
@@ -346,11 +319,7 @@ impl MqttSink {
         let conn = ConnThread {
             name: name.clone(),
             status_topic: cfg.status_topic(),
-            qos: if cfg.qos == 0 {
-                QoS::AtMostOnce
-            } else {
-                QoS::AtLeastOnce
-            },
+            qos: if cfg.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
             shared: shared.clone(),
             client,
             connection,
@@ -364,12 +333,7 @@ impl MqttSink {
             .name(format!("mqtt-{name}"))
             .spawn(move || conn.run())
             .map_err(SinkError::Thread)?;
-        Ok(MqttSink {
-            name,
-            cfg: cfg.clone(),
-            shared,
-            thread: Some(thread),
-        })
+        Ok(MqttSink { name, cfg: cfg.clone(), shared, thread: Some(thread) })
     }
 
     /// Current counters.
@@ -413,12 +377,7 @@ impl Sink for MqttSink {
         }
         let id = st.next_id;
         st.next_id += 1;
-        st.queue.push_back(Item {
-            id,
-            topic,
-            payload,
-            pkid: None,
-        });
+        st.queue.push_back(Item { id, topic, payload, pkid: None });
         Ok(())
     }
 
@@ -433,9 +392,7 @@ impl Sink for MqttSink {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(SinkError::Timeout {
-                    pending: st.queue.len(),
-                });
+                return Err(SinkError::Timeout { pending: st.queue.len() });
             }
             st = match self.shared.changed.wait_timeout(st, deadline - now) {
                 Ok((g, _)) => g,
@@ -488,11 +445,7 @@ impl ConnThread {
                 }
                 // Clean shutdown: say "offline" ourselves (the will only fires on unclean
                 // disconnects), then DISCONNECT once it is acknowledged or we run out of time.
-                self.publish(
-                    Flight::Status,
-                    self.status_topic.clone(),
-                    b"offline".to_vec(),
-                );
+                self.publish(Flight::Status, self.status_topic.clone(), b"offline".to_vec());
                 closing = Some(Instant::now() + CLOSE_WAIT);
             }
             if let Some(until) = closing {
@@ -517,9 +470,7 @@ impl ConnThread {
             let res = if !self.connected || !self.connection.eventloop.pending.is_empty() {
                 // Connecting, or rumqttc has our publishes to write: block (never cancel a
                 // half-written publish).
-                self.connection
-                    .recv()
-                    .map_err(|_| RecvTimeoutError::Disconnected)
+                self.connection.recv().map_err(|_| RecvTimeoutError::Disconnected)
             } else {
                 self.connection.recv_timeout(POLL)
             };
@@ -553,11 +504,7 @@ impl ConnThread {
                         it.pkid = None;
                     }
                 }
-                self.publish(
-                    Flight::Status,
-                    self.status_topic.clone(),
-                    b"online".to_vec(),
-                );
+                self.publish(Flight::Status, self.status_topic.clone(), b"online".to_vec());
             }
             MqEvent::Incoming(Packet::PubAck(ack)) => {
                 if let Some((Flight::Event(id), _)) = self.inflight.remove(&ack.pkid) {
@@ -576,10 +523,7 @@ impl ConnThread {
 
     fn on_error(&mut self, msg: String, closing: bool) {
         if self.connected {
-            log::warn!(
-                "sink {}: MQTT connection lost: {msg}; reconnecting, events are buffered",
-                self.name
-            );
+            log::warn!("sink {}: MQTT connection lost: {msg}; reconnecting, events are buffered", self.name);
         } else {
             let name = &self.name;
             self.err_log.hit(|more| {
@@ -664,10 +608,7 @@ impl ConnThread {
             self.inflight.insert(pkid, (what, Instant::now()));
         }
         let pkid = p.pkid;
-        self.connection
-            .eventloop
-            .pending
-            .push_back(Request::Publish(p));
+        self.connection.eventloop.pending.push_back(Request::Publish(p));
         pkid
     }
 
@@ -684,10 +625,7 @@ impl ConnThread {
     }
 
     fn check_ack_timeout(&mut self) {
-        let stuck = self
-            .inflight
-            .values()
-            .any(|(_, sent)| sent.elapsed() > ACK_TIMEOUT);
+        let stuck = self.inflight.values().any(|(_, sent)| sent.elapsed() > ACK_TIMEOUT);
         if stuck {
             log::warn!(
                 "sink {}: no PUBACK for {}s; dropping the connection to re-send",
@@ -730,11 +668,7 @@ mod tests {
         c.password = Some("x".into());
         assert!(c.validate().is_err());
         let mut c = ok;
-        c.tls = Some(MqttTlsConfig {
-            ca_file: "/nonexistent/ca.pem".into(),
-            client_cert: None,
-            client_key: None,
-        });
+        c.tls = Some(MqttTlsConfig { ca_file: "/nonexistent/ca.pem".into(), client_cert: None, client_key: None });
         match MqttSink::start("m", &c) {
             Err(SinkError::Open { path, .. }) => {
                 assert_eq!(path, PathBuf::from("/nonexistent/ca.pem"))

@@ -15,20 +15,14 @@ pub struct StdoutSink<W: Write + Send = std::io::Stdout> {
 impl StdoutSink<std::io::Stdout> {
     /// A sink on the process's stdout.
     pub fn new(name: impl Into<String>) -> Self {
-        StdoutSink {
-            name: name.into(),
-            out: std::io::stdout(),
-        }
+        StdoutSink { name: name.into(), out: std::io::stdout() }
     }
 }
 
 impl<W: Write + Send> StdoutSink<W> {
     /// A sink on an arbitrary writer.
     pub fn with_writer(name: impl Into<String>, out: W) -> Self {
-        StdoutSink {
-            name: name.into(),
-            out,
-        }
+        StdoutSink { name: name.into(), out }
     }
 
     /// The writer, e.g. to inspect a test buffer.

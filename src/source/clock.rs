@@ -42,10 +42,7 @@ impl SimClock {
     /// A clock standing at an arbitrary (real) instant, which [`SimClock::start`] returns.
     pub fn new() -> Self {
         let start = Instant::now();
-        Self {
-            start,
-            now: Mutex::new(start),
-        }
+        Self { start, now: Mutex::new(start) }
     }
 
     /// The instant the clock was created at.
@@ -105,11 +102,7 @@ pub struct Pacer {
 impl Pacer {
     /// A pacer at `fps` frames a second; `fps <= 0` (or not finite) means no pacing at all.
     pub fn new(fps: f64) -> Self {
-        Self {
-            fps,
-            start: None,
-            k: 0,
-        }
+        Self { fps, start: None, k: 0 }
     }
 
     /// Whether this pacer ever sleeps.

@@ -107,14 +107,9 @@ impl PixelFormat {
 
     /// The format a V4L2 FourCC carries, if any this crate converts.
     pub fn from_fourcc(fourcc: [u8; 4]) -> Option<Self> {
-        [
-            PixelFormat::Yuyv,
-            PixelFormat::Mjpeg,
-            PixelFormat::Rgb24,
-            PixelFormat::Grey,
-        ]
-        .into_iter()
-        .find(|f| f.fourccs().contains(&fourcc))
+        [PixelFormat::Yuyv, PixelFormat::Mjpeg, PixelFormat::Rgb24, PixelFormat::Grey]
+            .into_iter()
+            .find(|f| f.fourccs().contains(&fourcc))
     }
 
     /// The config name (`yuyv`, `mjpeg`, `rgb24`, `grey`).
@@ -150,12 +145,7 @@ pub fn to_rgb(
         PixelFormat::Mjpeg => {
             let img = mjpeg_to_rgb(buf)?;
             if img.width != width || img.height != height {
-                return Err(ConvertError::Dimensions {
-                    width,
-                    height,
-                    got_width: img.width,
-                    got_height: img.height,
-                });
+                return Err(ConvertError::Dimensions { width, height, got_width: img.width, got_height: img.height });
             }
             Ok(img)
         }
@@ -178,30 +168,13 @@ fn check_layout(
     let row = width.checked_mul(bytes_per_pixel).ok_or(size_err.clone())?;
     let stride = if stride == 0 { row } else { stride };
     if stride < row {
-        return Err(ConvertError::Stride {
-            format,
-            stride,
-            row,
-        });
+        return Err(ConvertError::Stride { format, stride, row });
     }
-    let needed = stride
-        .checked_mul(height - 1)
-        .and_then(|n| n.checked_add(row))
-        .ok_or(size_err.clone())?;
+    let needed = stride.checked_mul(height - 1).and_then(|n| n.checked_add(row)).ok_or(size_err.clone())?;
     // The output must fit in memory too.
-    width
-        .checked_mul(height)
-        .and_then(|n| n.checked_mul(3))
-        .ok_or(size_err)?;
+    width.checked_mul(height).and_then(|n| n.checked_mul(3)).ok_or(size_err)?;
     if len < needed {
-        return Err(ConvertError::BufferSize {
-            format,
-            width,
-            height,
-            stride,
-            needed,
-            got: len,
-        });
+        return Err(ConvertError::BufferSize { format, width, height, stride, needed, got: len });
     }
     Ok(stride)
 }
@@ -228,12 +201,7 @@ pub fn yuv_to_rgb_bt601(y: u8, u: u8, v: u8) -> [u8; 3] {
 
 /// YUYV 4:2:2 (`Y0 U Y1 V` per two pixels) to RGB with BT.601 limited-range coefficients
 /// (what UVC webcams send). `width` must be even.
-pub fn yuyv_to_rgb(
-    buf: &[u8],
-    width: usize,
-    height: usize,
-    stride: usize,
-) -> Result<RgbImage, ConvertError> {
+pub fn yuyv_to_rgb(buf: &[u8], width: usize, height: usize, stride: usize) -> Result<RgbImage, ConvertError> {
     if width % 2 == 1 {
         return Err(ConvertError::OddWidth(width));
     }
@@ -246,20 +214,11 @@ pub fn yuyv_to_rgb(
             out.extend_from_slice(&yuv_to_rgb_bt601(y1, u, v));
         }
     }
-    Ok(RgbImage {
-        width,
-        height,
-        data: out,
-    })
+    Ok(RgbImage { width, height, data: out })
 }
 
 /// 8-bit grey to RGB (R = G = B = Y, full range as delivered).
-pub fn grey_to_rgb(
-    buf: &[u8],
-    width: usize,
-    height: usize,
-    stride: usize,
-) -> Result<RgbImage, ConvertError> {
+pub fn grey_to_rgb(buf: &[u8], width: usize, height: usize, stride: usize) -> Result<RgbImage, ConvertError> {
     let stride = check_layout("GREY", buf.len(), width, height, 1, stride)?;
     let mut out = Vec::with_capacity(width * height * 3);
     for row in buf.chunks(stride).take(height) {
@@ -267,79 +226,52 @@ pub fn grey_to_rgb(
             out.extend_from_slice(&[v, v, v]);
         }
     }
-    Ok(RgbImage {
-        width,
-        height,
-        data: out,
-    })
+    Ok(RgbImage { width, height, data: out })
 }
 
 /// Packed RGB24 to RGB, dropping per-row padding.
-pub fn rgb24_to_rgb(
-    buf: &[u8],
-    width: usize,
-    height: usize,
-    stride: usize,
-) -> Result<RgbImage, ConvertError> {
+pub fn rgb24_to_rgb(buf: &[u8], width: usize, height: usize, stride: usize) -> Result<RgbImage, ConvertError> {
     let stride = check_layout("RGB24", buf.len(), width, height, 3, stride)?;
     let mut out = Vec::with_capacity(width * height * 3);
     for row in buf.chunks(stride).take(height) {
         out.extend_from_slice(&row[..width * 3]);
     }
-    Ok(RgbImage {
-        width,
-        height,
-        data: out,
-    })
+    Ok(RgbImage { width, height, data: out })
 }
 
 /// Huffman tables of ITU T.81 Annex K.3 (K.3, K.4, K.5, K.6): the ones the OpenDML MJPEG spec
 /// says a DHT-less frame implies. Each entry: (class << 4 | id, 16 code-length counts, values).
 const DEFAULT_HUFFMAN: [(u8, [u8; 16], &[u8]); 4] = [
-    (
-        0x00,
-        [0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
-        &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
-    ),
+    (0x00, [0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]),
     (
         0x10,
         [0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1, 0x7d],
         &[
-            0x01, 0x02, 0x03, 0x00, 0x04, 0x11, 0x05, 0x12, 0x21, 0x31, 0x41, 0x06, 0x13, 0x51,
-            0x61, 0x07, 0x22, 0x71, 0x14, 0x32, 0x81, 0x91, 0xa1, 0x08, 0x23, 0x42, 0xb1, 0xc1,
-            0x15, 0x52, 0xd1, 0xf0, 0x24, 0x33, 0x62, 0x72, 0x82, 0x09, 0x0a, 0x16, 0x17, 0x18,
-            0x19, 0x1a, 0x25, 0x26, 0x27, 0x28, 0x29, 0x2a, 0x34, 0x35, 0x36, 0x37, 0x38, 0x39,
-            0x3a, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49, 0x4a, 0x53, 0x54, 0x55, 0x56, 0x57,
-            0x58, 0x59, 0x5a, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0x73, 0x74, 0x75,
-            0x76, 0x77, 0x78, 0x79, 0x7a, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x92,
-            0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9a, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7,
-            0xa8, 0xa9, 0xaa, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6, 0xb7, 0xb8, 0xb9, 0xba, 0xc2, 0xc3,
-            0xc4, 0xc5, 0xc6, 0xc7, 0xc8, 0xc9, 0xca, 0xd2, 0xd3, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8,
-            0xd9, 0xda, 0xe1, 0xe2, 0xe3, 0xe4, 0xe5, 0xe6, 0xe7, 0xe8, 0xe9, 0xea, 0xf1, 0xf2,
-            0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa,
+            0x01, 0x02, 0x03, 0x00, 0x04, 0x11, 0x05, 0x12, 0x21, 0x31, 0x41, 0x06, 0x13, 0x51, 0x61, 0x07, 0x22, 0x71,
+            0x14, 0x32, 0x81, 0x91, 0xa1, 0x08, 0x23, 0x42, 0xb1, 0xc1, 0x15, 0x52, 0xd1, 0xf0, 0x24, 0x33, 0x62, 0x72,
+            0x82, 0x09, 0x0a, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x25, 0x26, 0x27, 0x28, 0x29, 0x2a, 0x34, 0x35, 0x36, 0x37,
+            0x38, 0x39, 0x3a, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49, 0x4a, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58, 0x59,
+            0x5a, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7a, 0x83,
+            0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9a, 0xa2, 0xa3,
+            0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6, 0xb7, 0xb8, 0xb9, 0xba, 0xc2, 0xc3,
+            0xc4, 0xc5, 0xc6, 0xc7, 0xc8, 0xc9, 0xca, 0xd2, 0xd3, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8, 0xd9, 0xda, 0xe1, 0xe2,
+            0xe3, 0xe4, 0xe5, 0xe6, 0xe7, 0xe8, 0xe9, 0xea, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa,
         ],
     ),
-    (
-        0x01,
-        [0, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
-        &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
-    ),
+    (0x01, [0, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]),
     (
         0x11,
         [0, 2, 1, 2, 4, 4, 3, 4, 7, 5, 4, 4, 0, 1, 2, 0x77],
         &[
-            0x00, 0x01, 0x02, 0x03, 0x11, 0x04, 0x05, 0x21, 0x31, 0x06, 0x12, 0x41, 0x51, 0x07,
-            0x61, 0x71, 0x13, 0x22, 0x32, 0x81, 0x08, 0x14, 0x42, 0x91, 0xa1, 0xb1, 0xc1, 0x09,
-            0x23, 0x33, 0x52, 0xf0, 0x15, 0x62, 0x72, 0xd1, 0x0a, 0x16, 0x24, 0x34, 0xe1, 0x25,
-            0xf1, 0x17, 0x18, 0x19, 0x1a, 0x26, 0x27, 0x28, 0x29, 0x2a, 0x35, 0x36, 0x37, 0x38,
-            0x39, 0x3a, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49, 0x4a, 0x53, 0x54, 0x55, 0x56,
-            0x57, 0x58, 0x59, 0x5a, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0x73, 0x74,
-            0x75, 0x76, 0x77, 0x78, 0x79, 0x7a, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89,
-            0x8a, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9a, 0xa2, 0xa3, 0xa4, 0xa5,
-            0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6, 0xb7, 0xb8, 0xb9, 0xba,
-            0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7, 0xc8, 0xc9, 0xca, 0xd2, 0xd3, 0xd4, 0xd5, 0xd6,
-            0xd7, 0xd8, 0xd9, 0xda, 0xe2, 0xe3, 0xe4, 0xe5, 0xe6, 0xe7, 0xe8, 0xe9, 0xea, 0xf2,
-            0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa,
+            0x00, 0x01, 0x02, 0x03, 0x11, 0x04, 0x05, 0x21, 0x31, 0x06, 0x12, 0x41, 0x51, 0x07, 0x61, 0x71, 0x13, 0x22,
+            0x32, 0x81, 0x08, 0x14, 0x42, 0x91, 0xa1, 0xb1, 0xc1, 0x09, 0x23, 0x33, 0x52, 0xf0, 0x15, 0x62, 0x72, 0xd1,
+            0x0a, 0x16, 0x24, 0x34, 0xe1, 0x25, 0xf1, 0x17, 0x18, 0x19, 0x1a, 0x26, 0x27, 0x28, 0x29, 0x2a, 0x35, 0x36,
+            0x37, 0x38, 0x39, 0x3a, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49, 0x4a, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58,
+            0x59, 0x5a, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7a,
+            0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9a,
+            0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6, 0xb7, 0xb8, 0xb9, 0xba,
+            0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7, 0xc8, 0xc9, 0xca, 0xd2, 0xd3, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8, 0xd9, 0xda,
+            0xe2, 0xe3, 0xe4, 0xe5, 0xe6, 0xe7, 0xe8, 0xe9, 0xea, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa,
         ],
     ),
 ];
@@ -347,10 +279,7 @@ const DEFAULT_HUFFMAN: [(u8, [u8; 16], &[u8]); 4] = [
 /// The standard DHT segment (marker, length and the four Annex K tables) that MJPEG frames
 /// without Huffman tables imply.
 pub fn default_dht_segment() -> Vec<u8> {
-    let body: usize = DEFAULT_HUFFMAN
-        .iter()
-        .map(|(_, _, vals)| 1 + 16 + vals.len())
-        .sum();
+    let body: usize = DEFAULT_HUFFMAN.iter().map(|(_, _, vals)| 1 + 16 + vals.len()).sum();
     let len = body + 2; // the length field counts itself
     let mut seg = Vec::with_capacity(len + 2);
     seg.extend_from_slice(&[0xff, 0xc4, (len >> 8) as u8, len as u8]);
@@ -393,10 +322,7 @@ pub fn scan_jpeg(buf: &[u8]) -> Result<JpegHeader, ConvertError> {
             return Err(bad("header ends before the first scan (no SOS marker)"));
         }
         if buf[pos] != 0xff {
-            return Err(ConvertError::Jpeg(format!(
-                "expected a marker at byte {pos}, found 0x{:02x}",
-                buf[pos]
-            )));
+            return Err(ConvertError::Jpeg(format!("expected a marker at byte {pos}, found 0x{:02x}", buf[pos])));
         }
         let marker = buf[pos + 1];
         match marker {
@@ -422,9 +348,7 @@ pub fn scan_jpeg(buf: &[u8]) -> Result<JpegHeader, ConvertError> {
         }
         let len = u16::from_be_bytes([buf[pos + 2], buf[pos + 3]]) as usize;
         if len < 2 || pos + 2 + len > end {
-            return Err(ConvertError::Jpeg(format!(
-                "segment 0xff{marker:02x} at byte {pos} has bad length {len}"
-            )));
+            return Err(ConvertError::Jpeg(format!("segment 0xff{marker:02x} at byte {pos} has bad length {len}")));
         }
         match marker {
             0xc4 => has_dht = true,
@@ -437,13 +361,7 @@ pub fn scan_jpeg(buf: &[u8]) -> Result<JpegHeader, ConvertError> {
                 let w = u16::from_be_bytes([buf[pos + 7], buf[pos + 8]]) as usize;
                 size = Some((w, h));
             }
-            0xda => {
-                return Ok(JpegHeader {
-                    has_dht,
-                    sos_offset: pos,
-                    size,
-                })
-            }
+            0xda => return Ok(JpegHeader { has_dht, sos_offset: pos, size }),
             _ => {}
         }
         pos += 2 + len;
@@ -457,14 +375,10 @@ pub fn mjpeg_to_rgb(buf: &[u8]) -> Result<RgbImage, ConvertError> {
     let header = scan_jpeg(buf)?;
     if let Some((w, h)) = header.size {
         if w == 0 || h == 0 {
-            return Err(ConvertError::Jpeg(format!(
-                "SOF declares an empty {w}x{h} image"
-            )));
+            return Err(ConvertError::Jpeg(format!("SOF declares an empty {w}x{h} image")));
         }
     } else {
-        return Err(ConvertError::Jpeg(
-            "no SOF segment before the first scan".into(),
-        ));
+        return Err(ConvertError::Jpeg("no SOF segment before the first scan".into()));
     }
     let patched;
     let data = if header.has_dht {
@@ -484,10 +398,9 @@ pub fn mjpeg_to_rgb(buf: &[u8]) -> Result<RgbImage, ConvertError> {
 }
 
 fn decode_jpeg(data: &[u8]) -> Result<RgbImage, ConvertError> {
-    let decoder = image::codecs::jpeg::JpegDecoder::new(Cursor::new(data))
-        .map_err(|e| ConvertError::Jpeg(e.to_string()))?;
-    let img = image::DynamicImage::from_decoder(decoder)
-        .map_err(|e| ConvertError::Jpeg(e.to_string()))?;
+    let decoder =
+        image::codecs::jpeg::JpegDecoder::new(Cursor::new(data)).map_err(|e| ConvertError::Jpeg(e.to_string()))?;
+    let img = image::DynamicImage::from_decoder(decoder).map_err(|e| ConvertError::Jpeg(e.to_string()))?;
     let rgb = img.into_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     RgbImage::new(w, h, rgb.into_raw())
@@ -518,45 +431,20 @@ mod tests {
         assert_eq!(&seg[..4], &[0xff, 0xc4, 0x01, 0xa2]);
         assert_eq!(seg.len(), 420);
         for (_, counts, vals) in DEFAULT_HUFFMAN {
-            assert_eq!(
-                counts.iter().map(|&c| c as usize).sum::<usize>(),
-                vals.len()
-            );
+            assert_eq!(counts.iter().map(|&c| c as usize).sum::<usize>(), vals.len());
         }
     }
 
     #[test]
     fn layout_checks() {
-        assert!(matches!(
-            grey_to_rgb(&[0; 5], 3, 2, 0),
-            Err(ConvertError::BufferSize {
-                needed: 6,
-                got: 5,
-                ..
-            })
-        ));
-        assert!(matches!(
-            grey_to_rgb(&[0; 8], 3, 2, 2),
-            Err(ConvertError::Stride { .. })
-        ));
-        assert!(matches!(
-            grey_to_rgb(&[], 0, 2, 0),
-            Err(ConvertError::Size { .. })
-        ));
-        assert!(matches!(
-            yuyv_to_rgb(&[0; 12], 3, 2, 0),
-            Err(ConvertError::OddWidth(3))
-        ));
-        assert!(matches!(
-            rgb24_to_rgb(&[0; 8], usize::MAX / 2, 2, 0),
-            Err(ConvertError::Size { .. })
-        ));
+        assert!(matches!(grey_to_rgb(&[0; 5], 3, 2, 0), Err(ConvertError::BufferSize { needed: 6, got: 5, .. })));
+        assert!(matches!(grey_to_rgb(&[0; 8], 3, 2, 2), Err(ConvertError::Stride { .. })));
+        assert!(matches!(grey_to_rgb(&[], 0, 2, 0), Err(ConvertError::Size { .. })));
+        assert!(matches!(yuyv_to_rgb(&[0; 12], 3, 2, 0), Err(ConvertError::OddWidth(3))));
+        assert!(matches!(rgb24_to_rgb(&[0; 8], usize::MAX / 2, 2, 0), Err(ConvertError::Size { .. })));
         // Stride 4, width 3: the last row needs only 3 bytes, so 7 bytes suffice.
         let img = grey_to_rgb(&[1, 2, 3, 99, 4, 5, 6], 3, 2, 4).unwrap();
-        assert_eq!(
-            img.data,
-            vec![1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5, 6, 6, 6]
-        );
+        assert_eq!(img.data, vec![1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5, 6, 6, 6]);
     }
 
     #[test]

@@ -49,10 +49,7 @@ impl DirectoryConfig {
 
 /// Lists the files a directory source plays, in play order.
 pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
-    let io_err = |source| SourceError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let io_err = |source| SourceError::Io { path: dir.to_path_buf(), source };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err)? {
         let entry = entry.map_err(io_err)?;
@@ -61,10 +58,7 @@ pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
             continue;
         }
         // `metadata` follows symlinks, so linked frames count too.
-        if std::fs::metadata(&path)
-            .map(|m| m.is_file())
-            .unwrap_or(false)
-        {
+        if std::fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false) {
             files.push(path);
         }
     }
@@ -116,13 +110,8 @@ impl Source for DirectorySource {
         let path = &self.files[self.next];
         self.next += 1;
         match load_image_file(path) {
-            Ok(image) => SourceEvent::Frame {
-                image,
-                tag: path.file_name().map(|n| n.to_string_lossy().into_owned()),
-            },
-            Err(e) => SourceEvent::BadFrame {
-                reason: format!("{}: {e}", path.display()),
-            },
+            Ok(image) => SourceEvent::Frame { image, tag: path.file_name().map(|n| n.to_string_lossy().into_owned()) },
+            Err(e) => SourceEvent::BadFrame { reason: format!("{}: {e}", path.display()) },
         }
     }
 }

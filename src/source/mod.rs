@@ -133,14 +133,8 @@ impl Roi {
     /// Crops `img` to this rectangle, or `None` when the rectangle does not lie wholly inside
     /// the image (a config that does not match the camera's resolution).
     pub fn crop(&self, img: &RgbImage) -> Option<RgbImage> {
-        let fits_x = self
-            .x
-            .checked_add(self.width)
-            .is_some_and(|r| r <= img.width);
-        let fits_y = self
-            .y
-            .checked_add(self.height)
-            .is_some_and(|b| b <= img.height);
+        let fits_x = self.x.checked_add(self.width).is_some_and(|r| r <= img.width);
+        let fits_y = self.y.checked_add(self.height).is_some_and(|b| b <= img.height);
         (fits_x && fits_y).then(|| img.crop(self.x, self.y, self.width, self.height))
     }
 }
@@ -178,10 +172,7 @@ fn default_true() -> bool {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self {
-            size: default_queue_size(),
-            policy: DropPolicy::default(),
-        }
+        Self { size: default_queue_size(), policy: DropPolicy::default() }
     }
 }
 
@@ -289,13 +280,7 @@ impl<'de> Deserialize<'de> for StreamConfig {
             }
             D::Error::custom(msg)
         })?;
-        Ok(StreamConfig {
-            name: c.name,
-            enabled: c.enabled,
-            roi: c.roi,
-            queue: c.queue,
-            source,
-        })
+        Ok(StreamConfig { name: c.name, enabled: c.enabled, roi: c.roi, queue: c.queue, source })
     }
 }
 
@@ -303,9 +288,7 @@ impl StreamConfig {
     /// Checks the common keys and the kind's keys without touching files or devices.
     pub fn validate(&self) -> Result<(), SourceError> {
         if self.name.trim().is_empty() {
-            return Err(SourceError::Config(
-                "`name` is empty; give every stream a unique name".into(),
-            ));
+            return Err(SourceError::Config("`name` is empty; give every stream a unique name".into()));
         }
         let who = &self.name;
         if let Some(r) = self.roi {
@@ -317,9 +300,7 @@ impl StreamConfig {
             }
         }
         if self.queue.size == 0 {
-            return Err(SourceError::Config(format!(
-                "stream `{who}`: `queue.size` is 0; it must be at least 1"
-            )));
+            return Err(SourceError::Config(format!("stream `{who}`: `queue.size` is 0; it must be at least 1")));
         }
         self.source.validate().map_err(|e| match e {
             SourceError::Config(m) => SourceError::Config(format!("stream `{who}`: {m}")),
@@ -339,9 +320,7 @@ pub(crate) fn check_fps(fps: f64) -> Result<(), SourceError> {
     if fps.is_finite() && fps >= 0.0 {
         Ok(())
     } else {
-        Err(SourceError::Config(format!(
-            "`fps` is {fps}; use a frame rate >= 0 (0 = as fast as possible)"
-        )))
+        Err(SourceError::Config(format!("`fps` is {fps}; use a frame rate >= 0 (0 = as fast as possible)")))
     }
 }
 

@@ -108,9 +108,7 @@ fn is_stdin(path: &Path) -> bool {
 impl PipeConfig {
     /// Bytes in one frame.
     pub fn frame_bytes(&self) -> Option<usize> {
-        self.width
-            .checked_mul(self.height)?
-            .checked_mul(self.pixel_format.bytes_per_pixel())
+        self.width.checked_mul(self.height)?.checked_mul(self.pixel_format.bytes_per_pixel())
     }
 
     /// Checks the config without opening the path.
@@ -131,9 +129,7 @@ impl PipeConfig {
             }
         }
         if self.reopen && is_stdin(&self.path) {
-            return Err(SourceError::Config(
-                "`reopen` needs a FIFO `path`; stdin cannot be reopened".into(),
-            ));
+            return Err(SourceError::Config("`reopen` needs a FIFO `path`; stdin cannot be reopened".into()));
         }
         check_fps(self.fps)
     }
@@ -169,10 +165,7 @@ impl PipeSource {
     pub fn new(config: &PipeConfig, clock: Arc<dyn Clock>) -> Result<Self, SourceError> {
         config.validate()?;
         if !is_stdin(&config.path) {
-            std::fs::metadata(&config.path).map_err(|source| SourceError::Io {
-                path: config.path.clone(),
-                source,
-            })?;
+            std::fs::metadata(&config.path).map_err(|source| SourceError::Io { path: config.path.clone(), source })?;
         }
         let frame_bytes = config.frame_bytes().unwrap_or(0);
         Ok(Self {
@@ -205,9 +198,7 @@ impl PipeSource {
         };
         match res {
             Ok(image) => SourceEvent::Frame { image, tag: None },
-            Err(e) => SourceEvent::BadFrame {
-                reason: e.to_string(),
-            },
+            Err(e) => SourceEvent::BadFrame { reason: e.to_string() },
         }
     }
 }
@@ -259,9 +250,7 @@ impl Source for PipeSource {
                         Err(e) => {
                             let reason = format!("cannot open {}: {e}", self.path.display());
                             self.state = if self.reopen {
-                                State::Closed {
-                                    retry_at: Some(self.clock.now() + REOPEN_DELAY),
-                                }
+                                State::Closed { retry_at: Some(self.clock.now() + REOPEN_DELAY) }
                             } else {
                                 State::Ended
                             };

@@ -72,15 +72,11 @@ impl Window {
     pub fn frame_count(&self, fps: f64) -> Result<u64, String> {
         let from_duration = |d: f64| -> Result<u64, String> {
             if !(d.is_finite() && d > 0.0) {
-                return Err(format!(
-                    "`duration_s` is {d}; use a positive number of seconds"
-                ));
+                return Err(format!("`duration_s` is {d}; use a positive number of seconds"));
             }
             let n = (d * fps).round();
             if n < 1.0 || n > u64::MAX as f64 {
-                return Err(format!(
-                    "`duration_s` {d} at fps {fps} is {n} frames; a window needs at least 1"
-                ));
+                return Err(format!("`duration_s` {d} at fps {fps} is {n} frames; a window needs at least 1"));
             }
             Ok(n as u64)
         };
@@ -99,9 +95,7 @@ impl Window {
             }
             (Some(n), _) => Ok(n),
             (None, Some(d)) if fps > 0.0 => from_duration(d),
-            (None, Some(_)) => {
-                Err("`duration_s` needs `fps` > 0; at fps = 0 give `frames` instead".into())
-            }
+            (None, Some(_)) => Err("`duration_s` needs `fps` > 0; at fps = 0 give `frames` instead".into()),
             (None, None) => Err("set `frames` or `duration_s`".into()),
         }
     }
@@ -155,43 +149,24 @@ impl ReplayConfig {
         self.schedule
             .iter()
             .enumerate()
-            .map(|(i, w)| {
-                w.frame_count(self.fps)
-                    .map_err(|e| SourceError::Config(format!("`schedule[{i}]`: {e}")))
-            })
+            .map(|(i, w)| w.frame_count(self.fps).map_err(|e| SourceError::Config(format!("`schedule[{i}]`: {e}"))))
             .collect()
     }
 }
 
 /// Loads an (N, H, W, 3) uint8 `.npy` array as images.
 pub fn load_npy_images(path: &std::path::Path) -> Result<Vec<RgbImage>, SourceError> {
-    let err = |reason: String| SourceError::Npy {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let err = |reason: String| SourceError::Npy { path: path.to_path_buf(), reason };
     let arr: ndarray::Array4<u8> = ndarray_npy::read_npy(path).map_err(|e| {
-        err(format!(
-            "{e}; expected a uint8 array of shape (N, H, W, 3), e.g. numpy.save(path, x.astype(np.uint8))"
-        ))
+        err(format!("{e}; expected a uint8 array of shape (N, H, W, 3), e.g. numpy.save(path, x.astype(np.uint8))"))
     })?;
     let (n, h, w, c) = arr.dim();
     if c != 3 || n == 0 || h == 0 || w == 0 {
-        return Err(err(format!(
-            "shape is ({n}, {h}, {w}, {c}); expected (N, H, W, 3) with N, H, W > 0"
-        )));
+        return Err(err(format!("shape is ({n}, {h}, {w}, {c}); expected (N, H, W, 3) with N, H, W > 0")));
     }
     let arr = arr.as_standard_layout();
-    let flat = arr
-        .as_slice()
-        .ok_or_else(|| err("array is not contiguous".into()))?;
-    Ok(flat
-        .chunks_exact(h * w * 3)
-        .map(|chunk| RgbImage {
-            width: w,
-            height: h,
-            data: chunk.to_vec(),
-        })
-        .collect())
+    let flat = arr.as_slice().ok_or_else(|| err("array is not contiguous".into()))?;
+    Ok(flat.chunks_exact(h * w * 3).map(|chunk| RgbImage { width: w, height: h, data: chunk.to_vec() }).collect())
 }
 
 struct Slot {
@@ -222,21 +197,13 @@ impl ReplaySource {
         config.validate()?;
         let images = load_npy_images(&config.path)?;
         let slots = if config.schedule.is_empty() {
-            vec![Slot {
-                frames: images.len() as u64,
-                corruption: None,
-                tag: "clean".into(),
-            }]
+            vec![Slot { frames: images.len() as u64, corruption: None, tag: "clean".into() }]
         } else {
             config
                 .schedule
                 .iter()
                 .zip(config.window_frames()?)
-                .map(|(w, frames)| Slot {
-                    frames,
-                    corruption: w.corruption.zip(w.level),
-                    tag: w.tag(),
-                })
+                .map(|(w, frames)| Slot { frames, corruption: w.corruption.zip(w.level), tag: w.tag() })
                 .collect()
         };
         Ok(Self {
@@ -275,24 +242,13 @@ impl Source for ReplaySource {
         let slot = &self.slots[self.window];
         let img = &self.images[(self.index % self.images.len() as u64) as usize];
         let event = match slot.corruption {
-            None => SourceEvent::Frame {
-                image: img.clone(),
-                tag: Some(slot.tag.clone()),
+            None => SourceEvent::Frame { image: img.clone(), tag: Some(slot.tag.clone()) },
+            Some((kind, level)) => match corrupt::apply(img, kind, level, self.seed.wrapping_add(self.index)) {
+                Ok(image) => SourceEvent::Frame { image, tag: Some(slot.tag.clone()) },
+                Err(e) => SourceEvent::BadFrame {
+                    reason: format!("frame {} ({}): corruption failed: {e}", self.index, slot.tag),
+                },
             },
-            Some((kind, level)) => {
-                match corrupt::apply(img, kind, level, self.seed.wrapping_add(self.index)) {
-                    Ok(image) => SourceEvent::Frame {
-                        image,
-                        tag: Some(slot.tag.clone()),
-                    },
-                    Err(e) => SourceEvent::BadFrame {
-                        reason: format!(
-                            "frame {} ({}): corruption failed: {e}",
-                            self.index, slot.tag
-                        ),
-                    },
-                }
-            }
         };
         self.index += 1;
         self.in_window += 1;

@@ -80,12 +80,7 @@ fn default_fps() -> u32 {
     15
 }
 fn default_formats() -> Vec<PixelFormat> {
-    vec![
-        PixelFormat::Yuyv,
-        PixelFormat::Mjpeg,
-        PixelFormat::Rgb24,
-        PixelFormat::Grey,
-    ]
+    vec![PixelFormat::Yuyv, PixelFormat::Mjpeg, PixelFormat::Rgb24, PixelFormat::Grey]
 }
 fn default_buffers() -> u32 {
     4
@@ -120,9 +115,7 @@ fn positive_secs(key: &str, v: f64) -> Result<Duration, SourceError> {
     if v.is_finite() && v > 0.0 && v < 1e9 {
         Ok(Duration::from_secs_f64(v))
     } else {
-        Err(SourceError::Config(format!(
-            "`{key}` is {v}; use a number of seconds > 0"
-        )))
+        Err(SourceError::Config(format!("`{key}` is {v}; use a number of seconds > 0")))
     }
 }
 
@@ -141,10 +134,7 @@ impl V4l2Config {
             ));
         }
         if !(1..=32).contains(&self.buffers) {
-            return Err(SourceError::Config(format!(
-                "`buffers` is {}; use 1 to 32 (4 is typical)",
-                self.buffers
-            )));
+            return Err(SourceError::Config(format!("`buffers` is {}; use 1 to 32 (4 is typical)", self.buffers)));
         }
         positive_secs("timeout_s", self.timeout_s)?;
         let initial = positive_secs("reconnect_initial_s", self.reconnect_initial_s)?;
@@ -183,19 +173,13 @@ impl V4l2Config {
 }
 
 /// Picks the first preferred format the device offers; returns it and the FourCC to request.
-pub fn negotiate(
-    preferences: &[PixelFormat],
-    offered: &[[u8; 4]],
-) -> Result<(PixelFormat, [u8; 4]), String> {
+pub fn negotiate(preferences: &[PixelFormat], offered: &[[u8; 4]]) -> Result<(PixelFormat, [u8; 4]), String> {
     for &pf in preferences {
         if let Some(fcc) = pf.fourccs().iter().find(|f| offered.contains(f)) {
             return Ok((pf, *fcc));
         }
     }
-    let names: Vec<String> = offered
-        .iter()
-        .map(|f| String::from_utf8_lossy(f).into_owned())
-        .collect();
+    let names: Vec<String> = offered.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
     let wanted: Vec<&str> = preferences.iter().map(|p| p.name()).collect();
     Err(format!(
         "the device offers formats [{}], none of the configured [{}]; add one it offers to \
@@ -219,11 +203,7 @@ pub struct Backoff {
 impl Backoff {
     /// A schedule starting at `initial`, capped at `max`.
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            next: initial.min(max),
-        }
+        Self { initial, max, next: initial.min(max) }
     }
 
     /// The wait before the next attempt; doubles the one after.
@@ -299,20 +279,12 @@ impl V4l2Source {
     /// A source that will connect through `opener` on its first poll.
     pub fn new(opener: Box<dyn DeviceOpener>, backoff: Backoff, clock: Arc<dyn Clock>) -> Self {
         let retry_at = clock.now();
-        Self {
-            opener,
-            backoff,
-            clock,
-            state: State::Disconnected { retry_at },
-            buf: Vec::new(),
-        }
+        Self { opener, backoff, clock, state: State::Disconnected { retry_at }, buf: Vec::new() }
     }
 
     fn schedule_retry(&mut self) -> Duration {
         let d = self.backoff.next_delay();
-        self.state = State::Disconnected {
-            retry_at: self.clock.now() + d,
-        };
+        self.state = State::Disconnected { retry_at: self.clock.now() + d };
         d
     }
 }
@@ -339,9 +311,7 @@ impl Source for V4l2Source {
                     }
                     Err(reason) => {
                         let d = self.schedule_retry();
-                        SourceEvent::Down {
-                            reason: format!("{reason}; retrying in {:.1} s", d.as_secs_f64()),
-                        }
+                        SourceEvent::Down { reason: format!("{reason}; retrying in {:.1} s", d.as_secs_f64()) }
                     }
                 }
             }
@@ -356,18 +326,14 @@ impl Source for V4l2Source {
                         f.stride as usize,
                     ) {
                         Ok(image) => SourceEvent::Frame { image, tag: None },
-                        Err(e) => SourceEvent::BadFrame {
-                            reason: e.to_string(),
-                        },
+                        Err(e) => SourceEvent::BadFrame { reason: e.to_string() },
                     }
                 }
                 Err(CaptureError::BadFrame(reason)) => SourceEvent::BadFrame { reason },
                 Err(CaptureError::Down(reason)) => {
                     // Dropping the device closes it before the next attempt.
                     let d = self.schedule_retry();
-                    SourceEvent::Down {
-                        reason: format!("{reason}; reconnecting in {:.1} s", d.as_secs_f64()),
-                    }
+                    SourceEvent::Down { reason: format!("{reason}; reconnecting in {:.1} s", d.as_secs_f64()) }
                 }
             },
         }
@@ -389,9 +355,7 @@ mod real {
     use v4l::video::Capture;
     use v4l::{Format, FourCC};
 
-    use super::{
-        negotiate, CaptureDevice, CaptureError, DeviceOpener, NegotiatedFormat, V4l2Config,
-    };
+    use super::{negotiate, CaptureDevice, CaptureError, DeviceOpener, NegotiatedFormat, V4l2Config};
     use crate::source::convert::PixelFormat;
 
     /// ENODEV: the device was unplugged.
@@ -415,10 +379,7 @@ mod real {
             match catch_unwind(AssertUnwindSafe(|| open_device(config))) {
                 Ok(Ok(dev)) => Ok(Box::new(dev)),
                 Ok(Err(e)) => Err(e),
-                Err(_) => Err(format!(
-                    "{}: the v4l crate panicked while opening the device",
-                    config.device.display()
-                )),
+                Err(_) => Err(format!("{}: the v4l crate panicked while opening the device", config.device.display())),
             }
         }
     }
@@ -433,13 +394,8 @@ mod real {
     fn open_device(cfg: &V4l2Config) -> Result<V4lDevice, String> {
         let name = cfg.device.display().to_string();
         let dev = Device::with_path(&cfg.device).map_err(|e| format!("cannot open {name}: {e}"))?;
-        let caps = dev
-            .query_caps()
-            .map_err(|e| format!("{name}: VIDIOC_QUERYCAP failed: {e}"))?;
-        if !caps
-            .capabilities
-            .contains(CapFlags::VIDEO_CAPTURE | CapFlags::STREAMING)
-        {
+        let caps = dev.query_caps().map_err(|e| format!("{name}: VIDIOC_QUERYCAP failed: {e}"))?;
+        if !caps.capabilities.contains(CapFlags::VIDEO_CAPTURE | CapFlags::STREAMING) {
             return Err(format!(
                 "{name} ({}) cannot stream video capture; is it the camera's metadata node? \
                  try the other /dev/video*",
@@ -463,20 +419,11 @@ mod real {
             )
         })?;
         if got.width != cfg.width || got.height != cfg.height {
-            log::warn!(
-                "{name}: asked for {}x{}, the driver gives {}x{}",
-                cfg.width,
-                cfg.height,
-                got.width,
-                got.height
-            );
+            log::warn!("{name}: asked for {}x{}, the driver gives {}x{}", cfg.width, cfg.height, got.width, got.height);
         }
         if cfg.fps > 0 {
             if let Err(e) = dev.set_params(&Parameters::with_fps(cfg.fps)) {
-                log::warn!(
-                    "{name}: cannot set {} fps ({e}); using the driver's rate",
-                    cfg.fps
-                );
+                log::warn!("{name}: cannot set {} fps ({e}); using the driver's rate", cfg.fps);
             }
         }
         let mut stream = MmapStream::with_buffers(&dev, Type::VideoCapture, cfg.buffers)
@@ -485,12 +432,7 @@ mod real {
         Ok(V4lDevice {
             stream: Some(stream),
             _dev: dev,
-            format: NegotiatedFormat {
-                pixel_format,
-                width: got.width,
-                height: got.height,
-                stride: got.stride,
-            },
+            format: NegotiatedFormat { pixel_format, width: got.width, height: got.height, stride: got.stride },
         })
     }
 
@@ -500,10 +442,7 @@ mod real {
         }
 
         fn next_frame(&mut self, buf: &mut Vec<u8>) -> Result<(), CaptureError> {
-            let stream = self
-                .stream
-                .as_mut()
-                .ok_or_else(|| CaptureError::Down("stream already closed".into()))?;
+            let stream = self.stream.as_mut().ok_or_else(|| CaptureError::Down("stream already closed".into()))?;
             let (data, meta) = match CaptureStream::next(stream) {
                 Ok(x) => x,
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -515,9 +454,7 @@ mod real {
                 Err(e) => return Err(CaptureError::Down(format!("capture failed: {e}"))),
             };
             if meta.flags.contains(v4l::buffer::Flags::ERROR) {
-                return Err(CaptureError::BadFrame(
-                    "the driver flagged the buffer as corrupt".into(),
-                ));
+                return Err(CaptureError::BadFrame("the driver flagged the buffer as corrupt".into()));
             }
             let used = match meta.bytesused as usize {
                 0 => data.len(),
@@ -535,9 +472,7 @@ mod real {
             // a dying camera must not kill the capture thread.
             if let Some(stream) = self.stream.take() {
                 if catch_unwind(AssertUnwindSafe(move || drop(stream))).is_err() {
-                    log::warn!(
-                        "closing the camera stream failed; the device may be in a bad state"
-                    );
+                    log::warn!("closing the camera stream failed; the device may be in a bad state");
                 }
             }
         }
@@ -572,16 +507,10 @@ mod tests {
 
     #[test]
     fn validate_names_the_key() {
-        let c = V4l2Config {
-            reconnect_max_s: 0.1,
-            ..V4l2Config::default()
-        };
+        let c = V4l2Config { reconnect_max_s: 0.1, ..V4l2Config::default() };
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("reconnect_max_s"), "{e}");
-        let c = V4l2Config {
-            formats: vec![],
-            ..V4l2Config::default()
-        };
+        let c = V4l2Config { formats: vec![], ..V4l2Config::default() };
         assert!(c.validate().unwrap_err().to_string().contains("formats"));
     }
 }

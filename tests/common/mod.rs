@@ -80,7 +80,15 @@ impl Net {
     }
 
     /// Conv with a fresh weight (and bias when `bias`).
-    pub fn conv(&mut self, x: &str, cin: usize, cout: usize, k: usize, bias: bool, attrs: Vec<AttributeProto>) -> String {
+    pub fn conv(
+        &mut self,
+        x: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        bias: bool,
+        attrs: Vec<AttributeProto>,
+    ) -> String {
         let group = attrs.iter().find(|a| a.name == "group").map(|a| a.i as usize).unwrap_or(1);
         let w = self.param(&[cout, cin / group, k, k], 0.5);
         if bias {
@@ -166,7 +174,10 @@ pub fn loss(z: &[f32], label: &[f32], softmax: bool) -> f64 {
             .sum::<f64>()
             / c
     } else {
-        z.iter().zip(label).map(|(&v, &y)| y as f64 * softplus(-v as f64) + (1.0 - y as f64) * softplus(v as f64)).sum::<f64>()
+        z.iter()
+            .zip(label)
+            .map(|(&v, &y)| y as f64 * softplus(-v as f64) + (1.0 - y as f64) * softplus(v as f64))
+            .sum::<f64>()
             / c
     }
 }
