@@ -13,6 +13,7 @@ pub mod eval;
 pub mod frame;
 pub mod grad;
 pub mod metrics;
+pub mod model;
 pub mod onnx;
 pub mod runtime;
 pub mod sink;

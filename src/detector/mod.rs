@@ -17,12 +17,14 @@
 //! of the wrong length, or with an inconsistent model, yields NaN (most unfamiliar) instead
 //! of panicking.
 
+pub mod calibration;
 mod gaussian;
 mod linalg;
 mod mlp;
 mod rng;
 mod standardize;
 
+pub use calibration::{CalibError, Calibration, DetectorKind};
 pub use gaussian::{Gaussian, DEFAULT_SHRINKAGE};
 pub use mlp::{Mlp, MlpConfig, TrainReport};
 pub use standardize::{LogStandardizer, DEFAULT_EPS, MIN_STD};

@@ -1,0 +1,229 @@
+//! The calibration file: everything needed to turn a model's gradient features into a verdict,
+//! tied to one model file by its sha256. Stored as TOML next to the model
+//! (e.g. `models/gtsrb-resnet18.calib.toml`).
+
+use std::path::Path;
+
+use ndarray::Array2;
+
+use super::{DetectorError, Gaussian, LogStandardizer, Mlp};
+
+/// Current file format version.
+pub const FORMAT: u32 = 1;
+
+/// Errors reading or applying a calibration.
+#[derive(Debug, thiserror::Error)]
+pub enum CalibError {
+    /// File I/O.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not a valid calibration file.
+    #[error("{path}: not a valid calibration file: {why}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message.
+        why: String,
+    },
+    /// The calibration was made for another model.
+    #[error("calibration was fitted on model sha256 {expected} but the model is {actual}; recalibrate with `gradwatch calibrate` for this model, or point to the matching model file")]
+    ModelMismatch {
+        /// Hash recorded in the calibration.
+        expected: String,
+        /// Hash of the model in use.
+        actual: String,
+    },
+    /// Different feature list.
+    #[error("calibration features do not match the compiled model ({why}); recalibrate for this model and loss")]
+    FeatureMismatch {
+        /// What differs.
+        why: String,
+    },
+    /// The detector inside is inconsistent.
+    #[error(transparent)]
+    Detector(#[from] DetectorError),
+}
+
+/// The model a calibration belongs to.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibModel {
+    /// Model name.
+    pub name: String,
+    /// sha256 of the model file.
+    pub sha256: String,
+    /// Loss the features were compiled with (`bce-logits`, ...).
+    pub loss: String,
+    /// Feature (parameter tensor) names, in order.
+    pub features: Vec<String>,
+}
+
+/// The fitted detector.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DetectorKind {
+    /// The paper's binary detector; the score is its logit.
+    Mlp {
+        /// Log + standardisation.
+        normalize: LogStandardizer,
+        /// The network.
+        mlp: Mlp,
+    },
+    /// Familiar data only: squared Mahalanobis distance of standardised log features.
+    OneClass {
+        /// Log + standardisation.
+        normalize: LogStandardizer,
+        /// The Gaussian.
+        gaussian: Gaussian,
+    },
+}
+
+/// One data set the calibration saw.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSummary {
+    /// Name (path or corruption).
+    pub name: String,
+    /// Number of images.
+    pub count: usize,
+}
+
+/// What the calibration was fitted on and how it did on held-out data.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FitSummary {
+    /// Familiar images.
+    pub familiar: DataSummary,
+    /// Unfamiliar sets (real ones and synthetic corruptions).
+    pub unfamiliar: Vec<DataSummary>,
+    /// Held-out familiar false-alarm rate at the threshold.
+    pub validation_false_alarm_rate: f64,
+    /// Held-out unfamiliar detection rate at the threshold.
+    pub validation_true_positive_rate: f64,
+    /// Held-out AUROC.
+    pub validation_auroc: f64,
+    /// The command that produced this file.
+    pub command: String,
+}
+
+/// A calibration file.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    /// File format version ([`FORMAT`]).
+    pub format: u32,
+    /// The model it belongs to.
+    pub model: CalibModel,
+    /// Alarm when `score > threshold`.
+    pub threshold: f32,
+    /// The false-alarm rate the threshold was chosen for.
+    pub target_false_alarm: f64,
+    /// The detector.
+    pub detector: DetectorKind,
+    /// Provenance and validation numbers.
+    pub fitted_on: FitSummary,
+}
+
+impl Calibration {
+    /// Reads and validates a calibration file.
+    pub fn load(path: &Path) -> Result<Self, CalibError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| CalibError::Io { path: path.display().to_string(), source })?;
+        Self::parse(&text).map_err(|e| match e {
+            CalibError::Parse { why, .. } => CalibError::Parse { path: path.display().to_string(), why },
+            other => other,
+        })
+    }
+
+    /// Parses and validates calibration TOML.
+    pub fn parse(text: &str) -> Result<Self, CalibError> {
+        let c: Calibration =
+            toml::from_str(text).map_err(|e| CalibError::Parse { path: String::new(), why: e.to_string() })?;
+        if c.format != FORMAT {
+            return Err(CalibError::Parse {
+                path: String::new(),
+                why: format!("format {} is not supported (expected {FORMAT})", c.format),
+            });
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Writes the calibration as TOML.
+    pub fn save(&self, path: &Path) -> Result<(), CalibError> {
+        let text = toml::to_string(self)
+            .map_err(|e| CalibError::Parse { path: path.display().to_string(), why: e.to_string() })?;
+        std::fs::write(path, text).map_err(|source| CalibError::Io { path: path.display().to_string(), source })
+    }
+
+    /// Checks the detector's internal consistency.
+    pub fn validate(&self) -> Result<(), CalibError> {
+        let n = self.model.features.len();
+        let dim = match &self.detector {
+            DetectorKind::Mlp { normalize, mlp } => {
+                normalize.validate()?;
+                mlp.validate()?;
+                if mlp.inputs() != normalize.dim() {
+                    return Err(DetectorError::DimensionMismatch {
+                        what: "mlp",
+                        expected: normalize.dim(),
+                        got: mlp.inputs(),
+                    }
+                    .into());
+                }
+                normalize.dim()
+            }
+            DetectorKind::OneClass { normalize, gaussian } => {
+                normalize.validate()?;
+                gaussian.validate()?;
+                normalize.dim()
+            }
+        };
+        if dim != n {
+            return Err(DetectorError::DimensionMismatch { what: "calibration", expected: n, got: dim }.into());
+        }
+        Ok(())
+    }
+
+    /// Refuses a calibration made for another model file or feature list.
+    pub fn check_model(&self, sha256: &str, features: &[String]) -> Result<(), CalibError> {
+        if !self.model.sha256.eq_ignore_ascii_case(sha256) {
+            return Err(CalibError::ModelMismatch { expected: self.model.sha256.clone(), actual: sha256.to_string() });
+        }
+        if self.model.features != features {
+            return Err(CalibError::FeatureMismatch {
+                why: format!("{} calibrated vs {} compiled", self.model.features.len(), features.len()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Scores one feature row; higher is more unfamiliar. Non-finite features score +inf.
+    pub fn score_row(&self, features: &[f32]) -> f32 {
+        let s = match &self.detector {
+            DetectorKind::Mlp { normalize, mlp } => normalize.transform_row(features).map(|z| mlp.logit_row(&z)),
+            DetectorKind::OneClass { normalize, gaussian } => {
+                normalize.transform_row(features).map(|z| gaussian.score_row(&z))
+            }
+        };
+        match s {
+            Ok(v) if !v.is_nan() => v,
+            _ => f32::INFINITY,
+        }
+    }
+
+    /// Scores a batch `[N, P]`.
+    pub fn score(&self, features: &Array2<f32>) -> Vec<f32> {
+        features.outer_iter().map(|r| self.score_row(&r.to_vec())).collect()
+    }
+
+    /// Whether a score raises the alarm (NaN does).
+    pub fn is_unfamiliar(&self, score: f32) -> bool {
+        score.is_nan() || score > self.threshold
+    }
+}
