@@ -6,27 +6,31 @@
 # Uses cargo-zigbuild (zig as the C compiler and linker) against glibc 2.31, so one binary runs
 # on JetPack 5 (Ubuntu 20.04, glibc 2.31) and JetPack 6 (Ubuntu 22.04, glibc 2.35).
 # Installs what is missing, idempotently (a fresh Debian 12 machine is enough; no Docker):
-#   - Debian packages: libclang (bindgen for the v4l2 feature), the aarch64 Linux/libc headers
-#     bindgen reads, binutils-aarch64-linux-gnu (objdump for the glibc check), python3-venv;
+#   - Debian packages: libclang (bindgen for the v4l2 feature), binutils-aarch64-linux-gnu
+#     (objdump for the glibc check), python3-venv;
 #   - the Rust target aarch64-unknown-linux-gnu (rustup);
-#   - cargo-zigbuild and ziglang from PyPI, in a venv under .cache/aarch64/ (git-ignored).
+#   - cargo-zigbuild and ziglang from PyPI, in a venv under ~/.cache/gradwatch/aarch64-tools.
+# bindgen reads the aarch64 Linux headers (linux/videodev2.h, asm/*) that zig ships:
+# cargo-zigbuild points BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu at them.
 # The binary lands in target/aarch64-unknown-linux-gnu/release/gradwatch and is checked with
 # scripts/check-glibc.sh. Nothing of ONNX Runtime is linked (`ort` uses load-dynamic).
 #
-# Environment: GLIBC_TARGET (default 2.31), AARCH64_TOOLS (default .cache/aarch64),
+# Environment: GLIBC_TARGET (default 2.31), AARCH64_TOOLS (default ~/.cache/gradwatch/aarch64-tools),
 # CARGO_ZIGBUILD_VERSION / ZIGLANG_VERSION (pins, default below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TARGET=aarch64-unknown-linux-gnu
 GLIBC_TARGET="${GLIBC_TARGET:-2.31}"
-TOOLS="${AARCH64_TOOLS:-$PWD/.cache/aarch64}"
+# Outside the repository on purpose: zig reports its lib dir relative to the working directory
+# when it lies below it, and cargo-zigbuild then hands bindgen include paths that do not resolve
+# from the crate's build directory ("'linux/videodev2.h' file not found").
+TOOLS="${AARCH64_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/gradwatch/aarch64-tools}"
 VENV="$TOOLS/venv"
 # Pinned: the versions this script was tested with (cargo-zigbuild pulls ziglang in).
 CARGO_ZIGBUILD_VERSION="${CARGO_ZIGBUILD_VERSION:-0.24.1}"
 ZIGLANG_VERSION="${ZIGLANG_VERSION:-0.17.1}"
 CARGO="${CARGO:-cargo}"
-SYSROOT=/usr/aarch64-linux-gnu
 
 step() { echo "==> aarch64-build: $*"; }
 fail() {
@@ -35,10 +39,7 @@ fail() {
 }
 
 # --- Debian packages -------------------------------------------------------------------------
-# linux-libc-dev-arm64-cross + libc6-dev-arm64-cross put the aarch64 kernel and libc headers in
-# /usr/aarch64-linux-gnu/include, which bindgen (v4l2-sys-mit) needs for linux/videodev2.h.
-APT_PACKAGES=(libclang-dev pkg-config python3-venv python3-pip
-  linux-libc-dev-arm64-cross libc6-dev-arm64-cross binutils-aarch64-linux-gnu)
+APT_PACKAGES=(libclang-dev python3-venv binutils-aarch64-linux-gnu file)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -72,14 +73,11 @@ if [ ! -x "$VENV/bin/cargo-zigbuild" ] || ! "$VENV/bin/python" -m ziglang versio
     "cargo-zigbuild==$CARGO_ZIGBUILD_VERSION" "ziglang==$ZIGLANG_VERSION" ||
     fail "pip install cargo-zigbuild ziglang (is PyPI reachable?)"
 fi
+case "$(cd "$TOOLS" 2>/dev/null && pwd)/" in
+"$PWD"/*) fail "AARCH64_TOOLS=$TOOLS lies inside the repository; zig's relative paths break bindgen there" ;;
+esac
 # cargo-zigbuild finds zig as `python3 -m ziglang` through the venv's python3 on PATH.
 export PATH="$VENV/bin:$PATH"
-
-# --- bindgen (v4l2 feature) ------------------------------------------------------------------
-# clang would otherwise take the host's x86-64 asm/ headers; point it at the aarch64 ones.
-# Appended to, not replacing, what the caller set.
-bindgen_var="BINDGEN_EXTRA_CLANG_ARGS_${TARGET//-/_}"
-export "$bindgen_var=${!bindgen_var:-} --sysroot=$SYSROOT -I$SYSROOT/include"
 
 # --- build -----------------------------------------------------------------------------------
 step "cargo zigbuild --release --locked --target $TARGET.$GLIBC_TARGET $*"
@@ -90,5 +88,5 @@ step "built in $(($(date +%s) - start)) s"
 
 bin="target/$TARGET/release/gradwatch"
 [ -f "$bin" ] || fail "$bin was not produced"
-step "$bin: $(du -h "$bin" | cut -f1) ($(file -b "$bin" 2>/dev/null | cut -d, -f1-2 || echo ELF))"
+step "$bin: $(du -h "$bin" | cut -f1) ($(file -b "$bin" | cut -d, -f1-2))"
 scripts/check-glibc.sh "$bin" "$GLIBC_TARGET" || fail "glibc check: the binary would not start on JetPack 5"
