@@ -50,13 +50,15 @@ step() {
   echo
   echo "==> aarch64-check [$STEP]"
 }
+REPORTED=0
 fail() {
   echo "aarch64-check: FAILED at step [$STEP]: $*" >&2
+  REPORTED=1
   exit 1
 }
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gradwatch-aarch64-check.XXXXXX")"
 cleanup() { [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"; }
-trap 'rc=$?; cleanup; [ $rc -eq 0 ] || echo "aarch64-check: FAILED at step [$STEP] (exit $rc)" >&2' EXIT
+trap 'rc=$?; cleanup; [ $rc -eq 0 ] || [ $REPORTED = 1 ] || echo "aarch64-check: FAILED at step [$STEP] (exit $rc)" >&2' EXIT
 
 timed() {
   # timed LABEL CMD...: run, print wall time, keep the exit status.
@@ -152,9 +154,9 @@ fi
 
 # --- 5. host build and inputs -----------------------------------------------------------------
 step "host build and inputs"
+for f in "$MODEL" "$CALIB" "$SAMPLES"; do [ -f "$f" ] || fail "$f is missing (the reference model and sample: see models/)"; done
 if [ ! -e "$HOST_ORT" ]; then scripts/fetch-onnxruntime.sh || fail "fetching the host ONNX Runtime"; fi
 ${CARGO:-cargo} build --release --locked --bin gradwatch || fail "cargo build --release (host)"
-for f in "$MODEL" "$CALIB" "$SAMPLES"; do [ -f "$f" ] || fail "$f is missing"; done
 help="$("$HOST_BIN" --help 2>&1 || true)"
 for sub in compile features score; do
   grep -qE "^\s+$sub\b" <<<"$help" || fail "gradwatch has no '$sub' subcommand yet (the CLI is needed for the comparison; SMOKE_ONLY=1 runs the rest)"
