@@ -143,7 +143,7 @@ host() { ORT_DYLIB_PATH="$HOST_ORT" "$@"; }
 # --- 4. smoke tests under qemu ------------------------------------------------------------------
 step "gradwatch --version under qemu"
 timed "qemu gradwatch --version" arm "$ARM_BIN" --version || fail "the aarch64 binary does not start under qemu"
-step "examples/ort_smoke under qemu (loads $ARM_ORT, runs a MatMul)"
+step "examples/ort_smoke under qemu (loads $ARM_ORT, runs a MatMul and a Conv)"
 timed "qemu ort_smoke" arm "$ARM_SMOKE" "$ARM_ORT" || fail "ort_smoke: the aarch64 ONNX Runtime does not load or run"
 
 if [ "${SMOKE_ONLY:-0}" = 1 ]; then
