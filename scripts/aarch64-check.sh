@@ -82,8 +82,8 @@ scripts/aarch64-build.sh --bins --example ort_smoke || fail "scripts/aarch64-bui
 # --- 2. emulator and aarch64 runtime libraries -------------------------------------------------
 step "install qemu-user and the aarch64 runtime libraries"
 # libc6-arm64-cross gives /usr/aarch64-linux-gnu (the aarch64 loader and libc); the wheel's
-# libonnxruntime.so also needs libstdc++ and libgcc_s for aarch64.
-APT_PACKAGES=(libc6-arm64-cross libstdc++6-arm64-cross libgcc-s1-arm64-cross)
+# libonnxruntime.so also needs libstdc++ and libgcc_s for aarch64; pip fetches the wheels.
+APT_PACKAGES=(libc6-arm64-cross libstdc++6-arm64-cross libgcc-s1-arm64-cross python3-pip)
 # qemu-user-static provides qemu-aarch64-static instead; either will do.
 command -v qemu-aarch64 >/dev/null 2>&1 || command -v qemu-aarch64-static >/dev/null 2>&1 ||
   APT_PACKAGES+=(qemu-user)
