@@ -1,5 +1,6 @@
 //! The `gradwatch` command line: one subcommand per capability.
 
+mod bench;
 mod compile;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,8 @@ pub struct Cli {
 enum Command {
     /// Compile an ONNX classifier into its gradient-feature graph.
     Compile(compile::CompileArgs),
+    /// Time the forward pass and the gradient graph on this machine.
+    Bench(bench::BenchArgs),
 }
 
 /// Parses arguments, runs the subcommand, returns the process exit code.
@@ -26,6 +29,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Compile(a) => compile::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     match r {
         Ok(code) => code,

@@ -1,0 +1,45 @@
+//! The compiled ResNet-18 (CIFAR style, BatchNormalization kept) against PyTorch per-sample
+//! gradients computed with torch.func in float64 (`scripts/make-golden.py` writes the fixture).
+
+mod common;
+
+use std::path::Path;
+
+use gradwatch::grad::{self, CompileOptions};
+use gradwatch::onnx;
+use gradwatch::runtime::GradSession;
+use ndarray::{Array2, ArrayD};
+use ndarray_npy::read_npy;
+
+const FIXTURE: &str = "tests/fixtures/golden";
+const MODEL: &str = "models/gtsrb-resnet18.onnx";
+
+#[test]
+fn resnet18_matches_pytorch_float64() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model = onnx::load(&dir.join(MODEL)).unwrap();
+    let compiled = grad::compile(&model, &CompileOptions::default()).unwrap();
+    let names: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(FIXTURE).join("names.json")).unwrap()).unwrap();
+    assert_eq!(compiled.features, names, "feature order must follow the graph (= PyTorch's parameter order)");
+    assert_eq!(names.len(), 62);
+
+    let x: ArrayD<f32> = read_npy(dir.join(FIXTURE).join("input.npy")).unwrap();
+    let want: Array2<f64> = read_npy(dir.join(FIXTURE).join("features.npy")).unwrap();
+    let want_logits: Array2<f64> = read_npy(dir.join(FIXTURE).join("logits.npy")).unwrap();
+    let mut s = GradSession::new(&compiled, &common::ort()).unwrap();
+    let got = s.run(x.view()).unwrap();
+
+    let mut worst = (0.0f64, 0usize, 0usize);
+    for ((k, j), &w) in want.indexed_iter() {
+        let g = got.features[[k, j]] as f64;
+        let rel = (g - w).abs() / w.abs().max(1e-30);
+        if rel > worst.0 {
+            worst = (rel, k, j);
+        }
+    }
+    let logit_err = got.logits.iter().zip(want_logits.iter()).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+    eprintln!("worst relative feature error {:.2e} ({} of sample {}), logits max abs error {logit_err:.2e}", worst.0, names[worst.2], worst.1);
+    assert!(logit_err < 1e-4, "logits differ from PyTorch by {logit_err}");
+    assert!(worst.0 < 1e-4, "feature {} of sample {} differs by {:.2e} relative", names[worst.2], worst.1, worst.0);
+}

@@ -1,0 +1,44 @@
+//! The shipped reference model: its metadata, and its accuracy on the committed sample of
+//! the GTSRB test set, through gradwatch's own runtime and preprocessing.
+
+mod common;
+
+use std::path::Path;
+
+use gradwatch::grad::CompileOptions;
+use gradwatch::model::{top_class, LoadedModel, DEFAULT_MODEL};
+use gradwatch::runtime::GradSession;
+
+const SAMPLE: &str = "models/samples/gtsrb-test-sample.npy";
+const LABELS: &str = "models/samples/gtsrb-test-sample-labels.npy";
+
+#[test]
+fn reference_model_metadata_and_accuracy() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let m = LoadedModel::load(&dir.join(DEFAULT_MODEL), &CompileOptions::default()).unwrap();
+    assert_eq!(m.info.name, "gtsrb-resnet18");
+    assert_eq!((m.info.width, m.info.height), (32, 32));
+    assert_eq!(m.info.class_names.len(), 43);
+    assert_eq!(m.info.class_names[14], "Stop");
+    assert!(m.info.std.iter().all(|&s| s > 0.1 && s < 0.5), "std {:?}", m.info.std);
+    assert_eq!(m.compiled.features.len(), 62);
+
+    let images = gradwatch::data::load_npy_images(&dir.join(SAMPLE)).unwrap();
+    let labels = gradwatch::data::load_npy_labels(&dir.join(LABELS)).unwrap();
+    assert_eq!(images.len(), labels.len());
+    assert!(images.len() >= 500);
+    let mut s = GradSession::new(&m.compiled, &common::ort()).unwrap();
+    let mut correct = 0;
+    for (chunk, lab) in images.chunks(64).zip(labels.chunks(64)) {
+        let x = m.info.preprocess(chunk.iter());
+        let out = s.run(x.into_dyn().view()).unwrap();
+        for (row, &l) in out.logits.outer_iter().zip(lab) {
+            if top_class(row.as_slice().unwrap()).0 as i64 == l {
+                correct += 1;
+            }
+        }
+    }
+    let acc = correct as f64 / images.len() as f64;
+    eprintln!("reference model accuracy on the committed sample: {acc:.4} ({correct}/{})", images.len());
+    assert!(acc >= 0.97, "accuracy {acc} below 0.97");
+}
