@@ -1,6 +1,8 @@
 //! The `gradwatch` command line: one subcommand per capability.
 
+mod check_config;
 mod compile;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +21,10 @@ pub struct Cli {
 enum Command {
     /// Compile an ONNX classifier into its gradient-feature graph.
     Compile(compile::CompileArgs),
+    /// Run the streaming daemon.
+    Run(run::RunArgs),
+    /// Check a daemon config, its model and calibration; exit 2 when something is wrong.
+    CheckConfig(check_config::CheckConfigArgs),
 }
 
 /// Parses arguments, runs the subcommand, returns the process exit code.
@@ -26,6 +32,8 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Compile(a) => compile::run(a),
+        Command::Run(a) => run::run(a),
+        Command::CheckConfig(a) => check_config::run(a),
     };
     match r {
         Ok(code) => code,
