@@ -200,8 +200,8 @@ impl Config {
     /// Parses TOML text (`path` only names the file in errors); no path resolution, no
     /// validation.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut c: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string().trim_end().to_string() })?;
+        let mut c: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: describe(text, &e) })?;
         c.source_path = path.to_path_buf();
         if c.sink.is_empty() {
             c.sink.push(SinkConfig::Stdout(StdoutSinkConfig::default()));
@@ -316,6 +316,68 @@ impl Config {
     }
 }
 
+/// One line naming the line, column and problem of a TOML error.
+///
+/// The parser's span covers the whole table when the error comes from a table deserialized by
+/// hand (`[[stream]]`, `[alert]`), so for an unknown key the key itself is looked up inside the
+/// span to name its own line.
+fn describe(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', "; ");
+    let Some(span) = e.span() else { return msg };
+    let mut at = span.start.min(text.len());
+    if let Some(key) = msg.split("unknown field `").nth(1).and_then(|r| r.split('`').next()) {
+        let end = table_end(text, at).max(span.end.min(text.len()));
+        if let Some(off) = find_key(&text[at..end], key) {
+            at += off;
+        }
+    }
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    let src = text[at - (col - 1)..].lines().next().unwrap_or("").trim();
+    format!("line {line}, column {col}: {msg} (at `{src}`)")
+}
+
+/// When `at` starts a table header (`[alert]`, `[[stream]]`), the offset where that table's
+/// body ends: the next header that is not one of its sub-tables. Otherwise `at`.
+fn table_end(text: &str, at: usize) -> usize {
+    let first = text[at..].lines().next().unwrap_or("").trim();
+    let name = if let Some(n) = first.strip_prefix("[[") {
+        n.trim_end_matches(']').trim()
+    } else if let Some(n) = first.strip_prefix('[') {
+        n.trim_end_matches(']').trim()
+    } else {
+        return at;
+    };
+    let sub = format!("{name}.");
+    let mut lines = text[at..].split_inclusive('\n');
+    let mut off = at + lines.next().map_or(0, str::len);
+    for line in lines {
+        let t = line.trim_start();
+        let header = t.starts_with('[');
+        let inner = t.trim_start_matches('[').trim_end().trim_end_matches(']').trim();
+        if header && (t.starts_with("[[") || !inner.starts_with(&sub)) {
+            break;
+        }
+        off += line.len();
+    }
+    off.min(text.len())
+}
+
+/// Byte offset of `key` used as a key (`key =`, at a line start or after `{` / `,`).
+fn find_key(s: &str, key: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = s[from..].find(key).map(|i| i + from) {
+        let prev = s[..i].trim_end_matches([' ', '\t']).chars().last();
+        let next = s[i + key.len()..].trim_start_matches([' ', '\t']).chars().next();
+        if matches!(prev, None | Some('\n' | '{' | ',')) && next == Some('=') {
+            return Some(i);
+        }
+        from = i + key.len();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,7 +415,11 @@ mod tests {
         assert_eq!((a.window, a.raise, a.clear), (20, 15, 2));
         assert_eq!(c.alert.policy_for("other").raise, 12);
         let e = parse(&format!("{STREAM}\n[alert]\nrase = 3\n")).unwrap_err().to_string();
-        assert!(e.contains("rase") && e.contains("line"), "{e}");
+        assert!(e.contains("rase") && e.contains("line 7,"), "{e}");
+        let e = parse(&format!("{STREAM}fsp = 3\n")).unwrap_err().to_string();
+        assert!(e.contains("fsp") && e.contains("line 5,"), "{e}");
+        let e = parse(&format!("{STREAM}queue = {{ size = 2, polcy = \"block\" }}\n")).unwrap_err().to_string();
+        assert!(e.contains("polcy") && e.contains("line 5,"), "{e}");
     }
 
     #[test]

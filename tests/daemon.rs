@@ -4,6 +4,9 @@
 //! reason "shutdown", exit 0), SIGHUP with a broken then a good config, bad frames counted and
 //! skipped, and bad configs (exit 2, key and line named).
 
+// tests/common (shared with tests/grad.rs) trips this lint under Rust 1.95's clippy.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
@@ -39,11 +42,22 @@ fn images() -> Vec<RgbImage> {
     gradwatch::data::load_npy_images(&fixture()).expect("fixture")
 }
 
-/// Two strided convolutions, global average pooling, a linear head: 6 gradient features.
+/// A fixed Laplacian filter bank (so noise shows), a trained-looking strided convolution,
+/// global average pooling, a linear head: 4 gradient features.
 fn tiny_cnn() -> gradwatch::onnx::ModelProto {
     let mut n = Net::new(7);
     let pads = || vec![attr::ints("pads", &[1, 1, 1, 1]), attr::ints("strides", &[2, 2])];
-    let c1 = n.conv("x", 3, 6, 3, true, pads());
+    // Output channel c: +-Laplacian of input channel c % 3 (both signs survive the ReLU).
+    let mut lap = vec![0f32; 6 * 3 * 9];
+    for c in 0..6 {
+        let sign = if c < 3 { 1.0 } else { -1.0 };
+        let base = (c * 3 + c % 3) * 9;
+        for (k, w) in [(1, -1.0), (3, -1.0), (4, 4.0), (5, -1.0), (7, -1.0)] {
+            lap[base + k] = sign * w;
+        }
+    }
+    let w1 = n.constant(&[6, 3, 3, 3], &lap);
+    let c1 = n.op("Conv", &["x", &w1], vec![attr::ints("pads", &[1, 1, 1, 1])]);
     let r1 = n.op("Relu", &[&c1], vec![]);
     let c2 = n.conv(&r1, 6, 8, 3, true, pads());
     let r2 = n.op("Relu", &[&c2], vec![]);
