@@ -459,3 +459,67 @@ fn config_errors_exit_2_and_name_the_key() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("rtsp"), "{err}");
 }
+
+/// Under systemd: READY=1 once frames flow, STATUS= with the frame rate, WATCHDOG=1 at half of
+/// WATCHDOG_USEC, STOPPING=1 on SIGTERM; and the metrics endpoint counts the stream's frames.
+#[test]
+fn sd_notify_and_metrics_endpoint() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let sink = dir.path().join("events.jsonl");
+    let cfg = endless(&sink, false, "").replace("[metrics]\nenabled = false", "[metrics]\nbind = \"127.0.0.1:0\"");
+    let path = write(dir.path(), "notify.toml", &cfg);
+    let mut child = Command::new(bin())
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("metrics on http://").nth(1) {
+                let _ = addr_tx.send(rest.trim_end_matches("/metrics").to_string());
+            }
+        }
+    });
+    let mut d = Daemon { child, out: Default::default(), err: Default::default() };
+    let mut msgs = String::new();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 4096];
+    while !(msgs.contains("READY=1") && msgs.matches("WATCHDOG=1").count() >= 2 && msgs.contains(" fps")) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "notifications so far: {msgs:?}");
+        if let Ok(n) = sock.recv(&mut buf) {
+            msgs.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    assert!(msgs.contains("STATUS=cam "), "{msgs:?}");
+
+    let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("metrics address in the log");
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut s, &mut body).unwrap();
+    let scored = body
+        .lines()
+        .find_map(|l| l.strip_prefix("gradwatch_frames_scored_total{stream=\"cam\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no frames_scored_total for cam:\n{body}"));
+    assert!(scored > 0);
+    assert!(body.contains("gradwatch_build_info{"), "{body}");
+
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(15)), 0);
+    while let Ok(n) = sock.recv(&mut buf) {
+        msgs.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(msgs.contains("STOPPING=1"), "{msgs:?}");
+}
