@@ -538,6 +538,7 @@ mod tests {
     struct FakeClassifier {
         names: Vec<String>,
         panic_after: Option<usize>,
+        delay: Duration,
     }
 
     impl Classifier for FakeClassifier {
@@ -557,6 +558,7 @@ mod tests {
                 }
                 *n -= 1;
             }
+            std::thread::sleep(self.delay);
             let n = images.len();
             let mut f = Array2::zeros((n, 1));
             let mut l = Array2::zeros((n, 2));
@@ -618,6 +620,16 @@ mod tests {
     }
 
     fn start(plan: Vec<(usize, u8, &'static str)>, forever: bool, panic_after: Option<usize>) -> Run {
+        start_with(plan, forever, panic_after, DropPolicy::Block, Duration::ZERO)
+    }
+
+    fn start_with(
+        plan: Vec<(usize, u8, &'static str)>,
+        forever: bool,
+        panic_after: Option<usize>,
+        policy: DropPolicy,
+        delay: Duration,
+    ) -> Run {
         let clock = Arc::new(SimClock::new());
         let metrics = Metrics::new();
         let env = Env::new(clock.clone(), metrics.clone());
@@ -625,7 +637,7 @@ mod tests {
         let streams = vec![StreamSpec {
             name: "s".into(),
             roi: None,
-            queue: QueueConfig { size: 4, policy: DropPolicy::Block },
+            queue: QueueConfig { size: 4, policy },
             source: Box::new(src),
         }];
         let alert = AlertConfig {
@@ -633,7 +645,7 @@ mod tests {
             stream: BTreeMap::new(),
         };
         let events = Arc::new(Mutex::new(Vec::new()));
-        let cls = FakeClassifier { names: vec!["a".into(), "b".into()], panic_after };
+        let cls = FakeClassifier { names: vec!["a".into(), "b".into()], panic_after, delay };
         let scoring = Scoring { calibration: Arc::new(calibration()), threshold: 9.0 };
         let pipeline = Pipeline::start(
             &env,
@@ -709,6 +721,19 @@ mod tests {
         let last = ev.last().unwrap();
         assert!(matches!(last, Event::AlertEnd { reason: EndReason::Shutdown, .. }), "{last:?}");
         assert_eq!(ev.iter().filter(|e| e.kind() == "alert_start").count(), 1);
+    }
+
+    #[test]
+    fn drop_oldest_never_blocks_capture_and_accounts_for_every_frame() {
+        // 300 frames arrive at once; inference takes 5 ms a batch of at most 3: most are dropped.
+        let r = start_with(vec![(300, 128, "clean")], false, None, DropPolicy::DropOldest, Duration::from_millis(5));
+        let exits = wait_for_alert_stage(&r.pipeline);
+        assert!(exits.iter().all(|e| e.result.is_ok()), "{exits:?}");
+        let m = r.metrics.stream("s");
+        assert_eq!(m.frames_captured.get(), 300);
+        assert!(m.frames_dropped.get() > 0);
+        assert_eq!(m.frames_scored.get() + m.frames_dropped.get(), 300);
+        assert_eq!(r.metrics.batch_size().sum() as u64, m.frames_scored.get());
     }
 
     #[test]
