@@ -434,6 +434,21 @@ mod tests {
     }
 
     #[test]
+    fn shipped_configs_parse() {
+        let c = parse(include_str!("../config/gradwatch.toml")).unwrap();
+        assert_eq!(c.stream.len(), 1);
+        assert_eq!(c.sink.len(), 2);
+        assert_eq!(c.pipeline, PipelineConfig::default());
+        assert_eq!(c.alert.default, AlertPolicy::default());
+        assert_eq!(c.metrics, MetricsConfig::default());
+        let d = parse(include_str!("../config/demo.toml")).unwrap();
+        match &d.stream[0].source {
+            SourceConfig::Replay(r) => assert_eq!(r.window_frames().unwrap(), [120, 90, 90, 90, 90, 90, 90]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn validation_errors() {
         let dup = format!("{STREAM}{STREAM}");
         let e = parse(&dup).unwrap().validate().unwrap_err().to_string();
