@@ -527,8 +527,11 @@ mod tests {
             let Some(&(_, level, tag)) = self.plan.get(self.i) else { return SourceEvent::End };
             self.k += 1;
             self.clock.advance(Duration::from_millis(100));
-            if level == 1 {
-                return SourceEvent::BadFrame { reason: "test".into() };
+            match level {
+                1 => return SourceEvent::BadFrame { reason: "test".into() },
+                2 => return SourceEvent::Down { reason: "unplugged".into() },
+                3 => return SourceEvent::Up,
+                _ => {}
             }
             SourceEvent::Frame { image: RgbImage::new(4, 4, vec![level; 48]).unwrap(), tag: Some(tag.into()) }
         }
@@ -620,7 +623,7 @@ mod tests {
     }
 
     fn start(plan: Vec<(usize, u8, &'static str)>, forever: bool, panic_after: Option<usize>) -> Run {
-        start_with(plan, forever, panic_after, DropPolicy::Block, Duration::ZERO)
+        start_with(plan, forever, panic_after, DropPolicy::Block, Duration::ZERO, None)
     }
 
     fn start_with(
@@ -629,17 +632,14 @@ mod tests {
         panic_after: Option<usize>,
         policy: DropPolicy,
         delay: Duration,
+        roi: Option<Roi>,
     ) -> Run {
         let clock = Arc::new(SimClock::new());
         let metrics = Metrics::new();
         let env = Env::new(clock.clone(), metrics.clone());
         let src = FakeSource { clock, plan, i: 0, k: 0, forever };
-        let streams = vec![StreamSpec {
-            name: "s".into(),
-            roi: None,
-            queue: QueueConfig { size: 4, policy },
-            source: Box::new(src),
-        }];
+        let streams =
+            vec![StreamSpec { name: "s".into(), roi, queue: QueueConfig { size: 4, policy }, source: Box::new(src) }];
         let alert = AlertConfig {
             default: AlertPolicy { window: 4, raise: 3, clear: 1, min_duration_ms: 0, update_interval_ms: 0 },
             stream: BTreeMap::new(),
@@ -726,7 +726,8 @@ mod tests {
     #[test]
     fn drop_oldest_never_blocks_capture_and_accounts_for_every_frame() {
         // 300 frames arrive at once; inference takes 5 ms a batch of at most 3: most are dropped.
-        let r = start_with(vec![(300, 128, "clean")], false, None, DropPolicy::DropOldest, Duration::from_millis(5));
+        let r =
+            start_with(vec![(300, 128, "clean")], false, None, DropPolicy::DropOldest, Duration::from_millis(5), None);
         let exits = wait_for_alert_stage(&r.pipeline);
         assert!(exits.iter().all(|e| e.result.is_ok()), "{exits:?}");
         let m = r.metrics.stream("s");
@@ -734,6 +735,26 @@ mod tests {
         assert!(m.frames_dropped.get() > 0);
         assert_eq!(m.frames_scored.get() + m.frames_dropped.get(), 300);
         assert_eq!(r.metrics.batch_size().sum() as u64, m.frames_scored.get());
+    }
+
+    #[test]
+    fn stream_down_up_transitions_and_roi() {
+        // Repeated Downs are one transition; the ROI fits the 4x4 frames.
+        let plan = vec![(3, 128, "clean"), (3, 2, "-"), (1, 3, "-"), (2, 128, "clean")];
+        let roi = Some(Roi { x: 2, y: 2, width: 2, height: 2 });
+        let r = start_with(plan, false, None, DropPolicy::Block, Duration::ZERO, roi);
+        wait_for_alert_stage(&r.pipeline);
+        let kinds: Vec<&str> = r.events.lock().unwrap().iter().map(Event::kind).collect();
+        assert_eq!(kinds, ["stream_down", "stream_up"]);
+        assert_eq!(r.metrics.stream("s").frames_scored.get(), 5);
+        assert_eq!(r.metrics.stream("s").frames_bad.get(), 0);
+        // A ROI outside the frame: every frame is bad, none scored, no crash.
+        let roi = Some(Roi { x: 3, y: 0, width: 2, height: 2 });
+        let r = start_with(vec![(4, 128, "clean")], false, None, DropPolicy::Block, Duration::ZERO, roi);
+        let exits = wait_for_alert_stage(&r.pipeline);
+        assert!(exits.iter().all(|e| e.result.is_ok()), "{exits:?}");
+        assert_eq!(r.metrics.stream("s").frames_bad.get(), 4);
+        assert_eq!(r.metrics.stream("s").frames_scored.get(), 0);
     }
 
     #[test]
