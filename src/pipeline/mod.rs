@@ -660,16 +660,14 @@ mod tests {
         Run { pipeline, events, metrics }
     }
 
+    /// Exits until both inference and the alert stage have reported (in either order: a
+    /// panicking inference drops its channel, ending the alert stage, before it reports).
     fn wait_for_alert_stage(p: &Pipeline) -> Vec<StageExit> {
-        let mut exits = Vec::new();
-        loop {
-            let e = p.exits().recv_timeout(Duration::from_secs(30)).expect("stages finish");
-            let done = e.stage == "alert";
-            exits.push(e);
-            if done {
-                return exits;
-            }
+        let mut exits: Vec<StageExit> = Vec::new();
+        while !(exits.iter().any(|e| e.stage == "alert") && exits.iter().any(|e| e.stage == "inference")) {
+            exits.push(p.exits().recv_timeout(Duration::from_secs(30)).expect("stages finish"));
         }
+        exits
     }
 
     #[test]

@@ -275,15 +275,17 @@ impl Supervisor {
                 },
                 recv(pipeline.exits()) -> e => {
                     let Ok(e) = e else { break };
-                    match &e.result {
-                        Ok(()) => log::debug!("stage {} finished", e.stage),
-                        Err(why) => {
-                            log::error!("stage {} failed: {why}; shutting down", e.stage);
-                            failed = true;
-                            pipeline.stop();
-                        }
-                    }
+                    failed |= report_exit(&e, &pipeline);
                     if e.stage == "alert" {
+                        // Inference has finished too (the alert stage ends when it does), but
+                        // its report may still be on the way: a crash must not exit 0.
+                        let until = Instant::now() + Duration::from_secs(2);
+                        while let Ok(e) = pipeline.exits().recv_deadline(until) {
+                            failed |= report_exit(&e, &pipeline);
+                            if e.stage == "inference" {
+                                break;
+                            }
+                        }
                         break;
                     }
                 },
@@ -406,6 +408,21 @@ impl Supervisor {
         self.config.metrics = old.metrics;
         self.config.stream = old.stream;
         log::info!("reload: done");
+    }
+}
+
+/// Logs a stage's end; true when it failed (the pipeline is then stopped).
+fn report_exit(e: &crate::pipeline::StageExit, pipeline: &Pipeline) -> bool {
+    match &e.result {
+        Ok(()) => {
+            log::debug!("stage {} finished", e.stage);
+            false
+        }
+        Err(why) => {
+            log::error!("stage {} failed: {why}; shutting down", e.stage);
+            pipeline.stop();
+            true
+        }
     }
 }
 
