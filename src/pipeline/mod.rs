@@ -75,25 +75,31 @@ pub struct Env {
     pub metrics: Metrics,
     /// `clock`'s instant that corresponds to `epoch_wall`; frame times are
     /// `epoch_wall + (clock.now() - epoch_instant)`, so a simulated clock gives simulated,
-    /// exactly spaced frame times and the real clock gives wall time without its jumps.
+    /// exactly spaced frame times.
     epoch_instant: Instant,
     epoch_wall: SystemTime,
+    /// On the real clock frames carry the system time itself, so alert times stay in step
+    /// with NTP over months of uptime.
+    system_time: bool,
 }
 
 impl Env {
     /// An environment on `clock`, whose present is now in wall time.
     pub fn new(clock: Arc<dyn Clock>, metrics: Metrics) -> Self {
         let epoch_instant = clock.now();
-        Env { clock, metrics, epoch_instant, epoch_wall: SystemTime::now() }
+        Env { clock, metrics, epoch_instant, epoch_wall: SystemTime::now(), system_time: false }
     }
 
-    /// The real clock and a fresh registry.
+    /// The real clock; frame times are the system time.
     pub fn real(metrics: Metrics) -> Self {
-        Self::new(Arc::new(crate::source::RealClock), metrics)
+        Env { system_time: true, ..Self::new(Arc::new(crate::source::RealClock), metrics) }
     }
 
     /// The current time on the pipeline's clock, as wall time.
     pub fn now(&self) -> SystemTime {
+        if self.system_time {
+            return SystemTime::now();
+        }
         let since = self.clock.now().saturating_duration_since(self.epoch_instant);
         self.epoch_wall + since
     }
