@@ -762,6 +762,49 @@ mod tests {
     }
 
     #[test]
+    fn streams_share_batches_and_keep_their_own_alerts() {
+        let clock = Arc::new(SimClock::new());
+        let metrics = Metrics::new();
+        let env = Env::new(clock.clone(), metrics.clone());
+        let spec = |name: &str, plan| StreamSpec {
+            name: name.into(),
+            roi: None,
+            queue: QueueConfig { size: 4, policy: DropPolicy::Block },
+            source: Box::new(FakeSource { clock: clock.clone(), plan, i: 0, k: 0, forever: false }),
+        };
+        let streams = vec![spec("a", vec![(30, 128, "clean")]), spec("b", vec![(10, 128, "clean"), (20, 255, "x")])];
+        let alert = AlertConfig {
+            default: AlertPolicy { window: 4, raise: 3, clear: 1, min_duration_ms: 0, update_interval_ms: 0 },
+            stream: BTreeMap::new(),
+        };
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let cls = FakeClassifier { names: vec!["a".into(), "b".into()], panic_after: None, delay: Duration::ZERO };
+        let p = Pipeline::start(
+            &env,
+            &PipelineConfig { max_batch: 4, max_wait_ms: 2, ..PipelineConfig::default() },
+            &alert,
+            streams,
+            Box::new(cls),
+            Scoring { calibration: Arc::new(calibration()), threshold: 9.0 },
+            vec![Box::new(MemSink(events.clone()))],
+        )
+        .unwrap();
+        wait_for_alert_stage(&p);
+        let summary = p.finish(Instant::now() + Duration::from_secs(5)).unwrap();
+        assert_eq!(metrics.stream("a").frames_scored.get(), 30);
+        assert_eq!(metrics.stream("b").frames_scored.get(), 30);
+        assert_eq!(metrics.batch_size().sum() as u64, 60);
+        assert!(metrics.batch_size().count() <= 60);
+        let ev = events.lock().unwrap().clone();
+        // Stream b's alert is open at its end: closed with reason shutdown; a has none.
+        assert!(ev.iter().all(|e| e.stream() == "b"), "{ev:?}");
+        assert_eq!(ev.iter().map(Event::kind).collect::<Vec<_>>(), ["alert_start", "alert_end"]);
+        assert!(matches!(ev[1], Event::AlertEnd { reason: EndReason::Shutdown, .. }));
+        assert_eq!(summary.streams["a"].alerts, 0);
+        assert_eq!(summary.streams["b"].windows[1].detection_delay().map(|d| d.0), Some(3));
+    }
+
+    #[test]
     fn a_panicking_stage_is_reported() {
         let r = start(vec![(1, 128, "clean")], true, Some(2));
         let exits = wait_for_alert_stage(&r.pipeline);
