@@ -161,7 +161,7 @@ pub fn run(config_path: &Path) -> i32 {
     match run_inner(config_path) {
         Ok(code) => code,
         Err(e) => {
-            log::error!("{e}");
+            // stderr, not the log: it must show even with RUST_LOG=off (journald keeps it).
             eprintln!("error: {e}");
             e.exit_code()
         }
