@@ -6,6 +6,7 @@
 
 pub mod alert;
 pub mod cli;
+pub mod config;
 pub mod corrupt;
 pub mod data;
 pub mod detector;
@@ -15,6 +16,8 @@ pub mod grad;
 pub mod metrics;
 pub mod model;
 pub mod onnx;
+pub mod pipeline;
 pub mod runtime;
+pub mod service;
 pub mod sink;
 pub mod source;

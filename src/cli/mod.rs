@@ -1,7 +1,9 @@
 //! The `gradwatch` command line: one subcommand per capability.
 
 mod bench;
+mod check_config;
 mod compile;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +24,10 @@ enum Command {
     Compile(compile::CompileArgs),
     /// Time the forward pass and the gradient graph on this machine.
     Bench(bench::BenchArgs),
+    /// Run the streaming daemon.
+    Run(run::RunArgs),
+    /// Check a daemon config, its model and calibration; exit 2 when something is wrong.
+    CheckConfig(check_config::CheckConfigArgs),
 }
 
 /// Parses arguments, runs the subcommand, returns the process exit code.
@@ -30,6 +36,8 @@ pub fn main() -> i32 {
     let r = match cli.command {
         Command::Compile(a) => compile::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Run(a) => run::run(a),
+        Command::CheckConfig(a) => check_config::run(a),
     };
     match r {
         Ok(code) => code,

@@ -1,0 +1,466 @@
+//! The daemon's configuration file (`gradwatch run --config FILE`): one TOML document with
+//! `[model]`, `[runtime]`, `[pipeline]`, `[alert]`, `[metrics]`, `[[stream]]` and `[[sink]]`.
+//!
+//! Every table is strict (`deny_unknown_fields`): a misspelt key is an error naming the key and
+//! its line, never silently ignored. Relative paths (model, calibration, stream files, sink
+//! files, the TensorRT cache) resolve against the config file's directory, so a config works
+//! from any working directory. `config/gradwatch.toml` documents every option with its default.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::alert::AlertPolicy;
+use crate::metrics::MetricsConfig;
+use crate::runtime::RuntimeOptions;
+use crate::sink::{SinkConfig, StdoutSinkConfig};
+use crate::source::{SourceConfig, StreamConfig};
+
+/// Errors loading or validating a config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config {path}: {source}; check the path given to --config")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a key is unknown, missing or of the wrong type. The message comes
+    /// from the TOML parser and names the key and the line.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (line, column, the offending line, what is wrong).
+        message: String,
+    },
+    /// The values are inconsistent; the message names the key and the fix.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// `[model]`: the classifier and its calibration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The ONNX classifier. Default `models/gtsrb-resnet18.onnx`.
+    #[serde(default = "default_model_path")]
+    pub path: PathBuf,
+    /// The calibration file made by `gradwatch calibrate` for this model.
+    /// Default `models/gtsrb-resnet18.calib.toml`.
+    #[serde(default = "default_calibration_path")]
+    pub calibration: PathBuf,
+    /// Overrides the calibration's threshold (alarm when score > threshold). Default: unset,
+    /// the calibration's threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f32>,
+}
+
+fn default_model_path() -> PathBuf {
+    PathBuf::from(crate::model::DEFAULT_MODEL)
+}
+
+fn default_calibration_path() -> PathBuf {
+    PathBuf::from("models/gtsrb-resnet18.calib.toml")
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig { path: default_model_path(), calibration: default_calibration_path(), threshold: None }
+    }
+}
+
+/// `[pipeline]`: batching, supervision and shutdown.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Inference batches up to this many frames across streams. Default 8.
+    pub max_batch: usize,
+    /// After the first frame of a batch, wait at most this long for more. Default 20.
+    pub max_wait_ms: u64,
+    /// A stage whose heartbeat is older than this is stuck: the systemd watchdog is no longer
+    /// fed and `/healthz` says why. Default 10.
+    pub heartbeat_timeout_s: u64,
+    /// On SIGTERM, queued frames and events are drained for at most this long. Default 5.
+    pub shutdown_deadline_s: u64,
+    /// READY=1 is sent when every enabled stream delivered its first frame, or after this
+    /// long at the latest (a camera that is unplugged at boot must not fail the unit). Default 10.
+    pub start_timeout_s: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            max_batch: 8,
+            max_wait_ms: 20,
+            heartbeat_timeout_s: 10,
+            shutdown_deadline_s: 5,
+            start_timeout_s: 10,
+        }
+    }
+}
+
+/// `[alert]`: the debounce policy of every stream, with optional per-stream overrides in
+/// `[alert.stream.<name>]` tables (keys not given there come from `[alert]`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AlertConfig {
+    /// The policy of streams without an override.
+    #[serde(flatten)]
+    pub default: AlertPolicy,
+    /// Per-stream overrides, by stream name, already merged with the defaults.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub stream: BTreeMap<String, AlertPolicy>,
+}
+
+impl AlertConfig {
+    /// The policy in force for `stream`.
+    pub fn policy_for(&self, stream: &str) -> &AlertPolicy {
+        self.stream.get(stream).unwrap_or(&self.default)
+    }
+}
+
+impl<'de> Deserialize<'de> for AlertConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        // `flatten` cannot be combined with `deny_unknown_fields`, so split by hand (as
+        // `StreamConfig` does): both halves stay strict.
+        let mut table = toml::Table::deserialize(d)?;
+        let overrides = match table.remove("stream") {
+            None => toml::Table::new(),
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => return Err(D::Error::custom("[alert] `stream` must be a table of per-stream tables")),
+        };
+        let default = AlertPolicy::deserialize(toml::Value::Table(table.clone()))
+            .map_err(|e| D::Error::custom(format!("[alert]: {}", e.message())))?;
+        let mut stream = BTreeMap::new();
+        for (name, v) in overrides {
+            let toml::Value::Table(o) = v else {
+                return Err(D::Error::custom(format!("[alert.stream.{name}] must be a table of policy keys")));
+            };
+            let mut merged = table.clone();
+            merged.extend(o);
+            let p = AlertPolicy::deserialize(toml::Value::Table(merged))
+                .map_err(|e| D::Error::custom(format!("[alert.stream.{name}]: {}", e.message())))?;
+            stream.insert(name, p);
+        }
+        Ok(AlertConfig { default, stream })
+    }
+}
+
+/// The whole config file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[model]`.
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// `[runtime]`: ONNX Runtime and execution providers.
+    #[serde(default)]
+    pub runtime: RuntimeOptions,
+    /// `[pipeline]`.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// `[alert]`.
+    #[serde(default)]
+    pub alert: AlertConfig,
+    /// `[metrics]`.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// `[[stream]]` tables; at least one enabled.
+    #[serde(default)]
+    pub stream: Vec<StreamConfig>,
+    /// `[[sink]]` tables; default one stdout sink.
+    #[serde(default)]
+    pub sink: Vec<SinkConfig>,
+    /// Where the config was read from (not a key of the file).
+    #[serde(skip)]
+    pub source_path: PathBuf,
+}
+
+impl Config {
+    /// Reads, parses, resolves relative paths and validates `path`. Does not open the model,
+    /// devices or sinks.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
+        let mut c = Config::parse(&text, path)?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        c.resolve_paths(&base);
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Parses TOML text (`path` only names the file in errors); no path resolution, no
+    /// validation.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut c: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: describe(text, &e) })?;
+        c.source_path = path.to_path_buf();
+        if c.sink.is_empty() {
+            c.sink.push(SinkConfig::Stdout(StdoutSinkConfig::default()));
+        }
+        Ok(c)
+    }
+
+    /// Makes every relative path absolute against `base` (the config file's directory).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && p.as_os_str() != "-" && !p.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.model.path);
+        fix(&mut self.model.calibration);
+        if let Some(l) = self.runtime.library.as_mut() {
+            fix(l);
+        }
+        if let Some(d) = self.runtime.tensorrt.engine_cache_dir.as_mut() {
+            fix(d);
+        }
+        for s in &mut self.stream {
+            match &mut s.source {
+                SourceConfig::V4l2(_) => {}
+                SourceConfig::Directory(c) => fix(&mut c.path),
+                SourceConfig::Pipe(c) => fix(&mut c.path),
+                SourceConfig::Replay(c) => fix(&mut c.path),
+            }
+        }
+        for s in &mut self.sink {
+            match s {
+                SinkConfig::File(f) => fix(&mut f.path),
+                SinkConfig::Mqtt(m) => {
+                    if let Some(t) = m.tls.as_mut() {
+                        fix(&mut t.ca_file);
+                        if let Some(c) = t.client_cert.as_mut() {
+                            fix(c);
+                        }
+                        if let Some(k) = t.client_key.as_mut() {
+                            fix(k);
+                        }
+                    }
+                }
+                SinkConfig::Stdout(_) => {}
+            }
+        }
+    }
+
+    fn invalid(&self, message: String) -> ConfigError {
+        ConfigError::Invalid { path: self.source_path.clone(), message }
+    }
+
+    /// Checks consistency without opening the model, devices or sinks: at least one enabled
+    /// stream, unique stream names, every stream and policy valid, pipeline numbers in range,
+    /// model and calibration files present.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.stream.iter().any(|s| s.enabled) {
+            return Err(self.invalid(
+                "no enabled `[[stream]]`; add one (see config/gradwatch.toml) or set `enabled = true`".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        for s in &self.stream {
+            s.validate().map_err(|e| self.invalid(format!("[[stream]] `{}`: {e}", s.name)))?;
+            if !names.insert(s.name.as_str()) {
+                return Err(
+                    self.invalid(format!("[[stream]] name `{}` is used twice; stream names must be unique", s.name))
+                );
+            }
+        }
+        self.alert.default.validate().map_err(|e| self.invalid(format!("[alert]: {e}")))?;
+        for (name, p) in &self.alert.stream {
+            if !names.contains(name.as_str()) {
+                return Err(self.invalid(format!(
+                    "[alert.stream.{name}]: there is no stream named `{name}`; fix the name or remove the table"
+                )));
+            }
+            p.validate().map_err(|e| self.invalid(format!("[alert.stream.{name}]: {e}")))?;
+        }
+        let p = &self.pipeline;
+        if p.max_batch == 0 || p.max_batch > 4096 {
+            return Err(self.invalid(format!("[pipeline] max_batch = {} must be in 1..=4096", p.max_batch)));
+        }
+        if p.max_wait_ms > 10_000 {
+            return Err(self.invalid(format!("[pipeline] max_wait_ms = {} must be at most 10000", p.max_wait_ms)));
+        }
+        if p.heartbeat_timeout_s == 0 {
+            return Err(self.invalid("[pipeline] heartbeat_timeout_s must be at least 1".into()));
+        }
+        if let Some(t) = self.model.threshold {
+            if !t.is_finite() {
+                return Err(self.invalid(format!("[model] threshold = {t} must be a finite number")));
+            }
+        }
+        if self.runtime.providers.is_empty() {
+            return Err(self.invalid("[runtime] providers is empty; use e.g. [\"cpu\"]".into()));
+        }
+        for (key, file) in [("path", &self.model.path), ("calibration", &self.model.calibration)] {
+            if !file.is_file() {
+                let hint =
+                    if key == "calibration" { "; make one with `gradwatch calibrate` for this model" } else { "" };
+                return Err(self.invalid(format!("[model] {key}: {} does not exist{hint}", file.display())));
+            }
+        }
+        Ok(())
+    }
+
+    /// The enabled streams, in file order.
+    pub fn enabled_streams(&self) -> impl Iterator<Item = &StreamConfig> {
+        self.stream.iter().filter(|s| s.enabled)
+    }
+}
+
+/// One line naming the line, column and problem of a TOML error.
+///
+/// The parser's span covers the whole table when the error comes from a table deserialized by
+/// hand (`[[stream]]`, `[alert]`), so for an unknown key the key itself is looked up inside the
+/// span to name its own line.
+fn describe(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', "; ");
+    let Some(span) = e.span() else { return msg };
+    let mut at = span.start.min(text.len());
+    if let Some(key) = msg.split("unknown field `").nth(1).and_then(|r| r.split('`').next()) {
+        let end = table_end(text, at).max(span.end.min(text.len()));
+        if let Some(off) = find_key(&text[at..end], key) {
+            at += off;
+        }
+    }
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    let src = text[at - (col - 1)..].lines().next().unwrap_or("").trim();
+    format!("line {line}, column {col}: {msg} (at `{src}`)")
+}
+
+/// When `at` starts a table header (`[alert]`, `[[stream]]`), the offset where that table's
+/// body ends: the next header that is not one of its sub-tables. Otherwise `at`.
+fn table_end(text: &str, at: usize) -> usize {
+    let first = text[at..].lines().next().unwrap_or("").trim();
+    let name = if let Some(n) = first.strip_prefix("[[") {
+        n.trim_end_matches(']').trim()
+    } else if let Some(n) = first.strip_prefix('[') {
+        n.trim_end_matches(']').trim()
+    } else {
+        return at;
+    };
+    let sub = format!("{name}.");
+    let mut lines = text[at..].split_inclusive('\n');
+    let mut off = at + lines.next().map_or(0, str::len);
+    for line in lines {
+        let t = line.trim_start();
+        let header = t.starts_with('[');
+        let inner = t.trim_start_matches('[').trim_end().trim_end_matches(']').trim();
+        if header && (t.starts_with("[[") || !inner.starts_with(&sub)) {
+            break;
+        }
+        off += line.len();
+    }
+    off.min(text.len())
+}
+
+/// Byte offset of `key` used as a key (`key =`, at a line start or after `{` / `,`).
+fn find_key(s: &str, key: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = s[from..].find(key).map(|i| i + from) {
+        let prev = s[..i].trim_end_matches([' ', '\t']).chars().last();
+        let next = s[i + key.len()..].trim_start_matches([' ', '\t']).chars().next();
+        if matches!(prev, None | Some('\n' | '{' | ',')) && next == Some('=') {
+            return Some(i);
+        }
+        from = i + key.len();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("test.toml"))
+    }
+
+    const STREAM: &str = "[[stream]]\nname = \"a\"\nkind = \"directory\"\npath = \"frames\"\n";
+
+    #[test]
+    fn defaults() {
+        let c = parse(STREAM).unwrap();
+        assert_eq!(c.pipeline, PipelineConfig::default());
+        assert_eq!(c.pipeline.max_batch, 8);
+        assert_eq!(c.alert.default, AlertPolicy::default());
+        assert_eq!(c.sink.len(), 1);
+        assert!(matches!(c.sink[0], SinkConfig::Stdout(_)));
+        assert_eq!(c.metrics.bind, "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = parse(&format!("{STREAM}\n[pipeline]\nmax_batch = 4\nmax_wiat_ms = 3\n")).unwrap_err().to_string();
+        assert!(e.contains("max_wiat_ms"), "{e}");
+        assert!(e.contains("line 8"), "{e}");
+        assert!(e.contains("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn alert_overrides_inherit_defaults() {
+        let c = parse(&format!("{STREAM}\n[alert]\nwindow = 20\nraise = 12\n[alert.stream.a]\nraise = 15\n")).unwrap();
+        assert_eq!(c.alert.default.window, 20);
+        let a = c.alert.policy_for("a");
+        assert_eq!((a.window, a.raise, a.clear), (20, 15, 2));
+        assert_eq!(c.alert.policy_for("other").raise, 12);
+        let e = parse(&format!("{STREAM}\n[alert]\nrase = 3\n")).unwrap_err().to_string();
+        assert!(e.contains("rase") && e.contains("line 7,"), "{e}");
+        let e = parse(&format!("{STREAM}fsp = 3\n")).unwrap_err().to_string();
+        assert!(e.contains("fsp") && e.contains("line 5,"), "{e}");
+        let e = parse(&format!("{STREAM}queue = {{ size = 2, polcy = \"block\" }}\n")).unwrap_err().to_string();
+        assert!(e.contains("polcy") && e.contains("line 5,"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_dir() {
+        let mut c = parse(STREAM).unwrap();
+        c.resolve_paths(Path::new("/etc/gw"));
+        assert_eq!(c.model.path, Path::new("/etc/gw/models/gtsrb-resnet18.onnx"));
+        match &c.stream[0].source {
+            SourceConfig::Directory(d) => assert_eq!(d.path, Path::new("/etc/gw/frames")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn shipped_configs_parse() {
+        let c = parse(include_str!("../config/gradwatch.toml")).unwrap();
+        assert_eq!(c.stream.len(), 1);
+        assert_eq!(c.sink.len(), 2);
+        assert_eq!(c.pipeline, PipelineConfig::default());
+        assert_eq!(c.alert.default, AlertPolicy::default());
+        assert_eq!(c.metrics, MetricsConfig::default());
+        let d = parse(include_str!("../config/demo.toml")).unwrap();
+        match &d.stream[0].source {
+            SourceConfig::Replay(r) => assert_eq!(r.window_frames().unwrap(), [120, 90, 90, 90, 90, 90, 90]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn validation_errors() {
+        let dup = format!("{STREAM}{STREAM}");
+        let e = parse(&dup).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("used twice"), "{e}");
+        let none = "[[stream]]\nname = \"a\"\nenabled = false\nkind = \"directory\"\npath = \"x\"\n";
+        let e = parse(none).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("no enabled"), "{e}");
+        let e = parse(&format!("{STREAM}[pipeline]\nmax_batch = 0\n")).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("max_batch"), "{e}");
+        let e = parse(STREAM).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("[model] path"), "{e}");
+        let e = parse(&format!("{STREAM}[alert.stream.b]\nraise = 3\n")).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("no stream named `b`"), "{e}");
+    }
+}

@@ -1,0 +1,243 @@
+//! Inference: gathers frames across streams into batches, runs the gradient graph, scores the
+//! features with the calibration and hands [`Scored`] frames to the alert stage.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError};
+use ndarray::Array2;
+
+use super::capture::Queued;
+use super::{Env, Heartbeat, RateLimit, Shared};
+use crate::alert::Scored;
+use crate::frame::RgbImage;
+use crate::model::{top_class, ModelInfo};
+use crate::runtime::GradSession;
+
+/// How long the idle loop waits for a frame before beating its heartbeat again.
+const IDLE_TICK: Duration = Duration::from_millis(200);
+
+/// Consecutive failed batches after which inference gives up (and the service exits non-zero,
+/// so systemd restarts it): a transient error skips a batch, a broken session must not spin.
+const MAX_CONSECUTIVE_FAILURES: u32 = 20;
+
+/// What a classifier gives for a batch.
+#[derive(Clone, Debug)]
+pub struct ClassifierOutput {
+    /// `[N, C]` logits.
+    pub logits: Array2<f32>,
+    /// `[N, P]` gradient features.
+    pub features: Array2<f32>,
+}
+
+/// A model that turns images into logits and gradient features (the real one is
+/// [`GradClassifier`]; tests use cheap stand-ins).
+pub trait Classifier: Send {
+    /// Model name (carried in alerts).
+    fn model_name(&self) -> &str;
+    /// Model file sha256 (carried in alerts).
+    fn model_sha256(&self) -> &str;
+    /// Class names, one per logit.
+    fn class_names(&self) -> &[String];
+    /// Runs a batch.
+    fn run(&mut self, images: &[&RgbImage]) -> Result<ClassifierOutput, String>;
+}
+
+/// The real classifier: the model's preprocessing and an ONNX Runtime session over its
+/// compiled gradient graph.
+pub struct GradClassifier {
+    /// Preprocessing, names, hash.
+    pub info: ModelInfo,
+    /// The session.
+    pub session: GradSession,
+}
+
+impl Classifier for GradClassifier {
+    fn model_name(&self) -> &str {
+        &self.info.name
+    }
+
+    fn model_sha256(&self) -> &str {
+        &self.info.sha256
+    }
+
+    fn class_names(&self) -> &[String] {
+        &self.info.class_names
+    }
+
+    fn run(&mut self, images: &[&RgbImage]) -> Result<ClassifierOutput, String> {
+        let input = self.info.preprocess(images.iter().copied());
+        let out = self.session.run(input.view().into_dyn()).map_err(|e| e.to_string())?;
+        Ok(ClassifierOutput { logits: out.logits, features: out.features })
+    }
+}
+
+/// One stream's queue as inference sees it.
+pub(crate) struct StreamQueue {
+    pub name: String,
+    pub rx: Receiver<Queued>,
+}
+
+pub(crate) struct Inference {
+    pub env: Env,
+    pub shared: Arc<Shared>,
+    pub queues: Vec<StreamQueue>,
+    pub classifier: Box<dyn Classifier>,
+    pub max_batch: usize,
+    pub max_wait: Duration,
+    /// After stop, queued frames are still scored for at most this long.
+    pub drain: Duration,
+    pub out: Sender<Scored>,
+    pub heartbeat: Arc<Heartbeat>,
+}
+
+impl Inference {
+    pub(crate) fn run(mut self) -> Result<(), String> {
+        let mut failures = 0u32;
+        let mut err_log = RateLimit::new(Duration::from_secs(10));
+        // Round-robin start, so a busy stream cannot starve the others of batch slots.
+        let mut rr = 0usize;
+        loop {
+            self.heartbeat.beat();
+            if self.queues.is_empty() {
+                return Ok(());
+            }
+            let draining = self.shared.stopping();
+            if draining {
+                let past = self.shared.stop_instant().is_some_and(|t| t.elapsed() >= self.drain);
+                if past {
+                    let left: usize = self.queues.iter().map(|q| q.rx.len()).sum();
+                    if left > 0 {
+                        log::warn!("shutdown: {left} queued frame(s) not scored (drain deadline passed)");
+                    }
+                    return Ok(());
+                }
+            }
+            let batch = self.gather(&mut rr, draining);
+            if batch.is_empty() {
+                if draining && self.queues.iter().all(|q| q.rx.is_empty()) {
+                    return Ok(());
+                }
+                continue;
+            }
+            match self.score(batch) {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    if failures >= MAX_CONSECUTIVE_FAILURES {
+                        return Err(format!("{failures} batches in a row failed; last error: {e}"));
+                    }
+                    err_log.hit(|more| log::error!("inference failed, batch skipped: {e} ({more} more since)"));
+                }
+            }
+        }
+    }
+
+    /// Takes up to `max_batch` frames, waiting at most `max_wait` after the first (at most
+    /// `IDLE_TICK` for the first). Drops queues whose streams have ended and drained.
+    fn gather(&mut self, rr: &mut usize, draining: bool) -> Vec<Queued> {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let mut pulled = false;
+            let n = self.queues.len();
+            let mut gone = Vec::new();
+            for k in 0..n {
+                if batch.len() >= self.max_batch {
+                    break;
+                }
+                let i = (*rr + k) % n;
+                match self.queues[i].rx.try_recv() {
+                    Ok(q) => {
+                        batch.push(q);
+                        pulled = true;
+                    }
+                    Err(TryRecvError::Empty) => {}
+                    Err(TryRecvError::Disconnected) => gone.push(i),
+                }
+            }
+            if n > 0 {
+                *rr = (*rr + 1) % n;
+            }
+            for i in gone.into_iter().rev() {
+                log::debug!("inference: stream {} finished", self.queues[i].name);
+                self.queues.remove(i);
+            }
+            if batch.len() >= self.max_batch || self.queues.is_empty() {
+                return batch;
+            }
+            if pulled {
+                deadline.get_or_insert_with(|| Instant::now() + self.max_wait);
+                continue;
+            }
+            if draining && batch.is_empty() {
+                return batch;
+            }
+            let wait_until = match deadline {
+                Some(d) => d,
+                None if batch.is_empty() => Instant::now() + IDLE_TICK,
+                None => return batch,
+            };
+            let mut sel = Select::new();
+            for q in &self.queues {
+                sel.recv(&q.rx);
+            }
+            let now = Instant::now();
+            if now >= wait_until || sel.ready_timeout(wait_until - now).is_err() {
+                return batch;
+            }
+        }
+    }
+
+    fn score(&mut self, batch: Vec<Queued>) -> Result<(), String> {
+        let m = &self.env.metrics;
+        m.batch_size().observe(batch.len() as f64);
+        let images: Vec<&RgbImage> = batch.iter().map(|q| &q.frame.image).collect();
+        let t0 = Instant::now();
+        let out = self.classifier.run(&images);
+        m.inference_latency().observe(t0.elapsed().as_secs_f64());
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => {
+                for q in &batch {
+                    m.stream(&q.frame.stream).frames_bad.inc();
+                }
+                return Err(e);
+            }
+        };
+        if out.logits.nrows() != batch.len() || out.features.nrows() != batch.len() {
+            return Err(format!(
+                "model returned {} logits rows and {} feature rows for {} frames",
+                out.logits.nrows(),
+                out.features.nrows(),
+                batch.len()
+            ));
+        }
+        let scoring = self.shared.scoring();
+        for (i, q) in batch.into_iter().enumerate() {
+            let feats = out.features.row(i).to_vec();
+            let logits = out.logits.row(i).to_vec();
+            let score = scoring.calibration.score_row(&feats);
+            let (top, confidence) = top_class(&logits);
+            let sm = m.stream(&q.frame.stream);
+            sm.frames_scored.inc();
+            sm.score.observe(f64::from(score));
+            m.capture_to_verdict().observe(q.captured.elapsed().as_secs_f64());
+            let s = Scored {
+                stream: q.frame.stream,
+                seq: q.frame.seq,
+                time: q.frame.captured_at,
+                score,
+                threshold: scoring.threshold,
+                top_class: top,
+                top_class_name: self.classifier.class_names().get(top).cloned(),
+                confidence,
+                tag: q.frame.tag,
+            };
+            if self.out.send(s).is_err() {
+                return Err("the alert stage is gone".into());
+            }
+        }
+        Ok(())
+    }
+}

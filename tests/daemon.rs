@@ -1,0 +1,525 @@
+//! The daemon end to end: the real `gradwatch` binary on a tiny CNN built in code, a one-class
+//! calibration fitted here on the fixture's clean frames, and replay / directory / pipe
+//! streams. Covers alerts inside corrupted windows only, SIGTERM mid-stream (alerts end with
+//! reason "shutdown", exit 0), SIGHUP with a broken then a good config, bad frames counted and
+//! skipped, and bad configs (exit 2, key and line named).
+
+// tests/common (shared with tests/grad.rs) trips this lint under Rust 1.95's clippy.
+#![allow(clippy::needless_range_loop)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::Net;
+use gradwatch::detector::calibration::{CalibModel, DataSummary, FitSummary, FORMAT};
+use gradwatch::detector::{Calibration, DetectorKind, Gaussian, LogStandardizer};
+use gradwatch::frame::RgbImage;
+use gradwatch::model::LoadedModel;
+use gradwatch::onnx::attr;
+use gradwatch::runtime::{GradSession, RuntimeOptions};
+use serde_json::Value;
+
+const FIXTURE: &str = "tests/fixtures/daemon/frames-48x32x32.npy";
+
+/// A model + calibration written once per test process into a temp dir.
+struct Assets {
+    _dir: tempfile::TempDir,
+    model: PathBuf,
+    calibration: PathBuf,
+    frames: PathBuf,
+}
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE)
+}
+
+fn images() -> Vec<RgbImage> {
+    gradwatch::data::load_npy_images(&fixture()).expect("fixture")
+}
+
+/// A fixed Laplacian filter bank (so noise shows), a trained-looking strided convolution,
+/// global average pooling, a linear head: 4 gradient features.
+fn tiny_cnn() -> gradwatch::onnx::ModelProto {
+    let mut n = Net::new(7);
+    let pads = || vec![attr::ints("pads", &[1, 1, 1, 1]), attr::ints("strides", &[2, 2])];
+    // Output channel c: +-Laplacian of input channel c % 3 (both signs survive the ReLU).
+    let mut lap = vec![0f32; 6 * 3 * 9];
+    for c in 0..6 {
+        let sign = if c < 3 { 1.0 } else { -1.0 };
+        let base = (c * 3 + c % 3) * 9;
+        for (k, w) in [(1, -1.0), (3, -1.0), (4, 4.0), (5, -1.0), (7, -1.0)] {
+            lap[base + k] = sign * w;
+        }
+    }
+    let w1 = n.constant(&[6, 3, 3, 3], &lap);
+    let c1 = n.op("Conv", &["x", &w1], vec![attr::ints("pads", &[1, 1, 1, 1])]);
+    let r1 = n.op("Relu", &[&c1], vec![]);
+    let c2 = n.conv(&r1, 6, 8, 3, true, pads());
+    let r2 = n.op("Relu", &[&c2], vec![]);
+    let g = n.op("GlobalAveragePool", &[&r2], vec![]);
+    let out = n.head(&g, 8, 5);
+    n.model(&[3, 32, 32], &out)
+}
+
+fn assets() -> &'static Assets {
+    static A: OnceLock<Assets> = OnceLock::new();
+    A.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("tiny.onnx");
+        gradwatch::onnx::save(&tiny_cnn(), &model).unwrap();
+        let loaded = LoadedModel::load(&model, &Default::default()).unwrap();
+        gradwatch::runtime::init(None).expect("ONNX Runtime: run `make ort` or set ORT_DYLIB_PATH");
+        let mut s = GradSession::new(&loaded.compiled, &RuntimeOptions { threads: 1, ..Default::default() }).unwrap();
+        let imgs = images();
+        let x = loaded.info.preprocess(imgs.iter());
+        let feats = s.run(x.view().into_dyn()).unwrap().features;
+        let normalize = LogStandardizer::fit(&feats).unwrap();
+        let z = normalize.transform(&feats).unwrap();
+        let gaussian = Gaussian::fit(&z, &vec![0; z.nrows()], 1, 1e-3).unwrap();
+        let mut scores = gaussian.score(&z);
+        scores.sort_by(f32::total_cmp);
+        // The 99th percentile of 48 in-sample scores is their maximum.
+        let threshold = scores[((scores.len() as f64 * 0.99).ceil() as usize - 1).min(scores.len() - 1)];
+        let calib = Calibration {
+            format: FORMAT,
+            model: CalibModel {
+                name: loaded.info.name.clone(),
+                sha256: loaded.info.sha256.clone(),
+                loss: "bce-logits".into(),
+                features: loaded.compiled.features.clone(),
+            },
+            threshold,
+            target_false_alarm: 0.01,
+            detector: DetectorKind::OneClass { normalize, gaussian },
+            fitted_on: FitSummary {
+                familiar: DataSummary { name: FIXTURE.into(), count: imgs.len() },
+                unfamiliar: vec![],
+                validation_false_alarm_rate: 0.0,
+                validation_true_positive_rate: 0.0,
+                validation_auroc: 0.0,
+                command: "tests/daemon.rs".into(),
+            },
+        };
+        let calibration = dir.path().join("tiny.calib.toml");
+        calib.save(&calibration).unwrap();
+        Assets { model, calibration, frames: fixture(), _dir: dir }
+    })
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gradwatch")
+}
+
+/// The common head of a test config: model, calibration, one-thread CPU runtime, no metrics
+/// endpoint, a quick debounce policy.
+fn head(extra_alert: &str) -> String {
+    let a = assets();
+    format!(
+        r#"[model]
+path = "{}"
+calibration = "{}"
+
+[runtime]
+threads = 1
+
+[pipeline]
+max_batch = 4
+max_wait_ms = 5
+shutdown_deadline_s = 3
+
+[metrics]
+enabled = false
+
+[alert]
+window = 10
+raise = 6
+clear = 2
+min_duration_ms = 0
+update_interval_ms = 0
+{extra_alert}
+"#,
+        a.model.display(),
+        a.calibration.display()
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A running daemon whose stdout and stderr are collected.
+struct Daemon {
+    child: Child,
+    out: Arc<Mutex<String>>,
+    err: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    fn start(args: &[&str]) -> Daemon {
+        let mut child = Command::new(bin())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let collect = |r: Box<dyn std::io::Read + Send>| {
+            let buf = Arc::new(Mutex::new(String::new()));
+            let b = buf.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(r).lines().map_while(Result::ok) {
+                    let mut g = b.lock().unwrap();
+                    g.push_str(&line);
+                    g.push('\n');
+                }
+            });
+            buf
+        };
+        let out = collect(Box::new(child.stdout.take().unwrap()));
+        let err = collect(Box::new(child.stderr.take().unwrap()));
+        Daemon { child, out, err }
+    }
+
+    fn run(args: &[&str]) -> (i32, String, String) {
+        let mut d = Daemon::start(args);
+        let code = d.wait(Duration::from_secs(60));
+        (code, d.stdout(), d.stderr())
+    }
+
+    fn stdout(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    fn stderr(&self) -> String {
+        self.err.lock().unwrap().clone()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(ok.success(), "kill -{sig}");
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits for the exit code (killing the daemon after `limit`).
+    fn wait(&mut self, limit: Duration) -> i32 {
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                // Let the reader threads take the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return s.code().unwrap_or(-1);
+            }
+            if t0.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("daemon did not exit within {limit:?}; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `cond` holds (panics after `limit`).
+    fn wait_for(&mut self, what: &str, limit: Duration, mut cond: impl FnMut(&Daemon) -> bool) {
+        let t0 = Instant::now();
+        while !cond(self) {
+            if t0.elapsed() > limit || !self.running() {
+                let _ = self.child.kill();
+                panic!("waiting for {what}; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn events(text: &str) -> Vec<Value> {
+    text.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn kind(e: &Value) -> &str {
+    e["event"].as_str().unwrap()
+}
+
+/// clean 40 / noise:5 40 / clean 40 at full speed: one alert, raised inside the noisy window
+/// and cleared after it; none in the clean windows; the summary says so.
+#[test]
+fn replay_alerts_inside_the_corrupted_window_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        r#"{}
+[[stream]]
+name = "replay"
+kind = "replay"
+path = "{}"
+queue = {{ size = 8, policy = "block" }}
+schedule = [
+  {{ frames = 40 }},
+  {{ frames = 40, corruption = "noise", level = 5 }},
+  {{ frames = 40 }},
+]
+"#,
+        head(""),
+        assets().frames.display()
+    );
+    let path = write(dir.path(), "replay.toml", &cfg);
+    let (code, out, err) = Daemon::run(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "stderr:\n{err}");
+    let ev = events(&out);
+    let starts: Vec<&Value> = ev.iter().filter(|e| kind(e) == "alert_start").collect();
+    let ends: Vec<&Value> = ev.iter().filter(|e| kind(e) == "alert_end").collect();
+    assert_eq!(starts.len(), 1, "events:\n{out}\nstderr:\n{err}");
+    assert_eq!(ends.len(), 1, "{out}");
+    let s = starts[0];
+    // Raised by a frame of the noisy window (seq 40..80), about the noisy frames.
+    let raised_at = s["last_seq"].as_u64().unwrap();
+    assert!((40..80).contains(&raised_at), "{s}");
+    assert!(s["first_seq"].as_u64().unwrap() >= 40, "{s}");
+    assert_eq!(s["tag"], "noise:5");
+    let e = ends[0];
+    assert_eq!(e["reason"], "cleared", "{e}");
+    assert!(e["last_seq"].as_u64().unwrap() >= 80, "{e}");
+    assert_eq!(e["id"], s["id"]);
+    // The summary: counts and the verdict per window.
+    assert!(err.contains("120 captured, 120 scored, 0 dropped, 0 bad"), "{err}");
+    assert!(err.contains("1 alert(s), 0 false alarm(s)"), "{err}");
+    let noise = err.lines().find(|l| l.trim_start().starts_with("noise:5")).expect("noise window line");
+    assert!(noise.contains("alert after"), "{noise}");
+}
+
+/// A directory with PNG frames and a file that is not an image: the bad file is counted and
+/// skipped, the good frames are scored, the daemon ends by itself.
+#[test]
+fn directory_source_skips_non_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = dir.path().join("frames");
+    std::fs::create_dir(&frames).unwrap();
+    for (i, img) in images().iter().take(10).enumerate() {
+        gradwatch::data::save_png(&frames.join(format!("{i:03}.png")), img).unwrap();
+    }
+    std::fs::write(frames.join("005-notes.png"), b"this is not an image").unwrap();
+    let cfg = format!(
+        "{}\n[[stream]]\nname = \"folder\"\nkind = \"directory\"\npath = \"frames\"\nqueue = {{ policy = \"block\" }}\n",
+        head("")
+    );
+    // A relative stream path resolves against the config's directory.
+    let path = write(dir.path(), "dir.toml", &cfg);
+    let (code, _out, err) = Daemon::run(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("10 captured, 10 scored, 0 dropped, 1 bad"), "{err}");
+    assert!(err.contains("005-notes.png"), "the bad file is named in the log:\n{err}");
+}
+
+/// A pipe whose input ends in half a frame: 5 frames scored, the partial one counted bad.
+#[test]
+fn pipe_partial_frame_is_counted_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("frames.rgb");
+    let mut f = std::fs::File::create(&raw).unwrap();
+    for img in images().iter().take(5) {
+        f.write_all(&img.data).unwrap();
+    }
+    f.write_all(&images()[5].data[..1000]).unwrap();
+    drop(f);
+    let cfg = format!(
+        "{}\n[[stream]]\nname = \"pipe\"\nkind = \"pipe\"\npath = \"{}\"\nwidth = 32\nheight = 32\nqueue = {{ policy = \"block\" }}\n",
+        head(""),
+        raw.display()
+    );
+    let path = write(dir.path(), "pipe.toml", &cfg);
+    let (code, _out, err) = Daemon::run(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("5 captured, 5 scored, 0 dropped, 1 bad"), "{err}");
+}
+
+/// A replay config that plays noisy frames forever at 50 fps into a file sink.
+fn endless(sink: &Path, tag_noise: bool, extra_model: &str) -> String {
+    let window = if tag_noise { r#"{ frames = 20, corruption = "noise", level = 5 }"# } else { "{ frames = 20 }" };
+    let h = head("").replacen("[model]\n", &format!("[model]\n{extra_model}"), 1);
+    format!(
+        "{h}\n[[stream]]\nname = \"cam\"\nkind = \"replay\"\npath = \"{}\"\nfps = 50\nrepeat = true\nschedule = [{window}]\n\n[[sink]]\nkind = \"file\"\npath = \"{}\"\nfsync = false\n",
+        assets().frames.display(),
+        sink.display()
+    )
+}
+
+fn file_events(p: &Path) -> Vec<Value> {
+    events(&std::fs::read_to_string(p).unwrap_or_default())
+}
+
+/// SIGTERM while an alert is open: exit 0, and every alert_start has its alert_end, the last
+/// one with reason "shutdown".
+#[test]
+fn sigterm_mid_stream_closes_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("events.jsonl");
+    let path = write(dir.path(), "term.toml", &endless(&sink, true, ""));
+    let mut d = Daemon::start(&["run", "--config", path.to_str().unwrap()]);
+    d.wait_for("an alert_start in the file sink", Duration::from_secs(30), |_| {
+        file_events(&sink).iter().any(|e| kind(e) == "alert_start")
+    });
+    d.signal("TERM");
+    let code = d.wait(Duration::from_secs(15));
+    assert_eq!(code, 0, "{}", d.stderr());
+    let ev = file_events(&sink);
+    let starts: Vec<&Value> = ev.iter().filter(|e| kind(e) == "alert_start").collect();
+    for s in &starts {
+        let end = ev.iter().find(|e| kind(e) == "alert_end" && e["id"] == s["id"]);
+        assert!(end.is_some(), "alert {} has no alert_end:\n{ev:?}", s["id"]);
+    }
+    let last = ev.iter().rev().find(|e| kind(e) == "alert_end").unwrap();
+    assert_eq!(last["reason"], "shutdown", "{last}");
+    assert!(!d.stderr().contains("gradwatch summary"), "no summary after a signal");
+}
+
+/// SIGHUP: a broken config is refused (the log says why) and the daemon keeps running on the
+/// old one; a good one (threshold far below every score) is applied: alerts start.
+#[test]
+fn sighup_reload_refuses_broken_and_applies_good_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("events.jsonl");
+    let path = write(dir.path(), "hup.toml", &endless(&sink, false, ""));
+    let mut d = Daemon::start(&["run", "--config", path.to_str().unwrap()]);
+    d.wait_for("the first frames", Duration::from_secs(30), |d| d.stderr().contains("inference on"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(file_events(&sink).iter().all(|e| kind(e) != "alert_start"), "clean frames raised an alert");
+
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, good.replace("max_batch = 4", "max_batch = 4\nmax_bach = 5")).unwrap();
+    d.signal("HUP");
+    d.wait_for("the reload error", Duration::from_secs(10), |d| d.stderr().contains("reload failed"));
+    let err = d.stderr();
+    let line = err.lines().find(|l| l.contains("reload failed")).unwrap();
+    assert!(line.contains("max_bach"), "the log names the key: {line}");
+    assert!(d.running());
+
+    std::fs::write(&path, endless(&sink, false, "threshold = -1e30\n")).unwrap();
+    d.signal("HUP");
+    d.wait_for("an alert after the good reload", Duration::from_secs(20), |_| {
+        file_events(&sink).iter().any(|e| kind(e) == "alert_start")
+    });
+    assert!(d.stderr().contains("threshold -1000000000000000000000000000000 in force"), "{}", d.stderr());
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(15)), 0, "{}", d.stderr());
+}
+
+/// Bad configs: exit 2 with the key and line named, for `check-config` and `run`; a good one
+/// passes `check-config`; a calibration of another model is refused.
+#[test]
+fn config_errors_exit_2_and_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = format!("\n[[stream]]\nname = \"r\"\nkind = \"replay\"\npath = \"{}\"\n", assets().frames.display());
+    let good = write(dir.path(), "good.toml", &format!("{}{stream}", head("")));
+    let (code, out, err) = Daemon::run(&["check-config", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "ok: 1 streams, 1 sinks");
+
+    let text = format!("{}{stream}", head("")).replace("raise = 6", "raise = 6\nraize = 7");
+    let bad = write(dir.path(), "bad.toml", &text);
+    let line = text.lines().position(|l| l.starts_with("raize")).unwrap() + 1;
+    for args in [vec!["check-config", bad.to_str().unwrap()], vec!["run", "--config", bad.to_str().unwrap()]] {
+        let (code, _out, err) = Daemon::run(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("raize"), "{err}");
+        assert!(err.contains(&format!("line {line}")), "{err}");
+        assert!(err.contains("bad.toml"), "{err}");
+    }
+
+    // A calibration fitted on another model file.
+    let calib = std::fs::read_to_string(&assets().calibration).unwrap();
+    let sha = Calibration::load(&assets().calibration).unwrap().model.sha256;
+    let other = write(dir.path(), "other.calib.toml", &calib.replace(&sha, &"ab".repeat(32)));
+    let text =
+        format!("{}{stream}", head("")).replace(&assets().calibration.display().to_string(), other.to_str().unwrap());
+    let mismatch = write(dir.path(), "mismatch.toml", &text);
+    let (code, _out, err) = Daemon::run(&["check-config", mismatch.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("sha256"), "{err}");
+
+    // A stream kind that does not exist.
+    let text = format!("{}{}", head(""), stream.replace("kind = \"replay\"", "kind = \"rtsp\""));
+    let bad_kind = write(dir.path(), "kind.toml", &text);
+    let (code, _out, err) = Daemon::run(&["run", "--config", bad_kind.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("rtsp"), "{err}");
+}
+
+/// Under systemd: READY=1 once frames flow, STATUS= with the frame rate, WATCHDOG=1 at half of
+/// WATCHDOG_USEC, STOPPING=1 on SIGTERM; and the metrics endpoint counts the stream's frames.
+#[test]
+fn sd_notify_and_metrics_endpoint() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let sink = dir.path().join("events.jsonl");
+    let cfg = endless(&sink, false, "").replace("[metrics]\nenabled = false", "[metrics]\nbind = \"127.0.0.1:0\"");
+    let path = write(dir.path(), "notify.toml", &cfg);
+    let mut child = Command::new(bin())
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("metrics on http://").nth(1) {
+                let _ = addr_tx.send(rest.trim_end_matches("/metrics").to_string());
+            }
+        }
+    });
+    let mut d = Daemon { child, out: Default::default(), err: Default::default() };
+    let mut msgs = String::new();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 4096];
+    while !(msgs.contains("READY=1") && msgs.matches("WATCHDOG=1").count() >= 2 && msgs.contains(" fps")) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "notifications so far: {msgs:?}");
+        if let Ok(n) = sock.recv(&mut buf) {
+            msgs.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    assert!(msgs.contains("STATUS=cam "), "{msgs:?}");
+
+    let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("metrics address in the log");
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut s, &mut body).unwrap();
+    let scored = body
+        .lines()
+        .find_map(|l| l.strip_prefix("gradwatch_frames_scored_total{stream=\"cam\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no frames_scored_total for cam:\n{body}"));
+    assert!(scored > 0);
+    assert!(body.contains("gradwatch_build_info{"), "{body}");
+
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(15)), 0);
+    while let Ok(n) = sock.recv(&mut buf) {
+        msgs.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(msgs.contains("STOPPING=1"), "{msgs:?}");
+}
