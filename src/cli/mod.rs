@@ -1,6 +1,11 @@
 //! The `gradwatch` command line: one subcommand per capability.
 
+mod calibrate;
 mod compile;
+mod corrupt;
+mod eval;
+mod features;
+mod score;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +24,16 @@ pub struct Cli {
 enum Command {
     /// Compile an ONNX classifier into its gradient-feature graph.
     Compile(compile::CompileArgs),
+    /// Apply a synthetic corruption to images, or render a types x levels preview montage.
+    Corrupt(corrupt::CorruptArgs),
+    /// Write the gradient features (and logits, penultimate activations) of images as .npy.
+    Features(features::FeaturesArgs),
+    /// Fit the unfamiliarity detector and its alarm threshold for a model file.
+    Calibrate(calibrate::CalibrateArgs),
+    /// Score images with a calibration: one JSON line per image.
+    Score(score::ScoreArgs),
+    /// Run the paper's experiments and write the report (results.md, results.csv, figures).
+    Eval(eval::EvalArgs),
 }
 
 /// Parses arguments, runs the subcommand, returns the process exit code.
@@ -26,6 +41,11 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Compile(a) => compile::run(a),
+        Command::Corrupt(a) => corrupt::run(a),
+        Command::Features(a) => features::run(a),
+        Command::Calibrate(a) => calibrate::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Eval(a) => eval::run(a),
     };
     match r {
         Ok(code) => code,
