@@ -25,9 +25,12 @@ pub struct EvalArgs {
     /// Folder with CIFAR-10's test_images.npy (default DATA/cifar10).
     #[arg(long)]
     pub cifar: Option<PathBuf>,
-    /// Output folder: results.md, results.csv, figures/, cache/.
+    /// Output folder: results.md, results.csv, figures/.
     #[arg(long, default_value = "docs")]
     pub out: PathBuf,
+    /// Feature cache folder (default OUT/cache); reruns reuse what it holds.
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
     /// Seed of subsamples, splits, corruptions and detector training.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -59,6 +62,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         per_set: a.per_set,
         seed: a.seed,
         out: a.out.clone(),
+        cache: a.cache.clone(),
         batch: a.batch,
         corruptions: protocol::parse_corruptions(&a.corruptions).map_err(anyhow::Error::msg)?,
         odin_temperatures: a.odin_temperatures.clone(),

@@ -182,8 +182,11 @@ pub struct EvalConfig {
     pub per_set: usize,
     /// Seed of subsamples, splits, corruption patterns and detector training.
     pub seed: u64,
-    /// Output folder (`results.md`, `results.csv`, `figures/`, `cache/`).
+    /// Output folder (`results.md`, `results.csv`, `figures/`).
     pub out: PathBuf,
+    /// Feature cache folder (default `OUT/cache`); entries are keyed by model sha256, set size
+    /// and seed, so reruns only compute what is missing.
+    pub cache: Option<PathBuf>,
     /// Batch size of the graph runs.
     pub batch: usize,
     /// Corruption types.
@@ -262,7 +265,11 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
     drop(all_cifar);
     let n = fam_images.len();
 
-    let cache = cfg.out.join("cache").join(format!("{}-n{n}-s{}", &info.sha256[..12.min(info.sha256.len())], cfg.seed));
+    let cache = cfg.cache.clone().unwrap_or_else(|| cfg.out.join("cache")).join(format!(
+        "{}-n{n}-s{}",
+        &info.sha256[..12.min(info.sha256.len())],
+        cfg.seed
+    ));
     std::fs::create_dir_all(&cache).map_err(|e| EvalError::file(&cache, e))?;
     let grid_key = crate::model::sha256_hex(format!("{:?}{:?}", cfg.odin_temperatures, cfg.odin_epsilons).as_bytes());
     let odin_name = format!("odin-{}.npy", &grid_key[..8]);
