@@ -222,6 +222,7 @@ fn fake_results() -> Results {
         grad_profile: vec![("familiar".into(), vec![1e-3, 1e-5, 0.1]), ("cifar10".into(), vec![1e-2, 1e-4, 1.0])],
         feature_names: vec!["a".into(), "b".into(), "c".into()],
         odin_temperatures: vec![1.0, 1000.0],
+        odin_corruption_temperatures: vec![1000.0],
         odin_epsilons: vec![0.0, 0.001],
     }
 }

@@ -40,6 +40,10 @@ pub struct EvalArgs {
     /// ODIN temperatures (comma list).
     #[arg(long, default_value = "1,10,100,1000", value_delimiter = ',')]
     pub odin_temperatures: Vec<f32>,
+    /// ODIN temperatures for the corrupted sets (a subset of --odin-temperatures; each one
+    /// costs a backward pass per image).
+    #[arg(long, default_value = "1000", value_delimiter = ',')]
+    pub odin_corruption_temperatures: Vec<f32>,
     /// ODIN perturbation sizes in image units (comma list).
     #[arg(long, default_value = "0,0.0005,0.001,0.002,0.005", value_delimiter = ',')]
     pub odin_epsilons: Vec<f32>,
@@ -67,6 +71,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         corruptions: protocol::parse_corruptions(&a.corruptions).map_err(anyhow::Error::msg)?,
         odin_temperatures: a.odin_temperatures.clone(),
         odin_epsilons: a.odin_epsilons.clone(),
+        odin_corruption_temperatures: a.odin_corruption_temperatures.clone(),
         mlp: MlpConfig { hidden: a.hidden, seed: a.seed, ..Default::default() },
         progress: show_progress(),
         command: command_line(),

@@ -191,8 +191,12 @@ pub struct EvalConfig {
     pub batch: usize,
     /// Corruption types.
     pub corruptions: Vec<Corruption>,
-    /// ODIN temperatures.
+    /// ODIN temperatures for the familiar set and CIFAR-10.
     pub odin_temperatures: Vec<f32>,
+    /// ODIN temperatures for the corrupted sets (a subset of `odin_temperatures` keeps the
+    /// cost down: each temperature is one more backward pass per image). The pairs with
+    /// corruptions choose among these.
+    pub odin_corruption_temperatures: Vec<f32>,
     /// ODIN perturbation sizes (image units).
     pub odin_epsilons: Vec<f32>,
     /// Detector training.
@@ -211,6 +215,8 @@ struct SetData {
     scores: BTreeMap<&'static str, Vec<f32>>,
     /// `[N, temps * eps]`.
     odin: Array2<f32>,
+    /// The temperatures of `odin`'s column blocks.
+    odin_temps: Vec<f32>,
 }
 
 /// Name of the set of `kind` at `level`.
@@ -271,8 +277,18 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
         cfg.seed
     ));
     std::fs::create_dir_all(&cache).map_err(|e| EvalError::file(&cache, e))?;
-    let grid_key = crate::model::sha256_hex(format!("{:?}{:?}", cfg.odin_temperatures, cfg.odin_epsilons).as_bytes());
-    let odin_name = format!("odin-{}.npy", &grid_key[..8]);
+    for t in &cfg.odin_corruption_temperatures {
+        if !cfg.odin_temperatures.contains(t) {
+            return Err(EvalError::Invalid(format!(
+                "ODIN corruption temperature {t} must also be one of the temperatures {:?}",
+                cfg.odin_temperatures
+            )));
+        }
+    }
+    let odin_file = |temps: &[f32]| {
+        let key = crate::model::sha256_hex(format!("{temps:?}{:?}", cfg.odin_epsilons).as_bytes());
+        format!("odin-{}.npy", &key[..8])
+    };
 
     // Every set: the familiar images, CIFAR-10, each corruption x level of the familiar images.
     let mut plan: Vec<(String, Option<(Corruption, u8)>)> = vec![("familiar".into(), None), ("cifar10".into(), None)];
@@ -287,13 +303,16 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
     let mut corrupt_secs = 0.0;
     let mut sets: Vec<FeatureSet> = Vec::new();
     let mut odins: Vec<Array2<f32>> = Vec::new();
+    let mut odin_temps: Vec<Vec<f32>> = Vec::new();
     for (si, (name, spec)) in plan.iter().enumerate() {
         let prefix = cache_prefix(name);
         let cached = FeatureSet::load(&cache, &prefix)?.filter(|f| f.len() == n && f.penultimate.is_some());
-        let odin_path = cache.join(format!("{prefix}{odin_name}"));
+        let temps = if spec.is_some() { &cfg.odin_corruption_temperatures } else { &cfg.odin_temperatures };
+        odin_temps.push(temps.clone());
+        let odin_path = cache.join(format!("{prefix}{}", odin_file(temps)));
         let odin_cached = if odin_path.exists() {
             Some(features::read_npy(&odin_path)?)
-                .filter(|o| o.nrows() == n && o.ncols() == cfg.odin_temperatures.len() * cfg.odin_epsilons.len())
+                .filter(|o| o.nrows() == n && o.ncols() == temps.len() * cfg.odin_epsilons.len())
         } else {
             None
         };
@@ -349,7 +368,7 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
                     &fwd_out,
                     &info,
                     &images,
-                    &cfg.odin_temperatures,
+                    temps,
                     &cfg.odin_epsilons,
                     cfg.batch,
                     cfg.progress,
@@ -395,14 +414,14 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
     };
     let maha = MahalanobisScorer::new(&gaussian)?;
     let mut data: Vec<SetData> = Vec::new();
-    for ((name, _), (fs, od)) in plan.iter().zip(sets.into_iter().zip(odins)) {
+    for (((name, _), (fs, od)), ot) in plan.iter().zip(sets.into_iter().zip(odins)).zip(odin_temps) {
         let pen = fs.penultimate.as_ref().ok_or(EvalError::MissingOutput(grad::outputs::PENULTIMATE))?;
         let mut scores = BTreeMap::new();
         scores.insert("msp", baselines::msp(fs.logits.view()));
         scores.insert("mahalanobis", maha.score(pen.view()));
         scores.insert("energy", baselines::energy(fs.logits.view(), 1.0));
         scores.insert("gradnorm", baselines::gradnorm(fs.logits.view(), pen.view()));
-        data.push(SetData { name: name.clone(), feats: fs, scores, odin: od });
+        data.push(SetData { name: name.clone(), feats: fs, scores, odin: od, odin_temps: ot });
     }
     timings.push(("baseline scores".into(), tb.elapsed().as_secs_f64()));
     let accuracy = fam_labels.as_ref().map(|l| {
@@ -461,22 +480,29 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
             push(method, f, u, &mut results_rows);
         }
         // ODIN: (T, eps) with the best validation AUROC.
-        let mut best = (0usize, f64::NEG_INFINITY);
-        for c in 0..fam.odin.ncols() {
-            let col = |d: &SetData| d.odin.column(c).to_vec();
-            let a = metrics::auroc(&pick(&col(fam), &sp.val), &cat_scores(&unf_val, &col));
-            if a > best.1 {
-                best = (c, a);
+        // Candidates: the temperatures computed for every member of the pair (and the familiar set).
+        let first = &data[members[0]];
+        let mut best: Option<((usize, usize), f32, f32, f64)> = None;
+        for (tu, &t) in first.odin_temps.iter().enumerate() {
+            let Some(tf) = fam.odin_temps.iter().position(|&x| x == t) else { continue };
+            for (ei, &eps) in cfg.odin_epsilons.iter().enumerate() {
+                let (cf, cu) = (tf * ne + ei, tu * ne + ei);
+                let u = cat_scores(&unf_val, &|d: &SetData| d.odin.column(cu).to_vec());
+                let a = metrics::auroc(&pick(&fam.odin.column(cf).to_vec(), &sp.val), &u);
+                if best.is_none_or(|b| a > b.3) {
+                    best = Some(((cf, cu), t, eps, a));
+                }
             }
         }
-        let col = |d: &SetData| d.odin.column(best.0).to_vec();
-        odin_choices.push(OdinChoice {
-            pair: pair.clone(),
-            temperature: cfg.odin_temperatures.get(best.0 / ne.max(1)).copied().unwrap_or(f32::NAN),
-            epsilon: cfg.odin_epsilons.get(best.0 % ne.max(1)).copied().unwrap_or(f32::NAN),
-            val_auroc: best.1,
-        });
-        push("odin", pick(&col(fam), &sp.test), cat_scores(&unf_test, &col), &mut results_rows);
+        let Some(((cf, cu), t, eps, val_auroc)) = best else {
+            return Err(EvalError::Invalid(format!(
+                "pair {pair}: no ODIN temperature in common with the familiar set"
+            )));
+        };
+        odin_choices.push(OdinChoice { pair: pair.clone(), temperature: t, epsilon: eps, val_auroc });
+        let col = |d: &SetData| d.odin.column(cu).to_vec();
+        let fam_col = fam.odin.column(cf).to_vec();
+        push("odin", pick(&fam_col, &sp.test), cat_scores(&unf_test, &col), &mut results_rows);
         // Ours.
         let det = GradDetector::train(
             &rows(&fam.feats.features, &sp.train),
@@ -566,6 +592,7 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
         grad_profile: profile,
         feature_names: model.compiled.features.clone(),
         odin_temperatures: cfg.odin_temperatures.clone(),
+        odin_corruption_temperatures: cfg.odin_corruption_temperatures.clone(),
         odin_epsilons: cfg.odin_epsilons.clone(),
     })
 }

@@ -114,8 +114,10 @@ pub struct Results {
     pub grad_profile: Vec<(String, Vec<f64>)>,
     /// Parameter tensor names.
     pub feature_names: Vec<String>,
-    /// ODIN temperature grid.
+    /// ODIN temperature grid (familiar set and CIFAR-10).
     pub odin_temperatures: Vec<f32>,
+    /// ODIN temperatures computed for the corrupted sets.
+    pub odin_corruption_temperatures: Vec<f32>,
     /// ODIN perturbation grid.
     pub odin_epsilons: Vec<f32>,
 }
@@ -221,7 +223,7 @@ pub fn markdown(r: &Results) -> String {
         );
     }
     // Best method per pair, by AUROC: the quick read of Table 1.
-    let _ = writeln!(o, "\nBest AUROC per row: ");
+    let _ = writeln!(o, "\nBest AUROC per row:\n");
     for p in r.pairs().iter().filter(|p| !p.contains('/')) {
         let best = METHODS
             .iter()
@@ -333,8 +335,9 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(o, "\n## ODIN hyper-parameters chosen on the validation split\n");
         let _ = writeln!(
             o,
-            "Grid: T in {:?}, eps in {:?} (image units). Pooled rows and CIFAR-10:\n",
-            r.odin_temperatures, r.odin_epsilons
+            "Grid: T in {:?} (corruption pairs: T in {:?}, to bound the cost), eps in {:?} (image units). \
+             Pooled rows and CIFAR-10:\n",
+            r.odin_temperatures, r.odin_corruption_temperatures, r.odin_epsilons
         );
         let _ = writeln!(o, "| pair | T | eps | validation AUROC |");
         let _ = writeln!(o, "|---|---|---|---|");
