@@ -2,8 +2,13 @@
 
 mod bench;
 mod check_config;
+mod calibrate;
 mod compile;
 mod run;
+mod corrupt;
+mod eval;
+mod features;
+mod score;
 
 use clap::{Parser, Subcommand};
 
@@ -28,16 +33,33 @@ enum Command {
     Run(run::RunArgs),
     /// Check a daemon config, its model and calibration; exit 2 when something is wrong.
     CheckConfig(check_config::CheckConfigArgs),
+    /// Apply a synthetic corruption to images, or render a types x levels preview montage.
+    Corrupt(corrupt::CorruptArgs),
+    /// Write the gradient features (and logits, penultimate activations) of images as .npy.
+    Features(features::FeaturesArgs),
+    /// Fit the unfamiliarity detector and its alarm threshold for a model file.
+    Calibrate(calibrate::CalibrateArgs),
+    /// Score images with a calibration: one JSON line per image.
+    Score(score::ScoreArgs),
+    /// Run the paper's experiments and write the report (results.md, results.csv, figures).
+    Eval(eval::EvalArgs),
 }
 
 /// Parses arguments, runs the subcommand, returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    // Every command logs through `log`; RUST_LOG overrides the default level.
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).try_init();
     let r = match cli.command {
         Command::Compile(a) => compile::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Run(a) => run::run(a),
         Command::CheckConfig(a) => check_config::run(a),
+        Command::Corrupt(a) => corrupt::run(a),
+        Command::Features(a) => features::run(a),
+        Command::Calibrate(a) => calibrate::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Eval(a) => eval::run(a),
     };
     match r {
         Ok(code) => code,

@@ -1,5 +1,54 @@
 //! Evaluation of unfamiliarity detectors: the threshold-free ranking metrics of the paper
 //! (AUROC, AUPR, detection accuracy, FPR at 95% TPR) and the threshold helpers the daemon
-//! uses to turn a tolerated false-alarm rate into an alert threshold.
+//! uses to turn a tolerated false-alarm rate into an alert threshold; feature extraction over
+//! image sets, the baselines the paper compares against, the paper's protocol, and the report.
 
+pub mod baselines;
+pub mod calibrate;
+pub mod features;
 pub mod metrics;
+pub mod plot;
+pub mod protocol;
+pub mod report;
+
+/// Errors of feature extraction, caching and the evaluation protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// ONNX Runtime failed on a batch.
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    /// A detector could not be fitted.
+    #[error(transparent)]
+    Detector(#[from] crate::detector::DetectorError),
+    /// Data could not be read or written.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    /// A calibration is inconsistent or could not be read or written.
+    #[error(transparent)]
+    Calib(#[from] crate::detector::CalibError),
+    /// A corruption could not be applied.
+    #[error(transparent)]
+    Corrupt(#[from] crate::corrupt::CorruptError),
+    /// A file (cache, report, figure) could not be read or written.
+    #[error(
+        "{path}: {why}; check that the folder exists and is writable (delete a damaged cache folder to rebuild it)"
+    )]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// The graph lacks an output the evaluation needs.
+    #[error("the compiled graph has no '{0}' output; compile it with that output enabled")]
+    MissingOutput(&'static str),
+    /// Arguments that cannot work together.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl EvalError {
+    pub(crate) fn file(path: &std::path::Path, why: impl std::fmt::Display) -> Self {
+        EvalError::File { path: path.display().to_string(), why: why.to_string() }
+    }
+}

@@ -1,0 +1,90 @@
+//! `gradwatch eval`: the paper's experiments on GTSRB, CIFAR-10 and synthetic corruptions.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use super::calibrate::command_line;
+use super::features::{runtime, show_progress};
+use crate::detector::MlpConfig;
+use crate::eval::{protocol, report};
+
+/// Arguments of `gradwatch eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The classifier (.onnx).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Data folder with gtsrb/test_images.npy (and test_labels.npy) and cifar10/test_images.npy.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Images per set (familiar, CIFAR-10, each corruption level).
+    #[arg(long, default_value_t = 1000)]
+    pub per_set: usize,
+    /// Folder with CIFAR-10's test_images.npy (default DATA/cifar10).
+    #[arg(long)]
+    pub cifar: Option<PathBuf>,
+    /// Output folder: results.md, results.csv, figures/.
+    #[arg(long, default_value = "docs")]
+    pub out: PathBuf,
+    /// Feature cache folder (default OUT/cache); reruns reuse what it holds.
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Seed of subsamples, splits, corruptions and detector training.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Corruption types: all, paper or a comma list.
+    #[arg(long, default_value = "all")]
+    pub corruptions: String,
+    /// ODIN temperatures (comma list).
+    #[arg(long, default_value = "1,10,100,1000", value_delimiter = ',')]
+    pub odin_temperatures: Vec<f32>,
+    /// ODIN temperatures for the corrupted sets (a subset of --odin-temperatures; each one
+    /// costs a backward pass per image).
+    #[arg(long, default_value = "1000", value_delimiter = ',')]
+    pub odin_corruption_temperatures: Vec<f32>,
+    /// ODIN perturbation sizes in image units (comma list).
+    #[arg(long, default_value = "0,0.0005,0.001,0.002,0.005", value_delimiter = ',')]
+    pub odin_epsilons: Vec<f32>,
+    /// Hidden units of our detector.
+    #[arg(long, default_value_t = 64)]
+    pub hidden: usize,
+    /// Images per graph run.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// ONNX Runtime intra-op threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+/// Runs `gradwatch eval`.
+pub fn run(a: EvalArgs) -> Result<i32> {
+    let cfg = protocol::EvalConfig {
+        data: a.data.clone(),
+        cifar: a.cifar.clone(),
+        per_set: a.per_set,
+        seed: a.seed,
+        out: a.out.clone(),
+        cache: a.cache.clone(),
+        batch: a.batch,
+        corruptions: protocol::parse_corruptions(&a.corruptions).map_err(anyhow::Error::msg)?,
+        odin_temperatures: a.odin_temperatures.clone(),
+        odin_epsilons: a.odin_epsilons.clone(),
+        odin_corruption_temperatures: a.odin_corruption_temperatures.clone(),
+        mlp: MlpConfig { hidden: a.hidden, seed: a.seed, ..Default::default() },
+        progress: show_progress(),
+        command: command_line(),
+    };
+    let r = protocol::run(&a.model, &cfg, &runtime(a.threads)).with_context(|| "evaluation failed")?;
+    report::write(&r, &a.out)?;
+    eprintln!("wrote {}/results.md, results.csv and figures/", a.out.display());
+    for p in ["cifar10"] {
+        for (k, name) in report::METHODS {
+            if let Some(m) = r.get(p, k) {
+                eprintln!("  GTSRB vs CIFAR-10  {name:<18} AUROC {:.4}", m.auroc);
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,602 @@
+//! The paper's evaluation protocol (Lee & AlRegib, ICIP 2020, Sec. 4) on GTSRB: familiar =
+//! GTSRB test images; unfamiliar = CIFAR-10 test images and CURE-TSR-style corruptions of the
+//! same familiar images at levels 1-5. Per (familiar, unfamiliar) pair, 40/40/20
+//! train/validation/test splits; our detector and the baselines are reported on the test split.
+//!
+//! Also the helpers shared with `gradwatch calibrate`: deterministic splits and subsamples,
+//! per-image corruption seeds, and training the paper's detector on gradient features.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ndarray::{Array2, Axis};
+
+use super::baselines::{self, MahalanobisScorer};
+use super::features::{self, FeatureSet};
+use super::metrics;
+use super::report::{GenRow, OdinChoice, Results, Row};
+use super::EvalError;
+use crate::corrupt::{self, Corruption, SplitMix64};
+use crate::detector::{LogStandardizer, Mlp, MlpConfig, TrainReport};
+use crate::frame::RgbImage;
+use crate::grad::{self, CompileOptions, Loss};
+use crate::model::LoadedModel;
+use crate::runtime::{GradSession, ModelSession, RuntimeOptions};
+
+/// Index sets of a train/validation/test split.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Split {
+    /// Training indices.
+    pub train: Vec<usize>,
+    /// Validation indices.
+    pub val: Vec<usize>,
+    /// Test (held-out) indices.
+    pub test: Vec<usize>,
+}
+
+/// A seeded permutation of `0..n` (Fisher-Yates over the frozen SplitMix64).
+pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut rng = SplitMix64::new(seed ^ 0x005E_ED0F_5B11_7000);
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+    v
+}
+
+/// Splits `0..n` at random (deterministic for `seed`) into `floor(train * n)` training,
+/// `floor(val * n)` validation and the rest test indices, each part sorted ascending.
+pub fn split(n: usize, train: f64, val: f64, seed: u64) -> Split {
+    let p = permutation(n, seed);
+    let nt = ((n as f64 * train) + 1e-9).floor() as usize;
+    let nv = (((n as f64 * val) + 1e-9).floor() as usize).min(n - nt.min(n));
+    let nt = nt.min(n);
+    let sorted = |s: &[usize]| {
+        let mut v = s.to_vec();
+        v.sort_unstable();
+        v
+    };
+    Split { train: sorted(&p[..nt]), val: sorted(&p[nt..nt + nv]), test: sorted(&p[nt + nv..]) }
+}
+
+/// The paper's 40/40/20 split.
+pub fn split_40_40_20(n: usize, seed: u64) -> Split {
+    split(n, 0.4, 0.4, seed)
+}
+
+/// `n` of `0..total` drawn without replacement (all of them when `n >= total`), ascending.
+pub fn subsample(total: usize, n: usize, seed: u64) -> Vec<usize> {
+    let mut v = permutation(total, seed);
+    v.truncate(n.min(total));
+    v.sort_unstable();
+    v
+}
+
+/// The corruption seed of image `index` under run seed `seed`: distinct per image, so noise,
+/// snow and dirt patterns differ between images but are reproducible.
+pub fn image_seed(seed: u64, index: usize) -> u64 {
+    SplitMix64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64).next_u64()
+}
+
+/// Parses levels: `"1-5"`, `"3"`, `"1,3,5"`.
+pub fn parse_levels(s: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad =
+            || format!("levels '{s}': use a range like 1-5 or a list like 1,3,5 (levels 1..={})", corrupt::MAX_LEVEL);
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<u8>().map_err(|_| bad())?, b.trim().parse::<u8>().map_err(|_| bad())?),
+            None => {
+                let v = part.parse::<u8>().map_err(|_| bad())?;
+                (v, v)
+            }
+        };
+        if a == 0 || b > corrupt::MAX_LEVEL || a > b {
+            return Err(bad());
+        }
+        out.extend(a..=b);
+    }
+    out.sort_unstable();
+    out.dedup();
+    if out.is_empty() {
+        return Err(format!("levels '{s}' names no level"));
+    }
+    Ok(out)
+}
+
+/// Parses corruption kinds: `all`, `paper` (the paper's 8), `none`, or a comma list of names.
+pub fn parse_corruptions(s: &str) -> Result<Vec<Corruption>, String> {
+    match s.trim() {
+        "all" => Ok(Corruption::ALL.to_vec()),
+        "paper" => Ok(Corruption::PAPER.to_vec()),
+        "none" | "" => Ok(Vec::new()),
+        list => list.split(',').map(|k| k.parse::<Corruption>().map_err(|e| e.to_string())).collect(),
+    }
+}
+
+/// The paper's detector on gradient features: log-standardisation fitted on familiar training
+/// rows, then the two-layer MLP.
+#[derive(Clone, Debug)]
+pub struct GradDetector {
+    /// Log + standardisation.
+    pub normalize: LogStandardizer,
+    /// The network; the score is its logit.
+    pub mlp: Mlp,
+    /// Training history.
+    pub report: TrainReport,
+}
+
+impl GradDetector {
+    /// Fits the standardiser on `fam_train`, then trains the MLP (familiar 0, unfamiliar 1)
+    /// with early stopping on the validation rows.
+    pub fn train(
+        fam_train: &Array2<f32>,
+        unf_train: &Array2<f32>,
+        fam_val: &Array2<f32>,
+        unf_val: &Array2<f32>,
+        cfg: &MlpConfig,
+    ) -> Result<Self, EvalError> {
+        let normalize = LogStandardizer::fit(fam_train)?;
+        let (xt, yt) = stack(&normalize, fam_train, unf_train)?;
+        let (xv, yv) = stack(&normalize, fam_val, unf_val)?;
+        let (mlp, report) = Mlp::train(&xt, &yt, &xv, &yv, cfg)?;
+        Ok(GradDetector { normalize, mlp, report })
+    }
+
+    /// Scores (MLP logits; higher = more unfamiliar).
+    pub fn score(&self, x: &Array2<f32>) -> Result<Vec<f32>, EvalError> {
+        Ok(self.mlp.logits(&self.normalize.transform(x)?))
+    }
+}
+
+fn stack(n: &LogStandardizer, fam: &Array2<f32>, unf: &Array2<f32>) -> Result<(Array2<f32>, Vec<u8>), EvalError> {
+    let f = n.transform(fam)?;
+    let u = n.transform(unf)?;
+    let x = ndarray::concatenate(Axis(0), &[f.view(), u.view()])
+        .map_err(|e| EvalError::Invalid(format!("familiar and unfamiliar features differ in width: {e}")))?;
+    let mut y = vec![0u8; f.nrows()];
+    y.extend(std::iter::repeat_n(1u8, u.nrows()));
+    Ok((x, y))
+}
+
+/// Rows `idx` of a matrix.
+pub fn rows(x: &Array2<f32>, idx: &[usize]) -> Array2<f32> {
+    x.select(Axis(0), idx)
+}
+
+/// Elements `idx` of a vector.
+pub fn pick(v: &[f32], idx: &[usize]) -> Vec<f32> {
+    idx.iter().map(|&i| v[i]).collect()
+}
+
+/// Options of [`run`].
+#[derive(Clone, Debug)]
+pub struct EvalConfig {
+    /// Data folder holding `gtsrb/test_images.npy` (and `gtsrb/test_labels.npy`, optional).
+    pub data: PathBuf,
+    /// Folder holding CIFAR-10's `test_images.npy` (default `DATA/cifar10`).
+    pub cifar: Option<PathBuf>,
+    /// Images per set (familiar, CIFAR-10, each corruption level).
+    pub per_set: usize,
+    /// Seed of subsamples, splits, corruption patterns and detector training.
+    pub seed: u64,
+    /// Output folder (`results.md`, `results.csv`, `figures/`).
+    pub out: PathBuf,
+    /// Feature cache folder (default `OUT/cache`); entries are keyed by model sha256, set size
+    /// and seed, so reruns only compute what is missing.
+    pub cache: Option<PathBuf>,
+    /// Batch size of the graph runs.
+    pub batch: usize,
+    /// Corruption types.
+    pub corruptions: Vec<Corruption>,
+    /// ODIN temperatures for the familiar set and CIFAR-10.
+    pub odin_temperatures: Vec<f32>,
+    /// ODIN temperatures for the corrupted sets (a subset of `odin_temperatures` keeps the
+    /// cost down: each temperature is one more backward pass per image). The pairs with
+    /// corruptions choose among these.
+    pub odin_corruption_temperatures: Vec<f32>,
+    /// ODIN perturbation sizes (image units).
+    pub odin_epsilons: Vec<f32>,
+    /// Detector training.
+    pub mlp: MlpConfig,
+    /// Draw progress bars (on a terminal).
+    pub progress: bool,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+/// One image set with everything computed on it.
+struct SetData {
+    name: String,
+    feats: FeatureSet,
+    /// Per method: scores.
+    scores: BTreeMap<&'static str, Vec<f32>>,
+    /// `[N, temps * eps]`.
+    odin: Array2<f32>,
+    /// The temperatures of `odin`'s column blocks.
+    odin_temps: Vec<f32>,
+}
+
+/// Name of the set of `kind` at `level`.
+pub fn set_name(kind: Corruption, level: u8) -> String {
+    format!("{}/{level}", kind.name())
+}
+
+fn cache_prefix(name: &str) -> String {
+    format!("{}.", name.replace('/', "-"))
+}
+
+/// Runs the protocol and returns every number; [`super::report::write`] renders them.
+pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<Results, EvalError> {
+    let t_all = Instant::now();
+    let mut timings: Vec<(String, f64)> = Vec::new();
+    let n = cfg.per_set;
+    if n < 10 {
+        return Err(EvalError::Invalid(format!("--per-set {n} is too small; use at least 10 (5 test images per set)")));
+    }
+
+    // Graphs: features + penultimate + logits; ODIN (input gradient); plain forward.
+    let t0 = Instant::now();
+    let model = LoadedModel::load(model_path, &CompileOptions { penultimate: true, ..Default::default() })
+        .map_err(|e| EvalError::Invalid(format!("{}: {e}", model_path.display())))?;
+    let info = model.info.clone();
+    let mut session = GradSession::new(&model.compiled, rt)?;
+    let odin_compiled =
+        grad::compile(&model.model, &CompileOptions { loss: Loss::Odin, input_grad: true, ..Default::default() })
+            .map_err(|e| EvalError::Invalid(format!("compiling the ODIN graph: {e}")))?;
+    let mut odin_session = baselines::OdinGraph::new(&odin_compiled, rt)?;
+    let (fwd_model, fwd_out) = baselines::forward_logits_model(&model.model)?;
+    let mut forward = ModelSession::new(&crate::onnx::encode(&fwd_model), rt)?;
+    timings.push(("load and compile".into(), t0.elapsed().as_secs_f64()));
+
+    // Data.
+    let gtsrb = cfg.data.join("gtsrb");
+    let all_fam = crate::data::load_npy_images(&gtsrb.join("test_images.npy"))?;
+    let fam_idx = subsample(all_fam.len(), n, cfg.seed);
+    let fam_images: Vec<RgbImage> = fam_idx.iter().map(|&i| all_fam[i].clone()).collect();
+    drop(all_fam);
+    let labels_path = gtsrb.join("test_labels.npy");
+    let fam_labels: Option<Vec<usize>> = if labels_path.exists() {
+        let l = crate::data::load_npy_labels(&labels_path)?;
+        Some(fam_idx.iter().map(|&i| l.get(i).map_or(0, |&v| v.max(0) as usize)).collect())
+    } else {
+        None
+    };
+    let cifar_dir = cfg.cifar.clone().unwrap_or_else(|| cfg.data.join("cifar10"));
+    let all_cifar = crate::data::load_npy_images(&cifar_dir.join("test_images.npy"))?;
+    let cifar_idx = subsample(all_cifar.len(), n, cfg.seed.wrapping_add(1));
+    let cifar_images: Vec<RgbImage> = cifar_idx.iter().map(|&i| all_cifar[i].clone()).collect();
+    drop(all_cifar);
+    let n = fam_images.len();
+
+    let cache = cfg.cache.clone().unwrap_or_else(|| cfg.out.join("cache")).join(format!(
+        "{}-n{n}-s{}",
+        &info.sha256[..12.min(info.sha256.len())],
+        cfg.seed
+    ));
+    std::fs::create_dir_all(&cache).map_err(|e| EvalError::file(&cache, e))?;
+    for t in &cfg.odin_corruption_temperatures {
+        if !cfg.odin_temperatures.contains(t) {
+            return Err(EvalError::Invalid(format!(
+                "ODIN corruption temperature {t} must also be one of the temperatures {:?}",
+                cfg.odin_temperatures
+            )));
+        }
+    }
+    let odin_file = |temps: &[f32]| {
+        let key = crate::model::sha256_hex(format!("{temps:?}{:?}", cfg.odin_epsilons).as_bytes());
+        format!("odin-{}.npy", &key[..8])
+    };
+
+    // Every set: the familiar images, CIFAR-10, each corruption x level of the familiar images.
+    let mut plan: Vec<(String, Option<(Corruption, u8)>)> = vec![("familiar".into(), None), ("cifar10".into(), None)];
+    for &k in &cfg.corruptions {
+        for level in 1..=corrupt::MAX_LEVEL {
+            plan.push((set_name(k, level), Some((k, level))));
+        }
+    }
+    let mut extract_secs = 0.0;
+    let mut extracted = 0usize;
+    let mut odin_secs = 0.0;
+    let mut corrupt_secs = 0.0;
+    let mut sets: Vec<FeatureSet> = Vec::new();
+    let mut odins: Vec<Array2<f32>> = Vec::new();
+    let mut odin_temps: Vec<Vec<f32>> = Vec::new();
+    for (si, (name, spec)) in plan.iter().enumerate() {
+        let prefix = cache_prefix(name);
+        let cached = FeatureSet::load(&cache, &prefix)?.filter(|f| f.len() == n && f.penultimate.is_some());
+        let temps = if spec.is_some() { &cfg.odin_corruption_temperatures } else { &cfg.odin_temperatures };
+        odin_temps.push(temps.clone());
+        let odin_path = cache.join(format!("{prefix}{}", odin_file(temps)));
+        let odin_cached = if odin_path.exists() {
+            Some(features::read_npy(&odin_path)?)
+                .filter(|o| o.nrows() == n && o.ncols() == temps.len() * cfg.odin_epsilons.len())
+        } else {
+            None
+        };
+        let (cached, odin_cached) = match (cached, odin_cached) {
+            (Some(c), Some(o)) => {
+                log::info!("[{}/{}] {name}: cached", si + 1, plan.len());
+                sets.push(c);
+                odins.push(o);
+                continue;
+            }
+            other => other,
+        };
+        let tc = Instant::now();
+        let images: std::borrow::Cow<[RgbImage]> = match (name.as_str(), spec) {
+            ("familiar", _) => std::borrow::Cow::Borrowed(&fam_images),
+            ("cifar10", _) => std::borrow::Cow::Borrowed(&cifar_images),
+            (_, Some((k, level))) => std::borrow::Cow::Owned(
+                fam_images
+                    .iter()
+                    .zip(&fam_idx)
+                    .map(|(img, &orig)| corrupt::apply(img, *k, *level, image_seed(cfg.seed, orig)))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            _ => return Err(EvalError::Invalid(format!("set '{name}' has no source"))),
+        };
+        corrupt_secs += tc.elapsed().as_secs_f64();
+        let fs = match cached {
+            Some(f) => f,
+            None => {
+                let te = Instant::now();
+                let f = features::extract_labelled(&mut session, &info, &images, cfg.batch, cfg.progress, name)?;
+                extract_secs += te.elapsed().as_secs_f64();
+                extracted += images.len();
+                f.save(&cache, &prefix)?;
+                eprintln!(
+                    "[{}/{}] {name}: features of {} images in {:.1} s",
+                    si + 1,
+                    plan.len(),
+                    images.len(),
+                    te.elapsed().as_secs_f64()
+                );
+                f
+            }
+        };
+        let od = match odin_cached {
+            Some(o) => o,
+            None => {
+                let to = Instant::now();
+                let o = baselines::odin_scores(
+                    &mut odin_session,
+                    &mut forward,
+                    &model.compiled.input_name,
+                    &fwd_out,
+                    &info,
+                    &images,
+                    temps,
+                    &cfg.odin_epsilons,
+                    cfg.batch,
+                    cfg.progress,
+                )?;
+                odin_secs += to.elapsed().as_secs_f64();
+                features::write_npy(&odin_path, &o)?;
+                eprintln!("[{}/{}] {name}: ODIN grid in {:.1} s", si + 1, plan.len(), to.elapsed().as_secs_f64());
+                o
+            }
+        };
+        sets.push(fs);
+        odins.push(od);
+    }
+    timings.push(("corrupt images".into(), corrupt_secs));
+    timings.push(("gradient features (uncached sets)".into(), extract_secs));
+    timings.push(("ODIN grid (uncached sets)".into(), odin_secs));
+    let features_per_sec = if extract_secs > 0.0 { extracted as f64 / extract_secs } else { f64::NAN };
+
+    // Splits: one 40/40/20 split of 0..n shared by the familiar set and its corrupted copies
+    // (the clean and the corrupted version of an image always fall in the same part, so no
+    // image content leaks from training into testing); CIFAR-10 gets its own.
+    let sp = split_40_40_20(n, cfg.seed);
+    let sp_cifar = split_40_40_20(n, cfg.seed.wrapping_add(1));
+    let split_of = |name: &str| if name == "cifar10" { &sp_cifar } else { &sp };
+
+    // Baselines fitted on the familiar training split.
+    let tb = Instant::now();
+    let fam = &sets[0];
+    let pen = fam.penultimate.as_ref().ok_or(EvalError::MissingOutput(grad::outputs::PENULTIMATE))?;
+    let maha_labels: Vec<usize> = match &fam_labels {
+        Some(l) => pick_usize(l, &sp.train),
+        None => pick_usize(&baselines::predicted(fam.logits.view()), &sp.train),
+    };
+    let mut maha_label_kind = if fam_labels.is_some() { "true labels" } else { "predicted classes" }.to_string();
+    let gaussian = match baselines::fit_mahalanobis(&rows(pen, &sp.train), &maha_labels) {
+        // Too few training images per class leave no within-class scatter at all: pool them.
+        Err(EvalError::Detector(crate::detector::DetectorError::NotPositiveDefinite(why))) => {
+            log::warn!("Mahalanobis with class means failed ({why}); falling back to one pooled class");
+            maha_label_kind = format!("one pooled class (class-wise fit failed: {why})");
+            baselines::fit_mahalanobis(&rows(pen, &sp.train), &vec![0; sp.train.len()])?
+        }
+        other => other?,
+    };
+    let maha = MahalanobisScorer::new(&gaussian)?;
+    let mut data: Vec<SetData> = Vec::new();
+    for (((name, _), (fs, od)), ot) in plan.iter().zip(sets.into_iter().zip(odins)).zip(odin_temps) {
+        let pen = fs.penultimate.as_ref().ok_or(EvalError::MissingOutput(grad::outputs::PENULTIMATE))?;
+        let mut scores = BTreeMap::new();
+        scores.insert("msp", baselines::msp(fs.logits.view()));
+        scores.insert("mahalanobis", maha.score(pen.view()));
+        scores.insert("energy", baselines::energy(fs.logits.view(), 1.0));
+        scores.insert("gradnorm", baselines::gradnorm(fs.logits.view(), pen.view()));
+        data.push(SetData { name: name.clone(), feats: fs, scores, odin: od, odin_temps: ot });
+    }
+    timings.push(("baseline scores".into(), tb.elapsed().as_secs_f64()));
+    let accuracy = fam_labels.as_ref().map(|l| {
+        let p = baselines::predicted(data[0].feats.logits.view());
+        p.iter().zip(l).filter(|(a, b)| a == b).count() as f64 / l.len().max(1) as f64
+    });
+
+    // Pairs.
+    let tp = Instant::now();
+    let mut pairs: Vec<(String, Vec<usize>)> = vec![("cifar10".into(), vec![1])];
+    for (ki, &k) in cfg.corruptions.iter().enumerate() {
+        let base = 2 + ki * usize::from(corrupt::MAX_LEVEL);
+        pairs.push((k.name().to_string(), (base..base + usize::from(corrupt::MAX_LEVEL)).collect()));
+        for level in 1..=corrupt::MAX_LEVEL {
+            pairs.push((set_name(k, level), vec![base + usize::from(level) - 1]));
+        }
+    }
+    let fam = &data[0];
+    let mut results_rows = Vec::new();
+    let mut odin_choices = Vec::new();
+    let mut roc = Vec::new();
+    let mut detectors: BTreeMap<String, f64> = BTreeMap::new();
+    let ne = cfg.odin_epsilons.len();
+    for (pair, members) in &pairs {
+        let gather = |f: &dyn Fn(&SetData, &Split) -> Vec<usize>| -> Vec<(usize, Vec<usize>)> {
+            members.iter().map(|&m| (m, f(&data[m], split_of(&data[m].name)))).collect()
+        };
+        let unf_train = gather(&|_, s| s.train.clone());
+        let unf_val = gather(&|_, s| s.val.clone());
+        let unf_test = gather(&|_, s| s.test.clone());
+        let cat_scores = |parts: &[(usize, Vec<usize>)], get: &dyn Fn(&SetData) -> Vec<f32>| -> Vec<f32> {
+            parts.iter().flat_map(|(m, idx)| pick(&get(&data[*m]), idx)).collect()
+        };
+        let cat_rows = |parts: &[(usize, Vec<usize>)]| -> Result<Array2<f32>, EvalError> {
+            let v: Vec<Array2<f32>> = parts.iter().map(|(m, idx)| rows(&data[*m].feats.features, idx)).collect();
+            let views: Vec<_> = v.iter().map(|a| a.view()).collect();
+            ndarray::concatenate(Axis(0), &views).map_err(|e| EvalError::Invalid(e.to_string()))
+        };
+        let n_unf_test: usize = unf_test.iter().map(|(_, i)| i.len()).sum();
+        let mut push = |method: &str, f: Vec<f32>, u: Vec<f32>, rows_out: &mut Vec<Row>| {
+            if pair == "cifar10" {
+                roc.push((method.to_string(), metrics::roc_curve(&f, &u)));
+            }
+            rows_out.push(Row {
+                pair: pair.clone(),
+                method: method.to_string(),
+                metrics: metrics::evaluate(&f, &u),
+                n_familiar: f.len(),
+                n_unfamiliar: u.len(),
+            });
+        };
+        // Fixed-score baselines.
+        for method in ["msp", "mahalanobis", "energy", "gradnorm"] {
+            let f = pick(&fam.scores[method], &sp.test);
+            let u = cat_scores(&unf_test, &|d| d.scores[method].clone());
+            push(method, f, u, &mut results_rows);
+        }
+        // ODIN: (T, eps) with the best validation AUROC.
+        // Candidates: the temperatures computed for every member of the pair (and the familiar set).
+        let first = &data[members[0]];
+        let mut best: Option<((usize, usize), f32, f32, f64)> = None;
+        for (tu, &t) in first.odin_temps.iter().enumerate() {
+            let Some(tf) = fam.odin_temps.iter().position(|&x| x == t) else { continue };
+            for (ei, &eps) in cfg.odin_epsilons.iter().enumerate() {
+                let (cf, cu) = (tf * ne + ei, tu * ne + ei);
+                let u = cat_scores(&unf_val, &|d: &SetData| d.odin.column(cu).to_vec());
+                let a = metrics::auroc(&pick(&fam.odin.column(cf).to_vec(), &sp.val), &u);
+                if best.is_none_or(|b| a > b.3) {
+                    best = Some(((cf, cu), t, eps, a));
+                }
+            }
+        }
+        let Some(((cf, cu), t, eps, val_auroc)) = best else {
+            return Err(EvalError::Invalid(format!(
+                "pair {pair}: no ODIN temperature in common with the familiar set"
+            )));
+        };
+        odin_choices.push(OdinChoice { pair: pair.clone(), temperature: t, epsilon: eps, val_auroc });
+        let col = |d: &SetData| d.odin.column(cu).to_vec();
+        let fam_col = fam.odin.column(cf).to_vec();
+        push("odin", pick(&fam_col, &sp.test), cat_scores(&unf_test, &col), &mut results_rows);
+        // Ours.
+        let det = GradDetector::train(
+            &rows(&fam.feats.features, &sp.train),
+            &cat_rows(&unf_train)?,
+            &rows(&fam.feats.features, &sp.val),
+            &cat_rows(&unf_val)?,
+            &cfg.mlp,
+        )?;
+        let f = det.score(&rows(&fam.feats.features, &sp.test))?;
+        let u = det.score(&cat_rows(&unf_test)?)?;
+        detectors.insert(pair.clone(), metrics::auroc(&f, &u));
+        debug_assert_eq!(u.len(), n_unf_test);
+        push("gradients", f, u, &mut results_rows);
+        log::info!("pair {pair}: done");
+    }
+    timings.push(("per-pair detectors and metrics".into(), tp.elapsed().as_secs_f64()));
+
+    // Generalisation: train on every other type (levels 1-5), test on the held-out type at 3-5.
+    let tg = Instant::now();
+    let mut generalisation = Vec::new();
+    if cfg.corruptions.len() >= 2 {
+        for (hi, &held) in cfg.corruptions.iter().enumerate() {
+            let others: Vec<usize> = cfg
+                .corruptions
+                .iter()
+                .enumerate()
+                .filter(|(ki, _)| *ki != hi)
+                .flat_map(|(ki, _)| {
+                    let base = 2 + ki * usize::from(corrupt::MAX_LEVEL);
+                    base..base + usize::from(corrupt::MAX_LEVEL)
+                })
+                .collect();
+            let cat = |part: fn(&Split) -> &Vec<usize>| -> Result<Array2<f32>, EvalError> {
+                let v: Vec<Array2<f32>> = others.iter().map(|&m| rows(&data[m].feats.features, part(&sp))).collect();
+                let views: Vec<_> = v.iter().map(|a| a.view()).collect();
+                ndarray::concatenate(Axis(0), &views).map_err(|e| EvalError::Invalid(e.to_string()))
+            };
+            let det = GradDetector::train(
+                &rows(&data[0].feats.features, &sp.train),
+                &cat(|s| &s.train)?,
+                &rows(&data[0].feats.features, &sp.val),
+                &cat(|s| &s.val)?,
+                &cfg.mlp,
+            )?;
+            let f = det.score(&rows(&data[0].feats.features, &sp.test))?;
+            for level in 3..=corrupt::MAX_LEVEL {
+                let m = 2 + hi * usize::from(corrupt::MAX_LEVEL) + usize::from(level) - 1;
+                let u = det.score(&rows(&data[m].feats.features, &sp.test))?;
+                let name = set_name(held, level);
+                generalisation.push(GenRow {
+                    held_out: held.name().to_string(),
+                    level,
+                    auroc: metrics::auroc(&f, &u),
+                    specific_auroc: detectors.get(&name).copied().unwrap_or(f64::NAN),
+                });
+            }
+        }
+    }
+    timings.push(("generalisation detectors".into(), tg.elapsed().as_secs_f64()));
+
+    // Fig. 3: mean squared gradient norm per parameter tensor.
+    let mut profile = Vec::new();
+    let wanted = ["familiar", "cifar10", "noise/5", "gaussian_blur/5", "haze/5", "snow/3", "decolor/5"];
+    for w in wanted {
+        if let Some(d) = data.iter().find(|d| d.name == w) {
+            let m = d.feats.features.mean_axis(Axis(0)).map(|a| a.iter().map(|&v| f64::from(v)).collect());
+            profile.push((w.to_string(), m.unwrap_or_default()));
+        }
+    }
+    timings.push(("total".into(), t_all.elapsed().as_secs_f64()));
+
+    Ok(Results {
+        model_name: info.name.clone(),
+        model_sha256: info.sha256.clone(),
+        command: cfg.command.clone(),
+        per_set: n,
+        seed: cfg.seed,
+        familiar_accuracy: accuracy,
+        mahalanobis_labels: maha_label_kind,
+        sets: data.iter().map(|d| (d.name.clone(), d.feats.len())).collect(),
+        rows: results_rows,
+        generalisation,
+        odin: odin_choices,
+        timings,
+        features_per_sec,
+        roc,
+        grad_profile: profile,
+        feature_names: model.compiled.features.clone(),
+        odin_temperatures: cfg.odin_temperatures.clone(),
+        odin_corruption_temperatures: cfg.odin_corruption_temperatures.clone(),
+        odin_epsilons: cfg.odin_epsilons.clone(),
+    })
+}
+
+fn pick_usize(v: &[usize], idx: &[usize]) -> Vec<usize> {
+    idx.iter().map(|&i| v[i]).collect()
+}

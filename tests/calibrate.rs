@@ -1,0 +1,207 @@
+//! `gradwatch calibrate` / `gradwatch score` on a tiny model built here: round trip, JSON lines,
+//! refusal of a calibration made for another model file (library and CLI exit code 2).
+
+// The shared helpers trip a newer clippy lint; they are not this file's to change.
+#[allow(clippy::needless_range_loop)]
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{ort, Net, Rng};
+use gradwatch::detector::calibration::CalibModel;
+use gradwatch::detector::{CalibError, Calibration, DetectorKind, MlpConfig};
+use gradwatch::eval::calibrate::{self, CalibrateOptions, UnfamiliarSet};
+use gradwatch::eval::features;
+use gradwatch::frame::RgbImage;
+use gradwatch::grad::CompileOptions;
+use gradwatch::model::LoadedModel;
+use gradwatch::onnx::{self, attr, ModelProto};
+use gradwatch::runtime::GradSession;
+use ndarray::Array2;
+
+fn tiny_model(seed: u64) -> ModelProto {
+    let mut n = Net::new(seed);
+    let c = n.conv("x", 3, 4, 3, true, vec![attr::ints("pads", &[1, 1, 1, 1])]);
+    let r = n.op("Relu", &[&c], vec![]);
+    let p = n.op("GlobalAveragePool", &[&r], vec![]);
+    let z = n.head(&p, 4, 5);
+    n.model(&[3, 16, 16], &z)
+}
+
+/// Smooth gradients with a little noise: corruptions change them visibly.
+fn images(n: usize, seed: u64) -> Vec<RgbImage> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|i| {
+            let mut img = RgbImage::zeros(16, 16);
+            let (a, b) = (rng.uniform(), rng.uniform());
+            for y in 0..16 {
+                for x in 0..16 {
+                    let v = |k: f32| (127.0 + 100.0 * (k * (x as f32 / 8.0) + b * y as f32 / 8.0).sin()) as u8;
+                    img.set_pixel(x, y, [v(a), v(1.0 + a), (i * 5 % 255) as u8]);
+                }
+            }
+            img
+        })
+        .collect()
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gradwatch"))
+}
+
+fn setup(dir: &Path) -> std::path::PathBuf {
+    ort();
+    let m = dir.join("tiny.onnx");
+    onnx::save(&tiny_model(4), &m).unwrap();
+    gradwatch::data::save_npy_images(&dir.join("fam.npy"), &images(40, 1)).unwrap();
+    m
+}
+
+#[test]
+fn calibrate_then_score_round_trip_and_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = setup(d);
+    let calib = d.join("tiny.calib.toml");
+    let out = bin()
+        .args(["calibrate", "--model"])
+        .arg(&model)
+        .arg("--familiar")
+        .arg(d.join("fam.npy"))
+        .args(["--corruptions", "noise,haze", "--levels", "4-5", "--target-fpr", "0.1", "--hidden", "8", "-o"])
+        .arg(&calib)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let c = Calibration::load(&calib).unwrap();
+    let lm = LoadedModel::load(&model, &CompileOptions::default()).unwrap();
+    c.check_model(&lm.info.sha256, &lm.compiled.features).unwrap();
+    assert!(matches!(c.detector, DetectorKind::Mlp { .. }));
+    assert_eq!(c.fitted_on.familiar.count, 40);
+    assert_eq!(c.fitted_on.unfamiliar.len(), 1);
+    assert_eq!(c.fitted_on.unfamiliar[0].count, 40, "one corrupted copy per familiar image");
+    assert!(c.fitted_on.command.contains("calibrate") && c.fitted_on.command.contains("--target-fpr 0.1"));
+    assert!(c.threshold.is_finite());
+
+    // Score without --model: tiny.calib.toml -> tiny.onnx.
+    let out = bin().args(["score", "--calib"]).arg(&calib).arg(d.join("fam.npy")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 40);
+
+    // The same scores through the library.
+    let mut s = GradSession::new(&lm.compiled, &Default::default()).unwrap();
+    let fs = features::extract(&mut s, &lm.info, &images(40, 1), 32, false).unwrap();
+    let want = c.score(&fs.features);
+    for (i, (l, w)) in lines.iter().zip(&want).enumerate() {
+        let o = l.as_object().unwrap();
+        let mut keys: Vec<&str> = o.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["class_name", "confidence", "index", "score", "top_class", "verdict"]);
+        assert_eq!(o["index"], i);
+        let got = o["score"].as_f64().unwrap() as f32;
+        assert!((got - w).abs() <= 1e-4 * w.abs().max(1.0), "{got} vs {w}");
+        let verdict = if c.is_unfamiliar(*w) { "unfamiliar" } else { "familiar" };
+        assert_eq!(o["verdict"], verdict);
+        let top = o["top_class"].as_u64().unwrap() as usize;
+        assert!(top < 5);
+        assert_eq!(o["class_name"], format!("class {top}"));
+        let conf = o["confidence"].as_f64().unwrap();
+        assert!((0.2..=1.0).contains(&conf), "max softmax of 5 classes is >= 1/5");
+    }
+
+    // A folder of images: lines carry the file name.
+    let imgdir = d.join("imgs");
+    std::fs::create_dir(&imgdir).unwrap();
+    gradwatch::data::save_png(&imgdir.join("a.png"), &images(1, 1)[0]).unwrap();
+    let out = bin().args(["score", "--calib"]).arg(&calib).arg(&imgdir).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    assert_eq!(v["file"], "a.png");
+    assert!((v["score"].as_f64().unwrap() as f32 - want[0]).abs() <= 1e-4 * want[0].abs().max(1.0));
+}
+
+#[test]
+fn calibration_for_another_model_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = setup(d);
+    let calib = d.join("tiny.calib.toml");
+    let out = bin()
+        .args(["calibrate", "--one-class", "--corruptions", "none", "--model"])
+        .arg(&model)
+        .arg("--familiar")
+        .arg(d.join("fam.npy"))
+        .arg("-o")
+        .arg(&calib)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let c = Calibration::load(&calib).unwrap();
+    assert!(matches!(c.detector, DetectorKind::OneClass { .. }));
+
+    // Same architecture, other weights: same feature names, different file hash.
+    let other = d.join("other.onnx");
+    onnx::save(&tiny_model(5), &other).unwrap();
+    let lo = LoadedModel::load(&other, &CompileOptions::default()).unwrap();
+    let e = c.check_model(&lo.info.sha256, &lo.compiled.features).unwrap_err();
+    assert!(matches!(e, CalibError::ModelMismatch { .. }));
+    assert!(e.to_string().contains("recalibrate with `gradwatch calibrate`"), "{e}");
+
+    let out = bin()
+        .args(["score", "--calib"])
+        .arg(&calib)
+        .arg("--model")
+        .arg(&other)
+        .arg(d.join("fam.npy"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("calibration was fitted on model sha256") && err.contains("recalibrate"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn library_fit_threshold_meets_the_target_on_held_out_familiar() {
+    // Synthetic features: familiar ~ 1, unfamiliar ~ 100 (log-separable), 3 features.
+    let mut rng = Rng::new(9);
+    let fam = Array2::from_shape_fn((200, 3), |_| 1.0 + 0.5 * rng.uniform());
+    let unf = Array2::from_shape_fn((100, 3), |_| 100.0 + 50.0 * rng.uniform());
+    let model = CalibModel {
+        name: "m".into(),
+        sha256: "00".into(),
+        loss: "bce-logits".into(),
+        features: vec!["a".into(), "b".into(), "c".into()],
+    };
+    let opts =
+        CalibrateOptions { target_fpr: 0.05, mlp: MlpConfig { hidden: 8, ..Default::default() }, ..Default::default() };
+    let sets = [UnfamiliarSet { name: "u".into(), features: unf.clone(), paired: false }];
+    let c = calibrate::fit(model.clone(), "fam", &fam, &sets, &opts, "test").unwrap();
+    assert!(c.fitted_on.validation_false_alarm_rate <= 0.05);
+    assert_eq!(c.fitted_on.validation_true_positive_rate, 1.0);
+    assert_eq!(c.fitted_on.validation_auroc, 1.0);
+    // It survives a TOML round trip with identical scores.
+    let back = Calibration::parse(&toml::to_string(&c).unwrap()).unwrap();
+    assert_eq!(back.score(&unf), c.score(&unf));
+    // One-class: no unfamiliar data needed for training; it still flags the far-away set.
+    let oc = CalibrateOptions { one_class: true, ..opts.clone() };
+    let c1 = calibrate::fit(model.clone(), "fam", &fam, &[], &oc, "test").unwrap();
+    assert!(c1.score(&unf).iter().all(|&s| c1.is_unfamiliar(s)));
+    // The MLP without unfamiliar data is an error that names the fixes.
+    let e = calibrate::fit(model, "fam", &fam, &[], &opts, "test").unwrap_err().to_string();
+    assert!(e.contains("--one-class"), "{e}");
+}
+
+#[test]
+fn round_robin_corruptions_keep_the_count() {
+    let imgs = images(7, 3);
+    let out = calibrate::round_robin_corruptions(&imgs, &gradwatch::corrupt::Corruption::PAPER, &[1, 5], 0).unwrap();
+    assert_eq!(out.len(), 7);
+    assert!(out.iter().zip(&imgs).any(|(a, b)| a.data != b.data));
+    assert!(calibrate::round_robin_corruptions(&imgs, &[], &[1], 0).is_err());
+}
