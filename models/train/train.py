@@ -187,6 +187,8 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--checkpoint", default="out/train/checkpoint.pt")
     ap.add_argument("--smoke", action="store_true", help="tiny run to check the script end to end")
+    ap.add_argument("--stage", type=int, default=1, help="stage number; seeds the sample order of a staged run")
+    ap.add_argument("--stop-after", type=int, default=0, help="stop (checkpoint only, no export) after this many epochs")
     ap.add_argument("--init", help="start from this checkpoint's weights, with a plain linearly decaying "
                                    "learning rate (no warm-up): the second stage of a two-stage run")
     args = ap.parse_args()
@@ -227,7 +229,7 @@ def main():
         mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).to(device)
         std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1).to(device)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total_steps))
-        gen_seed = args.seed + 1
+        gen_seed = args.seed + args.stage - 1
     else:
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total_steps, pct_start=0.25)
         gen_seed = args.seed
@@ -261,6 +263,9 @@ def main():
               f"val acc {val_acc:.4f} ({time.time() - t0:.0f}s)", flush=True)
         os.makedirs(os.path.dirname(args.checkpoint), exist_ok=True)
         torch.save({"model": model.state_dict(), "mean": mean, "std": std, "epoch": epoch + 1}, args.checkpoint)
+        if args.stop_after and epoch + 1 >= args.stop_after:
+            print(f"stopping after epoch {epoch + 1} (--stop-after); checkpoint {args.checkpoint}", flush=True)
+            return
 
     model = model.to(memory_format=torch.contiguous_format)
     pred = predict(model, te_x, mean_t, std_t, device)
