@@ -31,9 +31,7 @@ fn main() -> anyhow::Result<()> {
     let path: PathBuf = match std::env::args_os().nth(1) {
         Some(p) => p.into(),
         None => std::env::var_os("ORT_DYLIB_PATH")
-            .context(
-                "give the path of libonnxruntime.so as the first argument or in ORT_DYLIB_PATH",
-            )?
+            .context("give the path of libonnxruntime.so as the first argument or in ORT_DYLIB_PATH")?
             .into(),
     };
     let env = ort::init_from(&path)
@@ -47,12 +45,8 @@ fn main() -> anyhow::Result<()> {
     let x: Vec<f32> = (0..N * K).map(|i| i as f32 * 0.5 - 1.0).collect();
     let w: Vec<f32> = (0..K * M).map(|i| (i as f32 - 5.0) * 0.25).collect();
     // Small multiples of 1/8 and 1/16: every product and partial sum is exact in f32.
-    let img: Vec<f32> = (0..C * S * S)
-        .map(|i| ((i * 7) % 17) as f32 / 8.0 - 1.0)
-        .collect();
-    let kernel: Vec<f32> = (0..O * C * R * R)
-        .map(|i| ((i * 5) % 11) as f32 / 16.0 - 0.25)
-        .collect();
+    let img: Vec<f32> = (0..C * S * S).map(|i| ((i * 7) % 17) as f32 / 8.0 - 1.0).collect();
+    let kernel: Vec<f32> = (0..O * C * R * R).map(|i| ((i * 5) % 11) as f32 / 16.0 - 0.25).collect();
     let model = smoke_model(&w, &kernel);
     let mut session = Session::builder(&env)?
         .commit_from_memory(&model)
@@ -69,17 +63,12 @@ fn main() -> anyhow::Result<()> {
     let mut max_err = 0.0f64;
     for r in 0..N {
         for c in 0..M {
-            let want: f64 = (0..K)
-                .map(|k| f64::from(x[r * K + k]) * f64::from(w[k * M + c]))
-                .sum();
+            let want: f64 = (0..K).map(|k| f64::from(x[r * K + k]) * f64::from(w[k * M + c])).sum();
             max_err = max_err.max((f64::from(y[r * M + c]) - want).abs());
         }
     }
     if y.len() != N * M || max_err > 1e-5 {
-        bail!(
-            "MatMul result is wrong: {} values, max error {max_err}",
-            y.len()
-        );
+        bail!("MatMul result is wrong: {} values, max error {max_err}", y.len());
     }
     let mut conv_err = 0.0f64;
     for o in 0..O {
@@ -101,10 +90,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if z.len() != O * T * T || conv_err > 1e-5 {
-        bail!(
-            "Conv result is wrong: {} values, max error {conv_err}",
-            z.len()
-        );
+        bail!("Conv result is wrong: {} values, max error {conv_err}", z.len());
     }
     max_err = max_err.max(conv_err);
     println!("ort_smoke: OK (max error {max_err:e})");

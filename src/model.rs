@@ -100,7 +100,7 @@ impl ModelInfo {
             None => 1.0 / 255.0,
         };
         let std = triple(&meta, "gradwatch.std", 1.0)?;
-        if std.iter().any(|&s| s == 0.0) {
+        if std.contains(&0.0) {
             return Err(ModelError::Metadata { key: "gradwatch.std".into(), why: "must not be 0".into() });
         }
         let class_names = match meta.get("gradwatch.class_names") {

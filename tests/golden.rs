@@ -39,7 +39,10 @@ fn resnet18_matches_pytorch_float64() {
         }
     }
     let logit_err = got.logits.iter().zip(want_logits.iter()).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
-    eprintln!("worst relative feature error {:.2e} ({} of sample {}), logits max abs error {logit_err:.2e}", worst.0, names[worst.2], worst.1);
+    eprintln!(
+        "worst relative feature error {:.2e} ({} of sample {}), logits max abs error {logit_err:.2e}",
+        worst.0, names[worst.2], worst.1
+    );
     assert!(logit_err < 1e-4, "logits differ from PyTorch by {logit_err}");
     assert!(worst.0 < 1e-4, "feature {} of sample {} differs by {:.2e} relative", names[worst.2], worst.1, worst.0);
 }

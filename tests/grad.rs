@@ -1,5 +1,6 @@
 //! The gradient compiler against finite differences through ONNX Runtime, one small model per
 //! supported operator, plus the structural guarantees of the output graph.
+#![allow(clippy::needless_range_loop)] // index loops mirror the maths
 
 mod common;
 

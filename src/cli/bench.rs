@@ -57,7 +57,12 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     let opts = RuntimeOptions { threads: a.threads, library: a.ort_library.clone(), ..Default::default() };
     let mut fwd = ModelSession::new(&onnx::encode(&model), &opts)?;
     let mut grd = ModelSession::new(&onnx::encode(&compiled.model), &opts)?;
-    println!("model {} ({} gradient features), provider {}", a.model.display(), compiled.features.len(), fwd.provider().name());
+    println!(
+        "model {} ({} gradient features), provider {}",
+        a.model.display(),
+        compiled.features.len(),
+        fwd.provider().name()
+    );
     println!();
     println!("| batch | forward ms/frame | gradient graph ms/frame | ratio |");
     println!("|---|---|---|---|");
@@ -65,7 +70,8 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         let mut shape = vec![b];
         shape.extend(&compiled.input_shape);
         let n: usize = shape.iter().product();
-        let x = ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect())?;
+        let x =
+            ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect())?;
         let (mut tf, mut tg) = (Vec::new(), Vec::new());
         for _ in 0..a.rounds.max(1) {
             tf.push(time_per_frame(&mut fwd, &compiled.input_name, &x, a.seconds)?);

@@ -1,13 +1,13 @@
 //! The `gradwatch` command line: one subcommand per capability.
 
 mod bench;
-mod check_config;
 mod calibrate;
+mod check_config;
 mod compile;
-mod run;
 mod corrupt;
 mod eval;
 mod features;
+mod run;
 mod score;
 
 use clap::{Parser, Subcommand};

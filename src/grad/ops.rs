@@ -221,7 +221,7 @@ fn reshape_target(n: &NodeProto, ctx: &Ctx, x: &[usize]) -> Result<Vec<usize>, G
     }
     let known: usize = out.iter().product();
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(node_err(n, format!("cannot reshape {x:?} to {shape:?}")));
         }
         out[i] = total / known;

@@ -1,5 +1,5 @@
 //! Small ONNX models built in code, and finite-difference gradients through ONNX Runtime.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::needless_range_loop)] // index loops mirror the maths
 
 use std::collections::HashMap;
 
