@@ -2,7 +2,6 @@
 //! refusal of a calibration made for another model file (library and CLI exit code 2).
 
 // The shared helpers trip a newer clippy lint; they are not this file's to change.
-#[allow(clippy::needless_range_loop)]
 mod common;
 
 use std::path::Path;

@@ -5,7 +5,6 @@
 //! skipped, and bad configs (exit 2, key and line named).
 
 // tests/common (shared with tests/grad.rs) trips this lint under Rust 1.95's clippy.
-#![allow(clippy::needless_range_loop)]
 
 mod common;
 

@@ -2,7 +2,6 @@
 //! tiny model, feature extraction, and the report writer on a fake result set.
 
 // The shared helpers trip a newer clippy lint; they are not this file's to change.
-#[allow(clippy::needless_range_loop)]
 mod common;
 
 use common::{ort, Net, Rng};
