@@ -458,7 +458,8 @@ mod tests {
         assert!(e.contains("no enabled"), "{e}");
         let e = parse(&format!("{STREAM}[pipeline]\nmax_batch = 0\n")).unwrap().validate().unwrap_err().to_string();
         assert!(e.contains("max_batch"), "{e}");
-        let e = parse(STREAM).unwrap().validate().unwrap_err().to_string();
+        let missing = format!("[model]\npath = \"/nonexistent/model.onnx\"\n{STREAM}");
+        let e = parse(&missing).unwrap().validate().unwrap_err().to_string();
         assert!(e.contains("[model] path"), "{e}");
         let e = parse(&format!("{STREAM}[alert.stream.b]\nraise = 3\n")).unwrap().validate().unwrap_err().to_string();
         assert!(e.contains("no stream named `b`"), "{e}");
