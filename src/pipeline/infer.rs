@@ -159,9 +159,8 @@ impl Inference {
             if n > 0 {
                 *rr = (*rr + 1) % n;
             }
-            for i in gone.into_iter().rev() {
-                log::debug!("inference: stream {} finished", self.queues[i].name);
-                self.queues.remove(i);
+            for q in remove_indices(&mut self.queues, gone) {
+                log::debug!("inference: stream {} finished", q.name);
             }
             if batch.len() >= self.max_batch || self.queues.is_empty() {
                 return batch;
@@ -222,7 +221,9 @@ impl Inference {
             let sm = m.stream(&q.frame.stream);
             sm.frames_scored.inc();
             sm.score.observe(f64::from(score));
-            m.capture_to_verdict().observe(q.captured.elapsed().as_secs_f64());
+            let latency = q.captured.elapsed();
+            m.capture_to_verdict().observe(latency.as_secs_f64());
+            sm.latency.observe(latency);
             let s = Scored {
                 stream: q.frame.stream,
                 seq: q.frame.seq,
@@ -239,5 +240,31 @@ impl Inference {
             }
         }
         Ok(())
+    }
+}
+
+/// Removes the elements at `indices` (any order; the round-robin start makes them wrap around,
+/// e.g. `[2, 3, 0]`) and returns them. Out-of-range and repeated indices are ignored.
+fn remove_indices<T>(v: &mut Vec<T>, mut indices: Vec<usize>) -> Vec<T> {
+    indices.sort_unstable();
+    indices.dedup();
+    let len = v.len();
+    indices.into_iter().rev().filter(|&i| i < len).map(|i| v.remove(i)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remove_indices;
+
+    #[test]
+    fn removes_wrapped_indices() {
+        // Regression: with four streams ending together and the round robin at 2, the finished
+        // queues were [2, 3, 0]; removing them in reverse list order panicked out of bounds.
+        let mut v = vec!['a', 'b', 'c', 'd'];
+        let mut gone = remove_indices(&mut v, vec![2, 3, 0]);
+        gone.sort_unstable();
+        assert_eq!(gone, ['a', 'c', 'd']);
+        assert_eq!(v, ['b']);
+        assert!(remove_indices(&mut v, vec![5, 0, 0]).len() == 1 && v.is_empty());
     }
 }

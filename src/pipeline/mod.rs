@@ -805,6 +805,49 @@ mod tests {
     }
 
     #[test]
+    fn many_streams_ending_together_all_scored() {
+        // Regression: streams finishing in the same gather pass (found by the daemon benchmark
+        // with four replays) made the inference stage panic while removing their queues.
+        for round in 0..5 {
+            let clock = Arc::new(SimClock::new());
+            let metrics = Metrics::new();
+            let env = Env::new(clock.clone(), metrics.clone());
+            let names: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
+            let streams = names
+                .iter()
+                .map(|name| StreamSpec {
+                    name: name.clone(),
+                    roi: None,
+                    queue: QueueConfig { size: 4, policy: DropPolicy::Block },
+                    source: Box::new(FakeSource {
+                        clock: clock.clone(),
+                        plan: vec![(3 + round, 128, "clean")],
+                        i: 0,
+                        k: 0,
+                        forever: false,
+                    }),
+                })
+                .collect();
+            let cls = FakeClassifier { names: vec!["a".into(), "b".into()], panic_after: None, delay: Duration::ZERO };
+            let p = Pipeline::start(
+                &env,
+                &PipelineConfig { max_batch: 4, max_wait_ms: 1, ..PipelineConfig::default() },
+                &AlertConfig::default(),
+                streams,
+                Box::new(cls),
+                Scoring { calibration: Arc::new(calibration()), threshold: 9.0 },
+                vec![],
+            )
+            .unwrap();
+            let exits = wait_for_alert_stage(&p);
+            assert!(exits.iter().all(|e| e.result.is_ok()), "{exits:?}");
+            for n in &names {
+                assert_eq!(metrics.stream(n).frames_scored.get(), 3 + round as u64, "{n}");
+            }
+        }
+    }
+
+    #[test]
     fn a_panicking_stage_is_reported() {
         let r = start(vec![(1, 128, "clean")], true, Some(2));
         let exits = wait_for_alert_stage(&r.pipeline);
