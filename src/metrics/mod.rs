@@ -6,6 +6,7 @@
 //! and the format is simple enough that the test parses it back.
 
 mod server;
+mod sketch;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,6 +16,7 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 
 pub use server::{Health, HealthFn, MetricsServer};
+pub use sketch::Quantiles;
 
 use crate::sink::StatsHandle;
 
@@ -177,6 +179,8 @@ pub struct StreamMetrics {
     pub score: Histogram,
     /// 1 when the stream delivers frames, 0 when down.
     pub up: Gauge,
+    /// Capture-to-verdict latency quantiles (for the summary; Prometheus gets the histogram).
+    pub latency: Quantiles,
 }
 
 impl StreamMetrics {
@@ -189,6 +193,7 @@ impl StreamMetrics {
             alerts_raised: Counter::default(),
             score: Histogram::new(SCORE_BUCKETS),
             up: Gauge::default(),
+            latency: Quantiles::default(),
         }
     }
 }

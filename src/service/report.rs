@@ -16,17 +16,30 @@ pub fn format_summary(summary: &Summary, metrics: &Metrics, streams: &[String], 
     for name in streams {
         let m = metrics.stream(name);
         let st = summary.streams.get(name).cloned().unwrap_or_default();
+        // Frame rate over the stream's own span (first to last captured frame), so start-up
+        // (model compile, session creation) does not dilute it; the whole run as a fallback.
+        let scored = m.frames_scored.get();
+        let span = st.span().as_secs_f64();
+        let fps = if span > 0.0 && scored > 1 { (scored - 1) as f64 / span } else { scored as f64 / secs };
         let _ = writeln!(
             out,
-            "stream {name}: {} captured, {} scored, {} dropped, {} bad, {:.1} fps; {} alert(s), {} false alarm(s) in clean windows",
+            "stream {name}: {} captured, {scored} scored, {} dropped, {} bad, {fps:.1} fps; {} alert(s), {} false alarm(s) in clean windows",
             m.frames_captured.get(),
-            m.frames_scored.get(),
             m.frames_dropped.get(),
             m.frames_bad.get(),
-            m.frames_scored.get() as f64 / secs,
             st.alerts,
             st.false_alarms(),
         );
+        let ms = |q: f64| m.latency.quantile(q).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+        if m.latency.count() > 0 {
+            let _ = writeln!(
+                out,
+                "  latency capture -> verdict: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                ms(0.5),
+                ms(0.99),
+                m.latency.max().as_secs_f64() * 1e3
+            );
+        }
         // Windows per tag kind would hide the schedule; list them in order, compressing
         // directory streams (one window per file name) to a count.
         if st.windows.len() > 24 {
