@@ -1,6 +1,7 @@
 # gradwatch: every target does its own set-up on a fresh Debian machine.
 #   make demo   the daemon on the embedded reference model and sample, with a corruption schedule
 #   make test   fmt + clippy + the whole test suite (needs no ../shared)
+#   make bench-daemon   fps, latency and memory of the daemon (docs/daemon-bench.md)
 #   make aarch64        the Jetson (aarch64, glibc 2.31) binary, without Docker (docs/jetson.md)
 #   make aarch64-check  that binary under qemu-user vs the x86-64 one, on the same job
 
@@ -11,7 +12,7 @@ export ORT_DYLIB_PATH ?= $(CURDIR)/$(ORT_DIR)/libonnxruntime.so
 # Debian packages the build and the tests need (bindgen for v4l, the MQTT test broker).
 APT_PACKAGES := libclang-dev pkg-config mosquitto python3-pip unzip
 
-.PHONY: deps ort build release test lint demo bench clean aarch64 aarch64-check
+.PHONY: deps ort build release test lint demo bench bench-daemon clean aarch64 aarch64-check
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -41,6 +42,11 @@ demo: build
 
 bench: ort
 	$(CARGO) bench --locked --bench gradient
+
+# The daemon end to end: fps and drops for 1 and 4 streams, capture-to-verdict latency, a
+# 10-minute memory soak; writes docs/daemon-bench.md (about 15 minutes; keep the machine idle).
+bench-daemon: build
+	scripts/bench-daemon.sh
 
 aarch64:
 	scripts/aarch64-build.sh
