@@ -4,7 +4,7 @@
 # Runs the aarch64 gradwatch under qemu-user emulation on this (x86-64) machine and the host
 # gradwatch natively, on the same job, and compares:
 #   1. gradwatch compile  models/gtsrb-resnet18.onnx -o compiled.onnx
-#   2. gradwatch features --model compiled.onnx SAMPLES -o DIR      (features.npy, logits.npy)
+#   2. gradwatch features --model MODEL SAMPLES -o DIR   (compiles in memory; features.npy, logits.npy)
 #   3. gradwatch score    --calib models/gtsrb-resnet18.calib.toml SAMPLES   (JSON lines)
 #   4. same verdicts, same argmax of the logits, features within a relative tolerance.
 # Before that it runs `gradwatch --version` and examples/ort_smoke.rs under qemu, which needs
@@ -201,7 +201,8 @@ for side in host arm; do
   timed "$side compile" $side "$bin" compile "$MODEL" -o "$d/compiled.onnx" ||
     fail "$side gradwatch compile $MODEL"
   step "$side: gradwatch features"
-  timed "$side features" $side "$bin" features --model "$d/compiled.onnx" "$WORK/samples.npy" -o "$d/features" ||
+  # features compiles the classifier in memory, as the daemon does (a compiled graph is refused).
+  timed "$side features" $side "$bin" features --model "$MODEL" "$WORK/samples.npy" -o "$d/features" ||
     fail "$side gradwatch features"
   for f in features.npy logits.npy; do [ -f "$d/features/$f" ] || fail "$side: features did not write $f"; done
   step "$side: gradwatch score"

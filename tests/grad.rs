@@ -400,6 +400,14 @@ fn unsupported_operator_is_named() {
 }
 
 #[test]
+fn compiling_a_compiled_graph_is_refused() {
+    let case = chain(23, |n, x| (n.op("Relu", &[x], vec![]), 3 * 36));
+    let compiled = grad::compile(&case.net.model(&case.input, &case.out), &CompileOptions::default()).unwrap();
+    let err = grad::compile(&compiled.model, &CompileOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("already a gradwatch-compiled graph"), "{err}");
+}
+
+#[test]
 fn output_uses_standard_ops_only() {
     // What TensorRT's ONNX parser accepts: ai.onnx ops, no MaxPool Indices, no ScatterElements,
     // every Conv/ConvTranspose weight an initializer.

@@ -303,6 +303,13 @@ fn constant_node_value(n: &NodeProto) -> Result<TensorProto, GradError> {
 /// Compiles a classifier into its gradient graph.
 pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, GradError> {
     let graph = model.graph.as_ref().ok_or(OnnxError::NoGraph)?;
+    if model.metadata_props.iter().any(|p| p.key == META_FEATURES) {
+        return Err(GradError::Model(
+            "this is already a gradwatch-compiled graph (it has gradwatch.features metadata); give the original \
+             classifier: gradwatch compiles it in memory"
+                .into(),
+        ));
+    }
     let opset =
         onnx::default_opset(model).ok_or_else(|| GradError::Model("the model imports no ai.onnx opset".into()))?;
     if opset < 13 {
