@@ -115,9 +115,26 @@ fn conv_auto_pad_same_upper_and_lower() {
 
 #[test]
 fn conv_norm_formulations_agree() {
-    for norm in [ConvNorm::Im2col, ConvNorm::Ghost] {
+    for norm in [ConvNorm::Im2col, ConvNorm::Ghost, ConvNorm::PixelGram] {
         let case = chain(5, |n, x| {
             let y = n.conv(x, 3, 4, 3, true, vec![attr::ints("strides", &[2, 2]), attr::ints("pads", &[1, 1, 1, 1])]);
+            (y, 4 * 3 * 3)
+        });
+        check_with(&case, &CompileOptions { conv_norm: norm, ..Default::default() }, &[1.0; CLASSES]);
+        // Dilated, strided, asymmetric pads, a window that does not reach the last row.
+        let case = chain(2, |n, x| {
+            let y = n.conv(
+                x,
+                3,
+                4,
+                3,
+                false,
+                vec![
+                    attr::ints("strides", &ints(&[2, 2])),
+                    attr::ints("dilations", &[2, 1]),
+                    attr::ints("pads", &[1, 0, 2, 1]),
+                ],
+            );
             (y, 4 * 3 * 3)
         });
         check_with(&case, &CompileOptions { conv_norm: norm, ..Default::default() }, &[1.0; CLASSES]);

@@ -31,7 +31,7 @@ pub struct CompileArgs {
     /// Also output `input_grad`.
     #[arg(long)]
     pub input_grad: bool,
-    /// Conv norm formulation: auto, im2col, ghost.
+    /// Conv norm formulation: auto (the cheapest per layer), im2col, ghost, pixel-gram.
     #[arg(long, default_value = "auto", value_parser = parse_conv_norm)]
     pub conv_norm: ConvNorm,
 }
@@ -41,7 +41,8 @@ fn parse_conv_norm(s: &str) -> Result<ConvNorm, String> {
         "auto" => Ok(ConvNorm::Auto),
         "im2col" => Ok(ConvNorm::Im2col),
         "ghost" => Ok(ConvNorm::Ghost),
-        _ => Err(format!("'{s}': expected auto, im2col or ghost")),
+        "pixel-gram" => Ok(ConvNorm::PixelGram),
+        _ => Err(format!("'{s}': expected auto, im2col, ghost or pixel-gram")),
     }
 }
 
@@ -69,8 +70,14 @@ pub fn run(a: CompileArgs) -> Result<i32> {
     };
     let compiled = grad::compile(&model, &opts).with_context(|| format!("compiling {}", a.model.display()))?;
     if a.list {
+        // Feature index, parameter tensor, and for Conv weights the norm formulation chosen.
+        let plans: std::collections::HashMap<&str, &str> =
+            compiled.conv_plans.iter().map(|(w, p)| (w.as_str(), *p)).collect();
         for (i, f) in compiled.features.iter().enumerate() {
-            println!("{i}\t{f}");
+            match plans.get(f.as_str()) {
+                Some(p) => println!("{i}\t{f}\t{p}"),
+                None => println!("{i}\t{f}"),
+            }
         }
         return Ok(0);
     }

@@ -124,6 +124,18 @@ impl Builder {
         self.op("Slice", &[x, &s, &e, &a], vec![])
     }
 
+    /// `Slice` with constant starts/ends/steps on the given axes.
+    pub fn slice_steps(&mut self, x: &str, starts: &[i64], ends: &[i64], axes: &[i64], steps: &[i64]) -> String {
+        if steps.iter().all(|&s| s == 1) {
+            return self.slice(x, starts, ends, axes);
+        }
+        let s = self.const_i64("starts", starts);
+        let e = self.const_i64("ends", ends);
+        let a = self.const_i64("axes", axes);
+        let st = self.const_i64("steps", steps);
+        self.op("Slice", &[x, &s, &e, &a, &st], vec![])
+    }
+
     /// Constant zero-padding (`pads` in ONNX order: all begins, then all ends).
     pub fn pad(&mut self, x: &str, pads: &[i64], value: f32) -> String {
         let p = self.const_i64("pads", pads);

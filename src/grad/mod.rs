@@ -10,8 +10,9 @@
 //! The backward pass is emitted op by op; each parameter tensor's per-sample squared norm is
 //! computed without materialising per-sample gradients where a cheaper identity exists:
 //! Gemm `||dW||^2 = ||delta||^2 ||x||^2`, Conv by im2col (`delta P^T`) or the "ghost norm"
-//! `sum((delta^T delta) * (P^T P))`, chosen per layer by cost, BatchNormalization scale/shift
-//! as spatial reductions.
+//! `sum((delta^T delta) * (P^T P))` (with `P^T P` from patches or from the Gram matrix of the
+//! input pixels), chosen per layer by cost, BatchNormalization scale/shift as spatial
+//! reductions.
 
 mod builder;
 mod ops;
@@ -123,6 +124,11 @@ pub enum ConvNorm {
     Im2col,
     /// `sum((delta^T delta) * (P^T P))` (cost ~ (HW)^2 (Cout + Cin k^2)).
     Ghost,
+    /// The ghost norm with `P^T P` summed from shifted windows of the Gram matrix of the
+    /// padded input's pixels, so no patches are formed (cost ~ (H'W')^2 Cin + (HW)^2 Cout);
+    /// for small feature maps with many channels. Ungrouped convolutions only (others use
+    /// [`ConvNorm::Ghost`]).
+    PixelGram,
 }
 
 /// Options of [`compile`].
@@ -155,7 +161,7 @@ pub struct Compiled {
     pub input_shape: Vec<usize>,
     /// Width of `penultimate`, when requested and found.
     pub penultimate_dim: Option<usize>,
-    /// For each Conv weight, the norm formulation chosen (`im2col` or `ghost`).
+    /// For each Conv weight, the norm formulation chosen (`im2col`, `ghost` or `pixel-gram`).
     pub conv_plans: Vec<(String, &'static str)>,
 }
 

@@ -565,6 +565,63 @@ fn conv_attrs(g: &Geom, group: usize, pads: [usize; 4]) -> Vec<crate::onnx::Attr
     ]
 }
 
+/// Cost of writing one patch value, in multiply-adds (see `conv_backward`).
+const PATCH_WEIGHT: usize = 20;
+/// Cost of moving one Gram-window value, in multiply-adds.
+const WINDOW_WEIGHT: usize = 40;
+
+/// Rows (axis 0) or columns (axis 1) of the padded input that the conv windows read.
+fn window_extent(g: &Geom, axis: usize) -> usize {
+    (g.out[axis] - 1) * g.s[axis] + g.keff(axis)
+}
+
+/// `||dW||^2` of an ungrouped Conv as the ghost norm `sum((delta^T delta) * (P^T P))`, with
+/// `(P^T P)[p, q] = sum_{a,b} G[p*s + (a,b)*d, q*s + (a,b)*d]` where `G` is the Gram matrix of the
+/// padded input's pixels over channels: `k*k` strided windows of `G` instead of patches.
+fn pixel_gram_norm(ctx: &mut Ctx, x: &str, dy: &str, g: &Geom, cin: usize, cout: usize) -> String {
+    let [pt, pl, pb, pr] = g.pads.map(|p| p as i64);
+    let mut xp = x.to_string();
+    if g.pads != [0; 4] {
+        xp = ctx.b.pad(&xp, &[0, 0, pt, pl, 0, 0, pb, pr], 0.0);
+    }
+    let need = [window_extent(g, 0), window_extent(g, 1)];
+    let full = [g.inp[0] + g.pads[0] + g.pads[2], g.inp[1] + g.pads[1] + g.pads[3]];
+    if need != full {
+        xp = ctx.b.slice(&xp, &[0, 0], &[need[0] as i64, need[1] as i64], &[2, 3]);
+    }
+    let lp = (need[0] * need[1]) as i64;
+    let xr = ctx.b.reshape_to(&xp, &[-1, cin as i64, lp]);
+    let xt = ctx.b.transpose(&xr, &[0, 2, 1]);
+    let gx = ctx.b.op("MatMul", &[&xt, &xr], vec![]);
+    let (h, w) = (need[0] as i64, need[1] as i64);
+    let gx = ctx.b.reshape_to(&gx, &[-1, h, w, h, w]);
+    let (s, d) = (g.s.map(|v| v as i64), g.d.map(|v| v as i64));
+    let span = [(g.out[0] as i64 - 1) * s[0] + 1, (g.out[1] as i64 - 1) * s[1] + 1];
+    let mut windows = Vec::with_capacity(g.k[0] * g.k[1]);
+    for a in 0..g.k[0] as i64 {
+        for b in 0..g.k[1] as i64 {
+            let st = [a * d[0], b * d[1], a * d[0], b * d[1]];
+            let en = [st[0] + span[0], st[1] + span[1], st[2] + span[0], st[3] + span[1]];
+            windows.push(ctx.b.slice_steps(&gx, &st, &en, &[1, 2, 3, 4], &[s[0], s[1], s[0], s[1]]));
+        }
+    }
+    let gp = if windows.len() == 1 {
+        windows.remove(0)
+    } else {
+        let refs: Vec<&str> = windows.iter().map(String::as_str).collect();
+        ctx.b.op("Sum", &refs, vec![])
+    };
+    let l = (g.out[0] * g.out[1]) as i64;
+    let gp = ctx.b.reshape_to(&gp, &[-1, l, l]);
+    let dr = ctx.b.reshape_to(dy, &[-1, cout as i64, l]);
+    let dt = ctx.b.transpose(&dr, &[0, 2, 1]);
+    let gd = ctx.b.op("MatMul", &[&dt, &dr], vec![]);
+    let prod = ctx.b.mul(&gd, &gp);
+    // Two stages, as in the patch ghost norm.
+    let rows = ctx.b.reduce("ReduceSum", &prod, &[2], false);
+    ctx.b.reduce("ReduceSum", &rows, &[1], false)
+}
+
 fn conv_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
     let x = n.input[0].clone();
     let wname = n.input[1].clone();
@@ -582,47 +639,64 @@ fn conv_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradEr
         }
     }
 
-    // Weight norm: patches P [N, g, Cin_g*k*k, L] and delta [N, g, Cout_g, L].
+    // Weight norm. Costs per sample: multiply-adds, plus the memory traffic of forming patches
+    // (kg*L values) or of summing Gram windows (k*k*L^2 values), weighted by what those cost
+    // relative to a multiply-add in ONNX Runtime's CPU kernels (fitted on ResNet-18 layers).
     let kg = cin_g * kh * kw;
     let pointwise = kh == 1 && kw == 1 && g.s == [1, 1] && g.pads == [0; 4];
-    let patches = if pointwise {
-        x.clone()
-    } else {
-        let e = one_hot_kernel(cin, kh, kw);
-        let e = ctx.b.const_f32("im2col_kernel", &[cin * kh * kw, 1, kh, kw], &e);
-        ctx.b.op("Conv", &[&x, &e], conv_attrs(&g, cin, g.pads))
+    let patch_cost = if pointwise { 0 } else { PATCH_WEIGHT * kg * l };
+    let im2col_cost = cout_g * kg * l + patch_cost;
+    let ghost_cost = l * l * (cout_g + kg) + patch_cost;
+    let lp = window_extent(&g, 0) * window_extent(&g, 1);
+    let pixel_cost = lp * lp * cin + l * l * cout + WINDOW_WEIGHT * kh * kw * l * l;
+    let plan = match ctx.conv_norm {
+        ConvNorm::Auto if group == 1 && pixel_cost < im2col_cost.min(ghost_cost) => ConvNorm::PixelGram,
+        ConvNorm::Auto if ghost_cost < im2col_cost => ConvNorm::Ghost,
+        ConvNorm::Auto => ConvNorm::Im2col,
+        ConvNorm::PixelGram if group != 1 => ConvNorm::Ghost,
+        other => other,
     };
-    let pr = ctx.b.reshape_to(&patches, &[-1, group as i64, kg as i64, l as i64]);
-    let dr = ctx.b.reshape_to(dy, &[-1, group as i64, cout_g as i64, l as i64]);
-    let im2col_cost = cout_g * kg * l;
-    let ghost_cost = l * l * (cout_g + kg);
-    let ghost = match ctx.conv_norm {
-        ConvNorm::Auto => ghost_cost < im2col_cost,
-        ConvNorm::Im2col => false,
-        ConvNorm::Ghost => true,
-    };
-    let norm = if ghost {
-        let dt = ctx.b.transpose(&dr, &[0, 1, 3, 2]);
-        let gd = ctx.b.op("MatMul", &[&dt, &dr], vec![]);
-        let pt = ctx.b.transpose(&pr, &[0, 1, 3, 2]);
-        let gp = ctx.b.op("MatMul", &[&pt, &pr], vec![]);
-        let prod = ctx.b.mul(&gd, &gp);
-        // Two stages: one float32 reduction over ~1e6 terms loses ~1e-3 relative in ORT.
-        let rows = ctx.b.reduce("ReduceSum", &prod, &[3], false);
-        ctx.b.reduce("ReduceSum", &rows, &[1, 2], false)
+    let norm = if plan == ConvNorm::PixelGram {
+        pixel_gram_norm(ctx, &x, dy, &g, cin, cout)
     } else {
-        // Transpose the smaller operand.
-        let gm = if kg >= cout_g {
-            let dt = ctx.b.transpose(&dr, &[0, 1, 3, 2]);
-            ctx.b.op("MatMul", &[&pr, &dt], vec![])
+        // Patches P [N, g, Cin_g*k*k, L] and delta [N, g, Cout_g, L].
+        let patches = if pointwise {
+            x.clone()
         } else {
-            let pt = ctx.b.transpose(&pr, &[0, 1, 3, 2]);
-            ctx.b.op("MatMul", &[&dr, &pt], vec![])
+            let e = one_hot_kernel(cin, kh, kw);
+            let e = ctx.b.const_f32("im2col_kernel", &[cin * kh * kw, 1, kh, kw], &e);
+            ctx.b.op("Conv", &[&x, &e], conv_attrs(&g, cin, g.pads))
         };
-        let rows = ctx.b.reduce("ReduceSumSquare", &gm, &[3], false);
-        ctx.b.reduce("ReduceSum", &rows, &[1, 2], false)
+        let pr = ctx.b.reshape_to(&patches, &[-1, group as i64, kg as i64, l as i64]);
+        let dr = ctx.b.reshape_to(dy, &[-1, group as i64, cout_g as i64, l as i64]);
+        if plan == ConvNorm::Ghost {
+            let dt = ctx.b.transpose(&dr, &[0, 1, 3, 2]);
+            let gd = ctx.b.op("MatMul", &[&dt, &dr], vec![]);
+            let pt = ctx.b.transpose(&pr, &[0, 1, 3, 2]);
+            let gp = ctx.b.op("MatMul", &[&pt, &pr], vec![]);
+            let prod = ctx.b.mul(&gd, &gp);
+            // Two stages: one float32 reduction over ~1e6 terms loses ~1e-3 relative in ORT.
+            let rows = ctx.b.reduce("ReduceSum", &prod, &[3], false);
+            ctx.b.reduce("ReduceSum", &rows, &[1, 2], false)
+        } else {
+            // Transpose the smaller operand.
+            let gm = if kg >= cout_g {
+                let dt = ctx.b.transpose(&dr, &[0, 1, 3, 2]);
+                ctx.b.op("MatMul", &[&pr, &dt], vec![])
+            } else {
+                let pt = ctx.b.transpose(&pr, &[0, 1, 3, 2]);
+                ctx.b.op("MatMul", &[&dr, &pt], vec![])
+            };
+            let rows = ctx.b.reduce("ReduceSumSquare", &gm, &[3], false);
+            ctx.b.reduce("ReduceSum", &rows, &[1, 2], false)
+        }
     };
-    ctx.conv_plans.push((wname.clone(), if ghost { "ghost" } else { "im2col" }));
+    let plan_name = match plan {
+        ConvNorm::PixelGram => "pixel-gram",
+        ConvNorm::Ghost => "ghost",
+        _ => "im2col",
+    };
+    ctx.conv_plans.push((wname.clone(), plan_name));
     ctx.add_norm(n, &wname, norm)?;
 
     let mut grads = Vec::new();
