@@ -242,6 +242,17 @@ fn report_writes_the_three_tables_csv_and_figures() {
     assert!(md.contains("Ours >= the paper's gradient AUROC in 5 of 5 cells; ours >= Mahalanobis in 6 of 6."));
     assert!(md.contains("## Table 3"));
     assert!(md.contains("| haze | 80.00 (99.00) |"));
+    // Targets: ours 99.95 on 20/20 (SE 0.36 by Hanley-McNeil) beats GradNorm's 70.00.
+    assert!(md.contains("| GTSRB vs CIFAR-10: AUROC >= 99.5 % | ours 99.95 ± 0.36 (test split 20/20) | yes |"), "{md}");
+    assert!(
+        md.contains("| GTSRB vs CIFAR-10: ours better than every baseline | best baseline GradNorm 70.00 ±"),
+        "{md}"
+    );
+    assert!(md.contains("| 5 of 5 cells (Table 2) | yes |") && md.contains("| 6 of 6 cells (Table 2) | yes |"), "{md}");
+    assert!(
+        md.contains("| unseen corruption type, levels 3-5: AUROC >= 90 % | 0 of 1 cells (Table 3) | **no** |"),
+        "{md}"
+    );
     assert!(md.contains("abc123") && md.contains("gradwatch eval --per-set 100"));
     let csv = report::csv(&r);
     assert!(csv.starts_with("pair,method,metric,value\n"));

@@ -181,6 +181,18 @@ pub fn auroc(familiar: &[f32], unfamiliar: &[f32]) -> f64 {
     auroc_from_groups(&groups(familiar, unfamiliar), familiar.len(), unfamiliar.len())
 }
 
+/// Standard error of an AUROC `a` measured on `n_fam` familiar and `n_unf` unfamiliar samples
+/// (Hanley & McNeil 1982, exponential approximation): how finely a test split can resolve a
+/// target such as 99.5 %. NaN when either count is 0 or `a` is not in `[0, 1]`.
+pub fn auroc_standard_error(a: f64, n_fam: usize, n_unf: usize) -> f64 {
+    if n_fam == 0 || n_unf == 0 || !(0.0..=1.0).contains(&a) {
+        return f64::NAN;
+    }
+    let (q1, q2) = (a / (2.0 - a), 2.0 * a * a / (1.0 + a));
+    let (nu, nf) = (n_unf as f64, n_fam as f64);
+    ((a * (1.0 - a) + (nu - 1.0) * (q1 - a * a) + (nf - 1.0) * (q2 - a * a)) / (nu * nf)).sqrt()
+}
+
 /// ROC curve with unfamiliar as the positive class: points `(FPR, TPR)` obtained by lowering
 /// the threshold through the distinct scores (flag `score >= s` for each distinct score `s`,
 /// highest first). Starts at `(0, 0)`, ends at `(1, 1)`, one point per distinct score (a tie
@@ -250,6 +262,21 @@ pub fn rates_at(familiar: &[f32], unfamiliar: &[f32], threshold: f32) -> (f64, f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auroc_standard_error_hand_computed() {
+        // a = 0.9, 40 and 40: Q1 = 0.9/1.1, Q2 = 1.62/1.9;
+        // SE^2 = (0.09 + 39 (0.818182 - 0.81) + 39 (0.852632 - 0.81)) / 1600.
+        let q1 = 0.9 / 1.1 - 0.81;
+        let q2 = 1.62 / 1.9 - 0.81;
+        let want = ((0.09 + 39.0 * q1 + 39.0 * q2) / 1600.0f64).sqrt();
+        assert!((auroc_standard_error(0.9, 40, 40) - want).abs() < 1e-12);
+        assert!((want - 0.0360).abs() < 1e-4, "{want}");
+        // A perfect detector has no spread; more samples, less error; nonsense in, NaN out.
+        assert_eq!(auroc_standard_error(1.0, 10, 10), 0.0);
+        assert!(auroc_standard_error(0.97, 200, 200) < auroc_standard_error(0.97, 40, 40));
+        assert!(auroc_standard_error(0.9, 0, 5).is_nan() && auroc_standard_error(1.5, 5, 5).is_nan());
+    }
 
     #[test]
     fn canon_maps_nan_and_negative_zero() {
