@@ -5,6 +5,7 @@
 #   scripts/eval.sh                      # 1000 images per set (~52k images through the graph)
 #   scripts/eval.sh --per-set 300        # quicker; any `gradwatch eval` option passes through
 #   DATA=/path/to/data MODEL=models/x.onnx scripts/eval.sh
+#   OUT=docs/results-1000 scripts/eval.sh --per-set 1000 --corruptions none   # CIFAR-10 pair only
 #
 # DATA holds gtsrb/test_images.npy (+ test_labels.npy) and cifar10/test_images.npy (see
 # docs/results.md). Features are cached in out/eval-cache (keyed by model sha256, set size and
@@ -15,6 +16,7 @@ cd "$(dirname "$0")/.."
 MODEL=${MODEL:-models/gtsrb-resnet18.onnx}
 DATA=${DATA:-../shared/data}
 CACHE=${CACHE:-out/eval-cache}
+OUT=${OUT:-docs}
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.ort/host/libonnxruntime.so}
 
 [ -f "$MODEL" ] || { echo "error: model $MODEL not found; set MODEL=path/to/model.onnx" >&2; exit 2; }
@@ -22,4 +24,4 @@ export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.ort/host/libonnxruntime.so}
 [ -e "$ORT_DYLIB_PATH" ] || scripts/fetch-onnxruntime.sh
 
 cargo build --release --locked --bin gradwatch
-exec ./target/release/gradwatch eval --model "$MODEL" --data "$DATA" --out docs --cache "$CACHE" "$@"
+exec ./target/release/gradwatch eval --model "$MODEL" --data "$DATA" --out "$OUT" --cache "$CACHE" "$@"
