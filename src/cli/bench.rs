@@ -9,7 +9,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use crate::grad::{self, CompileOptions};
 use crate::onnx;
-use crate::runtime::{ModelSession, RuntimeOptions};
+use crate::runtime::{ModelSession, Provider, RuntimeOptions, TensorRtOptions};
 
 /// Arguments of `gradwatch bench`.
 #[derive(Args, Debug)]
@@ -32,6 +32,25 @@ pub struct BenchArgs {
     /// Path of libonnxruntime.so.
     #[arg(long)]
     pub ort_library: Option<PathBuf>,
+    /// Execution providers in order of preference (comma list of cpu, cuda, tensorrt), as
+    /// `[runtime] providers` in the config; unavailable ones fall back with a warning.
+    #[arg(long, value_delimiter = ',', default_value = "cpu", value_parser = parse_provider)]
+    pub providers: Vec<Provider>,
+    /// TensorRT: engine cache directory (the first run builds the engine: bench after it).
+    #[arg(long)]
+    pub trt_cache: Option<PathBuf>,
+    /// TensorRT: build FP16 engines.
+    #[arg(long)]
+    pub trt_fp16: bool,
+}
+
+fn parse_provider(s: &str) -> Result<Provider, String> {
+    match s.trim() {
+        "cpu" => Ok(Provider::Cpu),
+        "cuda" => Ok(Provider::Cuda),
+        "tensorrt" => Ok(Provider::Tensorrt),
+        other => Err(format!("'{other}': expected cpu, cuda or tensorrt")),
+    }
 }
 
 fn time_per_frame(s: &mut ModelSession, input: &str, x: &ArrayD<f32>, seconds: f64) -> Result<f64> {
@@ -54,7 +73,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(a: BenchArgs) -> Result<i32> {
     let model = onnx::load(&a.model).with_context(|| format!("reading {}", a.model.display()))?;
     let compiled = grad::compile(&model, &CompileOptions::default())?;
-    let opts = RuntimeOptions { threads: a.threads, library: a.ort_library.clone(), ..Default::default() };
+    let opts = RuntimeOptions {
+        threads: a.threads,
+        library: a.ort_library.clone(),
+        providers: a.providers.clone(),
+        tensorrt: TensorRtOptions { engine_cache_dir: a.trt_cache.clone(), fp16: a.trt_fp16, ..Default::default() },
+        ..Default::default()
+    };
     let mut fwd = ModelSession::new(&onnx::encode(&model), &opts)?;
     let mut grd = ModelSession::new(&onnx::encode(&compiled.model), &opts)?;
     println!(
