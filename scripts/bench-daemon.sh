@@ -12,11 +12,12 @@
 #   3. soak: one stream at full speed for SOAK_S seconds (default 600), resident memory (VmRSS)
 #      sampled every 5 s; reported: RSS after the first minute, at the end, min/max after the
 #      first minute, and the change.
-# Writes a markdown report to OUT.md (default docs/daemon-bench.md) and stdout. Nothing else
-# may run on the machine meanwhile: the numbers are the machine's, not the code's alone.
+# Writes a markdown report to OUT.md (default docs/daemon-bench.md) and stdout, and the soak's
+# RSS samples to OUT without .md + -rss.csv. Nothing else may run on the machine meanwhile: the
+# numbers are the machine's, not the code's alone.
 #
 # Environment: PACED_S (default 60), SOAK_S (default 600; 0 skips the soak), MAX_BATCH (8),
-# MAX_WAIT_MS (20), THREADS (0 = ORT default), PROVIDERS (default cpu; e.g. tensorrt,cuda,cpu on
+# MAX_WAIT_MS (20), STREAMS (stream counts, default "1 4"), PACED (0 skips the paced runs), THREADS (0 = ORT default), PROVIDERS (default cpu; e.g. tensorrt,cuda,cpu on
 # a Jetson), TRT_CACHE (TensorRT engine cache, default out/trt-cache), GRADWATCH (binary; default
 # target/release).
 set -euo pipefail
@@ -115,7 +116,7 @@ row() { ROWS+=("$1"); echo "$1" >&2; }
 
 echo "==> throughput (queue policy block, full speed)" >&2
 declare -A TPUT
-for s in 1 4; do
+for s in ${STREAMS:-1 4}; do
   config "max$s" $s 0 block $((960 / s))
   run "max$s"
   read -r scored dropped fps _ <<<"$(stats "max$s")"
@@ -131,12 +132,14 @@ paced() {
   read -r scored dropped fps p50 p99 mx <<<"$(stats "$name")"
   row "| $s | $rate fps each (drop_oldest) | $fps | $scored | $dropped | $p50 | $p99 | $mx |"
 }
-paced 1 30
-for s in 1 4; do
-  rate=$(python3 -c "import math; print(max(1, math.floor(0.9 * ${TPUT[$s]} / $s)))")
-  [ "$s" = 1 ] && [ "$rate" = 30 ] && continue
-  paced "$s" "$rate"
-done
+if [ "${PACED:-1}" != 0 ]; then
+  paced 1 30
+  for s in ${STREAMS:-1 4}; do
+    rate=$(python3 -c "import math; print(max(1, math.floor(0.9 * ${TPUT[$s]} / $s)))")
+    [ "$s" = 1 ] && [ "$rate" = 30 ] && continue
+    paced "$s" "$rate"
+  done
+fi
 
 SOAK=""
 if [ "$SOAK_S" -gt 0 ]; then
@@ -145,18 +148,29 @@ if [ "$SOAK_S" -gt 0 ]; then
   config soak 1 0 block "$frames"
   SAMPLE_RSS=1 run soak
   read -r scored dropped fps _ <<<"$(stats soak)"
-  SOAK="$(python3 - "$WORK/soak.rss" "$scored" "$fps" <<'PY'
+  RSS_CSV="${OUT%.md}-rss.csv"
+  { echo "seconds,vmrss_kib"; tr ' ' ',' <"$WORK/soak.rss"; } >"$RSS_CSV"
+  SOAK="$(python3 - "$WORK/soak.rss" "$scored" "$fps" "$RSS_CSV" <<'PY'
 import sys
 rows = [tuple(map(int, l.split())) for l in open(sys.argv[1]) if l.strip()]
 end = rows[-1][0]
-late = [kb for t, kb in rows if t >= 60] or [rows[-1][1]]
-first = late[0]
+late = [(t, kb) for t, kb in rows if t >= 60] or [rows[-1]]
+first = late[0][1]
 change = 100.0 * (rows[-1][1] - first) / first
-spread = 100.0 * (max(late) - min(late)) / first
+kbs = [kb for _, kb in late]
+spread = 100.0 * (max(kbs) - min(kbs)) / first
+mean = sum(kbs) / len(kbs)
+# Least-squares trend after the first minute, in % of the mean per 10 minutes.
+n = len(late)
+tm = sum(t for t, _ in late) / n
+var = sum((t - tm) ** 2 for t, _ in late)
+slope = sum((t - tm) * (kb - mean) for t, kb in late) / var if var > 0 else 0.0
+trend = 100.0 * slope * 600 / mean
 print(f"- soak: {sys.argv[2]} frames in {end} s at {sys.argv[3]} fps; VmRSS {rows[0][1] / 1024:.1f} MiB at {rows[0][0]} s, "
-      f"{first / 1024:.1f} MiB at 60 s, {rows[-1][1] / 1024:.1f} MiB at {end} s: change {change:+.2f} % "
-      f"(min {min(late) / 1024:.1f}, max {max(late) / 1024:.1f} MiB after the first minute, spread {spread:.2f} %; "
-      f"{len(rows)} samples)")
+      f"{first / 1024:.1f} MiB at 60 s, {rows[-1][1] / 1024:.1f} MiB at {end} s: change {change:+.2f} %; "
+      f"least-squares trend after the first minute {trend:+.2f} % per 10 minutes; "
+      f"min {min(kbs) / 1024:.1f}, max {max(kbs) / 1024:.1f} MiB (spread {spread:.2f} % of the 60 s value); "
+      f"{len(rows)} samples in `{sys.argv[4]}`")
 PY
 )"
   echo "$SOAK" >&2
