@@ -190,5 +190,5 @@ fi
   echo "|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${ROWS[@]}"
   echo
-  [ -n "$SOAK" ] && echo "$SOAK"
+  if [ -n "$SOAK" ]; then echo "$SOAK"; fi
 } | tee "$OUT"
