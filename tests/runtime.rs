@@ -49,7 +49,7 @@ fn jetson_provider_lists_fall_back_to_the_cpu() {
 #[test]
 fn a_required_missing_provider_is_a_clear_error() {
     let opts = RuntimeOptions { providers: vec![Provider::Tensorrt, Provider::Cpu], require: true, ..ort() };
-    let err = run(&opts).err().expect("tensorrt is not in the CPU build");
+    let err = run(&opts).expect_err("tensorrt is not in the CPU build");
     let msg = err.to_string();
     assert!(matches!(err, RuntimeError::ProviderMissing(_)), "{msg}");
     assert!(msg.contains("'tensorrt'") && msg.contains("require = false") && msg.contains("docs/jetson.md"), "{msg}");
