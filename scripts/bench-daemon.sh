@@ -124,7 +124,6 @@ for s in ${STREAMS:-1 4}; do
   row "| $s | full speed (block) | $fps | $scored | $dropped | - | - | - |"
 done
 
-echo "==> real time (queue policy drop_oldest, ${PACED_S} s)" >&2
 paced() {
   local s=$1 rate=$2 name="paced${1}x${2}"
   config "$name" "$s" "$rate" drop_oldest $((rate * PACED_S))
@@ -133,6 +132,7 @@ paced() {
   row "| $s | $rate fps each (drop_oldest) | $fps | $scored | $dropped | $p50 | $p99 | $mx |"
 }
 if [ "${PACED:-1}" != 0 ]; then
+  echo "==> real time (queue policy drop_oldest, ${PACED_S} s)" >&2
   paced 1 30
   for s in ${STREAMS:-1 4}; do
     rate=$(python3 -c "import math; print(max(1, math.floor(0.9 * ${TPUT[$s]} / $s)))")
