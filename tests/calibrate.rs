@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{ort, Net, Rng};
+use common::{ort, tiny_model, Rng};
 use gradwatch::detector::calibration::CalibModel;
 use gradwatch::detector::{CalibError, Calibration, DetectorKind, MlpConfig};
 use gradwatch::eval::calibrate::{self, CalibrateOptions, UnfamiliarSet};
@@ -15,18 +15,9 @@ use gradwatch::eval::features;
 use gradwatch::frame::RgbImage;
 use gradwatch::grad::CompileOptions;
 use gradwatch::model::LoadedModel;
-use gradwatch::onnx::{self, attr, ModelProto};
+use gradwatch::onnx;
 use gradwatch::runtime::GradSession;
 use ndarray::Array2;
-
-fn tiny_model(seed: u64) -> ModelProto {
-    let mut n = Net::new(seed);
-    let c = n.conv("x", 3, 4, 3, true, vec![attr::ints("pads", &[1, 1, 1, 1])]);
-    let r = n.op("Relu", &[&c], vec![]);
-    let p = n.op("GlobalAveragePool", &[&r], vec![]);
-    let z = n.head(&p, 4, 5);
-    n.model(&[3, 16, 16], &z)
-}
 
 /// Smooth gradients with a little noise: corruptions change them visibly.
 fn images(n: usize, seed: u64) -> Vec<RgbImage> {

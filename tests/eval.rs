@@ -4,7 +4,7 @@
 // The shared helpers trip a newer clippy lint; they are not this file's to change.
 mod common;
 
-use common::{ort, Net, Rng};
+use common::{ort, tiny_model, Rng};
 use gradwatch::eval::baselines::{self, MahalanobisScorer, OdinGraph};
 use gradwatch::eval::features::{self, FeatureSet};
 use gradwatch::eval::metrics::{self, Metrics};
@@ -13,19 +13,9 @@ use gradwatch::eval::report::{self, GenRow, OdinChoice, Results, Row};
 use gradwatch::frame::RgbImage;
 use gradwatch::grad::{self, CompileOptions, Loss};
 use gradwatch::model::ModelInfo;
-use gradwatch::onnx::{attr, ModelProto};
+
 use gradwatch::runtime::{GradSession, ModelSession};
 use ndarray::{array, Array2};
-
-/// Conv(3->4, 3x3) -> Relu -> GlobalAveragePool -> Gemm(4 -> 5 classes) on 16x16 RGB.
-pub fn tiny_model(seed: u64) -> ModelProto {
-    let mut n = Net::new(seed);
-    let c = n.conv("x", 3, 4, 3, true, vec![attr::ints("pads", &[1, 1, 1, 1])]);
-    let r = n.op("Relu", &[&c], vec![]);
-    let p = n.op("GlobalAveragePool", &[&r], vec![]);
-    let z = n.head(&p, 4, 5);
-    n.model(&[3, 16, 16], &z)
-}
 
 fn images(n: usize, seed: u64) -> Vec<RgbImage> {
     let mut rng = Rng::new(seed);

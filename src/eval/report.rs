@@ -416,23 +416,14 @@ fn targets(o: &mut String, r: &Results, vs_paper: (usize, usize), vs_maha: (usiz
             );
         }
     }
-    if vs_paper.1 > 0 {
-        let _ = writeln!(
-            o,
-            "| every corruption type and level: ours >= the paper's CURE-TSR gradients AUROC | {} of {} cells (Table 2) | {} |",
-            vs_paper.0,
-            vs_paper.1,
-            yes_no(vs_paper.0 == vs_paper.1)
-        );
-    }
-    if vs_maha.1 > 0 {
-        let _ = writeln!(
-            o,
-            "| every corruption type and level: ours >= our Mahalanobis | {} of {} cells (Table 2) | {} |",
-            vs_maha.0,
-            vs_maha.1,
-            yes_no(vs_maha.0 == vs_maha.1)
-        );
+    for (what, (ok, n)) in [("the paper's CURE-TSR gradients AUROC", vs_paper), ("our Mahalanobis", vs_maha)] {
+        if n > 0 {
+            let _ = writeln!(
+                o,
+                "| every corruption type and level: ours >= {what} | {ok} of {n} cells (Table 2) | {} |",
+                yes_no(ok == n)
+            );
+        }
     }
     let held: Vec<&GenRow> = r.generalisation.iter().filter(|g| g.level >= 3).collect();
     if !held.is_empty() {

@@ -251,3 +251,15 @@ pub fn finite_differences(
     }
     (norms, input_grad)
 }
+
+/// Conv(3->4, 3x3) -> Relu -> GlobalAveragePool -> Gemm(4 -> 5 classes) on 16x16 RGB: the
+/// smallest image classifier the offline commands accept.
+#[allow(dead_code)] // not every test binary uses it
+pub fn tiny_model(seed: u64) -> ModelProto {
+    let mut n = Net::new(seed);
+    let c = n.conv("x", 3, 4, 3, true, vec![attr::ints("pads", &[1, 1, 1, 1])]);
+    let r = n.op("Relu", &[&c], vec![]);
+    let p = n.op("GlobalAveragePool", &[&r], vec![]);
+    let z = n.head(&p, 4, 5);
+    n.model(&[3, 16, 16], &z)
+}
