@@ -15,12 +15,7 @@ APT_PACKAGES := libclang-dev pkg-config mosquitto python3-pip unzip
 .PHONY: deps ort build release test lint demo bench bench-daemon clean aarch64 aarch64-check
 
 deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
-	fi
+	@scripts/apt-install.sh $(APT_PACKAGES)
 
 ort: deps
 	scripts/fetch-onnxruntime.sh

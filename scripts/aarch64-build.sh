@@ -39,19 +39,8 @@ fail() {
 }
 
 # --- Debian packages -------------------------------------------------------------------------
-APT_PACKAGES=(libclang-dev python3-venv binutils-aarch64-linux-gnu file)
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  step "installing Debian packages: ${missing[*]}"
-  SUDO=""
-  [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -q || fail "apt-get update (is a Debian mirror reachable?)"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" ||
-    fail "apt-get install ${missing[*]}"
-fi
+NO_RECOMMENDS=1 scripts/apt-install.sh libclang-dev python3-venv binutils-aarch64-linux-gnu file ||
+  fail "installing the Debian packages (see above)"
 
 # --- Rust target -----------------------------------------------------------------------------
 command -v "$CARGO" >/dev/null 2>&1 || fail "cargo not found (install Rust with rustup)"

@@ -89,16 +89,7 @@ APT_PACKAGES=(libc6-arm64-cross libstdc++6-arm64-cross libgcc-s1-arm64-cross pyt
 # qemu-user-static provides qemu-aarch64-static instead; either will do.
 command -v qemu-aarch64 >/dev/null 2>&1 || command -v qemu-aarch64-static >/dev/null 2>&1 ||
   APT_PACKAGES+=(qemu-user)
-missing=()
-for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing: ${missing[*]}"
-  SUDO=""
-  [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -q || fail "apt-get update"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" ||
-    fail "apt-get install ${missing[*]}"
-fi
+NO_RECOMMENDS=1 scripts/apt-install.sh "${APT_PACKAGES[@]}" || fail "installing the Debian packages (see above)"
 QEMU="$(command -v qemu-aarch64 || command -v qemu-aarch64-static || true)"
 [ -n "$QEMU" ] || fail "no qemu-aarch64 after installing qemu-user"
 [ -e "$SYSROOT/lib/ld-linux-aarch64.so.1" ] || fail "$SYSROOT/lib/ld-linux-aarch64.so.1 missing (libc6-arm64-cross)"
