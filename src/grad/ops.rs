@@ -612,14 +612,20 @@ fn pixel_gram_norm(ctx: &mut Ctx, x: &str, dy: &str, g: &Geom, cin: usize, cout:
         ctx.b.op("Sum", &refs, vec![])
     };
     let l = (g.out[0] * g.out[1]) as i64;
-    let gp = ctx.b.reshape_to(&gp, &[-1, l, l]);
-    let dr = ctx.b.reshape_to(dy, &[-1, cout as i64, l]);
-    let dt = ctx.b.transpose(&dr, &[0, 2, 1]);
-    let gd = ctx.b.op("MatMul", &[&dt, &dr], vec![]);
-    let prod = ctx.b.mul(&gd, &gp);
-    // Two stages, as in the patch ghost norm.
-    let rows = ctx.b.reduce("ReduceSum", &prod, &[2], false);
-    ctx.b.reduce("ReduceSum", &rows, &[1], false)
+    let gp = ctx.b.reshape_to(&gp, &[-1, 1, l, l]);
+    let dr = ctx.b.reshape_to(dy, &[-1, 1, cout as i64, l]);
+    ghost_norm(ctx, &dr, &gp)
+}
+
+/// The ghost norm `sum((delta^T delta) * G)` per sample, for `delta` `[N, groups, Cout_g, L]` and
+/// the Gram matrix of the patches `G` `[N, groups, L, L]`.
+fn ghost_norm(ctx: &mut Ctx, dr: &str, gp: &str) -> String {
+    let dt = ctx.b.transpose(dr, &[0, 1, 3, 2]);
+    let gd = ctx.b.op("MatMul", &[&dt, dr], vec![]);
+    let prod = ctx.b.mul(&gd, gp);
+    // Two stages: one float32 reduction over ~1e6 terms loses ~1e-3 relative in ORT.
+    let rows = ctx.b.reduce("ReduceSum", &prod, &[3], false);
+    ctx.b.reduce("ReduceSum", &rows, &[1, 2], false)
 }
 
 fn conv_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
@@ -670,14 +676,9 @@ fn conv_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradEr
         let pr = ctx.b.reshape_to(&patches, &[-1, group as i64, kg as i64, l as i64]);
         let dr = ctx.b.reshape_to(dy, &[-1, group as i64, cout_g as i64, l as i64]);
         if plan == ConvNorm::Ghost {
-            let dt = ctx.b.transpose(&dr, &[0, 1, 3, 2]);
-            let gd = ctx.b.op("MatMul", &[&dt, &dr], vec![]);
             let pt = ctx.b.transpose(&pr, &[0, 1, 3, 2]);
             let gp = ctx.b.op("MatMul", &[&pt, &pr], vec![]);
-            let prod = ctx.b.mul(&gd, &gp);
-            // Two stages: one float32 reduction over ~1e6 terms loses ~1e-3 relative in ORT.
-            let rows = ctx.b.reduce("ReduceSum", &prod, &[3], false);
-            ctx.b.reduce("ReduceSum", &rows, &[1, 2], false)
+            ghost_norm(ctx, &dr, &gp)
         } else {
             // Transpose the smaller operand.
             let gm = if kg >= cout_g {
