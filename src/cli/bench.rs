@@ -34,7 +34,7 @@ pub struct BenchArgs {
     pub ort_library: Option<PathBuf>,
     /// Execution providers in order of preference (comma list of cpu, cuda, tensorrt), as
     /// `[runtime] providers` in the config; unavailable ones fall back with a warning.
-    #[arg(long, value_delimiter = ',', default_value = "cpu", value_parser = parse_provider)]
+    #[arg(long, value_delimiter = ',', default_value = "cpu", value_parser = str::parse::<Provider>)]
     pub providers: Vec<Provider>,
     /// TensorRT: engine cache directory (the first run builds the engine: bench after it).
     #[arg(long)]
@@ -42,15 +42,6 @@ pub struct BenchArgs {
     /// TensorRT: build FP16 engines.
     #[arg(long)]
     pub trt_fp16: bool,
-}
-
-fn parse_provider(s: &str) -> Result<Provider, String> {
-    match s.trim() {
-        "cpu" => Ok(Provider::Cpu),
-        "cuda" => Ok(Provider::Cuda),
-        "tensorrt" => Ok(Provider::Tensorrt),
-        other => Err(format!("'{other}': expected cpu, cuda or tensorrt")),
-    }
 }
 
 fn time_per_frame(s: &mut ModelSession, input: &str, x: &ArrayD<f32>, seconds: f64) -> Result<f64> {

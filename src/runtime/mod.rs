@@ -74,6 +74,17 @@ impl Provider {
     }
 }
 
+impl std::str::FromStr for Provider {
+    type Err = String;
+    /// Parses the config / command-line name (`cpu`, `cuda`, `tensorrt`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Provider::Cpu, Provider::Cuda, Provider::Tensorrt]
+            .into_iter()
+            .find(|p| p.name() == s.trim())
+            .ok_or_else(|| format!("'{}': expected cpu, cuda or tensorrt", s.trim()))
+    }
+}
+
 /// TensorRT options.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
