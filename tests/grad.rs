@@ -147,6 +147,50 @@ fn batchnorm_relu_global_average_pool() {
     }));
 }
 
+/// A ResNet basic block (Conv-BN-Relu, Conv-BN, residual Add, Relu) and a strided grouped
+/// Conv-BN-Relu after it: every BN gain folds into the Conv before it and every `x_hat` is read
+/// back from a Relu output (the chain that lets ONNX Runtime fuse Conv+BN+Relu), under each
+/// weight-norm plan (im2col, ghost, pixel-Gram) and the ConvTranspose input gradient.
+#[test]
+fn residual_block_batchnorm_folds_into_convs() {
+    for norm in [ConvNorm::Auto, ConvNorm::Im2col, ConvNorm::Ghost, ConvNorm::PixelGram] {
+        let case = chain(21, |n, x| {
+            let pad = || vec![attr::ints("pads", &[1, 1, 1, 1])];
+            let a = n.conv(x, 3, 3, 3, false, pad());
+            let ab = batchnorm(n, &a, 3);
+            let ar = n.op("Relu", &[&ab], vec![]);
+            let b = n.conv(&ar, 3, 3, 3, true, pad());
+            let bb = batchnorm(n, &b, 3);
+            let sum = n.op("Add", &[x, &bb], vec![]);
+            let r = n.op("Relu", &[&sum], vec![]);
+            let s = n.conv(&r, 3, 6, 3, false, vec![attr::int("group", 3), attr::ints("strides", &[2, 2])]);
+            let sb = batchnorm(n, &s, 6);
+            (n.op("Relu", &[&sb], vec![]), 6 * 2 * 2)
+        });
+        check_with(&case, &CompileOptions { conv_norm: norm, ..Default::default() }, &[1.0; CLASSES]);
+    }
+}
+
+/// Where the BN output cannot be read back (a scale near zero; the Conv output also read
+/// elsewhere; BN on a non-Conv input; BN feeding something other than Relu), the compiler
+/// falls back to the input-side formulas.
+#[test]
+fn batchnorm_fallbacks() {
+    check(chain(22, |n, x| {
+        let a = n.conv(x, 3, 3, 3, false, vec![attr::ints("pads", &[1, 1, 1, 1])]);
+        let ab = batchnorm(n, &a, 3);
+        let scale = n.nodes.last().map(|nd| nd.input[1].clone()).unwrap_or_default();
+        if let Some(t) = n.inits.iter_mut().find(|t| t.name == scale) {
+            *t = onnx::make_tensor_f32(&scale, &[3], &[0.8, 1e-5, -0.6]);
+        }
+        let ar = n.op("Relu", &[&ab], vec![]);
+        let tap = n.op("Add", &[&a, &ar], vec![]);
+        let c = batchnorm(n, &tap, 3);
+        let cs = n.op("Sigmoid", &[&c], vec![]);
+        (cs, 3 * 36)
+    }));
+}
+
 #[test]
 fn activations() {
     check(chain(7, |n, x| {

@@ -212,6 +212,14 @@ pub(crate) struct Ctx {
     pub params: Vec<String>,
     /// Conv plans chosen.
     pub conv_plans: Vec<(String, &'static str)>,
+    /// Forward nodes that read each activation (graph outputs count as a reader too), so a
+    /// node's backward can see the chain it sits in (Conv -> BatchNormalization -> Relu).
+    pub readers: HashMap<String, Vec<NodeProto>>,
+    /// Op type of the forward node that writes each activation.
+    pub producer: HashMap<String, String>,
+    /// Activations whose gradient was handed on without a per-channel factor it still owes:
+    /// a BatchNormalization's gain folded into the Conv before it (one full-size Mul fewer).
+    pub gain: HashMap<String, Vec<f32>>,
     /// Compute gradients for every activation (the input gradient is wanted).
     pub all_grads: bool,
     pub conv_norm: ConvNorm,
@@ -225,6 +233,14 @@ impl Ctx {
 
     pub fn shape(&self, n: &NodeProto, name: &str) -> Result<Vec<usize>, GradError> {
         self.shapes.get(name).cloned().ok_or_else(|| node_err(n, format!("input '{name}' has no known shape")))
+    }
+
+    /// The one forward node that reads `name`, when exactly one does and it is no graph output.
+    pub fn sole_reader(&self, name: &str) -> Option<&NodeProto> {
+        match self.readers.get(name).map(Vec::as_slice) {
+            Some([n]) if !n.op_type.is_empty() => Some(n),
+            _ => None,
+        }
     }
 
     /// Whether the gradient of activation `name` must be formed.
@@ -405,6 +421,9 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
         norms: HashMap::new(),
         params: Vec::new(),
         conv_plans: Vec::new(),
+        readers: HashMap::new(),
+        producer: HashMap::new(),
+        gain: HashMap::new(),
         all_grads: opts.input_grad,
         conv_norm: opts.conv_norm,
         b: Builder::new(opset, taken),
@@ -477,6 +496,22 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
             l.clone()
         }
     };
+    for n in &fwd {
+        for i in &n.input {
+            if ctx.is_act(i) {
+                ctx.readers.entry(i.clone()).or_default().push((*n).clone());
+            }
+        }
+        for o in &n.output {
+            ctx.producer.insert(o.clone(), n.op_type.clone());
+        }
+    }
+    // Values the caller sees are read outside the graph: an empty op type marks that reader.
+    let mut seen: Vec<String> = vec![logits.clone()];
+    seen.extend(last_linear.iter().map(|(name, _)| name.clone()));
+    for name in seen {
+        ctx.readers.entry(name).or_default().push(NodeProto::default());
+    }
     let seed = ops::loss_seed(&mut ctx, &logits, &label, opts.loss)?;
     let mut contrib: HashMap<String, Vec<String>> = HashMap::from([(logits.clone(), vec![seed])]);
     for n in fwd.iter().rev() {

@@ -636,10 +636,20 @@ fn conv_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradEr
     let (kh, kw) = (g.k[0], g.k[1]);
     let (cin_g, cout_g) = (cin / group, cout / group);
     let l = g.out[0] * g.out[1];
+    // The true output gradient is dy * gain[channel] when a BatchNormalization after this Conv
+    // folded its gain in here (see `bn_backward`).
+    let gain = ctx.gain.remove(&n.output[0]);
+    if gain.as_ref().is_some_and(|k| k.len() != cout) {
+        return Err(node_err(n, "internal: BatchNormalization gain does not match the Conv's channels"));
+    }
 
     if let Some(bias) = n.input.get(2).filter(|s| !s.is_empty()) {
         if ctx.consts.contains_key(bias) {
-            let s = ctx.b.reduce("ReduceSum", dy, &[2, 3], false);
+            let mut s = ctx.b.reduce("ReduceSum", dy, &[2, 3], false);
+            if let Some(k) = &gain {
+                let kc = ctx.b.const_f32("conv_gain", &[cout], k);
+                s = ctx.b.mul(&s, &kc);
+            }
             let norm = ctx.b.reduce("ReduceSumSquare", &s, &[1], false);
             ctx.add_norm(n, bias, norm)?;
         }
@@ -662,8 +672,17 @@ fn conv_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradEr
         ConvNorm::PixelGram if group != 1 => ConvNorm::Ghost,
         other => other,
     };
+    // The Gram-based plans need the scaled gradient (they square sums over channels); im2col
+    // squares per output channel first, so it weights those squares by gain^2 instead.
+    let dy_scaled = match (&gain, plan) {
+        (Some(k), ConvNorm::PixelGram | ConvNorm::Ghost) => {
+            let kc = ctx.b.const_f32("conv_gain", &[cout, 1, 1], k);
+            ctx.b.mul(dy, &kc)
+        }
+        _ => dy.to_string(),
+    };
     let norm = if plan == ConvNorm::PixelGram {
-        pixel_gram_norm(ctx, &x, dy, &g, cin, cout)
+        pixel_gram_norm(ctx, &x, &dy_scaled, &g, cin, cout)
     } else {
         // Patches P [N, g, Cin_g*k*k, L] and delta [N, g, Cout_g, L].
         let patches = if pointwise {
@@ -674,21 +693,25 @@ fn conv_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradEr
             ctx.b.op("Conv", &[&x, &e], conv_attrs(&g, cin, g.pads))
         };
         let pr = ctx.b.reshape_to(&patches, &[-1, group as i64, kg as i64, l as i64]);
-        let dr = ctx.b.reshape_to(dy, &[-1, group as i64, cout_g as i64, l as i64]);
+        let dr = ctx.b.reshape_to(&dy_scaled, &[-1, group as i64, cout_g as i64, l as i64]);
         if plan == ConvNorm::Ghost {
             let pt = ctx.b.transpose(&pr, &[0, 1, 3, 2]);
             let gp = ctx.b.op("MatMul", &[&pt, &pr], vec![]);
             ghost_norm(ctx, &dr, &gp)
         } else {
-            // Transpose the smaller operand.
-            let gm = if kg >= cout_g {
-                let dt = ctx.b.transpose(&dr, &[0, 1, 3, 2]);
-                ctx.b.op("MatMul", &[&pr, &dt], vec![])
-            } else {
-                let pt = ctx.b.transpose(&pr, &[0, 1, 3, 2]);
-                ctx.b.op("MatMul", &[&dr, &pt], vec![])
-            };
+            // gm [N, g, Cout_g, Cin_g*k*k], squared and summed over its last axis (ONNX
+            // Runtime reduces the innermost axis fastest; it folds the Transpose into the MatMul).
+            let pt = ctx.b.transpose(&pr, &[0, 1, 3, 2]);
+            let gm = ctx.b.op("MatMul", &[&dr, &pt], vec![]);
             let rows = ctx.b.reduce("ReduceSumSquare", &gm, &[3], false);
+            let rows = match &gain {
+                Some(k) => {
+                    let k2: Vec<f32> = k.iter().map(|v| v * v).collect();
+                    let kc = ctx.b.const_f32("conv_gain_sq", &[group, cout_g], &k2);
+                    ctx.b.mul(&rows, &kc)
+                }
+                None => rows,
+            };
             ctx.b.reduce("ReduceSum", &rows, &[1, 2], false)
         }
     };
@@ -716,7 +739,8 @@ fn conv_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradEr
                     for i in 0..cin_g {
                         for a in 0..kh {
                             for bb in 0..kw {
-                                let src = w[[gi * cout_g + o, i, kh - 1 - a, kw - 1 - bb]];
+                                let oc = gi * cout_g + o;
+                                let src = w[[oc, i, kh - 1 - a, kw - 1 - bb]] * gain.as_ref().map_or(1.0, |k| k[oc]);
                                 wf[(((gi * cin_g + i) * cout_g + o) * kh + a) * kw + bb] = src;
                             }
                         }
@@ -727,11 +751,48 @@ fn conv_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradEr
             let pads = p_flip.map(|p| p as usize);
             ctx.b.op("Conv", &[dy, &wf], conv_attrs(&g, group, pads))
         } else {
-            col2im(ctx, dy, &wname, group, &g)
+            let wt = match &gain {
+                Some(k) => {
+                    let per = w.len() / cout;
+                    let scaled: Vec<f32> = w.iter().enumerate().map(|(i, v)| v * k[i / per]).collect();
+                    ctx.b.const_f32("conv_gained", w.shape(), &scaled)
+                }
+                None => wname.clone(),
+            };
+            col2im(ctx, dy, &wt, group, &g)
         };
         grads.push((x, dx));
     }
     Ok(grads)
+}
+
+/// Where a BatchNormalization's output can be read back from for `x_hat`, so the BN output
+/// itself is never needed and ONNX Runtime can fuse Conv+BN+Relu (and the residual Add) as in
+/// the plain forward. Returns `(value, subtract)`: `bn_out == value - subtract` wherever the
+/// gradient at the BN output is non-zero.
+fn bn_output_source(n: &NodeProto, ctx: &Ctx) -> (String, Option<String>) {
+    let y = &n.output[0];
+    let relu_out = |t: &str| ctx.sole_reader(t).filter(|r| r.op_type == "Relu").map(|r| r.output[0].clone());
+    match ctx.sole_reader(y) {
+        // The gradient at y is zero where the Relu clipped; elsewhere y is the Relu's output.
+        Some(r) if r.op_type == "Relu" => (r.output[0].clone(), None),
+        // y + other -> Relu (a residual block's second BN): y = relu_out - other where it passes.
+        // When both addends are BN outputs (a downsampling block's shortcut), only the first
+        // reads back: the second's output stays in use, the first's is read by the Add alone,
+        // so ONNX Runtime can still fuse the Add into the first one's Conv.
+        Some(a) if a.op_type == "Add" && a.input.len() == 2 => {
+            let first = a.input[0] == *y;
+            let other = if first { &a.input[1] } else { &a.input[0] };
+            let other_bn = ctx.producer.get(other).is_some_and(|op| op == "BatchNormalization");
+            let same =
+                other != y && ctx.is_act(other) && ctx.shapes.get(other) == ctx.shapes.get(y) && (first || !other_bn);
+            match relu_out(&a.output[0]) {
+                Some(r) if same => (r, Some(other.clone())),
+                _ => (y.clone(), None),
+            }
+        }
+        _ => (y.clone(), None),
+    }
 }
 
 fn bn_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
@@ -741,6 +802,7 @@ fn bn_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradErro
     let scale = ctx.const_f32(n, &n.input[1])?;
     let mean = ctx.const_f32(n, &n.input[3])?;
     let var = ctx.const_f32(n, &n.input[4])?;
+    let bias = ctx.const_f32(n, &n.input[2])?;
     let c = xs[0];
     let mut cdims = vec![c];
     cdims.extend(std::iter::repeat_n(1, xs.len() - 1));
@@ -748,26 +810,37 @@ fn bn_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradErro
     let rank = xs.len() + 1;
     let spatial: Vec<i64> = (2..rank as i64).collect();
 
-    let bias = ctx.const_f32(n, &n.input[2])?;
-    // x_hat from the output, (y - B) / scale, keeps the input unused so ONNX Runtime can fold
-    // BatchNormalization into the Conv before it; from the input when a scale is near zero.
-    let xhat = if scale.iter().all(|s| s.abs() > 1e-3) {
-        let b_c = ctx.b.const_f32("bn_shift", &cdims, &bias.iter().copied().collect::<Vec<_>>());
+    let gb = if spatial.is_empty() { dy.to_string() } else { ctx.b.reduce("ReduceSum", dy, &spatial, false) };
+    // dScale = sum(dy * x_hat). x_hat is read back from the output, x_hat = (y - B) / scale,
+    // so that the BN input stays unused and ONNX Runtime folds BN into the Conv before it; the
+    // shift and 1/scale are applied after the spatial sum, on [N, C]:
+    // sum(dy * x_hat) = (sum(dy * y) - B * sum(dy)) / scale. From the input when a scale is
+    // near zero (dividing by it would amplify rounding).
+    let gs = if scale.iter().all(|s| s.abs() > 1e-3) && !spatial.is_empty() {
+        let (src, minus) = bn_output_source(n, ctx);
+        let src = match minus {
+            Some(o) => ctx.b.sub(&src, &o),
+            None => src,
+        };
+        let prod = ctx.b.mul(dy, &src);
+        let raw = ctx.b.reduce("ReduceSum", &prod, &spatial, false);
+        let b_c = ctx.b.const_f32("bn_shift", &[c], &bias.iter().copied().collect::<Vec<_>>());
         let rs: Vec<f32> = scale.iter().map(|s| 1.0 / s).collect();
-        let rs_c = ctx.b.const_f32("bn_inv_scale", &cdims, &rs);
-        let centred = ctx.b.sub(&n.output[0], &b_c);
+        let rs_c = ctx.b.const_f32("bn_inv_scale", &[c], &rs);
+        let shifted = ctx.b.mul(&gb, &b_c);
+        let centred = ctx.b.sub(&raw, &shifted);
         ctx.b.mul(&centred, &rs_c)
     } else {
         let mean_c = ctx.b.const_f32("bn_mean", &cdims, &mean.iter().copied().collect::<Vec<_>>());
         let inv_c = ctx.b.const_f32("bn_inv_std", &cdims, &inv);
         let centred = ctx.b.sub(&x, &mean_c);
-        ctx.b.mul(&centred, &inv_c)
-    };
-    let gx = ctx.b.mul(dy, &xhat);
-    let (gs, gb) = if spatial.is_empty() {
-        (gx, dy.to_string())
-    } else {
-        (ctx.b.reduce("ReduceSum", &gx, &spatial, false), ctx.b.reduce("ReduceSum", dy, &spatial, false))
+        let xhat = ctx.b.mul(&centred, &inv_c);
+        let gx = ctx.b.mul(dy, &xhat);
+        if spatial.is_empty() {
+            gx
+        } else {
+            ctx.b.reduce("ReduceSum", &gx, &spatial, false)
+        }
     };
     let ns = ctx.b.reduce("ReduceSumSquare", &gs, &[1], false);
     let nb = ctx.b.reduce("ReduceSumSquare", &gb, &[1], false);
@@ -780,8 +853,17 @@ fn bn_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradErro
     let mut grads = Vec::new();
     if ctx.wants_grad(&x) {
         let k: Vec<f32> = scale.iter().zip(&inv).map(|(s, i)| s * i).collect();
-        let kc = ctx.b.const_f32("bn_gain", &cdims, &k);
-        grads.push((x, ctx.b.mul(dy, &kc)));
+        // A Conv whose output only this BN reads takes the gain into its own weights and
+        // norms (see `conv_backward`): dy goes on unscaled.
+        let folds = ctx.producer.get(&x).is_some_and(|op| op == "Conv")
+            && ctx.sole_reader(&x).is_some_and(|r| r.output.first() == n.output.first());
+        if folds {
+            ctx.gain.insert(x.clone(), k);
+            grads.push((x, dy.to_string()));
+        } else {
+            let kc = ctx.b.const_f32("bn_gain", &cdims, &k);
+            grads.push((x, ctx.b.mul(dy, &kc)));
+        }
     }
     Ok(grads)
 }
