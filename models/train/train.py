@@ -63,9 +63,27 @@ def split_by_track(labels, tracks, val_fraction, seed):
     return ~val, val
 
 
-def augment(x, gen):
-    """Random crop (pad 4) and small colour jitter on a float batch in [0,1]. No flips."""
+def affine(x, gen, rotate_deg, zoom):
+    """Random rotation (+-rotate_deg) and scale (1 +- zoom) about the centre, border-padded."""
     n = x.shape[0]
+    a = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(rotate_deg)
+    z = 1.0 + (torch.rand(n, generator=gen) * 2 - 1) * zoom
+    cos, sin = torch.cos(a) / z, torch.sin(a) / z
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros(n)], 1),
+                         torch.stack([sin, cos, torch.zeros(n)], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def augment(x, gen, rotate_deg=0.0, zoom=0.0):
+    """Random crop (pad 4) and small colour jitter on a float batch in [0,1]. No flips.
+
+    With rotate_deg or zoom (the fourth stage), a random rotation and scale come first:
+    the GTSRB test set's signs are seen at more angles and sizes than one track shows.
+    """
+    n = x.shape[0]
+    if rotate_deg or zoom:
+        x = affine(x, gen, rotate_deg, zoom)
     padded = F.pad(x, (4, 4, 4, 4), mode="replicate")
     ox = torch.randint(0, 9, (n,), generator=gen)
     oy = torch.randint(0, 9, (n,), generator=gen)
@@ -189,6 +207,13 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="tiny run to check the script end to end")
     ap.add_argument("--stage", type=int, default=1, help="stage number; seeds the sample order of a staged run")
     ap.add_argument("--stop-after", type=int, default=0, help="stop (checkpoint only, no export) after this many epochs")
+    ap.add_argument("--rotate", type=float, default=0.0, help="random rotation augmentation, +- degrees")
+    ap.add_argument("--zoom", type=float, default=0.0, help="random scale augmentation, 1 +- this")
+    ap.add_argument("--balance", type=float, default=0.0,
+                    help="draw training images with weight n_class^-BALANCE (0: uniform; 0.5: square-root "
+                         "balancing, so rare classes such as Pedestrians are seen more often)")
+    ap.add_argument("--warmup", type=float, default=0.0,
+                    help="with --init: fraction of the steps spent ramping the lr up linearly before the decay")
     ap.add_argument("--init", help="start from this checkpoint's weights, with a plain linearly decaying "
                                    "learning rate (no warm-up): the second stage of a two-stage run")
     args = ap.parse_args()
@@ -228,7 +253,14 @@ def main():
         mean, std = ck["mean"], ck["std"]
         mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).to(device)
         std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1).to(device)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total_steps))
+        warm = int(args.warmup * total_steps)
+
+        def lr_at(s):
+            if s < warm:
+                return (s + 1) / warm
+            return max(0.0, 1.0 - (s - warm) / max(1, total_steps - warm))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
         gen_seed = args.seed + args.stage - 1
     else:
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total_steps, pct_start=0.25)
@@ -239,11 +271,16 @@ def main():
     t0 = time.time()
     for epoch in range(args.epochs):
         model.train()
-        perm = torch.randperm(len(ytr), generator=gen)[: steps_per_epoch * args.batch]
+        if args.balance:
+            counts = np.bincount(ytr)
+            w = torch.from_numpy(counts[ytr].astype(np.float64) ** -args.balance)
+            perm = torch.multinomial(w, steps_per_epoch * args.batch, replacement=False, generator=gen)
+        else:
+            perm = torch.randperm(len(ytr), generator=gen)[: steps_per_epoch * args.batch]
         tot, correct, loss_sum = 0, 0, 0.0
         for s in range(steps_per_epoch):
             idx = perm[s * args.batch:(s + 1) * args.batch]
-            x = augment(xtr_t[idx], gen).to(device)
+            x = augment(xtr_t[idx], gen, args.rotate, args.zoom).to(device)
             x = ((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
             y = ytr_t[idx].to(device)
             logits = model(x)

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Regenerates what depends on the reference model's weights, after a retrain
+# (models/train/train.sh) has replaced models/gtsrb-resnet18.onnx:
+#   1. tests/fixtures/golden/        PyTorch float64 per-sample gradient features (make-golden.py)
+#   2. models/gtsrb-resnet18.calib.toml   with the command recorded in the old file
+#   3. models/samples/gtsrb-test-sample.expected.jsonl   the x86-64 scores docs/jetson.md compares
+# and prints the new sha256 and what is left to do by hand (docs/results.md via scripts/eval.sh,
+# the numbers in models/README.md and README.md).
+#
+#   scripts/refresh-model.sh            # needs .venv (torch, onnx) and out/calib/*.npy
+#
+# The calibration sets (out/calib/gtsrb-val-2000.npy: 2,000 images of the held-out training
+# tracks of train.py's split; out/calib/cifar10-1000.npy) are not committed; the recorded
+# command names them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MODEL=models/gtsrb-resnet18.onnx
+CALIB=models/gtsrb-resnet18.calib.toml
+PY=${PYTHON:-.venv/bin/python}
+export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.ort/host/libonnxruntime.so}
+[ -e "$ORT_DYLIB_PATH" ] || scripts/fetch-onnxruntime.sh
+
+cargo build --release --locked --bin gradwatch
+bin=./target/release/gradwatch
+
+echo "== golden fixture"
+"$PY" scripts/make-golden.py --model "$MODEL" --samples models/samples/gtsrb-test-sample.npy \
+  --out tests/fixtures/golden
+
+echo "== calibration"
+cmd=$(sed -n 's/^command = "\(.*\)"$/\1/p' "$CALIB")
+[ -n "$cmd" ] || { echo "error: no command recorded in $CALIB" >&2; exit 2; }
+for f in $(grep -o 'out/calib/[^ ]*\.npy' <<<"$cmd"); do
+  [ -f "$f" ] || { echo "error: calibration input $f is missing (see the comment at the top of this script)" >&2; exit 2; }
+done
+echo "$cmd"
+eval "$cmd"
+
+echo "== expected scores of the committed sample"
+"$bin" score --calib "$CALIB" models/samples/gtsrb-test-sample.npy \
+  >models/samples/gtsrb-test-sample.expected.jsonl
+flagged=$(grep -c '"verdict":"unfamiliar"' models/samples/gtsrb-test-sample.expected.jsonl || true)
+echo "sample: $flagged of $(wc -l <models/samples/gtsrb-test-sample.expected.jsonl) flagged unfamiliar"
+
+echo "== done; sha256 $(sha256sum "$MODEL" | cut -d' ' -f1)"
+echo "left by hand: scripts/eval.sh --per-set 200 (docs/results.md), the numbers in models/README.md,"
+echo "README.md and docs/evaluation.md, then make test"
