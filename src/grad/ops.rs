@@ -731,6 +731,13 @@ fn conv_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradEr
             g.keff(0) as i64 - 1 - g.pads[2] as i64,
             g.keff(1) as i64 - 1 - g.pads[3] as i64,
         ];
+        // The input gradient runs through the weights times each output channel's folded gain.
+        let mut w = w;
+        if let Some(k) = &gain {
+            for (o, mut wo) in w.outer_iter_mut().enumerate() {
+                wo.mapv_inplace(|v| v * k[o]);
+            }
+        }
         let dx = if g.s == [1, 1] && p_flip.iter().all(|&p| p >= 0) {
             // Stride 1: a plain Conv with the flipped, transposed kernel (ORT's fastest path).
             let mut wf = vec![0.0f32; cin * cout_g * kh * kw];
@@ -739,8 +746,7 @@ fn conv_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradEr
                     for i in 0..cin_g {
                         for a in 0..kh {
                             for bb in 0..kw {
-                                let oc = gi * cout_g + o;
-                                let src = w[[oc, i, kh - 1 - a, kw - 1 - bb]] * gain.as_ref().map_or(1.0, |k| k[oc]);
+                                let src = w[[gi * cout_g + o, i, kh - 1 - a, kw - 1 - bb]];
                                 wf[(((gi * cin_g + i) * cout_g + o) * kh + a) * kw + bb] = src;
                             }
                         }
@@ -751,12 +757,8 @@ fn conv_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradEr
             let pads = p_flip.map(|p| p as usize);
             ctx.b.op("Conv", &[dy, &wf], conv_attrs(&g, group, pads))
         } else {
-            let wt = match &gain {
-                Some(k) => {
-                    let per = w.len() / cout;
-                    let scaled: Vec<f32> = w.iter().enumerate().map(|(i, v)| v * k[i / per]).collect();
-                    ctx.b.const_f32("conv_gained", w.shape(), &scaled)
-                }
+            let wt = match gain {
+                Some(_) => ctx.b.const_f32("conv_gained", w.shape(), &w.iter().copied().collect::<Vec<_>>()),
                 None => wname.clone(),
             };
             col2im(ctx, dy, &wt, group, &g)
