@@ -75,8 +75,8 @@ def affine(x, gen, rotate_deg, zoom):
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def augment(x, gen, rotate_deg=0.0, zoom=0.0):
-    """Random crop (pad 4) and small colour jitter on a float batch in [0,1]. No flips.
+def augment(x, gen, rotate_deg=0.0, zoom=0.0, jitter=0.2):
+    """Random crop (pad 4) and colour jitter (+-jitter) on a float batch in [0,1]. No flips.
 
     With rotate_deg or zoom (the fourth stage), a random rotation and scale come first:
     the GTSRB test set's signs are seen at more angles and sizes than one track shows.
@@ -88,9 +88,9 @@ def augment(x, gen, rotate_deg=0.0, zoom=0.0):
     ox = torch.randint(0, 9, (n,), generator=gen)
     oy = torch.randint(0, 9, (n,), generator=gen)
     out = torch.stack([padded[i, :, oy[i]:oy[i] + 32, ox[i]:ox[i] + 32] for i in range(n)])
-    b = 1.0 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.4  # brightness +-20%
-    c = 1.0 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.4  # contrast +-20%
-    s = 1.0 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.4  # saturation +-20%
+    b = 1.0 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * (2 * jitter)  # brightness
+    c = 1.0 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * (2 * jitter)  # contrast
+    s = 1.0 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * (2 * jitter)  # saturation
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     out = (out - mean) * c + mean
     gray = out.mean(dim=1, keepdim=True)
@@ -214,6 +214,7 @@ def main():
                          "balancing, so rare classes such as Pedestrians are seen more often)")
     ap.add_argument("--warmup", type=float, default=0.0,
                     help="with --init: fraction of the steps spent ramping the lr up linearly before the decay")
+    ap.add_argument("--jitter", type=float, default=0.2, help="brightness/contrast/saturation jitter, 1 +- this")
     ap.add_argument("--init", help="start from this checkpoint's weights, with a plain linearly decaying "
                                    "learning rate (no warm-up): the second stage of a two-stage run")
     args = ap.parse_args()
@@ -280,7 +281,7 @@ def main():
         tot, correct, loss_sum = 0, 0, 0.0
         for s in range(steps_per_epoch):
             idx = perm[s * args.batch:(s + 1) * args.batch]
-            x = augment(xtr_t[idx], gen, args.rotate, args.zoom).to(device)
+            x = augment(xtr_t[idx], gen, args.rotate, args.zoom, args.jitter).to(device)
             x = ((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
             y = ytr_t[idx].to(device)
             logits = model(x)
