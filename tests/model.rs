@@ -40,7 +40,7 @@ fn reference_model_metadata_and_accuracy() {
     }
     let acc = correct as f64 / images.len() as f64;
     eprintln!("reference model accuracy on the committed sample: {acc:.4} ({correct}/{})", images.len());
-    // The issue asked for 0.97; the shipped model reaches 0.939 on this sample (0.954 on the full
-    // test set, see models/README.md). 0.92 still catches any break in weights or preprocessing.
-    assert!(acc >= 0.92, "accuracy {acc} below 0.92");
+    // The shipped model reaches 0.9746 (499/512) on this sample in PyTorch and 0.9814 on the full
+    // test set (models/README.md); the issue's bar is 0.97.
+    assert!(acc >= 0.97, "accuracy {acc} below 0.97");
 }
