@@ -215,8 +215,8 @@ def main():
     ap.add_argument("--warmup", type=float, default=0.0,
                     help="with --init: fraction of the steps spent ramping the lr up linearly before the decay")
     ap.add_argument("--jitter", type=float, default=0.2, help="brightness/contrast/saturation jitter, 1 +- this")
-    ap.add_argument("--init", help="start from this checkpoint's weights, with a plain linearly decaying "
-                                   "learning rate (no warm-up): the second stage of a two-stage run")
+    ap.add_argument("--init", help="start from this checkpoint's weights, with a linearly decaying learning "
+                                   "rate (after the --warmup ramp, if any): a later stage of a staged run")
     args = ap.parse_args()
 
     if args.threads:
