@@ -270,12 +270,13 @@ def main():
     xtr_t = to_float(xtr)
     ytr_t = torch.from_numpy(ytr)
     t0 = time.time()
+    if args.balance:
+        counts = np.bincount(ytr)
+        draw_w = torch.from_numpy(counts[ytr].astype(np.float64) ** -args.balance)
     for epoch in range(args.epochs):
         model.train()
         if args.balance:
-            counts = np.bincount(ytr)
-            w = torch.from_numpy(counts[ytr].astype(np.float64) ** -args.balance)
-            perm = torch.multinomial(w, steps_per_epoch * args.batch, replacement=False, generator=gen)
+            perm = torch.multinomial(draw_w, steps_per_epoch * args.batch, replacement=False, generator=gen)
         else:
             perm = torch.randperm(len(ytr), generator=gen)[: steps_per_epoch * args.batch]
         tot, correct, loss_sum = 0, 0, 0.0
