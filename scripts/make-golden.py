@@ -11,7 +11,7 @@ against the all-ones label) with torch.func (vmap over grad) in float64, and wri
   features.npy  float64 [N,62]       squared L2 norm of each parameter tensor's gradient
   logits.npy    float64 [N,43]
   names.json                         parameter names, in graph order
-The Rust test (tests/golden.rs) reads these and needs no Python.
+The Rust test (tests/it/golden.rs) reads these and needs no Python.
 With --check FILE.onnx it also runs a compiled gradient graph through onnxruntime and
 prints the worst relative error per feature.
 """

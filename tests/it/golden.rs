@@ -1,8 +1,6 @@
 //! The compiled ResNet-18 (CIFAR style, BatchNormalization kept) against PyTorch per-sample
 //! gradients computed with torch.func in float64 (`scripts/make-golden.py` writes the fixture).
 
-mod common;
-
 use std::path::Path;
 
 use gradwatch::grad::{self, CompileOptions};
@@ -27,7 +25,7 @@ fn resnet18_matches_pytorch_float64() {
     let x: ArrayD<f32> = read_npy(dir.join(FIXTURE).join("input.npy")).unwrap();
     let want: Array2<f64> = read_npy(dir.join(FIXTURE).join("features.npy")).unwrap();
     let want_logits: Array2<f64> = read_npy(dir.join(FIXTURE).join("logits.npy")).unwrap();
-    let mut s = GradSession::new(&compiled, &common::ort()).unwrap();
+    let mut s = GradSession::new(&compiled, &crate::common::ort()).unwrap();
     let got = s.run(x.view()).unwrap();
 
     let mut worst = (0.0f64, 0usize, 0usize);

@@ -2,12 +2,11 @@
 //! refusal of a calibration made for another model file (library and CLI exit code 2).
 
 // The shared helpers trip a newer clippy lint; they are not this file's to change.
-mod common;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::{ort, tiny_model, Rng};
+use crate::common::{ort, tiny_model, Rng};
 use gradwatch::detector::calibration::CalibModel;
 use gradwatch::detector::{CalibError, Calibration, DetectorKind, MlpConfig};
 use gradwatch::eval::calibrate::{self, CalibrateOptions, UnfamiliarSet};

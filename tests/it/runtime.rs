@@ -2,9 +2,7 @@
 //! CUDA/TensorRT configurations a Jetson uses must load here and fall back to the CPU with a
 //! warning, or fail with a clear error when `require = true`.
 
-mod common;
-
-use common::{ort, Net};
+use crate::common::{ort, Net};
 use gradwatch::grad::{self, CompileOptions};
 use gradwatch::runtime::{GradSession, Provider, RuntimeError, RuntimeOptions, TensorRtOptions};
 

@@ -1,8 +1,6 @@
 //! The shipped reference model: its metadata, and its accuracy on the committed sample of
 //! the GTSRB test set, through gradwatch's own runtime and preprocessing.
 
-mod common;
-
 use std::path::Path;
 
 use gradwatch::grad::CompileOptions;
@@ -27,7 +25,7 @@ fn reference_model_metadata_and_accuracy() {
     let labels = gradwatch::data::load_npy_labels(&dir.join(LABELS)).unwrap();
     assert_eq!(images.len(), labels.len());
     assert!(images.len() >= 500);
-    let mut s = GradSession::new(&m.compiled, &common::ort()).unwrap();
+    let mut s = GradSession::new(&m.compiled, &crate::common::ort()).unwrap();
     let mut correct = 0;
     for (chunk, lab) in images.chunks(64).zip(labels.chunks(64)) {
         let x = m.info.preprocess(chunk.iter());

@@ -2,9 +2,8 @@
 //! tiny model, feature extraction, and the report writer on a fake result set.
 
 // The shared helpers trip a newer clippy lint; they are not this file's to change.
-mod common;
 
-use common::{ort, tiny_model, Rng};
+use crate::common::{ort, tiny_model, Rng};
 use gradwatch::eval::baselines::{self, MahalanobisScorer, OdinGraph};
 use gradwatch::eval::features::{self, FeatureSet};
 use gradwatch::eval::metrics::{self, Metrics};
@@ -107,7 +106,7 @@ fn odin_perturbation_raises_the_max_softmax() {
     let (fwd, out) = baselines::forward_logits_model(&model).unwrap();
     let mut forward = ModelSession::new(&gradwatch::onnx::encode(&fwd), &rt).unwrap();
     let mut rng = Rng::new(5);
-    let x = common::input(&mut rng, 6, &[3, 16, 16]);
+    let x = crate::common::input(&mut rng, 6, &[3, 16, 16]);
     for t in [1.0f32, 1000.0] {
         let (z, g) = odin.run(&x, t).unwrap();
         let xp = baselines::odin_perturb(&x, &g, 0.01, [1.0; 3], false).unwrap();

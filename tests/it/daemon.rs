@@ -4,17 +4,13 @@
 //! reason "shutdown", exit 0), SIGHUP with a broken then a good config, bad frames counted and
 //! skipped, and bad configs (exit 2, key and line named).
 
-// tests/common (shared with tests/grad.rs) trips this lint under Rust 1.95's clippy.
-
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::Net;
+use crate::common::Net;
 use gradwatch::detector::calibration::{CalibModel, DataSummary, FitSummary, FORMAT};
 use gradwatch::detector::{Calibration, DetectorKind, Gaussian, LogStandardizer};
 use gradwatch::frame::RgbImage;
@@ -101,7 +97,7 @@ fn assets() -> &'static Assets {
                 validation_false_alarm_rate: 0.0,
                 validation_true_positive_rate: 0.0,
                 validation_auroc: 0.0,
-                command: "tests/daemon.rs".into(),
+                command: "tests/it/daemon.rs".into(),
             },
         };
         let calibration = dir.path().join("tiny.calib.toml");

@@ -2,9 +2,7 @@
 //! supported operator, plus the structural guarantees of the output graph.
 #![allow(clippy::needless_range_loop)] // index loops mirror the maths
 
-mod common;
-
-use common::{finite_differences, input, ort, Net};
+use crate::common::{finite_differences, input, ort, Net};
 use gradwatch::grad::{self, CompileOptions, ConvNorm, GradError, Loss};
 use gradwatch::onnx::{self, attr};
 use gradwatch::runtime::GradSession;
@@ -22,7 +20,7 @@ struct Case {
 /// Compiles, runs, and compares every feature (and the input gradient) with finite differences.
 fn check_with(case: &Case, opts: &CompileOptions, label: &[f32]) {
     let model = case.net.model(&case.input, &case.out);
-    let mut rng = common::Rng::new(99);
+    let mut rng = crate::common::Rng::new(99);
     let x: ArrayD<f32> = input(&mut rng, BATCH, &case.input);
     let opts = CompileOptions { input_grad: true, ..opts.clone() };
     let compiled = grad::compile(&model, &opts).unwrap_or_else(|e| panic!("compile: {e}"));
@@ -424,7 +422,7 @@ fn samples_are_independent() {
     });
     let compiled = grad::compile(&case.net.model(&case.input, &case.out), &CompileOptions::default()).unwrap();
     let mut s = GradSession::new(&compiled, &ort()).unwrap();
-    let mut rng = common::Rng::new(5);
+    let mut rng = crate::common::Rng::new(5);
     let x = input(&mut rng, 4, &case.input);
     let all = s.run(x.view()).unwrap().features;
     for k in 0..4 {

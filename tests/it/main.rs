@@ -1,0 +1,19 @@
+//! The integration tests, one binary (each `tests/*.rs` used to link ONNX Runtime's loader and
+//! rustls again): a module per area, against the public API and the real `gradwatch` binary.
+
+mod alert;
+mod calibrate;
+mod common;
+mod corrupt;
+mod daemon;
+mod data;
+mod detector;
+mod eval;
+mod golden;
+mod grad;
+mod metrics;
+mod model;
+mod mqtt;
+mod runtime;
+mod sink;
+mod source;
