@@ -4,18 +4,21 @@
 //! Every table is strict (`deny_unknown_fields`): a misspelt key is an error naming the key and
 //! its line, never silently ignored. Relative paths (model, calibration, stream files, sink
 //! files, the TensorRT cache) resolve against the config file's directory, so a config works
-//! from any working directory. `config/gradwatch.toml` documents every option with its default.
+//! from any working directory. Each component's config struct lives next to its code
+//! (`source`, `sink`, `pipeline`, `alert`, `metrics`, `runtime`), validates itself and resolves
+//! its own paths; this module only assembles them and checks what spans components. `config/gradwatch.toml` documents every option with its default.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::alert::AlertPolicy;
+pub use crate::alert::AlertConfig;
 use crate::metrics::MetricsConfig;
+pub use crate::pipeline::PipelineConfig;
 use crate::runtime::RuntimeOptions;
 use crate::sink::{SinkConfig, StdoutSinkConfig};
-use crate::source::{SourceConfig, StreamConfig};
+use crate::source::StreamConfig;
 
 /// Errors loading or validating a config.
 #[derive(Debug, thiserror::Error)]
@@ -78,83 +81,6 @@ impl Default for ModelConfig {
     }
 }
 
-/// `[pipeline]`: batching, supervision and shutdown.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PipelineConfig {
-    /// Inference batches up to this many frames across streams. Default 8.
-    pub max_batch: usize,
-    /// After the first frame of a batch, wait at most this long for more. Default 20.
-    pub max_wait_ms: u64,
-    /// A stage whose heartbeat is older than this is stuck: the systemd watchdog is no longer
-    /// fed and `/healthz` says why. Default 10.
-    pub heartbeat_timeout_s: u64,
-    /// On SIGTERM, queued frames and events are drained for at most this long. Default 5.
-    pub shutdown_deadline_s: u64,
-    /// READY=1 is sent when every enabled stream delivered its first frame, or after this
-    /// long at the latest (a camera that is unplugged at boot must not fail the unit). Default 10.
-    pub start_timeout_s: u64,
-}
-
-impl Default for PipelineConfig {
-    fn default() -> Self {
-        PipelineConfig {
-            max_batch: 8,
-            max_wait_ms: 20,
-            heartbeat_timeout_s: 10,
-            shutdown_deadline_s: 5,
-            start_timeout_s: 10,
-        }
-    }
-}
-
-/// `[alert]`: the debounce policy of every stream, with optional per-stream overrides in
-/// `[alert.stream.<name>]` tables (keys not given there come from `[alert]`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct AlertConfig {
-    /// The policy of streams without an override.
-    #[serde(flatten)]
-    pub default: AlertPolicy,
-    /// Per-stream overrides, by stream name, already merged with the defaults.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub stream: BTreeMap<String, AlertPolicy>,
-}
-
-impl AlertConfig {
-    /// The policy in force for `stream`.
-    pub fn policy_for(&self, stream: &str) -> &AlertPolicy {
-        self.stream.get(stream).unwrap_or(&self.default)
-    }
-}
-
-impl<'de> Deserialize<'de> for AlertConfig {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        // `flatten` cannot be combined with `deny_unknown_fields`, so split by hand (as
-        // `StreamConfig` does): both halves stay strict.
-        let mut table = toml::Table::deserialize(d)?;
-        let overrides = match table.remove("stream") {
-            None => toml::Table::new(),
-            Some(toml::Value::Table(t)) => t,
-            Some(_) => return Err(D::Error::custom("[alert] `stream` must be a table of per-stream tables")),
-        };
-        let default = AlertPolicy::deserialize(toml::Value::Table(table.clone()))
-            .map_err(|e| D::Error::custom(format!("[alert]: {}", e.message())))?;
-        let mut stream = BTreeMap::new();
-        for (name, v) in overrides {
-            let toml::Value::Table(o) = v else {
-                return Err(D::Error::custom(format!("[alert.stream.{name}] must be a table of policy keys")));
-            };
-            let mut merged = table.clone();
-            merged.extend(o);
-            let p = AlertPolicy::deserialize(toml::Value::Table(merged))
-                .map_err(|e| D::Error::custom(format!("[alert.stream.{name}]: {}", e.message())))?;
-            stream.insert(name, p);
-        }
-        Ok(AlertConfig { default, stream })
-    }
-}
-
 /// The whole config file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -209,45 +135,17 @@ impl Config {
         Ok(c)
     }
 
-    /// Makes every relative path absolute against `base` (the config file's directory).
+    /// Makes every relative path absolute against `base` (the config file's directory); each
+    /// component resolves its own paths.
     pub fn resolve_paths(&mut self, base: &Path) {
-        let fix = |p: &mut PathBuf| {
-            if p.is_relative() && p.as_os_str() != "-" && !p.as_os_str().is_empty() {
-                *p = base.join(&*p);
-            }
-        };
-        fix(&mut self.model.path);
-        fix(&mut self.model.calibration);
-        if let Some(l) = self.runtime.library.as_mut() {
-            fix(l);
-        }
-        if let Some(d) = self.runtime.tensorrt.engine_cache_dir.as_mut() {
-            fix(d);
-        }
+        resolve_path(&mut self.model.path, base);
+        resolve_path(&mut self.model.calibration, base);
+        self.runtime.resolve_paths(base);
         for s in &mut self.stream {
-            match &mut s.source {
-                SourceConfig::V4l2(_) => {}
-                SourceConfig::Directory(c) => fix(&mut c.path),
-                SourceConfig::Pipe(c) => fix(&mut c.path),
-                SourceConfig::Replay(c) => fix(&mut c.path),
-            }
+            s.source.resolve_paths(base);
         }
         for s in &mut self.sink {
-            match s {
-                SinkConfig::File(f) => fix(&mut f.path),
-                SinkConfig::Mqtt(m) => {
-                    if let Some(t) = m.tls.as_mut() {
-                        fix(&mut t.ca_file);
-                        if let Some(c) = t.client_cert.as_mut() {
-                            fix(c);
-                        }
-                        if let Some(k) = t.client_key.as_mut() {
-                            fix(k);
-                        }
-                    }
-                }
-                SinkConfig::Stdout(_) => {}
-            }
+            s.resolve_paths(base);
         }
     }
 
@@ -273,25 +171,8 @@ impl Config {
                 );
             }
         }
-        self.alert.default.validate().map_err(|e| self.invalid(format!("[alert]: {e}")))?;
-        for (name, p) in &self.alert.stream {
-            if !names.contains(name.as_str()) {
-                return Err(self.invalid(format!(
-                    "[alert.stream.{name}]: there is no stream named `{name}`; fix the name or remove the table"
-                )));
-            }
-            p.validate().map_err(|e| self.invalid(format!("[alert.stream.{name}]: {e}")))?;
-        }
-        let p = &self.pipeline;
-        if p.max_batch == 0 || p.max_batch > 4096 {
-            return Err(self.invalid(format!("[pipeline] max_batch = {} must be in 1..=4096", p.max_batch)));
-        }
-        if p.max_wait_ms > 10_000 {
-            return Err(self.invalid(format!("[pipeline] max_wait_ms = {} must be at most 10000", p.max_wait_ms)));
-        }
-        if p.heartbeat_timeout_s == 0 {
-            return Err(self.invalid("[pipeline] heartbeat_timeout_s must be at least 1".into()));
-        }
+        self.alert.validate(&names).map_err(|e| self.invalid(e))?;
+        self.pipeline.validate().map_err(|e| self.invalid(format!("[pipeline] {e}")))?;
         if let Some(t) = self.model.threshold {
             if !t.is_finite() {
                 return Err(self.invalid(format!("[model] threshold = {t} must be a finite number")));
@@ -313,6 +194,14 @@ impl Config {
     /// The enabled streams, in file order.
     pub fn enabled_streams(&self) -> impl Iterator<Item = &StreamConfig> {
         self.stream.iter().filter(|s| s.enabled)
+    }
+}
+
+/// Makes a relative path absolute against `base` (the config file's directory); `-` (stdin)
+/// and empty paths are left as they are. Every component's `resolve_paths` uses it.
+pub fn resolve_path(p: &mut PathBuf, base: &Path) {
+    if p.is_relative() && p.as_os_str() != "-" && !p.as_os_str().is_empty() {
+        *p = base.join(&*p);
     }
 }
 
@@ -381,6 +270,8 @@ fn find_key(s: &str, key: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alert::AlertPolicy;
+    use crate::source::SourceConfig;
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("test.toml"))

@@ -1,4 +1,11 @@
-//! Dataset and image I/O: `.npy` image stacks and labels, image files and folders.
+//! Dataset and image I/O: `.npy` image stacks and labels, image files and folders. The one
+//! place that reads them: the CLI (`score`, `calibrate`, `eval`, `corrupt`) and the daemon's
+//! `directory` and `replay` streams use the same loaders, so one file reads the same everywhere.
+//!
+//! Image folders are listed by one rule ([`list_image_files`]): regular files (symlinks
+//! followed) whose extension is one of [`IMAGE_EXTENSIONS`] (any case), not starting with `.`,
+//! not recursive, sorted by file name byte-wise. Image files are decoded by content, not by
+//! extension, and a decoder panic is an error, never a crash.
 //!
 //! `.npy` files are read whole and their header is checked against the file size before any
 //! array is allocated, so a truncated or hostile file is an error, never a huge allocation.
@@ -12,7 +19,7 @@ use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 
 use crate::frame::RgbImage;
 
-/// File name extensions (lower case) that [`load_image_dir`] treats as images.
+/// File name extensions (lower case) that [`list_image_files`] treats as images.
 pub const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "ppm", "pnm"];
 
 /// Why a dataset or image could not be read or written.
@@ -53,6 +60,13 @@ pub enum DataError {
         /// The decoder's error.
         #[source]
         source: image::ImageError,
+    },
+    /// The image decoder panicked on a file (a decoder bug on hostile input); the file is
+    /// treated as undecodable.
+    #[error("{path}: the image decoder crashed on this file; it is corrupt or hostile, remove it")]
+    DecoderPanicked {
+        /// The file.
+        path: PathBuf,
     },
     /// Images of different sizes where one array needs them equal.
     #[error(
@@ -225,12 +239,16 @@ pub fn save_npy_images(path: &Path, images: &[RgbImage]) -> Result<(), DataError
 
 /// Loads a PNG, JPEG or PPM/PNM file (format from its content), any colour type, as RGB8.
 pub fn load_image(path: &Path) -> Result<RgbImage, DataError> {
-    let reader = image::ImageReader::open(path).map_err(io_err(path))?;
-    let reader = reader.with_guessed_format().map_err(io_err(path))?;
-    let img = reader.decode().map_err(|source| DataError::Image { path: path.to_path_buf(), source })?;
-    let rgb = img.to_rgb8();
-    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-    Ok(RgbImage { width: w, height: h, data: rgb.into_raw() })
+    let decode = || -> Result<RgbImage, DataError> {
+        let reader = image::ImageReader::open(path).map_err(io_err(path))?;
+        let reader = reader.with_guessed_format().map_err(io_err(path))?;
+        let img = reader.decode().map_err(|source| DataError::Image { path: path.to_path_buf(), source })?;
+        let rgb = img.into_rgb8();
+        let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+        Ok(RgbImage { width: w, height: h, data: rgb.into_raw() })
+    };
+    // A hostile file must not take the daemon down, even through a decoder bug.
+    std::panic::catch_unwind(decode).unwrap_or_else(|_| Err(DataError::DecoderPanicked { path: path.to_path_buf() }))
 }
 
 /// One entry of [`load_image_dir`]: the file name and the decoded image or why it failed.
@@ -243,20 +261,34 @@ fn has_image_extension(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-/// The image files of `dir` (by extension, not recursive) in file-name order, each decoded or
-/// its error: one bad file does not fail the folder.
-pub fn load_image_dir(dir: &Path) -> Result<Vec<DirEntryImage>, DataError> {
+/// The image files of `dir` in play order, by the module's one listing rule: regular files
+/// (symlinks followed) with an image extension, not hidden, not recursive, sorted by file name
+/// byte-wise (so number frames with zero padding: `0001.png`).
+pub fn list_image_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
         let path = entry.path();
+        // Hidden files are editors' and writers' temporaries (`.0001.png.swp`, `.tmp`).
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
         // `metadata` follows symlinks, so a linked image counts and a linked folder does not.
-        if has_image_extension(&path) && std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
-            files.push((entry.file_name().to_string_lossy().into_owned(), path));
+        if !hidden && has_image_extension(&path) && std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            files.push(path);
         }
     }
-    files.sort();
-    Ok(files.into_iter().map(|(name, path)| (name, load_image(&path))).collect())
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(files)
+}
+
+/// The file name of `path` as text (empty when it has none).
+pub fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// The image files of `dir` ([`list_image_files`]), each decoded or its error: one bad file
+/// does not fail the folder.
+pub fn load_image_dir(dir: &Path) -> Result<Vec<DirEntryImage>, DataError> {
+    Ok(list_image_files(dir)?.into_iter().map(|path| (file_name(&path), load_image(&path))).collect())
 }
 
 /// Saves an RGB8 image as PNG.
@@ -293,8 +325,7 @@ pub fn load_images(path: &Path) -> Result<Vec<(String, RgbImage)>, DataError> {
     } else if is_npy {
         Ok(load_npy_images(path)?.into_iter().enumerate().map(|(i, img)| (i.to_string(), img)).collect())
     } else if has_image_extension(path) {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(vec![(name, load_image(path)?)])
+        Ok(vec![(file_name(path), load_image(path)?)])
     } else if !path.exists() {
         Err(DataError::Io { path: path.to_path_buf(), source: std::io::Error::from(std::io::ErrorKind::NotFound) })
     } else {

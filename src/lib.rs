@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod model;
 pub mod onnx;
 pub mod pipeline;
+pub mod ratelimit;
+pub mod rng;
 pub mod runtime;
 pub mod service;
 pub mod sink;

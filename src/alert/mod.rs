@@ -6,6 +6,7 @@
 //! identical events. The JSON form of [`Event`] is the wire format of every sink and is
 //! documented in `docs/alerts.md`.
 
+mod config;
 pub mod time;
 
 use std::collections::VecDeque;
@@ -13,6 +14,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+pub use config::AlertConfig;
 pub use time::{parse_rfc3339, rfc3339_ms, unix_ms};
 
 /// Errors of the alert module.

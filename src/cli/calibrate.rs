@@ -5,14 +5,14 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::features::{load_input, runtime, show_progress};
+use super::common::{load_input, runtime, show_progress};
+use crate::corrupt::{parse_corruptions, parse_levels, round_robin_corruptions};
 use crate::detector::calibration::CalibModel;
+use crate::detector::fit::{self, CalibrateOptions, UnfamiliarSet};
 use crate::detector::MlpConfig;
-use crate::eval::calibrate::{self, CalibrateOptions, UnfamiliarSet};
-use crate::eval::features;
-use crate::eval::protocol::{parse_corruptions, parse_levels};
 use crate::grad::{CompileOptions, Loss};
 use crate::model::LoadedModel;
+use crate::runtime::extract as features;
 use crate::runtime::GradSession;
 
 /// Arguments of `gradwatch calibrate`.
@@ -97,7 +97,7 @@ pub fn run(a: CalibrateArgs) -> Result<i32> {
         unfamiliar.push(UnfamiliarSet { name: p.display().to_string(), features: f.features, paired: false });
     }
     if !kinds.is_empty() {
-        let imgs = calibrate::round_robin_corruptions(&fam.images, &kinds, &levels, a.seed)?;
+        let imgs = round_robin_corruptions(&fam.images, &kinds, &levels, a.seed)?;
         let f = features::extract_labelled(&mut session, &model.info, &imgs, a.batch, progress, "corruptions")?;
         let name = format!(
             "synthetic corruptions of the familiar images ({}; levels {})",
@@ -117,14 +117,7 @@ pub fn run(a: CalibrateArgs) -> Result<i32> {
         loss: a.loss.name().to_string(),
         features: model.compiled.features.clone(),
     };
-    let c = calibrate::fit(
-        cm,
-        &a.familiar.display().to_string(),
-        &fam_feats.features,
-        &unfamiliar,
-        &opts,
-        &command_line(),
-    )?;
+    let c = fit::fit(cm, &a.familiar.display().to_string(), &fam_feats.features, &unfamiliar, &opts, &command_line())?;
     c.save(&a.output)?;
     let s = &c.fitted_on;
     eprintln!(

@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::corrupt::{self, Corruption};
+use crate::corrupt::{image_seed, parse_corruptions};
 use crate::data;
-use crate::eval::protocol::{image_seed, parse_corruptions};
 
 /// Arguments of `gradwatch corrupt`.
 #[derive(Args, Debug)]

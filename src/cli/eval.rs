@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::calibrate::command_line;
-use super::features::{runtime, show_progress};
+use super::common::{runtime, show_progress};
 use crate::detector::MlpConfig;
 use crate::eval::{protocol, report};
 
@@ -68,7 +68,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         out: a.out.clone(),
         cache: a.cache.clone(),
         batch: a.batch,
-        corruptions: protocol::parse_corruptions(&a.corruptions).map_err(anyhow::Error::msg)?,
+        corruptions: crate::corrupt::parse_corruptions(&a.corruptions).map_err(anyhow::Error::msg)?,
         odin_temperatures: a.odin_temperatures.clone(),
         odin_epsilons: a.odin_epsilons.clone(),
         odin_corruption_temperatures: a.odin_corruption_temperatures.clone(),

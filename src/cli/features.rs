@@ -1,18 +1,17 @@
 //! `gradwatch features`: gradient features (and logits, penultimate activations) of an image
 //! set, written as `.npy`.
 
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::eval::features;
-use crate::frame::RgbImage;
+use super::common::{load_input, runtime, show_progress};
 use crate::grad::{CompileOptions, Loss};
 use crate::model::LoadedModel;
-use crate::runtime::{GradSession, RuntimeOptions};
+use crate::runtime::extract as features;
+use crate::runtime::GradSession;
 
 /// Arguments of `gradwatch features`.
 #[derive(Args, Debug)]
@@ -40,40 +39,6 @@ pub struct FeaturesArgs {
     /// ONNX Runtime intra-op threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-}
-
-/// Images of an input path with their names; `npy` says whether it was a `.npy` stack.
-pub struct Input {
-    /// File names (folders, files) or indices (`.npy`).
-    pub names: Vec<String>,
-    /// The images.
-    pub images: Vec<RgbImage>,
-    /// Whether the input was a `.npy` stack (names are indices).
-    pub npy: bool,
-}
-
-/// Loads `path` (npy, folder or image), keeping the first `limit` images.
-pub fn load_input(path: &Path, limit: Option<usize>) -> Result<Input> {
-    let npy = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("npy"));
-    let mut all = crate::data::load_images(path).with_context(|| format!("reading {}", path.display()))?;
-    if let Some(l) = limit {
-        all.truncate(l);
-    }
-    if all.is_empty() {
-        anyhow::bail!("{}: no images found (expected a .npy stack, an image folder or an image file)", path.display());
-    }
-    let (names, images) = all.into_iter().unzip();
-    Ok(Input { names, images, npy })
-}
-
-/// Runtime options with `threads`.
-pub fn runtime(threads: usize) -> RuntimeOptions {
-    RuntimeOptions { threads, ..Default::default() }
-}
-
-/// Whether to draw progress bars (stderr is a terminal).
-pub fn show_progress() -> bool {
-    std::io::stderr().is_terminal()
 }
 
 /// Runs `gradwatch features`.

@@ -3,6 +3,7 @@
 mod bench;
 mod calibrate;
 mod check_config;
+mod common;
 mod compile;
 mod corrupt;
 mod eval;
@@ -12,8 +13,7 @@ mod score;
 
 use clap::{Parser, Subcommand};
 
-/// Exit code for a bad configuration or bad arguments (systemd treats it as a failure to start).
-pub const EXIT_CONFIG: i32 = 2;
+pub use crate::service::EXIT_CONFIG;
 
 /// gradwatch: tells when a camera classifier looks at input it does not understand.
 #[derive(Parser, Debug)]

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::features::{load_input, runtime, show_progress};
+use super::common::{load_input, runtime, show_progress};
 use super::EXIT_CONFIG;
 use crate::detector::{CalibError, Calibration};
-use crate::eval::features;
 use crate::grad::{CompileOptions, Loss};
 use crate::model::{top_class, LoadedModel};
+use crate::runtime::extract as features;
 use crate::runtime::GradSession;
 
 /// Arguments of `gradwatch score`.

@@ -8,14 +8,13 @@
 //!
 //! Spatial sizes (blur kernels, blotches, flakes, haze cells) are given for a 32x32 image and
 //! scale with `min(width, height) / 32`, so a 640x480 frame at level 3 looks like a 32x32 sign at
-//! level 3. The random pattern comes from a frozen SplitMix64 ([`SplitMix64`]) seeded with
+//! level 3. The random pattern comes from a frozen SplitMix64 ([`crate::rng::SplitMix64`]) seeded with
 //! `seed` and the kind, so results never change with a dependency's version.
 
 mod filter;
 mod overlay;
-mod rng;
 
-pub use rng::SplitMix64;
+use crate::rng::SplitMix64;
 
 use crate::frame::RgbImage;
 use filter::{to_u8, Buf};
@@ -138,6 +137,9 @@ pub enum CorruptError {
     /// A montage of no kinds.
     #[error("montage needs at least one corruption kind")]
     NoKinds,
+    /// A round robin over no kinds or levels.
+    #[error("{0}")]
+    Invalid(String),
     /// The JPEG round trip of `codec_error` failed (e.g. an image over 65535 px a side).
     #[error("codec_error: JPEG round trip failed: {0}; use an image at most 65535 px a side")]
     Codec(String),
@@ -324,6 +326,70 @@ pub fn montage(img: &RgbImage, kinds: &[Corruption], seed: u64, scale: usize) ->
         }
     }
     Ok(out)
+}
+
+/// The corruption seed of image `index` under run seed `seed`: distinct per image, so noise,
+/// snow and dirt patterns differ between images but are reproducible.
+pub fn image_seed(seed: u64, index: usize) -> u64 {
+    SplitMix64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64).next_u64()
+}
+
+/// Parses levels: `"1-5"`, `"3"`, `"1,3,5"`.
+pub fn parse_levels(s: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("levels '{s}': use a range like 1-5 or a list like 1,3,5 (levels 1..={})", MAX_LEVEL);
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<u8>().map_err(|_| bad())?, b.trim().parse::<u8>().map_err(|_| bad())?),
+            None => {
+                let v = part.parse::<u8>().map_err(|_| bad())?;
+                (v, v)
+            }
+        };
+        if a == 0 || b > MAX_LEVEL || a > b {
+            return Err(bad());
+        }
+        out.extend(a..=b);
+    }
+    out.sort_unstable();
+    out.dedup();
+    if out.is_empty() {
+        return Err(format!("levels '{s}' names no level"));
+    }
+    Ok(out)
+}
+
+/// Parses corruption kinds: `all`, `paper` (the paper's 8), `none`, or a comma list of names.
+pub fn parse_corruptions(s: &str) -> Result<Vec<Corruption>, String> {
+    match s.trim() {
+        "all" => Ok(Corruption::ALL.to_vec()),
+        "paper" => Ok(Corruption::PAPER.to_vec()),
+        "none" | "" => Ok(Vec::new()),
+        list => list.split(',').map(|k| k.parse::<Corruption>().map_err(|e| e.to_string())).collect(),
+    }
+}
+
+/// One corrupted copy per image, cycling through every `(kind, level)` combination so that
+/// each appears equally often; image `i` gets combination `i mod (kinds x levels)` and seed
+/// `image_seed(seed, i)`.
+pub fn round_robin_corruptions(
+    images: &[RgbImage],
+    kinds: &[Corruption],
+    levels: &[u8],
+    seed: u64,
+) -> Result<Vec<RgbImage>, CorruptError> {
+    let combos: Vec<(Corruption, u8)> = kinds.iter().flat_map(|&k| levels.iter().map(move |&l| (k, l))).collect();
+    if combos.is_empty() {
+        return Err(CorruptError::Invalid("no corruption kinds or levels to draw from".into()));
+    }
+    images
+        .iter()
+        .enumerate()
+        .map(|(i, img)| {
+            let (k, l) = combos[i % combos.len()];
+            apply(img, k, l, image_seed(seed, i))
+        })
+        .collect()
 }
 
 #[cfg(test)]

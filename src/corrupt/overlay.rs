@@ -5,7 +5,7 @@
 //! level `n` plus more of the same dirt, which is what makes the deviation grow with level.
 
 use super::filter::Buf;
-use super::rng::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// Sub-blobs per blotch, so blotches are irregular rather than round.
 const BLOBS_PER_BLOTCH: usize = 3;

@@ -2,9 +2,9 @@
 
 use ndarray::Array2;
 
-use super::rng::SplitMix64;
+use super::roc;
 use super::{check_finite, DetectorError};
-use crate::eval::metrics;
+use crate::rng::SplitMix64;
 
 /// Training hyper-parameters of [`Mlp::train`]. Every field has a default (serde fills
 /// missing fields from [`MlpConfig::default`]).
@@ -334,7 +334,7 @@ impl Mlp {
             epochs_run,
             best_epoch,
             best_val_loss: best_loss,
-            best_val_auroc: metrics::auroc(&fam, &unf),
+            best_val_auroc: roc::auroc(&fam, &unf),
             val_loss_history: history,
         };
         Ok((net.to_mlp(), report))

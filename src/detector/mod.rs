@@ -1,6 +1,6 @@
 //! Detectors: gradient features (or penultimate activations) -> unfamiliarity score.
 //!
-//! Higher score = more unfamiliar, the convention of [`crate::eval::metrics`].
+//! Higher score = more unfamiliar, the convention of [`roc`].
 //!
 //! * [`LogStandardizer`]: the fixed preprocessing of gradient features. Squared gradient
 //!   norms span ~11 decades (1e-9 .. 1e+2 for ResNet-18), so they are log-transformed and
@@ -12,19 +12,25 @@
 //!   unfamiliar training data; with C classes on penultimate features it is the Mahalanobis
 //!   OOD baseline (Lee et al. 2018, "vanilla": no input preprocessing, no feature ensemble).
 //!
+//! * [`fit`]: fitting them, and a whole calibration with its alarm threshold; [`roc`]: the ROC
+//!   maths behind thresholds and reports; [`split`]: the seeded data splits both use.
+//!
 //! Fitted models are plain serde structs (they round-trip through TOML/JSON). Models read
 //! from files should be checked with their `validate` method before scoring: scoring a row
 //! of the wrong length, or with an inconsistent model, yields NaN (most unfamiliar) instead
 //! of panicking.
 
 pub mod calibration;
+pub mod fit;
 mod gaussian;
 mod linalg;
 mod mlp;
-mod rng;
+pub mod roc;
+pub mod split;
 mod standardize;
 
 pub use calibration::{CalibError, Calibration, DetectorKind};
+pub use fit::{FitError, GradDetector};
 pub use gaussian::{Gaussian, DEFAULT_SHRINKAGE};
 pub use mlp::{Mlp, MlpConfig, TrainReport};
 pub use standardize::{LogStandardizer, DEFAULT_EPS, MIN_STD};

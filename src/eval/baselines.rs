@@ -225,7 +225,7 @@ pub fn odin_scores(
     let n = images.len();
     let ne = epsilons.len();
     let mut out = Array2::zeros((n, temps.len() * ne));
-    let pb = super::features::progress_bar(n, "odin", progress);
+    let pb = crate::runtime::extract::progress_bar(n, "odin", progress);
     let batch = batch.max(1);
     for (b, chunk) in images.chunks(batch).enumerate() {
         let x = info.preprocess(chunk.iter()).into_dyn();

@@ -1,12 +1,9 @@
-//! Evaluation of unfamiliarity detectors: the threshold-free ranking metrics of the paper
-//! (AUROC, AUPR, detection accuracy, FPR at 95% TPR) and the threshold helpers the daemon
-//! uses to turn a tolerated false-alarm rate into an alert threshold; feature extraction over
-//! image sets, the baselines the paper compares against, the paper's protocol, and the report.
+//! Evaluation of unfamiliarity detectors (`gradwatch eval`): the baselines the paper compares
+//! against, the paper's protocol, the report and its figures. Only the CLI's `eval` command
+//! uses this module; what the product needs (ROC maths, splits, fitting, feature extraction)
+//! lives in [`crate::detector`] and [`crate::runtime`].
 
 pub mod baselines;
-pub mod calibrate;
-pub mod features;
-pub mod metrics;
 pub mod plot;
 pub mod protocol;
 pub mod report;
@@ -26,6 +23,12 @@ pub enum EvalError {
     /// A calibration is inconsistent or could not be read or written.
     #[error(transparent)]
     Calib(#[from] crate::detector::CalibError),
+    /// A detector could not be fitted.
+    #[error(transparent)]
+    Fit(#[from] crate::detector::FitError),
+    /// Features could not be extracted, read or written.
+    #[error(transparent)]
+    Extract(#[from] crate::runtime::ExtractError),
     /// A corruption could not be applied.
     #[error(transparent)]
     Corrupt(#[from] crate::corrupt::CorruptError),

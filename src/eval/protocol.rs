@@ -2,9 +2,6 @@
 //! GTSRB test images; unfamiliar = CIFAR-10 test images and CURE-TSR-style corruptions of the
 //! same familiar images at levels 1-5. Per (familiar, unfamiliar) pair, 40/40/20
 //! train/validation/test splits; our detector and the baselines are reported on the test split.
-//!
-//! Also the helpers shared with `gradwatch calibrate`: deterministic splits and subsamples,
-//! per-image corruption seeds, and training the paper's detector on gradient features.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,163 +10,17 @@ use std::time::Instant;
 use ndarray::{Array2, Axis};
 
 use super::baselines::{self, MahalanobisScorer};
-use super::features::{self, FeatureSet};
-use super::metrics;
 use super::report::{GenRow, OdinChoice, Results, Row};
 use super::EvalError;
-use crate::corrupt::{self, Corruption, SplitMix64};
-use crate::detector::{LogStandardizer, Mlp, MlpConfig, TrainReport};
+use crate::corrupt::{self, image_seed, Corruption};
+use crate::detector::roc as metrics;
+use crate::detector::split::{pick, rows, split_40_40_20, subsample, Split};
+use crate::detector::{GradDetector, MlpConfig};
 use crate::frame::RgbImage;
 use crate::grad::{self, CompileOptions, Loss};
 use crate::model::LoadedModel;
+use crate::runtime::extract::{self as features, FeatureSet};
 use crate::runtime::{GradSession, ModelSession, RuntimeOptions};
-
-/// Index sets of a train/validation/test split.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Split {
-    /// Training indices.
-    pub train: Vec<usize>,
-    /// Validation indices.
-    pub val: Vec<usize>,
-    /// Test (held-out) indices.
-    pub test: Vec<usize>,
-}
-
-/// A seeded permutation of `0..n` (Fisher-Yates over the frozen SplitMix64).
-pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
-    let mut rng = SplitMix64::new(seed ^ 0x005E_ED0F_5B11_7000);
-    let mut v: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
-    }
-    v
-}
-
-/// Splits `0..n` at random (deterministic for `seed`) into `floor(train * n)` training,
-/// `floor(val * n)` validation and the rest test indices, each part sorted ascending.
-pub fn split(n: usize, train: f64, val: f64, seed: u64) -> Split {
-    let p = permutation(n, seed);
-    let nt = ((n as f64 * train) + 1e-9).floor() as usize;
-    let nv = (((n as f64 * val) + 1e-9).floor() as usize).min(n - nt.min(n));
-    let nt = nt.min(n);
-    let sorted = |s: &[usize]| {
-        let mut v = s.to_vec();
-        v.sort_unstable();
-        v
-    };
-    Split { train: sorted(&p[..nt]), val: sorted(&p[nt..nt + nv]), test: sorted(&p[nt + nv..]) }
-}
-
-/// The paper's 40/40/20 split.
-pub fn split_40_40_20(n: usize, seed: u64) -> Split {
-    split(n, 0.4, 0.4, seed)
-}
-
-/// `n` of `0..total` drawn without replacement (all of them when `n >= total`), ascending.
-pub fn subsample(total: usize, n: usize, seed: u64) -> Vec<usize> {
-    let mut v = permutation(total, seed);
-    v.truncate(n.min(total));
-    v.sort_unstable();
-    v
-}
-
-/// The corruption seed of image `index` under run seed `seed`: distinct per image, so noise,
-/// snow and dirt patterns differ between images but are reproducible.
-pub fn image_seed(seed: u64, index: usize) -> u64 {
-    SplitMix64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64).next_u64()
-}
-
-/// Parses levels: `"1-5"`, `"3"`, `"1,3,5"`.
-pub fn parse_levels(s: &str) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad =
-            || format!("levels '{s}': use a range like 1-5 or a list like 1,3,5 (levels 1..={})", corrupt::MAX_LEVEL);
-        let (a, b) = match part.split_once('-') {
-            Some((a, b)) => (a.trim().parse::<u8>().map_err(|_| bad())?, b.trim().parse::<u8>().map_err(|_| bad())?),
-            None => {
-                let v = part.parse::<u8>().map_err(|_| bad())?;
-                (v, v)
-            }
-        };
-        if a == 0 || b > corrupt::MAX_LEVEL || a > b {
-            return Err(bad());
-        }
-        out.extend(a..=b);
-    }
-    out.sort_unstable();
-    out.dedup();
-    if out.is_empty() {
-        return Err(format!("levels '{s}' names no level"));
-    }
-    Ok(out)
-}
-
-/// Parses corruption kinds: `all`, `paper` (the paper's 8), `none`, or a comma list of names.
-pub fn parse_corruptions(s: &str) -> Result<Vec<Corruption>, String> {
-    match s.trim() {
-        "all" => Ok(Corruption::ALL.to_vec()),
-        "paper" => Ok(Corruption::PAPER.to_vec()),
-        "none" | "" => Ok(Vec::new()),
-        list => list.split(',').map(|k| k.parse::<Corruption>().map_err(|e| e.to_string())).collect(),
-    }
-}
-
-/// The paper's detector on gradient features: log-standardisation fitted on familiar training
-/// rows, then the two-layer MLP.
-#[derive(Clone, Debug)]
-pub struct GradDetector {
-    /// Log + standardisation.
-    pub normalize: LogStandardizer,
-    /// The network; the score is its logit.
-    pub mlp: Mlp,
-    /// Training history.
-    pub report: TrainReport,
-}
-
-impl GradDetector {
-    /// Fits the standardiser on `fam_train`, then trains the MLP (familiar 0, unfamiliar 1)
-    /// with early stopping on the validation rows.
-    pub fn train(
-        fam_train: &Array2<f32>,
-        unf_train: &Array2<f32>,
-        fam_val: &Array2<f32>,
-        unf_val: &Array2<f32>,
-        cfg: &MlpConfig,
-    ) -> Result<Self, EvalError> {
-        let normalize = LogStandardizer::fit(fam_train)?;
-        let (xt, yt) = stack(&normalize, fam_train, unf_train)?;
-        let (xv, yv) = stack(&normalize, fam_val, unf_val)?;
-        let (mlp, report) = Mlp::train(&xt, &yt, &xv, &yv, cfg)?;
-        Ok(GradDetector { normalize, mlp, report })
-    }
-
-    /// Scores (MLP logits; higher = more unfamiliar).
-    pub fn score(&self, x: &Array2<f32>) -> Result<Vec<f32>, EvalError> {
-        Ok(self.mlp.logits(&self.normalize.transform(x)?))
-    }
-}
-
-fn stack(n: &LogStandardizer, fam: &Array2<f32>, unf: &Array2<f32>) -> Result<(Array2<f32>, Vec<u8>), EvalError> {
-    let f = n.transform(fam)?;
-    let u = n.transform(unf)?;
-    let x = ndarray::concatenate(Axis(0), &[f.view(), u.view()])
-        .map_err(|e| EvalError::Invalid(format!("familiar and unfamiliar features differ in width: {e}")))?;
-    let mut y = vec![0u8; f.nrows()];
-    y.extend(std::iter::repeat_n(1u8, u.nrows()));
-    Ok((x, y))
-}
-
-/// Rows `idx` of a matrix.
-pub fn rows(x: &Array2<f32>, idx: &[usize]) -> Array2<f32> {
-    x.select(Axis(0), idx)
-}
-
-/// Elements `idx` of a vector.
-pub fn pick(v: &[f32], idx: &[usize]) -> Vec<f32> {
-    idx.iter().map(|&i| v[i]).collect()
-}
 
 /// Options of [`run`].
 #[derive(Clone, Debug)]

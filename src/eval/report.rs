@@ -4,10 +4,10 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::metrics::{auroc_standard_error, Metrics};
 use super::plot::{self, PlotSpec, Series};
 use super::EvalError;
 use crate::corrupt::MAX_LEVEL;
+use crate::detector::roc::{auroc_standard_error, RocSummary};
 
 /// Methods in table order: (key, display name).
 pub const METHODS: [(&str, &str); 6] = [
@@ -46,7 +46,7 @@ pub struct Row {
     /// Method key (see [`METHODS`]).
     pub method: String,
     /// The five metrics (fractions).
-    pub metrics: Metrics,
+    pub metrics: RocSummary,
     /// Familiar test images.
     pub n_familiar: usize,
     /// Unfamiliar test images.
@@ -124,7 +124,7 @@ pub struct Results {
 
 impl Results {
     /// The result of `method` on `pair`.
-    pub fn get(&self, pair: &str, method: &str) -> Option<&Metrics> {
+    pub fn get(&self, pair: &str, method: &str) -> Option<&RocSummary> {
         self.rows.iter().find(|r| r.pair == pair && r.method == method).map(|r| &r.metrics)
     }
 
@@ -205,7 +205,7 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(o, "|---|---|---|---|---|---|---|");
     for p in r.pairs().iter().filter(|p| !p.contains('/')) {
-        let cell = |f: fn(&Metrics) -> f64| {
+        let cell = |f: fn(&RocSummary) -> f64| {
             METHODS.iter().map(|(k, _)| r.get(p, k).map_or("—".into(), |m| pct(f(m)))).collect::<Vec<_>>().join(" / ")
         };
         let n = r.rows.iter().find(|x| &x.pair == p).map_or((0, 0), |x| (x.n_familiar, x.n_unfamiliar));

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 
 use super::alerting::{StreamEvent, StreamEventKind};
-use super::{Env, Heartbeat, RateLimit, Shared};
+use super::{Env, Heartbeat, Shared};
 use crate::frame::Frame;
+use crate::ratelimit::LogLimiter;
 use crate::source::{DropPolicy, Roi, Source, SourceEvent};
 
 /// A frame in a capture queue, with the real instant it was captured (for the
@@ -49,7 +50,7 @@ enum Link {
 impl Capture {
     pub(crate) fn run(mut self) -> Result<(), String> {
         let m = self.env.metrics.stream(&self.spec_name);
-        let mut bad_log = RateLimit::new(Duration::from_secs(10));
+        let bad_log = LogLimiter::new(Duration::from_secs(10));
         let mut link = Link::Unknown;
         let mut seq = 0u64;
         loop {
@@ -102,6 +103,7 @@ impl Capture {
                 }
                 SourceEvent::Down { reason } => {
                     m.up.set(0);
+                    bad_log.flush(|n| log::warn!("stream {}: {n} more bad frames skipped", self.spec_name));
                     if link != Link::Down {
                         log::warn!("stream {}: down: {reason}", self.spec_name);
                         link = Link::Down;
@@ -118,6 +120,7 @@ impl Capture {
                 }
                 SourceEvent::End => {
                     m.up.set(0);
+                    bad_log.flush(|n| log::warn!("stream {}: {n} more bad frames skipped", self.spec_name));
                     log::info!("stream {}: source ended after {seq} frames", self.spec_name);
                     if let Some(f) = self.shared.ended.get(&self.spec_name) {
                         f.store(true, Ordering::Relaxed);

@@ -8,10 +8,11 @@ use crossbeam_channel::{Receiver, Select, Sender, TryRecvError};
 use ndarray::Array2;
 
 use super::capture::Queued;
-use super::{Env, Heartbeat, RateLimit, Shared};
+use super::{Env, Heartbeat, Shared};
 use crate::alert::Scored;
 use crate::frame::RgbImage;
 use crate::model::{top_class, ModelInfo};
+use crate::ratelimit::LogLimiter;
 use crate::runtime::GradSession;
 
 /// How long the idle loop waits for a frame before beating its heartbeat again.
@@ -94,7 +95,7 @@ pub(crate) struct Inference {
 impl Inference {
     pub(crate) fn run(mut self) -> Result<(), String> {
         let mut failures = 0u32;
-        let mut err_log = RateLimit::new(Duration::from_secs(10));
+        let err_log = LogLimiter::new(Duration::from_secs(10));
         // Round-robin start, so a busy stream cannot starve the others of batch slots.
         let mut rr = 0usize;
         loop {

@@ -22,6 +22,7 @@
 
 pub mod alerting;
 pub mod capture;
+mod config;
 pub mod infer;
 pub mod summary;
 
@@ -33,13 +34,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
-use crate::alert::{AlertPolicy, ModelRef};
-use crate::config::{AlertConfig, PipelineConfig};
+use crate::alert::{AlertConfig, AlertPolicy, ModelRef};
 use crate::detector::Calibration;
 use crate::metrics::Metrics;
 use crate::sink::{Fanout, Sink};
 use crate::source::{Clock, QueueConfig, Roi, Source};
 
+pub use config::PipelineConfig;
 pub use infer::{Classifier, ClassifierOutput, GradClassifier};
 pub use summary::{StreamSummary, Summary, WindowStats};
 
@@ -471,31 +472,6 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "unknown panic payload".into()
-    }
-}
-
-/// Logs at most once per period, counting what it suppressed (bad frames can come at frame
-/// rate; the log must not).
-pub(crate) struct RateLimit {
-    period: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimit {
-    pub(crate) fn new(period: Duration) -> Self {
-        RateLimit { period, last: None, suppressed: 0 }
-    }
-
-    /// Calls `f(suppressed_since_last)` when the period has passed.
-    pub(crate) fn hit(&mut self, f: impl FnOnce(u64)) {
-        let now = Instant::now();
-        if self.last.is_none_or(|t| now.duration_since(t) >= self.period) {
-            self.last = Some(now);
-            f(std::mem::take(&mut self.suppressed));
-        } else {
-            self.suppressed += 1;
-        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! ONNX Runtime: finding and loading `libonnxruntime.so`, execution providers, sessions.
+//! ONNX Runtime: finding and loading `libonnxruntime.so`, execution providers, sessions, and
+//! running a compiled graph over an image set ([`extract`]).
 //!
 //! `ort` is used with `load-dynamic`: nothing native is linked, the library is opened at start
 //! with `ort::init_from`, so a missing or too-old library is an error that says how to fix it.
@@ -13,6 +14,10 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use crate::grad;
+
+pub mod extract;
+
+pub use extract::{ExtractError, FeatureSet};
 
 /// The library file name.
 pub const LIB_NAME: &str = "libonnxruntime.so";
@@ -100,6 +105,15 @@ pub struct TensorRtOptions {
 impl Default for TensorRtOptions {
     fn default() -> Self {
         Self { engine_cache_dir: None, fp16: false, workspace_mb: 1024 }
+    }
+}
+
+impl RuntimeOptions {
+    /// Makes the library and engine-cache paths absolute against `base` (the config's directory).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        for p in [self.library.as_mut(), self.tensorrt.engine_cache_dir.as_mut()].into_iter().flatten() {
+            crate::config::resolve_path(p, base);
+        }
     }
 }
 

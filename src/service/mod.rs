@@ -38,7 +38,8 @@ use crate::source::SourceError;
 pub const EXIT_OK: i32 = 0;
 /// Exit code: a failure while running (stage crash, runtime error); systemd restarts.
 pub const EXIT_FAILURE: i32 = 1;
-/// Exit code: bad configuration (same as [`crate::cli::EXIT_CONFIG`]).
+/// Exit code: bad configuration or bad arguments, for the daemon and every subcommand
+/// (systemd treats it as a failure to start and does not restart).
 pub const EXIT_CONFIG: i32 = 2;
 
 /// Errors starting the daemon, each with its exit code.

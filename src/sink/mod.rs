@@ -11,7 +11,7 @@ pub mod stdout;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde::{Deserialize, Serialize};
 
 use crate::alert::Event;
+pub(crate) use crate::ratelimit::LogLimiter;
 
 pub use file::FileSink;
 pub use mqtt::{MqttSink, MqttSinkConfig, MqttTlsConfig};
@@ -110,6 +111,25 @@ pub enum SinkConfig {
     Mqtt(MqttSinkConfig),
 }
 
+impl SinkConfig {
+    /// Makes the sink's relative paths absolute against `base` (the config's directory).
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        use crate::config::resolve_path;
+        match self {
+            SinkConfig::File(f) => resolve_path(&mut f.path, base),
+            SinkConfig::Mqtt(m) => {
+                if let Some(t) = m.tls.as_mut() {
+                    resolve_path(&mut t.ca_file, base);
+                    for p in [t.client_cert.as_mut(), t.client_key.as_mut()].into_iter().flatten() {
+                        resolve_path(p, base);
+                    }
+                }
+            }
+            SinkConfig::Stdout(_) => {}
+        }
+    }
+}
+
 /// `kind = "stdout"`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,35 +200,6 @@ pub fn build_all(configs: &[SinkConfig]) -> Result<Vec<Box<dyn Sink>>, SinkError
         out.push(cfg.build()?);
     }
     Ok(out)
-}
-
-/// Logs at most once per period, counting what it suppressed.
-struct LogLimiter {
-    period: Duration,
-    last: Mutex<Option<Instant>>,
-    suppressed: AtomicU64,
-}
-
-impl LogLimiter {
-    fn new(period: Duration) -> Self {
-        LogLimiter { period, last: Mutex::new(None), suppressed: AtomicU64::new(0) }
-    }
-
-    /// Calls `f(suppressed_since_last)` if the period has passed.
-    fn hit(&self, f: impl FnOnce(u64)) {
-        let now = Instant::now();
-        let mut last = match self.last.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if last.is_none_or(|t| now.duration_since(t) >= self.period) {
-            *last = Some(now);
-            drop(last);
-            f(self.suppressed.swap(0, Ordering::Relaxed));
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
 
 /// Counters of one sink, shared between the fan-out, its worker and the metrics.

@@ -9,11 +9,12 @@
 //! loop = false         # default false: End after the last file
 //! ```
 //!
-//! The directory is listed once, when the source is built: regular files not starting with
-//! `.`, sorted by file name byte-wise (so number frames with zero padding: `0001.png`).
-//! The format is detected from the content (PNG, JPEG, PPM/PGM); a file that is not an image
-//! or does not decode is a [`SourceEvent::BadFrame`] naming it, and the stream goes on. Each
-//! frame's tag is its file name.
+//! The directory is listed once, when the source is built, by the same rule as
+//! `gradwatch score DIR` ([`crate::data::list_image_files`]): regular files with an image
+//! extension (`.png`, `.jpg`, `.jpeg`, `.ppm`, `.pnm`, any case), not starting with `.`, sorted
+//! by file name byte-wise (so number frames with zero padding: `0001.png`). The format is
+//! detected from the content; a file that does not decode is a [`SourceEvent::BadFrame`]
+//! naming it, and the stream goes on. Each frame's tag is its file name.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +22,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::clock::{Clock, Pacer};
-use super::{check_fps, load_image_file, Source, SourceError, SourceEvent};
+use super::{check_fps, Source, SourceError, SourceEvent};
+use crate::data::{self, DataError};
 
 /// Config of a `kind = "directory"` stream.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -49,20 +51,10 @@ impl DirectoryConfig {
 
 /// Lists the files a directory source plays, in play order.
 pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
-    let io_err = |source| SourceError::Io { path: dir.to_path_buf(), source };
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io_err)? {
-        let entry = entry.map_err(io_err)?;
-        let path = entry.path();
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        // `metadata` follows symlinks, so linked frames count too.
-        if std::fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false) {
-            files.push(path);
-        }
-    }
-    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    let files = data::list_image_files(dir).map_err(|e| match e {
+        DataError::Io { path, source } => SourceError::Io { path, source },
+        e => SourceError::Data(e),
+    })?;
     if files.is_empty() {
         return Err(SourceError::EmptyDirectory(dir.to_path_buf()));
     }
@@ -109,9 +101,10 @@ impl Source for DirectorySource {
         self.pacer.wait(self.clock.as_ref());
         let path = &self.files[self.next];
         self.next += 1;
-        match load_image_file(path) {
-            Ok(image) => SourceEvent::Frame { image, tag: path.file_name().map(|n| n.to_string_lossy().into_owned()) },
-            Err(e) => SourceEvent::BadFrame { reason: format!("{}: {e}", path.display()) },
+        match data::load_image(path) {
+            Ok(image) => SourceEvent::Frame { image, tag: Some(data::file_name(path)) },
+            // The error names the file.
+            Err(e) => SourceEvent::BadFrame { reason: e.to_string() },
         }
     }
 }

@@ -45,7 +45,7 @@ use crate::frame::RgbImage;
 
 pub use clock::{Clock, Pacer, RealClock, SimClock};
 pub use convert::{ConvertError, PixelFormat};
-pub use directory::DirectoryConfig;
+pub use directory::{list_files, DirectoryConfig};
 pub use pipe::{PipeConfig, RawFormat};
 pub use replay::{ReplayConfig, Window};
 pub use v4l2::V4l2Config;
@@ -100,16 +100,11 @@ pub enum SourceError {
         source: std::io::Error,
     },
     /// A directory source found no files to play.
-    #[error("directory {0} holds no files; put PNG/JPEG/PPM frames there or fix `path`")]
+    #[error("directory {0} holds no image files (.png, .jpg, .jpeg, .ppm, .pnm); put frames there or fix `path`")]
     EmptyDirectory(PathBuf),
-    /// A replay array is unreadable or has the wrong shape or type.
-    #[error("cannot load {path}: {reason}")]
-    Npy {
-        /// The path.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
+    /// A replay array or a directory is unreadable, or an array has the wrong shape or type.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
     /// The binary was built without the cargo feature this kind needs.
     #[error("stream kind `{0}` is not compiled in; rebuild with `--features {0}`")]
     FeatureDisabled(&'static str),
@@ -191,6 +186,16 @@ pub enum SourceConfig {
 }
 
 impl SourceConfig {
+    /// Makes the source's relative paths absolute against `base` (the config's directory).
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        match self {
+            SourceConfig::V4l2(_) => {}
+            SourceConfig::Directory(c) => crate::config::resolve_path(&mut c.path, base),
+            SourceConfig::Pipe(c) => crate::config::resolve_path(&mut c.path, base),
+            SourceConfig::Replay(c) => crate::config::resolve_path(&mut c.path, base),
+        }
+    }
+
     /// The `kind` name.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -322,18 +327,4 @@ pub(crate) fn check_fps(fps: f64) -> Result<(), SourceError> {
     } else {
         Err(SourceError::Config(format!("`fps` is {fps}; use a frame rate >= 0 (0 = as fast as possible)")))
     }
-}
-
-/// Decodes an image file (format from its content, not its extension) to RGB.
-pub(crate) fn load_image_file(path: &std::path::Path) -> Result<RgbImage, String> {
-    let decode = || -> Result<RgbImage, String> {
-        let reader = image::ImageReader::open(path)
-            .map_err(|e| e.to_string())?
-            .with_guessed_format()
-            .map_err(|e| e.to_string())?;
-        let img = reader.decode().map_err(|e| e.to_string())?.into_rgb8();
-        let (w, h) = (img.width() as usize, img.height() as usize);
-        RgbImage::new(w, h, img.into_raw()).ok_or_else(|| "decoder returned a bad buffer".into())
-    };
-    std::panic::catch_unwind(decode).unwrap_or_else(|_| Err("the image decoder panicked".into()))
 }

@@ -154,21 +154,6 @@ impl ReplayConfig {
     }
 }
 
-/// Loads an (N, H, W, 3) uint8 `.npy` array as images.
-pub fn load_npy_images(path: &std::path::Path) -> Result<Vec<RgbImage>, SourceError> {
-    let err = |reason: String| SourceError::Npy { path: path.to_path_buf(), reason };
-    let arr: ndarray::Array4<u8> = ndarray_npy::read_npy(path).map_err(|e| {
-        err(format!("{e}; expected a uint8 array of shape (N, H, W, 3), e.g. numpy.save(path, x.astype(np.uint8))"))
-    })?;
-    let (n, h, w, c) = arr.dim();
-    if c != 3 || n == 0 || h == 0 || w == 0 {
-        return Err(err(format!("shape is ({n}, {h}, {w}, {c}); expected (N, H, W, 3) with N, H, W > 0")));
-    }
-    let arr = arr.as_standard_layout();
-    let flat = arr.as_slice().ok_or_else(|| err("array is not contiguous".into()))?;
-    Ok(flat.chunks_exact(h * w * 3).map(|chunk| RgbImage { width: w, height: h, data: chunk.to_vec() }).collect())
-}
-
 struct Slot {
     frames: u64,
     corruption: Option<(Corruption, u8)>,
@@ -195,7 +180,15 @@ impl ReplaySource {
     /// Validates and loads the array.
     pub fn new(config: &ReplayConfig, clock: Arc<dyn Clock>) -> Result<Self, SourceError> {
         config.validate()?;
-        let images = load_npy_images(&config.path)?;
+        // The project's one `.npy` reader: the header is checked against the file size before
+        // anything is allocated, so a hostile header is an error, not an abort.
+        let images = crate::data::load_npy_images(&config.path)?;
+        if images.is_empty() || images[0].width == 0 || images[0].height == 0 {
+            return Err(SourceError::Config(format!(
+                "{}: the array holds no pixels; expected uint8 (N, H, W, 3) with N, H, W > 0",
+                config.path.display()
+            )));
+        }
         let slots = if config.schedule.is_empty() {
             vec![Slot { frames: images.len() as u64, corruption: None, tag: "clean".into() }]
         } else {

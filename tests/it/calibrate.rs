@@ -7,14 +7,15 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::common::{ort, tiny_model, Rng};
+use gradwatch::corrupt::round_robin_corruptions;
 use gradwatch::detector::calibration::CalibModel;
+use gradwatch::detector::fit::{self, CalibrateOptions, UnfamiliarSet};
 use gradwatch::detector::{CalibError, Calibration, DetectorKind, MlpConfig};
-use gradwatch::eval::calibrate::{self, CalibrateOptions, UnfamiliarSet};
-use gradwatch::eval::features;
 use gradwatch::frame::RgbImage;
 use gradwatch::grad::CompileOptions;
 use gradwatch::model::LoadedModel;
 use gradwatch::onnx;
+use gradwatch::runtime::extract as features;
 use gradwatch::runtime::GradSession;
 use ndarray::Array2;
 
@@ -170,7 +171,7 @@ fn library_fit_threshold_meets_the_target_on_held_out_familiar() {
     let opts =
         CalibrateOptions { target_fpr: 0.05, mlp: MlpConfig { hidden: 8, ..Default::default() }, ..Default::default() };
     let sets = [UnfamiliarSet { name: "u".into(), features: unf.clone(), paired: false }];
-    let c = calibrate::fit(model.clone(), "fam", &fam, &sets, &opts, "test").unwrap();
+    let c = fit::fit(model.clone(), "fam", &fam, &sets, &opts, "test").unwrap();
     assert!(c.fitted_on.validation_false_alarm_rate <= 0.05);
     assert_eq!(c.fitted_on.validation_true_positive_rate, 1.0);
     assert_eq!(c.fitted_on.validation_auroc, 1.0);
@@ -179,18 +180,18 @@ fn library_fit_threshold_meets_the_target_on_held_out_familiar() {
     assert_eq!(back.score(&unf), c.score(&unf));
     // One-class: no unfamiliar data needed for training; it still flags the far-away set.
     let oc = CalibrateOptions { one_class: true, ..opts.clone() };
-    let c1 = calibrate::fit(model.clone(), "fam", &fam, &[], &oc, "test").unwrap();
+    let c1 = fit::fit(model.clone(), "fam", &fam, &[], &oc, "test").unwrap();
     assert!(c1.score(&unf).iter().all(|&s| c1.is_unfamiliar(s)));
     // The MLP without unfamiliar data is an error that names the fixes.
-    let e = calibrate::fit(model, "fam", &fam, &[], &opts, "test").unwrap_err().to_string();
+    let e = fit::fit(model, "fam", &fam, &[], &opts, "test").unwrap_err().to_string();
     assert!(e.contains("--one-class"), "{e}");
 }
 
 #[test]
 fn round_robin_corruptions_keep_the_count() {
     let imgs = images(7, 3);
-    let out = calibrate::round_robin_corruptions(&imgs, &gradwatch::corrupt::Corruption::PAPER, &[1, 5], 0).unwrap();
+    let out = round_robin_corruptions(&imgs, &gradwatch::corrupt::Corruption::PAPER, &[1, 5], 0).unwrap();
     assert_eq!(out.len(), 7);
     assert!(out.iter().zip(&imgs).any(|(a, b)| a.data != b.data));
-    assert!(calibrate::round_robin_corruptions(&imgs, &[], &[1], 0).is_err());
+    assert!(round_robin_corruptions(&imgs, &[], &[1], 0).is_err());
 }

@@ -130,6 +130,19 @@ fn image_dir_in_name_order_with_bad_files_as_entries() {
 }
 
 #[test]
+fn score_and_the_directory_stream_list_the_same_files() {
+    // `gradwatch score DIR` reads load_image_dir; a `kind = "directory"` stream plays list_files.
+    let scored: Vec<String> =
+        load_image_dir(&fixture("dir")).unwrap_or_else(|e| panic!("{e}")).into_iter().map(|(n, _)| n).collect();
+    let played: Vec<String> = gradwatch::source::list_files(&fixture("dir"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|p| gradwatch::data::file_name(p))
+        .collect();
+    assert_eq!(scored, played);
+}
+
+#[test]
 fn png_and_jpeg_round_trips() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let img = pattern(7, 5, 3);

@@ -2,8 +2,8 @@
 //! determinism, error handling, the Gaussian (Mahalanobis) model on hand-computed cases, and
 //! serde round trips. Sizes are chosen to run in seconds in a debug build.
 
+use gradwatch::detector::roc::auroc;
 use gradwatch::detector::{DetectorError, Gaussian, LogStandardizer, Mlp, MlpConfig, DEFAULT_SHRINKAGE};
-use gradwatch::eval::metrics::auroc;
 use ndarray::{array, Array2};
 
 /// Small deterministic generator for test data (independent of the crate's own PRNG).

@@ -4,14 +4,15 @@
 // The shared helpers trip a newer clippy lint; they are not this file's to change.
 
 use crate::common::{ort, tiny_model, Rng};
+use gradwatch::corrupt::{parse_corruptions, parse_levels};
+use gradwatch::detector::roc::{self as metrics, RocSummary};
+use gradwatch::detector::split::{self, split_40_40_20};
 use gradwatch::eval::baselines::{self, MahalanobisScorer, OdinGraph};
-use gradwatch::eval::features::{self, FeatureSet};
-use gradwatch::eval::metrics::{self, Metrics};
-use gradwatch::eval::protocol::{self, split_40_40_20};
 use gradwatch::eval::report::{self, GenRow, OdinChoice, Results, Row};
 use gradwatch::frame::RgbImage;
 use gradwatch::grad::{self, CompileOptions, Loss};
 use gradwatch::model::ModelInfo;
+use gradwatch::runtime::extract::{self as features, FeatureSet};
 
 use gradwatch::runtime::{GradSession, ModelSession};
 use ndarray::{array, Array2};
@@ -38,23 +39,23 @@ fn split_is_deterministic_disjoint_and_40_40_20() {
     // The test part takes the remainder.
     let b = split_40_40_20(7, 0);
     assert_eq!((b.train.len(), b.val.len(), b.test.len()), (2, 2, 3));
-    let s = protocol::subsample(50, 10, 3);
-    assert_eq!(s, protocol::subsample(50, 10, 3));
+    let s = split::subsample(50, 10, 3);
+    assert_eq!(s, split::subsample(50, 10, 3));
     assert_eq!(s.len(), 10);
     assert!(s.windows(2).all(|w| w[0] < w[1]));
-    assert_eq!(protocol::subsample(5, 10, 3), vec![0, 1, 2, 3, 4]);
+    assert_eq!(split::subsample(5, 10, 3), vec![0, 1, 2, 3, 4]);
 }
 
 #[test]
 fn levels_and_corruption_lists_parse() {
-    assert_eq!(protocol::parse_levels("1-5").unwrap(), vec![1, 2, 3, 4, 5]);
-    assert_eq!(protocol::parse_levels("3,1").unwrap(), vec![1, 3]);
-    assert!(protocol::parse_levels("0-2").is_err());
-    assert!(protocol::parse_levels("4-6").is_err());
-    assert_eq!(protocol::parse_corruptions("all").unwrap().len(), 10);
-    assert_eq!(protocol::parse_corruptions("paper").unwrap().len(), 8);
-    assert!(protocol::parse_corruptions("none").unwrap().is_empty());
-    assert!(protocol::parse_corruptions("haze,fog").is_err());
+    assert_eq!(parse_levels("1-5").unwrap(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(parse_levels("3,1").unwrap(), vec![1, 3]);
+    assert!(parse_levels("0-2").is_err());
+    assert!(parse_levels("4-6").is_err());
+    assert_eq!(parse_corruptions("all").unwrap().len(), 10);
+    assert_eq!(parse_corruptions("paper").unwrap().len(), 8);
+    assert!(parse_corruptions("none").unwrap().is_empty());
+    assert!(parse_corruptions("haze,fog").is_err());
 }
 
 #[test]
@@ -174,8 +175,8 @@ fn extraction_is_batch_invariant_and_caches_round_trip() {
     assert_eq!(FeatureSet::concat(&[&a, &sel]).unwrap().len(), 9);
 }
 
-fn fake_metrics(auroc: f64) -> Metrics {
-    Metrics { detection_accuracy: 0.9, auroc, aupr_in: 0.8, aupr_out: 0.7, fpr_at_95_tpr: 0.25 }
+fn fake_metrics(auroc: f64) -> RocSummary {
+    RocSummary { detection_accuracy: 0.9, auroc, aupr_in: 0.8, aupr_out: 0.7, fpr_at_95_tpr: 0.25 }
 }
 
 fn fake_results() -> Results {

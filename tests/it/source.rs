@@ -225,9 +225,12 @@ fn directory_plays_in_name_order_and_skips_a_bad_file() {
     write_png(&dir.path().join("b.png"), 4, 2, [20, 0, 0]);
     write_png(&dir.path().join("a.png"), 4, 2, [10, 0, 0]);
     std::fs::write(dir.path().join("c.png"), b"this is not a PNG").unwrap();
-    // A PPM, named .img: the format comes from the content.
-    std::fs::write(dir.path().join("d.img"), b"P6\n2 1\n255\n\x01\x02\x03\x04\x05\x06").unwrap();
+    // A PPM named .PNG: the extension selects the file (any case), the content its format.
+    std::fs::write(dir.path().join("d.PNG"), b"P6\n2 1\n255\n\x01\x02\x03\x04\x05\x06").unwrap();
+    // Not listed: hidden, no image extension (the rule `gradwatch score DIR` uses too).
     std::fs::write(dir.path().join(".hidden.png"), b"ignored").unwrap();
+    std::fs::write(dir.path().join("e.txt"), b"ignored").unwrap();
+    std::fs::write(dir.path().join("f.png.part"), b"ignored").unwrap();
     std::fs::create_dir(dir.path().join("sub")).unwrap();
     let (_, clock) = sim();
     let mut src = directory_source(dir.path(), "", clock);
@@ -518,7 +521,12 @@ fn replay_config_errors_name_the_problem() {
     let bad = dir.path().join("bad.npy");
     ndarray_npy::write_npy(&bad, &ndarray::Array4::<u8>::zeros((2, 2, 2, 1))).unwrap();
     let cfg = replay_config(&bad, "");
-    assert!(matches!(cfg.build(sim().1), Err(SourceError::Npy { .. })));
+    assert!(matches!(cfg.build(sim().1), Err(SourceError::Data(gradwatch::data::DataError::Shape { .. }))));
+    // A header that claims a huge array is refused before anything is allocated (it used to
+    // abort the daemon with a failed allocation); the replay reads .npy like `gradwatch score`.
+    let huge = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/huge_header.npy");
+    let e = replay_config(&huge, "").build(sim().1).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("huge_header.npy") && e.contains("truncated or corrupt"), "{e}");
 }
 
 // ---------------------------------------------------------------- config

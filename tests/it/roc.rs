@@ -1,13 +1,13 @@
-//! Metrics against hand-computed cases and brute-force reference implementations.
+//! ROC maths (`detector::roc`) against hand-computed cases and brute-force reference implementations.
 //! Convention: higher score = more unfamiliar; alarm = `score > threshold`.
 
-use gradwatch::eval::metrics::{auroc, evaluate, rates_at, roc_curve, threshold_for_false_alarm, Metrics};
+use gradwatch::detector::roc::{auroc, evaluate, rates_at, roc_curve, threshold_for_false_alarm, RocSummary};
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-12
 }
 
-fn assert_metrics(m: Metrics, want: [f64; 5]) {
+fn assert_metrics(m: RocSummary, want: [f64; 5]) {
     let got = [m.detection_accuracy, m.auroc, m.aupr_in, m.aupr_out, m.fpr_at_95_tpr];
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert!(close(*g, w), "field {i} (det_acc, auroc, aupr_in, aupr_out, fpr95): got {g}, want {w}; {m:?}");
@@ -271,6 +271,6 @@ fn random_detector_matches_brute_force() {
 fn metrics_serde_round_trip() {
     let m = evaluate(&[0.2, 0.6], &[0.4, 0.8, 0.9]);
     let s = toml::to_string(&m).unwrap();
-    let back: Metrics = toml::from_str(&s).unwrap();
+    let back: RocSummary = toml::from_str(&s).unwrap();
     assert_eq!(m, back);
 }

@@ -7,10 +7,36 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ndarray::{s, Array2};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 
-use super::EvalError;
+use super::{GradSession, RuntimeError};
 use crate::frame::RgbImage;
 use crate::model::ModelInfo;
-use crate::runtime::GradSession;
+
+/// Errors of feature extraction and of the feature files.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    /// ONNX Runtime failed on a batch.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// A feature file could not be read or written.
+    #[error(
+        "{path}: {why}; check that the folder exists and is writable (delete a damaged cache folder to rebuild it)"
+    )]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// The graph or the arrays are not shaped as expected.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ExtractError {
+    fn file(path: &Path, why: impl std::fmt::Display) -> Self {
+        ExtractError::File { path: path.display().to_string(), why: why.to_string() }
+    }
+}
 
 /// What the gradient graph produced for an image set, one row per image.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,10 +70,10 @@ impl FeatureSet {
     }
 
     /// Stacks sets row-wise (penultimate only when every set has it).
-    pub fn concat(sets: &[&FeatureSet]) -> Result<FeatureSet, EvalError> {
+    pub fn concat(sets: &[&FeatureSet]) -> Result<FeatureSet, ExtractError> {
         let cat = |parts: Vec<ndarray::ArrayView2<f32>>| {
             ndarray::concatenate(ndarray::Axis(0), &parts)
-                .map_err(|e| EvalError::Invalid(format!("feature sets of different widths: {e}")))
+                .map_err(|e| ExtractError::Invalid(format!("feature sets of different widths: {e}")))
         };
         let features = cat(sets.iter().map(|s| s.features.view()).collect())?;
         let logits = cat(sets.iter().map(|s| s.logits.view()).collect())?;
@@ -61,8 +87,8 @@ impl FeatureSet {
 
     /// Writes `features.npy`, `logits.npy` and (when present) `penultimate.npy` into `dir`,
     /// each name prefixed by `prefix` (e.g. `"cifar10."`; empty for the plain names).
-    pub fn save(&self, dir: &Path, prefix: &str) -> Result<(), EvalError> {
-        std::fs::create_dir_all(dir).map_err(|e| EvalError::file(dir, e))?;
+    pub fn save(&self, dir: &Path, prefix: &str) -> Result<(), ExtractError> {
+        std::fs::create_dir_all(dir).map_err(|e| ExtractError::file(dir, e))?;
         write_npy(&dir.join(format!("{prefix}features.npy")), &self.features)?;
         write_npy(&dir.join(format!("{prefix}logits.npy")), &self.logits)?;
         if let Some(p) = &self.penultimate {
@@ -72,7 +98,7 @@ impl FeatureSet {
     }
 
     /// Reads what [`save`](Self::save) wrote; `None` when the features or logits are missing.
-    pub fn load(dir: &Path, prefix: &str) -> Result<Option<FeatureSet>, EvalError> {
+    pub fn load(dir: &Path, prefix: &str) -> Result<Option<FeatureSet>, ExtractError> {
         let f = dir.join(format!("{prefix}features.npy"));
         let l = dir.join(format!("{prefix}logits.npy"));
         if !f.exists() || !l.exists() {
@@ -86,24 +112,24 @@ impl FeatureSet {
         };
         let n = set.features.nrows();
         if set.logits.nrows() != n || set.penultimate.as_ref().is_some_and(|p| p.nrows() != n) {
-            return Err(EvalError::file(&f, "cached arrays disagree in row count"));
+            return Err(ExtractError::file(&f, "cached arrays disagree in row count"));
         }
         Ok(Some(set))
     }
 }
 
 /// Writes a float32 matrix as `.npy`.
-pub fn write_npy(path: &Path, a: &Array2<f32>) -> Result<(), EvalError> {
-    let file = std::fs::File::create(path).map_err(|e| EvalError::file(path, e))?;
+pub fn write_npy(path: &Path, a: &Array2<f32>) -> Result<(), ExtractError> {
+    let file = std::fs::File::create(path).map_err(|e| ExtractError::file(path, e))?;
     let mut w = std::io::BufWriter::new(file);
-    a.write_npy(&mut w).map_err(|e| EvalError::file(path, e))?;
-    std::io::Write::flush(&mut w).map_err(|e| EvalError::file(path, e))
+    a.write_npy(&mut w).map_err(|e| ExtractError::file(path, e))?;
+    std::io::Write::flush(&mut w).map_err(|e| ExtractError::file(path, e))
 }
 
 /// Reads a float32 matrix from `.npy`.
-pub fn read_npy(path: &Path) -> Result<Array2<f32>, EvalError> {
-    let file = std::fs::File::open(path).map_err(|e| EvalError::file(path, e))?;
-    Array2::<f32>::read_npy(std::io::BufReader::new(file)).map_err(|e| EvalError::file(path, e))
+pub fn read_npy(path: &Path) -> Result<Array2<f32>, ExtractError> {
+    let file = std::fs::File::open(path).map_err(|e| ExtractError::file(path, e))?;
+    Array2::<f32>::read_npy(std::io::BufReader::new(file)).map_err(|e| ExtractError::file(path, e))
 }
 
 /// A progress bar on stderr for `len` images, drawn only when stderr is a terminal (indicatif
@@ -126,7 +152,7 @@ pub fn extract(
     images: &[RgbImage],
     batch: usize,
     progress: bool,
-) -> Result<FeatureSet, EvalError> {
+) -> Result<FeatureSet, ExtractError> {
     extract_labelled(session, info, images, batch, progress, "features")
 }
 
@@ -138,7 +164,7 @@ pub fn extract_labelled(
     batch: usize,
     progress: bool,
     label: &str,
-) -> Result<FeatureSet, EvalError> {
+) -> Result<FeatureSet, ExtractError> {
     let batch = batch.max(1);
     let pb = progress_bar(images.len(), label, progress);
     let mut feats: Option<Array2<f32>> = None;
@@ -150,7 +176,7 @@ pub fn extract_labelled(
         let out = session.run(x.view().into_dyn())?;
         let rows = chunk.len();
         if out.features.nrows() != rows || out.logits.nrows() != rows {
-            return Err(EvalError::Invalid(format!(
+            return Err(ExtractError::Invalid(format!(
                 "the graph returned {} rows for a batch of {rows}; it must keep the batch axis",
                 out.features.nrows()
             )));

@@ -1,4 +1,6 @@
-//! Ranking and threshold metrics for unfamiliarity scores.
+//! ROC maths for unfamiliarity scores: the ranking metrics of the paper (AUROC, AUPR,
+//! detection accuracy, FPR at 95% TPR) and the threshold helpers that turn a tolerated
+//! false-alarm rate into an alarm threshold (used by calibration and the evaluation alike).
 //!
 //! # Conventions
 //!
@@ -23,7 +25,7 @@
 /// The five numbers reported per (detector, data set) pair in the paper's tables.
 /// All are fractions in `[0, 1]` (not percentages).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Metrics {
+pub struct RocSummary {
     /// `max over thresholds t of 0.5 * P_fam(score <= t) + 0.5 * P_unf(score > t)`, i.e.
     /// `1 - min_t [0.5 * P_fam(wrongly flagged) + 0.5 * P_unf(missed)]`. The sweep includes
     /// "flag everything" and "flag nothing", so the value is at least 0.5.
@@ -92,11 +94,11 @@ fn groups(familiar: &[f32], unfamiliar: &[f32]) -> Vec<Group> {
 /// recall when everything at least as positive as the k-th distinct score is called positive.
 ///
 /// Returns all-NaN metrics when either set is empty.
-pub fn evaluate(familiar: &[f32], unfamiliar: &[f32]) -> Metrics {
+pub fn evaluate(familiar: &[f32], unfamiliar: &[f32]) -> RocSummary {
     let nf = familiar.len();
     let nu = unfamiliar.len();
     if nf == 0 || nu == 0 {
-        return Metrics {
+        return RocSummary {
             detection_accuracy: f64::NAN,
             auroc: f64::NAN,
             aupr_in: f64::NAN,
@@ -155,7 +157,7 @@ pub fn evaluate(familiar: &[f32], unfamiliar: &[f32]) -> Metrics {
         }
     }
 
-    Metrics { detection_accuracy: best, auroc, aupr_in: ap_in, aupr_out: ap_out, fpr_at_95_tpr: fpr95 }
+    RocSummary { detection_accuracy: best, auroc, aupr_in: ap_in, aupr_out: ap_out, fpr_at_95_tpr: fpr95 }
 }
 
 fn auroc_from_groups(g: &[Group], nf: usize, nu: usize) -> f64 {

@@ -1,16 +1,30 @@
-//! Fitting a calibration file (`gradwatch calibrate`): the detector, its alarm threshold for a
-//! tolerated false-alarm rate, and held-out numbers that say how well it separates.
+//! Fitting detectors: the paper's detector on gradient features ([`GradDetector`]) and a whole
+//! calibration file (`gradwatch calibrate`): the detector, its alarm threshold for a tolerated
+//! false-alarm rate, and held-out numbers that say how well it separates.
 
 use ndarray::{Array2, Axis};
 
-use super::protocol::{rows, split};
-use super::{metrics, EvalError};
-use crate::corrupt::{self, Corruption};
-use crate::detector::calibration::{CalibModel, DataSummary, FitSummary, FORMAT};
-use crate::detector::{
-    Calibration, DetectorError, DetectorKind, Gaussian, LogStandardizer, MlpConfig, DEFAULT_SHRINKAGE,
+use super::calibration::{CalibModel, DataSummary, FitSummary, FORMAT};
+use super::roc;
+use super::split::{rows, split};
+use super::{
+    CalibError, Calibration, DetectorError, DetectorKind, Gaussian, LogStandardizer, Mlp, MlpConfig, TrainReport,
+    DEFAULT_SHRINKAGE,
 };
-use crate::frame::RgbImage;
+
+/// Errors of fitting a detector or a calibration.
+#[derive(Debug, thiserror::Error)]
+pub enum FitError {
+    /// The detector could not be fitted.
+    #[error(transparent)]
+    Detector(#[from] DetectorError),
+    /// The fitted calibration is inconsistent.
+    #[error(transparent)]
+    Calib(#[from] CalibError),
+    /// Inputs that cannot work (too few images, wrong sizes, no unfamiliar data).
+    #[error("{0}")]
+    Invalid(String),
+}
 
 /// Fractions of each set used for training and validation; the rest is held out for the
 /// threshold and the reported rates.
@@ -45,32 +59,9 @@ pub struct UnfamiliarSet {
     pub paired: bool,
 }
 
-/// One corrupted copy per image, cycling through every `(kind, level)` combination so that
-/// each appears equally often; image `i` gets combination `i mod (kinds x levels)` and seed
-/// `image_seed(seed, i)`.
-pub fn round_robin_corruptions(
-    images: &[RgbImage],
-    kinds: &[Corruption],
-    levels: &[u8],
-    seed: u64,
-) -> Result<Vec<RgbImage>, EvalError> {
-    let combos: Vec<(Corruption, u8)> = kinds.iter().flat_map(|&k| levels.iter().map(move |&l| (k, l))).collect();
-    if combos.is_empty() {
-        return Err(EvalError::Invalid("no corruption kinds or levels to draw from".into()));
-    }
-    images
-        .iter()
-        .enumerate()
-        .map(|(i, img)| {
-            let (k, l) = combos[i % combos.len()];
-            corrupt::apply(img, k, l, super::protocol::image_seed(seed, i)).map_err(EvalError::from)
-        })
-        .collect()
-}
-
-fn concat(parts: &[Array2<f32>]) -> Result<Array2<f32>, EvalError> {
+fn concat(parts: &[Array2<f32>]) -> Result<Array2<f32>, FitError> {
     let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
-    ndarray::concatenate(Axis(0), &views).map_err(|e| EvalError::Invalid(format!("feature sets differ in width: {e}")))
+    ndarray::concatenate(Axis(0), &views).map_err(|e| FitError::Invalid(format!("feature sets differ in width: {e}")))
 }
 
 /// Fits a calibration for `model` from familiar features and (unless one-class) unfamiliar
@@ -85,16 +76,16 @@ pub fn fit(
     unfamiliar: &[UnfamiliarSet],
     opts: &CalibrateOptions,
     command: &str,
-) -> Result<Calibration, EvalError> {
+) -> Result<Calibration, FitError> {
     if !(0.0..1.0).contains(&opts.target_fpr) {
-        return Err(EvalError::Invalid(format!(
+        return Err(FitError::Invalid(format!(
             "target false-alarm rate {} must be in [0, 1) (e.g. 0.01)",
             opts.target_fpr
         )));
     }
     let n = familiar.nrows();
     if n < 5 {
-        return Err(EvalError::Invalid(format!(
+        return Err(FitError::Invalid(format!(
             "{n} familiar images are too few; give at least 5 (hundreds for a useful threshold)"
         )));
     }
@@ -111,7 +102,7 @@ pub fn fit(
     let mut unf_parts = (Vec::new(), Vec::new(), Vec::new());
     for (i, u) in unfamiliar.iter().enumerate() {
         if u.paired && u.features.nrows() != n {
-            return Err(EvalError::Invalid(format!(
+            return Err(FitError::Invalid(format!(
                 "'{}' is paired with the familiar set but has another size",
                 u.name
             )));
@@ -144,13 +135,13 @@ pub fn fit(
         DetectorKind::OneClass { normalize, gaussian }
     } else {
         if unf_train.nrows() == 0 || unf_val.nrows() == 0 {
-            return Err(EvalError::Invalid(
+            return Err(FitError::Invalid(
                 "the MLP detector needs unfamiliar training data: give --unfamiliar sets, keep the synthetic \
                  corruptions on, or use --one-class"
                     .into(),
             ));
         }
-        let d = super::protocol::GradDetector::train(&fam_train, &unf_train, &fam_val, &unf_val, &opts.mlp)?;
+        let d = GradDetector::train(&fam_train, &unf_train, &fam_val, &unf_val, &opts.mlp)?;
         DetectorKind::Mlp { normalize: d.normalize, mlp: d.mlp }
     };
     let mut c = Calibration {
@@ -173,11 +164,56 @@ pub fn fit(
     };
     let f = c.score(&fam_test);
     let u = c.score(&unf_test);
-    c.threshold = metrics::threshold_for_false_alarm(&f, opts.target_fpr);
-    let (fpr, tpr) = metrics::rates_at(&f, &u, c.threshold);
+    c.threshold = roc::threshold_for_false_alarm(&f, opts.target_fpr);
+    let (fpr, tpr) = roc::rates_at(&f, &u, c.threshold);
     c.fitted_on.validation_false_alarm_rate = fpr;
     c.fitted_on.validation_true_positive_rate = tpr;
-    c.fitted_on.validation_auroc = metrics::auroc(&f, &u);
+    c.fitted_on.validation_auroc = roc::auroc(&f, &u);
     c.validate()?;
     Ok(c)
+}
+
+/// The paper's detector on gradient features: log-standardisation fitted on familiar training
+/// rows, then the two-layer MLP.
+#[derive(Clone, Debug)]
+pub struct GradDetector {
+    /// Log + standardisation.
+    pub normalize: LogStandardizer,
+    /// The network; the score is its logit.
+    pub mlp: Mlp,
+    /// Training history.
+    pub report: TrainReport,
+}
+
+impl GradDetector {
+    /// Fits the standardiser on `fam_train`, then trains the MLP (familiar 0, unfamiliar 1)
+    /// with early stopping on the validation rows.
+    pub fn train(
+        fam_train: &Array2<f32>,
+        unf_train: &Array2<f32>,
+        fam_val: &Array2<f32>,
+        unf_val: &Array2<f32>,
+        cfg: &MlpConfig,
+    ) -> Result<Self, FitError> {
+        let normalize = LogStandardizer::fit(fam_train)?;
+        let (xt, yt) = stack(&normalize, fam_train, unf_train)?;
+        let (xv, yv) = stack(&normalize, fam_val, unf_val)?;
+        let (mlp, report) = Mlp::train(&xt, &yt, &xv, &yv, cfg)?;
+        Ok(GradDetector { normalize, mlp, report })
+    }
+
+    /// Scores (MLP logits; higher = more unfamiliar).
+    pub fn score(&self, x: &Array2<f32>) -> Result<Vec<f32>, FitError> {
+        Ok(self.mlp.logits(&self.normalize.transform(x)?))
+    }
+}
+
+fn stack(n: &LogStandardizer, fam: &Array2<f32>, unf: &Array2<f32>) -> Result<(Array2<f32>, Vec<u8>), FitError> {
+    let f = n.transform(fam)?;
+    let u = n.transform(unf)?;
+    let x = ndarray::concatenate(Axis(0), &[f.view(), u.view()])
+        .map_err(|e| FitError::Invalid(format!("familiar and unfamiliar features differ in width: {e}")))?;
+    let mut y = vec![0u8; f.nrows()];
+    y.extend(std::iter::repeat_n(1u8, u.nrows()));
+    Ok((x, y))
 }

@@ -1,0 +1,49 @@
+//! `[pipeline]`: batching, supervision and shutdown.
+
+use serde::{Deserialize, Serialize};
+
+/// `[pipeline]`: batching, supervision and shutdown.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Inference batches up to this many frames across streams. Default 8.
+    pub max_batch: usize,
+    /// After the first frame of a batch, wait at most this long for more. Default 20.
+    pub max_wait_ms: u64,
+    /// A stage whose heartbeat is older than this is stuck: the systemd watchdog is no longer
+    /// fed and `/healthz` says why. Default 10.
+    pub heartbeat_timeout_s: u64,
+    /// On SIGTERM, queued frames and events are drained for at most this long. Default 5.
+    pub shutdown_deadline_s: u64,
+    /// READY=1 is sent when every enabled stream delivered its first frame, or after this
+    /// long at the latest (a camera that is unplugged at boot must not fail the unit). Default 10.
+    pub start_timeout_s: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            max_batch: 8,
+            max_wait_ms: 20,
+            heartbeat_timeout_s: 10,
+            shutdown_deadline_s: 5,
+            start_timeout_s: 10,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Checks the numbers are in range; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_batch == 0 || self.max_batch > 4096 {
+            return Err(format!("max_batch = {} must be in 1..=4096", self.max_batch));
+        }
+        if self.max_wait_ms > 10_000 {
+            return Err(format!("max_wait_ms = {} must be at most 10000", self.max_wait_ms));
+        }
+        if self.heartbeat_timeout_s == 0 {
+            return Err("heartbeat_timeout_s must be at least 1".into());
+        }
+        Ok(())
+    }
+}
