@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::grad::{self, CompileOptions, ConvNorm, Loss};
+use crate::grad::{self, CompileOptions, ConvNorm, Loss, ParamSelection};
 use crate::onnx;
 
 /// Arguments of `gradwatch compile`.
@@ -16,9 +16,20 @@ pub struct CompileArgs {
     /// Where to write the gradient graph.
     #[arg(short, long, required_unless_present = "list")]
     pub output: Option<PathBuf>,
-    /// Print the feature (parameter tensor) names, in order, and exit.
+    /// Print the features, in order, and exit: one tab-separated line each with the column
+    /// index, the parameter tensor's name, its kind (weight, bias, bn_scale, bn_shift,
+    /// folded_bn_scale, folded_bn_shift, input_scale, input_shift) and, for Conv weights, the
+    /// norm formulation chosen (im2col, ghost, pixel-gram). `--params all --list` shows every
+    /// parameter tensor found.
     #[arg(long)]
     pub list: bool,
+    /// Which parameter tensors count as features: `default` (every trainable tensor: weights,
+    /// biases, BatchNormalization scale/shift, folded BatchNormalization Mul/Add), `all` (also a
+    /// per-channel Mul/Add normalising the raw input), or a comma list applied in order of
+    /// kinds and name globs (`*`, `?`) to add, and with a leading `-` to remove (a list starting
+    /// with a removal starts from `default`). E.g. `weight`, `-folded_bn_*`, `layer4.*,fc.*`.
+    #[arg(long, default_value = "default", allow_hyphen_values = true)]
+    pub params: ParamSelection,
     /// Loss: bce-logits (the paper), bce-softmax, odin.
     #[arg(long, default_value = "bce-logits")]
     pub loss: Loss,
@@ -67,16 +78,17 @@ pub fn run(a: CompileArgs) -> Result<i32> {
         penultimate: a.penultimate,
         input_grad: a.input_grad,
         conv_norm: a.conv_norm,
+        params: a.params,
     };
     let compiled = grad::compile(&model, &opts).with_context(|| format!("compiling {}", a.model.display()))?;
     if a.list {
-        // Feature index, parameter tensor, and for Conv weights the norm formulation chosen.
+        // Feature index, parameter tensor, its kind, and for Conv weights the norm formulation.
         let plans: std::collections::HashMap<&str, &str> =
             compiled.conv_plans.iter().map(|(w, p)| (w.as_str(), *p)).collect();
-        for (i, f) in compiled.features.iter().enumerate() {
+        for (i, (f, k)) in compiled.features.iter().zip(&compiled.feature_kinds).enumerate() {
             match plans.get(f.as_str()) {
-                Some(p) => println!("{i}\t{f}\t{p}"),
-                None => println!("{i}\t{f}"),
+                Some(p) => println!("{i}\t{f}\t{}\t{p}", k.name()),
+                None => println!("{i}\t{f}\t{}", k.name()),
             }
         }
         return Ok(0);

@@ -14,46 +14,31 @@
 //! input pixels), chosen per layer by cost, BatchNormalization scale/shift as spatial
 //! reductions.
 
+//! The operators live in a rule table (`rules/`, one file per family: conv, norm, activation,
+//! arith, pool, shape, linear): each rule names an operator's parameter inputs and their
+//! [`ParamKind`], its shape inference and its backward. Adding an operator means adding one
+//! rule in one file; see "Adding an operator" in `rules/mod.rs`.
+//!
+//! Which parameter tensors become features is [`CompileOptions::params`]: by default every
+//! trainable tensor (weights, biases, BatchNormalization scale and shift, and BatchNormalization
+//! folded into per-channel constant `Mul`/`Add` pairs as Keras/TensorFlow exports write it).
+
 mod builder;
-mod ops;
+mod loss;
+mod rules;
 
 use std::collections::{HashMap, HashSet};
 
-use crate::onnx::{self, attr, GraphProto, ModelProto, NodeProto, OnnxError, TensorProto};
+use crate::onnx::{self, attr, GraphProto, ModelProto, NodeProto, OnnxError, TensorProto, ValueInfoProto};
 use builder::Builder;
 
-/// Operators the compiler differentiates through.
-pub const SUPPORTED_OPS: &[&str] = &[
-    "Conv",
-    "BatchNormalization",
-    "Relu",
-    "LeakyRelu",
-    "Clip",
-    "Sigmoid",
-    "HardSigmoid",
-    "HardSwish",
-    "Add",
-    "Sub",
-    "Mul",
-    "Div",
-    "MaxPool",
-    "AveragePool",
-    "GlobalAveragePool",
-    "ReduceMean",
-    "Flatten",
-    "Reshape",
-    "Squeeze",
-    "Unsqueeze",
-    "Transpose",
-    "Concat",
-    "Gemm",
-    "MatMul",
-    "Identity",
-    "Dropout",
-    "Pad",
-    "Constant",
-    "Softmax",
-];
+/// Operators the compiler differentiates through (the operators of its rule table).
+pub const SUPPORTED_OPS: &[&str] = &rules::NAMES;
+
+/// The operators the compiler differentiates through, as a list for messages.
+pub fn supported_ops() -> String {
+    SUPPORTED_OPS.join(", ")
+}
 
 /// Metadata key holding the JSON list of feature (parameter tensor) names.
 pub const META_FEATURES: &str = "gradwatch.features";
@@ -131,6 +116,172 @@ pub enum ConvNorm {
     PixelGram,
 }
 
+/// What a parameter tensor is, as the rule table finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ParamKind {
+    /// A Conv, Gemm or MatMul weight.
+    Weight,
+    /// A Conv or Gemm bias, or a constant `Add` right after a Conv (per-channel), Gemm or MatMul.
+    Bias,
+    /// A BatchNormalization scale (gamma).
+    BnScale,
+    /// A BatchNormalization shift (beta).
+    BnShift,
+    /// The per-channel constant of a `Mul` followed by a per-channel constant `Add`: a
+    /// BatchNormalization's scale folded by the exporter.
+    FoldedBnScale,
+    /// The per-channel constant of the `Add` after a [`ParamKind::FoldedBnScale`] `Mul`.
+    FoldedBnShift,
+    /// A folded-BatchNormalization-like per-channel `Mul` on the image before any other
+    /// parameter: a preprocessing normalisation, not counted by default.
+    InputScale,
+    /// The `Add` after an [`ParamKind::InputScale`], not counted by default.
+    InputShift,
+}
+
+impl ParamKind {
+    /// Every kind.
+    pub const ALL: [ParamKind; 8] = [
+        ParamKind::Weight,
+        ParamKind::Bias,
+        ParamKind::BnScale,
+        ParamKind::BnShift,
+        ParamKind::FoldedBnScale,
+        ParamKind::FoldedBnShift,
+        ParamKind::InputScale,
+        ParamKind::InputShift,
+    ];
+
+    /// The name `gradwatch compile --list` prints and `--params` accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamKind::Weight => "weight",
+            ParamKind::Bias => "bias",
+            ParamKind::BnScale => "bn_scale",
+            ParamKind::BnShift => "bn_shift",
+            ParamKind::FoldedBnScale => "folded_bn_scale",
+            ParamKind::FoldedBnShift => "folded_bn_shift",
+            ParamKind::InputScale => "input_scale",
+            ParamKind::InputShift => "input_shift",
+        }
+    }
+
+    /// Whether tensors of this kind are features by default (all but preprocessing).
+    pub fn counts_by_default(self) -> bool {
+        !matches!(self, ParamKind::InputScale | ParamKind::InputShift)
+    }
+}
+
+/// Which parameter tensors become features (`gradwatch compile --params`).
+///
+/// Written as a comma list applied in order: `default` adds the tensors counted by default
+/// (every kind but `input_scale`/`input_shift`), `all` adds every parameter tensor found, any
+/// other item adds the tensors whose kind or name matches it (a glob: `*` any run of
+/// characters, `?` one), and an item starting with `-` removes what it matches. A list whose
+/// first item removes starts from `default`. Examples: `default`, `all`, `weight`,
+/// `-folded_bn_*` (the default without folded BatchNormalization), `layer4.*,fc.*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSelection {
+    /// `(removes, pattern)` in order.
+    items: Vec<(bool, String)>,
+}
+
+impl Default for ParamSelection {
+    fn default() -> Self {
+        ParamSelection { items: vec![(false, "default".into())] }
+    }
+}
+
+impl std::str::FromStr for ParamSelection {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut items = Vec::new();
+        for raw in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let (removes, pat) = match raw.strip_prefix('-') {
+                Some(p) => (true, p.trim()),
+                None => (false, raw),
+            };
+            if pat.is_empty() {
+                return Err(format!("'{raw}': a '-' needs a kind or name pattern after it"));
+            }
+            items.push((removes, pat.to_string()));
+        }
+        if items.is_empty() {
+            return Err("empty parameter selection (try 'default' or 'all')".into());
+        }
+        Ok(ParamSelection { items })
+    }
+}
+
+impl std::fmt::Display for ParamSelection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> =
+            self.items.iter().map(|(rm, p)| if *rm { format!("-{p}") } else { p.clone() }).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+impl ParamSelection {
+    /// Every parameter tensor found, preprocessing normalisation included.
+    pub fn all() -> Self {
+        ParamSelection { items: vec![(false, "all".into())] }
+    }
+
+    fn matches(pat: &str, name: &str, kind: ParamKind) -> bool {
+        match pat {
+            "all" => true,
+            "default" => kind.counts_by_default(),
+            _ => glob(pat.as_bytes(), kind.name().as_bytes()) || glob(pat.as_bytes(), name.as_bytes()),
+        }
+    }
+
+    /// Whether the tensor `name` of `kind` is selected.
+    pub fn selects(&self, name: &str, kind: ParamKind) -> bool {
+        let mut on = self.items.first().is_some_and(|(removes, _)| *removes) && kind.counts_by_default();
+        for (removes, pat) in &self.items {
+            if Self::matches(pat, name, kind) {
+                on = !removes;
+            }
+        }
+        on
+    }
+
+    /// Items that match neither a kind name nor any of `found`: typos.
+    fn unmatched(&self, found: &[(String, ParamKind)]) -> Vec<String> {
+        self.items
+            .iter()
+            .filter(|(_, p)| {
+                !matches!(p.as_str(), "all" | "default")
+                    && !ParamKind::ALL.iter().any(|k| glob(p.as_bytes(), k.name().as_bytes()))
+                    && !found.iter().any(|(n, _)| glob(p.as_bytes(), n.as_bytes()))
+            })
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+}
+
+/// Glob match of a whole string: `*` any run of bytes, `?` one byte.
+fn glob(pat: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        if p < pat.len() && (pat[p] == b'?' || pat[p] == s[i]) {
+            p += 1;
+            i += 1;
+        } else if p < pat.len() && pat[p] == b'*' {
+            star = Some((p, i));
+            p += 1;
+        } else if let Some((sp, si)) = star {
+            p = sp + 1;
+            i = si + 1;
+            star = Some((sp, si + 1));
+        } else {
+            return false;
+        }
+    }
+    pat[p..].iter().all(|&c| c == b'*')
+}
+
 /// Options of [`compile`].
 #[derive(Clone, Debug, Default)]
 pub struct CompileOptions {
@@ -144,6 +295,8 @@ pub struct CompileOptions {
     pub input_grad: bool,
     /// Conv norm formulation.
     pub conv_norm: ConvNorm,
+    /// Which parameter tensors become features.
+    pub params: ParamSelection,
 }
 
 /// A compiled model and what the compiler learnt about it.
@@ -153,6 +306,10 @@ pub struct Compiled {
     pub model: ModelProto,
     /// Parameter tensor names, in graph order: the columns of `grad_features`.
     pub features: Vec<String>,
+    /// The kind of each feature's tensor.
+    pub feature_kinds: Vec<ParamKind>,
+    /// Every parameter tensor found, selected or not, in graph order.
+    pub candidates: Vec<(String, ParamKind)>,
     /// Number of classes (width of `logits`).
     pub num_classes: usize,
     /// Name of the model's image input.
@@ -172,7 +329,7 @@ pub enum GradError {
     #[error(transparent)]
     Onnx(#[from] OnnxError),
     /// An operator the compiler cannot differentiate.
-    #[error("unsupported operator '{op}' (node '{node}'); gradwatch compiles: {}", SUPPORTED_OPS.join(", "))]
+    #[error("unsupported operator '{op}' (node '{node}'); gradwatch compiles: {}", supported_ops())]
     Unsupported {
         /// Operator type.
         op: String,
@@ -194,6 +351,11 @@ pub enum GradError {
     Model(String),
 }
 
+/// The error for a node whose operator has no rule.
+pub(crate) fn unsupported(n: &NodeProto) -> GradError {
+    GradError::Unsupported { op: n.op_type.clone(), node: n.name.clone() }
+}
+
 pub(crate) fn node_err(n: &NodeProto, why: impl Into<String>) -> GradError {
     GradError::Node { node: n.name.clone(), op: n.op_type.clone(), why: why.into() }
 }
@@ -208,8 +370,10 @@ pub(crate) struct Ctx {
     pub param_dep: HashSet<String>,
     /// Parameter tensors -> per-sample squared norm tensor `[N]`.
     pub norms: HashMap<String, String>,
-    /// Parameters in graph order.
-    pub params: Vec<String>,
+    /// Selected parameters (the features) in graph order.
+    pub params: Vec<(String, ParamKind)>,
+    /// The names in `params`.
+    pub param_set: HashSet<String>,
     /// Conv plans chosen.
     pub conv_plans: Vec<(String, &'static str)>,
     /// Forward nodes that read each activation (graph outputs count as a reader too), so a
@@ -241,6 +405,11 @@ impl Ctx {
             Some([n]) if !n.op_type.is_empty() => Some(n),
             _ => None,
         }
+    }
+
+    /// Whether `name` is a selected parameter: its rule must record its norm.
+    pub fn is_param(&self, name: &str) -> bool {
+        self.param_set.contains(name)
     }
 
     /// Whether the gradient of activation `name` must be formed.
@@ -275,33 +444,6 @@ impl Ctx {
     }
 }
 
-/// The parameter inputs of a node (constant inputs that are trained weights).
-fn param_inputs(
-    n: &NodeProto,
-    consts: &HashMap<String, TensorProto>,
-    producers: &HashMap<String, &NodeProto>,
-) -> Vec<String> {
-    let is_const = |i: usize| n.input.get(i).is_some_and(|s| !s.is_empty() && consts.contains_key(s));
-    let pick = |idx: &[usize]| idx.iter().filter(|&&i| is_const(i)).map(|&i| n.input[i].clone()).collect::<Vec<_>>();
-    match n.op_type.as_str() {
-        "Conv" => pick(&[1, 2]),
-        "Gemm" => pick(&[1, 2]),
-        "MatMul" => pick(&[1]),
-        "BatchNormalization" => pick(&[1, 2]),
-        // MatMul + Add is how some exporters write a Gemm: the Add's constant is its bias.
-        "Add" => {
-            let after_matmul =
-                (0..2).any(|i| n.input.get(i).and_then(|s| producers.get(s)).is_some_and(|p| p.op_type == "MatMul"));
-            if after_matmul {
-                pick(&[0, 1])
-            } else {
-                vec![]
-            }
-        }
-        _ => vec![],
-    }
-}
-
 fn constant_node_value(n: &NodeProto) -> Result<TensorProto, GradError> {
     let a = onnx::Attrs::of(n);
     if let Some(t) = a.tensor("value")? {
@@ -323,7 +465,84 @@ fn constant_node_value(n: &NodeProto) -> Result<TensorProto, GradError> {
 }
 
 /// Compiles a classifier into its gradient graph.
+///
+/// The phases, in order: [`check_model`], [`collect_constants`], [`image_input`],
+/// [`find_logits`] and [`needed_nodes`] read the model; [`forward`] infers shapes and finds
+/// the parameters through the rule table; [`confounding_label`] checks the label;
+/// [`backward`] seeds the loss gradient and runs the rules in reverse; [`emit_outputs`] adds
+/// the output nodes and [`assemble`] writes the new model.
 pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, GradError> {
+    let (graph, opset) = check_model(model)?;
+    let consts = collect_constants(graph)?;
+    let (input, input_shape) = image_input(graph, &consts)?;
+    let producers: HashMap<String, &NodeProto> =
+        graph.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.clone(), n))).collect();
+    let logits = find_logits(graph, &producers)?;
+    let needed = needed_nodes(graph, &logits);
+
+    let mut taken: HashSet<String> = consts.keys().cloned().collect();
+    taken.extend(graph.node.iter().flat_map(|n| n.output.iter().cloned()));
+    taken.extend(graph.input.iter().map(|i| i.name.clone()));
+    taken.extend(graph.node.iter().map(|n| n.name.clone()));
+    let mut ctx = Ctx {
+        consts,
+        shapes: HashMap::from([(input.name.clone(), input_shape.clone())]),
+        param_dep: HashSet::new(),
+        norms: HashMap::new(),
+        params: Vec::new(),
+        param_set: HashSet::new(),
+        conv_plans: Vec::new(),
+        readers: HashMap::new(),
+        producer: HashMap::new(),
+        gain: HashMap::new(),
+        all_grads: opts.input_grad,
+        conv_norm: opts.conv_norm,
+        b: Builder::new(opset, taken),
+    };
+
+    let fwd = forward(graph, &needed, &producers, &opts.params, &mut ctx)?;
+    let logits_shape =
+        ctx.shapes.get(&logits).cloned().ok_or_else(|| {
+            GradError::Model(format!("output '{logits}' does not depend on the input '{}'", input.name))
+        })?;
+    let num_classes = match logits_shape.as_slice() {
+        [c] => *c,
+        other => return Err(GradError::Model(format!("logits must be [N, C]; '{logits}' is [N, {other:?}]"))),
+    };
+    let label = confounding_label(opts.label.as_ref(), num_classes)?;
+    let mut contrib = backward(&mut ctx, &fwd, &logits, &label, opts.loss)?;
+
+    let input_grad = if opts.input_grad {
+        let parts = contrib.remove(&input.name).unwrap_or_default();
+        if parts.is_empty() {
+            return Err(GradError::Model("no gradient reaches the input".into()));
+        }
+        Some(parts)
+    } else {
+        None
+    };
+    let emitted = emit_outputs(&mut ctx, opts, &logits, num_classes, fwd.last_linear, input_grad, &input_shape)?;
+    let features: Vec<String> = ctx.params.iter().map(|(p, _)| p.clone()).collect();
+    let feature_kinds = ctx.params.iter().map(|(_, k)| *k).collect();
+    let layout = Layout { input_name: &input.name, input_shape: &input_shape, outputs: emitted.outputs };
+    let out_model = assemble(model, graph, &needed, &mut ctx.b, layout, opts.loss, &label, &features);
+
+    Ok(Compiled {
+        model: out_model,
+        features,
+        feature_kinds,
+        candidates: fwd.candidates,
+        num_classes,
+        input_name: input.name.clone(),
+        input_shape,
+        penultimate_dim: emitted.penultimate_dim,
+        conv_plans: ctx.conv_plans,
+    })
+}
+
+/// The graph and its default-domain opset, once the model is known to be a classifier this
+/// compiler can read: not already compiled, opset 13 or newer, standard operators only.
+fn check_model(model: &ModelProto) -> Result<(&GraphProto, i64), GradError> {
     let graph = model.graph.as_ref().ok_or(OnnxError::NoGraph)?;
     if model.metadata_props.iter().any(|p| p.key == META_FEATURES) {
         return Err(GradError::Model(
@@ -344,8 +563,11 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
             return Err(GradError::Unsupported { op: format!("{}:{}", n.domain, n.op_type), node: n.name.clone() });
         }
     }
+    Ok((graph, opset))
+}
 
-    // Constants.
+/// Constant tensors: initializers, Constant-node outputs and Identity aliases of either.
+fn collect_constants(graph: &GraphProto) -> Result<HashMap<String, TensorProto>, GradError> {
     let mut consts: HashMap<String, TensorProto> =
         graph.initializer.iter().map(|t| (t.name.clone(), t.clone())).collect();
     for n in &graph.node {
@@ -363,8 +585,14 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
             }
         }
     }
+    Ok(consts)
+}
 
-    // The image input.
+/// The one non-constant graph input (the image) and its per-sample shape.
+fn image_input<'a>(
+    graph: &'a GraphProto,
+    consts: &HashMap<String, TensorProto>,
+) -> Result<(&'a ValueInfoProto, Vec<usize>), GradError> {
     let inputs: Vec<_> = graph.input.iter().filter(|i| !consts.contains_key(&i.name)).collect();
     let input = match inputs.as_slice() {
         [one] => *one,
@@ -388,10 +616,11 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
     if dims.is_empty() {
         return Err(GradError::Model(format!("input '{}' must have a batch axis", input.name)));
     }
+    Ok((input, input_shape))
+}
 
-    // The logits: the first output, or the input of a trailing Softmax.
-    let producers: HashMap<String, &NodeProto> =
-        graph.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.clone(), n))).collect();
+/// The logits: the first output, or the input of a trailing Softmax.
+fn find_logits(graph: &GraphProto, producers: &HashMap<String, &NodeProto>) -> Result<String, GradError> {
     let out0 = graph.output.first().ok_or_else(|| GradError::Model("the model has no outputs".into()))?;
     let mut logits = out0.name.clone();
     if let Some(p) = producers.get(&logits) {
@@ -399,9 +628,12 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
             logits = p.input[0].clone();
         }
     }
+    Ok(logits)
+}
 
-    // Nodes that the logits depend on.
-    let mut needed_vals: HashSet<String> = HashSet::from([logits.clone()]);
+/// Which nodes the logits depend on.
+fn needed_nodes(graph: &GraphProto, logits: &str) -> Vec<bool> {
+    let mut needed_vals: HashSet<String> = HashSet::from([logits.to_string()]);
     let mut needed = vec![false; graph.node.len()];
     for (i, n) in graph.node.iter().enumerate().rev() {
         if n.output.iter().any(|o| needed_vals.contains(o)) {
@@ -409,94 +641,120 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
             needed_vals.extend(n.input.iter().filter(|s| !s.is_empty()).cloned());
         }
     }
+    needed
+}
 
-    let mut taken: HashSet<String> = consts.keys().cloned().collect();
-    taken.extend(graph.node.iter().flat_map(|n| n.output.iter().cloned()));
-    taken.extend(graph.input.iter().map(|i| i.name.clone()));
-    taken.extend(graph.node.iter().map(|n| n.name.clone()));
-    let mut ctx = Ctx {
-        consts,
-        shapes: HashMap::from([(input.name.clone(), input_shape.clone())]),
-        param_dep: HashSet::new(),
-        norms: HashMap::new(),
-        params: Vec::new(),
-        conv_plans: Vec::new(),
-        readers: HashMap::new(),
-        producer: HashMap::new(),
-        gain: HashMap::new(),
-        all_grads: opts.input_grad,
-        conv_norm: opts.conv_norm,
-        b: Builder::new(opset, taken),
-    };
+/// What the forward analysis found.
+struct Forward<'g> {
+    /// The nodes to differentiate, in graph order.
+    nodes: Vec<&'g NodeProto>,
+    /// Input of the last Gemm/MatMul and its per-sample size (the penultimate features).
+    last_linear: Option<(String, usize)>,
+    /// Every parameter tensor found, selected or not.
+    candidates: Vec<(String, ParamKind)>,
+}
 
-    // Forward analysis: shapes, parameters, dependence on parameters.
-    let mut fwd: Vec<&NodeProto> = Vec::new();
-    let mut last_linear: Option<(String, usize)> = None;
+/// Forward analysis through the rule table: per-sample shapes, parameter candidates and the
+/// selected ones (`ctx.params`), and which values depend on a selected parameter.
+fn forward<'g>(
+    graph: &'g GraphProto,
+    needed: &[bool],
+    producers: &HashMap<String, &'g NodeProto>,
+    selection: &ParamSelection,
+    ctx: &mut Ctx,
+) -> Result<Forward<'g>, GradError> {
+    let mut readers: HashMap<String, Vec<&NodeProto>> = HashMap::new();
+    for n in &graph.node {
+        for i in n.input.iter().filter(|s| !s.is_empty()) {
+            readers.entry(i.clone()).or_default().push(n);
+        }
+    }
+    let graph_output = NodeProto::default();
+    for o in &graph.output {
+        readers.entry(o.name.clone()).or_default().push(&graph_output);
+    }
+    let mut after_param: HashSet<String> = HashSet::new();
+    let mut fwd = Forward { nodes: Vec::new(), last_linear: None, candidates: Vec::new() };
     for (i, n) in graph.node.iter().enumerate() {
         if !needed[i] || n.output.iter().all(|o| ctx.consts.contains_key(o)) {
             continue;
         }
-        if !SUPPORTED_OPS.contains(&n.op_type.as_str()) {
-            return Err(GradError::Unsupported { op: n.op_type.clone(), node: n.name.clone() });
-        }
-        if n.op_type == "Softmax" {
-            return Err(node_err(n, "Softmax is supported only as the model's final node"));
-        }
+        let rule = rules::find(&n.op_type).ok_or_else(|| unsupported(n))?;
         if !n.input.iter().any(|s| ctx.is_act(s)) {
             return Err(node_err(n, "computes on constants only; fold constants first (e.g. onnxsim)"));
         }
-        let shape = ops::forward_shape(n, &ctx)?;
+        let shape = (rule.shape)(n, ctx)?;
         let out = n.output.first().ok_or_else(|| node_err(n, "node has no output"))?;
-        let params = param_inputs(n, &ctx.consts, &producers);
-        if !params.is_empty() || n.input.iter().any(|s| ctx.param_dep.contains(s)) {
+        ctx.shapes.insert(out.clone(), shape);
+        let scope = rules::Scope { ctx, producers, readers: &readers, after_param: &after_param };
+        let found: Vec<(String, ParamKind)> =
+            rule.candidates(n, &scope).into_iter().map(|(idx, kind)| (n.input[idx].clone(), kind)).collect();
+        if !found.is_empty() || n.input.iter().any(|s| after_param.contains(s)) {
+            after_param.insert(out.clone());
+        }
+        let selected: Vec<(String, ParamKind)> =
+            found.iter().filter(|(p, k)| selection.selects(p, *k)).cloned().collect();
+        if !selected.is_empty() || n.input.iter().any(|s| ctx.param_dep.contains(s)) {
             ctx.param_dep.insert(out.clone());
         }
         if matches!(n.op_type.as_str(), "Gemm" | "MatMul") {
             let a = &n.input[0];
             if let Some(s) = ctx.shapes.get(a) {
-                last_linear = Some((a.clone(), s.iter().product()));
+                fwd.last_linear = Some((a.clone(), s.iter().product()));
             }
         }
-        ctx.params.extend(params);
-        ctx.shapes.insert(out.clone(), shape);
-        fwd.push(n);
+        ctx.param_set.extend(selected.iter().map(|(p, _)| p.clone()));
+        ctx.params.extend(selected);
+        fwd.candidates.extend(found);
+        fwd.nodes.push(n);
     }
-    let logits_shape =
-        ctx.shapes.get(&logits).cloned().ok_or_else(|| {
-            GradError::Model(format!("output '{logits}' does not depend on the input '{}'", input.name))
-        })?;
-    let num_classes = match logits_shape.as_slice() {
-        [c] => *c,
-        other => return Err(GradError::Model(format!("logits must be [N, C]; '{logits}' is [N, {other:?}]"))),
-    };
+    let typos = selection.unmatched(&fwd.candidates);
+    if !typos.is_empty() {
+        let kinds: Vec<&str> = ParamKind::ALL.iter().map(|k| k.name()).collect();
+        return Err(GradError::Model(format!(
+            "--params {selection}: {} matches no parameter kind ({}) and no parameter tensor of the model",
+            typos.join(", "),
+            kinds.join(", ")
+        )));
+    }
     if ctx.params.is_empty() {
+        return Err(GradError::Model(if fwd.candidates.is_empty() {
+            "the model has no parameters (Conv/Gemm/MatMul/BatchNormalization weights)".into()
+        } else {
+            format!("--params {selection} selects none of the model's {} parameter tensors", fwd.candidates.len())
+        }));
+    }
+    Ok(fwd)
+}
+
+/// The confounding label: all ones by default, else 0/1 per class with not exactly one 1.
+fn confounding_label(label: Option<&Vec<f32>>, num_classes: usize) -> Result<Vec<f32>, GradError> {
+    let Some(l) = label else { return Ok(vec![1.0f32; num_classes]) };
+    if l.len() != num_classes {
+        return Err(GradError::Model(format!("label has {} entries, the model has {num_classes} classes", l.len())));
+    }
+    if l.iter().any(|&v| v != 0.0 && v != 1.0) {
+        return Err(GradError::Model("the confounding label must be 0/1 per class".into()));
+    }
+    if l.iter().filter(|&&v| v == 1.0).count() == 1 {
         return Err(GradError::Model(
-            "the model has no parameters (Conv/Gemm/MatMul/BatchNormalization weights)".into(),
+            "a label with exactly one 1 is an ordinary class label, not a confounding label".into(),
         ));
     }
+    Ok(l.clone())
+}
 
-    // Backward: seed, then nodes in reverse order.
-    let label = match &opts.label {
-        None => vec![1.0f32; num_classes],
-        Some(l) => {
-            if l.len() != num_classes {
-                return Err(GradError::Model(format!(
-                    "label has {} entries, the model has {num_classes} classes",
-                    l.len()
-                )));
-            }
-            if l.iter().any(|&v| v != 0.0 && v != 1.0) {
-                return Err(GradError::Model("the confounding label must be 0/1 per class".into()));
-            }
-            if l.iter().filter(|&&v| v == 1.0).count() == 1 {
-                return Err(GradError::Model(
-                    "a label with exactly one 1 is an ordinary class label, not a confounding label".into(),
-                ));
-            }
-            l.clone()
-        }
-    };
-    for n in &fwd {
+/// The backward pass: records who reads each activation, seeds `dJ/dz` at the logits and runs
+/// each node's rule in reverse graph order. Returns the gradient contributions that reached no
+/// node (the input's, when it is wanted).
+fn backward(
+    ctx: &mut Ctx,
+    fwd: &Forward,
+    logits: &str,
+    label: &[f32],
+    loss: Loss,
+) -> Result<HashMap<String, Vec<String>>, GradError> {
+    for n in &fwd.nodes {
         for i in &n.input {
             if ctx.is_act(i) {
                 ctx.readers.entry(i.clone()).or_default().push((*n).clone());
@@ -507,48 +765,64 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
         }
     }
     // Values the caller sees are read outside the graph: an empty op type marks that reader.
-    let mut seen: Vec<String> = vec![logits.clone()];
-    seen.extend(last_linear.iter().map(|(name, _)| name.clone()));
+    let mut seen: Vec<String> = vec![logits.to_string()];
+    seen.extend(fwd.last_linear.iter().map(|(name, _)| name.clone()));
     for name in seen {
         ctx.readers.entry(name).or_default().push(NodeProto::default());
     }
-    let seed = ops::loss_seed(&mut ctx, &logits, &label, opts.loss)?;
-    let mut contrib: HashMap<String, Vec<String>> = HashMap::from([(logits.clone(), vec![seed])]);
-    for n in fwd.iter().rev() {
+    let seed = loss::loss_seed(ctx, logits, label, loss)?;
+    let mut contrib: HashMap<String, Vec<String>> = HashMap::from([(logits.to_string(), vec![seed])]);
+    for n in fwd.nodes.iter().rev() {
         let out = &n.output[0];
         let Some(parts) = contrib.remove(out) else { continue };
         let dy = sum_parts(&mut ctx.b, parts);
-        for (x, dx) in ops::backward(n, &dy, &mut ctx)? {
+        for (x, dx) in rules::backward(n, &dy, ctx)? {
             contrib.entry(x).or_default().push(dx);
         }
     }
+    Ok(contrib)
+}
 
-    // Outputs.
+/// The outputs [`emit_outputs`] added.
+struct Emitted {
+    /// Graph outputs, in order.
+    outputs: Vec<ValueInfoProto>,
+    /// Width of `penultimate`, when requested.
+    penultimate_dim: Option<usize>,
+}
+
+/// Adds the output nodes: `logits`, `grad_features` (one column per selected parameter),
+/// and when asked `penultimate` and `input_grad` (from the gradient `input_grad` parts).
+fn emit_outputs(
+    ctx: &mut Ctx,
+    opts: &CompileOptions,
+    logits: &str,
+    num_classes: usize,
+    last_linear: Option<(String, usize)>,
+    input_grad: Option<Vec<String>>,
+    input_shape: &[usize],
+) -> Result<Emitted, GradError> {
     let b = &mut ctx.b;
-    let mut new_nodes: Vec<NodeProto> =
-        graph.node.iter().enumerate().filter(|(i, _)| needed[*i]).map(|(_, n)| n.clone()).collect();
     let mut outputs = Vec::new();
     let logits_out = if logits == outputs::LOGITS {
-        logits.clone()
+        logits.to_string()
     } else {
         if !b.reserve(outputs::LOGITS) {
             return Err(GradError::Model("the model already has a value named 'logits' that is not its output".into()));
         }
-        b.op_to("Identity", &[&logits], outputs::LOGITS, vec![]);
+        b.op_to("Identity", &[logits], outputs::LOGITS, vec![]);
         outputs::LOGITS.to_string()
     };
     outputs.push(onnx::make_value_info(&logits_out, onnx::data_type::FLOAT, &[None, Some(num_classes as i64)]));
 
     let mut cols = Vec::new();
-    let mut features = Vec::new();
-    for p in &ctx.params {
+    for (p, _) in &ctx.params {
         let norm = ctx.norms.get(p).ok_or_else(|| {
             GradError::Model(format!(
                 "parameter '{p}' gets no gradient from the logits (is it on a path to the output?)"
             ))
         })?;
         cols.push(b.reshape_to(norm, &[-1, 1]));
-        features.push(p.clone());
     }
     let col_refs: Vec<&str> = cols.iter().map(String::as_str).collect();
     if !b.reserve(outputs::FEATURES) {
@@ -558,7 +832,7 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
     outputs.push(onnx::make_value_info(
         outputs::FEATURES,
         onnx::data_type::FLOAT,
-        &[None, Some(features.len() as i64)],
+        &[None, Some(ctx.params.len() as i64)],
     ));
 
     let mut penultimate_dim = None;
@@ -571,11 +845,7 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
         outputs.push(onnx::make_value_info(outputs::PENULTIMATE, onnx::data_type::FLOAT, &[None, Some(dim as i64)]));
         penultimate_dim = Some(dim);
     }
-    if opts.input_grad {
-        let parts = contrib.remove(&input.name).unwrap_or_default();
-        if parts.is_empty() {
-            return Err(GradError::Model("no gradient reaches the input".into()));
-        }
+    if let Some(parts) = input_grad {
         let g = sum_parts(b, parts);
         b.reserve(outputs::INPUT_GRAD);
         b.op_to("Identity", &[&g], outputs::INPUT_GRAD, vec![]);
@@ -583,7 +853,35 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
         d.extend(input_shape.iter().map(|&v| Some(v as i64)));
         outputs.push(onnx::make_value_info(outputs::INPUT_GRAD, onnx::data_type::FLOAT, &d));
     }
+    Ok(Emitted { outputs, penultimate_dim })
+}
 
+/// The inputs and outputs of the compiled graph.
+struct Layout<'a> {
+    /// Name of the image input.
+    input_name: &'a str,
+    /// Its per-sample shape.
+    input_shape: &'a [usize],
+    /// The graph outputs.
+    outputs: Vec<ValueInfoProto>,
+}
+
+/// The compiled model: the needed forward nodes, then the builder's; the initializers they
+/// use; the image input (and `temperature` for ODIN); and the metadata (features, loss, label).
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    model: &ModelProto,
+    graph: &GraphProto,
+    needed: &[bool],
+    b: &mut Builder,
+    layout: Layout,
+    loss: Loss,
+    label: &[f32],
+    features: &[String],
+) -> ModelProto {
+    let Layout { input_name, input_shape, outputs } = layout;
+    let mut new_nodes: Vec<NodeProto> =
+        graph.node.iter().enumerate().filter(|(i, _)| needed[*i]).map(|(_, n)| n.clone()).collect();
     new_nodes.append(&mut b.nodes);
     let used: HashSet<&str> = new_nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
     let mut initializer: Vec<TensorProto> =
@@ -592,8 +890,8 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
 
     let mut in_dims = vec![None];
     in_dims.extend(input_shape.iter().map(|&v| Some(v as i64)));
-    let mut graph_inputs = vec![onnx::make_value_info(&input.name, onnx::data_type::FLOAT, &in_dims)];
-    if opts.loss == Loss::Odin {
+    let mut graph_inputs = vec![onnx::make_value_info(input_name, onnx::data_type::FLOAT, &in_dims)];
+    if loss == Loss::Odin {
         graph_inputs.push(onnx::make_value_info(outputs::TEMPERATURE, onnx::data_type::FLOAT, &[Some(1)]));
     }
 
@@ -609,23 +907,14 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
     });
     out_model.producer_name = "gradwatch".into();
     out_model.producer_version = env!("CARGO_PKG_VERSION").into();
-    onnx::set_metadata(&mut out_model, META_FEATURES, &serde_json::to_string(&features).unwrap_or_default());
-    onnx::set_metadata(&mut out_model, META_LOSS, opts.loss.name());
+    onnx::set_metadata(&mut out_model, META_FEATURES, &serde_json::to_string(features).unwrap_or_default());
+    onnx::set_metadata(&mut out_model, META_LOSS, loss.name());
     onnx::set_metadata(
         &mut out_model,
         META_LABEL,
         &label.iter().map(|v| if *v == 1.0 { "1" } else { "0" }).collect::<String>(),
     );
-
-    Ok(Compiled {
-        model: out_model,
-        features,
-        num_classes,
-        input_name: input.name.clone(),
-        input_shape,
-        penultimate_dim,
-        conv_plans: ctx.conv_plans,
-    })
+    out_model
 }
 
 fn sum_parts(b: &mut Builder, mut parts: Vec<String>) -> String {

@@ -44,3 +44,51 @@ fn resnet18_matches_pytorch_float64() {
     assert!(logit_err < 1e-4, "logits differ from PyTorch by {logit_err}");
     assert!(worst.0 < 1e-4, "feature {} of sample {} differs by {:.2e} relative", names[worst.2], worst.1, worst.0);
 }
+
+const FOLDED: &str = "tests/fixtures/folded_bn";
+
+/// A Keras/TensorFlow-style CNN whose BatchNormalization layers are folded into per-channel
+/// constant Mul/Add pairs, with bias Adds after a bias-less Conv and a MatMul, against a float64
+/// numpy forward and per-sample backward (`scripts/make-folded-bn-fixture.py` writes the
+/// fixture). All 14 trainable tensors count; before the compiler found folded BatchNormalization
+/// and Conv bias Adds, 7 did.
+#[test]
+fn folded_batchnorm_cnn_matches_numpy_float64() {
+    use gradwatch::grad::{ParamKind, ParamSelection};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(FOLDED);
+    let model = onnx::load(&dir.join("model.onnx")).unwrap();
+    let compiled = grad::compile(&model, &CompileOptions::default()).unwrap();
+    let names: Vec<String> = serde_json::from_str(&std::fs::read_to_string(dir.join("names.json")).unwrap()).unwrap();
+    assert_eq!(compiled.features, names);
+    assert_eq!(names.len(), 14);
+    let count = |k: ParamKind| compiled.feature_kinds.iter().filter(|&&f| f == k).count();
+    assert_eq!(
+        [ParamKind::Weight, ParamKind::Bias, ParamKind::FoldedBnScale, ParamKind::FoldedBnShift].map(count),
+        [5, 3, 3, 3]
+    );
+
+    let x: ArrayD<f32> = read_npy(dir.join("input.npy")).unwrap();
+    let want: Array2<f64> = read_npy(dir.join("features.npy")).unwrap();
+    let want_logits: Array2<f64> = read_npy(dir.join("logits.npy")).unwrap();
+    let got = GradSession::new(&compiled, &crate::common::ort()).unwrap().run(x.view()).unwrap();
+    let logit_err = got.logits.iter().zip(want_logits.iter()).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+    assert!(logit_err < 1e-5, "logits differ from numpy by {logit_err}");
+    for ((k, j), &w) in want.indexed_iter() {
+        let g = got.features[[k, j]] as f64;
+        let rel = (g - w).abs() / w.abs().max(1e-30);
+        assert!(rel < 1e-4, "{} of sample {k}: compiled {g:e}, numpy {w:e} ({rel:.1e} relative)", names[j]);
+    }
+
+    // Leaving the folded BatchNormalization out keeps the other columns as they were.
+    let sel: ParamSelection = "-folded_bn_*".parse().unwrap();
+    let part = grad::compile(&model, &CompileOptions { params: sel, ..Default::default() }).unwrap();
+    assert_eq!(part.features.len(), 8);
+    let f = GradSession::new(&part, &crate::common::ort()).unwrap().run(x.view()).unwrap().features;
+    for (j, name) in part.features.iter().enumerate() {
+        let i = names.iter().position(|n| n == name).unwrap();
+        for k in 0..x.shape()[0] {
+            let (a, b) = (f[[k, j]] as f64, want[[k, i]]);
+            assert!((a - b).abs() / b.abs().max(1e-30) < 1e-4, "{name} of sample {k}: {a:e} vs {b:e}");
+        }
+    }
+}

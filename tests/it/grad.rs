@@ -1,9 +1,15 @@
 //! The gradient compiler against finite differences through ONNX Runtime, one small model per
 //! supported operator, plus the structural guarantees of the output graph.
+//!
+//! Every finite-difference case is a `case_*` function listed in [`FD_CASES`];
+//! `fd_cases_cover_every_rule` fails when an operator of the compiler's rule table (or a
+//! parameter kind) appears in none of them.
 #![allow(clippy::needless_range_loop)] // index loops mirror the maths
 
+use std::collections::HashSet;
+
 use crate::common::{finite_differences, input, ort, Net};
-use gradwatch::grad::{self, CompileOptions, ConvNorm, GradError, Loss};
+use gradwatch::grad::{self, CompileOptions, ConvNorm, GradError, Loss, ParamKind, ParamSelection};
 use gradwatch::onnx::{self, attr};
 use gradwatch::runtime::GradSession;
 use ndarray::ArrayD;
@@ -67,9 +73,13 @@ fn chain(seed: u64, body: impl FnOnce(&mut Net, &str) -> (String, usize)) -> Cas
     Case { net, input: vec![2, 6, 6], out }
 }
 
+fn case_conv_padded_with_bias() -> Case {
+    chain(1, |n, x| (n.op("Relu", &[x], vec![]), 3 * 36))
+}
+
 #[test]
 fn conv_padded_with_bias() {
-    check(chain(1, |n, x| (n.op("Relu", &[x], vec![]), 3 * 36)));
+    check(case_conv_padded_with_bias());
 }
 
 /// A strided, dilated, asymmetrically padded 3x3 conv (3 -> 4 channels) on the chain's 6x6 map.
@@ -90,37 +100,53 @@ fn dilated_conv(n: &mut Net, x: &str) -> (String, usize) {
     (y, 4 * 3 * 3)
 }
 
-#[test]
-fn conv_strided_dilated_asymmetric_pads() {
-    check(chain(2, dilated_conv));
+fn case_conv_strided_dilated_asymmetric_pads() -> Case {
+    chain(2, dilated_conv)
 }
 
 #[test]
-fn conv_depthwise_and_grouped() {
-    check(chain(3, |n, x| {
+fn conv_strided_dilated_asymmetric_pads() {
+    check(case_conv_strided_dilated_asymmetric_pads());
+}
+
+fn case_conv_depthwise_and_grouped() -> Case {
+    chain(3, |n, x| {
         let d = n.conv(x, 3, 3, 3, true, vec![attr::int("group", 3), attr::ints("pads", &[1, 1, 1, 1])]);
         let e = n.conv(&d, 3, 6, 1, false, vec![]);
         let g = n.conv(&e, 6, 4, 3, true, vec![attr::int("group", 2), attr::ints("strides", &[2, 2])]);
         (g, 4 * 2 * 2)
-    }));
+    })
+}
+
+#[test]
+fn conv_depthwise_and_grouped() {
+    check(case_conv_depthwise_and_grouped());
+}
+
+fn case_conv_auto_pad_same_upper_and_lower() -> Case {
+    chain(4, |n, x| {
+        let a = n.conv(x, 3, 3, 3, false, vec![attr::string("auto_pad", "SAME_UPPER"), attr::ints("strides", &[2, 2])]);
+        let b = n.conv(&a, 3, 2, 2, true, vec![attr::string("auto_pad", "SAME_LOWER")]);
+        (b, 2 * 3 * 3)
+    })
 }
 
 #[test]
 fn conv_auto_pad_same_upper_and_lower() {
-    check(chain(4, |n, x| {
-        let a = n.conv(x, 3, 3, 3, false, vec![attr::string("auto_pad", "SAME_UPPER"), attr::ints("strides", &[2, 2])]);
-        let b = n.conv(&a, 3, 2, 2, true, vec![attr::string("auto_pad", "SAME_LOWER")]);
-        (b, 2 * 3 * 3)
-    }));
+    check(case_conv_auto_pad_same_upper_and_lower());
+}
+
+fn case_conv_norm_formulations_agree() -> Case {
+    chain(5, |n, x| {
+        let y = n.conv(x, 3, 4, 3, true, vec![attr::ints("strides", &[2, 2]), attr::ints("pads", &[1, 1, 1, 1])]);
+        (y, 4 * 3 * 3)
+    })
 }
 
 #[test]
 fn conv_norm_formulations_agree() {
     for norm in [ConvNorm::Im2col, ConvNorm::Ghost, ConvNorm::PixelGram] {
-        let case = chain(5, |n, x| {
-            let y = n.conv(x, 3, 4, 3, true, vec![attr::ints("strides", &[2, 2]), attr::ints("pads", &[1, 1, 1, 1])]);
-            (y, 4 * 3 * 3)
-        });
+        let case = case_conv_norm_formulations_agree();
         check_with(&case, &CompileOptions { conv_norm: norm, ..Default::default() }, &[1.0; CLASSES]);
         // Dilated, strided, asymmetric pads. (The stride-2 case before it has windows that end
         // one row short of the padded map, so the pixel-Gram path crops.)
@@ -136,35 +162,43 @@ fn batchnorm(n: &mut Net, x: &str, c: usize) -> String {
     n.op("BatchNormalization", &[x, &scale, &shift, &mean, &var], vec![attr::float("epsilon", 1e-3)])
 }
 
-#[test]
-fn batchnorm_relu_global_average_pool() {
-    check(chain(6, |n, x| {
+fn case_batchnorm_relu_global_average_pool() -> Case {
+    chain(6, |n, x| {
         let b = batchnorm(n, x, 3);
         let r = n.op("Relu", &[&b], vec![]);
         (n.op("GlobalAveragePool", &[&r], vec![]), 3)
-    }));
+    })
+}
+
+#[test]
+fn batchnorm_relu_global_average_pool() {
+    check(case_batchnorm_relu_global_average_pool());
 }
 
 /// A ResNet basic block (Conv-BN-Relu, Conv-BN, residual Add, Relu) and a strided grouped
 /// Conv-BN-Relu after it: every BN gain folds into the Conv before it and every `x_hat` is read
 /// back from a Relu output (the chain that lets ONNX Runtime fuse Conv+BN+Relu), under each
 /// weight-norm plan (im2col, ghost, pixel-Gram) and the ConvTranspose input gradient.
+fn case_residual_block_batchnorm_folds_into_convs() -> Case {
+    chain(21, |n, x| {
+        let pad = || vec![attr::ints("pads", &[1, 1, 1, 1])];
+        let a = n.conv(x, 3, 3, 3, false, pad());
+        let ab = batchnorm(n, &a, 3);
+        let ar = n.op("Relu", &[&ab], vec![]);
+        let b = n.conv(&ar, 3, 3, 3, true, pad());
+        let bb = batchnorm(n, &b, 3);
+        let sum = n.op("Add", &[x, &bb], vec![]);
+        let r = n.op("Relu", &[&sum], vec![]);
+        let s = n.conv(&r, 3, 6, 3, false, vec![attr::int("group", 3), attr::ints("strides", &[2, 2])]);
+        let sb = batchnorm(n, &s, 6);
+        (n.op("Relu", &[&sb], vec![]), 6 * 2 * 2)
+    })
+}
+
 #[test]
 fn residual_block_batchnorm_folds_into_convs() {
     for norm in [ConvNorm::Auto, ConvNorm::Im2col, ConvNorm::Ghost, ConvNorm::PixelGram] {
-        let case = chain(21, |n, x| {
-            let pad = || vec![attr::ints("pads", &[1, 1, 1, 1])];
-            let a = n.conv(x, 3, 3, 3, false, pad());
-            let ab = batchnorm(n, &a, 3);
-            let ar = n.op("Relu", &[&ab], vec![]);
-            let b = n.conv(&ar, 3, 3, 3, true, pad());
-            let bb = batchnorm(n, &b, 3);
-            let sum = n.op("Add", &[x, &bb], vec![]);
-            let r = n.op("Relu", &[&sum], vec![]);
-            let s = n.conv(&r, 3, 6, 3, false, vec![attr::int("group", 3), attr::ints("strides", &[2, 2])]);
-            let sb = batchnorm(n, &s, 6);
-            (n.op("Relu", &[&sb], vec![]), 6 * 2 * 2)
-        });
+        let case = case_residual_block_batchnorm_folds_into_convs();
         check_with(&case, &CompileOptions { conv_norm: norm, ..Default::default() }, &[1.0; CLASSES]);
     }
 }
@@ -172,9 +206,8 @@ fn residual_block_batchnorm_folds_into_convs() {
 /// Where the BN output cannot be read back (a scale near zero; the Conv output also read
 /// elsewhere; BN on a non-Conv input; BN feeding something other than Relu), the compiler
 /// falls back to the input-side formulas.
-#[test]
-fn batchnorm_fallbacks() {
-    check(chain(22, |n, x| {
+fn case_batchnorm_fallbacks() -> Case {
+    chain(22, |n, x| {
         let a = n.conv(x, 3, 3, 3, false, vec![attr::ints("pads", &[1, 1, 1, 1])]);
         let ab = batchnorm(n, &a, 3);
         let scale = n.nodes.last().map(|nd| nd.input[1].clone()).unwrap_or_default();
@@ -186,12 +219,16 @@ fn batchnorm_fallbacks() {
         let c = batchnorm(n, &tap, 3);
         let cs = n.op("Sigmoid", &[&c], vec![]);
         (cs, 3 * 36)
-    }));
+    })
 }
 
 #[test]
-fn activations() {
-    check(chain(7, |n, x| {
+fn batchnorm_fallbacks() {
+    check(case_batchnorm_fallbacks());
+}
+
+fn case_activations() -> Case {
+    chain(7, |n, x| {
         let a = n.op("LeakyRelu", &[x], vec![attr::float("alpha", 0.1)]);
         let lo = n.constant(&[], &[-0.5]);
         let hi = n.constant(&[], &[0.6]);
@@ -203,23 +240,31 @@ fn activations() {
         let s = n.constant(&[], &[4.0]);
         let w2s = n.op("Mul", &[&w2, &s], vec![]);
         (n.op("HardSwish", &[&w2s], vec![]), 3 * 36)
-    }));
+    })
 }
 
 #[test]
-fn relu6_as_clip() {
-    check(chain(8, |n, x| {
+fn activations() {
+    check(case_activations());
+}
+
+fn case_relu6_as_clip() -> Case {
+    chain(8, |n, x| {
         let s = n.constant(&[], &[5.0]);
         let xs = n.op("Mul", &[x, &s], vec![]);
         let lo = n.constant(&[], &[0.0]);
         let hi = n.constant(&[], &[6.0]);
         (n.op("Clip", &[&xs, &lo, &hi], vec![]), 3 * 36)
-    }));
+    })
 }
 
 #[test]
-fn elementwise_residual_and_broadcast() {
-    check(chain(9, |n, x| {
+fn relu6_as_clip() {
+    check(case_relu6_as_clip());
+}
+
+fn case_elementwise_residual_and_broadcast() -> Case {
+    chain(9, |n, x| {
         let a = n.conv(x, 3, 3, 3, false, vec![attr::ints("pads", &[1, 1, 1, 1])]);
         let sum = n.op("Add", &[x, &a], vec![]);
         let c = n.constant(&[3, 1, 1], &[0.5, -1.5, 2.0]);
@@ -229,12 +274,16 @@ fn elementwise_residual_and_broadcast() {
         let g = n.op("Div", &[&e, &f], vec![]);
         let h = n.op("Sub", &[&c, &g], vec![]);
         (h, 3 * 36)
-    }));
+    })
 }
 
 #[test]
-fn max_pool_ceil_mode_padded() {
-    check(chain(10, |n, x| {
+fn elementwise_residual_and_broadcast() {
+    check(case_elementwise_residual_and_broadcast());
+}
+
+fn case_max_pool_ceil_mode_padded() -> Case {
+    chain(10, |n, x| {
         let p = n.op(
             "MaxPool",
             &[x],
@@ -247,20 +296,28 @@ fn max_pool_ceil_mode_padded() {
         );
         // (6+1-3)/2 ceil +1 = 3
         (p, 3 * 3 * 3)
-    }));
+    })
+}
+
+#[test]
+fn max_pool_ceil_mode_padded() {
+    check(case_max_pool_ceil_mode_padded());
+}
+
+fn case_max_pool_dilated() -> Case {
+    chain(11, |n, x| {
+        let p = n.op("MaxPool", &[x], vec![attr::ints("kernel_shape", &[2, 2]), attr::ints("dilations", &[2, 2])]);
+        (p, 3 * 4 * 4)
+    })
 }
 
 #[test]
 fn max_pool_dilated() {
-    check(chain(11, |n, x| {
-        let p = n.op("MaxPool", &[x], vec![attr::ints("kernel_shape", &[2, 2]), attr::ints("dilations", &[2, 2])]);
-        (p, 3 * 4 * 4)
-    }));
+    check(case_max_pool_dilated());
 }
 
-#[test]
-fn average_pools() {
-    check(chain(12, |n, x| {
+fn case_average_pools() -> Case {
+    chain(12, |n, x| {
         let a = n.op(
             "AveragePool",
             &[x],
@@ -282,12 +339,16 @@ fn average_pools() {
         );
         let c = n.op("Concat", &[&a, &b], vec![attr::int("axis", 1)]);
         (c, 6 * 3 * 3)
-    }));
+    })
 }
 
 #[test]
-fn reduce_mean_squeeze_unsqueeze_reshape_transpose() {
-    check(chain(13, |n, x| {
+fn average_pools() {
+    check(case_average_pools());
+}
+
+fn case_reduce_mean_squeeze_unsqueeze_reshape_transpose() -> Case {
+    chain(13, |n, x| {
         let t = n.op("Transpose", &[x], vec![attr::ints("perm", &[0, 2, 3, 1])]); // [6,6,3]
         let r = n.op("ReduceMean", &[&t], vec![attr::ints("axes", &[1]), attr::int("keepdims", 0)]); // [6,3]
         let ua = n.ints(&[1]);
@@ -297,11 +358,15 @@ fn reduce_mean_squeeze_unsqueeze_reshape_transpose() {
         let shape = n.ints(&[0, 3, 6]);
         let rs = n.op("Reshape", &[&s, &shape], vec![]); // [3,6]
         (rs, 18)
-    }));
+    })
 }
 
 #[test]
-fn nhwc_input_concat_pad_identity_dropout() {
+fn reduce_mean_squeeze_unsqueeze_reshape_transpose() {
+    check(case_reduce_mean_squeeze_unsqueeze_reshape_transpose());
+}
+
+fn case_nhwc_input_concat_pad_identity_dropout() -> Case {
     let mut net = Net::new(14);
     let t = net.op("Transpose", &["x"], vec![attr::ints("perm", &[0, 3, 1, 2])]);
     let a = net.conv(&t, 2, 3, 3, true, vec![]);
@@ -313,11 +378,15 @@ fn nhwc_input_concat_pad_identity_dropout() {
     let i = net.op("Identity", &[&p], vec![]);
     let d = net.op("Dropout", &[&i], vec![]);
     let out = net.head(&d, 5 * 5 * 6, CLASSES);
-    check(Case { net, input: vec![6, 6, 2], out });
+    Case { net, input: vec![6, 6, 2], out }
 }
 
 #[test]
-fn gemm_variants_and_matmul_bias() {
+fn nhwc_input_concat_pad_identity_dropout() {
+    check(case_nhwc_input_concat_pad_identity_dropout());
+}
+
+fn case_gemm_variants_and_matmul_bias() -> Case {
     let mut net = Net::new(15);
     let f = net.op("Flatten", &["x"], vec![]);
     let w1 = net.param(&[12, 5], 0.4);
@@ -331,24 +400,39 @@ fn gemm_variants_and_matmul_bias() {
     let w3 = net.param(&[CLASSES, 4], 0.5);
     let b3 = net.param(&[1], 0.2);
     let out = net.op("Gemm", &[&a, &w3, &b3], vec![attr::int("transB", 1)]);
-    check(Case { net, input: vec![3, 2, 2], out });
+    Case { net, input: vec![3, 2, 2], out }
 }
 
 #[test]
-fn matmul_on_sequences() {
+fn gemm_variants_and_matmul_bias() {
+    check(case_gemm_variants_and_matmul_bias());
+}
+
+fn case_matmul_on_sequences() -> Case {
     let mut net = Net::new(16);
     let w1 = net.param(&[3, 4], 0.5);
     let m = net.op("MatMul", &["x", &w1], vec![]); // [5,4]
     let s = net.op("Sigmoid", &[&m], vec![]);
     let out = net.head(&s, 20, CLASSES);
-    check(Case { net, input: vec![5, 3], out });
+    Case { net, input: vec![5, 3], out }
+}
+
+#[test]
+fn matmul_on_sequences() {
+    check(case_matmul_on_sequences());
+}
+
+fn case_trailing_softmax() -> Case {
+    let mut case = chain(17, |n, x| (n.op("Relu", &[x], vec![]), 3 * 36));
+    let logits = case.out.clone();
+    case.out = case.net.op("Softmax", &[&logits], vec![attr::int("axis", 1)]);
+    case
 }
 
 #[test]
 fn trailing_softmax_is_skipped_and_bce_softmax_loss() {
-    let mut case = chain(17, |n, x| (n.op("Relu", &[x], vec![]), 3 * 36));
-    let logits = case.out.clone();
-    case.out = case.net.op("Softmax", &[&logits], vec![attr::int("axis", 1)]);
+    let case = case_trailing_softmax();
+    let logits = case.net.nodes.last().map(|n| n.input[0].clone()).unwrap();
     // The compiled graph differentiates the Softmax's input; finite differences use the logits.
     let mut fd_net = clone_net(&case.net);
     fd_net.nodes.pop();
@@ -535,4 +619,223 @@ fn malformed_model_is_an_error() {
     let bytes = onnx::encode(&case.net.model(&case.input, &case.out));
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
     assert!(onnx::load(&p).is_err());
+}
+
+/// A Keras/TensorFlow-style CNN: BatchNormalization folded into per-channel constant Mul/Add
+/// pairs (after the Conv, after the Relu, after a dense layer; constants first or second and
+/// shaped `[1,C,1,1]`, `[C,1,1]`, `[C]`, `[1,C]`), a bias-less Conv with a separate bias Add,
+/// a MatMul + Add dense layer, and a scalar Constant-node rescaling of the input (no parameter).
+/// HardSwish rather than Relu keeps finite differences off kinks (`tests/it/golden.rs` checks the
+/// Relu version against float64).
+fn case_folded_batchnorm() -> Case {
+    let mut n = Net::new(31);
+    let k = n.op("Constant", &[], vec![attr::tensor("value", onnx::make_tensor_f32("k", &[], &[2.0]))]);
+    let xs = n.op("Mul", &["x", &k], vec![]);
+    let pad = || vec![attr::ints("pads", &[1, 1, 1, 1])];
+    let c1 = n.conv(&xs, 2, 3, 3, false, pad());
+    let s1 = n.param(&[1, 3, 1, 1], 1.0);
+    let m1 = n.op("Mul", &[&c1, &s1], vec![]);
+    let t1 = n.param(&[3, 1, 1], 0.5);
+    let a1 = n.op("Add", &[&m1, &t1], vec![]);
+    let r1 = n.op("HardSwish", &[&a1], vec![]);
+    let c2 = n.conv(&r1, 3, 3, 3, false, pad());
+    let r2 = n.op("HardSwish", &[&c2], vec![]);
+    let s2 = n.param(&[3, 1, 1], 1.0);
+    let m2 = n.op("Mul", &[&s2, &r2], vec![]);
+    let t2 = n.param(&[1, 3, 1, 1], 0.5);
+    let a2 = n.op("Add", &[&t2, &m2], vec![]);
+    let c3 = n.conv(&a2, 3, 4, 3, false, vec![attr::ints("strides", &[2, 2]), attr::ints("pads", &[1, 1, 1, 1])]);
+    let b3 = n.param(&[4, 1, 1], 0.2);
+    let cb = n.op("Add", &[&c3, &b3], vec![]);
+    let r3 = n.op("HardSwish", &[&cb], vec![]);
+    let f = n.op("Flatten", &[&r3], vec![attr::int("axis", 1)]);
+    let w = n.param(&[36, 5], 0.4);
+    let d = n.op("MatMul", &[&f, &w], vec![]);
+    let db = n.param(&[5], 0.2);
+    let dd = n.op("Add", &[&d, &db], vec![]);
+    let s3 = n.param(&[5], 1.0);
+    let m3 = n.op("Mul", &[&dd, &s3], vec![]);
+    let t3 = n.param(&[1, 5], 0.5);
+    let a3 = n.op("Add", &[&m3, &t3], vec![]);
+    let r4 = n.op("HardSwish", &[&a3], vec![]);
+    let out = n.head(&r4, 5, CLASSES);
+    Case { net: n, input: vec![2, 6, 6], out }
+}
+
+#[test]
+fn folded_batchnorm_mul_add_and_bias_adds_count() {
+    let case = case_folded_batchnorm();
+    check(case_folded_batchnorm());
+    let compiled = grad::compile(&case.net.model(&case.input, &case.out), &CompileOptions::default()).unwrap();
+    use ParamKind::*;
+    let kinds = [
+        Weight,
+        FoldedBnScale,
+        FoldedBnShift,
+        Weight,
+        FoldedBnScale,
+        FoldedBnShift,
+        Weight,
+        Bias,
+        Weight,
+        Bias,
+        FoldedBnScale,
+        FoldedBnShift,
+        Weight,
+        Bias,
+    ];
+    assert_eq!(compiled.feature_kinds, kinds);
+}
+
+/// A per-channel Mul/Add normalising the raw input: off by default, a first layer with
+/// parameters under `--params all` (its norms come though nothing wants the image's gradient).
+fn case_input_normalisation() -> Case {
+    let mut n = Net::new(32);
+    let s = n.param(&[1, 2, 1, 1], 1.0);
+    let m = n.op("Mul", &["x", &s], vec![]);
+    let t = n.param(&[2, 1, 1], 0.5);
+    let a = n.op("Add", &[&m, &t], vec![]);
+    let c = n.conv(&a, 2, 3, 3, false, vec![]);
+    let r = n.op("Relu", &[&c], vec![]);
+    let out = n.head(&r, 3 * 16, CLASSES);
+    Case { net: n, input: vec![2, 6, 6], out }
+}
+
+#[test]
+fn input_normalisation_counts_only_when_asked() {
+    let case = case_input_normalisation();
+    let all = CompileOptions { params: ParamSelection::all(), ..Default::default() };
+    check_with(&case, &all, &[1.0; CLASSES]);
+    let model = case.net.model(&case.input, &case.out);
+    let compiled = grad::compile(&model, &all).unwrap();
+    assert_eq!(compiled.feature_kinds[..2], [ParamKind::InputScale, ParamKind::InputShift]);
+    // Without the input gradient the Mul/Add still get their norms (same values).
+    let mut with_ig =
+        GradSession::new(&grad::compile(&model, &CompileOptions { input_grad: true, ..all.clone() }).unwrap(), &ort())
+            .unwrap();
+    let mut plain = GradSession::new(&compiled, &ort()).unwrap();
+    let x = input(&mut crate::common::Rng::new(3), BATCH, &case.input);
+    let (a, b) = (with_ig.run(x.view()).unwrap().features, plain.run(x.view()).unwrap().features);
+    assert_eq!(a, b);
+    let default = grad::compile(&model, &CompileOptions::default()).unwrap();
+    assert_eq!(default.features, case.net.params[2..]);
+    assert_eq!(default.candidates.len(), case.net.params.len());
+}
+
+/// A Concat of the image and a Conv of it as the first layer: the Concat's first input wants no
+/// gradient, and the Conv's weights must still get theirs (once dropped, "parameter gets no
+/// gradient").
+fn case_first_layer_concat() -> Case {
+    let mut n = Net::new(33);
+    let c = n.conv("x", 2, 2, 3, true, vec![attr::ints("pads", &[1, 1, 1, 1])]);
+    let cat = n.op("Concat", &["x", &c], vec![attr::int("axis", 1)]);
+    let r = n.op("Sigmoid", &[&cat], vec![]);
+    let out = n.head(&r, 4 * 36, CLASSES);
+    Case { net: n, input: vec![2, 6, 6], out }
+}
+
+#[test]
+fn first_layer_concat_without_input_gradient() {
+    let case = case_first_layer_concat();
+    check(case_first_layer_concat());
+    let model = case.net.model(&case.input, &case.out);
+    let plain = grad::compile(&model, &CompileOptions::default()).unwrap_or_else(|e| panic!("compile: {e}"));
+    let full = grad::compile(&model, &CompileOptions { input_grad: true, ..Default::default() }).unwrap();
+    let x = input(&mut crate::common::Rng::new(4), BATCH, &case.input);
+    let a = GradSession::new(&plain, &ort()).unwrap().run(x.view()).unwrap().features;
+    let b = GradSession::new(&full, &ort()).unwrap().run(x.view()).unwrap().features;
+    assert_eq!(a, b);
+}
+
+#[test]
+fn params_restrict_features_and_metadata() {
+    let case = case_folded_batchnorm();
+    let model = case.net.model(&case.input, &case.out);
+    let full = grad::compile(&model, &CompileOptions::default()).unwrap();
+    let x = input(&mut crate::common::Rng::new(5), BATCH, &case.input);
+    let all_feats = GradSession::new(&full, &ort()).unwrap().run(x.view()).unwrap().features;
+    for (spec, want) in [
+        ("-folded_bn_*", vec![0, 3, 6, 7, 8, 9, 12, 13]),
+        ("weight", vec![0, 3, 6, 8, 12]),
+        ("folded_bn_scale,bias", vec![1, 4, 7, 9, 10, 13]),
+        ("default,-bias", vec![0, 1, 2, 3, 4, 5, 6, 8, 10, 11, 12]),
+        (&format!("{},{}", case.net.params[0], case.net.params[13]), vec![0, 13]),
+        ("p?", (0..14).filter(|&i| full.features[i].len() == 2).collect()),
+    ] {
+        let sel: ParamSelection = spec.parse().unwrap();
+        let c = grad::compile(&model, &CompileOptions { params: sel, ..Default::default() })
+            .unwrap_or_else(|e| panic!("{spec}: {e}"));
+        let names: Vec<String> = want.iter().map(|&i| full.features[i].clone()).collect();
+        assert_eq!(c.features, names, "{spec}");
+        assert_eq!(grad::feature_names(&c.model).unwrap(), names, "{spec}: metadata");
+        let f = GradSession::new(&c, &ort()).unwrap().run(x.view()).unwrap().features;
+        assert_eq!(f.shape(), [BATCH, want.len()], "{spec}");
+        for (j, &i) in want.iter().enumerate() {
+            for k in 0..BATCH {
+                let (a, b) = (f[[k, j]], all_feats[[k, i]]);
+                assert!(
+                    (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + 1e-12,
+                    "{spec}: {} sample {k}: {a} vs {b}",
+                    names[j]
+                );
+            }
+        }
+    }
+    for bad in ["nope", "-bn_scale,weigth"] {
+        let sel: ParamSelection = bad.parse().unwrap();
+        let e = grad::compile(&model, &CompileOptions { params: sel, ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("matches no parameter kind"), "{bad}: {e}");
+    }
+    let sel: ParamSelection = "bn_scale".parse().unwrap();
+    let e = grad::compile(&model, &CompileOptions { params: sel, ..Default::default() }).unwrap_err();
+    assert!(e.to_string().contains("selects none"), "{e}");
+    assert!("".parse::<ParamSelection>().is_err() && "weight,-".parse::<ParamSelection>().is_err());
+}
+
+/// Builds a finite-difference case.
+type MakeCase = fn() -> Case;
+
+/// Every finite-difference case (each is checked by the test of the same name).
+const FD_CASES: &[(&str, MakeCase)] = &[
+    ("conv_padded_with_bias", case_conv_padded_with_bias),
+    ("conv_strided_dilated_asymmetric_pads", case_conv_strided_dilated_asymmetric_pads),
+    ("conv_depthwise_and_grouped", case_conv_depthwise_and_grouped),
+    ("conv_auto_pad_same_upper_and_lower", case_conv_auto_pad_same_upper_and_lower),
+    ("conv_norm_formulations_agree", case_conv_norm_formulations_agree),
+    ("batchnorm_relu_global_average_pool", case_batchnorm_relu_global_average_pool),
+    ("residual_block_batchnorm_folds_into_convs", case_residual_block_batchnorm_folds_into_convs),
+    ("batchnorm_fallbacks", case_batchnorm_fallbacks),
+    ("activations", case_activations),
+    ("relu6_as_clip", case_relu6_as_clip),
+    ("elementwise_residual_and_broadcast", case_elementwise_residual_and_broadcast),
+    ("max_pool_ceil_mode_padded", case_max_pool_ceil_mode_padded),
+    ("max_pool_dilated", case_max_pool_dilated),
+    ("average_pools", case_average_pools),
+    ("reduce_mean_squeeze_unsqueeze_reshape_transpose", case_reduce_mean_squeeze_unsqueeze_reshape_transpose),
+    ("nhwc_input_concat_pad_identity_dropout", case_nhwc_input_concat_pad_identity_dropout),
+    ("gemm_variants_and_matmul_bias", case_gemm_variants_and_matmul_bias),
+    ("matmul_on_sequences", case_matmul_on_sequences),
+    ("trailing_softmax_is_skipped_and_bce_softmax_loss", case_trailing_softmax),
+    ("folded_batchnorm_mul_add_and_bias_adds_count", case_folded_batchnorm),
+    ("input_normalisation_counts_only_when_asked", case_input_normalisation),
+    ("first_layer_concat_without_input_gradient", case_first_layer_concat),
+];
+
+/// Adding a rule to the compiler without a finite-difference case using its operator (or a
+/// parameter kind no case produces) fails here.
+#[test]
+fn fd_cases_cover_every_rule() {
+    let mut ops: HashSet<String> = HashSet::new();
+    let mut kinds: HashSet<ParamKind> = HashSet::new();
+    for (name, make) in FD_CASES {
+        let case = make();
+        ops.extend(case.net.nodes.iter().map(|n| n.op_type.clone()));
+        let opts = CompileOptions { params: ParamSelection::all(), ..Default::default() };
+        let c = grad::compile(&case.net.model(&case.input, &case.out), &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        kinds.extend(c.feature_kinds);
+    }
+    let missing: Vec<&str> = grad::SUPPORTED_OPS.iter().filter(|op| !ops.contains(**op)).copied().collect();
+    assert!(missing.is_empty(), "operators with no finite-difference case in FD_CASES: {missing:?}");
+    let missing: Vec<&str> = ParamKind::ALL.iter().filter(|k| !kinds.contains(k)).map(|k| k.name()).collect();
+    assert!(missing.is_empty(), "parameter kinds with no finite-difference case in FD_CASES: {missing:?}");
 }

@@ -1,0 +1,258 @@
+//! Convolution: `Conv` (2-D, grouped, strided, dilated, padded), with its weight-norm plans.
+
+use super::window::{col2im, conv_attrs, geom, one_hot_kernel, Geom};
+use super::{act_input, Grads, Params, Rule};
+use crate::grad::{node_err, ConvNorm, Ctx, GradError, ParamKind};
+use crate::onnx::{Attrs, NodeProto};
+
+/// The convolution rules.
+pub(super) const RULES: &[Rule] = &[Rule {
+    op: "Conv",
+    params: Params::Inputs(&[(1, ParamKind::Weight), (2, ParamKind::Bias)]),
+    shape: conv_shape,
+    backward: conv_backward,
+}];
+
+fn conv_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
+    act_input(n, ctx, 0)?;
+    let (g, _, _, cout) = conv_geom(n, ctx)?;
+    Ok(vec![cout, g.out[0], g.out[1]])
+}
+
+/// Geometry, group count, input and output channels of a Conv.
+fn conv_geom(n: &NodeProto, ctx: &Ctx) -> Result<(Geom, usize, usize, usize), GradError> {
+    let x = ctx.shape(n, &n.input[0])?;
+    let w = ctx.const_dims(n, n.input.get(1).map(String::as_str).unwrap_or(""))?;
+    if x.len() != 3 || w.len() != 4 {
+        return Err(node_err(n, "only 2-D convolutions (NCHW input, 4-D weight) are supported"));
+    }
+    let group = Attrs::of(n).int("group", 1)?;
+    if group < 1 || x[0] % group as usize != 0 || w[0] % group as usize != 0 || w[1] * group as usize != x[0] {
+        return Err(node_err(n, format!("group {group} does not fit input channels {} and weight {w:?}", x[0])));
+    }
+    let g = geom(n, [x[1], x[2]], [w[2], w[3]], false)?;
+    Ok((g, group as usize, x[0], w[0]))
+}
+
+/// Cost of writing one patch value, in multiply-adds (see `conv_backward`).
+const PATCH_WEIGHT: usize = 20;
+/// Cost of moving one Gram-window value, in multiply-adds.
+const WINDOW_WEIGHT: usize = 40;
+
+/// Rows (axis 0) or columns (axis 1) of the padded input that the conv windows read.
+fn window_extent(g: &Geom, axis: usize) -> usize {
+    (g.out[axis] - 1) * g.s[axis] + g.keff(axis)
+}
+
+/// `||dW||^2` of an ungrouped Conv as the ghost norm `sum((delta^T delta) * (P^T P))`, with
+/// `(P^T P)[p, q] = sum_{a,b} G[p*s + (a,b)*d, q*s + (a,b)*d]` where `G` is the Gram matrix of the
+/// padded input's pixels over channels: `k*k` strided windows of `G` instead of patches.
+fn pixel_gram_norm(ctx: &mut Ctx, x: &str, dy: &str, g: &Geom, cin: usize, cout: usize) -> String {
+    let [pt, pl, pb, pr] = g.pads.map(|p| p as i64);
+    let mut xp = x.to_string();
+    if g.pads != [0; 4] {
+        xp = ctx.b.pad(&xp, &[0, 0, pt, pl, 0, 0, pb, pr], 0.0);
+    }
+    let need = [window_extent(g, 0), window_extent(g, 1)];
+    let full = [g.inp[0] + g.pads[0] + g.pads[2], g.inp[1] + g.pads[1] + g.pads[3]];
+    if need != full {
+        xp = ctx.b.slice(&xp, &[0, 0], &[need[0] as i64, need[1] as i64], &[2, 3]);
+    }
+    let lp = (need[0] * need[1]) as i64;
+    let xr = ctx.b.reshape_to(&xp, &[-1, cin as i64, lp]);
+    let xt = ctx.b.transpose(&xr, &[0, 2, 1]);
+    let gx = ctx.b.op("MatMul", &[&xt, &xr], vec![]);
+    let (h, w) = (need[0] as i64, need[1] as i64);
+    let gx = ctx.b.reshape_to(&gx, &[-1, h, w, h, w]);
+    let (s, d) = (g.s.map(|v| v as i64), g.d.map(|v| v as i64));
+    let span = [(g.out[0] as i64 - 1) * s[0] + 1, (g.out[1] as i64 - 1) * s[1] + 1];
+    let mut windows = Vec::with_capacity(g.k[0] * g.k[1]);
+    for a in 0..g.k[0] as i64 {
+        for b in 0..g.k[1] as i64 {
+            let st = [a * d[0], b * d[1], a * d[0], b * d[1]];
+            let en = [st[0] + span[0], st[1] + span[1], st[2] + span[0], st[3] + span[1]];
+            windows.push(ctx.b.slice_steps(&gx, &st, &en, &[1, 2, 3, 4], &[s[0], s[1], s[0], s[1]]));
+        }
+    }
+    let gp = if windows.len() == 1 {
+        windows.remove(0)
+    } else {
+        let refs: Vec<&str> = windows.iter().map(String::as_str).collect();
+        ctx.b.op("Sum", &refs, vec![])
+    };
+    let l = (g.out[0] * g.out[1]) as i64;
+    let gp = ctx.b.reshape_to(&gp, &[-1, 1, l, l]);
+    let dr = ctx.b.reshape_to(dy, &[-1, 1, cout as i64, l]);
+    ghost_norm(ctx, &dr, &gp)
+}
+
+/// The ghost norm `sum((delta^T delta) * G)` per sample, for `delta` `[N, groups, Cout_g, L]` and
+/// the Gram matrix of the patches `G` `[N, groups, L, L]`.
+fn ghost_norm(ctx: &mut Ctx, dr: &str, gp: &str) -> String {
+    let dt = ctx.b.transpose(dr, &[0, 1, 3, 2]);
+    let gd = ctx.b.op("MatMul", &[&dt, dr], vec![]);
+    let prod = ctx.b.mul(&gd, gp);
+    // Two stages: one float32 reduction over ~1e6 terms loses ~1e-3 relative in ORT.
+    let rows = ctx.b.reduce("ReduceSum", &prod, &[3], false);
+    ctx.b.reduce("ReduceSum", &rows, &[1, 2], false)
+}
+
+fn conv_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let x = n.input[0].clone();
+    let wname = n.input[1].clone();
+    let (g, group, cin, cout) = conv_geom(n, ctx)?;
+    let w = ctx.const_f32(n, &wname)?;
+    let (kh, kw) = (g.k[0], g.k[1]);
+    let (cin_g, cout_g) = (cin / group, cout / group);
+    // The true output gradient is dy * gain[channel] when a BatchNormalization after this Conv
+    // folded its gain in here (see `bn_backward`).
+    let gain = ctx.gain.remove(&n.output[0]);
+    if gain.as_ref().is_some_and(|k| k.len() != cout) {
+        return Err(node_err(n, "internal: BatchNormalization gain does not match the Conv's channels"));
+    }
+
+    if let Some(bias) = n.input.get(2).filter(|s| !s.is_empty()) {
+        if ctx.is_param(bias) {
+            let mut s = ctx.b.reduce("ReduceSum", dy, &[2, 3], false);
+            if let Some(k) = &gain {
+                let kc = ctx.b.const_f32("conv_gain", &[cout], k);
+                s = ctx.b.mul(&s, &kc);
+            }
+            let norm = ctx.b.reduce("ReduceSumSquare", &s, &[1], false);
+            ctx.add_norm(n, bias, norm)?;
+        }
+    }
+
+    if ctx.is_param(&wname) {
+        let (norm, plan_name) = weight_norm(ctx, &x, dy, &g, group, cin, cout, gain.as_deref());
+        ctx.conv_plans.push((wname.clone(), plan_name));
+        ctx.add_norm(n, &wname, norm)?;
+    }
+
+    let mut grads = Vec::new();
+    if ctx.wants_grad(&x) {
+        let p_flip = [
+            g.keff(0) as i64 - 1 - g.pads[0] as i64,
+            g.keff(1) as i64 - 1 - g.pads[1] as i64,
+            g.keff(0) as i64 - 1 - g.pads[2] as i64,
+            g.keff(1) as i64 - 1 - g.pads[3] as i64,
+        ];
+        // The input gradient runs through the weights times each output channel's folded gain.
+        let mut w = w;
+        if let Some(k) = &gain {
+            for (o, mut wo) in w.outer_iter_mut().enumerate() {
+                wo.mapv_inplace(|v| v * k[o]);
+            }
+        }
+        let dx = if g.s == [1, 1] && p_flip.iter().all(|&p| p >= 0) {
+            // Stride 1: a plain Conv with the flipped, transposed kernel (ORT's fastest path).
+            let mut wf = vec![0.0f32; cin * cout_g * kh * kw];
+            for gi in 0..group {
+                for o in 0..cout_g {
+                    for i in 0..cin_g {
+                        for a in 0..kh {
+                            for bb in 0..kw {
+                                let src = w[[gi * cout_g + o, i, kh - 1 - a, kw - 1 - bb]];
+                                wf[(((gi * cin_g + i) * cout_g + o) * kh + a) * kw + bb] = src;
+                            }
+                        }
+                    }
+                }
+            }
+            let wf = ctx.b.const_f32("conv_flipped", &[cin, cout_g, kh, kw], &wf);
+            let pads = p_flip.map(|p| p as usize);
+            ctx.b.op("Conv", &[dy, &wf], conv_attrs(&g, group, pads))
+        } else {
+            let wt = match gain {
+                Some(_) => ctx.b.const_f32("conv_gained", w.shape(), &w.iter().copied().collect::<Vec<_>>()),
+                None => wname.clone(),
+            };
+            col2im(ctx, dy, &wt, group, &g)
+        };
+        grads.push((x, dx));
+    }
+    Ok(grads)
+}
+
+/// The per-sample squared norm of a Conv's weight gradient and the name of the plan chosen.
+/// Costs per sample: multiply-adds, plus the memory traffic of forming patches (kg*L values) or
+/// of summing Gram windows (k*k*L^2 values), weighted by what those cost relative to a
+/// multiply-add in ONNX Runtime's CPU kernels (fitted on ResNet-18 layers).
+#[allow(clippy::too_many_arguments)]
+fn weight_norm(
+    ctx: &mut Ctx,
+    x: &str,
+    dy: &str,
+    g: &Geom,
+    group: usize,
+    cin: usize,
+    cout: usize,
+    gain: Option<&[f32]>,
+) -> (String, &'static str) {
+    let (kh, kw) = (g.k[0], g.k[1]);
+    let (cin_g, cout_g) = (cin / group, cout / group);
+    let l = g.out[0] * g.out[1];
+    let kg = cin_g * kh * kw;
+    let pointwise = kh == 1 && kw == 1 && g.s == [1, 1] && g.pads == [0; 4];
+    let patch_cost = if pointwise { 0 } else { PATCH_WEIGHT * kg * l };
+    let im2col_cost = cout_g * kg * l + patch_cost;
+    let ghost_cost = l * l * (cout_g + kg) + patch_cost;
+    let lp = window_extent(g, 0) * window_extent(g, 1);
+    let pixel_cost = lp * lp * cin + l * l * cout + WINDOW_WEIGHT * kh * kw * l * l;
+    let plan = match ctx.conv_norm {
+        ConvNorm::Auto if group == 1 && pixel_cost < im2col_cost.min(ghost_cost) => ConvNorm::PixelGram,
+        ConvNorm::Auto if ghost_cost < im2col_cost => ConvNorm::Ghost,
+        ConvNorm::Auto => ConvNorm::Im2col,
+        ConvNorm::PixelGram if group != 1 => ConvNorm::Ghost,
+        other => other,
+    };
+    // The Gram-based plans need the scaled gradient (they square sums over channels); im2col
+    // squares per output channel first, so it weights those squares by gain^2 instead.
+    let dy_scaled = match (gain, plan) {
+        (Some(k), ConvNorm::PixelGram | ConvNorm::Ghost) => {
+            let kc = ctx.b.const_f32("conv_gain", &[cout, 1, 1], k);
+            ctx.b.mul(dy, &kc)
+        }
+        _ => dy.to_string(),
+    };
+    let norm = if plan == ConvNorm::PixelGram {
+        pixel_gram_norm(ctx, x, &dy_scaled, g, cin, cout)
+    } else {
+        // Patches P [N, g, Cin_g*k*k, L] and delta [N, g, Cout_g, L].
+        let patches = if pointwise {
+            x.to_string()
+        } else {
+            let e = one_hot_kernel(cin, kh, kw);
+            let e = ctx.b.const_f32("im2col_kernel", &[cin * kh * kw, 1, kh, kw], &e);
+            ctx.b.op("Conv", &[x, &e], conv_attrs(g, cin, g.pads))
+        };
+        let pr = ctx.b.reshape_to(&patches, &[-1, group as i64, kg as i64, l as i64]);
+        let dr = ctx.b.reshape_to(&dy_scaled, &[-1, group as i64, cout_g as i64, l as i64]);
+        if plan == ConvNorm::Ghost {
+            let pt = ctx.b.transpose(&pr, &[0, 1, 3, 2]);
+            let gp = ctx.b.op("MatMul", &[&pt, &pr], vec![]);
+            ghost_norm(ctx, &dr, &gp)
+        } else {
+            // gm [N, g, Cout_g, Cin_g*k*k], squared and summed over its last axis (ONNX
+            // Runtime reduces the innermost axis fastest; it folds the Transpose into the MatMul).
+            let pt = ctx.b.transpose(&pr, &[0, 1, 3, 2]);
+            let gm = ctx.b.op("MatMul", &[&dr, &pt], vec![]);
+            let rows = ctx.b.reduce("ReduceSumSquare", &gm, &[3], false);
+            let rows = match gain {
+                Some(k) => {
+                    let k2: Vec<f32> = k.iter().map(|v| v * v).collect();
+                    let kc = ctx.b.const_f32("conv_gain_sq", &[group, cout_g], &k2);
+                    ctx.b.mul(&rows, &kc)
+                }
+                None => rows,
+            };
+            ctx.b.reduce("ReduceSum", &rows, &[1, 2], false)
+        }
+    };
+    let plan_name = match plan {
+        ConvNorm::PixelGram => "pixel-gram",
+        ConvNorm::Ghost => "ghost",
+        _ => "im2col",
+    };
+    (norm, plan_name)
+}

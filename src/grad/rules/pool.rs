@@ -1,0 +1,182 @@
+//! Pooling and reductions: `MaxPool`, `AveragePool`, `GlobalAveragePool`, `ReduceMean`.
+
+use super::window::{col2im, conv_attrs, crop_spatial, geom, one_hot_kernel, Geom};
+use super::{act_input, norm_axis, single, Grads, Params, Rule};
+use crate::grad::{node_err, Ctx, GradError};
+use crate::onnx::{attr, Attrs, NodeProto};
+
+/// The pooling rules.
+pub(super) const RULES: &[Rule] = &[
+    Rule { op: "MaxPool", params: Params::None, shape: max_pool_shape, backward: max_pool },
+    Rule { op: "AveragePool", params: Params::None, shape: average_pool_shape, backward: average_pool },
+    Rule {
+        op: "GlobalAveragePool",
+        params: Params::None,
+        shape: global_average_pool_shape,
+        backward: global_average_pool,
+    },
+    Rule { op: "ReduceMean", params: Params::None, shape: reduce_mean_shape, backward: reduce_mean },
+];
+
+/// Geometry and channels of a 2-D pooling node.
+fn pool_geom(n: &NodeProto, ctx: &Ctx) -> Result<(Geom, usize), GradError> {
+    let x = ctx.shape(n, &n.input[0])?;
+    let a = Attrs::of(n);
+    let k = a.ints("kernel_shape")?.unwrap_or_default();
+    if x.len() != 3 || k.len() != 2 || k.iter().any(|&v| v < 1) {
+        return Err(node_err(n, "only 2-D pooling (NCHW input, two kernel dims) is supported"));
+    }
+    let ceil = a.int("ceil_mode", 0)? != 0;
+    let g = geom(n, [x[1], x[2]], [k[0] as usize, k[1] as usize], ceil)?;
+    Ok((g, x[0]))
+}
+
+fn reduce_axes(n: &NodeProto, ctx: &Ctx, rank: usize) -> Result<Vec<usize>, GradError> {
+    let a = Attrs::of(n);
+    let raw = match a.ints("axes")? {
+        Some(v) => Some(v),
+        None => match n.input.get(1).filter(|s| !s.is_empty()) {
+            Some(name) => Some(ctx.const_i64(n, name)?),
+            None => None,
+        },
+    };
+    let axes: Vec<usize> = match raw {
+        Some(v) if !v.is_empty() => v.iter().map(|&x| norm_axis(n, x, rank)).collect::<Result<_, _>>()?,
+        _ => {
+            if a.int("noop_with_empty_axes", 0)? != 0 {
+                vec![]
+            } else {
+                (0..rank).collect()
+            }
+        }
+    };
+    if axes.contains(&0) {
+        return Err(node_err(n, "reducing over the batch axis mixes samples"));
+    }
+    Ok(axes)
+}
+fn max_pool_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
+    if n.output.len() > 1 && n.output[1..].iter().any(|o| !o.is_empty()) {
+        return Err(node_err(n, "MaxPool's Indices output is not supported"));
+    }
+    let (g, c) = pool_geom(n, ctx)?;
+    Ok(vec![c, g.out[0], g.out[1]])
+}
+
+fn average_pool_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
+    let (g, c) = pool_geom(n, ctx)?;
+    if g.d != [1, 1] {
+        return Err(node_err(n, "dilated AveragePool is not supported"));
+    }
+    Ok(vec![c, g.out[0], g.out[1]])
+}
+
+fn global_average_pool_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
+    let x = ctx.shape(n, act_input(n, ctx, 0)?)?;
+    let mut o = vec![x[0]];
+    o.extend(std::iter::repeat_n(1, x.len() - 1));
+    Ok(o)
+}
+
+fn reduce_mean_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
+    let a = Attrs::of(n);
+    let x = ctx.shape(n, act_input(n, ctx, 0)?)?;
+    let axes = reduce_axes(n, ctx, x.len() + 1)?;
+    let keep = a.int("keepdims", 1)? != 0;
+    let mut o = Vec::new();
+    for (i, &d) in x.iter().enumerate() {
+        if axes.contains(&(i + 1)) {
+            if keep {
+                o.push(1);
+            }
+        } else {
+            o.push(d);
+        }
+    }
+    Ok(o)
+}
+
+fn max_pool(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let x = n.input[0].clone();
+    let (g, c) = pool_geom(n, ctx)?;
+    let kk = g.k[0] * g.k[1];
+    let l = g.out[0] * g.out[1];
+    let eh = ((g.out[0] - 1) * g.s[0] + g.keff(0)).saturating_sub(g.inp[0] + g.pads[0] + g.pads[2]);
+    let ew = ((g.out[1] - 1) * g.s[1] + g.keff(1)).saturating_sub(g.inp[1] + g.pads[1] + g.pads[3]);
+    let pads = [0, 0, g.pads[0], g.pads[1], 0, 0, g.pads[2] + eh, g.pads[3] + ew].map(|p| p as i64);
+    // Padding never wins a max (as in PyTorch): pad with the lowest finite float.
+    let xp = if pads.iter().any(|&p| p != 0) { ctx.b.pad(&x, &pads, f32::MIN) } else { x.clone() };
+    let e = one_hot_kernel(c, g.k[0], g.k[1]);
+    let e = ctx.b.const_f32("window_kernel", &[c * kk, 1, g.k[0], g.k[1]], &e);
+    let p = ctx.b.op("Conv", &[&xp, &e], conv_attrs(&g, c, [0; 4]));
+    let pr = ctx.b.reshape_to(&p, &[-1, c as i64, kk as i64, l as i64]);
+    // First maximum in scan order gets the gradient (PyTorch's tie rule).
+    let am = ctx.b.op(
+        "ArgMax",
+        &[&pr],
+        vec![attr::int("axis", 2), attr::int("keepdims", 1), attr::int("select_last_index", 0)],
+    );
+    let range: Vec<i64> = (0..kk as i64).collect();
+    let r = ctx.b.fresh("window_index");
+    ctx.b.inits.push(crate::onnx::make_tensor_i64(&r, &[1, 1, kk, 1], &range));
+    let eq = ctx.b.op("Equal", &[&am, &r], vec![]);
+    let mask = ctx.b.op("Cast", &[&eq], vec![attr::int("to", crate::onnx::data_type::FLOAT as i64)]);
+    let dyr = ctx.b.reshape_to(dy, &[-1, c as i64, 1, l as i64]);
+    let dp = ctx.b.mul(&mask, &dyr);
+    let dp = ctx.b.reshape_to(&dp, &[-1, (c * kk) as i64, g.out[0] as i64, g.out[1] as i64]);
+    let gp = Geom {
+        pads: [0, 0, 0, 0],
+        inp: [g.inp[0] + g.pads[0] + g.pads[2] + eh, g.inp[1] + g.pads[1] + g.pads[3] + ew],
+        ..g
+    };
+    let full = col2im(ctx, &dp, &e, c, &gp);
+    let hp = [gp.inp[0], gp.inp[1]];
+    Ok(single(n, crop_spatial(ctx, &full, hp, [g.pads[0], g.pads[1]], g.inp)))
+}
+
+fn average_pool(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let (g, c) = pool_geom(n, ctx)?;
+    let include_pad = Attrs::of(n).int("count_include_pad", 0)? != 0;
+    let mut inv = vec![0.0f32; g.out[0] * g.out[1]];
+    for oy in 0..g.out[0] {
+        for ox in 0..g.out[1] {
+            let mut size = 1usize;
+            for (i, o) in [(0, oy), (1, ox)] {
+                let start = (o * g.s[i]) as i64 - g.pads[i] as i64;
+                let end = (start + g.k[i] as i64).min((g.inp[i] + g.pads[i + 2]) as i64);
+                let len = if include_pad { end - start } else { end.min(g.inp[i] as i64) - start.max(0) };
+                size *= len.max(1) as usize;
+            }
+            inv[oy * g.out[1] + ox] = 1.0 / size as f32;
+        }
+    }
+    let invc = ctx.b.const_f32("avgpool_inv_count", &[1, 1, g.out[0], g.out[1]], &inv);
+    let scaled = ctx.b.mul(dy, &invc);
+    let ones = vec![1.0f32; c * g.k[0] * g.k[1]];
+    let w = ctx.b.const_f32("avgpool_ones", &[c, 1, g.k[0], g.k[1]], &ones);
+    Ok(single(n, col2im(ctx, &scaled, &w, c, &g)))
+}
+
+fn global_average_pool(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let x = n.input[0].clone();
+    let xs = ctx.shape(n, &x)?;
+    let hw: usize = xs[1..].iter().product();
+    let mut dims = vec![1, 1];
+    dims.extend(&xs[1..]);
+    let c = ctx.b.const_f32("gap_spread", &dims, &vec![1.0 / hw as f32; hw]);
+    Ok(single(n, ctx.b.mul(dy, &c)))
+}
+
+fn reduce_mean(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let x = n.input[0].clone();
+    let xs = ctx.shape(n, &x)?;
+    let axes = reduce_axes(n, ctx, xs.len() + 1)?;
+    let kept: Vec<usize> = xs.iter().enumerate().map(|(i, &d)| if axes.contains(&(i + 1)) { 1 } else { d }).collect();
+    let count: usize = axes.iter().map(|&a| xs[a - 1]).product();
+    let dyk = ctx.b.reshape_batch(dy, &kept);
+    let mut dims = vec![1];
+    dims.extend(xs.iter().enumerate().map(|(i, &d)| if axes.contains(&(i + 1)) { d } else { 1 }));
+    let numel: usize = dims.iter().product();
+    let c = ctx.b.const_f32("mean_spread", &dims, &vec![1.0 / count.max(1) as f32; numel]);
+    Ok(single(n, ctx.b.mul(&dyk, &c)))
+}

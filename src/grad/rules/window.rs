@@ -1,0 +1,139 @@
+//! Window geometry shared by the convolution and pooling rules: strides, dilations and pads,
+//! patch extraction by a one-hot convolution and its adjoint (col2im by ConvTranspose).
+
+use super::super::{node_err, Ctx, GradError};
+use crate::onnx::{attr, Attrs, NodeProto};
+
+/// 2-D convolution / pooling geometry.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Geom {
+    /// Kernel size.
+    pub k: [usize; 2],
+    /// Strides.
+    pub s: [usize; 2],
+    /// Dilations.
+    pub d: [usize; 2],
+    /// top, left, bottom, right
+    pub pads: [usize; 4],
+    /// Input size.
+    pub inp: [usize; 2],
+    /// Output size.
+    pub out: [usize; 2],
+}
+
+impl Geom {
+    /// Effective (dilated) kernel extent along spatial axis `i`.
+    pub(super) fn keff(&self, i: usize) -> usize {
+        (self.k[i] - 1) * self.d[i] + 1
+    }
+}
+
+/// The window geometry of node `n` (Conv or pooling) on an input of `in_hw`.
+pub(super) fn geom(n: &NodeProto, in_hw: [usize; 2], kernel: [usize; 2], ceil: bool) -> Result<Geom, GradError> {
+    let a = Attrs::of(n);
+    let two = |name: &str, def: usize| -> Result<[usize; 2], GradError> {
+        match a.ints(name)? {
+            None => Ok([def, def]),
+            Some(v) if v.len() == 2 && v.iter().all(|&x| x >= 1) => Ok([v[0] as usize, v[1] as usize]),
+            Some(v) => Err(node_err(n, format!("{name} {v:?} must be two positive numbers"))),
+        }
+    };
+    let s = two("strides", 1)?;
+    let d = two("dilations", 1)?;
+    let auto_pad = a.string("auto_pad", "NOTSET")?;
+    let mut g = Geom { k: kernel, s, d, pads: [0; 4], inp: in_hw, out: [0; 2] };
+    match auto_pad.as_str() {
+        "NOTSET" => {
+            if let Some(p) = a.ints("pads")? {
+                if p.len() != 4 || p.iter().any(|&v| v < 0) {
+                    return Err(node_err(n, format!("pads {p:?} must be four non-negative numbers")));
+                }
+                g.pads = [p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize];
+            }
+        }
+        "VALID" => {}
+        "SAME_UPPER" | "SAME_LOWER" => {
+            for i in 0..2 {
+                let out = in_hw[i].div_ceil(s[i]);
+                let total = ((out - 1) * s[i] + g.keff(i)).saturating_sub(in_hw[i]);
+                let (lo, hi) = if auto_pad == "SAME_UPPER" {
+                    (total / 2, total - total / 2)
+                } else {
+                    (total - total / 2, total / 2)
+                };
+                g.pads[i] = lo;
+                g.pads[i + 2] = hi;
+            }
+        }
+        other => return Err(node_err(n, format!("auto_pad '{other}' is not supported"))),
+    }
+    for i in 0..2 {
+        let span = in_hw[i] + g.pads[i] + g.pads[i + 2];
+        if span < g.keff(i) {
+            return Err(node_err(n, "kernel larger than the padded input"));
+        }
+        let num = span - g.keff(i);
+        let mut o = if ceil { num.div_ceil(s[i]) + 1 } else { num / s[i] + 1 };
+        // ONNX Runtime (like PyTorch) drops a last window that would start in the end padding.
+        if ceil && (o - 1) * s[i] >= in_hw[i] + g.pads[i] {
+            o -= 1;
+        }
+        g.out[i] = o;
+    }
+    Ok(g)
+}
+
+/// Weights of the depthwise convolution that copies each window position to its own channel.
+pub(super) fn one_hot_kernel(channels: usize, kh: usize, kw: usize) -> Vec<f32> {
+    // [channels*kh*kw, 1, kh, kw]: output channel c*kk + a*kw + b copies input channel c at (a, b).
+    let kk = kh * kw;
+    let mut e = vec![0.0f32; channels * kk * kk];
+    for c in 0..channels {
+        for r in 0..kk {
+            e[(c * kk + r) * kk + r] = 1.0;
+        }
+    }
+    e
+}
+
+/// Pads/crops the two spatial axes of `x` (currently `cur`) to the window `[start, start+size)`.
+pub(super) fn crop_spatial(ctx: &mut Ctx, x: &str, cur: [usize; 2], start: [usize; 2], size: [usize; 2]) -> String {
+    let mut x = x.to_string();
+    let need = [start[0] + size[0], start[1] + size[1]];
+    if need[0] > cur[0] || need[1] > cur[1] {
+        let eh = need[0].saturating_sub(cur[0]) as i64;
+        let ew = need[1].saturating_sub(cur[1]) as i64;
+        x = ctx.b.pad(&x, &[0, 0, 0, 0, 0, 0, eh, ew], 0.0);
+    }
+    if start == [0, 0] && size == cur {
+        return x;
+    }
+    ctx.b.slice(&x, &[start[0] as i64, start[1] as i64], &[need[0] as i64, need[1] as i64], &[2, 3])
+}
+
+/// Scatters per-window values back to the input grid (the adjoint of a strided window read).
+pub(super) fn col2im(ctx: &mut Ctx, x: &str, w: &str, group: usize, g: &Geom) -> String {
+    let y = ctx.b.op(
+        "ConvTranspose",
+        &[x, w],
+        vec![
+            attr::int("group", group as i64),
+            attr::ints("strides", &[g.s[0] as i64, g.s[1] as i64]),
+            attr::ints("dilations", &[g.d[0] as i64, g.d[1] as i64]),
+            attr::ints("kernel_shape", &[g.k[0] as i64, g.k[1] as i64]),
+        ],
+    );
+    let full = [(g.out[0] - 1) * g.s[0] + g.keff(0), (g.out[1] - 1) * g.s[1] + g.keff(1)];
+    crop_spatial(ctx, &y, full, [g.pads[0], g.pads[1]], g.inp)
+}
+
+/// Conv attributes for geometry `g` with explicit `pads`.
+pub(super) fn conv_attrs(g: &Geom, group: usize, pads: [usize; 4]) -> Vec<crate::onnx::AttributeProto> {
+    vec![
+        attr::int("group", group as i64),
+        attr::ints("strides", &[g.s[0] as i64, g.s[1] as i64]),
+        attr::ints("dilations", &[g.d[0] as i64, g.d[1] as i64]),
+        attr::ints("kernel_shape", &[g.k[0] as i64, g.k[1] as i64]),
+        attr::ints("pads", &pads.map(|p| p as i64)),
+    ]
+}
