@@ -6,6 +6,7 @@
 
 pub mod file;
 pub mod mqtt;
+pub mod spool;
 pub mod stdout;
 
 use std::collections::HashSet;
@@ -43,6 +44,34 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+    /// The file sink's path is not a regular file.
+    #[error(
+        "{path} is a {what}, not a regular file: the file sink only appends to regular files \
+         (point `path` at a file, or use the stdout sink and a pipe)"
+    )]
+    NotRegular {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead ("FIFO", "socket", "device").
+        what: &'static str,
+    },
+    /// The on-disk spool of a network sink failed.
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
+    /// The event could not be written to the spool; it is kept in memory only.
+    #[error("event not spooled, kept in memory only (lost if the daemon stops before it is delivered): {0}")]
+    NotDurable(#[source] spool::SpoolError),
+    /// Shutdown came with events still unacknowledged; they stay in the spool.
+    #[error(
+        "{pending} event(s) not yet acknowledged stay in the spool {dir}; they are sent when \
+         the daemon runs again"
+    )]
+    Spooled {
+        /// Events waiting.
+        pending: usize,
+        /// The spool directory.
+        dir: PathBuf,
+    },
     /// The sink is temporarily unusable; the event was not delivered.
     #[error("sink unavailable: {0}")]
     Unavailable(String),
@@ -65,8 +94,23 @@ pub enum SinkError {
 pub trait Sink: Send {
     /// Name used in logs and metric labels.
     fn name(&self) -> &str;
-    /// Delivers (or durably queues) one event.
+    /// Delivers (or durably queues) one event, under a fresh `event_id`.
     fn send(&mut self, ev: &Event) -> Result<(), SinkError>;
+    /// Delivers (or durably queues) one event under the given `event_id` (the [`Fanout`]
+    /// assigns one id per event, shared by every sink, so a consumer reading two sinks or a
+    /// redelivery sees the same id). The default ignores the id and calls `send`.
+    fn send_with_id(&mut self, event_id: &str, ev: &Event) -> Result<(), SinkError> {
+        let _ = event_id;
+        self.send(ev)
+    }
+    /// Called when the sink's queue is idle (about every half second): a sink that kept
+    /// failed events for a retry (the file sink after a full disk) tries them again here.
+    fn poll(&mut self) {}
+    /// Events that an earlier `send` reported as failed but that have been delivered since
+    /// (by a retry), since the last call. The [`Fanout`] adds them to `sent`. Default 0.
+    fn take_late_deliveries(&mut self) -> u64 {
+        0
+    }
     /// Reopens underlying resources (SIGHUP; the file sink reopens its path for logrotate).
     fn reopen(&mut self) -> Result<(), SinkError> {
         Ok(())
@@ -78,8 +122,14 @@ pub trait Sink: Send {
     fn dropped(&self) -> u64 {
         0
     }
-    /// Events accepted by `send` but not yet confirmed delivered (e.g. awaiting PUBACK).
+    /// Events accepted by `send` but not yet confirmed delivered (e.g. awaiting PUBACK), or
+    /// kept for a retry (the file sink after a failed write).
     fn backlog(&self) -> usize {
+        0
+    }
+    /// Times the sink found its destination removed or replaced and opened it again
+    /// (the file sink), cumulative. Default 0.
+    fn reopened(&self) -> u64 {
         0
     }
 }
@@ -102,6 +152,8 @@ pub trait Sink: Send {
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+// A handful of these exist, built once per (re)load: boxing the MQTT one would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum SinkConfig {
     /// JSON lines on stdout.
     Stdout(StdoutSinkConfig),
@@ -212,6 +264,7 @@ struct Counters {
     /// Dropped inside the sink (last value of `Sink::dropped`).
     internal_dropped: AtomicU64,
     backlog: AtomicU64,
+    reopened: AtomicU64,
     drop_log: LogLimiter,
     fail_log: LogLimiter,
 }
@@ -229,8 +282,11 @@ pub struct SinkStats {
     pub failed: u64,
     /// Events dropped: fan-out queue overflow plus the sink's own drops.
     pub dropped: u64,
-    /// Events accepted by the sink but not yet confirmed (MQTT awaiting PUBACK).
+    /// Events accepted by the sink but not yet confirmed (MQTT awaiting PUBACK), or kept
+    /// for a retry (file sink).
     pub backlog: usize,
+    /// Times the sink reopened a destination found removed or replaced (file sink).
+    pub reopened: u64,
 }
 
 /// Cheap cloneable handle to read sink statistics (for the metrics endpoint) without
@@ -258,13 +314,20 @@ impl StatsHandle {
                 failed: c.failed.load(Ordering::Relaxed),
                 dropped: c.overflow.load(Ordering::Relaxed) + c.internal_dropped.load(Ordering::Relaxed),
                 backlog: c.backlog.load(Ordering::Relaxed) as usize,
+                reopened: c.reopened.load(Ordering::Relaxed),
             })
             .collect()
     }
 }
 
+/// An event with the id the fan-out gave it, shared by every sink's queue.
+struct Stamped {
+    id: String,
+    event: Event,
+}
+
 enum Msg {
-    Event(Arc<Event>),
+    Event(Arc<Stamped>),
 }
 
 enum Ctrl {
@@ -327,6 +390,7 @@ impl Fanout {
                 overflow: AtomicU64::new(0),
                 internal_dropped: AtomicU64::new(0),
                 backlog: AtomicU64::new(0),
+                reopened: AtomicU64::new(0),
                 drop_log: LogLimiter::new(Duration::from_secs(10)),
                 fail_log: LogLimiter::new(Duration::from_secs(10)),
             });
@@ -347,7 +411,7 @@ impl Fanout {
     /// Queues `ev` for every sink; never blocks. A full queue drops the event for that sink
     /// (counted in `dropped`, logged at most every 10 s per sink).
     pub fn send(&self, ev: &Event) {
-        let ev = Arc::new(ev.clone());
+        let ev = Arc::new(Stamped { id: crate::alert::new_event_id(), event: ev.clone() });
         for w in &self.workers {
             match w.tx.try_send(Msg::Event(ev.clone())) {
                 Ok(()) => {}
@@ -441,8 +505,17 @@ fn run_worker(
     done: Sender<SinkShutdown>,
     c: Arc<Counters>,
 ) {
-    let deliver = |sink: &mut Box<dyn Sink>, ev: &Event| {
-        match sink.send(ev) {
+    let refresh = |sink: &mut Box<dyn Sink>| {
+        let late = sink.take_late_deliveries();
+        if late > 0 {
+            c.sent.fetch_add(late, Ordering::Relaxed);
+        }
+        c.internal_dropped.store(sink.dropped(), Ordering::Relaxed);
+        c.backlog.store(sink.backlog() as u64, Ordering::Relaxed);
+        c.reopened.store(sink.reopened(), Ordering::Relaxed);
+    };
+    let deliver = |sink: &mut Box<dyn Sink>, ev: &Stamped| {
+        match sink.send_with_id(&ev.id, &ev.event) {
             Ok(()) => {
                 c.sent.fetch_add(1, Ordering::Relaxed);
             }
@@ -451,8 +524,7 @@ fn run_worker(
                 c.fail_log.hit(|more| log::warn!("sink {}: {e} ({more} more failures since the last message)", c.name));
             }
         }
-        c.internal_dropped.store(sink.dropped(), Ordering::Relaxed);
-        c.backlog.store(sink.backlog() as u64, Ordering::Relaxed);
+        refresh(sink);
     };
     let c_name = c.name.clone();
     let reopen = |sink: &mut Box<dyn Sink>, name: &str| {
@@ -486,9 +558,9 @@ fn run_worker(
                 Err(_) => break Instant::now(),
             },
             default(Duration::from_millis(500)) => {
-                // Refresh counters that change without sends (MQTT acks).
-                c.internal_dropped.store(sink.dropped(), Ordering::Relaxed);
-                c.backlog.store(sink.backlog() as u64, Ordering::Relaxed);
+                // Retries of kept events, and counters that change without sends (MQTT acks).
+                sink.poll();
+                refresh(&mut sink);
             }
         }
     };
@@ -499,8 +571,7 @@ fn run_worker(
         }
     }
     let error = sink.flush(deadline).err().map(|e| e.to_string());
-    c.internal_dropped.store(sink.dropped(), Ordering::Relaxed);
-    c.backlog.store(sink.backlog() as u64, Ordering::Relaxed);
+    refresh(&mut sink);
     let undelivered = rx.len() + sink.backlog();
     let name = c.name.clone();
     // Dropping the sink closes it (the MQTT sink disconnects) before we report.

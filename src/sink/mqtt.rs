@@ -1,21 +1,28 @@
-//! MQTT sink (rumqttc, MQTT 3.1.1, QoS 1) with at-least-once delivery across broker restarts.
+//! MQTT sink (rumqttc, MQTT 3.1.1, QoS 1) with at-least-once delivery across broker outages,
+//! reloads and restarts.
 //!
 //! Topics: events go to `<prefix>/<client_id>/events/<stream>`; `<prefix>/<client_id>/status`
 //! holds a retained "online" published at every connect, and the last will (retained
 //! "offline") the broker publishes if the connection dies uncleanly. A clean shutdown
 //! publishes "offline" itself.
 //!
-//! Delivery: every accepted event waits in a bounded in-process buffer until its PUBACK
-//! arrives. The sink assigns packet ids itself and injects publishes into rumqttc's
-//! `pending` queue, so a PUBACK maps exactly to one event. On any disconnect, everything not
-//! acknowledged is re-sent, in order, after the next CONNACK (clean session: rumqttc would
-//! otherwise drop its unacked publishes). A full buffer drops the oldest event (counted,
-//! logged). Duplicates are possible when a PUBACK is lost with the connection.
+//! Delivery: every accepted event is first appended to the sink's on-disk spool and synced
+//! ([`super::spool`]; `send` returns only then), and kept in an in-process queue until its
+//! PUBACK arrives, when it is marked done in the spool. The sink assigns packet ids itself and
+//! injects publishes into rumqttc's `pending` queue, so a PUBACK maps exactly to one event. On
+//! any disconnect, everything not acknowledged is re-sent, in order, after the next CONNACK.
+//! At start-up the spool's pending records are loaded first, so a restart re-sends them.
+//!
+//! Reload: the queue (with its spool) is shared by every sink of the process with the same
+//! spool directory (or, without a spool, the same name, broker and client id). A new sink
+//! built by a reload takes it over; the old one stops publishing, and its `flush` returns at
+//! once since its events are now the new sink's. If the new sink goes away first (a reload
+//! that failed later on), the queue reverts to the old one.
 
-use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,6 +32,7 @@ use rumqttc::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::spool::{Record, Spool};
 use super::{LogLimiter, Sink, SinkError};
 use crate::alert::Event;
 
@@ -40,6 +48,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a clean shutdown waits for the "offline" status to be acknowledged.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Smallest non-zero `spool_max_bytes`.
+const MIN_SPOOL_BYTES: u64 = 64 << 10;
 
 /// `kind = "mqtt"`.
 ///
@@ -52,10 +62,14 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// topic_prefix = "gradwatch"
 /// qos = 1
 /// username = "gradwatch"
-/// password = "secret"
-/// tls = { ca_file = "/etc/gradwatch/ca.pem", client_cert = "/etc/gradwatch/c.pem", client_key = "/etc/gradwatch/c.key" }
+/// password_file = "%d/mqtt-password"
+/// tls = { ca_file = "/etc/gradwatch/ca.pem", client_cert = "/etc/gradwatch/c.pem", client_key = "%d/mqtt-client.key" }
 /// buffer = 10000
 /// keep_alive_s = 30
+/// clean_session = true
+/// spool_dir = "/var/lib/gradwatch/spool"
+/// spool_max_bytes = 16777216
+/// spool_max_age_s = 86400
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,9 +95,14 @@ pub struct MqttSinkConfig {
     /// User name. Default none.
     #[serde(default)]
     pub username: Option<String>,
-    /// Password (only with `username`). Default none.
+    /// Password (only with `username`). Default none. Prefer `password_file`.
     #[serde(default)]
     pub password: Option<String>,
+    /// File holding the password (its first line; only with `username`, not with
+    /// `password`). A path starting with `%d/` or `$CREDENTIALS_DIRECTORY/`, or a relative
+    /// one, is looked up in systemd's credentials directory (`LoadCredential=`). Default none.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// TLS settings; absent = plain TCP.
     #[serde(default)]
     pub tls: Option<MqttTlsConfig>,
@@ -94,6 +113,24 @@ pub struct MqttSinkConfig {
     /// MQTT keep-alive in seconds (1..=65535). Default 30.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_s: u64,
+    /// MQTT clean session. `false` asks the broker to keep the session (and whatever it
+    /// queued for this client id) across reconnects. Unacknowledged events are re-sent after
+    /// every reconnect either way. Default true.
+    #[serde(default = "default_true")]
+    pub clean_session: bool,
+    /// Directory of the on-disk spool; the sink's spool is `<spool_dir>/<sink name>/`.
+    /// Default `$STATE_DIRECTORY/spool` (systemd `StateDirectory=`); a relative path is
+    /// relative to `$STATE_DIRECTORY`. Without either, events wait in memory only.
+    #[serde(default)]
+    pub spool_dir: Option<PathBuf>,
+    /// Bound of the spool's files in bytes (at least 65536); when full, the oldest events are
+    /// dropped (counted). 0 = no spool (memory only). Default 16 MiB.
+    #[serde(default = "default_spool_bytes")]
+    pub spool_max_bytes: u64,
+    /// Events older than this (seconds since they were spooled) are dropped (counted)
+    /// instead of sent. 0 = no age bound. Default 86400 (a day).
+    #[serde(default = "default_spool_age")]
+    pub spool_max_age_s: u64,
 }
 
 /// TLS for the MQTT connection (rustls, ring provider).
@@ -128,6 +165,61 @@ fn default_buffer() -> usize {
 fn default_keep_alive() -> u64 {
     30
 }
+fn default_true() -> bool {
+    true
+}
+fn default_spool_bytes() -> u64 {
+    16 << 20
+}
+fn default_spool_age() -> u64 {
+    86_400
+}
+
+/// The service's state directory: systemd's `STATE_DIRECTORY` (the first one if it lists
+/// several), if set.
+pub fn state_directory() -> Option<PathBuf> {
+    let v = std::env::var_os("STATE_DIRECTORY")?;
+    let first = v.to_str().map_or_else(|| PathBuf::from(&v), |s| PathBuf::from(s.split(':').next().unwrap_or(s)));
+    (!first.as_os_str().is_empty()).then_some(first)
+}
+
+/// Resolves a secret's path: `%d/...` or `$CREDENTIALS_DIRECTORY/...` (anywhere in the path,
+/// since the config loader may already have put the config's directory in front) and
+/// relative paths are looked up in systemd's credentials directory (`LoadCredential=`).
+/// `relative_ok`: a relative path without a credentials directory is kept as it is.
+pub fn resolve_credential(path: &Path, relative_ok: bool) -> Result<PathBuf, SinkError> {
+    let comps: Vec<_> = path.components().collect();
+    let marker = comps.iter().rposition(|c| {
+        matches!(c.as_os_str().to_str(), Some("%d" | "$CREDENTIALS_DIRECTORY" | "${CREDENTIALS_DIRECTORY}"))
+    });
+    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|v| !v.is_empty()).map(PathBuf::from);
+    match (marker, creds) {
+        (Some(i), Some(dir)) => Ok(comps[i + 1..].iter().fold(dir, |p, c| p.join(c))),
+        (Some(_), None) => Err(SinkError::Config(format!(
+            "{} names the credentials directory, but CREDENTIALS_DIRECTORY is not set: under \
+             systemd add LoadCredential=NAME:/path/to/secret to the unit, otherwise give an \
+             absolute path",
+            path.display()
+        ))),
+        (None, Some(dir)) if path.is_relative() => Ok(dir.join(path)),
+        (None, None) if path.is_relative() && !relative_ok => Err(SinkError::Config(format!(
+            "{} is relative and CREDENTIALS_DIRECTORY is not set: give an absolute path (or \
+             `%d/NAME` with LoadCredential=NAME:... in the unit)",
+            path.display()
+        ))),
+        _ => Ok(path.to_path_buf()),
+    }
+}
+
+/// A sink name as one path component.
+fn path_safe(name: &str) -> String {
+    let s: String = name.chars().map(|c| if c == '/' || c == '\0' { '_' } else { c }).collect();
+    if s.is_empty() || s.starts_with('.') {
+        format!("_{s}")
+    } else {
+        s
+    }
+}
 
 impl MqttSinkConfig {
     /// A config with defaults for everything but the broker address.
@@ -141,10 +233,37 @@ impl MqttSinkConfig {
             qos: default_qos(),
             username: None,
             password: None,
+            password_file: None,
             tls: None,
             buffer: default_buffer(),
             keep_alive_s: default_keep_alive(),
+            clean_session: true,
+            spool_dir: None,
+            spool_max_bytes: default_spool_bytes(),
+            spool_max_age_s: default_spool_age(),
         }
+    }
+
+    /// The spool directory of the sink called `name`, or `None` for a memory-only sink
+    /// (`spool_max_bytes = 0`, or no `spool_dir` and no `STATE_DIRECTORY`).
+    pub fn spool_path(&self, name: &str) -> Result<Option<PathBuf>, SinkError> {
+        if self.spool_max_bytes == 0 {
+            return Ok(None);
+        }
+        let base = match (&self.spool_dir, state_directory()) {
+            (Some(d), _) if d.is_absolute() => d.clone(),
+            (Some(d), Some(state)) => state.join(d),
+            (Some(d), None) => {
+                return Err(SinkError::Config(format!(
+                    "mqtt spool_dir = {:?} is relative and STATE_DIRECTORY is not set: give an \
+                     absolute path",
+                    d.display()
+                )))
+            }
+            (None, Some(state)) => state.join("spool"),
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(base.join(path_safe(name))))
     }
 
     /// Topic of the retained status ("online" / "offline").
@@ -176,8 +295,17 @@ impl MqttSinkConfig {
         if !(1..=65_535).contains(&self.keep_alive_s) {
             return bad(format!("mqtt keep_alive_s = {} must be in 1..=65535", self.keep_alive_s));
         }
-        if self.password.is_some() && self.username.is_none() {
+        if (self.password.is_some() || self.password_file.is_some()) && self.username.is_none() {
             return bad("mqtt password given without username".into());
+        }
+        if self.password.is_some() && self.password_file.is_some() {
+            return bad("mqtt password and password_file given: keep one (password_file)".into());
+        }
+        if self.spool_max_bytes != 0 && self.spool_max_bytes < MIN_SPOOL_BYTES {
+            return bad(format!(
+                "mqtt spool_max_bytes = {} is below {MIN_SPOOL_BYTES}; raise it (or 0 for no spool)",
+                self.spool_max_bytes
+            ));
         }
         if let Some(t) = &self.tls {
             if t.client_cert.is_some() != t.client_key.is_some() {
@@ -190,16 +318,27 @@ impl MqttSinkConfig {
     fn options(&self) -> Result<MqttOptions, SinkError> {
         let mut o = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
         o.set_keep_alive(Duration::from_secs(self.keep_alive_s))
-            .set_clean_session(true)
+            .set_clean_session(self.clean_session)
             .set_inflight(MAX_INFLIGHT)
             .set_max_packet_size(1 << 20, 1 << 20)
             .set_last_will(LastWill::new(self.status_topic(), "offline", QoS::AtLeastOnce, true));
         if let Some(u) = &self.username {
-            o.set_credentials(u.clone(), self.password.clone().unwrap_or_default());
+            let password = match &self.password_file {
+                Some(f) => {
+                    let path = resolve_credential(f, false)?;
+                    let text = std::fs::read_to_string(&path).map_err(|e| SinkError::Open { path, source: e })?;
+                    text.lines().next().unwrap_or("").to_string()
+                }
+                None => self.password.clone().unwrap_or_default(),
+            };
+            o.set_credentials(u.clone(), password);
         }
         if let Some(t) = &self.tls {
             install_ring_provider();
-            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| SinkError::Open { path: p.clone(), source: e });
+            let read = |p: &PathBuf| {
+                let path = resolve_credential(p, true)?;
+                std::fs::read(&path).map_err(|e| SinkError::Open { path, source: e })
+            };
             let ca = read(&t.ca_file)?;
             let client_auth = match (&t.client_cert, &t.client_key) {
                 (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
@@ -233,11 +372,19 @@ fn topic_level(stream: &str) -> String {
 
 /// An event accepted by the sink and not yet acknowledged.
 struct Item {
-    id: u64,
-    topic: String,
+    /// Sequence number in the spool (or in memory without one).
+    seq: u64,
+    /// When it was accepted (unix ms), for the age bound.
+    written_ms: u64,
+    /// Its stream; the topic is derived when publishing, from the publishing sink's config.
+    stream: String,
     payload: Vec<u8>,
-    /// Packet id while published on the current connection.
-    pkid: Option<u16>,
+}
+
+impl From<Record> for Item {
+    fn from(r: Record) -> Self {
+        Item { seq: r.seq, written_ms: r.written_ms, stream: r.stream, payload: r.payload }
+    }
 }
 
 /// What a packet id in flight stands for.
@@ -247,32 +394,160 @@ enum Flight {
     Status,
 }
 
-#[derive(Default)]
-struct State {
+/// Events accepted and not yet acknowledged, with their spool: shared by the sinks that hand
+/// it over to each other on reload.
+struct Backlog {
+    state: Mutex<BState>,
+    /// Signalled when the queue shrinks (flush waits on it).
+    changed: Condvar,
+}
+
+struct BState {
     queue: VecDeque<Item>,
-    next_id: u64,
-    connected: bool,
+    spool: Option<Spool>,
+    /// Next sequence number when there is no spool.
+    mem_seq: u64,
+    /// Generations of the attached sinks, oldest first; the last one publishes.
+    attached: Vec<u64>,
     acked: u64,
 }
 
+impl Backlog {
+    fn lock(&self) -> MutexGuard<'_, BState> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
+impl BState {
+    /// Removes an item (acknowledged, or dropped) from the queue and the spool.
+    fn finish(&mut self, seq: u64) -> bool {
+        let found = match self.queue.iter().position(|it| it.seq == seq) {
+            Some(pos) => {
+                self.queue.remove(pos);
+                true
+            }
+            None => false,
+        };
+        if let Some(sp) = self.spool.as_mut() {
+            sp.done(seq);
+        }
+        found
+    }
+
+    /// Drops the oldest items while `pred` holds for the front one; returns how many.
+    fn drop_front_while(&mut self, pred: impl Fn(&Item) -> bool) -> u64 {
+        let mut n = 0;
+        while let Some(front) = self.queue.front() {
+            if !pred(front) {
+                break;
+            }
+            let seq = front.seq;
+            self.finish(seq);
+            n += 1;
+        }
+        n
+    }
+
+    /// Applies the age bound; returns how many were dropped.
+    fn expire(&mut self, max_age_s: u64) -> u64 {
+        if max_age_s == 0 {
+            return 0;
+        }
+        let limit = now_ms().saturating_sub(max_age_s.saturating_mul(1000));
+        self.drop_front_while(|it| it.written_ms < limit)
+    }
+}
+
+fn now_ms() -> u64 {
+    crate::alert::unix_ms(std::time::SystemTime::now())
+}
+
+/// Backlogs by key (spool directory, or name and broker without a spool), for the hand-over.
+fn registry() -> MutexGuard<'static, HashMap<String, Weak<Backlog>>> {
+    static R: OnceLock<Mutex<HashMap<String, Weak<Backlog>>>> = OnceLock::new();
+    match R.get_or_init(Default::default).lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn next_generation() -> u64 {
+    static G: AtomicU64 = AtomicU64::new(1);
+    G.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Attaches a new sink (generation `gen`) to the backlog under `key`, taking it over from a
+/// sink already attached, or opening the spool.
+fn attach(
+    name: &str,
+    key: String,
+    spool_dir: Option<&Path>,
+    max_bytes: u64,
+    gen: u64,
+) -> Result<Arc<Backlog>, SinkError> {
+    let mut reg = registry();
+    if let Some(b) = reg.get(&key).and_then(Weak::upgrade) {
+        let mut st = b.lock();
+        st.attached.push(gen);
+        if let Some(sp) = st.spool.as_mut() {
+            sp.set_max_bytes(max_bytes);
+        }
+        log::info!("sink {name}: took over {} unacknowledged event(s) from the sink it replaces", st.queue.len());
+        drop(st);
+        return Ok(b);
+    }
+    let (spool, queue) = match spool_dir {
+        Some(dir) => {
+            let (sp, records) = Spool::open(dir, max_bytes)?;
+            if !records.is_empty() {
+                log::info!(
+                    "sink {name}: {} event(s) from the spool {} will be sent first",
+                    records.len(),
+                    dir.display()
+                );
+            }
+            (Some(sp), records.into_iter().map(Item::from).collect())
+        }
+        None => (None, VecDeque::new()),
+    };
+    let b = Arc::new(Backlog {
+        state: Mutex::new(BState { queue, spool, mem_seq: 0, attached: vec![gen], acked: 0 }),
+        changed: Condvar::new(),
+    });
+    reg.retain(|_, w| w.strong_count() > 0);
+    reg.insert(key, Arc::downgrade(&b));
+    Ok(b)
+}
+
+/// State of one sink shared with its connection thread.
 struct Shared {
-    state: Mutex<State>,
-    /// Signalled when the queue shrinks (flush waits on it).
-    changed: Condvar,
+    backlog: Arc<Backlog>,
+    gen: u64,
     stop: AtomicBool,
     /// Deadline of the last `flush`, which also bounds the clean close that follows it.
     close_by: Mutex<Option<Instant>>,
+    connected: AtomicBool,
     dropped: AtomicU64,
     connects: AtomicU64,
     drop_log: LogLimiter,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        match self.state.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
+    fn lock(&self) -> MutexGuard<'_, BState> {
+        self.backlog.lock()
+    }
+
+    fn count_dropped(&self, name: &str, n: u64, why: &str) {
+        if n == 0 {
+            return;
         }
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        self.drop_log.hit(|more| {
+            log::warn!("sink {name}: dropped {n} of the oldest waiting events ({why}; {more} more drops since the last message)")
+        });
     }
 }
 
@@ -283,7 +558,7 @@ pub struct MqttStats {
     pub acked: u64,
     /// Events waiting (buffered or in flight).
     pub pending: usize,
-    /// Events dropped because the buffer was full.
+    /// Events dropped because the buffer or spool was full or the events too old.
     pub dropped: u64,
     /// Successful connects (CONNACKs) so far.
     pub connects: u64,
@@ -295,22 +570,41 @@ pub struct MqttStats {
 pub struct MqttSink {
     name: String,
     cfg: MqttSinkConfig,
+    spool_dir: Option<PathBuf>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl MqttSink {
-    /// Validates `cfg`, reads TLS files, and starts the connection thread (which connects
-    /// and reconnects in the background; an unreachable broker is not an error here).
+    /// Validates `cfg`, reads secrets and TLS files, opens (or takes over) the spool, and
+    /// starts the connection thread (which connects and reconnects in the background; an
+    /// unreachable broker is not an error here).
     pub fn start(name: impl Into<String>, cfg: &MqttSinkConfig) -> Result<Self, SinkError> {
         cfg.validate()?;
         let options = cfg.options()?;
         let name = name.into();
+        let spool_dir = cfg.spool_path(&name)?;
+        let key = match &spool_dir {
+            Some(d) => format!("spool:{}", d.display()),
+            None => {
+                if cfg.spool_max_bytes != 0 {
+                    log::warn!(
+                        "sink {name}: no spool (set spool_dir, or run under systemd with \
+                         StateDirectory=): events waiting for the broker are kept in memory only \
+                         and lost if the daemon stops"
+                    );
+                }
+                format!("mem:{name}@{}:{}/{}", cfg.host, cfg.port, cfg.client_id)
+            }
+        };
+        let gen = next_generation();
+        let backlog = attach(&name, key, spool_dir.as_deref(), cfg.spool_max_bytes, gen)?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            changed: Condvar::new(),
+            backlog,
+            gen,
             stop: AtomicBool::new(false),
             close_by: Mutex::new(None),
+            connected: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             drop_log: LogLimiter::new(Duration::from_secs(10)),
@@ -318,22 +612,27 @@ impl MqttSink {
         let (client, connection) = Client::new(options, 16);
         let conn = ConnThread {
             name: name.clone(),
+            cfg: cfg.clone(),
             status_topic: cfg.status_topic(),
             qos: if cfg.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
             shared: shared.clone(),
             client,
             connection,
             inflight: HashMap::new(),
+            sent: HashSet::new(),
             next_pkid: 0,
             connected: false,
             backoff: BACKOFF_MIN,
             err_log: LogLimiter::new(Duration::from_secs(30)),
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("mqtt-{name}"))
-            .spawn(move || conn.run())
-            .map_err(SinkError::Thread)?;
-        Ok(MqttSink { name, cfg: cfg.clone(), shared, thread: Some(thread) })
+        let thread = match std::thread::Builder::new().name(format!("mqtt-{name}")).spawn(move || conn.run()) {
+            Ok(t) => t,
+            Err(e) => {
+                detach(&shared);
+                return Err(SinkError::Thread(e));
+            }
+        };
+        Ok(MqttSink { name, cfg: cfg.clone(), spool_dir, shared, thread: Some(thread) })
     }
 
     /// Current counters.
@@ -344,13 +643,28 @@ impl MqttSink {
             pending: st.queue.len(),
             dropped: self.shared.dropped.load(Ordering::Relaxed),
             connects: self.shared.connects.load(Ordering::Relaxed),
-            connected: st.connected,
+            connected: self.shared.connected.load(Ordering::Relaxed),
         }
     }
 
     /// The configuration in use.
     pub fn config(&self) -> &MqttSinkConfig {
         &self.cfg
+    }
+
+    /// The spool directory, if the sink has one.
+    pub fn spool_dir(&self) -> Option<&Path> {
+        self.spool_dir.as_deref()
+    }
+}
+
+/// Removes a sink from its backlog's attached list (the previous sink, if any, publishes
+/// again).
+fn detach(shared: &Shared) {
+    let mut st = shared.lock();
+    st.attached.retain(|g| *g != shared.gen);
+    if let Some(sp) = st.spool.as_mut() {
+        sp.persist_ack(true);
     }
 }
 
@@ -360,25 +674,52 @@ impl Sink for MqttSink {
     }
 
     fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
-        let topic = self.cfg.event_topic(ev.stream());
-        let payload = ev.to_json().into_bytes();
+        self.send_with_id(&crate::alert::new_event_id(), ev)
+    }
+
+    fn send_with_id(&mut self, event_id: &str, ev: &Event) -> Result<(), SinkError> {
+        let payload = ev.to_json_with_id(event_id).into_bytes();
+        let stream = ev.stream().to_string();
+        let written_ms = now_ms();
         let mut st = self.shared.lock();
-        while st.queue.len() >= self.cfg.buffer {
-            st.queue.pop_front();
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-            let name = &self.name;
-            self.shared.drop_log.hit(|more| {
-                log::warn!(
-                    "sink {name}: buffer of {} events full (broker unreachable?), dropping the \
-                     oldest ({more} more since the last message)",
-                    self.cfg.buffer
-                )
-            });
+        let buffer = self.cfg.buffer;
+        let mut over = 0;
+        while st.queue.len() >= buffer {
+            let Some(seq) = st.queue.front().map(|it| it.seq) else { break };
+            st.finish(seq);
+            over += 1;
         }
-        let id = st.next_id;
-        st.next_id += 1;
-        st.queue.push_back(Item { id, topic, payload, pkid: None });
-        Ok(())
+        let old = st.expire(self.cfg.spool_max_age_s);
+        let mut spool_full = 0;
+        let (seq, err) = match st.spool.as_mut() {
+            Some(sp) => match sp.append(&stream, &payload, written_ms) {
+                Ok((seq, below)) => {
+                    if below > 0 {
+                        spool_full = st.drop_front_while(|it| it.seq < below);
+                    }
+                    (seq, None)
+                }
+                Err(e) => (sp.reserve_seq(), Some(e)),
+            },
+            None => {
+                st.mem_seq += 1;
+                (st.mem_seq - 1, None)
+            }
+        };
+        st.queue.push_back(Item { seq, written_ms, stream, payload });
+        drop(st);
+        let name = &self.name;
+        self.shared.count_dropped(name, over, &format!("buffer of {buffer} events full; broker unreachable?"));
+        self.shared.count_dropped(name, old, &format!("older than spool_max_age_s = {}", self.cfg.spool_max_age_s));
+        self.shared.count_dropped(
+            name,
+            spool_full,
+            &format!("spool full at spool_max_bytes = {}; broker unreachable?", self.cfg.spool_max_bytes),
+        );
+        match err {
+            Some(e) => Err(SinkError::NotDurable(e)),
+            None => Ok(()),
+        }
     }
 
     fn flush(&mut self, deadline: Instant) -> Result<(), SinkError> {
@@ -387,14 +728,22 @@ impl Sink for MqttSink {
         }
         let mut st = self.shared.lock();
         loop {
+            if st.attached.last() != Some(&self.shared.gen) {
+                // Handed over: the sink that replaced this one delivers these events.
+                return Ok(());
+            }
             if st.queue.is_empty() {
                 return Ok(());
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(SinkError::Timeout { pending: st.queue.len() });
+                let pending = st.queue.len();
+                return Err(match &self.spool_dir {
+                    Some(dir) => SinkError::Spooled { pending, dir: dir.clone() },
+                    None => SinkError::Timeout { pending },
+                });
             }
-            st = match self.shared.changed.wait_timeout(st, deadline - now) {
+            st = match self.shared.backlog.changed.wait_timeout(st, deadline - now) {
                 Ok((g, _)) => g,
                 Err(p) => p.into_inner().0,
             };
@@ -406,7 +755,12 @@ impl Sink for MqttSink {
     }
 
     fn backlog(&self) -> usize {
-        self.shared.lock().queue.len()
+        let st = self.shared.lock();
+        if st.attached.last() == Some(&self.shared.gen) {
+            st.queue.len()
+        } else {
+            0
+        }
     }
 }
 
@@ -416,12 +770,14 @@ impl Drop for MqttSink {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        detach(&self.shared);
     }
 }
 
 /// State owned by the connection thread.
 struct ConnThread {
     name: String,
+    cfg: MqttSinkConfig,
     status_topic: String,
     qos: QoS,
     shared: Arc<Shared>,
@@ -429,6 +785,8 @@ struct ConnThread {
     connection: Connection,
     /// Packet id -> what it carries and when it was sent.
     inflight: HashMap<u16, (Flight, Instant)>,
+    /// Sequence numbers published on the current connection (not yet acknowledged).
+    sent: HashSet<u64>,
     next_pkid: u16,
     connected: bool,
     backoff: Duration,
@@ -439,33 +797,51 @@ impl ConnThread {
     fn run(mut self) {
         let mut closing: Option<Instant> = None;
         loop {
+            let (owner, last) = {
+                let st = self.shared.lock();
+                (st.attached.last() == Some(&self.shared.gen), st.attached.len() == 1)
+            };
             if self.shared.stop.load(Ordering::SeqCst) && closing.is_none() {
                 if !self.connected {
                     break;
                 }
-                // Clean shutdown: say "offline" ourselves (the will only fires on unclean
-                // disconnects), then DISCONNECT once it is acknowledged or we run out of time.
-                self.publish(Flight::Status, self.status_topic.clone(), b"offline".to_vec());
-                closing = Some(Instant::now() + CLOSE_WAIT);
+                if owner && last {
+                    // Clean shutdown: say "offline" ourselves (the will only fires on unclean
+                    // disconnects), then DISCONNECT once it is acknowledged or we run out of
+                    // time.
+                    self.publish(Flight::Status, self.status_topic.clone(), b"offline".to_vec());
+                    closing = Some(Instant::now() + CLOSE_WAIT);
+                } else {
+                    // Another sink carries on with this client id: no "offline".
+                    closing = Some(Instant::now());
+                }
             }
             if let Some(until) = closing {
                 let status_acked = !self.inflight.values().any(|(f, _)| *f == Flight::Status);
                 if status_acked || Instant::now() >= until || !self.connected {
-                    let _ = self.client.try_disconnect();
-                    // Drive the loop until the DISCONNECT is written (or it fails).
-                    for _ in 0..40 {
-                        match self.connection.recv_timeout(POLL) {
-                            Ok(Ok(MqEvent::Outgoing(rumqttc::Outgoing::Disconnect))) => break,
-                            Ok(Ok(_)) | Err(RecvTimeoutError::Timeout) => {}
-                            _ => break,
-                        }
-                    }
+                    self.disconnect();
                     break;
                 }
+            } else if !owner {
+                // Replaced by a reload: leave the connection (and the client id) to the new
+                // sink, and wait in case it goes away again.
+                if self.connected {
+                    log::info!("sink {}: handed its events over; disconnecting", self.name);
+                    self.disconnect();
+                }
+                std::thread::sleep(POLL);
+                continue;
             }
             if self.connected && closing.is_none() {
                 self.fill();
                 self.check_ack_timeout();
+                let mut st = self.shared.lock();
+                let old = st.expire(self.cfg.spool_max_age_s);
+                if let Some(sp) = st.spool.as_mut() {
+                    sp.persist_ack(false);
+                }
+                drop(st);
+                self.shared.count_dropped(&self.name, old, "older than spool_max_age_s");
             }
             let res = if !self.connected || !self.connection.eventloop.pending.is_empty() {
                 // Connecting, or rumqttc has our publishes to write: block (never cancel a
@@ -481,10 +857,25 @@ impl ConnThread {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        let mut st = self.shared.lock();
-        st.connected = false;
-        drop(st);
-        self.shared.changed.notify_all();
+        self.shared.connected.store(false, Ordering::Relaxed);
+        self.shared.backlog.changed.notify_all();
+    }
+
+    /// Sends DISCONNECT (a clean close: no last will) and drops the network connection.
+    fn disconnect(&mut self) {
+        let _ = self.client.try_disconnect();
+        if self.connected {
+            // Drive the loop until the DISCONNECT is written (or it fails).
+            for _ in 0..40 {
+                match self.connection.recv_timeout(POLL) {
+                    Ok(Ok(MqEvent::Outgoing(rumqttc::Outgoing::Disconnect))) => break,
+                    Ok(Ok(_)) | Err(RecvTimeoutError::Timeout) => {}
+                    _ => break,
+                }
+            }
+        }
+        self.connection.eventloop.clean();
+        self.mark_disconnected();
     }
 
     fn on_event(&mut self, ev: MqEvent) {
@@ -494,27 +885,23 @@ impl ConnThread {
                 self.connected = true;
                 self.backoff = BACKOFF_MIN;
                 self.shared.connects.fetch_add(1, Ordering::Relaxed);
-                // Clean session: nothing of the previous connection survives; start over.
+                self.shared.connected.store(true, Ordering::Relaxed);
+                // Whatever was in flight on the previous connection is re-sent from our queue,
+                // in order, with our own packet ids.
                 self.connection.eventloop.pending.clear();
                 self.inflight.clear();
-                {
-                    let mut st = self.shared.lock();
-                    st.connected = true;
-                    for it in st.queue.iter_mut() {
-                        it.pkid = None;
-                    }
-                }
+                self.sent.clear();
                 self.publish(Flight::Status, self.status_topic.clone(), b"online".to_vec());
             }
             MqEvent::Incoming(Packet::PubAck(ack)) => {
-                if let Some((Flight::Event(id), _)) = self.inflight.remove(&ack.pkid) {
+                if let Some((Flight::Event(seq), _)) = self.inflight.remove(&ack.pkid) {
+                    self.sent.remove(&seq);
                     let mut st = self.shared.lock();
-                    if let Some(pos) = st.queue.iter().position(|it| it.id == id) {
-                        st.queue.remove(pos);
+                    if st.finish(seq) {
+                        st.acked += 1;
                     }
-                    st.acked += 1;
                     drop(st);
-                    self.shared.changed.notify_all();
+                    self.shared.backlog.changed.notify_all();
                 }
             }
             _ => {}
@@ -547,50 +934,44 @@ impl ConnThread {
 
     fn mark_disconnected(&mut self) {
         self.connected = false;
+        self.shared.connected.store(false, Ordering::Relaxed);
         // rumqttc moved unacked publishes into `pending`; we re-send from our own queue.
         self.connection.eventloop.pending.clear();
         self.inflight.clear();
-        let mut st = self.shared.lock();
-        st.connected = false;
-        for it in st.queue.iter_mut() {
-            it.pkid = None;
-        }
+        self.sent.clear();
     }
 
     /// Moves unsent events, in order, into rumqttc's pending queue, up to the in-flight limit.
     fn fill(&mut self) {
         let mut batch = Vec::new();
         {
-            let mut st = self.shared.lock();
+            let st = self.shared.lock();
             let free = usize::from(MAX_INFLIGHT).saturating_sub(self.inflight.len());
-            for it in st.queue.iter_mut().filter(|it| it.pkid.is_none()) {
+            for it in st.queue.iter().filter(|it| !self.sent.contains(&it.seq)) {
                 if batch.len() >= free {
                     break;
                 }
-                // Mark now (0 = QoS 0, never acked); the real id is assigned below.
-                it.pkid = Some(0);
-                batch.push((it.id, it.topic.clone(), it.payload.clone()));
+                batch.push((it.seq, self.cfg.event_topic(&it.stream), it.payload.clone()));
             }
         }
         let mut written = Vec::new();
-        for (id, topic, payload) in batch {
-            let pkid = self.publish(Flight::Event(id), topic, payload);
-            if pkid == 0 {
-                written.push(id);
-            } else {
-                let mut st = self.shared.lock();
-                if let Some(it) = st.queue.iter_mut().find(|it| it.id == id) {
-                    it.pkid = Some(pkid);
-                }
+        for (seq, topic, payload) in batch {
+            self.sent.insert(seq);
+            if self.publish(Flight::Event(seq), topic, payload) == 0 {
+                written.push(seq);
             }
         }
         if !written.is_empty() {
             // QoS 0: handed to the connection is as delivered as it gets.
             let mut st = self.shared.lock();
-            st.queue.retain(|it| !written.contains(&it.id));
-            st.acked += written.len() as u64;
+            for seq in written {
+                self.sent.remove(&seq);
+                if st.finish(seq) {
+                    st.acked += 1;
+                }
+            }
             drop(st);
-            self.shared.changed.notify_all();
+            self.shared.backlog.changed.notify_all();
         }
     }
 

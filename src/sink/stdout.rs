@@ -37,7 +37,11 @@ impl<W: Write + Send> Sink for StdoutSink<W> {
     }
 
     fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
-        let mut line = ev.to_json();
+        self.send_with_id(&crate::alert::new_event_id(), ev)
+    }
+
+    fn send_with_id(&mut self, event_id: &str, ev: &Event) -> Result<(), SinkError> {
+        let mut line = ev.to_json_with_id(event_id);
         line.push('\n');
         // One write_all of the whole line, so concurrent writers (logs go to stderr) cannot
         // split an event.

@@ -7,6 +7,7 @@ mod common;
 mod corrupt;
 mod daemon;
 mod data;
+mod delivery;
 mod detector;
 mod eval;
 mod golden;

@@ -35,9 +35,9 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A mosquitto process with a generated config.
-struct Broker {
-    port: u16,
+/// A mosquitto process with a generated config (also used by `delivery`).
+pub(crate) struct Broker {
+    pub(crate) port: u16,
     conf: PathBuf,
     dir: PathBuf,
     child: Option<Child>,
@@ -45,7 +45,7 @@ struct Broker {
 
 impl Broker {
     /// `persistent`: keep sessions and queued messages across a restart (saved on SIGTERM).
-    fn start(dir: &Path, persistent: bool) -> Broker {
+    pub(crate) fn start(dir: &Path, persistent: bool) -> Broker {
         let port = free_port();
         let conf = dir.join("mosquitto.conf");
         let mut c = format!(
@@ -66,7 +66,7 @@ impl Broker {
         b
     }
 
-    fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         let child = Command::new(mosquitto_bin())
             .arg("-c")
             .arg(&self.conf)
@@ -86,7 +86,7 @@ impl Broker {
     }
 
     /// SIGTERM (a clean broker stop, which saves persistence) and wait for exit.
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
             let end = Instant::now() + Duration::from_secs(10);
@@ -113,21 +113,21 @@ impl Drop for Broker {
 
 /// A received publish.
 #[derive(Debug, Clone)]
-struct Got {
-    topic: String,
-    payload: String,
+pub(crate) struct Got {
+    pub(crate) topic: String,
+    pub(crate) payload: String,
     qos: QoS,
     retain: bool,
 }
 
 /// A subscriber driving its own rumqttc connection on a thread.
-struct Sub {
-    rx: Receiver<Got>,
+pub(crate) struct Sub {
+    pub(crate) rx: Receiver<Got>,
     client: Client,
 }
 
 impl Sub {
-    fn connect(port: u16, id: &str, filter: &str, clean: bool) -> Sub {
+    pub(crate) fn connect(port: u16, id: &str, filter: &str, clean: bool) -> Sub {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(5));
         o.set_clean_session(clean);

@@ -1,0 +1,519 @@
+//! On-disk spool of a network sink: an append-only log of events not yet acknowledged by the
+//! remote end, so a broker outage, a reload or a restart loses nothing.
+//!
+//! Layout of a spool directory (one per sink, `<spool_dir>/<sink name>/`):
+//!
+//! * `lock`: held with `flock(LOCK_EX)` while a process uses the spool, so two daemons never
+//!   share one (the second refuses to start and says so);
+//! * `<first seq, 20 digits>.seg`: segments, appended to and `fdatasync`ed record by record;
+//!   a new one is started when the current one reaches `max_bytes / 8` (at most 4 MiB);
+//! * `ack`: the *floor*, in decimal: every record with a lower sequence number is done
+//!   (acknowledged or dropped). Replaced atomically (write, fsync, rename), a few times a
+//!   second at most: a lost update only means duplicates after a crash, never a loss.
+//!
+//! A record is `len: u32 LE | crc32(body): u32 LE | body`, body = `seq: u64 LE |
+//! written unix ms: u64 LE | stream length: u32 LE | stream (UTF-8) | payload`. On open, a
+//! segment is read up to its first short or corrupt record (a write torn by a crash) and cut
+//! there.
+//!
+//! Bounds: the segment files never hold more than `max_bytes` together: before an append that
+//! would overflow, whole segments are deleted oldest first and the records in them that were
+//! still pending are reported dropped (the caller counts them). The age bound is applied by
+//! the caller (it knows each record's time) through [`Spool::done`].
+
+use std::collections::{BTreeSet, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Largest segment file.
+const MAX_SEGMENT: u64 = 4 << 20;
+/// Smallest segment file (tiny `max_bytes` would otherwise roll on every record).
+const MIN_SEGMENT: u64 = 4 << 10;
+/// Bytes of a record before its body.
+const HEADER: usize = 8;
+/// Minimum pause between two writes of the `ack` file.
+const ACK_PERIOD: Duration = Duration::from_millis(200);
+
+/// Errors of the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// A file or directory of the spool could not be created, read or written.
+    #[error(
+        "spool {path}: {source} (check that the directory is writable and the disk not full; \
+         under systemd it lives in the StateDirectory=)"
+    )]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process holds the spool.
+    #[error(
+        "spool {dir} is in use by another process (another gradwatch with the same spool_dir \
+         and sink name?); give each instance its own spool_dir"
+    )]
+    Locked {
+        /// The spool directory.
+        dir: PathBuf,
+    },
+    /// One event is larger than the whole spool.
+    #[error("an event of {size} bytes does not fit in spool_max_bytes = {max}; raise spool_max_bytes")]
+    TooBig {
+        /// Record size.
+        size: u64,
+        /// The bound.
+        max: u64,
+    },
+}
+
+/// A record read back from the spool, or appended to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Sequence number, increasing in append order, unique within the spool.
+    pub seq: u64,
+    /// When it was appended (unix ms).
+    pub written_ms: u64,
+    /// The event's stream (the MQTT topic is derived from it when publishing).
+    pub stream: String,
+    /// The event (JSON).
+    pub payload: Vec<u8>,
+}
+
+/// One segment file.
+#[derive(Debug)]
+struct Segment {
+    first_seq: u64,
+    /// Highest seq in it; `None` while empty.
+    last_seq: Option<u64>,
+    bytes: u64,
+    path: PathBuf,
+}
+
+/// An open spool directory. Dropping it writes the `ack` file and releases the lock.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    _lock: File,
+    /// Oldest first; the last one is appended to.
+    segments: VecDeque<Segment>,
+    active: Option<File>,
+    next_seq: u64,
+    floor: u64,
+    /// Done sequence numbers at or above `floor` (acknowledged out of order).
+    done_above: BTreeSet<u64>,
+    persisted_floor: u64,
+    last_ack_write: Option<Instant>,
+    max_bytes: u64,
+    total_bytes: u64,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io { path: path.to_path_buf(), source }
+}
+
+impl Spool {
+    /// Opens (creating) the spool in `dir`, bounded to `max_bytes` of segment files. Returns
+    /// it with the records still pending, in order.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<(Spool, Vec<Record>), SpoolError> {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))?;
+        let lock_path = dir.join("lock");
+        let lock =
+            OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(SpoolError::Locked { dir: dir.to_path_buf() });
+            }
+            return Err(SpoolError::Io { path: lock_path, source: e });
+        }
+        let floor = read_floor(&dir.join("ack"));
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+            let entry = entry.map_err(io(dir))?;
+            let name = entry.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".seg")) else { continue };
+            if let Ok(first) = stem.parse::<u64>() {
+                found.push((first, entry.path()));
+            }
+        }
+        found.sort();
+        let mut sp = Spool {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            segments: VecDeque::new(),
+            active: None,
+            next_seq: floor,
+            floor,
+            done_above: BTreeSet::new(),
+            persisted_floor: floor,
+            last_ack_write: None,
+            max_bytes,
+            total_bytes: 0,
+        };
+        let mut pending = Vec::new();
+        for (first, path) in found {
+            let (records, good_len) = read_segment(&path)?;
+            let last = records.last().map(|r| r.seq);
+            if let Some(l) = last {
+                sp.next_seq = sp.next_seq.max(l + 1);
+            }
+            if last.is_none_or(|l| l < floor) {
+                // Fully done (or empty): nothing to keep.
+                std::fs::remove_file(&path).map_err(io(&path))?;
+                continue;
+            }
+            pending.extend(records.into_iter().filter(|r| r.seq >= floor));
+            sp.total_bytes += good_len;
+            sp.segments.push_back(Segment { first_seq: first, last_seq: last, bytes: good_len, path });
+        }
+        Ok((sp, pending))
+    }
+
+    /// The spool directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Changes the byte bound (a reload); takes effect at the next append.
+    pub fn set_max_bytes(&mut self, max_bytes: u64) {
+        self.max_bytes = max_bytes;
+    }
+
+    /// Bytes in segment files.
+    pub fn bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    fn segment_limit(&self) -> u64 {
+        (self.max_bytes / 8).clamp(MIN_SEGMENT, MAX_SEGMENT)
+    }
+
+    /// A sequence number without a record on disk, for an event kept in memory only because
+    /// the append failed; [`Spool::done`] accepts it like any other.
+    pub fn reserve_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+
+    /// Appends one record and syncs it to disk. Returns its sequence number and the *drop
+    /// floor*: records with a lower sequence number were deleted to make room (0 when none
+    /// were), and the caller must count those it still had pending as dropped.
+    pub fn append(&mut self, stream: &str, payload: &[u8], written_ms: u64) -> Result<(u64, u64), SpoolError> {
+        let seq = self.next_seq;
+        let rec = encode(seq, written_ms, stream, payload);
+        let size = rec.len() as u64;
+        if size > self.max_bytes {
+            return Err(SpoolError::TooBig { size, max: self.max_bytes });
+        }
+        let mut dropped_below = 0;
+        while self.total_bytes + size > self.max_bytes {
+            let Some(oldest) = self.segments.pop_front() else { break };
+            if self.segments.is_empty() {
+                // It was the one being appended to.
+                self.active = None;
+            }
+            self.total_bytes -= oldest.bytes;
+            let below = oldest.last_seq.map_or(oldest.first_seq, |l| l + 1);
+            dropped_below = dropped_below.max(below);
+            std::fs::remove_file(&oldest.path).map_err(io(&oldest.path))?;
+            self.advance_floor_to(below);
+        }
+        let roll = match self.segments.back() {
+            Some(s) => self.active.is_none() || s.bytes + size > self.segment_limit(),
+            None => true,
+        };
+        if roll {
+            self.start_segment(seq)?;
+        }
+        let (Some(seg), Some(file)) = (self.segments.back_mut(), self.active.as_mut()) else {
+            return Err(SpoolError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::other("no segment open after starting one"),
+            });
+        };
+        if let Err(e) = file.write_all(&rec).and_then(|()| file.sync_data()) {
+            // Cut a partial record off so the segment stays readable to its end; if that
+            // fails too, start a fresh segment next time (reading stops at the torn record).
+            if file.set_len(seg.bytes).is_err() {
+                self.active = None;
+            }
+            return Err(SpoolError::Io { path: seg.path.clone(), source: e });
+        }
+        seg.bytes += size;
+        seg.last_seq = Some(seq);
+        self.total_bytes += size;
+        self.next_seq = seq + 1;
+        Ok((seq, dropped_below))
+    }
+
+    fn start_segment(&mut self, first_seq: u64) -> Result<(), SpoolError> {
+        let path = self.dir.join(format!("{first_seq:020}.seg"));
+        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(io(&path))?;
+        // The new name must survive a crash too: sync the directory entry.
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+        let bytes = file.metadata().map_err(io(&path))?.len();
+        self.segments.push_back(Segment { first_seq, last_seq: None, bytes, path });
+        self.total_bytes += bytes;
+        self.active = Some(file);
+        Ok(())
+    }
+
+    /// Marks a record done (acknowledged, or dropped by the caller). Fully done segments other
+    /// than the one being appended to are deleted.
+    pub fn done(&mut self, seq: u64) {
+        if seq < self.floor {
+            return;
+        }
+        self.done_above.insert(seq);
+        while self.done_above.remove(&self.floor) {
+            self.floor += 1;
+        }
+        self.delete_done_segments();
+    }
+
+    fn advance_floor_to(&mut self, below: u64) {
+        if below > self.floor {
+            self.floor = below;
+            self.done_above = self.done_above.split_off(&below);
+            while self.done_above.remove(&self.floor) {
+                self.floor += 1;
+            }
+        }
+    }
+
+    fn delete_done_segments(&mut self) {
+        while self.segments.len() > 1 {
+            let Some(front) = self.segments.front() else { break };
+            if front.last_seq.is_some_and(|l| l >= self.floor) {
+                break;
+            }
+            let Some(seg) = self.segments.pop_front() else { break };
+            self.total_bytes -= seg.bytes;
+            if let Err(e) = std::fs::remove_file(&seg.path) {
+                log::warn!(
+                    "spool: cannot delete {}: {e}; it is read again (and skipped) at the next start",
+                    seg.path.display()
+                );
+            }
+        }
+    }
+
+    /// Writes the `ack` file if the floor moved, at most every 200 ms unless `force`.
+    pub fn persist_ack(&mut self, force: bool) {
+        if self.floor == self.persisted_floor {
+            return;
+        }
+        if !force && self.last_ack_write.is_some_and(|t| t.elapsed() < ACK_PERIOD) {
+            return;
+        }
+        self.last_ack_write = Some(Instant::now());
+        let tmp = self.dir.join("ack.tmp");
+        let res = File::create(&tmp)
+            .and_then(|mut f| f.write_all(format!("{}\n", self.floor).as_bytes()).and_then(|()| f.sync_all()))
+            .and_then(|()| std::fs::rename(&tmp, self.dir.join("ack")));
+        match res {
+            Ok(()) => self.persisted_floor = self.floor,
+            Err(e) => log::warn!(
+                "spool {}: cannot record acknowledgements ({e}); acknowledged events may be sent \
+                 again after a restart",
+                self.dir.display()
+            ),
+        }
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.persist_ack(true);
+    }
+}
+
+/// The floor from the `ack` file; 0 (everything re-sent: duplicates, no loss) when it is
+/// missing or unreadable.
+fn read_floor(path: &Path) -> u64 {
+    match std::fs::read_to_string(path) {
+        Ok(s) => s.trim().parse().unwrap_or_else(|_| {
+            log::warn!("spool: {} is not a number; re-sending everything spooled", path.display());
+            0
+        }),
+        Err(_) => 0,
+    }
+}
+
+fn encode(seq: u64, written_ms: u64, stream: &str, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(20 + stream.len() + payload.len());
+    body.extend_from_slice(&seq.to_le_bytes());
+    body.extend_from_slice(&written_ms.to_le_bytes());
+    body.extend_from_slice(&(stream.len() as u32).to_le_bytes());
+    body.extend_from_slice(stream.as_bytes());
+    body.extend_from_slice(payload);
+    let mut rec = Vec::with_capacity(HEADER + body.len());
+    rec.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    rec.extend_from_slice(&crc32(&body).to_le_bytes());
+    rec.extend_from_slice(&body);
+    rec
+}
+
+/// Reads a segment's records up to the first torn or corrupt one, cutting the file there.
+/// Returns them and the length of the good part.
+fn read_segment(path: &Path) -> Result<(Vec<Record>, u64), SpoolError> {
+    let mut data = Vec::new();
+    File::open(path).and_then(|mut f| f.read_to_end(&mut data)).map_err(io(path))?;
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while let Some(rec) = decode(&data[pos..]) {
+        pos += HEADER + rec.1;
+        out.push(rec.0);
+    }
+    if pos < data.len() {
+        log::warn!(
+            "spool: {} ends in {} bytes of a torn or corrupt record (a crash mid-write?); cutting them off",
+            path.display(),
+            data.len() - pos
+        );
+        OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(pos as u64)).map_err(io(path))?;
+    }
+    Ok((out, pos as u64))
+}
+
+/// One record and its body length, or `None` if `buf` does not start with a whole valid one.
+fn decode(buf: &[u8]) -> Option<(Record, usize)> {
+    let len = u32::from_le_bytes(buf.get(0..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(buf.get(4..8)?.try_into().ok()?);
+    let body = buf.get(HEADER..HEADER.checked_add(len)?)?;
+    if len < 20 || crc32(body) != crc {
+        return None;
+    }
+    let seq = u64::from_le_bytes(body[0..8].try_into().ok()?);
+    let written_ms = u64::from_le_bytes(body[8..16].try_into().ok()?);
+    let slen = u32::from_le_bytes(body[16..20].try_into().ok()?) as usize;
+    let stream = std::str::from_utf8(body.get(20..20usize.checked_add(slen)?)?).ok()?.to_string();
+    let payload = body[20 + slen..].to_vec();
+    Some((Record { seq, written_ms, stream, payload }, len))
+}
+
+/// CRC-32 (IEEE 802.3, reflected, as in zlib), table-driven.
+fn crc32(data: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut t = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                k += 1;
+            }
+            t[i] = c;
+            i += 1;
+        }
+        t
+    };
+    let mut c = !0u32;
+    for &b in data {
+        c = TABLE[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32_matches_zlib() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn records_survive_reopen_and_acks_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("s");
+        let (mut sp, pending) = Spool::open(&d, 1 << 20).unwrap();
+        assert!(pending.is_empty());
+        for i in 0..5u64 {
+            let (seq, dropped) = sp.append("cam", format!("{{\"i\":{i}}}").as_bytes(), 1000 + i).unwrap();
+            assert_eq!((seq, dropped), (i, 0));
+        }
+        sp.done(0);
+        sp.done(2);
+        drop(sp);
+        let (sp, pending) = Spool::open(&d, 1 << 20).unwrap();
+        // 2 was acknowledged out of order: only the floor (1) is persisted, so it comes back.
+        assert_eq!(pending.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert_eq!(pending[0].stream, "cam");
+        assert_eq!(pending[0].payload, b"{\"i\":1}");
+        assert_eq!(pending[0].written_ms, 1001);
+        // A second opener is refused while the first holds it.
+        assert!(matches!(Spool::open(&d, 1 << 20), Err(SpoolError::Locked { .. })));
+        drop(sp);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_and_new_records_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut sp, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        sp.append("a", b"one", 1).unwrap();
+        sp.append("a", b"two", 2).unwrap();
+        let seg = sp.segments[0].path.clone();
+        drop(sp);
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&encode(2, 3, "a", b"three")[..10]).unwrap();
+        drop(f);
+        let (mut sp, pending) = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(pending.len(), 2);
+        assert_eq!(sp.append("a", b"four", 4).unwrap().0, 2);
+        drop(sp);
+        let (_sp, pending) = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            pending.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(),
+            [b"one".to_vec(), b"two".to_vec(), b"four".to_vec()]
+        );
+    }
+
+    #[test]
+    fn full_spool_drops_oldest_segments_and_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let max = 64 << 10;
+        let (mut sp, _) = Spool::open(dir.path(), max).unwrap();
+        let payload = vec![b'x'; 1000];
+        let mut floor = 0;
+        for i in 0..200u64 {
+            let (seq, dropped) = sp.append("s", &payload, i).unwrap();
+            assert_eq!(seq, i);
+            floor = floor.max(dropped);
+            assert!(sp.bytes() <= max, "{} > {max}", sp.bytes());
+        }
+        assert!(floor > 100, "oldest dropped: floor {floor}");
+        drop(sp);
+        let (_sp, pending) = Spool::open(dir.path(), max).unwrap();
+        assert_eq!(pending.first().map(|r| r.seq), Some(floor));
+        assert_eq!(pending.last().map(|r| r.seq), Some(199));
+    }
+
+    #[test]
+    fn acked_segments_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut sp, _) = Spool::open(dir.path(), 64 << 10).unwrap();
+        let payload = vec![b'x'; 1000];
+        for i in 0..40u64 {
+            sp.append("s", &payload, i).unwrap();
+        }
+        assert!(sp.segments.len() > 2);
+        for i in 0..40u64 {
+            sp.done(i);
+        }
+        assert_eq!(sp.segments.len(), 1);
+        drop(sp);
+        let (_sp, pending) = Spool::open(dir.path(), 64 << 10).unwrap();
+        assert!(pending.is_empty());
+    }
+}
