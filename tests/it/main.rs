@@ -9,6 +9,7 @@ mod daemon;
 mod data;
 mod detector;
 mod eval;
+mod faults;
 mod golden;
 mod grad;
 mod metrics;
