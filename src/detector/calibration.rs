@@ -161,8 +161,20 @@ impl Calibration {
         std::fs::write(path, text).map_err(|source| CalibError::Io { path: path.display().to_string(), source })
     }
 
-    /// Checks the detector's internal consistency.
+    /// Checks the threshold (finite: a NaN threshold compares false with every score and
+    /// +inf is never exceeded, so either would silently disable alerting) and the detector's
+    /// internal consistency.
     pub fn validate(&self) -> Result<(), CalibError> {
+        if !self.threshold.is_finite() {
+            return Err(CalibError::Parse {
+                path: String::new(),
+                why: format!(
+                    "threshold = {} must be a finite number (it would disable alerting); recalibrate with \
+                     `gradwatch calibrate` or set [model] threshold in the config",
+                    self.threshold
+                ),
+            });
+        }
         let n = self.model.features.len();
         let dim = match &self.detector {
             DetectorKind::Mlp { normalize, mlp } => {

@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-pub use server::{Health, HealthFn, MetricsServer};
+pub use server::{Health, HealthFn, MetricsServer, ServerLimits, ServerStats};
 pub use sketch::Quantiles;
 
 use crate::sink::StatsHandle;

@@ -1,12 +1,36 @@
-//! The `/metrics` + `/healthz` HTTP endpoint (tiny_http, one thread).
+//! The `/metrics` + `/healthz` HTTP endpoint: hyper's HTTP/1 server on a one-thread tokio
+//! runtime, with hard resource limits so that no client, local or remote, can take it down or
+//! make the daemon grow.
+//!
+//! * **Bounded connections.** At most [`ServerLimits::max_connections`] are served at once;
+//!   a connection beyond that gets a canned `503` and is closed at once, so idle or slow
+//!   clients cost at most that many descriptors and tasks (one task each, no thread).
+//! * **Bounded requests.** The request head (request line and headers) may be at most
+//!   [`ServerLimits::max_request_bytes`]; hyper answers a larger one with `431` and closes.
+//!   Request bodies are never read.
+//! * **Timeouts.** The head must arrive within [`ServerLimits::header_timeout`]; a whole
+//!   connection (read, render, write) lives at most [`ServerLimits::connection_timeout`].
+//!   Keep-alive is off: one request per connection, so a connection's life is one request.
+//! * **A listener that never dies.** `accept` errors (EMFILE/ENFILE when descriptors run out,
+//!   ENOBUFS, ECONNABORTED) are logged at most every 10 s and retried with back-off
+//!   (1 ms doubling to 1 s); the accept loop only ends on [`MetricsServer::stop`].
+//!
+//! The socket is bound in [`MetricsServer::start`], before anything is served, so a taken
+//! address is an error for the caller (the daemon then exits 2 before starting its pipeline).
+//! Routes are a plain `match` in [`route`]: another page is another arm.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tiny_http::{Header, Response, Server};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{oneshot, Semaphore};
 
 use super::{Metrics, MetricsError};
 
@@ -16,36 +40,114 @@ pub type Health = Result<(), String>;
 /// The health callback the server asks on each `/healthz`.
 pub type HealthFn = Arc<dyn Fn() -> Health + Send + Sync>;
 
-/// A running metrics HTTP server; stops on [`stop`](Self::stop) or drop.
-pub struct MetricsServer {
-    server: Arc<Server>,
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+/// The endpoint's resource limits (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Connections served at once; more are answered `503` and closed. Default 32.
+    pub max_connections: usize,
+    /// Largest request head in bytes (hyper's minimum is 8192). Default 8192.
+    pub max_request_bytes: usize,
+    /// Time for the client to send the whole request head. Default 5 s.
+    pub header_timeout: Duration,
+    /// Longest life of one connection, response included. Default 10 s.
+    pub connection_timeout: Duration,
 }
 
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 32,
+            max_request_bytes: 8192,
+            header_timeout: Duration::from_secs(5),
+            connection_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counters of what the server refused or survived, for tests and the log.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections accepted and served.
+    pub served: AtomicU64,
+    /// Connections closed at once because `max_connections` were busy.
+    pub shed: AtomicU64,
+    /// `accept` errors (each retried after a back-off).
+    pub accept_errors: AtomicU64,
+}
+
+/// A running metrics HTTP server; stops on [`stop`](Self::stop) or drop.
+pub struct MetricsServer {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<ServerStats>,
+}
+
+/// What the request handlers see.
+struct State {
+    metrics: Metrics,
+    health: HealthFn,
+}
+
+/// A `503` for connections over the limit, written without reading the request.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\n\
+Retry-After: 1\r\nContent-Length: 29\r\n\r\ntoo many connections; retry\r\n";
+
+/// Back-off after a failed `accept`.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(1);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one log line per this period for accept errors and shed connections.
+const LOG_PERIOD: Duration = Duration::from_secs(10);
+
 impl MetricsServer {
-    /// Binds `bind` (e.g. "127.0.0.1:9464"; port 0 picks a free one) and serves on a thread.
+    /// Binds `bind` (e.g. "127.0.0.1:9464"; port 0 picks a free one) with the default limits
+    /// and serves on a thread.
     pub fn start(bind: &str, metrics: Metrics, health: HealthFn) -> Result<Self, MetricsError> {
-        let server =
-            Server::http(bind).map_err(|e| MetricsError::Bind { addr: bind.to_string(), reason: e.to_string() })?;
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| MetricsError::Bind { addr: bind.to_string(), reason: "not an IP listener".into() })?;
-        let server = Arc::new(server);
-        let stop = Arc::new(AtomicBool::new(false));
-        let (srv, stp) = (server.clone(), stop.clone());
+        Self::start_with(bind, metrics, health, ServerLimits::default())
+    }
+
+    /// [`start`](Self::start) with explicit limits.
+    pub fn start_with(
+        bind: &str,
+        metrics: Metrics,
+        health: HealthFn,
+        limits: ServerLimits,
+    ) -> Result<Self, MetricsError> {
+        let bind_err = |reason: String| MetricsError::Bind { addr: bind.to_string(), reason };
+        let listener = std::net::TcpListener::bind(bind).map_err(|e| bind_err(e.to_string()))?;
+        let addr = listener.local_addr().map_err(|e| bind_err(e.to_string()))?;
+        listener.set_nonblocking(true).map_err(|e| bind_err(e.to_string()))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(MetricsError::Thread)?;
+        let listener = {
+            let _in_rt = rt.enter();
+            tokio::net::TcpListener::from_std(listener).map_err(|e| bind_err(e.to_string()))?
+        };
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let stats = Arc::new(ServerStats::default());
+        let state = Arc::new(State { metrics, health });
+        let st = stats.clone();
         let thread = std::thread::Builder::new()
             .name("metrics-http".into())
-            .spawn(move || serve(&srv, &stp, &metrics, &health))
+            .spawn(move || {
+                rt.block_on(accept_loop(listener, state, limits, st, stop_rx));
+                // Dropping the runtime cancels the connections still open.
+            })
             .map_err(MetricsError::Thread)?;
-        Ok(MetricsServer { server, addr, stop, thread: Some(thread) })
+        Ok(MetricsServer { addr, stop: Some(stop_tx), thread: Some(thread), stats })
     }
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// What the server served, shed and survived so far.
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
     }
 
     /// Stops serving and joins the thread.
@@ -54,8 +156,9 @@ impl MetricsServer {
     }
 
     fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.server.unblock();
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -68,38 +171,125 @@ impl Drop for MetricsServer {
     }
 }
 
-fn header(k: &str, v: &str) -> Option<Header> {
-    Header::from_bytes(k.as_bytes(), v.as_bytes()).ok()
+/// Logs at most once per [`LOG_PERIOD`], counting what it held back.
+struct Throttle {
+    last: Option<Instant>,
+    held: u64,
 }
 
-fn serve(server: &Server, stop: &AtomicBool, metrics: &Metrics, health: &HealthFn) {
-    while !stop.load(Ordering::SeqCst) {
-        let req = match server.recv_timeout(Duration::from_millis(500)) {
-            Ok(Some(r)) => r,
-            Ok(None) => continue,
+impl Throttle {
+    fn hit(&mut self, f: impl FnOnce(u64)) {
+        let now = Instant::now();
+        if self.last.is_none_or(|t| now.duration_since(t) >= LOG_PERIOD) {
+            self.last = Some(now);
+            f(std::mem::take(&mut self.held));
+        } else {
+            self.held += 1;
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    limits: ServerLimits,
+    stats: Arc<ServerStats>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut err_log = Throttle { last: None, held: 0 };
+    let mut shed_log = Throttle { last: None, held: 0 };
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => return,
+            r = listener.accept() => r,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                stream
+            }
             Err(e) => {
-                log::warn!("metrics server: {e}");
+                // EMFILE and friends: the listener stays; wait for descriptors to free up.
+                stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                err_log.hit(|more| {
+                    log::warn!(
+                        "metrics server: accept failed: {e} ({more} more since the last message); retrying in \
+                         {} ms (if this is EMFILE, raise LimitNOFILE or find who holds the descriptors)",
+                        backoff.as_millis()
+                    )
+                });
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
-        let path = req.url().split('?').next().unwrap_or("").to_string();
-        let resp = match (req.method(), path.as_str()) {
-            (tiny_http::Method::Get, "/metrics") => {
-                let mut r = Response::from_string(metrics.render());
-                if let Some(h) = header("Content-Type", "text/plain; version=0.0.4; charset=utf-8") {
-                    r = r.with_header(h);
-                }
-                r
-            }
-            (tiny_http::Method::Get, "/healthz") => match health() {
-                Ok(()) => Response::from_string("ok\n"),
-                Err(reason) => Response::from_string(format!("{reason}\n")).with_status_code(503),
-            },
-            (tiny_http::Method::Get, _) => Response::from_string("not found\n").with_status_code(404),
-            _ => Response::from_string("method not allowed\n").with_status_code(405),
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Over the limit: answer without reading and close, so the descriptor is free again
+            // at once (a full socket buffer just loses the answer; the client sees a close).
+            stats.shed.fetch_add(1, Ordering::Relaxed);
+            let _ = stream.try_write(BUSY);
+            shed_log.hit(|more| {
+                log::warn!(
+                    "metrics server: {} connections busy, one refused ({more} more since the last message)",
+                    limits.max_connections
+                )
+            });
+            continue;
         };
-        if let Err(e) = req.respond(resp) {
-            log::debug!("metrics server: client went away: {e}");
-        }
+        stats.served.fetch_add(1, Ordering::Relaxed);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_connection(stream, state, limits).await;
+        });
     }
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, state: Arc<State>, limits: ServerLimits) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_request_bytes.max(8192))
+        .keep_alive(false);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(&state, req.method(), req.uri().path())) }
+    });
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(limits.connection_timeout, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::debug!("metrics server: connection ended: {e}"),
+        Err(_) => log::debug!("metrics server: connection closed after {:?}", limits.connection_timeout),
+    }
+}
+
+/// The routes. `GET` and `HEAD` only (hyper drops the body of a `HEAD` answer).
+fn route(state: &State, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    if method != Method::GET && method != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
+    }
+    match path {
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, state.metrics.render());
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            r
+        }
+        "/healthz" => match (state.health)() {
+            Ok(()) => text(StatusCode::OK, "ok\n".into()),
+            Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
 }

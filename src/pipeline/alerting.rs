@@ -80,24 +80,18 @@ impl AlertStage {
             heartbeat.beat();
             crossbeam_channel::select! {
                 recv(scored) -> m => match m {
-                    Ok(s) => {
-                        summary.frame(&s);
-                        let Some(slot) = slots.get_mut(&s.stream) else { continue };
-                        let evs = slot.tracker.push(&s);
-                        for ev in &evs {
-                            if matches!(ev, Event::AlertStart { .. }) {
-                                env.metrics.stream(&s.stream).alerts_raised.inc();
-                            }
-                            summary.event(&s, ev);
-                            fanout.send(ev);
-                        }
-                        apply_pending(slot, &model);
-                    }
+                    Ok(s) => on_scored(s, &mut slots, &mut summary, &fanout, &env, &model),
                     // Inference finished (stop, every stream ended, or it failed).
                     Err(_) => break,
                 },
                 recv(stream_events) -> m => match m {
                     Ok(e) => {
+                        // Verdicts already delivered go first: `select!` picks among ready
+                        // channels at random, and capture sends a `stream_down` only after
+                        // its queued frames were handed on (see `capture`).
+                        while let Ok(s) = scored.try_recv() {
+                            on_scored(s, &mut slots, &mut summary, &fanout, &env, &model);
+                        }
                         if let Some(slot) = slots.get_mut(&e.stream) {
                             handle_stream_event(slot, e, &fanout);
                             apply_pending(slot, &model);
@@ -162,6 +156,28 @@ impl AlertStage {
             Ok(())
         }
     }
+}
+
+/// One verdict: the summary, the stream's tracker, its events out.
+fn on_scored(
+    s: Scored,
+    slots: &mut BTreeMap<String, Slot>,
+    summary: &mut Summary,
+    fanout: &Fanout,
+    env: &Env,
+    model: &ModelRef,
+) {
+    summary.frame(&s, env.now());
+    let Some(slot) = slots.get_mut(&s.stream) else { return };
+    let evs = slot.tracker.push(&s);
+    for ev in &evs {
+        if matches!(ev, Event::AlertStart { .. }) {
+            env.metrics.stream(&s.stream).alerts_raised.inc();
+        }
+        summary.event(&s, ev);
+        fanout.send(ev);
+    }
+    apply_pending(slot, model);
 }
 
 fn handle_stream_event(slot: &mut Slot, e: StreamEvent, fanout: &Fanout) {

@@ -25,6 +25,11 @@ pub struct Queued {
 /// How often a blocked `block`-policy push checks for shutdown.
 const PUSH_POLL: Duration = Duration::from_millis(100);
 
+/// Longest wait for queued frames to clear inference before a `stream_down` is sent anyway.
+const DOWN_WAIT_MAX: Duration = Duration::from_secs(10);
+/// How often that wait looks.
+const DOWN_WAIT_POLL: Duration = Duration::from_millis(2);
+
 /// One stream's capture thread.
 pub(crate) struct Capture {
     pub env: Env,
@@ -38,6 +43,9 @@ pub(crate) struct Capture {
     pub rx: Receiver<Queued>,
     pub events: Sender<StreamEvent>,
     pub heartbeat: Arc<Heartbeat>,
+    /// Inference's heartbeat: a `stream_down` waits until the frames queued before it have
+    /// gone through inference (see [`Capture::wait_for_queued_frames`]).
+    pub inference: Arc<Heartbeat>,
 }
 
 #[derive(PartialEq)]
@@ -78,9 +86,9 @@ impl Capture {
                         },
                     };
                     if link != Link::Up {
-                        if link == Link::Down {
-                            self.send_event(StreamEventKind::Up);
-                        }
+                        // Also at the first frame: consumers see `stream_up` when a stream
+                        // starts, not only when it comes back.
+                        self.send_event(StreamEventKind::Up, self.env.now());
                         link = Link::Up;
                         m.up.set(1);
                     }
@@ -107,7 +115,9 @@ impl Capture {
                     if link != Link::Down {
                         log::warn!("stream {}: down: {reason}", self.spec_name);
                         link = Link::Down;
-                        self.send_event(StreamEventKind::Down(reason));
+                        let time = self.env.now();
+                        self.wait_for_queued_frames();
+                        self.send_event(StreamEventKind::Down(reason), time);
                     }
                 }
                 SourceEvent::Up => {
@@ -115,7 +125,7 @@ impl Capture {
                     if link != Link::Up {
                         log::info!("stream {}: up", self.spec_name);
                         link = Link::Up;
-                        self.send_event(StreamEventKind::Up);
+                        self.send_event(StreamEventKind::Up, self.env.now());
                     }
                 }
                 SourceEvent::End => {
@@ -131,8 +141,37 @@ impl Capture {
         }
     }
 
-    fn send_event(&self, kind: StreamEventKind) {
-        let ev = StreamEvent { stream: self.spec_name.clone(), time: self.env.now(), kind };
+    /// Waits until every frame this thread queued has been through inference (scored and
+    /// handed to the alert stage, or dropped there), so that the `stream_down` sent next
+    /// cannot overtake their verdicts and alerts (the alert stage drains scored frames before
+    /// each stream event). Nothing is queued meanwhile: this thread is the only producer.
+    ///
+    /// Inference beats its heartbeat at the top of its loop, after handing the previous batch
+    /// on; so once the queue is empty, one more beat means any batch holding our frames has
+    /// been delivered. Bounded by [`DOWN_WAIT_MAX`] and by shutdown, so a stuck inference
+    /// only delays the event.
+    fn wait_for_queued_frames(&self) {
+        let give_up = Instant::now() + DOWN_WAIT_MAX;
+        let over = || self.shared.stopping() || self.inference.is_done() || Instant::now() >= give_up;
+        while !self.rx.is_empty() {
+            if over() {
+                return;
+            }
+            self.heartbeat.beat();
+            std::thread::sleep(DOWN_WAIT_POLL);
+        }
+        let mark = self.inference.beats();
+        while self.inference.beats() == mark {
+            if over() {
+                return;
+            }
+            self.heartbeat.beat();
+            std::thread::sleep(DOWN_WAIT_POLL);
+        }
+    }
+
+    fn send_event(&self, kind: StreamEventKind, time: std::time::SystemTime) {
+        let ev = StreamEvent { stream: self.spec_name.clone(), time, kind };
         // Never block capture on the alert stage: a full event queue loses a transition,
         // which the next one corrects.
         if self.events.try_send(ev).is_err() {

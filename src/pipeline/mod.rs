@@ -123,6 +123,9 @@ pub struct Heartbeat {
     /// not a fault; their heartbeats are reported but not part of health.
     essential: bool,
     done: AtomicBool,
+    /// Beats so far: "has the stage gone round its loop since I looked" (capture waits on
+    /// inference's before a `stream_down`, see `capture`).
+    beats: AtomicU64,
 }
 
 impl Heartbeat {
@@ -132,12 +135,19 @@ impl Heartbeat {
             last_ms: AtomicU64::new(monotonic_ms()),
             essential,
             done: AtomicBool::new(false),
+            beats: AtomicU64::new(0),
         })
     }
 
     /// Records that the stage is alive.
     pub fn beat(&self) {
         self.last_ms.store(monotonic_ms(), Ordering::Relaxed);
+        self.beats.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many times the stage has beaten.
+    pub fn beats(&self) -> u64 {
+        self.beats.load(Ordering::SeqCst)
     }
 
     /// The stage's name.
@@ -295,6 +305,7 @@ impl Pipeline {
         let mut heartbeats = Vec::new();
         let mut threads = Vec::new();
         let mut queues = Vec::new();
+        let inference_hb = Heartbeat::new("inference", true);
 
         for s in streams {
             let (tx, rx) = bounded(s.queue.size.max(1));
@@ -312,12 +323,13 @@ impl Pipeline {
                 rx,
                 events: stream_tx.clone(),
                 heartbeat: hb.clone(),
+                inference: inference_hb.clone(),
             };
             threads.push(spawn_stage(format!("capture:{}", s.name), hb, exit_tx.clone(), move || ctx.run())?);
         }
         drop(stream_tx);
 
-        let hb = Heartbeat::new("inference", true);
+        let hb = inference_hb;
         heartbeats.push(hb.clone());
         let inf = infer::Inference {
             env: env.clone(),

@@ -1,6 +1,8 @@
-//! Per-window statistics of a run: consecutive frames with the same tag (a replay schedule's
-//! windows, `clean` / `haze:3`) form a window; each alert is attributed to a window, which
-//! gives detection delays for corrupted windows and false alarms for clean ones.
+//! Per-window statistics of a run: consecutive frames with the same schedule tag (a replay
+//! schedule's windows, `clean` / `haze:3`) form a window; each alert is attributed to a
+//! window, which gives detection delays for corrupted windows and false alarms for clean ones.
+//! Other tags (a directory's file names) say nothing about corruption: such frames, like
+//! untagged ones, form `-` windows that are neither clean nor corrupted.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -10,7 +12,7 @@ use crate::alert::{Event, Scored};
 /// One run of consecutive scored frames with the same tag.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WindowStats {
-    /// The tag (`clean`, `haze:3`, a file name, or `-` for untagged frames).
+    /// The tag (`clean`, `haze:3`, or `-` for frames without a schedule tag).
     pub tag: String,
     /// Sequence number of the first frame.
     pub first_seq: u64,
@@ -29,9 +31,15 @@ pub struct WindowStats {
 }
 
 impl WindowStats {
-    /// Whether the tag is a clean one (`clean` from replay; untagged frames count as clean).
+    /// Whether the window is a schedule's clean one (alerts in it are false alarms).
     pub fn is_clean(&self) -> bool {
-        self.tag == "clean" || self.tag == "-"
+        self.tag == "clean"
+    }
+
+    /// Whether the window comes from a schedule (`clean` or a corruption), i.e. whether its
+    /// alerts can be judged at all.
+    pub fn is_scheduled(&self) -> bool {
+        self.tag != "-"
     }
 
     /// Frames from the window's first frame to the first alert's raising frame, inclusive, and
@@ -49,6 +57,12 @@ pub struct StreamSummary {
     pub windows: Vec<WindowStats>,
     /// Alerts raised.
     pub alerts: u64,
+    /// Frames scored (all of them, also past the window limit).
+    pub frames: u64,
+    /// Capture time of the first scored frame.
+    pub first_capture: Option<SystemTime>,
+    /// When the last verdict was made (pipeline clock).
+    pub last_verdict: Option<SystemTime>,
 }
 
 impl StreamSummary {
@@ -57,12 +71,20 @@ impl StreamSummary {
         self.windows.iter().filter(|w| w.is_clean()).map(|w| w.alerts.len()).sum()
     }
 
-    /// Time from the first to the last scored frame.
+    /// Time from the first scored frame's capture to the last verdict: the time the stream's
+    /// frames took to go through, so `frames / span` is a rate the pipeline really achieved
+    /// (capture times alone can lie close together when a fast source fills its queue).
     pub fn span(&self) -> Duration {
-        match (self.windows.first(), self.windows.last()) {
-            (Some(a), Some(b)) => b.last_time.duration_since(a.first_time).unwrap_or_default(),
+        match (self.first_capture, self.last_verdict) {
+            (Some(a), Some(b)) => b.duration_since(a).unwrap_or_default(),
             _ => Duration::ZERO,
         }
+    }
+
+    /// Scored frames a second over [`span`](Self::span); `None` when the span is empty.
+    pub fn fps(&self) -> Option<f64> {
+        let s = self.span().as_secs_f64();
+        (s > 0.0 && self.frames > 0).then(|| self.frames as f64 / s)
     }
 }
 
@@ -73,15 +95,30 @@ pub struct Summary {
     pub streams: BTreeMap<String, StreamSummary>,
 }
 
+/// Whether `tag` is a replay schedule's (`clean`, `<corruption>:<level>`), not e.g. a file name.
+fn is_schedule_tag(tag: &str) -> bool {
+    if tag == "clean" {
+        return true;
+    }
+    let Some((kind, level)) = tag.split_once(':') else { return false };
+    kind.parse::<crate::corrupt::Corruption>().is_ok() && matches!(level, "1" | "2" | "3" | "4" | "5")
+}
+
 /// Windows are only tracked up to this many per stream: a live camera with changing tags
 /// (a directory's file names) must not grow memory without bound.
 const MAX_WINDOWS: usize = 10_000;
 
 impl Summary {
-    /// Records a scored frame.
-    pub fn frame(&mut self, s: &Scored) {
+    /// Records a scored frame, whose verdict was made at `verdict`.
+    pub fn frame(&mut self, s: &Scored, verdict: SystemTime) {
         let st = self.streams.entry(s.stream.clone()).or_default();
-        let tag = s.tag.as_deref().unwrap_or("-");
+        st.frames += 1;
+        st.first_capture.get_or_insert(s.time);
+        st.last_verdict = Some(verdict.max(s.time));
+        let tag = match s.tag.as_deref() {
+            Some(t) if is_schedule_tag(t) => t,
+            _ => "-",
+        };
         let over = u64::from(s.is_over());
         match st.windows.last_mut() {
             Some(w) if w.tag == tag => {
@@ -158,7 +195,7 @@ mod tests {
         for seq in 0..30u64 {
             let (tag, score) = if (10..20).contains(&seq) { ("noise:5", 5.0) } else { ("clean", 0.0) };
             let s = frame(seq, tag, score);
-            sum.frame(&s);
+            sum.frame(&s, s.time + Duration::from_millis(50));
             for ev in t.push(&s) {
                 sum.event(&s, &ev);
             }
@@ -171,6 +208,27 @@ mod tests {
         assert_eq!(st.windows[1].detection_delay(), Some((3, Duration::from_millis(200))));
         assert_eq!(st.false_alarms(), 0);
         assert_eq!(st.alerts, 1);
-        assert_eq!(st.span(), Duration::from_millis(2900));
+        // First capture (0 ms) to the last verdict (2900 + 50 ms).
+        assert_eq!(st.span(), Duration::from_millis(2950));
+        assert_eq!(st.frames, 30);
+    }
+
+    #[test]
+    fn file_names_are_not_windows_and_fps_is_real() {
+        // A directory's frames: tags are file names, captured 1 ms apart into a queue but
+        // scored 100 ms apart. Regression: each name was a "corrupted" window (MISSED), and
+        // the rate came from capture times (1000 fps instead of 10).
+        let mut sum = Summary::default();
+        for seq in 0..5u64 {
+            let mut s = frame(seq, &format!("{seq:03}.png"), 0.0);
+            s.time = SystemTime::UNIX_EPOCH + Duration::from_millis(seq);
+            sum.frame(&s, SystemTime::UNIX_EPOCH + Duration::from_millis(100 * (seq + 1)));
+        }
+        let st = &sum.streams["s"];
+        assert_eq!(st.windows.len(), 1);
+        assert_eq!(st.windows[0].tag, "-");
+        assert!(!st.windows[0].is_scheduled() && !st.windows[0].is_clean());
+        assert_eq!(st.fps(), Some(10.0));
+        assert!(is_schedule_tag("haze:3") && is_schedule_tag("clean") && !is_schedule_tag("a:b.png"));
     }
 }

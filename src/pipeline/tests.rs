@@ -184,7 +184,9 @@ fn replay_alert_in_the_corrupted_window_only() {
     let summary = r.pipeline.finish(Instant::now() + Duration::from_secs(5)).unwrap();
     let ev = r.events.lock().unwrap().clone();
     let kinds: Vec<&str> = ev.iter().map(Event::kind).collect();
-    assert_eq!(kinds, ["alert_start", "alert_end"], "{ev:?}");
+    // The stream says it is up at its first frame.
+    assert_eq!(kinds, ["stream_up", "alert_start", "alert_end"], "{ev:?}");
+    let ev = &ev[1..];
     // Frames 0..12 clean, 12..22 noise (bad frames take no seq), 22..34 clean.
     let a = ev[0].alert().unwrap();
     assert_eq!((a.first_seq, a.last_seq), (12, 14)); // raised at the 3rd bright frame
@@ -247,7 +249,7 @@ fn stream_down_up_transitions_and_roi() {
     let r = start_with(plan, false, None, DropPolicy::Block, Duration::ZERO, roi);
     wait_for_alert_stage(&r.pipeline);
     let kinds: Vec<&str> = r.events.lock().unwrap().iter().map(Event::kind).collect();
-    assert_eq!(kinds, ["stream_down", "stream_up"]);
+    assert_eq!(kinds, ["stream_up", "stream_down", "stream_up"]);
     assert_eq!(r.metrics.stream("s").frames_scored.get(), 5);
     assert_eq!(r.metrics.stream("s").frames_bad.get(), 0);
     // A ROI outside the frame: every frame is bad, none scored, no crash.
@@ -294,6 +296,11 @@ fn streams_share_batches_and_keep_their_own_alerts() {
     assert_eq!(metrics.batch_size().sum() as u64, 60);
     assert!(metrics.batch_size().count() <= 60);
     let ev = events.lock().unwrap().clone();
+    // Each stream's first event is its stream_up.
+    for name in ["a", "b"] {
+        assert_eq!(ev.iter().find(|e| e.stream() == name).map(Event::kind), Some("stream_up"), "{ev:?}");
+    }
+    let ev: Vec<Event> = ev.into_iter().filter(|e| e.kind() != "stream_up").collect();
     // Stream b's alert is open at its end: closed with reason shutdown; a has none.
     assert!(ev.iter().all(|e| e.stream() == "b"), "{ev:?}");
     assert_eq!(ev.iter().map(Event::kind).collect::<Vec<_>>(), ["alert_start", "alert_end"]);

@@ -19,7 +19,7 @@ pub mod notify;
 pub mod report;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, tick, Receiver};
@@ -27,7 +27,7 @@ use crossbeam_channel::{bounded, tick, Receiver};
 use crate::config::{Config, ConfigError};
 use crate::detector::{CalibError, Calibration};
 use crate::grad::{CompileOptions, Loss};
-use crate::metrics::{Metrics, MetricsServer};
+use crate::metrics::{HealthFn, Metrics, MetricsServer};
 use crate::model::{LoadedModel, ModelError};
 use crate::pipeline::{AlertControl, Env, GradClassifier, Heartbeat, Pipeline, PipelineError, Scoring, StreamSpec};
 use crate::runtime::{GradSession, Provider, RuntimeError};
@@ -80,6 +80,10 @@ pub enum ServiceError {
     /// The calibration names a loss this build does not know.
     #[error("calibration: {0}")]
     Loss(String),
+    /// A file or directory the config names cannot be used as `run` would use it (found by
+    /// `check-config`); the message names the path and the fix.
+    #[error("{0}")]
+    Unusable(String),
 }
 
 impl ServiceError {
@@ -92,7 +96,8 @@ impl ServiceError {
             | ServiceError::Source { .. }
             | ServiceError::Sink(_)
             | ServiceError::Metrics(_)
-            | ServiceError::Loss(_) => EXIT_CONFIG,
+            | ServiceError::Loss(_)
+            | ServiceError::Unusable(_) => EXIT_CONFIG,
             ServiceError::Runtime(_) | ServiceError::Pipeline(_) | ServiceError::Signals(_) => EXIT_FAILURE,
         }
     }
@@ -116,13 +121,101 @@ pub fn load_model(config: &Config) -> Result<ModelAndCalibration, ServiceError> 
     Ok(ModelAndCalibration { model, calibration })
 }
 
-/// `gradwatch check-config`: loads and validates the config, loads the model and calibration
-/// and checks they match. Returns the one-line verdict.
+/// `gradwatch check-config`: everything `run` checks or opens before its pipeline starts,
+/// without starting inference or touching cameras: the config, the metrics address (bound
+/// and released), every enabled stream built as `run` builds it (paths exist and are
+/// readable, directories listed, replays loaded; FIFOs are not opened, which would disturb a
+/// waiting writer), file sinks' directories writable, MQTT TLS files readable, the model and
+/// calibration (matching, threshold finite), ONNX Runtime loadable and a required provider
+/// available. Returns the one-line verdict.
 pub fn check_config(path: &Path) -> Result<String, ServiceError> {
     let config = Config::load(path)?;
-    let _ = load_model(&config)?;
+    if config.metrics.enabled {
+        // Bind and release: SO_REUSEADDR (std's default on Unix) lets `run` bind it right after.
+        std::net::TcpListener::bind(&config.metrics.bind).map_err(|e| crate::metrics::MetricsError::Bind {
+            addr: config.metrics.bind.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    let clock: Arc<dyn crate::source::Clock> = Arc::new(crate::source::RealClock);
+    for s in config.enabled_streams() {
+        s.build(clock.clone()).map_err(|e| ServiceError::Source { stream: s.name.clone(), source: e })?;
+    }
+    for sink in &config.sink {
+        check_sink_paths(sink)?;
+    }
+    let loaded = load_model(&config)?;
+    drop(loaded);
+    crate::runtime::init(config.runtime.library.as_deref())?;
+    check_required_provider(&config.runtime)?;
     let streams = config.enabled_streams().count();
     Ok(format!("ok: {streams} streams, {} sinks", config.sink.len()))
+}
+
+/// With `require = true`, the first provider must be available, as session creation in `run`
+/// demands (ONNX Runtime must be initialised).
+fn check_required_provider(opts: &crate::runtime::RuntimeOptions) -> Result<(), ServiceError> {
+    use ort::ep::{self, ExecutionProvider};
+    let Some(first) = opts.providers.first().filter(|_| opts.require) else { return Ok(()) };
+    let available = match first {
+        Provider::Cpu => true,
+        Provider::Cuda => ep::CUDA::is_available().unwrap_or(false),
+        Provider::Tensorrt => ep::TensorRT::is_available().unwrap_or(false),
+    };
+    if available {
+        Ok(())
+    } else {
+        Err(RuntimeError::ProviderMissing(first.name().into()).into())
+    }
+}
+
+/// What `sink::build_all` would fail on, without creating files or connecting.
+fn check_sink_paths(sink: &crate::sink::SinkConfig) -> Result<(), ServiceError> {
+    use crate::sink::SinkConfig;
+    match sink {
+        SinkConfig::Stdout(_) => Ok(()),
+        SinkConfig::File(c) => {
+            if c.path.is_dir() {
+                return Err(ServiceError::Unusable(format!(
+                    "[[sink]] file: {} is a directory; set `path` to a file in it",
+                    c.path.display()
+                )));
+            }
+            if c.path.exists() {
+                return crate::source::blocking::may_access(&c.path, libc::W_OK).map_err(|e| {
+                    ServiceError::Unusable(format!(
+                        "[[sink]] file: cannot write {}: {e}; fix its permissions or `path`",
+                        c.path.display()
+                    ))
+                });
+            }
+            let dir = match c.path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            if !dir.is_dir() {
+                return Err(ServiceError::Unusable(format!(
+                    "[[sink]] file: directory {} does not exist; create it or fix `path`",
+                    dir.display()
+                )));
+            }
+            crate::source::blocking::may_access(dir, libc::W_OK | libc::X_OK).map_err(|e| {
+                ServiceError::Unusable(format!(
+                    "[[sink]] file: cannot create files in {}: {e}; fix its permissions or `path`",
+                    dir.display()
+                ))
+            })
+        }
+        SinkConfig::Mqtt(c) => {
+            let Some(tls) = &c.tls else { return Ok(()) };
+            for f in std::iter::once(&tls.ca_file).chain(tls.client_cert.iter()).chain(tls.client_key.iter()) {
+                crate::source::blocking::may_access(f, libc::R_OK).map_err(|e| {
+                    ServiceError::Unusable(format!("[[sink]] mqtt tls: cannot read {}: {e}; fix the path", f.display()))
+                })?;
+            }
+            Ok(())
+        }
+    }
 }
 
 fn scoring_of(config: &Config, calibration: Calibration) -> Scoring {
@@ -173,6 +266,23 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
     // Signals first, so a SIGTERM during the (long) model load is not fatal-by-default.
     let (signals, signal_handle) = install_signals()?;
     let config = Config::load(config_path)?;
+    // The endpoint is bound first: a taken address fails the start (exit 2) at once, not after
+    // the model load and with the pipeline already running. Until the pipeline runs,
+    // /healthz answers 503 "starting".
+    let metrics = Metrics::new();
+    let health_slot: Arc<OnceLock<HealthFn>> = Arc::new(OnceLock::new());
+    let _server = if config.metrics.enabled {
+        let slot = health_slot.clone();
+        let health: HealthFn = Arc::new(move || match slot.get() {
+            Some(f) => f(),
+            None => Err("starting: loading the model, the pipeline is not running yet".into()),
+        });
+        let s = MetricsServer::start(&config.metrics.bind, metrics.clone(), health)?;
+        log::info!("metrics on http://{}/metrics", s.local_addr());
+        Some(s)
+    } else {
+        None
+    };
     let t_load = Instant::now();
     let loaded = load_model(&config)?;
     log::info!(
@@ -185,7 +295,6 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
         loaded.calibration.threshold,
     );
 
-    let metrics = Metrics::new();
     let env = Env::real(metrics.clone());
     let mut streams = Vec::new();
     for s in config.enabled_streams() {
@@ -210,15 +319,12 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
 
     let pipeline = Pipeline::start(&env, &config.pipeline, &config.alert, streams, classifier, scoring, sinks)?;
     let hb_timeout = Duration::from_secs(config.pipeline.heartbeat_timeout_s);
-    let _server = if config.metrics.enabled {
+    {
         let hbs: Vec<Arc<Heartbeat>> = pipeline.heartbeats().to_vec();
-        let health = Arc::new(move || crate::pipeline::health_of(&hbs, hb_timeout));
-        let s = MetricsServer::start(&config.metrics.bind, metrics.clone(), health)?;
-        log::info!("metrics on http://{}/metrics", s.local_addr());
-        Some(s)
-    } else {
-        None
-    };
+        let shared = pipeline.shared().clone();
+        let (m, names) = (metrics.clone(), stream_names.clone());
+        let _ = health_slot.set(Arc::new(move || endpoint_health(&hbs, &shared, &m, &names, hb_timeout)));
+    }
 
     let mut sup = Supervisor {
         config,
@@ -232,6 +338,29 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
     let code = sup.supervise(pipeline, &signals);
     signal_handle.close();
     Ok(code)
+}
+
+/// `/healthz`: the stages' heartbeats (as for the watchdog), then every stream that has not
+/// ended must be up. A stream that is down (unplugged camera, FIFO without writer, a writer
+/// silent for `timeout_s`) or has not delivered its first frame makes the endpoint unhealthy;
+/// it does not starve the systemd watchdog, since a restart revives neither a camera nor a
+/// writer and would stop the other streams.
+fn endpoint_health(
+    hbs: &[Arc<Heartbeat>],
+    shared: &crate::pipeline::Shared,
+    metrics: &Metrics,
+    names: &[String],
+    timeout: Duration,
+) -> crate::metrics::Health {
+    crate::pipeline::health_of(hbs, timeout)?;
+    let ended = |n: &str| shared.ended.get(n).is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed));
+    let down: Vec<&str> =
+        names.iter().map(String::as_str).filter(|n| !ended(n) && metrics.stream(n).up.get() == 0).collect();
+    if down.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("stream(s) down or not started: {} (the log says why)", down.join(", ")))
+    }
 }
 
 struct Supervisor {

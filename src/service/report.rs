@@ -16,11 +16,10 @@ pub fn format_summary(summary: &Summary, metrics: &Metrics, streams: &[String], 
     for name in streams {
         let m = metrics.stream(name);
         let st = summary.streams.get(name).cloned().unwrap_or_default();
-        // Frame rate over the stream's own span (first to last captured frame), so start-up
+        // Frame rate over the stream's own span (first capture to last verdict), so start-up
         // (model compile, session creation) does not dilute it; the whole run as a fallback.
         let scored = m.frames_scored.get();
-        let span = st.span().as_secs_f64();
-        let fps = if span > 0.0 && scored > 1 { (scored - 1) as f64 / span } else { scored as f64 / secs };
+        let fps = st.fps().unwrap_or(scored as f64 / secs);
         let _ = writeln!(
             out,
             "stream {name}: {} captured, {scored} scored, {} dropped, {} bad, {fps:.1} fps; {} alert(s), {} false alarm(s) in clean windows",
@@ -52,6 +51,7 @@ pub fn format_summary(summary: &Summary, metrics: &Metrics, streams: &[String], 
             let span = w.last_time.duration_since(w.first_time).unwrap_or_default().as_secs_f64();
             let pct = if w.frames > 0 { 100.0 * w.over as f64 / w.frames as f64 } else { 0.0 };
             let verdict = match (w.is_clean(), w.detection_delay()) {
+                _ if !w.is_scheduled() => format!("{} alert(s) (no schedule to judge them by)", w.alerts.len()),
                 (true, None) => "no alert".to_string(),
                 (true, Some(_)) => format!("{} FALSE ALARM(S)", w.alerts.len()),
                 (false, Some((frames, d))) => {

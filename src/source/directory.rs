@@ -7,6 +7,7 @@
 //! path = "frames/"     # required
 //! fps = 2.0            # default 0 = as fast as possible (then use queue.policy = "block")
 //! loop = false         # default false: End after the last file
+//! timeout_s = 5.0      # a file that takes longer to read = down; default 5.0
 //! ```
 //!
 //! The directory is listed once, when the source is built, by the same rule as
@@ -15,12 +16,17 @@
 //! by file name byte-wise (so number frames with zero padding: `0001.png`). The format is
 //! detected from the content; a file that does not decode is a [`SourceEvent::BadFrame`]
 //! naming it, and the stream goes on. Each frame's tag is its file name.
+//! Files are read on a helper thread: one that takes longer than `timeout_s` (a stalled
+//! network mount) makes the stream [`SourceEvent::Down`] until it arrives.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::frame::RgbImage;
+
+use super::blocking::{check_timeout, Blocking, Wait};
 use super::clock::{Clock, Pacer};
 use super::{check_fps, Source, SourceError, SourceEvent};
 use crate::data::{self, DataError};
@@ -37,6 +43,13 @@ pub struct DirectoryConfig {
     /// Start again from the first file after the last. Default false.
     #[serde(default, rename = "loop")]
     pub looping: bool,
+    /// Seconds a file may take to read and decode before the stream counts as down. Default 5.0.
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: f64,
+}
+
+fn default_timeout_s() -> f64 {
+    5.0
 }
 
 impl DirectoryConfig {
@@ -45,6 +58,7 @@ impl DirectoryConfig {
         if self.path.as_os_str().is_empty() {
             return Err(SourceError::Config("`path` is empty".into()));
         }
+        check_timeout(self.timeout_s)?;
         check_fps(self.fps)
     }
 }
@@ -67,6 +81,10 @@ pub struct DirectorySource {
     next: usize,
     looping: bool,
     ended: bool,
+    /// A file read was started and not answered yet (the pacer already waited for it).
+    reading: bool,
+    timeout: std::time::Duration,
+    worker: Blocking<(), Result<RgbImage, String>>,
     pacer: Pacer,
     clock: Arc<dyn Clock>,
 }
@@ -80,6 +98,9 @@ impl DirectorySource {
             next: 0,
             looping: config.looping,
             ended: false,
+            reading: false,
+            timeout: check_timeout(config.timeout_s)?,
+            worker: Blocking::new("directory", ()),
             pacer: Pacer::new(config.fps),
             clock,
         })
@@ -98,13 +119,32 @@ impl Source for DirectorySource {
             }
             self.next = 0;
         }
-        self.pacer.wait(self.clock.as_ref());
-        let path = &self.files[self.next];
+        if !self.reading {
+            self.pacer.wait(self.clock.as_ref());
+            self.reading = true;
+        }
+        let path = self.files[self.next].clone();
+        let p = path.clone();
+        let loaded =
+            match self.worker.run(move |_: &mut ()| data::load_image(&p).map_err(|e| e.to_string()), self.timeout) {
+                Wait::Done(r) => r,
+                Wait::TimedOut => {
+                    return SourceEvent::Down {
+                        reason: format!(
+                            "{}: not read after {:.1} s (`timeout_s`); still waiting",
+                            path.display(),
+                            self.timeout.as_secs_f64()
+                        ),
+                    }
+                }
+                Wait::Failed(why) => Err(why),
+            };
+        self.reading = false;
         self.next += 1;
-        match data::load_image(path) {
-            Ok(image) => SourceEvent::Frame { image, tag: Some(data::file_name(path)) },
+        match loaded {
+            Ok(image) => SourceEvent::Frame { image, tag: Some(data::file_name(&path)) },
             // The error names the file.
-            Err(e) => SourceEvent::BadFrame { reason: e.to_string() },
+            Err(e) => SourceEvent::BadFrame { reason: e },
         }
     }
 }

@@ -29,6 +29,7 @@
 //! combined with `deny_unknown_fields`, so [`StreamConfig`] deserializes by hand: it splits the
 //! common keys off and hands the rest to the internally tagged [`SourceConfig`], both strict.
 
+pub(crate) mod blocking;
 pub mod clock;
 pub mod convert;
 pub mod directory;

@@ -22,18 +22,18 @@ use serde_json::Value;
 const FIXTURE: &str = "tests/fixtures/daemon/frames-48x32x32.npy";
 
 /// A model + calibration written once per test process into a temp dir.
-struct Assets {
+pub(crate) struct Assets {
     _dir: tempfile::TempDir,
-    model: PathBuf,
-    calibration: PathBuf,
-    frames: PathBuf,
+    pub(crate) model: PathBuf,
+    pub(crate) calibration: PathBuf,
+    pub(crate) frames: PathBuf,
 }
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE)
 }
 
-fn images() -> Vec<RgbImage> {
+pub(crate) fn images() -> Vec<RgbImage> {
     gradwatch::data::load_npy_images(&fixture()).expect("fixture")
 }
 
@@ -61,7 +61,7 @@ fn tiny_cnn() -> gradwatch::onnx::ModelProto {
     n.model(&[3, 32, 32], &out)
 }
 
-fn assets() -> &'static Assets {
+pub(crate) fn assets() -> &'static Assets {
     static A: OnceLock<Assets> = OnceLock::new();
     A.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
@@ -106,13 +106,13 @@ fn assets() -> &'static Assets {
     })
 }
 
-fn bin() -> &'static str {
+pub(crate) fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_gradwatch")
 }
 
 /// The common head of a test config: model, calibration, one-thread CPU runtime, no metrics
 /// endpoint, a quick debounce policy.
-fn head(extra_alert: &str) -> String {
+pub(crate) fn head(extra_alert: &str) -> String {
     let a = assets();
     format!(
         r#"[model]
@@ -143,23 +143,30 @@ update_interval_ms = 0
     )
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
 }
 
 /// A running daemon whose stdout and stderr are collected.
-struct Daemon {
-    child: Child,
-    out: Arc<Mutex<String>>,
-    err: Arc<Mutex<String>>,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) out: Arc<Mutex<String>>,
+    pub(crate) err: Arc<Mutex<String>>,
 }
 
 impl Daemon {
-    fn start(args: &[&str]) -> Daemon {
-        let mut child = Command::new(bin())
-            .args(args)
+    pub(crate) fn start(args: &[&str]) -> Daemon {
+        let mut cmd = Command::new(bin());
+        cmd.args(args);
+        Daemon::spawn(cmd)
+    }
+
+    /// Starts `cmd` (the binary and its arguments, perhaps with a `pre_exec`) the way
+    /// [`Daemon::start`] does.
+    pub(crate) fn spawn(mut cmd: Command) -> Daemon {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
@@ -184,31 +191,31 @@ impl Daemon {
         Daemon { child, out, err }
     }
 
-    fn run(args: &[&str]) -> (i32, String, String) {
+    pub(crate) fn run(args: &[&str]) -> (i32, String, String) {
         let mut d = Daemon::start(args);
         let code = d.wait(Duration::from_secs(60));
         (code, d.stdout(), d.stderr())
     }
 
-    fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         self.out.lock().unwrap().clone()
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.err.lock().unwrap().clone()
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
         assert!(ok.success(), "kill -{sig}");
     }
 
-    fn running(&mut self) -> bool {
+    pub(crate) fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
 
     /// Waits for the exit code (killing the daemon after `limit`).
-    fn wait(&mut self, limit: Duration) -> i32 {
+    pub(crate) fn wait(&mut self, limit: Duration) -> i32 {
         let t0 = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -225,7 +232,7 @@ impl Daemon {
     }
 
     /// Waits until `cond` holds (panics after `limit`).
-    fn wait_for(&mut self, what: &str, limit: Duration, mut cond: impl FnMut(&Daemon) -> bool) {
+    pub(crate) fn wait_for(&mut self, what: &str, limit: Duration, mut cond: impl FnMut(&Daemon) -> bool) {
         let t0 = Instant::now();
         while !cond(self) {
             if t0.elapsed() > limit || !self.running() {
@@ -244,11 +251,11 @@ impl Drop for Daemon {
     }
 }
 
-fn events(text: &str) -> Vec<Value> {
+pub(crate) fn events(text: &str) -> Vec<Value> {
     text.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-fn kind(e: &Value) -> &str {
+pub(crate) fn kind(e: &Value) -> &str {
     e["event"].as_str().unwrap()
 }
 
@@ -280,6 +287,8 @@ schedule = [
     let starts: Vec<&Value> = ev.iter().filter(|e| kind(e) == "alert_start").collect();
     let ends: Vec<&Value> = ev.iter().filter(|e| kind(e) == "alert_end").collect();
     assert_eq!(starts.len(), 1, "events:\n{out}\nstderr:\n{err}");
+    // The stream's first event says it is up (as in docs/alerts.md).
+    assert_eq!(kind(&ev[0]), "stream_up", "{out}");
     assert_eq!(ends.len(), 1, "{out}");
     let s = starts[0];
     // Raised by a frame of the noisy window (seq 40..80), about the noisy frames.
@@ -319,6 +328,16 @@ fn directory_source_skips_non_images() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("10 captured, 10 scored, 0 dropped, 1 bad"), "{err}");
     assert!(err.contains("005-notes.png"), "the bad file is named in the log:\n{err}");
+    // File names are not corruption windows (they were listed as 10 MISSED windows), and the
+    // rate is one the pipeline achieved (it was computed from capture times: 20,000+ fps).
+    assert!(!err.contains("MISSED") && !err.contains("000.png"), "{err}");
+    let fps: f64 = err
+        .split(" fps;")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no fps in the summary:\n{err}"));
+    assert!(fps > 0.0 && fps < 5000.0, "{fps} fps:\n{err}");
 }
 
 /// A pipe whose input ends in half a frame: 5 frames scored, the partial one counted bad.
@@ -344,7 +363,7 @@ fn pipe_partial_frame_is_counted_and_skipped() {
 }
 
 /// A replay config that plays noisy frames forever at 50 fps into a file sink.
-fn endless(sink: &Path, tag_noise: bool, extra_model: &str) -> String {
+pub(crate) fn endless(sink: &Path, tag_noise: bool, extra_model: &str) -> String {
     let window = if tag_noise { r#"{ frames = 20, corruption = "noise", level = 5 }"# } else { "{ frames = 20 }" };
     let h = head("").replacen("[model]\n", &format!("[model]\n{extra_model}"), 1);
     format!(
@@ -354,7 +373,7 @@ fn endless(sink: &Path, tag_noise: bool, extra_model: &str) -> String {
     )
 }
 
-fn file_events(p: &Path) -> Vec<Value> {
+pub(crate) fn file_events(p: &Path) -> Vec<Value> {
     events(&std::fs::read_to_string(p).unwrap_or_default())
 }
 

@@ -10,6 +10,7 @@ mod data;
 mod delivery;
 mod detector;
 mod eval;
+mod faults;
 mod golden;
 mod grad;
 mod model;

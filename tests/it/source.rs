@@ -271,6 +271,7 @@ fn directory_empty_or_missing_is_a_build_error() {
         path: dir.path().to_path_buf(),
         fps: 0.0,
         looping: false,
+        timeout_s: 5.0,
     });
     let (_, clock) = sim();
     assert!(matches!(cfg.build(clock.clone()), Err(SourceError::EmptyDirectory(_))));
@@ -278,6 +279,7 @@ fn directory_empty_or_missing_is_a_build_error() {
         path: dir.path().join("nope"),
         fps: 0.0,
         looping: false,
+        timeout_s: 5.0,
     });
     assert!(matches!(cfg.build(clock), Err(SourceError::Io { .. })));
 }
