@@ -241,13 +241,20 @@ impl Daemon {
             .find_map(|l| l.split("metrics on http://").nth(1))
             .map(|r| r.trim_end_matches("/metrics").to_string())
             .expect("metrics address in the log");
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
-        body.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
+        // The endpoint is up before the pipeline (it binds first), so a sink's series appears a
+        // moment after the address is logged: poll for it.
+        let t0 = Instant::now();
+        loop {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+            let mut body = String::new();
+            s.read_to_string(&mut body).unwrap();
+            if let Some(v) = body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())) {
+                return v;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "no {series} in:\n{body}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
