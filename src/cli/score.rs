@@ -54,12 +54,21 @@ pub fn run(a: ScoreArgs) -> Result<i32> {
         }
     };
     let loss: Loss = calib.model.loss.parse().map_err(anyhow::Error::msg)?;
-    let model = LoadedModel::load(&model_path, &CompileOptions { loss, ..Default::default() })
+    let preset: crate::grad::Preset = match calib.model.preset.parse() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {}: preset: {e}", a.calib.display());
+            return Ok(EXIT_CONFIG);
+        }
+    };
+    let model = LoadedModel::load(&model_path, &CompileOptions { loss, ..CompileOptions::preset(preset) })
         .with_context(|| format!("loading {}", model_path.display()))?;
-    if let Err(e) = calib.check_model(&model.info.sha256, &model.compiled.features) {
+    if let Err(e) = calib.check_compiled(&model.info.sha256, &model.compiled.features, &model.compiled.preset) {
         eprintln!("error: {} vs {}: {e}", a.calib.display(), model_path.display());
         return Ok(match e {
-            CalibError::ModelMismatch { .. } | CalibError::FeatureMismatch { .. } => EXIT_CONFIG,
+            CalibError::ModelMismatch { .. } | CalibError::FeatureMismatch { .. } | CalibError::PresetMismatch { .. } => {
+                EXIT_CONFIG
+            }
             _ => 1,
         });
     }

@@ -88,6 +88,7 @@ fn calibration() -> Calibration {
             sha256: "00".into(),
             loss: "bce-logits".into(),
             features: vec!["f".into()],
+            preset: "full".into(),
         },
         threshold: 9.0,
         target_false_alarm: 0.01,
