@@ -172,7 +172,8 @@ fn features(data: &Path, n: usize, out: &Path) -> Result<(Vec<FeatureSet>, Vec<S
     let all = gradwatch::data::load_npy_images(&data.join("cifar10/test_images.npy"))?;
     let cifar: Vec<RgbImage> = subsample(all.len(), n, 1).iter().map(|&i| all[i].clone()).collect();
     drop(all);
-    let mut plan: Vec<(String, Option<(corrupt::Corruption, u8)>)> = vec![("familiar".into(), None), ("cifar10".into(), None)];
+    let mut plan: Vec<(String, Option<(corrupt::Corruption, u8)>)> =
+        vec![("familiar".into(), None), ("cifar10".into(), None)];
     for k in parse_corruptions("paper").map_err(anyhow::Error::msg)? {
         for l in LEVELS {
             plan.push((format!("{}-{l}", k.name()), Some((k, l))));

@@ -66,9 +66,9 @@ pub fn run(a: ScoreArgs) -> Result<i32> {
     if let Err(e) = calib.check_compiled(&model.info.sha256, &model.compiled.features, &model.compiled.preset) {
         eprintln!("error: {} vs {}: {e}", a.calib.display(), model_path.display());
         return Ok(match e {
-            CalibError::ModelMismatch { .. } | CalibError::FeatureMismatch { .. } | CalibError::PresetMismatch { .. } => {
-                EXIT_CONFIG
-            }
+            CalibError::ModelMismatch { .. }
+            | CalibError::FeatureMismatch { .. }
+            | CalibError::PresetMismatch { .. } => EXIT_CONFIG,
             _ => 1,
         });
     }

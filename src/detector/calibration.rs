@@ -215,7 +215,10 @@ impl Calibration {
     /// Refuses a calibration fitted for another feature preset than `preset`.
     pub fn check_preset(&self, preset: &str) -> Result<(), CalibError> {
         if self.model.preset != preset {
-            return Err(CalibError::PresetMismatch { calibrated: self.model.preset.clone(), wanted: preset.to_string() });
+            return Err(CalibError::PresetMismatch {
+                calibrated: self.model.preset.clone(),
+                wanted: preset.to_string(),
+            });
         }
         Ok(())
     }

@@ -392,7 +392,9 @@ impl CompileOptions {
     /// The name recorded in the compiled graph's metadata: the preset's, or `custom` for a
     /// full graph with a non-default parameter selection or stage cut.
     pub fn preset_name(&self) -> String {
-        if self.preset == Preset::Full && (self.params != ParamSelection::default() || self.stages.is_some() || self.act_stats) {
+        if self.preset == Preset::Full
+            && (self.params != ParamSelection::default() || self.stages.is_some() || self.act_stats)
+        {
             "custom".into()
         } else {
             self.preset.name().into()

@@ -193,7 +193,7 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
     for s in config.enabled_streams() {
         let source =
             s.build(env.clock.clone()).map_err(|e| ServiceError::Source { stream: s.name.clone(), source: e })?;
-        streams.push(StreamSpec { name: s.name.clone(), roi: s.roi, queue: s.queue, source });
+        streams.push(StreamSpec { name: s.name.clone(), roi: s.roi, queue: s.queue, source, score_fps: s.score_fps });
     }
     let stream_names: Vec<String> = streams.iter().map(|s| s.name.clone()).collect();
     let sinks = crate::sink::build_all(&config.sink)?;
