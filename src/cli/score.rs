@@ -33,10 +33,13 @@ pub struct ScoreArgs {
     pub threads: usize,
 }
 
-/// The model file that belongs to a calibration file: `X.calib.toml` -> `X.onnx`.
+/// The model file that belongs to a calibration file: `X.calib.toml` (or `X.<preset>.calib.toml`) -> `X.onnx`.
 pub fn default_model_path(calib: &Path) -> Option<PathBuf> {
     let name = calib.file_name()?.to_str()?;
     let stem = name.strip_suffix(".calib.toml")?;
+    // A preset's calibration sits beside the full one: `X.fast.calib.toml` -> `X.onnx`.
+    let stem =
+        crate::grad::Preset::ALL.iter().find_map(|p| stem.strip_suffix(&format!(".{}", p.name()))).unwrap_or(stem);
     Some(calib.with_file_name(format!("{stem}.onnx")))
 }
 
