@@ -65,6 +65,11 @@ pub struct ModelConfig {
     /// the calibration's threshold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f32>,
+    /// The feature preset the model is compiled with: `full` (the paper's features) or `fast`
+    /// (the last stage and the head; `docs/presets.md`). The calibration must have been fitted
+    /// for the same preset. Default `full`.
+    #[serde(default)]
+    pub preset: crate::grad::Preset,
 }
 
 fn default_model_path() -> PathBuf {
@@ -77,7 +82,12 @@ fn default_calibration_path() -> PathBuf {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { path: default_model_path(), calibration: default_calibration_path(), threshold: None }
+        ModelConfig {
+            path: default_model_path(),
+            calibration: default_calibration_path(),
+            threshold: None,
+            preset: Default::default(),
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use ndarray::{ArrayD, IxDyn};
 
-use crate::grad::{self, CompileOptions};
+use crate::grad::{self, CompileOptions, ParamSelection, Preset};
 use crate::onnx;
 use crate::runtime::{ModelSession, Provider, RuntimeOptions, TensorRtOptions};
 
@@ -42,6 +42,39 @@ pub struct BenchArgs {
     /// TensorRT: build FP16 engines.
     #[arg(long)]
     pub trt_fp16: bool,
+    /// Feature presets to time (comma list of full, fast), each against the forward pass.
+    #[arg(long, value_delimiter = ',', default_value = "full,fast")]
+    pub preset: Vec<Preset>,
+    /// More graphs to time, for ablations: `LABEL=SELECTION` with a `--params` selection,
+    /// optionally followed by `@N` (keep the last N stages) and/or `+act` (activation
+    /// statistics), e.g. `layer4=layer4.*,linear.*+act` or `cut1=default@1`. Repeatable.
+    #[arg(long = "graph", value_name = "LABEL=SELECTION")]
+    pub graphs: Vec<String>,
+    /// ONNX Runtime's CPU memory arena on (true, ONNX Runtime's default) or off.
+    #[arg(long)]
+    pub cpu_arena: Option<bool>,
+}
+
+/// One graph to time.
+struct Candidate {
+    label: String,
+    features: usize,
+    session: ModelSession,
+}
+
+/// Parses `LABEL=SELECTION[@N][+act]`.
+fn parse_graph(spec: &str) -> Result<(String, CompileOptions)> {
+    let (label, rest) = spec.split_once('=').with_context(|| format!("--graph '{spec}': expected LABEL=SELECTION"))?;
+    let (rest, act) = match rest.strip_suffix("+act") {
+        Some(r) => (r, true),
+        None => (rest, false),
+    };
+    let (sel, stages) = match rest.rsplit_once('@') {
+        Some((sel, n)) => (sel, Some(n.parse::<usize>().with_context(|| format!("--graph '{spec}': '@{n}'"))?)),
+        None => (rest, None),
+    };
+    let params: ParamSelection = sel.parse().map_err(|e: String| anyhow::anyhow!("--graph '{spec}': {e}"))?;
+    Ok((label.to_string(), CompileOptions { params, stages, act_stats: act, ..Default::default() }))
 }
 
 fn time_per_frame(s: &mut ModelSession, input: &str, x: &ArrayD<f32>, seconds: f64) -> Result<f64> {
@@ -60,41 +93,62 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs `gradwatch bench` and prints a markdown table.
+/// Runs `gradwatch bench` and prints a markdown table: per batch size, the forward pass and
+/// every graph (each preset, then each `--graph`), timed in alternating rounds.
 pub fn run(a: BenchArgs) -> Result<i32> {
     let model = onnx::load(&a.model).with_context(|| format!("reading {}", a.model.display()))?;
-    let compiled = grad::compile(&model, &CompileOptions::default())?;
-    let opts = RuntimeOptions {
+    let mut opts = RuntimeOptions {
         threads: a.threads,
         library: a.ort_library.clone(),
         providers: a.providers.clone(),
         tensorrt: TensorRtOptions { engine_cache_dir: a.trt_cache.clone(), fp16: a.trt_fp16, ..Default::default() },
         ..Default::default()
     };
+    if let Some(on) = a.cpu_arena {
+        opts.cpu_arena = on;
+    }
+    let mut specs: Vec<(String, CompileOptions)> =
+        a.preset.iter().map(|&p| (p.name().to_string(), CompileOptions::preset(p))).collect();
+    for g in &a.graphs {
+        specs.push(parse_graph(g)?);
+    }
+    if specs.is_empty() {
+        anyhow::bail!("nothing to time: give --preset and/or --graph");
+    }
     let mut fwd = ModelSession::new(&onnx::encode(&model), &opts)?;
-    let mut grd = ModelSession::new(&onnx::encode(&compiled.model), &opts)?;
-    println!(
-        "model {} ({} gradient features), provider {}",
-        a.model.display(),
-        compiled.features.len(),
-        fwd.provider().name()
-    );
+    let mut graphs = Vec::new();
+    let mut input = None;
+    for (label, o) in specs {
+        let compiled = grad::compile(&model, &o).with_context(|| format!("compiling '{label}'"))?;
+        input.get_or_insert_with(|| (compiled.input_name.clone(), compiled.input_shape.clone()));
+        let session = ModelSession::new(&onnx::encode(&compiled.model), &opts)?;
+        graphs.push(Candidate { label, features: compiled.features.len(), session });
+    }
+    let Some((input_name, input_shape)) = input else { anyhow::bail!("nothing to time") };
+    println!("model {}, provider {}, arena {}", a.model.display(), fwd.provider().name(), opts.cpu_arena);
     println!();
-    println!("| batch | forward ms/frame | gradient graph ms/frame | ratio |");
-    println!("|---|---|---|---|");
+    println!("| batch | graph | features | forward ms/frame | graph ms/frame | ratio |");
+    println!("|---|---|---|---|---|---|");
     for &b in &a.batch {
         let mut shape = vec![b];
-        shape.extend(&compiled.input_shape);
+        shape.extend(&input_shape);
         let n: usize = shape.iter().product();
         let x =
             ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect())?;
-        let (mut tf, mut tg) = (Vec::new(), Vec::new());
+        let mut tf = Vec::new();
+        let mut tg: Vec<Vec<f64>> = vec![Vec::new(); graphs.len()];
         for _ in 0..a.rounds.max(1) {
-            tf.push(time_per_frame(&mut fwd, &compiled.input_name, &x, a.seconds)?);
-            tg.push(time_per_frame(&mut grd, &compiled.input_name, &x, a.seconds)?);
+            tf.push(time_per_frame(&mut fwd, &input_name, &x, a.seconds)?);
+            for (g, t) in graphs.iter_mut().zip(tg.iter_mut()) {
+                t.push(time_per_frame(&mut g.session, &input_name, &x, a.seconds)?);
+            }
         }
-        let (f, g) = (median(tf), median(tg));
-        println!("| {b} | {f:.2} | {g:.2} | {:.2}x |", g / f);
+        // Each graph's ratio is the median of its per-round ratios to that round's forward.
+        let f = median(tf.clone());
+        for (g, t) in graphs.iter().zip(tg) {
+            let ratio = median(t.iter().zip(&tf).map(|(g, f)| g / f).collect());
+            println!("| {b} | {} | {} | {f:.2} | {:.2} | {ratio:.2}x |", g.label, g.features, median(t));
+        }
     }
     Ok(0)
 }

@@ -21,6 +21,10 @@ pub struct CalibrateArgs {
     /// The classifier (.onnx).
     #[arg(long)]
     pub model: PathBuf,
+    /// Feature preset: full (the paper's features) or fast (`docs/presets.md`). The
+    /// calibration records it; the daemon's `[model] preset` must match.
+    #[arg(long, default_value = "full")]
+    pub preset: crate::grad::Preset,
     /// Familiar images (what the camera normally sees): .npy stack, folder or image.
     #[arg(long)]
     pub familiar: PathBuf,
@@ -82,7 +86,7 @@ pub fn run(a: CalibrateArgs) -> Result<i32> {
     if a.loss == Loss::Odin {
         anyhow::bail!("--loss odin is for the ODIN baseline, not for calibration; use bce-logits");
     }
-    let model = LoadedModel::load(&a.model, &CompileOptions { loss: a.loss, ..Default::default() })
+    let model = LoadedModel::load(&a.model, &CompileOptions { loss: a.loss, ..CompileOptions::preset(a.preset) })
         .with_context(|| format!("loading {}", a.model.display()))?;
     let kinds = parse_corruptions(&a.corruptions).map_err(anyhow::Error::msg)?;
     let levels = parse_levels(&a.levels).map_err(anyhow::Error::msg)?;
@@ -116,6 +120,7 @@ pub fn run(a: CalibrateArgs) -> Result<i32> {
         sha256: model.info.sha256.clone(),
         loss: a.loss.name().to_string(),
         features: model.compiled.features.clone(),
+        preset: model.compiled.preset.clone(),
     };
     let c = fit::fit(cm, &a.familiar.display().to_string(), &fam_feats.features, &unfamiliar, &opts, &command_line())?;
     c.save(&a.output)?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::grad::{self, CompileOptions, ConvNorm, Loss, ParamSelection};
+use crate::grad::{self, CompileOptions, ConvNorm, Loss, ParamSelection, Preset};
 use crate::onnx;
 
 /// Arguments of `gradwatch compile`.
@@ -30,6 +30,19 @@ pub struct CompileArgs {
     /// with a removal starts from `default`). E.g. `weight`, `-folded_bn_*`, `layer4.*,fc.*`.
     #[arg(long, default_value = "default", allow_hyphen_values = true)]
     pub params: ParamSelection,
+    /// Feature preset: `full` (every selected parameter tensor, the paper's features) or
+    /// `fast` (the last stage and the head only, plus forward-only activation statistics;
+    /// `docs/presets.md`). The preset is recorded in the graph's metadata.
+    #[arg(long, default_value = "full")]
+    pub preset: Preset,
+    /// Keep only the parameters of the last N stages (spatial resolutions) and the head
+    /// (overrides the preset's cut; for ablations).
+    #[arg(long)]
+    pub stages: Option<usize>,
+    /// Append the forward-only activation statistics (mean square of every residual block's
+    /// output) to the features (`fast` does this by itself).
+    #[arg(long)]
+    pub act_stats: bool,
     /// Loss: bce-logits (the paper), bce-softmax, odin.
     #[arg(long, default_value = "bce-logits")]
     pub loss: Loss,
@@ -79,6 +92,9 @@ pub fn run(a: CompileArgs) -> Result<i32> {
         input_grad: a.input_grad,
         conv_norm: a.conv_norm,
         params: a.params,
+        preset: a.preset,
+        act_stats: a.act_stats,
+        stages: a.stages,
     };
     let compiled = grad::compile(&model, &opts).with_context(|| format!("compiling {}", a.model.display()))?;
     if a.list {
@@ -91,14 +107,19 @@ pub fn run(a: CompileArgs) -> Result<i32> {
                 None => println!("{i}\t{f}\t{}", k.name()),
             }
         }
+        let first = compiled.feature_kinds.len();
+        for (i, f) in compiled.act_stats.iter().enumerate() {
+            println!("{}\t{f}\tactivation_mean_square", first + i);
+        }
         return Ok(0);
     }
     if let Some(out) = &a.output {
         onnx::save(&compiled.model, out).with_context(|| format!("writing {}", out.display()))?;
         eprintln!(
-            "compiled {} -> {}: {} classes, {} gradient features, {} nodes",
+            "compiled {} -> {}: preset {}, {} classes, {} features, {} nodes",
             a.model.display(),
             out.display(),
+            compiled.preset,
             compiled.num_classes,
             compiled.features.len(),
             compiled.model.graph.as_ref().map(|g| g.node.len()).unwrap_or(0)

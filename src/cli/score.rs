@@ -33,10 +33,13 @@ pub struct ScoreArgs {
     pub threads: usize,
 }
 
-/// The model file that belongs to a calibration file: `X.calib.toml` -> `X.onnx`.
+/// The model file that belongs to a calibration file: `X.calib.toml` (or `X.<preset>.calib.toml`) -> `X.onnx`.
 pub fn default_model_path(calib: &Path) -> Option<PathBuf> {
     let name = calib.file_name()?.to_str()?;
     let stem = name.strip_suffix(".calib.toml")?;
+    // A preset's calibration sits beside the full one: `X.fast.calib.toml` -> `X.onnx`.
+    let stem =
+        crate::grad::Preset::ALL.iter().find_map(|p| stem.strip_suffix(&format!(".{}", p.name()))).unwrap_or(stem);
     Some(calib.with_file_name(format!("{stem}.onnx")))
 }
 
@@ -54,12 +57,21 @@ pub fn run(a: ScoreArgs) -> Result<i32> {
         }
     };
     let loss: Loss = calib.model.loss.parse().map_err(anyhow::Error::msg)?;
-    let model = LoadedModel::load(&model_path, &CompileOptions { loss, ..Default::default() })
+    let preset: crate::grad::Preset = match calib.model.preset.parse() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {}: preset: {e}", a.calib.display());
+            return Ok(EXIT_CONFIG);
+        }
+    };
+    let model = LoadedModel::load(&model_path, &CompileOptions { loss, ..CompileOptions::preset(preset) })
         .with_context(|| format!("loading {}", model_path.display()))?;
-    if let Err(e) = calib.check_model(&model.info.sha256, &model.compiled.features) {
+    if let Err(e) = calib.check_compiled(&model.info.sha256, &model.compiled.features, &model.compiled.preset) {
         eprintln!("error: {} vs {}: {e}", a.calib.display(), model_path.display());
         return Ok(match e {
-            CalibError::ModelMismatch { .. } | CalibError::FeatureMismatch { .. } => EXIT_CONFIG,
+            CalibError::ModelMismatch { .. }
+            | CalibError::FeatureMismatch { .. }
+            | CalibError::PresetMismatch { .. } => EXIT_CONFIG,
             _ => 1,
         });
     }

@@ -38,6 +38,14 @@ pub enum CalibError {
         /// Hash of the model in use.
         actual: String,
     },
+    /// The calibration was fitted for another feature preset.
+    #[error("calibration was fitted for the '{calibrated}' feature preset but the model is compiled with preset '{wanted}'; set `[model] preset = \"{calibrated}\"` (or `--preset {calibrated}`), or use a calibration made with `gradwatch calibrate --preset {wanted}`")]
+    PresetMismatch {
+        /// Preset recorded in the calibration.
+        calibrated: String,
+        /// Preset of the compiled model.
+        wanted: String,
+    },
     /// Different feature list.
     #[error("calibration features do not match the compiled model ({why}); recalibrate for this model and loss")]
     FeatureMismatch {
@@ -61,6 +69,14 @@ pub struct CalibModel {
     pub loss: String,
     /// Feature (parameter tensor) names, in order.
     pub features: Vec<String>,
+    /// The feature preset the features were compiled with (`full`, `fast`, `custom`).
+    /// Files from before presets have none: `full`.
+    #[serde(default = "default_preset")]
+    pub preset: String,
+}
+
+fn default_preset() -> String {
+    crate::grad::Preset::Full.name().to_string()
 }
 
 /// The fitted detector.
@@ -198,6 +214,23 @@ impl Calibration {
         };
         if dim != n {
             return Err(DetectorError::DimensionMismatch { what: "calibration", expected: n, got: dim }.into());
+        }
+        Ok(())
+    }
+
+    /// Refuses a calibration made for another feature preset, model file or feature list.
+    pub fn check_compiled(&self, sha256: &str, features: &[String], preset: &str) -> Result<(), CalibError> {
+        self.check_preset(preset)?;
+        self.check_model(sha256, features)
+    }
+
+    /// Refuses a calibration fitted for another feature preset than `preset`.
+    pub fn check_preset(&self, preset: &str) -> Result<(), CalibError> {
+        if self.model.preset != preset {
+            return Err(CalibError::PresetMismatch {
+                calibrated: self.model.preset.clone(),
+                wanted: preset.to_string(),
+            });
         }
         Ok(())
     }

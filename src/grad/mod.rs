@@ -46,6 +46,75 @@ pub const META_FEATURES: &str = "gradwatch.features";
 pub const META_LOSS: &str = "gradwatch.loss";
 /// Metadata key holding the confounding label.
 pub const META_LABEL: &str = "gradwatch.label";
+/// Metadata key holding the feature preset (`full`, `fast`, or `custom` for a hand-made
+/// parameter selection).
+pub const META_PRESET: &str = "gradwatch.preset";
+
+/// Prefix of the feature names of forward-only activation statistics
+/// ([`CompileOptions::act_stats`]): `act:<tensor>` is the mean square of that activation.
+pub const ACT_PREFIX: &str = "act:";
+
+/// Which features a compiled graph computes (`gradwatch compile --preset`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// The paper's features: the per-sample squared gradient norm of every parameter tensor
+    /// (as [`CompileOptions::params`] selects them; `default` unless changed).
+    #[default]
+    Full,
+    /// A backward pass that stops early: the norms of the parameters of the last stage (the
+    /// layers at the smallest spatial resolution) and of the classifier head only, plus the
+    /// mean square of every residual block's output (forward-only, nearly free). Chosen by
+    /// measurement: `docs/presets.md`.
+    Fast,
+}
+
+impl Preset {
+    /// Every preset.
+    pub const ALL: [Preset; 2] = [Preset::Full, Preset::Fast];
+
+    /// The command-line / metadata / calibration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Full => "full",
+            Preset::Fast => "fast",
+        }
+    }
+
+    /// How many stages, counted from the output, the backward pass of this preset reaches
+    /// (`None`: all of them).
+    pub fn stages(self) -> Option<usize> {
+        match self {
+            Preset::Full => None,
+            Preset::Fast => Some(FAST_STAGES),
+        }
+    }
+
+    /// Whether this preset adds the forward-only activation statistics.
+    pub fn act_stats(self) -> bool {
+        matches!(self, Preset::Fast)
+    }
+}
+
+/// The number of last stages whose parameters `fast` differentiates (see `docs/presets.md`).
+pub const FAST_STAGES: usize = 1;
+
+impl std::fmt::Display for Preset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Preset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(Preset::Full),
+            "fast" => Ok(Preset::Fast),
+            _ => Err(format!("unknown preset '{s}' (expected full or fast)")),
+        }
+    }
+}
 
 /// Output names of a compiled graph.
 pub mod outputs {
@@ -227,6 +296,11 @@ impl ParamSelection {
         ParamSelection { items: vec![(false, "all".into())] }
     }
 
+    /// Exactly the tensors named (each name is matched as a glob, so it should hold no `*`/`?`).
+    pub fn names(names: &[String]) -> Self {
+        ParamSelection { items: names.iter().map(|n| (false, n.clone())).collect() }
+    }
+
     fn matches(pat: &str, name: &str, kind: ParamKind) -> bool {
         match pat {
             "all" => true,
@@ -295,8 +369,37 @@ pub struct CompileOptions {
     pub input_grad: bool,
     /// Conv norm formulation.
     pub conv_norm: ConvNorm,
-    /// Which parameter tensors become features.
+    /// Which parameter tensors become features. Under [`Preset::Fast`] the preset's stages
+    /// further restrict it.
     pub params: ParamSelection,
+    /// The feature preset; [`Preset::Fast`] keeps only the selected parameters of the last
+    /// stage(s) and the head, and turns on [`CompileOptions::act_stats`].
+    pub preset: Preset,
+    /// Append forward-only features: the per-sample mean square of every residual block's
+    /// output (an `Add` of two activations, or the activation after it), named `act:<tensor>`.
+    pub act_stats: bool,
+    /// Keep only the parameters of the last `stages` spatial resolutions (and the head after
+    /// them); `None` keeps every stage. Set by the preset when `None`.
+    pub stages: Option<usize>,
+}
+
+impl CompileOptions {
+    /// The options of a preset (every other option default).
+    pub fn preset(preset: Preset) -> Self {
+        CompileOptions { preset, ..Default::default() }
+    }
+
+    /// The name recorded in the compiled graph's metadata: the preset's, or `custom` for a
+    /// full graph with a non-default parameter selection or stage cut.
+    pub fn preset_name(&self) -> String {
+        if self.preset == Preset::Full
+            && (self.params != ParamSelection::default() || self.stages.is_some() || self.act_stats)
+        {
+            "custom".into()
+        } else {
+            self.preset.name().into()
+        }
+    }
 }
 
 /// A compiled model and what the compiler learnt about it.
@@ -320,6 +423,11 @@ pub struct Compiled {
     pub penultimate_dim: Option<usize>,
     /// For each Conv weight, the norm formulation chosen (`im2col`, `ghost` or `pixel-gram`).
     pub conv_plans: Vec<(String, &'static str)>,
+    /// The preset name recorded in the metadata (`full`, `fast` or `custom`).
+    pub preset: String,
+    /// Forward-only statistics appended to the features (names start with [`ACT_PREFIX`]);
+    /// `features` ends with them.
+    pub act_stats: Vec<String>,
 }
 
 /// Why a model could not be compiled.
@@ -484,7 +592,7 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
     taken.extend(graph.node.iter().flat_map(|n| n.output.iter().cloned()));
     taken.extend(graph.input.iter().map(|i| i.name.clone()));
     taken.extend(graph.node.iter().map(|n| n.name.clone()));
-    let mut ctx = Ctx {
+    let new_ctx = |consts: HashMap<String, TensorProto>, taken: HashSet<String>| Ctx {
         consts,
         shapes: HashMap::from([(input.name.clone(), input_shape.clone())]),
         param_dep: HashSet::new(),
@@ -500,7 +608,30 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
         b: Builder::new(opset, taken),
     };
 
-    let fwd = forward(graph, &needed, &producers, &opts.params, &mut ctx)?;
+    // The stage cut (the `fast` preset): a first forward analysis finds which selected
+    // parameters lie in the last stages, and the real pass selects exactly those, so the
+    // backward pass is pruned below them.
+    let selection = match opts.stages.or(opts.preset.stages()) {
+        None => opts.params.clone(),
+        Some(k) => {
+            let mut pre = new_ctx(consts.clone(), HashSet::new());
+            let f = forward(graph, &needed, &producers, &opts.params, &mut pre)?;
+            let keep = last_stages(&f, k.max(1));
+            let names: Vec<String> =
+                pre.params.iter().filter(|(p, _)| keep.contains(p)).map(|(p, _)| p.clone()).collect();
+            if names.is_empty() {
+                return Err(GradError::Model(format!(
+                    "--params {} selects no parameter tensor in the last {k} stage(s) or the head",
+                    opts.params
+                )));
+            }
+            ParamSelection::names(&names)
+        }
+    };
+    let act_stats = opts.act_stats || opts.preset.act_stats();
+    let mut ctx = new_ctx(consts, taken);
+
+    let fwd = forward(graph, &needed, &producers, &selection, &mut ctx)?;
     let logits_shape =
         ctx.shapes.get(&logits).cloned().ok_or_else(|| {
             GradError::Model(format!("output '{logits}' does not depend on the input '{}'", input.name))
@@ -521,11 +652,17 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
     } else {
         None
     };
-    let emitted = emit_outputs(&mut ctx, opts, &logits, num_classes, fwd.last_linear, input_grad, &input_shape)?;
-    let features: Vec<String> = ctx.params.iter().map(|(p, _)| p.clone()).collect();
+    let stats = if act_stats { fwd.block_outputs.clone() } else { Vec::new() };
+    let emitted =
+        emit_outputs(&mut ctx, opts, &logits, num_classes, fwd.last_linear, input_grad, &input_shape, &stats)?;
+    let act_names: Vec<String> = stats.iter().map(|(t, _)| format!("{ACT_PREFIX}{t}")).collect();
+    let mut features: Vec<String> = ctx.params.iter().map(|(p, _)| p.clone()).collect();
+    features.extend(act_names.iter().cloned());
     let feature_kinds = ctx.params.iter().map(|(_, k)| *k).collect();
     let layout = Layout { input_name: &input.name, input_shape: &input_shape, outputs: emitted.outputs };
-    let out_model = assemble(model, graph, &needed, &mut ctx.b, layout, opts.loss, &label, &features);
+    let preset = opts.preset_name();
+    let meta = Meta { loss: opts.loss, label: &label, features: &features, preset: &preset };
+    let out_model = assemble(model, graph, &needed, &mut ctx.b, layout, meta);
 
     Ok(Compiled {
         model: out_model,
@@ -537,6 +674,8 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
         input_shape,
         penultimate_dim: emitted.penultimate_dim,
         conv_plans: ctx.conv_plans,
+        preset,
+        act_stats: act_names,
     })
 }
 
@@ -652,6 +791,11 @@ struct Forward<'g> {
     last_linear: Option<(String, usize)>,
     /// Every parameter tensor found, selected or not.
     candidates: Vec<(String, ParamKind)>,
+    /// For each candidate, the per-sample shape of its node's output (which stage it is in).
+    candidate_shapes: Vec<Vec<usize>>,
+    /// Residual block outputs (for [`CompileOptions::act_stats`]): the tensor and its
+    /// per-sample shape.
+    block_outputs: Vec<(String, Vec<usize>)>,
 }
 
 /// Forward analysis through the rule table: per-sample shapes, parameter candidates and the
@@ -674,7 +818,13 @@ fn forward<'g>(
         readers.entry(o.name.clone()).or_default().push(&graph_output);
     }
     let mut after_param: HashSet<String> = HashSet::new();
-    let mut fwd = Forward { nodes: Vec::new(), last_linear: None, candidates: Vec::new() };
+    let mut fwd = Forward {
+        nodes: Vec::new(),
+        last_linear: None,
+        candidates: Vec::new(),
+        candidate_shapes: Vec::new(),
+        block_outputs: Vec::new(),
+    };
     for (i, n) in graph.node.iter().enumerate() {
         if !needed[i] || n.output.iter().all(|o| ctx.consts.contains_key(o)) {
             continue;
@@ -703,8 +853,24 @@ fn forward<'g>(
                 fwd.last_linear = Some((a.clone(), s.iter().product()));
             }
         }
+        if n.op_type == "Add" && n.input.len() == 2 && n.input.iter().all(|s| ctx.is_act(s)) {
+            // A residual join; its statistic is taken after the activation that follows it.
+            let after = readers.get(out).and_then(|r| match r.as_slice() {
+                [r] if matches!(r.op_type.as_str(), "Relu" | "LeakyRelu" | "Clip" | "Sigmoid" | "HardSwish") => {
+                    r.output.first().cloned()
+                }
+                _ => None,
+            });
+            let stat = after.unwrap_or_else(|| out.clone());
+            if let Some(s) = ctx.shapes.get(out) {
+                fwd.block_outputs.push((stat, s.clone()));
+            }
+        }
         ctx.param_set.extend(selected.iter().map(|(p, _)| p.clone()));
         ctx.params.extend(selected);
+        if let Some(s) = ctx.shapes.get(out) {
+            fwd.candidate_shapes.extend(std::iter::repeat_n(s.clone(), found.len()));
+        }
         fwd.candidates.extend(found);
         fwd.nodes.push(n);
     }
@@ -725,6 +891,30 @@ fn forward<'g>(
         }));
     }
     Ok(fwd)
+}
+
+/// The names of the candidates in the last `stages` stages and the head: a stage is a run of
+/// layers at one spatial resolution (per-sample shapes `[C, spatial...]`, by the product of the
+/// spatial dims); the head is what comes after the spatial axes are gone (`[C]` outputs, e.g.
+/// the classifier's Gemm after global pooling).
+fn last_stages(fwd: &Forward, stages: usize) -> HashSet<String> {
+    let spatial = |s: &[usize]| -> Option<usize> { (s.len() >= 2).then(|| s[1..].iter().product()) };
+    let mut order: Vec<usize> = Vec::new();
+    for s in &fwd.candidate_shapes {
+        if let Some(r) = spatial(s) {
+            if order.last() != Some(&r) {
+                order.retain(|&o| o != r);
+                order.push(r);
+            }
+        }
+    }
+    let keep: HashSet<usize> = order.iter().rev().take(stages).copied().collect();
+    fwd.candidates
+        .iter()
+        .zip(&fwd.candidate_shapes)
+        .filter(|(_, s)| spatial(s).is_none_or(|r| keep.contains(&r)))
+        .map(|((name, _), _)| name.clone())
+        .collect()
 }
 
 /// The confounding label: all ones by default, else 0/1 per class with not exactly one 1.
@@ -791,8 +981,9 @@ struct Emitted {
     penultimate_dim: Option<usize>,
 }
 
-/// Adds the output nodes: `logits`, `grad_features` (one column per selected parameter),
-/// and when asked `penultimate` and `input_grad` (from the gradient `input_grad` parts).
+/// Adds the output nodes: `logits`, `grad_features` (one column per selected parameter, then
+/// one per activation statistic in `stats`: its per-sample mean square), and when asked `penultimate` and `input_grad` (from the gradient `input_grad` parts).
+#[allow(clippy::too_many_arguments)]
 fn emit_outputs(
     ctx: &mut Ctx,
     opts: &CompileOptions,
@@ -801,6 +992,7 @@ fn emit_outputs(
     last_linear: Option<(String, usize)>,
     input_grad: Option<Vec<String>>,
     input_shape: &[usize],
+    stats: &[(String, Vec<usize>)],
 ) -> Result<Emitted, GradError> {
     let b = &mut ctx.b;
     let mut outputs = Vec::new();
@@ -824,6 +1016,11 @@ fn emit_outputs(
         })?;
         cols.push(b.reshape_to(norm, &[-1, 1]));
     }
+    for (t, shape) in stats {
+        let sq = b.sample_sq_norm(t, shape.len() + 1);
+        let mean = b.scale(&sq, 1.0 / shape.iter().product::<usize>().max(1) as f32);
+        cols.push(b.reshape_to(&mean, &[-1, 1]));
+    }
     let col_refs: Vec<&str> = cols.iter().map(String::as_str).collect();
     if !b.reserve(outputs::FEATURES) {
         return Err(GradError::Model(format!("the model already has a value named '{}'", outputs::FEATURES)));
@@ -832,7 +1029,7 @@ fn emit_outputs(
     outputs.push(onnx::make_value_info(
         outputs::FEATURES,
         onnx::data_type::FLOAT,
-        &[None, Some(ctx.params.len() as i64)],
+        &[None, Some((ctx.params.len() + stats.len()) as i64)],
     ));
 
     let mut penultimate_dim = None;
@@ -866,19 +1063,26 @@ struct Layout<'a> {
     outputs: Vec<ValueInfoProto>,
 }
 
+/// What [`assemble`] writes into the metadata.
+struct Meta<'a> {
+    loss: Loss,
+    label: &'a [f32],
+    features: &'a [String],
+    preset: &'a str,
+}
+
 /// The compiled model: the needed forward nodes, then the builder's; the initializers they
-/// use; the image input (and `temperature` for ODIN); and the metadata (features, loss, label).
-#[allow(clippy::too_many_arguments)]
+/// use; the image input (and `temperature` for ODIN); and the metadata (features, loss, label,
+/// preset).
 fn assemble(
     model: &ModelProto,
     graph: &GraphProto,
     needed: &[bool],
     b: &mut Builder,
     layout: Layout,
-    loss: Loss,
-    label: &[f32],
-    features: &[String],
+    meta: Meta,
 ) -> ModelProto {
+    let Meta { loss, label, features, preset } = meta;
     let Layout { input_name, input_shape, outputs } = layout;
     let mut new_nodes: Vec<NodeProto> =
         graph.node.iter().enumerate().filter(|(i, _)| needed[*i]).map(|(_, n)| n.clone()).collect();
@@ -909,6 +1113,7 @@ fn assemble(
     out_model.producer_version = env!("CARGO_PKG_VERSION").into();
     onnx::set_metadata(&mut out_model, META_FEATURES, &serde_json::to_string(features).unwrap_or_default());
     onnx::set_metadata(&mut out_model, META_LOSS, loss.name());
+    onnx::set_metadata(&mut out_model, META_PRESET, preset);
     onnx::set_metadata(
         &mut out_model,
         META_LABEL,
@@ -923,6 +1128,11 @@ fn sum_parts(b: &mut Builder, mut parts: Vec<String>) -> String {
     }
     let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
     b.op("Sum", &refs, vec![])
+}
+
+/// The preset recorded in a compiled model's metadata (`full` for graphs from before presets).
+pub fn preset_name(model: &ModelProto) -> String {
+    onnx::metadata(model).get(META_PRESET).cloned().unwrap_or_else(|| Preset::Full.name().to_string())
 }
 
 /// Feature names stored in a compiled model's metadata.

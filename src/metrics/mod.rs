@@ -171,6 +171,8 @@ pub struct StreamMetrics {
     pub frames_scored: Counter,
     /// Frames dropped (queue full, too late).
     pub frames_dropped: Counter,
+    /// Frames captured and released unscored by the stream's `score_fps` (not an overload).
+    pub frames_skipped: Counter,
     /// Frames rejected as bad (decode error, wrong size, NaN score).
     pub frames_bad: Counter,
     /// Alerts raised.
@@ -189,6 +191,7 @@ impl StreamMetrics {
             frames_captured: Counter::default(),
             frames_scored: Counter::default(),
             frames_dropped: Counter::default(),
+            frames_skipped: Counter::default(),
             frames_bad: Counter::default(),
             alerts_raised: Counter::default(),
             score: Histogram::new(SCORE_BUCKETS),
@@ -305,6 +308,13 @@ impl Metrics {
             "counter",
             "Frames dropped before scoring (queue full or stale).",
             &|m| m.frames_dropped.get().to_string(),
+        );
+        per_stream(
+            &mut out,
+            "frames_skipped_total",
+            "counter",
+            "Frames captured and not scored because of the stream's score_fps.",
+            &|m| m.frames_skipped.get().to_string(),
         );
         per_stream(&mut out, "frames_bad_total", "counter", "Frames rejected as unusable.", &|m| {
             m.frames_bad.get().to_string()

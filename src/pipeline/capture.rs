@@ -20,6 +20,9 @@ pub struct Queued {
     pub frame: Frame,
     /// When the capture thread queued it.
     pub captured: Instant,
+    /// The same moment on the pipeline's clock (the batching's view of the frame's age, so
+    /// tests can run it on a simulated clock).
+    pub queued_at: Instant,
 }
 
 /// How often a blocked `block`-policy push checks for shutdown.
@@ -38,6 +41,8 @@ pub(crate) struct Capture {
     pub roi: Option<Roi>,
     pub policy: DropPolicy,
     pub source: Box<dyn Source>,
+    /// Which frames are scored (`score_fps`); the others are counted as skipped.
+    pub rate: super::rate::ScoreRate,
     pub tx: Sender<Queued>,
     /// The queue's receiving end, to pop the oldest frame under `drop_oldest`.
     pub rx: Receiver<Queued>,
@@ -98,7 +103,12 @@ impl Capture {
                     }
                     let frame = Frame { stream: self.spec_name.clone(), seq, captured_at: self.env.now(), image, tag };
                     seq += 1;
-                    if !self.push(Queued { frame, captured: Instant::now() }) {
+                    if !self.rate.admit(self.env.clock.now()) {
+                        m.frames_skipped.inc();
+                        continue;
+                    }
+                    let queued_at = self.env.clock.now();
+                    if !self.push(Queued { frame, captured: Instant::now(), queued_at }) {
                         return Ok(());
                     }
                 }

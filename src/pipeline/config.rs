@@ -6,10 +6,19 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
-    /// Inference batches up to this many frames across streams. Default 8.
+    /// Inference batches at most this many frames across streams (also bounds the memory the
+    /// batch's intermediates take). Default 8.
     pub max_batch: usize,
-    /// After the first frame of a batch, wait at most this long for more. Default 20.
+    /// Without a latency target: after the first frame of a batch, wait at most this long for
+    /// more. Ignored when `latency_target_ms` is set. Default 20.
     pub max_wait_ms: u64,
+    /// Capture-to-verdict latency the batching aims for, in ms: inference never waits for more
+    /// frames (a lightly loaded daemon answers at once), takes what is queued, and caps the
+    /// batch so that the oldest frame's age plus the batch's estimated run time (learnt from
+    /// the last batches) stays within the target; a frame already later than the target gets
+    /// a full `max_batch` (throughput first, to catch up). 0 turns it off (fixed `max_batch` /
+    /// `max_wait_ms`). Default 150.
+    pub latency_target_ms: u64,
     /// A stage whose heartbeat is older than this is stuck: the systemd watchdog is no longer
     /// fed and `/healthz` says why. Default 10.
     pub heartbeat_timeout_s: u64,
@@ -25,6 +34,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             max_batch: 8,
             max_wait_ms: 20,
+            latency_target_ms: 150,
             heartbeat_timeout_s: 10,
             shutdown_deadline_s: 5,
             start_timeout_s: 10,
@@ -40,6 +50,9 @@ impl PipelineConfig {
         }
         if self.max_wait_ms > 10_000 {
             return Err(format!("max_wait_ms = {} must be at most 10000", self.max_wait_ms));
+        }
+        if self.latency_target_ms > 60_000 {
+            return Err(format!("latency_target_ms = {} must be at most 60000 (0 = off)", self.latency_target_ms));
         }
         if self.heartbeat_timeout_s == 0 {
             return Err("heartbeat_timeout_s must be at least 1".into());

@@ -86,6 +86,8 @@ pub(crate) struct Inference {
     pub classifier: Box<dyn Classifier>,
     pub max_batch: usize,
     pub max_wait: Duration,
+    /// The latency-aware batch cap (when `latency_target_ms` is set).
+    pub policy: BatchPolicy,
     /// After stop, queued frames are still scored for at most this long.
     pub drain: Duration,
     pub out: Sender<Scored>,
@@ -137,14 +139,21 @@ impl Inference {
     /// Takes up to `max_batch` frames, waiting at most `max_wait` after the first (at most
     /// `IDLE_TICK` for the first). Drops queues whose streams have ended and drained.
     fn gather(&mut self, rr: &mut usize, draining: bool) -> Vec<Queued> {
-        let mut batch = Vec::with_capacity(self.max_batch);
+        let mut batch: Vec<Queued> = Vec::with_capacity(self.max_batch);
         let mut deadline: Option<Instant> = None;
+        let adaptive = self.policy.target().is_some();
+        let mut cap = self.max_batch;
         loop {
+            if adaptive {
+                if let Some(first) = batch.iter().map(|q| q.queued_at).min() {
+                    cap = self.policy.cap(self.env.clock.now().saturating_duration_since(first));
+                }
+            }
             let mut pulled = false;
             let n = self.queues.len();
             let mut gone = Vec::new();
             for k in 0..n {
-                if batch.len() >= self.max_batch {
+                if batch.len() >= cap {
                     break;
                 }
                 let i = (*rr + k) % n;
@@ -163,8 +172,13 @@ impl Inference {
             for q in remove_indices(&mut self.queues, gone) {
                 log::debug!("inference: stream {} finished", q.name);
             }
-            if batch.len() >= self.max_batch || self.queues.is_empty() {
+            if batch.len() >= cap || self.queues.is_empty() {
                 return batch;
+            }
+            if pulled && adaptive {
+                // Take what is queued (the next round of the loop) but never wait for more.
+                deadline = Some(Instant::now());
+                continue;
             }
             if pulled {
                 deadline.get_or_insert_with(|| Instant::now() + self.max_wait);
@@ -194,8 +208,10 @@ impl Inference {
         m.batch_size().observe(batch.len() as f64);
         let images: Vec<&RgbImage> = batch.iter().map(|q| &q.frame.image).collect();
         let t0 = Instant::now();
+        let c0 = self.env.clock.now();
         let out = self.classifier.run(&images);
         m.inference_latency().observe(t0.elapsed().as_secs_f64());
+        self.policy.observe(images.len(), self.env.clock.now().saturating_duration_since(c0));
         let out = match out {
             Ok(o) => o,
             Err(e) => {
@@ -241,6 +257,66 @@ impl Inference {
             }
         }
         Ok(())
+    }
+}
+
+/// The latency-aware batch size (`[pipeline] latency_target_ms`): a cost model of the
+/// classifier (an exponentially weighted average of the run time per frame, learnt from the
+/// batches run so far) and the target.
+///
+/// The batch is capped at the largest size whose estimated run time still lets the oldest
+/// queued frame finish within the target; when the oldest frame is already past the target,
+/// the cap is `max_batch` (throughput first). Inference does not wait for frames to arrive, so
+/// under light load batches are what is queued (usually one frame) and answers are immediate;
+/// under load, frames queue while a batch runs and the next batch takes them together.
+#[derive(Clone, Debug)]
+pub struct BatchPolicy {
+    target: Option<Duration>,
+    max_batch: usize,
+    /// Estimated seconds per frame; `None` before the first batch.
+    per_frame: Option<f64>,
+}
+
+/// Weight of the newest batch in the per-frame cost average.
+const COST_EWMA: f64 = 0.2;
+
+impl BatchPolicy {
+    /// A policy for `latency_target_ms` (0: no target) with batches of at most `max_batch`.
+    pub fn new(max_batch: usize, latency_target_ms: u64) -> Self {
+        let target = (latency_target_ms > 0).then(|| Duration::from_millis(latency_target_ms));
+        BatchPolicy { target, max_batch: max_batch.max(1), per_frame: None }
+    }
+
+    /// The latency target, when set.
+    pub fn target(&self) -> Option<Duration> {
+        self.target
+    }
+
+    /// The current estimate of a batch of `n` frames' run time.
+    pub fn estimate(&self, n: usize) -> Option<Duration> {
+        self.per_frame.map(|p| Duration::from_secs_f64(p * n as f64))
+    }
+
+    /// The largest batch to run now, given the age of the oldest frame it would hold.
+    pub fn cap(&self, oldest_age: Duration) -> usize {
+        let (Some(target), Some(per_frame)) = (self.target, self.per_frame) else { return self.max_batch };
+        if oldest_age >= target {
+            return self.max_batch;
+        }
+        let left = (target - oldest_age).as_secs_f64();
+        ((left / per_frame.max(1e-6)).floor() as usize).clamp(1, self.max_batch)
+    }
+
+    /// Records that a batch of `n` frames took `took`.
+    pub fn observe(&mut self, n: usize, took: Duration) {
+        if n == 0 {
+            return;
+        }
+        let x = took.as_secs_f64() / n as f64;
+        self.per_frame = Some(match self.per_frame {
+            None => x,
+            Some(p) => p + COST_EWMA * (x - p),
+        });
     }
 }
 

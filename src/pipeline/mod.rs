@@ -24,6 +24,7 @@ pub mod alerting;
 pub mod capture;
 mod config;
 pub mod infer;
+pub mod rate;
 pub mod summary;
 
 use std::collections::BTreeMap;
@@ -41,7 +42,7 @@ use crate::sink::{Fanout, Sink};
 use crate::source::{Clock, QueueConfig, Roi, Source};
 
 pub use config::PipelineConfig;
-pub use infer::{Classifier, ClassifierOutput, GradClassifier};
+pub use infer::{BatchPolicy, Classifier, ClassifierOutput, GradClassifier};
 pub use summary::{StreamSummary, Summary, WindowStats};
 
 /// Errors starting the pipeline.
@@ -249,6 +250,8 @@ pub struct StreamSpec {
     pub queue: QueueConfig,
     /// The built source.
     pub source: Box<dyn Source>,
+    /// Score at most this many frames per second (`[[stream]] score_fps`); `None`: every frame.
+    pub score_fps: Option<f64>,
 }
 
 /// A running pipeline.
@@ -319,6 +322,7 @@ impl Pipeline {
                 roi: s.roi,
                 policy: s.queue.policy,
                 source: s.source,
+                rate: rate::ScoreRate::new(s.score_fps),
                 tx,
                 rx,
                 events: stream_tx.clone(),
@@ -338,6 +342,7 @@ impl Pipeline {
             classifier,
             max_batch: config.max_batch.max(1),
             max_wait: Duration::from_millis(config.max_wait_ms),
+            policy: infer::BatchPolicy::new(config.max_batch, config.latency_target_ms),
             drain: deadline / 2,
             out: scored_tx,
             heartbeat: hb.clone(),

@@ -88,6 +88,7 @@ fn calibration() -> Calibration {
             sha256: "00".into(),
             loss: "bce-logits".into(),
             features: vec!["f".into()],
+            preset: "full".into(),
         },
         threshold: 9.0,
         target_false_alarm: 0.01,
@@ -143,8 +144,13 @@ fn start_with(
     let metrics = Metrics::new();
     let env = Env::new(clock.clone(), metrics.clone());
     let src = FakeSource { clock, plan, i: 0, k: 0, forever };
-    let streams =
-        vec![StreamSpec { name: "s".into(), roi, queue: QueueConfig { size: 4, policy }, source: Box::new(src) }];
+    let streams = vec![StreamSpec {
+        name: "s".into(),
+        roi,
+        queue: QueueConfig { size: 4, policy },
+        source: Box::new(src),
+        score_fps: None,
+    }];
     let alert = AlertConfig {
         default: AlertPolicy { window: 4, raise: 3, clear: 1, min_duration_ms: 0, update_interval_ms: 0 },
         stream: BTreeMap::new(),
@@ -270,6 +276,7 @@ fn streams_share_batches_and_keep_their_own_alerts() {
         name: name.into(),
         roi: None,
         queue: QueueConfig { size: 4, policy: DropPolicy::Block },
+        score_fps: None,
         source: Box::new(FakeSource { clock: clock.clone(), plan, i: 0, k: 0, forever: false }),
     };
     let streams = vec![spec("a", vec![(30, 128, "clean")]), spec("b", vec![(10, 128, "clean"), (20, 255, "x")])];
@@ -324,6 +331,7 @@ fn many_streams_ending_together_all_scored() {
                 name: name.clone(),
                 roi: None,
                 queue: QueueConfig { size: 4, policy: DropPolicy::Block },
+                score_fps: None,
                 source: Box::new(FakeSource {
                     clock: clock.clone(),
                     plan: vec![(3 + round, 128, "clean")],

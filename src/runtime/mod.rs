@@ -133,6 +133,13 @@ pub struct RuntimeOptions {
     pub cuda_device: i32,
     /// TensorRT options.
     pub tensorrt: TensorRtOptions,
+    /// ONNX Runtime's CPU memory arena. On (ONNX Runtime's default), freed intermediates stay
+    /// in the arena and it grows to the largest batch seen; off, they go back to the system
+    /// allocator after each run (`docs/daemon-bench.md` measures both). Default true.
+    pub cpu_arena: bool,
+    /// ONNX Runtime's memory pattern planning (pre-allocates each run's intermediates as one
+    /// block per input shape). Default true.
+    pub memory_pattern: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -144,6 +151,8 @@ impl Default for RuntimeOptions {
             threads: 0,
             cuda_device: 0,
             tensorrt: TensorRtOptions::default(),
+            cpu_arena: true,
+            memory_pattern: true,
         }
     }
 }
@@ -218,6 +227,9 @@ fn build_session(bytes: &[u8], opts: &RuntimeOptions) -> Result<(Session, Provid
     if opts.threads > 0 {
         b = b.with_intra_threads(opts.threads).map_err(|e| RuntimeError::Ort(e.to_string()))?;
     }
+    if !opts.memory_pattern {
+        b = b.with_memory_pattern(false).map_err(|e| RuntimeError::Ort(e.to_string()))?;
+    }
     let mut chosen = Provider::Cpu;
     let mut eps = Vec::new();
     for (i, p) in opts.providers.iter().enumerate() {
@@ -237,7 +249,7 @@ fn build_session(bytes: &[u8], opts: &RuntimeOptions) -> Result<(Session, Provid
             chosen = *p;
         }
         match p {
-            Provider::Cpu => eps.push(ep::CPU::default().build()),
+            Provider::Cpu => eps.push(ep::CPU::default().with_arena_allocator(opts.cpu_arena).build()),
             Provider::Cuda => eps.push(ep::CUDA::default().with_device_id(opts.cuda_device).build().error_on_failure()),
             Provider::Tensorrt => {
                 let t = &opts.tensorrt;

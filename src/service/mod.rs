@@ -116,8 +116,10 @@ pub struct ModelAndCalibration {
 pub fn load_model(config: &Config) -> Result<ModelAndCalibration, ServiceError> {
     let calibration = Calibration::load(&config.model.calibration)?;
     let loss: Loss = calibration.model.loss.parse().map_err(ServiceError::Loss)?;
-    let model = LoadedModel::load(&config.model.path, &CompileOptions { loss, ..Default::default() })?;
-    calibration.check_model(&model.info.sha256, &model.compiled.features)?;
+    calibration.check_preset(config.model.preset.name())?;
+    let opts = CompileOptions { loss, ..CompileOptions::preset(config.model.preset) };
+    let model = LoadedModel::load(&config.model.path, &opts)?;
+    calibration.check_compiled(&model.info.sha256, &model.compiled.features, &model.compiled.preset)?;
     Ok(ModelAndCalibration { model, calibration })
 }
 
@@ -300,7 +302,7 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
     for s in config.enabled_streams() {
         let source =
             s.build(env.clock.clone()).map_err(|e| ServiceError::Source { stream: s.name.clone(), source: e })?;
-        streams.push(StreamSpec { name: s.name.clone(), roi: s.roi, queue: s.queue, source });
+        streams.push(StreamSpec { name: s.name.clone(), roi: s.roi, queue: s.queue, source, score_fps: s.score_fps });
     }
     let stream_names: Vec<String> = streams.iter().map(|s| s.name.clone()).collect();
     let sinks = crate::sink::build_all(&config.sink)?;
@@ -314,6 +316,7 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
     metrics.set_build_label("model_sha256", &loaded.model.info.sha256);
     let model_sha = loaded.model.info.sha256.clone();
     let features = loaded.model.compiled.features.clone();
+    let preset = loaded.model.compiled.preset.clone();
     let classifier = Box::new(GradClassifier { info: loaded.model.info.clone(), session });
     let scoring = scoring_of(&config, loaded.calibration);
 
@@ -331,6 +334,7 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
         config_path: config_path.to_path_buf(),
         model_sha,
         features,
+        preset,
         metrics,
         stream_names,
         started: Instant::now(),
@@ -368,6 +372,8 @@ struct Supervisor {
     config_path: std::path::PathBuf,
     model_sha: String,
     features: Vec<String>,
+    /// The running model's feature preset (a reloaded calibration must match it).
+    preset: String,
     metrics: Metrics,
     stream_names: Vec<String>,
     started: Instant,
@@ -479,7 +485,7 @@ impl Supervisor {
             }
         };
         let calibration = match Calibration::load(&new.model.calibration)
-            .and_then(|c| c.check_model(&self.model_sha, &self.features).map(|()| c))
+            .and_then(|c| c.check_compiled(&self.model_sha, &self.features, &self.preset).map(|()| c))
         {
             Ok(c) => c,
             Err(e) => {

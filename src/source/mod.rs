@@ -243,6 +243,11 @@ pub struct StreamConfig {
     pub roi: Option<Roi>,
     /// The capture queue. Default `{ size = 8, policy = "drop_oldest" }`.
     pub queue: QueueConfig,
+    /// Score at most this many frames per second, evenly spaced in frame time; the others are
+    /// captured and released unscored (metric `frames_skipped_total`, not drops). Default:
+    /// unset, every frame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score_fps: Option<f64>,
     /// `kind` and the kind's keys.
     #[serde(flatten)]
     pub source: SourceConfig,
@@ -259,9 +264,11 @@ struct CommonKeys {
     roi: Option<Roi>,
     #[serde(default)]
     queue: QueueConfig,
+    #[serde(default)]
+    score_fps: Option<f64>,
 }
 
-const COMMON_KEYS: [&str; 4] = ["name", "enabled", "roi", "queue"];
+const COMMON_KEYS: [&str; 5] = ["name", "enabled", "roi", "queue", "score_fps"];
 
 impl<'de> Deserialize<'de> for StreamConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -282,11 +289,18 @@ impl<'de> Deserialize<'de> for StreamConfig {
         let source = SourceConfig::deserialize(toml::Value::Table(rest)).map_err(|e| {
             let mut msg = format!("{who}: {}", e.message());
             if msg.contains("unknown field") {
-                msg.push_str(" (or one of the common keys `name`, `enabled`, `roi`, `queue`)");
+                msg.push_str(" (or one of the common keys `name`, `enabled`, `roi`, `queue`, `score_fps`)");
             }
             D::Error::custom(msg)
         })?;
-        Ok(StreamConfig { name: c.name, enabled: c.enabled, roi: c.roi, queue: c.queue, source })
+        Ok(StreamConfig {
+            name: c.name,
+            enabled: c.enabled,
+            roi: c.roi,
+            queue: c.queue,
+            score_fps: c.score_fps,
+            source,
+        })
     }
 }
 
@@ -307,6 +321,13 @@ impl StreamConfig {
         }
         if self.queue.size == 0 {
             return Err(SourceError::Config(format!("stream `{who}`: `queue.size` is 0; it must be at least 1")));
+        }
+        if let Some(f) = self.score_fps {
+            if !(f.is_finite() && f > 0.0) {
+                return Err(SourceError::Config(format!(
+                    "stream `{who}`: `score_fps` = {f} must be a number > 0 (leave it out to score every frame)"
+                )));
+            }
         }
         self.source.validate().map_err(|e| match e {
             SourceError::Config(m) => SourceError::Config(format!("stream `{who}`: {m}")),

@@ -87,6 +87,7 @@ pub(crate) fn assets() -> &'static Assets {
                 sha256: loaded.info.sha256.clone(),
                 loss: "bce-logits".into(),
                 features: loaded.compiled.features.clone(),
+                preset: "full".into(),
             },
             threshold,
             target_false_alarm: 0.01,

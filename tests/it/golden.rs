@@ -45,6 +45,45 @@ fn resnet18_matches_pytorch_float64() {
     assert!(worst.0 < 1e-4, "feature {} of sample {} differs by {:.2e} relative", names[worst.2], worst.1, worst.0);
 }
 
+/// The `fast` preset against the same PyTorch float64 features: its 17 norms (layer4 and the
+/// head) are the full graph's columns of the same names; the head's weight norm is also its
+/// closed form from the forward pass, `||s(z) - 1||^2 / C^2 * ||h||^2`.
+#[test]
+fn resnet18_fast_preset_matches_pytorch_float64() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model = onnx::load(&dir.join(MODEL)).unwrap();
+    let opts = CompileOptions { penultimate: true, ..CompileOptions::preset(grad::Preset::Fast) };
+    let fast = grad::compile(&model, &opts).unwrap();
+    let names: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(FIXTURE).join("names.json")).unwrap()).unwrap();
+    let x: ArrayD<f32> = read_npy(dir.join(FIXTURE).join("input.npy")).unwrap();
+    let want: Array2<f64> = read_npy(dir.join(FIXTURE).join("features.npy")).unwrap();
+    let got = GradSession::new(&fast, &crate::common::ort()).unwrap().run(x.view()).unwrap();
+    let norms = fast.features.len() - fast.act_stats.len();
+    assert_eq!(norms, 17);
+    for (j, name) in fast.features[..norms].iter().enumerate() {
+        let i = names.iter().position(|n| n == name).unwrap_or_else(|| panic!("{name} is no full feature"));
+        for k in 0..x.shape()[0] {
+            let (g, w) = (got.features[[k, j]] as f64, want[[k, i]]);
+            assert!((g - w).abs() / w.abs().max(1e-30) < 1e-4, "{name} of sample {k}: fast {g:e}, PyTorch {w:e}");
+        }
+    }
+    let h = got.penultimate.expect("penultimate");
+    let c = got.logits.ncols() as f64;
+    let wcol = fast.features.iter().position(|n| n == "linear.weight").unwrap();
+    for k in 0..x.shape()[0] {
+        let d2: f64 = got.logits.row(k).iter().map(|&z| (1.0 / (1.0 + (-(z as f64)).exp()) - 1.0).powi(2)).sum::<f64>();
+        let h2: f64 = h.row(k).iter().map(|&v| (v as f64).powi(2)).sum();
+        let closed = d2 / (c * c) * h2;
+        let g = got.features[[k, wcol]] as f64;
+        assert!((g - closed).abs() / closed < 1e-4, "head closed form of sample {k}: {g:e} vs {closed:e}");
+    }
+    // The statistics are finite and positive (block outputs after Relu).
+    for k in 0..x.shape()[0] {
+        assert!(got.features.row(k).iter().skip(norms).all(|v| v.is_finite() && *v > 0.0));
+    }
+}
+
 const FOLDED: &str = "tests/fixtures/folded_bn";
 
 /// A Keras/TensorFlow-style CNN whose BatchNormalization layers are folded into per-channel

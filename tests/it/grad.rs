@@ -839,3 +839,52 @@ fn fd_cases_cover_every_rule() {
     let missing: Vec<&str> = ParamKind::ALL.iter().filter(|k| !kinds.contains(k)).map(|k| k.name()).collect();
     assert!(missing.is_empty(), "parameter kinds with no finite-difference case in FD_CASES: {missing:?}");
 }
+
+/// The `fast` preset on a two-stage net (a residual block at 6x6, then a strided conv to 2x2):
+/// only the last stage's and the head's norms, each equal to the finite differences of the
+/// full model, then the residual block's output mean square (checked against the forward).
+#[test]
+fn fast_preset_last_stage_matches_finite_differences() {
+    let case = case_residual_block_batchnorm_folds_into_convs();
+    let model = case.net.model(&case.input, &case.out);
+    let fast = grad::compile(&model, &CompileOptions::preset(grad::Preset::Fast)).unwrap();
+    assert_eq!(fast.preset, "fast");
+    assert_eq!(grad::preset_name(&fast.model), "fast");
+    let norms = &fast.features[..fast.features.len() - fast.act_stats.len()];
+    // The strided conv, its BatchNormalization and the head; nothing of the 6x6 stage.
+    let full = grad::compile(&model, &CompileOptions::default()).unwrap();
+    assert!(norms.len() >= 3 && norms.len() < full.features.len(), "{norms:?}");
+    let first_conv = &case.net.params[0];
+    assert!(!norms.contains(first_conv), "{norms:?}");
+    assert_eq!(fast.act_stats.len(), 1, "one residual join");
+    let mut rng = crate::common::Rng::new(99);
+    let x: ArrayD<f32> = input(&mut rng, BATCH, &case.input);
+    let got = GradSession::new(&fast, &ort()).unwrap().run(x.view()).unwrap();
+    let (fd, _) = finite_differences(&case.net, &model, &x, &case.out, &[1.0; CLASSES], false, 2e-3);
+    for (j, p) in norms.iter().enumerate() {
+        let i = case.net.params.iter().position(|q| q == p).unwrap();
+        for k in 0..BATCH {
+            let (g, e) = (got.features[[k, j]] as f64, fd[i][k]);
+            assert!(
+                (g - e).abs() <= 2e-2 * e.abs() + 1e-7,
+                "param {p} sample {k}: fast {g:e}, finite differences {e:e}"
+            );
+        }
+    }
+    // The statistic: mean of the squared block output, from a forward run that outputs it.
+    let act = fast.act_stats[0].strip_prefix(grad::ACT_PREFIX).unwrap();
+    let fwd = case.net.model(&case.input, act);
+    let mut s = gradwatch::runtime::ModelSession::new(&gradwatch::onnx::encode(&fwd), &ort()).unwrap();
+    let y = s.run(&[("x", x.view())]).unwrap().remove(act).unwrap();
+    let per = y.len() / BATCH;
+    for k in 0..BATCH {
+        let want: f64 =
+            y.as_slice().unwrap()[k * per..(k + 1) * per].iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / per as f64;
+        let g = got.features[[k, norms.len()]] as f64;
+        assert!((g - want).abs() <= 1e-5 * want.abs() + 1e-9, "act stat sample {k}: {g} vs {want}");
+    }
+    // The stage cut by itself (`--stages 2` keeps both stages: every norm of the full graph).
+    let two = grad::compile(&model, &CompileOptions { stages: Some(2), ..Default::default() }).unwrap();
+    assert_eq!(two.features, full.features);
+    assert_eq!(two.preset, "custom");
+}

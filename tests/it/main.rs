@@ -2,6 +2,7 @@
 //! rustls again): a module per area, against the public API and the real `gradwatch` binary.
 
 mod alert;
+mod budget;
 mod calibrate;
 mod common;
 mod corrupt;
