@@ -15,89 +15,14 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::Net;
+// The same tiny CNN and one-class calibration as `daemon.rs` (a Laplacian filter bank, so
+// noise shows), built once per test process.
+use crate::daemon::assets;
 use crate::mqtt::{Broker, Sub};
-use gradwatch::detector::calibration::{CalibModel, DataSummary, FitSummary, FORMAT};
-use gradwatch::detector::{Calibration, DetectorKind, Gaussian, LogStandardizer};
-use gradwatch::model::LoadedModel;
-use gradwatch::onnx::attr;
-use gradwatch::runtime::{GradSession, RuntimeOptions};
 use serde_json::Value;
-
-const FIXTURE: &str = "tests/fixtures/daemon/frames-48x32x32.npy";
-
-struct Assets {
-    _dir: tempfile::TempDir,
-    model: PathBuf,
-    calibration: PathBuf,
-    frames: PathBuf,
-}
-
-/// The same tiny CNN and one-class calibration as `daemon.rs` (a Laplacian filter bank, so
-/// noise shows), built once per test process.
-fn assets() -> &'static Assets {
-    static A: OnceLock<Assets> = OnceLock::new();
-    A.get_or_init(|| {
-        let mut n = Net::new(7);
-        let mut lap = vec![0f32; 6 * 3 * 9];
-        for c in 0..6 {
-            let sign = if c < 3 { 1.0 } else { -1.0 };
-            let base = (c * 3 + c % 3) * 9;
-            for (k, w) in [(1, -1.0), (3, -1.0), (4, 4.0), (5, -1.0), (7, -1.0)] {
-                lap[base + k] = sign * w;
-            }
-        }
-        let w1 = n.constant(&[6, 3, 3, 3], &lap);
-        let c1 = n.op("Conv", &["x", &w1], vec![attr::ints("pads", &[1, 1, 1, 1])]);
-        let r1 = n.op("Relu", &[&c1], vec![]);
-        let c2 = n.conv(&r1, 6, 8, 3, true, vec![attr::ints("pads", &[1, 1, 1, 1]), attr::ints("strides", &[2, 2])]);
-        let r2 = n.op("Relu", &[&c2], vec![]);
-        let g = n.op("GlobalAveragePool", &[&r2], vec![]);
-        let out = n.head(&g, 8, 5);
-        let proto = n.model(&[3, 32, 32], &out);
-
-        let dir = tempfile::tempdir().unwrap();
-        let model = dir.path().join("tiny.onnx");
-        gradwatch::onnx::save(&proto, &model).unwrap();
-        let loaded = LoadedModel::load(&model, &Default::default()).unwrap();
-        gradwatch::runtime::init(None).expect("ONNX Runtime: run `make ort` or set ORT_DYLIB_PATH");
-        let mut s = GradSession::new(&loaded.compiled, &RuntimeOptions { threads: 1, ..Default::default() }).unwrap();
-        let frames = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
-        let imgs = gradwatch::data::load_npy_images(&frames).unwrap();
-        let x = loaded.info.preprocess(imgs.iter());
-        let feats = s.run(x.view().into_dyn()).unwrap().features;
-        let normalize = LogStandardizer::fit(&feats).unwrap();
-        let z = normalize.transform(&feats).unwrap();
-        let gaussian = Gaussian::fit(&z, &vec![0; z.nrows()], 1, 1e-3).unwrap();
-        let threshold = gaussian.score(&z).into_iter().fold(f32::MIN, f32::max);
-        let calib = Calibration {
-            format: FORMAT,
-            model: CalibModel {
-                name: loaded.info.name.clone(),
-                sha256: loaded.info.sha256.clone(),
-                loss: "bce-logits".into(),
-                features: loaded.compiled.features.clone(),
-            },
-            threshold,
-            target_false_alarm: 0.01,
-            detector: DetectorKind::OneClass { normalize, gaussian },
-            fitted_on: FitSummary {
-                familiar: DataSummary { name: FIXTURE.into(), count: imgs.len() },
-                unfamiliar: vec![],
-                validation_false_alarm_rate: 0.0,
-                validation_true_positive_rate: 0.0,
-                validation_auroc: 0.0,
-                command: "tests/it/delivery.rs".into(),
-            },
-        };
-        let calibration = dir.path().join("tiny.calib.toml");
-        calib.save(&calibration).unwrap();
-        Assets { model, calibration, frames, _dir: dir }
-    })
-}
 
 /// A config: the tiny model, metrics on a free port, a replay at 100 fps forever that
 /// alternates 20 clean and 20 noisy frames (an alert starts and ends every 0.4 s) or, with
