@@ -2,7 +2,7 @@
 //! transitions into events, which go to the sinks' [`Fanout`]. On shutdown open alerts end
 //! with reason "shutdown" and the sinks drain until the deadline.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,6 +22,10 @@ pub struct StreamEvent {
     pub time: SystemTime,
     /// What happened.
     pub kind: StreamEventKind,
+    /// The sequence number of the stream's next frame: the transition happened after every
+    /// frame before it and before this one, and the alert stage orders it so among the
+    /// verdicts (channels alone cannot: verdicts take longer to arrive than transitions).
+    pub before_seq: u64,
 }
 
 /// Up or down.
@@ -76,26 +80,38 @@ impl AlertStage {
         let mut stream_events = stream_events;
         let mut control = control;
         let mut retired: Vec<std::thread::JoinHandle<()>> = Vec::new();
+        // Transitions received but not yet due: each waits for the verdicts of the frames
+        // captured before it (`before_seq`), so `stream_up` precedes the first frame's alert
+        // and `stream_down` follows the last one's.
+        let mut held: VecDeque<StreamEvent> = VecDeque::new();
         loop {
             heartbeat.beat();
             crossbeam_channel::select! {
                 recv(scored) -> m => match m {
-                    Ok(s) => on_scored(s, &mut slots, &mut summary, &fanout, &env, &model),
+                    Ok(s) => {
+                        held.extend(stream_events.try_iter());
+                        release_held(&mut held, Some(&s), &mut slots, &fanout, &model);
+                        on_scored(s, &mut slots, &mut summary, &fanout, &env, &model);
+                        if scored.is_empty() {
+                            // Every verdict delivered so far is handled: the rest are due.
+                            release_held(&mut held, None, &mut slots, &fanout, &model);
+                        }
+                    }
                     // Inference finished (stop, every stream ended, or it failed).
                     Err(_) => break,
                 },
                 recv(stream_events) -> m => match m {
                     Ok(e) => {
+                        held.push_back(e);
                         // Verdicts already delivered go first: `select!` picks among ready
                         // channels at random, and capture sends a `stream_down` only after
                         // its queued frames were handed on (see `capture`).
                         while let Ok(s) = scored.try_recv() {
+                            held.extend(stream_events.try_iter());
+                            release_held(&mut held, Some(&s), &mut slots, &fanout, &model);
                             on_scored(s, &mut slots, &mut summary, &fanout, &env, &model);
                         }
-                        if let Some(slot) = slots.get_mut(&e.stream) {
-                            handle_stream_event(slot, e, &fanout);
-                            apply_pending(slot, &model);
-                        }
+                        release_held(&mut held, None, &mut slots, &fanout, &model);
                     }
                     Err(_) => stream_events = never(),
                 },
@@ -128,7 +144,8 @@ impl AlertStage {
             }
         }
         // Late stream events first (a stream that went down just before the end).
-        while let Ok(e) = stream_events.try_recv() {
+        held.extend(stream_events.try_iter());
+        while let Some(e) = held.pop_front() {
             if let Some(slot) = slots.get_mut(&e.stream) {
                 handle_stream_event(slot, e, &fanout);
             }
@@ -178,6 +195,31 @@ fn on_scored(
         fanout.send(ev);
     }
     apply_pending(slot, model);
+}
+
+/// Handles the held transitions that are due before verdict `next` (those of its stream with
+/// `before_seq <= next.seq`), or all of them when `next` is `None` (every delivered verdict
+/// was handled), in the order they were sent.
+fn release_held(
+    held: &mut VecDeque<StreamEvent>,
+    next: Option<&Scored>,
+    slots: &mut BTreeMap<String, Slot>,
+    fanout: &Fanout,
+    model: &ModelRef,
+) {
+    let due = |e: &StreamEvent| next.is_none_or(|s| e.stream == s.stream && e.before_seq <= s.seq);
+    let mut keep = VecDeque::with_capacity(held.len());
+    while let Some(e) = held.pop_front() {
+        if !due(&e) {
+            keep.push_back(e);
+            continue;
+        }
+        if let Some(slot) = slots.get_mut(&e.stream) {
+            handle_stream_event(slot, e, fanout);
+            apply_pending(slot, model);
+        }
+    }
+    *held = keep;
 }
 
 fn handle_stream_event(slot: &mut Slot, e: StreamEvent, fanout: &Fanout) {

@@ -93,7 +93,7 @@ impl Capture {
                     if link != Link::Up {
                         // Also at the first frame: consumers see `stream_up` when a stream
                         // starts, not only when it comes back.
-                        self.send_event(StreamEventKind::Up, self.env.now());
+                        self.send_event(StreamEventKind::Up, self.env.now(), seq);
                         link = Link::Up;
                         m.up.set(1);
                     }
@@ -127,7 +127,7 @@ impl Capture {
                         link = Link::Down;
                         let time = self.env.now();
                         self.wait_for_queued_frames();
-                        self.send_event(StreamEventKind::Down(reason), time);
+                        self.send_event(StreamEventKind::Down(reason), time, seq);
                     }
                 }
                 SourceEvent::Up => {
@@ -135,7 +135,7 @@ impl Capture {
                     if link != Link::Up {
                         log::info!("stream {}: up", self.spec_name);
                         link = Link::Up;
-                        self.send_event(StreamEventKind::Up, self.env.now());
+                        self.send_event(StreamEventKind::Up, self.env.now(), seq);
                     }
                 }
                 SourceEvent::End => {
@@ -180,8 +180,9 @@ impl Capture {
         }
     }
 
-    fn send_event(&self, kind: StreamEventKind, time: std::time::SystemTime) {
-        let ev = StreamEvent { stream: self.spec_name.clone(), time, kind };
+    /// Sends an up/down transition that happened before frame `before_seq` was captured.
+    fn send_event(&self, kind: StreamEventKind, time: std::time::SystemTime, before_seq: u64) {
+        let ev = StreamEvent { stream: self.spec_name.clone(), time, kind, before_seq };
         // Never block capture on the alert stage: a full event queue loses a transition,
         // which the next one corrects.
         if self.events.try_send(ev).is_err() {
