@@ -19,9 +19,11 @@
 //! The heat map's input gradient comes from a second, CPU-only, one-thread gradient session
 //! compiled with `input_grad` ([`SessionGradient`]), run only on the frames that get a
 //! snapshot. Adding `input_grad` to the daemon's own graph instead was measured side by side
-//! (`docs/alerts.md`, "Snapshots"): about free at batch 1 but 9-33 % more per frame at batch 8
-//! on the reference model, paid by every frame, while a heat map is needed once or twice per
-//! alert (about 60 ms of one core each on the reference model).
+//! (reference ResNet-18 at 32x32, one thread, alternating 1-s rounds, median of 21): +2 % per
+//! frame at batch 1 but +22 % at batch 8 (the daemon's default `max_batch`; +7 % to +33 % over
+//! four runs on a shared, busy 2-core machine), paid by every frame; a heat map is needed once
+//! or twice per alert and costs one gradient-graph run (30-60 ms of one core here), plus 1 s at
+//! start to compile its graph.
 //!
 //! Files are named after the alert id (`<stream>-<first_seq>-<unix ms>`, characters other than
 //! letters, digits, `-`, `_`, `.` replaced by `_`): `<id>-start.jpg`, `<id>-start-heatmap.png`,
