@@ -116,6 +116,9 @@ pub struct Config {
     /// `[[sink]]` tables; default one stdout sink.
     #[serde(default)]
     pub sink: Vec<SinkConfig>,
+    /// `[snapshots]`: alert snapshots and heat maps.
+    #[serde(default)]
+    pub snapshots: crate::snapshot::SnapshotConfig,
     /// Where the config was read from (not a key of the file).
     #[serde(skip)]
     pub source_path: PathBuf,
@@ -157,6 +160,7 @@ impl Config {
         for s in &mut self.sink {
             s.resolve_paths(base);
         }
+        self.snapshots.resolve_paths(base);
     }
 
     fn invalid(&self, message: String) -> ConfigError {
@@ -183,6 +187,7 @@ impl Config {
         }
         self.alert.validate(&names).map_err(|e| self.invalid(e))?;
         self.pipeline.validate().map_err(|e| self.invalid(format!("[pipeline] {e}")))?;
+        self.snapshots.validate().map_err(|e| self.invalid(e))?;
         if let Some(t) = self.model.threshold {
             if !t.is_finite() {
                 return Err(self.invalid(format!("[model] threshold = {t} must be a finite number")));

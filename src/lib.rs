@@ -22,4 +22,5 @@ pub mod rng;
 pub mod runtime;
 pub mod service;
 pub mod sink;
+pub mod snapshot;
 pub mod source;

@@ -176,6 +176,13 @@ pub struct Alert {
     pub model_sha256: String,
     /// Tag of the peak frame.
     pub tag: Option<String>,
+    /// Path of the JPEG snapshot: the triggering frame in `alert_start`, the peak frame in
+    /// `alert_end`; absent when snapshots are off or the frame was not kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Path of the PNG heat map of the input gradient over that frame; absent likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heatmap: Option<String>,
 }
 
 /// An event emitted by the alert stage: the unit every sink delivers.
@@ -532,6 +539,8 @@ impl AlertTracker {
             model: self.model.name.clone(),
             model_sha256: self.model.sha256.clone(),
             tag: peak.and_then(|p| p.tag.clone()),
+            snapshot: None,
+            heatmap: None,
         }
     }
 
@@ -556,6 +565,8 @@ impl AlertTracker {
             model: self.model.name.clone(),
             model_sha256: self.model.sha256.clone(),
             tag: None,
+            snapshot: None,
+            heatmap: None,
         }
     }
 }

@@ -7,6 +7,7 @@ mod common;
 mod compile;
 mod corrupt;
 mod eval;
+mod explain;
 mod features;
 mod run;
 mod score;
@@ -41,6 +42,8 @@ enum Command {
     Calibrate(calibrate::CalibrateArgs),
     /// Score images with a calibration: one JSON line per image.
     Score(score::ScoreArgs),
+    /// Explain an image's score: heat map of the input gradient, per-layer chart vs familiar.
+    Explain(explain::ExplainArgs),
     /// Run the paper's experiments and write the report (results.md, results.csv, figures).
     Eval(eval::EvalArgs),
 }
@@ -60,6 +63,7 @@ pub fn main() -> i32 {
         Command::Calibrate(a) => calibrate::run(a),
         Command::Score(a) => score::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Explain(a) => explain::run(a),
     };
     match r {
         Ok(code) => code,

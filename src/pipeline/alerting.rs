@@ -57,6 +57,20 @@ struct Slot {
     tracker: AlertTracker,
     /// A new policy waiting for the open alert to end.
     pending: Option<AlertPolicy>,
+    /// The stream's alert snapshots, when on.
+    snap: Option<crate::snapshot::StreamSnaps>,
+}
+
+impl Slot {
+    /// Gives the stream's snapshots the frame (if any) and its events, which get their paths.
+    fn snapshots(&mut self, frame: Option<&Scored>, evs: &mut [Event]) {
+        if let Some(sn) = self.snap.as_mut() {
+            if let Some(s) = frame {
+                sn.frame(s);
+            }
+            sn.events(evs);
+        }
+    }
 }
 
 impl AlertStage {
@@ -74,8 +88,13 @@ impl AlertStage {
             result,
             model,
         } = self;
-        let mut slots: BTreeMap<String, Slot> =
-            trackers.into_iter().map(|t| (t.stream().to_string(), Slot { tracker: t, pending: None })).collect();
+        let mut slots: BTreeMap<String, Slot> = trackers
+            .into_iter()
+            .map(|t| {
+                let snap = env.snapshots.as_ref().map(|s| s.stream(t.stream()));
+                (t.stream().to_string(), Slot { tracker: t, pending: None, snap })
+            })
+            .collect();
         let mut summary = Summary::default();
         let mut stream_events = stream_events;
         let mut control = control;
@@ -152,12 +171,21 @@ impl AlertStage {
         }
         let now = env.now();
         for slot in slots.values_mut() {
-            for ev in slot.tracker.shutdown(now) {
-                fanout.send(&ev);
+            let mut evs = slot.tracker.shutdown(now);
+            slot.snapshots(None, &mut evs);
+            for ev in &evs {
+                fanout.send(ev);
             }
+        }
+        if let Some(s) = &env.snapshots {
+            // No more snapshots; the queued ones are written while the sinks drain.
+            s.close();
         }
         let until = shared.stop_instant().map_or_else(|| Instant::now() + deadline, |t| t + deadline);
         let report = fanout.shutdown(until.max(Instant::now() + Duration::from_millis(100)));
+        if let Some(s) = &env.snapshots {
+            s.finish(until.max(Instant::now() + Duration::from_millis(100)));
+        }
         for h in retired {
             let _ = h.join();
         }
@@ -186,7 +214,8 @@ fn on_scored(
 ) {
     summary.frame(&s, env.now());
     let Some(slot) = slots.get_mut(&s.stream) else { return };
-    let evs = slot.tracker.push(&s);
+    let mut evs = slot.tracker.push(&s);
+    slot.snapshots(Some(&s), &mut evs);
     for ev in &evs {
         if matches!(ev, Event::AlertStart { .. }) {
             env.metrics.stream(&s.stream).alerts_raised.inc();
@@ -223,10 +252,11 @@ fn release_held(
 }
 
 fn handle_stream_event(slot: &mut Slot, e: StreamEvent, fanout: &Fanout) {
-    let evs = match e.kind {
+    let mut evs = match e.kind {
         StreamEventKind::Down(reason) => slot.tracker.stream_down(e.time, &reason),
         StreamEventKind::Up => vec![slot.tracker.stream_up(e.time)],
     };
+    slot.snapshots(None, &mut evs);
     for ev in &evs {
         fanout.send(ev);
     }

@@ -252,6 +252,11 @@ impl Inference {
                 confidence,
                 tag: q.frame.tag,
             };
+            if let Some(snaps) = self.env.snapshots.as_ref().filter(|_| s.is_over()) {
+                // Only over-threshold frames can raise an alert or be its peak; the image is
+                // moved, not copied.
+                snaps.keep(&s.stream, crate::snapshot::Kept { seq: s.seq, score: s.score, image: q.frame.image });
+            }
             if self.out.send(s).is_err() {
                 return Err("the alert stage is gone".into());
             }

@@ -83,13 +83,21 @@ pub struct Env {
     /// On the real clock frames carry the system time itself, so alert times stay in step
     /// with NTP over months of uptime.
     system_time: bool,
+    /// Alert snapshots, when on: inference keeps over-threshold frames, the alert stage asks
+    /// for snapshots of them.
+    pub snapshots: Option<Arc<crate::snapshot::Snapshots>>,
 }
 
 impl Env {
     /// An environment on `clock`, whose present is now in wall time.
     pub fn new(clock: Arc<dyn Clock>, metrics: Metrics) -> Self {
         let epoch_instant = clock.now();
-        Env { clock, metrics, epoch_instant, epoch_wall: SystemTime::now(), system_time: false }
+        Env { clock, metrics, epoch_instant, epoch_wall: SystemTime::now(), system_time: false, snapshots: None }
+    }
+
+    /// This environment with alert snapshots.
+    pub fn with_snapshots(self, snapshots: Option<Arc<crate::snapshot::Snapshots>>) -> Self {
+        Env { snapshots, ..self }
     }
 
     /// The real clock; frame times are the system time.

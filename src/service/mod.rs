@@ -225,6 +225,36 @@ fn scoring_of(config: &Config, calibration: Calibration) -> Scoring {
     Scoring { calibration: Arc::new(calibration), threshold }
 }
 
+/// Alert snapshots as `[snapshots]` says, or `None` (logged) when off or without a usable
+/// directory. Their heat maps come from a second, CPU-only session over the model compiled
+/// with `input_grad` (see `src/snapshot/`); without it snapshots go without heat maps.
+fn start_snapshots(config: &Config, loaded: &ModelAndCalibration) -> Option<Arc<crate::snapshot::Snapshots>> {
+    use crate::snapshot::{GradLayout, InputGradient, SessionGradient, Snapshots};
+    // Compile the heat-map graph only when snapshots can be written at all.
+    let gradient: Option<Box<dyn InputGradient>> = if config.snapshots.directory().is_some() {
+        let t0 = Instant::now();
+        let made = loaded
+            .calibration
+            .model
+            .loss
+            .parse::<Loss>()
+            .and_then(|loss| SessionGradient::new(&loaded.model, loss, config.runtime.library.as_deref()));
+        match made {
+            Ok(g) => {
+                log::info!("snapshots: heat-map graph ready in {:.1} s", t0.elapsed().as_secs_f64());
+                Some(Box::new(g))
+            }
+            Err(e) => {
+                log::warn!("snapshots: no heat maps: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    Snapshots::from_config(&config.snapshots, GradLayout::of(&loaded.model.info), gradient)
+}
+
 /// Signals the daemon acts on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Sig {
@@ -318,6 +348,7 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
     let features = loaded.model.compiled.features.clone();
     let preset = loaded.model.compiled.preset.clone();
     let classifier = Box::new(GradClassifier { info: loaded.model.info.clone(), session });
+    let env = env.with_snapshots(start_snapshots(&config, &loaded));
     let scoring = scoring_of(&config, loaded.calibration);
 
     let pipeline = Pipeline::start(&env, &config.pipeline, &config.alert, streams, classifier, scoring, sinks)?;
@@ -516,6 +547,7 @@ impl Supervisor {
             ("[pipeline]", new.pipeline != self.config.pipeline),
             ("[metrics]", new.metrics != self.config.metrics),
             ("[runtime]", format!("{:?}", new.runtime) != format!("{:?}", self.config.runtime)),
+            ("[snapshots]", new.snapshots != self.config.snapshots),
         ] {
             if changed {
                 log::warn!("reload: {what} changed; that takes effect only after a restart");
@@ -543,6 +575,7 @@ impl Supervisor {
         self.config.pipeline = old.pipeline;
         self.config.metrics = old.metrics;
         self.config.stream = old.stream;
+        self.config.snapshots = old.snapshots;
         log::info!("reload: done");
     }
 }

@@ -19,4 +19,5 @@ mod mqtt;
 mod roc;
 mod runtime;
 mod sink;
+mod snapshot;
 mod source;

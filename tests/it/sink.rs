@@ -32,6 +32,8 @@ fn alert(i: u64) -> Alert {
         model: "resnet18".into(),
         model_sha256: "0f".repeat(32),
         tag: None,
+        snapshot: None,
+        heatmap: None,
     }
 }
 
