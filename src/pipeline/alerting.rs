@@ -78,6 +78,7 @@ impl AlertStage {
         let mut retired: Vec<std::thread::JoinHandle<()>> = Vec::new();
         loop {
             heartbeat.beat();
+            env.metrics.tick();
             crossbeam_channel::select! {
                 recv(scored) -> m => match m {
                     Ok(s) => on_scored(s, &mut slots, &mut summary, &fanout, &env, &model),
@@ -93,7 +94,7 @@ impl AlertStage {
                             on_scored(s, &mut slots, &mut summary, &fanout, &env, &model);
                         }
                         if let Some(slot) = slots.get_mut(&e.stream) {
-                            handle_stream_event(slot, e, &fanout);
+                            handle_stream_event(slot, e, &fanout, &env);
                             apply_pending(slot, &model);
                         }
                     }
@@ -130,12 +131,13 @@ impl AlertStage {
         // Late stream events first (a stream that went down just before the end).
         while let Ok(e) = stream_events.try_recv() {
             if let Some(slot) = slots.get_mut(&e.stream) {
-                handle_stream_event(slot, e, &fanout);
+                handle_stream_event(slot, e, &fanout, &env);
             }
         }
         let now = env.now();
         for slot in slots.values_mut() {
             for ev in slot.tracker.shutdown(now) {
+                status_event(&env, &ev);
                 fanout.send(&ev);
             }
         }
@@ -169,25 +171,34 @@ fn on_scored(
 ) {
     summary.frame(&s, env.now());
     let Some(slot) = slots.get_mut(&s.stream) else { return };
+    env.metrics.stream(&s.stream).status.frame(s.time, s.score, s.threshold);
     let evs = slot.tracker.push(&s);
     for ev in &evs {
         if matches!(ev, Event::AlertStart { .. }) {
             env.metrics.stream(&s.stream).alerts_raised.inc();
         }
         summary.event(&s, ev);
+        status_event(env, ev);
         fanout.send(ev);
     }
     apply_pending(slot, model);
 }
 
-fn handle_stream_event(slot: &mut Slot, e: StreamEvent, fanout: &Fanout) {
+fn handle_stream_event(slot: &mut Slot, e: StreamEvent, fanout: &Fanout, env: &Env) {
     let evs = match e.kind {
         StreamEventKind::Down(reason) => slot.tracker.stream_down(e.time, &reason),
         StreamEventKind::Up => vec![slot.tracker.stream_up(e.time)],
     };
     for ev in &evs {
+        status_event(env, ev);
         fanout.send(ev);
     }
+}
+
+/// The stream's status (the status page, the MQTT dashboard topics) learns of an event as it
+/// goes to the sinks.
+fn status_event(env: &Env, ev: &Event) {
+    env.metrics.stream(ev.stream()).status.event(ev);
 }
 
 /// Swaps in a pending policy once no alert is open (a policy change never cuts an alert short).
