@@ -280,7 +280,7 @@ impl Metrics {
         }
     }
 
-    /// The `model` label of `build_info`, if set.
+    /// The value of the `build_info` label `key` (e.g. `model`), if set.
     pub fn build_label(&self, key: &str) -> Option<String> {
         read(&self.inner.build_labels).iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
     }

@@ -139,7 +139,7 @@ pub fn render(metrics: &Metrics, now: SystemTime) -> String {
     let model = metrics.build_label("model").map(|m| format!(" · model {}", html_escape(&m))).unwrap_or_default();
     let _ = write!(
         o,
-        "<header><h1>gradwatch</h1><p>{} stream{}{model} · gradwatch {} · {}</p></header>\n<main>\n",
+        "<header><h1>gradwatch</h1><p>{} stream{}{model} · gradwatch {} · updated {}</p></header>\n<main>\n",
         streams.len(),
         if streams.len() == 1 { "" } else { "s" },
         env!("CARGO_PKG_VERSION"),
@@ -202,10 +202,9 @@ fn card(o: &mut String, i: usize, name: &str, v: &StatusView, now_ms: u64) {
 fn alert(o: &mut String, a: &AlertInfo) {
     let (class, title) = if a.is_open() { ("alert", "Open alert") } else { ("alert ended", "Last alert") };
     let _ = write!(o, "<div class=\"{class}\"><h3>{title}</h3><p><code>{}</code></p>", html_escape(&a.id));
-    let secs = a.duration_ms as f64 / 1000.0;
     let _ = write!(
         o,
-        "<p>since {} · {secs:.1} s · peak {} (threshold {})",
+        "<p>since {} · peak score {} (threshold {})",
         html_escape(&a.first_time),
         num(Some(a.peak_score), 2),
         num(Some(a.threshold), 2),
@@ -214,7 +213,8 @@ fn alert(o: &mut String, a: &AlertInfo) {
         let _ = write!(o, " · tag {}", html_escape(t));
     }
     if let Some(r) = &a.end_reason {
-        let _ = write!(o, " · ended {} ({})", html_escape(&a.time), html_escape(r));
+        let secs = a.duration_ms as f64 / 1000.0;
+        let _ = write!(o, " · ended {} after {secs:.1} s ({})", html_escape(&a.time), html_escape(r));
     }
     o.push_str("</p>");
     let pics: Vec<(&str, &String)> = [("snapshot", a.snapshot.as_ref()), ("heat map", a.heatmap.as_ref())]
@@ -280,8 +280,8 @@ fn plot(o: &mut String, i: usize, v: &StatusView, now_ms: u64) {
         H - T - B
     );
     // Axes: a few y ticks, and minutes on x.
-    for k in 0..=2 {
-        let val = lo + (hi - lo) * f64::from(k) / 2.0;
+    for k in [0.0, 1.0] {
+        let val = lo + (hi - lo) * k;
         let _ = write!(
             o,
             "<text x=\"{}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\" fill=\"#6b7280\">{:.1}</text>",
@@ -340,14 +340,15 @@ fn plot(o: &mut String, i: usize, v: &StatusView, now_ms: u64) {
         let _ =
             write!(o, "<clipPath id=\"over{i}\"><rect x=\"0\" y=\"0\" width=\"{W}\" height=\"{ty:.1}\"/></clipPath>");
         line(o, "#dc2626", &format!(" clip-path=\"url(#over{i})\""));
+        // The threshold's value in red on the y axis, where the data never is.
         let _ = write!(
             o,
             "<line class=\"threshold\" x1=\"{L}\" x2=\"{}\" y1=\"{ty:.1}\" y2=\"{ty:.1}\" stroke=\"#dc2626\" \
              stroke-dasharray=\"5 4\" stroke-width=\"1\"/><text x=\"{}\" y=\"{:.1}\" font-size=\"10\" \
-             text-anchor=\"end\" fill=\"#dc2626\">threshold {t:.2}</text>",
+             text-anchor=\"end\" fill=\"#dc2626\" font-weight=\"600\">{t:.2}</text>",
             W - 4.0,
-            W - 8.0,
-            ty - 3.0
+            L - 4.0,
+            ty + 3.0
         );
     }
     if pts.is_empty() {
