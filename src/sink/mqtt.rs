@@ -1146,6 +1146,10 @@ mod tests {
         assert_eq!(c.event_topic("a/b+#"), "gradwatch/box/events/a_b__");
         assert_eq!(c.event_topic(""), "gradwatch/box/events/_");
         assert_eq!(c.status_topic(), "gradwatch/box/status");
+        let mut d = c.clone();
+        d.discovery = true;
+        assert_eq!(d.status_topic(), "gradwatch/box/availability", "the will moves with the dashboard");
+        assert_eq!(d.stream_topic("a/b", "state"), "gradwatch/box/a_b/state");
     }
 
     #[test]
@@ -1157,6 +1161,12 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = ok.clone();
         c.client_id = "a/b".into();
+        assert!(c.validate().is_err());
+        let mut c = ok.clone();
+        c.snapshot_max_bytes = 2_000_000;
+        assert!(c.validate().is_err());
+        let mut c = ok.clone();
+        c.discovery_prefix = "ha/#".into();
         assert!(c.validate().is_err());
         let mut c = ok.clone();
         c.keep_alive_s = 0;
