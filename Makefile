@@ -4,6 +4,7 @@
 #   make bench-daemon   fps, latency and memory of the daemon (docs/daemon-bench.md)
 #   make aarch64        the Jetson (aarch64, glibc 2.31) binary, without Docker (docs/jetson.md)
 #   make aarch64-check  that binary under qemu-user vs the x86-64 one, on the same job
+#   make status-screenshot  the status page in headless Chromium, checked, into docs/status-page.png
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -12,7 +13,7 @@ export ORT_DYLIB_PATH ?= $(CURDIR)/$(ORT_DIR)/libonnxruntime.so
 # Debian packages the build and the tests need (bindgen for v4l, the MQTT test broker).
 APT_PACKAGES := libclang-dev pkg-config mosquitto python3-pip unzip
 
-.PHONY: deps ort build release test lint demo bench bench-daemon clean aarch64 aarch64-check
+.PHONY: deps ort build release test lint demo bench bench-daemon clean aarch64 aarch64-check status-screenshot
 
 deps:
 	@scripts/apt-install.sh $(APT_PACKAGES)
@@ -34,6 +35,9 @@ test: ort lint
 
 demo: build
 	./target/release/gradwatch run --config config/demo.toml
+
+status-screenshot: build
+	scripts/screenshot-status.sh docs/status-page.png
 
 bench: ort
 	$(CARGO) bench --locked --bench gradient

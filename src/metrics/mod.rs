@@ -1,12 +1,15 @@
 //! Prometheus metrics: a registry of cheap atomic counters, gauges and histograms that the
 //! pipeline updates, rendered in the text exposition format 0.0.4, and a small HTTP server
-//! ([`MetricsServer`]) serving `/metrics` and `/healthz`.
+//! ([`MetricsServer`]) serving `/metrics`, `/healthz` and a status page at `/`
+//! ([`status_page`]), which shows each stream's [`StreamStatus`].
 //!
 //! Hand-rolled rather than built on a metrics crate: the set of metrics is fixed and small,
 //! and the format is simple enough that the test parses it back.
 
 mod server;
 mod sketch;
+pub mod status;
+pub mod status_page;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -17,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use server::{Health, HealthFn, MetricsServer, ServerLimits, ServerStats};
 pub use sketch::Quantiles;
+pub use status::{AlertInfo, StatusView, StreamState, StreamStatus};
 
 use crate::sink::StatsHandle;
 
@@ -183,6 +187,8 @@ pub struct StreamMetrics {
     pub up: Gauge,
     /// Capture-to-verdict latency quantiles (for the summary; Prometheus gets the histogram).
     pub latency: Quantiles,
+    /// State, score history, rates and alerts for the status page and dashboard topics.
+    pub status: StreamStatus,
 }
 
 impl StreamMetrics {
@@ -197,6 +203,7 @@ impl StreamMetrics {
             score: Histogram::new(SCORE_BUCKETS),
             up: Gauge::default(),
             latency: Quantiles::default(),
+            status: StreamStatus::default(),
         }
     }
 }
@@ -210,6 +217,8 @@ struct Inner {
     provider: RwLock<String>,
     build_labels: RwLock<Vec<(String, String)>>,
     sinks: RwLock<Option<StatsHandle>>,
+    /// When [`Metrics::tick`] last sampled the frame counters.
+    last_tick: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// The metrics registry. Cloning is cheap (shared).
@@ -237,6 +246,7 @@ impl Metrics {
                 provider: RwLock::new("cpu".into()),
                 build_labels: RwLock::new(vec![("version".into(), env!("CARGO_PKG_VERSION").into())]),
                 sinks: RwLock::new(None),
+                last_tick: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -247,6 +257,35 @@ impl Metrics {
             return m.clone();
         }
         write(&self.inner.streams).entry(stream.to_string()).or_insert_with(|| Arc::new(StreamMetrics::new())).clone()
+    }
+
+    /// Every stream's metrics, by name.
+    pub fn streams(&self) -> Vec<(String, Arc<StreamMetrics>)> {
+        read(&self.inner.streams).iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Samples the frame counters for the status page's rates, at most once a second (call
+    /// it often; the alert stage calls it on every turn of its loop).
+    pub fn tick(&self) {
+        let now = std::time::Instant::now();
+        {
+            let mut last = match self.inner.last_tick.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            if last.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(now);
+        }
+        for (_, m) in self.streams() {
+            m.status.sample(now, m.frames_scored.get(), m.frames_dropped.get());
+        }
+    }
+
+    /// The value of the `build_info` label `key` (e.g. `model`), if set.
+    pub fn build_label(&self, key: &str) -> Option<String> {
+        read(&self.inner.build_labels).iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
     }
 
     /// Histogram of inference batch sizes.

@@ -1,4 +1,5 @@
-//! The `/metrics` + `/healthz` HTTP endpoint: hyper's HTTP/1 server on a one-thread tokio
+//! The `/metrics` + `/healthz` HTTP endpoint (and the status page at `/`, its pictures under
+//! `/snapshots/`; see [`super::status_page`]): hyper's HTTP/1 server on a one-thread tokio
 //! runtime, with hard resource limits so that no client, local or remote, can take it down or
 //! make the daemon grow.
 //!
@@ -258,7 +259,14 @@ async fn serve_connection(stream: tokio::net::TcpStream, state: Arc<State>, limi
         .keep_alive(false);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(&state, req.method(), req.uri().path())) }
+        async move {
+            let path = req.uri().path();
+            let is_picture = path.starts_with("/snapshots/");
+            if is_picture && (req.method() == Method::GET || req.method() == Method::HEAD) {
+                return Ok::<_, std::convert::Infallible>(picture(&state, path).await);
+            }
+            Ok::<_, std::convert::Infallible>(route(&state, req.method(), path))
+        }
     });
     let conn = http.serve_connection(TokioIo::new(stream), service);
     match tokio::time::timeout(limits.connection_timeout, conn).await {
@@ -274,6 +282,12 @@ fn route(state: &State, method: &Method, path: &str) -> Response<Full<Bytes>> {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
     }
     match path {
+        "/" => {
+            let mut r = text(StatusCode::OK, super::status_page::render(&state.metrics, std::time::SystemTime::now()));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            r.headers_mut().insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
         "/metrics" => {
             let mut r = text(StatusCode::OK, state.metrics.render());
             r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
@@ -284,6 +298,40 @@ fn route(state: &State, method: &Method, path: &str) -> Response<Full<Bytes>> {
             Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
         },
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+/// `/snapshots/<alert id>/<file name>`: a snapshot or heat map that an event of a remembered
+/// alert named (nothing else), read off the server's thread, at most
+/// [`super::status_page::MAX_PICTURE_BYTES`].
+async fn picture(state: &State, path: &str) -> Response<Full<Bytes>> {
+    use super::status_page::{picture_path, picture_type, MAX_PICTURE_BYTES};
+    let not_found = || text(StatusCode::NOT_FOUND, "not found\n".into());
+    let Some(file) = path.strip_prefix("/snapshots/").and_then(|rest| picture_path(&state.metrics, rest)) else {
+        return not_found();
+    };
+    let Some(kind) = picture_type(&file) else { return not_found() };
+    let read = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Vec<u8>>> {
+        use std::io::Read as _;
+        // The daemon wrote a regular file here; anything else (a link put in its place, a
+        // directory, a device) is not served.
+        let meta = std::fs::symlink_metadata(&file)?;
+        if !meta.file_type().is_file() || meta.len() > MAX_PICTURE_BYTES {
+            return Ok(None);
+        }
+        let mut buf = Vec::with_capacity(meta.len() as usize);
+        std::fs::File::open(&file)?.take(MAX_PICTURE_BYTES + 1).read_to_end(&mut buf)?;
+        Ok((buf.len() as u64 <= MAX_PICTURE_BYTES).then_some(buf))
+    })
+    .await;
+    match read {
+        Ok(Ok(Some(bytes))) => {
+            let mut r = Response::new(Full::new(Bytes::from(bytes)));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(kind));
+            r.headers_mut().insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+            r
+        }
+        _ => not_found(),
     }
 }
 

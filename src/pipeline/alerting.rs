@@ -105,15 +105,16 @@ impl AlertStage {
         let mut held: VecDeque<StreamEvent> = VecDeque::new();
         loop {
             heartbeat.beat();
+            env.metrics.tick();
             crossbeam_channel::select! {
                 recv(scored) -> m => match m {
                     Ok(s) => {
                         held.extend(stream_events.try_iter());
-                        release_held(&mut held, Some(&s), &mut slots, &fanout, &model);
+                        release_held(&mut held, Some(&s), &mut slots, &fanout, &env, &model);
                         on_scored(s, &mut slots, &mut summary, &fanout, &env, &model);
                         if scored.is_empty() {
                             // Every verdict delivered so far is handled: the rest are due.
-                            release_held(&mut held, None, &mut slots, &fanout, &model);
+                            release_held(&mut held, None, &mut slots, &fanout, &env, &model);
                         }
                     }
                     // Inference finished (stop, every stream ended, or it failed).
@@ -127,10 +128,10 @@ impl AlertStage {
                         // its queued frames were handed on (see `capture`).
                         while let Ok(s) = scored.try_recv() {
                             held.extend(stream_events.try_iter());
-                            release_held(&mut held, Some(&s), &mut slots, &fanout, &model);
+                            release_held(&mut held, Some(&s), &mut slots, &fanout, &env, &model);
                             on_scored(s, &mut slots, &mut summary, &fanout, &env, &model);
                         }
-                        release_held(&mut held, None, &mut slots, &fanout, &model);
+                        release_held(&mut held, None, &mut slots, &fanout, &env, &model);
                     }
                     Err(_) => stream_events = never(),
                 },
@@ -166,7 +167,7 @@ impl AlertStage {
         held.extend(stream_events.try_iter());
         while let Some(e) = held.pop_front() {
             if let Some(slot) = slots.get_mut(&e.stream) {
-                handle_stream_event(slot, e, &fanout);
+                handle_stream_event(slot, e, &fanout, &env);
             }
         }
         let now = env.now();
@@ -174,6 +175,7 @@ impl AlertStage {
             let mut evs = slot.tracker.shutdown(now);
             slot.snapshots(None, &mut evs);
             for ev in &evs {
+                status_event(&env, ev);
                 fanout.send(ev);
             }
         }
@@ -214,6 +216,7 @@ fn on_scored(
 ) {
     summary.frame(&s, env.now());
     let Some(slot) = slots.get_mut(&s.stream) else { return };
+    env.metrics.stream(&s.stream).status.frame(s.time, s.score, s.threshold);
     let mut evs = slot.tracker.push(&s);
     slot.snapshots(Some(&s), &mut evs);
     for ev in &evs {
@@ -221,6 +224,7 @@ fn on_scored(
             env.metrics.stream(&s.stream).alerts_raised.inc();
         }
         summary.event(&s, ev);
+        status_event(env, ev);
         fanout.send(ev);
     }
     apply_pending(slot, model);
@@ -234,6 +238,7 @@ fn release_held(
     next: Option<&Scored>,
     slots: &mut BTreeMap<String, Slot>,
     fanout: &Fanout,
+    env: &Env,
     model: &ModelRef,
 ) {
     let due = |e: &StreamEvent| next.is_none_or(|s| e.stream == s.stream && e.before_seq <= s.seq);
@@ -244,22 +249,29 @@ fn release_held(
             continue;
         }
         if let Some(slot) = slots.get_mut(&e.stream) {
-            handle_stream_event(slot, e, fanout);
+            handle_stream_event(slot, e, fanout, env);
             apply_pending(slot, model);
         }
     }
     *held = keep;
 }
 
-fn handle_stream_event(slot: &mut Slot, e: StreamEvent, fanout: &Fanout) {
+fn handle_stream_event(slot: &mut Slot, e: StreamEvent, fanout: &Fanout, env: &Env) {
     let mut evs = match e.kind {
         StreamEventKind::Down(reason) => slot.tracker.stream_down(e.time, &reason),
         StreamEventKind::Up => vec![slot.tracker.stream_up(e.time)],
     };
     slot.snapshots(None, &mut evs);
     for ev in &evs {
+        status_event(env, ev);
         fanout.send(ev);
     }
+}
+
+/// The stream's status (the status page, the MQTT dashboard topics) learns of an event as it
+/// goes to the sinks.
+fn status_event(env: &Env, ev: &Event) {
+    env.metrics.stream(ev.stream()).status.event(ev);
 }
 
 /// Swaps in a pending policy once no alert is open (a policy change never cuts an alert short).

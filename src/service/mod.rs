@@ -335,7 +335,7 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
         streams.push(StreamSpec { name: s.name.clone(), roi: s.roi, queue: s.queue, source, score_fps: s.score_fps });
     }
     let stream_names: Vec<String> = streams.iter().map(|s| s.name.clone()).collect();
-    let sinks = crate::sink::build_all(&config.sink)?;
+    let sinks = crate::sink::build_all_with(&config.sink, Some(&metrics))?;
 
     crate::runtime::init(config.runtime.library.as_deref())?;
     let trt = config.runtime.providers.contains(&Provider::Tensorrt);
@@ -526,7 +526,7 @@ impl Supervisor {
         };
         let sinks_changed = new.sink != self.config.sink;
         let new_fanout = if sinks_changed {
-            match crate::sink::build_all(&new.sink)
+            match crate::sink::build_all_with(&new.sink, Some(&self.metrics))
                 .and_then(|s| crate::sink::Fanout::new(s, crate::sink::DEFAULT_QUEUE))
             {
                 Ok(f) => Some(f),

@@ -5,6 +5,7 @@
 //! *for that sink*, counted and logged (rate-limited).
 
 pub mod file;
+pub mod homeassistant;
 pub mod mqtt;
 pub mod spool;
 pub mod stdout;
@@ -221,11 +222,17 @@ impl SinkConfig {
 
     /// Builds the sink (opens the file, starts the MQTT connection thread).
     pub fn build(&self) -> Result<Box<dyn Sink>, SinkError> {
+        self.build_with(None)
+    }
+
+    /// [`build`](Self::build), with the daemon's metrics for the sinks that publish the
+    /// streams' status (the MQTT sink's dashboard topics).
+    pub fn build_with(&self, metrics: Option<&crate::metrics::Metrics>) -> Result<Box<dyn Sink>, SinkError> {
         let name = self.name();
         Ok(match self {
             SinkConfig::Stdout(_) => Box::new(StdoutSink::new(name)),
             SinkConfig::File(c) => Box::new(FileSink::open(name, &c.path, c.fsync)?),
-            SinkConfig::Mqtt(c) => Box::new(MqttSink::start(name, c)?),
+            SinkConfig::Mqtt(c) => Box::new(MqttSink::start_with(name, c, metrics.cloned())?),
         })
     }
 }
@@ -233,6 +240,14 @@ impl SinkConfig {
 /// Builds all configured sinks, making duplicate names unique ("file", "file-2", ...) so
 /// metric labels do not collide.
 pub fn build_all(configs: &[SinkConfig]) -> Result<Vec<Box<dyn Sink>>, SinkError> {
+    build_all_with(configs, None)
+}
+
+/// [`build_all`] with the daemon's metrics (see [`SinkConfig::build_with`]).
+pub fn build_all_with(
+    configs: &[SinkConfig],
+    metrics: Option<&crate::metrics::Metrics>,
+) -> Result<Vec<Box<dyn Sink>>, SinkError> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(configs.len());
     for c in configs {
@@ -249,7 +264,7 @@ pub fn build_all(configs: &[SinkConfig]) -> Result<Vec<Box<dyn Sink>>, SinkError
             SinkConfig::File(c) => c.name = Some(name),
             SinkConfig::Mqtt(c) => c.name = Some(name),
         }
-        out.push(cfg.build()?);
+        out.push(cfg.build_with(metrics)?);
     }
     Ok(out)
 }

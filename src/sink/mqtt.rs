@@ -4,7 +4,9 @@
 //! Topics: events go to `<prefix>/<client_id>/events/<stream>`; `<prefix>/<client_id>/status`
 //! holds a retained "online" published at every connect, and the last will (retained
 //! "offline") the broker publishes if the connection dies uncleanly. A clean shutdown
-//! publishes "offline" itself.
+//! publishes "offline" itself. With `dashboard = true` (or `discovery = true`) that topic is
+//! `<prefix>/<client_id>/availability`, and retained per-stream state, attributes and
+//! snapshot topics (and Home Assistant discovery) come on top: see [`super::homeassistant`].
 //!
 //! Delivery: every accepted event is first appended to the sink's on-disk spool and synced
 //! ([`super::spool`]; `send` returns only then), and kept in an in-process queue until its
@@ -32,9 +34,11 @@ use rumqttc::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::homeassistant::Dashboard;
 use super::spool::{Record, Spool};
 use super::{LogLimiter, Sink, SinkError};
 use crate::alert::Event;
+use crate::metrics::Metrics;
 
 /// Publishes in flight at once (also rumqttc's `inflight`, which bounds valid packet ids).
 const MAX_INFLIGHT: u16 = 100;
@@ -50,6 +54,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Smallest non-zero `spool_max_bytes`.
 const MIN_SPOOL_BYTES: u64 = 64 << 10;
+/// Largest `snapshot_max_bytes` (the connection's packet limit is 1 MiB, topic included).
+const MAX_SNAPSHOT_BYTES: u64 = 1_000_000;
 
 /// `kind = "mqtt"`.
 ///
@@ -70,6 +76,11 @@ const MIN_SPOOL_BYTES: u64 = 64 << 10;
 /// spool_dir = "/var/lib/gradwatch/spool"
 /// spool_max_bytes = 16777216
 /// spool_max_age_s = 86400
+/// dashboard = true
+/// discovery = true
+/// discovery_prefix = "homeassistant"
+/// state_interval_ms = 1000
+/// snapshot_max_bytes = 1000000
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,6 +142,29 @@ pub struct MqttSinkConfig {
     /// instead of sent. 0 = no age bound. Default 86400 (a day).
     #[serde(default = "default_spool_age")]
     pub spool_max_age_s: u64,
+    /// Retained per-stream topics for dashboards: `<prefix>/<client_id>/<stream>/state`
+    /// (`ok`/`degraded`/`down`), `.../attributes` (JSON: latest score, alert id),
+    /// `.../snapshot` (the latest alert snapshot, JPEG), and the online/offline status with
+    /// the last will on `<prefix>/<client_id>/availability` instead of `.../status`. Not
+    /// spooled; re-published after every reconnect. Default false.
+    #[serde(default)]
+    pub dashboard: bool,
+    /// Home Assistant MQTT discovery (retained config messages under `discovery_prefix`):
+    /// per stream a `problem` binary sensor, a score sensor and a snapshot image. Turns
+    /// `dashboard` on. Default false.
+    #[serde(default)]
+    pub discovery: bool,
+    /// Home Assistant's discovery prefix. Default "homeassistant".
+    #[serde(default = "default_discovery_prefix")]
+    pub discovery_prefix: String,
+    /// Score updates on a stream's attributes topic at most this often (state and alert
+    /// changes go out at once). Default 1000.
+    #[serde(default = "default_state_interval")]
+    pub state_interval_ms: u64,
+    /// Largest snapshot published on `.../snapshot` (at most 1000000; a larger file is
+    /// skipped and logged); 0 = no snapshot topic and no image entity. Default 1000000.
+    #[serde(default = "default_snapshot_max")]
+    pub snapshot_max_bytes: u64,
 }
 
 /// TLS for the MQTT connection (rustls, ring provider).
@@ -173,6 +207,15 @@ fn default_spool_bytes() -> u64 {
 }
 fn default_spool_age() -> u64 {
     86_400
+}
+fn default_discovery_prefix() -> String {
+    "homeassistant".into()
+}
+fn default_state_interval() -> u64 {
+    1000
+}
+fn default_snapshot_max() -> u64 {
+    MAX_SNAPSHOT_BYTES
 }
 
 /// The service's state directory: systemd's `STATE_DIRECTORY` (the first one if it lists
@@ -241,7 +284,17 @@ impl MqttSinkConfig {
             spool_dir: None,
             spool_max_bytes: default_spool_bytes(),
             spool_max_age_s: default_spool_age(),
+            dashboard: false,
+            discovery: false,
+            discovery_prefix: default_discovery_prefix(),
+            state_interval_ms: default_state_interval(),
+            snapshot_max_bytes: default_snapshot_max(),
         }
+    }
+
+    /// Whether the retained dashboard topics are on (`dashboard` or `discovery`).
+    pub fn dashboard_on(&self) -> bool {
+        self.dashboard || self.discovery
     }
 
     /// The spool directory of the sink called `name`, or `None` for a memory-only sink
@@ -266,9 +319,17 @@ impl MqttSinkConfig {
         Ok(Some(base.join(path_safe(name))))
     }
 
-    /// Topic of the retained status ("online" / "offline").
+    /// Topic of the retained status ("online" / "offline", the last will):
+    /// `<prefix>/<client_id>/status`, or `.../availability` with the dashboard topics on.
     pub fn status_topic(&self) -> String {
-        format!("{}/{}/status", self.topic_prefix, self.client_id)
+        let leaf = if self.dashboard_on() { "availability" } else { "status" };
+        format!("{}/{}/{leaf}", self.topic_prefix, self.client_id)
+    }
+
+    /// A dashboard topic of `stream`: `<prefix>/<client_id>/<stream>/<leaf>` (the stream name
+    /// as in [`event_topic`](Self::event_topic)).
+    pub fn stream_topic(&self, stream: &str, leaf: &str) -> String {
+        format!("{}/{}/{}/{leaf}", self.topic_prefix, self.client_id, topic_level(stream))
     }
 
     /// Topic of the events of `stream` (the stream name with `/ + #` and NUL replaced by `_`).
@@ -300,6 +361,18 @@ impl MqttSinkConfig {
         }
         if self.password.is_some() && self.password_file.is_some() {
             return bad("mqtt password and password_file given: keep one (password_file)".into());
+        }
+        if self.discovery_prefix.is_empty() || self.discovery_prefix.contains(['+', '#', '\0']) {
+            return bad(format!(
+                "mqtt discovery_prefix = {:?} must be non-empty without '+', '#'",
+                self.discovery_prefix
+            ));
+        }
+        if self.snapshot_max_bytes > MAX_SNAPSHOT_BYTES {
+            return bad(format!(
+                "mqtt snapshot_max_bytes = {} is over {MAX_SNAPSHOT_BYTES} (the packet limit)",
+                self.snapshot_max_bytes
+            ));
         }
         if self.spool_max_bytes != 0 && self.spool_max_bytes < MIN_SPOOL_BYTES {
             return bad(format!(
@@ -357,7 +430,7 @@ pub fn install_ring_provider() {
 }
 
 /// One MQTT topic level from a stream name.
-fn topic_level(stream: &str) -> String {
+pub(super) fn topic_level(stream: &str) -> String {
     if stream.is_empty() {
         return "_".into();
     }
@@ -392,6 +465,8 @@ impl From<Record> for Item {
 enum Flight {
     Event(u64),
     Status,
+    /// A retained dashboard or discovery message (not spooled; re-published on reconnect).
+    Retained,
 }
 
 /// Events accepted and not yet acknowledged, with their spool: shared by the sinks that hand
@@ -573,13 +648,28 @@ pub struct MqttSink {
     spool_dir: Option<PathBuf>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// The stream status the dashboard topics come from, when the sink keeps its own (no
+    /// registry given): fed from the events it is sent.
+    own_status: Option<Metrics>,
 }
 
 impl MqttSink {
     /// Validates `cfg`, reads secrets and TLS files, opens (or takes over) the spool, and
     /// starts the connection thread (which connects and reconnects in the background; an
-    /// unreachable broker is not an error here).
+    /// unreachable broker is not an error here). The dashboard topics, if on, follow the
+    /// events sent to this sink (no scores); [`start_with`](Self::start_with) gives them the
+    /// daemon's metrics.
     pub fn start(name: impl Into<String>, cfg: &MqttSinkConfig) -> Result<Self, SinkError> {
+        Self::start_with(name, cfg, None)
+    }
+
+    /// [`start`](Self::start), with the dashboard topics (`dashboard`/`discovery`) read from
+    /// the per-stream status of `metrics` (which the alert stage keeps: scores included).
+    pub fn start_with(
+        name: impl Into<String>,
+        cfg: &MqttSinkConfig,
+        metrics: Option<Metrics>,
+    ) -> Result<Self, SinkError> {
         cfg.validate()?;
         let options = cfg.options()?;
         let name = name.into();
@@ -610,7 +700,11 @@ impl MqttSink {
             drop_log: LogLimiter::new(Duration::from_secs(10)),
         });
         let (client, connection) = Client::new(options, 16);
+        let own_status = (cfg.dashboard_on() && metrics.is_none()).then(Metrics::new);
+        let dash =
+            cfg.dashboard_on().then(|| Dashboard::new(cfg, metrics.or_else(|| own_status.clone()).unwrap_or_default()));
         let conn = ConnThread {
+            dash,
             name: name.clone(),
             cfg: cfg.clone(),
             status_topic: cfg.status_topic(),
@@ -632,7 +726,7 @@ impl MqttSink {
                 return Err(SinkError::Thread(e));
             }
         };
-        Ok(MqttSink { name, cfg: cfg.clone(), spool_dir, shared, thread: Some(thread) })
+        Ok(MqttSink { name, cfg: cfg.clone(), spool_dir, shared, thread: Some(thread), own_status })
     }
 
     /// Current counters.
@@ -678,6 +772,9 @@ impl Sink for MqttSink {
     }
 
     fn send_with_id(&mut self, event_id: &str, ev: &Event) -> Result<(), SinkError> {
+        if let Some(m) = &self.own_status {
+            m.stream(ev.stream()).status.event(ev);
+        }
         let payload = ev.to_json_with_id(event_id).into_bytes();
         let stream = ev.stream().to_string();
         let written_ms = now_ms();
@@ -791,6 +888,8 @@ struct ConnThread {
     connected: bool,
     backoff: Duration,
     err_log: LogLimiter,
+    /// The retained dashboard and discovery messages, when on.
+    dash: Option<Dashboard>,
 }
 
 impl ConnThread {
@@ -834,6 +933,7 @@ impl ConnThread {
             }
             if self.connected && closing.is_none() {
                 self.fill();
+                self.publish_dashboard();
                 self.check_ack_timeout();
                 let mut st = self.shared.lock();
                 let old = st.expire(self.cfg.spool_max_age_s);
@@ -892,6 +992,10 @@ impl ConnThread {
                 self.inflight.clear();
                 self.sent.clear();
                 self.publish(Flight::Status, self.status_topic.clone(), b"online".to_vec());
+                if let Some(d) = self.dash.as_mut() {
+                    // Retained values are not spooled: the broker gets them all again.
+                    d.all_dirty();
+                }
             }
             MqEvent::Incoming(Packet::PubAck(ack)) => {
                 if let Some((Flight::Event(seq), _)) = self.inflight.remove(&ack.pkid) {
@@ -975,10 +1079,22 @@ impl ConnThread {
         }
     }
 
+    /// Publishes the dashboard messages that changed (or all, after a connect), leaving room
+    /// in flight for the status.
+    fn publish_dashboard(&mut self) {
+        let Some(mut d) = self.dash.take() else { return };
+        d.refresh(Instant::now());
+        while self.inflight.len() + 2 < usize::from(MAX_INFLIGHT) {
+            let Some((topic, payload)) = d.next() else { break };
+            self.publish(Flight::Retained, topic, payload);
+        }
+        self.dash = Some(d);
+    }
+
     /// Queues one publish on rumqttc with our own packet id; returns it (0 for QoS 0).
     fn publish(&mut self, what: Flight, topic: String, payload: Vec<u8>) -> u16 {
         let (qos, retain) = match what {
-            Flight::Status => (QoS::AtLeastOnce, true),
+            Flight::Status | Flight::Retained => (QoS::AtLeastOnce, true),
             Flight::Event(_) => (self.qos, false),
         };
         let mut p = Publish::new(topic, qos, payload);
@@ -1030,6 +1146,10 @@ mod tests {
         assert_eq!(c.event_topic("a/b+#"), "gradwatch/box/events/a_b__");
         assert_eq!(c.event_topic(""), "gradwatch/box/events/_");
         assert_eq!(c.status_topic(), "gradwatch/box/status");
+        let mut d = c.clone();
+        d.discovery = true;
+        assert_eq!(d.status_topic(), "gradwatch/box/availability", "the will moves with the dashboard");
+        assert_eq!(d.stream_topic("a/b", "state"), "gradwatch/box/a_b/state");
     }
 
     #[test]
@@ -1041,6 +1161,12 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = ok.clone();
         c.client_id = "a/b".into();
+        assert!(c.validate().is_err());
+        let mut c = ok.clone();
+        c.snapshot_max_bytes = 2_000_000;
+        assert!(c.validate().is_err());
+        let mut c = ok.clone();
+        c.discovery_prefix = "ha/#".into();
         assert!(c.validate().is_err());
         let mut c = ok.clone();
         c.keep_alive_s = 0;

@@ -7,6 +7,7 @@ mod calibrate;
 mod common;
 mod corrupt;
 mod daemon;
+mod dashboard;
 mod data;
 mod delivery;
 mod detector;

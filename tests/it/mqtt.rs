@@ -116,8 +116,10 @@ impl Drop for Broker {
 pub(crate) struct Got {
     pub(crate) topic: String,
     pub(crate) payload: String,
+    /// The payload's bytes (binary payloads: snapshots).
+    pub(crate) bytes: Vec<u8>,
     qos: QoS,
-    retain: bool,
+    pub(crate) retain: bool,
 }
 
 /// A subscriber driving its own rumqttc connection on a thread.
@@ -149,6 +151,7 @@ impl Sub {
                         let _ = tx.send(Got {
                             topic: p.topic.clone(),
                             payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                            bytes: p.payload.to_vec(),
                             qos: p.qos,
                             retain: p.retain,
                         });
@@ -163,7 +166,7 @@ impl Sub {
     }
 
     /// Next publish matching `pred`, or panic after `secs`.
-    fn next_where(&self, secs: u64, what: &str, pred: impl Fn(&Got) -> bool) -> Got {
+    pub(crate) fn next_where(&self, secs: u64, what: &str, pred: impl Fn(&Got) -> bool) -> Got {
         let end = Instant::now() + Duration::from_secs(secs);
         loop {
             let left = end.saturating_duration_since(Instant::now());
@@ -423,4 +426,242 @@ fn mqtt_from_toml_config_through_fanout() {
     assert_eq!(got, [0, 1, 2]);
     let g = sub.next_where(10, "offline", |g| g.payload == "offline");
     assert_eq!(g.topic, "gradwatch/box4/status");
+}
+
+/// The retained messages under `filter`, as a late subscriber gets them (topic -> message),
+/// until every topic of `want` came with the retain flag (live publishes are skipped).
+fn retained(port: u16, id: &str, filter: &str, want: &[&str]) -> std::collections::BTreeMap<String, Got> {
+    let sub = Sub::connect(port, id, filter, true);
+    let mut got = std::collections::BTreeMap::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    while !want.iter().all(|t| got.contains_key(*t)) {
+        let left = end.saturating_duration_since(Instant::now());
+        match sub.rx.recv_timeout(left) {
+            Ok(g) if g.retain => {
+                got.insert(g.topic.clone(), g);
+            }
+            Ok(_) => {}
+            Err(_) => panic!("retained messages missing: want {want:?}, got {:?}", got.keys().collect::<Vec<_>>()),
+        }
+    }
+    got
+}
+
+/// The first message on each of `topics` from `sub`, in whatever order they come.
+fn first_of(sub: &Sub, secs: u64, topics: &[&str]) -> std::collections::BTreeMap<String, Got> {
+    let mut got = std::collections::BTreeMap::new();
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !topics.iter().all(|t| got.contains_key(*t)) {
+        match sub.rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            Ok(g) => {
+                if topics.contains(&g.topic.as_str()) && !got.contains_key(&g.topic) {
+                    got.insert(g.topic.clone(), g);
+                }
+            }
+            Err(_) => panic!("no message on some of {topics:?}; got {:?}", got.keys().collect::<Vec<_>>()),
+        }
+    }
+    got
+}
+
+fn json(g: &Got) -> serde_json::Value {
+    serde_json::from_str(&g.payload).unwrap_or_else(|e| panic!("{}: not JSON ({e}): {}", g.topic, g.payload))
+}
+
+/// `dashboard` + `discovery`: retained state, attributes, snapshot, availability and Home
+/// Assistant discovery; score updates rate-limited; everything published again after an
+/// unclean reconnect (the last will in between); "offline" on a clean stop.
+#[test]
+fn dashboard_topics_and_home_assistant_discovery() {
+    use gradwatch::metrics::Metrics;
+    use serde_json::json as j;
+    use std::time::SystemTime;
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), false);
+    let proxy = Proxy::start(broker.port);
+    let live = Sub::connect(broker.port, "t-dash-live", "#", true);
+
+    let metrics = Metrics::new();
+    let cam = metrics.stream("cam0");
+    cam.status.event_json(&j!({"event": "stream_up", "stream": "cam0", "time": "2024-01-01T00:00:00.000Z"}));
+    cam.status.frame(SystemTime::now(), 0.5, 2.0);
+
+    let mut cfg = MqttSinkConfig::new("127.0.0.1", proxy.port, "box5");
+    cfg.discovery = true;
+    cfg.state_interval_ms = 1000;
+    cfg.keep_alive_s = 5;
+    let sink = MqttSink::start_with("mqtt", &cfg, Some(metrics.clone())).unwrap();
+
+    let base = "gradwatch/box5";
+    let (avail, state, attrs, snap) = (
+        format!("{base}/availability"),
+        format!("{base}/cam0/state"),
+        format!("{base}/cam0/attributes"),
+        format!("{base}/cam0/snapshot"),
+    );
+    let disc = [
+        "homeassistant/binary_sensor/gradwatch_box5/cam0_trust/config",
+        "homeassistant/sensor/gradwatch_box5/cam0_score/config",
+        "homeassistant/image/gradwatch_box5/cam0_snapshot/config",
+    ];
+    let mut want: Vec<&str> = vec![&avail, &state, &attrs];
+    want.extend(disc);
+    let _ = live.next_where(10, "state", |g| g.topic == state);
+    let r = retained(broker.port, "t-dash-1", "#", &want);
+    assert_eq!(r[&avail].payload, "online");
+    assert_eq!(r[&avail].qos, QoS::AtLeastOnce);
+    assert!(!r.contains_key(&format!("{base}/status")), "availability replaces status");
+    assert_eq!(r[&state].payload, "ok");
+    let a = json(&r[&attrs]);
+    assert_eq!((a["state"].as_str(), a["score"].as_f64(), a["threshold"].as_f64()), (Some("ok"), Some(0.5), Some(2.0)));
+    assert!(a["alert_id"].is_null(), "{a}");
+    let b = json(&r[disc[0]]);
+    assert_eq!(b["device_class"], "problem");
+    assert_eq!(b["state_topic"], state.as_str());
+    assert_eq!(b["availability_topic"], avail.as_str());
+    assert_eq!(b["unique_id"], "gradwatch_box5_cam0_trust");
+    assert_eq!(b["device"]["identifiers"][0], "gradwatch_box5");
+    let s = json(&r[disc[1]]);
+    assert_eq!(
+        (s["state_topic"].as_str(), s["value_template"].as_str()),
+        (Some(attrs.as_str()), Some("{{ value_json.score }}"))
+    );
+    let i = json(&r[disc[2]]);
+    assert_eq!((i["image_topic"].as_str(), i["content_type"].as_str()), (Some(snap.as_str()), Some("image/jpeg")));
+    // One device for the three entities, three distinct ids.
+    let ids: std::collections::HashSet<_> = [&b, &s, &i].iter().map(|x| x["unique_id"].to_string()).collect();
+    assert_eq!(ids.len(), 3);
+
+    // Scores: at most one attributes update per second per stream.
+    while live.rx.try_recv().is_ok() {}
+    let t0 = Instant::now();
+    let mut k = 0;
+    while t0.elapsed() < Duration::from_millis(2500) {
+        cam.status.frame(SystemTime::now(), 0.6 + k as f32 * 0.001, 2.0);
+        k += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let updates = live.rx.try_iter().filter(|g| g.topic == attrs).count();
+    assert!((1..=4).contains(&updates), "{updates} attributes updates for {k} frames in 2.5 s");
+
+    // An alert with a snapshot: degraded at once, the alert id, the JPEG bytes (the file
+    // appears after the event, as the snapshot thread writes it).
+    let jpeg: Vec<u8> =
+        [&[0xFF, 0xD8, 0xFF, 0xE0][..], &(0..=255u8).cycle().take(5000).collect::<Vec<_>>(), &[0xFF, 0xD9]].concat();
+    let file = dir.path().join("cam0-7-1704067200000-start.jpg");
+    cam.status.event_json(&j!({"event": "alert_start", "id": "cam0-7-1704067200000", "stream": "cam0",
+        "peak_score": 3.0, "threshold": 2.0, "snapshot": file.display().to_string()}));
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&file, &jpeg).unwrap();
+    let g = live.next_where(10, "degraded", |g| g.topic == state);
+    assert_eq!(g.payload, "degraded");
+    let g =
+        live.next_where(10, "attributes with the alert id", |g| g.topic == attrs && json(g)["alert_id"].is_string());
+    assert_eq!(json(&g)["alert_id"], "cam0-7-1704067200000");
+    let g = live.next_where(15, "snapshot", |g| g.topic == snap);
+    assert_eq!(g.bytes, jpeg);
+    let r = retained(broker.port, "t-dash-2", &format!("{base}/cam0/#"), &[&state, &snap]);
+    assert_eq!(r[&snap].bytes, jpeg);
+    assert_eq!(r[&state].payload, "degraded");
+
+    // An unclean death of the connection: the broker publishes the will; after the reconnect
+    // the sink publishes every retained value again.
+    while live.rx.try_recv().is_ok() {}
+    proxy.kill_all();
+    let g = live.next_where(15, "last will", |g| g.topic == avail);
+    assert_eq!(g.payload, "offline");
+    let g = live.next_where(20, "online again", |g| g.topic == avail);
+    assert_eq!(g.payload, "online");
+    let again = first_of(&live, 10, &[&state, &attrs, &snap, disc[0], disc[1], disc[2]]);
+    assert_eq!(again[&snap].bytes, jpeg);
+    assert_eq!(again[&state].payload, "degraded");
+
+    // Stream down: state "down", the reason in the attributes.
+    cam.status.event_json(
+        &j!({"event": "alert_end", "id": "cam0-7-1704067200000", "stream": "cam0", "reason": "stream_down"}),
+    );
+    cam.status.event_json(&j!({"event": "stream_down", "stream": "cam0", "reason": "unplugged"}));
+    let g = live.next_where(10, "down", |g| g.topic == state && g.payload == "down");
+    assert_eq!(g.payload, "down");
+    let g = live.next_where(10, "down attributes", |g| g.topic == attrs && json(g)["state"] == "down");
+    assert_eq!(json(&g)["down_reason"], "unplugged");
+    assert!(json(&g)["alert_id"].is_null());
+    assert_eq!(json(&g)["last_alert_id"], "cam0-7-1704067200000");
+
+    drop(sink);
+    let g = live.next_where(10, "offline", |g| g.topic == avail);
+    assert_eq!(g.payload, "offline");
+}
+
+/// Without the daemon's metrics the dashboard follows the events sent to the sink; events
+/// still go to the events topic, spooled as before.
+#[test]
+fn dashboard_from_events_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), false);
+    let sub = Sub::connect(broker.port, "t-dash-ev", "gradwatch/box6/#", true);
+    let mut cfg = MqttSinkConfig::new("127.0.0.1", broker.port, "box6");
+    cfg.dashboard = true;
+    let mut sink = MqttSink::start("mqtt", &cfg).unwrap();
+    let g = sub.next_where(10, "availability", |g| g.topic == "gradwatch/box6/availability");
+    assert_eq!(g.payload, "online");
+    sink.send(&ev(3)).unwrap();
+    let (state, event) = ("gradwatch/box6/cam0/state", "gradwatch/box6/events/cam0");
+    let attrs = "gradwatch/box6/cam0/attributes";
+    let got = first_of(&sub, 10, &[state, event, attrs]);
+    assert_eq!(got[state].payload, "degraded");
+    assert_eq!(event_index(&got[event].payload), 3);
+    let a = json(&got[attrs]);
+    assert_eq!((a["alert_id"].as_str(), a["score"].is_null()), (Some("cam0-3-1704067200000"), true), "{a}");
+    sink.flush(Instant::now() + Duration::from_secs(20)).unwrap();
+    // No discovery without `discovery = true`.
+    let r = retained(broker.port, "t-dash-ev2", "#", &[attrs, state]);
+    assert!(r.keys().all(|t| !t.starts_with("homeassistant/")), "{:?}", r.keys());
+}
+
+/// The real daemon with `discovery = true`, killed with SIGKILL: the broker publishes the
+/// retained "offline" last will on the availability topic, and the state topics stay.
+#[test]
+fn killed_daemon_leaves_offline_availability() {
+    use crate::daemon::{assets, head, write, Daemon};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), false);
+    let sub = Sub::connect(broker.port, "t-kill", "gradwatch/box7/#", true);
+    let cfg = format!(
+        "{}\n[[stream]]\nname = \"cam\"\nkind = \"replay\"\npath = \"{}\"\nfps = 20\nrepeat = true\n\n\
+         [[sink]]\nkind = \"mqtt\"\nhost = \"127.0.0.1\"\nport = {}\nclient_id = \"box7\"\nkeep_alive_s = 5\n\
+         discovery = true\nspool_max_bytes = 0\n",
+        head(""),
+        assets().frames.display(),
+        broker.port
+    );
+    let path = write(dir.path(), "kill.toml", &cfg);
+    let mut d = Daemon::start(&["run", "--config", path.to_str().unwrap()]);
+    let g = sub.next_where(60, "availability online", |g| g.topic == "gradwatch/box7/availability");
+    assert_eq!(g.payload, "online");
+    let g = sub.next_where(30, "state", |g| g.topic == "gradwatch/box7/cam/state");
+    assert_eq!(g.payload, "ok");
+    let g = sub.next_where(30, "attributes with a score", |g| {
+        g.topic == "gradwatch/box7/cam/attributes" && json(g)["score"].is_number()
+    });
+    assert!(json(&g)["threshold"].is_number(), "{}", g.payload);
+    assert!(d.running());
+    d.signal("KILL");
+    d.wait(Duration::from_secs(10));
+    let g = sub.next_where(20, "last will", |g| g.topic == "gradwatch/box7/availability");
+    assert_eq!(g.payload, "offline");
+    let r = retained(
+        broker.port,
+        "t-kill-late",
+        "#",
+        &[
+            "gradwatch/box7/availability",
+            "gradwatch/box7/cam/state",
+            "homeassistant/binary_sensor/gradwatch_box7/cam_trust/config",
+        ],
+    );
+    assert_eq!(r["gradwatch/box7/availability"].payload, "offline");
+    assert_eq!(r["gradwatch/box7/cam/state"].payload, "ok");
 }
