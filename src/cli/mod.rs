@@ -1,6 +1,7 @@
 //! The `gradwatch` command line: one subcommand per capability.
 
 mod bench;
+mod bench_alarms;
 mod calibrate;
 mod check_config;
 mod common;
@@ -29,6 +30,8 @@ enum Command {
     Compile(compile::CompileArgs),
     /// Time the forward pass and the gradient graph on this machine.
     Bench(bench::BenchArgs),
+    /// False alarms per hour and detection delays of the alert policies (docs/alarms.md).
+    BenchAlarms(bench_alarms::BenchAlarmsArgs),
     /// Run the streaming daemon.
     Run(run::RunArgs),
     /// Check a daemon config, its model and calibration; exit 2 when something is wrong.
@@ -53,6 +56,7 @@ pub fn main() -> i32 {
     let r = match cli.command {
         Command::Compile(a) => compile::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::BenchAlarms(a) => bench_alarms::run(a),
         Command::Run(a) => run::run(a),
         Command::CheckConfig(a) => check_config::run(a),
         Command::Corrupt(a) => corrupt::run(a),

@@ -83,6 +83,13 @@ pub enum SourceEvent {
 pub trait Source: Send {
     /// The next event.
     fn poll(&mut self) -> SourceEvent;
+
+    /// The frame time of the frame the last `poll` returned, from the stream's first frame,
+    /// when the source keeps its own frame clock (a replay with `realtime = false`); `None`
+    /// (the default): the pipeline stamps frames with its clock.
+    fn frame_time(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Errors building a source from its config.

@@ -204,6 +204,7 @@ fn ev(i: u64) -> Event {
             model: "m".into(),
             model_sha256: "00".repeat(32),
             tag: None,
+            detail: Default::default(),
         },
     }
 }

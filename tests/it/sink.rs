@@ -32,6 +32,7 @@ fn alert(i: u64) -> Alert {
         model: "resnet18".into(),
         model_sha256: "0f".repeat(32),
         tag: None,
+        detail: Default::default(),
     }
 }
 
