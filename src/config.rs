@@ -140,6 +140,9 @@ impl Config {
     pub fn resolve_paths(&mut self, base: &Path) {
         resolve_path(&mut self.model.path, base);
         resolve_path(&mut self.model.calibration, base);
+        if let Some(d) = self.alert.state_dir.as_mut() {
+            resolve_path(d, base);
+        }
         self.runtime.resolve_paths(base);
         for s in &mut self.stream {
             s.source.resolve_paths(base);

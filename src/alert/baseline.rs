@@ -138,6 +138,46 @@ impl Baseline {
     }
 }
 
+/// The file a baseline of `stream` for the model `model_sha256` lives in, inside a state
+/// directory: `baseline-<stream>-<sha256>.toml` (characters other than ASCII letters, digits,
+/// `-` and `_` in the stream name become `_`).
+pub fn file_name(stream: &str, model_sha256: &str) -> String {
+    let safe: String =
+        stream.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    format!("baseline-{safe}-{model_sha256}.toml")
+}
+
+impl Baseline {
+    /// Writes the baseline into `dir` (created if missing) under [`file_name`], atomically
+    /// (a temporary file renamed over the old one).
+    pub fn save(&self, dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let path = dir.join(file_name(&self.stream, &self.model_sha256));
+        let tmp = path.with_extension("toml.tmp");
+        let text = toml::to_string(self).map_err(|e| format!("cannot serialize the baseline: {e}"))?;
+        std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| format!("cannot rename to {}: {e}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Reads the baseline of `stream` for `model_sha256` from `dir`: `Ok(None)` when there is
+    /// none; an error when the file is unreadable, invalid, or names another stream or model.
+    pub fn load(dir: &std::path::Path, stream: &str, model_sha256: &str) -> Result<Option<Baseline>, String> {
+        let path = dir.join(file_name(stream, model_sha256));
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let b: Baseline = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        b.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        if b.stream != stream || b.model_sha256 != model_sha256 {
+            return Err(format!("{}: belongs to stream `{}` / model {}", path.display(), b.stream, b.model_sha256));
+        }
+        Ok(Some(b))
+    }
+}
+
 /// Linear-interpolated quantile of a sorted slice (`NaN` when empty).
 fn quantile(sorted: &[f32], q: f64) -> f32 {
     if sorted.is_empty() {

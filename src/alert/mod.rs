@@ -91,12 +91,14 @@ pub struct AlertPolicy {
     /// `k_of_n` (the default here) or `cusum`.
     pub policy: PolicyKind,
     /// cusum: expected false alarms per day of clean stream (an upper bound for independent
-    /// blocks); sets the threshold `h = ln(blocks per day / false_alarms_per_day)`. Default 1.
+    /// blocks); sets the threshold `h = ln(blocks per day / false_alarms_per_day)`. Default
+    /// 2.4 (0.1 an hour).
     pub false_alarms_per_day: f64,
     /// cusum: block length in ms of frame time (one block statistic each). Default 1000.
     pub block_ms: u64,
     /// cusum: exponent of the p-value calibrator, in (0, 1); smaller reacts more to very small
-    /// p-values and less to moderate ones. Default 0.1.
+    /// p-values and less to moderate ones; `-1 / ln p` is best against blocks of p-value `p`.
+    /// Default 0.2 (best near p = 0.007).
     pub kappa: f64,
     /// cusum: evidence for the clean distribution (natural log units) that clears an open
     /// alert. Default 3 (odds of 20 to 1).
@@ -119,9 +121,9 @@ impl Default for AlertPolicy {
     fn default() -> Self {
         AlertPolicy {
             policy: PolicyKind::KOfN,
-            false_alarms_per_day: 1.0,
+            false_alarms_per_day: 2.4,
             block_ms: 1000,
-            kappa: 0.1,
+            kappa: 0.2,
             clear_evidence: 3.0,
             window: 10,
             raise: 6,
@@ -548,6 +550,11 @@ impl AlertTracker {
     /// The policy in force.
     pub fn policy(&self) -> &AlertPolicy {
         &self.policy
+    }
+
+    /// SHA-256 of the model whose scores this tracker sees.
+    pub fn model_sha256(&self) -> &str {
+        &self.model.sha256
     }
 
     /// The stream name.

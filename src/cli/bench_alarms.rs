@@ -303,6 +303,39 @@ pub fn run(a: BenchAlarmsArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// The part of the report that does not change with the numbers.
+const READING: &str = "## Reading the numbers
+
+* **Why k-of-n cannot be tuned into shape.** On clean tracks 7-8 % of frames are over the
+  calibration threshold (calibrated at 1 % on held-out training tracks), and they are not
+  spread out: a sign the detector finds hard stays hard for its whole track, so k of n
+  consecutive frames are one observation, not k. Any frame-window rule that fires within 1 s of
+  an onset fires on every such track.
+* **What the cusum buys.** Its threshold follows from the rate (`h = ln(blocks per day / rate)`,
+  10.5 at 2.4 a day) and its increments count a run of tail blocks (one sign) about once
+  (`theta`, the extremal index learned with the baseline). The false-alarm side holds: 0 alarms
+  in the clean hours, and the 24/day setting (bound: 1 an hour) gave the handful of alerts
+  shown in the lead-ins (10 h of clean frame time per policy across the 600 onsets).
+* **Why the delays are long.** The delay needs evidence from several *different* signs: one
+  hard clean sign gives block medians as high as a moderately corrupted one (the learned
+  baseline's 95th percentile is close to the calibration threshold, and hard tracks go well
+  above it). A block can add at most about `theta * ln(P1(tail) / P0(tail))` of evidence, a
+  couple of nats, against an `h` of 10.5, so a few tracks (2 s each on average) are needed
+  whenever the corrupted frames' scores overlap the clean tail. Only corruptions that push
+  most frames far beyond every clean block (snow 5, haze 5, codec_error 5) come within 10 s.
+  Corruptions that barely move this detector's scores (noise, dirty_lens 3, darkening 3,
+  codec_error 3: the calibration's own true-positive rate is 54 % at 1 % false alarms per
+  frame) are missed by any policy that keeps false alarms rare.
+* **Trade-off.** `false_alarms_per_day` is the knob: 24/day cuts the delays by about a fifth
+  (h 8.1 instead of 10.5). The targets of 3 s median / 10 s max at 0.1 false alarms an hour
+  would need a detector whose scores separate degraded frames from hard clean signs far
+  better than this one's.
+* **Reuse.** 6,003 distinct clean frames (300 test images) back the clean hours: each track
+  is reused about 12 times in different orders, so the false-alarm count is an estimate from
+  300 distinct signs (19 of them with a median score over the threshold), not from 72,000
+  independent frames. Onsets reuse 8 tracks per corruption and level, ramps 3 per grid level.
+";
+
 /// Frame interval of every replayed stream (10 fps of frame time).
 const FRAME_MS: u64 = 100;
 /// Minutes of clean frames the cusum policy learns its baseline from (the shipped default).
@@ -310,7 +343,7 @@ const LEARN_MINUTES: f64 = 10.0;
 /// Clean lead-in before each onset, seconds.
 const LEAD_S: u64 = 60;
 /// An onset not detected within this many seconds counts as missed.
-const ONSET_WINDOW_S: u64 = 30;
+const ONSET_WINDOW_S: u64 = 60;
 /// Onsets per (corruption, level) and policy.
 const ONSETS: usize = 20;
 /// Ramps per corruption and policy.
@@ -372,10 +405,12 @@ fn policies() -> Vec<(&'static str, crate::alert::AlertPolicy, bool)> {
     use crate::alert::{AlertPolicy, PolicyKind};
     let kofn = AlertPolicy::default();
     let cusum = AlertPolicy { policy: PolicyKind::Cusum, ..AlertPolicy::default() };
+    let fast = AlertPolicy { false_alarms_per_day: 24.0, ..cusum.clone() };
     vec![
         ("k-of-n (6 of 10)", kofn, false),
-        ("cusum, calibration fallback", cusum.clone(), false),
-        ("cusum, learned baseline", cusum, true),
+        ("cusum 2.4/day, calibration fallback", cusum.clone(), false),
+        ("cusum 2.4/day, learned baseline", cusum, true),
+        ("cusum 24/day, learned baseline", fast, true),
     ]
 }
 
@@ -679,8 +714,11 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
     writeln!(w)?;
 
     // Targets.
-    writeln!(w, "## Targets (shipped defaults: `policy = \"cusum\"`, `false_alarms_per_day = 1`, learned baseline)\n")?;
-    let best = "cusum, learned baseline";
+    writeln!(
+        w,
+        "## Targets (shipped defaults: `policy = \"cusum\"`, `false_alarms_per_day = 2.4`, learned baseline)\n"
+    )?;
+    let best = "cusum 2.4/day, learned baseline";
     let fa = fa_rate.get(best).copied().unwrap_or(f64::NAN);
     let h = harmful_all.get(best);
     let (med, max, missed) = h.map_or((f64::NAN, f64::NAN, 0), |d| {
@@ -694,7 +732,13 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
     writeln!(w, "| every harmful onset detected | {missed} missed | {} |", yes(missed == 0))?;
     writeln!(w, "| median delay <= 3 s | {med:.1} s | {} |", yes(med <= 3.0))?;
     writeln!(w, "| max delay <= 10 s | {max:.1} s | {} |", yes(max <= 10.0 && missed == 0))?;
-    writeln!(w, "| ramp 1 -> 5 over 10 min detected before level 4 | worst {ramp:.2} | {} |", yes(ramp < 4.0))?;
+    writeln!(
+        w,
+        "| ramp 1 -> 5 over 10 min detected before level 4 | worst {} | {} |",
+        if ramp > 5.0 { "not detected".to_string() } else { format!("{ramp:.2}") },
+        yes(ramp < 4.0)
+    )?;
     writeln!(w)?;
+    writeln!(w, "{READING}")?;
     Ok(out.replace("{REPLAY_S}", &format!("{:.0}", t_start.elapsed().as_secs_f64())))
 }

@@ -1,5 +1,6 @@
 //! The `gradwatch` command line: one subcommand per capability.
 
+mod baseline;
 mod bench;
 mod bench_alarms;
 mod calibrate;
@@ -28,6 +29,8 @@ pub struct Cli {
 enum Command {
     /// Compile an ONNX classifier into its gradient-feature graph.
     Compile(compile::CompileArgs),
+    /// Learn a stream's clean baseline offline from a recording (for the cusum policy).
+    Baseline(baseline::BaselineArgs),
     /// Time the forward pass and the gradient graph on this machine.
     Bench(bench::BenchArgs),
     /// False alarms per hour and detection delays of the alert policies (docs/alarms.md).
@@ -55,6 +58,7 @@ pub fn main() -> i32 {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).try_init();
     let r = match cli.command {
         Command::Compile(a) => compile::run(a),
+        Command::Baseline(a) => baseline::run(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchAlarms(a) => bench_alarms::run(a),
         Command::Run(a) => run::run(a),

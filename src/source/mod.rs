@@ -249,6 +249,11 @@ pub struct StreamConfig {
     pub roi: Option<Roi>,
     /// The capture queue. Default `{ size = 8, policy = "drop_oldest" }`.
     pub queue: QueueConfig,
+    /// `baseline = { learn_minutes = 10 }`: learn this stream's own clean score distribution
+    /// for the `cusum` alert policy (see `crate::alert::baseline`). Default unset: the
+    /// calibration's fallback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<crate::alert::BaselineConfig>,
     /// `kind` and the kind's keys.
     #[serde(flatten)]
     pub source: SourceConfig,
@@ -265,9 +270,11 @@ struct CommonKeys {
     roi: Option<Roi>,
     #[serde(default)]
     queue: QueueConfig,
+    #[serde(default)]
+    baseline: Option<crate::alert::BaselineConfig>,
 }
 
-const COMMON_KEYS: [&str; 4] = ["name", "enabled", "roi", "queue"];
+const COMMON_KEYS: [&str; 5] = ["name", "enabled", "roi", "queue", "baseline"];
 
 impl<'de> Deserialize<'de> for StreamConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -288,11 +295,11 @@ impl<'de> Deserialize<'de> for StreamConfig {
         let source = SourceConfig::deserialize(toml::Value::Table(rest)).map_err(|e| {
             let mut msg = format!("{who}: {}", e.message());
             if msg.contains("unknown field") {
-                msg.push_str(" (or one of the common keys `name`, `enabled`, `roi`, `queue`)");
+                msg.push_str(" (or one of the common keys `name`, `enabled`, `roi`, `queue`, `baseline`)");
             }
             D::Error::custom(msg)
         })?;
-        Ok(StreamConfig { name: c.name, enabled: c.enabled, roi: c.roi, queue: c.queue, source })
+        Ok(StreamConfig { name: c.name, enabled: c.enabled, roi: c.roi, queue: c.queue, baseline: c.baseline, source })
     }
 }
 
@@ -310,6 +317,9 @@ impl StreamConfig {
                     r.width, r.height
                 )));
             }
+        }
+        if let Some(b) = &self.baseline {
+            b.validate().map_err(|e| SourceError::Config(format!("stream `{who}`: {e}")))?;
         }
         if self.queue.size == 0 {
             return Err(SourceError::Config(format!("stream `{who}`: `queue.size` is 0; it must be at least 1")));
