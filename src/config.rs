@@ -333,7 +333,9 @@ mod tests {
         assert_eq!(c.stream.len(), 1);
         assert_eq!(c.sink.len(), 2);
         assert_eq!(c.pipeline, PipelineConfig::default());
-        assert_eq!(c.alert.default, AlertPolicy::default());
+        // The shipped file uses the cusum policy; every other key is at its default.
+        assert_eq!(c.alert.default, AlertPolicy { policy: crate::alert::PolicyKind::Cusum, ..AlertPolicy::default() });
+        assert!(c.stream[0].baseline.is_some());
         assert_eq!(c.metrics, MetricsConfig::default());
         let d = parse(include_str!("../config/demo.toml")).unwrap();
         match &d.stream[0].source {
