@@ -2,6 +2,7 @@
 #   make demo   the daemon on the embedded reference model and sample, with a corruption schedule
 #   make test   fmt + clippy + the whole test suite (needs no ../shared)
 #   make bench-daemon   fps, latency and memory of the daemon (docs/daemon-bench.md)
+#   make bench-alarms   false alarms per hour and detection delays of the alert policies (docs/alarms.md)
 #   make aarch64        the Jetson (aarch64, glibc 2.31) binary, without Docker (docs/jetson.md)
 #   make aarch64-check  that binary under qemu-user vs the x86-64 one, on the same job
 #   make status-screenshot  the status page in headless Chromium, checked, into docs/status-page.png
@@ -13,7 +14,7 @@ export ORT_DYLIB_PATH ?= $(CURDIR)/$(ORT_DIR)/libonnxruntime.so
 # Debian packages the build and the tests need (bindgen for v4l, the MQTT test broker).
 APT_PACKAGES := libclang-dev pkg-config mosquitto python3-pip unzip
 
-.PHONY: deps ort build release test lint demo bench bench-daemon clean aarch64 aarch64-check status-screenshot
+.PHONY: deps ort build release test lint demo bench bench-daemon bench-alarms clean aarch64 aarch64-check status-screenshot
 
 deps:
 	@scripts/apt-install.sh $(APT_PACKAGES)
@@ -46,6 +47,14 @@ bench: ort
 # 10-minute memory soak; writes docs/daemon-bench.md (about 15 minutes; keep the machine idle).
 bench-daemon: build
 	scripts/bench-daemon.sh
+
+# The alert policies on hours of camera-like GTSRB test tracks: scores every distinct frame once
+# through the gradient graph into out/bench-alarms/scores.csv (about 15,700 frames: 25-40 min
+# of both cores; delete the file to rescore), then replays k-of-n and cusum over 2 h of clean
+# frame time, 600 onsets and 40 ramps from the cache (seconds). Writes docs/alarms.md.
+GTSRB ?= ../shared/data/gtsrb
+bench-alarms: build
+	nice -n 10 ./target/release/gradwatch bench-alarms --data $(GTSRB) --cache out/bench-alarms/scores.csv --out docs/alarms.md --hours 2
 
 aarch64:
 	scripts/aarch64-build.sh

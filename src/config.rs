@@ -153,6 +153,9 @@ impl Config {
     pub fn resolve_paths(&mut self, base: &Path) {
         resolve_path(&mut self.model.path, base);
         resolve_path(&mut self.model.calibration, base);
+        if let Some(d) = self.alert.state_dir.as_mut() {
+            resolve_path(d, base);
+        }
         self.runtime.resolve_paths(base);
         for s in &mut self.stream {
             s.source.resolve_paths(base);
@@ -345,7 +348,9 @@ mod tests {
         assert_eq!(c.stream.len(), 1);
         assert_eq!(c.sink.len(), 2);
         assert_eq!(c.pipeline, PipelineConfig::default());
-        assert_eq!(c.alert.default, AlertPolicy::default());
+        // The shipped file uses the cusum policy; every other key is at its default.
+        assert_eq!(c.alert.default, AlertPolicy { policy: crate::alert::PolicyKind::Cusum, ..AlertPolicy::default() });
+        assert!(c.stream[0].baseline.is_some());
         assert_eq!(c.metrics, MetricsConfig::default());
         let d = parse(include_str!("../config/demo.toml")).unwrap();
         match &d.stream[0].source {

@@ -1,10 +1,11 @@
 //! `[alert]`: the debounce policy of every stream and its per-stream overrides.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::AlertPolicy;
+use super::{AlertPolicy, BaselineConfig};
 
 /// `[alert]`: the debounce policy of every stream, with optional per-stream overrides in
 /// `[alert.stream.<name>]` tables (keys not given there come from `[alert]`).
@@ -16,6 +17,15 @@ pub struct AlertConfig {
     /// Per-stream overrides, by stream name, already merged with the defaults.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub stream: BTreeMap<String, AlertPolicy>,
+    /// `state_dir`: where learned baselines are kept (`baseline-<stream>-<model sha256>.toml`),
+    /// reloaded at start. Default unset: baselines live in memory only and are learned again
+    /// after a restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    /// The streams that learn a baseline (from their `[[stream]] baseline = { ... }`), filled
+    /// in by the daemon; not a key of `[alert]`.
+    #[serde(skip)]
+    pub baselines: BTreeMap<String, BaselineConfig>,
 }
 
 impl AlertConfig {
@@ -45,6 +55,11 @@ impl<'de> Deserialize<'de> for AlertConfig {
         // `flatten` cannot be combined with `deny_unknown_fields`, so split by hand (as
         // `StreamConfig` does): both halves stay strict.
         let mut table = toml::Table::deserialize(d)?;
+        let state_dir = match table.remove("state_dir") {
+            None => None,
+            Some(toml::Value::String(s)) => Some(PathBuf::from(s)),
+            Some(_) => return Err(D::Error::custom("[alert] `state_dir` must be a path string")),
+        };
         let overrides = match table.remove("stream") {
             None => toml::Table::new(),
             Some(toml::Value::Table(t)) => t,
@@ -63,6 +78,6 @@ impl<'de> Deserialize<'de> for AlertConfig {
                 .map_err(|e| D::Error::custom(format!("[alert.stream.{name}]: {}", e.message())))?;
             stream.insert(name, p);
         }
-        Ok(AlertConfig { default, stream })
+        Ok(AlertConfig { default, stream, state_dir, baselines: BTreeMap::new() })
     }
 }

@@ -1,12 +1,16 @@
 //! Debounced alerts: turns a stream of scored frames into `alert_start` / `alert_update` /
-//! `alert_end` events with hysteresis (raise at k of the last n frames over threshold, clear at
-//! j or fewer) and a minimum duration, plus `stream_down` / `stream_up` events.
+//! `alert_end` events with hysteresis and a minimum duration, plus `stream_down` / `stream_up`
+//! events. Two policies ([`PolicyKind`]): `k_of_n` (raise at k of the last n frames over
+//! threshold, clear at j or fewer) and `cusum` (a CUSUM of per-second p-values under the
+//! stream's [`Baseline`], its threshold set by `false_alarms_per_day`; see [`cusum`]).
 //!
 //! Times come from the frames, never from the wall clock, so recorded score sequences replay to
 //! identical events. The JSON form of [`Event`] is the wire format of every sink and is
 //! documented in `docs/alerts.md`.
 
+pub mod baseline;
 mod config;
+pub mod cusum;
 pub mod time;
 
 use std::collections::VecDeque;
@@ -14,7 +18,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+pub use baseline::{Baseline, BaselineConfig, Learner};
 pub use config::AlertConfig;
+pub use cusum::{Cusum, CusumParams};
 pub use time::{parse_rfc3339, rfc3339_ms, unix_ms};
 
 /// Errors of the alert module.
@@ -56,10 +62,47 @@ impl Scored {
     }
 }
 
+/// Which statistic raises and clears alerts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyKind {
+    /// k of the last n frames over threshold (`window`, `raise`, `clear`).
+    #[default]
+    KOfN,
+    /// CUSUM of per-block p-values (`false_alarms_per_day`, `block_ms`, `kappa`,
+    /// `clear_evidence`); see [`cusum`].
+    Cusum,
+}
+
+impl PolicyKind {
+    /// The config/wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyKind::KOfN => "k_of_n",
+            PolicyKind::Cusum => "cusum",
+        }
+    }
+}
+
 /// Debounce policy of the alert stage (TOML `[alert]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertPolicy {
+    /// `k_of_n` (the default here) or `cusum`.
+    pub policy: PolicyKind,
+    /// cusum: expected false alarms per day of clean stream (an upper bound for independent
+    /// blocks); sets the threshold `h = ln(blocks per day / false_alarms_per_day)`. Default
+    /// 2.4 (0.1 an hour).
+    pub false_alarms_per_day: f64,
+    /// cusum: block length in ms of frame time (one block statistic each). Default 1000.
+    pub block_ms: u64,
+    /// cusum: exponent of the p-value calibrator, in (0, 1); smaller reacts more to very small
+    /// p-values and less to moderate ones; `-1 / ln p` is best against blocks of p-value `p`.
+    /// Default 0.2 (best near p = 0.007).
+    pub kappa: f64,
+    /// cusum: evidence for the clean distribution (natural log units) that clears an open
+    /// alert. Default 3 (odds of 20 to 1).
+    pub clear_evidence: f64,
     /// n: number of most recent frames considered. Default 10.
     pub window: usize,
     /// k: raise when at least k of the last n frames are over threshold. Default 6.
@@ -76,7 +119,18 @@ pub struct AlertPolicy {
 
 impl Default for AlertPolicy {
     fn default() -> Self {
-        AlertPolicy { window: 10, raise: 6, clear: 2, min_duration_ms: 1000, update_interval_ms: 5000 }
+        AlertPolicy {
+            policy: PolicyKind::KOfN,
+            false_alarms_per_day: 2.4,
+            block_ms: 1000,
+            kappa: 0.2,
+            clear_evidence: 3.0,
+            window: 10,
+            raise: 6,
+            clear: 2,
+            min_duration_ms: 1000,
+            update_interval_ms: 5000,
+        }
     }
 }
 
@@ -98,7 +152,30 @@ impl AlertPolicy {
                 self.clear, self.raise
             )));
         }
+        let fa = self.false_alarms_per_day;
+        if !(fa.is_finite() && fa > 0.0 && fa <= 86_400.0) {
+            return Err(AlertError::InvalidPolicy(format!("false_alarms_per_day = {fa} must be in (0, 86400]")));
+        }
+        if self.block_ms == 0 || self.block_ms > 3_600_000 {
+            return Err(AlertError::InvalidPolicy(format!("block_ms = {} must be in 1..=3600000", self.block_ms)));
+        }
+        if !(self.kappa > 0.0 && self.kappa < 1.0) {
+            return Err(AlertError::InvalidPolicy(format!("kappa = {} must be in (0, 1)", self.kappa)));
+        }
+        if !(self.clear_evidence.is_finite() && self.clear_evidence > 0.0) {
+            return Err(AlertError::InvalidPolicy(format!("clear_evidence = {} must be > 0", self.clear_evidence)));
+        }
         Ok(())
+    }
+
+    /// The cusum parameters in force with `baseline`.
+    pub fn cusum_params(&self, baseline: &Baseline) -> CusumParams {
+        CusumParams {
+            h: CusumParams::threshold(self.false_alarms_per_day, self.block_ms),
+            clear: self.clear_evidence,
+            kappa: self.kappa,
+            theta: baseline.theta,
+        }
     }
 }
 
@@ -183,6 +260,31 @@ pub struct Alert {
     /// Path of the PNG heat map of the input gradient over that frame; absent likewise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heatmap: Option<String>,
+    /// What the policy said (policy, statistic, threshold, expected false-alarm rate).
+    #[serde(flatten)]
+    pub detail: PolicyDetail,
+}
+
+/// The policy's side of an alert event; every field is optional on the wire.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PolicyDetail {
+    /// The policy that raised the alert: `k_of_n` or `cusum`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The policy's statistic at this event: frames over threshold in the window (`k_of_n`),
+    /// or the CUSUM `S` (`cusum`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistic: Option<f64>,
+    /// The value of `statistic` that raises: `raise` (`k_of_n`) or `h` (`cusum`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistic_threshold: Option<f64>,
+    /// `cusum`: the expected false alarms per day of clean stream in force (upper bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub false_alarms_per_day: Option<f64>,
+    /// `cusum`: the clean distribution in force: `learned` (the stream's own) or
+    /// `calibration` (the fallback derived from the calibration's threshold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
 }
 
 /// An event emitted by the alert stage: the unit every sink delivers.
@@ -333,6 +435,24 @@ struct Open {
 }
 
 impl Open {
+    /// An empty alert whose first frame is `first`.
+    fn starting_at(stream: &str, first: &Scored, now: SystemTime) -> Open {
+        Open {
+            id: format!("{}-{}-{}", stream, first.seq, unix_ms(first.time)),
+            first_seq: first.seq,
+            first_time: first.time,
+            raised_at: now,
+            last_emit: now,
+            last_seq: first.seq,
+            last_time: first.time,
+            frames: 0,
+            frames_over: 0,
+            score_sum: 0.0,
+            scored: 0,
+            peak: None,
+        }
+    }
+
     fn add(&mut self, s: &Scored) {
         self.frames += 1;
         self.last_seq = s.seq;
@@ -362,12 +482,39 @@ pub struct AlertTracker {
     last_seq: Option<u64>,
     open: Option<Open>,
     out_of_order: u64,
+    /// The cusum policy's state (`None` under `k_of_n`).
+    cusum: Option<CusumState>,
+}
+
+/// Frames kept per block at most (a block of a very fast stream keeps its first ones).
+const MAX_BLOCK_FRAMES: usize = 10_000;
+
+/// The cusum policy's running state.
+struct CusumState {
+    stat: Cusum,
+    /// Frames of the current block.
+    block: Vec<Scored>,
+    block_start: Option<SystemTime>,
+    /// The clean distribution in force; `None` until the first frame brings the threshold
+    /// the calibration fallback is derived from.
+    baseline: Option<Baseline>,
+    /// Whether `baseline` was learned on this stream (else the calibration fallback).
+    learned: bool,
+    learner: Option<Learner>,
+    /// The alert that would open if `S` reached `h`: from the first block of the current
+    /// run of `S > 0` (the CUSUM's change-point estimate).
+    candidate: Option<Open>,
+    /// The last block's statistic and p-value (for metrics and tests).
+    last_block: Option<(f32, f64)>,
+    /// Blocks closed.
+    blocks: u64,
 }
 
 impl AlertTracker {
     /// A tracker for `stream`; fails if the policy is inconsistent.
     pub fn new(stream: impl Into<String>, policy: AlertPolicy, model: ModelRef) -> Result<Self, AlertError> {
         policy.validate()?;
+        let policy_kind = policy.policy;
         Ok(AlertTracker {
             stream: stream.into(),
             recent: VecDeque::with_capacity(policy.window),
@@ -377,7 +524,91 @@ impl AlertTracker {
             last_seq: None,
             open: None,
             out_of_order: 0,
+            cusum: (policy_kind == PolicyKind::Cusum).then(|| CusumState {
+                stat: Cusum::default(),
+                block: Vec::new(),
+                block_start: None,
+                baseline: None,
+                learned: false,
+                learner: None,
+                candidate: None,
+                last_block: None,
+                blocks: 0,
+            }),
         })
+    }
+
+    /// Uses `baseline` (a learned one, e.g. loaded from the state directory) as the clean
+    /// distribution; ignored under `k_of_n` or when it was taken at another block length or
+    /// for another model.
+    pub fn set_baseline(&mut self, baseline: Baseline) -> Result<(), String> {
+        let Some(c) = self.cusum.as_mut() else { return Ok(()) };
+        baseline.validate()?;
+        if baseline.block_ms != self.policy.block_ms {
+            return Err(format!("baseline block_ms {} != policy block_ms {}", baseline.block_ms, self.policy.block_ms));
+        }
+        if baseline.model_sha256 != self.model.sha256 {
+            return Err("baseline belongs to another model (sha256 differs)".into());
+        }
+        c.baseline = Some(baseline);
+        c.learned = true;
+        Ok(())
+    }
+
+    /// Learns the stream's baseline from its clean blocks (and adapts it afterwards) under
+    /// `config`; no-op under `k_of_n`.
+    pub fn learn_baseline(&mut self, config: BaselineConfig) {
+        if let Some(c) = self.cusum.as_mut() {
+            c.learner = Some(Learner::new(config, &self.stream, &self.model.sha256, self.policy.block_ms));
+        }
+    }
+
+    /// The clean distribution in force and whether it was learned on this stream (`None`
+    /// under `k_of_n`, or before the first frame without a learned one).
+    pub fn baseline(&self) -> Option<(&Baseline, bool)> {
+        let c = self.cusum.as_ref()?;
+        c.baseline.as_ref().map(|b| (b, c.learned))
+    }
+
+    /// The learned baseline when it was completed or adapted since the last call (to persist
+    /// it).
+    pub fn take_changed_baseline(&mut self) -> Option<Baseline> {
+        let c = self.cusum.as_mut()?;
+        let changed = c.learner.as_mut().is_some_and(Learner::take_changed);
+        if changed && c.learned {
+            c.baseline.clone()
+        } else {
+            None
+        }
+    }
+
+    /// Blocks learned so far and blocks needed, while a baseline is being learned.
+    pub fn learning_progress(&self) -> Option<(usize, usize)> {
+        let c = self.cusum.as_ref()?;
+        if c.learned {
+            return None;
+        }
+        c.learner.as_ref().map(|l| (l.learning_blocks(), l.blocks_needed()))
+    }
+
+    /// The CUSUM statistic `S` (0 under `k_of_n`).
+    pub fn statistic(&self) -> f64 {
+        self.cusum.as_ref().map_or(0.0, |c| c.stat.s)
+    }
+
+    /// The last closed block's statistic (median score) and p-value, under `cusum`.
+    pub fn last_block(&self) -> Option<(f32, f64)> {
+        self.cusum.as_ref().and_then(|c| c.last_block)
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &AlertPolicy {
+        &self.policy
+    }
+
+    /// SHA-256 of the model whose scores this tracker sees.
+    pub fn model_sha256(&self) -> &str {
+        &self.model.sha256
     }
 
     /// The stream name.
@@ -410,6 +641,9 @@ impl AlertTracker {
             return Vec::new();
         }
         self.last_seq = Some(s.seq);
+        if self.cusum.is_some() {
+            return self.push_cusum(s);
+        }
         self.recent.push_back(s.clone());
         if s.is_over() {
             self.over_in_window += 1;
@@ -478,26 +712,107 @@ impl AlertTracker {
         self.recent.clear();
         self.over_in_window = 0;
         self.last_seq = None;
+        if let Some(c) = self.cusum.as_mut() {
+            c.stat.reset();
+            c.block.clear();
+            c.block_start = None;
+            c.candidate = None;
+        }
+    }
+
+    /// `cusum`: adds the frame to its block; the first frame past a block's end closes it.
+    fn push_cusum(&mut self, s: &Scored) -> Vec<Event> {
+        let mut out = Vec::new();
+        let block_ms = self.policy.block_ms;
+        let Some(c) = self.cusum.as_mut() else { return out };
+        if c.baseline.is_none() {
+            c.baseline = Some(cusum::fallback_baseline(&self.stream, &self.model.sha256, block_ms, s.threshold));
+        }
+        if c.block_start.is_some_and(|t| ms_between(t, s.time) >= block_ms) {
+            out.extend(self.close_block(s.time));
+        }
+        let Some(c) = self.cusum.as_mut() else { return out };
+        if c.block_start.is_none() {
+            c.block_start = Some(s.time);
+        }
+        if c.block.len() < MAX_BLOCK_FRAMES {
+            c.block.push(s.clone());
+        }
+        out
+    }
+
+    /// `cusum`: scores the finished block, updates the CUSUM, raises / clears / updates.
+    fn close_block(&mut self, now: SystemTime) -> Vec<Event> {
+        let mut out = Vec::new();
+        let Some(c) = self.cusum.as_mut() else { return out };
+        let frames = std::mem::take(&mut c.block);
+        c.block_start = None;
+        let mut scores: Vec<f32> = frames.iter().map(|f| f.score).collect();
+        let x = cusum::block_statistic(&mut scores);
+        let Some(baseline) = c.baseline.as_ref() else { return out };
+        let params = self.policy.cusum_params(baseline);
+        let p = baseline.p_value(x);
+        let open = self.open.is_some();
+        c.stat.update(&params, p, open);
+        c.last_block = Some((x, p));
+        c.blocks += 1;
+        let suspicious = open || c.stat.s >= params.h / 2.0;
+        if let (Some(learner), false) = (c.learner.as_mut(), x.is_nan()) {
+            let end_ms = unix_ms(now);
+            let current = if c.learned { c.baseline.as_mut() } else { None };
+            if let Some(b) = learner.block(end_ms, x, suspicious, current) {
+                c.baseline = Some(b);
+                c.learned = true;
+            }
+        }
+        if let Some(o) = self.open.as_mut() {
+            for f in &frames {
+                o.add(f);
+            }
+            let held = ms_between(o.raised_at, now) >= self.policy.min_duration_ms;
+            if c.stat.t >= params.clear && held {
+                c.stat.reset();
+                c.candidate = None;
+                out.push(self.close(now, EndReason::Cleared));
+            } else if self.policy.update_interval_ms > 0
+                && ms_between(o.last_emit, now) >= self.policy.update_interval_ms
+            {
+                o.last_emit = now;
+                out.push(Event::AlertUpdate { alert: self.snapshot(now) });
+            }
+            return out;
+        }
+        if c.stat.s <= 0.0 {
+            c.candidate = None;
+            return out;
+        }
+        if c.candidate.is_none() {
+            if let Some(first) = frames.first() {
+                c.candidate = Some(Open::starting_at(&self.stream, first, now));
+            }
+        }
+        if let Some(cand) = c.candidate.as_mut() {
+            for f in &frames {
+                cand.add(f);
+            }
+        }
+        if c.stat.s >= params.h {
+            c.stat.t = 0.0;
+            if let Some(mut o) = c.candidate.take() {
+                o.raised_at = now;
+                o.last_emit = now;
+                self.open = Some(o);
+                out.push(Event::AlertStart { alert: self.snapshot(now) });
+            }
+        }
+        out
     }
 
     /// Opens an alert covering the window from its first over-threshold frame.
     fn raise(&mut self, now: SystemTime) -> Event {
         let start = self.recent.iter().position(Scored::is_over).unwrap_or(0);
         let first = &self.recent[start];
-        let mut open = Open {
-            id: format!("{}-{}-{}", self.stream, first.seq, unix_ms(first.time)),
-            first_seq: first.seq,
-            first_time: first.time,
-            raised_at: now,
-            last_emit: now,
-            last_seq: first.seq,
-            last_time: first.time,
-            frames: 0,
-            frames_over: 0,
-            score_sum: 0.0,
-            scored: 0,
-            peak: None,
-        };
+        let mut open = Open::starting_at(&self.stream, first, now);
         for s in self.recent.iter().skip(start) {
             open.add(s);
         }
@@ -541,6 +856,7 @@ impl AlertTracker {
             tag: peak.and_then(|p| p.tag.clone()),
             snapshot: None,
             heatmap: None,
+            detail: self.detail(),
         }
     }
 
@@ -567,6 +883,30 @@ impl AlertTracker {
             tag: None,
             snapshot: None,
             heatmap: None,
+            detail: self.detail(),
+        }
+    }
+
+    /// The policy's side of an event, as of now.
+    fn detail(&self) -> PolicyDetail {
+        match (self.policy.policy, self.cusum.as_ref()) {
+            (PolicyKind::Cusum, Some(c)) => PolicyDetail {
+                policy: Some(PolicyKind::Cusum.as_str().into()),
+                statistic: Some(c.stat.s),
+                statistic_threshold: Some(CusumParams::threshold(
+                    self.policy.false_alarms_per_day,
+                    self.policy.block_ms,
+                )),
+                false_alarms_per_day: Some(self.policy.false_alarms_per_day),
+                baseline: Some(if c.learned { "learned" } else { "calibration" }.into()),
+            },
+            _ => PolicyDetail {
+                policy: Some(PolicyKind::KOfN.as_str().into()),
+                statistic: Some(self.over_in_window as f64),
+                statistic_threshold: Some(self.policy.raise as f64),
+                false_alarms_per_day: None,
+                baseline: None,
+            },
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The `gradwatch` command line: one subcommand per capability.
 
+mod baseline;
 mod bench;
+mod bench_alarms;
 mod calibrate;
 mod check_config;
 mod common;
@@ -28,8 +30,12 @@ pub struct Cli {
 enum Command {
     /// Compile an ONNX classifier into its gradient-feature graph.
     Compile(compile::CompileArgs),
+    /// Learn a stream's clean baseline offline from a recording (for the cusum policy).
+    Baseline(baseline::BaselineArgs),
     /// Time the forward pass and the gradient graph on this machine.
     Bench(bench::BenchArgs),
+    /// False alarms per hour and detection delays of the alert policies (docs/alarms.md).
+    BenchAlarms(bench_alarms::BenchAlarmsArgs),
     /// Run the streaming daemon.
     Run(run::RunArgs),
     /// Check a daemon config, its model and calibration; exit 2 when something is wrong.
@@ -55,7 +61,9 @@ pub fn main() -> i32 {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).try_init();
     let r = match cli.command {
         Command::Compile(a) => compile::run(a),
+        Command::Baseline(a) => baseline::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::BenchAlarms(a) => bench_alarms::run(a),
         Command::Run(a) => run::run(a),
         Command::CheckConfig(a) => check_config::run(a),
         Command::Corrupt(a) => corrupt::run(a),

@@ -189,6 +189,14 @@ pub struct StreamMetrics {
     pub latency: Quantiles,
     /// State, score history, rates and alerts for the status page and dashboard topics.
     pub status: StreamStatus,
+    /// cusum: 1 when the stream's own learned baseline is in force, 0 for the calibration's.
+    pub baseline_learned: Gauge,
+    /// cusum: clean blocks learned so far (while learning) or in the learned baseline.
+    pub baseline_blocks: Gauge,
+    /// cusum: the baseline's median block score, in thousandths.
+    pub baseline_median_milli: Gauge,
+    /// cusum: the CUSUM statistic S, in thousandths.
+    pub cusum_statistic_milli: Gauge,
 }
 
 impl StreamMetrics {
@@ -204,6 +212,10 @@ impl StreamMetrics {
             up: Gauge::default(),
             latency: Quantiles::default(),
             status: StreamStatus::default(),
+            baseline_learned: Gauge::default(),
+            baseline_blocks: Gauge::default(),
+            baseline_median_milli: Gauge::default(),
+            cusum_statistic_milli: Gauge::default(),
         }
     }
 }
@@ -362,6 +374,27 @@ impl Metrics {
             m.alerts_raised.get().to_string()
         });
         per_stream(&mut out, "stream_up", "gauge", "1 when the stream delivers frames.", &|m| m.up.get().to_string());
+        let milli = |v: i64| format!("{:.3}", v as f64 / 1000.0);
+        per_stream(
+            &mut out,
+            "baseline_learned",
+            "gauge",
+            "cusum: 1 when the stream's own learned baseline is in force, 0 for the calibration's.",
+            &|m| m.baseline_learned.get().to_string(),
+        );
+        per_stream(
+            &mut out,
+            "baseline_blocks",
+            "gauge",
+            "cusum: clean blocks learned (while learning) or in the baseline.",
+            &|m| m.baseline_blocks.get().to_string(),
+        );
+        per_stream(&mut out, "baseline_median_score", "gauge", "cusum: median block score of the baseline.", &|m| {
+            milli(m.baseline_median_milli.get())
+        });
+        per_stream(&mut out, "cusum_statistic", "gauge", "cusum: the CUSUM statistic S.", &|m| {
+            milli(m.cusum_statistic_milli.get())
+        });
         header(&mut out, "score", "histogram", "Uncertainty score per frame.");
         for (s, m) in &streams {
             m.score.render(&mut out, "gradwatch_score", &format!("stream=\"{}\"", esc(s)));

@@ -10,7 +10,8 @@ use crossbeam_channel::{never, Receiver};
 
 use super::summary::Summary;
 use super::{AlertControl, Env, Heartbeat, Shared};
-use crate::alert::{AlertPolicy, AlertTracker, Event, ModelRef, Scored};
+use crate::alert::{AlertConfig, AlertPolicy, AlertTracker, Baseline, BaselineConfig, Event, ModelRef, Scored};
+use crate::metrics::Metrics;
 use crate::sink::Fanout;
 
 /// A stream's connection changed (from its capture thread).
@@ -51,12 +52,69 @@ pub(crate) struct AlertStage {
     pub heartbeat: Arc<Heartbeat>,
     pub result: Arc<Mutex<Option<Summary>>>,
     pub model: ModelRef,
+    /// Streams that learn their baseline.
+    pub baselines: BTreeMap<String, BaselineConfig>,
+    /// Where learned baselines are saved.
+    pub state_dir: Option<std::path::PathBuf>,
+}
+
+/// Adaptation changes a baseline a little at a time: save it at most this often.
+const SAVE_EVERY: Duration = Duration::from_secs(600);
+
+/// Sets a new tracker up for its stream's baseline: learning (when the stream has
+/// `baseline = { ... }`) and the saved baseline from the state directory, if any.
+pub(crate) fn init_baseline(t: &mut AlertTracker, alert: &AlertConfig, metrics: &Metrics) {
+    let name = t.stream().to_string();
+    if let Some(cfg) = alert.baselines.get(&name) {
+        t.learn_baseline(cfg.clone());
+    }
+    if let Some(dir) = &alert.state_dir {
+        let sha = t.model_sha256().to_string();
+        match Baseline::load(dir, &name, &sha) {
+            Ok(Some(b)) => match t.set_baseline(b) {
+                Ok(()) => log::info!("stream {name}: learned baseline loaded from {}", dir.display()),
+                Err(e) => log::warn!("stream {name}: saved baseline not used: {e}"),
+            },
+            Ok(None) => {}
+            Err(e) => log::warn!("stream {name}: saved baseline not used: {e}"),
+        }
+    }
+    publish_baseline(t, metrics);
+}
+
+/// Baseline and CUSUM gauges of one stream.
+fn publish_baseline(t: &AlertTracker, metrics: &Metrics) {
+    let m = metrics.stream(t.stream());
+    m.cusum_statistic_milli.set((t.statistic() * 1000.0).round() as i64);
+    match t.baseline() {
+        Some((b, true)) => {
+            m.baseline_learned.set(1);
+            m.baseline_blocks.set(b.sample.len() as i64);
+            m.baseline_median_milli.set((f64::from(b.median()) * 1000.0).round() as i64);
+        }
+        _ => {
+            m.baseline_learned.set(0);
+            m.baseline_blocks.set(t.learning_progress().map_or(0, |(n, _)| n as i64));
+        }
+    }
+}
+
+/// Saves `b` into the state directory (if configured), logging failures.
+fn save_baseline(dir: Option<&std::path::Path>, b: &Baseline) {
+    let Some(dir) = dir else { return };
+    match b.save(dir) {
+        Ok(p) => log::info!("stream {}: baseline saved to {}", b.stream, p.display()),
+        Err(e) => log::warn!("stream {}: baseline not saved: {e}", b.stream),
+    }
 }
 
 struct Slot {
     tracker: AlertTracker,
     /// A new policy waiting for the open alert to end.
     pending: Option<AlertPolicy>,
+    /// A changed baseline not yet saved, and when the last save was.
+    unsaved: Option<Baseline>,
+    saved_at: Option<Instant>,
     /// The stream's alert snapshots, when on.
     snap: Option<crate::snapshot::StreamSnaps>,
 }
@@ -87,12 +145,15 @@ impl AlertStage {
             heartbeat,
             result,
             model,
+            baselines,
+            state_dir,
         } = self;
+        let learn_cfg = AlertConfig { baselines, state_dir: state_dir.clone(), ..AlertConfig::default() };
         let mut slots: BTreeMap<String, Slot> = trackers
             .into_iter()
             .map(|t| {
                 let snap = env.snapshots.as_ref().map(|s| s.stream(t.stream()));
-                (t.stream().to_string(), Slot { tracker: t, pending: None, snap })
+                (t.stream().to_string(), Slot { tracker: t, pending: None, snap, unsaved: None, saved_at: None })
             })
             .collect();
         let mut summary = Summary::default();
@@ -110,11 +171,11 @@ impl AlertStage {
                 recv(scored) -> m => match m {
                     Ok(s) => {
                         held.extend(stream_events.try_iter());
-                        release_held(&mut held, Some(&s), &mut slots, &fanout, &env, &model);
-                        on_scored(s, &mut slots, &mut summary, &fanout, &env, &model);
+                        release_held(&mut held, Some(&s), &mut slots, &fanout, &env, &model, &learn_cfg);
+                        on_scored(s, &mut slots, &mut summary, &fanout, &env, &model, &learn_cfg);
                         if scored.is_empty() {
                             // Every verdict delivered so far is handled: the rest are due.
-                            release_held(&mut held, None, &mut slots, &fanout, &env, &model);
+                            release_held(&mut held, None, &mut slots, &fanout, &env, &model, &learn_cfg);
                         }
                     }
                     // Inference finished (stop, every stream ended, or it failed).
@@ -128,10 +189,10 @@ impl AlertStage {
                         // its queued frames were handed on (see `capture`).
                         while let Ok(s) = scored.try_recv() {
                             held.extend(stream_events.try_iter());
-                            release_held(&mut held, Some(&s), &mut slots, &fanout, &env, &model);
-                            on_scored(s, &mut slots, &mut summary, &fanout, &env, &model);
+                            release_held(&mut held, Some(&s), &mut slots, &fanout, &env, &model, &learn_cfg);
+                            on_scored(s, &mut slots, &mut summary, &fanout, &env, &model, &learn_cfg);
                         }
-                        release_held(&mut held, None, &mut slots, &fanout, &env, &model);
+                        release_held(&mut held, None, &mut slots, &fanout, &env, &model, &learn_cfg);
                     }
                     Err(_) => stream_events = never(),
                 },
@@ -140,7 +201,7 @@ impl AlertStage {
                         for (name, slot) in slots.iter_mut() {
                             let p = cfg.policy_for(name).clone();
                             slot.pending = Some(p);
-                            apply_pending(slot, &model);
+                            apply_pending(slot, &model, &learn_cfg);
                         }
                     }
                     Ok(AlertControl::ReopenSinks) => fanout.reopen(),
@@ -178,6 +239,9 @@ impl AlertStage {
                 status_event(&env, ev);
                 fanout.send(ev);
             }
+            if let Some(b) = slot.unsaved.take() {
+                save_baseline(state_dir.as_deref(), &b);
+            }
         }
         if let Some(s) = &env.snapshots {
             // No more snapshots; the queued ones are written while the sinks drain.
@@ -213,6 +277,7 @@ fn on_scored(
     fanout: &Fanout,
     env: &Env,
     model: &ModelRef,
+    learn: &AlertConfig,
 ) {
     summary.frame(&s, env.now());
     let Some(slot) = slots.get_mut(&s.stream) else { return };
@@ -227,7 +292,19 @@ fn on_scored(
         status_event(env, ev);
         fanout.send(ev);
     }
-    apply_pending(slot, model);
+    if let Some(b) = slot.tracker.take_changed_baseline() {
+        // A freshly learned baseline is saved at once; adaptation at most every SAVE_EVERY.
+        let first = slot.saved_at.is_none();
+        slot.unsaved = Some(b);
+        if first || slot.saved_at.is_some_and(|t| t.elapsed() >= SAVE_EVERY) {
+            if let Some(b) = slot.unsaved.take() {
+                save_baseline(learn.state_dir.as_deref(), &b);
+            }
+            slot.saved_at = Some(Instant::now());
+        }
+    }
+    publish_baseline(&slot.tracker, &env.metrics);
+    apply_pending(slot, model, learn);
 }
 
 /// Handles the held transitions that are due before verdict `next` (those of its stream with
@@ -240,6 +317,7 @@ fn release_held(
     fanout: &Fanout,
     env: &Env,
     model: &ModelRef,
+    learn: &AlertConfig,
 ) {
     let due = |e: &StreamEvent| next.is_none_or(|s| e.stream == s.stream && e.before_seq <= s.seq);
     let mut keep = VecDeque::with_capacity(held.len());
@@ -250,7 +328,7 @@ fn release_held(
         }
         if let Some(slot) = slots.get_mut(&e.stream) {
             handle_stream_event(slot, e, fanout, env);
-            apply_pending(slot, model);
+            apply_pending(slot, model, learn);
         }
     }
     *held = keep;
@@ -275,14 +353,23 @@ fn status_event(env: &Env, ev: &Event) {
 }
 
 /// Swaps in a pending policy once no alert is open (a policy change never cuts an alert short).
-fn apply_pending(slot: &mut Slot, model: &ModelRef) {
+/// A learned baseline carries over to the new tracker.
+fn apply_pending(slot: &mut Slot, model: &ModelRef, learn: &AlertConfig) {
     if slot.tracker.is_active() {
         return;
     }
     let Some(p) = slot.pending.take() else { return };
     let name = slot.tracker.stream().to_string();
     match AlertTracker::new(name.clone(), p, model.clone()) {
-        Ok(t) => {
+        Ok(mut t) => {
+            if let Some(cfg) = learn.baselines.get(&name) {
+                t.learn_baseline(cfg.clone());
+            }
+            if let Some((b, true)) = slot.tracker.baseline() {
+                if let Err(e) = t.set_baseline(b.clone()) {
+                    log::info!("stream {name}: learned baseline not carried over: {e}");
+                }
+            }
             slot.tracker = t;
             log::info!("stream {name}: new alert policy in force");
         }

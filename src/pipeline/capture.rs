@@ -66,6 +66,8 @@ impl Capture {
         let bad_log = LogLimiter::new(Duration::from_secs(10));
         let mut link = Link::Unknown;
         let mut seq = 0u64;
+        // Sources with their own frame clock (replay, realtime = false) are stamped from here.
+        let epoch = self.env.now();
         loop {
             self.heartbeat.beat();
             if self.shared.stopping() {
@@ -101,7 +103,8 @@ impl Capture {
                     if let Some(f) = self.shared.first_frame.get(&self.spec_name) {
                         f.store(true, Ordering::Relaxed);
                     }
-                    let frame = Frame { stream: self.spec_name.clone(), seq, captured_at: self.env.now(), image, tag };
+                    let captured_at = self.source.frame_time().map_or_else(|| self.env.now(), |d| epoch + d);
+                    let frame = Frame { stream: self.spec_name.clone(), seq, captured_at, image, tag };
                     seq += 1;
                     if !self.rate.admit(self.env.clock.now()) {
                         m.frames_skipped.inc();

@@ -296,7 +296,9 @@ impl Pipeline {
         let mut trackers = Vec::new();
         for n in &names {
             let p: AlertPolicy = alert.policy_for(n).clone();
-            trackers.push(crate::alert::AlertTracker::new(n.clone(), p, model.clone())?);
+            let mut t = crate::alert::AlertTracker::new(n.clone(), p, model.clone())?;
+            alerting::init_baseline(&mut t, alert, &env.metrics);
+            trackers.push(t);
         }
         let fanout = Fanout::new(sinks, crate::sink::DEFAULT_QUEUE)?;
         env.metrics.set_sink_stats(fanout.stats_handle());
@@ -372,6 +374,8 @@ impl Pipeline {
             heartbeat: hb.clone(),
             result: alert_result.clone(),
             model,
+            baselines: alert.baselines.clone(),
+            state_dir: alert.state_dir.clone(),
         };
         threads.push(spawn_stage("alert".into(), hb, exit_tx, move || stage.run())?);
 

@@ -189,7 +189,14 @@ mod tests {
     #[test]
     fn windows_delays_and_false_alarms() {
         // 10 clean frames, 10 noisy ones (all over), 10 clean; raise at 3 of 4.
-        let policy = AlertPolicy { window: 4, raise: 3, clear: 1, min_duration_ms: 0, update_interval_ms: 0 };
+        let policy = AlertPolicy {
+            window: 4,
+            raise: 3,
+            clear: 1,
+            min_duration_ms: 0,
+            update_interval_ms: 0,
+            ..AlertPolicy::default()
+        };
         let mut t = AlertTracker::new("s", policy, ModelRef { name: "m".into(), sha256: "x".into() }).unwrap();
         let mut sum = Summary::default();
         for seq in 0..30u64 {

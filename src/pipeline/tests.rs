@@ -152,8 +152,16 @@ fn start_with(
         score_fps: None,
     }];
     let alert = AlertConfig {
-        default: AlertPolicy { window: 4, raise: 3, clear: 1, min_duration_ms: 0, update_interval_ms: 0 },
+        default: AlertPolicy {
+            window: 4,
+            raise: 3,
+            clear: 1,
+            min_duration_ms: 0,
+            update_interval_ms: 0,
+            ..AlertPolicy::default()
+        },
         stream: BTreeMap::new(),
+        ..AlertConfig::default()
     };
     let events = Arc::new(Mutex::new(Vec::new()));
     let cls = FakeClassifier { names: vec!["a".into(), "b".into()], panic_after, delay };
@@ -281,8 +289,16 @@ fn streams_share_batches_and_keep_their_own_alerts() {
     };
     let streams = vec![spec("a", vec![(30, 128, "clean")]), spec("b", vec![(10, 128, "clean"), (20, 255, "x")])];
     let alert = AlertConfig {
-        default: AlertPolicy { window: 4, raise: 3, clear: 1, min_duration_ms: 0, update_interval_ms: 0 },
+        default: AlertPolicy {
+            window: 4,
+            raise: 3,
+            clear: 1,
+            min_duration_ms: 0,
+            update_interval_ms: 0,
+            ..AlertPolicy::default()
+        },
         stream: BTreeMap::new(),
+        ..AlertConfig::default()
     };
     let events = Arc::new(Mutex::new(Vec::new()));
     let cls = FakeClassifier { names: vec!["a".into(), "b".into()], panic_after: None, delay: Duration::ZERO };

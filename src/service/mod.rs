@@ -351,7 +351,13 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
     let env = env.with_snapshots(start_snapshots(&config, &loaded));
     let scoring = scoring_of(&config, loaded.calibration);
 
-    let pipeline = Pipeline::start(&env, &config.pipeline, &config.alert, streams, classifier, scoring, sinks)?;
+    let mut alert = config.alert.clone();
+    for s in config.stream.iter().filter(|s| s.enabled) {
+        if let Some(b) = &s.baseline {
+            alert.baselines.insert(s.name.clone(), b.clone());
+        }
+    }
+    let pipeline = Pipeline::start(&env, &config.pipeline, &alert, streams, classifier, scoring, sinks)?;
     let hb_timeout = Duration::from_secs(config.pipeline.heartbeat_timeout_s);
     {
         let hbs: Vec<Arc<Heartbeat>> = pipeline.heartbeats().to_vec();

@@ -84,6 +84,13 @@ pub enum SourceEvent {
 pub trait Source: Send {
     /// The next event.
     fn poll(&mut self) -> SourceEvent;
+
+    /// The frame time of the frame the last `poll` returned, from the stream's first frame,
+    /// when the source keeps its own frame clock (a replay with `realtime = false`); `None`
+    /// (the default): the pipeline stamps frames with its clock.
+    fn frame_time(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Errors building a source from its config.
@@ -248,6 +255,11 @@ pub struct StreamConfig {
     /// unset, every frame.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub score_fps: Option<f64>,
+    /// `baseline = { learn_minutes = 10 }`: learn this stream's own clean score distribution
+    /// for the `cusum` alert policy (see `crate::alert::baseline`). Default unset: the
+    /// calibration's fallback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<crate::alert::BaselineConfig>,
     /// `kind` and the kind's keys.
     #[serde(flatten)]
     pub source: SourceConfig,
@@ -266,9 +278,11 @@ struct CommonKeys {
     queue: QueueConfig,
     #[serde(default)]
     score_fps: Option<f64>,
+    #[serde(default)]
+    baseline: Option<crate::alert::BaselineConfig>,
 }
 
-const COMMON_KEYS: [&str; 5] = ["name", "enabled", "roi", "queue", "score_fps"];
+const COMMON_KEYS: [&str; 6] = ["name", "enabled", "roi", "queue", "score_fps", "baseline"];
 
 impl<'de> Deserialize<'de> for StreamConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -289,7 +303,7 @@ impl<'de> Deserialize<'de> for StreamConfig {
         let source = SourceConfig::deserialize(toml::Value::Table(rest)).map_err(|e| {
             let mut msg = format!("{who}: {}", e.message());
             if msg.contains("unknown field") {
-                msg.push_str(" (or one of the common keys `name`, `enabled`, `roi`, `queue`, `score_fps`)");
+                msg.push_str(" (or one of the common keys `name`, `enabled`, `roi`, `queue`, `score_fps`, `baseline`)");
             }
             D::Error::custom(msg)
         })?;
@@ -299,6 +313,7 @@ impl<'de> Deserialize<'de> for StreamConfig {
             roi: c.roi,
             queue: c.queue,
             score_fps: c.score_fps,
+            baseline: c.baseline,
             source,
         })
     }
@@ -318,6 +333,9 @@ impl StreamConfig {
                     r.width, r.height
                 )));
             }
+        }
+        if let Some(b) = &self.baseline {
+            b.validate().map_err(|e| SourceError::Config(format!("stream `{who}`: {e}")))?;
         }
         if self.queue.size == 0 {
             return Err(SourceError::Config(format!("stream `{who}`: `queue.size` is 0; it must be at least 1")));

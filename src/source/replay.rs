@@ -9,12 +9,25 @@
 //! fps = 10                   # default 0 = as fast as possible (then use queue.policy = "block")
 //! seed = 0                   # default 0; frame i is corrupted with seed + i
 //! repeat = false             # default false: End after the schedule; true: start it again
+//! realtime = true            # default true: sleep to `fps`; false: stamp frames at `fps` on the
+//!                            # frame clock but deliver them as fast as they are taken
 //! schedule = [
 //!   { duration_s = 10.0 },                                   # clean
 //!   { duration_s = 10.0, corruption = "haze", level = 3 },
 //!   { frames = 50, corruption = "noise", level = 5 },
+//!   { duration_s = 600.0, corruption = "dirty_lens", ramp = [1.0, 5.0] },  # level 1 -> 5 linearly
 //! ]
 //! ```
+//!
+//! `ramp = [from, to]` (levels 0 to 5, fractional; 0 = clean) replaces `level`: frame `j` of an
+//! `n`-frame window is at level `from + (to - from) * j / (n - 1)`, rendered as the pixel blend
+//! of the two neighbouring integer levels ([`corrupt_at`]). Its frames are tagged
+//! `<corruption>:ramp<from>-<to>` (one window in the summary).
+//!
+//! With `realtime = false` (needs `fps > 0`) the replay does not sleep: frame `i` is stamped at
+//! `start + i / fps` of *frame time* (see [`crate::frame::Frame`]'s `captured_at` as produced by
+//! the capture thread through [`Source::frame_time`]), so hours of frame time are evaluated
+//! as fast as inference runs. Use `queue.policy = "block"` with it.
 //!
 //! Frames are taken from the array in order, wrapping around, independent of the schedule:
 //! frame `i` of the stream is image `i % N`. Window lengths are counted in *frames*, so they are
@@ -53,14 +66,21 @@ pub struct Window {
     /// Corruption applied in this window. Default: none (clean frames).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corruption: Option<Corruption>,
-    /// Corruption severity, 1 to 5; required with `corruption`, not allowed without.
+    /// Corruption severity, 1 to 5; with `corruption`, give `level` or `ramp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<u8>,
+    /// `[from, to]`: the level rises (or falls) linearly over the window, fractional levels in
+    /// 0..=5 (0 = clean). Needs `corruption`; excludes `level`. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp: Option<[f32; 2]>,
 }
 
 impl Window {
     /// The tag of this window's frames: `clean` or e.g. `haze:3`.
     pub fn tag(&self) -> String {
+        if let (Some(c), Some([a, b])) = (self.corruption, self.ramp) {
+            return format!("{c}:ramp{a}-{b}");
+        }
         match (self.corruption, self.level) {
             (Some(c), Some(l)) => format!("{c}:{l}"),
             (Some(c), None) => c.to_string(),
@@ -101,10 +121,19 @@ impl Window {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if let Some([a, b]) = self.ramp {
+            let ok = |x: f32| x.is_finite() && (0.0..=f32::from(*LEVELS.end())).contains(&x);
+            return match (self.corruption, self.level) {
+                (None, _) => Err("`ramp` without `corruption`; add `corruption`".into()),
+                (Some(_), Some(_)) => Err("give `level` or `ramp`, not both".into()),
+                (Some(_), None) if ok(a) && ok(b) => Ok(()),
+                (Some(_), None) => Err(format!("`ramp` = [{a}, {b}]: levels must be in 0 to 5")),
+            };
+        }
         match (self.corruption, self.level) {
             (Some(_), Some(l)) if LEVELS.contains(&l) => Ok(()),
             (Some(_), Some(l)) => Err(format!("`level` is {l}; use 1 to 5")),
-            (Some(c), None) => Err(format!("`corruption` = \"{c}\" needs a `level` (1 to 5)")),
+            (Some(c), None) => Err(format!("`corruption` = \"{c}\" needs a `level` (1 to 5) or a `ramp`")),
             (None, Some(_)) => Err("`level` without `corruption`; add `corruption`".into()),
             (None, None) => Ok(()),
         }
@@ -129,6 +158,15 @@ pub struct ReplayConfig {
     /// Play the schedule again after its end, forever. Default false (End after it).
     #[serde(default)]
     pub repeat: bool,
+    /// `true`: sleep so frames come at `fps`. `false` (needs `fps > 0`): no sleeping; frames
+    /// are stamped `i / fps` apart in frame time and delivered as fast as they are taken.
+    /// Default true.
+    #[serde(default = "default_true")]
+    pub realtime: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl ReplayConfig {
@@ -136,6 +174,9 @@ impl ReplayConfig {
     /// depends on the array).
     pub fn validate(&self) -> Result<(), SourceError> {
         check_fps(self.fps)?;
+        if !self.realtime && self.fps <= 0.0 {
+            return Err(SourceError::Config("`realtime = false` needs `fps` > 0 (the frame-time spacing)".into()));
+        }
         for (i, w) in self.schedule.iter().enumerate() {
             w.validate()
                 .and_then(|_| w.frame_count(self.fps).map(|_| ()))
@@ -154,10 +195,46 @@ impl ReplayConfig {
     }
 }
 
+/// What a window does to its frames.
+#[derive(Clone, Copy)]
+enum Effect {
+    Clean,
+    Fixed(Corruption, u8),
+    Ramp(Corruption, f32, f32),
+}
+
 struct Slot {
     frames: u64,
-    corruption: Option<(Corruption, u8)>,
+    effect: Effect,
     tag: String,
+}
+
+/// `kind` at a fractional `level` in 0..=5: the per-pixel blend of the two neighbouring integer
+/// levels (level 0 is the image itself), so a ramp changes smoothly between the tables'
+/// levels. Integer levels give exactly [`corrupt::apply`].
+pub fn corrupt_at(img: &RgbImage, kind: Corruption, level: f32, seed: u64) -> Result<RgbImage, corrupt::CorruptError> {
+    let level = if level.is_finite() { level.clamp(0.0, f32::from(*LEVELS.end())) } else { 0.0 };
+    let lo = level.floor();
+    let frac = level - lo;
+    let at = |l: f32| -> Result<RgbImage, corrupt::CorruptError> {
+        if l < 0.5 {
+            Ok(img.clone())
+        } else {
+            corrupt::apply(img, kind, l as u8, seed)
+        }
+    };
+    let a = at(lo)?;
+    if frac < 1e-4 {
+        return Ok(a);
+    }
+    let b = at(lo + 1.0)?;
+    let data = a
+        .data
+        .iter()
+        .zip(&b.data)
+        .map(|(&x, &y)| (f32::from(x) * (1.0 - frac) + f32::from(y) * frac).round() as u8)
+        .collect();
+    Ok(RgbImage { width: a.width, height: a.height, data })
 }
 
 /// Plays an array through a corruption schedule (see the module doc).
@@ -174,6 +251,8 @@ pub struct ReplaySource {
     ended: bool,
     pacer: Pacer,
     clock: Arc<dyn Clock>,
+    /// `Some(fps)` when `realtime = false`: frames carry their own frame time.
+    frame_fps: Option<f64>,
 }
 
 impl ReplaySource {
@@ -190,13 +269,20 @@ impl ReplaySource {
             )));
         }
         let slots = if config.schedule.is_empty() {
-            vec![Slot { frames: images.len() as u64, corruption: None, tag: "clean".into() }]
+            vec![Slot { frames: images.len() as u64, effect: Effect::Clean, tag: "clean".into() }]
         } else {
             config
                 .schedule
                 .iter()
                 .zip(config.window_frames()?)
-                .map(|(w, frames)| Slot { frames, corruption: w.corruption.zip(w.level), tag: w.tag() })
+                .map(|(w, frames)| {
+                    let effect = match (w.corruption, w.level, w.ramp) {
+                        (Some(c), _, Some([a, b])) => Effect::Ramp(c, a, b),
+                        (Some(c), Some(l), None) => Effect::Fixed(c, l),
+                        _ => Effect::Clean,
+                    };
+                    Slot { frames, effect, tag: w.tag() }
+                })
                 .collect()
         };
         Ok(Self {
@@ -208,8 +294,9 @@ impl ReplaySource {
             in_window: 0,
             index: 0,
             ended: false,
-            pacer: Pacer::new(config.fps),
+            pacer: Pacer::new(if config.realtime { config.fps } else { 0.0 }),
             clock,
+            frame_fps: (!config.realtime).then_some(config.fps),
         })
     }
 }
@@ -234,17 +321,29 @@ impl Source for ReplaySource {
         self.pacer.wait(self.clock.as_ref());
         let slot = &self.slots[self.window];
         let img = &self.images[(self.index % self.images.len() as u64) as usize];
-        let event = match slot.corruption {
-            None => SourceEvent::Frame { image: img.clone(), tag: Some(slot.tag.clone()) },
-            Some((kind, level)) => match corrupt::apply(img, kind, level, self.seed.wrapping_add(self.index)) {
-                Ok(image) => SourceEvent::Frame { image, tag: Some(slot.tag.clone()) },
-                Err(e) => SourceEvent::BadFrame {
-                    reason: format!("frame {} ({}): corruption failed: {e}", self.index, slot.tag),
-                },
-            },
+        let seed = self.seed.wrapping_add(self.index);
+        let made = match slot.effect {
+            Effect::Clean => Ok(img.clone()),
+            Effect::Fixed(kind, level) => corrupt::apply(img, kind, level, seed),
+            Effect::Ramp(kind, from, to) => {
+                let t = if slot.frames > 1 { self.in_window as f32 / (slot.frames - 1) as f32 } else { 1.0 };
+                corrupt_at(img, kind, from + (to - from) * t, seed)
+            }
+        };
+        let event = match made {
+            Ok(image) => SourceEvent::Frame { image, tag: Some(slot.tag.clone()) },
+            Err(e) => {
+                SourceEvent::BadFrame { reason: format!("frame {} ({}): corruption failed: {e}", self.index, slot.tag) }
+            }
         };
         self.index += 1;
         self.in_window += 1;
         event
+    }
+
+    fn frame_time(&self) -> Option<std::time::Duration> {
+        // `index` already counts the frame just returned.
+        let fps = self.frame_fps?;
+        Some(std::time::Duration::from_secs_f64(self.index.saturating_sub(1) as f64 / fps))
     }
 }

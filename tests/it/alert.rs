@@ -30,7 +30,7 @@ fn frame(seq: u64, score: f32, dt_ms: u64) -> Scored {
 }
 
 fn policy(min_duration_ms: u64, update_interval_ms: u64) -> AlertPolicy {
-    AlertPolicy { window: 10, raise: 6, clear: 2, min_duration_ms, update_interval_ms }
+    AlertPolicy { window: 10, raise: 6, clear: 2, min_duration_ms, update_interval_ms, ..AlertPolicy::default() }
 }
 
 /// Feeds `scores` as frames 0.. spaced `dt_ms`; returns (seq of the triggering frame, event).

@@ -123,8 +123,16 @@ fn score_fps_scores_evenly_spaced_frames_and_counts_the_rest_as_skipped() {
         score_fps: Some(5.0),
     }];
     let alert = AlertConfig {
-        default: AlertPolicy { window: 4, raise: 3, clear: 1, min_duration_ms: 0, update_interval_ms: 0 },
+        default: AlertPolicy {
+            window: 4,
+            raise: 3,
+            clear: 1,
+            min_duration_ms: 0,
+            update_interval_ms: 0,
+            ..AlertPolicy::default()
+        },
         stream: BTreeMap::new(),
+        ..AlertConfig::default()
     };
     let events = Arc::new(Mutex::new(Vec::new()));
     let batches = Arc::new(Mutex::new(Vec::new()));

@@ -1,6 +1,7 @@
 //! The integration tests, one binary (each `tests/*.rs` used to link ONNX Runtime's loader and
 //! rustls again): a module per area, against the public API and the real `gradwatch` binary.
 
+mod alarms;
 mod alert;
 mod budget;
 mod calibrate;

@@ -209,6 +209,7 @@ fn ev(i: u64) -> Event {
             tag: None,
             snapshot: None,
             heatmap: None,
+            detail: Default::default(),
         },
     }
 }

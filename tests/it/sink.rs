@@ -34,6 +34,7 @@ fn alert(i: u64) -> Alert {
         tag: None,
         snapshot: None,
         heatmap: None,
+        detail: Default::default(),
     }
 }
 

@@ -1,0 +1,745 @@
+//! `gradwatch bench-alarms`: false alarms per hour and detection delays of the alert policies
+//! (`docs/alarms.md`, `make bench-alarms`).
+//!
+//! Two phases. **Score** (expensive, once): GTSRB test images (never used in training or
+//! calibration) are turned into camera-like *tracks*: each sign for 10-30 frames with a slow
+//! zoom (1.0x to 1.15x) and sensor noise (sigma 2 of 255); every distinct frame (image, zoom
+//! step, noise seed, corruption, level) is scored once through the real gradient graph and the
+//! scores go to a CSV cache. **Replay** (cheap): long streams at 10 fps of frame time are built
+//! from the cached tracks in seeded random orders, and every policy is run over them with the
+//! real [`AlertTracker`](crate::alert::AlertTracker): clean streams for false alarms per hour,
+//! clean-then-corrupted streams for detection delays, 10-minute ramps for slow degradation.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use super::common::runtime;
+use crate::corrupt::Corruption;
+use crate::detector::Calibration;
+use crate::frame::RgbImage;
+use crate::grad::{CompileOptions, Loss};
+use crate::model::{top_class, LoadedModel};
+use crate::rng::SplitMix64;
+use crate::runtime::{extract, GradSession};
+use crate::source::replay::corrupt_at;
+
+/// Arguments of `gradwatch bench-alarms`.
+#[derive(Args, Debug)]
+pub struct BenchAlarmsArgs {
+    /// GTSRB folder holding `test_images.npy` and `test_labels.npy` (only needed to score).
+    #[arg(long, default_value = "../shared/data/gtsrb")]
+    pub data: PathBuf,
+    /// The calibration file.
+    #[arg(long, default_value = "models/gtsrb-resnet18.calib.toml")]
+    pub calib: PathBuf,
+    /// The score cache (CSV); scored when missing.
+    #[arg(long, default_value = "out/bench-alarms/scores.csv")]
+    pub cache: PathBuf,
+    /// The report to write.
+    #[arg(long, default_value = "docs/alarms.md")]
+    pub out: PathBuf,
+    /// Hours of clean frame time to replay per policy.
+    #[arg(long, default_value_t = 2.0)]
+    pub hours: f64,
+    /// Images per graph run.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// ONNX Runtime intra-op threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Only build the score cache.
+    #[arg(long)]
+    pub score_only: bool,
+}
+
+/// Seed of every random choice of the benchmark.
+const SEED: u64 = 20_260_101;
+/// Tracks of the baseline-learning stream.
+const LEARN_TRACKS: usize = 120;
+/// Tracks of the clean evaluation streams.
+const CLEAN_TRACKS: usize = 300;
+/// Tracks per (corruption, level) of the onset streams.
+const ONSET_TRACKS: usize = 8;
+/// Levels of the onsets.
+const ONSET_LEVELS: [u8; 3] = [3, 4, 5];
+/// Tracks per (corruption, level) of the ramp grid.
+const RAMP_TRACKS: usize = 3;
+/// Fractional levels scored for ramps besides the onsets' 3 and 4 (a ramp from 1 to 5 must be
+/// caught before 4).
+const RAMP_LEVELS: [f32; 4] = [1.0, 2.0, 2.5, 3.5];
+/// Zoom over a track (1.0 -> 1.0 + ZOOM).
+const ZOOM: f32 = 0.15;
+/// Sensor noise sigma, 8-bit steps.
+const SENSOR_SIGMA: f32 = 2.0;
+
+/// One scored frame of the cache (in track order).
+#[derive(Clone, Debug)]
+pub struct CachedFrame {
+    /// Score.
+    pub score: f32,
+    /// Whether the classifier's top class was the label.
+    pub correct: bool,
+}
+
+/// A track of the cache: one sign, under one condition.
+#[derive(Clone, Debug)]
+pub struct CachedTrack {
+    /// `learn`, `clean`, `onset` or `ramp`.
+    pub group: String,
+    /// Corruption name, `none` for clean.
+    pub kind: String,
+    /// Level (0 clean).
+    pub level: f32,
+    /// Frames in order.
+    pub frames: Vec<CachedFrame>,
+}
+
+/// What to render: one track.
+struct TrackSpec {
+    group: &'static str,
+    kind: Option<Corruption>,
+    level: f32,
+    image: usize,
+    len: usize,
+}
+
+fn plan(n_images: usize) -> Result<Vec<TrackSpec>> {
+    let mut perm: Vec<usize> = (0..n_images).collect();
+    SplitMix64::new(SEED).shuffle(&mut perm);
+    let mut next = perm.into_iter();
+    let mut take = || next.next().context("not enough test images for the benchmark");
+    let len_of = |image: usize| 10 + SplitMix64::new(SEED ^ (image as u64).wrapping_mul(0x9E37_79B9)).below(21);
+    let mut out = Vec::new();
+    for (group, n) in [("learn", LEARN_TRACKS), ("clean", CLEAN_TRACKS)] {
+        for _ in 0..n {
+            let image = take()?;
+            out.push(TrackSpec { group, kind: None, level: 0.0, image, len: len_of(image) });
+        }
+    }
+    for kind in Corruption::ALL {
+        for level in ONSET_LEVELS {
+            for _ in 0..ONSET_TRACKS {
+                let image = take()?;
+                out.push(TrackSpec {
+                    group: "onset",
+                    kind: Some(kind),
+                    level: f32::from(level),
+                    image,
+                    len: len_of(image),
+                });
+            }
+        }
+        for level in RAMP_LEVELS {
+            for _ in 0..RAMP_TRACKS {
+                let image = take()?;
+                out.push(TrackSpec { group: "ramp", kind: Some(kind), level, image, len: len_of(image) });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Frame `j` of a track of `len` over `img`: a centred crop shrinking to 1/(1+ZOOM), resampled
+/// bilinearly to the image size.
+fn zoom_frame(img: &RgbImage, j: usize, len: usize) -> RgbImage {
+    let z = 1.0 + ZOOM * j as f32 / (len.max(2) - 1) as f32;
+    let (w, h) = (img.width, img.height);
+    let mut out = RgbImage::zeros(w, h);
+    let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
+    for y in 0..h {
+        for x in 0..w {
+            let sx = (cx + (x as f32 + 0.5 - cx) / z - 0.5).clamp(0.0, (w - 1) as f32);
+            let sy = (cy + (y as f32 + 0.5 - cy) / z - 0.5).clamp(0.0, (h - 1) as f32);
+            let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
+            let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+            let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
+            let (a, b, c, d) = (img.pixel(x0, y0), img.pixel(x1, y0), img.pixel(x0, y1), img.pixel(x1, y1));
+            let mut p = [0u8; 3];
+            for k in 0..3 {
+                let top = f32::from(a[k]) * (1.0 - fx) + f32::from(b[k]) * fx;
+                let bot = f32::from(c[k]) * (1.0 - fx) + f32::from(d[k]) * fx;
+                p[k] = (top * (1.0 - fy) + bot * fy).round().clamp(0.0, 255.0) as u8;
+            }
+            out.set_pixel(x, y, p);
+        }
+    }
+    out
+}
+
+fn sensor_noise(img: &mut RgbImage, seed: u64) {
+    let mut rng = SplitMix64::new(seed);
+    for v in img.data.iter_mut() {
+        *v = (f32::from(*v) + SENSOR_SIGMA * rng.normalish()).round().clamp(0.0, 255.0) as u8;
+    }
+}
+
+/// Renders the frames of one track: zoom, then the lens/scene corruption (one pattern seed
+/// for the whole track), then per-frame sensor noise.
+fn render(spec: &TrackSpec, img: &RgbImage) -> Result<Vec<RgbImage>> {
+    let lens_seed = SEED ^ (spec.image as u64) << 8 ^ spec.kind.map_or(0, |k| k.name().len() as u64);
+    (0..spec.len)
+        .map(|j| {
+            let z = zoom_frame(img, j, spec.len);
+            let mut f = match spec.kind {
+                None => z,
+                Some(k) => corrupt_at(&z, k, spec.level, lens_seed)?,
+            };
+            sensor_noise(&mut f, SEED.wrapping_mul(31) ^ ((spec.image as u64) << 16) ^ j as u64);
+            Ok(f)
+        })
+        .collect()
+}
+
+/// Scores every planned frame through the gradient graph and writes the cache.
+fn score(a: &BenchAlarmsArgs) -> Result<()> {
+    let images = crate::data::load_npy_images(&a.data.join("test_images.npy"))
+        .with_context(|| format!("reading {}/test_images.npy (pass --data)", a.data.display()))?;
+    let labels = crate::data::load_npy_labels(&a.data.join("test_labels.npy"))?;
+    let calib = Calibration::load(&a.calib)?;
+    let model_path = super::score::default_model_path(&a.calib).context("--calib must end in .calib.toml")?;
+    let loss: Loss = calib.model.loss.parse().map_err(anyhow::Error::msg)?;
+    let model = LoadedModel::load(&model_path, &CompileOptions { loss, ..Default::default() })?;
+    calib.check_model(&model.info.sha256, &model.compiled.features)?;
+    let mut session = GradSession::new(&model.compiled, &runtime(a.threads))?;
+    let specs = plan(images.len())?;
+    let total: usize = specs.iter().map(|s| s.len).sum();
+    eprintln!("bench-alarms: scoring {total} distinct frames ({} tracks)", specs.len());
+    if let Some(dir) = a.cache.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = a.cache.with_extension("csv.tmp");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    writeln!(out, "group,kind,level,image,frame,score,correct")?;
+    let t0 = Instant::now();
+    let mut done = 0usize;
+    // Batches of whole tracks, about 256 frames at a time.
+    let mut i = 0;
+    while i < specs.len() {
+        let mut frames = Vec::new();
+        let mut owners = Vec::new();
+        while i < specs.len() && frames.len() < 256 {
+            let s = &specs[i];
+            let img = images.get(s.image).context("image index")?;
+            for (j, f) in render(s, img)?.into_iter().enumerate() {
+                frames.push(f);
+                owners.push((i, j));
+            }
+            i += 1;
+        }
+        let fs = extract::extract(&mut session, &model.info, &frames, a.batch, false)?;
+        let scores = calib.score(&fs.features);
+        for (((si, j), score), z) in owners.iter().zip(&scores).zip(fs.logits.outer_iter()) {
+            let s = &specs[*si];
+            let (cls, _) = top_class(&z.to_vec());
+            let correct = labels.get(s.image).is_some_and(|&l| l == cls as i64);
+            let kind = s.kind.map_or("none", Corruption::name);
+            writeln!(out, "{},{kind},{},{},{j},{score},{}", s.group, s.level, s.image, u8::from(correct))?;
+        }
+        done += frames.len();
+        let el = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "bench-alarms: {done}/{total} frames, {:.1} ms/frame, eta {:.0} s",
+            1000.0 * el / done as f64,
+            el / done as f64 * (total - done) as f64
+        );
+    }
+    out.flush()?;
+    drop(out);
+    std::fs::rename(&tmp, &a.cache)?;
+    Ok(())
+}
+
+/// Reads the score cache into tracks, in file order.
+pub fn load_cache(path: &Path) -> Result<Vec<CachedTrack>> {
+    let f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut tracks: Vec<CachedTrack> = Vec::new();
+    let mut index: BTreeMap<(String, String, String, usize), usize> = BTreeMap::new();
+    for (n, line) in std::io::BufReader::new(f).lines().enumerate().skip(1) {
+        let line = line?;
+        let p: Vec<&str> = line.split(',').collect();
+        if p.len() != 7 {
+            bail!("{}:{}: expected 7 fields", path.display(), n + 1);
+        }
+        let bad = |what: &str| anyhow::anyhow!("{}:{}: bad {what}", path.display(), n + 1);
+        let image: usize = p[3].parse().map_err(|_| bad("image"))?;
+        let key = (p[0].to_string(), p[1].to_string(), p[2].to_string(), image);
+        let t = *index.entry(key).or_insert_with(|| {
+            tracks.push(CachedTrack {
+                group: p[0].to_string(),
+                kind: p[1].to_string(),
+                level: p[2].parse().unwrap_or(0.0),
+                frames: Vec::new(),
+            });
+            tracks.len() - 1
+        });
+        if p[4].parse::<usize>().ok() != Some(tracks[t].frames.len()) {
+            return Err(bad("frame (out of order)"));
+        }
+        tracks[t].frames.push(CachedFrame { score: p[5].parse().map_err(|_| bad("score"))?, correct: p[6] == "1" });
+    }
+    Ok(tracks)
+}
+
+/// Runs `gradwatch bench-alarms`.
+pub fn run(a: BenchAlarmsArgs) -> Result<i32> {
+    if !a.cache.exists() {
+        score(&a)?;
+    }
+    if a.score_only {
+        return Ok(0);
+    }
+    let tracks = load_cache(&a.cache)?;
+    let report = report(&a, &tracks)?;
+    if let Some(dir) = a.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&a.out, report)?;
+    eprintln!("bench-alarms: wrote {}", a.out.display());
+    Ok(0)
+}
+
+/// The part of the report that does not change with the numbers.
+const READING: &str = "## Reading the numbers
+
+* **Why k-of-n cannot be tuned into shape.** On clean tracks 7-8 % of frames are over the
+  calibration threshold (calibrated at 1 % on held-out training tracks), and they are not
+  spread out: a sign the detector finds hard stays hard for its whole track, so k of n
+  consecutive frames are one observation, not k. Any frame-window rule that fires within 1 s of
+  an onset fires on every such track.
+* **What the cusum buys.** Its threshold follows from the rate (`h = ln(blocks per day / rate)`,
+  10.5 at 2.4 a day) and its increments count a run of tail blocks (one sign) about once
+  (`theta`, the extremal index learned with the baseline). The false-alarm side holds: 0 alarms
+  in the clean hours and in the lead-ins before the onsets (another 10 h of clean frame time
+  per policy); the 24/day setting (bound: 1 an hour) raised 0 in the clean hours and the 2
+  shown in the lead-ins.
+* **Why the delays are long.** The delay needs evidence from several *different* signs: one
+  hard clean sign gives block medians as high as a moderately corrupted one (the learned
+  baseline's 95th percentile is close to the calibration threshold, and hard tracks go well
+  above it). A block can add at most about `theta * ln(P1(tail) / P0(tail))` of evidence, a
+  couple of nats, against an `h` of 10.5, so a few tracks (2 s each on average) are needed
+  whenever the corrupted frames' scores overlap the clean tail. Only corruptions that push
+  most frames far beyond every clean block (snow 5, haze 5, codec_error 5) are caught after a
+  median of 7-8 s. Corruptions that barely move this detector's scores (noise, dirty_lens 3,
+  codec_error 3: the calibration's own true-positive rate is 54 % at 1 % false alarms per
+  frame) are missed within a minute by any policy that keeps false alarms rare.
+* **Trade-off.** `false_alarms_per_day` is the knob: 24/day cuts the delays by about a fifth
+  (h 8.1 instead of 10.5). The targets of 3 s median / 10 s max at 0.1 false alarms an hour
+  would need a detector whose scores separate degraded frames from hard clean signs far
+  better than this one's.
+* **Reuse.** 6,003 distinct clean frames (300 test images) back the clean hours: each track
+  is reused about 12 times in different orders, so the false-alarm count is an estimate from
+  300 distinct signs (19 of them with a median score over the threshold), not from 72,000
+  independent frames. Onsets reuse 8 tracks per corruption and level, ramps 3 per grid level.
+";
+
+/// Frame interval of every replayed stream (10 fps of frame time).
+const FRAME_MS: u64 = 100;
+/// Minutes of clean frames the cusum policy learns its baseline from (the shipped default).
+const LEARN_MINUTES: f64 = 10.0;
+/// Clean lead-in before each onset, seconds.
+const LEAD_S: u64 = 60;
+/// An onset not detected within this many seconds counts as missed.
+const ONSET_WINDOW_S: u64 = 60;
+/// Onsets per (corruption, level) and policy.
+const ONSETS: usize = 20;
+/// Ramps per corruption and policy.
+const RAMPS: usize = 4;
+/// Ramp length, seconds (level 1 to 5).
+const RAMP_S: u64 = 600;
+
+/// Appends tracks drawn in a seeded random order from `pool` until `frames` frames.
+fn fill(out: &mut Vec<f32>, pool: &[&CachedTrack], frames: usize, rng: &mut SplitMix64) {
+    if pool.is_empty() {
+        return;
+    }
+    let end = out.len() + frames;
+    let mut order: Vec<usize> = (0..pool.len()).collect();
+    while out.len() < end {
+        rng.shuffle(&mut order);
+        for &i in &order {
+            for f in &pool[i].frames {
+                if out.len() >= end {
+                    return;
+                }
+                out.push(f.score);
+            }
+        }
+    }
+}
+
+fn scored(seq: u64, t0: std::time::SystemTime, score: f32, threshold: f32) -> crate::alert::Scored {
+    crate::alert::Scored {
+        stream: "bench".into(),
+        seq,
+        time: t0 + std::time::Duration::from_millis(seq * FRAME_MS),
+        score,
+        threshold,
+        top_class: 0,
+        top_class_name: None,
+        confidence: 1.0,
+        tag: None,
+    }
+}
+
+/// Runs `tracker` over `scores` from frame `seq0`; returns the frame indices (into `scores`)
+/// at which alerts started.
+fn replay(tracker: &mut crate::alert::AlertTracker, scores: &[f32], seq0: u64, threshold: f32) -> Vec<usize> {
+    let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600);
+    let mut starts = Vec::new();
+    for (i, &sc) in scores.iter().enumerate() {
+        for e in tracker.push(&scored(seq0 + i as u64, t0, sc, threshold)) {
+            if matches!(e, crate::alert::Event::AlertStart { .. }) {
+                starts.push(i);
+            }
+        }
+    }
+    starts
+}
+
+/// The policies compared: name, policy, whether it learns a baseline first.
+fn policies() -> Vec<(&'static str, crate::alert::AlertPolicy, bool)> {
+    use crate::alert::{AlertPolicy, PolicyKind};
+    let kofn = AlertPolicy::default();
+    let cusum = AlertPolicy { policy: PolicyKind::Cusum, ..AlertPolicy::default() };
+    let fast = AlertPolicy { false_alarms_per_day: 24.0, ..cusum.clone() };
+    vec![
+        ("k-of-n (6 of 10)", kofn, false),
+        ("cusum 2.4/day, calibration fallback", cusum.clone(), false),
+        ("cusum 2.4/day, learned baseline", cusum, true),
+        ("cusum 24/day, learned baseline", fast, true),
+    ]
+}
+
+fn model_ref() -> crate::alert::ModelRef {
+    crate::alert::ModelRef { name: "gtsrb-resnet18".into(), sha256: "bench".into() }
+}
+
+/// A fresh tracker for `policy`; with `learn`, it first learns its baseline from `learn_pool`.
+fn tracker(
+    policy: &crate::alert::AlertPolicy,
+    learned: Option<&crate::alert::Baseline>,
+) -> Result<crate::alert::AlertTracker> {
+    let mut t = crate::alert::AlertTracker::new("bench", policy.clone(), model_ref())?;
+    if let Some(b) = learned {
+        t.set_baseline(b.clone()).map_err(anyhow::Error::msg)?;
+    }
+    t.learn_baseline(crate::alert::BaselineConfig::default());
+    Ok(t)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// Delays in seconds (sorted) and the number missed.
+struct Delays {
+    delays: Vec<f64>,
+    missed: usize,
+    early: usize,
+}
+
+impl Delays {
+    fn cell(&self) -> String {
+        if self.delays.is_empty() {
+            return format!("missed {}/{}", self.missed, self.missed);
+        }
+        let miss = if self.missed > 0 { format!(", **{} missed**", self.missed) } else { String::new() };
+        format!(
+            "{:.1} / {:.1} / {:.1}{miss}",
+            percentile(&self.delays, 0.5),
+            percentile(&self.delays, 0.9),
+            self.delays.last().copied().unwrap_or(f64::NAN)
+        )
+    }
+}
+
+fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
+    let t_start = Instant::now();
+    let calib = Calibration::load(&a.calib)?;
+    let threshold = calib.threshold;
+    let group = |g: &str| -> Vec<&CachedTrack> { tracks.iter().filter(|t| t.group == g).collect() };
+    let learn = group("learn");
+    let clean = group("clean");
+    let frames_of = |v: &[&CachedTrack]| v.iter().map(|t| t.frames.len()).sum::<usize>();
+    let mut rng = SplitMix64::new(SEED ^ 0xBE7C);
+
+    // The learned baseline: LEARN_MINUTES of the learning tracks (reshuffled as needed).
+    let mut learn_scores = Vec::new();
+    // Learning needs LEARN_MINUTES of released blocks: add the quarantine and a margin for
+    // blocks dropped around suspicious periods.
+    let learn_frames = ((LEARN_MINUTES + 4.0) * 60_000.0 / FRAME_MS as f64) as usize;
+    fill(&mut learn_scores, &learn, learn_frames, &mut rng);
+    let (_, cusum_policy, _) = policies().into_iter().nth(2).context("policies")?;
+    let mut learner = tracker(&cusum_policy, None)?;
+    let learn_alerts = replay(&mut learner, &learn_scores, 0, threshold);
+    let learned = learner
+        .baseline()
+        .filter(|(_, l)| *l)
+        .map(|(b, _)| b.clone())
+        .context("the learning stream did not complete a baseline (too few clean blocks outside alerts)")?;
+
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    let w = &mut out;
+    writeln!(w, "# Alarms: false alarms per hour and detection delays\n")?;
+    writeln!(
+        w,
+        "Generated by `make bench-alarms` (`gradwatch bench-alarms --data ../shared/data/gtsrb`), \
+         score cache `{}`; replay took {{REPLAY_S}} s. Model `models/gtsrb-resnet18.onnx`, calibration \
+         `models/gtsrb-resnet18.calib.toml` (threshold {threshold}), shipped alert defaults.\n",
+        a.cache.display()
+    )?;
+    writeln!(w, "## Streams\n")?;
+    writeln!(
+        w,
+        "GTSRB **test** images (never used in training or calibration), each shown as a *track*: \
+         10-30 frames (uniform), a slow zoom 1.0x -> {:.2}x and sensor noise (sigma {SENSOR_SIGMA} of 255), at 10 fps \
+         of frame time. Corruptions are applied to the zoomed frame with one pattern per track, before the \
+         sensor noise. Every distinct frame was scored once through the gradient graph; streams are \
+         built from the cached scores in seeded random orders and replayed through the real \
+         `AlertTracker`.\n",
+        1.0 + ZOOM
+    )?;
+    writeln!(w, "| set | tracks (distinct images) | distinct frames | use |")?;
+    writeln!(w, "|---|---:|---:|---|")?;
+    writeln!(
+        w,
+        "| learn | {} | {} | the cusum policy's baseline: {LEARN_MINUTES} min of frame time from these tracks (reshuffled) |",
+        learn.len(),
+        frames_of(&learn)
+    )?;
+    writeln!(
+        w,
+        "| clean | {} | {} | {:.1} h of clean frame time per policy: {:.1}x reuse in reshuffled orders |",
+        clean.len(),
+        frames_of(&clean),
+        a.hours,
+        a.hours * 36_000.0 / frames_of(&clean).max(1) as f64
+    )?;
+    let onset = group("onset");
+    let ramp = group("ramp");
+    writeln!(
+        w,
+        "| onset | {} | {} | {ONSET_TRACKS} tracks per corruption and level 3-5; {ONSETS} onsets each after {LEAD_S} s of clean tracks |",
+        onset.len(),
+        frames_of(&onset)
+    )?;
+    writeln!(
+        w,
+        "| ramp | {} | {} | {RAMP_TRACKS} tracks per corruption at levels {:?} (plus the onsets' 3 and 4), for {RAMPS} ramps 1 -> 5 over {} min per corruption |\n",
+        ramp.len(),
+        frames_of(&ramp),
+        RAMP_LEVELS,
+        RAMP_S / 60
+    )?;
+    writeln!(
+        w,
+        "The learned baseline: {} blocks of 1 s, median block score {:.2}, 95th percentile {:.2}, extremal index theta = {:.2} \
+         (tail blocks come in runs of {:.1} on average: one sign's track); {} alert(s) while learning.\n",
+        learned.learned_blocks,
+        learned.median(),
+        learned.quantile(0.95),
+        learned.theta,
+        1.0 / learned.theta,
+        learn_alerts.len()
+    )?;
+
+    // Clean streams: false alarms per hour.
+    let clean_frames = (a.hours * 3_600_000.0 / FRAME_MS as f64) as usize;
+    let mut clean_scores = Vec::new();
+    fill(&mut clean_scores, &clean, clean_frames, &mut rng);
+    writeln!(w, "## False alarms on clean streams\n")?;
+    writeln!(w, "| policy | clean frame time | alerts | false alarms / hour | over-threshold frames |")?;
+    writeln!(w, "|---|---:|---:|---:|---:|")?;
+    let over = clean_scores.iter().filter(|&&s| s > threshold).count() as f64 / clean_scores.len().max(1) as f64;
+    let mut fa_rate = BTreeMap::new();
+    for (name, policy, learns) in policies() {
+        let mut t = tracker(&policy, learns.then_some(&learned))?;
+        let starts = replay(&mut t, &clean_scores, 0, threshold);
+        let hours = clean_scores.len() as f64 * FRAME_MS as f64 / 3_600_000.0;
+        fa_rate.insert(name, starts.len() as f64 / hours);
+        writeln!(
+            w,
+            "| {name} | {hours:.2} h | {} | {:.2} | {:.1} % |",
+            starts.len(),
+            starts.len() as f64 / hours,
+            100.0 * over
+        )?;
+    }
+    writeln!(w)?;
+
+    // Onsets.
+    writeln!(w, "## Detection delay after an onset\n")?;
+    writeln!(
+        w,
+        "Seconds of frame time from the first corrupted frame to `alert_start`: median / p90 / max over {ONSETS} onsets; \
+         not detected within {ONSET_WINDOW_S} s = missed. *acc* is the classifier's accuracy on those frames; \
+         **harmful** = accuracy below 80 %.\n"
+    )?;
+    let names: Vec<&str> = policies().iter().map(|p| p.0).collect();
+    writeln!(w, "| corruption | level | acc | {} |", names.join(" | "))?;
+    writeln!(w, "|---|---:|---:|{}", "---:|".repeat(names.len()))?;
+    let mut harmful_all: BTreeMap<&str, Delays> = BTreeMap::new();
+    let mut early_all: BTreeMap<&str, usize> = BTreeMap::new();
+    for kind in Corruption::ALL {
+        for level in ONSET_LEVELS {
+            let pool: Vec<&CachedTrack> =
+                onset.iter().copied().filter(|t| t.kind == kind.name() && t.level == f32::from(level)).collect();
+            let (n, ok) = pool
+                .iter()
+                .flat_map(|t| &t.frames)
+                .fold((0usize, 0usize), |(n, ok), f| (n + 1, ok + usize::from(f.correct)));
+            let acc = ok as f64 / n.max(1) as f64;
+            let harmful = acc < 0.8;
+            let mut cells = Vec::new();
+            for (name, policy, learns) in policies() {
+                let mut d = Delays { delays: Vec::new(), missed: 0, early: 0 };
+                for k in 0..ONSETS {
+                    let mut r =
+                        SplitMix64::new(SEED ^ ((kind.name().len() * 131 + usize::from(level) * 17 + k) as u64) << 20);
+                    let mut scores = Vec::new();
+                    // Warm-up: the stream has been running (random offset into the clean tracks).
+                    fill(&mut scores, &clean, (LEAD_S * 1000 / FRAME_MS) as usize + r.below(20), &mut r);
+                    let onset_at = scores.len();
+                    fill(&mut scores, &pool, (ONSET_WINDOW_S * 1000 / FRAME_MS) as usize, &mut r);
+                    let mut t = tracker(&policy, learns.then_some(&learned))?;
+                    let starts = replay(&mut t, &scores, 0, threshold);
+                    d.early += starts.iter().filter(|&&i| i < onset_at).count();
+                    match starts.iter().find(|&&i| i >= onset_at) {
+                        Some(&i) => d.delays.push((i - onset_at) as f64 * FRAME_MS as f64 / 1000.0),
+                        None => d.missed += 1,
+                    }
+                }
+                d.delays.sort_by(f64::total_cmp);
+                cells.push(d.cell());
+                *early_all.entry(name).or_default() += d.early;
+                if harmful {
+                    let e = harmful_all.entry(name).or_insert(Delays { delays: Vec::new(), missed: 0, early: 0 });
+                    e.delays.extend(d.delays.iter().copied());
+                    e.missed += d.missed;
+                }
+            }
+            let acc_s = if harmful { format!("**{:.0} %**", 100.0 * acc) } else { format!("{:.0} %", 100.0 * acc) };
+            writeln!(w, "| {} | {level} | {acc_s} | {} |", kind.name(), cells.join(" | "))?;
+        }
+    }
+    writeln!(w)?;
+    writeln!(w, "All harmful onsets together (median / p90 / max, seconds):\n")?;
+    writeln!(w, "| policy | harmful onsets | delay | alerts during the clean lead-ins |")?;
+    writeln!(w, "|---|---:|---|---:|")?;
+    for name in &names {
+        if let Some(d) = harmful_all.get_mut(name) {
+            d.delays.sort_by(f64::total_cmp);
+            writeln!(
+                w,
+                "| {name} | {} | {} | {} |",
+                d.delays.len() + d.missed,
+                d.cell(),
+                early_all.get(name).copied().unwrap_or(0)
+            )?;
+        }
+    }
+    writeln!(w)?;
+
+    // Ramps.
+    writeln!(w, "## Ramps: level 1 -> 5 over {} minutes\n", RAMP_S / 60)?;
+    writeln!(
+        w,
+        "After {LEAD_S} s clean, the level rises linearly from 1 to 5 over {RAMP_S} s; frames come from the \
+         scored grid level at or below the current level (levels {:?} and the onsets' 3, 4, 5), so the severity \
+         shown is never above the ramp's. Cell: level reached at `alert_start`, median / max over {RAMPS} ramps \
+         (target: below 4).\n",
+        RAMP_LEVELS
+    )?;
+    writeln!(w, "| corruption | {} |", names.join(" | "))?;
+    writeln!(w, "|---|{}", "---:|".repeat(names.len()))?;
+    let mut ramp_worst: BTreeMap<&str, f64> = BTreeMap::new();
+    for kind in Corruption::ALL {
+        let mut grid: Vec<(f32, Vec<&CachedTrack>)> = Vec::new();
+        let mut levels: Vec<f32> = RAMP_LEVELS.to_vec();
+        levels.extend([3.0, 4.0, 5.0]);
+        levels.sort_by(f32::total_cmp);
+        for l in levels {
+            let pool: Vec<&CachedTrack> =
+                tracks.iter().filter(|t| t.kind == kind.name() && t.level == l && t.group != "learn").collect();
+            if !pool.is_empty() {
+                grid.push((l, pool));
+            }
+        }
+        let mut cells = Vec::new();
+        for (name, policy, learns) in policies() {
+            let mut at = Vec::new();
+            for k in 0..RAMPS {
+                let mut r = SplitMix64::new(SEED ^ ((kind.name().len() * 7 + k) as u64) << 30);
+                let mut scores = Vec::new();
+                fill(&mut scores, &clean, (LEAD_S * 1000 / FRAME_MS) as usize, &mut r);
+                let onset_at = scores.len();
+                let ramp_frames = (RAMP_S * 1000 / FRAME_MS) as usize;
+                // Track by track: each track takes the grid level at or below the ramp level at its start.
+                while scores.len() < onset_at + ramp_frames {
+                    let lvl = 1.0 + 4.0 * (scores.len() - onset_at) as f32 / ramp_frames as f32;
+                    let Some((_, pool)) = grid.iter().rev().find(|(l, _)| *l <= lvl + 1e-4).or(grid.first()) else {
+                        break;
+                    };
+                    let t = pool[r.below(pool.len())];
+                    for f in &t.frames {
+                        scores.push(f.score);
+                    }
+                }
+                let mut t = tracker(&policy, learns.then_some(&learned))?;
+                let starts = replay(&mut t, &scores, 0, threshold);
+                let level = match starts.iter().find(|&&i| i >= onset_at) {
+                    Some(&i) => 1.0 + 4.0 * (i - onset_at) as f64 / ramp_frames as f64,
+                    None => f64::INFINITY,
+                };
+                at.push(level.min(5.0 + f64::from(u8::from(level.is_infinite()))));
+            }
+            at.sort_by(f64::total_cmp);
+            let worst = at.last().copied().unwrap_or(f64::NAN);
+            let e = ramp_worst.entry(name).or_insert(0.0);
+            *e = e.max(worst);
+            let show = |v: f64| if v > 5.0 { "not detected".to_string() } else { format!("{v:.2}") };
+            cells.push(format!("{} / {}", show(percentile(&at, 0.5)), show(worst)));
+        }
+        writeln!(w, "| {} | {} |", kind.name(), cells.join(" | "))?;
+    }
+    writeln!(w)?;
+
+    // Targets.
+    writeln!(
+        w,
+        "## Targets (shipped defaults: `policy = \"cusum\"`, `false_alarms_per_day = 2.4`, learned baseline)\n"
+    )?;
+    let best = "cusum 2.4/day, learned baseline";
+    let fa = fa_rate.get(best).copied().unwrap_or(f64::NAN);
+    let h = harmful_all.get(best);
+    let (med, max, missed) = h.map_or((f64::NAN, f64::NAN, 0), |d| {
+        (percentile(&d.delays, 0.5), d.delays.last().copied().unwrap_or(f64::NAN), d.missed)
+    });
+    let ramp = ramp_worst.get(best).copied().unwrap_or(f64::NAN);
+    let yes = |b: bool| if b { "met" } else { "**not met**" };
+    writeln!(w, "| target | measured | |")?;
+    writeln!(w, "|---|---|---|")?;
+    writeln!(w, "| <= 0.1 false alarms / hour | {fa:.2} / hour | {} |", yes(fa <= 0.1))?;
+    writeln!(w, "| every harmful onset detected | {missed} missed | {} |", yes(missed == 0))?;
+    writeln!(w, "| median delay <= 3 s | {med:.1} s | {} |", yes(med <= 3.0))?;
+    writeln!(w, "| max delay <= 10 s | {max:.1} s | {} |", yes(max <= 10.0 && missed == 0))?;
+    writeln!(
+        w,
+        "| ramp 1 -> 5 over 10 min detected before level 4 | worst {} | {} |",
+        if ramp > 5.0 { "not detected".to_string() } else { format!("{ramp:.2}") },
+        yes(ramp < 4.0)
+    )?;
+    writeln!(w)?;
+    writeln!(w, "{READING}")?;
+    Ok(out.replace("{REPLAY_S}", &format!("{:.0}", t_start.elapsed().as_secs_f64())))
+}
