@@ -338,7 +338,9 @@ fn directory_source_skips_non_images() {
         .and_then(|s| s.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no fps in the summary:\n{err}"));
-    assert!(fps > 0.0 && fps < 5000.0, "{fps} fps:\n{err}");
+    // A tiny model on a fast machine does score thousands of frames a second, so only sanity
+    // here; `summary::file_names_are_not_windows_and_fps_is_real` checks the rule itself.
+    assert!(fps.is_finite() && fps > 0.0, "{fps} fps:\n{err}");
 }
 
 /// A pipe whose input ends in half a frame: 5 frames scored, the partial one counted bad.
