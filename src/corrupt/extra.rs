@@ -274,8 +274,8 @@ pub(crate) fn partial_cover(b: &mut Buf, p: f32, s: f32, seed: u64) {
             let a = 1.0 - super::overlay::smoothstep(edge - 0.6 / w.min(h) * s, edge + 0.6 / w.min(h) * s, depth);
             if a > 0.0 {
                 let i = (y * b.w + x) * 3;
-                for c in 0..3 {
-                    b.d[i + c] += (LEAF[c] - b.d[i + c]) * a;
+                for (d, l) in b.d[i..i + 3].iter_mut().zip(LEAF) {
+                    *d += (l - *d) * a;
                 }
             }
         }
@@ -304,8 +304,8 @@ pub(crate) fn raindrops(b: &mut Buf, count: usize, s: f32, seed: u64) {
                 let v = sample(&soft, cx - dx / mag, cy - dy / mag);
                 let rim = super::overlay::smoothstep(0.75, 1.0, d);
                 let i = (y * b.w + x) * 3;
-                for c in 0..3 {
-                    b.d[i + c] = (v[c] * 1.08 + 6.0) * (1.0 - 0.45 * rim);
+                for (d, vc) in b.d[i..i + 3].iter_mut().zip(v) {
+                    *d = (vc * 1.08 + 6.0) * (1.0 - 0.45 * rim);
                 }
             }
         }
@@ -353,8 +353,8 @@ pub(crate) fn glare(b: &mut Buf, p: f32, s: f32, seed: u64) {
                 + 0.3 * p * (-g2 / (2.0 * (0.3 * sigma).powi(2))).exp())
             .min(0.97);
             let i = (y * b.w + x) * 3;
-            for c in 0..3 {
-                b.d[i + c] += (LIGHT[c] - b.d[i + c]) * a;
+            for (d, l) in b.d[i..i + 3].iter_mut().zip(LIGHT) {
+                *d += (l - *d) * a;
             }
         }
     }
