@@ -6,6 +6,14 @@
 #   scripts/eval.sh --per-set 300        # quicker; any `gradwatch eval` option passes through
 #   DATA=/path/to/data MODEL=models/x.onnx scripts/eval.sh
 #   OUT=docs/results-1000 scripts/eval.sh --per-set 1000 --corruptions none   # CIFAR-10 pair only
+#   scripts/eval.sh --corruptions legacy          # the ten CURE-TSR-style types of the first report
+#   OUT=out/risk scripts/eval.sh --per-set 100 --corruptions geometric,colour,weather   # a few families
+#
+# --corruptions all (the default) is every type of docs/degradations.md (35 types x 5 levels): the
+# report then adds the risk tables (classifier accuracy next to every detector's AUROC, harmful
+# cells, misclassification detection, risk-coverage) and leave-one-family-out generalisation.
+# The classifier's accuracy per type and level alone (forward pass only, minutes):
+#   gradwatch corrupt --accuracy --model "$MODEL" "$DATA/gtsrb/test_images.npy" --limit 500 -o acc.csv
 #
 # DATA holds gtsrb/test_images.npy (+ test_labels.npy) and cifar10/test_images.npy (see
 # docs/results.md). Features are cached in out/eval-cache (keyed by model sha256, set size and

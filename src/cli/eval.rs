@@ -34,9 +34,14 @@ pub struct EvalArgs {
     /// Seed of subsamples, splits, corruptions and detector training.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Corruption types: all, paper or a comma list.
+    /// Corruption types: all, legacy (the first ten), broad, paper, or a comma list of types
+    /// and families.
     #[arg(long, default_value = "all")]
     pub corruptions: String,
+    /// Levels of the corrupted sets: a range like 1-5 or a list like 3,4,5 (fewer levels, a
+    /// quicker run; the per-type rows of Table 1 then pool these levels only).
+    #[arg(long, default_value = "1-5")]
+    pub levels: String,
     /// ODIN temperatures (comma list).
     #[arg(long, default_value = "1,10,100,1000", value_delimiter = ',')]
     pub odin_temperatures: Vec<f32>,
@@ -50,6 +55,13 @@ pub struct EvalArgs {
     /// Hidden units of our detector.
     #[arg(long, default_value_t = 64)]
     pub hidden: usize,
+    /// KNN baseline's k (0: 50, or a tenth of the familiar training split when that is smaller).
+    #[arg(long, default_value_t = 0)]
+    pub knn_k: usize,
+    /// ViM baseline's principal dimension (0: half the feature width, at most half the
+    /// familiar training split).
+    #[arg(long, default_value_t = 0)]
+    pub vim_dim: usize,
     /// Images per graph run.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
@@ -69,10 +81,13 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         cache: a.cache.clone(),
         batch: a.batch,
         corruptions: crate::corrupt::parse_corruptions(&a.corruptions).map_err(anyhow::Error::msg)?,
+        levels: crate::corrupt::parse_levels(&a.levels).map_err(anyhow::Error::msg)?,
         odin_temperatures: a.odin_temperatures.clone(),
         odin_epsilons: a.odin_epsilons.clone(),
         odin_corruption_temperatures: a.odin_corruption_temperatures.clone(),
         mlp: MlpConfig { hidden: a.hidden, seed: a.seed, ..Default::default() },
+        knn_k: a.knn_k,
+        vim_dim: a.vim_dim,
         progress: show_progress(),
         command: command_line(),
     };

@@ -11,6 +11,7 @@
 //! level 3. The random pattern comes from a frozen SplitMix64 ([`crate::rng::SplitMix64`]) seeded with
 //! `seed` and the kind, so results never change with a dependency's version.
 
+mod extra;
 mod filter;
 mod overlay;
 
@@ -46,11 +47,170 @@ pub enum Corruption {
     Darkening,
     /// JPEG blocking and ringing: encoded at a low quality and decoded back.
     CodecError,
+    // The broader family (`docs/degradations.md`); appended so the older types keep their
+    // index, hence their seeds and pixels.
+    /// Keystone: the sign seen off-axis (one side shrunk, at a seeded angle).
+    Perspective,
+    /// Zoom in about a seeded point: a misframed, partly cut-off sign.
+    Zoom,
+    /// Horizontal shear.
+    Shear,
+    /// Rotation about the centre.
+    Rotate,
+    /// Pixelation: area average shown as blocks.
+    Pixelate,
+    /// Down-scaling and bilinear up-scaling: a far-away or low-resolution view.
+    Downscale,
+    /// Interlacing: odd rows from a horizontally displaced field.
+    Interlace,
+    /// Saturation boost (over-saturated colour).
+    Saturate,
+    /// Hue rotation.
+    HueShift,
+    /// White-balance error: warm or cool cast.
+    WhiteBalance,
+    /// Contrast loss towards the mean grey.
+    Contrast,
+    /// Stickers and graffiti: solid rectangles over the sign.
+    Sticker,
+    /// Partial cover: a dark band over one side of the frame.
+    PartialCover,
+    /// Raindrops on the lens: small inverted, magnified, softened views.
+    Raindrops,
+    /// Linear motion blur at a seeded angle.
+    MotionBlur,
+    /// Glare: a bright bloom, a veil and a ghost.
+    Glare,
+    /// Vignetting: darkened corners.
+    Vignetting,
+    /// Lateral chromatic aberration: red and blue magnified differently.
+    ChromaticAberration,
+    /// Impulse (salt-and-pepper) noise.
+    Impulse,
+    /// Speckle: multiplicative noise.
+    Speckle,
+    /// Banding: fixed-pattern row noise.
+    Banding,
+    /// JPEG at a quality drawn per image around the level's quality.
+    JpegRandom,
+    /// Blocking: 8x8 blocks pulled towards their mean.
+    Blocking,
+    /// Rain streaks over a dimmer, flatter scene.
+    Rain,
+    /// Low sun: warm light flooding in from one side.
+    LowSun,
+}
+
+/// A family of degradations: what physical cause they model. Leave-one-family-out evaluation
+/// holds out every type of a family at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// Viewpoint and framing: perspective, zoom, shear, rotation.
+    Geometric,
+    /// Resolution loss: pixelation, down/up-scaling, interlacing.
+    Resampling,
+    /// Colour rendering: saturation, hue, white balance, contrast, decolouring.
+    Colour,
+    /// Something between the sign and the sensor: dirt, stickers, cover, raindrops.
+    Occlusion,
+    /// The lens: blurs, glare, vignetting, chromatic aberration.
+    Optics,
+    /// The sensor: additive, impulse and multiplicative noise, banding.
+    Sensor,
+    /// Lossy coding: JPEG, blocking.
+    Compression,
+    /// Weather: snow, haze, rain, low sun.
+    Weather,
+    /// Exposure: over- and under-exposure.
+    Illumination,
+}
+
+impl Family {
+    /// Every family.
+    pub const ALL: [Family; 9] = [
+        Family::Geometric,
+        Family::Resampling,
+        Family::Colour,
+        Family::Occlusion,
+        Family::Optics,
+        Family::Sensor,
+        Family::Compression,
+        Family::Weather,
+        Family::Illumination,
+    ];
+
+    /// The snake_case name (`"geometric"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Geometric => "geometric",
+            Family::Resampling => "resampling",
+            Family::Colour => "colour",
+            Family::Occlusion => "occlusion",
+            Family::Optics => "optics",
+            Family::Sensor => "sensor",
+            Family::Compression => "compression",
+            Family::Weather => "weather",
+            Family::Illumination => "illumination",
+        }
+    }
+
+    /// The types of this family, in [`Corruption::ALL`] order.
+    pub fn members(self) -> Vec<Corruption> {
+        Corruption::ALL.into_iter().filter(|k| k.family() == self).collect()
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Corruption {
-    /// Every type this module implements.
-    pub const ALL: [Corruption; 10] = [
+    /// Every type this module implements: the ten CURE-TSR-style types ([`Corruption::LEGACY`])
+    /// and the broader family after them.
+    pub const ALL: [Corruption; 35] = [
+        Corruption::Noise,
+        Corruption::LensBlur,
+        Corruption::GaussianBlur,
+        Corruption::DirtyLens,
+        Corruption::Exposure,
+        Corruption::Snow,
+        Corruption::Haze,
+        Corruption::Decolor,
+        Corruption::Darkening,
+        Corruption::CodecError,
+        Corruption::Perspective,
+        Corruption::Zoom,
+        Corruption::Shear,
+        Corruption::Rotate,
+        Corruption::Pixelate,
+        Corruption::Downscale,
+        Corruption::Interlace,
+        Corruption::Saturate,
+        Corruption::HueShift,
+        Corruption::WhiteBalance,
+        Corruption::Contrast,
+        Corruption::Sticker,
+        Corruption::PartialCover,
+        Corruption::Raindrops,
+        Corruption::MotionBlur,
+        Corruption::Glare,
+        Corruption::Vignetting,
+        Corruption::ChromaticAberration,
+        Corruption::Impulse,
+        Corruption::Speckle,
+        Corruption::Banding,
+        Corruption::JpegRandom,
+        Corruption::Blocking,
+        Corruption::Rain,
+        Corruption::LowSun,
+    ];
+
+    /// The ten CURE-TSR-style types of the first evaluation (`docs/results.md`); their pixels
+    /// are frozen.
+    pub const LEGACY: [Corruption; 10] = [
         Corruption::Noise,
         Corruption::LensBlur,
         Corruption::GaussianBlur,
@@ -88,12 +248,107 @@ impl Corruption {
             Corruption::Decolor => "decolor",
             Corruption::Darkening => "darkening",
             Corruption::CodecError => "codec_error",
+            Corruption::Perspective => "perspective",
+            Corruption::Zoom => "zoom",
+            Corruption::Shear => "shear",
+            Corruption::Rotate => "rotate",
+            Corruption::Pixelate => "pixelate",
+            Corruption::Downscale => "downscale",
+            Corruption::Interlace => "interlace",
+            Corruption::Saturate => "saturate",
+            Corruption::HueShift => "hue_shift",
+            Corruption::WhiteBalance => "white_balance",
+            Corruption::Contrast => "contrast",
+            Corruption::Sticker => "sticker",
+            Corruption::PartialCover => "partial_cover",
+            Corruption::Raindrops => "raindrops",
+            Corruption::MotionBlur => "motion_blur",
+            Corruption::Glare => "glare",
+            Corruption::Vignetting => "vignetting",
+            Corruption::ChromaticAberration => "chromatic_aberration",
+            Corruption::Impulse => "impulse",
+            Corruption::Speckle => "speckle",
+            Corruption::Banding => "banding",
+            Corruption::JpegRandom => "jpeg_random",
+            Corruption::Blocking => "blocking",
+            Corruption::Rain => "rain",
+            Corruption::LowSun => "low_sun",
         }
+    }
+
+    /// The family this type belongs to.
+    pub fn family(self) -> Family {
+        use Corruption as C;
+        match self {
+            C::Perspective | C::Zoom | C::Shear | C::Rotate => Family::Geometric,
+            C::Pixelate | C::Downscale | C::Interlace => Family::Resampling,
+            C::Decolor | C::Saturate | C::HueShift | C::WhiteBalance | C::Contrast => Family::Colour,
+            C::DirtyLens | C::Sticker | C::PartialCover | C::Raindrops => Family::Occlusion,
+            C::LensBlur | C::GaussianBlur | C::MotionBlur | C::Glare | C::Vignetting | C::ChromaticAberration => {
+                Family::Optics
+            }
+            C::Noise | C::Impulse | C::Speckle | C::Banding => Family::Sensor,
+            C::CodecError | C::JpegRandom | C::Blocking => Family::Compression,
+            C::Snow | C::Haze | C::Rain | C::LowSun => Family::Weather,
+            C::Exposure | C::Darkening => Family::Illumination,
+        }
+    }
+
+    /// The strengths behind levels 1-5 of the broader types (`None` for [`Corruption::LEGACY`],
+    /// whose levels are several parameters each). What a strength is, per type: see
+    /// [`apply_strength`]. Chosen so that level 5 roughly halves the reference classifier's
+    /// accuracy and level 1 barely moves it (`docs/degradations.md`).
+    pub fn strengths(self) -> Option<[f32; 5]> {
+        use Corruption as C;
+        Some(match self {
+            C::Perspective => [0.25, 0.6, 0.75, 0.88, 0.95],
+            C::Zoom => [1.1, 1.33, 1.4, 1.5, 1.6],
+            C::Shear => [0.15, 0.44, 0.62, 0.78, 0.99],
+            C::Rotate => [8.0, 19.0, 23.5, 28.0, 32.5],
+            C::Pixelate => [1.5, 1.95, 2.4, 3.05, 3.9],
+            C::Downscale => [1.6, 1.9, 2.45, 3.05, 4.1],
+            C::Interlace => [1.0, 3.0, 4.1, 5.5, 10.5],
+            C::Saturate => [0.8, 2.1, 3.6, 5.7, 9.9],
+            C::HueShift => [20.0, 58.0, 73.5, 89.0, 111.0],
+            C::WhiteBalance => [0.1, 0.27, 0.41, 0.52, 0.645],
+            C::Contrast => [0.4, 0.72, 0.82, 0.87, 0.908],
+            C::Sticker => [0.25, 0.38, 0.68, 1.16, 1.6],
+            C::PartialCover => [0.15, 0.3, 0.346, 0.404, 0.46],
+            C::Raindrops => [1.0, 2.5, 6.5, 11.5, 21.5],
+            C::MotionBlur => [1.5, 3.8, 4.75, 6.45, 8.6],
+            C::Glare => [0.1, 0.22, 0.41, 0.645, 0.85],
+            C::Vignetting => [0.5, 2.9, 4.0, 5.5, 7.5],
+            C::ChromaticAberration => [0.08, 0.186, 0.24, 0.29, 0.36],
+            C::Impulse => [0.003, 0.01, 0.029, 0.059, 0.123],
+            C::Speckle => [0.08, 0.19, 0.33, 0.47, 0.68],
+            C::Banding => [1.0, 3.0, 7.0, 13.5, 28.0],
+            C::JpegRandom => [75.0, 36.0, 22.0, 12.0, 7.0],
+            C::Blocking => [0.2, 0.43, 0.59, 0.71, 0.8],
+            C::Rain => [1.5, 4.5, 11.0, 23.0, 57.0],
+            C::LowSun => [0.3, 0.46, 0.69, 0.92, 1.14],
+            _ => return None,
+        })
     }
 
     /// Whether the output depends on the seed (the others are pure functions of image and level).
     pub fn uses_seed(self) -> bool {
-        matches!(self, Corruption::Noise | Corruption::DirtyLens | Corruption::Snow | Corruption::Haze)
+        use Corruption as C;
+        !matches!(
+            self,
+            C::LensBlur
+                | C::GaussianBlur
+                | C::Exposure
+                | C::Decolor
+                | C::Darkening
+                | C::CodecError
+                | C::Pixelate
+                | C::Downscale
+                | C::Saturate
+                | C::Contrast
+                | C::Vignetting
+                | C::ChromaticAberration
+                | C::Blocking
+        )
     }
 
     fn index(self) -> u64 {
@@ -189,12 +444,15 @@ pub fn apply(img: &RgbImage, kind: Corruption, level: u8, seed: u64) -> Result<R
     if !(1..=MAX_LEVEL).contains(&level) {
         return Err(CorruptError::BadLevel(level));
     }
+    let li = usize::from(level - 1);
+    if let Some(table) = kind.strengths() {
+        return apply_strength(img, kind, table[li], seed);
+    }
     let (w, h) = (img.width, img.height);
     check_image(img)?;
     if w == 0 || h == 0 {
         return Ok(img.clone());
     }
-    let li = usize::from(level - 1);
     // Decorrelate kinds sharing a seed (noise and snow of seed 7 should not share positions).
     let seed = seed ^ (kind.index() + 1).wrapping_mul(0xD6E8_FEB8_6659_FD93);
     let s = w.min(h) as f32 / 32.0;
@@ -234,6 +492,123 @@ pub fn apply(img: &RgbImage, kind: Corruption, level: u8, seed: u64) -> Result<R
             map_lut(&img.data, |x| 255.0 * gain * (x / 255.0).powf(gamma))
         }
         Corruption::CodecError => jpeg_round_trip(img, JPEG_QUALITY[li])?,
+        // The broader types returned through `apply_strength` above.
+        other => return Err(CorruptError::Invalid(format!("{other} has no level table"))),
+    };
+    Ok(RgbImage { width: w, height: h, data })
+}
+
+/// `sticker`: stickers per 32x32 area (their size is the strength).
+const STICKERS: f32 = 3.0;
+
+/// Applies a type of the broader family at the continuous strength `p` (its levels are the
+/// entries of [`Corruption::strengths`]; this is the knob they were chosen on). What `p` is:
+///
+/// | type | `p` |
+/// |---|---|
+/// | perspective | fraction by which the far side shrinks |
+/// | zoom | magnification (>= 1) |
+/// | shear | horizontal shift per row (pixels per pixel) |
+/// | rotate | angle, degrees |
+/// | pixelate, downscale | reduction factor (image pixels per cell, at 32x32) |
+/// | interlace | field displacement, pixels at 32x32 |
+/// | saturate | extra saturation (`1 + p` times the chroma) |
+/// | hue_shift | hue rotation, degrees |
+/// | white_balance | red/blue gain offset |
+/// | contrast | fraction of contrast removed |
+/// | sticker | size factor of the three stickers per 32x32 area |
+/// | raindrops, rain | elements per 32x32 area |
+/// | partial_cover | covered fraction of the frame |
+/// | motion_blur | streak length, pixels at 32x32 |
+/// | glare, low_sun | peak blend weight of the light |
+/// | vignetting | corner darkening |
+/// | chromatic_aberration | relative magnification difference of red and blue |
+/// | impulse | fraction of values hit |
+/// | speckle | standard deviation of the multiplicative noise |
+/// | banding | row-offset amplitude, 8-bit steps |
+/// | jpeg_random | centre of the JPEG quality band (`0.6 p ..= 1.4 p`) |
+/// | blocking | pull towards the 8x8 block mean |
+///
+/// Errors for the [`Corruption::LEGACY`] types (their levels are several parameters each).
+pub fn apply_strength(img: &RgbImage, kind: Corruption, p: f32, seed: u64) -> Result<RgbImage, CorruptError> {
+    use Corruption as C;
+    if kind.strengths().is_none() {
+        return Err(CorruptError::Invalid(format!(
+            "{kind} has levels, not a continuous strength; use corrupt::apply with a level"
+        )));
+    }
+    if !p.is_finite() {
+        return Err(CorruptError::Invalid(format!("{kind}: strength {p} is not a finite number")));
+    }
+    let (w, h) = (img.width, img.height);
+    check_image(img)?;
+    if w == 0 || h == 0 {
+        return Ok(img.clone());
+    }
+    let seed = seed ^ (kind.index() + 1).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    let s = w.min(h) as f32 / 32.0;
+    let area = (w * h) as f32 / (s * s * 1024.0);
+    let count = |per: f32| (per * area).round().max(0.0) as usize;
+    let buf = || Buf::from_u8(w, h, &img.data);
+    let data = match kind {
+        C::Perspective => extra::perspective(&buf(), p, seed).to_u8(),
+        C::Zoom => extra::zoom(&buf(), p, seed).to_u8(),
+        C::Shear => extra::shear(&buf(), p, seed).to_u8(),
+        C::Rotate => extra::rotate(&buf(), p, seed).to_u8(),
+        C::Pixelate => extra::pixelate(&buf(), p, s).to_u8(),
+        C::Downscale => extra::downscale(&buf(), p * s).to_u8(),
+        C::Interlace => extra::interlace(&buf(), p, s, seed).to_u8(),
+        C::Saturate => extra::saturate(&img.data, p),
+        C::HueShift => extra::hue_shift(&img.data, p, seed),
+        C::WhiteBalance => extra::white_balance(&img.data, p, seed),
+        C::Contrast => extra::contrast(&img.data, p.clamp(0.0, 1.0)),
+        C::Sticker => {
+            let mut b = buf();
+            extra::stickers(&mut b, count(STICKERS), p, s, seed);
+            b.to_u8()
+        }
+        C::PartialCover => {
+            let mut b = buf();
+            extra::partial_cover(&mut b, p, s, seed);
+            b.to_u8()
+        }
+        C::Raindrops => {
+            let mut b = buf();
+            extra::raindrops(&mut b, count(p), s, seed);
+            b.to_u8()
+        }
+        C::MotionBlur => extra::motion_blur(&buf(), p, s, seed).to_u8(),
+        C::Glare => {
+            let mut b = buf();
+            extra::glare(&mut b, p, s, seed);
+            b.to_u8()
+        }
+        C::Vignetting => {
+            let mut b = buf();
+            extra::vignetting(&mut b, p);
+            b.to_u8()
+        }
+        C::ChromaticAberration => extra::chromatic_aberration(&buf(), p).to_u8(),
+        C::Impulse => extra::impulse(&img.data, p, seed),
+        C::Speckle => extra::speckle(&img.data, p, seed),
+        C::Banding => {
+            let mut b = buf();
+            extra::banding(&mut b, p, s, seed);
+            b.to_u8()
+        }
+        C::JpegRandom => jpeg_round_trip(img, extra::random_quality(p, seed))?,
+        C::Blocking => extra::blocking(&buf(), p.clamp(0.0, 1.0), s).to_u8(),
+        C::Rain => {
+            let mut b = buf();
+            extra::rain(&mut b, count(p), s, seed);
+            b.to_u8()
+        }
+        C::LowSun => {
+            let mut b = buf();
+            extra::low_sun(&mut b, p, seed);
+            b.to_u8()
+        }
+        _ => return Err(CorruptError::Invalid(format!("{kind} has no strength"))),
     };
     Ok(RgbImage { width: w, height: h, data })
 }
@@ -359,13 +734,45 @@ pub fn parse_levels(s: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Parses corruption kinds: `all`, `paper` (the paper's 8), `none`, or a comma list of names.
+/// Parses corruption kinds: `all`, `legacy` (the first ten, CURE-TSR-style), `broad` (the
+/// others), `paper` (the paper's 8), `none`, or a comma list of type names and family names
+/// (`geometric,haze` = the four geometric types and haze), without duplicates.
 pub fn parse_corruptions(s: &str) -> Result<Vec<Corruption>, String> {
     match s.trim() {
         "all" => Ok(Corruption::ALL.to_vec()),
+        "legacy" => Ok(Corruption::LEGACY.to_vec()),
+        "broad" => Ok(Corruption::ALL.into_iter().filter(|k| k.strengths().is_some()).collect()),
         "paper" => Ok(Corruption::PAPER.to_vec()),
         "none" | "" => Ok(Vec::new()),
-        list => list.split(',').map(|k| k.parse::<Corruption>().map_err(|e| e.to_string())).collect(),
+        list => {
+            let mut out: Vec<Corruption> = Vec::new();
+            for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let kinds = match part.parse::<Family>() {
+                    Ok(f) => f.members(),
+                    Err(_) => vec![part.parse::<Corruption>().map_err(|e| e.to_string())?],
+                };
+                for k in kinds {
+                    if !out.contains(&k) {
+                        out.push(k);
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+impl std::str::FromStr for Family {
+    type Err = String;
+
+    /// Parses a family name as [`Family::name`] writes it (`color` is accepted for `colour`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let norm = s.trim().to_ascii_lowercase();
+        let norm = if norm == "color" { "colour".to_string() } else { norm };
+        Family::ALL
+            .into_iter()
+            .find(|f| f.name() == norm)
+            .ok_or_else(|| format!("unknown family `{s}`; valid: {}", Family::ALL.map(Family::name).join(", ")))
     }
 }
 

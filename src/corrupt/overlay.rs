@@ -18,8 +18,9 @@ fn blend(px: &mut [f32], color: [f32; 3], a: f32) {
     }
 }
 
+/// Hermite step from 0 at `e0` to 1 at `e1`.
 #[inline]
-fn smoothstep(e0: f32, e1: f32, x: f32) -> f32 {
+pub(crate) fn smoothstep(e0: f32, e1: f32, x: f32) -> f32 {
     let t = ((x - e0) / (e1 - e0)).clamp(0.0, 1.0);
     t * t * (3.0 - 2.0 * t)
 }

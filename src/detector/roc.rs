@@ -261,6 +261,119 @@ pub fn rates_at(familiar: &[f32], unfamiliar: &[f32], threshold: f32) -> (f64, f
     (frac(familiar), frac(unfamiliar))
 }
 
+// ---------------------------------------------------------------------------------------------
+// Selective classification: is the classifier's answer wrong, and what does rejecting the
+// highest-scoring frames buy? Same convention: a higher score is less trusted, so frames are
+// kept from the lowest score up.
+
+/// Expected number of errors among the `k` kept frames, `k = 0..=n`, when frames are kept
+/// from the lowest score up and ties are kept in random order (inside a tie group the expected
+/// count grows linearly). NaN scores count as `+inf` (kept last).
+fn expected_errors_kept(scores: &[f32], errors: &[bool]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..scores.len().min(errors.len())).collect();
+    idx.sort_by(|&a, &b| canon(scores[a]).total_cmp(&canon(scores[b])));
+    let mut out = Vec::with_capacity(idx.len() + 1);
+    out.push(0.0);
+    let mut i = 0;
+    let mut before = 0.0;
+    while i < idx.len() {
+        let s = canon(scores[idx[i]]);
+        let mut j = i;
+        let mut e = 0usize;
+        while j < idx.len() && canon(scores[idx[j]]) == s {
+            e += usize::from(errors[idx[j]]);
+            j += 1;
+        }
+        let g = (j - i) as f64;
+        for t in 1..=(j - i) {
+            out.push(before + e as f64 * t as f64 / g);
+        }
+        before += e as f64;
+        i = j;
+    }
+    out
+}
+
+/// Risk-coverage curve of selective classification (Geifman & El-Yaniv 2017): keeping the
+/// `k` lowest-scoring frames, `k = 1..=n`, the points `(coverage k / n, risk = errors kept /
+/// k)`, ties in expectation over a random order. `errors[i]` says whether the classifier's
+/// top class is wrong on frame `i`. Empty for no frames.
+pub fn risk_coverage(scores: &[f32], errors: &[bool]) -> Vec<(f64, f64)> {
+    let e = expected_errors_kept(scores, errors);
+    let n = e.len() - 1;
+    (1..=n).map(|k| (k as f64 / n as f64, e[k] / k as f64)).collect()
+}
+
+/// Area under the risk-coverage curve: the mean of the risk over the coverages `k / n`,
+/// `k = 1..=n` (Geifman et al. 2019). Lower is better; a score that rejects every error first
+/// reaches [`aurc_optimal`], a random one the error rate. NaN for no frames.
+pub fn aurc(scores: &[f32], errors: &[bool]) -> f64 {
+    let rc = risk_coverage(scores, errors);
+    if rc.is_empty() {
+        return f64::NAN;
+    }
+    rc.iter().map(|p| p.1).sum::<f64>() / rc.len() as f64
+}
+
+/// The AURC of an oracle that keeps every correct frame before any wrong one: the floor set
+/// by the classifier's error rate. `aurc - aurc_optimal` is the excess AURC (E-AURC).
+pub fn aurc_optimal(errors: &[bool]) -> f64 {
+    let n = errors.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let wrong = errors.iter().filter(|&&e| e).count();
+    let right = n - wrong;
+    (1..=n).map(|k| k.saturating_sub(right) as f64 / k as f64).sum::<f64>() / n as f64
+}
+
+/// AUROC of a score for "the classifier's top class is wrong" (wrong = positive): the
+/// probability that a random misclassified frame scores higher than a random correctly
+/// classified one. NaN when either group is empty.
+pub fn misclassification_auroc(scores: &[f32], errors: &[bool]) -> f64 {
+    let (mut right, mut wrong) = (Vec::new(), Vec::new());
+    for (&s, &e) in scores.iter().zip(errors) {
+        if e {
+            wrong.push(s);
+        } else {
+            right.push(s);
+        }
+    }
+    auroc(&right, &wrong)
+}
+
+/// Bootstrap standard error of [`aurc`]: the standard deviation of the AURC over `rounds`
+/// resamples (with replacement, seeded, reproducible) of the frames. 0 for fewer than two
+/// frames or rounds.
+pub fn aurc_bootstrap_se(scores: &[f32], errors: &[bool], rounds: usize, seed: u64) -> f64 {
+    let n = scores.len().min(errors.len());
+    if n < 2 || rounds < 2 {
+        return 0.0;
+    }
+    let mut rng = crate::rng::SplitMix64::new(seed);
+    let mut vals = Vec::with_capacity(rounds);
+    let (mut s, mut e) = (vec![0.0f32; n], vec![false; n]);
+    for _ in 0..rounds {
+        for i in 0..n {
+            let j = rng.below(n);
+            s[i] = scores[j];
+            e[i] = errors[j];
+        }
+        vals.push(aurc(&s, &e));
+    }
+    let m = vals.iter().sum::<f64>() / rounds as f64;
+    (vals.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (rounds - 1) as f64).sqrt()
+}
+
+/// Standard error of a mean of independent estimates with standard errors `se`:
+/// `sqrt(sum se_i^2) / k`. NaN for none.
+pub fn mean_standard_error(se: &[f64]) -> f64 {
+    if se.is_empty() {
+        return f64::NAN;
+    }
+    se.iter().map(|s| s * s).sum::<f64>().sqrt() / se.len() as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,9 @@
 //! uses this module; what the product needs (ROC maths, splits, fitting, feature extraction)
 //! lives in [`crate::detector`] and [`crate::runtime`].
 
+pub mod accuracy;
 pub mod baselines;
+pub mod feature_baselines;
 pub mod plot;
 pub mod protocol;
 pub mod report;

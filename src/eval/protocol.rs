@@ -10,9 +10,10 @@ use std::time::Instant;
 use ndarray::{Array2, Axis};
 
 use super::baselines::{self, MahalanobisScorer};
-use super::report::{GenRow, OdinChoice, Results, Row};
+use super::feature_baselines::{self as fb, Knn, Vim};
+use super::report::{FamilyRow, GenRow, MisclassRow, OdinChoice, Results, RiskCell, Row};
 use super::EvalError;
-use crate::corrupt::{self, image_seed, Corruption};
+use crate::corrupt::{self, image_seed, Corruption, Family};
 use crate::detector::roc as metrics;
 use crate::detector::split::{pick, rows, split_40_40_20, subsample, Split};
 use crate::detector::{GradDetector, MlpConfig};
@@ -42,6 +43,8 @@ pub struct EvalConfig {
     pub batch: usize,
     /// Corruption types.
     pub corruptions: Vec<Corruption>,
+    /// Their levels (sorted, within 1..=5; usually all five).
+    pub levels: Vec<u8>,
     /// ODIN temperatures for the familiar set and CIFAR-10.
     pub odin_temperatures: Vec<f32>,
     /// ODIN temperatures for the corrupted sets (a subset of `odin_temperatures` keeps the
@@ -52,6 +55,10 @@ pub struct EvalConfig {
     pub odin_epsilons: Vec<f32>,
     /// Detector training.
     pub mlp: MlpConfig,
+    /// KNN's k (0: [`Knn::auto_k`] of the familiar training split).
+    pub knn_k: usize,
+    /// ViM's principal dimension (0: [`Vim::auto_dim`]).
+    pub vim_dim: usize,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
     /// The command line, for the report.
@@ -68,7 +75,15 @@ struct SetData {
     odin: Array2<f32>,
     /// The temperatures of `odin`'s column blocks.
     odin_temps: Vec<f32>,
+    /// Per image: whether the classifier's top class is wrong (`None`: no labels, CIFAR-10).
+    wrong: Option<Vec<bool>>,
 }
+
+/// The pooled pair: the familiar images against every corrupted set at once.
+pub const POOLED: &str = "all";
+
+/// Methods whose scores are fixed functions of one image (no per-pair fitting).
+const FIXED: [&str; 6] = ["msp", "mahalanobis", "energy", "gradnorm", "knn", "vim"];
 
 /// Name of the set of `kind` at `level`.
 pub fn set_name(kind: Corruption, level: u8) -> String {
@@ -143,8 +158,18 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
 
     // Every set: the familiar images, CIFAR-10, each corruption x level of the familiar images.
     let mut plan: Vec<(String, Option<(Corruption, u8)>)> = vec![("familiar".into(), None), ("cifar10".into(), None)];
+    if cfg.levels.is_empty() || cfg.levels.iter().any(|&l| l == 0 || l > corrupt::MAX_LEVEL) {
+        return Err(EvalError::Invalid(format!(
+            "levels {:?}: use levels within 1..={}",
+            cfg.levels,
+            corrupt::MAX_LEVEL
+        )));
+    }
+    let nl = cfg.levels.len();
+    // Index into `plan` (and `data`) of corruption `ki` at `level`.
+    let set_of = |ki: usize, level: u8| 2 + ki * nl + cfg.levels.iter().position(|&l| l == level).unwrap_or(0);
     for &k in &cfg.corruptions {
-        for level in 1..=corrupt::MAX_LEVEL {
+        for &level in &cfg.levels {
             plan.push((set_name(k, level), Some((k, level))));
         }
     }
@@ -264,15 +289,38 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
         other => other?,
     };
     let maha = MahalanobisScorer::new(&gaussian)?;
+    let pen_train = rows(pen, &sp.train);
+    let knn_k = if cfg.knn_k == 0 { Knn::auto_k(sp.train.len()) } else { cfg.knn_k };
+    let knn = Knn::fit(pen_train.view(), knn_k)?;
+    let vim_dim = if cfg.vim_dim == 0 { Vim::auto_dim(pen.ncols(), sp.train.len()) } else { cfg.vim_dim };
+    let vim = fb::last_layer(&model.model, &fwd_out)
+        .and_then(|(w, b)| Vim::fit(pen_train.view(), rows(&fam.logits, &sp.train).view(), &w, &b, vim_dim));
+    let vim = match vim {
+        Ok(v) => Some(v),
+        Err(e) => {
+            log::warn!("ViM left out: {e}");
+            None
+        }
+    };
     let mut data: Vec<SetData> = Vec::new();
-    for (((name, _), (fs, od)), ot) in plan.iter().zip(sets.into_iter().zip(odins)).zip(odin_temps) {
+    for (((name, spec), (fs, od)), ot) in plan.iter().zip(sets.into_iter().zip(odins)).zip(odin_temps) {
         let pen = fs.penultimate.as_ref().ok_or(EvalError::MissingOutput(grad::outputs::PENULTIMATE))?;
         let mut scores = BTreeMap::new();
         scores.insert("msp", baselines::msp(fs.logits.view()));
         scores.insert("mahalanobis", maha.score(pen.view()));
         scores.insert("energy", baselines::energy(fs.logits.view(), 1.0));
         scores.insert("gradnorm", baselines::gradnorm(fs.logits.view(), pen.view()));
-        data.push(SetData { name: name.clone(), feats: fs, scores, odin: od, odin_temps: ot });
+        scores.insert("knn", knn.score(pen.view()));
+        if let Some(v) = &vim {
+            scores.insert("vim", v.score(pen.view(), fs.logits.view()));
+        }
+        let wrong = match (&fam_labels, name.as_str(), spec) {
+            (Some(l), "familiar", _) | (Some(l), _, Some(_)) => {
+                Some(baselines::predicted(fs.logits.view()).iter().zip(l).map(|(p, t)| p != t).collect::<Vec<bool>>())
+            }
+            _ => None,
+        };
+        data.push(SetData { name: name.clone(), feats: fs, scores, odin: od, odin_temps: ot, wrong });
     }
     timings.push(("baseline scores".into(), tb.elapsed().as_secs_f64()));
     let accuracy = fam_labels.as_ref().map(|l| {
@@ -283,11 +331,14 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
     // Pairs.
     let tp = Instant::now();
     let mut pairs: Vec<(String, Vec<usize>)> = vec![("cifar10".into(), vec![1])];
+    if !cfg.corruptions.is_empty() {
+        pairs.push((POOLED.into(), (2..2 + cfg.corruptions.len() * nl).collect()));
+    }
     for (ki, &k) in cfg.corruptions.iter().enumerate() {
-        let base = 2 + ki * usize::from(corrupt::MAX_LEVEL);
-        pairs.push((k.name().to_string(), (base..base + usize::from(corrupt::MAX_LEVEL)).collect()));
-        for level in 1..=corrupt::MAX_LEVEL {
-            pairs.push((set_name(k, level), vec![base + usize::from(level) - 1]));
+        let base = 2 + ki * nl;
+        pairs.push((k.name().to_string(), (base..base + nl).collect()));
+        for &level in &cfg.levels {
+            pairs.push((set_name(k, level), vec![set_of(ki, level)]));
         }
     }
     let fam = &data[0];
@@ -295,6 +346,8 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
     let mut odin_choices = Vec::new();
     let mut roc = Vec::new();
     let mut detectors: BTreeMap<String, f64> = BTreeMap::new();
+    // The pooled pair's detector and ODIN column (familiar, corrupted), for the risk analysis.
+    let mut pooled: Option<(GradDetector, (usize, usize))> = None;
     let ne = cfg.odin_epsilons.len();
     for (pair, members) in &pairs {
         let gather = |f: &dyn Fn(&SetData, &Split) -> Vec<usize>| -> Vec<(usize, Vec<usize>)> {
@@ -325,7 +378,7 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
             });
         };
         // Fixed-score baselines.
-        for method in ["msp", "mahalanobis", "energy", "gradnorm"] {
+        for method in FIXED.into_iter().filter(|m| fam.scores.contains_key(m)) {
             let f = pick(&fam.scores[method], &sp.test);
             let u = cat_scores(&unf_test, &|d| d.scores[method].clone());
             push(method, f, u, &mut results_rows);
@@ -367,6 +420,9 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
         detectors.insert(pair.clone(), metrics::auroc(&f, &u));
         debug_assert_eq!(u.len(), n_unf_test);
         push("gradients", f, u, &mut results_rows);
+        if pair == POOLED {
+            pooled = Some((det, (cf, cu)));
+        }
         log::info!("pair {pair}: done");
     }
     timings.push(("per-pair detectors and metrics".into(), tp.elapsed().as_secs_f64()));
@@ -381,10 +437,7 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
                 .iter()
                 .enumerate()
                 .filter(|(ki, _)| *ki != hi)
-                .flat_map(|(ki, _)| {
-                    let base = 2 + ki * usize::from(corrupt::MAX_LEVEL);
-                    base..base + usize::from(corrupt::MAX_LEVEL)
-                })
+                .flat_map(|(ki, _)| cfg.levels.iter().map(move |&l| set_of(ki, l)))
                 .collect();
             let cat = |part: fn(&Split) -> &Vec<usize>| -> Result<Array2<f32>, EvalError> {
                 let v: Vec<Array2<f32>> = others.iter().map(|&m| rows(&data[m].feats.features, part(&sp))).collect();
@@ -399,8 +452,8 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
                 &cfg.mlp,
             )?;
             let f = det.score(&rows(&data[0].feats.features, &sp.test))?;
-            for level in 3..=corrupt::MAX_LEVEL {
-                let m = 2 + hi * usize::from(corrupt::MAX_LEVEL) + usize::from(level) - 1;
+            for &level in cfg.levels.iter().filter(|&&l| l >= 3) {
+                let m = set_of(hi, level);
                 let u = det.score(&rows(&data[m].feats.features, &sp.test))?;
                 let name = set_name(held, level);
                 generalisation.push(GenRow {
@@ -413,6 +466,152 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
         }
     }
     timings.push(("generalisation detectors".into(), tg.elapsed().as_secs_f64()));
+
+    // Leave one family out: train on every type of the other families (levels 1-5), test on
+    // each type of the held-out family at every level.
+    let tf = Instant::now();
+    let mut families: Vec<Family> = cfg.corruptions.iter().map(|k| k.family()).collect();
+    families.sort_unstable();
+    families.dedup();
+    let fam_test = |det: &GradDetector| det.score(&rows(&data[0].feats.features, &sp.test));
+    let pooled_auroc = |m: usize| -> Result<f64, EvalError> {
+        match &pooled {
+            Some((det, _)) => {
+                Ok(metrics::auroc(&fam_test(det)?, &det.score(&rows(&data[m].feats.features, &sp.test))?))
+            }
+            None => Ok(f64::NAN),
+        }
+    };
+    let mut family_out = Vec::new();
+    if families.len() >= 2 {
+        for &held in &families {
+            let others: Vec<usize> = cfg
+                .corruptions
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| k.family() != held)
+                .flat_map(|(ki, _)| cfg.levels.iter().map(move |&l| set_of(ki, l)))
+                .collect();
+            let cat = |part: fn(&Split) -> &Vec<usize>| -> Result<Array2<f32>, EvalError> {
+                let v: Vec<Array2<f32>> = others.iter().map(|&m| rows(&data[m].feats.features, part(&sp))).collect();
+                let views: Vec<_> = v.iter().map(|a| a.view()).collect();
+                ndarray::concatenate(Axis(0), &views).map_err(|e| EvalError::Invalid(e.to_string()))
+            };
+            let det = GradDetector::train(
+                &rows(&data[0].feats.features, &sp.train),
+                &cat(|s| &s.train)?,
+                &rows(&data[0].feats.features, &sp.val),
+                &cat(|s| &s.val)?,
+                &cfg.mlp,
+            )?;
+            let f = fam_test(&det)?;
+            for (ki, &k) in cfg.corruptions.iter().enumerate().filter(|(_, k)| k.family() == held) {
+                for &level in &cfg.levels {
+                    let m = set_of(ki, level);
+                    let u = det.score(&rows(&data[m].feats.features, &sp.test))?;
+                    family_out.push(FamilyRow {
+                        family: held.name().to_string(),
+                        kind: k.name().to_string(),
+                        level,
+                        auroc: metrics::auroc(&f, &u),
+                        specific_auroc: detectors.get(&set_name(k, level)).copied().unwrap_or(f64::NAN),
+                        pooled_auroc: pooled_auroc(m)?,
+                    });
+                }
+            }
+        }
+    }
+    timings.push(("leave-one-family-out detectors".into(), tf.elapsed().as_secs_f64()));
+
+    // Risk: the classifier's accuracy per (type, level) next to every detector's AUROC.
+    let tr = Instant::now();
+    let mut risk_cells = Vec::new();
+    if data[0].wrong.is_some() {
+        let find = |pair: &str, m: &str| results_rows.iter().find(|r| r.pair == pair && r.method == m);
+        for (ki, &k) in cfg.corruptions.iter().enumerate() {
+            for &level in &cfg.levels {
+                let m = set_of(ki, level);
+                let Some(wrong) = &data[m].wrong else { continue };
+                let pair = set_name(k, level);
+                let mut auroc = BTreeMap::new();
+                for (method, _) in super::report::METHODS {
+                    if let Some(r) = find(&pair, method) {
+                        let a = r.metrics.auroc;
+                        auroc.insert(
+                            method.to_string(),
+                            (a, metrics::auroc_standard_error(a, r.n_familiar, r.n_unfamiliar)),
+                        );
+                    }
+                }
+                let a = pooled_auroc(m)?;
+                auroc.insert(
+                    "gradients_pooled".to_string(),
+                    (a, metrics::auroc_standard_error(a, sp.test.len(), sp.test.len())),
+                );
+                risk_cells.push(RiskCell {
+                    kind: k.name().to_string(),
+                    family: k.family().name().to_string(),
+                    level,
+                    n: wrong.len(),
+                    correct: wrong.iter().filter(|&&w| !w).count(),
+                    auroc,
+                });
+            }
+        }
+    }
+
+    // Misclassification detection and selective classification, pooled over the test split of
+    // the familiar images and of every corrupted set.
+    let mut misclassification = Vec::new();
+    let mut risk_curves = Vec::new();
+    let members: Vec<usize> =
+        (0..data.len()).filter(|&m| m != 1 && data[m].wrong.is_some() && !cfg.corruptions.is_empty()).collect();
+    if !members.is_empty() {
+        let errors: Vec<bool> =
+            members.iter().flat_map(|&m| pick_bool(data[m].wrong.as_deref().unwrap_or(&[]), &sp.test)).collect();
+        let mut methods: Vec<(String, Vec<f32>)> = Vec::new();
+        for method in FIXED.into_iter().filter(|m| fam.scores.contains_key(m)) {
+            methods.push((
+                method.to_string(),
+                members.iter().flat_map(|&m| pick(&data[m].scores[method], &sp.test)).collect(),
+            ));
+        }
+        if let Some((det, (cf, cu))) = &pooled {
+            let odin: Vec<f32> = members
+                .iter()
+                .flat_map(|&m| {
+                    let col = if m == 0 { *cf } else { *cu };
+                    pick(&data[m].odin.column(col).to_vec(), &sp.test)
+                })
+                .collect();
+            methods.push(("odin".into(), odin));
+            let mut g = Vec::new();
+            for &m in &members {
+                g.extend(det.score(&rows(&data[m].feats.features, &sp.test))?);
+            }
+            methods.push(("gradients_pooled".into(), g));
+        }
+        let n_wrong = errors.iter().filter(|&&e| e).count();
+        let optimal = metrics::aurc_optimal(&errors);
+        for (i, (method, scores)) in methods.iter().enumerate() {
+            let a = metrics::misclassification_auroc(scores, &errors);
+            let aurc = metrics::aurc(scores, &errors);
+            misclassification.push(MisclassRow {
+                method: method.clone(),
+                auroc: a,
+                auroc_se: metrics::auroc_standard_error(a, errors.len() - n_wrong, n_wrong),
+                aurc,
+                aurc_se: metrics::aurc_bootstrap_se(scores, &errors, 200, cfg.seed.wrapping_add(i as u64)),
+                excess_aurc: aurc - optimal,
+                n: errors.len(),
+                n_wrong,
+            });
+            risk_curves.push((method.clone(), metrics::risk_coverage(scores, &errors)));
+        }
+        let oracle: Vec<f32> = errors.iter().map(|&e| if e { 1.0 } else { 0.0 }).collect();
+        risk_curves.push(("oracle".into(), metrics::risk_coverage(&oracle, &errors)));
+    }
+    timings.push(("risk analysis".into(), tr.elapsed().as_secs_f64()));
 
     // Fig. 3: mean squared gradient norm per parameter tensor.
     let mut profile = Vec::new();
@@ -436,6 +635,12 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
         sets: data.iter().map(|d| (d.name.clone(), d.feats.len())).collect(),
         rows: results_rows,
         generalisation,
+        family_out,
+        risk_cells,
+        misclassification,
+        risk_curves,
+        knn_k: knn.k(),
+        vim_dim: vim.as_ref().map(|_| vim_dim),
         odin: odin_choices,
         timings,
         features_per_sec,
@@ -446,6 +651,10 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
         odin_corruption_temperatures: cfg.odin_corruption_temperatures.clone(),
         odin_epsilons: cfg.odin_epsilons.clone(),
     })
+}
+
+fn pick_bool(v: &[bool], idx: &[usize]) -> Vec<bool> {
+    idx.iter().filter_map(|&i| v.get(i).copied()).collect()
 }
 
 fn pick_usize(v: &[usize], idx: &[usize]) -> Vec<usize> {

@@ -10,14 +10,106 @@ use crate::corrupt::MAX_LEVEL;
 use crate::detector::roc::{auroc_standard_error, RocSummary};
 
 /// Methods in table order: (key, display name).
-pub const METHODS: [(&str, &str); 6] = [
+pub const METHODS: [(&str, &str); 8] = [
     ("msp", "MSP"),
     ("odin", "ODIN"),
     ("mahalanobis", "Mahalanobis"),
     ("energy", "Energy"),
     ("gradnorm", "GradNorm"),
+    ("knn", "KNN"),
+    ("vim", "ViM"),
     ("gradients", "ours (gradients)"),
 ];
+
+/// Methods of the risk tables: [`METHODS`] and our one detector trained on every corruption
+/// type at once (the pooled pair's, as the committed calibration is trained).
+pub const RISK_METHODS: [(&str, &str); 9] = [
+    ("msp", "MSP"),
+    ("odin", "ODIN"),
+    ("mahalanobis", "Mahalanobis"),
+    ("energy", "Energy"),
+    ("gradnorm", "GradNorm"),
+    ("knn", "KNN"),
+    ("vim", "ViM"),
+    ("gradients", "ours, per cell"),
+    ("gradients_pooled", "ours, one detector"),
+];
+
+/// Classifier accuracy below which a (type, level) cell is *harmful*: there the detector must
+/// fire.
+pub const HARMFUL_ACCURACY: f64 = 0.8;
+
+/// One (type, level) cell of the risk analysis.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RiskCell {
+    /// Corruption type.
+    pub kind: String,
+    /// Its family.
+    pub family: String,
+    /// Level.
+    pub level: u8,
+    /// Images of the set (the whole set, not only its test split).
+    pub n: usize,
+    /// Of which the classifier gets right.
+    pub correct: usize,
+    /// Per method key ([`RISK_METHODS`]): test-split AUROC against the familiar images and its
+    /// standard error.
+    pub auroc: std::collections::BTreeMap<String, (f64, f64)>,
+}
+
+impl RiskCell {
+    /// The classifier's accuracy on the set.
+    pub fn accuracy(&self) -> f64 {
+        if self.n == 0 {
+            f64::NAN
+        } else {
+            self.correct as f64 / self.n as f64
+        }
+    }
+
+    /// Whether the classifier's accuracy is below [`HARMFUL_ACCURACY`].
+    pub fn harmful(&self) -> bool {
+        self.accuracy() < HARMFUL_ACCURACY
+    }
+}
+
+/// Misclassification detection by one score, pooled over the familiar and corrupted test images.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MisclassRow {
+    /// Method key.
+    pub method: String,
+    /// AUROC of the score for "the top class is wrong".
+    pub auroc: f64,
+    /// Its standard error (Hanley & McNeil).
+    pub auroc_se: f64,
+    /// Area under the risk-coverage curve (lower is better).
+    pub aurc: f64,
+    /// Its bootstrap standard error (200 resamples).
+    pub aurc_se: f64,
+    /// AURC minus the oracle's.
+    pub excess_aurc: f64,
+    /// Images pooled.
+    pub n: usize,
+    /// Of which misclassified.
+    pub n_wrong: usize,
+}
+
+/// One cell of the leave-one-family-out experiment.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FamilyRow {
+    /// The family left out of training.
+    pub family: String,
+    /// A type of that family.
+    pub kind: String,
+    /// Its level.
+    pub level: u8,
+    /// AUROC of the detector trained on the other families only.
+    pub auroc: f64,
+    /// AUROC of the detector trained on this very type and level.
+    pub specific_auroc: f64,
+    /// AUROC of the detector trained on every type (this family included).
+    pub pooled_auroc: f64,
+}
 
 /// The paper's Table 2, CURE-TSR rows: AUROC (%) "Mahalanobis / gradients" at levels 1-5
 /// (Lee & AlRegib, ICIP 2020), keyed by our corruption names.
@@ -102,6 +194,18 @@ pub struct Results {
     pub rows: Vec<Row>,
     /// The held-out-type experiment.
     pub generalisation: Vec<GenRow>,
+    /// The held-out-family experiment.
+    pub family_out: Vec<FamilyRow>,
+    /// Classifier accuracy and detection AUROC per (type, level).
+    pub risk_cells: Vec<RiskCell>,
+    /// Misclassification detection per score.
+    pub misclassification: Vec<MisclassRow>,
+    /// Risk-coverage curves per score (and `oracle`).
+    pub risk_curves: Vec<(String, Vec<(f64, f64)>)>,
+    /// KNN's k.
+    pub knn_k: usize,
+    /// ViM's principal dimension (`None`: ViM left out).
+    pub vim_dim: Option<usize>,
     /// ODIN choices.
     pub odin: Vec<OdinChoice>,
     /// Wall-clock seconds per stage.
@@ -151,6 +255,8 @@ fn pct(v: f64) -> String {
 fn pair_title(p: &str) -> String {
     if p == "cifar10" {
         "GTSRB vs CIFAR-10".into()
+    } else if p == super::protocol::POOLED {
+        "GTSRB vs every corruption (pooled, L1-5)".into()
     } else if p.contains('/') {
         format!("GTSRB vs {p}")
     } else {
@@ -196,7 +302,7 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(
         o,
         "Each cell: {}. Detection accuracy, AUROC, AUPR-in and AUPR-out: higher is better; FPR at 95% TPR: lower \
-         is better. Corruption rows pool levels 1-5 (one detector per row).\n",
+         is better. Corruption rows pool the evaluated levels (one detector per row).\n",
         names.join(" / ")
     );
     let _ = writeln!(
@@ -300,7 +406,7 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(o, "\n## Table 3: generalisation to an unseen corruption type, AUROC (%)\n");
         let _ = writeln!(
             o,
-            "One detector per row, trained on every other corruption type (levels 1-5 pooled) and tested on the \
+            "One detector per row, trained on every other corruption type (its levels pooled) and tested on the \
              held-out type; in brackets the detector trained on that very type and level (Table 2).\n"
         );
         let levels: Vec<u8> = {
@@ -335,6 +441,9 @@ pub fn markdown(r: &Results) -> String {
         }
     }
 
+    family_out_section(&mut o, r);
+    risk_sections(&mut o, r);
+
     targets(&mut o, r, (ge_paper, n_paper), (ge_maha, n_maha));
 
     // ODIN choices.
@@ -356,6 +465,9 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(o, "\n## Figures\n");
     let _ = writeln!(o, "![ROC curves, GTSRB vs CIFAR-10](figures/roc-cifar10.svg)\n");
     let _ = writeln!(o, "![Mean squared gradient norm per parameter tensor](figures/gradient-profile.svg)\n");
+    if !r.risk_curves.is_empty() {
+        let _ = writeln!(o, "![Risk-coverage curves](figures/risk-coverage.svg)\n");
+    }
 
     let _ = writeln!(o, "## Notes\n");
     let _ = writeln!(
@@ -372,12 +484,172 @@ pub fn markdown(r: &Results) -> String {
          by validation AUROC per pair. Mahalanobis: class means and tied covariance of the penultimate \
          activations of the familiar training split, labelled by {}, shrinkage 1e-3, no input pre-processing \
          or feature ensemble (\"vanilla\"). Energy: T = 1. GradNorm: L1 norm of the last layer's weight and bias \
-         gradient of KL(uniform || softmax).\n\
+         gradient of KL(uniform || softmax). KNN (Sun et al. 2022): distance to the k-th nearest L2-normalised \
+         penultimate vector of the familiar training split, k = {}. ViM (Wang et al. 2022): residual of the \
+         penultimate features (shifted by -W^+ b) outside their top-{} principal subspace on the familiar \
+         training split, scaled by alpha = sum of max logits / sum of residuals, minus the energy.\n\
          - Metrics: detection accuracy, AUROC, AUPR-in (familiar positive), AUPR-out (unfamiliar positive), FPR \
          at 95% TPR (familiar positive), computed exactly over all thresholds (src/eval/metrics.rs).",
-        r.mahalanobis_labels
+        r.mahalanobis_labels,
+        r.knn_k,
+        r.vim_dim.map_or("(left out)".to_string(), |d| d.to_string())
     );
     o
+}
+
+fn method_name(key: &str) -> &str {
+    RISK_METHODS.iter().find(|(k, _)| *k == key).map_or(key, |(_, n)| n)
+}
+
+/// Table 4: leave one family out.
+fn family_out_section(o: &mut String, r: &Results) {
+    if r.family_out.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "\n## Table 4: generalisation to an unseen family of degradations, AUROC (%)\n");
+    let _ = writeln!(
+        o,
+        "One detector per family, trained on every type of the *other* families (it never \
+         sees any type of the held-out family; levels pooled) and tested on each type of the held-out family. Each cell: held \
+         out / trained on that very type and level / one detector trained on every type.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| held-out family | type | {} |",
+        (1..=MAX_LEVEL).map(|l| format!("L{l}")).collect::<Vec<_>>().join(" | ")
+    );
+    let _ = writeln!(o, "|---|---|{}", "---|".repeat(usize::from(MAX_LEVEL)));
+    let mut kinds: Vec<(&str, &str)> = Vec::new();
+    for f in &r.family_out {
+        if !kinds.contains(&(f.family.as_str(), f.kind.as_str())) {
+            kinds.push((&f.family, &f.kind));
+        }
+    }
+    for (fam, kind) in &kinds {
+        let cells: Vec<String> = (1..=MAX_LEVEL)
+            .map(|l| {
+                r.family_out.iter().find(|f| f.kind == *kind && f.level == l).map_or("—".into(), |f| {
+                    format!("{} / {} / {}", pct(f.auroc), pct(f.specific_auroc), pct(f.pooled_auroc))
+                })
+            })
+            .collect();
+        let _ = writeln!(o, "| {fam} | {kind} | {} |", cells.join(" | "));
+    }
+    let _ = writeln!(o, "\nMean over levels 3-5 per held-out family (held out / per cell / one detector):\n");
+    let mut fams: Vec<&str> = kinds.iter().map(|k| k.0).collect();
+    fams.dedup();
+    for fam in fams {
+        let v: Vec<&FamilyRow> = r.family_out.iter().filter(|f| f.family == fam && f.level >= 3).collect();
+        let mean = |g: fn(&FamilyRow) -> f64| v.iter().map(|f| g(f)).sum::<f64>() / v.len().max(1) as f64;
+        let _ = writeln!(
+            o,
+            "- {fam}: {} / {} / {} ({} cells)",
+            pct(mean(|f| f.auroc)),
+            pct(mean(|f| f.specific_auroc)),
+            pct(mean(|f| f.pooled_auroc)),
+            v.len()
+        );
+    }
+}
+
+/// Tables 5-7: accuracy next to detection per cell, harmful cells, misclassification detection.
+fn risk_sections(o: &mut String, r: &Results) {
+    if !r.risk_cells.is_empty() {
+        let present: Vec<(&str, &str)> = RISK_METHODS
+            .iter()
+            .copied()
+            .filter(|(k, _)| r.risk_cells.iter().any(|c| c.auroc.contains_key(*k)))
+            .collect();
+        let _ = writeln!(o, "\n## Table 5: where the classifier breaks, and who notices (%)\n");
+        let _ = writeln!(
+            o,
+            "Per (type, level): the classifier's top-1 accuracy on the whole set (± binomial standard error) and \
+             each detector's AUROC against the familiar test images (test split). **Harmful** cells (accuracy \
+             below {:.0} %) are marked; there a detector should fire. \"ours, one detector\" is the single detector \
+             trained on every type at once (the pooled pair).\n",
+            100.0 * HARMFUL_ACCURACY
+        );
+        let _ = writeln!(
+            o,
+            "| type | family | level | accuracy | {} |",
+            present.iter().map(|p| p.1).collect::<Vec<_>>().join(" | ")
+        );
+        let _ = writeln!(o, "|---|---|---|---|{}", "---|".repeat(present.len()));
+        for c in &r.risk_cells {
+            let acc =
+                format!("{} ± {}", pct(c.accuracy()), pct(super::accuracy::accuracy_standard_error(c.accuracy(), c.n)));
+            let acc = if c.harmful() { format!("**{acc}**") } else { acc };
+            let cells: Vec<String> =
+                present.iter().map(|(k, _)| c.auroc.get(*k).map_or("—".into(), |a| pct(a.0))).collect();
+            let _ = writeln!(o, "| {} | {} | {} | {acc} | {} |", c.kind, c.family, c.level, cells.join(" | "));
+        }
+        let harmful: Vec<&RiskCell> = r.risk_cells.iter().filter(|c| c.harmful()).collect();
+        let benign: Vec<&RiskCell> = r.risk_cells.iter().filter(|c| !c.harmful()).collect();
+        let _ = writeln!(
+            o,
+            "\n## Table 6: harmful cells (classifier accuracy < {:.0} %), AUROC (%)\n",
+            100.0 * HARMFUL_ACCURACY
+        );
+        let _ = writeln!(
+            o,
+            "{} of {} cells are harmful. Per detector over the harmful cells: the minimum, the mean ± its standard \
+             error (independent cells), and how many reach 90 %. Last column: mean AUROC over the *benign* cells \
+             ({}), where firing is a false alarm in all but name.\n",
+            harmful.len(),
+            r.risk_cells.len(),
+            benign.len()
+        );
+        let _ = writeln!(o, "| detector | min | mean ± se | cells >= 90 % | benign mean |");
+        let _ = writeln!(o, "|---|---|---|---|---|");
+        for (k, name) in &present {
+            let vals: Vec<(f64, f64)> = harmful.iter().filter_map(|c| c.auroc.get(*k).copied()).collect();
+            let ben: Vec<f64> = benign.iter().filter_map(|c| c.auroc.get(*k).map(|a| a.0)).collect();
+            let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+            let a: Vec<f64> = vals.iter().map(|v| v.0).collect();
+            let se: Vec<f64> = vals.iter().map(|v| v.1).collect();
+            let min = a.iter().copied().fold(f64::NAN, f64::min);
+            let _ = writeln!(
+                o,
+                "| {name} | {} | {} ± {} | {} of {} | {} |",
+                pct(min),
+                pct(mean(&a)),
+                pct(crate::detector::roc::mean_standard_error(&se)),
+                a.iter().filter(|&&v| v >= 0.9).count(),
+                a.len(),
+                pct(mean(&ben))
+            );
+        }
+    }
+    if !r.misclassification.is_empty() {
+        let m0 = &r.misclassification[0];
+        let _ = writeln!(o, "\n## Table 7: misclassification detection and selective classification\n");
+        let _ = writeln!(
+            o,
+            "Pooled over the test split of the familiar images and of every corrupted set ({} images, {} \
+             misclassified, error rate {}). AUROC: the score ranks misclassified images above correct ones \
+             (± Hanley-McNeil standard error). AURC: area under the risk-coverage curve, keeping the \
+             lowest-scoring images first (lower is better; ± bootstrap standard error, 200 resamples); E-AURC: \
+             AURC minus the oracle's ({}). ODIN and ours use the pooled pair's choice and detector.\n",
+            m0.n,
+            m0.n_wrong,
+            pct(m0.n_wrong as f64 / m0.n.max(1) as f64),
+            pct(m0.aurc - m0.excess_aurc)
+        );
+        let _ = writeln!(o, "| score | misclassification AUROC | AURC | E-AURC |");
+        let _ = writeln!(o, "|---|---|---|---|");
+        for m in &r.misclassification {
+            let _ = writeln!(
+                o,
+                "| {} | {} ± {} | {} ± {} | {} |",
+                method_name(&m.method),
+                pct(m.auroc),
+                pct(m.auroc_se),
+                pct(m.aurc),
+                pct(m.aurc_se),
+                pct(m.excess_aurc)
+            );
+        }
+    }
 }
 
 /// The issue's targets, each with what was measured and whether it is met; AUROCs of the
@@ -451,6 +723,24 @@ pub fn csv(r: &Results) -> String {
     for g in &r.generalisation {
         let _ = writeln!(o, "holdout:{}/{},gradients,auroc,{}", g.held_out, g.level, g.auroc);
     }
+    for f in &r.family_out {
+        let _ = writeln!(o, "familyout:{}:{}/{},gradients,auroc,{}", f.family, f.kind, f.level, f.auroc);
+    }
+    for c in &r.risk_cells {
+        let _ = writeln!(o, "{}/{},classifier,accuracy,{}", c.kind, c.level, c.accuracy());
+        let _ = writeln!(
+            o,
+            "{}/{},gradients_pooled,auroc,{}",
+            c.kind,
+            c.level,
+            c.auroc.get("gradients_pooled").map_or(f64::NAN, |a| a.0)
+        );
+    }
+    for m in &r.misclassification {
+        for (k, v) in [("auroc", m.auroc), ("aurc", m.aurc), ("excess_aurc", m.excess_aurc)] {
+            let _ = writeln!(o, "misclassification,{},{k},{v}", m.method);
+        }
+    }
     for c in &r.odin {
         let _ = writeln!(o, "{},odin,temperature,{}", c.pair, c.temperature);
         let _ = writeln!(o, "{},odin,epsilon,{}", c.pair, c.epsilon);
@@ -507,6 +797,35 @@ pub fn profile_svg(r: &Results) -> String {
     )
 }
 
+/// Risk-coverage curves: the error rate of the images kept against the fraction kept.
+pub fn risk_coverage_svg(r: &Results) -> String {
+    let series: Vec<Series> = r
+        .risk_curves
+        .iter()
+        .map(|(k, pts)| {
+            let aurc = r.misclassification.iter().find(|m| &m.method == k).map(|m| m.aurc);
+            let label = match aurc {
+                Some(a) => format!("{} (AURC {})", method_name(k), pct(a)),
+                None => method_name(k).to_string(),
+            };
+            Series { label, points: thin(pts, 400) }
+        })
+        .collect();
+    let top = r.risk_curves.iter().flat_map(|(_, p)| p.last().map(|x| x.1)).fold(0.0f64, f64::max);
+    plot::line_plot(
+        &PlotSpec {
+            title: "Selective classification: familiar + corrupted test images".into(),
+            x_label: "coverage (fraction of images kept, lowest score first)".into(),
+            y_label: "risk (error rate of the kept images)".into(),
+            x_range: (0.0, 1.0),
+            y_range: Some((0.0, (top * 1.2).max(0.01))),
+            log_y: false,
+            diagonal: false,
+        },
+        &series,
+    )
+}
+
 /// Keeps at most `max` points (evenly spaced, always the last).
 fn thin(pts: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
     if pts.len() <= max {
@@ -529,5 +848,8 @@ pub fn write(r: &Results, out: &Path) -> Result<(), EvalError> {
     put(&out.join("results.csv"), csv(r))?;
     put(&figs.join("roc-cifar10.svg"), roc_svg(r))?;
     put(&figs.join("gradient-profile.svg"), profile_svg(r))?;
+    if !r.risk_curves.is_empty() {
+        put(&figs.join("risk-coverage.svg"), risk_coverage_svg(r))?;
+    }
     Ok(())
 }

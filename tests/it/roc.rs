@@ -274,3 +274,63 @@ fn metrics_serde_round_trip() {
     let back: RocSummary = toml::from_str(&s).unwrap();
     assert_eq!(m, back);
 }
+
+mod selective {
+    //! Misclassification detection and selective classification, by hand.
+    use gradwatch::detector::roc::{
+        aurc, aurc_bootstrap_se, aurc_optimal, mean_standard_error, misclassification_auroc, risk_coverage,
+    };
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn aurc_on_four_samples() {
+        // Kept lowest score first: 0.1 right, 0.2 wrong, 0.3 right, 0.4 wrong.
+        // Risks at coverage 1/4..4/4: 0/1, 1/2, 1/3, 2/4 -> AURC = (0 + 1/2 + 1/3 + 1/2) / 4 = 1/3.
+        let s = [0.4f32, 0.1, 0.3, 0.2];
+        let e = [true, false, false, true];
+        assert!(close(aurc(&s, &e), 1.0 / 3.0), "{}", aurc(&s, &e));
+        let rc = risk_coverage(&s, &e);
+        let want = [(0.25, 0.0), (0.5, 0.5), (0.75, 1.0 / 3.0), (1.0, 0.5)];
+        assert_eq!(rc.len(), 4);
+        for (g, w) in rc.iter().zip(want) {
+            assert!(close(g.0, w.0) && close(g.1, w.1), "{rc:?}");
+        }
+        // Oracle: both right ones first: 0, 0, 1/3, 1/2 -> 5/24.
+        assert!(close(aurc_optimal(&e), 5.0 / 24.0));
+        // Wrong {0.4, 0.2} vs right {0.1, 0.3}: 0.4 beats both, 0.2 beats 0.1 only -> 3/4.
+        assert!(close(misclassification_auroc(&s, &e), 0.75));
+    }
+
+    #[test]
+    fn aurc_ties_count_in_expectation_and_bad_scores_cost() {
+        // Tie of a wrong and a right frame kept first: expected errors 1/2 at k = 1, 1 at k = 2.
+        // Risks 1/2, 1/2, 1/3 -> AURC = 4/9.
+        let e = [true, false, false];
+        assert!(close(aurc(&[0.5, 0.5, 0.9], &e), 4.0 / 9.0));
+        // A score that keeps the error first: risks 1, 1/2, 1/3 -> 11/18 (worse than random 1/3).
+        assert!(close(aurc(&[0.0, 1.0, 2.0], &e), 11.0 / 18.0));
+        // NaN counts as the least trusted: kept last, like +inf, so this is the oracle.
+        assert!(close(aurc(&[f32::NAN, 0.0, 1.0], &e), aurc_optimal(&e)));
+        // Constant score: every prefix has the base rate 1/3.
+        assert!(close(aurc(&[1.0; 3], &e), 1.0 / 3.0));
+        assert!(aurc(&[], &[]).is_nan() && aurc_optimal(&[]).is_nan());
+        assert!(misclassification_auroc(&[1.0, 2.0], &[false, false]).is_nan());
+    }
+
+    #[test]
+    fn standard_errors() {
+        let s: Vec<f32> = (0..40).map(|i| i as f32).collect();
+        let e: Vec<bool> = (0..40).map(|i| i % 3 == 0).collect();
+        let a = aurc_bootstrap_se(&s, &e, 200, 7);
+        assert!(a > 0.0 && a < 0.2, "{a}");
+        assert_eq!(a, aurc_bootstrap_se(&s, &e, 200, 7), "seeded");
+        // No error anywhere: every resample has AURC 0.
+        assert_eq!(aurc_bootstrap_se(&s, &[false; 40], 50, 1), 0.0);
+        // sqrt(0.03^2 + 0.04^2) / 2 = 0.025.
+        assert!(close(mean_standard_error(&[0.03, 0.04]), 0.025));
+        assert!(mean_standard_error(&[]).is_nan());
+    }
+}
