@@ -31,9 +31,11 @@ pub struct CalibrateArgs {
     /// Unfamiliar image sets (repeatable).
     #[arg(long, num_args = 1..)]
     pub unfamiliar: Vec<PathBuf>,
-    /// Synthetic corruptions of the familiar images used as unfamiliar data: all, paper, none,
-    /// or a comma list. One corrupted copy per familiar image, type and level round-robin.
-    #[arg(long, default_value = "all")]
+    /// Synthetic corruptions of the familiar images used as unfamiliar data: legacy (the ten
+    /// CURE-TSR-style types the shipped calibrations use), all (every type of
+    /// docs/degradations.md), paper, a family name, none, or a comma list. One corrupted copy
+    /// per familiar image, type and level round-robin.
+    #[arg(long, default_value = "legacy")]
     pub corruptions: String,
     /// Corruption levels, e.g. 1-5 or 3,4,5.
     #[arg(long, default_value = "1-5")]
