@@ -9,6 +9,7 @@ mod daemon;
 mod data;
 mod detector;
 mod eval;
+mod fuzz_regressions;
 mod golden;
 mod grad;
 mod model;
