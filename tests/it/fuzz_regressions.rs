@@ -13,3 +13,21 @@ fn write_onnx_fuzz_seed() {
     std::fs::create_dir_all(&dir).unwrap();
     gradwatch::onnx::save(&model, &dir.join("tiny.onnx")).unwrap();
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz").join(name)
+}
+
+/// `npy`: a 42-byte format-3.0 file whose header length field says 1.98 GB. ndarray-npy's
+/// header parser allocated that much before reading (an out-of-memory under the fuzzer's
+/// 1 GiB malloc limit); the length is now checked against the file first.
+#[test]
+fn npy_header_length_past_the_end_is_an_error_before_any_allocation() {
+    let path = fixture("npy_header_len_2gib.npy");
+    for err in
+        [gradwatch::data::load_npy_images(&path).unwrap_err(), gradwatch::data::load_npy_labels(&path).unwrap_err()]
+    {
+        let msg = err.to_string();
+        assert!(msg.contains("header length 1986275195 is past the end of the file (42 bytes"), "{msg}");
+    }
+}
