@@ -31,3 +31,27 @@ fn npy_header_length_past_the_end_is_an_error_before_any_allocation() {
         assert!(msg.contains("header length 1986275195 is past the end of the file (42 bytes"), "{msg}");
     }
 }
+
+/// `onnx_compile`: the folded-BN fixture model mutated so that the `Mul` `bn2/mul` has one
+/// input (libFuzzer could not shrink it below the 26 KB it started from). The backward of
+/// Add/Sub/Mul/Div indexed `input[1]`; a binary operator without two inputs is now a compile
+/// error.
+#[test]
+fn onnx_binary_operator_with_one_input_is_a_compile_error() {
+    use gradwatch::grad::{compile, CompileOptions};
+    let model = gradwatch::onnx::load(&fixture("onnx_mul_one_input.onnx")).unwrap();
+    let err = compile(&model, &CompileOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("has 1 inputs; the operator takes 2"), "{err}");
+
+    // The same on the smallest model: its last node (the Gemm) as a one-input Add or Div.
+    for op in ["Add", "Div"] {
+        let mut model = super::common::tiny_model(1);
+        let graph = model.graph.as_mut().unwrap();
+        let last = graph.node.len() - 1;
+        let node = &mut graph.node[last];
+        node.op_type = op.into();
+        node.input.truncate(1);
+        let err = compile(&model, &CompileOptions::default()).unwrap_err().to_string();
+        assert!(err.contains("has 1 inputs; the operator takes 2"), "{op}: {err}");
+    }
+}
