@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 3 {
         return;
     }
-    let pixel_format = if data[0] % 2 == 0 { RawFormat::Rgb24 } else { RawFormat::Gray8 };
+    let pixel_format = if data[0] & 1 == 0 { RawFormat::Rgb24 } else { RawFormat::Gray8 };
     let (width, height) = (usize::from(data[1]), usize::from(data[2]));
     let path = scratch::write("pipe", "raw", &data[3..]);
     let config = PipeConfig { path, width, height, pixel_format, fps: 0.0, reopen: false };
