@@ -55,3 +55,18 @@ fn onnx_binary_operator_with_one_input_is_a_compile_error() {
         assert!(err.contains("has 1 inputs; the operator takes 2"), "{op}: {err}");
     }
 }
+
+/// `frame_convert`: a 615-byte MJPEG frame whose SOF declares 26448x33032 pixels. The JPEG
+/// decoder allocated the 2.6 GB RGB buffer before reading the scan (an out-of-memory under the
+/// fuzzer's limit; a V4L2 camera or a pipe could send it). Frames over 512 MiB as RGB are now an
+/// error before decoding; image files already had that limit from the `image` crate.
+#[test]
+fn mjpeg_frame_declaring_gigabytes_is_an_error_before_decoding() {
+    use gradwatch::source::convert::{mjpeg_to_rgb, to_rgb, PixelFormat};
+    let path = fixture("mjpeg_sof_26448x33032.jpg");
+    let bytes = std::fs::read(&path).unwrap();
+    let err = mjpeg_to_rgb(&bytes).unwrap_err().to_string();
+    assert!(err.contains("declares 26448x33032 pixels, over 512 MiB"), "{err}");
+    assert!(to_rgb(PixelFormat::Mjpeg, &bytes, 26448, 33032, 0).is_err());
+    assert!(gradwatch::data::load_image(&path).is_err());
+}
