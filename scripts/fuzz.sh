@@ -52,7 +52,8 @@ for t in "${targets[@]}"; do
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
   corpus=$(find "fuzz/work/corpus/$t" -type f | wc -l)
   echo "   $t: $status after $((end - start))s, $execs executions, $corpus inputs in fuzz/work/corpus/$t"
-  [ "$status" = ok ] || tail -n 40 "$log"
+  # The panic or sanitizer report and the artifact, not the Debug dump of the input.
+  [ "$status" = ok ] || grep -E -A1 "panicked at|ERROR: |Test unit written to" "$log" | cut -c1-300 | head -n 12
 done
 
 if [ ${#failed[@]} -gt 0 ]; then
