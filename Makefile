@@ -6,6 +6,7 @@
 #   make aarch64        the Jetson (aarch64, glibc 2.31) binary, without Docker (docs/jetson.md)
 #   make aarch64-check  that binary under qemu-user vs the x86-64 one, on the same job
 #   make status-screenshot  the status page in headless Chromium, checked, into docs/status-page.png
+#   make fuzz           every cargo-fuzz target for FUZZ_SECONDS each (default 600; docs/fuzzing.md)
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -14,7 +15,7 @@ export ORT_DYLIB_PATH ?= $(CURDIR)/$(ORT_DIR)/libonnxruntime.so
 # Debian packages the build and the tests need (bindgen for v4l, the MQTT test broker).
 APT_PACKAGES := libclang-dev pkg-config mosquitto python3-pip unzip
 
-.PHONY: deps ort build release test lint demo bench bench-daemon bench-alarms clean aarch64 aarch64-check status-screenshot
+.PHONY: deps ort build release test lint demo bench bench-daemon bench-alarms clean aarch64 aarch64-check status-screenshot fuzz
 
 deps:
 	@scripts/apt-install.sh $(APT_PACKAGES)
@@ -61,6 +62,13 @@ aarch64:
 
 aarch64-check:
 	scripts/aarch64-check.sh
+
+# The fuzz targets in fuzz/, one after the other (stable Rust via RUSTC_BOOTSTRAP; installs g++
+# and cargo-fuzz). Not part of `make test`. FUZZ_TARGETS="npy config_parse" picks some.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?=
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh $(FUZZ_TARGETS)
 
 clean:
 	$(CARGO) clean

@@ -130,10 +130,31 @@ enum Dtype {
     I64,
 }
 
+/// Refuses a header length field longer than the file: the `.npy` header parser allocates
+/// that many bytes before reading them (up to 4 GiB for format 2 and 3; found by fuzzing).
+fn check_header_len(bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < 8 || !bytes.starts_with(b"\x93NUMPY") {
+        return Ok(()); // the parser reports a bad magic string itself
+    }
+    let (len, start) = match bytes[6] {
+        1 if bytes.len() >= 10 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        _ => return Ok(()),
+    };
+    if len > bytes.len() - start {
+        return Err(format!(
+            "header length {len} is past the end of the file ({} bytes; truncated or corrupt)",
+            bytes.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Reads the file, parses its header and checks that the data section is exactly as long as
 /// the header says. Returns the bytes, the header and the dtype.
 fn read_checked(path: &Path) -> Result<(Vec<u8>, Header, Dtype), DataError> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
+    check_header_len(&bytes).map_err(|reason| npy_err(path, reason))?;
     let mut cur = Cursor::new(&bytes[..]);
     let header = Header::from_reader(&mut cur).map_err(|e| npy_err(path, e))?;
     let desc = header.type_descriptor.to_string();

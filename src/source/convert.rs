@@ -397,9 +397,20 @@ pub fn mjpeg_to_rgb(buf: &[u8]) -> Result<RgbImage, ConvertError> {
     Ok(decoded)
 }
 
+/// The largest RGB frame an MJPEG frame may decode to; the `image` crate's default allocation
+/// limit for image files (512 MiB). The decoder allocates the size the SOF declares before
+/// reading any scan data, so a 300-byte frame could otherwise ask for gigabytes (found by
+/// fuzzing).
+const MAX_DECODED_BYTES: u64 = 512 * 1024 * 1024;
+
 fn decode_jpeg(data: &[u8]) -> Result<RgbImage, ConvertError> {
+    use image::ImageDecoder;
     let decoder =
         image::codecs::jpeg::JpegDecoder::new(Cursor::new(data)).map_err(|e| ConvertError::Jpeg(e.to_string()))?;
+    let (w, h) = decoder.dimensions();
+    if u64::from(w) * u64::from(h) * 3 > MAX_DECODED_BYTES {
+        return Err(ConvertError::Jpeg(format!("the frame declares {w}x{h} pixels, over 512 MiB as RGB")));
+    }
     let img = image::DynamicImage::from_decoder(decoder).map_err(|e| ConvertError::Jpeg(e.to_string()))?;
     let rgb = img.into_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);

@@ -14,6 +14,7 @@ mod delivery;
 mod detector;
 mod eval;
 mod faults;
+mod fuzz_regressions;
 mod golden;
 mod grad;
 mod model;

@@ -89,7 +89,7 @@ fn add_params(n: &NodeProto, s: &Scope) -> Vec<(usize, ParamKind)> {
 
 fn div_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
     act_input(n, ctx, 0)?;
-    if ctx.is_act(&n.input[1]) {
+    if n.input.get(1).is_some_and(|d| ctx.is_act(d)) {
         return Err(node_err(n, "Div is supported by a constant only"));
     }
     broadcast(n, ctx)
@@ -97,6 +97,10 @@ fn div_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
 
 /// Per-sample shape of a broadcasting binary operator.
 fn broadcast(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
+    // The backward reads both operands (found by fuzzing: a one-input Mul panicked there).
+    if n.input.len() != 2 {
+        return Err(node_err(n, format!("has {} inputs; the operator takes 2", n.input.len())));
+    }
     // Full shapes with the batch as 0 (a placeholder that broadcasts with nothing but itself).
     let mut full: Vec<Vec<usize>> = Vec::new();
     let mut act_rank = 0;
