@@ -11,16 +11,15 @@
 //!   counted, events retried once the limit is lifted); a FIFO path (a clear error, no hang).
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 // The same tiny CNN and one-class calibration as `daemon.rs` (a Laplacian filter bank, so
 // noise shows), built once per test process.
-use crate::daemon::assets;
+use crate::daemon::{assets, Daemon};
 use crate::mqtt::{Broker, Sub};
 use serde_json::Value;
 
@@ -76,89 +75,33 @@ kind = "stdout"
     )
 }
 
-/// A running daemon whose stdout and stderr are collected.
-struct Daemon {
-    child: Child,
-    out: Arc<Mutex<String>>,
-    err: Arc<Mutex<String>>,
+/// Starts `gradwatch run --config <config>` with the daemon tests' harness ([`Daemon`]).
+fn start(config: &Path) -> Daemon {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gradwatch"));
+    cmd.args(["run", "--config"]).arg(config);
+    spawn(cmd)
 }
 
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        Self::spawn(Command::new(env!("CARGO_BIN_EXE_gradwatch")).args(["run", "--config"]).arg(config))
-    }
+/// [`Daemon::spawn`] without the spool and credential directories of the calling environment,
+/// so the config's paths are the only ones in play.
+fn spawn(mut cmd: Command) -> Daemon {
+    cmd.env_remove("STATE_DIRECTORY").env_remove("CREDENTIALS_DIRECTORY");
+    Daemon::spawn(cmd)
+}
 
-    fn spawn(cmd: &mut Command) -> Daemon {
-        let mut child = cmd
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("STATE_DIRECTORY")
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let collect = |r: Box<dyn Read + Send>| {
-            let buf = Arc::new(Mutex::new(String::new()));
-            let b = buf.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(r).lines().map_while(Result::ok) {
-                    let mut g = b.lock().unwrap();
-                    g.push_str(&line);
-                    g.push('\n');
-                }
-            });
-            buf
-        };
-        let out = collect(Box::new(child.stdout.take().unwrap()));
-        let err = collect(Box::new(child.stderr.take().unwrap()));
-        Daemon { child, out, err }
-    }
-
-    fn stderr(&self) -> String {
-        self.err.lock().unwrap().clone()
-    }
-
-    /// The events on stdout so far.
-    fn events(&self) -> Vec<Value> {
-        parse(&self.out.lock().unwrap())
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
-        assert!(ok.success(), "kill -{sig}");
-    }
-
-    /// Waits for the exit code (killing the daemon after `limit`).
-    fn wait(&mut self, limit: Duration) -> i32 {
-        let t0 = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
-                return s.code().unwrap_or(-1);
-            }
-            if t0.elapsed() > limit {
-                let _ = self.child.kill();
-                panic!("daemon did not exit within {limit:?}; stderr:\n{}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits until `cond` holds (panics after `limit`, or if the daemon exits).
-    fn wait_for(&mut self, what: &str, limit: Duration, mut cond: impl FnMut(&Daemon) -> bool) {
-        let t0 = Instant::now();
-        while !cond(self) {
-            if t0.elapsed() > limit || self.child.try_wait().unwrap().is_some() {
-                let _ = self.child.kill();
-                panic!("waiting for {what}; stderr:\n{}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
+/// What these tests read from a running daemon, beyond the shared harness.
+trait Observe {
+    /// The events on stdout so far (a glued or partial record fails the test).
+    fn events(&self) -> Vec<Value>;
     /// A sample of the Prometheus endpoint (the address is in the log).
+    fn metric(&self, series: &str) -> f64;
+}
+
+impl Observe for Daemon {
+    fn events(&self) -> Vec<Value> {
+        parse(&self.stdout())
+    }
+
     fn metric(&self, series: &str) -> f64 {
         let err = self.stderr();
         let addr = err
@@ -180,13 +123,6 @@ impl Daemon {
             assert!(t0.elapsed() < Duration::from_secs(20), "no {series} in:\n{body}");
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -263,7 +199,7 @@ fn mqtt_reload_during_outage_hands_the_backlog_over() {
 
     let spool = dir.path().join("spool");
     let cfg = write(dir.path(), "r.toml", &config(&mqtt_sink(broker.port, "box-r", &spool, 30), false));
-    let mut d = Daemon::start(&cfg);
+    let mut d = start(&cfg);
     d.wait_for("6 events during the outage", Duration::from_secs(30), |d| d.events().len() >= 6);
     std::fs::write(&cfg, config(&mqtt_sink(broker.port, "box-r", &spool, 31), false)).unwrap();
     d.signal("HUP");
@@ -295,7 +231,7 @@ fn mqtt_sigterm_during_outage_then_restart_delivers_everything() {
 
     let spool = dir.path().join("spool");
     let cfg = write(dir.path(), "t.toml", &config(&mqtt_sink(broker.port, "box-t", &spool, 30), true));
-    let mut first = Daemon::start(&cfg);
+    let mut first = start(&cfg);
     first.wait_for("an alert_start", Duration::from_secs(30), |d| {
         d.events().iter().any(|e| e["event"] == "alert_start")
     });
@@ -307,7 +243,7 @@ fn mqtt_sigterm_during_outage_then_restart_delivers_everything() {
     assert!(first.stderr().contains("stay in the spool"), "{}", first.stderr());
 
     broker.spawn();
-    let mut second = Daemon::start(&cfg);
+    let mut second = start(&cfg);
     let got = receive_all(&sub, &ids(&produced), 30);
     assert!(got.iter().any(|e| e["event"] == "alert_end" && e["event_id"] == end["event_id"]));
     second.signal("TERM");
@@ -328,7 +264,7 @@ fn file_sink_directory_removed_is_counted_and_recovered() {
     std::fs::create_dir(&sub).unwrap();
     let path = sub.join("events.jsonl");
     let cfg = write(dir.path(), "f.toml", &config(&file_sink(&path), false));
-    let mut d = Daemon::start(&cfg);
+    let mut d = start(&cfg);
     d.wait_for("3 events in the file", Duration::from_secs(30), |_| {
         parse(&std::fs::read_to_string(&path).unwrap_or_default()).len() >= 3
     });
@@ -389,7 +325,7 @@ fn file_sink_size_limit_no_glued_lines_failures_counted_and_retried() {
             Ok(())
         });
     }
-    let mut d = Daemon::spawn(&mut cmd);
+    let mut d = spawn(cmd);
     d.wait_for("failed writes", Duration::from_secs(30), |d| {
         d.stderr().contains("metrics on") && d.metric("gradwatch_sink_failed_total{sink=\"file\"}") >= 2.0
     });
@@ -425,7 +361,7 @@ fn file_sink_fifo_path_is_refused_without_hanging() {
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     let cfg = write(dir.path(), "p.toml", &config(&file_sink(&fifo), false));
-    let mut d = Daemon::start(&cfg);
+    let mut d = start(&cfg);
     let t0 = Instant::now();
     while d.child.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
