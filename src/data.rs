@@ -22,6 +22,27 @@ use crate::frame::RgbImage;
 /// File name extensions (lower case) that [`list_image_files`] treats as images.
 pub const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "ppm", "pnm"];
 
+/// Rows of GTSRB's `test_images.npy` the shipped calibrations are fitted on (`0..6315`, the
+/// first half; the test set's order is random). Their familiar images never appear in an
+/// evaluation or benchmark of the shipped calibration.
+pub const GTSRB_TEST_CALIB_ROWS: &str = "0..6315";
+/// The other half of GTSRB test: what evaluations and benchmarks of the shipped calibrations
+/// draw from.
+pub const GTSRB_TEST_EVAL_ROWS: &str = "6315..";
+
+/// Parses a row range `A..B` or `A..` (to the end) of a set of `total` rows; the range must
+/// be non-empty and within the set.
+pub fn parse_rows(s: &str, total: usize) -> Result<std::ops::Range<usize>, String> {
+    let bad = || format!("rows '{s}': expected A..B or A.. (e.g. 0..6315)");
+    let (a, b) = s.trim().split_once("..").ok_or_else(bad)?;
+    let a: usize = a.trim().parse().map_err(|_| bad())?;
+    let b: usize = if b.trim().is_empty() { total } else { b.trim().parse().map_err(|_| bad())? };
+    if a >= b || b > total {
+        return Err(format!("rows '{s}': {a}..{b} is empty or beyond the {total} rows of the set"));
+    }
+    Ok(a..b)
+}
+
 /// Why a dataset or image could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -351,5 +372,20 @@ pub fn load_images(path: &Path) -> Result<Vec<(String, RgbImage)>, DataError> {
         Err(DataError::Io { path: path.to_path_buf(), source: std::io::Error::from(std::io::ErrorKind::NotFound) })
     } else {
         Err(DataError::UnknownFormat { path: path.to_path_buf() })
+    }
+}
+
+#[cfg(test)]
+mod rows_tests {
+    use super::parse_rows;
+
+    #[test]
+    fn parses_ranges_and_refuses_bad_ones() {
+        assert_eq!(parse_rows("0..6315", 12630), Ok(0..6315));
+        assert_eq!(parse_rows("6315..", 12630), Ok(6315..12630));
+        assert_eq!(parse_rows(" 2 .. 5 ", 10), Ok(2..5));
+        for bad in ["", "5", "a..b", "5..5", "6..5", "0..11", "-1..3"] {
+            assert!(parse_rows(bad, 10).is_err(), "{bad}");
+        }
     }
 }

@@ -4,14 +4,17 @@
 //! Two phases. **Score** (expensive, once): GTSRB test images (never used in training or
 //! calibration) are turned into camera-like *tracks*: each sign for 10-30 frames with a slow
 //! zoom (1.0x to 1.15x) and sensor noise (sigma 2 of 255); every distinct frame (image, zoom
-//! step, noise seed, corruption, level) is scored once through the real gradient graph and the
-//! scores go to a CSV cache. **Replay** (cheap): long streams at 10 fps of frame time are built
-//! from the cached tracks in seeded random orders, and every policy is run over them with the
+//! step, noise seed, corruption, level) goes once through the real gradient graph and its
+//! features and logits go to a cache folder (`frames.csv` says which frame each row is). The
+//! images come from `--rows` of the test set (default `6315..`: the half the shipped
+//! calibration never saw). **Replay** (cheap): the calibration scores the cached features;
+//! long streams at 10 fps of frame time are built from the cached tracks in seeded random
+//! orders, and every policy is run over them with the
 //! real [`AlertTracker`](crate::alert::AlertTracker): clean streams for false alarms per hour,
 //! clean-then-corrupted streams for detection delays, 10-minute ramps for slow degradation.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -37,9 +40,15 @@ pub struct BenchAlarmsArgs {
     /// The calibration file.
     #[arg(long, default_value = "models/gtsrb-resnet18.calib.toml")]
     pub calib: PathBuf,
-    /// The score cache (CSV); scored when missing.
-    #[arg(long, default_value = "out/bench-alarms/scores.csv")]
+    /// The feature cache folder (`frames.csv`, `frames.features.npy`, `frames.logits.npy`);
+    /// built when missing. Features do not depend on the calibration: a new calibration is
+    /// benchmarked from the same cache in seconds.
+    #[arg(long, default_value = "out/bench-alarms")]
     pub cache: PathBuf,
+    /// Rows of `test_images.npy` the tracks are drawn from, `A..B` or `A..` (default: the half
+    /// of GTSRB test that `models/*.calib.toml` were not fitted on).
+    #[arg(long, default_value = crate::data::GTSRB_TEST_EVAL_ROWS)]
+    pub rows: String,
     /// The report to write.
     #[arg(long, default_value = "docs/alarms.md")]
     pub out: PathBuf,
@@ -52,7 +61,7 @@ pub struct BenchAlarmsArgs {
     /// ONNX Runtime intra-op threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// Only build the score cache.
+    /// Only build the feature cache.
     #[arg(long)]
     pub score_only: bool,
 }
@@ -108,8 +117,8 @@ struct TrackSpec {
     len: usize,
 }
 
-fn plan(n_images: usize) -> Result<Vec<TrackSpec>> {
-    let mut perm: Vec<usize> = (0..n_images).collect();
+fn plan(rows: std::ops::Range<usize>) -> Result<Vec<TrackSpec>> {
+    let mut perm: Vec<usize> = rows.collect();
     SplitMix64::new(SEED).shuffle(&mut perm);
     let mut next = perm.into_iter();
     let mut take = || next.next().context("not enough test images for the benchmark");
@@ -195,26 +204,29 @@ fn render(spec: &TrackSpec, img: &RgbImage) -> Result<Vec<RgbImage>> {
         .collect()
 }
 
-/// Scores every planned frame through the gradient graph and writes the cache.
-fn score(a: &BenchAlarmsArgs) -> Result<()> {
+/// Files of the cache folder.
+const CACHE_INDEX: &str = "frames.csv";
+const CACHE_PREFIX: &str = "frames.";
+
+/// Runs every planned frame through the gradient graph and writes the cache folder.
+fn extract_cache(a: &BenchAlarmsArgs) -> Result<()> {
+    use std::fmt::Write as _;
     let images = crate::data::load_npy_images(&a.data.join("test_images.npy"))
         .with_context(|| format!("reading {}/test_images.npy (pass --data)", a.data.display()))?;
     let labels = crate::data::load_npy_labels(&a.data.join("test_labels.npy"))?;
+    let rows = crate::data::parse_rows(&a.rows, images.len()).map_err(anyhow::Error::msg)?;
     let calib = Calibration::load(&a.calib)?;
     let model_path = super::score::default_model_path(&a.calib).context("--calib must end in .calib.toml")?;
     let loss: Loss = calib.model.loss.parse().map_err(anyhow::Error::msg)?;
     let model = LoadedModel::load(&model_path, &CompileOptions { loss, ..Default::default() })?;
     calib.check_model(&model.info.sha256, &model.compiled.features)?;
     let mut session = GradSession::new(&model.compiled, &runtime(a.threads))?;
-    let specs = plan(images.len())?;
+    let specs = plan(rows)?;
     let total: usize = specs.iter().map(|s| s.len).sum();
-    eprintln!("bench-alarms: scoring {total} distinct frames ({} tracks)", specs.len());
-    if let Some(dir) = a.cache.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = a.cache.with_extension("csv.tmp");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    writeln!(out, "group,kind,level,image,frame,score,correct")?;
+    eprintln!("bench-alarms: extracting {total} distinct frames ({} tracks)", specs.len());
+    std::fs::create_dir_all(&a.cache)?;
+    let mut index = String::from("group,kind,level,image,frame,correct\n");
+    let mut parts = Vec::new();
     let t0 = Instant::now();
     let mut done = 0usize;
     // Batches of whole tracks, about 256 frames at a time.
@@ -232,14 +244,14 @@ fn score(a: &BenchAlarmsArgs) -> Result<()> {
             i += 1;
         }
         let fs = extract::extract(&mut session, &model.info, &frames, a.batch, false)?;
-        let scores = calib.score(&fs.features);
-        for (((si, j), score), z) in owners.iter().zip(&scores).zip(fs.logits.outer_iter()) {
+        for ((si, j), z) in owners.iter().zip(fs.logits.outer_iter()) {
             let s = &specs[*si];
             let (cls, _) = top_class(&z.to_vec());
             let correct = labels.get(s.image).is_some_and(|&l| l == cls as i64);
             let kind = s.kind.map_or("none", Corruption::name);
-            writeln!(out, "{},{kind},{},{},{j},{score},{}", s.group, s.level, s.image, u8::from(correct))?;
+            let _ = writeln!(index, "{},{kind},{},{},{j},{}", s.group, s.level, s.image, u8::from(correct));
         }
+        parts.push(fs);
         done += frames.len();
         let el = t0.elapsed().as_secs_f64();
         eprintln!(
@@ -248,22 +260,36 @@ fn score(a: &BenchAlarmsArgs) -> Result<()> {
             el / done as f64 * (total - done) as f64
         );
     }
-    out.flush()?;
-    drop(out);
-    std::fs::rename(&tmp, &a.cache)?;
+    let refs: Vec<&extract::FeatureSet> = parts.iter().collect();
+    extract::FeatureSet::concat(&refs)?.save(&a.cache, CACHE_PREFIX)?;
+    // The index last: its presence marks a complete cache.
+    std::fs::write(a.cache.join(CACHE_INDEX), index)?;
     Ok(())
 }
 
-/// Reads the score cache into tracks, in file order.
-pub fn load_cache(path: &Path) -> Result<Vec<CachedTrack>> {
-    let f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+/// Reads the cache folder and scores it with `calib`, into tracks in file order.
+pub fn load_cache(dir: &Path, calib: &Calibration) -> Result<Vec<CachedTrack>> {
+    let path = dir.join(CACHE_INDEX);
+    let fs = extract::FeatureSet::load(dir, CACHE_PREFIX)?.with_context(|| {
+        format!("{}: no {CACHE_PREFIX}features.npy; delete the folder to rebuild it", dir.display())
+    })?;
+    if fs.features.ncols() != calib.model.features.len() {
+        bail!(
+            "{}: the cache has {} features per frame, the calibration {} (another preset?); delete the folder to rebuild it",
+            dir.display(),
+            fs.features.ncols(),
+            calib.model.features.len()
+        );
+    }
+    let scores = calib.score(&fs.features);
+    let f = std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut tracks: Vec<CachedTrack> = Vec::new();
     let mut index: BTreeMap<(String, String, String, usize), usize> = BTreeMap::new();
     for (n, line) in std::io::BufReader::new(f).lines().enumerate().skip(1) {
         let line = line?;
         let p: Vec<&str> = line.split(',').collect();
-        if p.len() != 7 {
-            bail!("{}:{}: expected 7 fields", path.display(), n + 1);
+        if p.len() != 6 {
+            bail!("{}:{}: expected 6 fields", path.display(), n + 1);
         }
         let bad = |what: &str| anyhow::anyhow!("{}:{}: bad {what}", path.display(), n + 1);
         let image: usize = p[3].parse().map_err(|_| bad("image"))?;
@@ -280,20 +306,22 @@ pub fn load_cache(path: &Path) -> Result<Vec<CachedTrack>> {
         if p[4].parse::<usize>().ok() != Some(tracks[t].frames.len()) {
             return Err(bad("frame (out of order)"));
         }
-        tracks[t].frames.push(CachedFrame { score: p[5].parse().map_err(|_| bad("score"))?, correct: p[6] == "1" });
+        let score = *scores.get(n - 1).ok_or_else(|| bad("row (more rows than features)"))?;
+        tracks[t].frames.push(CachedFrame { score, correct: p[5] == "1" });
     }
     Ok(tracks)
 }
 
 /// Runs `gradwatch bench-alarms`.
 pub fn run(a: BenchAlarmsArgs) -> Result<i32> {
-    if !a.cache.exists() {
-        score(&a)?;
+    if !a.cache.join(CACHE_INDEX).exists() {
+        extract_cache(&a)?;
     }
     if a.score_only {
         return Ok(0);
     }
-    let tracks = load_cache(&a.cache)?;
+    let calib = Calibration::load(&a.calib)?;
+    let tracks = load_cache(&a.cache, &calib)?;
     let report = report(&a, &tracks)?;
     if let Some(dir) = a.out.parent() {
         std::fs::create_dir_all(dir)?;

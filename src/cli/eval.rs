@@ -62,6 +62,10 @@ pub struct EvalArgs {
     /// familiar training split).
     #[arg(long, default_value_t = 0)]
     pub vim_dim: usize,
+    /// Rows of `gtsrb/test_images.npy` the familiar images are drawn from, `A..B` or `A..`
+    /// (default: all). `6315..` is the half the shipped calibrations were not fitted on.
+    #[arg(long)]
+    pub familiar_rows: Option<String>,
     /// Images per graph run.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
@@ -76,6 +80,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         data: a.data.clone(),
         cifar: a.cifar.clone(),
         per_set: a.per_set,
+        familiar_rows: a.familiar_rows.clone(),
         seed: a.seed,
         out: a.out.clone(),
         cache: a.cache.clone(),

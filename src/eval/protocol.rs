@@ -32,6 +32,10 @@ pub struct EvalConfig {
     pub cifar: Option<PathBuf>,
     /// Images per set (familiar, CIFAR-10, each corruption level).
     pub per_set: usize,
+    /// Rows of `test_images.npy` the familiar images are drawn from (`None`: all). The
+    /// published results use [`crate::data::GTSRB_TEST_EVAL_ROWS`], the half the shipped
+    /// calibrations were not fitted on.
+    pub familiar_rows: Option<String>,
     /// Seed of subsamples, splits, corruption patterns and detector training.
     pub seed: u64,
     /// Output folder (`results.md`, `results.csv`, `figures/`).
@@ -120,7 +124,13 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
     // Data.
     let gtsrb = cfg.data.join("gtsrb");
     let all_fam = crate::data::load_npy_images(&gtsrb.join("test_images.npy"))?;
-    let fam_idx = subsample(all_fam.len(), n, cfg.seed);
+    let fam_rows = match &cfg.familiar_rows {
+        Some(r) => crate::data::parse_rows(r, all_fam.len()).map_err(EvalError::Invalid)?,
+        None => 0..all_fam.len(),
+    };
+    let rows_key =
+        cfg.familiar_rows.as_ref().map_or(String::new(), |_| format!("-r{}-{}", fam_rows.start, fam_rows.end));
+    let fam_idx: Vec<usize> = subsample(fam_rows.len(), n, cfg.seed).into_iter().map(|i| fam_rows.start + i).collect();
     let fam_images: Vec<RgbImage> = fam_idx.iter().map(|&i| all_fam[i].clone()).collect();
     drop(all_fam);
     let labels_path = gtsrb.join("test_labels.npy");
@@ -138,7 +148,7 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
     let n = fam_images.len();
 
     let cache = cfg.cache.clone().unwrap_or_else(|| cfg.out.join("cache")).join(format!(
-        "{}-n{n}-s{}",
+        "{}-n{n}-s{}{rows_key}",
         &info.sha256[..12.min(info.sha256.len())],
         cfg.seed
     ));
