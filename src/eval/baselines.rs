@@ -230,7 +230,29 @@ pub fn odin_scores(
     for (b, chunk) in images.chunks(batch).enumerate() {
         let x = info.preprocess(chunk.iter()).into_dyn();
         let start = b * batch;
+        // Without a perturbation ODIN is the temperature-scaled softmax of plain logits: one
+        // forward pass serves every temperature (no input gradient needed).
+        let plain = if epsilons.iter().all(|&e| e == 0.0) {
+            let mut o = forward.run(&[(forward_input, x.view())])?;
+            let z = o
+                .remove(forward_output)
+                .ok_or_else(|| EvalError::Invalid(format!("forward graph lacks output '{forward_output}'")))?;
+            Some(
+                z.into_dimensionality::<ndarray::Ix2>()
+                    .map_err(|_| EvalError::Invalid("forward logits are not 2-D".into()))?,
+            )
+        } else {
+            None
+        };
         for (ti, &t) in temps.iter().enumerate() {
+            if let Some(z) = &plain {
+                for (ei, _) in epsilons.iter().enumerate() {
+                    for (i, s) in msp_t(z.view(), t).into_iter().enumerate() {
+                        out[[start + i, ti * ne + ei]] = s;
+                    }
+                }
+                continue;
+            }
             let (logits, g) = odin.run(&x, t)?;
             for (ei, &eps) in epsilons.iter().enumerate() {
                 let scores = if eps == 0.0 {
