@@ -563,6 +563,32 @@ impl AlertTracker {
         }
     }
 
+    /// Takes over `old`'s learned baseline and its learner (the blocks learned so far, the
+    /// quarantine, the adaptation state) when a policy change replaces `old` by `self`, so that
+    /// a reload neither drops a learned baseline nor starts learning again. Needs the same
+    /// block length under both policies; otherwise nothing is taken (a learned baseline is
+    /// refused with the reason, and learning starts over at the new block length).
+    pub fn carry_baseline_from(&mut self, old: &mut AlertTracker) -> Result<(), String> {
+        let block_ms = self.policy.block_ms;
+        let (Some(new), Some(prev)) = (self.cusum.as_mut(), old.cusum.as_mut()) else { return Ok(()) };
+        if old.policy.block_ms != block_ms {
+            if prev.learned {
+                return Err(format!("baseline block_ms {} != policy block_ms {block_ms}", old.policy.block_ms));
+            }
+            return Ok(());
+        }
+        if new.learner.is_some() {
+            if let Some(l) = prev.learner.take() {
+                new.learner = Some(l);
+            }
+        }
+        if prev.learned {
+            new.baseline = prev.baseline.take();
+            new.learned = new.baseline.is_some();
+        }
+        Ok(())
+    }
+
     /// The clean distribution in force and whether it was learned on this stream (`None`
     /// under `k_of_n`, or before the first frame without a learned one).
     pub fn baseline(&self) -> Option<(&Baseline, bool)> {

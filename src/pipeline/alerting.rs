@@ -365,13 +365,16 @@ fn apply_pending(slot: &mut Slot, model: &ModelRef, learn: &AlertConfig) {
             if let Some(cfg) = learn.baselines.get(&name) {
                 t.learn_baseline(cfg.clone());
             }
-            if let Some((b, true)) = slot.tracker.baseline() {
-                if let Err(e) = t.set_baseline(b.clone()) {
-                    log::info!("stream {name}: learned baseline not carried over: {e}");
-                }
+            if let Err(e) = t.carry_baseline_from(&mut slot.tracker) {
+                log::info!("stream {name}: learned baseline not carried over: {e}");
             }
             slot.tracker = t;
-            log::info!("stream {name}: new alert policy in force");
+            let baseline = match (slot.tracker.baseline(), slot.tracker.learning_progress()) {
+                (Some((_, true)), _) => "; learned baseline kept".to_string(),
+                (_, Some((n, of))) => format!("; learning continues ({n} of {of} blocks)"),
+                _ => String::new(),
+            };
+            log::info!("stream {name}: new alert policy in force{baseline}");
         }
         Err(e) => log::error!("stream {name}: new alert policy refused: {e}"),
     }

@@ -90,7 +90,7 @@ fn spawn(mut cmd: Command) -> Daemon {
 }
 
 /// What these tests read from a running daemon, beyond the shared harness.
-trait Observe {
+pub(crate) trait Observe {
     /// The events on stdout so far (a glued or partial record fails the test).
     fn events(&self) -> Vec<Value>;
     /// A sample of the Prometheus endpoint (the address is in the log).

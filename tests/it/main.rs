@@ -3,6 +3,7 @@
 
 mod alarms;
 mod alert;
+mod baseline;
 mod budget;
 mod calibrate;
 mod common;
