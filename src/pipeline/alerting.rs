@@ -72,7 +72,14 @@ pub(crate) fn init_baseline(t: &mut AlertTracker, alert: &AlertConfig, metrics: 
         let sha = t.model_sha256().to_string();
         match Baseline::load(dir, &name, &sha) {
             Ok(Some(b)) => match t.set_baseline(b) {
-                Ok(()) => log::info!("stream {name}: learned baseline loaded from {}", dir.display()),
+                Ok(()) if t.policy().policy == crate::alert::PolicyKind::Cusum => {
+                    log::info!("stream {name}: learned baseline loaded from {}", dir.display())
+                }
+                // Kept (a reload may switch to cusum) but not in use: say so.
+                Ok(()) => log::info!(
+                    "stream {name}: learned baseline in {} kept; unused by policy k_of_n (only cusum uses it)",
+                    dir.display()
+                ),
                 Err(e) => log::warn!("stream {name}: saved baseline not used: {e}"),
             },
             Ok(None) => {}
