@@ -22,6 +22,7 @@
 
 pub mod calibration;
 pub mod fit;
+pub mod forward;
 mod gaussian;
 mod linalg;
 mod mlp;
@@ -33,7 +34,7 @@ pub use calibration::{CalibError, Calibration, DetectorKind};
 pub use fit::{FitError, GradDetector};
 pub use gaussian::{Gaussian, DEFAULT_SHRINKAGE};
 pub use mlp::{Mlp, MlpConfig, TrainReport};
-pub use standardize::{LogStandardizer, DEFAULT_EPS, MIN_STD};
+pub use standardize::{LogStandardizer, Standardizer, DEFAULT_EPS, MIN_STD};
 
 /// Errors from fitting, transforming or validating detectors.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
