@@ -232,7 +232,7 @@ fn score(a: &BenchAlarmsArgs) -> Result<()> {
             i += 1;
         }
         let fs = extract::extract(&mut session, &model.info, &frames, a.batch, false)?;
-        let scores = calib.score(&fs.features);
+        let scores = calib.score(&fs.features, &fs.logits);
         for (((si, j), score), z) in owners.iter().zip(&scores).zip(fs.logits.outer_iter()) {
             let s = &specs[*si];
             let (cls, _) = top_class(&z.to_vec());
