@@ -1,6 +1,6 @@
 //! Calibration file text -> `detector::Calibration::parse` (which validates), then scoring a
-//! feature row of the declared width: a calibration that passes `validate` must score without
-//! panicking.
+//! feature row of the declared width (and a logits row of the declared class count): a
+//! calibration that passes `validate` must score without panicking.
 #![no_main]
 
 use gradwatch::detector::Calibration;
@@ -11,6 +11,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(calib) = Calibration::parse(text) else { return };
     calib.validate().expect("parse validates");
     let row = vec![1.0f32; calib.model.features.len()];
-    let score = calib.score_row(&row);
+    let logits = match &calib.detector {
+        gradwatch::detector::DetectorKind::Ensemble(e) => vec![0.5f32; e.classes],
+        _ => Vec::new(),
+    };
+    let score = calib.score_row(&row, &logits);
     let _ = calib.is_unfamiliar(score);
 });

@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let pixel_format = if data[0] & 1 == 0 { RawFormat::Rgb24 } else { RawFormat::Gray8 };
     let (width, height) = (usize::from(data[1]), usize::from(data[2]));
     let path = scratch::write("pipe", "raw", &data[3..]);
-    let config = PipeConfig { path, width, height, pixel_format, fps: 0.0, reopen: false };
+    let config = PipeConfig { path, width, height, pixel_format, fps: 0.0, reopen: false, timeout_s: 5.0 };
     let Ok(mut source) = PipeSource::new(&config, Arc::new(RealClock)) else { return };
     let frame_bytes = config.frame_bytes().expect("a valid config has a frame size");
     let mut frames = 0;

@@ -281,7 +281,7 @@ pub fn load_cache(dir: &Path, calib: &Calibration) -> Result<Vec<CachedTrack>> {
             calib.model.features.len()
         );
     }
-    let scores = calib.score(&fs.features);
+    let scores = calib.score(&fs.features, &fs.logits);
     let f = std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut tracks: Vec<CachedTrack> = Vec::new();
     let mut index: BTreeMap<(String, String, String, usize), usize> = BTreeMap::new();

@@ -13,7 +13,7 @@ use clap::Args;
 use super::common::{load_input, runtime};
 use super::score::default_model_path;
 use super::EXIT_CONFIG;
-use crate::detector::{Calibration, DetectorKind, LogStandardizer};
+use crate::detector::{Calibration, LogStandardizer};
 use crate::grad::{CompileOptions, Loss};
 use crate::model::{top_class, LoadedModel};
 use crate::runtime::GradSession;
@@ -69,8 +69,9 @@ pub fn run(a: ExplainArgs) -> Result<i32> {
         let x = model.info.preprocess(std::iter::once(img));
         let out = session.run(x.view().into_dyn())?;
         let feats = out.features.row(0).to_vec();
-        let score = calib.score_row(&feats);
-        let (cls, conf) = top_class(&out.logits.row(0).to_vec());
+        let logits = out.logits.row(0).to_vec();
+        let score = calib.score_row(&feats, &logits);
+        let (cls, conf) = top_class(&logits);
         let grad: Option<Vec<f32>> = out.input_grad.map(|g| g.iter().copied().collect());
         let stem =
             file_safe(Path::new(name).file_stem().map_or(name.clone(), |s| s.to_string_lossy().into_owned()).as_str());
@@ -129,9 +130,7 @@ fn json_num(v: f32) -> serde_json::Value {
 
 /// The familiar statistics: the log-standardiser every detector starts with.
 fn standardizer(calib: &Calibration) -> &LogStandardizer {
-    match &calib.detector {
-        DetectorKind::Mlp { normalize, .. } | DetectorKind::OneClass { normalize, .. } => normalize,
-    }
+    calib.detector.normalize()
 }
 
 /// One parameter tensor in the chart.

@@ -78,7 +78,7 @@ pub fn run(a: ScoreArgs) -> Result<i32> {
     let input = load_input(&a.input, None)?;
     let mut session = GradSession::new(&model.compiled, &runtime(a.threads))?;
     let fs = features::extract(&mut session, &model.info, &input.images, a.batch, show_progress())?;
-    let scores = calib.score(&fs.features);
+    let scores = calib.score(&fs.features, &fs.logits);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for (i, ((name, score), z)) in input.names.iter().zip(&scores).zip(fs.logits.outer_iter()).enumerate() {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use ndarray::Array2;
 
-use super::{DetectorError, Gaussian, LogStandardizer, Mlp};
+use super::{DetectorError, Ensemble, Gaussian, LogStandardizer, Mlp};
 
 /// Current file format version.
 pub const FORMAT: u32 = 1;
@@ -79,7 +79,7 @@ fn default_preset() -> String {
     crate::grad::Preset::Full.name().to_string()
 }
 
-/// The fitted detector.
+/// The fitted detector (`[detector] kind = ...`).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DetectorKind {
@@ -97,6 +97,19 @@ pub enum DetectorKind {
         /// The Gaussian.
         gaussian: Gaussian,
     },
+    /// The `risk` detector: gradient (+ forward-signal) columns, a seed ensemble of MLPs
+    /// trained for a [`Target`](super::Target); the score is the mean member logit.
+    Ensemble(Ensemble),
+}
+
+impl DetectorKind {
+    /// The log-standardiser of the gradient features every detector starts with.
+    pub fn normalize(&self) -> &LogStandardizer {
+        match self {
+            DetectorKind::Mlp { normalize, .. } | DetectorKind::OneClass { normalize, .. } => normalize,
+            DetectorKind::Ensemble(e) => &e.normalize,
+        }
+    }
 }
 
 /// One data set the calibration saw.
@@ -211,6 +224,10 @@ impl Calibration {
                 gaussian.validate()?;
                 normalize.dim()
             }
+            DetectorKind::Ensemble(e) => {
+                e.validate()?;
+                e.dim()
+            }
         };
         if dim != n {
             return Err(DetectorError::DimensionMismatch { what: "calibration", expected: n, got: dim }.into());
@@ -248,13 +265,16 @@ impl Calibration {
         Ok(())
     }
 
-    /// Scores one feature row; higher is more unfamiliar. Non-finite features score +inf.
-    pub fn score_row(&self, features: &[f32]) -> f32 {
+    /// Scores one frame from its gradient features and its logits; higher is more unfamiliar.
+    /// The `mlp` and `one_class` detectors ignore the logits. Wrong lengths and non-finite
+    /// inputs score +inf (most unfamiliar); never panics.
+    pub fn score_row(&self, features: &[f32], logits: &[f32]) -> f32 {
         let s = match &self.detector {
             DetectorKind::Mlp { normalize, mlp } => normalize.transform_row(features).map(|z| mlp.logit_row(&z)),
             DetectorKind::OneClass { normalize, gaussian } => {
                 normalize.transform_row(features).map(|z| gaussian.score_row(&z))
             }
+            DetectorKind::Ensemble(e) => Ok(e.logit_row(features, logits)),
         };
         match s {
             Ok(v) if !v.is_nan() => v,
@@ -262,9 +282,17 @@ impl Calibration {
         }
     }
 
-    /// Scores a batch `[N, P]`.
-    pub fn score(&self, features: &Array2<f32>) -> Vec<f32> {
-        features.outer_iter().map(|r| self.score_row(&r.to_vec())).collect()
+    /// Scores a batch: `features` `[N, P]` and `logits` `[N, C]`, row-aligned (a frame without
+    /// a logits row gets an empty one, which scores +inf where logits are used).
+    pub fn score(&self, features: &Array2<f32>, logits: &Array2<f32>) -> Vec<f32> {
+        features
+            .outer_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let z = if i < logits.nrows() { logits.row(i).to_vec() } else { Vec::new() };
+                self.score_row(&r.to_vec(), &z)
+            })
+            .collect()
     }
 
     /// Whether a score raises the alarm (NaN does).

@@ -5,11 +5,12 @@
 use ndarray::{Array2, Axis};
 
 use super::calibration::{CalibModel, DataSummary, FitSummary, FORMAT};
+use super::forward::{argmax, ForwardSignal};
 use super::roc;
 use super::split::{rows, split};
 use super::{
-    CalibError, Calibration, DetectorError, DetectorKind, Gaussian, LogStandardizer, Mlp, MlpConfig, TrainReport,
-    DEFAULT_SHRINKAGE,
+    CalibError, Calibration, DetectorError, DetectorKind, Ensemble, EnsembleConfig, Gaussian, LabelledRows,
+    LogStandardizer, Mlp, MlpConfig, Origin, Target, TrainReport, DEFAULT_SHRINKAGE,
 };
 
 /// Errors of fitting a detector or a calibration.
@@ -30,6 +31,75 @@ pub enum FitError {
 /// threshold and the reported rates.
 pub const CALIB_SPLIT: (f64, f64) = (0.6, 0.2);
 
+/// Which detector `gradwatch calibrate --detector` fits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DetectorChoice {
+    /// The paper's: gradient columns only, novelty labels, one MLP (`kind = "mlp"`).
+    Paper,
+    /// Gradient + forward columns, a seed ensemble, labels that also mark the classifier's
+    /// errors (`kind = "ensemble"`).
+    Risk,
+}
+
+impl DetectorChoice {
+    /// The default of `gradwatch calibrate` (see docs/detector-ablation.md).
+    pub const DEFAULT: DetectorChoice = DetectorChoice::Risk;
+    /// Ensemble size of the `risk` detector.
+    pub const RISK_MEMBERS: usize = 5;
+    /// Training target of the `risk` detector.
+    pub const RISK_TARGET: Target = Target::Union;
+
+    /// Its options.
+    pub fn options(self) -> DetectorOptions {
+        match self {
+            DetectorChoice::Paper => DetectorOptions { target: Target::Novelty, forward: Vec::new(), members: 1 },
+            DetectorChoice::Risk => DetectorOptions {
+                target: Self::RISK_TARGET,
+                forward: ForwardSignal::ALL.to_vec(),
+                members: Self::RISK_MEMBERS,
+            },
+        }
+    }
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DetectorChoice::Paper => "paper",
+            DetectorChoice::Risk => "risk",
+        }
+    }
+}
+
+impl std::str::FromStr for DetectorChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "paper" => Ok(DetectorChoice::Paper),
+            "risk" => Ok(DetectorChoice::Risk),
+            _ => Err(format!("unknown detector '{s}' (expected paper or risk)")),
+        }
+    }
+}
+
+/// What the (non-one-class) detector is trained on and for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DetectorOptions {
+    /// Training labels. Targets that need the classifier's errors fall back to
+    /// [`Target::Novelty`] when the familiar set has no true classes.
+    pub target: Target,
+    /// Forward signals appended to the gradient columns.
+    pub forward: Vec<ForwardSignal>,
+    /// Seed-ensemble size (>= 1).
+    pub members: usize,
+}
+
+impl DetectorOptions {
+    /// Whether this is exactly the paper's detector (fitted as `kind = "mlp"`).
+    pub fn is_paper(&self) -> bool {
+        self.target == Target::Novelty && self.forward.is_empty() && self.members == 1
+    }
+}
+
 /// How to fit.
 #[derive(Clone, Debug)]
 pub struct CalibrateOptions {
@@ -39,12 +109,32 @@ pub struct CalibrateOptions {
     pub target_fpr: f64,
     /// MLP training (its seed is also the split seed).
     pub mlp: MlpConfig,
+    /// Inputs, target and ensemble size (ignored with `one_class`).
+    pub detector: DetectorOptions,
 }
 
 impl Default for CalibrateOptions {
     fn default() -> Self {
-        Self { one_class: false, target_fpr: 0.01, mlp: MlpConfig::default() }
+        Self {
+            one_class: false,
+            target_fpr: 0.01,
+            mlp: MlpConfig::default(),
+            detector: DetectorChoice::DEFAULT.options(),
+        }
     }
+}
+
+/// The familiar (in-distribution) images' outputs.
+#[derive(Clone, Debug)]
+pub struct FamiliarSet {
+    /// Name (path).
+    pub name: String,
+    /// `[N, P]` gradient features.
+    pub features: Array2<f32>,
+    /// `[N, C]` logits (may have 0 columns when neither forward signals nor errors are used).
+    pub logits: Array2<f32>,
+    /// True class of every image, when known (needed by the `harm` and `union` targets).
+    pub labels: Option<Vec<usize>>,
 }
 
 /// An unfamiliar feature set.
@@ -54,8 +144,11 @@ pub struct UnfamiliarSet {
     pub name: String,
     /// `[N, P]` gradient features.
     pub features: Array2<f32>,
+    /// `[N, C]` logits (row-aligned with `features`; may have 0 columns like the familiar's).
+    pub logits: Array2<f32>,
     /// Row `i` is a corrupted copy of familiar image `i`: split it exactly like the familiar
-    /// set, so that no image content is both trained on and held out.
+    /// set, so that no image content is both trained on and held out; its true class is the
+    /// familiar image's.
     pub paired: bool,
 }
 
@@ -64,15 +157,62 @@ fn concat(parts: &[Array2<f32>]) -> Result<Array2<f32>, FitError> {
     ndarray::concatenate(Axis(0), &views).map_err(|e| FitError::Invalid(format!("feature sets differ in width: {e}")))
 }
 
-/// Fits a calibration for `model` from familiar features and (unless one-class) unfamiliar
-/// sets. Every set is split 60/20/20 (seed `opts.mlp.seed`); the MLP trains on the 60% and
-/// early-stops on the 20% validation part; the threshold is the held-out familiar quantile for
-/// `opts.target_fpr`, and the summary reports the held-out false-alarm rate, detection rate and
-/// AUROC at it.
+/// One part (train, validation or test) of every set, in set order: familiar rows first.
+#[derive(Default)]
+struct Part {
+    features: Vec<Array2<f32>>,
+    logits: Vec<Array2<f32>>,
+    origin: Vec<Origin>,
+    wrong: Vec<Option<bool>>,
+}
+
+impl Part {
+    fn push(&mut self, f: Array2<f32>, l: Array2<f32>, origin: Origin, wrong: Vec<Option<bool>>) {
+        self.origin.extend(std::iter::repeat_n(origin, f.nrows()));
+        self.wrong.extend(wrong);
+        self.features.push(f);
+        self.logits.push(l);
+    }
+
+    /// The unfamiliar rows (every set after the familiar one).
+    fn unfamiliar(&self, width: usize, classes: usize) -> Result<(Array2<f32>, Array2<f32>), FitError> {
+        let or_empty = |v: &[Array2<f32>], w: usize| if v.is_empty() { Ok(Array2::zeros((0, w))) } else { concat(v) };
+        Ok((or_empty(&self.features[1..], width)?, or_empty(&self.logits[1..], classes)?))
+    }
+
+    fn labelled(&self, target: Target) -> Result<LabelledRows, FitError> {
+        Ok(LabelledRows {
+            features: concat(&self.features)?,
+            logits: concat(&self.logits)?,
+            labels: self.origin.iter().zip(&self.wrong).map(|(&o, &w)| target.label(o, w)).collect(),
+        })
+    }
+}
+
+/// Whether the top-1 prediction of each row of `logits` misses the true class `labels[idx[k]]`.
+fn wrong(logits: &Array2<f32>, labels: Option<&[usize]>, idx: &[usize]) -> Vec<Option<bool>> {
+    idx.iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            let y = labels?.get(i)?;
+            Some(argmax(&logits.row(k).to_vec()) != Some(*y))
+        })
+        .collect()
+}
+
+/// Fits a calibration for `model` from familiar outputs and (unless one-class) unfamiliar
+/// sets. Every set is split 60/20/20 (seed `opts.mlp.seed`); the detector trains on the 60%
+/// and early-stops on the 20% validation part; the threshold is the held-out familiar quantile
+/// for `opts.target_fpr`, and the summary reports the held-out false-alarm rate, detection
+/// rate (unfamiliar sets) and AUROC at it.
+///
+/// With [`DetectorOptions::is_paper`] the detector is the paper's single MLP on gradient
+/// features (`kind = "mlp"`); otherwise an [`Ensemble`] trained for `opts.detector.target`,
+/// which falls back to [`Target::Novelty`] when `familiar.labels` is `None` (the fitted
+/// ensemble records the target it was trained for).
 pub fn fit(
     model: CalibModel,
-    familiar_name: &str,
-    familiar: &Array2<f32>,
+    familiar: &FamiliarSet,
     unfamiliar: &[UnfamiliarSet],
     opts: &CalibrateOptions,
     command: &str,
@@ -83,23 +223,39 @@ pub fn fit(
             opts.target_fpr
         )));
     }
-    let n = familiar.nrows();
+    let n = familiar.features.nrows();
     if n < 5 {
         return Err(FitError::Invalid(format!(
             "{n} familiar images are too few; give at least 5 (hundreds for a useful threshold)"
         )));
     }
-    if familiar.ncols() != model.features.len() {
+    if familiar.features.ncols() != model.features.len() {
         return Err(DetectorError::DimensionMismatch {
             what: "familiar features",
             expected: model.features.len(),
-            got: familiar.ncols(),
+            got: familiar.features.ncols(),
         }
         .into());
     }
+    let classes = familiar.logits.ncols();
+    if familiar.logits.nrows() != n || unfamiliar.iter().any(|u| u.logits.nrows() != u.features.nrows()) {
+        return Err(FitError::Invalid("every set needs one logits row per feature row".into()));
+    }
+    if let Some(l) = familiar.labels.as_ref().filter(|l| l.len() != n) {
+        return Err(FitError::Invalid(format!(
+            "{} familiar labels for {n} familiar images; give one true class per image",
+            l.len()
+        )));
+    }
+    let labels = familiar.labels.as_deref();
     let seed = opts.mlp.seed;
     let fs = split(n, CALIB_SPLIT.0, CALIB_SPLIT.1, seed);
-    let mut unf_parts = (Vec::new(), Vec::new(), Vec::new());
+    let mut parts: [Part; 3] = Default::default();
+    for (part, idx) in parts.iter_mut().zip([&fs.train, &fs.val, &fs.test]) {
+        let l = rows(&familiar.logits, idx);
+        let w = wrong(&l, labels, idx);
+        part.push(rows(&familiar.features, idx), l, Origin::Familiar, w);
+    }
     for (i, u) in unfamiliar.iter().enumerate() {
         if u.paired && u.features.nrows() != n {
             return Err(FitError::Invalid(format!(
@@ -112,20 +268,27 @@ pub fn fit(
         } else {
             split(u.features.nrows(), CALIB_SPLIT.0, CALIB_SPLIT.1, seed + 1 + i as u64)
         };
-        unf_parts.0.push(rows(&u.features, &s.train));
-        unf_parts.1.push(rows(&u.features, &s.val));
-        unf_parts.2.push(rows(&u.features, &s.test));
+        for (part, idx) in parts.iter_mut().zip([&s.train, &s.val, &s.test]) {
+            let l = rows(&u.logits, idx);
+            let (origin, w) = if u.paired {
+                (Origin::Corrupted, wrong(&l, labels, idx))
+            } else {
+                (Origin::Ood, vec![None; idx.len()])
+            };
+            part.push(rows(&u.features, idx), l, origin, w);
+        }
     }
-    let width = familiar.ncols();
-    let or_empty = |v: &[Array2<f32>]| if v.is_empty() { Ok(Array2::zeros((0, width))) } else { concat(v) };
-    let (unf_train, unf_val, unf_test) = (or_empty(&unf_parts.0)?, or_empty(&unf_parts.1)?, or_empty(&unf_parts.2)?);
-    let fam_train = rows(familiar, &fs.train);
-    let fam_val = rows(familiar, &fs.val);
-    let fam_test = rows(familiar, &fs.test);
+    let [train, val, test] = parts;
+    let width = familiar.features.ncols();
+    let (unf_train, _) = train.unfamiliar(width, classes)?;
+    let (unf_val, _) = val.unfamiliar(width, classes)?;
+    let (unf_test, unf_test_logits) = test.unfamiliar(width, classes)?;
+    let (fam_train, fam_val) = (&train.features[0], &val.features[0]);
+    let (fam_test, fam_test_logits) = (&test.features[0], &test.logits[0]);
 
     let detector = if opts.one_class {
-        let normalize = LogStandardizer::fit(&fam_train)?;
-        let z = normalize.transform(&fam_train)?;
+        let normalize = LogStandardizer::fit(fam_train)?;
+        let z = normalize.transform(fam_train)?;
         let zeros = vec![0usize; z.nrows()];
         // Fewer samples than features leave the covariance singular; shrink harder then.
         let gaussian = match Gaussian::fit(&z, &zeros, 1, DEFAULT_SHRINKAGE) {
@@ -141,8 +304,17 @@ pub fn fit(
                     .into(),
             ));
         }
-        let d = GradDetector::train(&fam_train, &unf_train, &fam_val, &unf_val, &opts.mlp)?;
-        DetectorKind::Mlp { normalize: d.normalize, mlp: d.mlp }
+        let d = &opts.detector;
+        if d.is_paper() {
+            let g = GradDetector::train(fam_train, &unf_train, fam_val, &unf_val, &opts.mlp)?;
+            DetectorKind::Mlp { normalize: g.normalize, mlp: g.mlp }
+        } else {
+            let target = if labels.is_none() && d.target.needs_labels() { Target::Novelty } else { d.target };
+            let cfg = EnsembleConfig { target, forward: d.forward.clone(), members: d.members, mlp: opts.mlp.clone() };
+            let (e, _) =
+                Ensemble::train(fam_train, &train.logits[0], &train.labelled(target)?, &val.labelled(target)?, &cfg)?;
+            DetectorKind::Ensemble(e)
+        }
     };
     let mut c = Calibration {
         format: FORMAT,
@@ -151,7 +323,7 @@ pub fn fit(
         target_false_alarm: opts.target_fpr,
         detector,
         fitted_on: FitSummary {
-            familiar: DataSummary { name: familiar_name.to_string(), count: n },
+            familiar: DataSummary { name: familiar.name.clone(), count: n },
             unfamiliar: unfamiliar
                 .iter()
                 .map(|u| DataSummary { name: u.name.clone(), count: u.features.nrows() })
@@ -162,8 +334,8 @@ pub fn fit(
             command: command.to_string(),
         },
     };
-    let f = c.score(&fam_test);
-    let u = c.score(&unf_test);
+    let f = c.score(fam_test, fam_test_logits);
+    let u = c.score(&unf_test, &unf_test_logits);
     c.threshold = roc::threshold_for_false_alarm(&f, opts.target_fpr);
     let (fpr, tpr) = roc::rates_at(&f, &u, c.threshold);
     c.fitted_on.validation_false_alarm_rate = fpr;

@@ -7,6 +7,8 @@
 //!   then standardised with statistics of the familiar training features.
 //! * [`Mlp`]: the paper's binary detector (two fully-connected layers) trained on
 //!   familiar (label 0) vs unfamiliar (label 1) standardised features.
+//! * [`Ensemble`]: the `risk` detector: gradient features plus [`forward`] signals of the
+//!   logits, a seed ensemble of MLPs trained for a [`Target`] (novelty, harm or their union).
 //! * [`Gaussian`]: class-conditional Gaussians with a tied covariance, scored by the minimum
 //!   squared Mahalanobis distance. With one class it is a one-class detector that needs no
 //!   unfamiliar training data; with C classes on penultimate features it is the Mahalanobis
@@ -21,7 +23,9 @@
 //! of panicking.
 
 pub mod calibration;
+mod ensemble;
 pub mod fit;
+pub mod forward;
 mod gaussian;
 mod linalg;
 mod mlp;
@@ -30,10 +34,11 @@ pub mod split;
 mod standardize;
 
 pub use calibration::{CalibError, Calibration, DetectorKind};
+pub use ensemble::{mean_logit, train_members, Ensemble, EnsembleConfig, LabelledRows, Origin, Target};
 pub use fit::{FitError, GradDetector};
 pub use gaussian::{Gaussian, DEFAULT_SHRINKAGE};
 pub use mlp::{Mlp, MlpConfig, TrainReport};
-pub use standardize::{LogStandardizer, DEFAULT_EPS, MIN_STD};
+pub use standardize::{LogStandardizer, Standardizer, DEFAULT_EPS, MIN_STD};
 
 /// Errors from fitting, transforming or validating detectors.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]

@@ -233,7 +233,7 @@ impl Inference {
         for (i, q) in batch.into_iter().enumerate() {
             let feats = out.features.row(i).to_vec();
             let logits = out.logits.row(i).to_vec();
-            let score = scoring.calibration.score_row(&feats);
+            let score = scoring.calibration.score_row(&feats, &logits);
             let (top, confidence) = top_class(&logits);
             let sm = m.stream(&q.frame.stream);
             sm.frames_scored.inc();

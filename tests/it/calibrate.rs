@@ -9,8 +9,8 @@ use std::process::Command;
 use crate::common::{ort, tiny_model, Rng};
 use gradwatch::corrupt::round_robin_corruptions;
 use gradwatch::detector::calibration::CalibModel;
-use gradwatch::detector::fit::{self, CalibrateOptions, UnfamiliarSet};
-use gradwatch::detector::{CalibError, Calibration, DetectorKind, MlpConfig};
+use gradwatch::detector::fit::{self, CalibrateOptions, DetectorChoice, FamiliarSet, UnfamiliarSet};
+use gradwatch::detector::{CalibError, Calibration, DetectorKind, MlpConfig, Target};
 use gradwatch::frame::RgbImage;
 use gradwatch::grad::CompileOptions;
 use gradwatch::model::LoadedModel;
@@ -60,7 +60,8 @@ fn calibrate_then_score_round_trip_and_json_lines() {
         .arg(&model)
         .arg("--familiar")
         .arg(d.join("fam.npy"))
-        .args(["--corruptions", "noise,haze", "--levels", "4-5", "--target-fpr", "0.1", "--hidden", "8", "-o"])
+        .args(["--corruptions", "noise,haze", "--levels", "4-5", "--target-fpr", "0.1", "--hidden", "8"])
+        .args(["--detector", "paper", "-o"])
         .arg(&calib)
         .output()
         .unwrap();
@@ -86,7 +87,7 @@ fn calibrate_then_score_round_trip_and_json_lines() {
     // The same scores through the library.
     let mut s = GradSession::new(&lm.compiled, &Default::default()).unwrap();
     let fs = features::extract(&mut s, &lm.info, &images(40, 1), 32, false).unwrap();
-    let want = c.score(&fs.features);
+    let want = c.score(&fs.features, &fs.logits);
     for (i, (l, w)) in lines.iter().zip(&want).enumerate() {
         let o = l.as_object().unwrap();
         let mut keys: Vec<&str> = o.keys().map(String::as_str).collect();
@@ -113,6 +114,70 @@ fn calibrate_then_score_round_trip_and_json_lines() {
     let v: serde_json::Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
     assert_eq!(v["file"], "a.png");
     assert!((v["score"].as_f64().unwrap() as f32 - want[0]).abs() <= 1e-4 * want[0].abs().max(1.0));
+}
+
+#[test]
+fn calibrate_risk_with_labels_and_familiar_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = setup(d);
+    let labels = d.join("labels.npy");
+    ndarray_npy::write_npy(&labels, &ndarray::Array1::from_iter((0..40i64).map(|i| i % 5))).unwrap();
+    let calib = d.join("tiny.calib.toml");
+    let run = |extra: &[&str]| {
+        bin()
+            .args(["calibrate", "--model"])
+            .arg(&model)
+            .arg("--familiar")
+            .arg(d.join("fam.npy"))
+            .args(["--corruptions", "noise,haze", "--levels", "4-5", "--target-fpr", "0.1", "--hidden", "8"])
+            .args(extra)
+            .arg("-o")
+            .arg(&calib)
+            .output()
+            .unwrap()
+    };
+    let labels_arg = labels.to_str().unwrap();
+    let out = run(&["--familiar-labels", labels_arg, "--familiar-rows", "4..36", "--members", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let c = Calibration::load(&calib).unwrap();
+    let DetectorKind::Ensemble(e) = &c.detector else { panic!("risk is the default and fits an ensemble") };
+    assert_eq!((e.target, e.members.len(), e.forward.len(), e.classes), (Target::Union, 2, 5, 5));
+    assert_eq!(c.fitted_on.familiar.count, 32);
+    assert!(c.fitted_on.command.contains("--familiar-rows 4..36"));
+    let text = std::fs::read_to_string(&calib).unwrap();
+    assert!(text.contains("kind = \"ensemble\"") && text.contains("target = \"union\""), "{text}");
+
+    // `score` agrees with the library, which uses the logits.
+    let out = bin().args(["score", "--calib"]).arg(&calib).arg(d.join("fam.npy")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lm = LoadedModel::load(&model, &CompileOptions::default()).unwrap();
+    let mut s = GradSession::new(&lm.compiled, &Default::default()).unwrap();
+    let fs = features::extract(&mut s, &lm.info, &images(40, 1), 32, false).unwrap();
+    let want = c.score(&fs.features, &fs.logits);
+    for (l, w) in String::from_utf8(out.stdout).unwrap().lines().zip(&want) {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let got = v["score"].as_f64().unwrap() as f32;
+        assert!((got - w).abs() <= 1e-4 * w.abs().max(1.0), "{got} vs {w}");
+    }
+
+    // Without labels: a warning, and novelty labels.
+    let out = run(&["--target", "harm", "--members", "1", "--forward", "msp,margin"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--familiar-labels"));
+    let c = Calibration::load(&calib).unwrap();
+    let DetectorKind::Ensemble(e) = &c.detector else { panic!("not the paper's detector") };
+    assert_eq!((e.target, e.members.len(), e.forward.len()), (Target::Novelty, 1, 2));
+
+    // Bad ranges and label counts are refused with a message.
+    let out = run(&["--familiar-rows", "30..41"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("beyond the 40 rows"));
+    let out = run(&["--familiar-rows", "5..5"]);
+    assert!(!out.status.success());
+    let out = run(&["--familiar-labels", labels_arg, "--limit", "30", "--familiar-rows", "0..40"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(Calibration::load(&calib).unwrap().fitted_on.familiar.count, 30);
 }
 
 #[test]
@@ -171,20 +236,47 @@ fn library_fit_threshold_meets_the_target_on_held_out_familiar() {
     };
     let opts =
         CalibrateOptions { target_fpr: 0.05, mlp: MlpConfig { hidden: 8, ..Default::default() }, ..Default::default() };
-    let sets = [UnfamiliarSet { name: "u".into(), features: unf.clone(), paired: false }];
-    let c = fit::fit(model.clone(), "fam", &fam, &sets, &opts, "test").unwrap();
+    // Logits: familiar confident in class 0, unfamiliar flat.
+    let fam_logits = Array2::from_shape_fn((200, 3), |(_, j)| if j == 0 { 5.0 } else { 0.0 });
+    let unf_logits = Array2::from_shape_fn((100, 3), |(i, j)| (i + j) as f32 * 0.01);
+    let familiar = FamiliarSet { name: "fam".into(), features: fam.clone(), logits: fam_logits.clone(), labels: None };
+    let sets = [UnfamiliarSet { name: "u".into(), features: unf.clone(), logits: unf_logits.clone(), paired: false }];
+    let paper = CalibrateOptions { detector: DetectorChoice::Paper.options(), ..opts.clone() };
+    let c = fit::fit(model.clone(), &familiar, &sets, &paper, "test").unwrap();
+    assert!(matches!(c.detector, DetectorKind::Mlp { .. }));
     assert!(c.fitted_on.validation_false_alarm_rate <= 0.05);
     assert_eq!(c.fitted_on.validation_true_positive_rate, 1.0);
     assert_eq!(c.fitted_on.validation_auroc, 1.0);
     // It survives a TOML round trip with identical scores.
     let back = Calibration::parse(&toml::to_string(&c).unwrap()).unwrap();
-    assert_eq!(back.score(&unf), c.score(&unf));
+    assert_eq!(back.score(&unf, &unf_logits), c.score(&unf, &unf_logits));
+    // The paper's detector ignores the logits.
+    assert_eq!(c.score(&unf, &Array2::zeros((0, 0))), c.score(&unf, &unf_logits));
+    // The default (risk) detector: an ensemble on gradients + forward signals; without true
+    // classes it learns novelty labels.
+    let r = fit::fit(model.clone(), &familiar, &sets, &opts, "test").unwrap();
+    let DetectorKind::Ensemble(e) = &r.detector else { panic!("risk fits an ensemble") };
+    assert_eq!((e.target, e.members.len(), e.forward.len(), e.classes), (Target::Novelty, 5, 5, 3));
+    assert!(r.fitted_on.validation_false_alarm_rate <= 0.05);
+    assert_eq!(r.fitted_on.validation_auroc, 1.0);
+    let back = Calibration::parse(&toml::to_string(&r).unwrap()).unwrap();
+    assert_eq!(back.score(&unf, &unf_logits), r.score(&unf, &unf_logits));
+    // Logits of the wrong width score +inf.
+    assert!(r.score(&unf, &Array2::zeros((100, 2))).iter().all(|s| *s == f32::INFINITY));
+    // With true classes the union target marks the misclassified familiar images too.
+    let labelled =
+        FamiliarSet { labels: Some((0..200).map(|i| usize::from(i % 10 == 0)).collect()), ..familiar.clone() };
+    let u = fit::fit(model.clone(), &labelled, &sets, &opts, "test").unwrap();
+    let DetectorKind::Ensemble(e) = &u.detector else { panic!("risk fits an ensemble") };
+    assert_eq!(e.target, Target::Union);
+    let short = FamiliarSet { labels: Some(vec![0; 3]), ..familiar.clone() };
+    assert!(fit::fit(model.clone(), &short, &sets, &opts, "test").unwrap_err().to_string().contains("labels"));
     // One-class: no unfamiliar data needed for training; it still flags the far-away set.
     let oc = CalibrateOptions { one_class: true, ..opts.clone() };
-    let c1 = fit::fit(model.clone(), "fam", &fam, &[], &oc, "test").unwrap();
-    assert!(c1.score(&unf).iter().all(|&s| c1.is_unfamiliar(s)));
+    let c1 = fit::fit(model.clone(), &familiar, &[], &oc, "test").unwrap();
+    assert!(c1.score(&unf, &unf_logits).iter().all(|&s| c1.is_unfamiliar(s)));
     // The MLP without unfamiliar data is an error that names the fixes.
-    let e = fit::fit(model, "fam", &fam, &[], &opts, "test").unwrap_err().to_string();
+    let e = fit::fit(model, &familiar, &[], &opts, "test").unwrap_err().to_string();
     assert!(e.contains("--one-class"), "{e}");
 }
 
