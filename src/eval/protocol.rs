@@ -14,9 +14,10 @@ use super::feature_baselines::{self as fb, Knn, Vim};
 use super::report::{FamilyRow, GenRow, MisclassRow, OdinChoice, Results, RiskCell, Row};
 use super::EvalError;
 use crate::corrupt::{self, image_seed, Corruption, Family};
+use crate::detector::fit::DetectorChoice;
 use crate::detector::roc as metrics;
 use crate::detector::split::{pick, rows, split_40_40_20, subsample, Split};
-use crate::detector::{GradDetector, MlpConfig};
+use crate::detector::{Ensemble, EnsembleConfig, GradDetector, LabelledRows, MlpConfig, Origin, Target};
 use crate::frame::RgbImage;
 use crate::grad::{self, CompileOptions, Loss};
 use crate::model::LoadedModel;
@@ -352,6 +353,18 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
         }
     }
     let fam = &data[0];
+    let risk_opts = DetectorChoice::Risk.options();
+    let risk = RiskFit {
+        data: &data,
+        cfg: EnsembleConfig {
+            // Without true classes the calibration falls back to novelty labels too.
+            target: if fam.wrong.is_some() { risk_opts.target } else { Target::Novelty },
+            forward: risk_opts.forward,
+            members: risk_opts.members,
+            mlp: cfg.mlp.clone(),
+        },
+    };
+    let mut pooled_risk: Option<Ensemble> = None;
     let mut results_rows = Vec::new();
     let mut odin_choices = Vec::new();
     let mut roc = Vec::new();
@@ -433,6 +446,13 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
         if pair == POOLED {
             pooled = Some((det, (cf, cu)));
         }
+        let e = risk.train((&sp.train, &sp.val), &unf_train, &unf_val)?;
+        let f = risk.score(&e, 0, &sp.test);
+        let u: Vec<f32> = unf_test.iter().flat_map(|(m, idx)| risk.score(&e, *m, idx)).collect();
+        push("risk", f, u, &mut results_rows);
+        if pair == POOLED {
+            pooled_risk = Some(e);
+        }
         log::info!("pair {pair}: done");
     }
     timings.push(("per-pair detectors and metrics".into(), tp.elapsed().as_secs_f64()));
@@ -493,6 +513,8 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
         }
     };
     let mut family_out = Vec::new();
+    // Per corrupted set: (gradients, risk) AUROC of the detectors that never saw its family.
+    let mut lofo: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
     if families.len() >= 2 {
         for &held in &families {
             let others: Vec<usize> = cfg
@@ -515,15 +537,22 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
                 &cfg.mlp,
             )?;
             let f = fam_test(&det)?;
+            let parts = |idx: &Vec<usize>| others.iter().map(|&m| (m, idx.clone())).collect::<Vec<_>>();
+            let e = risk.train((&sp.train, &sp.val), &parts(&sp.train), &parts(&sp.val))?;
+            let fr = risk.score(&e, 0, &sp.test);
             for (ki, &k) in cfg.corruptions.iter().enumerate().filter(|(_, k)| k.family() == held) {
                 for &level in &cfg.levels {
                     let m = set_of(ki, level);
                     let u = det.score(&rows(&data[m].feats.features, &sp.test))?;
+                    let ur = risk.score(&e, m, &sp.test);
+                    let (a, ar) = (metrics::auroc(&f, &u), metrics::auroc(&fr, &ur));
+                    lofo.insert(m, (a, ar));
                     family_out.push(FamilyRow {
                         family: held.name().to_string(),
                         kind: k.name().to_string(),
                         level,
-                        auroc: metrics::auroc(&f, &u),
+                        auroc: a,
+                        risk_auroc: ar,
                         specific_auroc: detectors.get(&set_name(k, level)).copied().unwrap_or(f64::NAN),
                         pooled_auroc: pooled_auroc(m)?,
                     });
@@ -553,11 +582,16 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
                         );
                     }
                 }
-                let a = pooled_auroc(m)?;
-                auroc.insert(
-                    "gradients_pooled".to_string(),
-                    (a, metrics::auroc_standard_error(a, sp.test.len(), sp.test.len())),
-                );
+                let se = |a: f64| (a, metrics::auroc_standard_error(a, sp.test.len(), sp.test.len()));
+                auroc.insert("gradients_pooled".to_string(), se(pooled_auroc(m)?));
+                if let Some(e) = &pooled_risk {
+                    let a = metrics::auroc(&risk.score(e, 0, &sp.test), &risk.score(e, m, &sp.test));
+                    auroc.insert("risk_pooled".to_string(), se(a));
+                }
+                if let Some(&(a, ar)) = lofo.get(&m) {
+                    auroc.insert("gradients_lofo".to_string(), se(a));
+                    auroc.insert("risk_lofo".to_string(), se(ar));
+                }
                 risk_cells.push(RiskCell {
                     kind: k.name().to_string(),
                     family: k.family().name().to_string(),
@@ -600,6 +634,9 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
                 g.extend(det.score(&rows(&data[m].feats.features, &sp.test))?);
             }
             methods.push(("gradients_pooled".into(), g));
+        }
+        if let Some(e) = &pooled_risk {
+            methods.push(("risk_pooled".into(), members.iter().flat_map(|&m| risk.score(e, m, &sp.test)).collect()));
         }
         let n_wrong = errors.iter().filter(|&&e| e).count();
         let optimal = metrics::aurc_optimal(&errors);
@@ -669,4 +706,70 @@ fn pick_bool(v: &[bool], idx: &[usize]) -> Vec<bool> {
 
 fn pick_usize(v: &[usize], idx: &[usize]) -> Vec<usize> {
     idx.iter().map(|&i| v[i]).collect()
+}
+
+/// The default detector of `gradwatch calibrate` (`--detector risk`), trained as the calibration
+/// trains it: each row labelled by the detector's target from where it comes from (familiar,
+/// corrupted copy, CIFAR-10) and whether the classifier gets it wrong.
+struct RiskFit<'a> {
+    data: &'a [SetData],
+    cfg: EnsembleConfig,
+}
+
+impl RiskFit<'_> {
+    fn origin(&self, m: usize) -> Origin {
+        match self.data[m].name.as_str() {
+            "familiar" => Origin::Familiar,
+            "cifar10" => Origin::Ood,
+            _ => Origin::Corrupted,
+        }
+    }
+
+    fn rows(&self, parts: &[(usize, Vec<usize>)]) -> Result<LabelledRows, EvalError> {
+        let cat = |get: &dyn Fn(&SetData) -> &Array2<f32>| -> Result<Array2<f32>, EvalError> {
+            let v: Vec<Array2<f32>> = parts.iter().map(|(m, idx)| rows(get(&self.data[*m]), idx)).collect();
+            let views: Vec<_> = v.iter().map(|a| a.view()).collect();
+            ndarray::concatenate(Axis(0), &views).map_err(|e| EvalError::Invalid(e.to_string()))
+        };
+        let labels = parts
+            .iter()
+            .flat_map(|(m, idx)| {
+                let origin = self.origin(*m);
+                let wrong = self.data[*m].wrong.as_deref();
+                idx.iter().map(move |&i| self.cfg.target.label(origin, wrong.and_then(|w| w.get(i).copied())))
+            })
+            .collect();
+        Ok(LabelledRows { features: cat(&|d| &d.feats.features)?, logits: cat(&|d| &d.feats.logits)?, labels })
+    }
+
+    /// Trains on the familiar rows `fam` (train, val) and the unfamiliar parts.
+    fn train(
+        &self,
+        fam: (&[usize], &[usize]),
+        unf_train: &[(usize, Vec<usize>)],
+        unf_val: &[(usize, Vec<usize>)],
+    ) -> Result<Ensemble, EvalError> {
+        let with_fam = |f: &[usize], u: &[(usize, Vec<usize>)]| {
+            let mut v = vec![(0usize, f.to_vec())];
+            v.extend(u.iter().cloned());
+            v
+        };
+        let train = self.rows(&with_fam(fam.0, unf_train))?;
+        let val = self.rows(&with_fam(fam.1, unf_val))?;
+        let reference = &self.data[0].feats;
+        let (e, _) = Ensemble::train(
+            &rows(&reference.features, fam.0),
+            &rows(&reference.logits, fam.0),
+            &train,
+            &val,
+            &self.cfg,
+        )?;
+        Ok(e)
+    }
+
+    /// Scores rows `idx` of set `m`.
+    fn score(&self, e: &Ensemble, m: usize, idx: &[usize]) -> Vec<f32> {
+        let f = &self.data[m].feats;
+        idx.iter().map(|&i| e.logit_row(&f.features.row(i).to_vec(), &f.logits.row(i).to_vec())).collect()
+    }
 }
