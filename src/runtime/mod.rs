@@ -157,6 +157,17 @@ impl Default for RuntimeOptions {
     }
 }
 
+/// Returns the heap's free memory at its top and in free chunks to the system (glibc's
+/// `malloc_trim`): after large model buffers are dropped, glibc keeps much of them mapped
+/// otherwise. Nothing elsewhere.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Candidate library paths in lookup order: explicit path, `ORT_DYLIB_PATH`, next to the
 /// executable, the repository's fetched folder (`.ort/host`).
 pub fn library_candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
@@ -337,9 +348,14 @@ pub struct GradSession {
 impl GradSession {
     /// Creates a session from a compiled model.
     pub fn new(compiled: &grad::Compiled, opts: &RuntimeOptions) -> Result<Self, RuntimeError> {
-        let bytes = crate::onnx::encode(&compiled.model);
-        let inner = ModelSession::new(&bytes, opts)?;
-        Ok(Self { inner, input_name: compiled.input_name.clone(), temperature: None })
+        Self::from_bytes(&crate::onnx::encode(&compiled.model), &compiled.input_name, opts)
+    }
+
+    /// Creates a session from a compiled model's serialized bytes (`input_name`: the model's
+    /// image input), so that a caller can drop the [`grad::Compiled::model`] first.
+    pub fn from_bytes(bytes: &[u8], input_name: &str, opts: &RuntimeOptions) -> Result<Self, RuntimeError> {
+        let inner = ModelSession::new(bytes, opts)?;
+        Ok(Self { inner, input_name: input_name.to_string(), temperature: None })
     }
 
     /// The temperature fed to an ODIN-compiled graph (default 1).
