@@ -309,6 +309,19 @@ mod tests {
     }
 
     #[test]
+    fn runtime_memory_options_parse_and_default() {
+        let c = parse(STREAM).unwrap();
+        // Defaults (docs/memory.md): the arena on, memory pattern planning off.
+        assert!(c.runtime.cpu_arena);
+        assert!(!c.runtime.memory_pattern);
+        let c = parse(&format!("{STREAM}\n[runtime]\ncpu_arena = false\nmemory_pattern = true\n")).unwrap();
+        assert!(!c.runtime.cpu_arena);
+        assert!(c.runtime.memory_pattern);
+        let e = parse(&format!("{STREAM}\n[runtime]\nmemory_pattern = 1\n")).unwrap_err().to_string();
+        assert!(e.contains("memory_pattern"), "{e}");
+    }
+
+    #[test]
     fn unknown_key_names_key_and_line() {
         let e = parse(&format!("{STREAM}\n[pipeline]\nmax_batch = 4\nmax_wiat_ms = 3\n")).unwrap_err().to_string();
         assert!(e.contains("max_wiat_ms"), "{e}");

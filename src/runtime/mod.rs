@@ -138,7 +138,9 @@ pub struct RuntimeOptions {
     /// allocator after each run (`docs/daemon-bench.md` measures both). Default true.
     pub cpu_arena: bool,
     /// ONNX Runtime's memory pattern planning (pre-allocates each run's intermediates as one
-    /// block per input shape). Default true.
+    /// block per input shape; with the latency-aware batching the batch size, hence the shape,
+    /// varies, and each block stays in the arena). Default false: about 40 MiB less RSS at the
+    /// same throughput (`docs/memory.md`); true restores ONNX Runtime's default.
     pub memory_pattern: bool,
 }
 
@@ -152,8 +154,19 @@ impl Default for RuntimeOptions {
             cuda_device: 0,
             tensorrt: TensorRtOptions::default(),
             cpu_arena: true,
-            memory_pattern: true,
+            memory_pattern: false,
         }
+    }
+}
+
+/// Returns the heap's free memory at its top and in free chunks to the system (glibc's
+/// `malloc_trim`): after large model buffers are dropped, glibc keeps much of them mapped
+/// otherwise. Nothing elsewhere.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -227,9 +240,7 @@ fn build_session(bytes: &[u8], opts: &RuntimeOptions) -> Result<(Session, Provid
     if opts.threads > 0 {
         b = b.with_intra_threads(opts.threads).map_err(|e| RuntimeError::Ort(e.to_string()))?;
     }
-    if !opts.memory_pattern {
-        b = b.with_memory_pattern(false).map_err(|e| RuntimeError::Ort(e.to_string()))?;
-    }
+    b = b.with_memory_pattern(opts.memory_pattern).map_err(|e| RuntimeError::Ort(e.to_string()))?;
     let mut chosen = Provider::Cpu;
     let mut eps = Vec::new();
     for (i, p) in opts.providers.iter().enumerate() {
@@ -337,9 +348,14 @@ pub struct GradSession {
 impl GradSession {
     /// Creates a session from a compiled model.
     pub fn new(compiled: &grad::Compiled, opts: &RuntimeOptions) -> Result<Self, RuntimeError> {
-        let bytes = crate::onnx::encode(&compiled.model);
-        let inner = ModelSession::new(&bytes, opts)?;
-        Ok(Self { inner, input_name: compiled.input_name.clone(), temperature: None })
+        Self::from_bytes(&crate::onnx::encode(&compiled.model), &compiled.input_name, opts)
+    }
+
+    /// Creates a session from a compiled model's serialized bytes (`input_name`: the model's
+    /// image input), so that a caller can drop the [`grad::Compiled::model`] first.
+    pub fn from_bytes(bytes: &[u8], input_name: &str, opts: &RuntimeOptions) -> Result<Self, RuntimeError> {
+        let inner = ModelSession::new(bytes, opts)?;
+        Ok(Self { inner, input_name: input_name.to_string(), temperature: None })
     }
 
     /// The temperature fed to an ODIN-compiled graph (default 1).

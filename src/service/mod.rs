@@ -227,23 +227,20 @@ fn scoring_of(config: &Config, calibration: Calibration) -> Scoring {
 
 /// Alert snapshots as `[snapshots]` says, or `None` (logged) when off or without a usable
 /// directory. Their heat maps come from a second, CPU-only session over the model compiled
-/// with `input_grad` (see `src/snapshot/`); without it snapshots go without heat maps.
+/// with `input_grad` (see `src/snapshot/`), opened on the first heat map; without it
+/// snapshots go without heat maps.
 fn start_snapshots(config: &Config, loaded: &ModelAndCalibration) -> Option<Arc<crate::snapshot::Snapshots>> {
-    use crate::snapshot::{GradLayout, InputGradient, SessionGradient, Snapshots};
-    // Compile the heat-map graph only when snapshots can be written at all.
+    use crate::snapshot::{GradLayout, InputGradient, LazyGradient, Snapshots};
+    // The heat-map graph is compiled and opened on the first heat map (`LazyGradient`), and
+    // only when snapshots can be written at all.
     let gradient: Option<Box<dyn InputGradient>> = if config.snapshots.directory().is_some() {
-        let t0 = Instant::now();
-        let made = loaded
-            .calibration
-            .model
-            .loss
-            .parse::<Loss>()
-            .and_then(|loss| SessionGradient::new(&loaded.model, loss, config.runtime.library.as_deref()));
-        match made {
-            Ok(g) => {
-                log::info!("snapshots: heat-map graph ready in {:.1} s", t0.elapsed().as_secs_f64());
-                Some(Box::new(g))
-            }
+        match loaded.calibration.model.loss.parse::<Loss>() {
+            Ok(loss) => Some(Box::new(LazyGradient::new(
+                &loaded.model.path,
+                &loaded.model.info.sha256,
+                loss,
+                config.runtime.library.as_deref(),
+            ))),
             Err(e) => {
                 log::warn!("snapshots: no heat maps: {e}");
                 None
@@ -316,7 +313,7 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
         None
     };
     let t_load = Instant::now();
-    let loaded = load_model(&config)?;
+    let mut loaded = load_model(&config)?;
     log::info!(
         "model {} ({}) compiled in {:.1} s: {} classes, {} gradient features; calibration threshold {}",
         loaded.model.info.name,
@@ -339,7 +336,17 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
 
     crate::runtime::init(config.runtime.library.as_deref())?;
     let trt = config.runtime.providers.contains(&Provider::Tensorrt);
-    let session = notify::extend_timeout_while(trt, || GradSession::new(&loaded.model.compiled, &config.runtime))?;
+    // The gradient graph (the weights and their flipped copies) is serialized, then it and the
+    // model's own graph are dropped before the session parses its copy: the daemon keeps only
+    // the model's names, preprocessing and hash (`docs/memory.md`: about 135 MB of RSS and of
+    // the peak for the reference model; the heat-map graph is compiled from the file when needed).
+    let bytes = crate::onnx::encode(&loaded.model.compiled.model);
+    loaded.model.release_graphs();
+    crate::runtime::trim_heap();
+    let input_name = loaded.model.compiled.input_name.clone();
+    let session = notify::extend_timeout_while(trt, || GradSession::from_bytes(&bytes, &input_name, &config.runtime))?;
+    drop(bytes);
+    crate::runtime::trim_heap();
     log::info!("inference on {}", session.provider().name());
     metrics.set_execution_provider(session.provider().name());
     metrics.set_build_label("model", &loaded.model.info.name);

@@ -22,8 +22,9 @@
 //! (reference ResNet-18 at 32x32, one thread, alternating 1-s rounds, median of 21): +2 % per
 //! frame at batch 1 but +22 % at batch 8 (the daemon's default `max_batch`; +7 % to +33 % over
 //! four runs on a shared, busy 2-core machine), paid by every frame; a heat map is needed once
-//! or twice per alert and costs one gradient-graph run (30-60 ms of one core here), plus 1 s at
-//! start to compile its graph.
+//! or twice per alert and costs one gradient-graph run (30-60 ms of one core here), plus 1 s to
+//! compile its graph, at the first heat map ([`LazyGradient`]: until then the daemon holds no
+//! second session).
 //!
 //! Files are named after the alert id (`<stream>-<first_seq>-<unix ms>`, characters other than
 //! letters, digits, `-`, `_`, `.` replaced by `_`): `<id>-start.jpg`, `<id>-start-heatmap.png`,
@@ -104,6 +105,68 @@ impl SessionGradient {
         };
         let session = crate::runtime::GradSession::new(&compiled, &rt).map_err(|e| e.to_string())?;
         Ok(SessionGradient { info: model.info.clone(), session })
+    }
+}
+
+/// [`InputGradient`] that opens its [`SessionGradient`] on the first heat map, so a daemon
+/// without alerts holds no second session (about 150 MB of RSS for the reference model,
+/// `docs/memory.md`). It reads the model file again, which must still hash to the running
+/// model's sha256 (else that heat map is skipped with the reason), and compiles it with
+/// `input_grad`: about 1 s on the snapshot thread, once. A failure is retried on the next
+/// heat map.
+pub struct LazyGradient {
+    path: PathBuf,
+    sha256: String,
+    loss: crate::grad::Loss,
+    library: Option<PathBuf>,
+    session: Option<SessionGradient>,
+}
+
+impl LazyGradient {
+    /// For the model file `path` that hashed to `sha256` at start, compiled with `loss`.
+    pub fn new(path: &Path, sha256: &str, loss: crate::grad::Loss, library: Option<&Path>) -> Self {
+        LazyGradient {
+            path: path.to_path_buf(),
+            sha256: sha256.to_string(),
+            loss,
+            library: library.map(Path::to_path_buf),
+            session: None,
+        }
+    }
+
+    fn open(&self) -> Result<SessionGradient, String> {
+        let t0 = std::time::Instant::now();
+        let opts = crate::grad::CompileOptions { loss: self.loss, input_grad: true, ..Default::default() };
+        let mut m = crate::model::LoadedModel::load(&self.path, &opts).map_err(|e| e.to_string())?;
+        if m.info.sha256 != self.sha256 {
+            return Err(format!(
+                "{} changed since the start (sha256 {} instead of {}); restart the daemon for heat maps",
+                self.path.display(),
+                m.info.sha256,
+                self.sha256
+            ));
+        }
+        let rt = crate::runtime::RuntimeOptions { library: self.library.clone(), threads: 1, ..Default::default() };
+        let bytes = crate::onnx::encode(&m.compiled.model);
+        m.release_graphs();
+        let session =
+            crate::runtime::GradSession::from_bytes(&bytes, &m.compiled.input_name, &rt).map_err(|e| e.to_string())?;
+        drop(bytes);
+        crate::runtime::trim_heap();
+        log::info!("snapshots: heat-map graph ready in {:.1} s", t0.elapsed().as_secs_f64());
+        Ok(SessionGradient { info: m.info, session })
+    }
+}
+
+impl InputGradient for LazyGradient {
+    fn input_grad(&mut self, image: &RgbImage) -> Result<Vec<f32>, String> {
+        if self.session.is_none() {
+            self.session = Some(self.open()?);
+        }
+        match self.session.as_mut() {
+            Some(s) => s.input_grad(image),
+            None => Err("no heat-map session".into()),
+        }
     }
 }
 

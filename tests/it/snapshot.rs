@@ -322,3 +322,24 @@ fn explain_writes_a_heat_map_and_a_chart_with_one_bar_per_feature() {
         assert!(svg.contains(&format!(">{f}</text>")), "{f} is labelled");
     }
 }
+
+/// The heat-map session is opened on the first heat map (`LazyGradient`): from the model file,
+/// which must still be the one the daemon started with.
+#[test]
+fn lazy_gradient_opens_on_first_use_and_checks_the_model_hash() {
+    use gradwatch::snapshot::{InputGradient, LazyGradient};
+    let opts = crate::common::ort();
+    let path = repo("models/gtsrb-resnet18.onnx");
+    let bytes = std::fs::read(&path).unwrap();
+    let sha = gradwatch::model::sha256_hex(&bytes);
+    let loss = gradwatch::grad::Loss::BceLogits;
+    let image = RgbImage::zeros(32, 32);
+    let mut g = LazyGradient::new(&path, &sha, loss, opts.library.as_deref());
+    let first = g.input_grad(&image).unwrap();
+    assert_eq!(first.len(), 3 * 32 * 32);
+    assert!(first.iter().all(|v| v.is_finite()) && first.iter().any(|&v| v != 0.0));
+    assert_eq!(g.input_grad(&image).unwrap(), first, "the same session, the same gradient");
+    let mut stale = LazyGradient::new(&path, "0000", loss, opts.library.as_deref());
+    let e = stale.input_grad(&image).unwrap_err();
+    assert!(e.contains("changed since the start"), "{e}");
+}
