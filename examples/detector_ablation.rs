@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! cargo run --release --example detector_ablation -- [CACHE] [LABELS] [SEEDS] [--loto] [--threads N]
+//!     [--columns full|fast|full+act]
 //! # e.g. nice -n 10 cargo run --release --example detector_ablation -- \
 //! #        /tmp/abl /work/shared/data/gtsrb/test_labels.npy 3 --loto
 //! ```
@@ -16,14 +17,17 @@
 //! held-out 20%: AUROC familiar vs CIFAR-10, the mean over corruption types of AUROC familiar
 //! vs that type's corrupted rows (levels 3-5 pooled), and misclassification AUROC (wrong vs
 //! right top-1 over the held-out clean and corrupted rows). With `--loto` each type is also
-//! scored by a detector trained without it (leave one type out).
+//! scored by a detector trained without it (leave one type out). `--columns` picks the cached
+//! columns the "gradients" inputs use: `full` (the 62 norms, default), `fast` (what the `fast`
+//! preset outputs: the 17 norms of `layer4.*` and `linear.*`, columns 45..62, and the 8
+//! activation statistics, 62..70) or `full+act` (all 70).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
-use ndarray::{concatenate, s, Array2, Axis};
+use ndarray::{concatenate, Array2, Axis};
 
 use gradwatch::corrupt::parse_corruptions;
 use gradwatch::detector::forward::{argmax, signals_batch, ForwardSignal};
@@ -49,9 +53,9 @@ impl Inputs {
     const ALL: [Inputs; 3] = [Inputs::Grad, Inputs::Forward, Inputs::Both];
     fn name(self) -> &'static str {
         match self {
-            Inputs::Grad => "gradients (62)",
+            Inputs::Grad => "gradients",
             Inputs::Forward => "forward (5)",
-            Inputs::Both => "both (67)",
+            Inputs::Both => "both",
         }
     }
 }
@@ -82,6 +86,12 @@ fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let loto = take_flag(&mut args, "--loto");
     let threads: usize = take_value(&mut args, "--threads")?.unwrap_or(2);
+    let columns: Vec<usize> = match take_string(&mut args, "--columns")?.as_deref() {
+        None | Some("full") => (0..GRAD_COLS).collect(),
+        Some("fast") => (GRAD_COLS - 17..GRAD_COLS + 8).collect(),
+        Some("full+act") => (0..GRAD_COLS + 8).collect(),
+        Some(other) => bail!("--columns {other}: use full, fast or full+act"),
+    };
     let cache = PathBuf::from(args.first().map_or("/tmp/abl", String::as_str));
     let labels_path = PathBuf::from(args.get(1).map_or("/work/shared/data/gtsrb/test_labels.npy", String::as_str));
     let seeds: u64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(3);
@@ -99,14 +109,15 @@ fn main() -> Result<()> {
     let labels: Vec<usize> = idx.iter().map(|&i| usize::try_from(all_labels[i]).unwrap_or(usize::MAX)).collect();
 
     let make = |f: FeatureSet, origin: Origin, kind: Option<usize>| -> Result<Set> {
-        if f.len() != n || f.features.ncols() < GRAD_COLS {
-            bail!("a cached set has {} rows and {} columns (want {n} and >= {GRAD_COLS})", f.len(), f.features.ncols());
+        let want = columns.iter().max().map_or(0, |m| m + 1);
+        if f.len() != n || f.features.ncols() < want {
+            bail!("a cached set has {} rows and {} columns (want {n} and >= {want})", f.len(), f.features.ncols());
         }
         let wrong = (0..n)
             .map(|i| (origin != Origin::Ood).then(|| argmax(&f.logits.row(i).to_vec()) != Some(labels[i])))
             .collect();
         Ok(Set {
-            grad: f.features.slice(s![.., ..GRAD_COLS]).to_owned(),
+            grad: f.features.select(Axis(1), &columns),
             fwd: signals_batch(&ForwardSignal::ALL, &f.logits),
             origin,
             kind,
@@ -277,9 +288,13 @@ fn take_flag(args: &mut Vec<String>, flag: &str) -> bool {
     args.len() != before
 }
 
-fn take_value(args: &mut Vec<String>, flag: &str) -> Result<Option<usize>> {
+fn take_string(args: &mut Vec<String>, flag: &str) -> Result<Option<String>> {
     let Some(i) = args.iter().position(|a| a == flag) else { return Ok(None) };
-    let v = args.get(i + 1).with_context(|| format!("{flag} needs a value"))?.parse()?;
-    args.drain(i..i + 2);
+    let v = args.get(i + 1).with_context(|| format!("{flag} needs a value"))?.clone();
+    args.drain(i..=i + 1);
     Ok(Some(v))
+}
+
+fn take_value(args: &mut Vec<String>, flag: &str) -> Result<Option<usize>> {
+    Ok(take_string(args, flag)?.map(|v| v.parse()).transpose()?)
 }
