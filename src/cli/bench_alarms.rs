@@ -334,35 +334,33 @@ pub fn run(a: BenchAlarmsArgs) -> Result<i32> {
 /// The part of the report that does not change with the numbers.
 const READING: &str = "## Reading the numbers
 
-* **Why k-of-n cannot be tuned into shape.** On clean tracks 7-8 % of frames are over the
-  calibration threshold (calibrated at 1 % on held-out training tracks), and they are not
-  spread out: a sign the detector finds hard stays hard for its whole track, so k of n
-  consecutive frames are one observation, not k. Any frame-window rule that fires within 1 s of
-  an onset fires on every such track.
-* **What the cusum buys.** Its threshold follows from the rate (`h = ln(blocks per day / rate)`,
-  10.5 at 2.4 a day) and its increments count a run of tail blocks (one sign) about once
-  (`theta`, the extremal index learned with the baseline). The false-alarm side holds: 0 alarms
-  in the clean hours and in the lead-ins before the onsets (another 10 h of clean frame time
-  per policy); the 24/day setting (bound: 1 an hour) raised 0 in the clean hours and the 2
-  shown in the lead-ins.
-* **Why the delays are long.** The delay needs evidence from several *different* signs: one
-  hard clean sign gives block medians as high as a moderately corrupted one (the learned
-  baseline's 95th percentile is close to the calibration threshold, and hard tracks go well
-  above it). A block can add at most about `theta * ln(P1(tail) / P0(tail))` of evidence, a
-  couple of nats, against an `h` of 10.5, so a few tracks (2 s each on average) are needed
-  whenever the corrupted frames' scores overlap the clean tail. Only corruptions that push
-  most frames far beyond every clean block (snow 5, haze 5, codec_error 5) are caught after a
-  median of 7-8 s. Corruptions that barely move this detector's scores (noise, dirty_lens 3,
-  codec_error 3: the calibration's own true-positive rate is 54 % at 1 % false alarms per
-  frame) are missed within a minute by any policy that keeps false alarms rare.
-* **Trade-off.** `false_alarms_per_day` is the knob: 24/day cuts the delays by about a fifth
-  (h 8.1 instead of 10.5). The targets of 3 s median / 10 s max at 0.1 false alarms an hour
-  would need a detector whose scores separate degraded frames from hard clean signs far
-  better than this one's.
-* **Reuse.** 6,003 distinct clean frames (300 test images) back the clean hours: each track
+* **Why k-of-n cannot be tuned into shape.** About 2 % of clean frames are over the calibration
+  threshold (calibrated at 1 % on the other half of GTSRB test, without zoom and sensor noise),
+  and they are not spread out: a sign the detector finds hard stays hard for its whole track,
+  so k of n consecutive frames are one observation, not k. Any frame-window rule that fires
+  within 1 s of an onset fires on such tracks (36 an hour here).
+* **What the cusum buys.** Its threshold follows from the rate (`h = ln(blocks per day /
+  rate)`: 10.5 at 2.4 a day, 12.8 at 0.24) and its increments count a run of tail blocks (one
+  sign) about once (`theta`, the extremal index learned with the baseline).
+* **The stated rate is optimistic.** Pooling the clean hours and the 60-s lead-in of every
+  onset (fresh trackers, 37.6 h per policy), the learned-baseline cusum raised 0.75 false alarms
+  an hour at 2.4 a day (0.1 stated) and 0.13 at 0.24 a day (0.01 stated): about 10x the
+  setting. The block p-values come from 600 blocks of about 120 signs, and above the sample's
+  top tenth an exponential tail is extrapolated; clean signs that were not among the learned
+  ones land in that tail more often than it says. The 2 clean hours alone (one long stream)
+  saw 0 at both settings, consistent with either rate. The shipped config therefore sets 0.24.
+* **Why the delays are not 3 s.** A block's evidence is `theta * (ln kappa + (1 - kappa) *
+  ln(1 / p))`, and `p` falls by a factor e per `beta` (the mean excess of the baseline's top
+  tenth) beyond that tenth: a block adds enough to cross `h` = 12.8 alone only when its median
+  lies many `beta` beyond the clean sample. Even the clearest onsets (white balance 5, blur 5)
+  take a median of 3-4 s; degradations whose frames overlap the clean tail need several tracks
+  (2 s each on average). The risk detector (trained on the classifier's errors as well as on
+  corruptions) halved the median delay of the old detector on the same frames; closing the
+  rest needs scores that separate degraded frames from hard clean signs better still.
+* **Reuse.** 6,013 distinct clean frames (300 test images) back the clean hours: each track
   is reused about 12 times in different orders, so the false-alarm count is an estimate from
-  300 distinct signs (19 of them with a median score over the threshold), not from 72,000
-  independent frames. Onsets reuse 8 tracks per corruption and level, ramps 3 per grid level.
+  300 distinct signs, not from 72,000 independent frames. Onsets reuse 8 tracks per corruption
+  and level, ramps 3 per grid level.
 ";
 
 /// Frame interval of every replayed stream (10 fps of frame time).
@@ -435,11 +433,13 @@ fn policies() -> Vec<(&'static str, crate::alert::AlertPolicy, bool)> {
     let kofn = AlertPolicy::default();
     let cusum = AlertPolicy { policy: PolicyKind::Cusum, ..AlertPolicy::default() };
     let fast = AlertPolicy { false_alarms_per_day: 24.0, ..cusum.clone() };
+    let strict = AlertPolicy { false_alarms_per_day: 0.24, ..cusum.clone() };
     vec![
         ("k-of-n (6 of 10)", kofn, false),
         ("cusum 2.4/day, calibration fallback", cusum.clone(), false),
         ("cusum 2.4/day, learned baseline", cusum, true),
         ("cusum 24/day, learned baseline", fast, true),
+        ("cusum 0.24/day, learned baseline", strict, true),
     ]
 }
 
@@ -618,6 +618,8 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
     writeln!(w, "|---|---:|---:|{}", "---:|".repeat(names.len()))?;
     let mut harmful_all: BTreeMap<&str, Delays> = BTreeMap::new();
     let mut early_all: BTreeMap<&str, usize> = BTreeMap::new();
+    // Frames of clean lead-in replayed per policy (fresh trackers: the start of a stream).
+    let mut lead_frames: BTreeMap<&str, usize> = BTreeMap::new();
     for kind in Corruption::ALL {
         for level in ONSET_LEVELS {
             let pool: Vec<&CachedTrack> =
@@ -642,6 +644,7 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
                     let mut t = tracker(&policy, learns.then_some(&learned))?;
                     let starts = replay(&mut t, &scores, 0, threshold);
                     d.early += starts.iter().filter(|&&i| i < onset_at).count();
+                    *lead_frames.entry(name).or_default() += onset_at;
                     match starts.iter().find(|&&i| i >= onset_at) {
                         Some(&i) => d.delays.push((i - onset_at) as f64 * FRAME_MS as f64 / 1000.0),
                         None => d.missed += 1,
@@ -745,9 +748,9 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
     // Targets.
     writeln!(
         w,
-        "## Targets (shipped defaults: `policy = \"cusum\"`, `false_alarms_per_day = 2.4`, learned baseline)\n"
+        "## Targets (shipped `config/gradwatch.toml`: `policy = \"cusum\"`, `false_alarms_per_day = 0.24`, learned baseline)\n"
     )?;
-    let best = "cusum 2.4/day, learned baseline";
+    let best = "cusum 0.24/day, learned baseline";
     let fa = fa_rate.get(best).copied().unwrap_or(f64::NAN);
     let h = harmful_all.get(best);
     let (med, max, missed) = h.map_or((f64::NAN, f64::NAN, 0), |d| {
@@ -757,7 +760,16 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
     let yes = |b: bool| if b { "met" } else { "**not met**" };
     writeln!(w, "| target | measured | |")?;
     writeln!(w, "|---|---|---|")?;
-    writeln!(w, "| <= 0.1 false alarms / hour | {fa:.2} / hour | {} |", yes(fa <= 0.1))?;
+    writeln!(w, "| <= 0.1 false alarms / hour (the clean hours) | {fa:.2} / hour | {} |", yes(fa <= 0.1))?;
+    let lead_h = lead_frames.get(best).copied().unwrap_or(0) as f64 * FRAME_MS as f64 / 3.6e6;
+    let lead_fa = early_all.get(best).copied().unwrap_or(0);
+    let pooled = (fa * a.hours + lead_fa as f64) / (a.hours + lead_h);
+    writeln!(
+        w,
+        "| <= 0.1 false alarms / hour (clean hours and every onset's lead-in: {:.1} h) | {pooled:.2} / hour | {} |",
+        a.hours + lead_h,
+        yes(pooled <= 0.1)
+    )?;
     writeln!(w, "| every harmful onset detected | {missed} missed | {} |", yes(missed == 0))?;
     writeln!(w, "| median delay <= 3 s | {med:.1} s | {} |", yes(med <= 3.0))?;
     writeln!(w, "| max delay <= 10 s | {max:.1} s | {} |", yes(max <= 10.0 && missed == 0))?;
