@@ -19,7 +19,7 @@
 # Environment: PACED_S (default 60), SOAK_S (default 600; 0 skips the soak), MAX_BATCH (8),
 # MAX_WAIT_MS (20), PRESET (full or fast; the calibration models/gtsrb-resnet18[.fast].calib.toml),
 # LATENCY_TARGET_MS (150; 0 = fixed max_batch/max_wait_ms), SCORE_FPS (per stream; default unset =
-# every frame), CPU_ARENA (true/false, ONNX Runtime's CPU arena), STREAMS (stream counts, default "1 4"), PACED (0 skips the paced runs), THREADS (0 = ORT default), PROVIDERS (default cpu; e.g. tensorrt,cuda,cpu on
+# every frame), CPU_ARENA (true/false, ONNX Runtime's CPU arena), STREAMS (stream counts, default "1 4"), PACED (0 skips the paced runs), PACED_RUNS (paced runs as STREAMSxFPS; "auto" = each stream count at 90 % of its throughput; default "1x30 auto"), THREADS (0 = ORT default), PROVIDERS (default cpu; e.g. tensorrt,cuda,cpu on
 # a Jetson), TRT_CACHE (TensorRT engine cache, default out/trt-cache), GRADWATCH (binary; default
 # target/release).
 set -euo pipefail
@@ -146,11 +146,16 @@ paced() {
 }
 if [ "${PACED:-1}" != 0 ]; then
   echo "==> real time (queue policy drop_oldest, ${PACED_S} s)" >&2
-  paced 1 30
-  for s in ${STREAMS:-1 4}; do
-    rate=$(python3 -c "import math; print(max(1, math.floor(0.9 * ${TPUT[$s]} / $s)))")
-    [ "$s" = 1 ] && [ "$rate" = 30 ] && continue
-    paced "$s" "$rate"
+  for r in ${PACED_RUNS:-1x30 auto}; do
+    if [ "$r" != auto ]; then
+      paced "${r%x*}" "${r#*x}"
+      continue
+    fi
+    for s in ${STREAMS:-1 4}; do
+      rate=$(python3 -c "import math; print(max(1, math.floor(0.9 * ${TPUT[$s]} / $s)))")
+      [ "$s" = 1 ] && [ "$rate" = 30 ] && continue
+      paced "$s" "$rate"
+    done
   done
 fi
 
