@@ -12,6 +12,11 @@
 //!   scaled by `alpha = sum max_k z_k / sum residual` over the training images into a virtual
 //!   logit; the unfamiliarity score is `alpha * residual - logsumexp(z)`, monotone in the
 //!   paper's softmax probability of the virtual class.
+//! * fDBD (Liu & Qin, ICML 2024): the mean, over the classes other than the predicted one, of
+//!   the penultimate vector's distance to the decision boundary between the two,
+//!   `|(w_y - w_c) h + b_y - b_c| / ||w_y - w_c||`, divided by the distance `||h - mu||` to the
+//!   familiar training mean; near a boundary or far from the familiar features is unfamiliar,
+//!   so the score is its negative.
 
 use ndarray::{Array2, ArrayView2};
 
@@ -330,6 +335,64 @@ impl Vim {
             .outer_iter()
             .zip(logits.outer_iter())
             .map(|(h, z)| (self.alpha * self.residual(&h.to_vec()) - logsumexp(&z.to_vec(), 1.0)) as f32)
+            .collect()
+    }
+}
+
+/// The fDBD baseline: the last layer and the familiar training mean of the penultimate features.
+#[derive(Clone, Debug)]
+pub struct Fdbd {
+    w: Array2<f32>,
+    b: Vec<f32>,
+    mean: Vec<f64>,
+}
+
+impl Fdbd {
+    /// Keeps the last layer (`[C, D]` weights, `C` biases) and the mean of `train` (`[N, D]`).
+    pub fn fit(train: ArrayView2<f32>, w: &Array2<f32>, b: &[f32]) -> Result<Self, EvalError> {
+        if train.nrows() == 0 || train.ncols() != w.ncols() || b.len() != w.nrows() || w.nrows() < 2 {
+            return Err(EvalError::Invalid(format!(
+                "fDBD: {} training rows of width {} against a last layer of {}x{} with {} biases",
+                train.nrows(),
+                train.ncols(),
+                w.nrows(),
+                w.ncols(),
+                b.len()
+            )));
+        }
+        let n = train.nrows() as f64;
+        let mean = (0..train.ncols()).map(|j| train.column(j).iter().map(|&v| f64::from(v)).sum::<f64>() / n).collect();
+        Ok(Fdbd { w: w.clone(), b: b.to_vec(), mean })
+    }
+
+    /// Negated fDBD score per row (higher = more unfamiliar; NaN for a row of the wrong width).
+    pub fn score(&self, x: ArrayView2<f32>) -> Vec<f32> {
+        let (c, d) = self.w.dim();
+        x.outer_iter()
+            .map(|h| {
+                if h.len() != d {
+                    return f32::NAN;
+                }
+                let h: Vec<f64> = h.iter().map(|&v| f64::from(v)).collect();
+                let logit = |k: usize| {
+                    self.w.row(k).iter().zip(&h).map(|(&a, &v)| f64::from(a) * v).sum::<f64>() + f64::from(self.b[k])
+                };
+                let z: Vec<f64> = (0..c).map(logit).collect();
+                let y = (0..c).max_by(|&i, &j| z[i].total_cmp(&z[j])).unwrap_or(0);
+                let mut sum = 0.0;
+                for k in (0..c).filter(|&k| k != y) {
+                    let dw: f64 = self
+                        .w
+                        .row(y)
+                        .iter()
+                        .zip(self.w.row(k))
+                        .map(|(&a, &e)| (f64::from(a) - f64::from(e)).powi(2))
+                        .sum();
+                    sum += (z[y] - z[k]).abs() / dw.sqrt().max(1e-12);
+                }
+                let dist = h.iter().zip(&self.mean).map(|(v, m)| (v - m).powi(2)).sum::<f64>().sqrt().max(1e-12);
+                -(sum / (c - 1) as f64 / dist) as f32
+            })
             .collect()
     }
 }

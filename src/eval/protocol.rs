@@ -10,7 +10,7 @@ use std::time::Instant;
 use ndarray::{Array2, Axis};
 
 use super::baselines::{self, MahalanobisScorer};
-use super::feature_baselines::{self as fb, Knn, Vim};
+use super::feature_baselines::{self as fb, Fdbd, Knn, Vim};
 use super::report::{FamilyRow, GenRow, MisclassRow, OdinChoice, Results, RiskCell, Row};
 use super::EvalError;
 use crate::corrupt::{self, image_seed, Corruption, Family};
@@ -88,7 +88,7 @@ struct SetData {
 pub const POOLED: &str = "all";
 
 /// Methods whose scores are fixed functions of one image (no per-pair fitting).
-const FIXED: [&str; 6] = ["msp", "mahalanobis", "energy", "gradnorm", "knn", "vim"];
+const FIXED: [&str; 7] = ["msp", "mahalanobis", "energy", "gradnorm", "knn", "vim", "fdbd"];
 
 /// Name of the set of `kind` at `level`.
 pub fn set_name(kind: Corruption, level: u8) -> String {
@@ -306,6 +306,14 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
     let vim_dim = if cfg.vim_dim == 0 { Vim::auto_dim(pen.ncols(), sp.train.len()) } else { cfg.vim_dim };
     let vim = fb::last_layer(&model.model, &fwd_out)
         .and_then(|(w, b)| Vim::fit(pen_train.view(), rows(&fam.logits, &sp.train).view(), &w, &b, vim_dim));
+    let fdbd = fb::last_layer(&model.model, &fwd_out).and_then(|(w, b)| Fdbd::fit(pen_train.view(), &w, &b));
+    let fdbd = match fdbd {
+        Ok(f) => Some(f),
+        Err(e) => {
+            log::warn!("fDBD left out: {e}");
+            None
+        }
+    };
     let vim = match vim {
         Ok(v) => Some(v),
         Err(e) => {
@@ -324,6 +332,9 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
         scores.insert("knn", knn.score(pen.view()));
         if let Some(v) = &vim {
             scores.insert("vim", v.score(pen.view(), fs.logits.view()));
+        }
+        if let Some(f) = &fdbd {
+            scores.insert("fdbd", f.score(pen.view()));
         }
         let wrong = match (&fam_labels, name.as_str(), spec) {
             (Some(l), "familiar", _) | (Some(l), _, Some(_)) => {

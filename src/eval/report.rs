@@ -10,7 +10,7 @@ use crate::corrupt::MAX_LEVEL;
 use crate::detector::roc::{auroc_standard_error, RocSummary};
 
 /// Methods in table order: (key, display name).
-pub const METHODS: [(&str, &str); 9] = [
+pub const METHODS: [(&str, &str); 10] = [
     ("msp", "MSP"),
     ("odin", "ODIN"),
     ("mahalanobis", "Mahalanobis"),
@@ -18,13 +18,14 @@ pub const METHODS: [(&str, &str); 9] = [
     ("gradnorm", "GradNorm"),
     ("knn", "KNN"),
     ("vim", "ViM"),
+    ("fdbd", "fDBD"),
     ("gradients", "ours (gradients)"),
     ("risk", "ours (risk)"),
 ];
 
 /// Methods of the risk tables: [`METHODS`] and our one detector trained on every corruption
 /// type at once (the pooled pair's, as the committed calibration is trained).
-pub const RISK_METHODS: [(&str, &str); 13] = [
+pub const RISK_METHODS: [(&str, &str); 14] = [
     ("msp", "MSP"),
     ("odin", "ODIN"),
     ("mahalanobis", "Mahalanobis"),
@@ -32,6 +33,7 @@ pub const RISK_METHODS: [(&str, &str); 13] = [
     ("gradnorm", "GradNorm"),
     ("knn", "KNN"),
     ("vim", "ViM"),
+    ("fdbd", "fDBD"),
     ("gradients", "paper, per cell"),
     ("gradients_pooled", "paper, one detector"),
     ("gradients_lofo", "paper, family unseen"),

@@ -9,7 +9,7 @@ use gradwatch::detector::roc::{self as metrics, RocSummary};
 use gradwatch::detector::split::{self, split_40_40_20};
 use gradwatch::eval::accuracy::{self, AccuracyPlan, Classifier};
 use gradwatch::eval::baselines::{self, MahalanobisScorer, OdinGraph};
-use gradwatch::eval::feature_baselines::{self as fb, Knn, Vim};
+use gradwatch::eval::feature_baselines::{self as fb, Fdbd, Knn, Vim};
 use gradwatch::eval::report::{self, FamilyRow, GenRow, MisclassRow, OdinChoice, Results, RiskCell, Row};
 use gradwatch::frame::RgbImage;
 use gradwatch::grad::{self, CompileOptions, Loss};
@@ -278,8 +278,9 @@ fn report_writes_the_three_tables_csv_and_figures() {
     let r = fake_results();
     let md = report::markdown(&r);
     assert!(md.contains("## Table 1"));
-    // Method order MSP / ODIN / Mahalanobis / Energy / GradNorm / KNN / ViM / ours: AUROC 50, 55, ..., 99.95.
-    assert!(md.contains("| GTSRB vs CIFAR-10 | 20/20 | 90.00 / 90.00 / 90.00 / 90.00 / 90.00 / 90.00 / 90.00 / 90.00 | 50.00 / 55.00 / 60.00 / 65.00 / 70.00 / 75.00 / 80.00 / 99.95 |"), "{md}");
+    // Method order MSP / ODIN / Mahalanobis / Energy / GradNorm / KNN / ViM / fDBD / ours (gradients)
+    // / ours (risk): AUROC 50, 55, ..., 85, 99.95, 95.
+    assert!(md.contains("| GTSRB vs CIFAR-10 | 20/20 | 90.00 / 90.00 / 90.00 / 90.00 / 90.00 / 90.00 / 90.00 / 90.00 / 90.00 / 90.00 | 50.00 / 55.00 / 60.00 / 65.00 / 70.00 / 75.00 / 80.00 / 85.00 / 99.95 / 95.00 |"), "{md}");
     assert!(md.contains("| GTSRB vs every corruption (pooled, evaluated levels) |"), "{md}");
     assert!(md.contains("| GTSRB vs haze (evaluated levels pooled) |"));
     assert!(!md.contains("| GTSRB vs haze/3 |"), "levels belong to Table 2 only");
@@ -292,23 +293,23 @@ fn report_writes_the_three_tables_csv_and_figures() {
     assert!(md.contains("| haze | 80.00 (99.00) |"));
     // Targets: ours 99.95 on 20/20 (SE 0.36 by Hanley-McNeil) beats GradNorm's 70.00.
     assert!(md.contains("| GTSRB vs CIFAR-10: AUROC >= 99.5 % | ours 99.95 ± 0.36 (test split 20/20) | yes |"), "{md}");
-    assert!(md.contains("| GTSRB vs CIFAR-10: ours better than every baseline | best baseline ViM 80.00 ±"), "{md}");
+    assert!(md.contains("| GTSRB vs CIFAR-10: ours better than every baseline | best baseline fDBD 85.00 ±"), "{md}");
     assert!(md.contains("| 5 of 5 cells (Table 2) | yes |") && md.contains("| 6 of 6 cells (Table 2) | yes |"), "{md}");
     assert!(
         md.contains("| unseen corruption type, levels 3-5: AUROC >= 90 % | 0 of 1 cells (Table 3) | **no** |"),
         "{md}"
     );
     assert!(md.contains("abc123") && md.contains("gradwatch eval --per-set 100"));
-    // Table 4: held out / per cell / pooled.
-    assert!(md.contains("| weather | haze | — | — | 70.00 / 90.00 / 85.00 | — | — |"), "{md}");
-    assert!(md.contains("- weather: 70.00 / 90.00 / 85.00 (1 cells)"), "{md}");
+    // Table 4: paper held out / risk held out / per cell / pooled.
+    assert!(md.contains("| weather | haze | — | — | 70.00 / 75.00 / 90.00 / 85.00 | — | — |"), "{md}");
+    assert!(md.contains("- weather: 70.00 / 75.00 / 90.00 / 85.00 (1 cells)"), "{md}");
     // Table 5: the harmful cell's accuracy in bold with its binomial SE sqrt(0.6 * 0.4 / 100) = 4.90 %.
     assert!(md.contains("| haze | weather | 5 | **60.00 ± 4.90** | 75.00 | 95.00 |"), "{md}");
     assert!(md.contains("| haze | weather | 1 | 90.00 ± 3.00 | 55.00 | 65.00 |"), "{md}");
     // Table 6: 2 harmful cells; ours min 91, mean 93 ± sqrt(0.03^2 + 0.04^2) / 2 = 2.50, both >= 90;
     // MSP min 75, mean 80 ± sqrt(0.05^2 + 0.04^2) / 2 = 3.20; benign means 55 and 65.
     assert!(md.contains("2 of 3 cells are harmful"), "{md}");
-    assert!(md.contains("| ours, per cell | 91.00 | 93.00 ± 2.50 | 2 of 2 | 65.00 |"), "{md}");
+    assert!(md.contains("| paper, per cell | 91.00 | 93.00 ± 2.50 | 2 of 2 | 65.00 |"), "{md}");
     assert!(md.contains("| MSP | 75.00 | 80.00 ± 3.20 | 0 of 2 | 55.00 |"), "{md}");
     // Table 7.
     assert!(md.contains("300 images, 60"), "{md}");
@@ -320,8 +321,8 @@ fn report_writes_the_three_tables_csv_and_figures() {
     assert!(csv.contains("\nholdout:haze/3,gradients,auroc,0.8\n"));
     assert!(csv.contains("\nhaze/5,classifier,accuracy,0.6\n"));
     assert!(csv.contains("\nmisclassification,msp,aurc,0.1\n"));
-    // rows + holdout + family-out + 2 per risk cell + 3 misclassification + 2 ODIN.
-    assert_eq!(csv.lines().count(), 1 + 9 * 8 * 7 + 1 + 1 + 3 * 2 + 3 + 2);
+    // rows + holdout + family-out (paper, risk) + 2 per risk cell + 3 misclassification + 2 ODIN.
+    assert_eq!(csv.lines().count(), 1 + 9 * report::METHODS.len() * 7 + 1 + 2 + 3 * 2 + 3 + 2);
     let dir = tempfile::tempdir().unwrap();
     report::write(&r, dir.path()).unwrap();
     let rc = report::risk_coverage_svg(&r);
@@ -462,4 +463,19 @@ fn accuracy_measurement_on_the_tiny_model() {
     let cells = accuracy::measure(&mut clf, &imgs, &pred, &index, &plan, |_| ()).unwrap();
     assert_eq!(cells[1].strength, Some(1.2));
     assert!(accuracy::measure(&mut clf, &imgs, &pred[..2], &index, &plan, |_| ()).is_err());
+}
+
+/// fDBD on a hand-computed case: two classes with unit weights, a familiar mean at the origin.
+#[test]
+fn fdbd_matches_a_hand_computed_case() {
+    let train = ndarray::array![[1.0f32, 1.0], [-1.0, -1.0]];
+    let w = ndarray::array![[1.0f32, 0.0], [0.0, 1.0]];
+    let f = Fdbd::fit(train.view(), &w, &[0.0, 0.0]).unwrap();
+    // h = (3, 1): predicted class 0; boundary distance |3 - 1| / sqrt(2); ||h - 0|| = sqrt(10).
+    let s = f.score(ndarray::array![[3.0f32, 1.0], [3.0, 2.9]].view());
+    assert!((s[0] + (2.0f32.sqrt() / 10.0f32.sqrt())).abs() < 1e-6, "{s:?}");
+    // Closer to the boundary at a similar distance from the mean: more unfamiliar.
+    assert!(s[1] > s[0]);
+    assert!(f.score(ndarray::array![[1.0f32, 2.0, 3.0]].view())[0].is_nan());
+    assert!(Fdbd::fit(train.view(), &w, &[0.0]).is_err());
 }
