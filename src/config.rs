@@ -362,7 +362,7 @@ mod tests {
         assert_eq!(c.sink.len(), 2);
         assert_eq!(c.pipeline, PipelineConfig::default());
         // The shipped file uses the cusum policy at 0.24 false alarms a day (docs/alarms.md: the
-        // measured rate is about 10x the setting); every other key is at its default.
+        // measured rate is 5-10x the setting); every other key is at its default.
         assert_eq!(
             c.alert.default,
             AlertPolicy {
