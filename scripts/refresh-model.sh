@@ -57,5 +57,5 @@ flagged=$(grep -c '"verdict":"unfamiliar"' models/samples/gtsrb-test-sample.expe
 echo "sample: $flagged of $(wc -l <models/samples/gtsrb-test-sample.expected.jsonl) flagged unfamiliar"
 
 echo "== done; sha256 $(sha256sum "$MODEL" | cut -d' ' -f1)"
-echo "left by hand: scripts/eval.sh --per-set 200 (docs/results.md), the numbers in models/README.md,"
+echo "left by hand: scripts/eval.sh --per-set 200 --corruptions legacy (docs/results.md), the numbers in models/README.md,"
 echo "README.md and docs/evaluation.md, then make test"
