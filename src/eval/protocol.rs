@@ -393,11 +393,7 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
         let cat_scores = |parts: &[(usize, Vec<usize>)], get: &dyn Fn(&SetData) -> Vec<f32>| -> Vec<f32> {
             parts.iter().flat_map(|(m, idx)| pick(&get(&data[*m]), idx)).collect()
         };
-        let cat_rows = |parts: &[(usize, Vec<usize>)]| -> Result<Array2<f32>, EvalError> {
-            let v: Vec<Array2<f32>> = parts.iter().map(|(m, idx)| rows(&data[*m].feats.features, idx)).collect();
-            let views: Vec<_> = v.iter().map(|a| a.view()).collect();
-            ndarray::concatenate(Axis(0), &views).map_err(|e| EvalError::Invalid(e.to_string()))
-        };
+        let cat_rows = |parts: &[(usize, Vec<usize>)]| stack_rows(&data, parts, |d| &d.feats.features);
         let n_unf_test: usize = unf_test.iter().map(|(_, i)| i.len()).sum();
         let mut push = |method: &str, f: Vec<f32>, u: Vec<f32>, rows_out: &mut Vec<Row>| {
             if pair == "cifar10" {
@@ -480,18 +476,7 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
                 .filter(|(ki, _)| *ki != hi)
                 .flat_map(|(ki, _)| cfg.levels.iter().map(move |&l| set_of(ki, l)))
                 .collect();
-            let cat = |part: fn(&Split) -> &Vec<usize>| -> Result<Array2<f32>, EvalError> {
-                let v: Vec<Array2<f32>> = others.iter().map(|&m| rows(&data[m].feats.features, part(&sp))).collect();
-                let views: Vec<_> = v.iter().map(|a| a.view()).collect();
-                ndarray::concatenate(Axis(0), &views).map_err(|e| EvalError::Invalid(e.to_string()))
-            };
-            let det = GradDetector::train(
-                &rows(&data[0].feats.features, &sp.train),
-                &cat(|s| &s.train)?,
-                &rows(&data[0].feats.features, &sp.val),
-                &cat(|s| &s.val)?,
-                &cfg.mlp,
-            )?;
+            let det = train_on_sets(&data, &sp, &others, &cfg.mlp)?;
             let f = det.score(&rows(&data[0].feats.features, &sp.test))?;
             for &level in cfg.levels.iter().filter(|&&l| l >= 3) {
                 let m = set_of(hi, level);
@@ -535,21 +520,9 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
                 .filter(|(_, k)| k.family() != held)
                 .flat_map(|(ki, _)| cfg.levels.iter().map(move |&l| set_of(ki, l)))
                 .collect();
-            let cat = |part: fn(&Split) -> &Vec<usize>| -> Result<Array2<f32>, EvalError> {
-                let v: Vec<Array2<f32>> = others.iter().map(|&m| rows(&data[m].feats.features, part(&sp))).collect();
-                let views: Vec<_> = v.iter().map(|a| a.view()).collect();
-                ndarray::concatenate(Axis(0), &views).map_err(|e| EvalError::Invalid(e.to_string()))
-            };
-            let det = GradDetector::train(
-                &rows(&data[0].feats.features, &sp.train),
-                &cat(|s| &s.train)?,
-                &rows(&data[0].feats.features, &sp.val),
-                &cat(|s| &s.val)?,
-                &cfg.mlp,
-            )?;
+            let det = train_on_sets(&data, &sp, &others, &cfg.mlp)?;
             let f = fam_test(&det)?;
-            let parts = |idx: &Vec<usize>| others.iter().map(|&m| (m, idx.clone())).collect::<Vec<_>>();
-            let e = risk.train((&sp.train, &sp.val), &parts(&sp.train), &parts(&sp.val))?;
+            let e = risk.train((&sp.train, &sp.val), &parts_of(&others, &sp.train), &parts_of(&others, &sp.val))?;
             let fr = risk.score(&e, 0, &sp.test);
             for (ki, &k) in cfg.corruptions.iter().enumerate().filter(|(_, k)| k.family() == held) {
                 for &level in &cfg.levels {
@@ -719,6 +692,35 @@ fn pick_usize(v: &[usize], idx: &[usize]) -> Vec<usize> {
     idx.iter().map(|&i| v[i]).collect()
 }
 
+/// Rows `idx` of the matrix `get` picks from each set `m` of `parts`, stacked in order.
+fn stack_rows(
+    data: &[SetData],
+    parts: &[(usize, Vec<usize>)],
+    get: impl Fn(&SetData) -> &Array2<f32>,
+) -> Result<Array2<f32>, EvalError> {
+    let v: Vec<Array2<f32>> = parts.iter().map(|(m, idx)| rows(get(&data[*m]), idx)).collect();
+    let views: Vec<_> = v.iter().map(|a| a.view()).collect();
+    ndarray::concatenate(Axis(0), &views).map_err(|e| EvalError::Invalid(e.to_string()))
+}
+
+/// The same rows `idx` of every set in `sets`.
+fn parts_of(sets: &[usize], idx: &[usize]) -> Vec<(usize, Vec<usize>)> {
+    sets.iter().map(|&m| (m, idx.to_vec())).collect()
+}
+
+/// The paper's detector trained on the familiar set (0) against the corrupted sets `sets`,
+/// with the shared split's training and validation rows.
+fn train_on_sets(data: &[SetData], sp: &Split, sets: &[usize], mlp: &MlpConfig) -> Result<GradDetector, EvalError> {
+    let fam = &data[0].feats.features;
+    Ok(GradDetector::train(
+        &rows(fam, &sp.train),
+        &stack_rows(data, &parts_of(sets, &sp.train), |d| &d.feats.features)?,
+        &rows(fam, &sp.val),
+        &stack_rows(data, &parts_of(sets, &sp.val), |d| &d.feats.features)?,
+        mlp,
+    )?)
+}
+
 /// The default detector of `gradwatch calibrate` (`--detector risk`), trained as the calibration
 /// trains it: each row labelled by the detector's target from where it comes from (familiar,
 /// corrupted copy, CIFAR-10) and whether the classifier gets it wrong.
@@ -737,11 +739,6 @@ impl RiskFit<'_> {
     }
 
     fn rows(&self, parts: &[(usize, Vec<usize>)]) -> Result<LabelledRows, EvalError> {
-        let cat = |get: &dyn Fn(&SetData) -> &Array2<f32>| -> Result<Array2<f32>, EvalError> {
-            let v: Vec<Array2<f32>> = parts.iter().map(|(m, idx)| rows(get(&self.data[*m]), idx)).collect();
-            let views: Vec<_> = v.iter().map(|a| a.view()).collect();
-            ndarray::concatenate(Axis(0), &views).map_err(|e| EvalError::Invalid(e.to_string()))
-        };
         let labels = parts
             .iter()
             .flat_map(|(m, idx)| {
@@ -750,7 +747,11 @@ impl RiskFit<'_> {
                 idx.iter().map(move |&i| self.cfg.target.label(origin, wrong.and_then(|w| w.get(i).copied())))
             })
             .collect();
-        Ok(LabelledRows { features: cat(&|d| &d.feats.features)?, logits: cat(&|d| &d.feats.logits)?, labels })
+        Ok(LabelledRows {
+            features: stack_rows(self.data, parts, |d| &d.feats.features)?,
+            logits: stack_rows(self.data, parts, |d| &d.feats.logits)?,
+            labels,
+        })
     }
 
     /// Trains on the familiar rows `fam` (train, val) and the unfamiliar parts.

@@ -622,21 +622,17 @@ fn risk_sections(o: &mut String, r: &Results) {
         let _ = writeln!(o, "| detector | min | mean ± se | cells >= 90 % | benign mean |");
         let _ = writeln!(o, "|---|---|---|---|---|");
         for (k, name) in &present {
-            let vals: Vec<(f64, f64)> = harmful.iter().filter_map(|c| c.auroc.get(*k).copied()).collect();
-            let ben: Vec<f64> = benign.iter().filter_map(|c| c.auroc.get(*k).map(|a| a.0)).collect();
-            let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
-            let a: Vec<f64> = vals.iter().map(|v| v.0).collect();
-            let se: Vec<f64> = vals.iter().map(|v| v.1).collect();
-            let min = a.iter().copied().fold(f64::NAN, f64::min);
+            let h = CellSummary::of(&harmful, k);
+            let ben = CellSummary::of(&benign, k);
             let _ = writeln!(
                 o,
                 "| {name} | {} | {} ± {} | {} of {} | {} |",
-                pct(min),
-                pct(mean(&a)),
-                pct(crate::detector::roc::mean_standard_error(&se)),
-                a.iter().filter(|&&v| v >= 0.9).count(),
-                a.len(),
-                pct(mean(&ben))
+                pct(h.min),
+                pct(h.mean),
+                pct(h.mean_se),
+                h.at_least_90,
+                h.n,
+                pct(ben.mean)
             );
         }
     }
@@ -687,12 +683,7 @@ fn targets(o: &mut String, r: &Results, vs_paper: (usize, usize), vs_maha: (usiz
     if let Some(ours) = find("cifar10", "gradients") {
         let a = ours.metrics.auroc;
         let _ = writeln!(o, "| GTSRB vs CIFAR-10: AUROC >= 99.5 % | ours {} | {} |", with_se(ours), yes_no(a >= 0.995));
-        let best = METHODS
-            .iter()
-            .filter(|(k, _)| *k != "gradients" && *k != "risk")
-            .filter_map(|(k, n)| find("cifar10", k).map(|x| (n, x)))
-            .max_by(|a, b| a.1.metrics.auroc.total_cmp(&b.1.metrics.auroc));
-        if let Some((name, b)) = best {
+        if let Some((name, b)) = best_baseline(r, "cifar10") {
             let _ = writeln!(
                 o,
                 "| GTSRB vs CIFAR-10: ours better than every baseline | best baseline {name} {} | {} |",
@@ -880,26 +871,22 @@ pub fn write(r: &Results, out: &Path) -> Result<(), EvalError> {
 /// by a detector that never saw the cell's family, errors ranked, CIFAR-10 separated.
 fn risk_targets(o: &mut String, r: &Results) {
     let yes_no = |ok: bool| if ok { "yes" } else { "**no**" };
-    let harmful: Vec<(f64, f64)> =
-        r.risk_cells.iter().filter(|c| c.harmful()).filter_map(|c| c.auroc.get("risk_lofo").copied()).collect();
-    if !harmful.is_empty() {
-        let a: Vec<f64> = harmful.iter().map(|v| v.0).collect();
-        let se: Vec<f64> = harmful.iter().map(|v| v.1).collect();
-        let min = a.iter().copied().fold(f64::NAN, f64::min);
-        let mean = a.iter().sum::<f64>() / a.len() as f64;
+    let harmful: Vec<&RiskCell> = r.risk_cells.iter().filter(|c| c.harmful()).collect();
+    let h = CellSummary::of(&harmful, "risk_lofo");
+    if h.n > 0 {
         let _ = writeln!(
             o,
             "| harmful cells, family unseen (risk): min AUROC >= 90 % | {} over {} cells | {} |",
-            pct(min),
-            a.len(),
-            yes_no(min >= 0.9)
+            pct(h.min),
+            h.n,
+            yes_no(h.min >= 0.9)
         );
         let _ = writeln!(
             o,
             "| harmful cells, family unseen (risk): mean AUROC >= 95 % | {} ± {} | {} |",
-            pct(mean),
-            pct(crate::detector::roc::mean_standard_error(&se)),
-            yes_no(mean >= 0.95)
+            pct(h.mean),
+            pct(h.mean_se),
+            yes_no(h.mean >= 0.95)
         );
     }
     if let Some(m) = r.misclassification.iter().find(|m| m.method == "risk_pooled") {
@@ -915,11 +902,7 @@ fn risk_targets(o: &mut String, r: &Results) {
     let find = |m: &str| r.rows.iter().find(|x| x.pair == "cifar10" && x.method == m);
     if let Some(ours) = find("risk") {
         let a = ours.metrics.auroc;
-        let best = METHODS
-            .iter()
-            .filter(|(k, _)| *k != "risk" && *k != "gradients")
-            .filter_map(|(k, n)| find(k).map(|x| (n, x.metrics.auroc)))
-            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let best = best_baseline(r, "cifar10").map(|(n, x)| (n, x.metrics.auroc));
         let se = auroc_standard_error(a, ours.n_familiar, ours.n_unfamiliar);
         let _ = writeln!(
             o,
@@ -929,6 +912,41 @@ fn risk_targets(o: &mut String, r: &Results) {
             best.map_or(String::new(), |(n, b)| format!("; best baseline {n} {}", pct(b))),
             yes_no(a >= 0.995 && best.is_none_or(|(_, b)| a >= b))
         );
+    }
+}
+
+/// The baseline (every method but ours) with the best AUROC on `pair`.
+fn best_baseline<'a>(r: &'a Results, pair: &str) -> Option<(&'static str, &'a Row)> {
+    METHODS
+        .iter()
+        .filter(|(k, _)| *k != "gradients" && *k != "risk")
+        .filter_map(|(k, n)| r.rows.iter().find(|x| x.pair == pair && x.method == *k).map(|x| (*n, x)))
+        .max_by(|a, b| a.1.metrics.auroc.total_cmp(&b.1.metrics.auroc))
+}
+
+/// One detector's AUROC over a group of risk cells.
+struct CellSummary {
+    /// Cells with a value for the detector.
+    n: usize,
+    min: f64,
+    mean: f64,
+    /// Standard error of the mean (independent cells).
+    mean_se: f64,
+    at_least_90: usize,
+}
+
+impl CellSummary {
+    fn of(cells: &[&RiskCell], key: &str) -> Self {
+        let vals: Vec<(f64, f64)> = cells.iter().filter_map(|c| c.auroc.get(key).copied()).collect();
+        let a: Vec<f64> = vals.iter().map(|v| v.0).collect();
+        let se: Vec<f64> = vals.iter().map(|v| v.1).collect();
+        CellSummary {
+            n: a.len(),
+            min: a.iter().copied().fold(f64::NAN, f64::min),
+            mean: if a.is_empty() { f64::NAN } else { a.iter().sum::<f64>() / a.len() as f64 },
+            mean_se: crate::detector::roc::mean_standard_error(&se),
+            at_least_90: a.iter().filter(|&&v| v >= 0.9).count(),
+        }
     }
 }
 
