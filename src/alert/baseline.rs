@@ -95,8 +95,11 @@ impl Baseline {
 
     /// `P(X >= x)` for a clean block statistic `X`: `(1 + #{sample >= x}) / (n + 1)` in the
     /// bulk; above the 90th percentile `u`, `(k / (n + 1)) * exp(-(x - u) / beta)` with `k` the
-    /// sample points above `u` and `beta` their mean excess. NaN gives 1.
-    pub fn p_value(&self, x: f32) -> f64 {
+    /// sample points above `u` and `beta` their mean excess, but at least `min_scale` (the
+    /// calibration's clean tail scale: a few minutes of one camera show too few distinct signs
+    /// to estimate how far the clean tail reaches, and an underestimate multiplies false
+    /// alarms). NaN gives 1.
+    pub fn p_value(&self, x: f32, min_scale: f64) -> f64 {
         let n = self.sample.len();
         if n == 0 || x.is_nan() {
             return 1.0;
@@ -105,7 +108,7 @@ impl Baseline {
         let u = self.sample[n - 1 - k];
         if x > u {
             let excess: f64 = self.sample[n - k..].iter().map(|&v| f64::from(v - u)).sum::<f64>() / k as f64;
-            let beta = excess.max(1e-3);
+            let beta = excess.max(min_scale).max(1e-3);
             let p = (k as f64 / (n + 1) as f64) * (-(f64::from(x - u)) / beta).exp();
             return p.max(P_FLOOR);
         }
@@ -344,11 +347,17 @@ mod tests {
     fn p_value_is_empirical_then_exponential() {
         let blocks: Vec<f32> = (0..100).map(|i| i as f32).collect();
         let b = Baseline::from_blocks("s", "x", 1000, &blocks).unwrap();
-        assert!((b.p_value(-1.0) - 1.0).abs() < 1e-9);
-        assert!((b.p_value(50.0) - 51.0 / 101.0).abs() < 1e-9);
-        let p1 = b.p_value(120.0);
-        let p2 = b.p_value(140.0);
+        assert!((b.p_value(-1.0, 0.0) - 1.0).abs() < 1e-9);
+        assert!((b.p_value(50.0, 0.0) - 51.0 / 101.0).abs() < 1e-9);
+        let p1 = b.p_value(120.0, 0.0);
+        let p2 = b.p_value(140.0, 0.0);
         assert!(p1 < 10.0 / 101.0 && p2 < p1);
+        // The calibration's tail scale only ever widens the tail: the fitted scale (the top ten
+        // 90..99 over u = 89: 5.5) is kept when larger, replaced when smaller.
+        assert_eq!(b.p_value(120.0, 1.0), p1);
+        let wide = b.p_value(120.0, 11.0);
+        assert!((wide - (10.0 / 101.0) * (-31.0f64 / 11.0).exp()).abs() < 1e-12 && wide > p1);
+        assert_eq!(b.p_value(50.0, 11.0), b.p_value(50.0, 0.0));
         // An increasing sequence: its top tenth is one run of 10 blocks.
         assert!((b.theta - 0.1).abs() < 1e-9);
     }

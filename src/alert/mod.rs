@@ -44,6 +44,9 @@ pub struct Scored {
     pub score: f32,
     /// Threshold in force; the frame is "over" when `score > threshold`.
     pub threshold: f32,
+    /// The calibration's clean tail scale in force (`Calibration::clean_tail_scale`; 0 when
+    /// unknown): the `cusum` policy's p-values never assume a lighter clean tail than this.
+    pub clean_tail_scale: f32,
     /// Index of the classifier's top class.
     pub top_class: usize,
     /// Name of the top class, when the model has labels.
@@ -777,7 +780,12 @@ impl AlertTracker {
         let x = cusum::block_statistic(&mut scores);
         let Some(baseline) = c.baseline.as_ref() else { return out };
         let params = self.policy.cusum_params(baseline);
-        let p = baseline.p_value(x);
+        // The calibration's tail scale bounds a *learned* baseline's; the fallback has its own.
+        let floor = match (c.learned, frames.last()) {
+            (true, Some(f)) => f64::from(f.clean_tail_scale),
+            _ => 0.0,
+        };
+        let p = baseline.p_value(x, floor);
         let open = self.open.is_some();
         c.stat.update(&params, p, open);
         c.last_block = Some((x, p));

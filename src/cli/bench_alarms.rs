@@ -340,20 +340,27 @@ const READING: &str = "## Reading the numbers
   so k of n consecutive frames are one observation, not k. Any frame-window rule that fires
   within 1 s of an onset fires on such tracks (36 an hour here).
 * **What the cusum buys.** Its threshold follows from the rate (`h = ln(blocks per day /
-  rate)`: 10.5 at 2.4 a day, 12.8 at 0.24) and its increments count a run of tail blocks (one
-  sign) about once (`theta`, the extremal index learned with the baseline).
-* **The stated rate is optimistic.** Pooling the clean hours and the 60-s lead-in of every
-  onset (fresh trackers, 37.6 h per policy), the learned-baseline cusum raised 0.59 false alarms
-  an hour at 2.4 a day (0.1 stated) and 0.11 at 0.24 a day (0.01 stated): 5-10x the
-  setting. The block p-values come from 600 blocks of about 120 signs, and above the sample's
-  top tenth an exponential tail is extrapolated; clean signs that were not among the learned
-  ones land in that tail more often than it says. The 2 clean hours alone (one long stream)
-  saw 0 at both settings, consistent with either rate. The shipped config therefore sets 0.24.
+  rate)`: 10.5 at 2.4 a day) and its increments count a run of tail blocks (one sign) about
+  once (`theta`, the extremal index learned with the baseline).
+* **The stated rate is a bound again.** Pooling the clean hours and the 60-s lead-in of every
+  onset (fresh trackers, 37.6 h per policy): with the tail of the learned baseline alone the
+  cusum raised 22 false alarms at 2.4 a day (0.59 an hour, 0.1 stated) and 4 at 0.24 a day
+  (0.11, 0.01 stated): 5-10x the setting. The baseline's 600 blocks come from about 120 signs;
+  its top tenth (the exponential tail's fit) decays with a scale of 0.64 score units where the
+  300 clean signs of the clean set decay with 1.16: ten minutes of one camera rarely show the
+  hardest signs. Calibrations now record the tail scale of thousands of held-out clean images
+  (`clean_tail_scale`, 1.06 for this model) and a learned baseline's tail never decays faster:
+  0 false alarms in 37.6 h at 2.4 a day (shipped), 5 at 24 a day (0.13 an hour, 1 stated).
+  The bound is loose (Lorden's inequality and the `theta` scaling are conservative) but it
+  holds at every setting measured. The price is delay: harmful onsets at 2.4 a day take a
+  median 9.2 s (7.5 s at the old shipped 0.24 a day with the learned tail alone, which raised
+  0.11 an hour), and two ramps reach level 4 before their alert (decolor, harmless below level
+  5, and JPEG at random quality).
 * **Why the delays are not 3 s.** A block's evidence is `theta * (ln kappa + (1 - kappa) *
   ln(1 / p))`, and `p` falls by a factor e per `beta` (the mean excess of the baseline's top
-  tenth) beyond that tenth: a block adds enough to cross `h` = 12.8 alone only when its median
+  tenth) beyond that tenth: a block adds enough to cross `h` = 10.5 alone only when its median
   lies many `beta` beyond the clean sample. Even the clearest onsets (white balance 5, blur 5)
-  take a median of 3-4 s; degradations whose frames overlap the clean tail need several tracks
+  take a median of 3-5 s; degradations whose frames overlap the clean tail need several tracks
   (2 s each on average). The risk detector (trained on the classifier's errors as well as on
   corruptions) halved the median delay of the old detector on the same frames; closing the
   rest needs scores that separate degraded frames from hard clean signs better still.
@@ -398,13 +405,14 @@ fn fill(out: &mut Vec<f32>, pool: &[&CachedTrack], frames: usize, rng: &mut Spli
     }
 }
 
-fn scored(seq: u64, t0: std::time::SystemTime, score: f32, threshold: f32) -> crate::alert::Scored {
+fn scored(seq: u64, t0: std::time::SystemTime, score: f32, gate: Gate) -> crate::alert::Scored {
     crate::alert::Scored {
         stream: "bench".into(),
         seq,
         time: t0 + std::time::Duration::from_millis(seq * FRAME_MS),
         score,
-        threshold,
+        threshold: gate.threshold,
+        clean_tail_scale: gate.tail,
         top_class: 0,
         top_class_name: None,
         confidence: 1.0,
@@ -412,13 +420,21 @@ fn scored(seq: u64, t0: std::time::SystemTime, score: f32, threshold: f32) -> cr
     }
 }
 
+/// What every replayed frame carries from the calibration.
+#[derive(Clone, Copy)]
+struct Gate {
+    threshold: f32,
+    /// The calibration's clean tail scale, or 0 for a variant without it.
+    tail: f32,
+}
+
 /// Runs `tracker` over `scores` from frame `seq0`; returns the frame indices (into `scores`)
 /// at which alerts started.
-fn replay(tracker: &mut crate::alert::AlertTracker, scores: &[f32], seq0: u64, threshold: f32) -> Vec<usize> {
+fn replay(tracker: &mut crate::alert::AlertTracker, scores: &[f32], seq0: u64, gate: Gate) -> Vec<usize> {
     let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600);
     let mut starts = Vec::new();
     for (i, &sc) in scores.iter().enumerate() {
-        for e in tracker.push(&scored(seq0 + i as u64, t0, sc, threshold)) {
+        for e in tracker.push(&scored(seq0 + i as u64, t0, sc, gate)) {
             if matches!(e, crate::alert::Event::AlertStart { .. }) {
                 starts.push(i);
             }
@@ -427,19 +443,33 @@ fn replay(tracker: &mut crate::alert::AlertTracker, scores: &[f32], seq0: u64, t
     starts
 }
 
-/// The policies compared: name, policy, whether it learns a baseline first.
-fn policies() -> Vec<(&'static str, crate::alert::AlertPolicy, bool)> {
+/// One alert configuration the benchmark compares.
+struct Variant {
+    name: &'static str,
+    policy: crate::alert::AlertPolicy,
+    /// Learns its baseline first (else the calibration's fallback).
+    learns: bool,
+    /// Frames carry the calibration's clean tail scale (else 0: the tail of the learned
+    /// baseline alone, as before calibrations recorded it).
+    tail_floor: bool,
+}
+
+/// The variant `config/gradwatch.toml` ships.
+const SHIPPED: &str = "cusum 2.4/day, learned baseline";
+
+/// The configurations compared.
+fn policies() -> Vec<Variant> {
     use crate::alert::{AlertPolicy, PolicyKind};
-    let kofn = AlertPolicy::default();
     let cusum = AlertPolicy { policy: PolicyKind::Cusum, ..AlertPolicy::default() };
-    let fast = AlertPolicy { false_alarms_per_day: 24.0, ..cusum.clone() };
-    let strict = AlertPolicy { false_alarms_per_day: 0.24, ..cusum.clone() };
+    let rate = |r: f64| AlertPolicy { false_alarms_per_day: r, ..cusum.clone() };
+    let v = |name, policy, learns, tail_floor| Variant { name, policy, learns, tail_floor };
     vec![
-        ("k-of-n (6 of 10)", kofn, false),
-        ("cusum 2.4/day, calibration fallback", cusum.clone(), false),
-        ("cusum 2.4/day, learned baseline", cusum, true),
-        ("cusum 24/day, learned baseline", fast, true),
-        ("cusum 0.24/day, learned baseline", strict, true),
+        v("k-of-n (6 of 10)", AlertPolicy::default(), false, true),
+        v("cusum 2.4/day, calibration fallback", cusum.clone(), false, true),
+        v("cusum 2.4/day, learned tail only", cusum.clone(), true, false),
+        v("cusum 0.24/day, learned tail only", rate(0.24), true, false),
+        v(SHIPPED, cusum.clone(), true, true),
+        v("cusum 24/day, learned baseline", rate(24.0), true, true),
     ]
 }
 
@@ -494,6 +524,8 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
     let t_start = Instant::now();
     let calib = Calibration::load(&a.calib)?;
     let threshold = calib.threshold;
+    let tail = calib.clean_tail_scale.unwrap_or(0.0) as f32;
+    let gate = |v: &Variant| Gate { threshold, tail: if v.tail_floor { tail } else { 0.0 } };
     let group = |g: &str| -> Vec<&CachedTrack> { tracks.iter().filter(|t| t.group == g).collect() };
     let learn = group("learn");
     let clean = group("clean");
@@ -506,9 +538,9 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
     // blocks dropped around suspicious periods.
     let learn_frames = ((LEARN_MINUTES + 4.0) * 60_000.0 / FRAME_MS as f64) as usize;
     fill(&mut learn_scores, &learn, learn_frames, &mut rng);
-    let (_, cusum_policy, _) = policies().into_iter().nth(2).context("policies")?;
-    let mut learner = tracker(&cusum_policy, None)?;
-    let learn_alerts = replay(&mut learner, &learn_scores, 0, threshold);
+    let shipped = policies().into_iter().find(|v| v.name == SHIPPED).context("policies")?;
+    let mut learner = tracker(&shipped.policy, None)?;
+    let learn_alerts = replay(&mut learner, &learn_scores, 0, gate(&shipped));
     let learned = learner
         .baseline()
         .filter(|(_, l)| *l)
@@ -590,9 +622,10 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
     writeln!(w, "|---|---:|---:|---:|---:|")?;
     let over = clean_scores.iter().filter(|&&s| s > threshold).count() as f64 / clean_scores.len().max(1) as f64;
     let mut fa_rate = BTreeMap::new();
-    for (name, policy, learns) in policies() {
-        let mut t = tracker(&policy, learns.then_some(&learned))?;
-        let starts = replay(&mut t, &clean_scores, 0, threshold);
+    for v in policies() {
+        let name = v.name;
+        let mut t = tracker(&v.policy, v.learns.then_some(&learned))?;
+        let starts = replay(&mut t, &clean_scores, 0, gate(&v));
         let hours = clean_scores.len() as f64 * FRAME_MS as f64 / 3_600_000.0;
         fa_rate.insert(name, starts.len() as f64 / hours);
         writeln!(
@@ -613,7 +646,7 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
          not detected within {ONSET_WINDOW_S} s = missed. *acc* is the classifier's accuracy on those frames; \
          **harmful** = accuracy below 80 %.\n"
     )?;
-    let names: Vec<&str> = policies().iter().map(|p| p.0).collect();
+    let names: Vec<&str> = policies().iter().map(|v| v.name).collect();
     writeln!(w, "| corruption | level | acc | {} |", names.join(" | "))?;
     writeln!(w, "|---|---:|---:|{}", "---:|".repeat(names.len()))?;
     let mut harmful_all: BTreeMap<&str, Delays> = BTreeMap::new();
@@ -631,7 +664,8 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
             let acc = ok as f64 / n.max(1) as f64;
             let harmful = acc < 0.8;
             let mut cells = Vec::new();
-            for (name, policy, learns) in policies() {
+            for v in policies() {
+                let name = v.name;
                 let mut d = Delays { delays: Vec::new(), missed: 0, early: 0 };
                 for k in 0..ONSETS {
                     let mut r =
@@ -643,8 +677,8 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
                     fill(&mut scores, &clean, (LEAD_S * 1000 / FRAME_MS) as usize + r.below(20), &mut r);
                     let onset_at = scores.len();
                     fill(&mut scores, &pool, (ONSET_WINDOW_S * 1000 / FRAME_MS) as usize, &mut r);
-                    let mut t = tracker(&policy, learns.then_some(&learned))?;
-                    let starts = replay(&mut t, &scores, 0, threshold);
+                    let mut t = tracker(&v.policy, v.learns.then_some(&learned))?;
+                    let starts = replay(&mut t, &scores, 0, gate(&v));
                     d.early += starts.iter().filter(|&&i| i < onset_at).count();
                     *lead_frames.entry(name).or_default() += onset_at;
                     match starts.iter().find(|&&i| i >= onset_at) {
@@ -709,7 +743,8 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
             }
         }
         let mut cells = Vec::new();
-        for (name, policy, learns) in policies() {
+        for v in policies() {
+            let name = v.name;
             let mut at = Vec::new();
             for k in 0..RAMPS {
                 let mut r = SplitMix64::new(SEED ^ ((ki * 7 + k) as u64) << 30);
@@ -728,8 +763,8 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
                         scores.push(f.score);
                     }
                 }
-                let mut t = tracker(&policy, learns.then_some(&learned))?;
-                let starts = replay(&mut t, &scores, 0, threshold);
+                let mut t = tracker(&v.policy, v.learns.then_some(&learned))?;
+                let starts = replay(&mut t, &scores, 0, gate(&v));
                 let level = match starts.iter().find(|&&i| i >= onset_at) {
                     Some(&i) => 1.0 + 4.0 * (i - onset_at) as f64 / ramp_frames as f64,
                     None => f64::INFINITY,
@@ -750,9 +785,10 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
     // Targets.
     writeln!(
         w,
-        "## Targets (shipped `config/gradwatch.toml`: `policy = \"cusum\"`, `false_alarms_per_day = 0.24`, learned baseline)\n"
+        "## Targets (shipped `config/gradwatch.toml`: `policy = \"cusum\"`, `false_alarms_per_day = {}`, learned baseline)\n",
+        shipped.policy.false_alarms_per_day
     )?;
-    let best = "cusum 0.24/day, learned baseline";
+    let best = SHIPPED;
     let fa = fa_rate.get(best).copied().unwrap_or(f64::NAN);
     let h = harmful_all.get(best);
     let (med, max, missed) = h.map_or((f64::NAN, f64::NAN, 0), |d| {

@@ -112,6 +112,20 @@ impl DetectorKind {
     }
 }
 
+/// The mean excess of `scores` over their 90th percentile (NaN ignored): the scale of an
+/// exponential fitted to the top tenth (peaks over threshold). `None` with fewer than 20 finite
+/// scores.
+pub fn tail_scale(scores: &[f32]) -> Option<f64> {
+    let mut v: Vec<f32> = scores.iter().copied().filter(|s| s.is_finite()).collect();
+    if v.len() < 20 {
+        return None;
+    }
+    v.sort_by(f32::total_cmp);
+    let k = v.len() / 10;
+    let u = f64::from(v[v.len() - 1 - k]);
+    Some(v[v.len() - k..].iter().map(|&s| f64::from(s) - u).sum::<f64>() / k as f64)
+}
+
 /// One data set the calibration saw.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -152,6 +166,13 @@ pub struct Calibration {
     pub threshold: f32,
     /// The false-alarm rate the threshold was chosen for.
     pub target_false_alarm: f64,
+    /// Mean excess of held-out clean familiar scores over their 90th percentile
+    /// ([`tail_scale`]): how fast the clean score distribution's upper tail decays. The `cusum`
+    /// alert policy never assumes a stream's clean tail decays faster than this (a baseline
+    /// learned from a few minutes of one camera sees too few signs to estimate its own tail).
+    /// Absent in files written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clean_tail_scale: Option<f64>,
     /// The detector.
     pub detector: DetectorKind,
     /// Provenance and validation numbers.
@@ -298,5 +319,19 @@ impl Calibration {
     /// Whether a score raises the alarm (NaN does).
     pub fn is_unfamiliar(&self, score: f32) -> bool {
         score.is_nan() || score > self.threshold
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail_scale;
+
+    #[test]
+    fn tail_scale_is_the_mean_excess_of_the_top_tenth() {
+        // 0..99 shuffled, plus NaN: u = 89, the top ten are 90..99, excesses 1..10, mean 5.5.
+        let mut v: Vec<f32> = (0..100).map(|i| ((i * 37) % 100) as f32).collect();
+        v.push(f32::NAN);
+        assert!((tail_scale(&v).unwrap() - 5.5).abs() < 1e-9);
+        assert!(tail_scale(&v[..19]).is_none());
     }
 }

@@ -321,6 +321,7 @@ pub fn fit(
         model,
         threshold: f32::INFINITY,
         target_false_alarm: opts.target_fpr,
+        clean_tail_scale: None,
         detector,
         fitted_on: FitSummary {
             familiar: DataSummary { name: familiar.name.clone(), count: n },
@@ -337,6 +338,7 @@ pub fn fit(
     let f = c.score(fam_test, fam_test_logits);
     let u = c.score(&unf_test, &unf_test_logits);
     c.threshold = roc::threshold_for_false_alarm(&f, opts.target_fpr);
+    c.clean_tail_scale = super::calibration::tail_scale(&f);
     let (fpr, tpr) = roc::rates_at(&f, &u, c.threshold);
     c.fitted_on.validation_false_alarm_rate = fpr;
     c.fitted_on.validation_true_positive_rate = tpr;

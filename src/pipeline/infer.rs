@@ -247,6 +247,7 @@ impl Inference {
                 time: q.frame.captured_at,
                 score,
                 threshold: scoring.threshold,
+                clean_tail_scale: scoring.calibration.clean_tail_scale.unwrap_or(0.0) as f32,
                 top_class: top,
                 top_class_name: self.classifier.class_names().get(top).cloned(),
                 confidence,

@@ -179,6 +179,7 @@ mod tests {
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(100 * seq),
             score,
             threshold: 1.0,
+            clean_tail_scale: 0.0,
             top_class: 0,
             top_class_name: None,
             confidence: 1.0,

@@ -28,6 +28,7 @@ fn frame(seq: u64, score: f32) -> Scored {
         time: t(seq * FRAME_MS),
         score,
         threshold: 2.0,
+        clean_tail_scale: 0.0,
         top_class: 0,
         top_class_name: None,
         confidence: 1.0,
@@ -49,17 +50,19 @@ struct Camera {
     left: usize,
     offset: f64,
     shift: f64,
+    /// Track offsets above this are clipped (a stretch without really hard signs).
+    cap: f64,
 }
 
 impl Camera {
     fn new(seed: u64, track_sd: f64, frame_sd: f64) -> Self {
-        Camera { rng: SplitMix64::new(seed), track_sd, frame_sd, left: 0, offset: 0.0, shift: 0.0 }
+        Camera { rng: SplitMix64::new(seed), track_sd, frame_sd, left: 0, offset: 0.0, shift: 0.0, cap: f64::INFINITY }
     }
 
     fn next(&mut self) -> f32 {
         if self.left == 0 {
             self.left = 10 + self.rng.below(21);
-            self.offset = self.track_sd * self.rng.normal();
+            self.offset = (self.track_sd * self.rng.normal()).min(self.cap);
         }
         self.left -= 1;
         (self.offset + self.frame_sd * self.rng.normal() + self.shift) as f32
@@ -80,12 +83,18 @@ fn learn(cam: &mut Camera, blocks: usize) -> Baseline {
 
 /// Alert starts over `hours` of frame time; the tracker uses `baseline`, no adaptation.
 fn false_alarms(cam: &mut Camera, baseline: &Baseline, policy: AlertPolicy, hours: f64) -> usize {
+    false_alarms_with_tail(cam, baseline, policy, hours, 0.0)
+}
+
+/// [`false_alarms`] with frames carrying the calibration's clean tail scale `tail`.
+fn false_alarms_with_tail(cam: &mut Camera, baseline: &Baseline, policy: AlertPolicy, hours: f64, tail: f32) -> usize {
     let mut tr = AlertTracker::new("cam0", policy, model()).unwrap();
     tr.set_baseline(baseline.clone()).unwrap();
     let frames = (hours * 3_600_000.0 / FRAME_MS as f64) as u64;
     let mut n = 0;
     for seq in 0..frames {
-        for e in tr.push(&frame(seq, cam.next())) {
+        let f = Scored { clean_tail_scale: tail, ..frame(seq, cam.next()) };
+        for e in tr.push(&f) {
             n += usize::from(matches!(e, Event::AlertStart { .. }));
         }
     }
@@ -130,6 +139,33 @@ fn stated_rate_holds_on_track_correlated_frames() {
     assert!(m > n, "theta = 1: {m} alarms vs {n}");
 }
 
+/// Ten minutes of one camera show a few hundred signs; the signs that come later reach further
+/// into the tail than those (docs/alarms.md measured 5-10x the stated rate on GTSRB tracks).
+/// Here the learning stretch saw no sign harder than 1.5 sd (its 90th percentile, where the
+/// tail fit starts, is the stream's, but the tail above it is cut short): the learned tail
+/// alone gives far more alarms than stated, and the calibration's clean tail scale (the
+/// stream's own, as a calibration on thousands of signs measures it) restores the bound.
+#[test]
+fn calibration_tail_scale_bounds_a_light_learned_tail() {
+    let b = learn(&mut Camera { cap: 1.5, ..Camera::new(6, 1.0, 0.3) }, 600);
+    let mut long = Camera::new(7, 1.0, 0.3);
+    let medians: Vec<f32> = (0..20_000)
+        .map(|_| {
+            let mut v: Vec<f32> = (0..10).map(|_| long.next()).collect();
+            gradwatch::alert::cusum::block_statistic(&mut v)
+        })
+        .collect();
+    let tail = gradwatch::detector::calibration::tail_scale(&medians).unwrap() as f32;
+    let learned_tail = gradwatch::detector::calibration::tail_scale(&b.sample).unwrap() as f32;
+    assert!(learned_tail < 0.8 * tail, "learned {learned_tail} vs true {tail}");
+    let (per_day, hours) = (48.0, 100.0);
+    let stated = per_day / 24.0 * hours;
+    let without = false_alarms(&mut Camera::new(8, 1.0, 0.3), &b, cusum(per_day), hours);
+    assert!(without as f64 > 2.0 * stated, "{without} false alarms without the floor, stated {stated}");
+    let with = false_alarms_with_tail(&mut Camera::new(8, 1.0, 0.3), &b, cusum(per_day), hours, tail);
+    assert!((with as f64) <= stated + 3.0 * stated.sqrt(), "{with} false alarms with the floor, stated {stated}");
+}
+
 /// A shift far beyond the baseline gives the largest increment per block, `theta * (ln kappa -
 /// (1 - kappa) ln p)`; the alert starts at the first frame after the block whose increment
 /// crosses h (docs/alerts.md: about `ceil(h / increment)` blocks after the onset, plus the
@@ -153,7 +189,7 @@ fn delay_after_a_clear_shift_is_as_documented() {
         }
     }
     let (seq, alert) = start.expect("an alert");
-    let g = gradwatch::alert::Cusum::increment(&params, b.p_value(50.0));
+    let g = gradwatch::alert::Cusum::increment(&params, b.p_value(50.0, 0.0));
     let blocks = (params.h / g).ceil() as u64;
     assert!(seq >= onset, "alert before the onset");
     // Blocks start at frame 0, so the onset falls on a block boundary: the alert comes with

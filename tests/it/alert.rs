@@ -22,6 +22,7 @@ fn frame(seq: u64, score: f32, dt_ms: u64) -> Scored {
         time: t(seq * dt_ms),
         score,
         threshold: 1.0,
+        clean_tail_scale: 0.0,
         top_class: seq as usize % 10,
         top_class_name: Some(format!("class{}", seq % 10)),
         confidence: 0.5,

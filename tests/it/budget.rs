@@ -93,6 +93,7 @@ fn calibration(preset: &str) -> Calibration {
         },
         threshold: 9.0,
         target_false_alarm: 0.01,
+        clean_tail_scale: None,
         detector: DetectorKind::OneClass {
             normalize: LogStandardizer { eps: 1e-12, mean: vec![0.5f64.ln()], std: vec![0.1] },
             gaussian: Gaussian { means: vec![vec![0.0]], precision: vec![vec![1.0]] },

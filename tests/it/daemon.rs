@@ -91,6 +91,7 @@ pub(crate) fn assets() -> &'static Assets {
             },
             threshold,
             target_false_alarm: 0.01,
+            clean_tail_scale: None,
             detector: DetectorKind::OneClass { normalize, gaussian },
             fitted_on: FitSummary {
                 familiar: DataSummary { name: FIXTURE.into(), count: imgs.len() },
