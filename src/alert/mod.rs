@@ -101,7 +101,8 @@ pub struct AlertPolicy {
     pub block_ms: u64,
     /// cusum: exponent of the p-value calibrator, in (0, 1); smaller reacts more to very small
     /// p-values and less to moderate ones; `-1 / ln p` is best against blocks of p-value `p`.
-    /// Default 0.2 (best near p = 0.007).
+    /// Default 0.4 (best near p = 0.08: a run of moderately unusual blocks, as a dirtying lens
+    /// gives; 0.2, best near p = 0.007, missed more harmful onsets in docs/alarms.md).
     pub kappa: f64,
     /// cusum: evidence for the clean distribution (natural log units) that clears an open
     /// alert. Default 3 (odds of 20 to 1).
@@ -126,7 +127,7 @@ impl Default for AlertPolicy {
             policy: PolicyKind::KOfN,
             false_alarms_per_day: 2.4,
             block_ms: 1000,
-            kappa: 0.2,
+            kappa: 0.4,
             clear_evidence: 3.0,
             window: 10,
             raise: 6,
