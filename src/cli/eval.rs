@@ -55,13 +55,17 @@ pub struct EvalArgs {
     /// Hidden units of our detector.
     #[arg(long, default_value_t = 64)]
     pub hidden: usize,
-    /// KNN baseline's k (0: 50, or a tenth of the familiar training split when that is smaller).
+    /// KNN baseline's k (0: 1 % of the familiar training split, 1 to 50).
     #[arg(long, default_value_t = 0)]
     pub knn_k: usize,
     /// ViM baseline's principal dimension (0: half the feature width, at most half the
     /// familiar training split).
     #[arg(long, default_value_t = 0)]
     pub vim_dim: usize,
+    /// The risk detector's training target (default: the calibration's, union): novelty, harm
+    /// (classifier wrong or OOD = 1) or union (novelty or wrong).
+    #[arg(long)]
+    pub risk_target: Option<crate::detector::Target>,
     /// Rows of `gtsrb/test_images.npy` the familiar images are drawn from, `A..B` or `A..`
     /// (default: all). `6315..` is the half the shipped calibrations were not fitted on.
     #[arg(long)]
@@ -93,6 +97,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         mlp: MlpConfig { hidden: a.hidden, seed: a.seed, ..Default::default() },
         knn_k: a.knn_k,
         vim_dim: a.vim_dim,
+        risk_target: a.risk_target,
         progress: show_progress(),
         command: command_line(),
     };

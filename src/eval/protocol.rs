@@ -64,6 +64,8 @@ pub struct EvalConfig {
     pub knn_k: usize,
     /// ViM's principal dimension (0: [`Vim::auto_dim`]).
     pub vim_dim: usize,
+    /// The risk detector's target (`None`: the calibration default's).
+    pub risk_target: Option<Target>,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
     /// The command line, for the report.
@@ -369,7 +371,7 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
         data: &data,
         cfg: EnsembleConfig {
             // Without true classes the calibration falls back to novelty labels too.
-            target: if fam.wrong.is_some() { risk_opts.target } else { Target::Novelty },
+            target: if fam.wrong.is_some() { cfg.risk_target.unwrap_or(risk_opts.target) } else { Target::Novelty },
             forward: risk_opts.forward,
             members: risk_opts.members,
             mlp: cfg.mlp.clone(),
