@@ -76,8 +76,13 @@ const CLEAN_TRACKS: usize = 300;
 const ONSET_TRACKS: usize = 8;
 /// Levels of the onsets.
 const ONSET_LEVELS: [u8; 3] = [3, 4, 5];
-/// Tracks per (corruption, level) of the ramp grid.
-const RAMP_TRACKS: usize = 3;
+/// Tracks per (corruption, level) of the ramp grid: a ramp segment draws a track at random
+/// for each step, so with few tracks one hard sign repeats for minutes (with 3, darkening's
+/// ramps alarmed at level 1.2-1.9 on one such sign).
+const RAMP_TRACKS: usize = 8;
+/// Of those, drawn with the onsets (the rest come last, so that adding ramp tracks left the
+/// learn, clean and onset tracks the images they were).
+const RAMP_TRACKS_FIRST: usize = 3;
 /// Fractional levels scored for ramps besides the onsets' 3 and 4 (a ramp from 1 to 5 must be
 /// caught before 4).
 const RAMP_LEVELS: [f32; 4] = [1.0, 2.0, 2.5, 3.5];
@@ -144,7 +149,15 @@ fn plan(rows: std::ops::Range<usize>) -> Result<Vec<TrackSpec>> {
             }
         }
         for level in RAMP_LEVELS {
-            for _ in 0..RAMP_TRACKS {
+            for _ in 0..RAMP_TRACKS_FIRST {
+                let image = take()?;
+                out.push(TrackSpec { group: "ramp", kind: Some(kind), level, image, len: len_of(image) });
+            }
+        }
+    }
+    for kind in Corruption::ALL {
+        for level in RAMP_LEVELS {
+            for _ in RAMP_TRACKS_FIRST..RAMP_TRACKS {
                 let image = take()?;
                 out.push(TrackSpec { group: "ramp", kind: Some(kind), level, image, len: len_of(image) });
             }
@@ -354,10 +367,12 @@ const READING: &str = "## Reading the numbers
   The bound is loose (Lorden's inequality and the `theta` scaling are conservative) but it
   holds at every setting measured.
 * **kappa.** With the honest tail, `kappa = 0.2` (best against p-values near 0.007) took a
-  median 9.2 s at 2.4 a day, missed 26 harmful onsets and let two ramps reach level 4;
-  `kappa = 0.4` (best near 0.08: a run of moderately unusual blocks) takes 10.2 s but misses
-  20, its slowest detection is 48.5 s instead of 57, and every ramp is caught before level 4
-  (0.3: 9.4 s, one ramp at 4.14; 0.5: 11.6 s; 0.7: 17.8 s). The default is 0.4.
+  median 9.2 s at 2.4 a day, missed 26 harmful onsets (slowest 57.0 s) and let a ramp of a
+  type the classifier fails on reach level 4.21; `kappa = 0.4` (best near 0.08: a run of
+  moderately unusual blocks) takes 10.2 s but misses 20, its slowest is 48.5 s, and every such
+  ramp is caught before level 4 (worst 3.89). 0.3: 9.4 s, 55.2 s, 3.91; 0.5: 11.6 s, 47.5 s,
+  3.85; 0.7: 17.8 s. The default is 0.4. The two *benign* types' ramps (lens blur, darkening)
+  may stay silent: the classifier does not fail on them.
 * **Why the delays are not 3 s.** A block's evidence is `theta * (ln kappa + (1 - kappa) *
   ln(1 / p))`, and `p` falls by a factor e per `beta` (the mean excess of the baseline's top
   tenth) beyond that tenth: a block adds enough to cross `h` = 10.5 alone only when its median
@@ -369,11 +384,14 @@ const READING: &str = "## Reading the numbers
   window bound above says how far any policy could go: the mean score of a harmful onset's
   first 3 s is above everything 10 clean hours reached for 19 % of the onsets, 75 % by 10 s;
   a 3-s median is out of reach of these scores at 0.1 false alarms an hour, whatever the
-  policy, and the cusum's 10.2 s is within about 2x of the 5-10 s the bound allows.
+  policy, and the cusum's 10.2 s is within about 2x of the 5-10 s the bound allows. At 60 s
+  the bound catches every harmful onset: the 20 the cusum misses within 60 s (persistent but
+  moderate shifts, whose blocks' p-values the calibrator weighs little) are the policy's to
+  catch, e.g. with a second statistic on a long window; not done yet.
 * **Reuse.** 6,013 distinct clean frames (300 test images) back the clean hours: each track
   is reused about 12 times in different orders, so the false-alarm count is an estimate from
   300 distinct signs, not from 72,000 independent frames. Onsets reuse 8 tracks per corruption
-  and level, ramps 3 per grid level.
+  and level, ramps draw from 8 per grid level.
 ";
 
 /// Frame interval of every replayed stream (10 fps of frame time).
@@ -502,7 +520,7 @@ fn tracker(
 /// Hours of clean frames the window bound takes its threshold from.
 const BOUND_HOURS: f64 = 10.0;
 /// Window lengths of the bound, seconds.
-const BOUND_WINDOWS_S: [u64; 5] = [1, 2, 3, 5, 10];
+const BOUND_WINDOWS_S: [u64; 7] = [1, 2, 3, 5, 10, 30, 60];
 
 /// Mean of every window of `w` consecutive values.
 fn window_means(x: &[f32], w: usize) -> Vec<f64> {
@@ -740,6 +758,8 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
     writeln!(w, "| corruption | level | acc | {} |", names.join(" | "))?;
     writeln!(w, "|---|---:|---:|{}", "---:|".repeat(names.len()))?;
     let mut harmful_all: BTreeMap<&str, Delays> = BTreeMap::new();
+    // Corruptions the classifier fails on (accuracy < 80 %) at some onset level.
+    let mut harmful_kinds: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
     let mut early_all: BTreeMap<&str, usize> = BTreeMap::new();
     // Frames of clean lead-in replayed per policy (fresh trackers: the start of a stream).
     let mut lead_frames: BTreeMap<&str, usize> = BTreeMap::new();
@@ -753,6 +773,9 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
                 .fold((0usize, 0usize), |(n, ok), f| (n + 1, ok + usize::from(f.correct)));
             let acc = ok as f64 / n.max(1) as f64;
             let harmful = acc < 0.8;
+            if harmful {
+                harmful_kinds.insert(kind.name());
+            }
             let mut cells = Vec::new();
             for v in policies() {
                 let name = v.name;
@@ -816,12 +839,15 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
         "After {LEAD_S} s clean, the level rises linearly from 1 to 5 over {RAMP_S} s; frames come from the \
          scored grid level at or below the current level (levels {:?} and the onsets' 3, 4, 5), so the severity \
          shown is never above the ramp's. Cell: level reached at `alert_start`, median / max over {RAMPS} ramps \
-         (target: below 4).\n",
+         (target: below 4). *benign*: the classifier's accuracy stays at 80 % or more at levels 3-5 (an alarm \
+         there is a false alarm in all but name).\n",
         RAMP_LEVELS
     )?;
     writeln!(w, "| corruption | {} |", names.join(" | "))?;
     writeln!(w, "|---|{}", "---:|".repeat(names.len()))?;
+    // Worst level at alert per policy: over every type, and over the harmful ones.
     let mut ramp_worst: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut ramp_worst_harmful: BTreeMap<&str, f64> = BTreeMap::new();
     for (ki, kind) in Corruption::ALL.into_iter().enumerate() {
         let mut grid: Vec<(f32, Vec<&CachedTrack>)> = Vec::new();
         let mut levels: Vec<f32> = RAMP_LEVELS.to_vec();
@@ -867,10 +893,15 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
             let worst = at.last().copied().unwrap_or(f64::NAN);
             let e = ramp_worst.entry(name).or_insert(0.0);
             *e = e.max(worst);
+            if harmful_kinds.contains(kind.name()) {
+                let e = ramp_worst_harmful.entry(name).or_insert(0.0);
+                *e = e.max(worst);
+            }
             let show = |v: f64| if v > 5.0 { "not detected".to_string() } else { format!("{v:.2}") };
             cells.push(format!("{} / {}", show(percentile(&at, 0.5)), show(worst)));
         }
-        writeln!(w, "| {} | {} |", kind.name(), cells.join(" | "))?;
+        let benign = if harmful_kinds.contains(kind.name()) { "" } else { " (*benign*)" };
+        writeln!(w, "| {}{benign} | {} |", kind.name(), cells.join(" | "))?;
     }
     writeln!(w)?;
 
@@ -887,6 +918,7 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
         (percentile(&d.delays, 0.5), d.delays.last().copied().unwrap_or(f64::NAN), d.missed)
     });
     let ramp = ramp_worst.get(best).copied().unwrap_or(f64::NAN);
+    let ramp_harmful = ramp_worst_harmful.get(best).copied().unwrap_or(f64::NAN);
     let yes = |b: bool| if b { "met" } else { "**not met**" };
     writeln!(w, "| target | measured | |")?;
     writeln!(w, "|---|---|---|")?;
@@ -903,11 +935,19 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
     writeln!(w, "| every harmful onset detected | {missed} missed | {} |", yes(missed == 0))?;
     writeln!(w, "| median delay <= 3 s | {med:.1} s | {} |", yes(med <= 3.0))?;
     writeln!(w, "| max delay <= 10 s | {max:.1} s | {} |", yes(max <= 10.0 && missed == 0))?;
+    let show = |v: f64| if v > 5.0 { "not detected".to_string() } else { format!("{v:.2}") };
     writeln!(
         w,
-        "| ramp 1 -> 5 over 10 min detected before level 4 | worst {} | {} |",
-        if ramp > 5.0 { "not detected".to_string() } else { format!("{ramp:.2}") },
+        "| ramp 1 -> 5 over 10 min detected before level 4: every type | worst {} | {} |",
+        show(ramp),
         yes(ramp < 4.0)
+    )?;
+    writeln!(
+        w,
+        "| ... the {} types the classifier fails on by level 5 | worst {} | {} |",
+        harmful_kinds.len(),
+        show(ramp_harmful),
+        yes(ramp_harmful < 4.0)
     )?;
     writeln!(w)?;
     writeln!(w, "{READING}")?;
