@@ -325,6 +325,25 @@ pub fn load_cache(dir: &Path, calib: &Calibration) -> Result<Vec<CachedTrack>> {
     Ok(tracks)
 }
 
+/// Fails when the cache holds another number of tracks per group than [`plan`] draws (a cache
+/// made by another version of the benchmark would be reported as if it were this one).
+fn check_plan(tracks: &[CachedTrack]) -> Result<()> {
+    let kinds = Corruption::ALL.len();
+    let expected = [
+        ("learn", LEARN_TRACKS),
+        ("clean", CLEAN_TRACKS),
+        ("onset", kinds * ONSET_LEVELS.len() * ONSET_TRACKS),
+        ("ramp", kinds * RAMP_LEVELS.len() * RAMP_TRACKS),
+    ];
+    for (group, want) in expected {
+        let have = tracks.iter().filter(|t| t.group == group).count();
+        if have != want {
+            bail!("the cache has {have} {group} tracks where this benchmark draws {want} (made by another version)");
+        }
+    }
+    Ok(())
+}
+
 /// Runs `gradwatch bench-alarms`.
 pub fn run(a: BenchAlarmsArgs) -> Result<i32> {
     if !a.cache.join(CACHE_INDEX).exists() {
@@ -335,6 +354,7 @@ pub fn run(a: BenchAlarmsArgs) -> Result<i32> {
     }
     let calib = Calibration::load(&a.calib)?;
     let tracks = load_cache(&a.cache, &calib)?;
+    check_plan(&tracks).map_err(|e| anyhow::anyhow!("{}: {e}; delete the folder to rebuild it", a.cache.display()))?;
     let report = report(&a, &tracks)?;
     if let Some(dir) = a.out.parent() {
         std::fs::create_dir_all(dir)?;
@@ -958,7 +978,22 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::window_means;
+    use super::{check_plan, window_means, CachedTrack};
+
+    #[test]
+    fn a_cache_of_another_plan_is_refused() {
+        let track =
+            |group: &str| CachedTrack { group: group.into(), kind: "none".into(), level: 0.0, frames: Vec::new() };
+        let mut tracks: Vec<CachedTrack> = Vec::new();
+        for (g, n) in [("learn", 120), ("clean", 300), ("onset", 35 * 3 * 8), ("ramp", 35 * 4 * 8)] {
+            tracks.extend((0..n).map(|_| track(g)));
+        }
+        assert!(check_plan(&tracks).is_ok());
+        // The cache of the previous version: 3 ramp tracks per level.
+        tracks.truncate(tracks.len() - 35 * 4 * 5);
+        let e = check_plan(&tracks).unwrap_err().to_string();
+        assert!(e.contains("420 ramp tracks") && e.contains("1120"), "{e}");
+    }
 
     #[test]
     fn window_means_slide_over_every_window() {
