@@ -155,7 +155,11 @@ fn learned_baseline_is_saved_shown_and_reused_after_restart_and_sighup() {
     let mut d = start(&cfg);
     wait_metric(&d, LEARNED, |v| v == 1.0);
     assert_eq!(d.metric(BLOCKS), 48.0);
-    assert!(d.stderr().contains("stream cam: learned baseline loaded from"), "{}", d.stderr());
+    // The line is logged before the first frame, but the test reads stderr on another thread:
+    // wait for it rather than race the metric.
+    d.wait_for("the loaded baseline's log line", Duration::from_secs(10), |d| {
+        d.stderr().contains("stream cam: learned baseline loaded from")
+    });
     // Far more frames than learning takes (52 blocks with the quarantine): nothing is learned
     // again (a new baseline would be saved at once).
     wait_frames(&d, 400.0);
