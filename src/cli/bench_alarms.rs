@@ -539,6 +539,42 @@ fn tracker(
     Ok(t)
 }
 
+/// Classifier accuracy below which a cell is *harmful*.
+const HARMFUL_ACCURACY: f64 = 0.8;
+
+/// The onset tracks of one corruption and level, with the classifier's accuracy on them.
+struct OnsetCell<'a> {
+    /// Index of `kind` in [`Corruption::ALL`] (seeds the cell's streams).
+    ki: usize,
+    kind: Corruption,
+    level: u8,
+    pool: Vec<&'a CachedTrack>,
+    acc: f64,
+}
+
+impl OnsetCell<'_> {
+    fn harmful(&self) -> bool {
+        self.acc < HARMFUL_ACCURACY
+    }
+}
+
+/// Every (corruption, level) cell of the onsets, in [`Corruption::ALL`] and level order.
+fn onset_cells<'a>(onset: &[&'a CachedTrack]) -> Vec<OnsetCell<'a>> {
+    let mut cells = Vec::new();
+    for (ki, kind) in Corruption::ALL.into_iter().enumerate() {
+        for level in ONSET_LEVELS {
+            let pool: Vec<&CachedTrack> =
+                onset.iter().copied().filter(|t| t.kind == kind.name() && t.level == f32::from(level)).collect();
+            let (n, ok) = pool
+                .iter()
+                .flat_map(|t| &t.frames)
+                .fold((0usize, 0usize), |(n, ok), f| (n + 1, ok + usize::from(f.correct)));
+            cells.push(OnsetCell { ki, kind, level, pool, acc: ok as f64 / n.max(1) as f64 });
+        }
+    }
+    cells
+}
+
 /// Hours of clean frames the window bound takes its threshold from.
 const BOUND_HOURS: f64 = 10.0;
 /// Window lengths of the bound, seconds.
@@ -564,24 +600,12 @@ fn window_means(x: &[f32], w: usize) -> Vec<f64> {
 /// crossing in that time: about the 0.1-an-hour target), and the share of harmful onsets whose
 /// first `W` seconds alone have a higher mean. A policy that decides within `W` s of an onset
 /// at that false-alarm rate, from the mean score, cannot catch more.
-fn window_bound(w: &mut String, clean: &[&CachedTrack], onset: &[&CachedTrack]) -> Result<()> {
+fn window_bound(w: &mut String, clean: &[&CachedTrack], cells: &[OnsetCell]) -> Result<()> {
     use std::fmt::Write as _;
     let mut rng = SplitMix64::new(SEED ^ 0x0B0D);
     let mut clean_scores = Vec::new();
     fill(&mut clean_scores, clean, (BOUND_HOURS * 3_600_000.0 / FRAME_MS as f64) as usize, &mut rng);
-    // Harmful (corruption, level) pools.
-    let mut pools: Vec<Vec<&CachedTrack>> = Vec::new();
-    for kind in Corruption::ALL {
-        for level in ONSET_LEVELS {
-            let pool: Vec<&CachedTrack> =
-                onset.iter().copied().filter(|t| t.kind == kind.name() && t.level == f32::from(level)).collect();
-            let (n, ok) =
-                pool.iter().flat_map(|t| &t.frames).fold((0, 0), |(n, ok), f| (n + 1, ok + usize::from(f.correct)));
-            if n > 0 && (ok as f64) < 0.8 * n as f64 {
-                pools.push(pool);
-            }
-        }
-    }
+    let pools: Vec<&[&CachedTrack]> = cells.iter().filter(|c| c.harmful()).map(|c| c.pool.as_slice()).collect();
     writeln!(
         w,
         "## What any policy could do with these scores
@@ -602,7 +626,7 @@ fn window_bound(w: &mut String, clean: &[&CachedTrack], onset: &[&CachedTrack]) 
         let n = (wsec * 1000 / FRAME_MS) as usize;
         let thr = window_means(&clean_scores, n).into_iter().fold(f64::NEG_INFINITY, f64::max);
         let (mut hits, mut total) = (0usize, 0usize);
-        for pool in &pools {
+        for &pool in &pools {
             for _ in 0..ONSETS {
                 let mut s = Vec::new();
                 fill(&mut s, pool, n, &mut rng);
@@ -785,54 +809,47 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
     let mut early_all: BTreeMap<&str, usize> = BTreeMap::new();
     // Frames of clean lead-in replayed per policy (fresh trackers: the start of a stream).
     let mut lead_frames: BTreeMap<&str, usize> = BTreeMap::new();
-    for (ki, kind) in Corruption::ALL.into_iter().enumerate() {
-        for level in ONSET_LEVELS {
-            let pool: Vec<&CachedTrack> =
-                onset.iter().copied().filter(|t| t.kind == kind.name() && t.level == f32::from(level)).collect();
-            let (n, ok) = pool
-                .iter()
-                .flat_map(|t| &t.frames)
-                .fold((0usize, 0usize), |(n, ok), f| (n + 1, ok + usize::from(f.correct)));
-            let acc = ok as f64 / n.max(1) as f64;
-            let harmful = acc < 0.8;
-            if harmful {
-                harmful_kinds.insert(kind.name());
-            }
-            let mut cells = Vec::new();
-            for v in policies() {
-                let name = v.name;
-                let mut d = Delays { delays: Vec::new(), missed: 0, early: 0 };
-                for k in 0..ONSETS {
-                    let mut r =
-                    // One seed per (type, level, onset): every lead-in is a different clean
-                    // stretch (seeding by the name's length repeated them across types).
-                        SplitMix64::new(SEED ^ ((ki * 131 + usize::from(level) * 17 + k) as u64) << 20);
-                    let mut scores = Vec::new();
-                    // Warm-up: the stream has been running (random offset into the clean tracks).
-                    fill(&mut scores, &clean, (LEAD_S * 1000 / FRAME_MS) as usize + r.below(20), &mut r);
-                    let onset_at = scores.len();
-                    fill(&mut scores, &pool, (ONSET_WINDOW_S * 1000 / FRAME_MS) as usize, &mut r);
-                    let mut t = tracker(&v.policy, v.learns.then_some(&learned))?;
-                    let starts = replay(&mut t, &scores, 0, gate(&v));
-                    d.early += starts.iter().filter(|&&i| i < onset_at).count();
-                    *lead_frames.entry(name).or_default() += onset_at;
-                    match starts.iter().find(|&&i| i >= onset_at) {
-                        Some(&i) => d.delays.push((i - onset_at) as f64 * FRAME_MS as f64 / 1000.0),
-                        None => d.missed += 1,
-                    }
-                }
-                d.delays.sort_by(f64::total_cmp);
-                cells.push(d.cell());
-                *early_all.entry(name).or_default() += d.early;
-                if harmful {
-                    let e = harmful_all.entry(name).or_insert(Delays { delays: Vec::new(), missed: 0, early: 0 });
-                    e.delays.extend(d.delays.iter().copied());
-                    e.missed += d.missed;
-                }
-            }
-            let acc_s = if harmful { format!("**{:.0} %**", 100.0 * acc) } else { format!("{:.0} %", 100.0 * acc) };
-            writeln!(w, "| {} | {level} | {acc_s} | {} |", kind.name(), cells.join(" | "))?;
+    let cells = onset_cells(&onset);
+    for cell in &cells {
+        let (ki, kind, level, pool, acc) = (cell.ki, cell.kind, cell.level, &cell.pool, cell.acc);
+        let harmful = cell.harmful();
+        if harmful {
+            harmful_kinds.insert(kind.name());
         }
+        let mut row = Vec::new();
+        for v in policies() {
+            let name = v.name;
+            let mut d = Delays { delays: Vec::new(), missed: 0, early: 0 };
+            for k in 0..ONSETS {
+                let mut r =
+                // One seed per (type, level, onset): every lead-in is a different clean
+                // stretch (seeding by the name's length repeated them across types).
+                    SplitMix64::new(SEED ^ ((ki * 131 + usize::from(level) * 17 + k) as u64) << 20);
+                let mut scores = Vec::new();
+                // Warm-up: the stream has been running (random offset into the clean tracks).
+                fill(&mut scores, &clean, (LEAD_S * 1000 / FRAME_MS) as usize + r.below(20), &mut r);
+                let onset_at = scores.len();
+                fill(&mut scores, pool, (ONSET_WINDOW_S * 1000 / FRAME_MS) as usize, &mut r);
+                let mut t = tracker(&v.policy, v.learns.then_some(&learned))?;
+                let starts = replay(&mut t, &scores, 0, gate(&v));
+                d.early += starts.iter().filter(|&&i| i < onset_at).count();
+                *lead_frames.entry(name).or_default() += onset_at;
+                match starts.iter().find(|&&i| i >= onset_at) {
+                    Some(&i) => d.delays.push((i - onset_at) as f64 * FRAME_MS as f64 / 1000.0),
+                    None => d.missed += 1,
+                }
+            }
+            d.delays.sort_by(f64::total_cmp);
+            row.push(d.cell());
+            *early_all.entry(name).or_default() += d.early;
+            if harmful {
+                let e = harmful_all.entry(name).or_insert(Delays { delays: Vec::new(), missed: 0, early: 0 });
+                e.delays.extend(d.delays.iter().copied());
+                e.missed += d.missed;
+            }
+        }
+        let acc_s = if harmful { format!("**{:.0} %**", 100.0 * acc) } else { format!("{:.0} %", 100.0 * acc) };
+        writeln!(w, "| {} | {level} | {acc_s} | {} |", kind.name(), row.join(" | "))?;
     }
     writeln!(w)?;
     writeln!(w, "All harmful onsets together (median / p90 / max, seconds):\n")?;
@@ -852,7 +869,7 @@ fn report(a: &BenchAlarmsArgs, tracks: &[CachedTrack]) -> Result<String> {
     }
     writeln!(w)?;
 
-    window_bound(w, &clean, &onset)?;
+    window_bound(w, &clean, &cells)?;
 
     // Ramps.
     writeln!(w, "## Ramps: level 1 -> 5 over {} minutes\n", RAMP_S / 60)?;
