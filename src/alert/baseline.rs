@@ -107,8 +107,7 @@ impl Baseline {
         let k = (n / 10).max(5).min(n - 1);
         let u = self.sample[n - 1 - k];
         if x > u {
-            let excess: f64 = self.sample[n - k..].iter().map(|&v| f64::from(v - u)).sum::<f64>() / k as f64;
-            let beta = excess.max(min_scale).max(1e-3);
+            let beta = crate::detector::calibration::mean_excess(&self.sample, k).max(min_scale).max(1e-3);
             let p = (k as f64 / (n + 1) as f64) * (-(f64::from(x - u)) / beta).exp();
             return p.max(P_FLOOR);
         }

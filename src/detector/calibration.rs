@@ -121,9 +121,14 @@ pub fn tail_scale(scores: &[f32]) -> Option<f64> {
         return None;
     }
     v.sort_by(f32::total_cmp);
-    let k = v.len() / 10;
-    let u = f64::from(v[v.len() - 1 - k]);
-    Some(v[v.len() - k..].iter().map(|&s| f64::from(s) - u).sum::<f64>() / k as f64)
+    Some(mean_excess(&v, v.len() / 10))
+}
+
+/// The mean excess of the top `k` of `sorted` (ascending, `0 < k < len`) over the value just
+/// below them, `sorted[len - 1 - k]`: the scale of an exponential tail fitted there.
+pub fn mean_excess(sorted: &[f32], k: usize) -> f64 {
+    let u = f64::from(sorted[sorted.len() - 1 - k]);
+    sorted[sorted.len() - k..].iter().map(|&s| f64::from(s) - u).sum::<f64>() / k as f64
 }
 
 /// One data set the calibration saw.
