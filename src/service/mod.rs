@@ -332,6 +332,11 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
         streams.push(StreamSpec { name: s.name.clone(), roi: s.roi, queue: s.queue, source, score_fps: s.score_fps });
     }
     let stream_names: Vec<String> = streams.iter().map(|s| s.name.clone()).collect();
+    // Every stream is in the registry before its first frame: the MQTT sinks clear the
+    // retained topics of streams that are not.
+    for n in &stream_names {
+        metrics.stream(n);
+    }
     let sinks = crate::sink::build_all_with(&config.sink, Some(&metrics))?;
 
     crate::runtime::init(config.runtime.library.as_deref())?;

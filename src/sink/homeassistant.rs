@@ -230,9 +230,14 @@ pub fn ha_id(s: &str) -> String {
     format!("{clean}_{h:08x}")
 }
 
+/// The Home Assistant node id of a sink's client id (one device per client id).
+pub(super) fn node_id(cfg: &MqttSinkConfig) -> String {
+    ha_id(&format!("gradwatch_{}", cfg.client_id))
+}
+
 /// The discovery messages of one stream: `(component, topic, config)`.
 pub fn discovery(cfg: &MqttSinkConfig, stream: &str) -> Vec<(&'static str, String, Value)> {
-    let node = ha_id(&format!("gradwatch_{}", cfg.client_id));
+    let node = node_id(cfg);
     let sid = ha_id(stream);
     let device = json!({
         "identifiers": [node],

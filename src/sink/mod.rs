@@ -9,6 +9,7 @@ pub mod homeassistant;
 pub mod mqtt;
 pub mod spool;
 pub mod stdout;
+mod sweep;
 
 use std::collections::HashSet;
 use std::path::PathBuf;

@@ -389,12 +389,23 @@ impl MqttSinkConfig {
     }
 
     fn options(&self) -> Result<MqttOptions, SinkError> {
-        let mut o = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
+        let mut o = self.options_as(&self.client_id)?;
+        o.set_clean_session(self.clean_session).set_last_will(LastWill::new(
+            self.status_topic(),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+        Ok(o)
+    }
+
+    /// Connection options with this sink's broker, credentials and TLS under `client_id`, a
+    /// clean session and no last will.
+    pub(super) fn options_as(&self, client_id: &str) -> Result<MqttOptions, SinkError> {
+        let mut o = MqttOptions::new(client_id, self.host.clone(), self.port);
         o.set_keep_alive(Duration::from_secs(self.keep_alive_s))
-            .set_clean_session(self.clean_session)
             .set_inflight(MAX_INFLIGHT)
-            .set_max_packet_size(1 << 20, 1 << 20)
-            .set_last_will(LastWill::new(self.status_topic(), "offline", QoS::AtLeastOnce, true));
+            .set_max_packet_size(1 << 20, 1 << 20);
         if let Some(u) = &self.username {
             let password = match &self.password_file {
                 Some(f) => {
@@ -701,6 +712,16 @@ impl MqttSink {
         });
         let (client, connection) = Client::new(options, 16);
         let own_status = (cfg.dashboard_on() && metrics.is_none()).then(Metrics::new);
+        if let (true, Some(m)) = (cfg.dashboard_on(), &metrics) {
+            // Only with the daemon's registry: it knows every configured stream.
+            let s = shared.clone();
+            let sweep =
+                super::sweep::spawn(name.clone(), cfg.clone(), m.clone(), move || s.stop.load(Ordering::SeqCst));
+            if let Err(e) = sweep {
+                detach(&shared);
+                return Err(SinkError::Thread(e));
+            }
+        }
         let dash =
             cfg.dashboard_on().then(|| Dashboard::new(cfg, metrics.or_else(|| own_status.clone()).unwrap_or_default()));
         let conn = ConnThread {

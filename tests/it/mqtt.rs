@@ -622,6 +622,85 @@ fn dashboard_from_events_alone() {
     assert!(r.keys().all(|t| !t.starts_with("homeassistant/")), "{:?}", r.keys());
 }
 
+/// Publishes `msgs` retained (QoS 1) from a client of its own; returns once all are acknowledged.
+fn publish_retained(port: u16, msgs: &[(&str, &str)]) {
+    let mut o = MqttOptions::new("t-seed", "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = Client::new(o, 64);
+    for (topic, payload) in msgs {
+        client.publish(*topic, QoS::AtLeastOnce, true, payload.as_bytes().to_vec()).unwrap();
+    }
+    let (mut acks, end) = (0, Instant::now() + Duration::from_secs(10));
+    while acks < msgs.len() {
+        assert!(Instant::now() < end, "the broker acknowledged {acks} of {} seeded messages", msgs.len());
+        if let Ok(Ok(rumqttc::Event::Incoming(Packet::PubAck(_)))) = conn.recv_timeout(Duration::from_millis(100)) {
+            acks += 1;
+        }
+    }
+    let _ = client.try_disconnect();
+}
+
+/// Every retained message under `filter` that a late subscriber gets within `wait`.
+fn retained_within(port: u16, id: &str, filter: &str, wait: Duration) -> std::collections::BTreeMap<String, Got> {
+    let sub = Sub::connect(port, id, filter, true);
+    let end = Instant::now() + wait;
+    let mut got = std::collections::BTreeMap::new();
+    while let Ok(g) = sub.rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+        if g.retain {
+            got.insert(g.topic.clone(), g);
+        }
+    }
+    got
+}
+
+/// A stream removed from the config while the daemon was stopped leaves no ghost behind: its
+/// retained state, attributes, snapshot and Home Assistant entities are deleted when the sink
+/// starts; the configured streams' topics, other client ids' and other programs' stay.
+#[test]
+fn retained_topics_of_removed_streams_are_cleared() {
+    use gradwatch::metrics::Metrics;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), false);
+    let ghost = [
+        "gradwatch/box7/ghost/state",
+        "gradwatch/box7/ghost/attributes",
+        "gradwatch/box7/ghost/snapshot",
+        "homeassistant/binary_sensor/gradwatch_box7/ghost_trust/config",
+        "homeassistant/sensor/gradwatch_box7/ghost_score/config",
+        "homeassistant/image/gradwatch_box7/ghost_snapshot/config",
+    ];
+    let keep = [
+        // A configured stream before its first frame: its last value stays until the new one.
+        ("gradwatch/box7/cam0/state", "degraded"),
+        ("gradwatch/box8/ghost/state", "ok"),
+        ("homeassistant/sensor/other_node/ghost_score/config", "{}"),
+        ("gradwatch/box7/ghost/other_leaf", "x"),
+    ];
+    let mut seed: Vec<(&str, &str)> = ghost.iter().map(|t| (*t, "old")).collect();
+    seed.extend(keep);
+    publish_retained(broker.port, &seed);
+    assert_eq!(retained_within(broker.port, "t-sweep-0", "#", Duration::from_millis(500)).len(), seed.len());
+
+    let metrics = Metrics::new();
+    metrics.stream("cam0");
+    let mut cfg = MqttSinkConfig::new("127.0.0.1", broker.port, "box7");
+    cfg.discovery = true;
+    let sink = MqttSink::start_with("mqtt", &cfg, Some(metrics)).unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    for k in 1.. {
+        let r = retained_within(broker.port, &format!("t-sweep-{k}"), "#", Duration::from_millis(500));
+        if ghost.iter().all(|t| !r.contains_key(*t)) {
+            for (t, p) in keep {
+                assert_eq!(r.get(t).map(|g| g.payload.as_str()), Some(p), "{t} must stay");
+            }
+            assert!(r.contains_key("homeassistant/sensor/gradwatch_box7/cam0_score/config"));
+            break;
+        }
+        assert!(Instant::now() < end, "ghost topics still retained: {:?}", r.keys().collect::<Vec<_>>());
+    }
+    drop(sink);
+}
+
 /// The real daemon with `discovery = true`, killed with SIGKILL: the broker publishes the
 /// retained "offline" last will on the availability topic, and the state topics stay.
 #[test]
