@@ -434,6 +434,20 @@ impl MqttSinkConfig {
     }
 }
 
+/// A connection error with the likely fix where the error alone does not say it: a connect
+/// refused with EPERM comes from a firewall on this host, most often the unit's
+/// `IPAddressDeny=any` (only localhost is allowed unless the broker is added).
+fn describe(e: &rumqttc::ConnectionError) -> String {
+    let mut msg = e.to_string();
+    if let rumqttc::ConnectionError::Io(io) = e {
+        if io.kind() == std::io::ErrorKind::PermissionDenied {
+            msg += " (the connection was blocked on this host: under systemd, add the broker to \
+                    IPAddressAllow= in gradwatch.service, which allows only localhost)";
+        }
+    }
+    msg
+}
+
 /// Installs rustls's ring provider as the process default (once; an already installed
 /// provider is kept).
 pub fn install_ring_provider() {
@@ -973,7 +987,7 @@ impl ConnThread {
             };
             match res {
                 Ok(Ok(ev)) => self.on_event(ev),
-                Ok(Err(e)) => self.on_error(e.to_string(), closing.is_some()),
+                Ok(Err(e)) => self.on_error(describe(&e), closing.is_some()),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -1159,6 +1173,14 @@ impl ConnThread {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connect_blocked_on_this_host_names_the_units_ip_allow_list() {
+        let e = rumqttc::ConnectionError::Io(std::io::Error::from_raw_os_error(1));
+        assert!(describe(&e).contains("IPAddressAllow="), "{}", describe(&e));
+        let e = rumqttc::ConnectionError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(!describe(&e).contains("IPAddressAllow"));
+    }
 
     #[test]
     fn topics_are_sanitized() {
