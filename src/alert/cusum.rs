@@ -170,6 +170,31 @@ mod tests {
         assert!((mean - 1.0).abs() < 0.01, "{mean}");
     }
 
+    /// How loose the bound is in the ideal case (independent, exactly uniform p-values): with
+    /// kappa = 0.4 the mean time to a false alarm is about 10x `exp(h)` (simulated in Python:
+    /// 10.3x at h = 6, 8.2 and 10.5), since Lorden's bound ignores the overshoot over `h` and
+    /// the time `S` spends at 0. `docs/alerts.md` quotes it.
+    #[test]
+    fn mean_run_length_is_about_ten_times_the_bound_with_kappa_0_4() {
+        let params = CusumParams { h: 6.0, clear: 3.0, kappa: 0.4, theta: 1.0 };
+        let mut rng = crate::rng::SplitMix64::new(7);
+        let runs = 400;
+        let mut total = 0u64;
+        for _ in 0..runs {
+            let mut c = Cusum::default();
+            loop {
+                total += 1;
+                c.update(&params, 1.0 - rng.next_f64(), false);
+                if c.s >= params.h {
+                    break;
+                }
+            }
+        }
+        let ratio = total as f64 / runs as f64 / params.h.exp();
+        // The run length is about exponential: 400 runs give a standard error of 5 %.
+        assert!((8.5..12.5).contains(&ratio), "mean run length / exp(h) = {ratio}");
+    }
+
     #[test]
     fn median_ignores_nan() {
         let mut v = [3.0, f32::NAN, 1.0, 2.0];
