@@ -503,6 +503,3 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         "unknown panic payload".into()
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -6,6 +6,7 @@
 
 pub mod file;
 pub mod homeassistant;
+pub mod memory;
 pub mod mqtt;
 pub mod spool;
 pub mod stdout;
@@ -25,6 +26,7 @@ use crate::alert::Event;
 pub(crate) use crate::ratelimit::LogLimiter;
 
 pub use file::FileSink;
+pub use memory::{EventLog, MemorySink};
 pub use mqtt::{MqttSink, MqttSinkConfig, MqttTlsConfig};
 pub use stdout::StdoutSink;
 

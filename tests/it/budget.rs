@@ -1,22 +1,18 @@
 //! The edge budget: the `fast` preset's metadata and calibration refusal, per-stream
 //! `score_fps` and latency-aware batching on the simulated clock.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gradwatch::alert::{AlertConfig, AlertPolicy, Event};
-use gradwatch::detector::calibration::{CalibModel, DataSummary, FitSummary, FORMAT};
-use gradwatch::detector::{CalibError, Calibration, DetectorKind, Gaussian, LogStandardizer};
+use crate::fakes::{self, calibration, Brightness};
+use gradwatch::alert::Event;
+use gradwatch::detector::{CalibError, Calibration};
 use gradwatch::frame::RgbImage;
 use gradwatch::grad::{self, CompileOptions, Preset};
 use gradwatch::metrics::Metrics;
-use gradwatch::pipeline::{
-    BatchPolicy, Classifier, ClassifierOutput, Env, Pipeline, PipelineConfig, Scoring, StreamSpec,
-};
-use gradwatch::sink::{Sink, SinkError};
+use gradwatch::pipeline::{BatchPolicy, Env, Pipeline, PipelineConfig, Scoring, StreamSpec};
+use gradwatch::sink::MemorySink;
 use gradwatch::source::{Clock, DropPolicy, QueueConfig, SimClock, Source, SourceEvent};
-use ndarray::Array2;
 
 /// 30 fps on the simulated clock: `dark` grey frames, then `bright` white ones, then `dark` again.
 struct Camera {
@@ -38,77 +34,6 @@ impl Source for Camera {
     }
 }
 
-/// Feature = mean brightness; each run records its batch size.
-struct Brightness {
-    names: Vec<String>,
-    batches: Arc<Mutex<Vec<usize>>>,
-}
-
-impl Classifier for Brightness {
-    fn model_name(&self) -> &str {
-        "fake"
-    }
-    fn model_sha256(&self) -> &str {
-        "00"
-    }
-    fn class_names(&self) -> &[String] {
-        &self.names
-    }
-    fn run(&mut self, images: &[&RgbImage]) -> Result<ClassifierOutput, String> {
-        self.batches.lock().unwrap().push(images.len());
-        let n = images.len();
-        let mut f = Array2::zeros((n, 1));
-        for (i, img) in images.iter().enumerate() {
-            f[[i, 0]] = (img.data.iter().map(|&v| v as f32).sum::<f32>() / img.data.len() as f32 / 255.0).max(1e-3);
-        }
-        Ok(ClassifierOutput { logits: Array2::zeros((n, 2)), features: f })
-    }
-}
-
-struct MemSink(Arc<Mutex<Vec<Event>>>);
-
-impl Sink for MemSink {
-    fn name(&self) -> &str {
-        "mem"
-    }
-    fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
-        self.0.lock().unwrap().push(ev.clone());
-        Ok(())
-    }
-    fn flush(&mut self, _: Instant) -> Result<(), SinkError> {
-        Ok(())
-    }
-}
-
-/// Score = ((ln x - ln 0.5) / 0.1)^2: about 0 for grey 128, 48 for white.
-fn calibration(preset: &str) -> Calibration {
-    Calibration {
-        format: FORMAT,
-        model: CalibModel {
-            name: "fake".into(),
-            sha256: "00".into(),
-            loss: "bce-logits".into(),
-            features: vec!["f".into()],
-            preset: preset.into(),
-        },
-        threshold: 9.0,
-        target_false_alarm: 0.01,
-        clean_tail_scale: None,
-        detector: DetectorKind::OneClass {
-            normalize: LogStandardizer { eps: 1e-12, mean: vec![0.5f64.ln()], std: vec![0.1] },
-            gaussian: Gaussian { means: vec![vec![0.0]], precision: vec![vec![1.0]] },
-        },
-        fitted_on: FitSummary {
-            familiar: DataSummary { name: "grey".into(), count: 1 },
-            unfamiliar: vec![],
-            validation_false_alarm_rate: 0.0,
-            validation_true_positive_rate: 1.0,
-            validation_auroc: 1.0,
-            command: "test".into(),
-        },
-    }
-}
-
 #[test]
 fn score_fps_scores_evenly_spaced_frames_and_counts_the_rest_as_skipped() {
     let clock = Arc::new(SimClock::new());
@@ -123,21 +48,9 @@ fn score_fps_scores_evenly_spaced_frames_and_counts_the_rest_as_skipped() {
         source: Box::new(cam),
         score_fps: Some(5.0),
     }];
-    let alert = AlertConfig {
-        default: AlertPolicy {
-            window: 4,
-            raise: 3,
-            clear: 1,
-            min_duration_ms: 0,
-            update_interval_ms: 0,
-            ..AlertPolicy::default()
-        },
-        stream: BTreeMap::new(),
-        ..AlertConfig::default()
-    };
+    let alert = fakes::quick_alerts();
     let events = Arc::new(Mutex::new(Vec::new()));
-    let batches = Arc::new(Mutex::new(Vec::new()));
-    let cls = Brightness { names: vec!["a".into(), "b".into()], batches: batches.clone() };
+    let cls = Brightness::new();
     let scoring = Scoring { calibration: Arc::new(calibration("full")), threshold: 9.0 };
     let p = Pipeline::start(
         &env,
@@ -146,7 +59,7 @@ fn score_fps_scores_evenly_spaced_frames_and_counts_the_rest_as_skipped() {
         streams,
         Box::new(cls),
         scoring,
-        vec![Box::new(MemSink(events.clone()))],
+        vec![Box::new(MemorySink::new(events.clone()))],
     )
     .unwrap();
     let until = Instant::now() + Duration::from_secs(30);

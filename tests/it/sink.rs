@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use gradwatch::alert::{Alert, EndReason, Event};
 use gradwatch::metrics::{HealthFn, Metrics, MetricsServer};
-use gradwatch::sink::{Fanout, FileSink, Sink, SinkError, StdoutSink};
+use gradwatch::sink::{Fanout, FileSink, MemorySink, Sink, SinkError, StdoutSink};
 
 fn alert(i: u64) -> Alert {
     Alert {
@@ -176,24 +176,6 @@ fn fanout_reopen_applies_to_later_events() {
     assert_eq!(new, (4..8).map(ev).collect::<Vec<_>>());
 }
 
-/// Collects events in memory.
-struct MemSink {
-    got: Arc<Mutex<Vec<Event>>>,
-}
-
-impl Sink for MemSink {
-    fn name(&self) -> &str {
-        "mem"
-    }
-    fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
-        self.got.lock().unwrap().push(ev.clone());
-        Ok(())
-    }
-    fn flush(&mut self, _: Instant) -> Result<(), SinkError> {
-        Ok(())
-    }
-}
-
 /// Blocks in `send` until the test drops `release`; announces entering `send`.
 struct BlockingSink {
     entered: Sender<()>,
@@ -239,7 +221,7 @@ fn blocked_sink_does_not_block_others_and_counts_overflow() {
     let fan = Fanout::new(
         vec![
             Box::new(BlockingSink { entered: entered_tx, release: release_rx }),
-            Box::new(MemSink { got: got.clone() }),
+            Box::new(MemorySink::new(got.clone())),
             Box::new(FailingSink),
         ],
         Q,
@@ -331,7 +313,7 @@ fn metrics_over_http() {
     m.batch_size().observe(4.0);
 
     let got = Arc::new(Mutex::new(Vec::new()));
-    let fan = Fanout::new(vec![Box::new(MemSink { got: got.clone() })], 4).unwrap();
+    let fan = Fanout::new(vec![Box::new(MemorySink::new(got.clone()))], 4).unwrap();
     fan.send(&ev(0));
     fan.send(&ev(1));
     wait_for("sent", 10, || fan.stats()[0].sent == 2);

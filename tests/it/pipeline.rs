@@ -1,13 +1,16 @@
-//! Unit tests of `pipeline`.
+//! The pipeline on the simulated clock: fake sources of grey and white frames, the
+//! [`Brightness`] classifier, events collected in memory.
 
-use super::*;
-use crate::alert::{EndReason, Event};
-use crate::detector::calibration::{CalibModel, DataSummary, FitSummary, FORMAT};
-use crate::detector::{DetectorKind, Gaussian, LogStandardizer};
-use crate::frame::RgbImage;
-use crate::sink::SinkError;
-use crate::source::{DropPolicy, SimClock, SourceEvent};
-use ndarray::Array2;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::fakes::{self, calibration, Brightness};
+use gradwatch::alert::{AlertConfig, EndReason, Event};
+use gradwatch::frame::RgbImage;
+use gradwatch::metrics::Metrics;
+use gradwatch::pipeline::{Env, Pipeline, PipelineConfig, Scoring, StageExit, StreamSpec};
+use gradwatch::sink::MemorySink;
+use gradwatch::source::{DropPolicy, QueueConfig, Roi, SimClock, Source, SourceEvent};
 
 /// Frames of a constant grey level, 100 ms apart on the simulated clock: `plan` lists
 /// (count, level, tag); `forever` repeats the last entry without end.
@@ -42,87 +45,6 @@ impl Source for FakeSource {
     }
 }
 
-/// Feature = mean brightness in (0, 1]; logits favour class 1 for bright frames.
-struct FakeClassifier {
-    names: Vec<String>,
-    panic_after: Option<usize>,
-    delay: Duration,
-}
-
-impl Classifier for FakeClassifier {
-    fn model_name(&self) -> &str {
-        "fake"
-    }
-    fn model_sha256(&self) -> &str {
-        "00"
-    }
-    fn class_names(&self) -> &[String] {
-        &self.names
-    }
-    fn run(&mut self, images: &[&RgbImage]) -> Result<ClassifierOutput, String> {
-        if let Some(n) = self.panic_after.as_mut() {
-            if *n == 0 {
-                panic!("fake model exploded");
-            }
-            *n -= 1;
-        }
-        std::thread::sleep(self.delay);
-        let n = images.len();
-        let mut f = Array2::zeros((n, 1));
-        let mut l = Array2::zeros((n, 2));
-        for (i, img) in images.iter().enumerate() {
-            let mean = img.data.iter().map(|&v| v as f32).sum::<f32>() / img.data.len() as f32 / 255.0;
-            f[[i, 0]] = mean.max(1e-3);
-            l[[i, 1]] = mean * 4.0;
-        }
-        Ok(ClassifierOutput { logits: l, features: f })
-    }
-}
-
-/// Score = ((ln x - ln 0.5) / 0.1)^2: about 0 for grey 128, 48 for white.
-fn calibration() -> Calibration {
-    Calibration {
-        format: FORMAT,
-        model: CalibModel {
-            name: "fake".into(),
-            sha256: "00".into(),
-            loss: "bce-logits".into(),
-            features: vec!["f".into()],
-            preset: "full".into(),
-        },
-        threshold: 9.0,
-        target_false_alarm: 0.01,
-        clean_tail_scale: None,
-        detector: DetectorKind::OneClass {
-            normalize: LogStandardizer { eps: 1e-12, mean: vec![0.5f64.ln()], std: vec![0.1] },
-            gaussian: Gaussian { means: vec![vec![0.0]], precision: vec![vec![1.0]] },
-        },
-        fitted_on: FitSummary {
-            familiar: DataSummary { name: "grey".into(), count: 1 },
-            unfamiliar: vec![],
-            validation_false_alarm_rate: 0.0,
-            validation_true_positive_rate: 1.0,
-            validation_auroc: 1.0,
-            command: "test".into(),
-        },
-    }
-}
-
-struct MemSink(Arc<Mutex<Vec<Event>>>);
-
-impl Sink for MemSink {
-    fn name(&self) -> &str {
-        "mem"
-    }
-    fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
-        self.0.lock().unwrap().push(ev.clone());
-        Ok(())
-    }
-    fn flush(&mut self, _deadline: Instant) -> Result<(), SinkError> {
-        Ok(())
-    }
-}
-
 struct Run {
     pipeline: Pipeline,
     events: Arc<Mutex<Vec<Event>>>,
@@ -152,21 +74,10 @@ fn start_with(
         source: Box::new(src),
         score_fps: None,
     }];
-    let alert = AlertConfig {
-        default: AlertPolicy {
-            window: 4,
-            raise: 3,
-            clear: 1,
-            min_duration_ms: 0,
-            update_interval_ms: 0,
-            ..AlertPolicy::default()
-        },
-        stream: BTreeMap::new(),
-        ..AlertConfig::default()
-    };
+    let alert = fakes::quick_alerts();
     let events = Arc::new(Mutex::new(Vec::new()));
-    let cls = FakeClassifier { names: vec!["a".into(), "b".into()], panic_after, delay };
-    let scoring = Scoring { calibration: Arc::new(calibration()), threshold: 9.0 };
+    let cls = Brightness { panic_after, delay, ..Brightness::new() };
+    let scoring = Scoring { calibration: Arc::new(calibration("full")), threshold: 9.0 };
     let pipeline = Pipeline::start(
         &env,
         &PipelineConfig { max_batch: 3, max_wait_ms: 1, ..PipelineConfig::default() },
@@ -174,7 +85,7 @@ fn start_with(
         streams,
         Box::new(cls),
         scoring,
-        vec![Box::new(MemSink(events.clone()))],
+        vec![Box::new(MemorySink::new(events.clone()))],
     )
     .unwrap();
     Run { pipeline, events, metrics }
@@ -289,28 +200,17 @@ fn streams_share_batches_and_keep_their_own_alerts() {
         source: Box::new(FakeSource { clock: clock.clone(), plan, i: 0, k: 0, forever: false }),
     };
     let streams = vec![spec("a", vec![(30, 128, "clean")]), spec("b", vec![(10, 128, "clean"), (20, 255, "x")])];
-    let alert = AlertConfig {
-        default: AlertPolicy {
-            window: 4,
-            raise: 3,
-            clear: 1,
-            min_duration_ms: 0,
-            update_interval_ms: 0,
-            ..AlertPolicy::default()
-        },
-        stream: BTreeMap::new(),
-        ..AlertConfig::default()
-    };
+    let alert = fakes::quick_alerts();
     let events = Arc::new(Mutex::new(Vec::new()));
-    let cls = FakeClassifier { names: vec!["a".into(), "b".into()], panic_after: None, delay: Duration::ZERO };
+    let cls = Brightness::new();
     let p = Pipeline::start(
         &env,
         &PipelineConfig { max_batch: 4, max_wait_ms: 2, ..PipelineConfig::default() },
         &alert,
         streams,
         Box::new(cls),
-        Scoring { calibration: Arc::new(calibration()), threshold: 9.0 },
-        vec![Box::new(MemSink(events.clone()))],
+        Scoring { calibration: Arc::new(calibration("full")), threshold: 9.0 },
+        vec![Box::new(MemorySink::new(events.clone()))],
     )
     .unwrap();
     wait_for_alert_stage(&p);
@@ -358,14 +258,14 @@ fn many_streams_ending_together_all_scored() {
                 }),
             })
             .collect();
-        let cls = FakeClassifier { names: vec!["a".into(), "b".into()], panic_after: None, delay: Duration::ZERO };
+        let cls = Brightness::new();
         let p = Pipeline::start(
             &env,
             &PipelineConfig { max_batch: 4, max_wait_ms: 1, ..PipelineConfig::default() },
             &AlertConfig::default(),
             streams,
             Box::new(cls),
-            Scoring { calibration: Arc::new(calibration()), threshold: 9.0 },
+            Scoring { calibration: Arc::new(calibration("full")), threshold: 9.0 },
             vec![],
         )
         .unwrap();
