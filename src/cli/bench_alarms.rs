@@ -285,10 +285,7 @@ fn extract_cache(a: &BenchAlarmsArgs) -> Result<()> {
 /// The held-out real tracks (`--heldout`, rows of `train_images.npy`) through the gradient
 /// graph, as the cache's `real.*` files.
 fn extract_real(a: &BenchAlarmsArgs) -> Result<()> {
-    let images = crate::data::load_npy_images(&a.data.join("train_images.npy"))
-        .with_context(|| format!("reading {}/train_images.npy (pass --data)", a.data.display()))?;
-    let labels = crate::data::load_npy_labels(&a.data.join("train_labels.npy"))?;
-    let specs = heldout_tracks(&a.heldout)?;
+    let (images, labels, specs) = load_real(a)?;
     let frames = |s: &TrackSpec| {
         (s.image..s.image + s.len)
             .map(|r| {
@@ -305,10 +302,7 @@ fn extract_real(a: &BenchAlarmsArgs) -> Result<()> {
 /// The held-out real tracks corrupted at every onset level: [`REAL_ONSET_TRACKS`] per type and
 /// level (seeded draw), one pattern per track, no zoom or noise added; as `real-onset.*`.
 fn extract_real_onsets(a: &BenchAlarmsArgs) -> Result<()> {
-    let images = crate::data::load_npy_images(&a.data.join("train_images.npy"))
-        .with_context(|| format!("reading {}/train_images.npy (pass --data)", a.data.display()))?;
-    let labels = crate::data::load_npy_labels(&a.data.join("train_labels.npy"))?;
-    let real = heldout_tracks(&a.heldout)?;
+    let (images, labels, real) = load_real(a)?;
     let mut specs = Vec::new();
     for (ki, kind) in Corruption::ALL.into_iter().enumerate() {
         for level in ONSET_LEVELS {
@@ -331,6 +325,14 @@ fn extract_real_onsets(a: &BenchAlarmsArgs) -> Result<()> {
             .collect::<Result<Vec<_>>>()
     };
     score_tracks(a, &specs, frames, |s| labels.get(s.image).copied(), REAL_ONSET_INDEX, REAL_ONSET_PREFIX)
+}
+
+/// The training images and labels, and the held-out tracks of `--heldout` in them.
+fn load_real(a: &BenchAlarmsArgs) -> Result<(Vec<RgbImage>, Vec<i64>, Vec<TrackSpec>)> {
+    let images = crate::data::load_npy_images(&a.data.join("train_images.npy"))
+        .with_context(|| format!("reading {}/train_images.npy (pass --data)", a.data.display()))?;
+    let labels = crate::data::load_npy_labels(&a.data.join("train_labels.npy"))?;
+    Ok((images, labels, heldout_tracks(&a.heldout)?))
 }
 
 /// The tracks of `--heldout` (`class,track,first_row,rows`): a track's `image` is its first row.
@@ -436,10 +438,7 @@ fn extract_accuracy(a: &BenchAlarmsArgs) -> Result<()> {
 /// The same table for the real held-out tracks: one frame of each (anywhere in it), corrupted
 /// as its onset tracks are, into [`REAL_ACCURACY_FILE`].
 fn extract_real_accuracy(a: &BenchAlarmsArgs) -> Result<()> {
-    let images = crate::data::load_npy_images(&a.data.join("train_images.npy"))
-        .with_context(|| format!("reading {}/train_images.npy (pass --data)", a.data.display()))?;
-    let labels = crate::data::load_npy_labels(&a.data.join("train_labels.npy"))?;
-    let real = heldout_tracks(&a.heldout)?;
+    let (images, labels, real) = load_real(a)?;
     let rows: Vec<usize> =
         real.iter().map(|t| t.image + SplitMix64::new(SEED ^ 0xACC ^ (t.image as u64) << 12).below(t.len)).collect();
     let first: BTreeMap<usize, usize> =
