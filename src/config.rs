@@ -181,6 +181,7 @@ impl Config {
         }
         let mut names = HashSet::new();
         for s in &self.stream {
+            crate::names::validate(&s.name).map_err(|e| self.invalid(format!("[[stream]] name {:?}: {e}", s.name)))?;
             s.validate().map_err(|e| self.invalid(format!("[[stream]] `{}`: {e}", s.name)))?;
             if !names.insert(s.name.as_str()) {
                 return Err(

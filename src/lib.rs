@@ -15,6 +15,7 @@ pub mod frame;
 pub mod grad;
 pub mod metrics;
 pub mod model;
+pub mod names;
 pub mod onnx;
 pub mod pipeline;
 pub mod ratelimit;

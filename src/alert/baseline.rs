@@ -49,6 +49,12 @@ pub struct Baseline {
     pub sample: Vec<f32>,
 }
 
+/// Most values a baseline's sample may hold (learning keeps one per block: a week of 1 s
+/// blocks is 604,800).
+pub const MAX_SAMPLE: usize = 1_000_000;
+/// Largest baseline file read (a full sample in TOML is about 12 bytes a value).
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
 /// Smallest p-value reported (keeps increments finite).
 const P_FLOOR: f64 = 1e-12;
 
@@ -87,8 +93,19 @@ impl Baseline {
         if !(self.theta.is_finite() && (0.05..=1.0).contains(&self.theta)) {
             return Err(format!("baseline theta {} outside 0.05..=1", self.theta));
         }
-        if self.block_ms == 0 {
-            return Err("baseline block_ms is 0".into());
+        if self.block_ms == 0 || self.block_ms > 3_600_000 {
+            return Err(format!("baseline block_ms = {} outside 1..=3600000", self.block_ms));
+        }
+        if self.sample.len() > MAX_SAMPLE {
+            return Err(format!("baseline sample of {} values is over {MAX_SAMPLE}", self.sample.len()));
+        }
+        if self.sample.windows(2).any(|w| w[0] > w[1]) {
+            return Err("baseline sample is not sorted ascending".into());
+        }
+        // `adapt` clamps with it: `f32::clamp` panics when min > max (or either is NaN).
+        let [lo, hi] = self.clamp;
+        if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+            return Err(format!("baseline clamp = [{lo}, {hi}] must be two finite numbers, the first <= the second"));
         }
         Ok(())
     }
@@ -125,13 +142,22 @@ impl Baseline {
         quantile(&self.sample, q)
     }
 
+    /// Parses a baseline file's text and checks it ([`validate`](Self::validate)); the error
+    /// is short (the parser's message without the offending line, which may be huge).
+    pub fn parse(text: &str) -> Result<Baseline, String> {
+        let b: Baseline = toml::from_str(text).map_err(|e| e.message().chars().take(200).collect::<String>())?;
+        b.validate()?;
+        Ok(b)
+    }
+
     /// Adapts with one accepted clean block (see the module doc); `turnover` is the
     /// replacement probability.
-    fn adapt(&mut self, x: f32, turnover: f64, rng: &mut SplitMix64) {
+    pub fn adapt(&mut self, x: f32, turnover: f64, rng: &mut SplitMix64) {
         if !x.is_finite() || rng.next_f64() >= turnover || self.sample.is_empty() {
             return;
         }
-        let v = x.clamp(self.clamp[0], self.clamp[1]);
+        // `validate` guarantees lo <= hi; min/max instead of `clamp` cannot panic regardless.
+        let v = x.max(self.clamp[0]).min(self.clamp[1]);
         let i = rng.below(self.sample.len());
         self.sample.remove(i);
         let at = self.sample.partition_point(|&s| s < v);
@@ -141,12 +167,41 @@ impl Baseline {
 }
 
 /// The file a baseline of `stream` for the model `model_sha256` lives in, inside a state
-/// directory: `baseline-<stream>-<sha256>.toml` (characters other than ASCII letters, digits,
-/// `-` and `_` in the stream name become `_`).
+/// directory: `baseline-<stream>-<sha256>.toml`, the stream name through
+/// [`crate::names::encode`] (injective: `前门` and `后门`, `cam.1` and `cam 1` get files of
+/// their own).
 pub fn file_name(stream: &str, model_sha256: &str) -> String {
+    format!("baseline-{}-{model_sha256}.toml", crate::names::encode(stream))
+}
+
+/// The name earlier versions used (characters other than ASCII letters, digits, `-` and `_`
+/// replaced by `_`, which merged names): read when the new file is missing, if it belongs to
+/// the stream.
+fn legacy_file_name(stream: &str, model_sha256: &str) -> String {
     let safe: String =
         stream.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     format!("baseline-{safe}-{model_sha256}.toml")
+}
+
+/// Reads a state file of at most `max` bytes as UTF-8 text: `Ok(None)` when it does not
+/// exist; an error naming the size for a larger file (read no further, so a huge file neither
+/// stalls the start nor ends up in a log line).
+pub fn read_state_file(path: &std::path::Path, max: u64) -> Result<Option<String>, String> {
+    use std::io::Read;
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let mut buf = Vec::new();
+    f.take(max + 1).read_to_end(&mut buf).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if buf.len() as u64 > max {
+        return Err(format!(
+            "{} is over {max} bytes, more than this file ever holds; ignored (move it away to silence this)",
+            path.display()
+        ));
+    }
+    String::from_utf8(buf).map(Some).map_err(|_| format!("{} is not UTF-8 text; ignored", path.display()))
 }
 
 impl Baseline {
@@ -166,14 +221,25 @@ impl Baseline {
     /// none; an error when the file is unreadable, invalid, or names another stream or model.
     pub fn load(dir: &std::path::Path, stream: &str, model_sha256: &str) -> Result<Option<Baseline>, String> {
         let path = dir.join(file_name(stream, model_sha256));
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        let (path, text, legacy) = match read_state_file(&path, MAX_FILE_BYTES)? {
+            Some(t) => (path, t, false),
+            None => {
+                let old = dir.join(legacy_file_name(stream, model_sha256));
+                if old == path {
+                    return Ok(None);
+                }
+                match read_state_file(&old, MAX_FILE_BYTES)? {
+                    Some(t) => (old, t, true),
+                    None => return Ok(None),
+                }
+            }
         };
-        let b: Baseline = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        b.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        let b = Baseline::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         if b.stream != stream || b.model_sha256 != model_sha256 {
+            if legacy {
+                // Another stream's file under the old, merging name: not ours.
+                return Ok(None);
+            }
             return Err(format!("{}: belongs to stream `{}` / model {}", path.display(), b.stream, b.model_sha256));
         }
         Ok(Some(b))
@@ -238,11 +304,14 @@ impl BaselineConfig {
     /// Checks the numbers.
     pub fn validate(&self) -> Result<(), String> {
         let ok = |v: f64| v.is_finite() && v >= 0.0;
-        if !(ok(self.learn_minutes) && self.learn_minutes > 0.0) {
-            return Err(format!("baseline.learn_minutes = {} must be > 0", self.learn_minutes));
+        if !(ok(self.learn_minutes) && self.learn_minutes > 0.0 && self.learn_minutes <= 10_080.0) {
+            return Err(format!("baseline.learn_minutes = {} must be in (0, 10080] (a week)", self.learn_minutes));
         }
-        if !ok(self.quarantine_s) || !ok(self.adapt_hours) {
-            return Err("baseline.quarantine_s and baseline.adapt_hours must be >= 0".into());
+        if !(ok(self.quarantine_s) && self.quarantine_s <= 86_400.0) {
+            return Err(format!("baseline.quarantine_s = {} must be in 0..=86400", self.quarantine_s));
+        }
+        if !(ok(self.adapt_hours) && self.adapt_hours <= 87_600.0) {
+            return Err(format!("baseline.adapt_hours = {} must be in 0..=87600 (ten years)", self.adapt_hours));
         }
         Ok(())
     }

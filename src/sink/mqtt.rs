@@ -254,14 +254,10 @@ pub fn resolve_credential(path: &Path, relative_ok: bool) -> Result<PathBuf, Sin
     }
 }
 
-/// A sink name as one path component.
+/// A sink name as one path component ([`crate::names::encode`]: injective, no `/`, no
+/// leading `.`).
 fn path_safe(name: &str) -> String {
-    let s: String = name.chars().map(|c| if c == '/' || c == '\0' { '_' } else { c }).collect();
-    if s.is_empty() || s.starts_with('.') {
-        format!("_{s}")
-    } else {
-        s
-    }
+    crate::names::encode(name)
 }
 
 impl MqttSinkConfig {
@@ -332,7 +328,8 @@ impl MqttSinkConfig {
         format!("{}/{}/{}/{leaf}", self.topic_prefix, self.client_id, topic_level(stream))
     }
 
-    /// Topic of the events of `stream` (the stream name with `/ + #` and NUL replaced by `_`).
+    /// Topic of the events of `stream` (the stream name as one topic level, see
+    /// [`topic_level`]).
     pub fn event_topic(&self, stream: &str) -> String {
         format!("{}/{}/events/{}", self.topic_prefix, self.client_id, topic_level(stream))
     }
@@ -454,18 +451,12 @@ pub fn install_ring_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// One MQTT topic level from a stream name.
+/// One MQTT topic level from a stream name: [`crate::names::encode`], injective (`a/b` and
+/// `a_b` get different topics) and free of `/ + #`, NUL and control characters (mosquitto
+/// drops the connection on a control character in a topic). The one place topics are made
+/// from stream names.
 pub(super) fn topic_level(stream: &str) -> String {
-    if stream.is_empty() {
-        return "_".into();
-    }
-    stream
-        .chars()
-        .map(|c| match c {
-            '/' | '+' | '#' | '\0' => '_',
-            c => c,
-        })
-        .collect()
+    crate::names::encode(stream)
 }
 
 /// An event accepted by the sink and not yet acknowledged.
@@ -1186,13 +1177,15 @@ mod tests {
     fn topics_are_sanitized() {
         let c = MqttSinkConfig::new("h", 1883, "box");
         assert_eq!(c.event_topic("cam0"), "gradwatch/box/events/cam0");
-        assert_eq!(c.event_topic("a/b+#"), "gradwatch/box/events/a_b__");
-        assert_eq!(c.event_topic(""), "gradwatch/box/events/_");
+        assert_eq!(c.event_topic("a/b+#"), "gradwatch/box/events/a%2Fb%2B%23");
+        assert_eq!(c.event_topic("bad\tname"), "gradwatch/box/events/bad%09name");
+        assert_eq!(c.event_topic(""), "gradwatch/box/events/%");
         assert_eq!(c.status_topic(), "gradwatch/box/status");
         let mut d = c.clone();
         d.discovery = true;
         assert_eq!(d.status_topic(), "gradwatch/box/availability", "the will moves with the dashboard");
-        assert_eq!(d.stream_topic("a/b", "state"), "gradwatch/box/a_b/state");
+        assert_eq!(d.stream_topic("a/b", "state"), "gradwatch/box/a%2Fb/state");
+        assert_ne!(d.stream_topic("a/b", "state"), d.stream_topic("a_b", "state"));
     }
 
     #[test]

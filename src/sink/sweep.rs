@@ -180,7 +180,7 @@ mod tests {
         cfg.discovery = true;
         let w = wanted(&cfg, &["cam0".to_string(), "a/b".to_string()]);
         assert!(w.contains("gradwatch/box1/cam0/state"));
-        assert!(w.contains("gradwatch/box1/a_b/snapshot"));
+        assert!(w.contains("gradwatch/box1/a%2Fb/snapshot"));
         assert!(w.contains("homeassistant/binary_sensor/gradwatch_box1/cam0_trust/config"));
         // Every wanted topic is under a filter (else a stale one could not be found either).
         let f = filters(&cfg);

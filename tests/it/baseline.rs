@@ -275,3 +275,51 @@ fn baseline_of_another_model_is_not_used() {
     assert!(own.sample.iter().all(|&v| v < 1000.0), "{:?}", own.sample);
     assert_eq!(std::fs::read(&foreign_path).unwrap(), foreign_text);
 }
+
+/// A saved baseline whose `clamp` has min > max (adaptation's `f32::clamp` panicked on it,
+/// taking the alert stage down at every start) and one of 17 MiB (read whole: 38 s and
+/// 4 GB for 1 GiB, then logged whole) are refused with a short reason; the stream learns
+/// its own and the daemon runs to the end.
+#[test]
+fn broken_saved_baselines_are_refused_without_a_panic() {
+    let blocks: Vec<f32> = (0..48).map(|i| 0.001 * i as f32).collect();
+    let mut bad = Baseline::from_blocks("cam", &model_sha(), 500, &blocks).unwrap();
+    bad.clamp = [5.0, 1.0];
+    let huge = "# padding\n".repeat((17 << 20) / 10) + &toml::to_string(&bad).unwrap();
+    for (what, text) in [("clamp", toml::to_string(&bad).unwrap()), ("bytes", huge)] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        std::fs::write(baseline_file(dir.path()), text).unwrap();
+        let setup = Setup {
+            schedule: "{ frames = 270 }",
+            repeat: false,
+            metrics: false,
+            adapt_hours: 0.001,
+            ..Setup::default()
+        };
+        let (_ev, err) = run_to_end(&setup.write(dir.path()));
+        assert!(!err.contains("panicked"), "{err}");
+        let refused = err.lines().find(|l| l.contains("saved baseline not used")).unwrap_or_else(|| panic!("{err}"));
+        assert!(refused.contains(what) && refused.len() < 600, "{refused}");
+        assert!(err.contains("baseline saved to"), "the stream did not learn its own:\n{err}");
+    }
+}
+
+/// Streams whose names the old file naming merged (`前门`/`后门` both became
+/// `baseline-__-<sha>.toml`, `cam.1`/`cam 1` both `cam_1`) keep files of their own, in a real
+/// state directory.
+#[test]
+fn baselines_of_similar_names_do_not_collide() {
+    let dir = tempfile::tempdir().unwrap();
+    let sha = model_sha();
+    let names = ["前门", "后门", "cam.1", "cam 1", "cam_1"];
+    for (i, n) in names.iter().enumerate() {
+        let blocks: Vec<f32> = (0..48).map(|j| (i * 100 + j) as f32).collect();
+        Baseline::from_blocks(n, &sha, 500, &blocks).unwrap().save(dir.path()).unwrap();
+    }
+    for (i, n) in names.iter().enumerate() {
+        let b = Baseline::load(dir.path(), n, &sha).unwrap().unwrap_or_else(|| panic!("{n}: no file"));
+        assert_eq!((b.stream.as_str(), b.sample[0]), (*n, (i * 100) as f32));
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), names.len());
+}
