@@ -197,6 +197,24 @@ impl Config {
                 return Err(self.invalid(format!("[model] threshold = {t} must be a finite number")));
             }
         }
+        self.validate_sinks()?;
+        let r = &self.runtime;
+        // 100000 threads hung ONNX Runtime's session creation (and SIGTERM with it).
+        if r.threads > MAX_THREADS {
+            return Err(self.invalid(format!(
+                "[runtime] threads = {} must be in 0..={MAX_THREADS} (0 = one per core)",
+                r.threads
+            )));
+        }
+        if !(0..=64).contains(&r.cuda_device) {
+            return Err(self.invalid(format!("[runtime] cuda_device = {} must be in 0..=64", r.cuda_device)));
+        }
+        if !(1..=1 << 20).contains(&r.tensorrt.workspace_mb) {
+            return Err(self.invalid(format!(
+                "[runtime.tensorrt] workspace_mb = {} must be in 1..=1048576",
+                r.tensorrt.workspace_mb
+            )));
+        }
         if self.runtime.providers.is_empty() {
             return Err(self.invalid("[runtime] providers is empty; use e.g. [\"cpu\"]".into()));
         }
@@ -210,9 +228,45 @@ impl Config {
         Ok(())
     }
 
+    /// Every sink's own check, and no two file sinks on one file (each line
+    /// would be written twice, interleaved).
+    fn validate_sinks(&self) -> Result<(), ConfigError> {
+        let mut files: Vec<(PathBuf, String)> = Vec::new();
+        for s in &self.sink {
+            let name = s.name();
+            s.validate().map_err(|e| self.invalid(format!("[[sink]] `{name}`: {e}")))?;
+            if let SinkConfig::File(f) = s {
+                let key = same_file_key(&f.path);
+                if let Some((_, other)) = files.iter().find(|(k, _)| *k == key) {
+                    return Err(self.invalid(format!(
+                        "[[sink]] `{name}` and `{other}` both write {}; give each file sink its own `path`",
+                        f.path.display()
+                    )));
+                }
+                files.push((key, name));
+            }
+        }
+        Ok(())
+    }
+
     /// The enabled streams, in file order.
     pub fn enabled_streams(&self) -> impl Iterator<Item = &StreamConfig> {
         self.stream.iter().filter(|s| s.enabled)
+    }
+}
+
+/// Most ONNX Runtime intra-op threads.
+pub const MAX_THREADS: usize = 1024;
+
+/// A path as compared for "the same file": its directory canonicalized where it exists (so
+/// `a/../x` and `x`, or a symlinked directory, compare equal), the file name as given.
+fn same_file_key(p: &Path) -> PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    match (p.parent(), p.file_name()) {
+        (Some(d), Some(f)) => d.canonicalize().map_or_else(|_| p.to_path_buf(), |d| d.join(f)),
+        _ => p.to_path_buf(),
     }
 }
 

@@ -54,8 +54,15 @@ impl PipelineConfig {
         if self.latency_target_ms > 60_000 {
             return Err(format!("latency_target_ms = {} must be at most 60000 (0 = off)", self.latency_target_ms));
         }
-        if self.heartbeat_timeout_s == 0 {
-            return Err("heartbeat_timeout_s must be at least 1".into());
+        if !(1..=3600).contains(&self.heartbeat_timeout_s) {
+            return Err(format!("heartbeat_timeout_s = {} must be in 1..=3600", self.heartbeat_timeout_s));
+        }
+        // Larger values overflowed the deadline's `Instant` at SIGTERM.
+        if self.shutdown_deadline_s > 3600 {
+            return Err(format!("shutdown_deadline_s = {} must be in 0..=3600", self.shutdown_deadline_s));
+        }
+        if self.start_timeout_s > 3600 {
+            return Err(format!("start_timeout_s = {} must be in 0..=3600", self.start_timeout_s));
         }
         Ok(())
     }

@@ -223,6 +223,24 @@ impl SinkConfig {
         }
     }
 
+    /// Checks the sink's own keys without opening anything: its name against
+    /// [`crate::names::validate`] and every number in range (`check-config` and reloads run
+    /// it, so `run` never starts with a value it would fail on).
+    pub fn validate(&self) -> Result<(), SinkError> {
+        let name = self.name();
+        crate::names::validate(&name).map_err(|e| SinkError::Config(format!("sink name {name:?}: {e}")))?;
+        match self {
+            SinkConfig::Stdout(_) => Ok(()),
+            SinkConfig::File(c) => {
+                if c.path.as_os_str().is_empty() {
+                    return Err(SinkError::Config("file sink `path` is empty".into()));
+                }
+                Ok(())
+            }
+            SinkConfig::Mqtt(c) => c.validate(),
+        }
+    }
+
     /// Builds the sink (opens the file, starts the MQTT connection thread).
     pub fn build(&self) -> Result<Box<dyn Sink>, SinkError> {
         self.build_with(None)

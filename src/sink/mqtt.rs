@@ -54,6 +54,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Smallest non-zero `spool_max_bytes`.
 const MIN_SPOOL_BYTES: u64 = 64 << 10;
+/// Largest `buffer` (events held in memory).
+const MAX_BUFFER: usize = 1_000_000;
+/// Largest `spool_max_bytes`.
+const MAX_SPOOL_BYTES: u64 = 1 << 40;
+/// Largest `spool_max_age_s`.
+const MAX_AGE_S: u64 = 366 * 86_400;
 /// Largest `snapshot_max_bytes` (the connection's packet limit is 1 MiB, topic included).
 const MAX_SNAPSHOT_BYTES: u64 = 1_000_000;
 
@@ -334,21 +340,42 @@ impl MqttSinkConfig {
         format!("{}/{}/events/{}", self.topic_prefix, self.client_id, topic_level(stream))
     }
 
-    fn validate(&self) -> Result<(), SinkError> {
+    /// Checks every key (names, ranges, combinations) without connecting or reading files.
+    pub fn validate(&self) -> Result<(), SinkError> {
         let bad = |m: String| Err(SinkError::Config(m));
         if self.host.is_empty() {
             return bad("mqtt host is empty".into());
         }
         for (what, v) in [("client_id", &self.client_id), ("topic_prefix", &self.topic_prefix)] {
-            if v.is_empty() || v.contains(['/', '+', '#', '\0']) {
-                return bad(format!("mqtt {what} = {v:?} must be non-empty without '/', '+', '#'"));
+            if v.is_empty() || v.contains(['/', '+', '#', '\0']) || v.chars().any(char::is_control) {
+                return bad(format!(
+                    "mqtt {what} = {v:?} must be non-empty without '/', '+', '#' or control characters"
+                ));
             }
+        }
+        if self.port == 0 {
+            return bad("mqtt port = 0 is not a port; use the broker's port, 1..=65535 (1883, or 8883 with TLS)".into());
         }
         if self.qos > 1 {
             return bad(format!("mqtt qos = {} not supported; use 0 or 1", self.qos));
         }
-        if self.buffer == 0 {
-            return bad("mqtt buffer must be at least 1".into());
+        if !(1..=MAX_BUFFER).contains(&self.buffer) {
+            return bad(format!("mqtt buffer = {} must be in 1..={MAX_BUFFER}", self.buffer));
+        }
+        if self.spool_max_bytes > MAX_SPOOL_BYTES {
+            return bad(format!(
+                "mqtt spool_max_bytes = {} is over {MAX_SPOOL_BYTES} (1 TiB); lower it",
+                self.spool_max_bytes
+            ));
+        }
+        if self.spool_max_age_s > MAX_AGE_S {
+            return bad(format!(
+                "mqtt spool_max_age_s = {} is over {MAX_AGE_S} (a year); lower it (0 = no age bound)",
+                self.spool_max_age_s
+            ));
+        }
+        if self.state_interval_ms > 86_400_000 {
+            return bad(format!("mqtt state_interval_ms = {} must be in 0..=86400000", self.state_interval_ms));
         }
         if !(1..=65_535).contains(&self.keep_alive_s) {
             return bad(format!("mqtt keep_alive_s = {} must be in 1..=65535", self.keep_alive_s));
@@ -359,7 +386,10 @@ impl MqttSinkConfig {
         if self.password.is_some() && self.password_file.is_some() {
             return bad("mqtt password and password_file given: keep one (password_file)".into());
         }
-        if self.discovery_prefix.is_empty() || self.discovery_prefix.contains(['+', '#', '\0']) {
+        if self.discovery_prefix.is_empty()
+            || self.discovery_prefix.contains(['+', '#', '\0'])
+            || self.discovery_prefix.chars().any(char::is_control)
+        {
             return bad(format!(
                 "mqtt discovery_prefix = {:?} must be non-empty without '+', '#'",
                 self.discovery_prefix
@@ -1207,6 +1237,18 @@ mod tests {
         let mut c = ok.clone();
         c.keep_alive_s = 0;
         assert!(c.validate().is_err());
+        for bad in [
+            |c: &mut MqttSinkConfig| c.port = 0,
+            |c: &mut MqttSinkConfig| c.buffer = 0,
+            |c: &mut MqttSinkConfig| c.buffer = usize::MAX,
+            |c: &mut MqttSinkConfig| c.spool_max_bytes = u64::MAX,
+            |c: &mut MqttSinkConfig| c.spool_max_age_s = u64::MAX,
+            |c: &mut MqttSinkConfig| c.client_id = "a\tb".into(),
+        ] {
+            let mut c = ok.clone();
+            bad(&mut c);
+            assert!(c.validate().is_err(), "{c:?}");
+        }
         let mut c = ok.clone();
         c.password = Some("x".into());
         assert!(c.validate().is_err());

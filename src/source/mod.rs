@@ -337,13 +337,17 @@ impl StreamConfig {
         if let Some(b) = &self.baseline {
             b.validate().map_err(|e| SourceError::Config(format!("stream `{who}`: {e}")))?;
         }
-        if self.queue.size == 0 {
-            return Err(SourceError::Config(format!("stream `{who}`: `queue.size` is 0; it must be at least 1")));
+        if !(1..=MAX_QUEUE).contains(&self.queue.size) {
+            return Err(SourceError::Config(format!(
+                "stream `{who}`: `queue.size` = {} must be in 1..={MAX_QUEUE}",
+                self.queue.size
+            )));
         }
         if let Some(f) = self.score_fps {
-            if !(f.is_finite() && f > 0.0) {
+            if !(f.is_finite() && (MIN_FPS..=MAX_FPS).contains(&f)) {
                 return Err(SourceError::Config(format!(
-                    "stream `{who}`: `score_fps` = {f} must be a number > 0 (leave it out to score every frame)"
+                    "stream `{who}`: `score_fps` = {f} must be in {MIN_FPS}..={MAX_FPS} (leave it out to score \
+                     every frame)"
                 )));
             }
         }
@@ -360,11 +364,21 @@ impl StreamConfig {
     }
 }
 
-/// Checks a frame rate: finite and >= 0 (0 = as fast as possible).
+/// Largest `queue.size` of a stream (frames held in memory).
+pub const MAX_QUEUE: usize = 100_000;
+/// Smallest non-zero frame rate (`fps`, `score_fps`): one frame in about 17 minutes.
+pub const MIN_FPS: f64 = 0.001;
+/// Largest frame rate.
+pub const MAX_FPS: f64 = 10_000.0;
+
+/// Checks a frame rate: 0 (as fast as possible) or in [`MIN_FPS`]`..=`[`MAX_FPS`] (a rate
+/// like 1e-300 made the frame interval overflow a `Duration`).
 pub(crate) fn check_fps(fps: f64) -> Result<(), SourceError> {
-    if fps.is_finite() && fps >= 0.0 {
+    if fps == 0.0 || (fps.is_finite() && (MIN_FPS..=MAX_FPS).contains(&fps)) {
         Ok(())
     } else {
-        Err(SourceError::Config(format!("`fps` is {fps}; use a frame rate >= 0 (0 = as fast as possible)")))
+        Err(SourceError::Config(format!(
+            "`fps` is {fps}; use 0 (as fast as possible) or a frame rate in {MIN_FPS}..={MAX_FPS}"
+        )))
     }
 }

@@ -344,3 +344,46 @@ fn check_config_catches_what_run_fails_on() {
     assert!(t0.elapsed() < Duration::from_secs(10));
     drop(taken);
 }
+
+/// check-config (and therefore `run` and a reload, which validate the same way) refuses what
+/// `run` crashed or hung on, naming the key: a control character in a stream name (shown),
+/// `queue.size = 1e12` (SIGABRT), `score_fps` and replay `fps` of 1e-300 (panic),
+/// `shutdown_deadline_s` near u64::MAX (overflow at SIGTERM), `threads = 100000` (hang), MQTT
+/// `port = 0` (retried for ever), and two file sinks on one file (every line twice).
+#[test]
+fn check_config_refuses_bad_names_and_out_of_range_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let frames = assets().frames.display().to_string();
+    let stream = |name: &str, extra: &str| {
+        format!("\n[[stream]]\nname = \"{name}\"\nkind = \"replay\"\npath = \"{frames}\"\n{extra}\n")
+    };
+    let ok = format!("{}{}", head(""), stream("r", ""));
+    let (code, _, err) = Daemon::run(&["check-config", write(d, "ok.toml", &ok).to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let events = d.join("events.jsonl");
+    let cases = [
+        ("name", format!("{}{}", head(""), stream("bad\\tname", "")), "U+0009"),
+        ("queue", format!("{}{}", head(""), stream("r", "queue = { size = 1000000000000 }")), "queue.size"),
+        ("score_fps", format!("{}{}", head(""), stream("r", "score_fps = 1e-300")), "score_fps"),
+        ("fps", format!("{}{}", head(""), stream("r", "fps = 1e-300")), "fps"),
+        ("deadline", ok.replace("shutdown_deadline_s = 3", "shutdown_deadline_s = 9223372036854775807"), "shutdown_deadline_s"),
+        ("threads", ok.replace("threads = 1", "threads = 100000"), "threads"),
+        ("port", format!("{ok}\n[[sink]]\nkind = \"mqtt\"\nhost = \"127.0.0.1\"\nport = 0\n"), "port"),
+        (
+            "two-files",
+            format!(
+                "{ok}\n[[sink]]\nkind = \"file\"\npath = \"{0}\"\n\n[[sink]]\nkind = \"file\"\nname = \"again\"\npath = \"{1}/./events.jsonl\"\n",
+                events.display(),
+                d.display()
+            ),
+            "both write",
+        ),
+    ];
+    for (name, text, what) in cases {
+        let p = write(d, &format!("{name}.toml"), &text);
+        let (code, out, err) = Daemon::run(&["check-config", p.to_str().unwrap()]);
+        assert_eq!(code, 2, "{name}: check-config passed: {out}{err}");
+        assert!(err.contains(what), "{name}: the error does not name `{what}`:\n{err}");
+    }
+}
