@@ -245,7 +245,7 @@ fn cut_back(file: &File, start: Option<u64>, written: u64) -> bool {
 /// A file size limit (`RLIMIT_FSIZE`, `LimitFSIZE=`) makes the kernel send SIGXFSZ, whose
 /// default action kills the process; with a handler installed the write fails with EFBIG
 /// instead, which the sink handles like a full disk. Installed once per process.
-fn survive_file_size_limit() {
+pub(super) fn survive_file_size_limit() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, Arc::new(AtomicBool::new(false))) {
