@@ -424,11 +424,22 @@ impl Metrics {
             ),
             ("sink_sent_total", "counter", "Events accepted by the sink.", |s| s.sent),
             ("sink_failed_total", "counter", "Events the sink failed to write.", |s| s.failed),
-            ("sink_dropped_total", "counter", "Events dropped (queue or buffer overflow).", |s| s.dropped),
         ] {
             header(&mut out, name, kind, help);
             for s in &sinks {
                 let _ = writeln!(out, "gradwatch_{name}{{sink=\"{}\"}} {}", esc(&s.name), get(s));
+            }
+        }
+        header(
+            &mut out,
+            "sink_dropped_total",
+            "counter",
+            "Events lost by the sink, by reason (docs/reliability.md lists them); sum over reason for the total.",
+        );
+        for s in &sinks {
+            for (reason, n) in &s.dropped_by {
+                let _ =
+                    writeln!(out, "gradwatch_sink_dropped_total{{sink=\"{}\",reason=\"{reason}\"}} {n}", esc(&s.name));
             }
         }
 

@@ -270,7 +270,18 @@ impl AlertStage {
         } else {
             // Undelivered events at shutdown are worth a warning, not a failure: the daemon
             // did what it could within the deadline.
-            log::warn!("shutdown: not every sink finished cleanly: {:?}", report.sinks);
+            for sink in &report.sinks {
+                match &sink.error {
+                    Some(e) => log::warn!("shutdown: sink {}: {e}", sink.name),
+                    None if !sink.finished || sink.undelivered > 0 => log::warn!(
+                        "shutdown: sink {}: {} event(s) undelivered{}",
+                        sink.name,
+                        sink.undelivered,
+                        if sink.finished { "" } else { " (it did not finish by the deadline)" }
+                    ),
+                    None => {}
+                }
+            }
             Ok(())
         }
     }

@@ -46,6 +46,8 @@ pub struct FileSink {
     needs_newline: bool,
     late: u64,
     dropped: u64,
+    /// Events still waiting for a retry when `flush` (shutdown) gave up: lost.
+    lost_at_shutdown: u64,
     reopened: u64,
 }
 
@@ -83,6 +85,7 @@ impl FileSink {
             needs_newline: false,
             late: 0,
             dropped: 0,
+            lost_at_shutdown: 0,
             reopened: 0,
         })
     }
@@ -348,6 +351,8 @@ impl Sink for FileSink {
         self.next_retry = None;
         self.poll();
         if !self.pending.is_empty() {
+            // Not written anywhere: lost when the process ends, so counted.
+            self.lost_at_shutdown = self.pending.len() as u64;
             return Err(SinkError::Timeout { pending: self.pending.len() });
         }
         match self.file.as_mut() {
@@ -357,7 +362,11 @@ impl Sink for FileSink {
     }
 
     fn dropped(&self) -> u64 {
-        self.dropped
+        self.dropped + self.lost_at_shutdown
+    }
+
+    fn drops(&self) -> Vec<(&'static str, u64)> {
+        vec![(super::reason::RETRY_FULL, self.dropped), (super::reason::SHUTDOWN, self.lost_at_shutdown)]
     }
 
     fn backlog(&self) -> usize {

@@ -30,6 +30,34 @@ pub use memory::{EventLog, MemorySink};
 pub use mqtt::{MqttSink, MqttSinkConfig, MqttTlsConfig};
 pub use stdout::StdoutSink;
 
+/// Why an event was dropped: the `reason` label of `gradwatch_sink_dropped_total`. Every
+/// sink reports every reason (0 where it never happens), so the series are stable.
+pub mod reason {
+    /// The sink's queue in the fan-out was full (the sink is slow or stuck).
+    pub const QUEUE_FULL: &str = "queue_full";
+    /// MQTT: more than `buffer` events waited for the broker.
+    pub const BUFFER_FULL: &str = "buffer_full";
+    /// MQTT: the spool reached `spool_max_bytes`; its oldest segment was deleted.
+    pub const SPOOL_FULL: &str = "spool_full";
+    /// MQTT: older than `spool_max_age_s`.
+    pub const TOO_OLD: &str = "too_old";
+    /// MQTT: refused by the broker (or too big for a packet) [`mqtt::DEAD_LETTER_TRIES`]
+    /// times; written to the dead-letter file.
+    pub const DEAD_LETTER: &str = "dead_letter";
+    /// MQTT: a spool record found corrupt at start-up.
+    pub const SPOOL_CORRUPT: &str = "spool_corrupt";
+    /// MQTT: kept in memory because the spool could not be written (disk full) and still
+    /// not on disk at shutdown.
+    pub const DISK_FULL: &str = "disk_full";
+    /// File sink: more than `MAX_RETRY_EVENTS` waited for a retry of a failed write.
+    pub const RETRY_FULL: &str = "retry_full";
+    /// Undelivered at the shutdown deadline by a sink that keeps nothing on disk.
+    pub const SHUTDOWN: &str = "shutdown";
+    /// Every reason, in the order the metrics list them.
+    pub const ALL: [&str; 9] =
+        [QUEUE_FULL, BUFFER_FULL, SPOOL_FULL, TOO_OLD, DEAD_LETTER, SPOOL_CORRUPT, DISK_FULL, RETRY_FULL, SHUTDOWN];
+}
+
 /// Default capacity of each sink's queue in the [`Fanout`].
 pub const DEFAULT_QUEUE: usize = 1024;
 
@@ -65,14 +93,18 @@ pub enum SinkError {
     /// The event could not be written to the spool; it is kept in memory only.
     #[error("event not spooled, kept in memory only (lost if the daemon stops before it is delivered): {0}")]
     NotDurable(#[source] spool::SpoolError),
-    /// Shutdown came with events still unacknowledged; they stay in the spool.
+    /// Shutdown came with events still unacknowledged; those on disk stay in the spool, those
+    /// the spool could not take (disk full) are lost and counted.
     #[error(
-        "{pending} event(s) not yet acknowledged stay in the spool {dir}; they are sent when \
-         the daemon runs again"
+        "{pending} event(s) not yet acknowledged stay in the spool {dir} and are sent when the \
+         daemon runs again; {lost} more could not be written to it (disk full) and are lost \
+         (counted in sink_dropped_total reason=\"disk_full\")"
     )]
     Spooled {
-        /// Events waiting.
+        /// Events waiting on disk.
         pending: usize,
+        /// Events lost: kept in memory only, since the spool could not be written.
+        lost: usize,
         /// The spool directory.
         dir: PathBuf,
     },
@@ -125,6 +157,11 @@ pub trait Sink: Send {
     /// is down), cumulative. Default 0.
     fn dropped(&self) -> u64 {
         0
+    }
+    /// [`dropped`](Self::dropped) by reason ([`reason`]), cumulative; the reasons must add up
+    /// to `dropped`. Default: none.
+    fn drops(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
     }
     /// Events accepted by `send` but not yet confirmed delivered (e.g. awaiting PUBACK), or
     /// kept for a retry (the file sink after a failed write).
@@ -299,6 +336,8 @@ struct Counters {
     overflow: AtomicU64,
     /// Dropped inside the sink (last value of `Sink::dropped`).
     internal_dropped: AtomicU64,
+    /// The sink's drops by reason (last value of `Sink::drops`).
+    internal_drops: std::sync::Mutex<Vec<(&'static str, u64)>>,
     backlog: AtomicU64,
     reopened: AtomicU64,
     drop_log: LogLimiter,
@@ -318,6 +357,8 @@ pub struct SinkStats {
     pub failed: u64,
     /// Events dropped: fan-out queue overflow plus the sink's own drops.
     pub dropped: u64,
+    /// `dropped` by reason: every one of [`reason::ALL`], in that order.
+    pub dropped_by: Vec<(&'static str, u64)>,
     /// Events accepted by the sink but not yet confirmed (MQTT awaiting PUBACK), or kept
     /// for a retry (file sink).
     pub backlog: usize,
@@ -349,6 +390,20 @@ impl StatsHandle {
                 sent: c.sent.load(Ordering::Relaxed),
                 failed: c.failed.load(Ordering::Relaxed),
                 dropped: c.overflow.load(Ordering::Relaxed) + c.internal_dropped.load(Ordering::Relaxed),
+                dropped_by: {
+                    let inner = match c.internal_drops.lock() {
+                        Ok(g) => g.clone(),
+                        Err(p) => p.into_inner().clone(),
+                    };
+                    reason::ALL
+                        .iter()
+                        .map(|r| {
+                            let own: u64 = inner.iter().filter(|(k, _)| k == r).map(|(_, v)| v).sum();
+                            let fanout = if *r == reason::QUEUE_FULL { c.overflow.load(Ordering::Relaxed) } else { 0 };
+                            (*r, own + fanout)
+                        })
+                        .collect()
+                },
                 backlog: c.backlog.load(Ordering::Relaxed) as usize,
                 reopened: c.reopened.load(Ordering::Relaxed),
             })
@@ -425,6 +480,7 @@ impl Fanout {
                 failed: AtomicU64::new(0),
                 overflow: AtomicU64::new(0),
                 internal_dropped: AtomicU64::new(0),
+                internal_drops: std::sync::Mutex::new(Vec::new()),
                 backlog: AtomicU64::new(0),
                 reopened: AtomicU64::new(0),
                 drop_log: LogLimiter::new(Duration::from_secs(10)),
@@ -547,6 +603,13 @@ fn run_worker(
             c.sent.fetch_add(late, Ordering::Relaxed);
         }
         c.internal_dropped.store(sink.dropped(), Ordering::Relaxed);
+        let drops = sink.drops();
+        if !drops.is_empty() {
+            match c.internal_drops.lock() {
+                Ok(mut g) => *g = drops,
+                Err(p) => *p.into_inner() = drops,
+            }
+        }
         c.backlog.store(sink.backlog() as u64, Ordering::Relaxed);
         c.reopened.store(sink.reopened(), Ordering::Relaxed);
     };

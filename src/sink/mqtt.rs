@@ -54,6 +54,23 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Smallest non-zero `spool_max_bytes`.
 const MIN_SPOOL_BYTES: u64 = 64 << 10;
+/// Times the oldest unacknowledged event may be on a connection that died before its PUBACK
+/// (the broker dropping the connection over that very publish) before it goes to the
+/// dead-letter file instead of blocking the queue. After the first such death it is sent
+/// alone, so a good event merely caught in an outage is not blamed twice.
+pub const DEAD_LETTER_TRIES: u32 = 5;
+/// The dead-letter file in the spool directory: one event per line, as the file sink writes
+/// them.
+pub const DEAD_LETTER_FILE: &str = "dead-letter.jsonl";
+/// The dead-letter file is not written beyond this size (events are still counted and logged).
+const MAX_DEAD_LETTER_BYTES: u64 = 16 << 20;
+/// The packet limit of the connection (topic and payload together must stay below it).
+const MAX_PACKET: usize = 1 << 20;
+/// Sequence numbers of events kept in memory only (the spool append failed: disk full) start
+/// here, apart from the spool's own; such an event gets a spool number once it is written.
+const MEM_SEQ_BASE: u64 = 1 << 62;
+/// How often events kept in memory are tried on the spool again.
+const RESPOOL_PERIOD: Duration = Duration::from_secs(1);
 /// Largest `buffer` (events held in memory).
 const MAX_BUFFER: usize = 1_000_000;
 /// Largest `spool_max_bytes`.
@@ -526,7 +543,8 @@ struct Backlog {
 struct BState {
     queue: VecDeque<Item>,
     spool: Option<Spool>,
-    /// Next sequence number when there is no spool.
+    /// Next sequence number of an event not in the spool (no spool: every event; with one:
+    /// added to [`MEM_SEQ_BASE`]).
     mem_seq: u64,
     /// Generations of the attached sinks, oldest first; the last one publishes.
     attached: Vec<u64>,
@@ -553,9 +571,55 @@ impl BState {
             None => false,
         };
         if let Some(sp) = self.spool.as_mut() {
-            sp.done(seq);
+            if seq < MEM_SEQ_BASE {
+                sp.done(seq);
+            }
         }
         found
+    }
+
+    /// Events waiting that are not on disk (the spool append failed), with a spool.
+    fn memory_only(&self) -> usize {
+        if self.spool.is_none() {
+            return 0;
+        }
+        self.queue.iter().filter(|it| it.seq >= MEM_SEQ_BASE).count()
+    }
+
+    /// Drops every spooled item below `below` (the spool deleted their segment for room).
+    fn drop_spooled_below(&mut self, below: u64) -> u64 {
+        let before = self.queue.len();
+        self.queue.retain(|it| it.seq >= MEM_SEQ_BASE || it.seq >= below);
+        (before - self.queue.len()) as u64
+    }
+
+    /// Writes events kept in memory (a failed append) to the spool, oldest first, skipping
+    /// those in `skip` (in flight: their packet ids name the old number). Stops at the first
+    /// failure (the disk is still full). Returns how many went to disk, how many older
+    /// records the spool deleted for room, and the error.
+    fn respool(&mut self, skip: &HashSet<u64>) -> (u64, u64, Option<super::spool::SpoolError>) {
+        let (mut written, mut dropped) = (0, 0);
+        let Some(mut sp) = self.spool.take() else { return (0, 0, None) };
+        let mut err = None;
+        let mut below_max = 0;
+        for it in self.queue.iter_mut().filter(|it| it.seq >= MEM_SEQ_BASE && !skip.contains(&it.seq)) {
+            match sp.append(&it.stream, &it.payload, it.written_ms) {
+                Ok((seq, below)) => {
+                    it.seq = seq;
+                    written += 1;
+                    below_max = below_max.max(below);
+                }
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        self.spool = Some(sp);
+        if below_max > 0 {
+            dropped = self.drop_spooled_below(below_max);
+        }
+        (written, dropped, err)
     }
 
     /// Drops the oldest items while `pred` holds for the front one; returns how many.
@@ -652,6 +716,8 @@ struct Shared {
     close_by: Mutex<Option<Instant>>,
     connected: AtomicBool,
     dropped: AtomicU64,
+    /// Drops by reason (`super::reason`), cumulative.
+    drops: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     connects: AtomicU64,
     drop_log: LogLimiter,
 }
@@ -661,11 +727,15 @@ impl Shared {
         self.backlog.lock()
     }
 
-    fn count_dropped(&self, name: &str, n: u64, why: &str) {
+    fn count_dropped(&self, name: &str, n: u64, reason: &'static str, why: &str) {
         if n == 0 {
             return;
         }
         self.dropped.fetch_add(n, Ordering::Relaxed);
+        match self.drops.lock() {
+            Ok(mut m) => *m.entry(reason).or_default() += n,
+            Err(p) => *p.into_inner().entry(reason).or_default() += n,
+        }
         self.drop_log.hit(|more| {
             log::warn!("sink {name}: dropped {n} of the oldest waiting events ({why}; {more} more drops since the last message)")
         });
@@ -742,9 +812,12 @@ impl MqttSink {
             close_by: Mutex::new(None),
             connected: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            drops: Mutex::new(Default::default()),
             connects: AtomicU64::new(0),
             drop_log: LogLimiter::new(Duration::from_secs(10)),
         });
+        let corrupt = shared.lock().spool.as_mut().map_or(0, |sp| sp.take_corrupt());
+        shared.count_dropped(&name, corrupt, super::reason::SPOOL_CORRUPT, "corrupt records in the spool");
         let (client, connection) = Client::new(options, 16);
         let own_status = (cfg.dashboard_on() && metrics.is_none()).then(Metrics::new);
         if let (true, Some(m)) = (cfg.dashboard_on(), &metrics) {
@@ -774,6 +847,10 @@ impl MqttSink {
             connected: false,
             backoff: BACKOFF_MIN,
             err_log: LogLimiter::new(Duration::from_secs(30)),
+            suspect: None,
+            dead_letter: spool_dir.as_ref().map(|d| d.join(DEAD_LETTER_FILE)),
+            last_respool: None,
+            respool_log: LogLimiter::new(Duration::from_secs(30)),
         };
         let thread = match std::thread::Builder::new().name(format!("mqtt-{name}")).spawn(move || conn.run()) {
             Ok(t) => t,
@@ -844,29 +921,58 @@ impl Sink for MqttSink {
         }
         let old = st.expire(self.cfg.spool_max_age_s);
         let mut spool_full = 0;
-        let (seq, err) = match st.spool.as_mut() {
-            Some(sp) => match sp.append(&stream, &payload, written_ms) {
-                Ok((seq, below)) => {
-                    if below > 0 {
-                        spool_full = st.drop_front_while(|it| it.seq < below);
-                    }
-                    (seq, None)
+        // Events kept in memory by an earlier failure go to disk first (order), if they can.
+        let mut err = None;
+        if st.memory_only() > 0 {
+            let (written, dropped, e) = st.respool(&HashSet::new());
+            spool_full += dropped;
+            err = e;
+            if written > 0 {
+                log::info!("sink {}: {written} event(s) kept in memory are now in the spool", self.name);
+            }
+        }
+        let append = match (st.spool.as_mut(), &err) {
+            (Some(sp), None) => Some(sp.append(&stream, &payload, written_ms)),
+            _ => None,
+        };
+        let seq = match append {
+            Some(Ok((seq, below))) => {
+                if below > 0 {
+                    spool_full += st.drop_spooled_below(below);
                 }
-                Err(e) => (sp.reserve_seq(), Some(e)),
-            },
-            None => {
+                seq
+            }
+            other => {
+                if let Some(Err(e)) = other {
+                    err = Some(e);
+                }
+                // No spool, or the append failed (disk full): memory only, written to the
+                // spool later when it can be (see `respool`).
+                let base = if st.spool.is_some() { MEM_SEQ_BASE } else { 0 };
                 st.mem_seq += 1;
-                (st.mem_seq - 1, None)
+                base + st.mem_seq - 1
             }
         };
         st.queue.push_back(Item { seq, written_ms, stream, payload });
         drop(st);
         let name = &self.name;
-        self.shared.count_dropped(name, over, &format!("buffer of {buffer} events full; broker unreachable?"));
-        self.shared.count_dropped(name, old, &format!("older than spool_max_age_s = {}", self.cfg.spool_max_age_s));
+        use super::reason;
+        self.shared.count_dropped(
+            name,
+            over,
+            reason::BUFFER_FULL,
+            &format!("buffer of {buffer} events full; broker unreachable?"),
+        );
+        self.shared.count_dropped(
+            name,
+            old,
+            reason::TOO_OLD,
+            &format!("older than spool_max_age_s = {}", self.cfg.spool_max_age_s),
+        );
         self.shared.count_dropped(
             name,
             spool_full,
+            reason::SPOOL_FULL,
             &format!("spool full at spool_max_bytes = {}; broker unreachable?", self.cfg.spool_max_bytes),
         );
         match err {
@@ -890,10 +996,44 @@ impl Sink for MqttSink {
             }
             let now = Instant::now();
             if now >= deadline {
-                let pending = st.queue.len();
+                // What is on disk is sent at the next start; what is not is lost: say which,
+                // and count the lost ones.
+                let mut respooled = 0;
+                if st.memory_only() > 0 {
+                    let (w, dropped, _) = st.respool(&HashSet::new());
+                    respooled = w;
+                    self.shared.count_dropped(&self.name, dropped, super::reason::SPOOL_FULL, "spool full at shutdown");
+                }
+                let lost: Vec<u64> = match &self.spool_dir {
+                    Some(_) => st.queue.iter().filter(|it| it.seq >= MEM_SEQ_BASE).map(|it| it.seq).collect(),
+                    None => st.queue.iter().map(|it| it.seq).collect(),
+                };
+                for seq in &lost {
+                    st.finish(*seq);
+                }
+                let on_disk = st.queue.len();
+                drop(st);
+                let lost = lost.len();
                 return Err(match &self.spool_dir {
-                    Some(dir) => SinkError::Spooled { pending, dir: dir.clone() },
-                    None => SinkError::Timeout { pending },
+                    Some(dir) => {
+                        self.shared.count_dropped(
+                            &self.name,
+                            lost as u64,
+                            super::reason::DISK_FULL,
+                            "not written to the spool (disk full) by shutdown",
+                        );
+                        if respooled > 0 {
+                            log::info!(
+                                "sink {}: {respooled} event(s) kept in memory written to the spool at shutdown",
+                                self.name
+                            );
+                        }
+                        SinkError::Spooled { pending: on_disk, lost, dir: dir.clone() }
+                    }
+                    None => {
+                        self.shared.count_dropped(&self.name, lost as u64, super::reason::SHUTDOWN, "no spool");
+                        SinkError::Timeout { pending: lost }
+                    }
                 });
             }
             st = match self.shared.backlog.changed.wait_timeout(st, deadline - now) {
@@ -905,6 +1045,13 @@ impl Sink for MqttSink {
 
     fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    fn drops(&self) -> Vec<(&'static str, u64)> {
+        match self.shared.drops.lock() {
+            Ok(m) => m.iter().map(|(k, v)| (*k, *v)).collect(),
+            Err(p) => p.into_inner().iter().map(|(k, v)| (*k, *v)).collect(),
+        }
     }
 
     fn backlog(&self) -> usize {
@@ -946,6 +1093,15 @@ struct ConnThread {
     err_log: LogLimiter,
     /// The retained dashboard and discovery messages, when on.
     dash: Option<Dashboard>,
+    /// The oldest unacknowledged event, when a connection died with it in flight, and how
+    /// many connections died so: it is sent alone until acknowledged, and dead-lettered at
+    /// [`DEAD_LETTER_TRIES`].
+    suspect: Option<(u64, u32)>,
+    /// Where dead letters go (`<spool dir>/dead-letter.jsonl`), if the sink has a spool.
+    dead_letter: Option<PathBuf>,
+    /// Last attempt to write events kept in memory to the spool.
+    last_respool: Option<Instant>,
+    respool_log: LogLimiter,
 }
 
 impl ConnThread {
@@ -987,6 +1143,9 @@ impl ConnThread {
                 std::thread::sleep(POLL);
                 continue;
             }
+            if closing.is_none() {
+                self.respool();
+            }
             if self.connected && closing.is_none() {
                 self.fill();
                 self.publish_dashboard();
@@ -997,7 +1156,7 @@ impl ConnThread {
                     sp.persist_ack(false);
                 }
                 drop(st);
-                self.shared.count_dropped(&self.name, old, "older than spool_max_age_s");
+                self.shared.count_dropped(&self.name, old, super::reason::TOO_OLD, "older than spool_max_age_s");
             }
             let res = if !self.connected || !self.connection.eventloop.pending.is_empty() {
                 // Connecting, or rumqttc has our publishes to write: block (never cancel a
@@ -1056,6 +1215,13 @@ impl ConnThread {
             MqEvent::Incoming(Packet::PubAck(ack)) => {
                 if let Some((Flight::Event(seq), _)) = self.inflight.remove(&ack.pkid) {
                     self.sent.remove(&seq);
+                    if self.suspect.is_some_and(|(s, _)| s == seq) {
+                        log::info!(
+                            "sink {}: the event re-sent alone was acknowledged; the queue flows again",
+                            self.name
+                        );
+                        self.suspect = None;
+                    }
                     let mut st = self.shared.lock();
                     if st.finish(seq) {
                         st.acked += 1;
@@ -1071,6 +1237,9 @@ impl ConnThread {
     fn on_error(&mut self, msg: String, closing: bool) {
         if self.connected {
             log::warn!("sink {}: MQTT connection lost: {msg}; reconnecting, events are buffered", self.name);
+            if !closing {
+                self.blame_oldest_in_flight(&msg);
+            }
         } else {
             let name = &self.name;
             self.err_log.hit(|more| {
@@ -1104,15 +1273,33 @@ impl ConnThread {
     /// Moves unsent events, in order, into rumqttc's pending queue, up to the in-flight limit.
     fn fill(&mut self) {
         let mut batch = Vec::new();
+        let mut too_big = Vec::new();
         {
             let st = self.shared.lock();
-            let free = usize::from(MAX_INFLIGHT).saturating_sub(self.inflight.len());
+            let mut free = usize::from(MAX_INFLIGHT).saturating_sub(self.inflight.len());
+            let suspect = self.suspect.map(|(s, _)| s).filter(|s| st.queue.iter().any(|it| it.seq == *s));
+            if suspect.is_some() {
+                // Alone until acknowledged: nothing else in flight that the broker's reaction
+                // could be blamed on.
+                free = usize::from(self.sent.is_empty());
+            }
             for it in st.queue.iter().filter(|it| !self.sent.contains(&it.seq)) {
                 if batch.len() >= free {
                     break;
                 }
-                batch.push((it.seq, self.cfg.event_topic(&it.stream), it.payload.clone()));
+                if suspect.is_some_and(|s| s != it.seq) {
+                    continue;
+                }
+                let topic = self.cfg.event_topic(&it.stream);
+                if topic.len() + it.payload.len() + 64 > MAX_PACKET {
+                    too_big.push(it.seq);
+                    continue;
+                }
+                batch.push((it.seq, topic, it.payload.clone()));
             }
+        }
+        for seq in too_big {
+            self.dead_letter(seq, &format!("over the {MAX_PACKET}-byte MQTT packet limit"));
         }
         let mut written = Vec::new();
         for (seq, topic, payload) in batch {
@@ -1185,10 +1372,113 @@ impl ConnThread {
                 self.name,
                 ACK_TIMEOUT.as_secs()
             );
+            self.blame_oldest_in_flight("no PUBACK");
             self.connection.eventloop.clean();
             self.mark_disconnected();
         }
     }
+
+    /// A live connection died with events in flight: the oldest of them (queue order) may be
+    /// what the broker refused. It gets a try; the next connection sends it alone; at
+    /// [`DEAD_LETTER_TRIES`] it goes to the dead-letter file.
+    fn blame_oldest_in_flight(&mut self, why: &str) {
+        let in_flight: HashSet<u64> = self
+            .inflight
+            .values()
+            .filter_map(|(f, _)| match f {
+                Flight::Event(seq) => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        let oldest = {
+            let st = self.shared.lock();
+            st.queue.iter().find(|it| in_flight.contains(&it.seq)).map(|it| it.seq)
+        };
+        let Some(seq) = oldest else { return };
+        let tries = match self.suspect {
+            Some((s, n)) if s == seq => n + 1,
+            _ => 1,
+        };
+        self.suspect = Some((seq, tries));
+        if tries >= DEAD_LETTER_TRIES {
+            self.dead_letter(seq, &format!("the connection died {tries} times with it in flight, alone ({why})"));
+        }
+    }
+
+    /// Takes event `seq` out of the queue (and the spool) into the dead-letter file, counted
+    /// and logged once.
+    fn dead_letter(&mut self, seq: u64, why: &str) {
+        let item = {
+            let mut st = self.shared.lock();
+            let item = st.queue.iter().find(|it| it.seq == seq).map(|it| (it.stream.clone(), it.payload.clone()));
+            if item.is_some() {
+                st.finish(seq);
+            }
+            item
+        };
+        self.shared.backlog.changed.notify_all();
+        if self.suspect.is_some_and(|(s, _)| s == seq) {
+            self.suspect = None;
+        }
+        let Some((stream, payload)) = item else { return };
+        let written = match &self.dead_letter {
+            Some(path) => match append_dead_letter(path, &payload) {
+                Ok(()) => format!("written to {}", path.display()),
+                Err(e) => format!("NOT written to {} ({e})", path.display()),
+            },
+            None => "not written anywhere (the sink has no spool directory)".into(),
+        };
+        let head: String = String::from_utf8_lossy(&payload).chars().take(300).collect();
+        log::error!(
+            "sink {}: event of stream {:?} dead-lettered: {why}; {written}; counted in \
+             sink_dropped_total reason=\"dead_letter\"; the queue goes on. Event: {head}",
+            self.name,
+            stream
+        );
+        self.shared.count_dropped(&self.name, 1, super::reason::DEAD_LETTER, why);
+    }
+
+    /// Writes events kept in memory (the spool append failed) to the spool, about once a
+    /// second while there are any.
+    fn respool(&mut self) {
+        if self.last_respool.is_some_and(|t| t.elapsed() < RESPOOL_PERIOD) {
+            return;
+        }
+        self.last_respool = Some(Instant::now());
+        let (written, dropped, err) = {
+            let mut st = self.shared.lock();
+            if st.memory_only() == 0 {
+                return;
+            }
+            st.respool(&self.sent)
+        };
+        if written > 0 {
+            log::info!("sink {}: {written} event(s) kept in memory are now in the spool", self.name);
+        }
+        self.shared.count_dropped(&self.name, dropped, super::reason::SPOOL_FULL, "spool full");
+        if let Some(e) = err {
+            let name = &self.name;
+            self.respool_log.hit(|more| {
+                log::warn!(
+                    "sink {name}: events kept in memory still not spooled: {e} ({more} more since the last message)"
+                )
+            });
+        }
+    }
+}
+
+/// Appends one event line to the dead-letter file (created 0600), synced.
+fn append_dead_letter(path: &Path, payload: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    if f.metadata()?.len() + payload.len() as u64 > MAX_DEAD_LETTER_BYTES {
+        return Err(std::io::Error::other(format!("it is full at {MAX_DEAD_LETTER_BYTES} bytes")));
+    }
+    let mut line = payload.to_vec();
+    line.push(b'\n');
+    f.write_all(&line)?;
+    f.sync_data()
 }
 
 #[cfg(test)]
@@ -1234,9 +1524,6 @@ mod tests {
         let mut c = ok.clone();
         c.discovery_prefix = "ha/#".into();
         assert!(c.validate().is_err());
-        let mut c = ok.clone();
-        c.keep_alive_s = 0;
-        assert!(c.validate().is_err());
         for bad in [
             |c: &mut MqttSinkConfig| c.port = 0,
             |c: &mut MqttSinkConfig| c.buffer = 0,
@@ -1249,6 +1536,9 @@ mod tests {
             bad(&mut c);
             assert!(c.validate().is_err(), "{c:?}");
         }
+        let mut c = ok.clone();
+        c.keep_alive_s = 0;
+        assert!(c.validate().is_err());
         let mut c = ok.clone();
         c.password = Some("x".into());
         assert!(c.validate().is_err());

@@ -377,3 +377,82 @@ fn file_sink_fifo_path_is_refused_without_hanging() {
     let err = d.stderr();
     assert!(err.contains("FIFO") && err.contains("not a regular file"), "{err}");
 }
+
+/// Sets the file size limit of a running daemon (`RLIMIT_FSIZE`; its SIGXFSZ is ignored, so a
+/// write past it fails with EFBIG, as on a full disk).
+fn set_fsize(d: &Daemon, bytes: u64) {
+    let lim = libc::rlimit { rlim_cur: bytes, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: prlimit on our own child with a valid struct.
+    let rc = unsafe { libc::prlimit(d.child.id() as libc::pid_t, libc::RLIMIT_FSIZE, &lim, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// The event ids in a spool directory (read with the library, as the next start would).
+fn spooled_ids(dir: &Path) -> HashSet<String> {
+    let (_sp, pending) = gradwatch::sink::spool::Spool::open(dir, 16 << 20).unwrap();
+    pending.iter().map(|r| id(&serde_json::from_slice(&r.payload).unwrap())).collect()
+}
+
+/// The broker is down and the spool's disk is full (a file size limit: writes fail as with
+/// ENOSPC). Events the spool could not take are kept in memory and written to it once there
+/// is room again (they were never written: lost at the next stop). Filled again, SIGTERM:
+/// the shutdown log says exactly how many events are on disk (the spool holds those, every
+/// one of them) and how many are lost, and the two add up to every event produced. (It said
+/// 85 stay in the spool when it held 28.)
+#[test]
+fn mqtt_spool_on_a_full_disk_retries_and_the_shutdown_log_is_true() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let spool = dir.path().join("spool");
+    let cfg = write(dir.path(), "full.toml", &config(&mqtt_sink(port, "box-f", &spool, 30), false));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gradwatch"));
+    cmd.args(["run", "--config"]).arg(&cfg);
+    // SAFETY: only async-signal-safe calls (signal, setrlimit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit { rlim_cur: 3000, rlim_max: libc::RLIM_INFINITY };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut d = spawn(cmd);
+    let sdir = spool.join("mqtt");
+    d.wait_for("events the spool could not take", Duration::from_secs(30), |d| {
+        d.stderr().contains("not spooled, kept in memory") && d.events().len() >= 12
+    });
+    // Room again: the events kept in memory go to disk.
+    set_fsize(&d, libc::RLIM_INFINITY);
+    d.wait_for("the retry to disk", Duration::from_secs(15), |d| d.stderr().contains("are now in the spool"));
+    let before = ids(&d.events());
+    // Full again, at the size the segment has now.
+    let seg_len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let biggest = std::fs::read_dir(&sdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max_by_key(|p| seg_len(p))
+        .unwrap();
+    set_fsize(&d, seg_len(&biggest));
+    let n = d.events().len();
+    d.wait_for("events while full again", Duration::from_secs(15), |d| d.events().len() >= n + 6);
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(15)), 0, "{}", d.stderr());
+    let produced = ids(&d.events());
+    let err = d.stderr();
+    let line = err.lines().find(|l| l.contains("stay in the spool")).unwrap_or_else(|| panic!("{err}"));
+    let num = |after: &str| -> usize {
+        let head = line.split(after).next().unwrap();
+        head.split_whitespace().last().unwrap().parse().unwrap_or_else(|_| panic!("{line}"))
+    };
+    let (on_disk, lost) = (num(" event(s) not yet acknowledged"), num(" more could not be written"));
+    let spooled = spooled_ids(&sdir);
+    assert_eq!(spooled.len(), on_disk, "the log says {on_disk} on disk, the spool holds {}: {line}", spooled.len());
+    assert!(spooled.is_subset(&produced));
+    assert_eq!(on_disk + lost, produced.len(), "{line}");
+    assert!(lost > 0, "the second fill lost nothing? {line}");
+    let missing: Vec<_> = before.difference(&spooled).collect();
+    assert!(missing.is_empty(), "events produced before the retry are not on disk: {missing:?}");
+}

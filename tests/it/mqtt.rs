@@ -46,6 +46,11 @@ pub(crate) struct Broker {
 impl Broker {
     /// `persistent`: keep sessions and queued messages across a restart (saved on SIGTERM).
     pub(crate) fn start(dir: &Path, persistent: bool) -> Broker {
+        Broker::start_with(dir, persistent, "")
+    }
+
+    /// [`Broker::start`] with `extra` lines of mosquitto config.
+    pub(crate) fn start_with(dir: &Path, persistent: bool, extra: &str) -> Broker {
         let port = free_port();
         let conf = dir.join("mosquitto.conf");
         let mut c = format!(
@@ -60,6 +65,7 @@ impl Broker {
         // Running as root, mosquitto would switch to user `mosquitto`, which cannot write
         // the temporary directory.
         c += "user root\n";
+        c += extra;
         std::fs::write(&conf, c).unwrap();
         let mut b = Broker { port, conf, dir: dir.to_path_buf(), child: None };
         b.spawn();
@@ -744,4 +750,46 @@ fn killed_daemon_leaves_offline_availability() {
     );
     assert_eq!(r["gradwatch/box7/availability"].payload, "offline");
     assert_eq!(r["gradwatch/box7/cam/state"].payload, "ok");
+}
+
+/// A publish the broker refuses (mosquitto drops the connection over a packet larger than its
+/// `max_packet_size`, as it does over a control character in a topic) goes to the dead-letter
+/// file after `DEAD_LETTER_TRIES` connections died with it alone in flight, is counted once
+/// (reason `dead_letter`) and logged, and the events behind it flow. (It was re-sent at the
+/// head of the queue for ever and nothing behind it was delivered, even after a restart.)
+#[test]
+fn a_poison_event_is_dead_lettered_and_the_rest_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_with(dir.path(), false, "max_packet_size 4000\n");
+    let sub = Sub::connect(broker.port, "t-sub", "gradwatch/box1/events/#", true);
+    let spool = dir.path().join("spool");
+    let mut cfg = MqttSinkConfig::new("127.0.0.1", broker.port, "box1");
+    cfg.spool_dir = Some(spool.clone());
+    let mut sink = MqttSink::start("mqtt", &cfg).unwrap();
+    let mut poison = ev(1);
+    if let Event::AlertUpdate { alert } = &mut poison {
+        alert.tag = Some("x".repeat(10_000));
+    }
+    sink.send(&ev(0)).unwrap();
+    sink.send(&poison).unwrap();
+    for i in 2..6 {
+        sink.send(&ev(i)).unwrap();
+    }
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < 5 {
+        let g = sub.next_where(60, "the events behind the poison", |g| g.topic.contains("/events/"));
+        got.insert(event_index(&g.payload));
+    }
+    assert_eq!(got.into_iter().collect::<Vec<_>>(), [0, 2, 3, 4, 5]);
+    sink.flush(Instant::now() + Duration::from_secs(20)).unwrap();
+    let st = sink.stats();
+    assert_eq!((st.pending, st.dropped), (0, 1), "{st:?}");
+    assert_eq!(sink.drops(), [("dead_letter", 1)]);
+    let dead = std::fs::read_to_string(spool.join("mqtt").join("dead-letter.jsonl")).unwrap();
+    assert_eq!(dead.lines().count(), 1, "{dead}");
+    assert_eq!(event_index(dead.lines().next().unwrap()), 1);
+    // Not in the spool any more: a restart does not send it again.
+    drop(sink);
+    let (_sp, pending) = gradwatch::sink::spool::Spool::open(&spool.join("mqtt"), 16 << 20).unwrap();
+    assert!(pending.is_empty(), "{pending:?}");
 }

@@ -341,7 +341,8 @@ fn metrics_over_http() {
     assert_eq!(value(&samples, "gradwatch_inference_latency_seconds_bucket{le=\"0.005\"}"), 1.0);
     assert_eq!(value(&samples, "gradwatch_inference_latency_seconds_bucket{le=\"+Inf\"}"), 2.0);
     assert_eq!(value(&samples, "gradwatch_sink_sent_total{sink=\"mem\"}"), 2.0);
-    assert_eq!(value(&samples, "gradwatch_sink_dropped_total{sink=\"mem\"}"), 0.0);
+    assert_eq!(value(&samples, "gradwatch_sink_dropped_total{sink=\"mem\",reason=\"queue_full\"}"), 0.0);
+    assert_eq!(value(&samples, "gradwatch_sink_dropped_total{sink=\"mem\",reason=\"dead_letter\"}"), 0.0);
     assert_eq!(value(&samples, "gradwatch_execution_provider{provider=\"cpu\"}"), 1.0);
     assert!(samples.iter().any(|(s, v)| s.starts_with("gradwatch_build_info{version=\"") && *v == 1.0));
 
