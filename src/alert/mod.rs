@@ -11,6 +11,7 @@
 pub mod baseline;
 mod config;
 pub mod cusum;
+pub mod open;
 pub mod time;
 
 use std::collections::VecDeque;
@@ -202,6 +203,9 @@ pub enum EndReason {
     Shutdown,
     /// The stream went down with the alert open.
     StreamDown,
+    /// The daemon stopped without closing the alert (killed, crashed, power lost) and closed
+    /// it at its next start (`open::OpenAlerts`).
+    Restart,
 }
 
 impl EndReason {
@@ -211,6 +215,7 @@ impl EndReason {
             EndReason::Cleared => "cleared",
             EndReason::Shutdown => "shutdown",
             EndReason::StreamDown => "stream_down",
+            EndReason::Restart => "restart",
         }
     }
 }

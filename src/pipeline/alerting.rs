@@ -10,6 +10,7 @@ use crossbeam_channel::{never, Receiver};
 
 use super::summary::Summary;
 use super::{AlertControl, Env, Heartbeat, Shared};
+use crate::alert::open::OpenAlerts;
 use crate::alert::{AlertConfig, AlertPolicy, AlertTracker, Baseline, BaselineConfig, Event, ModelRef, Scored};
 use crate::metrics::Metrics;
 use crate::sink::Fanout;
@@ -124,9 +125,20 @@ struct Slot {
     saved_at: Option<Instant>,
     /// The stream's alert snapshots, when on.
     snap: Option<crate::snapshot::StreamSnaps>,
+    /// Where open alerts are persisted (a state directory is known).
+    open: Option<OpenAlerts>,
 }
 
 impl Slot {
+    /// Persists the stream's open alert as its events go out (see [`OpenAlerts`]).
+    fn persist(&self, evs: &[Event]) {
+        if let Some(o) = &self.open {
+            for ev in evs {
+                o.record(ev);
+            }
+        }
+    }
+
     /// Gives the stream's snapshots the frame (if any) and its events, which get their paths.
     fn snapshots(&mut self, frame: Option<&Scored>, evs: &mut [Event]) {
         if let Some(sn) = self.snap.as_mut() {
@@ -156,11 +168,19 @@ impl AlertStage {
             state_dir,
         } = self;
         let learn_cfg = AlertConfig { baselines, state_dir: state_dir.clone(), ..AlertConfig::default() };
+        // Alerts the previous run left open (it died) end first, with reason "restart".
+        let open = state_dir.clone().or_else(crate::sink::mqtt::state_directory).map(|d| OpenAlerts::new(&d));
+        if let Some(o) = &open {
+            for ev in o.close_left_open(env.now()) {
+                fanout.send(&ev);
+            }
+        }
         let mut slots: BTreeMap<String, Slot> = trackers
             .into_iter()
             .map(|t| {
                 let snap = env.snapshots.as_ref().map(|s| s.stream(t.stream()));
-                (t.stream().to_string(), Slot { tracker: t, pending: None, snap, unsaved: None, saved_at: None })
+                let slot = Slot { tracker: t, pending: None, snap, unsaved: None, saved_at: None, open: open.clone() };
+                (slot.tracker.stream().to_string(), slot)
             })
             .collect();
         let mut summary = Summary::default();
@@ -242,6 +262,7 @@ impl AlertStage {
         for slot in slots.values_mut() {
             let mut evs = slot.tracker.shutdown(now);
             slot.snapshots(None, &mut evs);
+            slot.persist(&evs);
             for ev in &evs {
                 status_event(&env, ev);
                 fanout.send(ev);
@@ -302,6 +323,7 @@ fn on_scored(
     env.metrics.stream(&s.stream).status.frame(s.time, s.score, s.threshold);
     let mut evs = slot.tracker.push(&s);
     slot.snapshots(Some(&s), &mut evs);
+    slot.persist(&evs);
     for ev in &evs {
         if matches!(ev, Event::AlertStart { .. }) {
             env.metrics.stream(&s.stream).alerts_raised.inc();
@@ -358,6 +380,7 @@ fn handle_stream_event(slot: &mut Slot, e: StreamEvent, fanout: &Fanout, env: &E
         StreamEventKind::Up => vec![slot.tracker.stream_up(e.time)],
     };
     slot.snapshots(None, &mut evs);
+    slot.persist(&evs);
     for ev in &evs {
         status_event(env, ev);
         fanout.send(ev);

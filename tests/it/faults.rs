@@ -387,3 +387,48 @@ fn check_config_refuses_bad_names_and_out_of_range_numbers() {
         assert!(err.contains(what), "{name}: the error does not name `{what}`:\n{err}");
     }
 }
+
+/// An alert open when the daemon is killed (-9) is closed at the next start: the first
+/// events of the new run include its `alert_end`, same id, reason `restart`. (Nothing
+/// closed it: consumers kept the camera in alarm for ever.)
+#[test]
+fn alert_open_at_kill_9_ends_with_reason_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let noisy = format!(
+        "\n[[stream]]\nname = \"cam\"\nkind = \"replay\"\npath = \"{}\"\nfps = 50\nrepeat = true\nschedule = [{{ frames = 20, corruption = \"noise\", level = 5 }}]\n",
+        assets().frames.display()
+    );
+    let alert = format!("state_dir = \"{}\"", state.display());
+    let cfg = write(dir.path(), "k.toml", &format!("{}{noisy}", head(&alert)));
+    let mut first = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
+    first.wait_for("an alert_start", Duration::from_secs(30), |d| {
+        events(&d.stdout()).iter().any(|e| kind(e) == "alert_start")
+    });
+    let start = events(&first.stdout()).into_iter().find(|e| kind(e) == "alert_start").unwrap();
+    first.signal("KILL");
+    first.wait(Duration::from_secs(10));
+    assert!(!events(&first.stdout()).iter().any(|e| kind(e) == "alert_end"));
+
+    let clean = cfg.to_str().unwrap().to_string();
+    std::fs::write(&cfg, format!("{}{}", head(&alert), endless_stream())).unwrap();
+    let mut second = Daemon::start(&["run", "--config", &clean]);
+    second.wait_for("the restart alert_end", Duration::from_secs(30), |d| {
+        events(&d.stdout()).iter().any(|e| kind(e) == "alert_end")
+    });
+    let end = events(&second.stdout()).into_iter().find(|e| kind(e) == "alert_end").unwrap();
+    assert_eq!((&end["id"], &end["reason"]), (&start["id"], &serde_json::json!("restart")), "{end}");
+    assert!(second.stderr().contains("closing it now with reason \"restart\""), "{}", second.stderr());
+    second.signal("TERM");
+    assert_eq!(second.wait(Duration::from_secs(15)), 0, "{}", second.stderr());
+    // Closed once: a third start has nothing to close.
+    let (_, out, _) = {
+        let mut third = Daemon::start(&["run", "--config", &clean]);
+        third.wait_for("inference", Duration::from_secs(30), |d| d.stderr().contains("inference on"));
+        std::thread::sleep(Duration::from_millis(500));
+        third.signal("TERM");
+        let code = third.wait(Duration::from_secs(15));
+        (code, third.stdout(), third.stderr())
+    };
+    assert!(!events(&out).iter().any(|e| kind(e) == "alert_end" && e["reason"] == "restart"), "{out}");
+}
