@@ -3,9 +3,14 @@
 //! runtime, with hard resource limits so that no client, local or remote, can take it down or
 //! make the daemon grow.
 //!
-//! * **Bounded connections.** At most [`ServerLimits::max_connections`] are served at once;
-//!   a connection beyond that gets a canned `503` and is closed at once, so idle or slow
-//!   clients cost at most that many descriptors and tasks (one task each, no thread).
+//! * **Bounded connections.** At most [`ServerLimits::max_connections`] are served at once,
+//!   and at most [`ServerLimits::max_per_client`] from one client IP address. A connection
+//!   that would exceed either limit makes room by closing the oldest connection (of that
+//!   client, or of anyone) that has not yet sent its request head: idle and slowloris sockets
+//!   give way to a client with a request, so forty slow sockets cannot hold `/metrics` at
+//!   `503`. When every connection is busy with a request, the new one gets a canned `503`
+//!   and is closed at once, so clients cost at most that many descriptors and tasks (one task
+//!   each, no thread).
 //! * **Bounded requests.** The request head (request line and headers) may be at most
 //!   [`ServerLimits::max_request_bytes`]; hyper answers a larger one with `431` and closes.
 //!   Request bodies are never read.
@@ -46,6 +51,8 @@ pub type HealthFn = Arc<dyn Fn() -> Health + Send + Sync>;
 pub struct ServerLimits {
     /// Connections served at once; more are answered `503` and closed. Default 32.
     pub max_connections: usize,
+    /// Connections served at once from one IP address. Default 8.
+    pub max_per_client: usize,
     /// Largest request head in bytes (hyper's minimum is 8192). Default 8192.
     pub max_request_bytes: usize,
     /// Time for the client to send the whole request head. Default 5 s.
@@ -58,6 +65,7 @@ impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             max_connections: 32,
+            max_per_client: 8,
             max_request_bytes: 8192,
             header_timeout: Duration::from_secs(5),
             connection_timeout: Duration::from_secs(10),
@@ -72,6 +80,8 @@ pub struct ServerStats {
     pub served: AtomicU64,
     /// Connections closed at once because `max_connections` were busy.
     pub shed: AtomicU64,
+    /// Connections still waiting for their request head closed to make room for a new one.
+    pub evicted: AtomicU64,
     /// `accept` errors (each retried after a back-off).
     pub accept_errors: AtomicU64,
 }
@@ -190,6 +200,50 @@ impl Throttle {
     }
 }
 
+/// A connection being served, as the accept loop sees it.
+struct Live {
+    id: u64,
+    ip: std::net::IpAddr,
+    /// Set once its request head arrived (the connection is then busy, not idle).
+    head: Arc<std::sync::atomic::AtomicBool>,
+    abort: tokio::task::AbortHandle,
+}
+
+/// The connections being served, oldest first.
+type LiveSet = Arc<std::sync::Mutex<Vec<Live>>>;
+
+fn lock(live: &LiveSet) -> std::sync::MutexGuard<'_, Vec<Live>> {
+    match live.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Removes a connection from the set when its task ends (or is aborted).
+struct Leave {
+    id: u64,
+    live: LiveSet,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        lock(&self.live).retain(|c| c.id != self.id);
+    }
+}
+
+/// Closes the oldest connection that matches `which` and has not sent its request head;
+/// whether there was one.
+fn evict_idle(live: &LiveSet, which: impl Fn(&Live) -> bool) -> bool {
+    let c = {
+        let mut g = lock(live);
+        let Some(i) = g.iter().position(|c| which(c) && !c.head.load(Ordering::SeqCst)) else { return false };
+        g.remove(i)
+    };
+    // Outside the lock: the task's `Leave` takes it when the task is dropped.
+    c.abort.abort();
+    true
+}
+
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     state: Arc<State>,
@@ -198,6 +252,8 @@ async fn accept_loop(
     mut stop: oneshot::Receiver<()>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let live: LiveSet = Arc::default();
+    let mut next_id = 0u64;
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut err_log = Throttle { last: None, held: 0 };
     let mut shed_log = Throttle { last: None, held: 0 };
@@ -206,10 +262,10 @@ async fn accept_loop(
             _ = &mut stop => return,
             r = listener.accept() => r,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => {
+        let (stream, ip) = match accepted {
+            Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                stream
+                (stream, peer.ip())
             }
             Err(e) => {
                 // EMFILE and friends: the listener stays; wait for descriptors to free up.
@@ -229,35 +285,71 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        // Room for this client, then for anyone: idle connections give way.
+        let from_ip = lock(&live).iter().filter(|c| c.ip == ip).count();
+        let mut evicted = from_ip >= limits.max_per_client.max(1) && evict_idle(&live, |c| c.ip == ip);
+        let full = lock(&live).iter().filter(|c| c.ip == ip).count() >= limits.max_per_client.max(1);
+        if !full && slots.available_permits() == 0 {
+            evicted |= evict_idle(&live, |_| true);
+        }
+        let permit = if full {
+            None
+        } else if evicted {
+            stats.evicted.fetch_add(1, Ordering::Relaxed);
+            // The aborted task releases its slot when the runtime drops it, at the next yield.
+            tokio::time::timeout(Duration::from_millis(200), slots.clone().acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            slots.clone().try_acquire_owned().ok()
+        };
+        let Some(permit) = permit else {
             // Over the limit: answer without reading and close, so the descriptor is free again
             // at once (a full socket buffer just loses the answer; the client sees a close).
             stats.shed.fetch_add(1, Ordering::Relaxed);
             let _ = stream.try_write(BUSY);
             shed_log.hit(|more| {
                 log::warn!(
-                    "metrics server: {} connections busy, one refused ({more} more since the last message)",
-                    limits.max_connections
+                    "metrics server: {} connections ({} per client) busy with requests, one from {ip} refused \
+                     ({more} more since the last message)",
+                    limits.max_connections,
+                    limits.max_per_client
                 )
             });
             continue;
         };
         stats.served.fetch_add(1, Ordering::Relaxed);
         let state = state.clone();
-        tokio::spawn(async move {
+        let head = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (id, h, l) = (next_id, head.clone(), live.clone());
+        next_id += 1;
+        // The set is locked while spawning, so the task's `Leave` cannot run before the entry
+        // exists.
+        let mut g = lock(&live);
+        let task = tokio::spawn(async move {
             let _permit = permit;
-            serve_connection(stream, state, limits).await;
+            let _leave = Leave { id, live: l };
+            serve_connection(stream, state, limits, h).await;
         });
+        g.push(Live { id, ip, head, abort: task.abort_handle() });
+        drop(g);
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, state: Arc<State>, limits: ServerLimits) {
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    state: Arc<State>,
+    limits: ServerLimits,
+    head: Arc<std::sync::atomic::AtomicBool>,
+) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_request_bytes.max(8192))
         .keep_alive(false);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        head.store(true, Ordering::SeqCst);
         let state = state.clone();
         async move {
             let path = req.uri().path();
@@ -279,7 +371,10 @@ async fn serve_connection(stream: tokio::net::TcpStream, state: Arc<State>, limi
 /// The routes. `GET` and `HEAD` only (hyper drops the body of a `HEAD` answer).
 fn route(state: &State, method: &Method, path: &str) -> Response<Full<Bytes>> {
     if method != Method::GET && method != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; use GET or HEAD\n".into());
+        // RFC 9110 15.5.6: a 405 lists the methods the resource supports.
+        r.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
     }
     match path {
         "/" => {

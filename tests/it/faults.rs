@@ -432,3 +432,40 @@ fn alert_open_at_kill_9_ends_with_reason_restart() {
     };
     assert!(!events(&out).iter().any(|e| kind(e) == "alert_end" && e["reason"] == "restart"), "{out}");
 }
+
+/// Forty slowloris sockets from one client (connected, never finishing a request head) do
+/// not hold `/metrics`, `/healthz` or `/` at 503: at most `max_per_client` connections of a
+/// client are served at once, and connections still waiting for their head give way to a
+/// new one. (All 32 slots were taken until the 5-s header timeout, and renewed.) A method
+/// other than GET and HEAD gets 405 with `Allow: GET, HEAD`.
+#[test]
+fn slowloris_from_one_client_does_not_block_the_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "slow.toml", &format!("{}{}", head_with_metrics(), endless_stream()));
+    let mut d = Daemon::start(&["run", "--config", path.to_str().unwrap()]);
+    let addr = metrics_addr(&mut d);
+    get_until(addr, "/metrics", 200, Duration::from_secs(30));
+    let mut slow = Vec::new();
+    for _ in 0..40 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").unwrap();
+        slow.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for path in ["/metrics", "/healthz", "/"] {
+        let t0 = Instant::now();
+        let (code, _) = get(addr, path).unwrap();
+        assert_eq!(code, 200, "{path} while 40 slow sockets are open");
+        assert!(t0.elapsed() < Duration::from_secs(2), "{path} took {:?}", t0.elapsed());
+    }
+    drop(slow);
+
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 405"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("\r\nallow: get, head\r\n"), "{text}");
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(15)), 0, "{}", d.stderr());
+}
