@@ -22,6 +22,17 @@ pub struct SnapshotConfig {
     /// Per stream, the last this many over-threshold frames kept in memory for snapshots;
     /// should be at least the alert `window`. Default 16.
     pub ring_frames: usize,
+    /// Per stream, at most this many bytes of frames in that ring (the oldest go first).
+    /// Default 32 MiB.
+    pub ring_max_bytes: u64,
+    /// Frames are kept, and snapshots written, at most this many pixels on their longer side
+    /// (larger frames are scaled down when kept: a 6000x6000 camera costs 1024x1024 in the
+    /// ring, not 108 MB a frame). Default 1024.
+    pub max_side: usize,
+    /// Snapshots are not written while the file system of `dir` has less than this many bytes
+    /// free, so they give way before the spool or a file sink on the same disk lose a byte
+    /// (the shipped unit keeps all three in one state directory). 0 = no floor. Default 64 MiB.
+    pub min_free_bytes: u64,
     /// JPEG quality of the snapshots, 1..=100. Default 90.
     pub jpeg_quality: u8,
     /// Frames whose shorter side is below this many pixels are upscaled (integer factor) so a
@@ -37,6 +48,9 @@ impl Default for SnapshotConfig {
             max_files: 1000,
             max_bytes: 256 << 20,
             ring_frames: 16,
+            ring_max_bytes: 32 << 20,
+            max_side: 1024,
+            min_free_bytes: 64 << 20,
             jpeg_quality: 90,
             min_side: 256,
         }
@@ -61,6 +75,24 @@ impl SnapshotConfig {
         }
         if !(1..=1000).contains(&self.ring_frames) {
             return Err(format!("[snapshots] ring_frames = {} must be in 1..=1000", self.ring_frames));
+        }
+        if !(1 << 20..=1 << 30).contains(&self.ring_max_bytes) {
+            return Err(format!(
+                "[snapshots] ring_max_bytes = {} must be in 1048576..=1073741824",
+                self.ring_max_bytes
+            ));
+        }
+        if !(64..=8192).contains(&self.max_side) {
+            return Err(format!("[snapshots] max_side = {} must be in 64..=8192", self.max_side));
+        }
+        if self.min_free_bytes > 1 << 40 {
+            return Err(format!(
+                "[snapshots] min_free_bytes = {} must be at most 1 TiB (0 = no floor)",
+                self.min_free_bytes
+            ));
+        }
+        if self.max_files > 10_000_000 {
+            return Err(format!("[snapshots] max_files = {} must be at most 10000000", self.max_files));
         }
         if !(1..=100).contains(&self.jpeg_quality) {
             return Err(format!("[snapshots] jpeg_quality = {} must be in 1..=100", self.jpeg_quality));
@@ -120,6 +152,9 @@ mod tests {
         assert!(toml::from_str::<SnapshotConfig>("max_file = 10").is_err());
         assert!(SnapshotConfig { max_files: 0, ..c.clone() }.validate().is_err());
         assert!(SnapshotConfig { jpeg_quality: 0, ..c.clone() }.validate().is_err());
+        assert!(SnapshotConfig { ring_max_bytes: 0, ..c.clone() }.validate().is_err());
+        assert!(SnapshotConfig { max_side: 1 << 20, ..c.clone() }.validate().is_err());
+        assert!(SnapshotConfig { min_free_bytes: u64::MAX, ..c.clone() }.validate().is_err());
         assert!(c.validate().is_ok());
     }
 }

@@ -200,6 +200,8 @@ pub struct Paths {
 pub struct Snapshots {
     dir: PathBuf,
     ring_frames: usize,
+    ring_max_bytes: u64,
+    max_side: usize,
     /// Whether heat maps are drawn (an input gradient source was given).
     heatmaps: bool,
     rings: Mutex<HashMap<String, FrameRing>>,
@@ -261,6 +263,7 @@ impl Snapshots {
             max_bytes: cfg.max_bytes,
             jpeg_quality: cfg.jpeg_quality,
             min_side: cfg.min_side,
+            min_free_bytes: cfg.min_free_bytes,
             layout,
             gradient,
         };
@@ -271,6 +274,8 @@ impl Snapshots {
         Ok(Arc::new(Snapshots {
             dir,
             ring_frames: cfg.ring_frames.max(1),
+            ring_max_bytes: cfg.ring_max_bytes,
+            max_side: cfg.max_side.max(1),
             heatmaps,
             rings: Mutex::new(HashMap::new()),
             jobs: Mutex::new(Some(tx)),
@@ -284,18 +289,37 @@ impl Snapshots {
         &self.dir
     }
 
-    /// Keeps a frame of `stream` for a possible snapshot (the oldest kept frame goes when the
-    /// stream's ring is full). Called by inference for over-threshold frames.
-    pub fn keep(&self, stream: &str, kept: Kept) {
+    /// Keeps a frame of `stream` for a possible snapshot, scaled down to `max_side` (the
+    /// oldest kept frame goes when the stream's ring is full, in frames or bytes). Called by
+    /// inference for over-threshold frames.
+    pub fn keep(&self, stream: &str, mut kept: Kept) {
+        let (w, h) = (kept.image.width, kept.image.height);
+        let long = w.max(h);
+        if long > self.max_side {
+            // Scaled before the lock: a huge frame costs the inference thread, not the ring.
+            let scale = self.max_side as f64 / long as f64;
+            let (nw, nh) = (((w as f64 * scale).round() as usize).max(1), ((h as f64 * scale).round() as usize).max(1));
+            kept.image = kept.image.resize(nw, nh);
+        }
         let mut rings = lock(&self.rings);
         match rings.get_mut(stream) {
             Some(r) => r.push(kept),
             None => {
-                let mut r = FrameRing::new(self.ring_frames);
+                let mut r = FrameRing::bounded(self.ring_frames, self.ring_max_bytes);
                 r.push(kept);
                 rings.insert(stream.to_string(), r);
             }
         }
+    }
+
+    /// Bytes of pixels kept in `stream`'s ring.
+    pub fn ring_bytes(&self, stream: &str) -> u64 {
+        lock(&self.rings).get(stream).map_or(0, FrameRing::bytes)
+    }
+
+    /// The frame of `stream` with sequence number `seq`, if still kept.
+    pub fn kept(&self, stream: &str, seq: u64) -> Option<Arc<Kept>> {
+        self.get(stream, seq)
     }
 
     fn get(&self, stream: &str, seq: u64) -> Option<Arc<Kept>> {
@@ -447,14 +471,40 @@ struct Worker {
     max_bytes: u64,
     jpeg_quality: u8,
     min_side: usize,
+    min_free_bytes: u64,
     layout: GradLayout,
     gradient: Option<Box<dyn InputGradient>>,
+}
+
+/// Bytes available to this process on the file system of `dir` (`statvfs`), if known.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 impl Worker {
     fn run(mut self, rx: Receiver<Job>) {
         let errors = LogLimiter::new(Duration::from_secs(10));
+        let low = LogLimiter::new(Duration::from_secs(60));
         for job in rx {
+            if self.min_free_bytes > 0 {
+                if let Some(free) = free_bytes(&self.dir).filter(|f| *f < self.min_free_bytes) {
+                    let (name, floor) = (job.snapshot.display().to_string(), self.min_free_bytes);
+                    low.hit(|more| {
+                        log::warn!(
+                            "snapshots: {name} not written: {free} bytes free, below min_free_bytes = {floor} \
+                             (snapshots give way to the spool and the file sinks; {more} more skipped since)"
+                        )
+                    });
+                    continue;
+                }
+            }
             // A bug in an encoder must not end snapshots for the rest of the daemon's life.
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write(&job)))
                 .unwrap_or_else(|_| Err("panicked".into()));

@@ -16,27 +16,46 @@ pub struct Kept {
     pub image: RgbImage,
 }
 
-/// The last `capacity` frames pushed, oldest dropped first. Frames are shared (`Arc`): a
-/// snapshot job holds its frame while the ring moves on.
+/// The last `capacity` frames pushed, at most `max_bytes` of pixels together, oldest dropped
+/// first. Frames are shared (`Arc`): a snapshot job holds its frame while the ring moves on.
 #[derive(Debug)]
 pub struct FrameRing {
     capacity: usize,
+    max_bytes: u64,
+    bytes: u64,
     frames: VecDeque<Arc<Kept>>,
 }
 
 impl FrameRing {
-    /// An empty ring of at most `capacity` (at least 1) frames.
+    /// An empty ring of at most `capacity` (at least 1) frames, without a byte bound.
     pub fn new(capacity: usize) -> Self {
-        let capacity = capacity.max(1);
-        FrameRing { capacity, frames: VecDeque::with_capacity(capacity) }
+        Self::bounded(capacity, u64::MAX)
     }
 
-    /// Adds a frame, dropping the oldest when full.
+    /// An empty ring of at most `capacity` (at least 1) frames and `max_bytes` of pixels (the
+    /// newest frame is always kept, even alone over the bound).
+    pub fn bounded(capacity: usize, max_bytes: u64) -> Self {
+        let capacity = capacity.max(1);
+        FrameRing { capacity, max_bytes, bytes: 0, frames: VecDeque::with_capacity(capacity.min(64)) }
+    }
+
+    /// Adds a frame, dropping the oldest while the ring is over either bound.
     pub fn push(&mut self, k: Kept) {
-        if self.frames.len() == self.capacity {
-            self.frames.pop_front();
+        let size = k.image.data.len() as u64;
+        while !self.frames.is_empty()
+            && (self.frames.len() >= self.capacity || self.bytes.saturating_add(size) > self.max_bytes)
+        {
+            if let Some(old) = self.frames.pop_front() {
+                self.bytes -= old.image.data.len() as u64;
+            }
         }
+        self.bytes += size;
         self.frames.push_back(Arc::new(k));
+    }
+
+    /// Bytes of pixels held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Frames held.

@@ -343,3 +343,29 @@ fn lazy_gradient_opens_on_first_use_and_checks_the_model_hash() {
     let e = stale.input_grad(&image).unwrap_err();
     assert!(e.contains("changed since the start"), "{e}");
 }
+
+/// Frames kept for snapshots are scaled to `max_side` and a stream's ring holds at most
+/// `ring_max_bytes` of them: 16 frames of 3000x2000 (18 MB each as RGB) take 8 MiB at most,
+/// not 288 MB. (16 full-resolution 6000x6000 frames held 2.1 GB.)
+#[test]
+fn ring_is_bounded_in_bytes_and_frames_are_kept_small() {
+    use gradwatch::snapshot::{SnapshotConfig, Snapshots};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SnapshotConfig { ring_max_bytes: 8 << 20, max_side: 1024, ..SnapshotConfig::default() };
+    let layout = GradLayout { width: 32, height: 32, nhwc: false };
+    let snaps = Snapshots::start(dir.path().to_path_buf(), &cfg, layout, None).unwrap();
+    for seq in 0..16 {
+        snaps.keep("cam", Kept { seq, score: 1.0, image: RgbImage::zeros(3000, 2000) });
+        assert!(snaps.ring_bytes("cam") <= 8 << 20, "{} bytes after frame {seq}", snaps.ring_bytes("cam"));
+    }
+    let last = snaps.kept("cam", 15).expect("the newest frame is kept");
+    assert_eq!((last.image.width, last.image.height), (1024, 683));
+    assert!(snaps.kept("cam", 0).is_none(), "the oldest went first");
+    assert!(snaps.kept("cam", 14).is_some());
+    // The frame bound still holds with small frames.
+    let mut r = FrameRing::bounded(4, u64::MAX);
+    for seq in 0..10 {
+        r.push(kept(seq, 1.0));
+    }
+    assert_eq!(r.seqs(), [6, 7, 8, 9]);
+}
