@@ -7,6 +7,7 @@
 #   make aarch64-check  that binary under qemu-user vs the x86-64 one, on the same job
 #   make status-screenshot  the status page in headless Chromium, checked, into docs/status-page.png
 #   make fuzz           every cargo-fuzz target for FUZZ_SECONDS each (default 600; docs/fuzzing.md)
+#   make chaos          kill -9, full disk, broker outages, SIGHUPs for CHAOS_SECONDS (600); every event accounted for (docs/reliability.md)
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -15,7 +16,7 @@ export ORT_DYLIB_PATH ?= $(CURDIR)/$(ORT_DIR)/libonnxruntime.so
 # Debian packages the build and the tests need (bindgen for v4l, the MQTT test broker).
 APT_PACKAGES := libclang-dev pkg-config mosquitto python3-pip unzip
 
-.PHONY: deps ort build release test lint demo bench bench-daemon bench-alarms clean aarch64 aarch64-check status-screenshot fuzz
+.PHONY: deps ort build release test lint demo bench bench-daemon bench-alarms clean aarch64 aarch64-check status-screenshot fuzz chaos
 
 deps:
 	@scripts/apt-install.sh $(APT_PACKAGES)
@@ -73,6 +74,12 @@ FUZZ_SECONDS ?= 600
 FUZZ_TARGETS ?=
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh $(FUZZ_TARGETS)
+
+# The chaos test (not part of `make test`; needs root for a tmpfs): the daemon for CHAOS_SECONDS
+# under kill -9, a full disk, broker outages and SIGHUPs, then every event_id accounted for.
+CHAOS_SECONDS ?= 600
+chaos: ort
+	CHAOS_SECONDS=$(CHAOS_SECONDS) scripts/chaos.sh
 
 clean:
 	$(CARGO) clean
