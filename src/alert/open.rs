@@ -18,15 +18,20 @@ use super::{Alert, EndReason, Event};
 pub const MAX_FILE_BYTES: u64 = 64 << 10;
 
 /// The open alerts of one daemon, persisted under `<state dir>/open-alerts/`.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct OpenAlerts {
     dir: PathBuf,
+    /// Write failures (a full disk fails every event) are logged at most every 30 s.
+    fail_log: std::sync::Arc<crate::ratelimit::LogLimiter>,
 }
 
 impl OpenAlerts {
     /// The store in `state_dir` (created when first written).
     pub fn new(state_dir: &Path) -> OpenAlerts {
-        OpenAlerts { dir: state_dir.join("open-alerts") }
+        OpenAlerts {
+            dir: state_dir.join("open-alerts"),
+            fail_log: std::sync::Arc::new(crate::ratelimit::LogLimiter::new(std::time::Duration::from_secs(30))),
+        }
     }
 
     /// Its directory.
@@ -50,12 +55,13 @@ impl OpenAlerts {
             _ => Ok(()),
         };
         if let Err(e) = res {
-            log::warn!(
-                "stream {}: cannot record the open alert in {}: {e}; if the daemon dies now, the \
-                 alert is not closed at the next start",
-                ev.stream(),
-                self.dir.display()
-            );
+            let (stream, dir) = (ev.stream(), self.dir.display());
+            self.fail_log.hit(|more| {
+                log::warn!(
+                    "stream {stream}: cannot record the open alert in {dir}: {e}; if the daemon dies now, \
+                     the alert is not closed at the next start ({more} more failures since the last message)"
+                )
+            });
         }
     }
 
