@@ -250,6 +250,25 @@ fn mqtt_sigterm_during_outage_then_restart_delivers_everything() {
     assert_eq!(second.wait(Duration::from_secs(15)), 0, "{}", second.stderr());
 }
 
+/// Starts the daemon with a file size limit (`RLIMIT_FSIZE`) of `bytes` and SIGXFSZ ignored,
+/// so a write past it fails with EFBIG, as on a full disk.
+fn start_with_fsize(config: &Path, bytes: u64) -> Daemon {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gradwatch"));
+    cmd.args(["run", "--config"]).arg(config);
+    // SAFETY: only async-signal-safe calls (signal, setrlimit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit { rlim_cur: bytes, rlim_max: libc::RLIM_INFINITY };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    spawn(cmd)
+}
+
 fn file_sink(path: &Path) -> String {
     format!("[[sink]]\nkind = \"file\"\npath = \"{}\"\n", path.display())
 }
@@ -312,20 +331,7 @@ fn file_sink_size_limit_no_glued_lines_failures_counted_and_retried() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.jsonl");
     let cfg = write(dir.path(), "z.toml", &config(&file_sink(&path), false));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gradwatch"));
-    cmd.args(["run", "--config"]).arg(&cfg);
-    // SAFETY: only async-signal-safe calls (signal, setrlimit) between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let lim = libc::rlimit { rlim_cur: 3000, rlim_max: libc::RLIM_INFINITY };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut d = spawn(cmd);
+    let mut d = start_with_fsize(&cfg, 3000);
     d.wait_for("failed writes", Duration::from_secs(30), |d| {
         d.stderr().contains("metrics on") && d.metric("gradwatch_sink_failed_total{sink=\"file\"}") >= 2.0
     });
@@ -405,20 +411,7 @@ fn mqtt_spool_on_a_full_disk_retries_and_the_shutdown_log_is_true() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let spool = dir.path().join("spool");
     let cfg = write(dir.path(), "full.toml", &config(&mqtt_sink(port, "box-f", &spool, 30), false));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gradwatch"));
-    cmd.args(["run", "--config"]).arg(&cfg);
-    // SAFETY: only async-signal-safe calls (signal, setrlimit) between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let lim = libc::rlimit { rlim_cur: 3000, rlim_max: libc::RLIM_INFINITY };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut d = spawn(cmd);
+    let mut d = start_with_fsize(&cfg, 3000);
     let sdir = spool.join("mqtt");
     d.wait_for("events the spool could not take", Duration::from_secs(30), |d| {
         d.stderr().contains("not spooled, kept in memory") && d.events().len() >= 12
