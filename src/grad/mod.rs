@@ -24,6 +24,7 @@
 //! folded into per-channel constant `Mul`/`Add` pairs as Keras/TensorFlow exports write it).
 
 mod builder;
+mod fold;
 mod loss;
 mod rules;
 
@@ -206,11 +207,21 @@ pub enum ParamKind {
     InputScale,
     /// The `Add` after an [`ParamKind::InputScale`], not counted by default.
     InputShift,
+    /// A LayerNormalization scale (gamma).
+    LnScale,
+    /// A LayerNormalization shift (beta).
+    LnShift,
+    /// A learned elementwise scale of an activation that no shift follows (ConvNeXt's layer
+    /// scale): a constant `Mul` with more than one value.
+    LayerScale,
+    /// A learned tensor added to or expanded into the activations that no layer owns: position
+    /// embeddings (a constant `Add`), class tokens (an `Expand` of a constant to the batch).
+    Embedding,
 }
 
 impl ParamKind {
     /// Every kind.
-    pub const ALL: [ParamKind; 8] = [
+    pub const ALL: [ParamKind; 12] = [
         ParamKind::Weight,
         ParamKind::Bias,
         ParamKind::BnScale,
@@ -219,6 +230,10 @@ impl ParamKind {
         ParamKind::FoldedBnShift,
         ParamKind::InputScale,
         ParamKind::InputShift,
+        ParamKind::LnScale,
+        ParamKind::LnShift,
+        ParamKind::LayerScale,
+        ParamKind::Embedding,
     ];
 
     /// The name `gradwatch compile --list` prints and `--params` accepts.
@@ -232,6 +247,10 @@ impl ParamKind {
             ParamKind::FoldedBnShift => "folded_bn_shift",
             ParamKind::InputScale => "input_scale",
             ParamKind::InputShift => "input_shift",
+            ParamKind::LnScale => "ln_scale",
+            ParamKind::LnShift => "ln_shift",
+            ParamKind::LayerScale => "layer_scale",
+            ParamKind::Embedding => "embedding",
         }
     }
 
@@ -492,6 +511,9 @@ pub(crate) struct Ctx {
     /// Activations whose gradient was handed on without a per-channel factor it still owes:
     /// a BatchNormalization's gain folded into the Conv before it (one full-size Mul fewer).
     pub gain: HashMap<String, Vec<f32>>,
+    /// Folded constants that are a bijective view (Transpose, Reshape...) of an initializer:
+    /// the initializer's name, which the feature takes.
+    pub origin: HashMap<String, String>,
     /// Compute gradients for every activation (the input gradient is wanted).
     pub all_grads: bool,
     pub conv_norm: ConvNorm,
@@ -515,9 +537,15 @@ impl Ctx {
         }
     }
 
+    /// The parameter tensor a constant input is: its own name, or the initializer it is a
+    /// folded view of.
+    pub fn param_name<'a>(&'a self, name: &'a str) -> &'a str {
+        self.origin.get(name).map(String::as_str).unwrap_or(name)
+    }
+
     /// Whether `name` is a selected parameter: its rule must record its norm.
     pub fn is_param(&self, name: &str) -> bool {
-        self.param_set.contains(name)
+        self.param_set.contains(self.param_name(name))
     }
 
     /// Whether the gradient of activation `name` must be formed.
@@ -542,7 +570,8 @@ impl Ctx {
 
     /// Records a parameter's per-sample squared norm.
     pub fn add_norm(&mut self, n: &NodeProto, param: &str, norm: String) -> Result<(), GradError> {
-        if self.norms.insert(param.to_string(), norm).is_some() {
+        let param = self.param_name(param).to_string();
+        if self.norms.insert(param.clone(), norm).is_some() {
             return Err(node_err(
                 n,
                 format!("parameter '{param}' is used by more than one node; shared weights are not supported"),
@@ -603,6 +632,7 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
         readers: HashMap::new(),
         producer: HashMap::new(),
         gain: HashMap::new(),
+        origin: HashMap::new(),
         all_grads: opts.input_grad,
         conv_norm: opts.conv_norm,
         b: Builder::new(opset, taken),
@@ -829,23 +859,55 @@ fn forward<'g>(
         if !needed[i] || n.output.iter().all(|o| ctx.consts.contains_key(o)) {
             continue;
         }
-        let rule = rules::find(&n.op_type).ok_or_else(|| unsupported(n))?;
-        if !n.input.iter().any(|s| ctx.is_act(s)) {
-            return Err(node_err(n, "computes on constants only; fold constants first (e.g. onnxsim)"));
+        if !n.input.iter().any(|s| ctx.is_act(s)) || n.op_type == "Shape" {
+            // Constants only (or a Shape): folded here, unless it is an Expand of a constant to
+            // the batch size (a class token), which starts a batch-carrying value.
+            if !rules::expands_to_batch(n, ctx) {
+                if !fold::can_fold(n, |s| ctx.consts.contains_key(s), |s| ctx.is_act(s))
+                    && rules::find(&n.op_type).is_none()
+                {
+                    return Err(unsupported(n));
+                }
+                for t in fold::fold(n, &ctx.consts, |s| ctx.shapes.get(s).cloned())? {
+                    ctx.consts.insert(t.name.clone(), t);
+                }
+                // A weight the exporter transposes or reshapes in the graph (the legacy
+                // exporter's MatMul by Transpose(W) without constant folding) keeps its name.
+                if fold::VIEWS.contains(&n.op_type.as_str()) {
+                    if let (Some(x), Some(o)) = (n.input.first(), n.output.first()) {
+                        let src = ctx.origin.get(x).cloned().unwrap_or_else(|| x.clone());
+                        if graph.initializer.iter().any(|t| t.name == src) {
+                            ctx.origin.insert(o.clone(), src);
+                        }
+                    }
+                }
+                continue;
+            }
         }
+        let rule = rules::find(&n.op_type).ok_or_else(|| unsupported(n))?;
         let shape = (rule.shape)(n, ctx)?;
         let out = n.output.first().ok_or_else(|| node_err(n, "node has no output"))?;
-        ctx.shapes.insert(out.clone(), shape);
+        // Multi-output operators (Split): every output's shape.
+        let outs: Vec<(String, Vec<usize>)> = match rules::output_shapes(n, ctx)? {
+            Some(v) => v,
+            None => vec![(out.clone(), shape)],
+        };
+        for (o, s) in &outs {
+            ctx.shapes.insert(o.clone(), s.clone());
+        }
         let scope = rules::Scope { ctx, producers, readers: &readers, after_param: &after_param };
-        let found: Vec<(String, ParamKind)> =
-            rule.candidates(n, &scope).into_iter().map(|(idx, kind)| (n.input[idx].clone(), kind)).collect();
+        let found: Vec<(String, ParamKind)> = rule
+            .candidates(n, &scope)
+            .into_iter()
+            .map(|(idx, kind)| (ctx.param_name(&n.input[idx]).to_string(), kind))
+            .collect();
         if !found.is_empty() || n.input.iter().any(|s| after_param.contains(s)) {
-            after_param.insert(out.clone());
+            after_param.extend(outs.iter().map(|(o, _)| o.clone()));
         }
         let selected: Vec<(String, ParamKind)> =
             found.iter().filter(|(p, k)| selection.selects(p, *k)).cloned().collect();
         if !selected.is_empty() || n.input.iter().any(|s| ctx.param_dep.contains(s)) {
-            ctx.param_dep.insert(out.clone());
+            ctx.param_dep.extend(outs.iter().map(|(o, _)| o.clone()));
         }
         if matches!(n.op_type.as_str(), "Gemm" | "MatMul") {
             let a = &n.input[0];
@@ -963,9 +1025,27 @@ fn backward(
     let seed = loss::loss_seed(ctx, logits, label, loss)?;
     let mut contrib: HashMap<String, Vec<String>> = HashMap::from([(logits.to_string(), vec![seed])]);
     for n in fwd.nodes.iter().rev() {
-        let out = &n.output[0];
-        let Some(parts) = contrib.remove(out) else { continue };
-        let dy = sum_parts(&mut ctx.b, parts);
+        let dy = if rules::multi_output(n) {
+            // The gradients of a Split's outputs, concatenated back (zeros where none came).
+            let parts: Vec<Option<Vec<String>>> = n.output.iter().map(|o| contrib.remove(o)).collect();
+            if parts.iter().all(Option::is_none) {
+                continue;
+            }
+            let grads: Vec<String> = n
+                .output
+                .iter()
+                .zip(parts)
+                .map(|(o, p)| match p {
+                    Some(p) => sum_parts(&mut ctx.b, p),
+                    None => ctx.b.scale_zero(o),
+                })
+                .collect();
+            rules::join_outputs(n, ctx, &grads)?
+        } else {
+            let out = &n.output[0];
+            let Some(parts) = contrib.remove(out) else { continue };
+            sum_parts(&mut ctx.b, parts)
+        };
         for (x, dx) in rules::backward(n, &dy, ctx)? {
             contrib.entry(x).or_default().push(dx);
         }
