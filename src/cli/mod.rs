@@ -1,7 +1,7 @@
 //! The `gradwatch` command line: one subcommand per capability.
 
 mod baseline;
-mod bench;
+pub mod bench;
 mod bench_alarms;
 mod calibrate;
 mod check_config;

@@ -116,6 +116,12 @@ impl Builder {
         self.mul(x, &s)
     }
 
+    /// Zeros shaped like `x` (`x * 0`; `x` is a finite activation).
+    pub fn scale_zero(&mut self, x: &str) -> String {
+        let z = self.scalar(0.0);
+        self.mul(x, &z)
+    }
+
     /// `Slice` with constant starts/ends on the given axes.
     pub fn slice(&mut self, x: &str, starts: &[i64], ends: &[i64], axes: &[i64]) -> String {
         let s = self.const_i64("starts", starts);

@@ -24,6 +24,7 @@
 //! folded into per-channel constant `Mul`/`Add` pairs as Keras/TensorFlow exports write it).
 
 mod builder;
+mod fold;
 mod loss;
 mod rules;
 
@@ -206,11 +207,21 @@ pub enum ParamKind {
     InputScale,
     /// The `Add` after an [`ParamKind::InputScale`], not counted by default.
     InputShift,
+    /// A LayerNormalization scale (gamma).
+    LnScale,
+    /// A LayerNormalization shift (beta).
+    LnShift,
+    /// A learned elementwise scale of an activation that no shift follows (ConvNeXt's layer
+    /// scale): a constant `Mul` with more than one value.
+    LayerScale,
+    /// A learned tensor added to or expanded into the activations that no layer owns: position
+    /// embeddings (a constant `Add`), class tokens (an `Expand` of a constant to the batch).
+    Embedding,
 }
 
 impl ParamKind {
     /// Every kind.
-    pub const ALL: [ParamKind; 8] = [
+    pub const ALL: [ParamKind; 12] = [
         ParamKind::Weight,
         ParamKind::Bias,
         ParamKind::BnScale,
@@ -219,6 +230,10 @@ impl ParamKind {
         ParamKind::FoldedBnShift,
         ParamKind::InputScale,
         ParamKind::InputShift,
+        ParamKind::LnScale,
+        ParamKind::LnShift,
+        ParamKind::LayerScale,
+        ParamKind::Embedding,
     ];
 
     /// The name `gradwatch compile --list` prints and `--params` accepts.
@@ -232,6 +247,10 @@ impl ParamKind {
             ParamKind::FoldedBnShift => "folded_bn_shift",
             ParamKind::InputScale => "input_scale",
             ParamKind::InputShift => "input_shift",
+            ParamKind::LnScale => "ln_scale",
+            ParamKind::LnShift => "ln_shift",
+            ParamKind::LayerScale => "layer_scale",
+            ParamKind::Embedding => "embedding",
         }
     }
 
@@ -492,6 +511,15 @@ pub(crate) struct Ctx {
     /// Activations whose gradient was handed on without a per-channel factor it still owes:
     /// a BatchNormalization's gain folded into the Conv before it (one full-size Mul fewer).
     pub gain: HashMap<String, Vec<f32>>,
+    /// Folded constants that are a bijective view (Transpose, Reshape...) of an initializer:
+    /// the initializer's name, which the feature takes.
+    pub origin: HashMap<String, String>,
+    /// Batch-dependent integer tensors (see [`fold::Affine`]).
+    pub affine: HashMap<String, fold::Affine>,
+    /// Outputs of flattens of the whole batch (`Reshape(x, [-1])`) -> their input.
+    pub merged: HashMap<String, String>,
+    /// Nodes the analysis rewrote, by their first output: the compiled graph holds these.
+    pub replaced: HashMap<String, NodeProto>,
     /// Compute gradients for every activation (the input gradient is wanted).
     pub all_grads: bool,
     pub conv_norm: ConvNorm,
@@ -515,9 +543,15 @@ impl Ctx {
         }
     }
 
+    /// The parameter tensor a constant input is: its own name, or the initializer it is a
+    /// folded view of.
+    pub fn param_name<'a>(&'a self, name: &'a str) -> &'a str {
+        self.origin.get(name).map(String::as_str).unwrap_or(name)
+    }
+
     /// Whether `name` is a selected parameter: its rule must record its norm.
     pub fn is_param(&self, name: &str) -> bool {
-        self.param_set.contains(name)
+        self.param_set.contains(self.param_name(name))
     }
 
     /// Whether the gradient of activation `name` must be formed.
@@ -542,7 +576,8 @@ impl Ctx {
 
     /// Records a parameter's per-sample squared norm.
     pub fn add_norm(&mut self, n: &NodeProto, param: &str, norm: String) -> Result<(), GradError> {
-        if self.norms.insert(param.to_string(), norm).is_some() {
+        let param = self.param_name(param).to_string();
+        if self.norms.insert(param.clone(), norm).is_some() {
             return Err(node_err(
                 n,
                 format!("parameter '{param}' is used by more than one node; shared weights are not supported"),
@@ -603,6 +638,10 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
         readers: HashMap::new(),
         producer: HashMap::new(),
         gain: HashMap::new(),
+        origin: HashMap::new(),
+        affine: HashMap::new(),
+        merged: HashMap::new(),
+        replaced: HashMap::new(),
         all_grads: opts.input_grad,
         conv_norm: opts.conv_norm,
         b: Builder::new(opset, taken),
@@ -662,7 +701,7 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
     let layout = Layout { input_name: &input.name, input_shape: &input_shape, outputs: emitted.outputs };
     let preset = opts.preset_name();
     let meta = Meta { loss: opts.loss, label: &label, features: &features, preset: &preset };
-    let out_model = assemble(model, graph, &needed, &mut ctx.b, layout, meta);
+    let out_model = assemble(model, graph, &needed, &ctx.replaced, &mut ctx.b, layout, meta);
 
     Ok(Compiled {
         model: out_model,
@@ -784,9 +823,9 @@ fn needed_nodes(graph: &GraphProto, logits: &str) -> Vec<bool> {
 }
 
 /// What the forward analysis found.
-struct Forward<'g> {
-    /// The nodes to differentiate, in graph order.
-    nodes: Vec<&'g NodeProto>,
+struct Forward {
+    /// The nodes to differentiate, in graph order (as rewritten: see [`as_strided`]).
+    nodes: Vec<NodeProto>,
     /// Input of the last Gemm/MatMul and its per-sample size (the penultimate features).
     last_linear: Option<(String, usize)>,
     /// Every parameter tensor found, selected or not.
@@ -800,13 +839,13 @@ struct Forward<'g> {
 
 /// Forward analysis through the rule table: per-sample shapes, parameter candidates and the
 /// selected ones (`ctx.params`), and which values depend on a selected parameter.
-fn forward<'g>(
-    graph: &'g GraphProto,
+fn forward(
+    graph: &GraphProto,
     needed: &[bool],
-    producers: &HashMap<String, &'g NodeProto>,
+    producers: &HashMap<String, &NodeProto>,
     selection: &ParamSelection,
     ctx: &mut Ctx,
-) -> Result<Forward<'g>, GradError> {
+) -> Result<Forward, GradError> {
     let mut readers: HashMap<String, Vec<&NodeProto>> = HashMap::new();
     for n in &graph.node {
         for i in n.input.iter().filter(|s| !s.is_empty()) {
@@ -829,50 +868,99 @@ fn forward<'g>(
         if !needed[i] || n.output.iter().all(|o| ctx.consts.contains_key(o)) {
             continue;
         }
-        let rule = rules::find(&n.op_type).ok_or_else(|| unsupported(n))?;
-        if !n.input.iter().any(|s| ctx.is_act(s)) {
-            return Err(node_err(n, "computes on constants only; fold constants first (e.g. onnxsim)"));
-        }
-        let shape = (rule.shape)(n, ctx)?;
-        let out = n.output.first().ok_or_else(|| node_err(n, "node has no output"))?;
-        ctx.shapes.insert(out.clone(), shape);
-        let scope = rules::Scope { ctx, producers, readers: &readers, after_param: &after_param };
-        let found: Vec<(String, ParamKind)> =
-            rule.candidates(n, &scope).into_iter().map(|(idx, kind)| (n.input[idx].clone(), kind)).collect();
-        if !found.is_empty() || n.input.iter().any(|s| after_param.contains(s)) {
-            after_param.insert(out.clone());
-        }
-        let selected: Vec<(String, ParamKind)> =
-            found.iter().filter(|(p, k)| selection.selects(p, *k)).cloned().collect();
-        if !selected.is_empty() || n.input.iter().any(|s| ctx.param_dep.contains(s)) {
-            ctx.param_dep.insert(out.clone());
-        }
-        if matches!(n.op_type.as_str(), "Gemm" | "MatMul") {
-            let a = &n.input[0];
-            if let Some(s) = ctx.shapes.get(a) {
-                fwd.last_linear = Some((a.clone(), s.iter().product()));
+        // Batch-dependent indices (`torch.as_strided`'s export) are followed symbolically.
+        if n.input.iter().any(|s| ctx.affine.contains_key(s)) || (n.op_type == "Range" && !ctx.is_act(&n.input[0])) {
+            if let Some(a) = fold::fold_affine(n, &ctx.consts, &ctx.affine) {
+                ctx.affine.insert(n.output[0].clone(), a);
+                continue;
             }
         }
-        if n.op_type == "Add" && n.input.len() == 2 && n.input.iter().all(|s| ctx.is_act(s)) {
-            // A residual join; its statistic is taken after the activation that follows it.
-            let after = readers.get(out).and_then(|r| match r.as_slice() {
-                [r] if matches!(r.op_type.as_str(), "Relu" | "LeakyRelu" | "Clip" | "Sigmoid" | "HardSwish") => {
-                    r.output.first().cloned()
+        // A flatten of the whole batch read back by batch-affine indices: rewritten per sample.
+        let todo: Vec<NodeProto> = if let Some(rewritten) = as_strided(n, ctx)? {
+            rewritten
+        } else if is_batch_flatten(n, ctx, &readers) {
+            continue;
+        } else {
+            vec![n.clone()]
+        };
+        for n in &todo {
+            if !n.input.iter().any(|s| ctx.is_act(s)) || n.op_type == "Shape" {
+                // Constants only (or a Shape): folded here, unless it is an Expand of a constant to
+                // the batch size (a class token), which starts a batch-carrying value.
+                if !rules::expands_to_batch(n, ctx) {
+                    if !fold::can_fold(n, |s| ctx.consts.contains_key(s), |s| ctx.is_act(s))
+                        && rules::find(&n.op_type).is_none()
+                    {
+                        return Err(unsupported(n));
+                    }
+                    for t in fold::fold(n, &ctx.consts, |s| ctx.shapes.get(s).cloned())? {
+                        ctx.consts.insert(t.name.clone(), t);
+                    }
+                    // A weight the exporter transposes or reshapes in the graph (the legacy
+                    // exporter's MatMul by Transpose(W) without constant folding) keeps its name.
+                    if fold::VIEWS.contains(&n.op_type.as_str()) {
+                        if let (Some(x), Some(o)) = (n.input.first(), n.output.first()) {
+                            let src = ctx.origin.get(x).cloned().unwrap_or_else(|| x.clone());
+                            if graph.initializer.iter().any(|t| t.name == src) {
+                                ctx.origin.insert(o.clone(), src);
+                            }
+                        }
+                    }
+                    continue;
                 }
-                _ => None,
-            });
-            let stat = after.unwrap_or_else(|| out.clone());
-            if let Some(s) = ctx.shapes.get(out) {
-                fwd.block_outputs.push((stat, s.clone()));
             }
+            let rule = rules::find(&n.op_type).ok_or_else(|| unsupported(n))?;
+            let shape = (rule.shape)(n, ctx)?;
+            let out = n.output.first().ok_or_else(|| node_err(n, "node has no output"))?;
+            // Multi-output operators (Split): every output's shape.
+            let outs: Vec<(String, Vec<usize>)> = match rules::output_shapes(n, ctx)? {
+                Some(v) => v,
+                None => vec![(out.clone(), shape)],
+            };
+            for (o, s) in &outs {
+                ctx.shapes.insert(o.clone(), s.clone());
+            }
+            let scope = rules::Scope { ctx, producers, readers: &readers, after_param: &after_param };
+            let found: Vec<(String, ParamKind)> = rule
+                .candidates(n, &scope)
+                .into_iter()
+                .map(|(idx, kind)| (ctx.param_name(&n.input[idx]).to_string(), kind))
+                .collect();
+            if !found.is_empty() || n.input.iter().any(|s| after_param.contains(s)) {
+                after_param.extend(outs.iter().map(|(o, _)| o.clone()));
+            }
+            let selected: Vec<(String, ParamKind)> =
+                found.iter().filter(|(p, k)| selection.selects(p, *k)).cloned().collect();
+            if !selected.is_empty() || n.input.iter().any(|s| ctx.param_dep.contains(s)) {
+                ctx.param_dep.extend(outs.iter().map(|(o, _)| o.clone()));
+            }
+            if matches!(n.op_type.as_str(), "Gemm" | "MatMul") {
+                let a = &n.input[0];
+                if let Some(s) = ctx.shapes.get(a) {
+                    fwd.last_linear = Some((a.clone(), s.iter().product()));
+                }
+            }
+            if n.op_type == "Add" && n.input.len() == 2 && n.input.iter().all(|s| ctx.is_act(s)) {
+                // A residual join; its statistic is taken after the activation that follows it.
+                let after = readers.get(out).and_then(|r| match r.as_slice() {
+                    [r] if matches!(r.op_type.as_str(), "Relu" | "LeakyRelu" | "Clip" | "Sigmoid" | "HardSwish") => {
+                        r.output.first().cloned()
+                    }
+                    _ => None,
+                });
+                let stat = after.unwrap_or_else(|| out.clone());
+                if let Some(s) = ctx.shapes.get(out) {
+                    fwd.block_outputs.push((stat, s.clone()));
+                }
+            }
+            ctx.param_set.extend(selected.iter().map(|(p, _)| p.clone()));
+            ctx.params.extend(selected);
+            if let Some(s) = ctx.shapes.get(out) {
+                fwd.candidate_shapes.extend(std::iter::repeat_n(s.clone(), found.len()));
+            }
+            fwd.candidates.extend(found);
+            fwd.nodes.push(n.clone());
         }
-        ctx.param_set.extend(selected.iter().map(|(p, _)| p.clone()));
-        ctx.params.extend(selected);
-        if let Some(s) = ctx.shapes.get(out) {
-            fwd.candidate_shapes.extend(std::iter::repeat_n(s.clone(), found.len()));
-        }
-        fwd.candidates.extend(found);
-        fwd.nodes.push(n);
     }
     let typos = selection.unmatched(&fwd.candidates);
     if !typos.is_empty() {
@@ -891,6 +979,53 @@ fn forward<'g>(
         }));
     }
     Ok(fwd)
+}
+
+/// Whether `n` flattens a whole batch of activations into one axis (`Reshape(x, [-1])`) that
+/// only a Gather reads: recorded in `ctx.merged` for [`as_strided`], not analysed itself.
+fn is_batch_flatten(n: &NodeProto, ctx: &mut Ctx, readers: &HashMap<String, Vec<&NodeProto>>) -> bool {
+    let (Some(x), Some(t), Some(o)) = (n.input.first(), n.input.get(1), n.output.first()) else { return false };
+    let flat = n.op_type == "Reshape"
+        && ctx.is_act(x)
+        && ctx.consts.get(t).is_some_and(|t| onnx::tensor_i64(t).is_ok_and(|v| v.iter().eq([-1i64].iter())))
+        && readers.get(o).is_some_and(|r| r.iter().all(|r| r.op_type == "Gather"));
+    if flat {
+        ctx.merged.insert(o.clone(), x.clone());
+    }
+    flat
+}
+
+/// `torch.as_strided` as the dynamo exporter writes it: `Gather(Reshape(x, [-1]), b * S + c)`
+/// with `S` the per-sample size of `x` and offsets `c` inside one sample. Rewritten per sample
+/// as `Gather(Reshape(x, [0, -1]), c, axis=1)` (the compiled graph holds the rewrite).
+fn as_strided(n: &NodeProto, ctx: &mut Ctx) -> Result<Option<Vec<NodeProto>>, GradError> {
+    let (Some(flat), Some(idx)) = (n.input.first(), n.input.get(1)) else { return Ok(None) };
+    let Some(x) = ctx.merged.get(flat).cloned() else { return Ok(None) };
+    let aff = ctx.affine.get(idx).cloned().ok_or_else(|| {
+        node_err(n, "reads a flatten of the whole batch by indices gradwatch cannot follow; keep the batch axis first")
+    })?;
+    let size: usize = ctx.shape(n, &x)?.iter().product();
+    let inside = aff.c.iter().all(|&v| v >= 0 && (v as usize) < size);
+    if n.op_type != "Gather" || onnx::Attrs::of(n).int("axis", 0)? != 0 || aff.k != size as i64 || !inside {
+        return Err(node_err(n, "reads a flatten of the whole batch across samples; keep the batch axis first"));
+    }
+    let shape = ctx.b.const_i64("per_sample_flat", &[0, -1]);
+    let offsets = ctx.b.fresh("per_sample_offsets");
+    let cv: Vec<i64> = aff.c.iter().copied().collect();
+    ctx.b.inits.push(onnx::make_tensor_i64(&offsets, aff.c.shape(), &cv));
+    ctx.consts.insert(shape.clone(), onnx::make_tensor_i64(&shape, &[2], &[0, -1]));
+    ctx.consts.insert(offsets.clone(), onnx::make_tensor_i64(&offsets, aff.c.shape(), &cv));
+    let r = onnx::make_node("Reshape", &format!("{flat}/per_sample"), &[&x, &shape], &[flat], vec![]);
+    let g = onnx::make_node(
+        "Gather",
+        &n.name,
+        &[flat, &offsets],
+        &n.output.iter().map(String::as_str).collect::<Vec<_>>(),
+        vec![attr::int("axis", 1)],
+    );
+    ctx.replaced.insert(flat.clone(), r.clone());
+    ctx.replaced.insert(n.output[0].clone(), g.clone());
+    Ok(Some(vec![r, g]))
 }
 
 /// The names of the candidates in the last `stages` stages and the head: a stage is a run of
@@ -947,7 +1082,7 @@ fn backward(
     for n in &fwd.nodes {
         for i in &n.input {
             if ctx.is_act(i) {
-                ctx.readers.entry(i.clone()).or_default().push((*n).clone());
+                ctx.readers.entry(i.clone()).or_default().push(n.clone());
             }
         }
         for o in &n.output {
@@ -963,9 +1098,27 @@ fn backward(
     let seed = loss::loss_seed(ctx, logits, label, loss)?;
     let mut contrib: HashMap<String, Vec<String>> = HashMap::from([(logits.to_string(), vec![seed])]);
     for n in fwd.nodes.iter().rev() {
-        let out = &n.output[0];
-        let Some(parts) = contrib.remove(out) else { continue };
-        let dy = sum_parts(&mut ctx.b, parts);
+        let dy = if rules::multi_output(n) {
+            // The gradients of a Split's outputs, concatenated back (zeros where none came).
+            let parts: Vec<Option<Vec<String>>> = n.output.iter().map(|o| contrib.remove(o)).collect();
+            if parts.iter().all(Option::is_none) {
+                continue;
+            }
+            let grads: Vec<String> = n
+                .output
+                .iter()
+                .zip(parts)
+                .map(|(o, p)| match p {
+                    Some(p) => sum_parts(&mut ctx.b, p),
+                    None => ctx.b.scale_zero(o),
+                })
+                .collect();
+            rules::join_outputs(n, ctx, &grads)?
+        } else {
+            let out = &n.output[0];
+            let Some(parts) = contrib.remove(out) else { continue };
+            sum_parts(&mut ctx.b, parts)
+        };
         for (x, dx) in rules::backward(n, &dy, ctx)? {
             contrib.entry(x).or_default().push(dx);
         }
@@ -1078,14 +1231,20 @@ fn assemble(
     model: &ModelProto,
     graph: &GraphProto,
     needed: &[bool],
+    replaced: &HashMap<String, NodeProto>,
     b: &mut Builder,
     layout: Layout,
     meta: Meta,
 ) -> ModelProto {
     let Meta { loss, label, features, preset } = meta;
     let Layout { input_name, input_shape, outputs } = layout;
-    let mut new_nodes: Vec<NodeProto> =
-        graph.node.iter().enumerate().filter(|(i, _)| needed[*i]).map(|(_, n)| n.clone()).collect();
+    let mut new_nodes: Vec<NodeProto> = graph
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| needed[*i])
+        .map(|(_, n)| n.output.first().and_then(|o| replaced.get(o)).unwrap_or(n).clone())
+        .collect();
     new_nodes.append(&mut b.nodes);
     let used: HashSet<&str> = new_nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
     let mut initializer: Vec<TensorProto> =

@@ -523,12 +523,12 @@ fn samples_are_independent() {
 fn unsupported_operator_is_named() {
     let mut net = Net::new(21);
     let c = net.conv("x", 2, 3, 3, true, vec![]);
-    let e = net.op("Erf", &[&c], vec![]);
+    let e = net.op("Einsum", &[&c], vec![attr::string("equation", "nchw->nchw")]);
     let out = net.head(&e, 3 * 16, CLASSES);
     let err = grad::compile(&net.model(&[2, 6, 6], &out), &CompileOptions::default()).unwrap_err();
     assert!(matches!(err, GradError::Unsupported { .. }));
     let msg = err.to_string();
-    assert!(msg.contains("'Erf'") && msg.contains("n_erf") && msg.contains("Conv, BatchNormalization"), "{msg}");
+    assert!(msg.contains("'Einsum'") && msg.contains("n_einsum") && msg.contains("Conv, BatchNormalization"), "{msg}");
 }
 
 #[test]
@@ -792,6 +792,103 @@ fn params_restrict_features_and_metadata() {
     assert!("".parse::<ParamSelection>().is_err() && "weight,-".parse::<ParamSelection>().is_err());
 }
 
+/// LayerNormalization over the last axis (NHWC after a Transpose) and over the last two, then
+/// Erf; the ConvNeXt-reference channel LayerNorm written out (ReduceMean, Sub, Pow, Sqrt, Div by
+/// an activation) with a layer-scale Mul, then Tanh.
+fn case_layernorm_erf_decomposed_norm_tanh() -> Case {
+    chain(41, |n, x| {
+        let t = n.op("Transpose", &[x], vec![attr::ints("perm", &[0, 2, 3, 1])]); // [6,6,3]
+        let s = n.param(&[3], 1.0);
+        let b = n.param(&[3], 0.5);
+        let ln = n.op("LayerNormalization", &[&t, &s, &b], vec![attr::int("axis", -1), attr::float("epsilon", 1e-5)]);
+        let s2 = n.param(&[6, 3], 1.0);
+        let ln2 = n.op("LayerNormalization", &[&ln, &s2], vec![attr::int("axis", 2)]);
+        let e = n.op("Erf", &[&ln2], vec![]);
+        let back = n.op("Transpose", &[&e], vec![attr::ints("perm", &[0, 3, 1, 2])]); // [3,6,6]
+        let u = n.op("ReduceMean", &[&back], vec![attr::ints("axes", &[1]), attr::int("keepdims", 1)]);
+        let d = n.op("Sub", &[&back, &u], vec![]);
+        let two = n.constant(&[], &[2.0]);
+        let p = n.op("Pow", &[&d, &two], vec![]);
+        let v = n.op("ReduceMean", &[&p], vec![attr::ints("axes", &[1]), attr::int("keepdims", 1)]);
+        let eps = n.constant(&[], &[1e-3]);
+        let ve = n.op("Add", &[&v, &eps], vec![]);
+        let sd = n.op("Sqrt", &[&ve], vec![]);
+        let y = n.op("Div", &[&d, &sd], vec![]);
+        let g = n.param(&[3, 1, 1], 1.0);
+        let m = n.op("Mul", &[&g, &y], vec![]);
+        (n.op("Tanh", &[&m], vec![]), 3 * 36)
+    })
+}
+
+#[test]
+fn layernorm_erf_decomposed_norm_tanh() {
+    check(case_layernorm_erf_decomposed_norm_tanh());
+}
+
+/// The opset-20 Gelu, exact and tanh-approximated, and Pow by a non-integer exponent.
+fn case_gelu_both_forms_and_pow() -> Case {
+    let mut case = chain(42, |n, x| {
+        let a = n.op("Gelu", &[x], vec![]);
+        let w = n.conv(&a, 3, 3, 1, true, vec![]);
+        let b = n.op("Gelu", &[&w], vec![attr::string("approximate", "tanh")]);
+        let s = n.op("Sigmoid", &[&b], vec![]);
+        let e = n.constant(&[], &[1.5]);
+        (n.op("Pow", &[&s, &e], vec![]), 3 * 36)
+    });
+    case.net.opset = 20;
+    case
+}
+
+#[test]
+fn gelu_both_forms_and_pow() {
+    check(case_gelu_both_forms_and_pow());
+}
+
+/// A vision-transformer block in miniature: the conv map to tokens by a Reshape whose target
+/// comes from a Shape subgraph (folded at compile time), a class token expanded to the batch
+/// and concatenated, a position embedding, one qkv MatMul split three ways, softmax(q k^T) v,
+/// then the class token (Gather) and every second token (strided Slice) pooled.
+fn case_attention_with_shape_subgraphs() -> Case {
+    chain(43, |n, x| {
+        let sh = n.op("Shape", &[x], vec![]);
+        let i0 = n.ints(&[0]);
+        let batch = n.op("Gather", &[&sh, &i0], vec![attr::int("axis", 0)]); // [N] as a 1-D tensor
+        let rest = n.ints(&[3, 36]);
+        let target = n.op("Concat", &[&batch, &rest], vec![attr::int("axis", 0)]);
+        let r = n.op("Reshape", &[x, &target], vec![]); // [3,36]
+        let tok = n.op("Transpose", &[&r], vec![attr::ints("perm", &[0, 2, 1])]); // [36,3]
+        let cls = n.param(&[1, 1, 3], 1.0);
+        let one3 = n.ints(&[1, 3]);
+        let cshape = n.op("Concat", &[&batch, &one3], vec![attr::int("axis", 0)]);
+        let ce = n.op("Expand", &[&cls, &cshape], vec![]); // [1,3]
+        let cat = n.op("Concat", &[&ce, &tok], vec![attr::int("axis", 1)]); // [37,3]
+        let pos = n.param(&[1, 37, 3], 0.5);
+        let t = n.op("Add", &[&cat, &pos], vec![]);
+        let w = n.param(&[3, 12], 0.6);
+        let qkv = n.op("MatMul", &[&t, &w], vec![]); // [37,12]
+        let split = n.ints(&[4, 4, 4]);
+        let (q, k, v) = (n.name_of("q"), n.name_of("k"), n.name_of("v"));
+        n.nodes.push(onnx::make_node("Split", "n_split", &[&qkv, &split], &[&q, &k, &v], vec![attr::int("axis", 2)]));
+        let kt = n.op("Transpose", &[&k], vec![attr::ints("perm", &[0, 2, 1])]);
+        let a = n.op("MatMul", &[&q, &kt], vec![]); // [37,37]
+        let sc = n.constant(&[], &[0.5]);
+        let a = n.op("Mul", &[&a, &sc], vec![]);
+        let p = n.op("Softmax", &[&a], vec![attr::int("axis", -1)]);
+        let o = n.op("MatMul", &[&p, &v], vec![]); // [37,4]
+        let i0s = n.scalar_int(0);
+        let c = n.op("Gather", &[&o, &i0s], vec![attr::int("axis", 1)]); // [4]
+        let (st, en, ax, step) = (n.ints(&[1]), n.ints(&[37]), n.ints(&[1]), n.ints(&[2]));
+        let sl = n.op("Slice", &[&o, &st, &en, &ax, &step], vec![]); // [18,4]
+        let m = n.op("ReduceMean", &[&sl], vec![attr::ints("axes", &[1]), attr::int("keepdims", 0)]); // [4]
+        (n.op("Concat", &[&c, &m], vec![attr::int("axis", 1)]), 8)
+    })
+}
+
+#[test]
+fn attention_with_shape_subgraphs() {
+    check(case_attention_with_shape_subgraphs());
+}
+
 /// Builds a finite-difference case.
 type MakeCase = fn() -> Case;
 
@@ -819,6 +916,9 @@ const FD_CASES: &[(&str, MakeCase)] = &[
     ("folded_batchnorm_mul_add_and_bias_adds_count", case_folded_batchnorm),
     ("input_normalisation_counts_only_when_asked", case_input_normalisation),
     ("first_layer_concat_without_input_gradient", case_first_layer_concat),
+    ("layernorm_erf_decomposed_norm_tanh", case_layernorm_erf_decomposed_norm_tanh),
+    ("gelu_both_forms_and_pow", case_gelu_both_forms_and_pow),
+    ("attention_with_shape_subgraphs", case_attention_with_shape_subgraphs),
 ];
 
 /// Adding a rule to the compiler without a finite-difference case using its operator (or a

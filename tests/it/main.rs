@@ -27,3 +27,4 @@ mod runtime;
 mod sink;
 mod snapshot;
 mod source;
+mod zoo;

@@ -1,5 +1,8 @@
 //! Activations: elementwise non-linearities (`Relu`, `LeakyRelu`, `Clip`, `Sigmoid`,
-//! `HardSigmoid`, `HardSwish`) and the trailing `Softmax`.
+//! `HardSigmoid`, `HardSwish`, `Tanh`, `Sqrt`, `Pow` by a constant exponent) and GELU in every
+//! exported form: the opset-20 `Gelu` (exact or tanh), and its decompositions `x * 0.5 * (1 +
+//! Erf(x / sqrt 2))` and `0.5 x (1 + Tanh(sqrt(2/pi) (x + 0.044715 x^3)))` through `Erf`, `Tanh`
+//! and `Pow`.
 
 use super::{same_shape, single, Grads, Params, Rule};
 use crate::grad::{node_err, Ctx, GradError};
@@ -13,7 +16,11 @@ pub(super) const RULES: &[Rule] = &[
     Rule { op: "Sigmoid", params: Params::None, shape: same_shape, backward: sigmoid },
     Rule { op: "HardSigmoid", params: Params::None, shape: same_shape, backward: hard_sigmoid },
     Rule { op: "HardSwish", params: Params::None, shape: same_shape, backward: hard_swish },
-    Rule { op: "Softmax", params: Params::None, shape: softmax_shape, backward: softmax },
+    Rule { op: "Erf", params: Params::None, shape: same_shape, backward: erf },
+    Rule { op: "Gelu", params: Params::None, shape: same_shape, backward: gelu },
+    Rule { op: "Tanh", params: Params::None, shape: same_shape, backward: tanh },
+    Rule { op: "Pow", params: Params::None, shape: pow_shape, backward: pow },
+    Rule { op: "Sqrt", params: Params::None, shape: same_shape, backward: sqrt },
 ];
 
 fn relu(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
@@ -98,12 +105,111 @@ fn hard_swish(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError
     Ok(single(n, ctx.b.op("Where", &[&below, &zero, &upper], vec![])))
 }
 
-/// A Softmax (or LogSoftmax) that writes the model's output is skipped: the compiler
-/// differentiates its input, the logits. Anywhere else it is refused.
-fn softmax_shape(n: &NodeProto, _: &Ctx) -> Result<Vec<usize>, GradError> {
-    Err(node_err(n, "Softmax is supported only as the model's final node"))
+/// `dx = dy * 2/sqrt(pi) * exp(-x^2)`.
+fn erf(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let x = &n.input[0];
+    let x2 = ctx.b.mul(x, x);
+    let nx2 = ctx.b.op("Neg", &[&x2], vec![]);
+    let e = ctx.b.op("Exp", &[&nx2], vec![]);
+    let d = ctx.b.scale(&e, std::f32::consts::FRAC_2_SQRT_PI);
+    Ok(single(n, ctx.b.mul(dy, &d)))
 }
 
-fn softmax(n: &NodeProto, _: &str, _: &mut Ctx) -> Result<Grads, GradError> {
-    Err(node_err(n, "Softmax is supported only as the model's final node"))
+/// `Gelu` (opset 20): exact, `d = Phi(x) + x phi(x)`; `approximate="tanh"`, the derivative of
+/// `0.5 x (1 + tanh(u))`, `u = sqrt(2/pi) (x + 0.044715 x^3)`.
+fn gelu(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let x = n.input[0].clone();
+    let approx = Attrs::of(n).string("approximate", "none")?;
+    let half = ctx.b.scalar(0.5);
+    let one = ctx.b.scalar(1.0);
+    let d = match approx.as_str() {
+        "none" => {
+            let xs = ctx.b.scale(&x, std::f32::consts::FRAC_1_SQRT_2);
+            let e = ctx.b.op("Erf", &[&xs], vec![]);
+            let e1 = ctx.b.add(&e, &one);
+            let cdf = ctx.b.mul(&e1, &half);
+            let x2 = ctx.b.mul(&x, &x);
+            let h = ctx.b.scale(&x2, -0.5);
+            let ex = ctx.b.op("Exp", &[&h], vec![]);
+            let pdf = ctx.b.scale(&ex, 1.0 / (2.0 * std::f32::consts::PI).sqrt());
+            let xpdf = ctx.b.mul(&x, &pdf);
+            ctx.b.add(&cdf, &xpdf)
+        }
+        "tanh" => {
+            let k = (2.0 / std::f32::consts::PI).sqrt();
+            let x2 = ctx.b.mul(&x, &x);
+            let x3 = ctx.b.mul(&x2, &x);
+            let c3 = ctx.b.scale(&x3, 0.044715);
+            let inner = ctx.b.add(&x, &c3);
+            let u = ctx.b.scale(&inner, k);
+            let t = ctx.b.op("Tanh", &[&u], vec![]);
+            let t1 = ctx.b.add(&t, &one);
+            let left = ctx.b.mul(&t1, &half);
+            let t2 = ctx.b.mul(&t, &t);
+            let sech2 = ctx.b.sub(&one, &t2);
+            let dx2 = ctx.b.scale(&x2, 3.0 * 0.044715);
+            let du = ctx.b.add(&dx2, &one);
+            let du = ctx.b.scale(&du, k);
+            let r = ctx.b.mul(&sech2, &du);
+            let r = ctx.b.mul(&r, &x);
+            let right = ctx.b.mul(&r, &half);
+            ctx.b.add(&left, &right)
+        }
+        other => return Err(node_err(n, format!("Gelu approximate='{other}' is not supported (none or tanh)"))),
+    };
+    Ok(single(n, ctx.b.mul(dy, &d)))
+}
+
+/// `dx = dy * (1 - y^2)`, from the output.
+fn tanh(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let y = n.output[0].clone();
+    let one = ctx.b.scalar(1.0);
+    let y2 = ctx.b.mul(&y, &y);
+    let d = ctx.b.sub(&one, &y2);
+    Ok(single(n, ctx.b.mul(dy, &d)))
+}
+
+/// The constant exponent of a Pow on an activation.
+fn exponent(n: &NodeProto, ctx: &Ctx) -> Result<f32, GradError> {
+    let name = n.input.get(1).map(String::as_str).unwrap_or("");
+    if ctx.is_act(name) {
+        return Err(node_err(n, "Pow with a computed exponent is not supported (the exponent must be a constant)"));
+    }
+    let e = ctx.const_f32(n, name).or_else(|_| {
+        ctx.const_i64(n, name).map(|v| {
+            ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[v.len()]), v.iter().map(|&x| x as f32).collect())
+                .unwrap_or_else(|_| ndarray::ArrayD::zeros(ndarray::IxDyn(&[0])))
+        })
+    })?;
+    match e.iter().collect::<Vec<_>>().as_slice() {
+        [v] => Ok(**v),
+        _ => Err(node_err(n, "Pow's exponent must be one value")),
+    }
+}
+
+fn pow_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
+    exponent(n, ctx)?;
+    same_shape(n, ctx)
+}
+
+/// `dx = dy * p x^(p-1)`.
+fn pow(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let p = exponent(n, ctx)?;
+    let x = n.input[0].clone();
+    let d = if p == 2.0 {
+        ctx.b.scale(&x, 2.0)
+    } else if p == 1.0 {
+        return Ok(single(n, dy.to_string()));
+    } else {
+        let e = ctx.b.scalar(p - 1.0);
+        let xp = ctx.b.op("Pow", &[&x, &e], vec![]);
+        ctx.b.scale(&xp, p)
+    };
+    Ok(single(n, ctx.b.mul(dy, &d)))
+}
+
+/// `dx = dy / (2 y)`, from the output.
+fn sqrt(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let y2 = ctx.b.scale(&n.output[0], 2.0);
+    Ok(single(n, ctx.b.op("Div", &[dy, &y2], vec![])))
 }

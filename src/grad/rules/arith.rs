@@ -8,13 +8,16 @@
 //!   BatchNormalization folded into scale and shift (Keras/TensorFlow exports, optimisers),
 //!   before or after the activation ([`ParamKind::FoldedBnScale`], [`ParamKind::FoldedBnShift`]);
 //! - the same pair on the image before any parameter is a preprocessing normalisation
-//!   ([`ParamKind::InputScale`], [`ParamKind::InputShift`], not counted by default).
+//!   ([`ParamKind::InputScale`], [`ParamKind::InputShift`], not counted by default);
+//! - downstream of a parameter, any other constant with more than one value: a `Mul` is a
+//!   layer scale ([`ParamKind::LayerScale`]), an `Add` a bias when per-channel, else a position
+//!   embedding ([`ParamKind::Embedding`]).
 //!
 //! Per-channel: the constant has more than one element along the channel axis (axis 1, or the
 //! last axis for channels-last tensors), as many as the activation, and size 1 on every other
 //! axis. Scalars (a `Mul` by 1/255) and full-size constants never count.
 
-use super::{act_input, Grads, Params, Rule, Scope};
+use super::{Grads, Params, Rule, Scope};
 use crate::grad::{node_err, Ctx, GradError, ParamKind};
 use crate::onnx::NodeProto;
 
@@ -67,8 +70,24 @@ fn folded_scale(n: &NodeProto, s: &Scope) -> Option<(usize, ParamKind)> {
     Some((ci, kind))
 }
 
+/// Whether the constant operand `c` holds more than one value (a learned tensor, not a scalar
+/// factor such as 1/255 or an attention's 1/sqrt(d)).
+fn learned(s: &Scope, c: &str) -> bool {
+    s.ctx.consts.get(c).is_some_and(|t| {
+        t.dims.iter().product::<i64>() > 1
+            && matches!(t.data_type, crate::onnx::data_type::FLOAT | crate::onnx::data_type::DOUBLE)
+    })
+}
+
 fn mul_params(n: &NodeProto, s: &Scope) -> Vec<(usize, ParamKind)> {
-    folded_scale(n, s).into_iter().collect()
+    if let Some(p) = folded_scale(n, s) {
+        return vec![p];
+    }
+    // A constant scale no shift follows, after a parameter: a layer scale (ConvNeXt).
+    match act_and_const(n, s) {
+        Some((x, ci)) if learned(s, &n.input[ci]) && s.after_param.contains(&x) => vec![(ci, ParamKind::LayerScale)],
+        _ => vec![],
+    }
 }
 
 fn add_params(n: &NodeProto, s: &Scope) -> Vec<(usize, ParamKind)> {
@@ -84,13 +103,23 @@ fn add_params(n: &NodeProto, s: &Scope) -> Vec<(usize, ParamKind)> {
         }),
         _ => None,
     };
+    // Any other learned constant added to an activation downstream of a parameter: a position
+    // embedding (or a bias the exporter moved away from its layer).
+    let kind = kind.or_else(|| {
+        (learned(s, &n.input[ci]) && s.after_param.contains(&x)).then(|| {
+            if channel_axis(s, &x, &n.input[ci]).is_some() {
+                ParamKind::Bias
+            } else {
+                ParamKind::Embedding
+            }
+        })
+    });
     kind.map(|k| vec![(ci, k)]).unwrap_or_default()
 }
 
 fn div_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
-    act_input(n, ctx, 0)?;
-    if n.input.get(1).is_some_and(|d| ctx.is_act(d)) {
-        return Err(node_err(n, "Div is supported by a constant only"));
+    if !ctx.is_act(&n.input[0]) && n.input.get(1).is_some_and(|d| ctx.is_act(d)) {
+        return Err(node_err(n, "a constant divided by an activation is not supported"));
     }
     broadcast(n, ctx)
 }
@@ -186,7 +215,13 @@ fn elementwise(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradErro
             ("Sub", _) => ctx.b.op("Neg", &[dy], vec![]),
             ("Mul", _) => ctx.b.mul(dy, &other),
             ("Div", 0) => ctx.b.op("Div", &[dy, &other], vec![]),
-            _ => return Err(node_err(n, "gradient through the divisor is not supported")),
+            // d(a/b)/db = -(a/b)/b, from the output.
+            ("Div", _) if ctx.is_act(&name) => {
+                let q = ctx.b.mul(dy, &n.output[0]);
+                let q = ctx.b.op("Div", &[&q, &name], vec![]);
+                ctx.b.op("Neg", &[&q], vec![])
+            }
+            _ => return Err(node_err(n, "gradient through a constant divisor is not supported")),
         };
         if is_param {
             param_norm(n, ctx, &local, &out, &name)?;

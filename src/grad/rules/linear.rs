@@ -1,5 +1,6 @@
 //! Linear layers: `Gemm` (weight B and bias C) and `MatMul` by a constant weight (its bias,
-//! when the exporter writes one, is the `Add` after it: see `arith`).
+//! when the exporter writes one, is the `Add` after it: see `arith`). A `MatMul` of two
+//! activations is attention's (`attention`).
 
 use super::{act_input, single, Grads, Params, Rule};
 use crate::grad::{node_err, Ctx, GradError, ParamKind};
@@ -36,10 +37,10 @@ fn gemm_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
 }
 
 fn matmul_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
-    let x = ctx.shape(n, act_input(n, ctx, 0)?)?;
     if ctx.is_act(&n.input[1]) {
-        return Err(node_err(n, "MatMul of two activations is not supported (the second operand must be a weight)"));
+        return super::attention::matmul2_shape(n, ctx);
     }
+    let x = ctx.shape(n, act_input(n, ctx, 0)?)?;
     let w = ctx.const_dims(n, &n.input[1])?;
     if w.len() != 2 || x.is_empty() || *x.last().unwrap_or(&0) != w[0] {
         return Err(node_err(n, format!("MatMul shapes [N, {x:?}] x {w:?} are not supported")));
@@ -104,6 +105,9 @@ fn gemm(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
 }
 
 fn matmul(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    if ctx.is_act(&n.input[1]) {
+        return super::attention::matmul2(n, dy, ctx);
+    }
     let x = n.input[0].clone();
     let xs = ctx.shape(n, &x)?;
     let wname = n.input[1].clone();

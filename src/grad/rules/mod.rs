@@ -1,5 +1,6 @@
 //! The rule table: one [`Rule`] per operator the compiler differentiates through, grouped by
-//! family, one file each (`conv`, `norm`, `activation`, `arith`, `pool`, `shape`, `linear`).
+//! family, one file each (`conv`, `norm`, `layernorm`, `activation`, `arith`, `pool`, `shape`,
+//! `linear`, `attention`). Nodes on constants only never reach them: `fold` evaluates those.
 //!
 //! A rule says which inputs of a node are trainable parameters (and of which
 //! [`ParamKind`]), the node's per-sample output shape, and how to emit its backward.
@@ -36,7 +37,9 @@
 
 mod activation;
 mod arith;
+mod attention;
 mod conv;
+mod layernorm;
 mod linear;
 mod norm;
 mod pool;
@@ -84,8 +87,17 @@ pub(crate) struct Rule {
 }
 
 /// The families, in the order the supported operators are listed.
-const FAMILIES: &[&[Rule]] =
-    &[conv::RULES, norm::RULES, activation::RULES, arith::RULES, pool::RULES, shape::RULES, linear::RULES];
+const FAMILIES: &[&[Rule]] = &[
+    conv::RULES,
+    norm::RULES,
+    layernorm::RULES,
+    activation::RULES,
+    arith::RULES,
+    pool::RULES,
+    shape::RULES,
+    linear::RULES,
+    attention::RULES,
+];
 
 /// Number of rules in the table.
 pub(crate) const COUNT: usize = {
@@ -194,4 +206,31 @@ fn same_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
 /// The gradient `g` of a node's first input, as its one contribution.
 fn single(n: &NodeProto, g: String) -> Grads {
     vec![(n.input[0].clone(), g)]
+}
+
+/// Whether `n` is an `Expand` of a constant to a shape holding the batch size (a class token
+/// made into one copy per sample): a value that carries the batch though no input does.
+pub(crate) fn expands_to_batch(n: &NodeProto, ctx: &Ctx) -> bool {
+    shape::expands_to_batch(n, ctx)
+}
+
+/// A value's name and per-sample shape.
+pub(crate) type NamedShape = (String, Vec<usize>);
+
+/// Whether `n` has several outputs whose gradients its backward takes together (`Split`).
+pub(crate) fn multi_output(n: &NodeProto) -> bool {
+    n.op_type == "Split"
+}
+
+/// The per-sample shapes of every output of a multi-output node (`None` for one-output nodes).
+pub(crate) fn output_shapes(n: &NodeProto, ctx: &Ctx) -> Result<Option<Vec<NamedShape>>, GradError> {
+    if !multi_output(n) {
+        return Ok(None);
+    }
+    shape::split_shapes(n, ctx).map(Some)
+}
+
+/// The gradient of a multi-output node's outputs joined into the one `dy` its backward takes.
+pub(crate) fn join_outputs(n: &NodeProto, ctx: &mut Ctx, grads: &[String]) -> Result<String, GradError> {
+    shape::split_join(n, ctx, grads)
 }

@@ -1,8 +1,11 @@
-//! Data movement: `Flatten`, `Reshape`, `Squeeze`, `Unsqueeze`, `Transpose`, `Concat`, `Pad`,
-//! `Identity`, `Dropout` (inference: identity) and `Constant` (folded before the analysis).
+//! Data movement: `Flatten`, `Reshape` (channel shuffle included), `Squeeze`, `Unsqueeze`,
+//! `Transpose`, `Concat`, `Pad`, `Identity`, `Dropout` (inference: identity), `Constant` (folded
+//! before the analysis), `Gather` and `Slice` by constant indices, `Split`, and `Expand` (of an
+//! activation, or of a constant to the batch size: a class token, [`ParamKind::Embedding`]).
 
-use super::{act_input, norm_axis, same_shape, single, Grads, Params, Rule};
-use crate::grad::{node_err, Ctx, GradError};
+use super::{act_input, norm_axis, same_shape, single, Grads, Params, Rule, Scope};
+use crate::grad::fold::{is_batch_derived, slice_range, BATCH};
+use crate::grad::{node_err, Ctx, GradError, ParamKind};
 use crate::onnx::{attr, Attrs, NodeProto};
 
 /// The data-movement rules.
@@ -17,6 +20,10 @@ pub(super) const RULES: &[Rule] = &[
     Rule { op: "Identity", params: Params::None, shape: same_shape, backward: identity },
     Rule { op: "Dropout", params: Params::None, shape: dropout_shape, backward: identity },
     Rule { op: "Constant", params: Params::None, shape: constant_shape, backward: constant },
+    Rule { op: "Gather", params: Params::None, shape: gather_shape, backward: gather },
+    Rule { op: "Slice", params: Params::None, shape: slice_shape, backward: slice },
+    Rule { op: "Split", params: Params::None, shape: split_shape, backward: split },
+    Rule { op: "Expand", params: Params::Discover(expand_params), shape: expand_shape, backward: expand },
 ];
 
 fn squeeze_axes(n: &NodeProto, ctx: &Ctx) -> Result<Option<Vec<i64>>, GradError> {
@@ -30,10 +37,30 @@ fn squeeze_axes(n: &NodeProto, ctx: &Ctx) -> Result<Option<Vec<i64>>, GradError>
 }
 
 fn reshape_target(n: &NodeProto, ctx: &Ctx, x: &[usize]) -> Result<Vec<usize>, GradError> {
-    let shape = ctx.const_i64(n, n.input.get(1).map(String::as_str).unwrap_or(""))?;
+    let mut shape = ctx.const_i64(n, n.input.get(1).map(String::as_str).unwrap_or(""))?;
     let allowzero = Attrs::of(n).int("allowzero", 0)? != 0;
-    if shape.is_empty() || !(shape[0] == -1 || (shape[0] == 0 && !allowzero)) {
-        return Err(node_err(n, format!("target shape {shape:?} must keep the batch axis first (0 or -1)")));
+    // The batch size read from the input's shape (folded to the symbolic batch) keeps the
+    // axis, as a 0 that copies it (whatever allowzero says: the real value is never 0).
+    let batch_read = shape.first() == Some(&BATCH);
+    if batch_read {
+        shape[0] = 0;
+    }
+    if shape.iter().any(|&d| is_batch_derived(d)) {
+        return Err(node_err(
+            n,
+            "the target shape merges the batch into another axis (e.g. batch x heads); gradwatch needs the batch \
+             axis kept first and alone: reshape to [N, ...] and move axes with Transpose after the batch",
+        ));
+    }
+    if shape.is_empty() || !(shape[0] == -1 || (shape[0] == 0 && (!allowzero || batch_read))) {
+        return Err(node_err(
+            n,
+            format!(
+                "target shape {shape:?} must keep the batch axis first (0 or -1); a model exported with a fixed \
+                 batch size writes it here: re-export with a dynamic batch axis (torch.onnx.export(..., \
+                 dynamic_axes={{'input': {{0: 'N'}}}}))"
+            ),
+        ));
     }
     let total: usize = x.iter().product();
     let mut out = Vec::new();
@@ -236,4 +263,316 @@ fn constant_shape(n: &NodeProto, _: &Ctx) -> Result<Vec<usize>, GradError> {
 
 fn constant(n: &NodeProto, _: &str, _: &mut Ctx) -> Result<Grads, GradError> {
     Err(node_err(n, "internal: a Constant node is folded before the analysis"))
+}
+
+/// A Gather on an activation: the axis (batch first), the constant indices, their shape and
+/// the data's per-sample shape.
+type GatherArgs = (usize, Vec<usize>, Vec<usize>, Vec<usize>);
+
+/// A Slice on an activation: the data's per-sample shape and per sliced axis
+/// `(axis, start, end, step)`.
+type SliceArgs = (Vec<usize>, Vec<(usize, isize, isize, isize)>);
+
+/// Constant indices of a Gather as `(axis, indices, indices shape)`, the data being an activation.
+fn gather_args(n: &NodeProto, ctx: &Ctx) -> Result<GatherArgs, GradError> {
+    let x = ctx.shape(n, act_input(n, ctx, 0)?)?;
+    let name = n.input.get(1).map(String::as_str).unwrap_or("");
+    if ctx.is_act(name) {
+        return Err(node_err(n, "Gather by computed indices (an embedding lookup) is not supported"));
+    }
+    let ids = ctx.const_i64(n, name)?;
+    let ishape = ctx.const_dims(n, name)?;
+    let rank = x.len() + 1;
+    let ax = norm_axis(n, Attrs::of(n).int("axis", 0)?, rank)?;
+    if ax == 0 {
+        return Err(node_err(n, "Gather along the batch axis mixes samples"));
+    }
+    let len = x[ax - 1] as i64;
+    let ids: Vec<usize> =
+        ids.iter()
+            .map(|&i| if i < 0 { i + len } else { i })
+            .map(|i| {
+                if (0..len).contains(&i) {
+                    Ok(i as usize)
+                } else {
+                    Err(node_err(n, format!("index {i} out of range")))
+                }
+            })
+            .collect::<Result<_, _>>()?;
+    Ok((ax, ids, ishape, x))
+}
+
+fn gather_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
+    let (ax, _, ishape, x) = gather_args(n, ctx)?;
+    let mut o: Vec<usize> = x[..ax - 1].to_vec();
+    o.extend(&ishape);
+    o.extend(&x[ax..]);
+    Ok(o)
+}
+
+/// The adjoint of a Gather: each gathered slice back to its index (summed where one repeats),
+/// as a MatMul by the one-hot matrix of the indices along the gathered axis (moved last).
+fn gather(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let (ax, ids, ishape, x) = gather_args(n, ctx)?;
+    let len = x[ax - 1];
+    let k = ids.len();
+    // dy as [N, x[..ax-1], k, x[ax..]].
+    let mut mid: Vec<usize> = x[..ax - 1].to_vec();
+    mid.push(k);
+    mid.extend(&x[ax..]);
+    let d = if ishape.len() == 1 { dy.to_string() } else { ctx.b.reshape_batch(dy, &mid) };
+    if k == 1 {
+        let before = ids[0] as i64;
+        let after = (len - 1 - ids[0]) as i64;
+        let rank = x.len() + 1;
+        let mut pads = vec![0i64; 2 * rank];
+        pads[ax] = before;
+        pads[rank + ax] = after;
+        return Ok(single(n, ctx.b.pad(&d, &pads, 0.0)));
+    }
+    let rank = x.len() + 1;
+    let mut perm: Vec<i64> = (0..rank as i64).filter(|&a| a != ax as i64).collect();
+    perm.push(ax as i64);
+    let mut inv = vec![0i64; rank];
+    for (i, &p) in perm.iter().enumerate() {
+        inv[p as usize] = i as i64;
+    }
+    let moved = ctx.b.transpose(&d, &perm);
+    let mut onehot = vec![0.0f32; k * len];
+    for (j, &i) in ids.iter().enumerate() {
+        onehot[j * len + i] = 1.0;
+    }
+    let e = ctx.b.const_f32("gather_onehot", &[k, len], &onehot);
+    let scattered = ctx.b.op("MatMul", &[&moved, &e], vec![]);
+    Ok(single(n, ctx.b.transpose(&scattered, &inv)))
+}
+
+/// Per axis of a Slice on an activation: `(axis, start, end, step)`, clamped as ONNX does.
+fn slice_args(n: &NodeProto, ctx: &Ctx) -> Result<SliceArgs, GradError> {
+    let x = ctx.shape(n, act_input(n, ctx, 0)?)?;
+    let rank = x.len() + 1;
+    let arg = |i: usize| -> Result<Option<Vec<i64>>, GradError> {
+        match n.input.get(i).filter(|s| !s.is_empty()) {
+            Some(name) => Ok(Some(ctx.const_i64(n, name)?)),
+            None => Ok(None),
+        }
+    };
+    let starts = arg(1)?.ok_or_else(|| node_err(n, "Slice needs starts"))?;
+    let ends = arg(2)?.ok_or_else(|| node_err(n, "Slice needs ends"))?;
+    let axes: Vec<usize> = match arg(3)? {
+        Some(v) => v.iter().map(|&a| norm_axis(n, a, rank)).collect::<Result<_, _>>()?,
+        None => (0..starts.len()).collect(),
+    };
+    let steps = arg(4)?.unwrap_or_else(|| vec![1; starts.len()]);
+    if starts.len() != axes.len() || ends.len() != axes.len() || steps.len() != axes.len() {
+        return Err(node_err(n, "starts, ends, axes and steps differ in length"));
+    }
+    let mut out = Vec::new();
+    for (j, &ax) in axes.iter().enumerate() {
+        if ax == 0 {
+            // A full slice of the batch axis (what exporters write for x[:, ...]) is no slice.
+            if starts[j] == 0 && steps[j] == 1 && (ends[j] >= i64::MAX / 2 || is_batch_derived(ends[j])) {
+                continue;
+            }
+            return Err(node_err(n, "Slice along the batch axis mixes samples"));
+        }
+        let len = x[ax - 1] as i64;
+        let (s, e, st) = slice_range(len, starts[j], ends[j], steps[j]).ok_or_else(|| node_err(n, "Slice step 0"))?;
+        if st < 0 {
+            return Err(node_err(n, "Slice with a negative step (a flip) is not supported"));
+        }
+        out.push((ax, s, e, st));
+    }
+    Ok((x, out))
+}
+
+fn slice_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
+    let (mut x, axes) = slice_args(n, ctx)?;
+    for (ax, s, e, st) in axes {
+        x[ax - 1] = ((e - s).max(0) as usize).div_ceil(st as usize);
+    }
+    Ok(x)
+}
+
+/// The adjoint of a Slice: the gradient padded with zeros back to the input (strided slices
+/// are first spread by a Reshape + Pad that interleaves zeros).
+fn slice(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let (x, axes) = slice_args(n, ctx)?;
+    let rank = x.len() + 1;
+    let mut cur: Vec<usize> = ctx.shape(n, &n.output[0])?;
+    let mut g = dy.to_string();
+    for (ax, s, e, st) in axes {
+        let len = x[ax - 1];
+        let k = cur[ax - 1];
+        if st > 1 && k > 0 {
+            // [.., k, ..] -> [.., k, 1, ..] -> pad to [.., k, st, ..] -> [.., k*st, ..], then crop.
+            let mut split: Vec<usize> = cur.clone();
+            split.insert(ax, 1);
+            let r = ctx.b.reshape_batch(&g, &split);
+            let mut pads = vec![0i64; 2 * (rank + 1)];
+            pads[rank + 1 + ax + 1] = st as i64 - 1;
+            let p = ctx.b.pad(&r, &pads, 0.0);
+            cur[ax - 1] = k * st as usize;
+            g = ctx.b.reshape_batch(&p, &cur);
+        }
+        let span = cur[ax - 1] as isize;
+        let before = s as i64;
+        let after = len as i64 - s as i64 - span as i64;
+        let _ = e;
+        let mut pads = vec![0i64; 2 * rank];
+        pads[ax] = before;
+        if after >= 0 {
+            pads[rank + ax] = after;
+            g = ctx.b.pad(&g, &pads, 0.0);
+        } else {
+            if before > 0 {
+                g = ctx.b.pad(&g, &pads, 0.0);
+            }
+            g = ctx.b.slice(&g, &[0], &[len as i64], &[ax as i64]);
+        }
+        cur[ax - 1] = len;
+    }
+    Ok(single(n, g))
+}
+
+/// Axis and sizes of a Split on an activation.
+fn split_args(n: &NodeProto, ctx: &Ctx) -> Result<(Vec<usize>, usize, Vec<usize>), GradError> {
+    let x = ctx.shape(n, act_input(n, ctx, 0)?)?;
+    let rank = x.len() + 1;
+    let ax = norm_axis(n, Attrs::of(n).int("axis", 0)?, rank)?;
+    if ax == 0 {
+        return Err(node_err(n, "Split along the batch axis mixes samples"));
+    }
+    let len = x[ax - 1];
+    let sizes: Vec<usize> = match n.input.get(1).filter(|s| !s.is_empty()) {
+        Some(name) => ctx.const_i64(n, name)?.iter().map(|&v| v.max(0) as usize).collect(),
+        None => match Attrs::of(n).ints("split")? {
+            Some(v) => v.iter().map(|&v| v.max(0) as usize).collect(),
+            None => {
+                let k = n.output.len().max(1);
+                let part = len.div_ceil(k);
+                (0..k).map(|i| part.min(len.saturating_sub(i * part))).collect()
+            }
+        },
+    };
+    if sizes.len() != n.output.len() || sizes.iter().sum::<usize>() != len {
+        return Err(node_err(n, format!("split sizes {sizes:?} do not cover {len} along axis {ax}")));
+    }
+    Ok((x, ax, sizes))
+}
+
+/// Every output's per-sample shape.
+pub(super) fn split_shapes(n: &NodeProto, ctx: &Ctx) -> Result<Vec<(String, Vec<usize>)>, GradError> {
+    let (x, ax, sizes) = split_args(n, ctx)?;
+    Ok(n.output
+        .iter()
+        .zip(sizes)
+        .map(|(o, s)| {
+            let mut v = x.clone();
+            v[ax - 1] = s;
+            (o.clone(), v)
+        })
+        .collect())
+}
+
+fn split_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
+    let mut all = split_shapes(n, ctx)?;
+    Ok(all.remove(0).1)
+}
+
+/// The outputs' gradients concatenated along the split axis: the Split's input gradient.
+pub(super) fn split_join(n: &NodeProto, ctx: &mut Ctx, grads: &[String]) -> Result<String, GradError> {
+    let (_, ax, _) = split_args(n, ctx)?;
+    let refs: Vec<&str> = grads.iter().map(String::as_str).collect();
+    Ok(ctx.b.op("Concat", &refs, vec![attr::int("axis", ax as i64)]))
+}
+
+fn split(n: &NodeProto, dy: &str, _: &mut Ctx) -> Result<Grads, GradError> {
+    Ok(single(n, dy.to_string()))
+}
+
+/// The target of an Expand with the batch (symbolic or a real size) as `None`.
+fn expand_target(n: &NodeProto, ctx: &Ctx) -> Result<Vec<i64>, GradError> {
+    ctx.const_i64(n, n.input.get(1).map(String::as_str).unwrap_or(""))
+}
+
+pub(super) fn expands_to_batch(n: &NodeProto, ctx: &Ctx) -> bool {
+    n.op_type == "Expand"
+        && n.input.first().is_some_and(|d| ctx.consts.contains_key(d))
+        && n.input
+            .get(1)
+            .and_then(|t| ctx.consts.get(t))
+            .is_some_and(|_| expand_target(n, ctx).is_ok_and(|t| t.iter().any(|&d| is_batch_derived(d))))
+}
+
+fn expand_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
+    let target = expand_target(n, ctx)?;
+    let data_const = !ctx.is_act(&n.input[0]);
+    let mut full: Vec<i64> = if data_const {
+        ctx.const_dims(n, &n.input[0])?.iter().map(|&d| d as i64).collect()
+    } else {
+        let mut f = vec![BATCH];
+        f.extend(ctx.shape(n, &n.input[0])?.iter().map(|&d| d as i64));
+        f
+    };
+    let r = full.len().max(target.len());
+    while full.len() < r {
+        full.insert(0, 1);
+    }
+    let off = r - target.len();
+    for (i, &t) in target.iter().enumerate() {
+        let d = &mut full[i + off];
+        if is_batch_derived(t) || is_batch_derived(*d) {
+            if i + off != 0 || (t != BATCH && is_batch_derived(t)) {
+                return Err(node_err(n, "Expand must keep the batch axis first"));
+            }
+            *d = BATCH;
+        } else if *d == 1 {
+            *d = t.max(1);
+        } else if t != 1 && t != *d {
+            return Err(node_err(n, format!("cannot expand {full:?} to {target:?}")));
+        }
+    }
+    if full[0] != BATCH {
+        return Err(node_err(n, "Expand's output must carry the batch axis first"));
+    }
+    Ok(full[1..].iter().map(|&d| d as usize).collect())
+}
+
+/// The expanded constant of a class token (more than one value) is a parameter.
+fn expand_params(n: &NodeProto, s: &Scope) -> Vec<(usize, ParamKind)> {
+    let data = &n.input[0];
+    match s.ctx.consts.get(data) {
+        Some(t) if t.dims.iter().product::<i64>() > 1 && !s.ctx.is_act(data) => vec![(0, ParamKind::Embedding)],
+        _ => vec![],
+    }
+}
+
+/// The adjoint of Expand: the gradient summed over the expanded axes; for an expanded
+/// parameter, its per-sample squared norm.
+fn expand(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let out = ctx.shape(n, &n.output[0])?;
+    let data = n.input[0].clone();
+    let rank = out.len() + 1;
+    let in_dims: Vec<usize> = if ctx.is_act(&data) {
+        let mut d = vec![1];
+        d.extend(ctx.shape(n, &data)?);
+        d
+    } else {
+        ctx.const_dims(n, &data)?
+    };
+    let off = rank - in_dims.len();
+    let axes: Vec<i64> =
+        (1..rank).filter(|&a| a < off || (in_dims[a - off] == 1 && out[a - 1] != 1)).map(|a| a as i64).collect();
+    let summed = if axes.is_empty() { dy.to_string() } else { ctx.b.reduce("ReduceSum", dy, &axes, true) };
+    if ctx.is_param(&data) {
+        let norm = ctx.b.sample_sq_norm(&summed, rank);
+        ctx.add_norm(n, &data, norm)?;
+        return Ok(vec![]);
+    }
+    if !ctx.wants_grad(&data) {
+        return Ok(vec![]);
+    }
+    let xs = ctx.shape(n, &data)?;
+    Ok(single(n, ctx.b.reshape_batch(&summed, &xs)))
 }

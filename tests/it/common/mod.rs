@@ -72,6 +72,18 @@ impl Net {
         name
     }
 
+    /// A fresh value name (for nodes with several outputs).
+    pub fn name_of(&mut self, hint: &str) -> String {
+        self.name(hint)
+    }
+
+    /// An int64 scalar constant (shape `[]`).
+    pub fn scalar_int(&mut self, v: i64) -> String {
+        let name = self.name("s");
+        self.inits.push(onnx::make_tensor_i64(&name, &[], &[v]));
+        name
+    }
+
     pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
         let out = self.name(&op.to_lowercase());
         let nn = format!("n_{out}");
