@@ -23,6 +23,7 @@ mod model;
 mod mqtt;
 mod pipeline;
 mod roc;
+mod rtsp;
 mod runtime;
 mod sink;
 mod snapshot;
