@@ -19,7 +19,7 @@ APT_PACKAGES := libclang-dev pkg-config mosquitto python3-pip unzip nasm \
 	python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad prometheus
 
-.PHONY: deps ort build release test lint demo bench bench-daemon bench-alarms clean aarch64 aarch64-check status-screenshot fuzz
+.PHONY: deps ort build release test lint rules demo bench bench-daemon bench-alarms clean aarch64 aarch64-check status-screenshot fuzz
 
 deps:
 	@scripts/apt-install.sh $(APT_PACKAGES)
@@ -36,8 +36,13 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-test: ort lint
+test: ort lint rules
 	$(CARGO) test --locked --release
+
+# The shipped Prometheus rules: syntax, then their unit tests (deploy/prometheus/).
+rules: deps
+	promtool check rules deploy/prometheus/gradwatch-rules.yml
+	cd deploy/prometheus && promtool test rules gradwatch-rules.test.yml
 
 demo: build
 	./target/release/gradwatch run --config config/demo.toml
