@@ -13,10 +13,14 @@ SHELL := /bin/bash
 CARGO ?= cargo
 ORT_DIR := .ort/host
 export ORT_DYLIB_PATH ?= $(CURDIR)/$(ORT_DIR)/libonnxruntime.so
-# Debian packages the build and the tests need (bindgen for v4l, the MQTT test broker).
-APT_PACKAGES := libclang-dev pkg-config mosquitto python3-pip unzip
+# Debian packages the build and the tests need (bindgen for v4l, the MQTT test broker, nasm for
+# OpenH264's SIMD, GStreamer's RTSP server and encoders for the rtsp source's tests, promtool
+# from prometheus for the shipped alert rules).
+APT_PACKAGES := libclang-dev pkg-config mosquitto python3-pip unzip nasm \
+	python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+	gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad prometheus
 
-.PHONY: deps ort build release test lint demo bench bench-daemon bench-alarms clean aarch64 aarch64-check status-screenshot fuzz chaos
+.PHONY: deps ort build release test lint rules demo bench bench-daemon bench-alarms clean aarch64 aarch64-check status-screenshot fuzz chaos
 
 deps:
 	@scripts/apt-install.sh $(APT_PACKAGES)
@@ -33,8 +37,13 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-test: ort lint
+test: ort lint rules
 	$(CARGO) test --locked --release
+
+# The shipped Prometheus rules: syntax, then their unit tests (deploy/prometheus/).
+rules: deps
+	promtool check rules deploy/prometheus/gradwatch-rules.yml
+	cd deploy/prometheus && promtool test rules gradwatch-rules.test.yml
 
 demo: build
 	./target/release/gradwatch run --config config/demo.toml

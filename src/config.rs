@@ -119,6 +119,9 @@ pub struct Config {
     /// `[snapshots]`: alert snapshots and heat maps.
     #[serde(default)]
     pub snapshots: crate::snapshot::SnapshotConfig,
+    /// `[service]`: the unit's fleet identity (`unit_id`, `labels`; see [`crate::fleet`]).
+    #[serde(default)]
+    pub service: crate::fleet::ServiceConfig,
     /// Where the config was read from (not a key of the file).
     #[serde(skip)]
     pub source_path: PathBuf,
@@ -144,6 +147,14 @@ impl Config {
         c.source_path = path.to_path_buf();
         if c.sink.is_empty() {
             c.sink.push(SinkConfig::Stdout(StdoutSinkConfig::default()));
+        }
+        // An MQTT sink without a `client_id` is this unit on the broker (fleet identity).
+        for s in &mut c.sink {
+            if let SinkConfig::Mqtt(m) = s {
+                if m.client_id.is_empty() {
+                    m.client_id = c.service.unit_id();
+                }
+            }
         }
         Ok(c)
     }
@@ -174,6 +185,7 @@ impl Config {
     /// stream, unique stream names, every stream and policy valid, pipeline numbers in range,
     /// model and calibration files present.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.service.validate().map_err(|e| self.invalid(e))?;
         if !self.stream.iter().any(|s| s.enabled) {
             return Err(self.invalid(
                 "no enabled `[[stream]]`; add one (see config/gradwatch.toml) or set `enabled = true`".into(),

@@ -11,6 +11,7 @@ pub mod corrupt;
 pub mod data;
 pub mod detector;
 pub mod eval;
+pub mod fleet;
 pub mod frame;
 pub mod grad;
 pub mod metrics;

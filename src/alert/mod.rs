@@ -384,8 +384,11 @@ impl Event {
         let body = self.to_json();
         // `to_json` always yields a non-empty object (`{"event":...}`), so splicing the id in
         // after the opening brace keeps it one valid object without a second serialization.
+        // The daemon's fleet identity (`[service]`) follows the id: every sink's events say
+        // which unit they come from.
+        let unit = crate::fleet::current().map(|id| id.json_members()).unwrap_or_default();
         match body.strip_prefix('{') {
-            Some(rest) => format!("{{\"event_id\":{},{rest}", serde_json::Value::String(event_id.to_string())),
+            Some(rest) => format!("{{\"event_id\":{},{unit}{rest}", serde_json::Value::String(event_id.to_string())),
             None => body,
         }
     }

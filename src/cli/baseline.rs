@@ -56,6 +56,8 @@ pub fn run(a: BaselineArgs) -> Result<i32> {
         SourceConfig::Directory(d) => d.fps,
         SourceConfig::V4l2(v) => f64::from(v.fps),
         SourceConfig::Pipe(p) => p.fps,
+        // The camera sets the rate; pass --fps.
+        SourceConfig::Rtsp(_) => 0.0,
     };
     let fps = a.fps.unwrap_or(if stream_fps > 0.0 { stream_fps } else { 10.0 });
     if !(fps.is_finite() && fps > 0.0) {

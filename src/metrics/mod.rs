@@ -229,6 +229,10 @@ struct Inner {
     provider: RwLock<String>,
     build_labels: RwLock<Vec<(String, String)>>,
     sinks: RwLock<Option<StatsHandle>>,
+    /// Labels on every series (the fleet identity), rendered `k="v",`.
+    const_labels: RwLock<String>,
+    /// When this registry (the daemon) started, for `process_start_time_seconds`.
+    started: std::time::SystemTime,
     /// When [`Metrics::tick`] last sampled the frame counters.
     last_tick: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -258,6 +262,8 @@ impl Metrics {
                 provider: RwLock::new("cpu".into()),
                 build_labels: RwLock::new(vec![("version".into(), env!("CARGO_PKG_VERSION").into())]),
                 sinks: RwLock::new(None),
+                const_labels: RwLock::new(String::new()),
+                started: std::time::SystemTime::now(),
                 last_tick: std::sync::Mutex::new(None),
             }),
         }
@@ -330,6 +336,11 @@ impl Metrics {
         }
     }
 
+    /// Labels every series carries (the fleet identity: `unit_id` and `[service] labels`).
+    pub fn set_const_labels(&self, labels: Vec<(String, String)>) {
+        *write(&self.inner.const_labels) = labels.iter().map(|(k, v)| format!("{k}=\"{}\",", esc(v))).collect();
+    }
+
     /// Where the per-sink metrics come from.
     pub fn set_sink_stats(&self, stats: StatsHandle) {
         *write(&self.inner.sinks) = Some(stats);
@@ -374,6 +385,23 @@ impl Metrics {
             m.alerts_raised.get().to_string()
         });
         per_stream(&mut out, "stream_up", "gauge", "1 when the stream delivers frames.", &|m| m.up.get().to_string());
+        per_stream(
+            &mut out,
+            "frames_over_threshold_total",
+            "counter",
+            "Scored frames whose score was over the threshold (not trusted).",
+            &|m| m.status.over_threshold().to_string(),
+        );
+        per_stream(&mut out, "alert_open", "gauge", "1 while the stream has an open alert.", &|m| {
+            u8::from(m.status.view(false).alert.is_some_and(|a| a.is_open())).to_string()
+        });
+        per_stream(
+            &mut out,
+            "score_threshold",
+            "gauge",
+            "The calibration's score threshold (NaN before the first frame).",
+            &|m| fmt_f64(m.status.view(false).threshold.unwrap_or(f64::NAN)),
+        );
         let milli = |v: i64| format!("{:.3}", v as f64 / 1000.0);
         per_stream(
             &mut out,
@@ -449,8 +477,43 @@ impl Metrics {
         let labels: Vec<String> =
             read(&self.inner.build_labels).iter().map(|(k, v)| format!("{k}=\"{}\"", esc(v))).collect();
         let _ = writeln!(out, "gradwatch_build_info{{{}}} 1", labels.join(","));
-        out
+        header(
+            &mut out,
+            "process_start_time_seconds",
+            "gauge",
+            "When the daemon started, seconds since the Unix epoch.",
+        );
+        let start = self.inner.started.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let _ = writeln!(out, "gradwatch_process_start_time_seconds {}", start.as_secs());
+        with_const_labels(out, &read(&self.inner.const_labels))
     }
+}
+
+/// Puts `labels` (`k="v",` ...) first in every sample line's label set.
+fn with_const_labels(text: String, labels: &str) -> String {
+    if labels.is_empty() {
+        return text;
+    }
+    let bare = labels.trim_end_matches(',');
+    let mut out = String::with_capacity(text.len() + text.lines().count() * labels.len());
+    for line in text.lines() {
+        match line.find(['{', ' ']) {
+            _ if line.starts_with('#') => out.push_str(line),
+            // The metric name ends at the first `{` or space (names hold neither).
+            Some(i) if line[i..].starts_with("{}") => {
+                let _ = write!(out, "{}{{{bare}}}{}", &line[..i], &line[i + 2..]);
+            }
+            Some(i) if line[i..].starts_with('{') => {
+                let _ = write!(out, "{}{{{labels}{}", &line[..i], &line[i + 1..]);
+            }
+            Some(i) => {
+                let _ = write!(out, "{}{{{bare}}}{}", &line[..i], &line[i..]);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

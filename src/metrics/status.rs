@@ -120,6 +120,8 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct StreamStatus {
     inner: Mutex<Inner>,
+    /// Scored frames whose score was over the threshold (the untrusted ones).
+    over_threshold: std::sync::atomic::AtomicU64,
 }
 
 impl StreamStatus {
@@ -142,6 +144,9 @@ impl StreamStatus {
         if score.is_nan() {
             return;
         }
+        if score > threshold {
+            self.over_threshold.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         g.score = Some((f64::from(score), ms));
         let sec = ms / 1000;
         match g.history.back_mut() {
@@ -159,6 +164,11 @@ impl StreamStatus {
         {
             g.history.pop_front();
         }
+    }
+
+    /// Scored frames so far whose score was over the threshold.
+    pub fn over_threshold(&self) -> u64 {
+        self.over_threshold.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// One event of this stream, as it goes to the sinks.

@@ -52,3 +52,18 @@ fn render_has_every_family() {
     assert!(text.contains("gradwatch_frames_captured_total{stream=\"cam0\"} 3\n"));
     assert!(text.contains("gradwatch_execution_provider{provider=\"cpu\"} 1\n"));
 }
+
+#[test]
+fn const_labels_go_on_every_series() {
+    let m = Metrics::new();
+    m.stream("cam0").frames_captured.add(3);
+    m.set_const_labels(vec![("unit_id".into(), "rsu-1".into()), ("site".into(), "A7 \"km\" 12".into())]);
+    let text = m.render();
+    let c = "unit_id=\"rsu-1\",site=\"A7 \\\"km\\\" 12\"";
+    assert!(text.contains(&format!("gradwatch_frames_captured_total{{{c},stream=\"cam0\"}} 3\n")), "{text}");
+    assert!(text.contains(&format!("gradwatch_process_start_time_seconds{{{c}}} ")), "{text}");
+    assert!(text.contains(&format!("gradwatch_inference_latency_seconds_count{{{c}}} 0\n")), "{text}");
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(line.contains("{unit_id=\"rsu-1\","), "{line}");
+    }
+}

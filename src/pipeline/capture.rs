@@ -99,7 +99,10 @@ impl Capture {
                         link = Link::Up;
                         m.up.set(1);
                     }
-                    m.frames_captured.inc();
+                    // Frames the source did not even decode under `score_fps` (rtsp).
+                    let undecoded = self.source.take_skipped();
+                    m.frames_captured.add(undecoded + 1);
+                    m.frames_skipped.add(undecoded);
                     if let Some(f) = self.shared.first_frame.get(&self.spec_name) {
                         f.store(true, Ordering::Relaxed);
                     }

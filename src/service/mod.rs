@@ -299,6 +299,11 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
     // the model load and with the pipeline already running. Until the pipeline runs,
     // /healthz answers 503 "starting".
     let metrics = Metrics::new();
+    // Fleet identity: on every event and every metric series.
+    let identity = config.service.identity();
+    metrics.set_const_labels(identity.metric_labels());
+    log::info!("unit {}", identity.unit_id);
+    crate::fleet::set_current(identity);
     let health_slot: Arc<OnceLock<HealthFn>> = Arc::new(OnceLock::new());
     let _server = if config.metrics.enabled {
         let slot = health_slot.clone();
@@ -542,6 +547,9 @@ impl Supervisor {
                 return;
             }
         };
+        if new.service != self.config.service {
+            log::warn!("reload: [service] (unit_id, labels) changes apply at the next start, not now");
+        }
         let sinks_changed = new.sink != self.config.sink;
         let new_fanout = if sinks_changed {
             match crate::sink::build_all_with(&new.sink, Some(&self.metrics))

@@ -116,8 +116,10 @@ pub struct MqttSinkConfig {
     /// Broker port. Default 1883.
     #[serde(default = "default_port")]
     pub port: u16,
-    /// MQTT client id, also the second topic level. Default "gradwatch".
-    #[serde(default = "default_client_id")]
+    /// MQTT client id, also the second topic level. Default: the unit id (`[service]
+    /// unit_id`, the host name), filled in by the config loader, so units sharing a broker
+    /// differ.
+    #[serde(default)]
     pub client_id: String,
     /// First topic level. Default "gradwatch".
     #[serde(default = "default_prefix")]
@@ -206,9 +208,6 @@ pub struct MqttTlsConfig {
 
 fn default_port() -> u16 {
     1883
-}
-fn default_client_id() -> String {
-    "gradwatch".into()
 }
 fn default_prefix() -> String {
     "gradwatch".into()

@@ -6,7 +6,7 @@
 //! a bounded queue configured by [`QueueConfig`]. Sources pace themselves through an injected
 //! [`Clock`], so tests run on a [`SimClock`] without sleeping.
 //!
-//! Four kinds, one config struct each, chosen by `kind` in the stream's TOML table:
+//! Five kinds, one config struct each, chosen by `kind` in the stream's TOML table:
 //!
 //! | kind        | reads                                        | module        |
 //! |-------------|----------------------------------------------|---------------|
@@ -14,6 +14,7 @@
 //! | `directory` | PNG/JPEG/PPM files in name order             | [`directory`] |
 //! | `pipe`      | raw RGB24/GRAY8 frames from stdin or a FIFO  | [`pipe`]      |
 //! | `replay`    | an `.npy` image array with corruption windows| [`replay`]    |
+//! | `rtsp`      | an IP camera (H.264, MJPEG), reconnecting    | [`rtsp`]      |
 //!
 //! ```toml
 //! [[stream]]
@@ -35,6 +36,7 @@ pub mod convert;
 pub mod directory;
 pub mod pipe;
 pub mod replay;
+pub mod rtsp;
 pub mod v4l2;
 
 use std::path::PathBuf;
@@ -49,6 +51,7 @@ pub use convert::{ConvertError, PixelFormat};
 pub use directory::{list_files, DirectoryConfig};
 pub use pipe::{PipeConfig, RawFormat};
 pub use replay::{ReplayConfig, Window};
+pub use rtsp::{RtspConfig, RtspTransport};
 pub use v4l2::V4l2Config;
 
 /// What one [`Source::poll`] returns.
@@ -90,6 +93,13 @@ pub trait Source: Send {
     /// (the default): the pipeline stamps frames with its clock.
     fn frame_time(&self) -> Option<std::time::Duration> {
         None
+    }
+
+    /// Frames received and released without decoding since the last call, because the
+    /// stream's `score_fps` would not have scored them (an RTSP stream's disposable frames).
+    /// The capture thread counts them as captured and skipped. Default 0.
+    fn take_skipped(&mut self) -> u64 {
+        0
     }
 }
 
@@ -191,6 +201,8 @@ pub enum SourceConfig {
     Pipe(PipeConfig),
     /// `kind = "replay"`: an `.npy` array with a corruption schedule.
     Replay(ReplayConfig),
+    /// `kind = "rtsp"`: an IP camera.
+    Rtsp(RtspConfig),
 }
 
 impl SourceConfig {
@@ -201,6 +213,8 @@ impl SourceConfig {
             SourceConfig::Directory(c) => crate::config::resolve_path(&mut c.path, base),
             SourceConfig::Pipe(c) => crate::config::resolve_path(&mut c.path, base),
             SourceConfig::Replay(c) => crate::config::resolve_path(&mut c.path, base),
+            // `password_file` is looked up as the MQTT sink's is (systemd credentials).
+            SourceConfig::Rtsp(_) => {}
         }
     }
 
@@ -211,6 +225,7 @@ impl SourceConfig {
             SourceConfig::Directory(_) => "directory",
             SourceConfig::Pipe(_) => "pipe",
             SourceConfig::Replay(_) => "replay",
+            SourceConfig::Rtsp(_) => "rtsp",
         }
     }
 
@@ -221,6 +236,7 @@ impl SourceConfig {
             SourceConfig::Directory(c) => c.validate(),
             SourceConfig::Pipe(c) => c.validate(),
             SourceConfig::Replay(c) => c.validate(),
+            SourceConfig::Rtsp(c) => c.validate(),
         }
     }
 
@@ -234,6 +250,7 @@ impl SourceConfig {
             SourceConfig::Directory(c) => Box::new(directory::DirectorySource::new(c, clock)?),
             SourceConfig::Pipe(c) => Box::new(pipe::PipeSource::new(c, clock)?),
             SourceConfig::Replay(c) => Box::new(replay::ReplaySource::new(c, clock)?),
+            SourceConfig::Rtsp(c) => c.build(clock, None)?,
         })
     }
 }
@@ -360,7 +377,11 @@ impl StreamConfig {
     /// Validates, then builds the stream's source (see [`SourceConfig::build`]).
     pub fn build(&self, clock: Arc<dyn Clock>) -> Result<Box<dyn Source>, SourceError> {
         self.validate()?;
-        self.source.build(clock)
+        match &self.source {
+            // The RTSP source skips decoding frames `score_fps` would not score.
+            SourceConfig::Rtsp(c) => c.build(clock, self.score_fps),
+            other => other.build(clock),
+        }
     }
 }
 

@@ -85,13 +85,13 @@ fn default_formats() -> Vec<PixelFormat> {
 fn default_buffers() -> u32 {
     4
 }
-fn default_timeout_s() -> f64 {
+pub(super) fn default_timeout_s() -> f64 {
     5.0
 }
-fn default_reconnect_initial_s() -> f64 {
+pub(super) fn default_reconnect_initial_s() -> f64 {
     0.5
 }
-fn default_reconnect_max_s() -> f64 {
+pub(super) fn default_reconnect_max_s() -> f64 {
     30.0
 }
 
@@ -111,7 +111,20 @@ impl Default for V4l2Config {
     }
 }
 
-fn positive_secs(key: &str, v: f64) -> Result<Duration, SourceError> {
+/// Checks `reconnect_initial_s` and `reconnect_max_s` (the v4l2 and rtsp keys) and makes
+/// their schedule.
+pub(super) fn checked_backoff(initial_s: f64, max_s: f64) -> Result<Backoff, SourceError> {
+    let initial = positive_secs("reconnect_initial_s", initial_s)?;
+    let max = positive_secs("reconnect_max_s", max_s)?;
+    if max < initial {
+        return Err(SourceError::Config(format!(
+            "`reconnect_max_s` ({max_s}) is less than `reconnect_initial_s` ({initial_s})"
+        )));
+    }
+    Ok(Backoff::new(initial, max))
+}
+
+pub(super) fn positive_secs(key: &str, v: f64) -> Result<Duration, SourceError> {
     if v.is_finite() && v > 0.0 && v < 1e9 {
         Ok(Duration::from_secs_f64(v))
     } else {
@@ -137,15 +150,7 @@ impl V4l2Config {
             return Err(SourceError::Config(format!("`buffers` is {}; use 1 to 32 (4 is typical)", self.buffers)));
         }
         positive_secs("timeout_s", self.timeout_s)?;
-        let initial = positive_secs("reconnect_initial_s", self.reconnect_initial_s)?;
-        let max = positive_secs("reconnect_max_s", self.reconnect_max_s)?;
-        if max < initial {
-            return Err(SourceError::Config(format!(
-                "`reconnect_max_s` ({}) is less than `reconnect_initial_s` ({})",
-                self.reconnect_max_s, self.reconnect_initial_s
-            )));
-        }
-        Ok(())
+        checked_backoff(self.reconnect_initial_s, self.reconnect_max_s).map(|_| ())
     }
 
     /// The reconnection schedule this config asks for (call after [`Self::validate`]).
