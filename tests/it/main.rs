@@ -16,6 +16,7 @@ mod detector;
 mod eval;
 mod fakes;
 mod faults;
+mod frames;
 mod fuzz_regressions;
 mod golden;
 mod grad;
