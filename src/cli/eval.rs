@@ -70,6 +70,9 @@ pub struct EvalArgs {
     /// (default: all). `6315..` is the half the shipped calibrations were not fitted on.
     #[arg(long)]
     pub familiar_rows: Option<String>,
+    /// Training seeds of the trust head for the spread of its misclassification AUROC.
+    #[arg(long, default_value_t = 3)]
+    pub trust_seeds: usize,
     /// Images per graph run.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
@@ -98,6 +101,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         knn_k: a.knn_k,
         vim_dim: a.vim_dim,
         risk_target: a.risk_target,
+        trust_seeds: a.trust_seeds,
         progress: show_progress(),
         command: command_line(),
     };

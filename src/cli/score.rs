@@ -1,4 +1,5 @@
-//! `gradwatch score`: one JSON line per image with its unfamiliarity score and verdict.
+//! `gradwatch score`: one JSON line per image with its unfamiliarity score, verdict and (with a
+//! trust head in the calibration) the `risk` that its classification is wrong.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -93,6 +94,12 @@ pub fn run(a: ScoreArgs) -> Result<i32> {
         line.insert(
             "score".into(),
             serde_json::Number::from_f64(f64::from(*score)).map_or(serde_json::Value::Null, Into::into),
+        );
+        // The trust head's probability that this classification is wrong (null without one).
+        let risk = calib.risk_row(&fs.features.row(i).to_vec(), &z.to_vec());
+        line.insert(
+            "risk".into(),
+            risk.and_then(|r| serde_json::Number::from_f64(f64::from(r))).map_or(serde_json::Value::Null, Into::into),
         );
         line.insert("verdict".into(), if calib.is_unfamiliar(*score) { "unfamiliar" } else { "familiar" }.into());
         line.insert("top_class".into(), cls.into());

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use ndarray::Array2;
 
-use super::{DetectorError, Ensemble, Gaussian, LogStandardizer, Mlp};
+use super::{DetectorError, Ensemble, Gaussian, LogStandardizer, Mlp, TrustHead};
 
 /// Current file format version.
 pub const FORMAT: u32 = 1;
@@ -178,8 +178,13 @@ pub struct Calibration {
     /// Absent in files written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clean_tail_scale: Option<f64>,
-    /// The detector.
+    /// The detector (the camera-health score).
     pub detector: DetectorKind,
+    /// The trust head: the per-frame `risk` that the classification is wrong
+    /// ([`super::trust`]). Absent in files written before it existed, and when the familiar
+    /// images' true classes were not given; their frames have no `risk`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<TrustHead>,
     /// Provenance and validation numbers.
     pub fitted_on: FitSummary,
 }
@@ -258,6 +263,17 @@ impl Calibration {
         if dim != n {
             return Err(DetectorError::DimensionMismatch { what: "calibration", expected: n, got: dim }.into());
         }
+        if let Some(t) = &self.trust {
+            t.validate()?;
+            if t.ensemble.dim() != n {
+                return Err(DetectorError::DimensionMismatch {
+                    what: "trust head",
+                    expected: n,
+                    got: t.ensemble.dim(),
+                }
+                .into());
+            }
+        }
         Ok(())
     }
 
@@ -319,6 +335,15 @@ impl Calibration {
                 self.score_row(&r.to_vec(), &z)
             })
             .collect()
+    }
+
+    /// The trust head's `risk` of one frame in `[0, 1]` (the probability that its
+    /// classification is wrong); `None` without a trust head. Wrong lengths and non-finite
+    /// inputs give 1.0 (distrust what cannot be scored); never panics.
+    pub fn risk_row(&self, features: &[f32], logits: &[f32]) -> Option<f32> {
+        let t = self.trust.as_ref()?;
+        let r = t.risk_row(features, logits);
+        Some(if r.is_nan() { 1.0 } else { r })
     }
 
     /// Whether a score raises the alarm (NaN does).

@@ -270,6 +270,13 @@ impl Ensemble {
             .map_err(|e| DetectorError::InvalidModel(format!("forward columns do not fit: {e}")))
     }
 
+    /// The mean member logit of every row (`features` and `logits` row-aligned); errors like
+    /// [`inputs`](Self::inputs).
+    pub fn members_logits(&self, features: &Array2<f32>, logits: &Array2<f32>) -> Result<Vec<f32>, DetectorError> {
+        let x = self.inputs(features, logits)?;
+        Ok(x.outer_iter().map(|r| mean_logit(&self.members, &r.to_vec())).collect())
+    }
+
     /// The score of one frame: the mean member logit (higher = more likely harmful /
     /// unfamiliar). NaN on any input error.
     pub fn logit_row(&self, features: &[f32], logits: &[f32]) -> f32 {

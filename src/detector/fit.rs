@@ -316,6 +316,11 @@ pub fn fit(
             DetectorKind::Ensemble(e)
         }
     };
+    let trust = if opts.one_class || labels.is_none() || unf_train.nrows() == 0 {
+        None
+    } else {
+        fit_trust(&train, &val, &test, &opts.mlp)
+    };
     let mut c = Calibration {
         format: FORMAT,
         model,
@@ -323,6 +328,7 @@ pub fn fit(
         target_false_alarm: opts.target_fpr,
         clean_tail_scale: None,
         detector,
+        trust,
         fitted_on: FitSummary {
             familiar: DataSummary { name: familiar.name.clone(), count: n },
             unfamiliar: unfamiliar
@@ -345,6 +351,40 @@ pub fn fit(
     c.fitted_on.validation_auroc = roc::auroc(&f, &u);
     c.validate()?;
     Ok(c)
+}
+
+/// The trust head ([`super::trust`]) on the same parts as the detector: trained on `train`,
+/// early-stopped and Platt-scaled on `val`, summarised on `test`, all with [`Target::Harm`]
+/// labels. `None` (with a warning) when a part lacks wrong or right frames: the calibration is
+/// still usable, its frames just carry no `risk`.
+fn fit_trust(train: &Part, val: &Part, test: &Part, mlp: &MlpConfig) -> Option<super::TrustHead> {
+    let go = || -> Result<super::TrustHead, FitError> {
+        let cfg = super::TrustHead::config(mlp);
+        let (mut head, _) = super::TrustHead::train(
+            &train.features[0],
+            &train.logits[0],
+            &train.labelled(Target::Harm)?,
+            &val.labelled(Target::Harm)?,
+            &cfg,
+        )?;
+        let t = test.labelled(Target::Harm)?;
+        let risk = head.risk(&t.features, &t.logits);
+        let wrong: Vec<bool> = t.labels.iter().map(|&y| y == 1).collect();
+        head.held_out = Some(super::TrustSummary {
+            n: wrong.len(),
+            n_wrong: wrong.iter().filter(|&&w| w).count(),
+            auroc: roc::misclassification_auroc(&risk, &wrong),
+            ece: super::trust::ece(&risk, &wrong, 15),
+        });
+        Ok(head)
+    };
+    match go() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            log::warn!("no trust head (frames will carry no risk): {e}");
+            None
+        }
+    }
 }
 
 /// The paper's detector on gradient features: log-standardisation fitted on familiar training

@@ -22,6 +22,16 @@ pub enum ForwardSignal {
     Msp,
     /// `sum_k p_k ln p_k`, the negative entropy of the softmax, in `[-ln C, 0]`.
     NegEntropy,
+    /// MaxLogit-pNorm with p = 2 (Gomes et al., UAI 2024): the top logit of the centred logits
+    /// divided by their L2 norm, in `[0, 1]` (0 when every logit is equal).
+    MaxLogitPnorm,
+    /// DOCTOR's `sum_k p_k^2` (Granese et al., NeurIPS 2021: `1 - g(x)` of the alpha
+    /// discriminator), in `[1/C, 1]`.
+    Gini,
+    /// `-ln(1 - MSP)`, the negative log of the probability mass off the top class, computed
+    /// without cancellation: MSP itself saturates at 1 in f32 where the classifier is very
+    /// confident, this keeps ranking those frames (capped at 100 for a lone class).
+    NegLogResidual,
 }
 
 impl ForwardSignal {
@@ -34,9 +44,25 @@ impl ForwardSignal {
         ForwardSignal::NegEntropy,
     ];
 
+    /// The inputs of the trust head ([`super::trust`]): every signal of [`ALL`](Self::ALL)
+    /// plus the two confidence scores that rank errors better than MSP in the literature.
+    pub const TRUST: [ForwardSignal; 8] = [
+        ForwardSignal::MaxLogit,
+        ForwardSignal::Logsumexp,
+        ForwardSignal::Margin,
+        ForwardSignal::Msp,
+        ForwardSignal::NegEntropy,
+        ForwardSignal::MaxLogitPnorm,
+        ForwardSignal::Gini,
+        ForwardSignal::NegLogResidual,
+    ];
+
     /// The name used in calibration files and on the command line.
     pub fn name(self) -> &'static str {
         match self {
+            ForwardSignal::MaxLogitPnorm => "max_logit_pnorm",
+            ForwardSignal::Gini => "gini",
+            ForwardSignal::NegLogResidual => "neg_log_residual",
             ForwardSignal::MaxLogit => "max_logit",
             ForwardSignal::Logsumexp => "logsumexp",
             ForwardSignal::Margin => "margin",
@@ -59,8 +85,8 @@ impl ForwardSignal {
 impl std::str::FromStr for ForwardSignal {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
-            let names: Vec<&str> = Self::ALL.iter().map(|f| f.name()).collect();
+        Self::TRUST.into_iter().find(|f| f.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Self::TRUST.iter().map(|f| f.name()).collect();
             format!("unknown forward signal '{s}' (expected one of {})", names.join(", "))
         })
     }
@@ -72,6 +98,12 @@ struct Stats {
     top2: f64,
     lse: f64,
     neg_entropy: f64,
+    /// `sum_k p_k^2`.
+    gini: f64,
+    /// Top centred logit over the centred logits' L2 norm.
+    pnorm: f64,
+    /// `ln(sum_{k != top} exp z_k) - lse`, i.e. `ln(1 - MSP)`.
+    log_residual: f64,
 }
 
 fn stats(logits: &[f32]) -> Option<Stats> {
@@ -107,7 +139,16 @@ fn stats(logits: &[f32]) -> Option<Stats> {
             }
         })
         .sum();
-    Some(Stats { top1, top2, lse, neg_entropy })
+    let gini = logits.iter().map(|&v| (f64::from(v) - lse).exp().powi(2)).sum();
+    let mean = logits.iter().map(|&v| f64::from(v)).sum::<f64>() / logits.len() as f64;
+    let norm = logits.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>().sqrt();
+    let pnorm = if norm > 0.0 { (top1 - mean) / norm } else { 0.0 };
+    // Every class but the (first) top one, shifted by the top logit.
+    let top_at = logits.iter().position(|&v| f64::from(v) == top1).unwrap_or(0);
+    let rest: f64 =
+        logits.iter().enumerate().filter(|&(i, _)| i != top_at).map(|(_, &v)| (f64::from(v) - top1).exp()).sum();
+    let log_residual = if rest > 0.0 { top1 + rest.ln() - lse } else { -100.0 };
+    Some(Stats { top1, top2, lse, neg_entropy, gini, pnorm, log_residual })
 }
 
 /// The signals `names` of one logits row, in that order. NaN for every signal when the row is
@@ -123,6 +164,9 @@ pub fn signals(names: &[ForwardSignal], logits: &[f32]) -> Vec<f32> {
                 ForwardSignal::Margin => s.top1 - s.top2,
                 ForwardSignal::Msp => (s.top1 - s.lse).exp(),
                 ForwardSignal::NegEntropy => s.neg_entropy,
+                ForwardSignal::MaxLogitPnorm => s.pnorm,
+                ForwardSignal::Gini => s.gini,
+                ForwardSignal::NegLogResidual => (-s.log_residual).min(100.0),
             };
             v as f32
         })
@@ -172,6 +216,18 @@ mod tests {
         assert!((one(ForwardSignal::Msp, &z) - 0.5).abs() < 1e-6);
         let ne = (1.0 / 6.0) * (1f64 / 6.0).ln() + (1.0 / 3.0) * (1f64 / 3.0).ln() + 0.5 * 0.5f64.ln();
         assert!((f64::from(one(ForwardSignal::NegEntropy, &z)) - ne).abs() < 1e-6);
+        // Centred z - mean: ln 6 / 3 = m; (z - m) norm; gini = 1/36 + 1/9 + 1/4.
+        let m = 6f64.ln() / 3.0;
+        let c: Vec<f64> = z.iter().map(|&v| f64::from(v) - m).collect();
+        let norm = c.iter().map(|v| v * v).sum::<f64>().sqrt();
+        assert!((f64::from(one(ForwardSignal::MaxLogitPnorm, &z)) - c[2] / norm).abs() < 1e-6);
+        assert!((f64::from(one(ForwardSignal::Gini, &z)) - (1.0 / 36.0 + 1.0 / 9.0 + 0.25)).abs() < 1e-6);
+        // 1 - MSP = 1/2.
+        assert!((one(ForwardSignal::NegLogResidual, &z) - 2f32.ln()).abs() < 1e-6);
+        // Where MSP is 1.0 in f32, the residual still ranks: 1 - p = e^-30 / (1 + e^-30).
+        assert_eq!(one(ForwardSignal::Msp, &[30.0, 0.0]), 1.0);
+        assert!((one(ForwardSignal::NegLogResidual, &[30.0, 0.0]) - 30.0).abs() < 1e-4);
+        assert_eq!(one(ForwardSignal::NegLogResidual, &[7.0]), 100.0);
         // Order follows `names`.
         let all = signals(&ForwardSignal::ALL, &z);
         assert_eq!(all.len(), 5);
@@ -188,6 +244,7 @@ mod tests {
         assert!((one(ForwardSignal::Logsumexp, &z) - (2.0 + 4f32.ln())).abs() < 1e-6);
         // One class: certain, margin 0.
         assert_eq!(signals(&ForwardSignal::ALL, &[7.0]), vec![7.0, 7.0, 0.0, 1.0, 0.0]);
+        assert_eq!(signals(&[ForwardSignal::MaxLogitPnorm, ForwardSignal::Gini], &z), vec![0.0, 0.25]);
     }
 
     #[test]
@@ -202,7 +259,7 @@ mod tests {
 
     #[test]
     fn names_parse_and_batch_matches_rows() {
-        for f in ForwardSignal::ALL {
+        for f in ForwardSignal::TRUST {
             assert_eq!(f.name().parse::<ForwardSignal>().unwrap(), f);
         }
         assert_eq!(ForwardSignal::parse_list("all").unwrap(), ForwardSignal::ALL.to_vec());

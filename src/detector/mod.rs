@@ -32,6 +32,7 @@ mod mlp;
 pub mod roc;
 pub mod split;
 mod standardize;
+pub mod trust;
 
 pub use calibration::{CalibError, Calibration, DetectorKind};
 pub use ensemble::{mean_logit, train_members, Ensemble, EnsembleConfig, LabelledRows, Origin, Target};
@@ -39,6 +40,7 @@ pub use fit::{FitError, GradDetector};
 pub use gaussian::{Gaussian, DEFAULT_SHRINKAGE};
 pub use mlp::{Mlp, MlpConfig, TrainReport};
 pub use standardize::{LogStandardizer, Standardizer, DEFAULT_EPS, MIN_STD};
+pub use trust::{Platt, TrustHead, TrustSummary};
 
 /// Errors from fitting, transforming or validating detectors.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]

@@ -315,6 +315,20 @@ pub fn aurc(scores: &[f32], errors: &[bool]) -> f64 {
     rc.iter().map(|p| p.1).sum::<f64>() / rc.len() as f64
 }
 
+/// Area under the generalized risk-coverage curve (AUGRC, Traub et al., NeurIPS 2024): the
+/// mean over the coverages `k / n` of the share of *all* frames that are kept and wrong,
+/// `errors kept / n`; ties in expectation. It weighs every error by how often it is accepted
+/// instead of dividing by the coverage, so the low-coverage end does not dominate. Lower is
+/// better. NaN for no frames.
+pub fn augrc(scores: &[f32], errors: &[bool]) -> f64 {
+    let e = expected_errors_kept(scores, errors);
+    let n = e.len() - 1;
+    if n == 0 {
+        return f64::NAN;
+    }
+    (1..=n).map(|k| e[k] / n as f64).sum::<f64>() / n as f64
+}
+
 /// The AURC of an oracle that keeps every correct frame before any wrong one: the floor set
 /// by the classifier's error rate. `aurc - aurc_optimal` is the excess AURC (E-AURC).
 pub fn aurc_optimal(errors: &[bool]) -> f64 {
@@ -391,6 +405,16 @@ mod tests {
         assert_eq!(auroc_standard_error(1.0, 10, 10), 0.0);
         assert!(auroc_standard_error(0.97, 200, 200) < auroc_standard_error(0.97, 40, 40));
         assert!(auroc_standard_error(0.9, 0, 5).is_nan() && auroc_standard_error(1.5, 5, 5).is_nan());
+    }
+
+    #[test]
+    fn augrc_hand_computed() {
+        // Scores 1, 2, 3 with the middle one wrong: kept errors 0, 1, 1 at k = 1, 2, 3;
+        // AUGRC = (0 + 1/3 + 1/3) / 3 = 2/9. A tie between the wrong and a right frame
+        // counts the error half at k = 1 when both tie for the first place.
+        assert!((augrc(&[1.0, 2.0, 3.0], &[false, true, false]) - 2.0 / 9.0).abs() < 1e-12);
+        assert!((augrc(&[1.0, 1.0], &[true, false]) - (0.5 / 2.0 + 1.0 / 2.0) / 2.0).abs() < 1e-12);
+        assert!(augrc(&[], &[]).is_nan());
     }
 
     #[test]

@@ -9,6 +9,8 @@ pub mod feature_baselines;
 pub mod plot;
 pub mod protocol;
 pub mod report;
+pub mod trust;
+pub mod trust_report;
 
 /// Errors of feature extraction, caching and the evaluation protocol.
 #[derive(Debug, thiserror::Error)]

@@ -66,6 +66,8 @@ pub struct EvalConfig {
     pub vim_dim: usize,
     /// The risk detector's target (`None`: the calibration default's).
     pub risk_target: Option<Target>,
+    /// Training seeds of the trust head for the spread of its AUROC (1: just the one).
+    pub trust_seeds: usize,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
     /// The command line, for the report.
@@ -594,6 +596,7 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
     // the familiar images and of every corrupted set.
     let mut misclassification = Vec::new();
     let mut risk_curves = Vec::new();
+    let mut trust_extra: Vec<(String, Vec<f32>)> = Vec::new();
     let members: Vec<usize> =
         (0..data.len()).filter(|&m| m != 1 && data[m].wrong.is_some() && !cfg.corruptions.is_empty()).collect();
     if !members.is_empty() {
@@ -643,8 +646,38 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
         }
         let oracle: Vec<f32> = errors.iter().map(|&e| if e { 1.0 } else { 0.0 }).collect();
         risk_curves.push(("oracle".into(), metrics::risk_coverage(&oracle, &errors)));
+        trust_extra =
+            methods.into_iter().filter(|(k, _)| k.starts_with("gradients") || k.starts_with("risk")).collect();
     }
     timings.push(("risk analysis".into(), tr.elapsed().as_secs_f64()));
+
+    // The trust question: the trust head against the softmax-family baselines (issue #24).
+    let tt = Instant::now();
+    let trust = match (&fam_labels, cfg.corruptions.is_empty()) {
+        (Some(labels), false) => {
+            let sets: Vec<super::trust::TrustSet> = data
+                .iter()
+                .zip(&plan)
+                .map(|(d, (name, spec))| {
+                    let s = split_of(name);
+                    super::trust::TrustSet {
+                        name: name.clone(),
+                        family: spec.map(|(k, _)| k.family().name().to_string()),
+                        level: spec.map(|(_, l)| l),
+                        features: &d.feats.features,
+                        logits: &d.feats.logits,
+                        labels: (name != "cifar10").then_some(labels.as_slice()),
+                        split: (s.train.as_slice(), s.val.as_slice(), s.test.as_slice()),
+                    }
+                })
+                .collect();
+            let mut t = super::trust::run(&sets, &trust_extra, &cfg.mlp, cfg.trust_seeds)?;
+            t.graph_secs_per_frame = graph_secs_per_frame(&mut session, &info, &fam_images, cfg.batch)?;
+            Some(t)
+        }
+        _ => None,
+    };
+    timings.push(("trust analysis".into(), tt.elapsed().as_secs_f64()));
 
     // Fig. 3: mean squared gradient norm per parameter tensor.
     let mut profile = Vec::new();
@@ -683,7 +716,26 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
         odin_temperatures: cfg.odin_temperatures.clone(),
         odin_corruption_temperatures: cfg.odin_corruption_temperatures.clone(),
         odin_epsilons: cfg.odin_epsilons.clone(),
+        trust,
     })
+}
+
+/// Seconds per frame of the gradient graph on up to 64 familiar images in batches of `batch`
+/// (the best of three runs): the cost the trust head is compared with.
+fn graph_secs_per_frame(
+    session: &mut GradSession,
+    info: &crate::model::ModelInfo,
+    images: &[RgbImage],
+    batch: usize,
+) -> Result<f64, EvalError> {
+    let imgs = &images[..images.len().min(64)];
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        features::extract_labelled(session, info, imgs, batch, false, "timing")?;
+        best = best.min(t.elapsed().as_secs_f64() / imgs.len().max(1) as f64);
+    }
+    Ok(best)
 }
 
 fn pick_bool(v: &[bool], idx: &[usize]) -> Vec<bool> {

@@ -233,6 +233,9 @@ pub struct Results {
     pub odin_corruption_temperatures: Vec<f32>,
     /// ODIN perturbation grid.
     pub odin_epsilons: Vec<f32>,
+    /// The trust question (issue #24), when the familiar images have true classes.
+    #[serde(skip)]
+    pub trust: Option<super::trust::TrustResults>,
 }
 
 impl Results {
@@ -452,6 +455,9 @@ pub fn markdown(r: &Results) -> String {
 
     family_out_section(&mut o, r);
     risk_sections(&mut o, r);
+    if let Some(t) = &r.trust {
+        super::trust_report::section(&mut o, t);
+    }
 
     targets(&mut o, r, (ge_paper, n_paper), (ge_maha, n_maha));
 
@@ -476,6 +482,10 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(o, "![Mean squared gradient norm per parameter tensor](figures/gradient-profile.svg)\n");
     if !r.risk_curves.is_empty() {
         let _ = writeln!(o, "![Risk-coverage curves](figures/risk-coverage.svg)\n");
+    }
+    if r.trust.is_some() {
+        let _ = writeln!(o, "![Accuracy of the frames kept](figures/trust-coverage.svg)\n");
+        let _ = writeln!(o, "![Reliability of risk](figures/trust-reliability.svg)\n");
     }
 
     let _ = writeln!(o, "## Notes\n");
@@ -693,6 +703,9 @@ fn targets(o: &mut String, r: &Results, vs_paper: (usize, usize), vs_maha: (usiz
         }
     }
     risk_targets(o, r);
+    if let Some(t) = &r.trust {
+        super::trust_report::targets(o, t);
+    }
     for (what, (ok, n)) in [("the paper's CURE-TSR gradients AUROC", vs_paper), ("our Mahalanobis", vs_maha)] {
         if n > 0 {
             let _ = writeln!(
@@ -863,6 +876,10 @@ pub fn write(r: &Results, out: &Path) -> Result<(), EvalError> {
     put(&figs.join("gradient-profile.svg"), profile_svg(r))?;
     if !r.risk_curves.is_empty() {
         put(&figs.join("risk-coverage.svg"), risk_coverage_svg(r))?;
+    }
+    if let Some(t) = &r.trust {
+        put(&figs.join("trust-coverage.svg"), super::trust_report::coverage_svg(t))?;
+        put(&figs.join("trust-reliability.svg"), super::trust_report::reliability_svg(t))?;
     }
     Ok(())
 }

@@ -48,11 +48,14 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// Listen address. Default "127.0.0.1:9464".
     pub bind: String,
+    /// The status page's trust rate is the share of frames whose `risk` (the trust head's
+    /// probability that the classification is wrong) is over this level. Default 0.5.
+    pub risk_level: f64,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { enabled: true, bind: "127.0.0.1:9464".into() }
+        MetricsConfig { enabled: true, bind: "127.0.0.1:9464".into(), risk_level: 0.5 }
     }
 }
 
@@ -165,6 +168,8 @@ pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 /// Buckets for scores (the detector's score is roughly a standardized distance; alerts
 /// fire around the threshold, so resolution is concentrated near 0..5).
 pub const SCORE_BUCKETS: &[f64] = &[-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0];
+/// Buckets for `risk` (a probability; most frames of a healthy camera sit near 0).
+pub const RISK_BUCKETS: &[f64] = &[0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0];
 
 /// Per-stream metrics. Get one with [`Metrics::stream`] and keep the `Arc`.
 #[derive(Debug)]
@@ -183,6 +188,8 @@ pub struct StreamMetrics {
     pub alerts_raised: Counter,
     /// Distribution of scores.
     pub score: Histogram,
+    /// Distribution of the trust head's `risk` (frames without one are not counted).
+    pub risk: Histogram,
     /// 1 when the stream delivers frames, 0 when down.
     pub up: Gauge,
     /// Capture-to-verdict latency quantiles (for the summary; Prometheus gets the histogram).
@@ -209,6 +216,7 @@ impl StreamMetrics {
             frames_bad: Counter::default(),
             alerts_raised: Counter::default(),
             score: Histogram::new(SCORE_BUCKETS),
+            risk: Histogram::new(RISK_BUCKETS),
             up: Gauge::default(),
             latency: Quantiles::default(),
             status: StreamStatus::default(),
@@ -235,6 +243,10 @@ struct Inner {
     started: std::time::SystemTime,
     /// When [`Metrics::tick`] last sampled the frame counters.
     last_tick: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The trust rate's level, as f64 bits.
+    risk_level: AtomicU64,
+    /// The `frames` sinks' counters.
+    frames_sinks: RwLock<Vec<Arc<crate::sink::frames::FramesStats>>>,
 }
 
 /// The metrics registry. Cloning is cheap (shared).
@@ -265,6 +277,8 @@ impl Metrics {
                 const_labels: RwLock::new(String::new()),
                 started: std::time::SystemTime::now(),
                 last_tick: std::sync::Mutex::new(None),
+                risk_level: AtomicU64::new(0.5f64.to_bits()),
+                frames_sinks: RwLock::new(Vec::new()),
             }),
         }
     }
@@ -339,6 +353,27 @@ impl Metrics {
     /// Labels every series carries (the fleet identity: `unit_id` and `[service] labels`).
     pub fn set_const_labels(&self, labels: Vec<(String, String)>) {
         *write(&self.inner.const_labels) = labels.iter().map(|(k, v)| format!("{k}=\"{}\",", esc(v))).collect();
+    }
+
+    /// Sets the level of the status page's trust rate (`[metrics] risk_level`).
+    pub fn set_risk_level(&self, level: f64) {
+        self.inner.risk_level.store(level.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The level of the trust rate.
+    pub fn risk_level(&self) -> f64 {
+        f64::from_bits(self.inner.risk_level.load(Ordering::Relaxed))
+    }
+
+    /// One frame's `risk` on stream `m`: the histogram and the trust rate.
+    pub fn observe_risk(&self, m: &StreamMetrics, time: std::time::SystemTime, risk: f32) {
+        m.risk.observe(f64::from(risk));
+        m.status.risk(time, f64::from(risk) > self.risk_level());
+    }
+
+    /// The `frames` sinks' counters, for `/metrics`.
+    pub fn set_frames_stats(&self, stats: Vec<Arc<crate::sink::frames::FramesStats>>) {
+        *write(&self.inner.frames_sinks) = stats;
     }
 
     /// Where the per-sink metrics come from.
@@ -427,6 +462,11 @@ impl Metrics {
         for (s, m) in &streams {
             m.score.render(&mut out, "gradwatch_score", &format!("stream=\"{}\"", esc(s)));
         }
+        header(&mut out, "risk", "histogram", "Trust head's probability that the frame's classification is wrong.");
+        for (s, m) in &streams {
+            m.risk.render(&mut out, "gradwatch_risk", &format!("stream=\"{}\"", esc(s)));
+        }
+        render_frames_sinks(&mut out, &read(&self.inner.frames_sinks));
         for (name, help, h) in [
             ("batch_size", "Frames per inference batch.", &self.inner.batch_size),
             ("inference_latency_seconds", "Model run time per batch.", &self.inner.inference_latency),
@@ -563,3 +603,42 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 #[cfg(test)]
 mod tests;
+
+/// The `frames` sinks' counters.
+fn render_frames_sinks(out: &mut String, sinks: &[Arc<crate::sink::frames::FramesStats>]) {
+    if sinks.is_empty() {
+        return;
+    }
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    header(out, "frames_sink_sent_total", "counter", "Per-frame lines the frames sink delivered.");
+    for f in sinks {
+        let _ = writeln!(out, "gradwatch_frames_sink_sent_total{{sink=\"{}\"}} {}", esc(&f.name), get(&f.sent));
+    }
+    header(out, "frames_sink_rate_limited_total", "counter", "Per-frame lines not sent because of max_rate.");
+    for f in sinks {
+        let _ = writeln!(
+            out,
+            "gradwatch_frames_sink_rate_limited_total{{sink=\"{}\"}} {}",
+            esc(&f.name),
+            get(&f.rate_limited)
+        );
+    }
+    header(
+        out,
+        "frames_sink_dropped_total",
+        "counter",
+        "Per-frame lines dropped: queue full, consumer not reading (slow), or no consumer (unavailable).",
+    );
+    for f in sinks {
+        for (reason, v) in
+            [("queue", &f.dropped_queue), ("slow", &f.dropped_slow), ("unavailable", &f.dropped_unavailable)]
+        {
+            let _ = writeln!(
+                out,
+                "gradwatch_frames_sink_dropped_total{{sink=\"{}\",reason=\"{reason}\"}} {}",
+                esc(&f.name),
+                get(v)
+            );
+        }
+    }
+}

@@ -23,6 +23,9 @@ pub const HISTORY_SECONDS: usize = 600;
 pub const ALERTS_KEPT: usize = 8;
 /// Seconds over which frame rates are measured.
 const RATE_WINDOW_S: f64 = 10.0;
+/// Seconds of frame time over which the trust rate (share of frames with `risk` over the
+/// chosen level) is measured.
+pub const TRUST_WINDOW_S: u64 = 60;
 
 /// What a stream is doing, as the dashboard topics and the status page say it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +103,9 @@ pub struct StatusView {
     pub alert: Option<AlertInfo>,
     /// Increases whenever `state`, `down_reason` or `alert` change (not on scores).
     pub version: u64,
+    /// Frames with a `risk` and those with `risk` over the level, over the last
+    /// [`TRUST_WINDOW_S`] seconds of frame time; `None` before the first frame with a `risk`.
+    pub trust: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -114,6 +120,8 @@ struct Inner {
     /// `(when, frames scored, frames dropped)`, one per second or so, oldest first.
     rates: VecDeque<(Instant, u64, u64)>,
     version: u64,
+    /// `(unix second, frames with risk, of which over the level)`, oldest first.
+    trust: VecDeque<(u64, u64, u64)>,
 }
 
 /// One stream's status (inside [`super::StreamMetrics`]).
@@ -169,6 +177,31 @@ impl StreamStatus {
     /// Scored frames so far whose score was over the threshold.
     pub fn over_threshold(&self) -> u64 {
         self.over_threshold.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// One frame's `risk`: counts it for the trust rate (`over`: its risk is over the level).
+    pub fn risk(&self, time: SystemTime, over: bool) {
+        let sec = crate::alert::unix_ms(time) / 1000;
+        let mut g = self.lock();
+        match g.trust.back_mut() {
+            Some((s, n, o)) if *s == sec => {
+                *n += 1;
+                *o += u64::from(over);
+            }
+            Some((s, _, _)) if *s > sec => {
+                g.trust.clear();
+                g.trust.push_back((sec, 1, u64::from(over)));
+            }
+            _ => g.trust.push_back((sec, 1, u64::from(over))),
+        }
+        while g.trust.front().is_some_and(|(s, _, _)| s + TRUST_WINDOW_S <= sec) {
+            g.trust.pop_front();
+        }
+    }
+
+    /// Whether an alert is open on this stream (its state is `degraded`).
+    pub fn alarm(&self) -> bool {
+        self.lock().state == Some(StreamState::Degraded)
     }
 
     /// One event of this stream, as it goes to the sinks.
@@ -276,6 +309,7 @@ impl StreamStatus {
             fps_dropped: rate(|r| r.2),
             alert: g.alerts.back().cloned(),
             version: g.version,
+            trust: (!g.trust.is_empty()).then(|| g.trust.iter().fold((0, 0), |(n, o), &(_, a, b)| (n + a, o + b))),
         }
     }
 
@@ -347,6 +381,20 @@ mod tests {
         s.event_json(&json!({"event": "stream_down", "stream": "a", "reason": "gone"}));
         let v = s.view(false);
         assert_eq!((v.state, v.down_reason.as_deref()), (Some(StreamState::Down), Some("gone")));
+    }
+
+    #[test]
+    fn trust_rate_counts_the_last_minute_of_frames() {
+        let s = StreamStatus::default();
+        assert_eq!(s.view(false).trust, None);
+        s.risk(at(1_000), true);
+        s.risk(at(1_500), false);
+        s.risk(at(30_000), false);
+        assert_eq!(s.view(false).trust, Some((3, 1)));
+        // 61 s later the first second has left the window.
+        s.risk(at(61_000), false);
+        assert_eq!(s.view(false).trust, Some((2, 0)));
+        assert!(!s.alarm());
     }
 
     #[test]

@@ -146,7 +146,7 @@ pub fn render(metrics: &Metrics, now: SystemTime) -> String {
         html_escape(&crate::alert::rfc3339_ms(now)),
     );
     for (i, (name, m)) in streams.iter().enumerate() {
-        card(&mut o, i, name, &m.status.view(true), now_ms);
+        card(&mut o, i, name, &m.status.view(true), now_ms, metrics.risk_level());
     }
     if streams.is_empty() {
         o.push_str("<p class=\"none\">No streams yet (the daemon is starting).</p>\n");
@@ -159,6 +159,19 @@ pub fn render(metrics: &Metrics, now: SystemTime) -> String {
     o
 }
 
+/// The trust rate under the card's score plot: the share of the last minute's frames whose
+/// `risk` (the trust head's probability that the classification is wrong) is over `level`.
+/// Nothing when the calibration has no trust head.
+fn trust_rate(o: &mut String, v: &StatusView, level: f64) {
+    let Some((n, over)) = v.trust else { return };
+    let share = if n > 0 { 100.0 * over as f64 / n as f64 } else { 0.0 };
+    let _ = writeln!(
+        o,
+        "<p class=\"trust\">trust: <b>{share:.1} %</b> of the last {} s's {n} frames have risk &gt; {level:.2}          ({over} frames the classification is likely wrong on)</p>",
+        super::status::TRUST_WINDOW_S
+    );
+}
+
 fn num(v: Option<f64>, digits: usize) -> String {
     match v {
         Some(x) if x.is_finite() => format!("{x:.digits$}"),
@@ -166,7 +179,7 @@ fn num(v: Option<f64>, digits: usize) -> String {
     }
 }
 
-fn card(o: &mut String, i: usize, name: &str, v: &StatusView, now_ms: u64) {
+fn card(o: &mut String, i: usize, name: &str, v: &StatusView, now_ms: u64, risk_level: f64) {
     let (class, label) = match v.state {
         Some(s) => (s.as_str(), s.as_str()),
         None => ("starting", "starting"),
@@ -192,6 +205,7 @@ fn card(o: &mut String, i: usize, name: &str, v: &StatusView, now_ms: u64) {
         num(v.threshold, 2),
     );
     plot(o, i, v, now_ms);
+    trust_rate(o, v, risk_level);
     match &v.alert {
         Some(a) => alert(o, a),
         None => o.push_str("<p class=\"none\">No alert since the daemon started.</p>\n"),

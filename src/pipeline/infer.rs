@@ -234,10 +234,15 @@ impl Inference {
             let feats = out.features.row(i).to_vec();
             let logits = out.logits.row(i).to_vec();
             let score = scoring.calibration.score_row(&feats, &logits);
+            // The trust head (a second head on the same features): None without one.
+            let risk = scoring.calibration.risk_row(&feats, &logits);
             let (top, confidence) = top_class(&logits);
             let sm = m.stream(&q.frame.stream);
             sm.frames_scored.inc();
             sm.score.observe(f64::from(score));
+            if let Some(r) = risk {
+                m.observe_risk(&sm, q.frame.captured_at, r);
+            }
             let latency = q.captured.elapsed();
             m.capture_to_verdict().observe(latency.as_secs_f64());
             sm.latency.observe(latency);
@@ -253,6 +258,9 @@ impl Inference {
                 confidence,
                 tag: q.frame.tag,
             };
+            if let Some(frames) = &self.env.frames {
+                frames.publish(&frame_record(&s, risk, sm.status.alarm()));
+            }
             if let Some(snaps) = self.env.snapshots.as_ref().filter(|_| s.is_over()) {
                 // Only over-threshold frames can raise an alert or be its peak; the image is
                 // moved, not copied.
@@ -263,6 +271,23 @@ impl Inference {
             }
         }
         Ok(())
+    }
+}
+
+/// What the `frames` sinks publish of a scored frame.
+fn frame_record(s: &Scored, risk: Option<f32>, alarm: bool) -> crate::sink::frames::FrameRecord {
+    crate::sink::frames::FrameRecord {
+        stream: s.stream.clone(),
+        seq: s.seq,
+        time_ms: crate::sink::frames::unix_ms(s.time),
+        top_class: s.top_class,
+        class_name: s.top_class_name.clone(),
+        confidence: s.confidence,
+        risk,
+        score: s.score.is_finite().then_some(s.score),
+        threshold: s.threshold,
+        verdict: if s.is_over() || s.score.is_nan() { "unfamiliar" } else { "familiar" },
+        alarm,
     }
 }
 

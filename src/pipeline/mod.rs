@@ -86,18 +86,33 @@ pub struct Env {
     /// Alert snapshots, when on: inference keeps over-threshold frames, the alert stage asks
     /// for snapshots of them.
     pub snapshots: Option<Arc<crate::snapshot::Snapshots>>,
+    /// The `frames` sinks, when configured: inference offers them every scored frame.
+    pub frames: Option<Arc<crate::sink::frames::Frames>>,
 }
 
 impl Env {
     /// An environment on `clock`, whose present is now in wall time.
     pub fn new(clock: Arc<dyn Clock>, metrics: Metrics) -> Self {
         let epoch_instant = clock.now();
-        Env { clock, metrics, epoch_instant, epoch_wall: SystemTime::now(), system_time: false, snapshots: None }
+        Env {
+            clock,
+            metrics,
+            epoch_instant,
+            epoch_wall: SystemTime::now(),
+            system_time: false,
+            snapshots: None,
+            frames: None,
+        }
     }
 
     /// This environment with alert snapshots.
     pub fn with_snapshots(self, snapshots: Option<Arc<crate::snapshot::Snapshots>>) -> Self {
         Env { snapshots, ..self }
+    }
+
+    /// This environment with `frames` sinks.
+    pub fn with_frames(self, frames: Option<Arc<crate::sink::frames::Frames>>) -> Self {
+        Env { frames, ..self }
     }
 
     /// The real clock; frame times are the system time.

@@ -176,6 +176,7 @@ fn check_sink_paths(sink: &crate::sink::SinkConfig) -> Result<(), ServiceError> 
     use crate::sink::SinkConfig;
     match sink {
         SinkConfig::Stdout(_) => Ok(()),
+        SinkConfig::Frames(c) => c.check().map_err(|e| ServiceError::Unusable(e.to_string())),
         SinkConfig::File(c) => {
             if c.path.is_dir() {
                 return Err(ServiceError::Unusable(format!(
@@ -366,6 +367,11 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
     let preset = loaded.model.compiled.preset.clone();
     let classifier = Box::new(GradClassifier { info: loaded.model.info.clone(), session });
     let env = env.with_snapshots(start_snapshots(&config, &loaded));
+    let frames = crate::sink::frames::Frames::start(&crate::sink::frames_configs(&config.sink))?;
+    metrics.set_frames_stats(frames.stats());
+    metrics.set_risk_level(config.metrics.risk_level);
+    let frames = Arc::new(frames);
+    let env = env.with_frames(Some(frames.clone()));
     let scoring = scoring_of(&config, loaded.calibration);
 
     let mut alert = config.alert.clone();
@@ -394,6 +400,8 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
         started: Instant::now(),
     };
     let code = sup.supervise(pipeline, &signals);
+    // The last frames' lines go out before the process ends.
+    frames.shutdown(Instant::now() + Duration::from_secs(1));
     signal_handle.close();
     Ok(code)
 }
@@ -551,6 +559,9 @@ impl Supervisor {
             log::warn!("reload: [service] (unit_id, labels) changes apply at the next start, not now");
         }
         let sinks_changed = new.sink != self.config.sink;
+        if crate::sink::frames_configs(&new.sink) != crate::sink::frames_configs(&self.config.sink) {
+            log::warn!("reload: [[sink]] kind = \"frames\" changed; that takes effect only after a restart");
+        }
         let new_fanout = if sinks_changed {
             match crate::sink::build_all_with(&new.sink, Some(&self.metrics))
                 .and_then(|s| crate::sink::Fanout::new(s, crate::sink::DEFAULT_QUEUE))

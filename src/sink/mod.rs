@@ -5,6 +5,7 @@
 //! *for that sink*, counted and logged (rate-limited).
 
 pub mod file;
+pub mod frames;
 pub mod homeassistant;
 pub mod memory;
 pub mod mqtt;
@@ -202,6 +203,9 @@ pub enum SinkConfig {
     File(FileSinkConfig),
     /// MQTT publisher.
     Mqtt(MqttSinkConfig),
+    /// One JSON line per scored frame to a socket or file ([`frames`]); not an event sink:
+    /// the pipeline feeds it, [`build_all`] leaves it out.
+    Frames(frames::FramesSinkConfig),
 }
 
 impl SinkConfig {
@@ -216,6 +220,11 @@ impl SinkConfig {
                     for p in [t.client_cert.as_mut(), t.client_key.as_mut()].into_iter().flatten() {
                         resolve_path(p, base);
                     }
+                }
+            }
+            SinkConfig::Frames(f) => {
+                if let Some(p) = f.path.as_mut() {
+                    resolve_path(p, base);
                 }
             }
             SinkConfig::Stdout(_) => {}
@@ -257,6 +266,7 @@ impl SinkConfig {
             SinkConfig::Stdout(c) => c.name.clone().unwrap_or_else(|| "stdout".into()),
             SinkConfig::File(c) => c.name.clone().unwrap_or_else(|| "file".into()),
             SinkConfig::Mqtt(c) => c.name.clone().unwrap_or_else(|| "mqtt".into()),
+            SinkConfig::Frames(c) => c.name(),
         }
     }
 
@@ -291,6 +301,11 @@ impl SinkConfig {
             SinkConfig::Stdout(_) => Box::new(StdoutSink::new(name)),
             SinkConfig::File(c) => Box::new(FileSink::open(name, &c.path, c.fsync)?),
             SinkConfig::Mqtt(c) => Box::new(MqttSink::start_with(name, c, metrics.cloned())?),
+            SinkConfig::Frames(_) => {
+                return Err(SinkError::Config(
+                    "a frames sink is fed by the pipeline (sink::frames::Frames), not built as an event sink".into(),
+                ))
+            }
         })
     }
 }
@@ -308,7 +323,7 @@ pub fn build_all_with(
 ) -> Result<Vec<Box<dyn Sink>>, SinkError> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(configs.len());
-    for c in configs {
+    for c in configs.iter().filter(|c| !matches!(c, SinkConfig::Frames(_))) {
         let mut cfg = c.clone();
         let base = cfg.name();
         let mut name = base.clone();
@@ -321,10 +336,22 @@ pub fn build_all_with(
             SinkConfig::Stdout(c) => c.name = Some(name),
             SinkConfig::File(c) => c.name = Some(name),
             SinkConfig::Mqtt(c) => c.name = Some(name),
+            SinkConfig::Frames(c) => c.name = Some(name),
         }
         out.push(cfg.build_with(metrics)?);
     }
     Ok(out)
+}
+
+/// The `frames` sinks among `configs`, in order.
+pub fn frames_configs(configs: &[SinkConfig]) -> Vec<frames::FramesSinkConfig> {
+    configs
+        .iter()
+        .filter_map(|c| match c {
+            SinkConfig::Frames(f) => Some(f.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Counters of one sink, shared between the fan-out, its worker and the metrics.

@@ -92,7 +92,9 @@ fn calibrate_then_score_round_trip_and_json_lines() {
         let o = l.as_object().unwrap();
         let mut keys: Vec<&str> = o.keys().map(String::as_str).collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["class_name", "confidence", "index", "score", "top_class", "verdict"]);
+        assert_eq!(keys, ["class_name", "confidence", "index", "risk", "score", "top_class", "verdict"]);
+        // No true classes at calibration: no trust head, risk is null.
+        assert!(o["risk"].is_null() && c.trust.is_none());
         assert_eq!(o["index"], i);
         let got = o["score"].as_f64().unwrap() as f32;
         assert!((got - w).abs() <= 1e-4 * w.abs().max(1.0), "{got} vs {w}");
@@ -140,6 +142,7 @@ fn calibrate_risk_with_labels_and_familiar_rows() {
     let labels_arg = labels.to_str().unwrap();
     let out = run(&["--familiar-labels", labels_arg, "--familiar-rows", "4..36", "--members", "2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let calib_log = String::from_utf8_lossy(&out.stderr).to_string();
     let c = Calibration::load(&calib).unwrap();
     let DetectorKind::Ensemble(e) = &c.detector else { panic!("risk is the default and fits an ensemble") };
     assert_eq!((e.target, e.members.len(), e.forward.len(), e.classes), (Target::Union, 2, 5, 5));
@@ -155,10 +158,15 @@ fn calibrate_risk_with_labels_and_familiar_rows() {
     let mut s = GradSession::new(&lm.compiled, &Default::default()).unwrap();
     let fs = features::extract(&mut s, &lm.info, &images(40, 1), 32, false).unwrap();
     let want = c.score(&fs.features, &fs.logits);
-    for (l, w) in String::from_utf8(out.stdout).unwrap().lines().zip(&want) {
+    assert!(c.trust.is_some(), "true classes given: the calibration has a trust head\n{calib_log}");
+    for (i, (l, w)) in String::from_utf8(out.stdout).unwrap().lines().zip(&want).enumerate() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         let got = v["score"].as_f64().unwrap() as f32;
         assert!((got - w).abs() <= 1e-4 * w.abs().max(1.0), "{got} vs {w}");
+        // ... and on the trust head's risk, a probability.
+        let risk = v["risk"].as_f64().unwrap() as f32;
+        let want_risk = c.risk_row(&fs.features.row(i).to_vec(), &fs.logits.row(i).to_vec()).unwrap();
+        assert!((0.0..=1.0).contains(&risk) && (risk - want_risk).abs() <= 1e-4, "{risk} vs {want_risk}");
     }
 
     // Without labels: a warning, and novelty labels.
@@ -269,6 +277,16 @@ fn library_fit_threshold_meets_the_target_on_held_out_familiar() {
     let u = fit::fit(model.clone(), &labelled, &sets, &opts, "test").unwrap();
     let DetectorKind::Ensemble(e) = &u.detector else { panic!("risk fits an ensemble") };
     assert_eq!(e.target, Target::Union);
+    // ... and a trust head (wrong or OOD = 1) whose risk is a probability; none without classes.
+    assert!(r.trust.is_none() && score_ignores_trust_head(&u));
+    let t = u.trust.as_ref().expect("a trust head with true classes");
+    assert_eq!(t.ensemble.target, Target::Harm);
+    let risk = u.risk_row(&unf.row(0).to_vec(), &unf_logits.row(0).to_vec()).unwrap();
+    assert!(
+        (0.0..=1.0).contains(&risk) && risk > u.risk_row(&fam.row(1).to_vec(), &fam_logits.row(1).to_vec()).unwrap()
+    );
+    let back = Calibration::parse(&toml::to_string(&u).unwrap()).unwrap();
+    assert_eq!(back.risk_row(&unf.row(0).to_vec(), &unf_logits.row(0).to_vec()), Some(risk));
     let short = FamiliarSet { labels: Some(vec![0; 3]), ..familiar.clone() };
     assert!(fit::fit(model.clone(), &short, &sets, &opts, "test").unwrap_err().to_string().contains("labels"));
     // One-class: no unfamiliar data needed for training; it still flags the far-away set.
@@ -278,6 +296,16 @@ fn library_fit_threshold_meets_the_target_on_held_out_familiar() {
     // The MLP without unfamiliar data is an error that names the fixes.
     let e = fit::fit(model, &familiar, &[], &opts, "test").unwrap_err().to_string();
     assert!(e.contains("--one-class"), "{e}");
+}
+
+/// The camera-health detector of a calibration with a trust head is the one it would be
+/// without: the head is a second, independent model.
+fn score_ignores_trust_head(c: &Calibration) -> bool {
+    let mut no_trust = c.clone();
+    no_trust.trust = None;
+    let z = Array2::from_shape_fn((4, 3), |(i, j)| 1.0 + (i + j) as f32);
+    let l = Array2::from_shape_fn((4, 3), |(i, j)| (i * j) as f32);
+    no_trust.score(&z, &l) == c.score(&z, &l) && no_trust.risk_row(&[1.0; 3], &[0.0; 3]).is_none()
 }
 
 #[test]

@@ -93,6 +93,7 @@ pub(crate) fn assets() -> &'static Assets {
             target_false_alarm: 0.01,
             clean_tail_scale: None,
             detector: DetectorKind::OneClass { normalize, gaussian },
+            trust: None,
             fitted_on: FitSummary {
                 familiar: DataSummary { name: FIXTURE.into(), count: imgs.len() },
                 unfamiliar: vec![],

@@ -270,6 +270,7 @@ fn fake_results() -> Results {
         odin_temperatures: vec![1.0, 1000.0],
         odin_corruption_temperatures: vec![1000.0],
         odin_epsilons: vec![0.0, 0.001],
+        trust: None,
     }
 }
 

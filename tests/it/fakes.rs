@@ -74,6 +74,7 @@ pub fn calibration(preset: &str) -> Calibration {
             normalize: LogStandardizer { eps: 1e-12, mean: vec![0.5f64.ln()], std: vec![0.1] },
             gaussian: Gaussian { means: vec![vec![0.0]], precision: vec![vec![1.0]] },
         },
+        trust: None,
         fitted_on: FitSummary {
             familiar: DataSummary { name: "grey".into(), count: 1 },
             unfamiliar: vec![],

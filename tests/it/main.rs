@@ -17,6 +17,7 @@ mod eval;
 mod fakes;
 mod faults;
 mod fleet;
+mod frames;
 mod fuzz_regressions;
 mod golden;
 mod grad;

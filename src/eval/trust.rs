@@ -1,0 +1,577 @@
+//! The trust question (issue #24): does a frame's score say that *this classification* is
+//! wrong? The trust head ([`crate::detector::trust`]) against the softmax-family baselines of
+//! failure detection, each fitted on the validation split:
+//!
+//! * MSP with a fitted temperature (Guo et al. 2017: the temperature minimising the
+//!   validation NLL), MaxLogit, energy (`-logsumexp`);
+//! * MaxLogit-pNorm (Gomes et al., UAI 2024): the top centred logit over the centred logits'
+//!   p-norm, p chosen on validation;
+//! * DOCTOR (Granese et al., NeurIPS 2021), the alpha discriminator `g = 1 - sum p_k^2` with
+//!   its temperature chosen on validation, no input perturbation;
+//! * Rel-U (Dadalto et al., NeurIPS 2023): `p^T D p` with `D = relu((1 - l) E_wrong[p p^T] - l
+//!   E_right[p p^T])`, zero diagonal, fitted on validation logits of right and wrong frames, `l`
+//!   chosen on a held-out half of them;
+//! * the caller's extra scores (the gradient detectors, the camera-health score).
+//!
+//! Metrics (wrong = positive; every score oriented "higher = more likely wrong"): AUROC,
+//! AURC, AUGRC (Traub et al. 2024), FPR at 95 % TPR, on the pooled test split and per
+//! degradation level; ECE and a reliability diagram of `risk`; leave one family out.
+
+use std::time::Instant;
+
+use ndarray::Array2;
+
+use super::baselines::softmax;
+use super::EvalError;
+use crate::detector::roc as metrics;
+use crate::detector::split::rows;
+use crate::detector::trust::{ece, reliability, ReliabilityBin};
+use crate::detector::{LabelledRows, MlpConfig, Target, TrustHead};
+
+/// One image set as the trust analysis sees it.
+pub struct TrustSet<'a> {
+    /// Name (`familiar`, `cifar10`, `haze/4`, ...).
+    pub name: String,
+    /// Degradation family (`None`: clean familiar images or OOD).
+    pub family: Option<String>,
+    /// Degradation level (`None`: clean or OOD).
+    pub level: Option<u8>,
+    /// Gradient features `[N, P]`.
+    pub features: &'a Array2<f32>,
+    /// Logits `[N, C]`.
+    pub logits: &'a Array2<f32>,
+    /// True class per row (`None`: OOD, no class of the classifier's).
+    pub labels: Option<&'a [usize]>,
+    /// Train, validation and test rows.
+    pub split: (&'a [usize], &'a [usize], &'a [usize]),
+}
+
+impl TrustSet<'_> {
+    fn is_ood(&self) -> bool {
+        self.labels.is_none()
+    }
+
+    /// Whether the classifier is wrong on row `i` (always for OOD).
+    fn wrong(&self, i: usize) -> bool {
+        match self.labels {
+            Some(l) => crate::detector::forward::argmax(&self.logits.row(i).to_vec()) != l.get(i).copied(),
+            None => true,
+        }
+    }
+}
+
+/// One score's metrics on a pool of frames.
+#[derive(Clone, Debug)]
+pub struct TrustRow {
+    /// Method key.
+    pub method: String,
+    /// Misclassification AUROC.
+    pub auroc: f64,
+    /// Its Hanley-McNeil standard error.
+    pub auroc_se: f64,
+    /// AURC.
+    pub aurc: f64,
+    /// Its bootstrap standard error.
+    pub aurc_se: f64,
+    /// AUGRC.
+    pub augrc: f64,
+    /// FPR at 95 % TPR with the correct frames as positives: the share of wrong frames still
+    /// accepted when 95 % of the right ones are.
+    pub fpr95: f64,
+    /// Per pool (`clean`, `level 3`, ...): (AUROC, its standard error, frames, wrong).
+    pub per_level: Vec<(String, f64, f64, usize, usize)>,
+}
+
+/// A leave-one-family-out line: the trust head trained without the family against MSP (its
+/// temperature also fitted without it) on the family's test frames.
+#[derive(Clone, Debug)]
+pub struct LofoRow {
+    /// Held-out family.
+    pub family: String,
+    /// Frames and wrong ones (the family's corrupted test rows).
+    pub n: usize,
+    /// Wrong frames.
+    pub n_wrong: usize,
+    /// Trust head AUROC and its standard error.
+    pub trust: (f64, f64),
+    /// MSP (fitted temperature) AUROC and its standard error.
+    pub msp: (f64, f64),
+}
+
+/// Everything the report shows about the trust question.
+#[derive(Clone, Debug, Default)]
+pub struct TrustResults {
+    /// Test frames pooled (familiar + corrupted) and the wrong ones among them.
+    pub n: usize,
+    /// Wrong frames.
+    pub n_wrong: usize,
+    /// One row per score, the trust head first.
+    pub rows: Vec<TrustRow>,
+    /// The fitted baselines' parameters, for the report.
+    pub fitted: Vec<(String, String)>,
+    /// ECE of `risk` (15 bins) and its bootstrap standard error.
+    pub ece: (f64, f64),
+    /// ECE of `1 - MSP` with the fitted temperature, for comparison.
+    pub msp_ece: f64,
+    /// Reliability diagram of `risk`.
+    pub reliability: Vec<ReliabilityBin>,
+    /// Risk-coverage curves (coverage, risk) per method and the oracle.
+    pub curves: Vec<(String, Vec<(f64, f64)>)>,
+    /// Leave one family out.
+    pub lofo: Vec<LofoRow>,
+    /// Trust head AUROC over 3 training seeds (mean, standard deviation), when run.
+    pub seeds: Option<(f64, f64, usize)>,
+    /// Seconds per frame of the trust head (scoring the test pool).
+    pub head_secs_per_frame: f64,
+    /// Seconds per frame of the gradient graph, measured by the caller (NaN: not measured).
+    pub graph_secs_per_frame: f64,
+}
+
+/// Bins of the ECE and the reliability diagram.
+pub const ECE_BINS: usize = 15;
+
+/// Rows `which` (0 train, 1 val, 2 test) of every set passing `keep`: (features, logits, wrong,
+/// labels-or-none, set index).
+struct Pool {
+    features: Array2<f32>,
+    logits: Array2<f32>,
+    wrong: Vec<bool>,
+    /// True class, or `usize::MAX` for OOD rows.
+    labels: Vec<usize>,
+    set: Vec<usize>,
+}
+
+fn pool<'a>(sets: &[TrustSet<'a>], which: usize, keep: impl Fn(&TrustSet<'a>) -> bool) -> Result<Pool, EvalError> {
+    let (mut f, mut l) = (Vec::new(), Vec::new());
+    let (mut wrong, mut labels, mut set) = (Vec::new(), Vec::new(), Vec::new());
+    for (si, s) in sets.iter().enumerate().filter(|(_, s)| keep(s)) {
+        let idx = [s.split.0, s.split.1, s.split.2][which];
+        f.push(rows(s.features, idx));
+        l.push(rows(s.logits, idx));
+        for &i in idx {
+            wrong.push(s.wrong(i));
+            labels.push(s.labels.and_then(|v| v.get(i).copied()).unwrap_or(usize::MAX));
+            set.push(si);
+        }
+    }
+    let cat = |v: &[Array2<f32>]| -> Result<Array2<f32>, EvalError> {
+        let views: Vec<_> = v.iter().map(|a| a.view()).collect();
+        ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| EvalError::Invalid(e.to_string()))
+    };
+    Ok(Pool { features: cat(&f)?, logits: cat(&l)?, wrong, labels, set })
+}
+
+impl Pool {
+    fn labelled(&self) -> LabelledRows {
+        LabelledRows {
+            features: self.features.clone(),
+            logits: self.logits.clone(),
+            labels: self.wrong.iter().map(|&w| u8::from(w)).collect(),
+        }
+    }
+}
+
+fn row_scores(logits: &Array2<f32>, f: impl Fn(&[f32]) -> f64) -> Vec<f32> {
+    logits.outer_iter().map(|r| f(&r.to_vec()) as f32).collect()
+}
+
+/// Negative log-likelihood of the true classes at temperature `t` (OOD rows skipped).
+fn nll(logits: &Array2<f32>, labels: &[usize], t: f32) -> f64 {
+    let mut s = 0.0;
+    for (r, &y) in logits.outer_iter().zip(labels) {
+        if y == usize::MAX {
+            continue;
+        }
+        let p = softmax(&r.to_vec(), t);
+        s -= p.get(y).copied().unwrap_or(0.0).max(1e-300).ln();
+    }
+    s
+}
+
+/// The temperature minimising the NLL (golden-section search over ln T in [ln 0.05, ln 50]).
+pub fn fit_temperature(logits: &Array2<f32>, labels: &[usize]) -> f32 {
+    let f = |lt: f64| nll(logits, labels, lt.exp() as f32);
+    let (mut a, mut b) = (0.05f64.ln(), 50f64.ln());
+    let g = (5f64.sqrt() - 1.0) / 2.0;
+    let (mut c, mut d) = (b - g * (b - a), a + g * (b - a));
+    let (mut fc, mut fd) = (f(c), f(d));
+    for _ in 0..60 {
+        if fc < fd {
+            (b, d, fd) = (d, c, fc);
+            c = b - g * (b - a);
+            fc = f(c);
+        } else {
+            (a, c, fc) = (c, d, fd);
+            d = a + g * (b - a);
+            fd = f(d);
+        }
+    }
+    ((a + b) / 2.0).exp() as f32
+}
+
+/// `-max softmax(z / t)`.
+pub fn msp_risk(z: &[f32], t: f32) -> f64 {
+    -softmax(z, t).into_iter().fold(0.0, f64::max)
+}
+
+/// MaxLogit-pNorm risk: `-max(zc) / ||zc||_p`, `zc = z - mean(z)` (0 for constant logits).
+pub fn pnorm_risk(z: &[f32], p: f64) -> f64 {
+    let m = z.iter().map(|&v| f64::from(v)).sum::<f64>() / z.len().max(1) as f64;
+    let norm = z.iter().map(|&v| (f64::from(v) - m).abs().powf(p)).sum::<f64>().powf(1.0 / p);
+    let top = z.iter().map(|&v| f64::from(v) - m).fold(f64::NEG_INFINITY, f64::max);
+    if norm > 0.0 {
+        -top / norm
+    } else {
+        0.0
+    }
+}
+
+/// DOCTOR's `g = 1 - sum_k p_k^2` at temperature `t`.
+pub fn doctor_risk(z: &[f32], t: f32) -> f64 {
+    1.0 - softmax(z, t).iter().map(|p| p * p).sum::<f64>()
+}
+
+/// Rel-U's matrix: `relu((1 - l) E_wrong[p p^T] - l E_right[p p^T])`, zero diagonal, scaled to
+/// unit Frobenius norm (all zero when nothing is positive).
+pub fn relu_fit(logits: &Array2<f32>, wrong: &[bool], l: f64) -> Vec<Vec<f64>> {
+    let c = logits.ncols();
+    let mut mw = vec![vec![0.0; c]; c];
+    let mut mr = vec![vec![0.0; c]; c];
+    let (mut nw, mut nr) = (0usize, 0usize);
+    for (r, &w) in logits.outer_iter().zip(wrong) {
+        let p = softmax(&r.to_vec(), 1.0);
+        let m = if w { &mut mw } else { &mut mr };
+        if w {
+            nw += 1;
+        } else {
+            nr += 1;
+        }
+        for i in 0..c {
+            for j in 0..c {
+                m[i][j] += p[i] * p[j];
+            }
+        }
+    }
+    let (nw, nr) = (nw.max(1) as f64, nr.max(1) as f64);
+    let mut d = vec![vec![0.0; c]; c];
+    let mut fro = 0.0;
+    for i in 0..c {
+        for j in 0..c {
+            if i != j {
+                let v = ((1.0 - l) * mw[i][j] / nw - l * mr[i][j] / nr).max(0.0);
+                d[i][j] = v;
+                fro += v * v;
+            }
+        }
+    }
+    if fro > 0.0 {
+        let s = fro.sqrt();
+        d.iter_mut().flatten().for_each(|v| *v /= s);
+    }
+    d
+}
+
+/// Rel-U risk `p^T D p` of one logits row.
+pub fn relu_risk(z: &[f32], d: &[Vec<f64>]) -> f64 {
+    let p = softmax(z, 1.0);
+    let mut s = 0.0;
+    for (i, pi) in p.iter().enumerate() {
+        for (j, pj) in p.iter().enumerate() {
+            s += pi * d.get(i).and_then(|r| r.get(j)).copied().unwrap_or(0.0) * pj;
+        }
+    }
+    s
+}
+
+fn auroc(s: &[f32], wrong: &[bool]) -> f64 {
+    metrics::misclassification_auroc(s, wrong)
+}
+
+fn auroc_se(a: f64, wrong: &[bool]) -> f64 {
+    let w = wrong.iter().filter(|&&w| w).count();
+    metrics::auroc_standard_error(a, wrong.len() - w, w)
+}
+
+/// The baselines fitted on the validation pool, as functions of a logits row.
+struct Baselines {
+    t: f32,
+    p: f64,
+    doctor_t: f32,
+    relu_l: f64,
+    relu_d: Vec<Vec<f64>>,
+}
+
+impl Baselines {
+    fn fit(val: &Pool) -> Baselines {
+        let t = fit_temperature(&val.logits, &val.labels);
+        let best = |cands: &[f64], f: &dyn Fn(f64) -> Vec<f32>, wrong: &[bool]| -> f64 {
+            let mut best = (cands[0], f64::NEG_INFINITY);
+            for &c in cands {
+                let a = auroc(&f(c), wrong);
+                if a > best.1 {
+                    best = (c, a);
+                }
+            }
+            best.0
+        };
+        let p = best(
+            &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0],
+            &|p| row_scores(&val.logits, |z| pnorm_risk(z, p)),
+            &val.wrong,
+        );
+        let doctor_t = best(
+            &[0.5, 1.0, 1.5, 2.0, 5.0, 10.0, 100.0, 1000.0],
+            &|t| row_scores(&val.logits, |z| doctor_risk(z, t as f32)),
+            &val.wrong,
+        ) as f32;
+        // Rel-U: D from one half of the validation rows, l chosen on the other, D refitted on all.
+        let half: Vec<usize> = (0..val.wrong.len()).filter(|i| i % 2 == 0).collect();
+        let other: Vec<usize> = (0..val.wrong.len()).filter(|i| i % 2 == 1).collect();
+        let (la, lb) = (rows(&val.logits, &half), rows(&val.logits, &other));
+        let (wa, wb): (Vec<bool>, Vec<bool>) =
+            (half.iter().map(|&i| val.wrong[i]).collect(), other.iter().map(|&i| val.wrong[i]).collect());
+        let relu_l = best(
+            &[0.1, 0.3, 0.5, 0.7, 0.9],
+            &|l| {
+                let d = relu_fit(&la, &wa, l);
+                row_scores(&lb, |z| relu_risk(z, &d))
+            },
+            &wb,
+        );
+        let relu_d = relu_fit(&val.logits, &val.wrong, relu_l);
+        Baselines { t, p, doctor_t, relu_l, relu_d }
+    }
+
+    /// (method key, scores) of every baseline on `logits`.
+    fn score(&self, logits: &Array2<f32>) -> Vec<(String, Vec<f32>)> {
+        vec![
+            ("msp_t".into(), row_scores(logits, |z| msp_risk(z, self.t))),
+            ("msp".into(), row_scores(logits, |z| msp_risk(z, 1.0))),
+            (
+                "max_logit".into(),
+                row_scores(logits, |z| -z.iter().map(|&v| f64::from(v)).fold(f64::NEG_INFINITY, f64::max)),
+            ),
+            ("max_logit_pnorm".into(), row_scores(logits, |z| pnorm_risk(z, self.p))),
+            ("doctor".into(), row_scores(logits, |z| doctor_risk(z, self.doctor_t))),
+            ("rel_u".into(), row_scores(logits, |z| relu_risk(z, &self.relu_d))),
+            ("energy".into(), row_scores(logits, |z| -super::baselines::logsumexp(z, 1.0))),
+        ]
+    }
+}
+
+/// The frames of `p` in `sel`.
+fn select<T: Copy>(v: &[T], sel: &[usize]) -> Vec<T> {
+    sel.iter().map(|&i| v[i]).collect()
+}
+
+fn train_head(
+    train: &Pool,
+    val: &Pool,
+    reference: (&Array2<f32>, &Array2<f32>),
+    mlp: &MlpConfig,
+) -> Result<TrustHead, EvalError> {
+    let cfg = TrustHead::config(mlp);
+    debug_assert_eq!(cfg.target, Target::Harm);
+    Ok(TrustHead::train(reference.0, reference.1, &train.labelled(), &val.labelled(), &cfg)?.0)
+}
+
+/// Runs the trust analysis. `sets[0]` must be the familiar set (its training rows are the
+/// standardisers' reference); OOD sets (no labels) take part in training only. `extra` are the
+/// caller's scores of the test pool (familiar and corrupted sets in order, test rows), each
+/// `(method key, scores)`. With `seeds > 1` the pooled head is retrained with that many seeds
+/// for the spread of its AUROC.
+pub fn run(
+    sets: &[TrustSet],
+    extra: &[(String, Vec<f32>)],
+    mlp: &MlpConfig,
+    seeds: usize,
+) -> Result<TrustResults, EvalError> {
+    let all = |_: &TrustSet| true;
+    let gtsrb = |s: &TrustSet| !s.is_ood();
+    let (train, val, test) = (pool(sets, 0, all)?, pool(sets, 1, all)?, pool(sets, 2, gtsrb)?);
+    let val_gtsrb = pool(sets, 1, gtsrb)?;
+    let fam = &sets[0];
+    let reference = (rows(fam.features, fam.split.0), rows(fam.logits, fam.split.0));
+    let head = train_head(&train, &val, (&reference.0, &reference.1), mlp)?;
+    let t0 = Instant::now();
+    let risk = head.risk(&test.features, &test.logits);
+    let head_secs_per_frame = t0.elapsed().as_secs_f64() / test.wrong.len().max(1) as f64;
+    let base = Baselines::fit(&val_gtsrb);
+
+    let mut methods: Vec<(String, Vec<f32>)> = vec![("trust".into(), risk.clone())];
+    methods.extend(base.score(&test.logits));
+    for (k, s) in extra {
+        if s.len() == test.wrong.len() {
+            methods.push((k.clone(), s.clone()));
+        }
+    }
+    // Pools per level: clean familiar rows, then each corruption level over every type.
+    let mut levels: Vec<(String, Vec<usize>)> = Vec::new();
+    let clean: Vec<usize> = (0..test.set.len()).filter(|&i| sets[test.set[i]].level.is_none()).collect();
+    levels.push(("clean".into(), clean));
+    let mut lv: Vec<u8> = sets.iter().filter_map(|s| s.level).collect();
+    lv.sort_unstable();
+    lv.dedup();
+    for l in lv {
+        levels.push((
+            format!("level {l}"),
+            (0..test.set.len()).filter(|&i| sets[test.set[i]].level == Some(l)).collect(),
+        ));
+    }
+    let mut out_rows = Vec::new();
+    let mut curves = Vec::new();
+    for (mi, (k, s)) in methods.iter().enumerate() {
+        let a = auroc(s, &test.wrong);
+        let right: Vec<f32> = s.iter().zip(&test.wrong).filter(|p| !*p.1).map(|p| *p.0).collect();
+        let wrong: Vec<f32> = s.iter().zip(&test.wrong).filter(|p| *p.1).map(|p| *p.0).collect();
+        let per_level = levels
+            .iter()
+            .map(|(name, sel)| {
+                let (ss, ww) = (select(s, sel), select(&test.wrong, sel));
+                let a = auroc(&ss, &ww);
+                (name.clone(), a, auroc_se(a, &ww), ww.len(), ww.iter().filter(|&&w| w).count())
+            })
+            .collect();
+        out_rows.push(TrustRow {
+            method: k.clone(),
+            auroc: a,
+            auroc_se: auroc_se(a, &test.wrong),
+            aurc: metrics::aurc(s, &test.wrong),
+            aurc_se: metrics::aurc_bootstrap_se(s, &test.wrong, 200, 100 + mi as u64),
+            augrc: metrics::augrc(s, &test.wrong),
+            fpr95: metrics::evaluate(&right, &wrong).fpr_at_95_tpr,
+            per_level,
+        });
+        curves.push((k.clone(), metrics::risk_coverage(s, &test.wrong)));
+    }
+    let oracle: Vec<f32> = test.wrong.iter().map(|&w| f32::from(u8::from(w))).collect();
+    curves.push(("oracle".into(), metrics::risk_coverage(&oracle, &test.wrong)));
+
+    // ECE with a bootstrap standard error.
+    let e = ece(&risk, &test.wrong, ECE_BINS);
+    let mut rng = crate::rng::SplitMix64::new(4242);
+    let n = risk.len();
+    let boots: Vec<f64> = (0..200)
+        .map(|_| {
+            let idx: Vec<usize> = (0..n).map(|_| rng.below(n)).collect();
+            ece(&select(&risk, &idx), &select(&test.wrong, &idx), ECE_BINS)
+        })
+        .collect();
+    let bm = boots.iter().sum::<f64>() / boots.len() as f64;
+    let ece_se = (boots.iter().map(|v| (v - bm).powi(2)).sum::<f64>() / (boots.len() - 1) as f64).sqrt();
+    let msp_prob: Vec<f32> = test.logits.outer_iter().map(|z| (1.0 + msp_risk(&z.to_vec(), base.t)) as f32).collect();
+
+    // Leave one family out.
+    let mut families: Vec<String> = sets.iter().filter_map(|s| s.family.clone()).collect();
+    families.sort();
+    families.dedup();
+    let mut lofo = Vec::new();
+    if families.len() >= 2 {
+        for f in &families {
+            let without = |s: &TrustSet| s.family.as_deref() != Some(f.as_str());
+            let (tr, va) = (pool(sets, 0, without)?, pool(sets, 1, without)?);
+            let h = train_head(&tr, &va, (&reference.0, &reference.1), mlp)?;
+            let vg = pool(sets, 1, |s: &TrustSet| without(s) && !s.is_ood())?;
+            let t = fit_temperature(&vg.logits, &vg.labels);
+            let held = pool(sets, 2, |s: &TrustSet| s.family.as_deref() == Some(f.as_str()))?;
+            let r = h.risk(&held.features, &held.logits);
+            let m = row_scores(&held.logits, |z| msp_risk(z, t));
+            let (a, b) = (auroc(&r, &held.wrong), auroc(&m, &held.wrong));
+            lofo.push(LofoRow {
+                family: f.clone(),
+                n: held.wrong.len(),
+                n_wrong: held.wrong.iter().filter(|&&w| w).count(),
+                trust: (a, auroc_se(a, &held.wrong)),
+                msp: (b, auroc_se(b, &held.wrong)),
+            });
+        }
+    }
+    let seeds = (seeds > 1).then(|| -> Result<(f64, f64, usize), EvalError> {
+        let mut v = vec![out_rows[0].auroc];
+        for k in 1..seeds {
+            let m = MlpConfig { seed: mlp.seed.wrapping_add(7919 * k as u64), ..mlp.clone() };
+            let h = train_head(&train, &val, (&reference.0, &reference.1), &m)?;
+            v.push(auroc(&h.risk(&test.features, &test.logits), &test.wrong));
+        }
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt();
+        Ok((m, sd, v.len()))
+    });
+    let seeds = seeds.transpose()?;
+    Ok(TrustResults {
+        n: test.wrong.len(),
+        n_wrong: test.wrong.iter().filter(|&&w| w).count(),
+        rows: out_rows,
+        fitted: vec![
+            ("MSP temperature (validation NLL)".into(), format!("{:.3}", base.t)),
+            ("MaxLogit-pNorm p".into(), format!("{}", base.p)),
+            ("DOCTOR temperature".into(), format!("{}", base.doctor_t)),
+            ("Rel-U lambda".into(), format!("{}", base.relu_l)),
+            ("trust head Platt a, b".into(), format!("{:.4}, {:.4}", head.platt.a, head.platt.b)),
+        ],
+        ece: (e, ece_se),
+        msp_ece: ece(&msp_prob, &test.wrong, ECE_BINS),
+        reliability: reliability(&risk, &test.wrong, ECE_BINS),
+        curves,
+        lofo,
+        seeds,
+        head_secs_per_frame,
+        graph_secs_per_frame: f64::NAN,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn baseline_scores_hand_computed() {
+        // z = [0, ln 3]: p = [1/4, 3/4].
+        let z = [0.0, 3f32.ln()];
+        assert!((msp_risk(&z, 1.0) + 0.75).abs() < 1e-6);
+        assert!((doctor_risk(&z, 1.0) - (1.0 - 1.0 / 16.0 - 9.0 / 16.0)).abs() < 1e-6);
+        // Centred: +-ln3/2; 2-norm ln3/sqrt2; risk -(ln3/2)/(ln3/sqrt2) = -1/sqrt2.
+        assert!((pnorm_risk(&z, 2.0) + 0.5f64.sqrt()).abs() < 1e-6);
+        assert_eq!(pnorm_risk(&[1.0, 1.0], 2.0), 0.0);
+        // Rel-U: D = [[0, 1], [1, 0]] / sqrt 2 gives 2 p0 p1 / sqrt 2.
+        let d = vec![vec![0.0, 0.5f64.sqrt()], vec![0.5f64.sqrt(), 0.0]];
+        assert!((relu_risk(&z, &d) - 2.0 * 0.25 * 0.75 * 0.5f64.sqrt()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn relu_matrix_is_zero_diagonal_unit_norm_and_flags_spread() {
+        // Wrong frames spread their mass, right frames are sharp.
+        let l = ndarray::array![[5.0f32, 0.0, 0.0], [0.0, 5.0, 0.0], [1.0, 1.0, 0.0], [0.0, 1.0, 1.0]];
+        let w = [false, false, true, true];
+        let d = relu_fit(&l, &w, 0.5);
+        assert!((0..3).all(|i| d[i][i] == 0.0));
+        let fro: f64 = d.iter().flatten().map(|v| v * v).sum();
+        assert!((fro - 1.0).abs() < 1e-9);
+        let s: Vec<f64> = l.outer_iter().map(|r| relu_risk(&r.to_vec(), &d)).collect();
+        assert!(s[2] > s[0] && s[3] > s[1]);
+    }
+
+    #[test]
+    fn temperature_fit_recovers_a_known_temperature() {
+        // Labels drawn from softmax(z / 2): the fitted temperature is near 2.
+        let mut r = crate::rng::SplitMix64::new(3);
+        let n = 4000;
+        let logits = Array2::from_shape_fn((n, 4), |_| (r.normal() * 3.0) as f32);
+        let labels: Vec<usize> = logits
+            .outer_iter()
+            .map(|z| {
+                let p = softmax(&z.to_vec(), 2.0);
+                let u = r.next_f64();
+                let mut c = 0.0;
+                p.iter()
+                    .position(|&pi| {
+                        c += pi;
+                        u < c
+                    })
+                    .unwrap_or(3)
+            })
+            .collect();
+        let t = fit_temperature(&logits, &labels);
+        assert!((t - 2.0).abs() < 0.2, "{t}");
+    }
+}
