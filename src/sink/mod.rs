@@ -285,6 +285,7 @@ impl SinkConfig {
                 Ok(())
             }
             SinkConfig::Mqtt(c) => c.validate(),
+            SinkConfig::Frames(c) => c.validate(),
         }
     }
 
