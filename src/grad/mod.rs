@@ -14,10 +14,12 @@
 //! input pixels), chosen per layer by cost, BatchNormalization scale/shift as spatial
 //! reductions.
 
-//! The operators live in a rule table (`rules/`, one file per family: conv, norm, activation,
-//! arith, pool, shape, linear): each rule names an operator's parameter inputs and their
-//! [`ParamKind`], its shape inference and its backward. Adding an operator means adding one
-//! rule in one file; see "Adding an operator" in `rules/mod.rs`.
+//! The operators live in a rule table (`rules/`, one file per family: conv, norm, layernorm,
+//! activation, arith, pool, shape, linear, attention): each rule names an operator's parameter
+//! inputs and their [`ParamKind`], its shape inference and its backward. Adding an operator
+//! means adding one rule in one file; see "Adding an operator" in `rules/mod.rs`. Nodes that
+//! compute on constants only (the `Shape` subgraphs exporters write) never reach the rules:
+//! `fold.rs` evaluates them at compile time, with the batch size symbolic.
 //!
 //! Which parameter tensors become features is [`CompileOptions::params`]: by default every
 //! trainable tensor (weights, biases, BatchNormalization scale and shift, and BatchNormalization
@@ -610,8 +612,8 @@ fn constant_node_value(n: &NodeProto) -> Result<TensorProto, GradError> {
 /// Compiles a classifier into its gradient graph.
 ///
 /// The phases, in order: [`check_model`], [`collect_constants`], [`image_input`],
-/// [`find_logits`] and [`needed_nodes`] read the model; [`forward`] infers shapes and finds
-/// the parameters through the rule table; [`confounding_label`] checks the label;
+/// [`find_logits`] and [`needed_nodes`] read the model; [`forward`] folds constant nodes
+/// (`fold.rs`), infers shapes and finds the parameters through the rule table; [`confounding_label`] checks the label;
 /// [`backward`] seeds the loss gradient and runs the rules in reverse; [`emit_outputs`] adds
 /// the output nodes and [`assemble`] writes the new model.
 pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, GradError> {
