@@ -2,6 +2,7 @@
 #   make demo   the daemon on the embedded reference model and sample, with a corruption schedule
 #   make test   fmt + clippy + the whole test suite (needs no ../shared)
 #   make bench-daemon   fps, latency and memory of the daemon (docs/daemon-bench.md)
+#   make bench-rtsp     CPU, drops and latency of one 640x480 30 fps H.264 RTSP camera (docs/rtsp-bench.md)
 #   make bench-alarms   false alarms per hour and detection delays of the alert policies (docs/alarms.md)
 #   make aarch64        the Jetson (aarch64, glibc 2.31) binary, without Docker (docs/jetson.md)
 #   make aarch64-check  that binary under qemu-user vs the x86-64 one, on the same job
@@ -20,7 +21,7 @@ APT_PACKAGES := libclang-dev pkg-config mosquitto python3-pip unzip nasm \
 	python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad prometheus
 
-.PHONY: deps ort build release test lint rules demo bench bench-daemon bench-alarms clean aarch64 aarch64-check status-screenshot fuzz chaos
+.PHONY: deps ort build release test lint rules demo bench bench-daemon bench-rtsp bench-alarms clean aarch64 aarch64-check status-screenshot fuzz chaos
 
 deps:
 	@scripts/apt-install.sh $(APT_PACKAGES)
@@ -58,6 +59,11 @@ bench: ort
 # 10-minute memory soak; writes docs/daemon-bench.md (about 15 minutes; keep the machine idle).
 bench-daemon: build
 	scripts/bench-daemon.sh
+
+# One RTSP camera (GStreamer's server on this machine) at 30 fps, score_fps = 5, for 5 minutes,
+# twice (I/P frames, then with B-frames): CPU, drops, latency; writes docs/rtsp-bench.md.
+bench-rtsp: build deps
+	scripts/bench-rtsp.sh
 
 # The alert policies on hours of camera-like GTSRB test tracks: runs every distinct frame once
 # through the gradient graph into out/bench-alarms/ (features and logits of 81,004 frames from
