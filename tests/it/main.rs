@@ -19,6 +19,7 @@ mod faults;
 mod fuzz_regressions;
 mod golden;
 mod grad;
+mod init;
 mod model;
 mod mqtt;
 mod pipeline;
