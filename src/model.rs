@@ -1,5 +1,6 @@
 //! A classifier as gradwatch uses it: its bytes and sha256, the preprocessing and class names
-//! read from its `metadata_props`, and its compiled gradient graph.
+//! read from its `metadata_props` (or overridden: [`Preprocessing`], stored in the
+//! calibration file so every command and the daemon use it), and its compiled gradient graph.
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,259 @@ pub enum ModelError {
         /// What is wrong.
         why: String,
     },
+    /// A preprocessing (override or stored in a calibration) that does not fit the model's input.
+    #[error("preprocessing does not fit the model: {0}")]
+    Preprocessing(String),
+}
+
+/// Memory order of the model's image input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// `[N, 3, H, W]` (PyTorch's).
+    Nchw,
+    /// `[N, H, W, 3]` (TensorFlow/Keras's).
+    Nhwc,
+}
+
+impl Layout {
+    /// `NCHW` or `NHWC`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Nchw => "NCHW",
+            Layout::Nhwc => "NHWC",
+        }
+    }
+}
+
+impl std::str::FromStr for Layout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "nchw" => Ok(Layout::Nchw),
+            "nhwc" => Ok(Layout::Nhwc),
+            _ => Err(format!("layout '{s}': use nchw ([N,3,H,W]) or nhwc ([N,H,W,3])")),
+        }
+    }
+}
+
+/// Channel order the model expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColorOrder {
+    /// Red, green, blue (what gradwatch's frames are).
+    Rgb,
+    /// Blue, green, red (OpenCV-trained models).
+    Bgr,
+}
+
+impl ColorOrder {
+    /// `RGB` or `BGR`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ColorOrder::Rgb => "RGB",
+            ColorOrder::Bgr => "BGR",
+        }
+    }
+}
+
+impl std::str::FromStr for ColorOrder {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "rgb" => Ok(ColorOrder::Rgb),
+            "bgr" => Ok(ColorOrder::Bgr),
+            _ => Err(format!("color order '{s}': use rgb or bgr")),
+        }
+    }
+}
+
+/// ImageNet's per-channel mean (RGB, on [0, 1] pixels): `--mean imagenet`.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet's per-channel std (RGB, on [0, 1] pixels): `--std imagenet`.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// How an RGB8 frame becomes the model's input: resized (bilinear) to `width` x `height`,
+/// channels put in `color_order`, each value `(pixel * scale - mean[c]) / std[c]`, laid out as
+/// `layout`. Stored in a calibration file as `[model.preprocessing]` when it differs from the
+/// model's own metadata, so `run`, `score`, `explain`, `check-config` and heat maps use it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocessing {
+    /// Input layout.
+    pub layout: Layout,
+    /// Input width (must be the model's).
+    pub width: usize,
+    /// Input height (must be the model's).
+    pub height: usize,
+    /// Channel order.
+    pub color_order: ColorOrder,
+    /// Multiplier from u8 to float (1/255 maps pixels to [0, 1]).
+    pub scale: f32,
+    /// Per-channel mean subtracted after scaling, in the model's channel order's RGB terms
+    /// (index 0 = red).
+    pub mean: [f32; 3],
+    /// Per-channel std divided by after subtracting the mean.
+    pub std: [f32; 3],
+}
+
+impl Preprocessing {
+    /// Checks that this fits a model whose per-sample input shape (without the batch axis) is
+    /// `input_shape`, and that the numbers are usable; the error says what to change.
+    pub fn check_fits(&self, input_shape: &[usize]) -> Result<(), ModelError> {
+        let shown = format!("[N,{}]", input_shape.iter().map(usize::to_string).collect::<Vec<_>>().join(","));
+        let err = |why: String| Err(ModelError::Preprocessing(why));
+        let (h, w) = match (self.layout, input_shape) {
+            (Layout::Nchw, [3, h, w]) => (*h, *w),
+            (Layout::Nhwc, [h, w, 3]) => (*h, *w),
+            (Layout::Nchw, [_, _, 3]) => {
+                return err(format!(
+                    "layout NCHW needs an input [N,3,H,W] but the model's is {shown} (channels last): use layout nhwc"
+                ))
+            }
+            (Layout::Nhwc, [3, _, _]) => {
+                return err(format!(
+                    "layout NHWC needs an input [N,H,W,3] but the model's is {shown} (channels first): use layout nchw"
+                ))
+            }
+            (l, _) => {
+                return err(format!(
+                    "layout {} needs a 3-channel image input, the model's is {shown}; gradwatch needs an RGB image \
+                     classifier ([N,3,H,W] or [N,H,W,3])",
+                    l.name()
+                ))
+            }
+        };
+        if (self.width, self.height) != (w, h) {
+            return err(format!(
+                "size {}x{} does not match the model's input {shown} ({w}x{h}, fixed in the model); give size \
+                 {w}x{h} or leave it out (frames are resized to the model's input size)",
+                self.width, self.height
+            ));
+        }
+        if !(self.scale.is_finite() && self.scale > 0.0) {
+            return err(format!("scale {} must be a positive number (1/255 maps pixels to [0, 1])", self.scale));
+        }
+        if self.mean.iter().any(|m| !m.is_finite()) {
+            return err(format!("mean {:?} must be finite numbers", self.mean));
+        }
+        if self.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return err(format!("std {:?} must be positive numbers", self.std));
+        }
+        Ok(())
+    }
+
+    /// One line for people: `NHWC 32x32 RGB, x*0.003922, mean [..], std [..]`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} {}x{} {}, pixel*{} then (x - mean {:?}) / std {:?}",
+            self.layout.name(),
+            self.width,
+            self.height,
+            self.color_order.name(),
+            fmt_scale(self.scale),
+            self.mean,
+            self.std
+        )
+    }
+}
+
+/// `1/255` for 1/255 (as people write it), else the number.
+pub fn fmt_scale(scale: f32) -> String {
+    if (scale - 1.0 / 255.0).abs() < 1e-9 {
+        "1/255".into()
+    } else {
+        format!("{scale}")
+    }
+}
+
+/// Preprocessing overrides (`--layout`, `--size`, `--color-order`, `--scale`, `--mean`,
+/// `--std`); `None` keeps what the model (or a calibration) says.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PreprocessOverrides {
+    /// Input layout.
+    pub layout: Option<Layout>,
+    /// Input (width, height).
+    pub size: Option<(usize, usize)>,
+    /// Channel order.
+    pub color_order: Option<ColorOrder>,
+    /// u8-to-float multiplier.
+    pub scale: Option<f32>,
+    /// Per-channel mean.
+    pub mean: Option<[f32; 3]>,
+    /// Per-channel std.
+    pub std: Option<[f32; 3]>,
+}
+
+impl PreprocessOverrides {
+    /// Whether nothing is overridden.
+    pub fn is_empty(&self) -> bool {
+        *self == PreprocessOverrides::default()
+    }
+
+    /// `base` with the overridden fields replaced.
+    pub fn apply(&self, base: &Preprocessing) -> Preprocessing {
+        let (width, height) = self.size.unwrap_or((base.width, base.height));
+        Preprocessing {
+            layout: self.layout.unwrap_or(base.layout),
+            width,
+            height,
+            color_order: self.color_order.unwrap_or(base.color_order),
+            scale: self.scale.unwrap_or(base.scale),
+            mean: self.mean.unwrap_or(base.mean),
+            std: self.std.unwrap_or(base.std),
+        }
+    }
+}
+
+/// Parses `WxH` or `S` (square), e.g. `224x224`.
+pub fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("size '{s}': use WIDTHxHEIGHT (e.g. 224x224) or one number for a square");
+    let (w, h) = match s.split_once(['x', 'X']) {
+        Some((w, h)) => (w.trim().parse().map_err(|_| bad())?, h.trim().parse().map_err(|_| bad())?),
+        None => {
+            let v: usize = s.trim().parse().map_err(|_| bad())?;
+            (v, v)
+        }
+    };
+    if w == 0 || h == 0 {
+        return Err(bad());
+    }
+    Ok((w, h))
+}
+
+/// Parses a scale: a number (`0.00392`, `1`) or a fraction (`1/255`).
+pub fn parse_scale(s: &str) -> Result<f32, String> {
+    let bad = || format!("scale '{s}': use a positive number or fraction, e.g. 1/255 or 1");
+    let v = match s.split_once('/') {
+        Some((a, b)) => {
+            let (a, b): (f64, f64) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+            a / b
+        }
+        None => s.trim().parse::<f64>().map_err(|_| bad())?,
+    };
+    if !(v.is_finite() && v > 0.0) {
+        return Err(bad());
+    }
+    Ok(v as f32)
+}
+
+/// Parses a per-channel triple: `imagenet` (with `imagenet` giving `named`), one number for
+/// all channels, or three comma-separated numbers (R,G,B).
+pub fn parse_triple(s: &str, named: [f32; 3]) -> Result<[f32; 3], String> {
+    if s.trim().eq_ignore_ascii_case("imagenet") {
+        return Ok(named);
+    }
+    let parts: Vec<f32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("'{s}': use imagenet, one number, or three comma-separated numbers (R,G,B)"))?;
+    match parts.as_slice() {
+        [a] if a.is_finite() => Ok([*a; 3]),
+        [a, b, c] if [a, b, c].iter().all(|v| v.is_finite()) => Ok([*a, *b, *c]),
+        _ => Err(format!("'{s}': use imagenet, one number, or three comma-separated numbers (R,G,B)")),
+    }
 }
 
 /// Preprocessing and labels, from the model's metadata (keys `gradwatch.*`, written by
@@ -83,7 +337,13 @@ impl ModelInfo {
     /// of its compiled graph.
     pub fn new(model: &ModelProto, sha256: &str, compiled: &Compiled, fallback_name: &str) -> Result<Self, ModelError> {
         let meta = onnx::metadata(model);
-        let nhwc = matches!(compiled.input_shape.as_slice(), [_, _, 3]) && compiled.input_shape[0] != 3;
+        let nhwc = match meta.get("gradwatch.input_layout") {
+            Some(l) => {
+                l.parse::<Layout>().map_err(|why| ModelError::Metadata { key: "gradwatch.input_layout".into(), why })?
+                    == Layout::Nhwc
+            }
+            None => matches!(compiled.input_shape.as_slice(), [_, _, 3]) && compiled.input_shape[0] != 3,
+        };
         let (height, width) = match (nhwc, compiled.input_shape.as_slice()) {
             (false, [_, h, w]) | (true, [h, w, _]) => (*h, *w),
             (_, other) => {
@@ -94,9 +354,7 @@ impl ModelInfo {
             }
         };
         let scale = match meta.get("gradwatch.scale") {
-            Some(s) => {
-                s.parse().map_err(|e| ModelError::Metadata { key: "gradwatch.scale".into(), why: format!("{e}") })?
-            }
+            Some(s) => parse_scale(s).map_err(|why| ModelError::Metadata { key: "gradwatch.scale".into(), why })?,
             None => 1.0 / 255.0,
         };
         let std = triple(&meta, "gradwatch.std", 1.0)?;
@@ -126,6 +384,29 @@ impl ModelInfo {
             nhwc,
             class_names,
         })
+    }
+
+    /// The preprocessing in use.
+    pub fn preprocessing(&self) -> Preprocessing {
+        Preprocessing {
+            layout: if self.nhwc { Layout::Nhwc } else { Layout::Nchw },
+            width: self.width,
+            height: self.height,
+            color_order: if self.bgr { ColorOrder::Bgr } else { ColorOrder::Rgb },
+            scale: self.scale,
+            mean: self.mean,
+            std: self.std,
+        }
+    }
+
+    /// Uses `p` from now on, after checking it fits the per-sample `input_shape`.
+    pub fn set_preprocessing(&mut self, p: &Preprocessing, input_shape: &[usize]) -> Result<(), ModelError> {
+        p.check_fits(input_shape)?;
+        self.nhwc = p.layout == Layout::Nhwc;
+        (self.width, self.height) = (p.width, p.height);
+        self.bgr = p.color_order == ColorOrder::Bgr;
+        (self.scale, self.mean, self.std) = (p.scale, p.mean, p.std);
+        Ok(())
     }
 
     /// Resizes (bilinear) and normalises images into the model's input tensor.
@@ -186,6 +467,25 @@ impl LoadedModel {
 }
 
 impl LoadedModel {
+    /// Uses the preprocessing a calibration stored (`[model.preprocessing]`), if any, instead
+    /// of the model's metadata; an error when it does not fit the model's input.
+    pub fn use_preprocessing(&mut self, p: Option<&Preprocessing>) -> Result<(), ModelError> {
+        match p {
+            Some(p) => self.info.set_preprocessing(p, &self.compiled.input_shape),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies command-line overrides on top of the model's metadata; returns the resulting
+    /// preprocessing when it differs from the metadata's (what a calibration must store), `None`
+    /// when the metadata's stands. An error when the result does not fit the model's input.
+    pub fn override_preprocessing(&mut self, ov: &PreprocessOverrides) -> Result<Option<Preprocessing>, ModelError> {
+        let base = self.info.preprocessing();
+        let p = ov.apply(&base);
+        self.info.set_preprocessing(&p, &self.compiled.input_shape)?;
+        Ok((p != base).then_some(p))
+    }
+
     /// Drops the model's graph ([`LoadedModel::model`], its weights) and the gradient graph
     /// ([`Compiled::model`], the weights and their flipped copies): about 45 and 90 MB for the
     /// reference ResNet-18. A session holds its own copy; the daemon keeps only the names,

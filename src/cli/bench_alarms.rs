@@ -365,8 +365,9 @@ fn score_tracks(
     let calib = Calibration::load(&a.calib)?;
     let model_path = super::score::default_model_path(&a.calib).context("--calib must end in .calib.toml")?;
     let loss: Loss = calib.model.loss.parse().map_err(anyhow::Error::msg)?;
-    let model = LoadedModel::load(&model_path, &CompileOptions { loss, ..Default::default() })?;
+    let mut model = LoadedModel::load(&model_path, &CompileOptions { loss, ..Default::default() })?;
     calib.check_model(&model.info.sha256, &model.compiled.features)?;
+    model.use_preprocessing(calib.model.preprocessing.as_ref())?;
     let mut session = GradSession::new(&model.compiled, &runtime(a.threads))?;
     let total: usize = specs.iter().map(|s| s.len).sum();
     eprintln!("bench-alarms: extracting {total} distinct frames ({} tracks) into {index_name}", specs.len());

@@ -1,4 +1,5 @@
-//! Helpers the subcommands share: reading an image input, runtime options, progress bars.
+//! Helpers the subcommands share: reading an image input, runtime options, progress bars,
+//! preprocessing overrides.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -6,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::frame::RgbImage;
+use crate::model::{parse_triple, ColorOrder, Layout, PreprocessOverrides, IMAGENET_MEAN, IMAGENET_STD};
 use crate::runtime::RuntimeOptions;
 
 /// Images of an input path with their names; `npy` says whether it was a `.npy` stack.
@@ -40,4 +42,48 @@ pub fn runtime(threads: usize) -> RuntimeOptions {
 /// Whether to draw progress bars (stderr is a terminal).
 pub fn show_progress() -> bool {
     std::io::stderr().is_terminal()
+}
+
+/// Preprocessing overrides (`calibrate`, `init`): how frames become the model's input when its
+/// ONNX metadata does not say (or says wrong). The calibration stores the result, so every
+/// command and the daemon use it.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct PreprocessArgs {
+    /// Input layout: nchw ([N,3,H,W]) or nhwc ([N,H,W,3]). Default: the model's metadata, else
+    /// the input's shape.
+    #[arg(long, value_parser = |s: &str| s.parse::<Layout>())]
+    pub layout: Option<Layout>,
+    /// Input size WIDTHxHEIGHT; must be the model's (frames are resized to it). Default: the
+    /// model's input.
+    #[arg(long, value_parser = crate::model::parse_size)]
+    pub size: Option<(usize, usize)>,
+    /// Channel order the model was trained on: rgb or bgr (OpenCV). Default: the metadata's, else rgb.
+    #[arg(long, value_parser = |s: &str| s.parse::<ColorOrder>())]
+    pub color_order: Option<ColorOrder>,
+    /// Multiplier from 0-255 pixels to the model's numbers, e.g. 1/255 or 1. Default: the
+    /// metadata's, else 1/255.
+    #[arg(long, value_parser = crate::model::parse_scale)]
+    pub scale: Option<f32>,
+    /// Per-channel mean subtracted after scaling: imagenet, one number or R,G,B. Default: the
+    /// metadata's, else 0.
+    #[arg(long, value_parser = |s: &str| parse_triple(s, IMAGENET_MEAN))]
+    pub mean: Option<[f32; 3]>,
+    /// Per-channel std divided by after the mean: imagenet, one number or R,G,B. Default: the
+    /// metadata's, else 1.
+    #[arg(long, value_parser = |s: &str| parse_triple(s, IMAGENET_STD))]
+    pub std: Option<[f32; 3]>,
+}
+
+impl PreprocessArgs {
+    /// The overrides given.
+    pub fn overrides(&self) -> PreprocessOverrides {
+        PreprocessOverrides {
+            layout: self.layout,
+            size: self.size,
+            color_order: self.color_order,
+            scale: self.scale,
+            mean: self.mean,
+            std: self.std,
+        }
+    }
 }

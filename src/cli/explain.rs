@@ -54,10 +54,14 @@ pub fn run(a: ExplainArgs) -> Result<i32> {
         .or_else(|| default_model_path(&a.calib).filter(|p| p.is_file()))
         .unwrap_or_else(|| PathBuf::from(crate::model::DEFAULT_MODEL));
     let loss: Loss = calib.model.loss.parse().map_err(anyhow::Error::msg)?;
-    let model = LoadedModel::load(&model_path, &CompileOptions { loss, input_grad: true, ..Default::default() })
+    let mut model = LoadedModel::load(&model_path, &CompileOptions { loss, input_grad: true, ..Default::default() })
         .with_context(|| format!("loading {} (with its input gradient)", model_path.display()))?;
     if let Err(e) = calib.check_model(&model.info.sha256, &model.compiled.features) {
         eprintln!("error: {} vs {}: {e}", a.calib.display(), model_path.display());
+        return Ok(EXIT_CONFIG);
+    }
+    if let Err(e) = model.use_preprocessing(calib.model.preprocessing.as_ref()) {
+        eprintln!("error: {}: {e}", a.calib.display());
         return Ok(EXIT_CONFIG);
     }
     let input = load_input(&a.image, None)?;

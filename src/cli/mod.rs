@@ -11,6 +11,7 @@ mod corrupt;
 mod eval;
 mod explain;
 mod features;
+mod init;
 mod run;
 mod score;
 
@@ -46,6 +47,9 @@ enum Command {
     Features(features::FeaturesArgs),
     /// Fit the unfamiliarity detector and its alarm threshold for a model file.
     Calibrate(calibrate::CalibrateArgs),
+    /// Set up your own classifier: inspect, check preprocessing and accuracy, calibrate, write
+    /// a calibration, a daemon config and a report (docs/your-model.md).
+    Init(init::InitArgs),
     /// Score images with a calibration: one JSON line per image.
     Score(score::ScoreArgs),
     /// Explain an image's score: heat map of the input gradient, per-layer chart vs familiar.
@@ -69,6 +73,7 @@ pub fn main() -> i32 {
         Command::Corrupt(a) => corrupt::run(a),
         Command::Features(a) => features::run(a),
         Command::Calibrate(a) => calibrate::run(a),
+        Command::Init(a) => init::run(a),
         Command::Score(a) => score::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Explain(a) => explain::run(a),

@@ -65,7 +65,7 @@ pub fn run(a: ScoreArgs) -> Result<i32> {
             return Ok(EXIT_CONFIG);
         }
     };
-    let model = LoadedModel::load(&model_path, &CompileOptions { loss, ..CompileOptions::preset(preset) })
+    let mut model = LoadedModel::load(&model_path, &CompileOptions { loss, ..CompileOptions::preset(preset) })
         .with_context(|| format!("loading {}", model_path.display()))?;
     if let Err(e) = calib.check_compiled(&model.info.sha256, &model.compiled.features, &model.compiled.preset) {
         eprintln!("error: {} vs {}: {e}", a.calib.display(), model_path.display());
@@ -75,6 +75,10 @@ pub fn run(a: ScoreArgs) -> Result<i32> {
             | CalibError::PresetMismatch { .. } => EXIT_CONFIG,
             _ => 1,
         });
+    }
+    if let Err(e) = model.use_preprocessing(calib.model.preprocessing.as_ref()) {
+        eprintln!("error: {}: {e}", a.calib.display());
+        return Ok(EXIT_CONFIG);
     }
     let input = load_input(&a.input, None)?;
     let mut session = GradSession::new(&model.compiled, &runtime(a.threads))?;

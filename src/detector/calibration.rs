@@ -73,6 +73,12 @@ pub struct CalibModel {
     /// Files from before presets have none: `full`.
     #[serde(default = "default_preset")]
     pub preset: String,
+    /// The preprocessing the features were extracted with (`[model.preprocessing]`), when it
+    /// differs from the model's own metadata (`gradwatch init` / `calibrate` overrides): every
+    /// command and the daemon that use this calibration preprocess frames this way. Absent in
+    /// files written before it existed and where the model's metadata applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocessing: Option<crate::model::Preprocessing>,
 }
 
 fn default_preset() -> String {

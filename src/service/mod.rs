@@ -118,8 +118,9 @@ pub fn load_model(config: &Config) -> Result<ModelAndCalibration, ServiceError> 
     let loss: Loss = calibration.model.loss.parse().map_err(ServiceError::Loss)?;
     calibration.check_preset(config.model.preset.name())?;
     let opts = CompileOptions { loss, ..CompileOptions::preset(config.model.preset) };
-    let model = LoadedModel::load(&config.model.path, &opts)?;
+    let mut model = LoadedModel::load(&config.model.path, &opts)?;
     calibration.check_compiled(&model.info.sha256, &model.compiled.features, &model.compiled.preset)?;
+    model.use_preprocessing(calibration.model.preprocessing.as_ref())?;
     Ok(ModelAndCalibration { model, calibration })
 }
 
@@ -236,12 +237,15 @@ fn start_snapshots(config: &Config, loaded: &ModelAndCalibration) -> Option<Arc<
     // only when snapshots can be written at all.
     let gradient: Option<Box<dyn InputGradient>> = if config.snapshots.directory().is_some() {
         match loaded.calibration.model.loss.parse::<Loss>() {
-            Ok(loss) => Some(Box::new(LazyGradient::new(
-                &loaded.model.path,
-                &loaded.model.info.sha256,
-                loss,
-                config.runtime.library.as_deref(),
-            ))),
+            Ok(loss) => Some(Box::new(
+                LazyGradient::new(
+                    &loaded.model.path,
+                    &loaded.model.info.sha256,
+                    loss,
+                    config.runtime.library.as_deref(),
+                )
+                .with_preprocessing(loaded.calibration.model.preprocessing.clone()),
+            )),
             Err(e) => {
                 log::warn!("snapshots: no heat maps: {e}");
                 None
@@ -365,6 +369,7 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
     let model_sha = loaded.model.info.sha256.clone();
     let features = loaded.model.compiled.features.clone();
     let preset = loaded.model.compiled.preset.clone();
+    let preprocessing = loaded.calibration.model.preprocessing.clone();
     let classifier = Box::new(GradClassifier { info: loaded.model.info.clone(), session });
     let env = env.with_snapshots(start_snapshots(&config, &loaded));
     let frames = crate::sink::frames::Frames::start(&crate::sink::frames_configs(&config.sink))?;
@@ -395,6 +400,7 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
         model_sha,
         features,
         preset,
+        preprocessing,
         metrics,
         stream_names,
         started: Instant::now(),
@@ -436,6 +442,8 @@ struct Supervisor {
     features: Vec<String>,
     /// The running model's feature preset (a reloaded calibration must match it).
     preset: String,
+    /// The running calibration's `[model.preprocessing]` (a reloaded one must match it).
+    preprocessing: Option<crate::model::Preprocessing>,
     metrics: Metrics,
     stream_names: Vec<String>,
     started: Instant,
@@ -555,6 +563,15 @@ impl Supervisor {
                 return;
             }
         };
+        // Frames are preprocessed by the running inference session's settings; a calibration
+        // fitted with other preprocessing would be applied to the wrong inputs.
+        if calibration.model.preprocessing != self.preprocessing {
+            log::error!(
+                "reload failed, keeping the running configuration: calibration: its [model.preprocessing] differs \
+                 from the running one; restart the daemon to use it"
+            );
+            return;
+        }
         if new.service != self.config.service {
             log::warn!("reload: [service] (unit_id, labels) changes apply at the next start, not now");
         }

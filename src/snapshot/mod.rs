@@ -119,6 +119,7 @@ pub struct LazyGradient {
     sha256: String,
     loss: crate::grad::Loss,
     library: Option<PathBuf>,
+    preprocessing: Option<crate::model::Preprocessing>,
     session: Option<SessionGradient>,
 }
 
@@ -130,14 +131,23 @@ impl LazyGradient {
             sha256: sha256.to_string(),
             loss,
             library: library.map(Path::to_path_buf),
+            preprocessing: None,
             session: None,
         }
+    }
+
+    /// Preprocesses frames with `p` (the calibration's `[model.preprocessing]`) instead of the
+    /// model's metadata, as the daemon's inference does.
+    pub fn with_preprocessing(mut self, p: Option<crate::model::Preprocessing>) -> Self {
+        self.preprocessing = p;
+        self
     }
 
     fn open(&self) -> Result<SessionGradient, String> {
         let t0 = std::time::Instant::now();
         let opts = crate::grad::CompileOptions { loss: self.loss, input_grad: true, ..Default::default() };
         let mut m = crate::model::LoadedModel::load(&self.path, &opts).map_err(|e| e.to_string())?;
+        m.use_preprocessing(self.preprocessing.as_ref()).map_err(|e| e.to_string())?;
         if m.info.sha256 != self.sha256 {
             return Err(format!(
                 "{} changed since the start (sha256 {} instead of {}); restart the daemon for heat maps",

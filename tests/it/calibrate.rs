@@ -241,6 +241,7 @@ fn library_fit_threshold_meets_the_target_on_held_out_familiar() {
         loss: "bce-logits".into(),
         features: vec!["a".into(), "b".into(), "c".into()],
         preset: "full".into(),
+        preprocessing: None,
     };
     let opts =
         CalibrateOptions { target_fpr: 0.05, mlp: MlpConfig { hidden: 8, ..Default::default() }, ..Default::default() };

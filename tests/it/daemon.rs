@@ -88,6 +88,7 @@ pub(crate) fn assets() -> &'static Assets {
                 loss: "bce-logits".into(),
                 features: loaded.compiled.features.clone(),
                 preset: "full".into(),
+                preprocessing: None,
             },
             threshold,
             target_false_alarm: 0.01,

@@ -66,6 +66,7 @@ pub fn calibration(preset: &str) -> Calibration {
             loss: "bce-logits".into(),
             features: vec!["f".into()],
             preset: preset.into(),
+            preprocessing: None,
         },
         threshold: 9.0,
         target_false_alarm: 0.01,

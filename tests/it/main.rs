@@ -21,6 +21,7 @@ mod frames;
 mod fuzz_regressions;
 mod golden;
 mod grad;
+mod init;
 mod model;
 mod mqtt;
 mod pipeline;

@@ -1,0 +1,219 @@
+//! `gradwatch init` on a model that is not the reference one (`tests/fixtures/user_model/`: a
+//! small NHWC CNN that expects ImageNet mean/std normalisation outside its graph and carries no
+//! gradwatch metadata, trained by `scripts/train-user-model.py`; 256 GTSRB test images it
+//! never saw). The docs/your-model.md path end to end: `init` with preprocessing overrides,
+//! `check-config` on the config it wrote, a replay run through that config that raises an
+//! alert in the corrupted window and none in the clean ones. And bad input: exit 2 with the
+//! cause (not a classifier, an override that does not fit, labels that do not match).
+
+use std::path::{Path, PathBuf};
+
+use crate::common::Net;
+use crate::daemon::{events, kind, write, Daemon};
+use gradwatch::detector::Calibration;
+use gradwatch::model::{ColorOrder, Layout, Preprocessing, IMAGENET_MEAN, IMAGENET_STD};
+use gradwatch::onnx::{self, attr, ModelProto};
+
+const FIXTURE: &str = "tests/fixtures/user_model";
+/// Rows of the fixture `init` calibrates on; the rest are replayed.
+const INIT_ROWS: &str = "0..192";
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE).join(name)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `gradwatch init` on the fixture with `extra` arguments into `out`.
+fn init(out: &Path, extra: &[&str]) -> (i32, String) {
+    let (model, images, labels) =
+        (fixture("user-cnn.onnx"), fixture("heldout-images.npy"), fixture("heldout-labels.npy"));
+    let mut args = vec!["init", s(&model), "--images", s(&images), "--labels", s(&labels), "-o", s(out)];
+    args.extend_from_slice(extra);
+    let (code, _out, err) = Daemon::run(&args);
+    (code, err)
+}
+
+/// The fixture as its user sets it up: NHWC, ImageNet mean/std.
+const USER_FLAGS: [&str; 8] = ["--rows", INIT_ROWS, "--layout", "nhwc", "--mean", "imagenet", "--std", "imagenet"];
+
+#[test]
+fn init_then_check_config_then_a_replay_alerts_on_the_corrupted_window_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("setup");
+    // The recipe's defaults (every degradation type, levels 2-5): about a second here.
+    let mut flags = USER_FLAGS.to_vec();
+    flags.extend_from_slice(&["--threads", "1"]);
+    let (code, err) = init(&out, &flags);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("input 'input' [N,32,32,3]: NHWC 32x32"), "{err}");
+    assert!(err.contains("43 classes"), "{err}");
+    assert!(err.contains("overridden on the command line"), "{err}");
+    assert!(!err.contains("warning:"), "held-out test images of most classes raise no warning:\n{err}");
+
+    // The overrides live in the calibration, so every command and the daemon use them.
+    let calib = Calibration::load(&out.join("user-cnn.calib.toml")).unwrap();
+    let want = Preprocessing {
+        layout: Layout::Nhwc,
+        width: 32,
+        height: 32,
+        color_order: ColorOrder::Rgb,
+        scale: 1.0 / 255.0,
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    };
+    assert_eq!(calib.model.preprocessing.as_ref(), Some(&want));
+    assert!(calib.fitted_on.command.contains("init"), "{}", calib.fitted_on.command);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for part in ["clean over the threshold", "![held-out ROC](roc.svg)", "| haze |", "accuracy"] {
+        assert!(report.contains(part), "report.md lacks '{part}':\n{report}");
+    }
+    assert!(std::fs::read_to_string(out.join("roc.svg")).unwrap().starts_with("<svg"));
+
+    // The config it wrote passes check-config as written (the metrics port aside: another
+    // process on this machine may hold 9464).
+    let config = std::fs::read_to_string(out.join("gradwatch.toml")).unwrap();
+    assert!(config.contains("policy = \"cusum\""), "{config}");
+    let config = config.replace("127.0.0.1:9464", "127.0.0.1:0");
+    let cfg_path = write(&out, "gradwatch.toml", &config);
+    let (code, stdout, err) = Daemon::run(&["check-config", s(&cfg_path)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("ok: 1 streams, 1 sinks"), "{stdout}");
+
+    // `score` uses the stored preprocessing: the replayed images' top classes are mostly right.
+    let replay = dir.path().join("replay.npy");
+    let images = gradwatch::data::load_npy_images(&fixture("heldout-images.npy")).unwrap();
+    let labels = gradwatch::data::load_npy_labels(&fixture("heldout-labels.npy")).unwrap();
+    gradwatch::data::save_npy_images(&replay, &images[192..]).unwrap();
+    let model = fixture("user-cnn.onnx");
+    let calib_path = out.join("user-cnn.calib.toml");
+    let (code, stdout, err) = Daemon::run(&["score", "--calib", s(&calib_path), "--model", s(&model), s(&replay)]);
+    assert_eq!(code, 0, "{err}");
+    let right = events(&stdout).iter().zip(&labels[192..]).filter(|(e, &l)| e["top_class"].as_i64() == Some(l)).count();
+    assert!(right * 10 >= 64 * 8, "only {right} of 64 right: the stored mean/std were not used");
+
+    // A replay of images init never saw, through the generated config's alert policy (cusum on
+    // the calibration's fallback baseline, 2.4 false alarms a day): 60 s clean, 2 minutes of
+    // noise, 60 s clean at 10 fps in frame time. The alert comes about 30 s into the noise.
+    let stream = format!(
+        "[[stream]]\nname = \"cam0\"\nkind = \"replay\"\npath = \"{}\"\nfps = 10\nrealtime = false\n\
+         queue = {{ size = 8, policy = \"block\" }}\nschedule = [\n  {{ frames = 600 }},\n  \
+         {{ frames = 1200, corruption = \"noise\", level = 5 }},\n  {{ frames = 600 }},\n]\n\n[[sink]]",
+        s(&replay)
+    );
+    let start = config.find("\n[[stream]]\n").unwrap() + 1;
+    let end = config.find("\n[[sink]]\n").unwrap() + "\n[[sink]]".len();
+    let run_cfg = format!("{}{}{}", &config[..start], stream, &config[end..])
+        .replace("[metrics]\nenabled = true", "[metrics]\nenabled = false");
+    let run_path = write(&out, "replay.toml", &run_cfg);
+    let (code, stdout, err) = Daemon::run(&["run", "--config", s(&run_path)]);
+    assert_eq!(code, 0, "{err}");
+    let ev = events(&stdout);
+    let starts: Vec<_> = ev.iter().filter(|e| kind(e) == "alert_start").collect();
+    assert!(!starts.is_empty(), "no alert in the noisy window:\n{stdout}\n{err}");
+    for a in &starts {
+        let at = a["last_seq"].as_u64().unwrap();
+        assert!((600..1800).contains(&at), "an alert outside the noisy window (frames 600..1800): {a}\n{err}");
+    }
+}
+
+/// A small valid CNN built in code, input `[N, 3, 32, 32]`, 5 classes.
+fn small_cnn() -> (Net, String) {
+    let mut n = Net::new(3);
+    let c = n.conv("x", 3, 4, 3, true, vec![attr::ints("pads", &[1, 1, 1, 1])]);
+    let r = n.op("Relu", &[&c], vec![]);
+    let g = n.op("GlobalAveragePool", &[&r], vec![]);
+    let out = n.head(&g, 4, 5);
+    (n, out)
+}
+
+fn save(dir: &Path, name: &str, m: &ModelProto) -> PathBuf {
+    let p = dir.join(name);
+    onnx::save(m, &p).unwrap();
+    p
+}
+
+/// `init MODEL` with the fixture's images: exit 2 and a message containing each of `want`.
+fn refused(model: &Path, extra: &[&str], want: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let images = fixture("heldout-images.npy");
+    let mut args = vec!["init", s(model), "--images", s(&images), "-o", s(dir.path())];
+    args.extend_from_slice(extra);
+    let (code, _out, err) = Daemon::run(&args);
+    assert_eq!(code, 2, "{args:?}:\n{err}");
+    for w in want {
+        assert!(err.contains(w), "{args:?}: '{w}' not in:\n{err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!dir.path().join("gradwatch.toml").exists(), "nothing is written on bad input");
+}
+
+#[test]
+fn not_a_classifier_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (net, out) = small_cnn();
+
+    // Two inputs.
+    let mut two = net.model(&[3, 32, 32], &out);
+    let g = two.graph.as_mut().unwrap();
+    g.input.push(onnx::make_value_info("mask", onnx::data_type::FLOAT, &[None, Some(1)]));
+    refused(&save(dir.path(), "two.onnx", &two), &[], &["2 inputs", "mask", "exactly one"]);
+
+    // A non-image input: a feature vector.
+    let mut v = Net::new(4);
+    let head = v.head("x", 16, 5);
+    refused(&save(dir.path(), "vector.onnx", &v.model(&[16], &head)), &[], &["not an image classifier", "[N,16]"]);
+
+    // No class axis: the scores come out as [N, 5, 1].
+    let mut n3 = net;
+    let axes = n3.ints(&[2]);
+    let y = n3.op("Unsqueeze", &[&out, &axes], vec![]);
+    let mut m = n3.model(&[3, 32, 32], &y);
+    m.graph.as_mut().unwrap().output =
+        vec![onnx::make_value_info(&y, onnx::data_type::FLOAT, &[None, Some(5), Some(1)])];
+    refused(&save(dir.path(), "noclass.onnx", &m), &[], &["no class axis", "[N,5,1]"]);
+}
+
+#[test]
+fn overrides_that_do_not_fit_and_mismatched_labels_are_refused() {
+    let model = fixture("user-cnn.onnx");
+    refused(&model, &["--layout", "nchw"], &["layout NCHW", "[N,32,32,3]", "nhwc"]);
+    refused(&model, &["--size", "64x64"], &["size 64x64", "32x32"]);
+    refused(&model, &["--std", "0,1,1"], &["std"]);
+    // The flag's own parser: a clear message, clap's exit code 2.
+    refused(&model, &["--mean", "a,b"], &["imagenet, one number, or three"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("labels.npy");
+    ndarray_npy::write_npy(&labels, &ndarray::Array1::from_iter((0..100i64).map(|i| i % 43))).unwrap();
+    refused(&model, &["--labels", s(&labels)], &["100 labels for 256 images", "one true class per image"]);
+    let bad = dir.path().join("bad.npy");
+    ndarray_npy::write_npy(&bad, &ndarray::Array1::from_iter((0..256i64).map(|i| i % 50))).unwrap();
+    refused(&model, &["--labels", s(&bad)], &["label 43", "not a class of this model"]);
+}
+
+/// Labelled images run through the wrong preprocessing: low accuracy, the three best
+/// alternatives (the right one first), exit 2 without --force.
+#[test]
+fn wrong_preprocessing_shows_the_fixes_it_tried() {
+    for (flags, fix) in [
+        // What a newcomer does: no flags, so pixels in [0, 1] without the model's mean/std.
+        (&[][..], "--scale 1/255 --mean imagenet --std imagenet"),
+        (
+            &["--color-order", "bgr", "--scale", "1"][..],
+            "--color-order rgb --scale 1/255 --mean imagenet --std imagenet",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["--rows", INIT_ROWS];
+        args.extend_from_slice(flags);
+        let (code, err) = init(dir.path(), &args);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("preprocessing is probably wrong"), "{err}");
+        assert!(err.contains("--force"), "{err}");
+        let first = err.lines().skip_while(|l| !l.contains("most accurate alternatives")).nth(1).unwrap_or_default();
+        assert!(first.trim_start().split("  ").nth(1).is_some_and(|f| f.trim() == fix), "{flags:?}: {err}");
+    }
+}
