@@ -574,4 +574,66 @@ mod tests {
         let t = fit_temperature(&logits, &labels);
         assert!((t - 2.0).abs() < 0.2, "{t}");
     }
+
+    /// The whole analysis on synthetic sets: wrong frames have flat logits and large gradient
+    /// norms, right ones a sharp top logit; two families, an OOD set.
+    #[test]
+    fn run_on_synthetic_sets_ranks_errors_and_fills_every_table() {
+        let n = 120;
+        let mut r = crate::rng::SplitMix64::new(11);
+        let labels: Vec<usize> = (0..n).map(|i| i % 3).collect();
+        let make = |r: &mut crate::rng::SplitMix64, p_wrong: f64, ood: bool| {
+            let mut f = Array2::zeros((n, 2));
+            let mut l = Array2::zeros((n, 3));
+            for i in 0..n {
+                let wrong = ood || r.next_f64() < p_wrong;
+                let top = if wrong { (labels[i] + 1) % 3 } else { labels[i] };
+                let sharp = if wrong { 0.5 + r.next_f64() } else { 2.0 + 2.0 * r.next_f64() };
+                for j in 0..3 {
+                    l[[i, j]] = if j == top { sharp as f32 } else { (0.3 * r.normal()) as f32 };
+                }
+                for j in 0..2 {
+                    f[[i, j]] = ((if wrong { 1.0 } else { 0.0 }) + 0.7 * r.normal()).exp() as f32;
+                }
+            }
+            (f, l)
+        };
+        let sp = crate::detector::split::split_40_40_20(n, 0);
+        let data: Vec<(Array2<f32>, Array2<f32>)> = vec![
+            make(&mut r, 0.05, false),
+            make(&mut r, 0.0, true),
+            make(&mut r, 0.4, false),
+            make(&mut r, 0.5, false),
+        ];
+        let meta = [(None, None), (None, None), (Some("weather"), Some(3u8)), (Some("optics"), Some(4u8))];
+        let sets: Vec<TrustSet> = data
+            .iter()
+            .zip(meta)
+            .enumerate()
+            .map(|(k, ((f, l), (fam, lv)))| TrustSet {
+                name: format!("set{k}"),
+                family: fam.map(str::to_string),
+                level: lv,
+                features: f,
+                logits: l,
+                labels: (k != 1).then_some(labels.as_slice()),
+                split: (sp.train.as_slice(), sp.val.as_slice(), sp.test.as_slice()),
+            })
+            .collect();
+        let mlp = MlpConfig { hidden: 4, max_epochs: 30, ..Default::default() };
+        let t = run(&sets, &[("extra".into(), vec![0.0; 3 * sp.test.len()])], &mlp, 2).unwrap();
+        assert_eq!(t.n, 3 * sp.test.len());
+        let head = &t.rows[0];
+        assert_eq!(head.method, "trust");
+        assert!(head.auroc > 0.8, "{head:?}");
+        // Every baseline and the caller's score, per level: clean, level 3, level 4.
+        assert!(t.rows.iter().any(|r| r.method == "rel_u") && t.rows.iter().any(|r| r.method == "extra"));
+        let levels: Vec<&str> = head.per_level.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(levels, ["clean", "level 3", "level 4"]);
+        // A constant score ranks nothing.
+        assert!((t.rows.iter().find(|r| r.method == "extra").unwrap().auroc - 0.5).abs() < 1e-9);
+        assert_eq!(t.lofo.len(), 2);
+        assert!(t.ece.0.is_finite() && t.seeds.is_some_and(|s| s.2 == 2));
+        assert_eq!(t.curves.last().unwrap().0, "oracle");
+    }
 }
