@@ -130,8 +130,8 @@ pub(crate) const FOLDABLE: &[&str] = &[
     "Split",
 ];
 
-/// Whether `fold` can evaluate `n` given which of its inputs are constants; `shape_of` gives
-/// the per-sample shape of an activation input (for `Shape`).
+/// Whether [`fold`] can evaluate `n` given which of its inputs are constants and which are
+/// activations (a `Shape` of an activation folds: its per-sample shape is known).
 pub(crate) fn can_fold(n: &NodeProto, is_const: impl Fn(&str) -> bool, is_act: impl Fn(&str) -> bool) -> bool {
     let inputs: Vec<&String> = n.input.iter().filter(|s| !s.is_empty()).collect();
     match n.op_type.as_str() {
@@ -221,8 +221,6 @@ pub(crate) fn fold(
                 .map(|i| if (0..len).contains(&i) { Ok(i as usize) } else { Err(fail("index out of range")) })
                 .collect::<Result<_, _>>()?;
             let ishape = idx.shape().to_vec();
-            let take = |x: &ArrayD<usize>| x.clone();
-            let _ = take;
             let gather_f = |x: &ArrayD<f32>| gather(x, ax, &ids, &ishape);
             let gather_i = |x: &ArrayD<i64>| gather(x, ax, &ids, &ishape);
             vec![data.map(gather_f, gather_i).ok_or_else(|| fail("bad gather"))?]

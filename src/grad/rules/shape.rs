@@ -401,7 +401,7 @@ fn slice(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
     let rank = x.len() + 1;
     let mut cur: Vec<usize> = ctx.shape(n, &n.output[0])?;
     let mut g = dy.to_string();
-    for (ax, s, e, st) in axes {
+    for (ax, s, _, st) in axes {
         let len = x[ax - 1];
         let k = cur[ax - 1];
         if st > 1 && k > 0 {
@@ -418,7 +418,6 @@ fn slice(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
         let span = cur[ax - 1] as isize;
         let before = s as i64;
         let after = len as i64 - s as i64 - span as i64;
-        let _ = e;
         let mut pads = vec![0i64; 2 * rank];
         pads[ax] = before;
         if after >= 0 {
@@ -491,7 +490,7 @@ fn split(n: &NodeProto, dy: &str, _: &mut Ctx) -> Result<Grads, GradError> {
     Ok(single(n, dy.to_string()))
 }
 
-/// The target of an Expand with the batch (symbolic or a real size) as `None`.
+/// The target shape of an Expand (the batch size read from a `Shape` is [`BATCH`]).
 fn expand_target(n: &NodeProto, ctx: &Ctx) -> Result<Vec<i64>, GradError> {
     ctx.const_i64(n, n.input.get(1).map(String::as_str).unwrap_or(""))
 }
