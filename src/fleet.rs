@@ -13,7 +13,8 @@
 //! - an MQTT sink without an explicit `client_id` uses the unit id as its client id, which is
 //!   the second topic level (`gradwatch/<unit_id>/events/<stream>`) and the Home Assistant
 //!   device (so discovery ids differ between units);
-//! - every Prometheus series gets `unit_id="..."` and the labels as constant labels.
+//! - every Prometheus series gets `unit_id="..."` and the labels as constant labels, when
+//!   `[service]` sets `unit_id` or `labels` (without, series stay as they were).
 //!
 //! The identity is read at start; a SIGHUP reload does not change it (restart to rename a
 //! unit: its topics and series are its name).

@@ -304,9 +304,13 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
     // the model load and with the pipeline already running. Until the pipeline runs,
     // /healthz answers 503 "starting".
     let metrics = Metrics::new();
-    // Fleet identity: on every event and every metric series.
+    // Fleet identity: on every event, and on every metric series once `[service]` names the
+    // unit (a unit without it keeps its series as they were; Prometheus's `instance` label
+    // tells such units apart).
     let identity = config.service.identity();
-    metrics.set_const_labels(identity.metric_labels());
+    if config.service.unit_id.is_some() || !config.service.labels.is_empty() {
+        metrics.set_const_labels(identity.metric_labels());
+    }
     log::info!("unit {}", identity.unit_id);
     crate::fleet::set_current(identity);
     let health_slot: Arc<OnceLock<HealthFn>> = Arc::new(OnceLock::new());
