@@ -505,7 +505,7 @@ fn init(a: &InitArgs) -> Result<()> {
         let wrong = acc < LOW_ACCURACY || best >= cur + BETTER_BY;
         let _ = writeln!(
             report.check,
-            "| preprocessing | accuracy |\n|---|---:|\n| in use: {} | {:.1} % |",
+            "| preprocessing | accuracy on {n_sub} of the images |\n|---|---:|\n| in use: {} | {:.1} % |",
             pre.summary(),
             100.0 * cur
         );
