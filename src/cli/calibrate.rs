@@ -225,8 +225,8 @@ pub(super) fn fit_recipe(
     }
     if inputs.labels.is_none() && detector.target.needs_labels() && !r.one_class {
         eprintln!(
-            "warning: the {} target needs the familiar images' true classes; without labels the detector learns \
-             novelty labels only (unfamiliar = 1)",
+            "warning: the {} target needs the familiar images' true classes; without --familiar-labels (init: \
+             --labels) the detector learns novelty labels only (unfamiliar = 1)",
             detector.target.name()
         );
     }
