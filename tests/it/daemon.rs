@@ -476,11 +476,11 @@ fn config_errors_exit_2_and_name_the_key() {
     assert!(err.contains("sha256"), "{err}");
 
     // A stream kind that does not exist.
-    let text = format!("{}{}", head(""), stream.replace("kind = \"replay\"", "kind = \"rtsp\""));
+    let text = format!("{}{}", head(""), stream.replace("kind = \"replay\"", "kind = \"rtmp\""));
     let bad_kind = write(dir.path(), "kind.toml", &text);
     let (code, _out, err) = Daemon::run(&["run", "--config", bad_kind.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("rtsp"), "{err}");
+    assert!(err.contains("rtmp"), "{err}");
 }
 
 /// Under systemd: READY=1 once frames flow, STATUS= with the frame rate, WATCHDOG=1 at half of
