@@ -236,6 +236,14 @@ impl Daemon {
     }
 
     /// Waits until `cond` holds (panics after `limit`).
+    /// The metrics endpoint's address, from the daemon's "metrics on http://ADDR/" log line
+    /// (waits up to 30 s for it).
+    pub(crate) fn metrics_addr(&mut self) -> std::net::SocketAddr {
+        self.wait_for("the metrics address", Duration::from_secs(30), |d| d.stderr().contains("metrics on http://"));
+        let err = self.stderr();
+        err.split("metrics on http://").nth(1).unwrap().split('/').next().unwrap().parse().unwrap()
+    }
+
     pub(crate) fn wait_for(&mut self, what: &str, limit: Duration, mut cond: impl FnMut(&Daemon) -> bool) {
         let t0 = Instant::now();
         while !cond(self) {

@@ -26,13 +26,6 @@ fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, Vec<u8>)> 
     Ok((code, head, raw[split..].to_vec()))
 }
 
-fn metrics_addr(d: &mut Daemon) -> SocketAddr {
-    d.wait_for("the metrics address", Duration::from_secs(30), |d| d.stderr().contains("metrics on http://"));
-    let err = d.stderr();
-    let rest = err.split("metrics on http://").nth(1).unwrap();
-    rest.split('/').next().unwrap().parse().unwrap()
-}
-
 const EVIL: &str = r#"cam <b>1</b> & "co""#;
 
 /// Two streams, one with a name full of HTML, that one through a noisy window: the page has
@@ -49,7 +42,7 @@ fn status_page_of_the_real_daemon() {
     );
     let path = write(dir.path(), "page.toml", &cfg);
     let mut d = Daemon::start(&["run", "--config", path.to_str().unwrap()]);
-    let addr = metrics_addr(&mut d);
+    let addr = d.metrics_addr();
 
     let t0 = Instant::now();
     let page = loop {

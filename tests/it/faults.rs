@@ -26,13 +26,6 @@ fn endless_stream() -> String {
 }
 
 /// The metrics address the daemon logs.
-fn metrics_addr(d: &mut Daemon) -> SocketAddr {
-    d.wait_for("the metrics address", Duration::from_secs(30), |d| d.stderr().contains("metrics on http://"));
-    let err = d.stderr();
-    let rest = err.split("metrics on http://").nth(1).unwrap();
-    rest.split('/').next().unwrap().parse().unwrap()
-}
-
 /// One `GET`; the status code and body, or the I/O error.
 fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -82,7 +75,7 @@ fn metrics_endpoint_survives_a_connection_flood() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "flood.toml", &format!("{}{}", head_with_metrics(), endless_stream()));
     let mut d = start_with_nofile(&path, 256);
-    let addr = metrics_addr(&mut d);
+    let addr = d.metrics_addr();
     get_until(addr, "/metrics", 200, Duration::from_secs(30));
 
     let mut idle = Vec::new();
@@ -112,7 +105,7 @@ fn huge_request_line_is_refused_with_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "huge.toml", &format!("{}{}", head_with_metrics(), endless_stream()));
     let mut d = Daemon::start(&["run", "--config", path.to_str().unwrap()]);
-    let addr = metrics_addr(&mut d);
+    let addr = d.metrics_addr();
     get_until(addr, "/metrics", 200, Duration::from_secs(30));
     let before = rss_kib(d.child.id());
 
@@ -277,7 +270,7 @@ fn stalled_pipe_writer_goes_down_within_timeout() {
     let cfg = head_with_metrics() + &pipe_stream(&fifo, "timeout_s = 1");
     let path = write(dir.path(), "stall.toml", &cfg);
     let mut d = Daemon::start(&["run", "--config", path.to_str().unwrap()]);
-    let addr = metrics_addr(&mut d);
+    let addr = d.metrics_addr();
     let mut w = open_writer(&fifo, &mut d);
     let frame = images()[0].data.clone();
     for _ in 0..3 {
@@ -443,7 +436,7 @@ fn slowloris_from_one_client_does_not_block_the_endpoint() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "slow.toml", &format!("{}{}", head_with_metrics(), endless_stream()));
     let mut d = Daemon::start(&["run", "--config", path.to_str().unwrap()]);
-    let addr = metrics_addr(&mut d);
+    let addr = d.metrics_addr();
     get_until(addr, "/metrics", 200, Duration::from_secs(30));
     let mut slow = Vec::new();
     for _ in 0..40 {

@@ -23,12 +23,6 @@ fn get(addr: SocketAddr, path: &str) -> String {
     text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
 }
 
-fn metrics_addr(d: &mut Daemon) -> SocketAddr {
-    d.wait_for("the metrics address", Duration::from_secs(30), |d| d.stderr().contains("metrics on http://"));
-    let err = d.stderr();
-    err.split("metrics on http://").nth(1).unwrap().split('/').next().unwrap().parse().unwrap()
-}
-
 /// A unit's config: a looping replay stream `cam0` with a noisy window (alerts), an MQTT sink
 /// without `client_id`, the dashboard and discovery topics on.
 fn unit(dir: &Path, id: &str, site: &str, port: u16) -> std::path::PathBuf {
@@ -102,7 +96,7 @@ fn two_units_share_a_broker_and_are_told_apart() {
     assert!(ids.contains("gradwatch_rsu-1_cam0_trust") && ids.contains("gradwatch_rsu-2_cam0_trust"), "{ids:?}");
 
     // Every series carries the unit and its labels.
-    let text = get(metrics_addr(&mut a), "/metrics");
+    let text = get(a.metrics_addr(), "/metrics");
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         assert!(line.contains("{unit_id=\"rsu-1\",road=\"A7\",site=\"km12\""), "{line}");
     }
@@ -110,7 +104,7 @@ fn two_units_share_a_broker_and_are_told_apart() {
         text.contains("gradwatch_alert_open{unit_id=\"rsu-1\",road=\"A7\",site=\"km12\",stream=\"cam0\"}"),
         "{text}"
     );
-    let _ = metrics_addr(&mut b);
+    let _ = b.metrics_addr();
     a.signal("TERM");
     b.signal("TERM");
     assert_eq!(a.wait(Duration::from_secs(20)), 0, "{}", a.stderr());
@@ -202,7 +196,7 @@ fn dashboard_and_rules_query_metrics_a_daemon_serves() {
     let cfg = endless(&events, true, "").replace("[metrics]\nenabled = false", "[metrics]\nbind = \"127.0.0.1:0\"");
     let cfg = write(dir.path(), "m.toml", &format!("[service]\nunit_id = \"u\"\n{cfg}"));
     let mut d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
-    let addr = metrics_addr(&mut d);
+    let addr = d.metrics_addr();
     d.wait_for("a scored frame", Duration::from_secs(30), |_| {
         get(addr, "/metrics").contains("gradwatch_score_count{unit_id=\"u\",stream=\"cam\"}")
     });

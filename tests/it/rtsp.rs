@@ -83,12 +83,6 @@ fn config(dir: &Path, streams: &str) -> PathBuf {
 }
 
 /// The daemon's metrics address (from its log).
-fn metrics_addr(d: &mut Daemon) -> SocketAddr {
-    d.wait_for("the metrics address", Duration::from_secs(30), |d| d.stderr().contains("metrics on http://"));
-    let err = d.stderr();
-    err.split("metrics on http://").nth(1).unwrap().split('/').next().unwrap().parse().unwrap()
-}
-
 /// The value of `gradwatch_<name>{...stream="<stream>"}` on the daemon's /metrics.
 fn metric(addr: SocketAddr, name: &str, stream: &str) -> f64 {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
@@ -129,7 +123,7 @@ fn frames_arrive_through_digest_auth_and_survive_a_resolution_change() {
     let extra = format!("username = \"viewer\"\npassword_file = \"{}\"\nscore_fps = 5", pw.display());
     let cfg = config(dir.path(), &stream("gate", port, &extra));
     let mut d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
-    let addr = metrics_addr(&mut d);
+    let addr = d.metrics_addr();
     d.wait_for("the resolution change", Duration::from_secs(30), |d| {
         d.stderr().contains("resolution changed from 640x480 to 320x240")
     });
@@ -272,7 +266,7 @@ fn mjpeg_frames_are_decoded() {
     let _server = Server::start(port, &["--codec", "mjpeg", "--width", "320", "--height", "240", "--fps", "10"]);
     let cfg = config(dir.path(), &stream("jpeg", port, ""));
     let mut d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
-    let addr = metrics_addr(&mut d);
+    let addr = d.metrics_addr();
     d.wait_for("stream_up", Duration::from_secs(30), |d| d.stdout().contains("\"stream_up\""));
     std::thread::sleep(Duration::from_secs(1));
     let (scored, bad) = (metric(addr, "frames_scored_total", "jpeg"), metric(addr, "frames_bad_total", "jpeg"));
