@@ -142,6 +142,11 @@ pub struct RuntimeOptions {
     /// varies, and each block stays in the arena). Default false: about 40 MiB less RSS at the
     /// same throughput (`docs/memory.md`); true restores ONNX Runtime's default.
     pub memory_pattern: bool,
+    /// Let idle intra-op threads spin-wait for the next parallel section (ONNX Runtime's
+    /// default). Spinning buys a little latency per operator at the price of CPU time burnt
+    /// between frames: a daemon scoring a few frames a second spent most of its CPU spinning
+    /// (`docs/rtsp-bench.md`). Default false: threads sleep; true restores ONNX Runtime's default.
+    pub spin: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -155,6 +160,7 @@ impl Default for RuntimeOptions {
             tensorrt: TensorRtOptions::default(),
             cpu_arena: true,
             memory_pattern: false,
+            spin: false,
         }
     }
 }
@@ -241,6 +247,7 @@ fn build_session(bytes: &[u8], opts: &RuntimeOptions) -> Result<(Session, Provid
         b = b.with_intra_threads(opts.threads).map_err(|e| RuntimeError::Ort(e.to_string()))?;
     }
     b = b.with_memory_pattern(opts.memory_pattern).map_err(|e| RuntimeError::Ort(e.to_string()))?;
+    b = b.with_intra_op_spinning(opts.spin).map_err(|e| RuntimeError::Ort(e.to_string()))?;
     let mut chosen = Provider::Cpu;
     let mut eps = Vec::new();
     for (i, p) in opts.providers.iter().enumerate() {
