@@ -34,9 +34,11 @@ build: ort
 
 release: build
 
+# clippy in the release profile: the dependencies' build scripts (OpenH264's C++ and assembly,
+# bindgen) then run once for both lint and test instead of once per profile.
 lint: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --release --all-targets -- -D warnings
 
 test: ort lint rules
 	$(CARGO) test --locked --release

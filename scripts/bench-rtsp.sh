@@ -10,8 +10,11 @@
 # /metrics at the end of the run. A second run with B-frames (x264 bframes=2, which are disposable) shows
 # the decoding that `score_fps` saves. Writes OUT.md (default docs/rtsp-bench.md) and stdout.
 #
+# A third run with `[runtime] spin = true` (ONNX Runtime's default: idle threads spin-wait)
+# shows what the daemon's default `spin = false` saves.
+#
 # Environment: DURATION_S (300), BFRAMES_S (the B-frame run's length, default DURATION_S; 0
-# skips it), GRADWATCH (binary;
+# skips it), SPIN_S (the spinning run's length, default DURATION_S; 0 skips it), GRADWATCH (binary;
 # default target/release/gradwatch, built if unset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,9 +39,9 @@ MPORT=$((PORT + 1))
 # cpu_ticks PID: utime + stime of the process (all threads).
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# run NAME BFRAMES SECONDS: one measured run; prints "cpu% captured scored skipped dropped bad p50 p99 mean".
+# run NAME BFRAMES SECONDS [SPIN]: one measured run; prints "cpu% captured scored skipped dropped bad p50 p99 mean".
 run() {
-  local name="$1" bframes="$2" seconds="$3" pid t0 c0 t1 c1
+  local name="$1" bframes="$2" seconds="$3" spin="${4:-false}" pid t0 c0 t1 c1
   /usr/bin/python3 tests/fixtures/rtsp_server.py --port "$PORT" --width 640 --height 480 --fps 30 \
     --bframes "$bframes" >"$WORK/$name.server" 2>&1 &
   SERVER_PID=$!
@@ -47,6 +50,8 @@ run() {
 [model]
 path = "$ROOT/models/gtsrb-resnet18.onnx"
 calibration = "$ROOT/models/gtsrb-resnet18.calib.toml"
+[runtime]
+spin = $spin
 [metrics]
 bind = "127.0.0.1:$MPORT"
 [[sink]]
@@ -106,6 +111,15 @@ if [ "$BFRAMES_S" != 0 ]; then
   echo "$ROW_B" >&2
 fi
 
+ROW_S=""
+SPIN_S="${SPIN_S:-$DURATION_S}"
+if [ "$SPIN_S" != 0 ]; then
+  echo "==> I/P frames, spin = true (ONNX Runtime's default), ${SPIN_S} s" >&2
+  read -r cpu cap sc sk dr bad p50 p99 mx <<<"$(run spin 0 "$SPIN_S" true)"
+  ROW_S="| I and P frames, \`spin = true\` (ONNX Runtime's default) | $cpu | $cap | $sc | $sk | $dr | $bad | $p50 | $p99 | $mx |"
+  echo "$ROW_S" >&2
+fi
+
 LOAD1="$(cut -d' ' -f1-3 /proc/loadavg)"
 {
   cat <<EOF
@@ -132,6 +146,12 @@ Counts are the daemon's frame counters (captured includes the frames not decoded
 |---|---|---|---|---|---|---|---|---|---|
 $ROW_IP
 $ROW_B
+$ROW_S
+
+The daemon's default is \`[runtime] spin = false\`: ONNX Runtime's intra-op threads sleep between
+parallel sections instead of spin-waiting, which at 5 scored frames a second is most of the CPU
+a spinning pool burns; the \`spin = true\` row (ONNX Runtime's default) is the same camera with
+the threads spinning. Rows run one after the other, so compare them as a ratio.
 
 Targets (issue #27): under 60 % of one core, 0 scored frames dropped over 5 minutes,
 capture-to-verdict p99 under 250 ms.
