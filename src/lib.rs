@@ -5,6 +5,7 @@
 //! per-sample squared gradient norms of every parameter tensor (Lee & AlRegib, ICIP 2020).
 
 pub mod alert;
+pub mod base;
 pub mod cli;
 pub mod config;
 pub mod corrupt;

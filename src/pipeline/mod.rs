@@ -36,10 +36,11 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::alert::{AlertConfig, AlertPolicy, ModelRef};
+use crate::base::clock::Clock;
 use crate::detector::Calibration;
 use crate::metrics::Metrics;
 use crate::sink::{Fanout, Sink};
-use crate::source::{Clock, QueueConfig, Roi, Source};
+use crate::source::{QueueConfig, Roi, Source};
 
 pub use config::PipelineConfig;
 pub use infer::{BatchPolicy, Classifier, ClassifierOutput, GradClassifier};
@@ -117,7 +118,7 @@ impl Env {
 
     /// The real clock; frame times are the system time.
     pub fn real(metrics: Metrics) -> Self {
-        Env { system_time: true, ..Self::new(Arc::new(crate::source::RealClock), metrics) }
+        Env { system_time: true, ..Self::new(Arc::new(crate::base::clock::RealClock), metrics) }
     }
 
     /// The current time on the pipeline's clock, as wall time.

@@ -140,7 +140,7 @@ pub fn check_config(path: &Path) -> Result<String, ServiceError> {
             reason: e.to_string(),
         })?;
     }
-    let clock: Arc<dyn crate::source::Clock> = Arc::new(crate::source::RealClock);
+    let clock: Arc<dyn crate::base::clock::Clock> = Arc::new(crate::base::clock::RealClock);
     for s in config.enabled_streams() {
         s.build(clock.clone()).map_err(|e| ServiceError::Source { stream: s.name.clone(), source: e })?;
     }

@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use crate::frame::RgbImage;
 
 use super::blocking::{check_timeout, Blocking, Wait};
-use super::clock::{Clock, Pacer};
 use super::{check_fps, Source, SourceError, SourceEvent};
+use crate::base::clock::{Clock, Pacer};
 use crate::data::{self, DataError};
 
 /// Config of a `kind = "directory"` stream.

@@ -4,7 +4,7 @@
 //! counted), connection changes and the end of the stream. The pipeline runs one capture thread
 //! per stream calling [`Source::poll`] in a loop, crops to the stream's [`Roi`] and pushes into
 //! a bounded queue configured by [`QueueConfig`]. Sources pace themselves through an injected
-//! [`Clock`], so tests run on a [`SimClock`] without sleeping.
+//! [`Clock`], so tests run on a [`SimClock`](crate::base::clock::SimClock) without sleeping.
 //!
 //! Five kinds, one config struct each, chosen by `kind` in the stream's TOML table:
 //!
@@ -31,7 +31,6 @@
 //! common keys off and hands the rest to the internally tagged [`SourceConfig`], both strict.
 
 pub(crate) mod blocking;
-pub mod clock;
 pub mod convert;
 pub mod directory;
 pub mod pipe;
@@ -44,9 +43,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::base::clock::Clock;
 use crate::frame::RgbImage;
 
-pub use clock::{Clock, Pacer, RealClock, SimClock};
 pub use convert::{ConvertError, PixelFormat};
 pub use directory::{list_files, DirectoryConfig};
 pub use pipe::{PipeConfig, RawFormat};

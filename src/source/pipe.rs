@@ -50,9 +50,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::blocking::{check_timeout, may_access, Blocking, Wait};
-use super::clock::{Clock, Pacer};
 use super::convert;
 use super::{check_fps, Source, SourceError, SourceEvent};
+use crate::base::clock::{Clock, Pacer};
 
 /// Pixel layout of a raw pipe frame.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]

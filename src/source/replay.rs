@@ -45,8 +45,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::clock::{Clock, Pacer};
 use super::{check_fps, Source, SourceError, SourceEvent};
+use crate::base::clock::{Clock, Pacer};
 use crate::corrupt::{self, Corruption};
 use crate::frame::RgbImage;
 

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use serde::{Deserialize, Serialize};
 
-use super::clock::Clock;
+use crate::base::clock::Clock;
 // The timing keys are the v4l2 camera's: same defaults, same checks.
 use super::v4l2::{
     checked_backoff, default_reconnect_initial_s, default_reconnect_max_s, default_timeout_s, positive_secs, Backoff,
@@ -616,7 +616,7 @@ mod tests {
         let mut c = cfg("rtsp://cam/x");
         c.username = Some("u".into());
         c.password_file = Some("/nonexistent/gradwatch-pw".into());
-        let e = c.build(Arc::new(crate::source::RealClock), None).err().unwrap().to_string();
+        let e = c.build(Arc::new(crate::base::clock::RealClock), None).err().unwrap().to_string();
         assert!(e.contains("/nonexistent/gradwatch-pw") && e.contains("cannot read"), "{e}");
     }
 }

@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::clock::Clock;
 use super::convert::{self, PixelFormat};
 use super::{Source, SourceError, SourceEvent};
+use crate::base::clock::Clock;
 
 /// Config of a `kind = "v4l2"` stream.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]

@@ -328,9 +328,10 @@ fn k_of_n_alert_names_its_policy() {
 /// move; a ramp goes from clean to its top level.
 #[test]
 fn replay_without_realtime_stamps_frame_time_and_ramps() {
+    use gradwatch::base::clock::SimClock;
     use gradwatch::corrupt::{self, Corruption};
     use gradwatch::source::replay::{corrupt_at, ReplayConfig, ReplaySource};
-    use gradwatch::source::{SimClock, Source, SourceEvent};
+    use gradwatch::source::{Source, SourceEvent};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.npy");
     let imgs: Vec<_> = (0..4u8)

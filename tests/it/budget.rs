@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 
 use crate::fakes::{self, calibration, Brightness};
 use gradwatch::alert::Event;
+use gradwatch::base::clock::{Clock, SimClock};
 use gradwatch::detector::{CalibError, Calibration};
 use gradwatch::frame::RgbImage;
 use gradwatch::grad::{self, CompileOptions, Preset};
 use gradwatch::metrics::Metrics;
 use gradwatch::pipeline::{BatchPolicy, Env, Pipeline, PipelineConfig, Scoring, StreamSpec};
 use gradwatch::sink::MemorySink;
-use gradwatch::source::{Clock, DropPolicy, QueueConfig, SimClock, Source, SourceEvent};
+use gradwatch::source::{DropPolicy, QueueConfig, Source, SourceEvent};
 
 /// 30 fps on the simulated clock: `dark` grey frames, then `bright` white ones, then `dark` again.
 struct Camera {

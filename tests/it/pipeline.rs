@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use crate::fakes::{self, calibration, Brightness};
 use gradwatch::alert::{AlertConfig, EndReason, Event};
+use gradwatch::base::clock::SimClock;
 use gradwatch::frame::RgbImage;
 use gradwatch::metrics::Metrics;
 use gradwatch::pipeline::{Env, Pipeline, PipelineConfig, Scoring, StageExit, StreamSpec};
 use gradwatch::sink::MemorySink;
-use gradwatch::source::{DropPolicy, QueueConfig, Roi, SimClock, Source, SourceEvent};
+use gradwatch::source::{DropPolicy, QueueConfig, Roi, Source, SourceEvent};
 
 /// Frames of a constant grey level, 100 ms apart on the simulated clock: `plan` lists
 /// (count, level, tag); `forever` repeats the last entry without end.

@@ -5,15 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gradwatch::base::clock::{Clock, SimClock};
 use gradwatch::corrupt::{self, Corruption};
 use gradwatch::frame::RgbImage;
 use gradwatch::source::convert::{
     grey_to_rgb, mjpeg_to_rgb, rgb24_to_rgb, scan_jpeg, to_rgb, yuyv_to_rgb, ConvertError,
 };
 use gradwatch::source::v4l2::{Backoff, CaptureDevice, CaptureError, DeviceOpener, NegotiatedFormat, V4l2Source};
-use gradwatch::source::{
-    Clock, DropPolicy, PixelFormat, SimClock, Source, SourceConfig, SourceError, SourceEvent, StreamConfig,
-};
+use gradwatch::source::{DropPolicy, PixelFormat, Source, SourceConfig, SourceError, SourceEvent, StreamConfig};
 
 fn fixture(name: &str) -> Vec<u8> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v4l2").join(name);
