@@ -12,17 +12,17 @@ pub mod baseline;
 mod config;
 pub mod cusum;
 pub mod open;
-pub mod time;
 
 use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::base::time::{rfc3339_ms, unix_ms};
+
 pub use baseline::{Baseline, BaselineConfig, Learner};
 pub use config::AlertConfig;
 pub use cusum::{Cusum, CusumParams};
-pub use time::{parse_rfc3339, rfc3339_ms, unix_ms};
 
 /// Errors of the alert module.
 #[derive(Debug, thiserror::Error)]
@@ -379,7 +379,7 @@ impl Event {
     }
 
     /// The JSON object of [`Event::to_json`] with an `event_id` member first: the form every
-    /// sink writes, so consumers can de-duplicate redelivered events (see [`new_event_id`]).
+    /// sink writes, so consumers can de-duplicate redelivered events (see [`new_event_id`](crate::base::time::new_event_id)).
     pub fn to_json_with_id(&self, event_id: &str) -> String {
         let body = self.to_json();
         // `to_json` always yields a non-empty object (`{"event":...}`), so splicing the id in
@@ -392,41 +392,6 @@ impl Event {
             None => body,
         }
     }
-}
-
-/// A new event id: 32 lower-case hex digits in UUID layout (`8-4-4-4-12`), unique per event
-/// across processes and restarts of this host, and assigned once per event so every sink and
-/// every redelivery of the event carry the same id.
-///
-/// Made of the wall-clock time in ms (48 bits), a per-process random nonce (48 bits, from the
-/// OS-seeded hasher keys of the standard library, so two processes started in the same
-/// millisecond with recycled pids still differ) mixed with the pid, and a per-process counter
-/// (32 bits). No crate is needed and no syscall per id beyond reading the clock.
-pub fn new_event_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    static NONCE: OnceLock<u64> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nonce = *NONCE.get_or_init(|| {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        h.write_u128(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-        h.finish()
-    });
-    let ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let hi = ms & 0xFFFF_FFFF_FFFF;
-    let mid = nonce & 0xFFFF_FFFF_FFFF;
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:04x}{:08x}",
-        hi >> 16,
-        hi & 0xFFFF,
-        mid >> 32,
-        (mid >> 16) & 0xFFFF,
-        mid & 0xFFFF,
-        n as u32
-    )
 }
 
 /// Running statistics of an open alert.
@@ -984,12 +949,8 @@ mod tests {
     }
 
     #[test]
-    fn event_ids_are_unique_and_spliced_into_the_json() {
-        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| new_event_id()).collect();
-        assert_eq!(ids.len(), 10_000);
-        let id = new_event_id();
-        assert_eq!(id.len(), 36);
-        assert_eq!(id.matches('-').count(), 4);
+    fn event_ids_are_spliced_into_the_json() {
+        let id = crate::base::time::new_event_id();
         let ev = Event::StreamUp { stream: "cam".into(), time: "2024-01-01T00:00:00.000Z".into() };
         let json = ev.to_json_with_id(&id);
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();

@@ -80,7 +80,7 @@ impl OpenAlerts {
     /// `time` is now and `duration_ms` runs to it; every other field is the alert's last
     /// persisted state. Their files are removed; unreadable ones are logged and removed too.
     pub fn close_left_open(&self, now: std::time::SystemTime) -> Vec<Event> {
-        let time = super::rfc3339_ms(now);
+        let time = crate::base::time::rfc3339_ms(now);
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
         let mut out = Vec::new();
         let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
@@ -107,8 +107,9 @@ impl OpenAlerts {
                         alert.id
                     );
                     alert.time = time.clone();
-                    if let Some(first) = super::parse_rfc3339(&alert.first_time) {
-                        alert.duration_ms = super::unix_ms(now).saturating_sub(super::unix_ms(first));
+                    if let Some(first) = crate::base::time::parse_rfc3339(&alert.first_time) {
+                        alert.duration_ms =
+                            crate::base::time::unix_ms(now).saturating_sub(crate::base::time::unix_ms(first));
                     }
                     out.push(Event::AlertEnd { alert, reason: EndReason::Restart });
                 }

@@ -1,6 +1,7 @@
-//! The floor every other module stands on: an injected clock ([`clock`]), and (added below)
-//! time and id helpers, path resolution and stats handles. Nothing here imports another
+//! The floor every other module stands on: an injected clock ([`clock`]), wall-clock time and event
+//! ids ([`time`]), and (added below) path resolution and stats handles. Nothing here imports another
 //! gradwatch module, so anything may import it without making a cycle
 //! (`tests/it/shape.rs` checks the layering).
 
 pub mod clock;
+pub mod time;

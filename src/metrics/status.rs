@@ -142,7 +142,7 @@ impl StreamStatus {
 
     /// One scored frame: the latest score and the history (NaN scores are not plotted).
     pub fn frame(&self, time: SystemTime, score: f32, threshold: f32) {
-        let ms = crate::alert::unix_ms(time);
+        let ms = crate::base::time::unix_ms(time);
         let mut g = self.lock();
         if g.state.is_none() {
             g.state = Some(StreamState::Ok);
@@ -181,7 +181,7 @@ impl StreamStatus {
 
     /// One frame's `risk`: counts it for the trust rate (`over`: its risk is over the level).
     pub fn risk(&self, time: SystemTime, over: bool) {
-        let sec = crate::alert::unix_ms(time) / 1000;
+        let sec = crate::base::time::unix_ms(time) / 1000;
         let mut g = self.lock();
         match g.trust.back_mut() {
             Some((s, n, o)) if *s == sec => {

@@ -127,7 +127,7 @@ footer a{color:inherit}
 /// Renders the page for the streams in `metrics`, at wall-clock time `now`.
 pub fn render(metrics: &Metrics, now: SystemTime) -> String {
     let streams = metrics.streams();
-    let now_ms = crate::alert::unix_ms(now);
+    let now_ms = crate::base::time::unix_ms(now);
     let mut o = String::with_capacity(8192 + streams.len() * 8192);
     let _ = write!(
         o,
@@ -143,7 +143,7 @@ pub fn render(metrics: &Metrics, now: SystemTime) -> String {
         streams.len(),
         if streams.len() == 1 { "" } else { "s" },
         env!("CARGO_PKG_VERSION"),
-        html_escape(&crate::alert::rfc3339_ms(now)),
+        html_escape(&crate::base::time::rfc3339_ms(now)),
     );
     for (i, (name, m)) in streams.iter().enumerate() {
         card(&mut o, i, name, &m.status.view(true), now_ms, metrics.risk_level());

@@ -279,7 +279,7 @@ fn frame_record(s: &Scored, risk: Option<f32>, alarm: bool) -> crate::sink::fram
     crate::sink::frames::FrameRecord {
         stream: s.stream.clone(),
         seq: s.seq,
-        time_ms: crate::sink::frames::unix_ms(s.time),
+        time_ms: crate::base::time::unix_ms(s.time),
         top_class: s.top_class,
         class_name: s.top_class_name.clone(),
         confidence: s.confidence,

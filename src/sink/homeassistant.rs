@@ -205,7 +205,7 @@ fn attributes(name: &str, state: StreamState, v: &StatusView) -> Value {
         "state": state.as_str(),
         "score": v.score.map_or(Value::Null, |s| finite(s.0)),
         "score_time": v.score.map_or(Value::Null, |s| {
-            json!(crate::alert::rfc3339_ms(std::time::UNIX_EPOCH + Duration::from_millis(s.1)))
+            json!(crate::base::time::rfc3339_ms(std::time::UNIX_EPOCH + Duration::from_millis(s.1)))
         }),
         "threshold": v.threshold.map_or(Value::Null, finite),
         "alert_id": open.map(|a| a.id.clone()),

@@ -531,7 +531,7 @@ impl Fanout {
     /// Queues `ev` for every sink; never blocks. A full queue drops the event for that sink
     /// (counted in `dropped`, logged at most every 10 s per sink).
     pub fn send(&self, ev: &Event) {
-        let ev = Arc::new(Stamped { id: crate::alert::new_event_id(), event: ev.clone() });
+        let ev = Arc::new(Stamped { id: crate::base::time::new_event_id(), event: ev.clone() });
         for w in &self.workers {
             match w.tx.try_send(Msg::Event(ev.clone())) {
                 Ok(()) => {}

@@ -646,7 +646,7 @@ impl BState {
 }
 
 fn now_ms() -> u64 {
-    crate::alert::unix_ms(std::time::SystemTime::now())
+    crate::base::time::unix_ms(std::time::SystemTime::now())
 }
 
 /// Backlogs by key (spool directory, or name and broker without a spool), for the hand-over.
@@ -900,7 +900,7 @@ impl Sink for MqttSink {
     }
 
     fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
-        self.send_with_id(&crate::alert::new_event_id(), ev)
+        self.send_with_id(&crate::base::time::new_event_id(), ev)
     }
 
     fn send_with_id(&mut self, event_id: &str, ev: &Event) -> Result<(), SinkError> {

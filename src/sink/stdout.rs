@@ -37,7 +37,7 @@ impl<W: Write + Send> Sink for StdoutSink<W> {
     }
 
     fn send(&mut self, ev: &Event) -> Result<(), SinkError> {
-        self.send_with_id(&crate::alert::new_event_id(), ev)
+        self.send_with_id(&crate::base::time::new_event_id(), ev)
     }
 
     fn send_with_id(&mut self, event_id: &str, ev: &Event) -> Result<(), SinkError> {

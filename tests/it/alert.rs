@@ -2,7 +2,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gradwatch::alert::{parse_rfc3339, AlertPolicy, AlertTracker, EndReason, Event, ModelRef, Scored};
+use gradwatch::alert::{AlertPolicy, AlertTracker, EndReason, Event, ModelRef, Scored};
+use gradwatch::base::time::parse_rfc3339;
 
 /// 2024-01-01T00:00:00Z, so ids and times are predictable.
 const T0_MS: u64 = 1_704_067_200_000;

@@ -1,4 +1,5 @@
-//! RFC 3339 timestamps (UTC, millisecond precision) without a date-time dependency.
+//! Wall-clock helpers: RFC 3339 timestamps (UTC, millisecond precision) without a date-time
+//! dependency, and the event id every sink writes.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -81,6 +82,41 @@ fn days_from_civil(y: u64, m: u64, d: u64) -> Option<u64> {
     (era * 146_097 + doe).checked_sub(719_468)
 }
 
+/// A new event id: 32 lower-case hex digits in UUID layout (`8-4-4-4-12`), unique per event
+/// across processes and restarts of this host, and assigned once per event so every sink and
+/// every redelivery of the event carry the same id.
+///
+/// Made of the wall-clock time in ms (48 bits), a per-process random nonce (48 bits, from the
+/// OS-seeded hasher keys of the standard library, so two processes started in the same
+/// millisecond with recycled pids still differ) mixed with the pid, and a per-process counter
+/// (32 bits). No crate is needed and no syscall per id beyond reading the clock.
+pub fn new_event_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static NONCE: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nonce = *NONCE.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        h.finish()
+    });
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let hi = ms & 0xFFFF_FFFF_FFFF;
+    let mid = nonce & 0xFFFF_FFFF_FFFF;
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:04x}{:08x}",
+        hi >> 16,
+        hi & 0xFFFF,
+        mid >> 32,
+        (mid >> 16) & 0xFFFF,
+        mid & 0xFFFF,
+        n as u32
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +153,14 @@ mod tests {
         assert_eq!(parse_rfc3339("1970-13-01T00:00:01Z"), None);
         assert_eq!(parse_rfc3339("1970-01-01T00:00:01+01:00"), None);
         assert_eq!(parse_rfc3339("garbage"), None);
+    }
+
+    #[test]
+    fn event_ids_are_unique_uuid_shaped() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| new_event_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        let id = new_event_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(id.matches('-').count(), 4);
     }
 }
