@@ -11,6 +11,8 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use crate::base::path::resolve_path;
+
 use serde::{Deserialize, Serialize};
 
 pub use crate::alert::AlertConfig;
@@ -279,14 +281,6 @@ fn same_file_key(p: &Path) -> PathBuf {
     match (p.parent(), p.file_name()) {
         (Some(d), Some(f)) => d.canonicalize().map_or_else(|_| p.to_path_buf(), |d| d.join(f)),
         _ => p.to_path_buf(),
-    }
-}
-
-/// Makes a relative path absolute against `base` (the config file's directory); `-` (stdin)
-/// and empty paths are left as they are. Every component's `resolve_paths` uses it.
-pub fn resolve_path(p: &mut PathBuf, base: &Path) {
-    if p.is_relative() && p.as_os_str() != "-" && !p.as_os_str().is_empty() {
-        *p = base.join(&*p);
     }
 }
 

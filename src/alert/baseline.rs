@@ -183,27 +183,6 @@ fn legacy_file_name(stream: &str, model_sha256: &str) -> String {
     format!("baseline-{safe}-{model_sha256}.toml")
 }
 
-/// Reads a state file of at most `max` bytes as UTF-8 text: `Ok(None)` when it does not
-/// exist; an error naming the size for a larger file (read no further, so a huge file neither
-/// stalls the start nor ends up in a log line).
-pub fn read_state_file(path: &std::path::Path, max: u64) -> Result<Option<String>, String> {
-    use std::io::Read;
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
-    let mut buf = Vec::new();
-    f.take(max + 1).read_to_end(&mut buf).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if buf.len() as u64 > max {
-        return Err(format!(
-            "{} is over {max} bytes, more than this file ever holds; ignored (move it away to silence this)",
-            path.display()
-        ));
-    }
-    String::from_utf8(buf).map(Some).map_err(|_| format!("{} is not UTF-8 text; ignored", path.display()))
-}
-
 impl Baseline {
     /// Writes the baseline into `dir` (created if missing) under [`file_name`], atomically
     /// (a temporary file renamed over the old one).
@@ -221,14 +200,14 @@ impl Baseline {
     /// none; an error when the file is unreadable, invalid, or names another stream or model.
     pub fn load(dir: &std::path::Path, stream: &str, model_sha256: &str) -> Result<Option<Baseline>, String> {
         let path = dir.join(file_name(stream, model_sha256));
-        let (path, text, legacy) = match read_state_file(&path, MAX_FILE_BYTES)? {
+        let (path, text, legacy) = match crate::base::path::read_state_file(&path, MAX_FILE_BYTES)? {
             Some(t) => (path, t, false),
             None => {
                 let old = dir.join(legacy_file_name(stream, model_sha256));
                 if old == path {
                     return Ok(None);
                 }
-                match read_state_file(&old, MAX_FILE_BYTES)? {
+                match crate::base::path::read_state_file(&old, MAX_FILE_BYTES)? {
                     Some(t) => (old, t, true),
                     None => return Ok(None),
                 }

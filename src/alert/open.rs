@@ -94,7 +94,7 @@ impl OpenAlerts {
             if !name.ends_with(".json") {
                 continue;
             }
-            let parsed = crate::alert::baseline::read_state_file(&path, MAX_FILE_BYTES).and_then(|t| {
+            let parsed = crate::base::path::read_state_file(&path, MAX_FILE_BYTES).and_then(|t| {
                 let t = t.ok_or_else(|| "vanished".to_string())?;
                 serde_json::from_str::<Alert>(&t).map_err(|e| format!("{}: {e}", path.display()))
             });

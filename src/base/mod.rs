@@ -4,4 +4,5 @@
 //! (`tests/it/shape.rs` checks the layering).
 
 pub mod clock;
+pub mod path;
 pub mod time;

@@ -112,7 +112,7 @@ impl RuntimeOptions {
     /// Makes the library and engine-cache paths absolute against `base` (the config's directory).
     pub fn resolve_paths(&mut self, base: &Path) {
         for p in [self.library.as_mut(), self.tensorrt.engine_cache_dir.as_mut()].into_iter().flatten() {
-            crate::config::resolve_path(p, base);
+            crate::base::path::resolve_path(p, base);
         }
     }
 }

@@ -211,7 +211,7 @@ pub enum SinkConfig {
 impl SinkConfig {
     /// Makes the sink's relative paths absolute against `base` (the config's directory).
     pub fn resolve_paths(&mut self, base: &std::path::Path) {
-        use crate::config::resolve_path;
+        use crate::base::path::resolve_path;
         match self {
             SinkConfig::File(f) => resolve_path(&mut f.path, base),
             SinkConfig::Mqtt(m) => {

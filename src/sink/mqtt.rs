@@ -248,34 +248,6 @@ pub fn state_directory() -> Option<PathBuf> {
     (!first.as_os_str().is_empty()).then_some(first)
 }
 
-/// Resolves a secret's path: `%d/...` or `$CREDENTIALS_DIRECTORY/...` (anywhere in the path,
-/// since the config loader may already have put the config's directory in front) and
-/// relative paths are looked up in systemd's credentials directory (`LoadCredential=`).
-/// `relative_ok`: a relative path without a credentials directory is kept as it is.
-pub fn resolve_credential(path: &Path, relative_ok: bool) -> Result<PathBuf, SinkError> {
-    let comps: Vec<_> = path.components().collect();
-    let marker = comps.iter().rposition(|c| {
-        matches!(c.as_os_str().to_str(), Some("%d" | "$CREDENTIALS_DIRECTORY" | "${CREDENTIALS_DIRECTORY}"))
-    });
-    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|v| !v.is_empty()).map(PathBuf::from);
-    match (marker, creds) {
-        (Some(i), Some(dir)) => Ok(comps[i + 1..].iter().fold(dir, |p, c| p.join(c))),
-        (Some(_), None) => Err(SinkError::Config(format!(
-            "{} names the credentials directory, but CREDENTIALS_DIRECTORY is not set: under \
-             systemd add LoadCredential=NAME:/path/to/secret to the unit, otherwise give an \
-             absolute path",
-            path.display()
-        ))),
-        (None, Some(dir)) if path.is_relative() => Ok(dir.join(path)),
-        (None, None) if path.is_relative() && !relative_ok => Err(SinkError::Config(format!(
-            "{} is relative and CREDENTIALS_DIRECTORY is not set: give an absolute path (or \
-             `%d/NAME` with LoadCredential=NAME:... in the unit)",
-            path.display()
-        ))),
-        _ => Ok(path.to_path_buf()),
-    }
-}
-
 /// A sink name as one path component ([`crate::names::encode`]: injective, no `/`, no
 /// leading `.`).
 fn path_safe(name: &str) -> String {
@@ -452,7 +424,7 @@ impl MqttSinkConfig {
         if let Some(u) = &self.username {
             let password = match &self.password_file {
                 Some(f) => {
-                    let path = resolve_credential(f, false)?;
+                    let path = crate::base::path::resolve_credential(f, false).map_err(SinkError::Config)?;
                     let text = std::fs::read_to_string(&path).map_err(|e| SinkError::Open { path, source: e })?;
                     text.lines().next().unwrap_or("").to_string()
                 }
@@ -463,7 +435,7 @@ impl MqttSinkConfig {
         if let Some(t) = &self.tls {
             install_ring_provider();
             let read = |p: &PathBuf| {
-                let path = resolve_credential(p, true)?;
+                let path = crate::base::path::resolve_credential(p, true).map_err(SinkError::Config)?;
                 std::fs::read(&path).map_err(|e| SinkError::Open { path, source: e })
             };
             let ca = read(&t.ca_file)?;

@@ -395,7 +395,7 @@ impl Drop for Spool {
 /// The floor from the `ack` file; 0 (everything re-sent: duplicates, no loss) when it is
 /// missing or unreadable.
 fn read_floor(path: &Path) -> u64 {
-    match crate::alert::baseline::read_state_file(path, 64) {
+    match crate::base::path::read_state_file(path, 64) {
         Ok(Some(s)) => s.trim().parse().unwrap_or_else(|_| {
             log::warn!("spool: {} is not a number; re-sending everything spooled", path.display());
             0

@@ -61,7 +61,7 @@ impl SnapshotConfig {
     /// Makes a relative `dir` absolute against `base` (the config file's directory).
     pub fn resolve_paths(&mut self, base: &Path) {
         if let Some(d) = self.dir.as_mut() {
-            crate::config::resolve_path(d, base);
+            crate::base::path::resolve_path(d, base);
         }
     }
 

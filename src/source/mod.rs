@@ -209,9 +209,9 @@ impl SourceConfig {
     pub fn resolve_paths(&mut self, base: &std::path::Path) {
         match self {
             SourceConfig::V4l2(_) => {}
-            SourceConfig::Directory(c) => crate::config::resolve_path(&mut c.path, base),
-            SourceConfig::Pipe(c) => crate::config::resolve_path(&mut c.path, base),
-            SourceConfig::Replay(c) => crate::config::resolve_path(&mut c.path, base),
+            SourceConfig::Directory(c) => crate::base::path::resolve_path(&mut c.path, base),
+            SourceConfig::Pipe(c) => crate::base::path::resolve_path(&mut c.path, base),
+            SourceConfig::Replay(c) => crate::base::path::resolve_path(&mut c.path, base),
             // `password_file` is looked up as the MQTT sink's is (systemd credentials).
             SourceConfig::Rtsp(_) => {}
         }

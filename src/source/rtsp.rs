@@ -172,7 +172,7 @@ impl RtspConfig {
 
 /// The first line of a password file, resolved like the MQTT sink's `password_file`.
 fn read_password(file: &std::path::Path) -> Result<String, SourceError> {
-    let path = crate::sink::mqtt::resolve_credential(file, false)
+    let path = crate::base::path::resolve_credential(file, false)
         .map_err(|e| SourceError::Config(format!("`password_file`: {e}")))?;
     let text = std::fs::read_to_string(&path).map_err(|e| {
         SourceError::Config(format!(
