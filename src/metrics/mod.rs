@@ -22,7 +22,7 @@ pub use server::{Health, HealthFn, MetricsServer, ServerLimits, ServerStats};
 pub use sketch::Quantiles;
 pub use status::{AlertInfo, StatusView, StreamState, StreamStatus};
 
-use crate::sink::StatsHandle;
+use crate::base::stats::{FramesStats, SinkStats, StatsHandle};
 
 /// Errors of the metrics module.
 #[derive(Debug, thiserror::Error)]
@@ -246,7 +246,7 @@ struct Inner {
     /// The trust rate's level, as f64 bits.
     risk_level: AtomicU64,
     /// The `frames` sinks' counters.
-    frames_sinks: RwLock<Vec<Arc<crate::sink::frames::FramesStats>>>,
+    frames_sinks: RwLock<Vec<Arc<FramesStats>>>,
 }
 
 /// The metrics registry. Cloning is cheap (shared).
@@ -372,7 +372,7 @@ impl Metrics {
     }
 
     /// The `frames` sinks' counters, for `/metrics`.
-    pub fn set_frames_stats(&self, stats: Vec<Arc<crate::sink::frames::FramesStats>>) {
+    pub fn set_frames_stats(&self, stats: Vec<Arc<FramesStats>>) {
         *write(&self.inner.frames_sinks) = stats;
     }
 
@@ -482,7 +482,7 @@ impl Metrics {
                 "sink_queue_depth",
                 "gauge",
                 "Events waiting in the sink's queue.",
-                (|s| s.queue_depth as u64) as fn(&crate::sink::SinkStats) -> u64,
+                (|s| s.queue_depth as u64) as fn(&SinkStats) -> u64,
             ),
             (
                 "sink_backlog",
@@ -605,7 +605,7 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 mod tests;
 
 /// The `frames` sinks' counters.
-fn render_frames_sinks(out: &mut String, sinks: &[Arc<crate::sink::frames::FramesStats>]) {
+fn render_frames_sinks(out: &mut String, sinks: &[Arc<FramesStats>]) {
     if sinks.is_empty() {
         return;
     }

@@ -22,13 +22,15 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use serde::{Deserialize, Serialize};
+
+pub use crate::base::stats::FramesStats;
 
 use super::{LogLimiter, SinkError};
 
@@ -200,24 +202,6 @@ impl FrameRecord {
         v.push(b'\n');
         v
     }
-}
-
-/// Counters of one frames sink.
-#[derive(Debug, Default)]
-pub struct FramesStats {
-    /// Sink name.
-    pub name: String,
-    /// Lines delivered to the destination (the socket or file accepted them).
-    pub sent: AtomicU64,
-    /// Lines not sent by `max_rate` (not a loss: the rate asked for).
-    pub rate_limited: AtomicU64,
-    /// Dropped because the writer's queue was full.
-    pub dropped_queue: AtomicU64,
-    /// Dropped because the consumer did not read (its socket buffer full).
-    pub dropped_slow: AtomicU64,
-    /// Dropped because no consumer was there (socket missing, connection refused or lost)
-    /// or the write failed.
-    pub dropped_unavailable: AtomicU64,
 }
 
 struct One {

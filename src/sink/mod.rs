@@ -24,6 +24,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde::{Deserialize, Serialize};
 
 use crate::alert::Event;
+pub use crate::base::stats::{SinkStats, StatsHandle};
 pub(crate) use crate::ratelimit::LogLimiter;
 
 pub use file::FileSink;
@@ -372,45 +373,10 @@ struct Counters {
     fail_log: LogLimiter,
 }
 
-/// A snapshot of one sink's counters.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SinkStats {
-    /// Sink name.
-    pub name: String,
-    /// Events waiting in the fan-out queue.
-    pub queue_depth: usize,
-    /// Events the sink accepted without error.
-    pub sent: u64,
-    /// Events whose `send` failed.
-    pub failed: u64,
-    /// Events dropped: fan-out queue overflow plus the sink's own drops.
-    pub dropped: u64,
-    /// `dropped` by reason: every one of [`reason::ALL`], in that order.
-    pub dropped_by: Vec<(&'static str, u64)>,
-    /// Events accepted by the sink but not yet confirmed (MQTT awaiting PUBACK), or kept
-    /// for a retry (file sink).
-    pub backlog: usize,
-    /// Times the sink reopened a destination found removed or replaced (file sink).
-    pub reopened: u64,
-}
-
-/// Cheap cloneable handle to read sink statistics (for the metrics endpoint) without
-/// holding the [`Fanout`].
-#[derive(Clone)]
-pub struct StatsHandle {
-    entries: Arc<Vec<(Arc<Counters>, Receiver<Msg>)>>,
-}
-
-impl std::fmt::Debug for StatsHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.snapshot()).finish()
-    }
-}
-
-impl StatsHandle {
-    /// Current counters of every sink, in configuration order.
-    pub fn snapshot(&self) -> Vec<SinkStats> {
-        self.entries
+/// The [`StatsHandle`] reading `entries` (each sink's counters and fan-out queue).
+fn stats_handle(entries: Arc<Vec<(Arc<Counters>, Receiver<Msg>)>>) -> StatsHandle {
+    StatsHandle::new(move || {
+        entries
             .iter()
             .map(|(c, rx)| SinkStats {
                 name: c.name.clone(),
@@ -436,7 +402,7 @@ impl StatsHandle {
                 reopened: c.reopened.load(Ordering::Relaxed),
             })
             .collect()
-    }
+    })
 }
 
 /// An event with the id the fan-out gave it, shared by every sink's queue.
@@ -525,7 +491,7 @@ impl Fanout {
                 .map_err(SinkError::Thread)?;
             workers.push(Worker { counters, tx, ctrl: ctrl_tx, done: done_rx, thread: Some(thread) });
         }
-        Ok(Fanout { workers, stats: StatsHandle { entries: Arc::new(entries) }, shut: false })
+        Ok(Fanout { workers, stats: stats_handle(Arc::new(entries)), shut: false })
     }
 
     /// Queues `ev` for every sink; never blocks. A full queue drops the event for that sink
