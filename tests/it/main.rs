@@ -28,6 +28,7 @@ mod pipeline;
 mod roc;
 mod rtsp;
 mod runtime;
+mod shape;
 mod sink;
 mod snapshot;
 mod source;
