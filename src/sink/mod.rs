@@ -6,12 +6,9 @@
 
 pub mod file;
 pub mod frames;
-pub mod homeassistant;
 pub mod memory;
 pub mod mqtt;
-pub mod spool;
 pub mod stdout;
-mod sweep;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -91,10 +88,10 @@ pub enum SinkError {
     },
     /// The on-disk spool of a network sink failed.
     #[error(transparent)]
-    Spool(#[from] spool::SpoolError),
+    Spool(#[from] mqtt::spool::SpoolError),
     /// The event could not be written to the spool; it is kept in memory only.
     #[error("event not spooled, kept in memory only (lost if the daemon stops before it is delivered): {0}")]
-    NotDurable(#[source] spool::SpoolError),
+    NotDurable(#[source] mqtt::spool::SpoolError),
     /// Shutdown came with events still unacknowledged; those on disk stay in the spool, those
     /// the spool could not take (disk full) are lost and counted.
     #[error(

@@ -395,7 +395,7 @@ fn set_fsize(d: &Daemon, bytes: u64) {
 
 /// The event ids in a spool directory (read with the library, as the next start would).
 fn spooled_ids(dir: &Path) -> HashSet<String> {
-    let (_sp, pending) = gradwatch::sink::spool::Spool::open(dir, 16 << 20).unwrap();
+    let (_sp, pending) = gradwatch::sink::mqtt::spool::Spool::open(dir, 16 << 20).unwrap();
     pending.iter().map(|r| id(&serde_json::from_slice(&r.payload).unwrap())).collect()
 }
 

@@ -790,6 +790,6 @@ fn a_poison_event_is_dead_lettered_and_the_rest_flows() {
     assert_eq!(event_index(dead.lines().next().unwrap()), 1);
     // Not in the spool any more: a restart does not send it again.
     drop(sink);
-    let (_sp, pending) = gradwatch::sink::spool::Spool::open(&spool.join("mqtt"), 16 << 20).unwrap();
+    let (_sp, pending) = gradwatch::sink::mqtt::spool::Spool::open(&spool.join("mqtt"), 16 << 20).unwrap();
     assert!(pending.is_empty(), "{pending:?}");
 }

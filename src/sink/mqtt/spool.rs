@@ -141,7 +141,7 @@ impl Spool {
     pub fn open(dir: &Path, max_bytes: u64) -> Result<(Spool, Vec<Record>), SpoolError> {
         // A file size limit then fails a write (EFBIG, handled like a full disk) instead of
         // killing the process.
-        super::file::survive_file_size_limit();
+        crate::sink::file::survive_file_size_limit();
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))?;
         let lock_path = dir.join("lock");
         let lock =

@@ -6,10 +6,10 @@
 //! "offline") the broker publishes if the connection dies uncleanly. A clean shutdown
 //! publishes "offline" itself. With `dashboard = true` (or `discovery = true`) that topic is
 //! `<prefix>/<client_id>/availability`, and retained per-stream state, attributes and
-//! snapshot topics (and Home Assistant discovery) come on top: see [`super::homeassistant`].
+//! snapshot topics (and Home Assistant discovery) come on top: see [`discovery`].
 //!
 //! Delivery: every accepted event is first appended to the sink's on-disk spool and synced
-//! ([`super::spool`]; `send` returns only then), and kept in an in-process queue until its
+//! ([`spool`]; `send` returns only then), and kept in an in-process queue until its
 //! PUBACK arrives, when it is marked done in the spool. The sink assigns packet ids itself and
 //! injects publishes into rumqttc's `pending` queue, so a PUBACK maps exactly to one event. On
 //! any disconnect, everything not acknowledged is re-sent, in order, after the next CONNACK.
@@ -20,6 +20,10 @@
 //! built by a reload takes it over; the old one stops publishing, and its `flush` returns at
 //! once since its events are now the new sink's. If the new sink goes away first (a reload
 //! that failed later on), the queue reverts to the old one.
+
+pub mod discovery;
+pub mod spool;
+mod sweep;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -34,11 +38,11 @@ use rumqttc::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::homeassistant::Dashboard;
-use super::spool::{Record, Spool};
 use super::{LogLimiter, Sink, SinkError};
 use crate::alert::Event;
 use crate::metrics::Metrics;
+use discovery::Dashboard;
+use spool::{Record, Spool};
 
 /// Publishes in flight at once (also rumqttc's `inflight`, which bounds valid packet ids).
 const MAX_INFLIGHT: u16 = 100;
@@ -568,7 +572,7 @@ impl BState {
     /// those in `skip` (in flight: their packet ids name the old number). Stops at the first
     /// failure (the disk is still full). Returns how many went to disk, how many older
     /// records the spool deleted for room, and the error.
-    fn respool(&mut self, skip: &HashSet<u64>) -> (u64, u64, Option<super::spool::SpoolError>) {
+    fn respool(&mut self, skip: &HashSet<u64>) -> (u64, u64, Option<spool::SpoolError>) {
         let (mut written, mut dropped) = (0, 0);
         let Some(mut sp) = self.spool.take() else { return (0, 0, None) };
         let mut err = None;
@@ -794,8 +798,7 @@ impl MqttSink {
         if let (true, Some(m)) = (cfg.dashboard_on(), &metrics) {
             // Only with the daemon's registry: it knows every configured stream.
             let s = shared.clone();
-            let sweep =
-                super::sweep::spawn(name.clone(), cfg.clone(), m.clone(), move || s.stop.load(Ordering::SeqCst));
+            let sweep = sweep::spawn(name.clone(), cfg.clone(), m.clone(), move || s.stop.load(Ordering::SeqCst));
             if let Err(e) = sweep {
                 detach(&shared);
                 return Err(SinkError::Thread(e));

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, Packet, QoS, RecvTimeoutError, SubscribeFilter};
 
-use super::homeassistant::{discovery, node_id};
-use super::mqtt::MqttSinkConfig;
+use super::discovery::{discovery, node_id};
+use super::MqttSinkConfig;
 use crate::metrics::Metrics;
 
 /// Leaves of the per-stream retained topics.

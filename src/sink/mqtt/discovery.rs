@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::mqtt::MqttSinkConfig;
-use super::LogLimiter;
+use super::MqttSinkConfig;
 use crate::metrics::{Metrics, StatusView, StreamState};
+use crate::sink::LogLimiter;
 
 /// How often the connection thread looks at the streams' status.
 const SCAN: Duration = Duration::from_millis(100);
