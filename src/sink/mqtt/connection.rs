@@ -18,6 +18,7 @@ use super::{
     describe, ACK_TIMEOUT, BACKOFF_MAX, BACKOFF_MIN, CLOSE_WAIT, DEAD_LETTER_TRIES, MAX_DEAD_LETTER_BYTES,
     MAX_INFLIGHT, MAX_PACKET, POLL, RESPOOL_PERIOD,
 };
+use crate::base::clock::Clock;
 use crate::sink::LogLimiter;
 
 /// State owned by the connection thread.
@@ -30,6 +31,8 @@ pub(super) struct ConnThread {
     pub(super) client: Client,
     pub(super) connection: Connection,
     /// Packet id -> what it carries and when it was sent.
+    /// The injected clock: ack timeout, close wait, back-off, re-spool period.
+    pub(super) clock: Arc<dyn Clock>,
     pub(super) inflight: HashMap<u16, (Flight, Instant)>,
     /// Sequence numbers published on the current connection (not yet acknowledged).
     pub(super) sent: HashSet<u64>,
@@ -67,15 +70,15 @@ impl ConnThread {
                     // disconnects), then DISCONNECT once it is acknowledged or we run out of
                     // time.
                     self.publish(Flight::Status, self.status_topic.clone(), b"offline".to_vec());
-                    closing = Some(Instant::now() + CLOSE_WAIT);
+                    closing = Some(self.clock.now() + CLOSE_WAIT);
                 } else {
                     // Another sink carries on with this client id: no "offline".
-                    closing = Some(Instant::now());
+                    closing = Some(self.clock.now());
                 }
             }
             if let Some(until) = closing {
                 let status_acked = !self.inflight.values().any(|(f, _)| *f == Flight::Status);
-                if status_acked || Instant::now() >= until || !self.connected {
+                if status_acked || self.clock.now() >= until || !self.connected {
                     self.disconnect();
                     break;
                 }
@@ -200,9 +203,9 @@ impl ConnThread {
             return;
         }
         // Back-off, interruptible by shutdown.
-        let until = Instant::now() + self.backoff;
-        while Instant::now() < until && !self.shared.stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(20));
+        let until = self.clock.now() + self.backoff;
+        while self.clock.now() < until && !self.shared.stop.load(Ordering::SeqCst) {
+            self.clock.sleep_until(until.min(self.clock.now() + Duration::from_millis(20)));
         }
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
@@ -272,7 +275,7 @@ impl ConnThread {
     /// in flight for the status.
     pub(super) fn publish_dashboard(&mut self) {
         let Some(mut d) = self.dash.take() else { return };
-        d.refresh(Instant::now());
+        d.refresh(self.clock.now());
         while self.inflight.len() + 2 < usize::from(MAX_INFLIGHT) {
             let Some((topic, payload)) = d.next() else { break };
             self.publish(Flight::Retained, topic, payload);
@@ -291,7 +294,7 @@ impl ConnThread {
         if qos != QoS::AtMostOnce {
             let pkid = self.alloc_pkid();
             p.pkid = pkid;
-            self.inflight.insert(pkid, (what, Instant::now()));
+            self.inflight.insert(pkid, (what, self.clock.now()));
         }
         let pkid = p.pkid;
         self.connection.eventloop.pending.push_back(Request::Publish(p));
@@ -311,7 +314,8 @@ impl ConnThread {
     }
 
     pub(super) fn check_ack_timeout(&mut self) {
-        let stuck = self.inflight.values().any(|(_, sent)| sent.elapsed() > ACK_TIMEOUT);
+        let now = self.clock.now();
+        let stuck = self.inflight.values().any(|(_, sent)| now.saturating_duration_since(*sent) > ACK_TIMEOUT);
         if stuck {
             log::warn!(
                 "sink {}: no PUBACK for {}s; dropping the connection to re-send",
@@ -387,10 +391,10 @@ impl ConnThread {
     /// Writes events kept in memory (the spool append failed) to the spool, about once a
     /// second while there are any.
     pub(super) fn respool(&mut self) {
-        if self.last_respool.is_some_and(|t| t.elapsed() < RESPOOL_PERIOD) {
+        if self.last_respool.is_some_and(|t| self.clock.now().saturating_duration_since(t) < RESPOOL_PERIOD) {
             return;
         }
-        self.last_respool = Some(Instant::now());
+        self.last_respool = Some(self.clock.now());
         let (written, dropped, err) = {
             let mut st = self.shared.lock();
             if st.memory_only() == 0 {

@@ -16,6 +16,7 @@ use super::discovery::Dashboard;
 use super::registry::{attach, next_generation, now_ms, BState, Backlog, Item};
 use super::{BACKOFF_MIN, DEAD_LETTER_FILE, MEM_SEQ_BASE};
 use crate::alert::Event;
+use crate::base::clock::{Clock, RealClock};
 use crate::metrics::Metrics;
 use crate::sink::{LogLimiter, Sink, SinkError};
 
@@ -98,6 +99,18 @@ impl MqttSink {
         cfg: &MqttSinkConfig,
         metrics: Option<Metrics>,
     ) -> Result<Self, SinkError> {
+        Self::start_with_clock(name, cfg, metrics, Arc::new(RealClock))
+    }
+
+    /// [`start_with`](Self::start_with) on `clock`: the connection's ack timeout, close wait,
+    /// reconnect back-off and re-spool period, and the sweeper's back-off, read it (a
+    /// [`SimClock`](crate::base::clock::SimClock) runs them without waiting).
+    pub fn start_with_clock(
+        name: impl Into<String>,
+        cfg: &MqttSinkConfig,
+        metrics: Option<Metrics>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, SinkError> {
         cfg.validate()?;
         let options = cfg.options()?;
         let name = name.into();
@@ -135,8 +148,9 @@ impl MqttSink {
         if let (true, Some(m)) = (cfg.dashboard_on(), &metrics) {
             // Only with the daemon's registry: it knows every configured stream.
             let s = shared.clone();
-            let sweep =
-                super::sweep::spawn(name.clone(), cfg.clone(), m.clone(), move || s.stop.load(Ordering::SeqCst));
+            let sweep = super::sweep::spawn(name.clone(), cfg.clone(), m.clone(), clock.clone(), move || {
+                s.stop.load(Ordering::SeqCst)
+            });
             if let Err(e) = sweep {
                 detach(&shared);
                 return Err(SinkError::Thread(e));
@@ -153,6 +167,7 @@ impl MqttSink {
             shared: shared.clone(),
             client,
             connection,
+            clock,
             inflight: HashMap::new(),
             sent: HashSet::new(),
             next_pkid: 0,

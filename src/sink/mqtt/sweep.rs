@@ -12,12 +12,14 @@
 //! touched. A broker that cannot be reached is retried with back-off until the sink stops.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, Packet, QoS, RecvTimeoutError, SubscribeFilter};
 
 use super::discovery::{discovery, node_id};
 use super::MqttSinkConfig;
+use crate::base::clock::Clock;
 use crate::metrics::Metrics;
 
 /// Leaves of the per-stream retained topics.
@@ -56,6 +58,7 @@ pub(super) fn spawn(
     name: String,
     cfg: MqttSinkConfig,
     metrics: Metrics,
+    clock: Arc<dyn Clock>,
     stopped: impl Fn() -> bool + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(format!("mqtt-sweep-{name}")).spawn(move || {
@@ -67,7 +70,7 @@ pub(super) fn spawn(
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
             }
-            match sweep(&cfg, &streams, &stopped) {
+            match sweep(&cfg, &streams, &*clock, &stopped) {
                 Ok(cleared) => {
                     if !cleared.is_empty() {
                         log::info!(
@@ -87,9 +90,9 @@ pub(super) fn spawn(
                              retrying with back-off"
                         );
                     }
-                    let until = Instant::now() + backoff;
-                    while Instant::now() < until && !stopped() {
-                        std::thread::sleep(Duration::from_millis(50));
+                    let until = clock.now() + backoff;
+                    while clock.now() < until && !stopped() {
+                        clock.sleep_until(until.min(clock.now() + Duration::from_millis(50)));
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
@@ -100,16 +103,21 @@ pub(super) fn spawn(
 
 /// One sweep: connect, collect the retained messages, delete the stale ones, disconnect.
 /// Returns the topics cleared.
-fn sweep(cfg: &MqttSinkConfig, streams: &[String], stopped: &dyn Fn() -> bool) -> Result<Vec<String>, String> {
+fn sweep(
+    cfg: &MqttSinkConfig,
+    streams: &[String],
+    clock: &dyn Clock,
+    stopped: &dyn Fn() -> bool,
+) -> Result<Vec<String>, String> {
     let options = cfg.options_as(&format!("{}-sweep", cfg.client_id)).map_err(|e| e.to_string())?;
     let (client, mut conn) = Client::new(options, 64);
     let wanted = wanted(cfg, streams);
     let subs = filters(cfg).into_iter().map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce));
     client.subscribe_many(subs).map_err(|e| e.to_string())?;
-    let start = Instant::now();
+    let start = clock.now();
     let connect_limit = Duration::from_secs(cfg.keep_alive_s.max(5));
     let mut subacked: Option<Instant> = None;
-    let mut last_msg = Instant::now();
+    let mut last_msg = clock.now();
     let mut stale: Vec<String> = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();
     // Deletions not yet handed to the client, and not yet acknowledged.
@@ -120,7 +128,7 @@ fn sweep(cfg: &MqttSinkConfig, streams: &[String], stopped: &dyn Fn() -> bool) -
         if stopped() {
             break Err("the sink stopped".to_string());
         }
-        let now = Instant::now();
+        let now = clock.now();
         if subacked.is_none() && now.duration_since(start) > connect_limit {
             break Err("no SUBACK from the broker".to_string());
         }
@@ -145,9 +153,9 @@ fn sweep(cfg: &MqttSinkConfig, streams: &[String], stopped: &dyn Fn() -> bool) -
             }
         }
         match conn.recv_timeout(Duration::from_millis(50)) {
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => subacked = Some(Instant::now()),
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => subacked = Some(clock.now()),
             Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                last_msg = Instant::now();
+                last_msg = clock.now();
                 // Retained messages only (a live publish of the running sink is not stale);
                 // empty ones are deletions already.
                 if p.retain && !p.payload.is_empty() && !wanted.contains(&p.topic) && seen.insert(p.topic.clone()) {
