@@ -286,24 +286,26 @@ impl AlertStage {
         if let Ok(mut g) = result.lock() {
             *g = Some(summary);
         }
-        if report.clean() {
-            Ok(())
-        } else {
-            // Undelivered events at shutdown are worth a warning, not a failure: the daemon
-            // did what it could within the deadline.
-            for sink in &report.sinks {
-                match &sink.error {
-                    Some(e) => log::warn!("shutdown: sink {}: {e}", sink.name),
-                    None if !sink.finished || sink.undelivered > 0 => log::warn!(
-                        "shutdown: sink {}: {} event(s) undelivered{}",
-                        sink.name,
-                        sink.undelivered,
-                        if sink.finished { "" } else { " (it did not finish by the deadline)" }
-                    ),
-                    None => {}
-                }
-            }
-            Ok(())
+        if !report.clean() {
+            warn_undelivered(&report);
+        }
+        Ok(())
+    }
+}
+
+/// Undelivered events at shutdown are worth a warning, not a failure: the daemon did what it
+/// could within the deadline.
+fn warn_undelivered(report: &crate::sink::ShutdownReport) {
+    for sink in &report.sinks {
+        match &sink.error {
+            Some(e) => log::warn!("shutdown: sink {}: {e}", sink.name),
+            None if !sink.finished || sink.undelivered > 0 => log::warn!(
+                "shutdown: sink {}: {} event(s) undelivered{}",
+                sink.name,
+                sink.undelivered,
+                if sink.finished { "" } else { " (it did not finish by the deadline)" }
+            ),
+            None => {}
         }
     }
 }
