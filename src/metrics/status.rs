@@ -14,7 +14,7 @@ use std::time::{Instant, SystemTime};
 
 use serde_json::Value;
 
-use crate::alert::Event;
+use crate::alert::event::Event;
 
 /// Seconds of score history kept per stream (one point per second).
 pub const HISTORY_SECONDS: usize = 600;

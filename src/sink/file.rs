@@ -22,7 +22,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::{Sink, SinkError};
-use crate::alert::Event;
+use crate::alert::event::Event;
 
 /// Minimum pause between reopen attempts after a failure, so a removed directory does not
 /// turn every event into a burst of syscalls and log lines.

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::{Sink, SinkError};
-use crate::alert::Event;
+use crate::alert::event::Event;
 
 /// The events a [`MemorySink`] received, in order, shared with whoever reads them.
 pub type EventLog = Arc<Mutex<Vec<Event>>>;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde::{Deserialize, Serialize};
 
-use crate::alert::Event;
+use crate::alert::event::Event;
 pub use crate::base::stats::{SinkStats, StatsHandle};
 pub(crate) use crate::ratelimit::LogLimiter;
 

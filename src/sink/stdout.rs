@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use super::{Sink, SinkError};
-use crate::alert::Event;
+use crate::alert::event::Event;
 
 /// Writes events as JSON lines to any writer (stdout in the daemon, a buffer in tests).
 pub struct StdoutSink<W: Write + Send = std::io::Stdout> {

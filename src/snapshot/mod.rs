@@ -49,7 +49,7 @@ pub use config::SnapshotConfig;
 pub use heatmap::{GradLayout, HeatMap};
 pub use ring::{FrameRing, Kept};
 
-use crate::alert::{Alert, Event, Scored};
+use crate::alert::event::{Alert, Event, Scored};
 use crate::frame::RgbImage;
 use crate::ratelimit::LogLimiter;
 

@@ -57,7 +57,6 @@ const KNOWN_OVER: &[(&str, &str)] = &[
     ("src/cli/bench_alarms.rs", "lab helper (issue #26 item 1)"),
     ("src/cli/bench.rs", "lab helper (issue #26 item 1)"),
     ("src/grad/", "grad helper"),
-    ("src/alert/mod.rs", "rooms helper (issue #26 item 2), in progress"),
     ("src/cli/init.rs", "rooms helper (issue #26 item 2), in progress"),
 ];
 

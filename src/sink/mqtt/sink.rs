@@ -15,7 +15,7 @@ use super::connection::ConnThread;
 use super::discovery::Dashboard;
 use super::registry::{attach, next_generation, now_ms, BState, Backlog, Item};
 use super::{BACKOFF_MIN, DEAD_LETTER_FILE, MEM_SEQ_BASE};
-use crate::alert::Event;
+use crate::alert::event::Event;
 use crate::base::clock::{Clock, RealClock};
 use crate::metrics::Metrics;
 use crate::sink::{LogLimiter, Sink, SinkError};
