@@ -13,7 +13,7 @@ use gradwatch::alert::Baseline;
 use gradwatch::detector::Calibration;
 use serde_json::Value;
 
-use crate::daemon::{assets, events, head, kind, write, Daemon};
+use crate::common::daemon::{assets, events, head, kind, write, Daemon};
 use crate::delivery::Observe;
 
 /// Frames per block: `block_ms = 500` at 10 fps of frame time.

@@ -4,27 +4,13 @@
 //! are served; no path traversal, no links). `scripts/screenshot-status.sh` renders the page in
 //! headless Chromium.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::daemon::{assets, head, write, Daemon};
+use crate::common::daemon::{assets, head, write, Daemon};
+use crate::common::http::{get, Response};
 use gradwatch::metrics::{Metrics, MetricsServer};
 use serde_json::json;
-
-/// One `GET`: status code, the head (lower-cased) and the body bytes.
-fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, Vec<u8>)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(raw.len(), |p| p + 4);
-    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
-    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((code, head, raw[split..].to_vec()))
-}
 
 const EVIL: &str = r#"cam <b>1</b> & "co""#;
 
@@ -46,7 +32,7 @@ fn status_page_of_the_real_daemon() {
 
     let t0 = Instant::now();
     let page = loop {
-        if let Ok((200, head, body)) = get(addr, "/") {
+        if let Ok(Response { status: 200, head, body }) = get(addr, "/") {
             let html = String::from_utf8(body).unwrap();
             assert!(head.contains("content-type: text/html; charset=utf-8"), "{head}");
             if html.contains("Open alert") && html.matches("<polyline").count() >= 2 {
@@ -77,14 +63,14 @@ fn status_page_of_the_real_daemon() {
         "/snapshots/",
         "/snapshots/%ZZ/x",
     ] {
-        let (code, _, _) = get(addr, bad).unwrap();
+        let Response { status: code, .. } = get(addr, bad).unwrap();
         assert_eq!(code, 404, "{bad}");
     }
     // The existing routes are untouched.
-    let (code, _, body) = get(addr, "/metrics").unwrap();
+    let Response { status: code, body, .. } = get(addr, "/metrics").unwrap();
     assert_eq!(code, 200);
     assert!(String::from_utf8_lossy(&body).contains("gradwatch_frames_scored_total{stream=\"plain\"}"));
-    let (code, _, _) = get(addr, "/nope").unwrap();
+    let Response { status: code, .. } = get(addr, "/nope").unwrap();
     assert_eq!(code, 404);
     d.signal("TERM");
     assert_eq!(d.wait(Duration::from_secs(30)), 0, "{}", d.stderr());
@@ -117,17 +103,17 @@ fn snapshot_route_serves_only_the_files_events_named() {
 
     let server = MetricsServer::start("127.0.0.1:0", m.clone(), Arc::new(|| Ok(()))).unwrap();
     let addr = server.local_addr();
-    let (code, _, body) = get(addr, "/").unwrap();
+    let Response { status: code, body, .. } = get(addr, "/").unwrap();
     assert_eq!(code, 200);
     let html = String::from_utf8(body).unwrap();
     let src = "/snapshots/cam%2F1-5-1700000000000/cam_1-5-1700000000000-start.jpg";
     assert!(html.contains(&format!("src=\"{src}\"")), "{html}");
 
-    let (code, head, body) = get(addr, src).unwrap();
+    let Response { status: code, head, body } = get(addr, src).unwrap();
     assert_eq!(code, 200);
     assert!(head.contains("content-type: image/jpeg"), "{head}");
     assert_eq!(body, std::fs::read(&jpg).unwrap());
-    let (code, head, body) =
+    let Response { status: code, head, body } =
         get(addr, "/snapshots/cam%2F1-5-1700000000000/cam_1-5-1700000000000-start-heatmap.png").unwrap();
     assert_eq!(code, 200);
     assert!(head.contains("content-type: image/png"), "{head}");
@@ -144,7 +130,7 @@ fn snapshot_route_serves_only_the_files_events_named() {
         "/snapshots/other-1-1/link.png",
         "/snapshots/nope/cam_1-5-1700000000000-start.jpg",
     ] {
-        let (code, _, body) = get(addr, bad).unwrap();
+        let Response { status: code, body, .. } = get(addr, bad).unwrap();
         assert_eq!(code, 404, "{bad}: {}", String::from_utf8_lossy(&body));
     }
     server.stop();

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 // The same tiny CNN and one-class calibration as `daemon.rs` (a Laplacian filter bank, so
 // noise shows), built once per test process.
-use crate::daemon::{assets, Daemon};
+use crate::common::daemon::{assets, Daemon};
 use crate::mqtt::{Broker, Sub};
 use serde_json::Value;
 

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::daemon::{assets, bin, events, head, images, kind, write, Daemon};
+use crate::common::daemon::{assets, bin, events, head, images, kind, write, Daemon};
+use crate::common::http::get;
 
 /// `head()` with the metrics endpoint on a free port.
 fn head_with_metrics() -> String {
@@ -25,26 +26,14 @@ fn endless_stream() -> String {
     )
 }
 
-/// The metrics address the daemon logs.
-/// One `GET`; the status code and body, or the I/O error.
-fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((code, text))
-}
-
 /// `GET` until it answers `want` (panics after `limit`).
 fn get_until(addr: SocketAddr, path: &str, want: u16, limit: Duration) -> String {
     let t0 = Instant::now();
     loop {
         let r = get(addr, path);
-        if let Ok((code, text)) = &r {
-            if *code == want {
-                return text.clone();
+        if let Ok(resp) = &r {
+            if resp.status == want {
+                return resp.text();
             }
         }
         assert!(t0.elapsed() < limit, "GET {path} never answered {want}; last: {r:?}");
@@ -447,7 +436,7 @@ fn slowloris_from_one_client_does_not_block_the_endpoint() {
     std::thread::sleep(Duration::from_millis(300));
     for path in ["/metrics", "/healthz", "/"] {
         let t0 = Instant::now();
-        let (code, _) = get(addr, path).unwrap();
+        let code = get(addr, path).unwrap().status;
         assert_eq!(code, 200, "{path} while 40 slow sockets are open");
         assert!(t0.elapsed() < Duration::from_secs(2), "{path} took {:?}", t0.elapsed());
     }

@@ -5,23 +5,12 @@
 //! define), and so does every rule.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::daemon::{endless, write, Daemon};
+use crate::common::daemon::{endless, write, Daemon};
+use crate::common::http::get_text;
 use crate::mqtt::{Broker, Sub};
-
-/// One `GET`; the body.
-fn get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
-}
 
 /// A unit's config: a looping replay stream `cam0` with a noisy window (alerts), an MQTT sink
 /// without `client_id`, the dashboard and discovery topics on.
@@ -96,7 +85,7 @@ fn two_units_share_a_broker_and_are_told_apart() {
     assert!(ids.contains("gradwatch_rsu-1_cam0_trust") && ids.contains("gradwatch_rsu-2_cam0_trust"), "{ids:?}");
 
     // Every series carries the unit and its labels.
-    let text = get(a.metrics_addr(), "/metrics");
+    let text = get_text(a.metrics_addr(), "/metrics");
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         assert!(line.contains("{unit_id=\"rsu-1\",road=\"A7\",site=\"km12\""), "{line}");
     }
@@ -198,9 +187,9 @@ fn dashboard_and_rules_query_metrics_a_daemon_serves() {
     let mut d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
     let addr = d.metrics_addr();
     d.wait_for("a scored frame", Duration::from_secs(30), |_| {
-        get(addr, "/metrics").contains("gradwatch_score_count{unit_id=\"u\",stream=\"cam\"}")
+        get_text(addr, "/metrics").contains("gradwatch_score_count{unit_id=\"u\",stream=\"cam\"}")
     });
-    let have = served(&get(addr, "/metrics"));
+    let have = served(&get_text(addr, "/metrics"));
     d.signal("TERM");
     let _ = d.wait(Duration::from_secs(20));
     assert!(have.contains("gradwatch_frames_scored_total"), "{have:?}");

@@ -3,7 +3,6 @@
 //! alarms; `risk` reaches the frames, the Prometheus histogram and the status page; a missing
 //! socket is an error at `check-config` (exit 2).
 
-use std::io::{Read, Write};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -12,7 +11,8 @@ use gradwatch::detector::forward::ForwardSignal;
 use gradwatch::detector::{Calibration, DetectorKind, Ensemble, Mlp, Platt, Standardizer, Target, TrustHead};
 use serde_json::Value;
 
-use crate::daemon::{assets, events, head, kind, write, Daemon};
+use crate::common::daemon::{assets, events, head, kind, write, Daemon};
+use crate::common::http::get_text;
 
 /// The daemon tests' calibration plus a hand-made trust head whose risk is
 /// `sigmoid(0 - 1) = 0.2689` for every frame (zero weights): the plumbing, not the model.
@@ -40,15 +40,6 @@ fn calibration_with_trust(dir: &Path) -> std::path::PathBuf {
     // An old file (no [trust]) still loads and has no risk.
     assert!(Calibration::load(&assets().calibration).unwrap().trust.is_none());
     out
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body
 }
 
 fn metric(body: &str, prefix: &str) -> u64 {
@@ -118,8 +109,8 @@ path = "{}"
     let before = got.len();
     // Stop reading for 10 s; the daemon goes on (and its endpoint answers) meanwhile.
     std::thread::sleep(Duration::from_secs(9));
-    let metrics = http_get(&format!("127.0.0.1:{port}"), "/metrics");
-    let page = http_get(&format!("127.0.0.1:{port}"), "/");
+    let metrics = get_text(("127.0.0.1", port), "/metrics");
+    let page = get_text(("127.0.0.1", port), "/");
     std::thread::sleep(Duration::from_secs(1));
     // Come back: frames flow again.
     let resumed = Instant::now();

@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::common::daemon::{events, kind, write, Daemon};
 use crate::common::Net;
-use crate::daemon::{events, kind, write, Daemon};
 use gradwatch::detector::Calibration;
 use gradwatch::model::{ColorOrder, Layout, Preprocessing, IMAGENET_MEAN, IMAGENET_STD};
 use gradwatch::onnx::{self, attr, ModelProto};

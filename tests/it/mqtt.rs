@@ -711,7 +711,7 @@ fn retained_topics_of_removed_streams_are_cleared() {
 /// retained "offline" last will on the availability topic, and the state topics stay.
 #[test]
 fn killed_daemon_leaves_offline_availability() {
-    use crate::daemon::{assets, head, write, Daemon};
+    use crate::common::daemon::{assets, head, write, Daemon};
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), false);
     let sub = Sub::connect(broker.port, "t-kill", "gradwatch/box7/#", true);

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::daemon::{events, head, kind, write, Daemon};
+use crate::common::daemon::{events, head, kind, write, Daemon};
 
 const SERVER: &str = "tests/fixtures/rtsp_server.py";
 

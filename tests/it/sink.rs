@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::http::get;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use gradwatch::alert::{Alert, EndReason, Event};
 use gradwatch::metrics::{HealthFn, Metrics, MetricsServer};
@@ -258,18 +259,6 @@ fn blocked_sink_does_not_block_others_and_counts_overflow() {
     drop(release_tx);
 }
 
-/// One HTTP/1.0 GET; returns (status, body).
-fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap();
-    let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    (status, body.to_string())
-}
-
 /// Parses exposition text into (series with labels, value), checking the line syntax.
 fn parse_exposition(text: &str) -> Vec<(String, f64)> {
     let mut out = Vec::new();
@@ -327,7 +316,8 @@ fn metrics_over_http() {
     let addr = srv.local_addr();
     assert_ne!(addr.port(), 0);
 
-    let (status, body) = http_get(addr, "/metrics");
+    let r = get(addr, "/metrics").unwrap();
+    let (status, body) = (r.status, r.text());
     assert_eq!(status, 200);
     let samples = parse_exposition(&body);
     assert_eq!(value(&samples, "gradwatch_frames_captured_total{stream=\"cam0\"}"), 7.0);
@@ -346,10 +336,12 @@ fn metrics_over_http() {
     assert_eq!(value(&samples, "gradwatch_execution_provider{provider=\"cpu\"}"), 1.0);
     assert!(samples.iter().any(|(s, v)| s.starts_with("gradwatch_build_info{version=\"") && *v == 1.0));
 
-    assert_eq!(http_get(addr, "/healthz"), (200, "ok\n".to_string()));
+    let r = get(addr, "/healthz").unwrap();
+    assert_eq!((r.status, r.text()), (200, "ok\n".to_string()));
     healthy.store(false, Ordering::SeqCst);
-    assert_eq!(http_get(addr, "/healthz"), (503, "stream cam0 down for 30 s\n".to_string()));
-    assert_eq!(http_get(addr, "/nope").0, 404);
+    let r = get(addr, "/healthz").unwrap();
+    assert_eq!((r.status, r.text()), (503, "stream cam0 down for 30 s\n".to_string()));
+    assert_eq!(get(addr, "/nope").unwrap().status, 404);
 
     srv.stop();
     // Stopped: the port no longer serves.

@@ -1,29 +1,27 @@
 //! Small ONNX models built in code, and finite-difference gradients through ONNX Runtime.
 #![allow(dead_code, clippy::needless_range_loop)] // index loops mirror the maths
 
+pub mod daemon;
+pub mod http;
+
 use std::collections::HashMap;
 
 use gradwatch::onnx::{self, attr, AttributeProto, GraphProto, ModelProto, OperatorSetIdProto, TensorProto};
+use gradwatch::rng::SplitMix64;
 use gradwatch::runtime::{ModelSession, RuntimeOptions};
 use ndarray::{ArrayD, IxDyn};
 
-/// A deterministic generator (SplitMix64) for weights and inputs.
-pub struct Rng(u64);
+/// The library's generator ([`SplitMix64`]) for weights and inputs, drawing uniform in
+/// [-1, 1) as these tests' models and goldens expect.
+pub struct Rng(SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        Rng(SplitMix64::new(seed))
     }
     /// Uniform in [-1, 1).
     pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        self.0.range(-1.0, 1.0)
     }
 }
 
