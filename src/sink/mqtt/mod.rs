@@ -22,6 +22,7 @@
 //! that failed later on), the queue reverts to the old one.
 
 pub mod discovery;
+pub mod reserve;
 pub mod spool;
 mod sweep;
 
