@@ -412,7 +412,10 @@ struct HeldOut {
     combos: Vec<(Corruption, u8)>,
 }
 
-fn init(a: &InitArgs) -> Result<()> {
+/// Step 1 of [`init`]: what the file is. Loads and compiles the model with the preprocessing
+/// overrides applied and prints what it found; returns the model, the overridden
+/// preprocessing (stored in the calibration) and where the preprocessing came from.
+fn load_model(a: &InitArgs) -> Result<(LoadedModel, Option<Preprocessing>, &'static str)> {
     // 1. What the file is.
     let proto = onnx::load(&a.model).map_err(|e| bad(format!("{}: {e}", a.model.display())))?;
     let ins = inspect(&proto).map_err(|e| bad(format!("{}: {e}", a.model.display())))?;
@@ -459,6 +462,14 @@ fn init(a: &InitArgs) -> Result<()> {
     eprintln!("  operators: {}", ops.join(", "));
     eprintln!("  gradient features: {} parameter tensors", model.compiled.features.len());
     eprintln!("  preprocessing: {} ({source})", pre.summary());
+    Ok((model, stored, source))
+}
+
+fn init(a: &InitArgs) -> Result<()> {
+    // 1. What the file is.
+    let (model, stored, source) = load_model(a)?;
+    let classes = model.compiled.num_classes;
+    let pre = model.info.preprocessing();
 
     // 2. The images, and what the classifier makes of them.
     let (images, labels) = load_images(a, classes)?;
@@ -578,24 +589,7 @@ fn init(a: &InitArgs) -> Result<()> {
     calib.save(&a.output.join(&calib_name))?;
 
     // 4. Measure on the held-out images.
-    let held = if hold_images.is_empty() {
-        None
-    } else {
-        let kinds = parse_corruptions(&a.recipe.corruptions).map_err(anyhow::Error::msg)?;
-        let levels = parse_levels(&a.recipe.levels).map_err(anyhow::Error::msg)?;
-        let progress = show_progress();
-        let clean = extract::extract_labelled(&mut session, &model.info, &hold_images, a.batch, progress, "held out")?;
-        let (corrupted, combos) = if kinds.is_empty() {
-            (None, Vec::new())
-        } else {
-            let imgs = round_robin_corruptions(&hold_images, &kinds, &levels, a.recipe.seed + 1)?;
-            let f =
-                extract::extract_labelled(&mut session, &model.info, &imgs, a.batch, progress, "held out, corrupted")?;
-            let all: Vec<(Corruption, u8)> = kinds.iter().flat_map(|&k| levels.iter().map(move |&l| (k, l))).collect();
-            (Some(f), (0..imgs.len()).map(|i| all[i % all.len()]).collect())
-        };
-        Some(HeldOut { clean, corrupted, kinds, combos })
-    };
+    let held = measure_held_out(a, &mut session, &model, &hold_images)?;
     report.fill(a, &model, &pre, source, &calib, held.as_ref(), hold_labels.as_deref());
     let svg = report.roc_svg.take();
     if let Some(svg) = svg {
@@ -606,13 +600,19 @@ fn init(a: &InitArgs) -> Result<()> {
     let model_abs = std::fs::canonicalize(&a.model).unwrap_or_else(|_| a.model.clone());
     std::fs::write(a.output.join("gradwatch.toml"), config_text(&model_abs, &calib_name, &stem))
         .with_context(|| format!("writing gradwatch.toml in {}", a.output.display()))?;
+    print_written(a, &calib_name, &calib, report.headline.as_deref());
+    Ok(())
+}
+
+/// What [`init`] wrote, its headline number, and the next two commands.
+fn print_written(a: &InitArgs, calib_name: &str, calib: &Calibration, headline: Option<&str>) {
     eprintln!(
         "wrote {}: threshold {:.4} for {:.1} % false alarms",
-        a.output.join(&calib_name).display(),
+        a.output.join(calib_name).display(),
         calib.threshold,
         100.0 * calib.target_false_alarm
     );
-    if let Some(line) = &report.headline {
+    if let Some(line) = headline {
         eprintln!("{line}");
     }
     let out = a.output.display();
@@ -620,7 +620,33 @@ fn init(a: &InitArgs) -> Result<()> {
         "wrote {out}/report.md, {out}/gradwatch.toml. Next: fill in the [[stream]] of {out}/gradwatch.toml, then"
     );
     eprintln!("  gradwatch check-config {out}/gradwatch.toml && gradwatch run --config {out}/gradwatch.toml");
-    Ok(())
+}
+
+/// Step 4 of [`init`]: the held-out images' features, clean and (with corruptions) one
+/// corrupted copy each, cycling through every `(kind, level)`; `None` without held-out images.
+fn measure_held_out(
+    a: &InitArgs,
+    session: &mut GradSession,
+    model: &LoadedModel,
+    hold_images: &[RgbImage],
+) -> Result<Option<HeldOut>> {
+    Ok(if hold_images.is_empty() {
+        None
+    } else {
+        let kinds = parse_corruptions(&a.recipe.corruptions).map_err(anyhow::Error::msg)?;
+        let levels = parse_levels(&a.recipe.levels).map_err(anyhow::Error::msg)?;
+        let progress = show_progress();
+        let clean = extract::extract_labelled(session, &model.info, hold_images, a.batch, progress, "held out")?;
+        let (corrupted, combos) = if kinds.is_empty() {
+            (None, Vec::new())
+        } else {
+            let imgs = round_robin_corruptions(hold_images, &kinds, &levels, a.recipe.seed + 1)?;
+            let f = extract::extract_labelled(session, &model.info, &imgs, a.batch, progress, "held out, corrupted")?;
+            let all: Vec<(Corruption, u8)> = kinds.iter().flat_map(|&k| levels.iter().map(move |&l| (k, l))).collect();
+            (Some(f), (0..imgs.len()).map(|i| all[i % all.len()]).collect())
+        };
+        Some(HeldOut { clean, corrupted, kinds, combos })
+    })
 }
 
 /// `report.md`'s parts.
