@@ -1,6 +1,6 @@
 //! The daemon's state files, as a user (or a crash, or a full disk) may leave them: byte 0
 //! picks (even) a baseline file -> `alert::Baseline::parse` (which validates), then its
-//! p-values, quantiles and adaptation; or (odd) a spool segment -> `sink::spool::parse_segment`
+//! p-values, quantiles and adaptation; or (odd) a spool segment -> `sink::mqtt::spool::parse_segment`
 //! and the whole `Spool::open` over a scratch directory holding it as a segment, with bytes
 //! 1..9 as the `ack` floor, then an append. A state file that a user can write must be an
 //! error or be read, never a panic (issue #28: a `clamp` with min > max panicked the alert
@@ -9,7 +9,7 @@
 
 use gradwatch::alert::Baseline;
 use gradwatch::rng::SplitMix64;
-use gradwatch::sink::spool::{parse_segment, Spool};
+use gradwatch::sink::mqtt::spool::{parse_segment, Spool};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

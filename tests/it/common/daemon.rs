@@ -100,7 +100,7 @@ pub(crate) fn assets() -> &'static Assets {
                 validation_false_alarm_rate: 0.0,
                 validation_true_positive_rate: 0.0,
                 validation_auroc: 0.0,
-                command: "tests/it/daemon.rs".into(),
+                command: "tests/it/common/daemon.rs".into(),
             },
         };
         let calibration = dir.path().join("tiny.calib.toml");
