@@ -36,7 +36,7 @@ const LAYERS: &[&[&str]] = &[
     &["base"],
     &["names", "rng", "frame", "ratelimit", "fleet", "onnx"],
     &["grad"],
-    &["model", "data", "corrupt", "setup"],
+    &["model", "data", "corrupt"],
     &["detector", "runtime"],
     &["alert"],
     &["source"],

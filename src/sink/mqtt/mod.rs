@@ -118,6 +118,25 @@ mod tests {
         assert!(!describe(&e).contains("IPAddressAllow"));
     }
 
+    /// The reconnect back-off reads the injected clock: against a port nobody listens on, a
+    /// simulated clock runs through the back-off (100 ms doubling to 5 s) without waiting, so
+    /// simulated time races far ahead of the real time the test takes.
+    #[test]
+    fn reconnect_backoff_runs_on_the_injected_clock() {
+        // Bound, then closed: nobody listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let cfg = MqttSinkConfig::new("127.0.0.1", port, "backoff-test");
+        let sim = std::sync::Arc::new(crate::base::clock::SimClock::new());
+        let sink = MqttSink::start_with_clock("backoff", &cfg, None, sim.clone()).unwrap();
+        let t0 = std::time::Instant::now();
+        while sim.elapsed() < Duration::from_secs(10) && t0.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(sink);
+        assert!(sim.elapsed() >= Duration::from_secs(10), "simulated {:?} in {:?}", sim.elapsed(), t0.elapsed());
+        assert!(t0.elapsed() < Duration::from_secs(5), "the back-off waited in real time: {:?}", t0.elapsed());
+    }
+
     #[test]
     fn topics_are_sanitized() {
         let c = MqttSinkConfig::new("h", 1883, "box");
