@@ -120,7 +120,9 @@ impl std::str::FromStr for Loss {
 /// How a Conv layer's per-sample weight-gradient norm is formed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ConvNorm {
-    /// The cheaper of the two per layer (by multiply-accumulate count).
+    /// The cheapest per layer (by a cost model of multiply-adds and memory traffic), and for a
+    /// depthwise Conv (one input and one output channel per group) the depthwise plan: the
+    /// `C x k x k` per-sample gradient from the input's strided windows, channels-last.
     #[default]
     Auto,
     /// `||delta P^T||^2` (cost ~ Cout * Cin k^2 * HW).
@@ -388,7 +390,8 @@ pub struct Compiled {
     pub input_shape: Vec<usize>,
     /// Width of `penultimate`, when requested and found.
     pub penultimate_dim: Option<usize>,
-    /// For each Conv weight, the norm formulation chosen (`im2col`, `ghost` or `pixel-gram`).
+    /// For each Conv weight, the norm formulation chosen (`im2col`, `ghost`, `pixel-gram` or
+    /// `depthwise`).
     pub conv_plans: Vec<(String, &'static str)>,
     /// The preset name recorded in the metadata (`full`, `fast` or `custom`).
     pub preset: String,

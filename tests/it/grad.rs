@@ -123,6 +123,42 @@ fn conv_depthwise_and_grouped() {
     check(case_conv_depthwise_and_grouped());
 }
 
+/// Depthwise Convs under `auto` (the depthwise plan): 3x3 stride 1 padded with a bias and a
+/// BatchNormalization gain folded in; 3x3 stride 2, dilated along H, asymmetric pads; 5x5
+/// padded on a 3x3 map (kernel wider than the map, as in MNASNet's last stages).
+fn case_conv_depthwise_plan() -> Case {
+    chain(31, |n, x| {
+        let a = n.conv(x, 3, 3, 3, true, vec![attr::int("group", 3), attr::ints("pads", &[1, 1, 1, 1])]);
+        let ab = batchnorm(n, &a, 3);
+        let ar = n.op("Relu", &[&ab], vec![]);
+        let b = n.conv(
+            &ar,
+            3,
+            3,
+            3,
+            false,
+            vec![
+                attr::int("group", 3),
+                attr::ints("strides", &[2, 2]),
+                attr::ints("dilations", &[2, 1]),
+                attr::ints("pads", &[1, 0, 2, 1]),
+            ],
+        );
+        // H: (6+1+2-5)/2+1 = 3, W: (6+0+1-3)/2+1 = 3
+        let c = n.conv(&b, 3, 3, 5, true, vec![attr::int("group", 3), attr::ints("pads", &[2, 2, 2, 2])]);
+        (c, 3 * 3 * 3)
+    })
+}
+
+#[test]
+fn conv_depthwise_plan() {
+    let case = case_conv_depthwise_plan();
+    let compiled = grad::compile(&case.net.model(&case.input, &case.out), &CompileOptions::default()).unwrap();
+    let plans: Vec<&str> = compiled.conv_plans.iter().map(|(_, p)| *p).collect();
+    assert_eq!(plans.iter().filter(|p| **p == "depthwise").count(), 3, "{plans:?}");
+    check(case);
+}
+
 fn case_conv_auto_pad_same_upper_and_lower() -> Case {
     chain(4, |n, x| {
         let a = n.conv(x, 3, 3, 3, false, vec![attr::string("auto_pad", "SAME_UPPER"), attr::ints("strides", &[2, 2])]);
@@ -898,6 +934,7 @@ const FD_CASES: &[(&str, MakeCase)] = &[
     ("conv_strided_dilated_asymmetric_pads", case_conv_strided_dilated_asymmetric_pads),
     ("conv_depthwise_and_grouped", case_conv_depthwise_and_grouped),
     ("conv_auto_pad_same_upper_and_lower", case_conv_auto_pad_same_upper_and_lower),
+    ("conv_depthwise_plan", case_conv_depthwise_plan),
     ("conv_norm_formulations_agree", case_conv_norm_formulations_agree),
     ("batchnorm_relu_global_average_pool", case_batchnorm_relu_global_average_pool),
     ("residual_block_batchnorm_folds_into_convs", case_residual_block_batchnorm_folds_into_convs),
