@@ -290,7 +290,11 @@ fn case_relu6_as_clip() -> Case {
         let xs = n.op("Mul", &[x, &s], vec![]);
         let lo = n.constant(&[], &[0.0]);
         let hi = n.constant(&[], &[6.0]);
-        (n.op("Clip", &[&xs, &lo, &hi], vec![]), 3 * 36)
+        let r = n.op("Clip", &[&xs, &lo, &hi], vec![]);
+        // Conv -> BatchNormalization -> ReLU6: the BN output is read back from the Clip's.
+        let c = n.conv(&r, 3, 3, 3, false, vec![attr::ints("pads", &[1, 1, 1, 1])]);
+        let b = batchnorm(n, &c, 3);
+        (n.op("Clip", &[&b, &lo, &hi], vec![]), 3 * 36)
     })
 }
 
