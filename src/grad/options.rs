@@ -120,9 +120,8 @@ impl std::str::FromStr for Loss {
 /// How a Conv layer's per-sample weight-gradient norm is formed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ConvNorm {
-    /// The cheapest per layer (by a cost model of multiply-adds and memory traffic), and for a
-    /// depthwise Conv (one input and one output channel per group) the depthwise plan: the
-    /// `C x k x k` per-sample gradient from the input's strided windows, channels-last.
+    /// The cheapest per layer (by a cost model of multiply-adds and memory traffic); for a
+    /// depthwise Conv on a small output map, [`ConvNorm::Depthwise`].
     #[default]
     Auto,
     /// `||delta P^T||^2` (cost ~ Cout * Cin k^2 * HW).
@@ -134,6 +133,11 @@ pub enum ConvNorm {
     /// for small feature maps with many channels. Ungrouped convolutions only (others use
     /// [`ConvNorm::Ghost`]).
     PixelGram,
+    /// For depthwise Convs (one input and one output channel per group): the `C x k x k`
+    /// per-sample gradient from the input's strided windows times the output gradient,
+    /// channels-last (cost ~ 4 C k^2 HW memory passes, no per-channel overhead). Other Convs
+    /// as [`ConvNorm::Auto`].
+    Depthwise,
 }
 
 /// What a parameter tensor is, as the rule table finds it.

@@ -152,11 +152,16 @@ fn case_conv_depthwise_plan() -> Case {
 
 #[test]
 fn conv_depthwise_plan() {
-    let case = case_conv_depthwise_plan();
-    let compiled = grad::compile(&case.net.model(&case.input, &case.out), &CompileOptions::default()).unwrap();
-    let plans: Vec<&str> = compiled.conv_plans.iter().map(|(_, p)| *p).collect();
-    assert_eq!(plans.iter().filter(|p| **p == "depthwise").count(), 3, "{plans:?}");
-    check(case);
+    // `auto` takes the depthwise plan on the two 3x3 output maps, im2col on the 6x6 one; the
+    // forced plan on all three.
+    for (norm, want) in [(ConvNorm::Auto, 2), (ConvNorm::Depthwise, 3)] {
+        let case = case_conv_depthwise_plan();
+        let opts = CompileOptions { conv_norm: norm, ..Default::default() };
+        let compiled = grad::compile(&case.net.model(&case.input, &case.out), &opts).unwrap();
+        let plans: Vec<&str> = compiled.conv_plans.iter().map(|(_, p)| *p).collect();
+        assert_eq!(plans.iter().filter(|p| **p == "depthwise").count(), want, "{norm:?}: {plans:?}");
+        check_with(&case, &opts, &[1.0; CLASSES]);
+    }
 }
 
 fn case_conv_auto_pad_same_upper_and_lower() -> Case {
