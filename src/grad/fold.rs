@@ -141,6 +141,41 @@ pub(crate) fn can_fold(n: &NodeProto, is_const: impl Fn(&str) -> bool, is_act: i
     }
 }
 
+/// The node being folded and the constants its inputs may be.
+struct Inputs<'a> {
+    n: &'a NodeProto,
+    consts: &'a std::collections::HashMap<String, TensorProto>,
+}
+
+impl Inputs<'_> {
+    /// The error for a node that cannot be folded, with the fix.
+    fn fail(&self, why: &str) -> GradError {
+        node_err(
+            self.n,
+            format!(
+                "computes on constants only and gradwatch cannot fold it ({why}); fold constants first \
+                 (e.g. `python -m onnxsim in.onnx out.onnx`) or re-export with do_constant_folding=True"
+            ),
+        )
+    }
+
+    /// Input `i`'s value, `None` when absent (or not a constant).
+    fn get(&self, i: usize) -> Result<Option<Val>, GradError> {
+        match self.n.input.get(i).filter(|s| !s.is_empty()) {
+            None => Ok(None),
+            Some(name) => match self.consts.get(name) {
+                Some(t) => Ok(Some(Val::from_tensor(t)?)),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Input `i`'s value, which must be there.
+    fn need(&self, i: usize) -> Result<Val, GradError> {
+        self.get(i)?.ok_or_else(|| self.fail(&format!("input {i} missing")))
+    }
+}
+
 /// Evaluates `n` on constant inputs; returns its outputs' values. `act_shape` gives the
 /// per-sample shape of an activation (the batch is [`BATCH`]).
 pub(crate) fn fold(
@@ -148,342 +183,419 @@ pub(crate) fn fold(
     consts: &std::collections::HashMap<String, TensorProto>,
     act_shape: impl Fn(&str) -> Option<Vec<usize>>,
 ) -> Result<Vec<TensorProto>, GradError> {
-    let fail = |why: &str| {
-        node_err(
-            n,
-            format!(
-                "computes on constants only and gradwatch cannot fold it ({why}); fold constants first \
-                 (e.g. `python -m onnxsim in.onnx out.onnx`) or re-export with do_constant_folding=True"
-            ),
-        )
-    };
+    let f = Inputs { n, consts };
     if !FOLDABLE.contains(&n.op_type.as_str()) {
-        return Err(fail(&format!("no folding rule for {}", n.op_type)));
+        return Err(f.fail(&format!("no folding rule for {}", n.op_type)));
     }
-    let get = |i: usize| -> Result<Option<Val>, GradError> {
-        match n.input.get(i).filter(|s| !s.is_empty()) {
-            None => Ok(None),
-            Some(name) => match consts.get(name) {
-                Some(t) => Ok(Some(Val::from_tensor(t)?)),
-                None => Ok(None),
-            },
-        }
-    };
-    let need = |i: usize| -> Result<Val, GradError> { get(i)?.ok_or_else(|| fail(&format!("input {i} missing"))) };
-    let a = Attrs::of(n);
     let out: Vec<Val> = match n.op_type.as_str() {
-        "Identity" => vec![need(0)?],
-        "Cast" => {
-            let to = a.int("to", data_type::FLOAT as i64)? as i32;
-            let v = need(0)?;
-            vec![match (to, v) {
-                (data_type::FLOAT | data_type::DOUBLE | data_type::FLOAT16, Val::F(x)) => Val::F(x),
-                (data_type::FLOAT | data_type::DOUBLE | data_type::FLOAT16, Val::I(x, _)) => {
-                    Val::F(x.mapv(|v| v as f32))
-                }
-                (data_type::BOOL, Val::F(x)) => Val::I(x.mapv(|v| i64::from(v != 0.0)), true),
-                (data_type::BOOL, Val::I(x, _)) => Val::I(x.mapv(|v| i64::from(v != 0)), true),
-                (_, Val::F(x)) => Val::I(x.mapv(|v| v as i64), false),
-                (_, Val::I(x, _)) => Val::I(x, false),
-            }]
-        }
-        "Shape" | "Size" => {
-            let name = &n.input[0];
-            let full: Vec<i64> = match consts.get(name) {
-                Some(t) => t.dims.clone(),
-                None => {
-                    let s = act_shape(name).ok_or_else(|| fail("input shape unknown"))?;
-                    std::iter::once(BATCH).chain(s.iter().map(|&d| d as i64)).collect()
-                }
-            };
-            if n.op_type == "Size" {
-                let p = full.iter().fold(1i64, |acc, &d| acc.wrapping_mul(d));
-                vec![Val::I(ArrayD::from_elem(IxDyn(&[]), p), false)]
-            } else {
-                let r = full.len() as i64;
-                let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
-                let start = clamp(a.int("start", 0)?);
-                let end = clamp(a.int("end", r)?);
-                let v: Vec<i64> = full[start..end.max(start)].to_vec();
-                vec![Val::I(ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).map_err(|e| fail(&e.to_string()))?, false)]
-            }
-        }
-        "Gather" => {
-            let data = need(0)?;
-            let idx = need(1)?;
-            let rank = data.shape().len();
-            let ax = axis(n, a.int("axis", 0)?, rank)?;
-            let len = data.shape()[ax] as i64;
-            let ids: Vec<usize> = idx
-                .ints()
-                .iter()
-                .map(|&i| if i < 0 { i + len } else { i })
-                .map(|i| if (0..len).contains(&i) { Ok(i as usize) } else { Err(fail("index out of range")) })
-                .collect::<Result<_, _>>()?;
-            let ishape = idx.shape().to_vec();
-            let gather_f = |x: &ArrayD<f32>| gather(x, ax, &ids, &ishape);
-            let gather_i = |x: &ArrayD<i64>| gather(x, ax, &ids, &ishape);
-            vec![data.map(gather_f, gather_i).ok_or_else(|| fail("bad gather"))?]
-        }
-        "Unsqueeze" | "Squeeze" => {
-            let data = need(0)?;
-            let axes = match a.ints("axes")? {
-                Some(v) => Some(v),
-                None => get(1)?.map(|v| v.ints()),
-            };
-            let shape = data.shape().to_vec();
-            let new_shape = if n.op_type == "Unsqueeze" {
-                let axes = axes.ok_or_else(|| fail("Unsqueeze needs axes"))?;
-                let r = shape.len() + axes.len();
-                let mut ax: Vec<usize> = axes.iter().map(|&v| axis(n, v, r)).collect::<Result<_, _>>()?;
-                ax.sort_unstable();
-                let mut s = shape.clone();
-                for &i in &ax {
-                    if i > s.len() {
-                        return Err(fail("axis out of range"));
-                    }
-                    s.insert(i, 1);
-                }
-                s
-            } else {
-                let r = shape.len();
-                let ax: Vec<usize> = match axes {
-                    Some(v) => v.iter().map(|&v| axis(n, v, r)).collect::<Result<_, _>>()?,
-                    None => (0..r).filter(|&i| shape[i] == 1).collect(),
-                };
-                shape.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, &d)| d).collect()
-            };
-            vec![reshape(&data, &new_shape).ok_or_else(|| fail("bad axes"))?]
-        }
-        "Reshape" | "Flatten" => {
-            let data = need(0)?;
-            let shape = data.shape().to_vec();
-            let total: usize = shape.iter().product();
-            let target: Vec<usize> = if n.op_type == "Flatten" {
-                let ax = axis(n, a.int("axis", 1)?, shape.len() + 1)?;
-                vec![shape[..ax].iter().product(), shape[ax..].iter().product()]
-            } else {
-                let t = need(1)?.ints();
-                let allowzero = a.int("allowzero", 0)? != 0;
-                let mut out = Vec::new();
-                let mut infer = None;
-                for (i, &d) in t.iter().enumerate() {
-                    match d {
-                        0 if !allowzero => out.push(*shape.get(i).ok_or_else(|| fail("0 beyond rank"))?),
-                        -1 => {
-                            infer = Some(i);
-                            out.push(1);
-                        }
-                        d if d >= 0 => out.push(d as usize),
-                        _ => return Err(fail("bad target shape")),
-                    }
-                }
-                if let Some(i) = infer {
-                    let known: usize = out.iter().product();
-                    if known == 0 {
-                        return Err(fail("bad target shape"));
-                    }
-                    out[i] = total / known;
-                }
-                out
-            };
-            vec![reshape(&data, &target).ok_or_else(|| fail("element count changes"))?]
-        }
-        "Transpose" => {
-            let data = need(0)?;
-            let r = data.shape().len();
-            let perm: Vec<usize> = a
-                .ints("perm")?
-                .map(|p| p.iter().map(|&v| v as usize).collect())
-                .unwrap_or_else(|| (0..r).rev().collect());
-            if perm.len() != r || perm.iter().any(|&p| p >= r) {
-                return Err(fail("bad perm"));
-            }
-            vec![data
-                .map(
-                    |x| Some(x.clone().permuted_axes(IxDyn(&perm)).as_standard_layout().to_owned()),
-                    |x| Some(x.clone().permuted_axes(IxDyn(&perm)).as_standard_layout().to_owned()),
-                )
-                .ok_or_else(|| fail("bad perm"))?]
-        }
-        "Concat" => {
-            let vals: Vec<Val> = (0..n.input.len()).map(&need).collect::<Result<_, _>>()?;
-            let r = vals[0].shape().len();
-            let ax = axis(n, a.int("axis", 0)?, r)?;
-            vec![match &vals[0] {
-                Val::F(_) => {
-                    let views: Vec<ArrayD<f32>> = vals.iter().map(as_f).collect();
-                    let v: Vec<_> = views.iter().map(|x| x.view()).collect();
-                    Val::F(ndarray::concatenate(Axis(ax), &v).map_err(|e| fail(&e.to_string()))?)
-                }
-                Val::I(_, b) => {
-                    let views: Vec<ArrayD<i64>> = vals.iter().map(as_i).collect();
-                    let v: Vec<_> = views.iter().map(|x| x.view()).collect();
-                    Val::I(ndarray::concatenate(Axis(ax), &v).map_err(|e| fail(&e.to_string()))?, *b)
-                }
-            }]
-        }
-        "Slice" => {
-            let data = need(0)?;
-            let shape = data.shape().to_vec();
-            let r = shape.len();
-            let starts = need(1)?.ints();
-            let ends = need(2)?.ints();
-            let axes: Vec<usize> = match get(3)? {
-                Some(v) => v.ints().iter().map(|&x| axis(n, x, r)).collect::<Result<_, _>>()?,
-                None => (0..starts.len()).collect(),
-            };
-            let steps = get(4)?.map(|v| v.ints()).unwrap_or_else(|| vec![1; starts.len()]);
-            let mut v = data;
-            for (j, &ax) in axes.iter().enumerate() {
-                let (s, e, st) =
-                    slice_range(shape[ax] as i64, starts[j], ends[j], steps[j]).ok_or_else(|| fail("bad slice"))?;
-                let sl = Slice::new(s, Some(e), st);
-                v = v
-                    .map(
-                        |x| Some(x.slice_axis(Axis(ax), sl).to_owned()),
-                        |x| Some(x.slice_axis(Axis(ax), sl).to_owned()),
-                    )
-                    .ok_or_else(|| fail("bad slice"))?;
-            }
-            vec![v]
-        }
-        "Split" => {
-            let data = need(0)?;
-            let r = data.shape().len();
-            let ax = axis(n, a.int("axis", 0)?, r)?;
-            let len = data.shape()[ax];
-            let sizes: Vec<usize> = match get(1)? {
-                Some(v) => v.ints().iter().map(|&x| x.max(0) as usize).collect(),
-                None => match a.ints("split")? {
-                    Some(v) => v.iter().map(|&x| x.max(0) as usize).collect(),
-                    None => {
-                        let k = n.output.len().max(1);
-                        let part = len.div_ceil(k);
-                        (0..k).map(|i| part.min(len.saturating_sub(i * part))).collect()
-                    }
-                },
-            };
-            let mut start = 0isize;
-            let mut outs = Vec::new();
-            for s in sizes {
-                let sl = Slice::new(start, Some(start + s as isize), 1);
-                outs.push(
-                    data.map(
-                        |x| Some(x.slice_axis(Axis(ax), sl).to_owned()),
-                        |x| Some(x.slice_axis(Axis(ax), sl).to_owned()),
-                    )
-                    .ok_or_else(|| fail("bad split"))?,
-                );
-                start += s as isize;
-            }
-            outs
-        }
+        "Identity" => vec![f.need(0)?],
+        "Cast" => fold_cast(&f)?,
+        "Shape" | "Size" => fold_shape(&f, act_shape)?,
+        "Gather" => fold_gather(&f)?,
+        "Unsqueeze" | "Squeeze" => fold_squeeze(&f)?,
+        "Reshape" | "Flatten" => fold_reshape(&f)?,
+        "Transpose" => fold_transpose(&f)?,
+        "Concat" => fold_concat(&f)?,
+        "Slice" => fold_slice(&f)?,
+        "Split" => fold_split(&f)?,
         "Add" | "Sub" | "Mul" | "Div" | "Mod" | "Pow" | "Min" | "Max" => {
-            let (x, y) = (need(0)?, need(1)?);
-            vec![binary(&n.op_type, &x, &y).ok_or_else(|| fail("operands do not broadcast"))?]
+            let (x, y) = (f.need(0)?, f.need(1)?);
+            vec![binary(&n.op_type, &x, &y).ok_or_else(|| f.fail("operands do not broadcast"))?]
         }
         "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" => {
-            let (x, y) = (need(0)?, need(1)?);
-            vec![compare(&n.op_type, &x, &y).ok_or_else(|| fail("operands do not broadcast"))?]
+            let (x, y) = (f.need(0)?, f.need(1)?);
+            vec![compare(&n.op_type, &x, &y).ok_or_else(|| f.fail("operands do not broadcast"))?]
         }
-        "Neg" | "Sqrt" | "Reciprocal" | "Floor" | "Ceil" | "Abs" | "Not" => vec![match need(0)? {
-            Val::F(x) => Val::F(x.mapv(|v| match n.op_type.as_str() {
-                "Neg" => -v,
-                "Sqrt" => v.sqrt(),
-                "Reciprocal" => 1.0 / v,
-                "Floor" => v.floor(),
-                "Ceil" => v.ceil(),
-                "Abs" => v.abs(),
-                _ => f32::from(u8::from(v == 0.0)),
-            })),
-            Val::I(x, b) => match n.op_type.as_str() {
-                "Neg" => Val::I(x.mapv(|v| -v), b),
-                "Abs" => Val::I(x.mapv(i64::abs), b),
-                "Not" => Val::I(x.mapv(|v| i64::from(v == 0)), true),
-                "Floor" | "Ceil" => Val::I(x, b),
-                _ => return Err(fail("integer operand")),
-            },
-        }],
-        "Where" => {
-            let (c, x, y) = (need(0)?, need(1)?, need(2)?);
-            let c = as_i(&c);
-            vec![match (&x, &y) {
-                (Val::F(_), _) | (_, Val::F(_)) => {
-                    let (xf, yf) = (as_f(&x), as_f(&y));
-                    Val::F(where3(&c, &xf, &yf).ok_or_else(|| fail("operands do not broadcast"))?)
-                }
-                (Val::I(xi, b), Val::I(yi, _)) => {
-                    Val::I(where3(&c, xi, yi).ok_or_else(|| fail("operands do not broadcast"))?, *b)
-                }
-            }]
-        }
-        "ConstantOfShape" => {
-            let shape = need(0)?.ints();
-            if shape.iter().any(|&d| d < 0) {
-                return Err(fail("the shape holds the batch size: a batch-sized constant is not supported"));
-            }
-            let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-            let value = match a.tensor("value")? {
-                Some(t) => Val::from_tensor(t)?,
-                None => Val::F(ArrayD::zeros(IxDyn(&[1]))),
-            };
-            vec![match value {
-                Val::F(v) => Val::F(ArrayD::from_elem(IxDyn(&dims), v.iter().next().copied().unwrap_or(0.0))),
-                Val::I(v, b) => Val::I(ArrayD::from_elem(IxDyn(&dims), v.iter().next().copied().unwrap_or(0)), b),
-            }]
-        }
-        "Range" => {
-            let (s, l, d) = (need(0)?, need(1)?, need(2)?);
-            match (&s, &l, &d) {
-                (Val::I(..), Val::I(..), Val::I(..)) => {
-                    let (s, l, d) = (s.ints()[0], l.ints()[0], d.ints()[0]);
-                    if d == 0 || [s, l, d].iter().any(|&v| is_batch_derived(v)) {
-                        return Err(fail("a Range over the batch size"));
-                    }
-                    let mut v = Vec::new();
-                    let mut x = s;
-                    while (d > 0 && x < l) || (d < 0 && x > l) {
-                        v.push(x);
-                        x += d;
-                    }
-                    vec![Val::I(ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).map_err(|e| fail(&e.to_string()))?, false)]
-                }
-                _ => {
-                    let (s, l, d) = (as_f(&s)[[]], as_f(&l)[[]], as_f(&d)[[]]);
-                    let count = ((l - s) / d).ceil().max(0.0) as usize;
-                    let v: Vec<f32> = (0..count).map(|i| s + i as f32 * d).collect();
-                    vec![Val::F(ArrayD::from_shape_vec(IxDyn(&[count]), v).map_err(|e| fail(&e.to_string()))?)]
-                }
-            }
-        }
-        "Expand" => {
-            let data = need(0)?;
-            let shape = need(1)?.ints();
-            if shape.iter().any(|&d| is_batch_derived(d)) {
-                return Err(fail("internal: an Expand to the batch size is an activation"));
-            }
-            let ds = data.shape().to_vec();
-            let r = ds.len().max(shape.len());
-            let mut target = vec![1usize; r];
-            for i in 0..r {
-                let a_d = if i + ds.len() >= r { ds[i + ds.len() - r] } else { 1 };
-                let b_d = if i + shape.len() >= r { shape[i + shape.len() - r].max(1) as usize } else { 1 };
-                target[i] = a_d.max(b_d);
-            }
-            vec![data
-                .map(
-                    |x| x.broadcast(IxDyn(&target)).map(|v| v.to_owned()),
-                    |x| x.broadcast(IxDyn(&target)).map(|v| v.to_owned()),
-                )
-                .ok_or_else(|| fail("shapes do not broadcast"))?]
-        }
-        other => return Err(fail(&format!("no folding rule for {other}"))),
+        "Neg" | "Sqrt" | "Reciprocal" | "Floor" | "Ceil" | "Abs" | "Not" => fold_unary(&f)?,
+        "Where" => fold_where(&f)?,
+        "ConstantOfShape" => fold_constant_of_shape(&f)?,
+        "Range" => fold_range(&f)?,
+        "Expand" => fold_expand(&f)?,
+        other => return Err(f.fail(&format!("no folding rule for {other}"))),
     };
     if out.len() < n.output.iter().filter(|o| !o.is_empty()).count() {
-        return Err(fail("fewer values than outputs"));
+        return Err(f.fail("fewer values than outputs"));
     }
     Ok(n.output.iter().zip(out).filter(|(o, _)| !o.is_empty()).map(|(o, v)| v.to_tensor(o)).collect())
+}
+
+/// `Cast` between float, integer and bool values.
+fn fold_cast(f: &Inputs) -> Result<Vec<Val>, GradError> {
+    let n = f.n;
+    let a = Attrs::of(n);
+    let out = {
+        let to = a.int("to", data_type::FLOAT as i64)? as i32;
+        let v = f.need(0)?;
+        vec![match (to, v) {
+            (data_type::FLOAT | data_type::DOUBLE | data_type::FLOAT16, Val::F(x)) => Val::F(x),
+            (data_type::FLOAT | data_type::DOUBLE | data_type::FLOAT16, Val::I(x, _)) => Val::F(x.mapv(|v| v as f32)),
+            (data_type::BOOL, Val::F(x)) => Val::I(x.mapv(|v| i64::from(v != 0.0)), true),
+            (data_type::BOOL, Val::I(x, _)) => Val::I(x.mapv(|v| i64::from(v != 0)), true),
+            (_, Val::F(x)) => Val::I(x.mapv(|v| v as i64), false),
+            (_, Val::I(x, _)) => Val::I(x, false),
+        }]
+    };
+    Ok(out)
+}
+
+/// `Shape` (with `start`/`end`) and `Size`, of a constant or of an activation (batch [`BATCH`]).
+fn fold_shape(f: &Inputs, act_shape: impl Fn(&str) -> Option<Vec<usize>>) -> Result<Vec<Val>, GradError> {
+    let n = f.n;
+    let a = Attrs::of(n);
+    let out = {
+        let name = &n.input[0];
+        let full: Vec<i64> = match f.consts.get(name) {
+            Some(t) => t.dims.clone(),
+            None => {
+                let s = act_shape(name).ok_or_else(|| f.fail("input shape unknown"))?;
+                std::iter::once(BATCH).chain(s.iter().map(|&d| d as i64)).collect()
+            }
+        };
+        if n.op_type == "Size" {
+            let p = full.iter().fold(1i64, |acc, &d| acc.wrapping_mul(d));
+            vec![Val::I(ArrayD::from_elem(IxDyn(&[]), p), false)]
+        } else {
+            let r = full.len() as i64;
+            let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+            let start = clamp(a.int("start", 0)?);
+            let end = clamp(a.int("end", r)?);
+            let v: Vec<i64> = full[start..end.max(start)].to_vec();
+            vec![Val::I(ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).map_err(|e| f.fail(&e.to_string()))?, false)]
+        }
+    };
+    Ok(out)
+}
+
+/// `Gather` along one axis.
+fn fold_gather(f: &Inputs) -> Result<Vec<Val>, GradError> {
+    let n = f.n;
+    let a = Attrs::of(n);
+    let out = {
+        let data = f.need(0)?;
+        let idx = f.need(1)?;
+        let rank = data.shape().len();
+        let ax = axis(n, a.int("axis", 0)?, rank)?;
+        let len = data.shape()[ax] as i64;
+        let ids: Vec<usize> = idx
+            .ints()
+            .iter()
+            .map(|&i| if i < 0 { i + len } else { i })
+            .map(|i| if (0..len).contains(&i) { Ok(i as usize) } else { Err(f.fail("index out of range")) })
+            .collect::<Result<_, _>>()?;
+        let ishape = idx.shape().to_vec();
+        let gather_f = |x: &ArrayD<f32>| gather(x, ax, &ids, &ishape);
+        let gather_i = |x: &ArrayD<i64>| gather(x, ax, &ids, &ishape);
+        vec![data.map(gather_f, gather_i).ok_or_else(|| f.fail("bad gather"))?]
+    };
+    Ok(out)
+}
+
+/// `Unsqueeze` and `Squeeze` (axes as attribute or input).
+fn fold_squeeze(f: &Inputs) -> Result<Vec<Val>, GradError> {
+    let n = f.n;
+    let a = Attrs::of(n);
+    let out = {
+        let data = f.need(0)?;
+        let axes = match a.ints("axes")? {
+            Some(v) => Some(v),
+            None => f.get(1)?.map(|v| v.ints()),
+        };
+        let shape = data.shape().to_vec();
+        let new_shape = if n.op_type == "Unsqueeze" {
+            let axes = axes.ok_or_else(|| f.fail("Unsqueeze needs axes"))?;
+            let r = shape.len() + axes.len();
+            let mut ax: Vec<usize> = axes.iter().map(|&v| axis(n, v, r)).collect::<Result<_, _>>()?;
+            ax.sort_unstable();
+            let mut s = shape.clone();
+            for &i in &ax {
+                if i > s.len() {
+                    return Err(f.fail("axis out of range"));
+                }
+                s.insert(i, 1);
+            }
+            s
+        } else {
+            let r = shape.len();
+            let ax: Vec<usize> = match axes {
+                Some(v) => v.iter().map(|&v| axis(n, v, r)).collect::<Result<_, _>>()?,
+                None => (0..r).filter(|&i| shape[i] == 1).collect(),
+            };
+            shape.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, &d)| d).collect()
+        };
+        vec![reshape(&data, &new_shape).ok_or_else(|| f.fail("bad axes"))?]
+    };
+    Ok(out)
+}
+
+/// `Reshape` (with `0` and `-1`) and `Flatten`.
+fn fold_reshape(f: &Inputs) -> Result<Vec<Val>, GradError> {
+    let n = f.n;
+    let a = Attrs::of(n);
+    let out = {
+        let data = f.need(0)?;
+        let shape = data.shape().to_vec();
+        let total: usize = shape.iter().product();
+        let target: Vec<usize> = if n.op_type == "Flatten" {
+            let ax = axis(n, a.int("axis", 1)?, shape.len() + 1)?;
+            vec![shape[..ax].iter().product(), shape[ax..].iter().product()]
+        } else {
+            let t = f.need(1)?.ints();
+            let allowzero = a.int("allowzero", 0)? != 0;
+            let mut out = Vec::new();
+            let mut infer = None;
+            for (i, &d) in t.iter().enumerate() {
+                match d {
+                    0 if !allowzero => out.push(*shape.get(i).ok_or_else(|| f.fail("0 beyond rank"))?),
+                    -1 => {
+                        infer = Some(i);
+                        out.push(1);
+                    }
+                    d if d >= 0 => out.push(d as usize),
+                    _ => return Err(f.fail("bad target shape")),
+                }
+            }
+            if let Some(i) = infer {
+                let known: usize = out.iter().product();
+                if known == 0 {
+                    return Err(f.fail("bad target shape"));
+                }
+                out[i] = total / known;
+            }
+            out
+        };
+        vec![reshape(&data, &target).ok_or_else(|| f.fail("element count changes"))?]
+    };
+    Ok(out)
+}
+
+/// `Transpose`.
+fn fold_transpose(f: &Inputs) -> Result<Vec<Val>, GradError> {
+    let a = Attrs::of(f.n);
+    let out = {
+        let data = f.need(0)?;
+        let r = data.shape().len();
+        let perm: Vec<usize> =
+            a.ints("perm")?.map(|p| p.iter().map(|&v| v as usize).collect()).unwrap_or_else(|| (0..r).rev().collect());
+        if perm.len() != r || perm.iter().any(|&p| p >= r) {
+            return Err(f.fail("bad perm"));
+        }
+        vec![data
+            .map(
+                |x| Some(x.clone().permuted_axes(IxDyn(&perm)).as_standard_layout().to_owned()),
+                |x| Some(x.clone().permuted_axes(IxDyn(&perm)).as_standard_layout().to_owned()),
+            )
+            .ok_or_else(|| f.fail("bad perm"))?]
+    };
+    Ok(out)
+}
+
+/// `Concat`.
+fn fold_concat(f: &Inputs) -> Result<Vec<Val>, GradError> {
+    let n = f.n;
+    let a = Attrs::of(n);
+    let out = {
+        let vals: Vec<Val> = (0..n.input.len()).map(|i| f.need(i)).collect::<Result<_, _>>()?;
+        let r = vals[0].shape().len();
+        let ax = axis(n, a.int("axis", 0)?, r)?;
+        vec![match &vals[0] {
+            Val::F(_) => {
+                let views: Vec<ArrayD<f32>> = vals.iter().map(as_f).collect();
+                let v: Vec<_> = views.iter().map(|x| x.view()).collect();
+                Val::F(ndarray::concatenate(Axis(ax), &v).map_err(|e| f.fail(&e.to_string()))?)
+            }
+            Val::I(_, b) => {
+                let views: Vec<ArrayD<i64>> = vals.iter().map(as_i).collect();
+                let v: Vec<_> = views.iter().map(|x| x.view()).collect();
+                Val::I(ndarray::concatenate(Axis(ax), &v).map_err(|e| f.fail(&e.to_string()))?, *b)
+            }
+        }]
+    };
+    Ok(out)
+}
+
+/// `Slice` (optional axes and steps).
+fn fold_slice(f: &Inputs) -> Result<Vec<Val>, GradError> {
+    let n = f.n;
+    let out = {
+        let data = f.need(0)?;
+        let shape = data.shape().to_vec();
+        let r = shape.len();
+        let starts = f.need(1)?.ints();
+        let ends = f.need(2)?.ints();
+        let axes: Vec<usize> = match f.get(3)? {
+            Some(v) => v.ints().iter().map(|&x| axis(n, x, r)).collect::<Result<_, _>>()?,
+            None => (0..starts.len()).collect(),
+        };
+        let steps = f.get(4)?.map(|v| v.ints()).unwrap_or_else(|| vec![1; starts.len()]);
+        let mut v = data;
+        for (j, &ax) in axes.iter().enumerate() {
+            let (s, e, st) =
+                slice_range(shape[ax] as i64, starts[j], ends[j], steps[j]).ok_or_else(|| f.fail("bad slice"))?;
+            let sl = Slice::new(s, Some(e), st);
+            v = v
+                .map(|x| Some(x.slice_axis(Axis(ax), sl).to_owned()), |x| Some(x.slice_axis(Axis(ax), sl).to_owned()))
+                .ok_or_else(|| f.fail("bad slice"))?;
+        }
+        vec![v]
+    };
+    Ok(out)
+}
+
+/// `Split` (sizes as input, attribute, or equal parts).
+fn fold_split(f: &Inputs) -> Result<Vec<Val>, GradError> {
+    let n = f.n;
+    let a = Attrs::of(n);
+    let out = {
+        let data = f.need(0)?;
+        let r = data.shape().len();
+        let ax = axis(n, a.int("axis", 0)?, r)?;
+        let len = data.shape()[ax];
+        let sizes: Vec<usize> = match f.get(1)? {
+            Some(v) => v.ints().iter().map(|&x| x.max(0) as usize).collect(),
+            None => match a.ints("split")? {
+                Some(v) => v.iter().map(|&x| x.max(0) as usize).collect(),
+                None => {
+                    let k = n.output.len().max(1);
+                    let part = len.div_ceil(k);
+                    (0..k).map(|i| part.min(len.saturating_sub(i * part))).collect()
+                }
+            },
+        };
+        let mut start = 0isize;
+        let mut outs = Vec::new();
+        for s in sizes {
+            let sl = Slice::new(start, Some(start + s as isize), 1);
+            outs.push(
+                data.map(
+                    |x| Some(x.slice_axis(Axis(ax), sl).to_owned()),
+                    |x| Some(x.slice_axis(Axis(ax), sl).to_owned()),
+                )
+                .ok_or_else(|| f.fail("bad split"))?,
+            );
+            start += s as isize;
+        }
+        outs
+    };
+    Ok(out)
+}
+
+/// `Where`.
+fn fold_where(f: &Inputs) -> Result<Vec<Val>, GradError> {
+    let out = {
+        let (c, x, y) = (f.need(0)?, f.need(1)?, f.need(2)?);
+        let c = as_i(&c);
+        vec![match (&x, &y) {
+            (Val::F(_), _) | (_, Val::F(_)) => {
+                let (xf, yf) = (as_f(&x), as_f(&y));
+                Val::F(where3(&c, &xf, &yf).ok_or_else(|| f.fail("operands do not broadcast"))?)
+            }
+            (Val::I(xi, b), Val::I(yi, _)) => {
+                Val::I(where3(&c, xi, yi).ok_or_else(|| f.fail("operands do not broadcast"))?, *b)
+            }
+        }]
+    };
+    Ok(out)
+}
+
+/// `ConstantOfShape` (not of a batch-sized shape).
+fn fold_constant_of_shape(f: &Inputs) -> Result<Vec<Val>, GradError> {
+    let n = f.n;
+    let a = Attrs::of(n);
+    let out = {
+        let shape = f.need(0)?.ints();
+        if shape.iter().any(|&d| d < 0) {
+            return Err(f.fail("the shape holds the batch size: a batch-sized constant is not supported"));
+        }
+        let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        let value = match a.tensor("value")? {
+            Some(t) => Val::from_tensor(t)?,
+            None => Val::F(ArrayD::zeros(IxDyn(&[1]))),
+        };
+        vec![match value {
+            Val::F(v) => Val::F(ArrayD::from_elem(IxDyn(&dims), v.iter().next().copied().unwrap_or(0.0))),
+            Val::I(v, b) => Val::I(ArrayD::from_elem(IxDyn(&dims), v.iter().next().copied().unwrap_or(0)), b),
+        }]
+    };
+    Ok(out)
+}
+
+/// `Range` of integers or floats (not over the batch size).
+fn fold_range(f: &Inputs) -> Result<Vec<Val>, GradError> {
+    let out = {
+        let (s, l, d) = (f.need(0)?, f.need(1)?, f.need(2)?);
+        match (&s, &l, &d) {
+            (Val::I(..), Val::I(..), Val::I(..)) => {
+                let (s, l, d) = (s.ints()[0], l.ints()[0], d.ints()[0]);
+                if d == 0 || [s, l, d].iter().any(|&v| is_batch_derived(v)) {
+                    return Err(f.fail("a Range over the batch size"));
+                }
+                let mut v = Vec::new();
+                let mut x = s;
+                while (d > 0 && x < l) || (d < 0 && x > l) {
+                    v.push(x);
+                    x += d;
+                }
+                vec![Val::I(ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).map_err(|e| f.fail(&e.to_string()))?, false)]
+            }
+            _ => {
+                let (s, l, d) = (as_f(&s)[[]], as_f(&l)[[]], as_f(&d)[[]]);
+                let count = ((l - s) / d).ceil().max(0.0) as usize;
+                let v: Vec<f32> = (0..count).map(|i| s + i as f32 * d).collect();
+                vec![Val::F(ArrayD::from_shape_vec(IxDyn(&[count]), v).map_err(|e| f.fail(&e.to_string()))?)]
+            }
+        }
+    };
+    Ok(out)
+}
+
+/// `Expand` (not to the batch size).
+fn fold_expand(f: &Inputs) -> Result<Vec<Val>, GradError> {
+    let out = {
+        let data = f.need(0)?;
+        let shape = f.need(1)?.ints();
+        if shape.iter().any(|&d| is_batch_derived(d)) {
+            return Err(f.fail("internal: an Expand to the batch size is an activation"));
+        }
+        let ds = data.shape().to_vec();
+        let r = ds.len().max(shape.len());
+        let mut target = vec![1usize; r];
+        for i in 0..r {
+            let a_d = if i + ds.len() >= r { ds[i + ds.len() - r] } else { 1 };
+            let b_d = if i + shape.len() >= r { shape[i + shape.len() - r].max(1) as usize } else { 1 };
+            target[i] = a_d.max(b_d);
+        }
+        vec![data
+            .map(
+                |x| x.broadcast(IxDyn(&target)).map(|v| v.to_owned()),
+                |x| x.broadcast(IxDyn(&target)).map(|v| v.to_owned()),
+            )
+            .ok_or_else(|| f.fail("shapes do not broadcast"))?]
+    };
+    Ok(out)
+}
+
+/// Elementwise `Neg`, `Sqrt`, `Reciprocal`, `Floor`, `Ceil`, `Abs` and `Not`.
+fn fold_unary(f: &Inputs) -> Result<Vec<Val>, GradError> {
+    let n = f.n;
+    let out = vec![match f.need(0)? {
+        Val::F(x) => Val::F(x.mapv(|v| match n.op_type.as_str() {
+            "Neg" => -v,
+            "Sqrt" => v.sqrt(),
+            "Reciprocal" => 1.0 / v,
+            "Floor" => v.floor(),
+            "Ceil" => v.ceil(),
+            "Abs" => v.abs(),
+            _ => f32::from(u8::from(v == 0.0)),
+        })),
+        Val::I(x, b) => match n.op_type.as_str() {
+            "Neg" => Val::I(x.mapv(|v| -v), b),
+            "Abs" => Val::I(x.mapv(i64::abs), b),
+            "Not" => Val::I(x.mapv(|v| i64::from(v == 0)), true),
+            "Floor" | "Ceil" => Val::I(x, b),
+            _ => return Err(f.fail("integer operand")),
+        },
+    }];
+    Ok(out)
 }
 
 fn axis(n: &NodeProto, ax: i64, rank: usize) -> Result<usize, GradError> {
@@ -558,7 +670,7 @@ fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
         .collect()
 }
 
-fn zip2<T: Clone, U>(a: &ArrayD<T>, b: &ArrayD<T>, f: impl Fn(T, T) -> U) -> Option<ArrayD<U>> {
+pub(super) fn zip2<T: Clone, U>(a: &ArrayD<T>, b: &ArrayD<T>, f: impl Fn(T, T) -> U) -> Option<ArrayD<U>> {
     let s = broadcast_shape(a.shape(), b.shape())?;
     let av = a.broadcast(IxDyn(&s))?;
     let bv = b.broadcast(IxDyn(&s))?;
@@ -637,80 +749,4 @@ fn cmp(op: &str, p: f64, q: f64, eq: bool) -> i64 {
         "And" => p != 0.0 && q != 0.0,
         _ => p != 0.0 || q != 0.0,
     })
-}
-
-/// An integer tensor that depends on the sample index `b`: `b * k + c[..]`, shaped
-/// `[N] + c.shape` (the indices `torch.as_strided` exports as: `Range(0, N) * stride + offsets`).
-#[derive(Clone, Debug)]
-pub(crate) struct Affine {
-    /// The factor of the sample index.
-    pub k: i64,
-    /// The per-sample part.
-    pub c: ArrayD<i64>,
-}
-
-/// Folds `n` when one input is a batch-affine tensor (`affine`) or it starts one (a `Range`
-/// from 0 to the batch size by 1); `None` when it neither is nor can be.
-pub(crate) fn fold_affine(
-    n: &NodeProto,
-    consts: &std::collections::HashMap<String, TensorProto>,
-    affine: &std::collections::HashMap<String, Affine>,
-) -> Option<Affine> {
-    let ints = |i: usize| -> Option<ArrayD<i64>> { onnx::tensor_i64(consts.get(n.input.get(i)?)?).ok() };
-    let scalar = |a: &ArrayD<i64>| (a.len() == 1).then(|| a.iter().next().copied()).flatten();
-    let aff = |i: usize| n.input.get(i).and_then(|s| affine.get(s));
-    match n.op_type.as_str() {
-        "Range" => {
-            let (s, l, d) = (scalar(&ints(0)?)?, scalar(&ints(1)?)?, scalar(&ints(2)?)?);
-            (s == 0 && l == BATCH && d == 1).then(|| Affine { k: 1, c: ArrayD::zeros(IxDyn(&[])) })
-        }
-        "Identity" | "Cast" => aff(0).cloned(),
-        "Mul" | "Add" => {
-            let (a, other) = match (aff(0), aff(1)) {
-                (Some(a), None) => (a, ints(1)?),
-                (None, Some(a)) => (a, ints(0)?),
-                _ => return None,
-            };
-            // The constant's axis along the batch (if it has one) must be 1.
-            let r = a.c.ndim() + 1;
-            if other.ndim() > r || (other.ndim() == r && other.shape()[0] != 1) {
-                return None;
-            }
-            let o = if other.ndim() == r {
-                let s: Vec<usize> = other.shape()[1..].to_vec();
-                other.into_shape_with_order(IxDyn(&s)).ok()?
-            } else {
-                other
-            };
-            if n.op_type == "Mul" {
-                let v = scalar(&o)?;
-                Some(Affine { k: a.k.wrapping_mul(v), c: a.c.mapv(|x| x.wrapping_mul(v)) })
-            } else {
-                Some(Affine { k: a.k, c: zip2(&a.c, &o, |x, y| x.wrapping_add(y))? })
-            }
-        }
-        "Unsqueeze" => {
-            let a = aff(0)?;
-            let axes = match Attrs::of(n).ints("axes").ok().flatten() {
-                Some(v) => v,
-                None => ints(1)?.iter().copied().collect(),
-            };
-            let r = a.c.ndim() + 1 + axes.len();
-            let mut ax: Vec<usize> =
-                axes.iter().map(|&v| if v < 0 { v + r as i64 } else { v }).map(|v| v.max(0) as usize).collect();
-            ax.sort_unstable();
-            if ax.contains(&0) {
-                return None;
-            }
-            let mut shape = a.c.shape().to_vec();
-            for &i in &ax {
-                if i - 1 > shape.len() {
-                    return None;
-                }
-                shape.insert(i - 1, 1);
-            }
-            Some(Affine { k: a.k, c: a.c.clone().into_shape_with_order(IxDyn(&shape)).ok()? })
-        }
-        _ => None,
-    }
 }

@@ -123,6 +123,47 @@ fn conv_depthwise_and_grouped() {
     check(case_conv_depthwise_and_grouped());
 }
 
+/// Depthwise Convs under `auto` (the depthwise plan): 3x3 stride 1 padded with a bias and a
+/// BatchNormalization gain folded in; 3x3 stride 2, dilated along H, asymmetric pads; 5x5
+/// padded on a 3x3 map (kernel wider than the map, as in MNASNet's last stages).
+fn case_conv_depthwise_plan() -> Case {
+    chain(31, |n, x| {
+        let a = n.conv(x, 3, 3, 3, true, vec![attr::int("group", 3), attr::ints("pads", &[1, 1, 1, 1])]);
+        let ab = batchnorm(n, &a, 3);
+        let ar = n.op("Relu", &[&ab], vec![]);
+        let b = n.conv(
+            &ar,
+            3,
+            3,
+            3,
+            false,
+            vec![
+                attr::int("group", 3),
+                attr::ints("strides", &[2, 2]),
+                attr::ints("dilations", &[2, 1]),
+                attr::ints("pads", &[1, 0, 2, 1]),
+            ],
+        );
+        // H: (6+1+2-5)/2+1 = 3, W: (6+0+1-3)/2+1 = 3
+        let c = n.conv(&b, 3, 3, 5, true, vec![attr::int("group", 3), attr::ints("pads", &[2, 2, 2, 2])]);
+        (c, 3 * 3 * 3)
+    })
+}
+
+#[test]
+fn conv_depthwise_plan() {
+    // `auto` takes the depthwise plan on the two 3x3 output maps, im2col on the 6x6 one; the
+    // forced plan on all three.
+    for (norm, want) in [(ConvNorm::Auto, 2), (ConvNorm::Depthwise, 3)] {
+        let case = case_conv_depthwise_plan();
+        let opts = CompileOptions { conv_norm: norm, ..Default::default() };
+        let compiled = grad::compile(&case.net.model(&case.input, &case.out), &opts).unwrap();
+        let plans: Vec<&str> = compiled.conv_plans.iter().map(|(_, p)| *p).collect();
+        assert_eq!(plans.iter().filter(|p| **p == "depthwise").count(), want, "{norm:?}: {plans:?}");
+        check_with(&case, &opts, &[1.0; CLASSES]);
+    }
+}
+
 fn case_conv_auto_pad_same_upper_and_lower() -> Case {
     chain(4, |n, x| {
         let a = n.conv(x, 3, 3, 3, false, vec![attr::string("auto_pad", "SAME_UPPER"), attr::ints("strides", &[2, 2])]);
@@ -254,7 +295,11 @@ fn case_relu6_as_clip() -> Case {
         let xs = n.op("Mul", &[x, &s], vec![]);
         let lo = n.constant(&[], &[0.0]);
         let hi = n.constant(&[], &[6.0]);
-        (n.op("Clip", &[&xs, &lo, &hi], vec![]), 3 * 36)
+        let r = n.op("Clip", &[&xs, &lo, &hi], vec![]);
+        // Conv -> BatchNormalization -> ReLU6: the BN output is read back from the Clip's.
+        let c = n.conv(&r, 3, 3, 3, false, vec![attr::ints("pads", &[1, 1, 1, 1])]);
+        let b = batchnorm(n, &c, 3);
+        (n.op("Clip", &[&b, &lo, &hi], vec![]), 3 * 36)
     })
 }
 
@@ -898,6 +943,7 @@ const FD_CASES: &[(&str, MakeCase)] = &[
     ("conv_strided_dilated_asymmetric_pads", case_conv_strided_dilated_asymmetric_pads),
     ("conv_depthwise_and_grouped", case_conv_depthwise_and_grouped),
     ("conv_auto_pad_same_upper_and_lower", case_conv_auto_pad_same_upper_and_lower),
+    ("conv_depthwise_plan", case_conv_depthwise_plan),
     ("conv_norm_formulations_agree", case_conv_norm_formulations_agree),
     ("batchnorm_relu_global_average_pool", case_batchnorm_relu_global_average_pool),
     ("residual_block_batchnorm_folds_into_convs", case_residual_block_batchnorm_folds_into_convs),

@@ -53,8 +53,10 @@ fn clip_bounds(n: &NodeProto, ctx: &Ctx) -> Result<(f32, f32), GradError> {
 }
 
 fn clip(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
-    // PyTorch's hardtanh/relu6 backward: gradient only strictly inside (min, max).
-    let x = &n.input[0];
+    // PyTorch's hardtanh/relu6 backward: gradient only strictly inside (min, max), which is
+    // where the output is strictly inside too. Reading the output (as for Relu) leaves the
+    // input unused, so ONNX Runtime fuses Conv(+BN)+Clip as in the plain forward.
+    let x = &n.output[0];
     let (lo, hi) = clip_bounds(n, ctx)?;
     let lo_c = ctx.b.scalar(lo);
     let hi_c = ctx.b.scalar(hi);

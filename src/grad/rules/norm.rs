@@ -34,8 +34,9 @@ fn bn_output_source(n: &NodeProto, ctx: &Ctx) -> (String, Option<String>) {
     let y = &n.output[0];
     let relu_out = |t: &str| ctx.sole_reader(t).filter(|r| r.op_type == "Relu").map(|r| r.output[0].clone());
     match ctx.sole_reader(y) {
-        // The gradient at y is zero where the Relu clipped; elsewhere y is the Relu's output.
-        Some(r) if r.op_type == "Relu" => (r.output[0].clone(), None),
+        // The gradient at y is zero where the Relu (or a Clip, ReLU6) clipped; elsewhere y is
+        // its output.
+        Some(r) if r.op_type == "Relu" || r.op_type == "Clip" => (r.output[0].clone(), None),
         // y + other -> Relu (a residual block's second BN): y = relu_out - other where it passes.
         // When both addends are BN outputs (a downsampling block's shortcut), only the first
         // reads back: the second's output stays in use, the first's is read by the Add alone,
