@@ -1,5 +1,5 @@
 //! `gradwatch bench`: time per frame of the plain forward pass and of the gradient graph; with
-//! `--zoo DIR`, the architecture zoo's report (`docs/compiler-zoo.md`): per fixture of
+//! `--zoo DIR`, the architecture zoo's report (`docs/results/compiler-zoo.md`): per fixture of
 //! `scripts/make-zoo.py`, the features' errors against the float64 PyTorch goldens and the
 //! gradient graph's cost relative to the forward pass.
 

@@ -1,5 +1,5 @@
 //! `gradwatch bench-alarms`: false alarms per hour and detection delays of the alert policies
-//! (`docs/alarms.md`, `make bench-alarms`).
+//! (`docs/results/alarms.md`, `make bench-alarms`).
 //!
 //! Two phases. **Score** (expensive, once): GTSRB test images (never used in training or
 //! calibration) are turned into camera-like *tracks*: each sign for 10-30 frames with a slow
@@ -58,7 +58,7 @@ pub struct BenchAlarmsArgs {
     #[arg(long, default_value = "models/train/heldout-tracks.csv")]
     pub heldout: PathBuf,
     /// The report to write.
-    #[arg(long, default_value = "docs/alarms.md")]
+    #[arg(long, default_value = "docs/results/alarms.md")]
     pub out: PathBuf,
     /// Hours of clean frame time to replay per policy.
     #[arg(long, default_value_t = 2.0)]
@@ -414,7 +414,7 @@ fn score_tracks(
 /// Images of the accuracy table: one frame each (rendered as a track's frame would be) per
 /// corruption and onset level. Enough that whether a cell is harmful is not decided by a few
 /// signs: the onsets' 8 tracks gave sticker 3 an accuracy of 74 % where 1,000 single images
-/// give 85.6 ± 1.1 % (`docs/results-risk`). Standard error at 80 %: 1.8 points.
+/// give 85.6 ± 1.1 % (`docs/results/results-risk`). Standard error at 80 %: 1.8 points.
 const ACCURACY_IMAGES: usize = 500;
 /// The accuracy table in the cache folder.
 const ACCURACY_FILE: &str = "accuracy.csv";
