@@ -319,7 +319,7 @@ fn every_family_is_named_and_has_types() {
     assert_eq!(total, Corruption::ALL.len());
 }
 
-/// Regenerates `docs/results/corruptions.png`: `cargo test --test corrupt -- --ignored write_preview`.
+/// Regenerates `docs/results/corruptions.png`: `cargo test --release --test it -- --ignored write_preview_montage`.
 #[test]
 #[ignore]
 fn write_preview_montage() {
