@@ -11,7 +11,7 @@ use ndarray::{Array2, Axis};
 
 use super::baselines::{self, MahalanobisScorer};
 use super::feature_baselines::{self as fb, Fdbd, Knn, Vim};
-use super::report::{FamilyRow, GenRow, MisclassRow, OdinChoice, Results, RiskCell, Row};
+use super::results::{FamilyRow, GenRow, MisclassRow, OdinChoice, Results, RiskCell, Row, METHODS, POOLED};
 use super::EvalError;
 use crate::corrupt::{self, image_seed, Corruption, Family};
 use crate::detector::fit::DetectorChoice;
@@ -88,9 +88,6 @@ struct SetData {
     wrong: Option<Vec<bool>>,
 }
 
-/// The pooled pair: the familiar images against every corrupted set at once.
-pub const POOLED: &str = "all";
-
 /// Methods whose scores are fixed functions of one image (no per-pair fitting).
 const FIXED: [&str; 7] = ["msp", "mahalanobis", "energy", "gradnorm", "knn", "vim", "fdbd"];
 
@@ -103,7 +100,7 @@ fn cache_prefix(name: &str) -> String {
     format!("{}.", name.replace('/', "-"))
 }
 
-/// Runs the protocol and returns every number; [`super::report::write`] renders them.
+/// Runs the protocol and returns every number; `super::report::write` renders them.
 pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<Results, EvalError> {
     let t_all = Instant::now();
     let mut timings: Vec<(String, f64)> = Vec::new();
@@ -561,7 +558,7 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
                 let Some(wrong) = &data[m].wrong else { continue };
                 let pair = set_name(k, level);
                 let mut auroc = BTreeMap::new();
-                for (method, _) in super::report::METHODS {
+                for (method, _) in METHODS {
                     if let Some(r) = find(&pair, method) {
                         let a = r.metrics.auroc;
                         auroc.insert(
