@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 MODEL=${MODEL:-models/gtsrb-resnet18.onnx}
 DATA=${DATA:-../shared/data}
 CACHE=${CACHE:-out/eval-cache}
-OUT=${OUT:-docs}
+OUT=${OUT:-docs/results}
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.ort/host/libonnxruntime.so}
 
 [ -f "$MODEL" ] || { echo "error: model $MODEL not found; set MODEL=path/to/model.onnx" >&2; exit 2; }
