@@ -173,7 +173,7 @@ fn clean_false_alarms(
     let mut clean_scores = Vec::new();
     fill(&mut clean_scores, &clean, clean_frames, &mut rng);
     writeln!(w, "## False alarms on clean streams\n")?;
-    let fa_rate = false_alarm_table(w, &clean_scores, &learned, &gate)?;
+    let fa_rate = false_alarm_table(w, &clean_scores, learned, &gate)?;
     Ok(fa_rate)
 }
 
@@ -194,7 +194,7 @@ fn real_camera<'a>(ctx: &Ctx<'a>, w: &mut String) -> Result<RealCamera<'a>> {
     let real_count = order.len();
     SplitMix64::new(SEED ^ 0x4EA1).shuffle(&mut order);
     let (real_learn, real_clean) = order.split_at(REAL_LEARN_TRACKS.min(order.len()));
-    let (real_learned, real_learn_alerts) = learn_baseline(real_learn, &shipped, gate(shipped), &mut rng)?;
+    let (real_learned, real_learn_alerts) = learn_baseline(real_learn, shipped, gate(shipped), &mut rng)?;
     let mut real_scores = Vec::new();
     fill(&mut real_scores, real_clean, (REAL_HOURS * 3_600_000.0 / FRAME_MS as f64) as usize, &mut rng);
     let (n, ok) =
@@ -353,7 +353,7 @@ fn real_onsets(ctx: &Ctx, cam: &RealCamera, cells: &[OnsetCell], w: &mut String)
                 .filter(|t| t.kind == cell.kind.name() && t.level == f32::from(cell.level))
                 .collect();
             let seed = (1 << 40) | (cell.ki * 131 + usize::from(cell.level) * 17) as u64;
-            let (d, _) = onsets(&v, &real_learned, gate(&v), real_clean, &pool, seed)?;
+            let (d, _) = onsets(&v, real_learned, gate(&v), real_clean, &pool, seed)?;
             if d.missed > 0 && v.name == SHIPPED {
                 let acc = real_acc.get(&(cell.kind.name().to_string(), cell.level)).copied().unwrap_or(f64::NAN);
                 real_missed_cells.push(format!(
@@ -456,7 +456,7 @@ fn ramps(
                         scores.push(f.score);
                     }
                 }
-                let mut t = tracker(&v.policy, v.learns.then_some(&learned))?;
+                let mut t = tracker(&v.policy, v.learns.then_some(learned))?;
                 let starts = replay(&mut t, &scores, 0, gate(&v));
                 let level = match starts.iter().find(|&&i| i >= onset_at) {
                     Some(&i) => 1.0 + 4.0 * (i - onset_at) as f64 / ramp_frames as f64,

@@ -56,7 +56,7 @@ pub(super) fn run_pairs(
         let cat_scores = |parts: &[(usize, Vec<usize>)], get: &dyn Fn(&SetData) -> Vec<f32>| -> Vec<f32> {
             parts.iter().flat_map(|(m, idx)| pick(&get(&data[*m]), idx)).collect()
         };
-        let cat_rows = |parts: &[(usize, Vec<usize>)]| stack_rows(&data, parts, |d| &d.feats.features);
+        let cat_rows = |parts: &[(usize, Vec<usize>)]| stack_rows(data, parts, |d| &d.feats.features);
         let n_unf_test: usize = unf_test.iter().map(|(_, i)| i.len()).sum();
         let mut push = |method: &str, f: Vec<f32>, u: Vec<f32>, rows_out: &mut Vec<Row>| {
             if pair == "cifar10" {
@@ -166,7 +166,7 @@ pub(super) fn generalisation(fit: &Fitted) -> Result<Vec<GenRow>, EvalError> {
                 .filter(|(ki, _)| *ki != hi)
                 .flat_map(|(ki, _)| cfg.levels.iter().map(move |&l| set_of(ki, l)))
                 .collect();
-            let det = train_on_sets(&data, &sp, &others, &cfg.mlp)?;
+            let det = train_on_sets(data, sp, &others, &cfg.mlp)?;
             let f = det.score(&rows(&data[0].feats.features, &sp.test))?;
             for &level in cfg.levels.iter().filter(|&&l| l >= 3) {
                 let m = set_of(hi, level);
@@ -209,7 +209,7 @@ pub(super) fn family_out(fit: &Fitted) -> Result<(Vec<FamilyRow>, Lofo), EvalErr
                 .filter(|(_, k)| k.family() != held)
                 .flat_map(|(ki, _)| cfg.levels.iter().map(move |&l| set_of(ki, l)))
                 .collect();
-            let det = train_on_sets(&data, &sp, &others, &cfg.mlp)?;
+            let det = train_on_sets(data, sp, &others, &cfg.mlp)?;
             let f = fam_test(&det)?;
             let e = risk.train((&sp.train, &sp.val), &parts_of(&others, &sp.train), &parts_of(&others, &sp.val))?;
             let fr = risk.score(&e, 0, &sp.test);

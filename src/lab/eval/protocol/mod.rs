@@ -499,7 +499,6 @@ fn score_sets(
     sp: &Split,
 ) -> Result<Scored, EvalError> {
     let Extracted { sets, odins, odin_temps } = ex;
-    let fwd_out = &fwd_out.to_string();
     let fam = &sets[0];
     let pen = fam.penultimate.as_ref().ok_or(EvalError::MissingOutput(grad::outputs::PENULTIMATE))?;
     let maha_labels: Vec<usize> = match &fam_labels {
@@ -521,9 +520,9 @@ fn score_sets(
     let knn_k = if cfg.knn_k == 0 { Knn::auto_k(sp.train.len()) } else { cfg.knn_k };
     let knn = Knn::fit(pen_train.view(), knn_k)?;
     let vim_dim = if cfg.vim_dim == 0 { Vim::auto_dim(pen.ncols(), sp.train.len()) } else { cfg.vim_dim };
-    let vim = fb::last_layer(&model.model, &fwd_out)
+    let vim = fb::last_layer(&model.model, fwd_out)
         .and_then(|(w, b)| Vim::fit(pen_train.view(), rows(&fam.logits, &sp.train).view(), &w, &b, vim_dim));
-    let fdbd = fb::last_layer(&model.model, &fwd_out).and_then(|(w, b)| Fdbd::fit(pen_train.view(), &w, &b));
+    let fdbd = fb::last_layer(&model.model, fwd_out).and_then(|(w, b)| Fdbd::fit(pen_train.view(), &w, &b));
     let fdbd = match fdbd {
         Ok(f) => Some(f),
         Err(e) => {
