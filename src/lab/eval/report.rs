@@ -31,9 +31,27 @@ fn pair_title(p: &str) -> String {
     }
 }
 
-/// `results.md`.
+/// `results.md`: one function per section, each reading only [`Results`].
 pub fn markdown(r: &Results) -> String {
     let mut o = String::new();
+    header(&mut o, r);
+    table1(&mut o, r);
+    let (vs_paper, vs_maha) = table2(&mut o, r);
+    table3(&mut o, r);
+    family_out_section(&mut o, r);
+    risk_sections(&mut o, r);
+    if let Some(t) = &r.trust {
+        super::trust_report::section(&mut o, t);
+    }
+    targets(&mut o, r, vs_paper, vs_maha);
+    odin_section(&mut o, r);
+    figures(&mut o, r);
+    notes(&mut o, r);
+    o
+}
+
+/// Title, the command and the run's facts.
+fn header(o: &mut String, r: &Results) {
     let _ = writeln!(o, "# Evaluation results\n");
     let _ = writeln!(
         o,
@@ -62,7 +80,10 @@ pub fn markdown(r: &Results) -> String {
         "- timings: {}",
         r.timings.iter().map(|(k, v)| format!("{k} {v:.1} s")).collect::<Vec<_>>().join(", ")
     );
+}
 
+/// Table 1: detection of unfamiliar inputs, and the best method per pair.
+fn table1(o: &mut String, r: &Results) {
     // Table 1.
     let _ = writeln!(o, "\n## Table 1: detection of unfamiliar inputs (test split, %)\n");
     let names: Vec<&str> = METHODS.iter().map(|m| m.1).collect();
@@ -107,7 +128,11 @@ pub fn markdown(r: &Results) -> String {
             let _ = writeln!(o, "- {}: {n} ({})", pair_title(p), pct(a));
         }
     }
+}
 
+/// Table 2 (only with corruption pairs): per type and level against the paper. Returns (ours >=
+/// paper, cells with a paper number) and (ours >= Mahalanobis, cells).
+fn table2(o: &mut String, r: &Results) -> ((usize, usize), (usize, usize)) {
     // Table 2.
     // Only with corruption pairs (`--corruptions none` evaluates CIFAR-10 alone).
     let mut t2 = String::new();
@@ -167,7 +192,11 @@ pub fn markdown(r: &Results) -> String {
     if n_maha > 0 {
         o.push_str(&t2);
     }
+    ((ge_paper, n_paper), (ge_maha, n_maha))
+}
 
+/// Table 3: generalisation to an unseen corruption type.
+fn table3(o: &mut String, r: &Results) {
     // Table 3.
     if !r.generalisation.is_empty() {
         let _ = writeln!(o, "\n## Table 3: generalisation to an unseen corruption type, AUROC (%)\n");
@@ -207,15 +236,10 @@ pub fn markdown(r: &Results) -> String {
             let _ = writeln!(o, "| {h} | {} |", cells.join(" | "));
         }
     }
+}
 
-    family_out_section(&mut o, r);
-    risk_sections(&mut o, r);
-    if let Some(t) = &r.trust {
-        super::trust_report::section(&mut o, t);
-    }
-
-    targets(&mut o, r, (ge_paper, n_paper), (ge_maha, n_maha));
-
+/// The ODIN hyper-parameters chosen on the validation split.
+fn odin_section(o: &mut String, r: &Results) {
     // ODIN choices.
     if !r.odin.is_empty() {
         let _ = writeln!(o, "\n## ODIN hyper-parameters chosen on the validation split\n");
@@ -231,7 +255,10 @@ pub fn markdown(r: &Results) -> String {
             let _ = writeln!(o, "| {} | {} | {} | {} |", c.pair, c.temperature, c.epsilon, pct(c.val_auroc));
         }
     }
+}
 
+/// Links to the figures `write` draws.
+fn figures(o: &mut String, r: &Results) {
     let _ = writeln!(o, "\n## Figures\n");
     let _ = writeln!(o, "![ROC curves, GTSRB vs CIFAR-10](figures/roc-cifar10.svg)\n");
     let _ = writeln!(o, "![Mean squared gradient norm per parameter tensor](figures/gradient-profile.svg)\n");
@@ -242,7 +269,10 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(o, "![Accuracy of the frames kept](figures/trust-coverage.svg)\n");
         let _ = writeln!(o, "![Reliability of risk](figures/trust-reliability.svg)\n");
     }
+}
 
+/// How the protocol differs from the paper, and what each method is.
+fn notes(o: &mut String, r: &Results) {
     let _ = writeln!(o, "## Notes\n");
     let _ = writeln!(
         o,
@@ -268,7 +298,6 @@ pub fn markdown(r: &Results) -> String {
         r.knn_k,
         r.vim_dim.map_or("(left out)".to_string(), |d| d.to_string())
     );
-    o
 }
 
 fn method_name(key: &str) -> &str {
