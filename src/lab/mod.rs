@@ -12,10 +12,12 @@
 //!
 //! Experiments: [`eval`] (`gradwatch eval`: the paper's protocol and the risk tables) and
 //! [`alarms`] (`gradwatch bench-alarms`: false alarms per hour and detection delays of the alert
-//! policies). Definitions shared by both (what counts as *harmful*) live here, once.
+//! policies), and [`timing`] (the speed helpers of `gradwatch bench`). Definitions shared by
+//! every experiment (what counts as *harmful*) live here, once.
 
 pub mod alarms;
 pub mod eval;
+pub mod timing;
 
 /// Classifier accuracy below which a (corruption, level) cell is *harmful*: there the detector
 /// must fire. The one definition used by every experiment and report.
