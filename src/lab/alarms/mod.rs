@@ -125,7 +125,9 @@ pub fn report_from_cache(a: &Config) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_plan, heldout_tracks, window_means, CachedTrack};
+    use super::plan::CachedTrack;
+    use super::replay::window_means;
+    use super::{check_plan, heldout_tracks};
 
     #[test]
     fn a_cache_of_another_plan_is_refused() {

@@ -372,3 +372,27 @@ impl Delays {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{percentile, Delays};
+
+    #[test]
+    fn percentile_is_the_nearest_rank() {
+        let v = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0];
+        assert_eq!(percentile(&v, 0.5), 5.0);
+        assert_eq!(percentile(&v, 0.9), 9.0);
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn a_delay_cell_shows_median_p90_max_and_the_misses() {
+        let d = Delays { delays: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0], missed: 0, early: 0 };
+        assert_eq!(d.cell(), "5.0 / 9.0 / 10.0");
+        let d = Delays { delays: vec![2.5], missed: 2, early: 0 };
+        assert_eq!(d.cell(), "2.5 / 2.5 / 2.5, **2 missed**");
+        let d = Delays { delays: Vec::new(), missed: 3, early: 0 };
+        assert_eq!(d.cell(), "missed 3/3");
+    }
+}
