@@ -9,6 +9,7 @@ pub mod frames;
 pub mod homeassistant;
 pub mod memory;
 pub mod mqtt;
+pub mod reserve;
 pub mod spool;
 pub mod stdout;
 mod sweep;

@@ -29,6 +29,11 @@
 //! would overflow, whole segments are deleted oldest first and the records in them that were
 //! still pending are reported dropped (the caller counts them). The age bound is applied by
 //! the caller (it knows each record's time) through [`Spool::done`].
+//!
+//! A full disk: the spool keeps a `reserve` file of allocated blocks (an eighth of `max_bytes`,
+//! 64 KiB to 1 MiB; [`super::reserve`]). An append that fails with `ENOSPC` releases part of it
+//! and is tried again, so events produced while the disk is full still reach disk (a crash then
+//! loses nothing); the reserve is allocated again once the disk has room.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -37,6 +42,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use super::reserve::{self, Reserve};
 
 /// Largest segment file.
 const MAX_SEGMENT: u64 = 4 << 20;
@@ -88,6 +95,13 @@ pub enum SpoolError {
     },
 }
 
+impl SpoolError {
+    /// Whether the cause is a full disk (or quota).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, SpoolError::Io { source, .. } if reserve::is_disk_full(source))
+    }
+}
+
 /// A record read back from the spool, or appended to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
@@ -129,6 +143,8 @@ pub struct Spool {
     total_bytes: u64,
     /// Records found corrupt and skipped at open, not yet taken by [`Spool::take_corrupt`].
     corrupt: u64,
+    /// Blocks given back to the file system when the disk is full.
+    reserve: Reserve,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -204,6 +220,7 @@ impl Spool {
             max_bytes,
             total_bytes: 0,
             corrupt,
+            reserve: Reserve::open(&dir.join("reserve"), reserve::size_for(max_bytes)),
         };
         let mut pending = Vec::new();
         for (first, path, read) in segs {
@@ -282,8 +299,29 @@ impl Spool {
             std::fs::remove_file(&oldest.path).map_err(io(&oldest.path))?;
             self.advance_floor_to(below);
         }
+        if let Err(e) = self.write_record(seq, &rec) {
+            // A full disk: give back part of the reserve and try once more.
+            if !(e.is_disk_full() && self.reserve.release(size)) {
+                return Err(e);
+            }
+            self.write_record(seq, &rec)?;
+        }
+        self.reserve.refill();
+        let Some(seg) = self.segments.back_mut() else {
+            return Err(SpoolError::Io { path: self.dir.clone(), source: std::io::Error::other("no segment") });
+        };
+        seg.bytes += size;
+        seg.last_seq = Some(seq);
+        self.total_bytes += size;
+        self.next_seq = seq + 1;
+        Ok((seq, dropped_below))
+    }
+
+    /// Writes one encoded record at the end of the active segment (starting one when needed)
+    /// and syncs it; on failure the segment is left as it was.
+    fn write_record(&mut self, seq: u64, rec: &[u8]) -> Result<(), SpoolError> {
         let roll = match self.segments.back() {
-            Some(s) => self.active.is_none() || s.bytes + size > self.segment_limit(),
+            Some(s) => self.active.is_none() || s.bytes + rec.len() as u64 > self.segment_limit(),
             None => true,
         };
         if roll {
@@ -295,7 +333,7 @@ impl Spool {
                 source: std::io::Error::other("no segment open after starting one"),
             });
         };
-        if let Err(e) = file.write_all(&rec).and_then(|()| file.sync_data()) {
+        if let Err(e) = file.write_all(rec).and_then(|()| file.sync_data()) {
             // Cut a partial record off so the segment stays readable to its end; if that
             // fails too, start a fresh segment next time (reading stops at the torn record).
             if file.set_len(seg.bytes).is_err() {
@@ -303,11 +341,7 @@ impl Spool {
             }
             return Err(SpoolError::Io { path: seg.path.clone(), source: e });
         }
-        seg.bytes += size;
-        seg.last_seq = Some(seq);
-        self.total_bytes += size;
-        self.next_seq = seq + 1;
-        Ok((seq, dropped_below))
+        Ok(())
     }
 
     fn start_segment(&mut self, first_seq: u64) -> Result<(), SpoolError> {
