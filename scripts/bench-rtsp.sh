@@ -149,9 +149,9 @@ $ROW_B
 $ROW_S
 
 The daemon's default is \`[runtime] spin = false\`: ONNX Runtime's intra-op threads sleep between
-parallel sections instead of spin-waiting, which at 5 scored frames a second is most of the CPU
-a spinning pool burns; the \`spin = true\` row (ONNX Runtime's default) is the same camera with
-the threads spinning. Rows run one after the other, so compare them as a ratio.
+parallel sections instead of spin-waiting for the next one. At 5 scored frames a second the
+pool is idle most of the time, and a spinning pool burns CPU through much of that idle time;
+the \`spin = true\` row (ONNX Runtime's default) is the same camera with the threads spinning. Rows run one after the other, so compare them as a ratio.
 
 Targets (issue #27): under 60 % of one core, 0 scored frames dropped over 5 minutes,
 capture-to-verdict p99 under 250 ms.

@@ -275,6 +275,27 @@ fn mjpeg_frames_are_decoded() {
     assert!(scored >= 5.0 && bad == 0.0, "scored {scored}, bad {bad}\n{}", d.stderr());
 }
 
+/// `transport = "udp"`: RTP and RTCP on their own UDP ports (the server's default set allows
+/// them), frames arrive and are scored.
+#[test]
+fn udp_transport_delivers_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = Server::start(port, &["--width", "320", "--height", "240", "--fps", "10"]);
+    let cfg = config(dir.path(), &stream("udp", port, "transport = \"udp\""));
+    let mut d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
+    let addr = d.metrics_addr();
+    d.wait_for("stream_up", Duration::from_secs(30), |d| d.stdout().contains("\"stream_up\""));
+    let t0 = Instant::now();
+    while metric(addr, "frames_scored_total", "udp") < 5.0 && t0.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (scored, bad) = (metric(addr, "frames_scored_total", "udp"), metric(addr, "frames_bad_total", "udp"));
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(20)), 0);
+    assert!(scored >= 5.0 && bad == 0.0, "scored {scored}, bad {bad}\n{}", d.stderr());
+}
+
 /// check-config exits 2 naming the problem: a URL without a host, a missing password file,
 /// an unknown transport.
 #[test]
