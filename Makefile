@@ -1,15 +1,22 @@
-# gradwatch: every target does its own set-up on a fresh Debian machine.
-#   make demo   the daemon on the embedded reference model and sample, with a corruption schedule
-#   make test   fmt + clippy + the whole test suite (needs no ../shared)
-#   make bench-daemon   fps, latency and memory of the daemon (docs/daemon-bench.md)
-#   make bench-rtsp     CPU, drops and latency of one 640x480 30 fps H.264 RTSP camera (docs/rtsp-bench.md)
-#   make bench-alarms   false alarms per hour and detection delays of the alert policies (docs/alarms.md)
-#   make aarch64        the Jetson (aarch64, glibc 2.31) binary, without Docker (docs/jetson.md)
+# gradwatch: every target does its own set-up on a fresh Debian machine. `make help` prints this list.
+#   make demo           the daemon on the embedded reference model and sample, with a corruption schedule
+#   make test           fmt + clippy + the whole test suite (needs no ../shared)
+#   make help           this list
+#   make deps           the Debian packages the build and the tests need (scripts/apt-install.sh)
+#   make ort            ONNX Runtime's shared library into .ort/host (scripts/fetch-onnxruntime.sh)
+#   make build          the release binary, target/release/gradwatch (also: make release)
+#   make lint           cargo fmt --check and clippy -D warnings (part of make test)
+#   make rules          promtool checks and unit tests of the shipped Prometheus rules (part of make test)
+#   make bench          the gradient graph's criterion micro-benchmark (benches/gradient.rs)
+#   make bench-daemon   fps, latency and memory of the daemon (docs/results/daemon-bench.md)
+#   make bench-rtsp     CPU, drops and latency of one 640x480 30 fps H.264 RTSP camera (docs/results/rtsp-bench.md)
+#   make bench-alarms   false alarms per hour and detection delays of the alert policies (docs/results/alarms.md)
+#   make status-screenshot  the status page in headless Chromium, checked, into docs/results/status-page.png
+#   make aarch64        the Jetson (aarch64, glibc 2.31) binary, without Docker (docs/guide/jetson.md)
 #   make aarch64-check  that binary under qemu-user vs the x86-64 one, on the same job
-#   make status-screenshot  the status page in headless Chromium, checked, into docs/status-page.png
-#   make fuzz           every cargo-fuzz target for FUZZ_SECONDS each (default 600; docs/fuzzing.md)
-#   make chaos          kill -9, full disk, broker outages, SIGHUPs for CHAOS_SECONDS (600); every event accounted for (docs/reliability.md)
-
+#   make fuzz           every cargo-fuzz target for FUZZ_SECONDS each (default 600; docs/guide/fuzzing.md)
+#   make chaos          kill -9, full disk, broker outages, SIGHUPs for CHAOS_SECONDS (600); every event accounted for (docs/guide/reliability.md)
+#   make clean          cargo clean
 SHELL := /bin/bash
 CARGO ?= cargo
 ORT_DIR := .ort/host
@@ -21,7 +28,11 @@ APT_PACKAGES := libclang-dev pkg-config mosquitto python3-pip unzip nasm \
 	python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad prometheus
 
-.PHONY: deps ort build release test lint rules demo bench bench-daemon bench-rtsp bench-alarms clean aarch64 aarch64-check status-screenshot fuzz chaos
+.PHONY: help deps ort build release test lint rules demo bench bench-daemon bench-rtsp bench-alarms clean aarch64 aarch64-check status-screenshot fuzz chaos
+
+# Every target with one line each: the comment block at the top of this file.
+help:
+	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
 
 deps:
 	@scripts/apt-install.sh $(APT_PACKAGES)
@@ -52,18 +63,18 @@ demo: build
 	./target/release/gradwatch run --config config/demo.toml
 
 status-screenshot: build
-	scripts/screenshot-status.sh docs/status-page.png
+	scripts/screenshot-status.sh docs/results/status-page.png
 
 bench: ort
 	$(CARGO) bench --locked --bench gradient
 
 # The daemon end to end: fps and drops for 1 and 4 streams, capture-to-verdict latency, a
-# 10-minute memory soak; writes docs/daemon-bench.md (about 15 minutes; keep the machine idle).
+# 10-minute memory soak; writes docs/results/daemon-bench.md (about 15 minutes; keep the machine idle).
 bench-daemon: build
 	scripts/bench-daemon.sh
 
 # One RTSP camera (GStreamer's server on this machine) at 30 fps, score_fps = 5, for 5 minutes,
-# twice (I/P frames, then with B-frames): CPU, drops, latency; writes docs/rtsp-bench.md.
+# twice (I/P frames, then with B-frames): CPU, drops, latency; writes docs/results/rtsp-bench.md.
 bench-rtsp: build deps
 	scripts/bench-rtsp.sh
 
@@ -74,10 +85,10 @@ bench-rtsp: build deps
 # test signs and on those 133 tracks per corruption and level: about 30 min of both cores;
 # delete the folder to rebuild),
 # then scores them with the calibration and replays k-of-n and cusum over 2 h of clean frame
-# time, onsets and ramps (seconds). Writes docs/alarms.md.
+# time, onsets and ramps (seconds). Writes docs/results/alarms.md.
 GTSRB ?= ../shared/data/gtsrb
 bench-alarms: build
-	nice -n 10 ./target/release/gradwatch bench-alarms --data $(GTSRB) --cache out/bench-alarms --out docs/alarms.md --hours 2
+	nice -n 10 ./target/release/gradwatch bench-alarms --data $(GTSRB) --cache out/bench-alarms --out docs/results/alarms.md --hours 2
 
 aarch64:
 	scripts/aarch64-build.sh

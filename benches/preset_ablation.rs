@@ -1,4 +1,4 @@
-//! The feature-preset ablation (`docs/presets.md`): which parameter tensors' gradient norms
+//! The feature-preset ablation (`docs/results/presets.md`): which parameter tensors' gradient norms
 //! the `fast` preset keeps. Extracts every feature once (the 62 gradient norms of the full
 //! graph plus the forward-only activation statistics) on GTSRB test images, CIFAR-10 and the
 //! paper's corruption types at levels 3-5, caches them, then fits the paper's detector on

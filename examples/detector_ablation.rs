@@ -1,4 +1,4 @@
-//! The detector ablation of `docs/detector-ablation.md`: which training target, which inputs
+//! The detector ablation of `docs/results/detector-ablation.md`: which training target, which inputs
 //! (gradient norms, forward-only logit signals, both) and how many seed-ensemble members the
 //! calibration's detector should use. Reads the feature cache written by
 //! `cargo bench --bench preset_ablation` (familiar = 300 GTSRB test images, CIFAR-10, the

@@ -12,7 +12,7 @@
 //! ```
 //!
 //! It binds a Unix datagram socket at the given path (removing a stale one), reads one JSON
-//! line per datagram (schema: `docs/alerts.md`, "Per-frame output") and prints one decision
+//! line per datagram (schema: `docs/guide/alerts.md`, "Per-frame output") and prints one decision
 //! per frame. Frames without a `risk` (a calibration without a trust head) are never obeyed.
 
 use std::os::unix::net::UnixDatagram;

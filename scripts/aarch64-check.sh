@@ -15,7 +15,7 @@
 # library crashes with SIGSEGV inside dlopen. When `unshare -m` is allowed (root, or a user
 # namespace) we bind-mount a fake aarch64 /proc/cpuinfo (Cortex-A78AE, as in Jetson Orin) in a
 # private mount namespace for the emulated processes only, and use ORT 1.31.1, the host's
-# version. Otherwise we fall back to ORT 1.23.2, which loads without it. See docs/jetson.md.
+# version. Otherwise we fall back to ORT 1.23.2, which loads without it. See docs/guide/jetson.md.
 #
 # Environment:
 #   CHECK_SAMPLES   samples scored (the first N of the sample file; default 10: under qemu one

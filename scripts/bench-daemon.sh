@@ -12,7 +12,7 @@
 #   3. soak: one stream at full speed for SOAK_S seconds (default 600), resident memory (VmRSS)
 #      sampled every 5 s; reported: RSS after the first minute, at the end, min/max after the
 #      first minute, and the change.
-# Writes a markdown report to OUT.md (default docs/daemon-bench.md) and stdout, and the soak's
+# Writes a markdown report to OUT.md (default docs/results/daemon-bench.md) and stdout, and the soak's
 # RSS samples to OUT without .md + -rss.csv. Nothing else may run on the machine meanwhile: the
 # numbers are the machine's, not the code's alone.
 #
@@ -25,7 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
-OUT="${1:-docs/daemon-bench.md}"
+OUT="${1:-docs/results/daemon-bench.md}"
 PACED_S="${PACED_S:-60}"
 SOAK_S="${SOAK_S:-600}"
 MAX_BATCH="${MAX_BATCH:-8}"

@@ -12,7 +12,7 @@
 # A configuration is NAME:SETTINGS, SETTINGS a ';'-separated list of `section.key=value` TOML
 # settings in [runtime] or [pipeline] (or `env.NAME=VALUE` for the daemon's environment), e.g. 'arena-on:runtime.cpu_arena=true' or
 # 'b4:pipeline.max_batch=4;runtime.threads=1'. Without CONFIG arguments, the table of
-# docs/memory.md. Environment: FRAMES, ROUNDS, PRESET (full), GRADWATCH (binary; default
+# docs/results/memory.md. Environment: FRAMES, ROUNDS, PRESET (full), GRADWATCH (binary; default
 # target/release, built first).
 set -euo pipefail
 cd "$(dirname "$0")/.."

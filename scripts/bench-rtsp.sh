@@ -8,7 +8,7 @@
 # one core (utime + stime from /proc/PID/stat over the run, the server's own encoding excluded),
 # frames captured / scored / skipped / dropped, and capture-to-verdict latency, from its
 # /metrics at the end of the run. A second run with B-frames (x264 bframes=2, which are disposable) shows
-# the decoding that `score_fps` saves. Writes OUT.md (default docs/rtsp-bench.md) and stdout.
+# the decoding that `score_fps` saves. Writes OUT.md (default docs/results/rtsp-bench.md) and stdout.
 #
 # A third run with `[runtime] spin = true` (ONNX Runtime's default: idle threads spin-wait)
 # shows what the daemon's default `spin = false` saves.
@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
-OUT="${1:-docs/rtsp-bench.md}"
+OUT="${1:-docs/results/rtsp-bench.md}"
 DURATION_S="${DURATION_S:-300}"
 BIN="${GRADWATCH:-$ROOT/target/release/gradwatch}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gradwatch-rtsp-bench.XXXXXX")"

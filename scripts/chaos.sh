@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The chaos test (`make chaos`, not part of `make test`; docs/reliability.md): the daemon runs
+# The chaos test (`make chaos`, not part of `make test`; docs/guide/reliability.md): the daemon runs
 # for CHAOS_SECONDS (default 600) on the reference model (fast preset), a replay that raises
 # and clears an alert every 2 s (with alert_update every 0.3 s), a stdout sink (the reference: every event with its event_id) and
 # an MQTT sink whose spool, state directory and snapshots share one 2 MiB tmpfs. Every 3-15 s

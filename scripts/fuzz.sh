@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the cargo-fuzz targets in fuzz/ one after the other, each for FUZZ_SECONDS (docs/fuzzing.md).
+# Runs the cargo-fuzz targets in fuzz/ one after the other, each for FUZZ_SECONDS (docs/guide/fuzzing.md).
 #
 #   scripts/fuzz.sh                      # every target, 600 s each
 #   FUZZ_SECONDS=60 scripts/fuzz.sh npy  # chosen targets, 60 s each
@@ -57,7 +57,7 @@ for t in "${targets[@]}"; do
 done
 
 if [ ${#failed[@]} -gt 0 ]; then
-  echo "crashed: ${failed[*]} (inputs in fuzz/artifacts/<target>/; see docs/fuzzing.md)" >&2
+  echo "crashed: ${failed[*]} (inputs in fuzz/artifacts/<target>/; see docs/guide/fuzzing.md)" >&2
   exit 1
 fi
 echo "no crashes"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The numbers of docs/your-model.md: `gradwatch init` on held-out labelled GTSRB test rows, then the clean over-threshold rate on other held-out rows (scripts/init-heldout.sh [DATA] [OUT] [SETUP...]).
+# The numbers of docs/guide/your-model.md: `gradwatch init` on held-out labelled GTSRB test rows, then the clean over-threshold rate on other held-out rows (scripts/init-heldout.sh [DATA] [OUT] [SETUP...]).
 #
 # Setups: `user-model` (tests/fixtures/user_model: NHWC, ImageNet mean/std outside the graph),
 # `reference` (the reference ResNet-18), both calibrated on GTSRB test rows $INIT_ROWS; and

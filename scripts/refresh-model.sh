@@ -4,8 +4,8 @@
 #   1. tests/fixtures/golden/        PyTorch float64 per-sample gradient features (make-golden.py)
 #   2. models/gtsrb-resnet18.calib.toml and models/gtsrb-resnet18.fast.calib.toml, each with the
 #      command recorded in the old file
-#   3. models/samples/gtsrb-test-sample.expected.jsonl   the x86-64 scores docs/jetson.md compares
-# and prints the new sha256 and what is left to do by hand (docs/results.md via scripts/eval.sh,
+#   3. models/samples/gtsrb-test-sample.expected.jsonl   the x86-64 scores docs/guide/jetson.md compares
+# and prints the new sha256 and what is left to do by hand (docs/results/results.md via scripts/eval.sh,
 # the numbers in models/README.md and README.md).
 #
 #   scripts/refresh-model.sh            # needs .venv (torch, onnx) and out/calib/*.npy
@@ -57,5 +57,5 @@ flagged=$(grep -c '"verdict":"unfamiliar"' models/samples/gtsrb-test-sample.expe
 echo "sample: $flagged of $(wc -l <models/samples/gtsrb-test-sample.expected.jsonl) flagged unfamiliar"
 
 echo "== done; sha256 $(sha256sum "$MODEL" | cut -d' ' -f1)"
-echo "left by hand: scripts/eval.sh --per-set 200 --corruptions legacy (docs/results.md), the numbers in models/README.md,"
-echo "README.md and docs/evaluation.md, then make test"
+echo "left by hand: scripts/eval.sh --per-set 200 --corruptions legacy (docs/results/results.md), the numbers in models/README.md,"
+echo "README.md and docs/guide/evaluation.md, then make test"

@@ -5,14 +5,14 @@
 # for an alert, checks the page as Chromium parsed it (one card per stream, the score plots,
 # the name escaped, no script), and takes a screenshot.
 #
-#   scripts/screenshot-status.sh [OUT.png]     # default docs/status-page.png
+#   scripts/screenshot-status.sh [OUT.png]     # default docs/results/status-page.png
 #
 # Needs Debian's `chromium` (installed here with scripts/apt-install.sh when missing) and a
 # release build (`make build`). With [snapshots] available in this build, snapshots and heat
 # maps go to a temporary directory and show on the page.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-docs/status-page.png}
+out=${1:-docs/results/status-page.png}
 bin=${GRADWATCH:-target/release/gradwatch}
 [ -x "$bin" ] || { echo "screenshot-status: $bin missing; run make build" >&2; exit 1; }
 command -v chromium >/dev/null || NO_RECOMMENDS=1 scripts/apt-install.sh chromium

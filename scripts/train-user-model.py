@@ -3,7 +3,7 @@
 
 The model is deliberately unlike the reference ResNet-18: its ONNX input is NHWC [N,32,32,3]
 (it transposes internally), it expects ImageNet mean/std normalisation done *outside* the graph
-and carries no gradwatch metadata, so `gradwatch init` must be told `--mean/--std` (docs/your-model.md).
+and carries no gradwatch metadata, so `gradwatch init` must be told `--mean/--std` (docs/guide/your-model.md).
 Training images are split by physical-sign track (10 % of the tracks held out for validation).
 Writes user-cnn.onnx, heldout-images.npy / heldout-labels.npy (256 random GTSRB *test* rows,
 which the model never saw) and prints the accuracies. CPU, a few minutes; seeds fixed.

@@ -7,7 +7,7 @@
 //! labels = { site = "A7-km12", road = "A7", direction = "north" }   # default none
 //! ```
 //!
-//! Where the identity goes (see docs/fleet.md):
+//! Where the identity goes (see docs/guide/fleet.md):
 //! - every event carries `"unit_id"` and, when there are any, `"labels"` (right after
 //!   `event_id`, see [`crate::alert::Event::to_json_with_id`]);
 //! - an MQTT sink without an explicit `client_id` uses the unit id as its client id, which is

@@ -11,10 +11,10 @@ pub mod config;
 pub mod corrupt;
 pub mod data;
 pub mod detector;
-pub mod eval;
 pub mod fleet;
 pub mod frame;
 pub mod grad;
+pub mod lab;
 pub mod metrics;
 pub mod model;
 pub mod names;
@@ -27,3 +27,6 @@ pub mod service;
 pub mod sink;
 pub mod snapshot;
 pub mod source;
+
+/// The evaluation moved into the lab ([`lab::eval`]); this path stays for existing callers.
+pub use lab::eval;

@@ -1,16 +1,16 @@
 //! `gradwatch bench`: time per frame of the plain forward pass and of the gradient graph; with
-//! `--zoo DIR`, the architecture zoo's report (`docs/compiler-zoo.md`): per fixture of
+//! `--zoo DIR`, the architecture zoo's report (`docs/results/compiler-zoo.md`): per fixture of
 //! `scripts/make-zoo.py`, the features' errors against the float64 PyTorch goldens and the
 //! gradient graph's cost relative to the forward pass.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
 use ndarray::{ArrayD, IxDyn};
 
 use crate::grad::{self, CompileOptions, ParamSelection, Preset};
+use crate::lab::timing::{median, time_per_frame};
 use crate::onnx;
 use crate::runtime::{ModelSession, Provider, RuntimeOptions, TensorRtOptions};
 
@@ -221,22 +221,6 @@ fn parse_graph(spec: &str) -> Result<(String, CompileOptions)> {
     };
     let params: ParamSelection = sel.parse().map_err(|e: String| anyhow::anyhow!("--graph '{spec}': {e}"))?;
     Ok((label.to_string(), CompileOptions { params, stages, act_stats: act, ..Default::default() }))
-}
-
-fn time_per_frame(s: &mut ModelSession, input: &str, x: &ArrayD<f32>, seconds: f64) -> Result<f64> {
-    s.run(&[(input, x.view())])?;
-    let start = Instant::now();
-    let mut runs = 0usize;
-    while start.elapsed() < Duration::from_secs_f64(seconds) || runs < 3 {
-        s.run(&[(input, x.view())])?;
-        runs += 1;
-    }
-    Ok(start.elapsed().as_secs_f64() * 1000.0 / (runs * x.shape()[0]) as f64)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// Runs `gradwatch bench` and prints a markdown table: per batch size, the forward pass and

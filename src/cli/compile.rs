@@ -32,7 +32,7 @@ pub struct CompileArgs {
     pub params: ParamSelection,
     /// Feature preset: `full` (every selected parameter tensor, the paper's features) or
     /// `fast` (the last stage and the head only, plus forward-only activation statistics;
-    /// `docs/presets.md`). The preset is recorded in the graph's metadata.
+    /// `docs/results/presets.md`). The preset is recorded in the graph's metadata.
     #[arg(long, default_value = "full")]
     pub preset: Preset,
     /// Keep only the parameters of the last N stages (spatial resolutions) and the head

@@ -20,7 +20,7 @@ pub struct CorruptArgs {
     /// with --accuracy: a CSV of every cell (optional; the markdown table goes to stdout).
     #[arg(short, long, required_unless_present = "accuracy")]
     pub output: Option<PathBuf>,
-    /// Corruption type (`gradwatch corrupt --preview` shows them; docs/degradations.md lists
+    /// Corruption type (`gradwatch corrupt --preview` shows them; docs/guide/degradations.md lists
     /// them with their families).
     #[arg(long, required_unless_present_any = ["preview", "accuracy"])]
     pub kind: Option<Corruption>,

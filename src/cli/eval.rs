@@ -8,7 +8,7 @@ use clap::Args;
 use super::calibrate::command_line;
 use super::common::{runtime, show_progress};
 use crate::detector::MlpConfig;
-use crate::eval::{protocol, report};
+use crate::lab::eval::{protocol, report, results};
 
 /// Arguments of `gradwatch eval`.
 #[derive(Args, Debug)]
@@ -109,7 +109,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
     report::write(&r, &a.out)?;
     eprintln!("wrote {}/results.md, results.csv and figures/", a.out.display());
     for p in ["cifar10"] {
-        for (k, name) in report::METHODS {
+        for (k, name) in results::METHODS {
             if let Some(m) = r.get(p, k) {
                 eprintln!("  GTSRB vs CIFAR-10  {name:<18} AUROC {:.4}", m.auroc);
             }

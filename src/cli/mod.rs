@@ -35,7 +35,7 @@ enum Command {
     Baseline(baseline::BaselineArgs),
     /// Time the forward pass and the gradient graph on this machine.
     Bench(bench::BenchArgs),
-    /// False alarms per hour and detection delays of the alert policies (docs/alarms.md).
+    /// False alarms per hour and detection delays of the alert policies (docs/results/alarms.md).
     BenchAlarms(bench_alarms::BenchAlarmsArgs),
     /// Run the streaming daemon.
     Run(run::RunArgs),
@@ -48,7 +48,7 @@ enum Command {
     /// Fit the unfamiliarity detector and its alarm threshold for a model file.
     Calibrate(calibrate::CalibrateArgs),
     /// Set up your own classifier: inspect, check preprocessing and accuracy, calibrate, write
-    /// a calibration, a daemon config and a report (docs/your-model.md).
+    /// a calibration, a daemon config and a report (docs/guide/your-model.md).
     Init(init::InitArgs),
     /// Score images with a calibration: one JSON line per image.
     Score(score::ScoreArgs),

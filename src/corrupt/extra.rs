@@ -1,7 +1,7 @@
 //! The broader degradation family: geometric, resampling, colour, occlusion, optics, sensor,
 //! compression and weather types beyond CURE-TSR's. Each is driven by one continuous strength
 //! `p` (see [`super::Corruption::strengths`]); a level is an entry of a five-value table chosen
-//! by what it does to the reference classifier (`docs/degradations.md`).
+//! by what it does to the reference classifier (`docs/guide/degradations.md`).
 //!
 //! Spatial values are in pixels of a 32x32 image and scale with `s = min(w, h) / 32`. Seeded
 //! types draw a fixed number of values from the frozen SplitMix64 per element, so a level only

@@ -49,7 +49,7 @@ pub enum Corruption {
     Darkening,
     /// JPEG blocking and ringing: encoded at a low quality and decoded back.
     CodecError,
-    // The broader family (`docs/degradations.md`); appended so the older types keep their
+    // The broader family (`docs/guide/degradations.md`); appended so the older types keep their
     // index, hence their seeds and pixels.
     /// Keystone: the sign seen off-axis (one side shrunk, at a seeded angle).
     Perspective,
@@ -210,7 +210,7 @@ impl Corruption {
         Corruption::LowSun,
     ];
 
-    /// The ten CURE-TSR-style types of the first evaluation (`docs/results.md`); their pixels
+    /// The ten CURE-TSR-style types of the first evaluation (`docs/results/results.md`); their pixels
     /// are frozen.
     pub const LEGACY: [Corruption; 10] = [
         Corruption::Noise,
@@ -299,7 +299,7 @@ impl Corruption {
     /// The strengths behind levels 1-5 of the broader types (`None` for [`Corruption::LEGACY`],
     /// whose levels are several parameters each). What a strength is, per type: see
     /// [`apply_strength`]. Chosen so that level 5 roughly halves the reference classifier's
-    /// accuracy and level 1 barely moves it (`docs/degradations.md`).
+    /// accuracy and level 1 barely moves it (`docs/guide/degradations.md`).
     pub fn strengths(self) -> Option<[f32; 5]> {
         use Corruption as C;
         Some(match self {

@@ -42,7 +42,7 @@ pub enum DetectorChoice {
 }
 
 impl DetectorChoice {
-    /// The default of `gradwatch calibrate` (see docs/detector-ablation.md).
+    /// The default of `gradwatch calibrate` (see docs/results/detector-ablation.md).
     pub const DEFAULT: DetectorChoice = DetectorChoice::Risk;
     /// Ensemble size of the `risk` detector.
     pub const RISK_MEMBERS: usize = 5;

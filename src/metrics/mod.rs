@@ -502,7 +502,7 @@ impl Metrics {
             &mut out,
             "sink_dropped_total",
             "counter",
-            "Events lost by the sink, by reason (docs/reliability.md lists them); sum over reason for the total.",
+            "Events lost by the sink, by reason (docs/guide/reliability.md lists them); sum over reason for the total.",
         );
         for s in &sinks {
             for (reason, n) in &s.dropped_by {

@@ -214,7 +214,7 @@ impl StreamStatus {
         }
     }
 
-    /// One event in its JSON form (`docs/alerts.md`); unknown events are ignored.
+    /// One event in its JSON form (`docs/guide/alerts.md`); unknown events are ignored.
     pub fn event_json(&self, v: &Value) {
         let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
         let f = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);

@@ -43,7 +43,7 @@ pub enum RuntimeError {
     #[error("ONNX Runtime: {0}")]
     Ort(String),
     /// A required execution provider is not available.
-    #[error("execution provider '{0}' is required but not available in this ONNX Runtime build; install a build with it (see docs/jetson.md) or set require = false")]
+    #[error("execution provider '{0}' is required but not available in this ONNX Runtime build; install a build with it (see docs/guide/jetson.md) or set require = false")]
     ProviderMissing(String),
     /// The model's inputs/outputs are not what was expected.
     #[error("model: {0}")]
@@ -135,17 +135,17 @@ pub struct RuntimeOptions {
     pub tensorrt: TensorRtOptions,
     /// ONNX Runtime's CPU memory arena. On (ONNX Runtime's default), freed intermediates stay
     /// in the arena and it grows to the largest batch seen; off, they go back to the system
-    /// allocator after each run (`docs/daemon-bench.md` measures both). Default true.
+    /// allocator after each run (`docs/results/daemon-bench.md` measures both). Default true.
     pub cpu_arena: bool,
     /// ONNX Runtime's memory pattern planning (pre-allocates each run's intermediates as one
     /// block per input shape; with the latency-aware batching the batch size, hence the shape,
     /// varies, and each block stays in the arena). Default false: about 40 MiB less RSS at the
-    /// same throughput (`docs/memory.md`); true restores ONNX Runtime's default.
+    /// same throughput (`docs/results/memory.md`); true restores ONNX Runtime's default.
     pub memory_pattern: bool,
     /// Let idle intra-op threads spin-wait for the next parallel section (ONNX Runtime's
     /// default). Spinning buys a little latency per operator at the price of CPU time burnt
     /// between frames: a daemon scoring a few frames a second spent most of its CPU spinning
-    /// (`docs/rtsp-bench.md`). Default false: threads sleep; true restores ONNX Runtime's default.
+    /// (`docs/results/rtsp-bench.md`). Default false: threads sleep; true restores ONNX Runtime's default.
     pub spin: bool,
 }
 

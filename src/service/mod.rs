@@ -357,7 +357,7 @@ fn run_inner(config_path: &Path) -> Result<i32, ServiceError> {
     let trt = config.runtime.providers.contains(&Provider::Tensorrt);
     // The gradient graph (the weights and their flipped copies) is serialized, then it and the
     // model's own graph are dropped before the session parses its copy: the daemon keeps only
-    // the model's names, preprocessing and hash (`docs/memory.md`: about 135 MB of RSS and of
+    // the model's names, preprocessing and hash (`docs/results/memory.md`: about 135 MB of RSS and of
     // the peak for the reference model; the heat-map graph is compiled from the file when needed).
     let bytes = crate::onnx::encode(&loaded.model.compiled.model);
     loaded.model.release_graphs();

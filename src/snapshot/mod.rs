@@ -1,6 +1,6 @@
 //! Alert snapshots: the frame that raised an alert (and the alert's peak frame) as JPEG, with a
 //! heat map of the input gradient over it as PNG, in the state directory; alert events carry
-//! their paths (`snapshot`, `heatmap`; `docs/alerts.md`).
+//! their paths (`snapshot`, `heatmap`; `docs/guide/alerts.md`).
 //!
 //! ```text
 //!  inference ── over-threshold frame ──> FrameRing (per stream, last `ring_frames`, Arc'd)
@@ -110,7 +110,7 @@ impl SessionGradient {
 
 /// [`InputGradient`] that opens its [`SessionGradient`] on the first heat map, so a daemon
 /// without alerts holds no second session (about 150 MB of RSS for the reference model,
-/// `docs/memory.md`). It reads the model file again, which must still hash to the running
+/// `docs/results/memory.md`). It reads the model file again, which must still hash to the running
 /// model's sha256 (else that heat map is skipped with the reason), and compiles it with
 /// `input_grad`: about 1 s on the snapshot thread, once. A failure is retried on the next
 /// heat map.

@@ -140,7 +140,7 @@ fn stated_rate_holds_on_track_correlated_frames() {
 }
 
 /// Ten minutes of one camera show a few hundred signs; the signs that come later reach further
-/// into the tail than those (docs/alarms.md measured 5-10x the stated rate on GTSRB tracks).
+/// into the tail than those (docs/results/alarms.md measured 5-10x the stated rate on GTSRB tracks).
 /// Here the learning stretch saw no sign harder than 1.5 sd (its 90th percentile, where the
 /// tail fit starts, is the stream's, but the tail above it is cut short): the learned tail
 /// alone gives far more alarms than stated, and the calibration's clean tail scale (the
@@ -168,7 +168,7 @@ fn calibration_tail_scale_bounds_a_light_learned_tail() {
 
 /// A shift far beyond the baseline gives the largest increment per block, `theta * (ln kappa -
 /// (1 - kappa) ln p)`; the alert starts at the first frame after the block whose increment
-/// crosses h (docs/alerts.md: about `ceil(h / increment)` blocks after the onset, plus the
+/// crosses h (docs/guide/alerts.md: about `ceil(h / increment)` blocks after the onset, plus the
 /// frame that closes the block).
 #[test]
 fn delay_after_a_clear_shift_is_as_documented() {

@@ -101,7 +101,7 @@ fn deviation_strictly_increases_with_level_for_every_type() {
 fn level_one_is_mild_and_level_five_is_severe() {
     // Not a perception model, only a guard against a table typo: level 1 moves pixels by a few
     // steps on average, level 5 by a lot. The broader types' levels are set by what they do to
-    // the classifier (docs/degradations.md): a one-pixel shift of a sharp sign is a large MAD
+    // the classifier (docs/guide/degradations.md): a one-pixel shift of a sharp sign is a large MAD
     // while barely visible, and row banding of +-28 steps halves the accuracy at a MAD of 11. So
     // for them: level 5 deviates at least twice as much as level 1, and by at least 8 steps.
     for kind in Corruption::ALL {
@@ -319,13 +319,13 @@ fn every_family_is_named_and_has_types() {
     assert_eq!(total, Corruption::ALL.len());
 }
 
-/// Regenerates `docs/corruptions.png`: `cargo test --test corrupt -- --ignored write_preview`.
+/// Regenerates `docs/results/corruptions.png`: `cargo test --release --test it -- --ignored write_preview_montage`.
 #[test]
 #[ignore]
 fn write_preview_montage() {
     let img = sign(0, 32, 32);
     let m = montage(&img, &Corruption::ALL, 1, 4).unwrap_or_else(|e| panic!("{e}"));
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/corruptions.png");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/results/corruptions.png");
     gradwatch::data::save_png(&path, &m).unwrap_or_else(|e| panic!("{e}"));
     for v in 1..3 {
         let m = montage(&sign(v, 32, 32), &Corruption::ALL, 1, 4).unwrap_or_else(|e| panic!("{e}"));

@@ -41,7 +41,7 @@ schedule = [
     let starts: Vec<&Value> = ev.iter().filter(|e| kind(e) == "alert_start").collect();
     let ends: Vec<&Value> = ev.iter().filter(|e| kind(e) == "alert_end").collect();
     assert_eq!(starts.len(), 1, "events:\n{out}\nstderr:\n{err}");
-    // The stream's first event says it is up (as in docs/alerts.md).
+    // The stream's first event says it is up (as in docs/guide/alerts.md).
     assert_eq!(kind(&ev[0]), "stream_up", "{out}");
     assert_eq!(ends.len(), 1, "{out}");
     let s = starts[0];

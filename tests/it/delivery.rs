@@ -1,7 +1,7 @@
 //! Fault injection against the real daemon (`gradwatch run`), a real mosquitto, real signals
 //! and real files: every event the daemon produces (its stdout sink is the reference, and
 //! shares each event's `event_id` with the other sinks) must reach the sink under test at
-//! least once, as `docs/reliability.md` promises.
+//! least once, as `docs/guide/reliability.md` promises.
 //!
 //! * MQTT: broker down, events spooled, SIGHUP changing `keep_alive_s`, broker up: all
 //!   delivered; broker down, SIGTERM, restart, broker up: all delivered, the final

@@ -7,12 +7,13 @@ use crate::common::{ort, tiny_model, Rng};
 use gradwatch::corrupt::{parse_corruptions, parse_levels};
 use gradwatch::detector::roc::{self as metrics, RocSummary};
 use gradwatch::detector::split::{self, split_40_40_20};
-use gradwatch::eval::accuracy::{self, AccuracyPlan, Classifier};
-use gradwatch::eval::baselines::{self, MahalanobisScorer, OdinGraph};
-use gradwatch::eval::feature_baselines::{self as fb, Fdbd, Knn, Vim};
-use gradwatch::eval::report::{self, FamilyRow, GenRow, MisclassRow, OdinChoice, Results, RiskCell, Row};
 use gradwatch::frame::RgbImage;
 use gradwatch::grad::{self, CompileOptions, Loss};
+use gradwatch::lab::eval::accuracy::{self, AccuracyPlan, Classifier};
+use gradwatch::lab::eval::baselines::{self, MahalanobisScorer, OdinGraph};
+use gradwatch::lab::eval::feature_baselines::{self as fb, Fdbd, Knn, Vim};
+use gradwatch::lab::eval::report;
+use gradwatch::lab::eval::results::{self, FamilyRow, GenRow, MisclassRow, OdinChoice, Results, RiskCell, Row};
 use gradwatch::model::ModelInfo;
 use gradwatch::runtime::extract::{self as features, FeatureSet};
 
@@ -190,7 +191,7 @@ fn fake_metrics(auroc: f64) -> RocSummary {
 fn fake_results() -> Results {
     let mut rows = Vec::new();
     for pair in ["cifar10", "all", "haze", "haze/1", "haze/2", "haze/3", "haze/4", "haze/5", "darkening/5"] {
-        for (i, (m, _)) in report::METHODS.iter().enumerate() {
+        for (i, (m, _)) in results::METHODS.iter().enumerate() {
             let auroc = if *m == "gradients" { 0.9995 } else { 0.5 + 0.05 * i as f64 };
             rows.push(Row {
                 pair: pair.into(),
@@ -323,7 +324,7 @@ fn report_writes_the_three_tables_csv_and_figures() {
     assert!(csv.contains("\nhaze/5,classifier,accuracy,0.6\n"));
     assert!(csv.contains("\nmisclassification,msp,aurc,0.1\n"));
     // rows + holdout + family-out (paper, risk) + 2 per risk cell + 3 misclassification + 2 ODIN.
-    assert_eq!(csv.lines().count(), 1 + 9 * report::METHODS.len() * 7 + 1 + 2 + 3 * 2 + 3 + 2);
+    assert_eq!(csv.lines().count(), 1 + 9 * results::METHODS.len() * 7 + 1 + 2 + 3 * 2 + 3 + 2);
     let dir = tempfile::tempdir().unwrap();
     report::write(&r, dir.path()).unwrap();
     let rc = report::risk_coverage_svg(&r);
@@ -346,10 +347,10 @@ fn report_writes_the_three_tables_csv_and_figures() {
 
 #[test]
 fn paper_table_is_the_papers() {
-    assert_eq!(report::paper_cure_tsr("noise", 1), Some((25.46, 50.20)));
-    assert_eq!(report::paper_cure_tsr("decolor", 5), Some((89.68, 96.91)));
-    assert_eq!(report::paper_cure_tsr("codec_error", 1), None);
-    assert_eq!(report::paper_cure_tsr("noise", 6), None);
+    assert_eq!(results::paper_cure_tsr("noise", 1), Some((25.46, 50.20)));
+    assert_eq!(results::paper_cure_tsr("decolor", 5), Some((89.68, 96.91)));
+    assert_eq!(results::paper_cure_tsr("codec_error", 1), None);
+    assert_eq!(results::paper_cure_tsr("noise", 6), None);
     // A sanity check of the metrics the report uses, on a hand case: perfect separation.
     assert_eq!(metrics::auroc(&[0.0, 1.0], &[2.0, 3.0]), 1.0);
 }

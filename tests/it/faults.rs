@@ -1,5 +1,5 @@
 //! Fault injection against the real `gradwatch` binary: real sockets, signals, FIFOs and
-//! descriptor limits. One test per reliability promise in docs/reliability.md; each failed on
+//! descriptor limits. One test per reliability promise in docs/guide/reliability.md; each failed on
 //! the code before its fix.
 
 use std::io::{Read, Write};

@@ -1,4 +1,4 @@
-//! Inputs the fuzz targets (`fuzz/`, `make fuzz`, docs/fuzzing.md) once crashed on, kept as
+//! Inputs the fuzz targets (`fuzz/`, `make fuzz`, docs/guide/fuzzing.md) once crashed on, kept as
 //! tests (the inputs are in `tests/fixtures/fuzz/`), and the generator of the seed model.
 
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! `gradwatch init` on a model that is not the reference one (`tests/fixtures/user_model/`: a
 //! small NHWC CNN that expects ImageNet mean/std normalisation outside its graph and carries no
 //! gradwatch metadata, trained by `scripts/train-user-model.py`; 256 GTSRB test images it
-//! never saw). The docs/your-model.md path end to end: `init` with preprocessing overrides,
+//! never saw). The docs/guide/your-model.md path end to end: `init` with preprocessing overrides,
 //! `check-config` on the config it wrote, a replay run through that config that raises an
 //! alert in the corrupted window and none in the clean ones. And bad input: exit 2 with the
 //! cause (not a classifier, an override that does not fit, labels that do not match).

@@ -50,7 +50,10 @@ fn a_required_missing_provider_is_a_clear_error() {
     let err = run(&opts).expect_err("tensorrt is not in the CPU build");
     let msg = err.to_string();
     assert!(matches!(err, RuntimeError::ProviderMissing(_)), "{msg}");
-    assert!(msg.contains("'tensorrt'") && msg.contains("require = false") && msg.contains("docs/jetson.md"), "{msg}");
+    assert!(
+        msg.contains("'tensorrt'") && msg.contains("require = false") && msg.contains("docs/guide/jetson.md"),
+        "{msg}"
+    );
 }
 
 #[test]

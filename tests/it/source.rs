@@ -14,6 +14,7 @@ use gradwatch::source::convert::{
 use gradwatch::source::v4l2::{Backoff, CaptureDevice, CaptureError, DeviceOpener, NegotiatedFormat, V4l2Source};
 use gradwatch::source::{DropPolicy, PixelFormat, Source, SourceConfig, SourceError, SourceEvent, StreamConfig};
 
+/// The buffers come from `scripts/make-v4l2-fixtures.py` (synthesised, no camera needed).
 fn fixture(name: &str) -> Vec<u8> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v4l2").join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))

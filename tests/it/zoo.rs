@@ -1,7 +1,7 @@
 //! The architecture zoo: small torchvision and transformer models (`scripts/make-zoo.py`), each
 //! exported with BatchNormalization kept and as `torch.onnx.export` writes by default, compiled
 //! and run through ONNX Runtime against float64 PyTorch per-sample gradients. The report with
-//! timings is `gradwatch bench --zoo tests/fixtures/zoo` (`docs/compiler-zoo.md`).
+//! timings is `gradwatch bench --zoo tests/fixtures/zoo` (`docs/results/compiler-zoo.md`).
 
 use std::path::Path;
 

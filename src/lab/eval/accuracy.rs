@@ -1,6 +1,6 @@
 //! What a corruption does to the classifier: top-1 accuracy per (type, level) with the forward
 //! pass only (`gradwatch corrupt --accuracy`). This is what the levels of the broader types
-//! were chosen on (`docs/degradations.md`), and what the risk-aware evaluation reports next to
+//! were chosen on (`docs/guide/degradations.md`), and what the risk-aware evaluation reports next to
 //! every detector's AUROC.
 
 use std::path::Path;

@@ -9,6 +9,7 @@ pub mod feature_baselines;
 pub mod plot;
 pub mod protocol;
 pub mod report;
+pub mod results;
 pub mod trust;
 pub mod trust_report;
 

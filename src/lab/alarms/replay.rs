@@ -1,0 +1,398 @@
+//! Replay: streams built from the cached scores in seeded orders, run through the real
+//! `AlertTracker` for every policy variant.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+
+use crate::corrupt::Corruption;
+use crate::rng::SplitMix64;
+
+use super::cache::*;
+use super::plan::*;
+use super::*;
+
+/// Frame interval of every replayed stream (10 fps of frame time).
+pub(super) const FRAME_MS: u64 = 100;
+/// Minutes of clean frames the cusum policy learns its baseline from (the shipped default).
+pub(super) const LEARN_MINUTES: f64 = 10.0;
+/// Clean lead-in before each onset, seconds.
+pub(super) const LEAD_S: u64 = 60;
+/// An onset not detected within this many seconds counts as missed.
+pub(super) const ONSET_WINDOW_S: u64 = 60;
+/// Onsets per (corruption, level) and policy.
+pub(super) const ONSETS: usize = 20;
+/// Ramps per corruption and policy (each draws its own tracks: with 4, the worst of a type
+/// hung on which tracks came up).
+pub(super) const RAMPS: usize = 20;
+/// Ramp length, seconds (level 1 to 5).
+pub(super) const RAMP_S: u64 = 600;
+
+/// Appends tracks drawn in a seeded random order from `pool` until `frames` frames.
+pub(super) fn fill(out: &mut Vec<f32>, pool: &[&CachedTrack], frames: usize, rng: &mut SplitMix64) {
+    if pool.is_empty() {
+        return;
+    }
+    let end = out.len() + frames;
+    let mut order: Vec<usize> = (0..pool.len()).collect();
+    while out.len() < end {
+        rng.shuffle(&mut order);
+        for &i in &order {
+            for f in &pool[i].frames {
+                if out.len() >= end {
+                    return;
+                }
+                out.push(f.score);
+            }
+        }
+    }
+}
+
+pub(super) fn scored(seq: u64, t0: std::time::SystemTime, score: f32, gate: Gate) -> crate::alert::Scored {
+    crate::alert::Scored {
+        stream: "bench".into(),
+        seq,
+        time: t0 + std::time::Duration::from_millis(seq * FRAME_MS),
+        score,
+        threshold: gate.threshold,
+        clean_tail_scale: gate.tail,
+        top_class: 0,
+        top_class_name: None,
+        confidence: 1.0,
+        tag: None,
+    }
+}
+
+/// What every replayed frame carries from the calibration.
+#[derive(Clone, Copy)]
+pub(super) struct Gate {
+    pub(super) threshold: f32,
+    /// The calibration's clean tail scale, or 0 for a variant without it.
+    pub(super) tail: f32,
+}
+
+/// Runs `tracker` over `scores` from frame `seq0`; returns the frame indices (into `scores`)
+/// at which alerts started.
+pub(super) fn replay(tracker: &mut crate::alert::AlertTracker, scores: &[f32], seq0: u64, gate: Gate) -> Vec<usize> {
+    let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600);
+    let mut starts = Vec::new();
+    for (i, &sc) in scores.iter().enumerate() {
+        for e in tracker.push(&scored(seq0 + i as u64, t0, sc, gate)) {
+            if matches!(e, crate::alert::Event::AlertStart { .. }) {
+                starts.push(i);
+            }
+        }
+    }
+    starts
+}
+
+/// One alert configuration the benchmark compares.
+pub(super) struct Variant {
+    pub(super) name: &'static str,
+    pub(super) policy: crate::alert::AlertPolicy,
+    /// Learns its baseline first (else the calibration's fallback).
+    pub(super) learns: bool,
+    /// Frames carry the calibration's clean tail scale (else 0: the tail of the learned
+    /// baseline alone, as before calibrations recorded it).
+    pub(super) tail_floor: bool,
+}
+
+/// The variant `config/gradwatch.toml` ships.
+pub(super) const SHIPPED: &str = "cusum 2.4/day, learned baseline";
+
+/// The configurations compared.
+pub(super) fn policies() -> Vec<Variant> {
+    use crate::alert::{AlertPolicy, PolicyKind};
+    let cusum = AlertPolicy { policy: PolicyKind::Cusum, ..AlertPolicy::default() };
+    let rate = |r: f64| AlertPolicy { false_alarms_per_day: r, ..cusum.clone() };
+    let v = |name, policy, learns, tail_floor| Variant { name, policy, learns, tail_floor };
+    // Before clean_tail_scale and kappa = 0.4 (the shipped 0.24/day and the code default).
+    let old = |r: f64| AlertPolicy { kappa: 0.2, ..rate(r) };
+    vec![
+        v("k-of-n (6 of 10)", AlertPolicy::default(), false, true),
+        v("cusum 2.4/day, calibration fallback", cusum.clone(), false, true),
+        v("cusum 2.4/day, kappa 0.2, learned tail only", old(2.4), true, false),
+        v("cusum 0.24/day, kappa 0.2, learned tail only", old(0.24), true, false),
+        v("cusum 2.4/day, kappa 0.2, learned baseline", old(2.4), true, true),
+        v(SHIPPED, cusum.clone(), true, true),
+        v("cusum 24/day, learned baseline", rate(24.0), true, true),
+    ]
+}
+
+pub(super) fn model_ref() -> crate::alert::ModelRef {
+    crate::alert::ModelRef { name: "gtsrb-resnet18".into(), sha256: "bench".into() }
+}
+
+/// A fresh tracker for `policy`; with `learn`, it first learns its baseline from `learn_pool`.
+pub(super) fn tracker(
+    policy: &crate::alert::AlertPolicy,
+    learned: Option<&crate::alert::Baseline>,
+) -> Result<crate::alert::AlertTracker> {
+    let mut t = crate::alert::AlertTracker::new("bench", policy.clone(), model_ref())?;
+    if let Some(b) = learned {
+        t.set_baseline(b.clone()).map_err(anyhow::Error::msg)?;
+    }
+    t.learn_baseline(crate::alert::BaselineConfig::default());
+    Ok(t)
+}
+
+/// Of the real held-out tracks, those a camera's baseline is learned from (the rest make its
+/// clean stream).
+pub(super) const REAL_LEARN_TRACKS: usize = 40;
+/// Hours of clean frame time replayed from the other real tracks (one false alarm in them is
+/// the 0.1-an-hour target).
+pub(super) const REAL_HOURS: f64 = 10.0;
+
+/// A baseline learned as the shipped policy learns one: [`LEARN_MINUTES`] of frames from
+/// `pool` (reshuffled as needed). Returns it and the alerts raised while learning.
+pub(super) fn learn_baseline(
+    pool: &[&CachedTrack],
+    shipped: &Variant,
+    gate: Gate,
+    rng: &mut SplitMix64,
+) -> Result<(crate::alert::Baseline, usize)> {
+    let mut scores = Vec::new();
+    // Learning needs LEARN_MINUTES of released blocks: add the quarantine and a margin for
+    // blocks dropped around suspicious periods.
+    let frames = ((LEARN_MINUTES + 4.0) * 60_000.0 / FRAME_MS as f64) as usize;
+    fill(&mut scores, pool, frames, rng);
+    let mut learner = tracker(&shipped.policy, None)?;
+    let alerts = replay(&mut learner, &scores, 0, gate);
+    let learned = learner
+        .baseline()
+        .filter(|(_, l)| *l)
+        .map(|(b, _)| b.clone())
+        .context("the learning stream did not complete a baseline (too few clean blocks outside alerts)")?;
+    Ok((learned, alerts.len()))
+}
+
+/// The false-alarm table of every policy over the clean `scores` (a variant that learns uses
+/// `learned`); returns false alarms per hour by policy.
+pub(super) fn false_alarm_table<'a>(
+    w: &mut String,
+    scores: &[f32],
+    learned: &crate::alert::Baseline,
+    gate: &dyn Fn(&Variant) -> Gate,
+) -> Result<BTreeMap<&'a str, f64>> {
+    use std::fmt::Write as _;
+    writeln!(w, "| policy | clean frame time | alerts | false alarms / hour | over-threshold frames |")?;
+    writeln!(w, "|---|---:|---:|---:|---:|")?;
+    let mut rate = BTreeMap::new();
+    for v in policies() {
+        let g = gate(&v);
+        let over = scores.iter().filter(|&&s| s > g.threshold).count() as f64 / scores.len().max(1) as f64;
+        let mut t = tracker(&v.policy, v.learns.then_some(learned))?;
+        let starts = replay(&mut t, scores, 0, g);
+        let hours = scores.len() as f64 * FRAME_MS as f64 / 3_600_000.0;
+        rate.insert(v.name, starts.len() as f64 / hours);
+        writeln!(
+            w,
+            "| {} | {hours:.2} h | {} | {:.2} | {:.1} % |",
+            v.name,
+            starts.len(),
+            starts.len() as f64 / hours,
+            100.0 * over
+        )?;
+    }
+    writeln!(w)?;
+    Ok(rate)
+}
+
+/// [`ONSETS`] onsets of `pool`, each after [`LEAD_S`] s (plus a random offset) of `clean`,
+/// replayed with `v` on fresh trackers. `seed` is the cell's: every onset gets its own clean
+/// stretch (seeding by a type name's length once repeated them across types). Returns the
+/// delays (sorted) and the frames of clean lead-in replayed.
+pub(super) fn onsets(
+    v: &Variant,
+    learned: &crate::alert::Baseline,
+    gate: Gate,
+    clean: &[&CachedTrack],
+    pool: &[&CachedTrack],
+    seed: u64,
+) -> Result<(Delays, usize)> {
+    let mut d = Delays { delays: Vec::new(), missed: 0, early: 0 };
+    let mut lead = 0;
+    for k in 0..ONSETS {
+        let mut r = SplitMix64::new(SEED ^ (seed + k as u64) << 20);
+        let mut scores = Vec::new();
+        // Warm-up: the stream has been running (random offset into the clean tracks).
+        fill(&mut scores, clean, (LEAD_S * 1000 / FRAME_MS) as usize + r.below(20), &mut r);
+        let onset_at = scores.len();
+        fill(&mut scores, pool, (ONSET_WINDOW_S * 1000 / FRAME_MS) as usize, &mut r);
+        let mut t = tracker(&v.policy, v.learns.then_some(learned))?;
+        let starts = replay(&mut t, &scores, 0, gate);
+        d.early += starts.iter().filter(|&&i| i < onset_at).count();
+        lead += onset_at;
+        match starts.iter().find(|&&i| i >= onset_at) {
+            Some(&i) => d.delays.push((i - onset_at) as f64 * FRAME_MS as f64 / 1000.0),
+            None => d.missed += 1,
+        }
+    }
+    d.delays.sort_by(f64::total_cmp);
+    Ok((d, lead))
+}
+
+/// The onset tracks of one corruption and level, with the classifier's accuracy.
+pub(super) struct OnsetCell<'a> {
+    /// Index of `kind` in [`Corruption::ALL`] (seeds the cell's streams).
+    pub(super) ki: usize,
+    pub(super) kind: Corruption,
+    pub(super) level: u8,
+    pub(super) pool: Vec<&'a CachedTrack>,
+    /// Over the [`ACCURACY_IMAGES`] signs of the accuracy table: what decides harm.
+    pub(super) acc: f64,
+    /// Over the frames of `pool` (a few signs: shown, not used).
+    pub(super) pool_acc: f64,
+}
+
+impl OnsetCell<'_> {
+    pub(super) fn harmful(&self) -> bool {
+        crate::lab::harmful(self.acc)
+    }
+}
+
+/// Every (corruption, level) cell of the onsets, in [`Corruption::ALL`] and level order.
+pub(super) fn onset_cells<'a>(
+    onset: &[&'a CachedTrack],
+    accuracy: &BTreeMap<(String, u8), f64>,
+) -> Result<Vec<OnsetCell<'a>>> {
+    let mut cells = Vec::new();
+    for (ki, kind) in Corruption::ALL.into_iter().enumerate() {
+        for level in ONSET_LEVELS {
+            let pool: Vec<&CachedTrack> =
+                onset.iter().copied().filter(|t| t.kind == kind.name() && t.level == f32::from(level)).collect();
+            let (n, ok) = pool
+                .iter()
+                .flat_map(|t| &t.frames)
+                .fold((0usize, 0usize), |(n, ok), f| (n + 1, ok + usize::from(f.correct)));
+            let acc = *accuracy
+                .get(&(kind.name().to_string(), level))
+                .with_context(|| format!("{ACCURACY_FILE} lacks {} {level}; delete it to rebuild it", kind.name()))?;
+            cells.push(OnsetCell { ki, kind, level, pool, acc, pool_acc: ok as f64 / n.max(1) as f64 });
+        }
+    }
+    Ok(cells)
+}
+
+/// Hours of clean frames the window bound takes its threshold from.
+pub(super) const BOUND_HOURS: f64 = 10.0;
+/// Window lengths of the bound, seconds.
+pub(super) const BOUND_WINDOWS_S: [u64; 7] = [1, 2, 3, 5, 10, 30, 60];
+
+/// Mean of every window of `w` consecutive values.
+pub(super) fn window_means(x: &[f32], w: usize) -> Vec<f64> {
+    if x.len() < w || w == 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(x.len() - w + 1);
+    let mut sum: f64 = x[..w].iter().map(|&v| f64::from(v)).sum();
+    out.push(sum / w as f64);
+    for i in w..x.len() {
+        sum += f64::from(x[i]) - f64::from(x[i - w]);
+        out.push(sum / w as f64);
+    }
+    out
+}
+
+/// What any policy could do with this detector: for a window of `W` seconds, the threshold
+/// that the mean score of no window of [`BOUND_HOURS`] clean hours reached (at most one
+/// crossing in that time: about the 0.1-an-hour target), and the share of harmful onsets whose
+/// first `W` seconds alone have a higher mean. A policy that decides within `W` s of an onset
+/// at that false-alarm rate, from the mean score, cannot catch more.
+pub(super) fn window_bound(w: &mut String, clean: &[&CachedTrack], cells: &[OnsetCell]) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut rng = SplitMix64::new(SEED ^ 0x0B0D);
+    let mut clean_scores = Vec::new();
+    fill(&mut clean_scores, clean, (BOUND_HOURS * 3_600_000.0 / FRAME_MS as f64) as usize, &mut rng);
+    let pools: Vec<&[&CachedTrack]> = cells.iter().filter(|c| c.harmful()).map(|c| c.pool.as_slice()).collect();
+    writeln!(
+        w,
+        "## What any policy could do with these scores
+"
+    )?;
+    writeln!(
+        w,
+        "For a decision within W s of the onset: the threshold is the highest mean score of any W-s window of \
+         {BOUND_HOURS} h of clean tracks (so at most one crossing in that time, about the 0.1-an-hour target); \
+         the share is of harmful onsets ({ONSETS} per harmful corruption and level, {} in all) whose first W s alone \
+         have a higher mean score. No policy deciding on the mean score within W s at that false-alarm rate \
+         catches more; a median delay of 3 s needs half of them by 3 s.\n",
+        pools.len() * ONSETS
+    )?;
+    writeln!(w, "| window W | clean threshold (max window mean) | harmful onsets above it from their first W s |")?;
+    writeln!(w, "|---:|---:|---:|")?;
+    for wsec in BOUND_WINDOWS_S {
+        let n = (wsec * 1000 / FRAME_MS) as usize;
+        let thr = window_means(&clean_scores, n).into_iter().fold(f64::NEG_INFINITY, f64::max);
+        let (mut hits, mut total) = (0usize, 0usize);
+        for &pool in &pools {
+            for _ in 0..ONSETS {
+                let mut s = Vec::new();
+                fill(&mut s, pool, n, &mut rng);
+                total += 1;
+                hits += usize::from(window_means(&s, n).first().is_some_and(|&m| m > thr));
+            }
+        }
+        writeln!(
+            w,
+            "| {wsec} s | {thr:.2} | {hits} of {total} ({:.0} %) |",
+            100.0 * hits as f64 / total.max(1) as f64
+        )?;
+    }
+    writeln!(w)?;
+    Ok(())
+}
+
+pub(super) fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// Delays in seconds (sorted) and the number missed.
+pub(super) struct Delays {
+    pub(super) delays: Vec<f64>,
+    pub(super) missed: usize,
+    pub(super) early: usize,
+}
+
+impl Delays {
+    pub(super) fn cell(&self) -> String {
+        if self.delays.is_empty() {
+            return format!("missed {}/{}", self.missed, self.missed);
+        }
+        let miss = if self.missed > 0 { format!(", **{} missed**", self.missed) } else { String::new() };
+        format!(
+            "{:.1} / {:.1} / {:.1}{miss}",
+            percentile(&self.delays, 0.5),
+            percentile(&self.delays, 0.9),
+            self.delays.last().copied().unwrap_or(f64::NAN)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{percentile, Delays};
+
+    #[test]
+    fn percentile_is_the_nearest_rank() {
+        let v = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0];
+        assert_eq!(percentile(&v, 0.5), 5.0);
+        assert_eq!(percentile(&v, 0.9), 9.0);
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn a_delay_cell_shows_median_p90_max_and_the_misses() {
+        let d = Delays { delays: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0], missed: 0, early: 0 };
+        assert_eq!(d.cell(), "5.0 / 9.0 / 10.0");
+        let d = Delays { delays: vec![2.5], missed: 2, early: 0 };
+        assert_eq!(d.cell(), "2.5 / 2.5 / 2.5, **2 missed**");
+        let d = Delays { delays: Vec::new(), missed: 3, early: 0 };
+        assert_eq!(d.cell(), "missed 3/3");
+    }
+}

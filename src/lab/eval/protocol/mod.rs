@@ -1,0 +1,684 @@
+//! The paper's evaluation protocol (Lee & AlRegib, ICIP 2020, Sec. 4) on GTSRB: familiar =
+//! GTSRB test images; unfamiliar = CIFAR-10 test images and CURE-TSR-style corruptions of the
+//! same familiar images at levels 1-5. Per (familiar, unfamiliar) pair, 40/40/20
+//! train/validation/test splits; our detector and the baselines are reported on the test split.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ndarray::{Array2, Axis};
+
+use super::baselines::{self, MahalanobisScorer};
+use super::feature_baselines::{self as fb, Fdbd, Knn, Vim};
+use super::results::{FamilyRow, GenRow, MisclassRow, OdinChoice, Results, RiskCell, Row, METHODS, POOLED};
+use super::EvalError;
+use crate::corrupt::{self, image_seed, Corruption, Family};
+use crate::detector::fit::DetectorChoice;
+use crate::detector::roc as metrics;
+use crate::detector::split::{pick, rows, split_40_40_20, subsample, Split};
+use crate::detector::{Ensemble, EnsembleConfig, GradDetector, LabelledRows, MlpConfig, Origin, Target};
+use crate::frame::RgbImage;
+use crate::grad::{self, CompileOptions, Loss};
+use crate::model::LoadedModel;
+use crate::runtime::extract::{self as features, FeatureSet};
+use crate::runtime::{GradSession, ModelSession, RuntimeOptions};
+
+mod analyses;
+use analyses::*;
+
+/// Options of [`run`].
+#[derive(Clone, Debug)]
+pub struct EvalConfig {
+    /// Data folder holding `gtsrb/test_images.npy` (and `gtsrb/test_labels.npy`, optional).
+    pub data: PathBuf,
+    /// Folder holding CIFAR-10's `test_images.npy` (default `DATA/cifar10`).
+    pub cifar: Option<PathBuf>,
+    /// Images per set (familiar, CIFAR-10, each corruption level).
+    pub per_set: usize,
+    /// Rows of `test_images.npy` the familiar images are drawn from (`None`: all). The
+    /// published results use [`crate::data::GTSRB_TEST_EVAL_ROWS`], the half the shipped
+    /// calibrations were not fitted on.
+    pub familiar_rows: Option<String>,
+    /// Seed of subsamples, splits, corruption patterns and detector training.
+    pub seed: u64,
+    /// Output folder (`results.md`, `results.csv`, `figures/`).
+    pub out: PathBuf,
+    /// Feature cache folder (default `OUT/cache`); entries are keyed by model sha256, set size
+    /// and seed, so reruns only compute what is missing.
+    pub cache: Option<PathBuf>,
+    /// Batch size of the graph runs.
+    pub batch: usize,
+    /// Corruption types.
+    pub corruptions: Vec<Corruption>,
+    /// Their levels (sorted, within 1..=5; usually all five).
+    pub levels: Vec<u8>,
+    /// ODIN temperatures for the familiar set and CIFAR-10.
+    pub odin_temperatures: Vec<f32>,
+    /// ODIN temperatures for the corrupted sets (a subset of `odin_temperatures` keeps the
+    /// cost down: each temperature is one more backward pass per image). The pairs with
+    /// corruptions choose among these.
+    pub odin_corruption_temperatures: Vec<f32>,
+    /// ODIN perturbation sizes (image units).
+    pub odin_epsilons: Vec<f32>,
+    /// Detector training.
+    pub mlp: MlpConfig,
+    /// KNN's k (0: [`Knn::auto_k`] of the familiar training split).
+    pub knn_k: usize,
+    /// ViM's principal dimension (0: [`Vim::auto_dim`]).
+    pub vim_dim: usize,
+    /// The risk detector's target (`None`: the calibration default's).
+    pub risk_target: Option<Target>,
+    /// Training seeds of the trust head for the spread of its AUROC (1: just the one).
+    pub trust_seeds: usize,
+    /// Draw progress bars (on a terminal).
+    pub progress: bool,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+/// One image set with everything computed on it.
+struct SetData {
+    name: String,
+    feats: FeatureSet,
+    /// Per method: scores.
+    scores: BTreeMap<&'static str, Vec<f32>>,
+    /// `[N, temps * eps]`.
+    odin: Array2<f32>,
+    /// The temperatures of `odin`'s column blocks.
+    odin_temps: Vec<f32>,
+    /// Per image: whether the classifier's top class is wrong (`None`: no labels, CIFAR-10).
+    wrong: Option<Vec<bool>>,
+}
+
+/// Methods whose scores are fixed functions of one image (no per-pair fitting).
+const FIXED: [&str; 7] = ["msp", "mahalanobis", "energy", "gradnorm", "knn", "vim", "fdbd"];
+
+/// Name of the set of `kind` at `level`.
+pub fn set_name(kind: Corruption, level: u8) -> String {
+    format!("{}/{level}", kind.name())
+}
+
+fn cache_prefix(name: &str) -> String {
+    format!("{}.", name.replace('/', "-"))
+}
+
+/// Runs the protocol and returns every number; `super::report::write` renders them.
+pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<Results, EvalError> {
+    let t_all = Instant::now();
+    let mut timings: Vec<(String, f64)> = Vec::new();
+    let n = cfg.per_set;
+    if n < 10 {
+        return Err(EvalError::Invalid(format!("--per-set {n} is too small; use at least 10 (5 test images per set)")));
+    }
+
+    // Graphs: features + penultimate + logits; ODIN (input gradient); plain forward.
+    let t0 = Instant::now();
+    let model = LoadedModel::load(model_path, &CompileOptions { penultimate: true, ..Default::default() })
+        .map_err(|e| EvalError::Invalid(format!("{}: {e}", model_path.display())))?;
+    let info = model.info.clone();
+    let mut session = GradSession::new(&model.compiled, rt)?;
+    let odin_compiled =
+        grad::compile(&model.model, &CompileOptions { loss: Loss::Odin, input_grad: true, ..Default::default() })
+            .map_err(|e| EvalError::Invalid(format!("compiling the ODIN graph: {e}")))?;
+    let mut odin_session = baselines::OdinGraph::new(&odin_compiled, rt)?;
+    let (fwd_model, fwd_out) = baselines::forward_logits_model(&model.model)?;
+    let mut forward = ModelSession::new(&crate::onnx::encode(&fwd_model), rt)?;
+    timings.push(("load and compile".into(), t0.elapsed().as_secs_f64()));
+
+    // Data.
+    let Images { fam_images, fam_idx, fam_labels, cifar_images, rows_key } = load_images(cfg, n)?;
+    let n = fam_images.len();
+
+    let cache = cfg.cache.clone().unwrap_or_else(|| cfg.out.join("cache")).join(format!(
+        "{}-n{n}-s{}{rows_key}",
+        &info.sha256[..12.min(info.sha256.len())],
+        cfg.seed
+    ));
+    std::fs::create_dir_all(&cache).map_err(|e| EvalError::file(&cache, e))?;
+    let plan = plan_sets(cfg)?;
+    let (ex, st) = extract_sets(
+        cfg,
+        &plan,
+        &cache,
+        &mut session,
+        &mut odin_session,
+        &mut forward,
+        &model,
+        &fwd_out,
+        (&fam_images, &fam_idx),
+        &cifar_images,
+    )?;
+    timings.push(("corrupt images".into(), st.corrupt_secs));
+    timings.push(("gradient features (uncached sets)".into(), st.extract_secs));
+    timings.push(("ODIN grid (uncached sets)".into(), st.odin_secs));
+    let features_per_sec = if st.extract_secs > 0.0 { st.extracted as f64 / st.extract_secs } else { f64::NAN };
+
+    // Splits: one 40/40/20 split of 0..n shared by the familiar set and its corrupted copies
+    // (the clean and the corrupted version of an image always fall in the same part, so no
+    // image content leaks from training into testing); CIFAR-10 gets its own.
+    let sp = split_40_40_20(n, cfg.seed);
+    let sp_cifar = split_40_40_20(n, cfg.seed.wrapping_add(1));
+
+    // Baselines fitted on the familiar training split.
+    let tb = Instant::now();
+    let scored = score_sets(cfg, &model, &fwd_out, &plan, ex, &fam_labels, &sp)?;
+    let data = scored.data;
+    timings.push(("baseline scores".into(), tb.elapsed().as_secs_f64()));
+    let accuracy = fam_labels.as_ref().map(|l| {
+        let p = baselines::predicted(data[0].feats.logits.view());
+        p.iter().zip(l).filter(|(a, b)| a == b).count() as f64 / l.len().max(1) as f64
+    });
+
+    let tp = Instant::now();
+    let fam = &data[0];
+    let risk_opts = DetectorChoice::Risk.options();
+    let risk = RiskFit {
+        data: &data,
+        cfg: EnsembleConfig {
+            // Without true classes the calibration falls back to novelty labels too.
+            target: if fam.wrong.is_some() { cfg.risk_target.unwrap_or(risk_opts.target) } else { Target::Novelty },
+            forward: risk_opts.forward,
+            members: risk_opts.members,
+            mlp: cfg.mlp.clone(),
+        },
+    };
+    let pairs = run_pairs(cfg, &data, &sp, &sp_cifar, &risk)?;
+    timings.push(("per-pair detectors and metrics".into(), tp.elapsed().as_secs_f64()));
+    let fit = Fitted { cfg, data: &data, sp: &sp, risk: &risk, pairs: &pairs };
+
+    let tg = Instant::now();
+    let generalisation = generalisation(&fit)?;
+    timings.push(("generalisation detectors".into(), tg.elapsed().as_secs_f64()));
+
+    let tf = Instant::now();
+    let (family_out, lofo) = family_out(&fit)?;
+    timings.push(("leave-one-family-out detectors".into(), tf.elapsed().as_secs_f64()));
+
+    let tr = Instant::now();
+    let risk_cells = risk_cells(&fit, &lofo)?;
+    let misclass = misclassification(&fit)?;
+    timings.push(("risk analysis".into(), tr.elapsed().as_secs_f64()));
+    let trust_extra = misclass.trust_extra;
+
+    // The trust question: the trust head against the softmax-family baselines (issue #24).
+    let tt = Instant::now();
+    let trust = match &fam_labels {
+        Some(labels) if !cfg.corruptions.is_empty() => {
+            let splits = (&sp, &sp_cifar);
+            let mut t = trust_analysis(cfg, &data, &plan, labels, splits, &trust_extra)?;
+            t.graph_secs_per_frame = graph_secs_per_frame(&mut session, &info, &fam_images, cfg.batch)?;
+            Some(t)
+        }
+        _ => None,
+    };
+    timings.push(("trust analysis".into(), tt.elapsed().as_secs_f64()));
+
+    let profile = grad_profile(&data);
+    timings.push(("total".into(), t_all.elapsed().as_secs_f64()));
+
+    Ok(Results {
+        model_name: info.name.clone(),
+        model_sha256: info.sha256.clone(),
+        command: cfg.command.clone(),
+        per_set: n,
+        seed: cfg.seed,
+        familiar_accuracy: accuracy,
+        mahalanobis_labels: scored.mahalanobis_labels,
+        sets: data.iter().map(|d| (d.name.clone(), d.feats.len())).collect(),
+        rows: pairs.rows,
+        generalisation,
+        family_out,
+        risk_cells,
+        misclassification: misclass.rows,
+        risk_curves: misclass.curves,
+        knn_k: scored.knn_k,
+        vim_dim: scored.vim_dim,
+        odin: pairs.odin,
+        timings,
+        features_per_sec,
+        roc: pairs.roc,
+        grad_profile: profile,
+        feature_names: model.compiled.features.clone(),
+        odin_temperatures: cfg.odin_temperatures.clone(),
+        odin_corruption_temperatures: cfg.odin_corruption_temperatures.clone(),
+        odin_epsilons: cfg.odin_epsilons.clone(),
+        trust,
+    })
+}
+
+/// Every set: the familiar images, CIFAR-10, each corruption x level of the familiar images
+/// (name, corruption and level); checks the levels and ODIN temperatures first.
+#[allow(clippy::type_complexity)]
+fn plan_sets(cfg: &EvalConfig) -> Result<Vec<(String, Option<(Corruption, u8)>)>, EvalError> {
+    for t in &cfg.odin_corruption_temperatures {
+        if !cfg.odin_temperatures.contains(t) {
+            return Err(EvalError::Invalid(format!(
+                "ODIN corruption temperature {t} must also be one of the temperatures {:?}",
+                cfg.odin_temperatures
+            )));
+        }
+    }
+    // Every set: the familiar images, CIFAR-10, each corruption x level of the familiar images.
+    let mut plan: Vec<(String, Option<(Corruption, u8)>)> = vec![("familiar".into(), None), ("cifar10".into(), None)];
+    if cfg.levels.is_empty() || cfg.levels.iter().any(|&l| l == 0 || l > corrupt::MAX_LEVEL) {
+        return Err(EvalError::Invalid(format!(
+            "levels {:?}: use levels within 1..={}",
+            cfg.levels,
+            corrupt::MAX_LEVEL
+        )));
+    }
+    for &k in &cfg.corruptions {
+        for &level in &cfg.levels {
+            plan.push((set_name(k, level), Some((k, level))));
+        }
+    }
+    Ok(plan)
+}
+
+/// The images of an evaluation: `n` familiar GTSRB test images (with their labels when known)
+/// and `n` CIFAR-10 images, each drawn with the seed.
+struct Images {
+    fam_images: Vec<RgbImage>,
+    fam_idx: Vec<usize>,
+    fam_labels: Option<Vec<usize>>,
+    cifar_images: Vec<RgbImage>,
+    /// The cache key's part for `--familiar-rows`.
+    rows_key: String,
+}
+
+fn load_images(cfg: &EvalConfig, n: usize) -> Result<Images, EvalError> {
+    let gtsrb = cfg.data.join("gtsrb");
+    let all_fam = crate::data::load_npy_images(&gtsrb.join("test_images.npy"))?;
+    let fam_rows = match &cfg.familiar_rows {
+        Some(r) => crate::data::parse_rows(r, all_fam.len()).map_err(EvalError::Invalid)?,
+        None => 0..all_fam.len(),
+    };
+    let rows_key =
+        cfg.familiar_rows.as_ref().map_or(String::new(), |_| format!("-r{}-{}", fam_rows.start, fam_rows.end));
+    let fam_idx: Vec<usize> = subsample(fam_rows.len(), n, cfg.seed).into_iter().map(|i| fam_rows.start + i).collect();
+    let fam_images: Vec<RgbImage> = fam_idx.iter().map(|&i| all_fam[i].clone()).collect();
+    drop(all_fam);
+    let labels_path = gtsrb.join("test_labels.npy");
+    let fam_labels: Option<Vec<usize>> = if labels_path.exists() {
+        let l = crate::data::load_npy_labels(&labels_path)?;
+        Some(fam_idx.iter().map(|&i| l.get(i).map_or(0, |&v| v.max(0) as usize)).collect())
+    } else {
+        None
+    };
+    let cifar_dir = cfg.cifar.clone().unwrap_or_else(|| cfg.data.join("cifar10"));
+    let all_cifar = crate::data::load_npy_images(&cifar_dir.join("test_images.npy"))?;
+    let cifar_idx = subsample(all_cifar.len(), n, cfg.seed.wrapping_add(1));
+    let cifar_images: Vec<RgbImage> = cifar_idx.iter().map(|&i| all_cifar[i].clone()).collect();
+    drop(all_cifar);
+    Ok(Images { fam_images, fam_idx, fam_labels, cifar_images, rows_key })
+}
+
+/// The trust head against the softmax-family baselines, on every set's splits.
+fn trust_analysis(
+    cfg: &EvalConfig,
+    data: &[SetData],
+    plan: &[(String, Option<(Corruption, u8)>)],
+    labels: &[usize],
+    (sp, sp_cifar): (&Split, &Split),
+    trust_extra: &[(String, Vec<f32>)],
+) -> Result<super::trust::TrustResults, EvalError> {
+    let sets: Vec<super::trust::TrustSet> = data
+        .iter()
+        .zip(plan)
+        .map(|(d, (name, spec))| {
+            let s = split_for(name, sp, sp_cifar);
+            super::trust::TrustSet {
+                name: name.clone(),
+                family: spec.map(|(k, _)| k.family().name().to_string()),
+                level: spec.map(|(_, l)| l),
+                features: &d.feats.features,
+                logits: &d.feats.logits,
+                labels: (name != "cifar10").then_some(labels),
+                split: (s.train.as_slice(), s.val.as_slice(), s.test.as_slice()),
+            }
+        })
+        .collect();
+    super::trust::run(&sets, trust_extra, &cfg.mlp, cfg.trust_seeds)
+}
+
+/// Seconds spent per extraction stage, and images run through the gradient graph.
+struct ExtractStats {
+    corrupt_secs: f64,
+    extract_secs: f64,
+    odin_secs: f64,
+    extracted: usize,
+}
+
+/// The cached extraction: every set of the plan through the gradient graph and the ODIN grid,
+/// read from `cache` when there, computed and written there when not.
+#[allow(clippy::too_many_arguments)]
+fn extract_sets(
+    cfg: &EvalConfig,
+    plan: &[(String, Option<(Corruption, u8)>)],
+    cache: &Path,
+    session: &mut GradSession,
+    odin_session: &mut baselines::OdinGraph,
+    forward: &mut ModelSession,
+    model: &LoadedModel,
+    fwd_out: &str,
+    (fam_images, fam_idx): (&[RgbImage], &[usize]),
+    cifar_images: &[RgbImage],
+) -> Result<(Extracted, ExtractStats), EvalError> {
+    let (n, info) = (fam_images.len(), &model.info);
+    let odin_file = |temps: &[f32]| {
+        let key = crate::model::sha256_hex(format!("{temps:?}{:?}", cfg.odin_epsilons).as_bytes());
+        format!("odin-{}.npy", &key[..8])
+    };
+
+    let mut extract_secs = 0.0;
+    let mut extracted = 0usize;
+    let mut odin_secs = 0.0;
+    let mut corrupt_secs = 0.0;
+    let mut sets: Vec<FeatureSet> = Vec::new();
+    let mut odins: Vec<Array2<f32>> = Vec::new();
+    let mut odin_temps: Vec<Vec<f32>> = Vec::new();
+    for (si, (name, spec)) in plan.iter().enumerate() {
+        let prefix = cache_prefix(name);
+        let cached = FeatureSet::load(cache, &prefix)?.filter(|f| f.len() == n && f.penultimate.is_some());
+        let temps = if spec.is_some() { &cfg.odin_corruption_temperatures } else { &cfg.odin_temperatures };
+        odin_temps.push(temps.clone());
+        let odin_path = cache.join(format!("{prefix}{}", odin_file(temps)));
+        let odin_cached = if odin_path.exists() {
+            Some(features::read_npy(&odin_path)?)
+                .filter(|o| o.nrows() == n && o.ncols() == temps.len() * cfg.odin_epsilons.len())
+        } else {
+            None
+        };
+        let (cached, odin_cached) = match (cached, odin_cached) {
+            (Some(c), Some(o)) => {
+                log::info!("[{}/{}] {name}: cached", si + 1, plan.len());
+                sets.push(c);
+                odins.push(o);
+                continue;
+            }
+            other => other,
+        };
+        let tc = Instant::now();
+        let images: std::borrow::Cow<[RgbImage]> = match (name.as_str(), spec) {
+            ("familiar", _) => std::borrow::Cow::Borrowed(fam_images),
+            ("cifar10", _) => std::borrow::Cow::Borrowed(cifar_images),
+            (_, Some((k, level))) => std::borrow::Cow::Owned(
+                fam_images
+                    .iter()
+                    .zip(fam_idx)
+                    .map(|(img, &orig)| corrupt::apply(img, *k, *level, image_seed(cfg.seed, orig)))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            _ => return Err(EvalError::Invalid(format!("set '{name}' has no source"))),
+        };
+        corrupt_secs += tc.elapsed().as_secs_f64();
+        let fs = match cached {
+            Some(f) => f,
+            None => {
+                let te = Instant::now();
+                let f = features::extract_labelled(session, info, &images, cfg.batch, cfg.progress, name)?;
+                extract_secs += te.elapsed().as_secs_f64();
+                extracted += images.len();
+                f.save(cache, &prefix)?;
+                eprintln!(
+                    "[{}/{}] {name}: features of {} images in {:.1} s",
+                    si + 1,
+                    plan.len(),
+                    images.len(),
+                    te.elapsed().as_secs_f64()
+                );
+                f
+            }
+        };
+        let od = match odin_cached {
+            Some(o) => o,
+            None => {
+                let to = Instant::now();
+                let o = baselines::odin_scores(
+                    odin_session,
+                    forward,
+                    &model.compiled.input_name,
+                    fwd_out,
+                    info,
+                    &images,
+                    temps,
+                    &cfg.odin_epsilons,
+                    cfg.batch,
+                    cfg.progress,
+                )?;
+                odin_secs += to.elapsed().as_secs_f64();
+                features::write_npy(&odin_path, &o)?;
+                eprintln!("[{}/{}] {name}: ODIN grid in {:.1} s", si + 1, plan.len(), to.elapsed().as_secs_f64());
+                o
+            }
+        };
+        sets.push(fs);
+        odins.push(od);
+    }
+    let stats = ExtractStats { corrupt_secs, extract_secs, odin_secs, extracted };
+    Ok((Extracted { sets, odins, odin_temps }, stats))
+}
+
+/// Index into the plan (and the sets) of corruption `ki` at `level`.
+fn set_index(cfg: &EvalConfig, ki: usize, level: u8) -> usize {
+    2 + ki * cfg.levels.len() + cfg.levels.iter().position(|&l| l == level).unwrap_or(0)
+}
+
+/// The split of a set: CIFAR-10 has its own, every other set shares the familiar one.
+fn split_for<'a>(name: &str, sp: &'a Split, sp_cifar: &'a Split) -> &'a Split {
+    if name == "cifar10" {
+        sp_cifar
+    } else {
+        sp
+    }
+}
+
+/// Baselines fitted on the familiar training split, and every set's scores.
+struct Scored {
+    data: Vec<SetData>,
+    mahalanobis_labels: String,
+    knn_k: usize,
+    vim_dim: Option<usize>,
+}
+
+/// The extracted sets, in plan order: features, ODIN grids and their temperatures.
+struct Extracted {
+    sets: Vec<FeatureSet>,
+    odins: Vec<Array2<f32>>,
+    odin_temps: Vec<Vec<f32>>,
+}
+
+fn score_sets(
+    cfg: &EvalConfig,
+    model: &LoadedModel,
+    fwd_out: &str,
+    plan: &[(String, Option<(Corruption, u8)>)],
+    ex: Extracted,
+    fam_labels: &Option<Vec<usize>>,
+    sp: &Split,
+) -> Result<Scored, EvalError> {
+    let Extracted { sets, odins, odin_temps } = ex;
+    let fam = &sets[0];
+    let pen = fam.penultimate.as_ref().ok_or(EvalError::MissingOutput(grad::outputs::PENULTIMATE))?;
+    let maha_labels: Vec<usize> = match &fam_labels {
+        Some(l) => pick_usize(l, &sp.train),
+        None => pick_usize(&baselines::predicted(fam.logits.view()), &sp.train),
+    };
+    let mut maha_label_kind = if fam_labels.is_some() { "true labels" } else { "predicted classes" }.to_string();
+    let gaussian = match baselines::fit_mahalanobis(&rows(pen, &sp.train), &maha_labels) {
+        // Too few training images per class leave no within-class scatter at all: pool them.
+        Err(EvalError::Detector(crate::detector::DetectorError::NotPositiveDefinite(why))) => {
+            log::warn!("Mahalanobis with class means failed ({why}); falling back to one pooled class");
+            maha_label_kind = format!("one pooled class (class-wise fit failed: {why})");
+            baselines::fit_mahalanobis(&rows(pen, &sp.train), &vec![0; sp.train.len()])?
+        }
+        other => other?,
+    };
+    let maha = MahalanobisScorer::new(&gaussian)?;
+    let pen_train = rows(pen, &sp.train);
+    let knn_k = if cfg.knn_k == 0 { Knn::auto_k(sp.train.len()) } else { cfg.knn_k };
+    let knn = Knn::fit(pen_train.view(), knn_k)?;
+    let vim_dim = if cfg.vim_dim == 0 { Vim::auto_dim(pen.ncols(), sp.train.len()) } else { cfg.vim_dim };
+    let vim = fb::last_layer(&model.model, fwd_out)
+        .and_then(|(w, b)| Vim::fit(pen_train.view(), rows(&fam.logits, &sp.train).view(), &w, &b, vim_dim));
+    let fdbd = fb::last_layer(&model.model, fwd_out).and_then(|(w, b)| Fdbd::fit(pen_train.view(), &w, &b));
+    let fdbd = match fdbd {
+        Ok(f) => Some(f),
+        Err(e) => {
+            log::warn!("fDBD left out: {e}");
+            None
+        }
+    };
+    let vim = match vim {
+        Ok(v) => Some(v),
+        Err(e) => {
+            log::warn!("ViM left out: {e}");
+            None
+        }
+    };
+    let mut data: Vec<SetData> = Vec::new();
+    for (((name, spec), (fs, od)), ot) in plan.iter().zip(sets.into_iter().zip(odins)).zip(odin_temps) {
+        let pen = fs.penultimate.as_ref().ok_or(EvalError::MissingOutput(grad::outputs::PENULTIMATE))?;
+        let mut scores = BTreeMap::new();
+        scores.insert("msp", baselines::msp(fs.logits.view()));
+        scores.insert("mahalanobis", maha.score(pen.view()));
+        scores.insert("energy", baselines::energy(fs.logits.view(), 1.0));
+        scores.insert("gradnorm", baselines::gradnorm(fs.logits.view(), pen.view()));
+        scores.insert("knn", knn.score(pen.view()));
+        if let Some(v) = &vim {
+            scores.insert("vim", v.score(pen.view(), fs.logits.view()));
+        }
+        if let Some(f) = &fdbd {
+            scores.insert("fdbd", f.score(pen.view()));
+        }
+        let wrong = match (&fam_labels, name.as_str(), spec) {
+            (Some(l), "familiar", _) | (Some(l), _, Some(_)) => {
+                Some(baselines::predicted(fs.logits.view()).iter().zip(l).map(|(p, t)| p != t).collect::<Vec<bool>>())
+            }
+            _ => None,
+        };
+        data.push(SetData { name: name.clone(), feats: fs, scores, odin: od, odin_temps: ot, wrong });
+    }
+    Ok(Scored { data, mahalanobis_labels: maha_label_kind, knn_k: knn.k(), vim_dim: vim.as_ref().map(|_| vim_dim) })
+}
+
+/// Seconds per frame of the gradient graph on up to 64 familiar images in batches of `batch`
+/// (the best of three runs): the cost the trust head is compared with.
+fn graph_secs_per_frame(
+    session: &mut GradSession,
+    info: &crate::model::ModelInfo,
+    images: &[RgbImage],
+    batch: usize,
+) -> Result<f64, EvalError> {
+    let imgs = &images[..images.len().min(64)];
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        features::extract_labelled(session, info, imgs, batch, false, "timing")?;
+        best = best.min(t.elapsed().as_secs_f64() / imgs.len().max(1) as f64);
+    }
+    Ok(best)
+}
+
+fn pick_bool(v: &[bool], idx: &[usize]) -> Vec<bool> {
+    idx.iter().filter_map(|&i| v.get(i).copied()).collect()
+}
+
+fn pick_usize(v: &[usize], idx: &[usize]) -> Vec<usize> {
+    idx.iter().map(|&i| v[i]).collect()
+}
+
+/// Rows `idx` of the matrix `get` picks from each set `m` of `parts`, stacked in order.
+fn stack_rows(
+    data: &[SetData],
+    parts: &[(usize, Vec<usize>)],
+    get: impl Fn(&SetData) -> &Array2<f32>,
+) -> Result<Array2<f32>, EvalError> {
+    let v: Vec<Array2<f32>> = parts.iter().map(|(m, idx)| rows(get(&data[*m]), idx)).collect();
+    let views: Vec<_> = v.iter().map(|a| a.view()).collect();
+    ndarray::concatenate(Axis(0), &views).map_err(|e| EvalError::Invalid(e.to_string()))
+}
+
+/// The same rows `idx` of every set in `sets`.
+fn parts_of(sets: &[usize], idx: &[usize]) -> Vec<(usize, Vec<usize>)> {
+    sets.iter().map(|&m| (m, idx.to_vec())).collect()
+}
+
+/// The paper's detector trained on the familiar set (0) against the corrupted sets `sets`,
+/// with the shared split's training and validation rows.
+fn train_on_sets(data: &[SetData], sp: &Split, sets: &[usize], mlp: &MlpConfig) -> Result<GradDetector, EvalError> {
+    let fam = &data[0].feats.features;
+    Ok(GradDetector::train(
+        &rows(fam, &sp.train),
+        &stack_rows(data, &parts_of(sets, &sp.train), |d| &d.feats.features)?,
+        &rows(fam, &sp.val),
+        &stack_rows(data, &parts_of(sets, &sp.val), |d| &d.feats.features)?,
+        mlp,
+    )?)
+}
+
+/// The default detector of `gradwatch calibrate` (`--detector risk`), trained as the calibration
+/// trains it: each row labelled by the detector's target from where it comes from (familiar,
+/// corrupted copy, CIFAR-10) and whether the classifier gets it wrong.
+struct RiskFit<'a> {
+    data: &'a [SetData],
+    cfg: EnsembleConfig,
+}
+
+impl RiskFit<'_> {
+    fn origin(&self, m: usize) -> Origin {
+        match self.data[m].name.as_str() {
+            "familiar" => Origin::Familiar,
+            "cifar10" => Origin::Ood,
+            _ => Origin::Corrupted,
+        }
+    }
+
+    fn rows(&self, parts: &[(usize, Vec<usize>)]) -> Result<LabelledRows, EvalError> {
+        let labels = parts
+            .iter()
+            .flat_map(|(m, idx)| {
+                let origin = self.origin(*m);
+                let wrong = self.data[*m].wrong.as_deref();
+                idx.iter().map(move |&i| self.cfg.target.label(origin, wrong.and_then(|w| w.get(i).copied())))
+            })
+            .collect();
+        Ok(LabelledRows {
+            features: stack_rows(self.data, parts, |d| &d.feats.features)?,
+            logits: stack_rows(self.data, parts, |d| &d.feats.logits)?,
+            labels,
+        })
+    }
+
+    /// Trains on the familiar rows `fam` (train, val) and the unfamiliar parts.
+    fn train(
+        &self,
+        fam: (&[usize], &[usize]),
+        unf_train: &[(usize, Vec<usize>)],
+        unf_val: &[(usize, Vec<usize>)],
+    ) -> Result<Ensemble, EvalError> {
+        let with_fam = |f: &[usize], u: &[(usize, Vec<usize>)]| {
+            let mut v = vec![(0usize, f.to_vec())];
+            v.extend(u.iter().cloned());
+            v
+        };
+        let train = self.rows(&with_fam(fam.0, unf_train))?;
+        let val = self.rows(&with_fam(fam.1, unf_val))?;
+        let reference = &self.data[0].feats;
+        let (e, _) = Ensemble::train(
+            &rows(&reference.features, fam.0),
+            &rows(&reference.logits, fam.0),
+            &train,
+            &val,
+            &self.cfg,
+        )?;
+        Ok(e)
+    }
+
+    /// Scores rows `idx` of set `m`.
+    fn score(&self, e: &Ensemble, m: usize, idx: &[usize]) -> Vec<f32> {
+        let f = &self.data[m].feats;
+        idx.iter().map(|&i| e.logit_row(&f.features.row(i).to_vec(), &f.logits.row(i).to_vec())).collect()
+    }
+}
