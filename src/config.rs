@@ -68,7 +68,7 @@ pub struct ModelConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f32>,
     /// The feature preset the model is compiled with: `full` (the paper's features) or `fast`
-    /// (the last stage and the head; `docs/presets.md`). The calibration must have been fitted
+    /// (the last stage and the head; `docs/results/presets.md`). The calibration must have been fitted
     /// for the same preset. Default `full`.
     #[serde(default)]
     pub preset: crate::grad::Preset,
@@ -372,7 +372,7 @@ mod tests {
     #[test]
     fn runtime_memory_options_parse_and_default() {
         let c = parse(STREAM).unwrap();
-        // Defaults (docs/memory.md): the arena on, memory pattern planning off.
+        // Defaults (docs/results/memory.md): the arena on, memory pattern planning off.
         assert!(c.runtime.cpu_arena);
         assert!(!c.runtime.memory_pattern);
         let c = parse(&format!("{STREAM}\n[runtime]\ncpu_arena = false\nmemory_pattern = true\n")).unwrap();
@@ -422,7 +422,7 @@ mod tests {
         assert_eq!(c.stream.len(), 1);
         assert_eq!(c.sink.len(), 2);
         assert_eq!(c.pipeline, PipelineConfig::default());
-        // The shipped file uses the cusum policy (docs/alarms.md); every other key is at its
+        // The shipped file uses the cusum policy (docs/results/alarms.md); every other key is at its
         // default.
         assert_eq!(c.alert.default, AlertPolicy { policy: crate::alert::PolicyKind::Cusum, ..AlertPolicy::default() });
         assert!(c.stream[0].baseline.is_some());

@@ -27,6 +27,3 @@ pub mod service;
 pub mod sink;
 pub mod snapshot;
 pub mod source;
-
-/// The evaluation moved into the lab ([`lab::eval`]); this path stays for existing callers.
-pub use lab::eval;

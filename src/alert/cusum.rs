@@ -173,7 +173,7 @@ mod tests {
     /// How loose the bound is in the ideal case (independent, exactly uniform p-values): with
     /// kappa = 0.4 the mean time to a false alarm is about 10x `exp(h)` (simulated in Python:
     /// 10.3x at h = 6, 8.2 and 10.5), since Lorden's bound ignores the overshoot over `h` and
-    /// the time `S` spends at 0. `docs/alerts.md` quotes it.
+    /// the time `S` spends at 0. `docs/guide/alerts.md` quotes it.
     #[test]
     fn mean_run_length_is_about_ten_times_the_bound_with_kappa_0_4() {
         let params = CusumParams { h: 6.0, clear: 3.0, kappa: 0.4, theta: 1.0 };

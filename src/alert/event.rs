@@ -1,5 +1,5 @@
 //! What goes in and out of the alert stage: [`Scored`] frames in, [`Event`]s out. The JSON form
-//! of [`Event`] is the wire format of every sink (documented in `docs/alerts.md`); sinks,
+//! of [`Event`] is the wire format of every sink (documented in `docs/guide/alerts.md`); sinks,
 //! metrics and snapshots import these types and nothing else of `alert`.
 
 use serde::{Deserialize, Serialize};

@@ -6,7 +6,7 @@
 //!
 //! Times come from the frames, never from the wall clock, so recorded score sequences replay to
 //! identical events. The JSON form of [`Event`] is the wire format of every sink and is
-//! documented in `docs/alerts.md`.
+//! documented in `docs/guide/alerts.md`.
 
 pub mod baseline;
 mod config;

@@ -41,7 +41,7 @@ pub struct AlertPolicy {
     /// cusum: exponent of the p-value calibrator, in (0, 1); smaller reacts more to very small
     /// p-values and less to moderate ones; `-1 / ln p` is best against blocks of p-value `p`.
     /// Default 0.4 (best near p = 0.08: a run of moderately unusual blocks, as a dirtying lens
-    /// gives; 0.2, best near p = 0.007, missed more harmful onsets in docs/alarms.md).
+    /// gives; 0.2, best near p = 0.007, missed more harmful onsets in docs/results/alarms.md).
     pub kappa: f64,
     /// cusum: evidence for the clean distribution (natural log units) that clears an open
     /// alert. Default 3 (odds of 20 to 1).

@@ -25,7 +25,7 @@ pub struct CalibrateArgs {
     /// The classifier (.onnx).
     #[arg(long)]
     pub model: PathBuf,
-    /// Feature preset: full (the paper's features) or fast (`docs/presets.md`). The
+    /// Feature preset: full (the paper's features) or fast (`docs/results/presets.md`). The
     /// calibration records it; the daemon's `[model] preset` must match.
     #[arg(long, default_value = "full")]
     pub preset: crate::grad::Preset,
@@ -71,7 +71,7 @@ pub struct CalibrateArgs {
 #[derive(Args, Debug, Clone)]
 pub struct RecipeArgs {
     /// Synthetic corruptions of the familiar images used as unfamiliar data: all (every type
-    /// of docs/degradations.md, the recipe), legacy (the ten CURE-TSR-style types of the
+    /// of docs/guide/degradations.md, the recipe), legacy (the ten CURE-TSR-style types of the
     /// earliest calibrations), paper, a family name, none, or a comma list. One corrupted copy
     /// per familiar image, type and level round-robin.
     #[arg(long, default_value = "all")]
@@ -83,7 +83,7 @@ pub struct RecipeArgs {
     #[arg(long)]
     pub one_class: bool,
     /// Detector: risk (gradient + forward-only logit signals, a seed ensemble, trained to flag
-    /// the classifier's errors as well as unfamiliar images; see docs/detector-ablation.md)
+    /// the classifier's errors as well as unfamiliar images; see docs/results/detector-ablation.md)
     /// or paper (the paper's single MLP on gradient features, novelty labels).
     #[arg(long, default_value = "risk")]
     pub detector: DetectorChoice,

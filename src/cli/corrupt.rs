@@ -74,7 +74,7 @@ fn is_npy(p: &Path) -> bool {
 
 /// `--accuracy`: the accuracy table on stdout, the CSV to `--output`.
 fn run_accuracy(a: &CorruptArgs) -> Result<i32> {
-    use crate::eval::accuracy::{self, AccuracyPlan, Classifier};
+    use crate::lab::eval::accuracy::{self, AccuracyPlan, Classifier};
     let model = a.model.as_ref().ok_or_else(|| anyhow::anyhow!("--accuracy needs --model"))?;
     let labels_path = match &a.labels {
         Some(p) => p.clone(),

@@ -4,7 +4,7 @@
 //! preprocessing, or training images that would make the threshold optimistic), calibrates
 //! with the project's recipe (`calibrate`'s code path) on part of the images and measures the
 //! rest: `DIR/<model>.calib.toml`, `DIR/gradwatch.toml`, `DIR/report.md` + `DIR/roc.svg`.
-//! Bad input exits 2 with the cause and the fix (docs/your-model.md).
+//! Bad input exits 2 with the cause and the fix (docs/guide/your-model.md).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -207,7 +207,7 @@ struct Forward {
 impl Forward {
     fn new(model: &LoadedModel, rt: &RuntimeOptions) -> Result<Self> {
         let (fwd, output) =
-            crate::eval::baselines::forward_logits_model(&model.model).map_err(|e| anyhow::anyhow!("{e}"))?;
+            crate::lab::eval::baselines::forward_logits_model(&model.model).map_err(|e| anyhow::anyhow!("{e}"))?;
         let session = ModelSession::new(&onnx::encode(&fwd), rt)?;
         Ok(Forward { session, input: model.compiled.input_name.clone(), output })
     }
@@ -432,7 +432,7 @@ fn load_model(a: &InitArgs) -> Result<(LoadedModel, Option<Preprocessing>, &'sta
                             msg,
                             "\noperators in this model without a gradient rule: {}. Re-export without them (e.g. \
                              another opset, or the operator replaced by supported ones), or add a rule \
-                             (src/grad/mod.rs, \"Adding an operator\")",
+                             (src/grad/rules/mod.rs, \"Adding an operator\")",
                             ins.unknown_ops.join(", ")
                         );
                     }
@@ -734,7 +734,7 @@ impl Report {
         );
         self.headline = Some(line);
         let fpr = over as f64 / cs.len().max(1) as f64;
-        let spec = crate::eval::plot::PlotSpec {
+        let spec = crate::lab::eval::plot::PlotSpec {
             title: format!("{}: held-out clean vs corrupted (AUROC {auroc:.3})", model.info.name),
             x_label: "clean frames over the threshold (false-alarm rate)".into(),
             y_label: "corrupted frames detected".into(),
@@ -744,13 +744,13 @@ impl Report {
             diagonal: true,
         };
         let series = vec![
-            crate::eval::plot::Series { label: "ROC".into(), points: roc::roc_curve(&cs, &us) },
-            crate::eval::plot::Series {
+            crate::lab::eval::plot::Series { label: "ROC".into(), points: roc::roc_curve(&cs, &us) },
+            crate::lab::eval::plot::Series {
                 label: format!("threshold {:.3}: {:.1} % clean over it", calib.threshold, 100.0 * fpr),
                 points: vec![(fpr, 0.0), (fpr, 1.0)],
             },
         ];
-        self.roc_svg = Some(crate::eval::plot::line_plot(&spec, &series));
+        self.roc_svg = Some(crate::lab::eval::plot::line_plot(&spec, &series));
         let Some(corrupted) = h.corrupted.as_ref().filter(|_| !h.combos.is_empty()) else { return };
         let _ = writeln!(
             self.per_type,

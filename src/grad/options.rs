@@ -14,7 +14,7 @@ pub enum Preset {
     /// A backward pass that stops early: the norms of the parameters of the last stage (the
     /// layers at the smallest spatial resolution) and of the classifier head only, plus the
     /// mean square of every residual block's output (forward-only, nearly free). Chosen by
-    /// measurement: `docs/presets.md`.
+    /// measurement: `docs/results/presets.md`.
     Fast,
 }
 
@@ -45,7 +45,7 @@ impl Preset {
     }
 }
 
-/// The number of last stages whose parameters `fast` differentiates (see `docs/presets.md`).
+/// The number of last stages whose parameters `fast` differentiates (see `docs/results/presets.md`).
 pub const FAST_STAGES: usize = 1;
 
 impl std::fmt::Display for Preset {

@@ -1,7 +1,7 @@
 //! File sink: append-only JSON lines, each flushed and `fsync`ed (`sync_data`), reopened on
 //! SIGHUP so logrotate can move the file away.
 //!
-//! What it promises (`docs/reliability.md`):
+//! What it promises (`docs/guide/reliability.md`):
 //! * an event counts as sent only once its whole line is written (and, with `fsync`, synced)
 //!   to the file that the configured path names *after* the write; a file removed or replaced
 //!   under the sink (its directory deleted, a rename without SIGHUP) is noticed before and

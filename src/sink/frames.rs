@@ -16,7 +16,7 @@
 //! that is slow, stopped or absent costs frames, each counted
 //! (`gradwatch_frames_sink_dropped_total{reason}`), never latency. Lines are never split: a
 //! line that does not fit the socket's buffer is dropped whole. The line's schema is in
-//! `docs/alerts.md` ("Per-frame output").
+//! `docs/guide/alerts.md` ("Per-frame output").
 
 use std::collections::HashMap;
 use std::io::Write as _;

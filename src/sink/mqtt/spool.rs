@@ -58,6 +58,8 @@ const MAX_RECORD: usize = 2 << 20;
 /// A record's sequence number is at most this far beyond its predecessor's when resyncing
 /// after corruption (rules out most false candidates before a checksum is computed).
 const MAX_SEQ_JUMP: u64 = 1 << 32;
+/// How long opening waits for another holder of the lock before refusing.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
 /// Minimum pause between two writes of the `ack` file.
 const ACK_PERIOD: Duration = Duration::from_millis(200);
 
@@ -162,14 +164,7 @@ impl Spool {
         let lock_path = dir.join("lock");
         let lock =
             OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
-        // SAFETY: flock on a descriptor we own; no memory is involved.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(SpoolError::Locked { dir: dir.to_path_buf() });
-            }
-            return Err(SpoolError::Io { path: lock_path, source: e });
-        }
+        lock_exclusive(&lock, &lock_path, dir)?;
         let mut floor = read_floor(&dir.join("ack"));
         let mut found = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io(dir))? {
@@ -423,6 +418,27 @@ impl Spool {
 impl Drop for Spool {
     fn drop(&mut self) {
         self.persist_ack(true);
+    }
+}
+
+/// Takes the spool's lock, waiting up to [`LOCK_WAIT`] for a holder to let go: a child process
+/// forked (by this process, for a pipe source, or by a test) between another spool's close and
+/// exec holds a copy of that descriptor, and with it the lock, for a moment.
+fn lock_exclusive(lock: &File, lock_path: &Path, dir: &Path) -> Result<(), SpoolError> {
+    let start = Instant::now();
+    loop {
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(SpoolError::Io { path: lock_path.to_path_buf(), source: e });
+        }
+        if start.elapsed() >= LOCK_WAIT {
+            return Err(SpoolError::Locked { dir: dir.to_path_buf() });
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
