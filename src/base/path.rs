@@ -1,5 +1,5 @@
 //! Paths and small files: config-relative paths, systemd credentials, bounded reads of the
-//! state files the daemon keeps between runs.
+//! state files the daemon keeps between runs, free space on a file system.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +9,22 @@ pub fn resolve_path(p: &mut PathBuf, base: &Path) {
     if p.is_relative() && p.as_os_str() != "-" && !p.as_os_str().is_empty() {
         *p = base.join(&*p);
     }
+}
+
+/// Bytes available to this process on the file system holding `dir` (`statvfs`), if known.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain old data; all zeroes is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    // The field types are narrower on 32-bit targets.
+    #[allow(clippy::unnecessary_cast)]
+    let (bavail, frsize) = (st.f_bavail as u64, st.f_frsize as u64);
+    Some(bavail.saturating_mul(frsize))
 }
 
 /// Resolves a secret's path: `%d/...` or `$CREDENTIALS_DIRECTORY/...` (anywhere in the path,

@@ -486,25 +486,13 @@ struct Worker {
     gradient: Option<Box<dyn InputGradient>>,
 }
 
-/// Bytes available to this process on the file system of `dir` (`statvfs`), if known.
-pub fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
-}
-
 impl Worker {
     fn run(mut self, rx: Receiver<Job>) {
         let errors = LogLimiter::new(Duration::from_secs(10));
         let low = LogLimiter::new(Duration::from_secs(60));
         for job in rx {
             if self.min_free_bytes > 0 {
-                if let Some(free) = free_bytes(&self.dir).filter(|f| *f < self.min_free_bytes) {
+                if let Some(free) = crate::base::path::free_bytes(&self.dir).filter(|f| *f < self.min_free_bytes) {
                     let (name, floor) = (job.snapshot.display().to_string(), self.min_free_bytes);
                     low.hit(|more| {
                         log::warn!(

@@ -14,6 +14,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use crate::base::path::free_bytes;
+
 /// Smallest reserve.
 const MIN_RESERVE: u64 = 64 << 10;
 /// Largest reserve.
@@ -50,7 +52,7 @@ impl Reserve {
             Ok(f) => {
                 r.len = f.metadata().map(|m| m.len()).unwrap_or(0);
                 r.file = Some(f);
-                r.refill();
+                r.allocate();
                 if r.len < target {
                     log::warn!(
                         "disk reserve {}: only {} of {target} bytes could be allocated (is the disk \
@@ -111,44 +113,33 @@ impl Reserve {
 
     /// Allocates the reserve back to its target when the disk has room for twice what is missing.
     pub fn refill(&mut self) {
-        let Some(f) = &self.file else { return };
+        if self.len < self.target && self.allocate() {
+            log::info!("disk reserve {} allocated again ({} bytes)", self.path.display(), self.target);
+        }
+    }
+
+    /// Allocates the file to its target if the disk has room for twice what is missing; returns
+    /// whether it allocated anything.
+    fn allocate(&mut self) -> bool {
+        let Some(f) = &self.file else { return false };
         let missing = self.target.saturating_sub(self.len);
         if missing == 0 {
-            return;
+            return false;
         }
-        let Some(free) = free_bytes(&self.path) else { return };
+        let Some(free) = self.path.parent().and_then(free_bytes) else { return false };
         if free < missing.saturating_mul(2) {
-            return;
+            return false;
         }
         // SAFETY: posix_fallocate on a descriptor we own; no memory is involved.
         let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, self.target as libc::off_t) };
-        if rc == 0 {
-            if self.len > 0 && self.len < self.target {
-                log::info!("disk reserve {} allocated again ({} bytes)", self.path.display(), self.target);
-            }
-            self.len = self.target;
-        } else {
+        if rc != 0 {
             // A partial allocation would be space the reserve does not know it holds.
             let _ = f.set_len(self.len);
+            return false;
         }
+        self.len = self.target;
+        true
     }
-}
-
-/// Bytes available to an unprivileged writer on the file system holding `path`.
-fn free_bytes(path: &Path) -> Option<u64> {
-    let dir = path.parent().unwrap_or(path);
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a buffer statvfs fills on success.
-    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
-        return None;
-    }
-    // SAFETY: statvfs returned 0, so it filled the struct.
-    let st = unsafe { st.assume_init() };
-    // The field types are narrower on 32-bit targets.
-    #[allow(clippy::unnecessary_cast)]
-    let (bavail, frsize) = (st.f_bavail as u64, st.f_frsize as u64);
-    Some(bavail.saturating_mul(frsize))
 }
 
 #[cfg(test)]
@@ -223,14 +214,14 @@ mod tests {
             // SAFETY: posix_fallocate on a descriptor we own.
             unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len as libc::off_t) }
         };
-        let free = free_bytes(&spool_dir.join("reserve")).unwrap();
+        let free = free_bytes(&spool_dir).unwrap();
         fill("filler", free.saturating_sub(8192));
         for i in 0..64 {
             if fill(&format!("filler{i}"), 4096) != 0 {
                 break;
             }
         }
-        assert!(free_bytes(&spool_dir.join("reserve")).unwrap() < 4096, "the disk is not full");
+        assert!(free_bytes(&spool_dir).unwrap() < 4096, "the disk is not full");
         let payload = vec![b'x'; 1000];
         for i in 0..40 {
             sp.append("cam", &payload, i).unwrap_or_else(|e| panic!("append {i} on a full disk: {e}"));
