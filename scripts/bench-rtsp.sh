@@ -97,27 +97,28 @@ print(f"{cpu:.1f}", captured, scored, skipped, dropped, bad, f"<={q(0.5):g}", f"
 PY
 }
 
+# row LABEL NAME BFRAMES SECONDS [SPIN]: one measured run as a table row (echoed to stderr too).
+row() {
+  local label="$1" cpu cap sc sk dr bad p50 p99 mx
+  shift
+  read -r cpu cap sc sk dr bad p50 p99 mx <<<"$(run "$@")"
+  echo "| $label | $cpu | $cap | $sc | $sk | $dr | $bad | $p50 | $p99 | $mx |" | tee /dev/stderr
+}
+
 LOAD0="$(cut -d' ' -f1-3 /proc/loadavg)"
 echo "==> I/P frames only (most cameras), ${DURATION_S} s" >&2
-read -r cpu cap sc sk dr bad p50 p99 mx <<<"$(run ip 0 "$DURATION_S")"
-ROW_IP="| I and P frames (x264 zerolatency) | $cpu | $cap | $sc | $sk | $dr | $bad | $p50 | $p99 | $mx |"
-echo "$ROW_IP" >&2
+ROW_IP="$(row "I and P frames (x264 zerolatency)" ip 0 "$DURATION_S")"
 ROW_B=""
 BFRAMES_S="${BFRAMES_S:-$DURATION_S}"
 if [ "$BFRAMES_S" != 0 ]; then
   echo "==> with B-frames (bframes=2, disposable), ${BFRAMES_S} s" >&2
-  read -r cpu cap sc sk dr bad p50 p99 mx <<<"$(run bframes 2 "$BFRAMES_S")"
-  ROW_B="| I, P and 2 B-frames (disposable) | $cpu | $cap | $sc | $sk | $dr | $bad | $p50 | $p99 | $mx |"
-  echo "$ROW_B" >&2
+  ROW_B="$(row "I, P and 2 B-frames (disposable)" bframes 2 "$BFRAMES_S")"
 fi
-
 ROW_S=""
 SPIN_S="${SPIN_S:-$DURATION_S}"
 if [ "$SPIN_S" != 0 ]; then
   echo "==> I/P frames, spin = true (ONNX Runtime's default), ${SPIN_S} s" >&2
-  read -r cpu cap sc sk dr bad p50 p99 mx <<<"$(run spin 0 "$SPIN_S" true)"
-  ROW_S="| I and P frames, \`spin = true\` (ONNX Runtime's default) | $cpu | $cap | $sc | $sk | $dr | $bad | $p50 | $p99 | $mx |"
-  echo "$ROW_S" >&2
+  ROW_S="$(row "I and P frames, \`spin = true\` (ONNX Runtime's default)" spin 0 "$SPIN_S" true)"
 fi
 
 LOAD1="$(cut -d' ' -f1-3 /proc/loadavg)"
