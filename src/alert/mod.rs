@@ -14,6 +14,7 @@ pub mod cusum;
 pub mod event;
 pub mod open;
 mod policy;
+pub mod run_length;
 
 use std::collections::VecDeque;
 use std::time::SystemTime;
