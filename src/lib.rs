@@ -20,6 +20,7 @@ pub mod model;
 pub mod names;
 pub mod onnx;
 pub mod pipeline;
+pub mod plot;
 pub mod ratelimit;
 pub mod rng;
 pub mod runtime;

@@ -206,8 +206,7 @@ struct Forward {
 
 impl Forward {
     fn new(model: &LoadedModel, rt: &RuntimeOptions) -> Result<Self> {
-        let (fwd, output) =
-            crate::lab::eval::baselines::forward_logits_model(&model.model).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (fwd, output) = crate::model::forward_logits_model(&model.model).map_err(|e| anyhow::anyhow!("{e}"))?;
         let session = ModelSession::new(&onnx::encode(&fwd), rt)?;
         Ok(Forward { session, input: model.compiled.input_name.clone(), output })
     }
@@ -734,7 +733,7 @@ impl Report {
         );
         self.headline = Some(line);
         let fpr = over as f64 / cs.len().max(1) as f64;
-        let spec = crate::lab::eval::plot::PlotSpec {
+        let spec = crate::plot::PlotSpec {
             title: format!("{}: held-out clean vs corrupted (AUROC {auroc:.3})", model.info.name),
             x_label: "clean frames over the threshold (false-alarm rate)".into(),
             y_label: "corrupted frames detected".into(),
@@ -744,13 +743,13 @@ impl Report {
             diagonal: true,
         };
         let series = vec![
-            crate::lab::eval::plot::Series { label: "ROC".into(), points: roc::roc_curve(&cs, &us) },
-            crate::lab::eval::plot::Series {
+            crate::plot::Series { label: "ROC".into(), points: roc::roc_curve(&cs, &us) },
+            crate::plot::Series {
                 label: format!("threshold {:.3}: {:.1} % clean over it", calib.threshold, 100.0 * fpr),
                 points: vec![(fpr, 0.0), (fpr, 1.0)],
             },
         ];
-        self.roc_svg = Some(crate::lab::eval::plot::line_plot(&spec, &series));
+        self.roc_svg = Some(crate::plot::line_plot(&spec, &series));
         let Some(corrupted) = h.corrupted.as_ref().filter(|_| !h.combos.is_empty()) else { return };
         let _ = writeln!(
             self.per_type,

@@ -34,7 +34,7 @@ const MAX_FN_LINES: usize = 150;
 /// sits above the product, which never imports it, and the CLI above everything.
 const LAYERS: &[&[&str]] = &[
     &["base"],
-    &["names", "rng", "frame", "ratelimit", "fleet", "onnx"],
+    &["names", "rng", "frame", "ratelimit", "fleet", "onnx", "plot"],
     &["grad"],
     &["model", "data", "corrupt"],
     &["detector", "runtime"],
