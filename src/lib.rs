@@ -25,6 +25,7 @@ pub mod ratelimit;
 pub mod rng;
 pub mod runtime;
 pub mod service;
+pub mod setup;
 pub mod sink;
 pub mod snapshot;
 pub mod source;
