@@ -90,3 +90,18 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_joined_as_the_cli_prints_them_and_only_bad_input_exits_2() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let e = SetupError::io("writing report.md in out")(io);
+        assert_eq!(with_causes(&e), "writing report.md in out: gone");
+        assert_eq!(format!("{:#}", anyhow::Error::from(e)), "writing report.md in out: gone");
+        assert!(bad("no").is_bad_input());
+        assert!(!SetupError::Recipe("unknown corruption".into()).is_bad_input());
+    }
+}
