@@ -12,11 +12,24 @@
 //!   its p-value comes from [`Baseline::p_value`] with the same tail-scale floor as in the
 //!   daemon (the empirical bulk, the fitted tail and the floor are all simulated, not assumed
 //!   uniform);
-//! - **the dependence**: `U` follows a max-autoregressive chain with the baseline's extremal
-//!   index `theta`. On the unit Fréchet scale `X_t = max((1 - theta) X_{t-1}, theta Z_t)` with
-//!   `Z_t` independent unit Fréchet is stationary and unit Fréchet, and its exceedances of a
-//!   high level come in clusters of mean size `1 / theta` (a hard sign seen for several
-//!   blocks), the quantity the baseline measured; `U_t = exp(-1 / X_t)`.
+//! - **the dependence**: a block repeats the previous block's quantile with probability
+//!   `1 - theta` and draws a fresh one with probability `theta`, `theta` being the baseline's
+//!   extremal index. That is the mechanism the index measures on camera streams (one sign, or
+//!   one hard view, seen for several blocks): runs of equal values of mean length `1 / theta`,
+//!   whose extremal index is `theta`.
+//!
+//! **Limits, measured.** With independent blocks (`theta = 1`) the simulated `h` is about
+//! `ln 10` below the bound (5.74 against 8.19 at 24 a day), and an independent simulation of the
+//! real CUSUM confirms its run length (the tests). With dependent blocks the model is only as
+//! good as `theta` is a summary of the dependence: runs of *equal* values longer than
+//! `1.67 / theta` blocks give the increments infinite exponential moments at `kappa = 0.4`, so
+//! the simulated run length grows slower than `exp(h)` and `h` comes out *above* the bound at
+//! low rates (14.9 against 10.5 on the calibration fallback, `theta = 0.35`, at 2.4 a day),
+//! where the bound measured no false alarm in 37.6 h of camera-like tracks
+//! (`docs/results/alarms.md`): real runs are correlated, not equal, and this overstates them.
+//! (A max-autoregressive chain with the same index overstated them more: 17.6.) Hence
+//! `threshold = "bound"` stays the default; resampling the baseline's own time-ordered blocks
+//! would remove the model, but needs the learning sequence kept in order.
 //!
 //! A target too long to simulate in [`STEP_BUDGET`] steps is reached by extrapolation: the
 //! simulation finds `h` for the longest affordable target and the slope of `ln(run length)`
@@ -102,18 +115,17 @@ fn mean_first_passage(increments: &[f64], theta: f64, levels: &[f64], runs: u64,
         return total;
     }
     let mut rng = SplitMix64::new(seed);
-    let a = 1.0 - theta.clamp(0.01, 1.0);
+    let theta = theta.clamp(0.01, 1.0);
     for _ in 0..runs {
-        // Start the chain in its stationary law.
-        let mut x = frechet(&mut rng);
+        let mut i = rng.below(n);
         let mut s = 0.0f64;
         let mut next = 0usize;
         let mut t = 0u64;
         while t < cap && next < levels.len() {
             t += 1;
-            x = (a * x).max((1.0 - a) * frechet(&mut rng));
-            let u = (-1.0 / x).exp();
-            let i = ((u * n as f64) as usize).min(n - 1);
+            if t > 1 && rng.next_f64() < theta {
+                i = rng.below(n);
+            }
             s = (s + increments[i]).max(0.0);
             while next < levels.len() && s >= levels[next] {
                 total[next] += t as f64;
@@ -125,12 +137,6 @@ fn mean_first_passage(increments: &[f64], theta: f64, levels: &[f64], runs: u64,
         }
     }
     total.iter().map(|v| v / runs as f64).collect()
-}
-
-/// A unit Fréchet draw: `-1 / ln(V)` for a uniform `V` in (0, 1).
-fn frechet(rng: &mut SplitMix64) -> f64 {
-    let v = rng.next_f64().clamp(1e-300, 1.0 - 1e-16);
-    -1.0 / v.ln()
 }
 
 /// The level at which the (nondecreasing) mean run length reaches `target`, interpolated in
@@ -223,22 +229,22 @@ mod tests {
 
     #[test]
     fn the_chain_has_the_baselines_extremal_index() {
-        // Run the sampler's chain and measure it with the baseline's own estimator.
+        // The sampler's chain, measured with the baseline's own estimator.
         let (theta, n) = (0.3, 200_000);
         let mut rng = SplitMix64::new(5);
-        let a = 1.0 - theta;
-        let mut x = frechet(&mut rng);
+        let mut u = rng.next_f64();
         let seq: Vec<f32> = (0..n)
             .map(|_| {
-                x = f64::max(a * x, (1.0 - a) * frechet(&mut rng));
-                (-1.0 / x).exp() as f32
+                if rng.next_f64() < theta {
+                    u = rng.next_f64();
+                }
+                u as f32
             })
             .collect();
         let measured = crate::alert::baseline::extremal_index(&seq, 0.9);
-        assert!((measured - theta).abs() < 0.08, "extremal index {measured}");
-        // And the marginal is uniform.
+        assert!((measured - theta).abs() < 0.05, "extremal index {measured}");
         let below_half = seq.iter().filter(|&&u| u < 0.5).count() as f64 / n as f64;
-        assert!((below_half - 0.5).abs() < 0.02, "{below_half}");
+        assert!((below_half - 0.5).abs() < 0.03, "{below_half}");
     }
 
     #[test]
@@ -257,14 +263,15 @@ mod tests {
 
     #[test]
     fn clustered_blocks_need_a_higher_threshold_than_independent_ones() {
-        // Scaling the increments by theta does not undo all of the dependence: on a chain
-        // whose high values come in clusters of 1 / theta = 3.3 (and whose bulk is correlated
-        // too) the CUSUM drifts up more often, so the same rate needs a higher h, here above
-        // Lorden's bound (which assumes independent blocks).
+        // Scaling the increments by theta undoes a run of exactly 1 / theta equal blocks, not
+        // runs of random length: the longer ones push S up further, so the same rate needs a
+        // higher h than with independent blocks.
         let indep = simulated_threshold(&exponential_baseline(20_000, 1.0), 0.0, 0.4, 24.0, 1000, 7);
         let clustered = simulated_threshold(&exponential_baseline(20_000, 0.3), 0.0, 0.4, 24.0, 1000, 7);
-        assert!(clustered.h > indep.h + 2.0, "{indep:?} {clustered:?}");
-        assert!(clustered.h > clustered.bound && clustered.blocks_at_bound < clustered.target_blocks, "{clustered:?}");
+        assert!(clustered.h > indep.h + 1.0, "{indep:?} {clustered:?}");
+        // And at low rates above Lorden's bound (see the module doc).
+        let low = simulated_threshold(&exponential_baseline(20_000, 0.3), 0.0, 0.4, 2.4, 1000, 7);
+        assert!(low.h > low.bound, "{low:?}");
     }
 
     #[test]
@@ -275,6 +282,16 @@ mod tests {
         // needs less evidence.
         let floored = simulated_threshold(&b, 3.0, 0.4, 24.0, 1000, 11);
         assert!(floored.h < plain.h, "{plain:?} {floored:?}");
+    }
+
+    /// The numbers `docs/guide/alerts.md` and the module doc quote.
+    #[test]
+    fn the_guides_numbers() {
+        let indep = simulated_threshold(&exponential_baseline(7200, 1.0), 0.0, 0.4, 24.0, 1000, 1);
+        assert!((indep.h - 5.74).abs() < 0.1 && (indep.bound - 8.19).abs() < 0.01, "{indep:?}");
+        let fallback = crate::alert::cusum::fallback_baseline("cam", "ab", 1000, 2.0);
+        let f = simulated_threshold(&fallback, 0.0, 0.4, 2.4, 1000, 1);
+        assert!((f.h - 14.93).abs() < 0.1 && (f.bound - 10.49).abs() < 0.01, "{f:?}");
     }
 
     #[test]
