@@ -51,8 +51,10 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --release --all-targets -- -D warnings
 
+# --lib --bins --tests: the examples are not linked again (clippy above has checked they
+# compile) and there are no runnable doc tests.
 test: ort lint rules
-	$(CARGO) test --locked --release
+	$(CARGO) test --locked --release --lib --bins --tests
 
 # The shipped Prometheus rules: syntax, then their unit tests (deploy/prometheus/).
 rules: deps
