@@ -18,6 +18,8 @@
 //! clean-then-corrupted streams for detection delays, 10-minute ramps for slow degradation.
 
 mod cache;
+#[cfg(test)]
+mod fake;
 mod plan;
 mod replay;
 mod report;
@@ -147,6 +149,29 @@ mod tests {
         assert!(e.contains("840 onset tracks") && e.contains("2520"), "{e}");
         let e = check_plan(&plan(24, 3)).unwrap_err().to_string();
         assert!(e.contains("420 ramp tracks") && e.contains("1120"), "{e}");
+    }
+
+    /// The report of the fake cache, with its folder and replay time fixed.
+    fn fake_report() -> String {
+        let dir = tempfile::tempdir().unwrap();
+        super::fake::write_accuracy(dir.path());
+        let (tracks, real) = super::fake::tracks();
+        check_plan(&tracks).unwrap();
+        let md = super::report::report(&super::fake::config(dir.path()), &tracks, &real).unwrap();
+        let md = md.replace(&dir.path().display().to_string(), "CACHE");
+        let (head, rest) = md.split_once("replay took ").unwrap();
+        let (_, tail) = rest.split_once(" s.").unwrap();
+        format!("{head}replay took 0 s.{tail}")
+    }
+
+    #[test]
+    fn the_report_of_a_fake_cache_is_the_one_recorded() {
+        let md = fake_report();
+        let path = "src/lab/alarms/testdata/fake-report.md";
+        if std::env::var_os("GRADWATCH_WRITE_FIXTURE").is_some() {
+            std::fs::write(path, &md).unwrap();
+        }
+        assert_eq!(md, std::fs::read_to_string(path).unwrap());
     }
 
     #[test]
