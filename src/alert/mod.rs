@@ -32,7 +32,7 @@ pub use baseline::{Baseline, BaselineConfig, Learner};
 pub use config::AlertConfig;
 pub use cusum::{Cusum, CusumParams};
 pub use event::{Alert, EndReason, Event, ModelRef, PolicyDetail, Scored};
-pub use policy::{AlertPolicy, PolicyKind};
+pub use policy::{AlertPolicy, PolicyKind, ThresholdRule};
 
 use decider::{Decider, Verdict};
 

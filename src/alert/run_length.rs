@@ -26,8 +26,8 @@ use super::baseline::Baseline;
 use super::cusum::{Cusum, CusumParams};
 use crate::rng::SplitMix64;
 
-/// Most CUSUM steps one simulation takes (about 0.1-0.3 s on one core).
-pub const STEP_BUDGET: u64 = 16_000_000;
+/// Most CUSUM steps one simulation takes (tens of milliseconds on one core, once per baseline).
+pub const STEP_BUDGET: u64 = 4_000_000;
 /// Runs at least (the mean run length's relative standard error is `1 / sqrt(runs)`).
 const MIN_RUNS: u64 = 60;
 /// Runs at most.

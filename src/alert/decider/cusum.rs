@@ -8,8 +8,9 @@ use std::time::SystemTime;
 
 use super::{Decider, Verdict};
 use crate::alert::cusum::{block_statistic, fallback_baseline};
+use crate::alert::run_length::simulated_threshold;
 use crate::alert::{ms_between, AlertPolicy, Baseline, BaselineConfig, Cusum, CusumParams, Learner, Open};
-use crate::alert::{PolicyDetail, PolicyKind, Scored};
+use crate::alert::{PolicyDetail, PolicyKind, Scored, ThresholdRule};
 use crate::base::time::unix_ms;
 
 /// Frames kept per block at most (a block of a very fast stream keeps its first ones).
@@ -37,7 +38,14 @@ pub(super) struct CusumDecider {
     last_block: Option<(f32, f64)>,
     /// Blocks closed.
     blocks: u64,
+    /// Under [`ThresholdRule::Simulated`]: the tail floor and the `h` simulated for the
+    /// baseline in force (cleared whenever the baseline is replaced; adaptation, slow and
+    /// bounded, keeps it).
+    simulated_h: Option<(f64, f64)>,
 }
+
+/// Seed of the threshold simulation (one fixed seed: the same baseline gives the same `h`).
+const SIMULATION_SEED: u64 = 0x25_c05a;
 
 impl CusumDecider {
     /// The state of `policy` for `stream`, whose scores come from the model `model_sha256`.
@@ -55,6 +63,15 @@ impl CusumDecider {
             candidate: None,
             last_block: None,
             blocks: 0,
+            simulated_h: None,
+        }
+    }
+
+    /// The threshold in force: the simulated one once simulated, else Lorden's bound.
+    fn h(&self) -> f64 {
+        match (self.policy.threshold, self.simulated_h) {
+            (ThresholdRule::Simulated, Some((_, h))) => h,
+            _ => CusumParams::threshold(self.policy.false_alarms_per_day, self.policy.block_ms),
         }
     }
 
@@ -66,12 +83,30 @@ impl CusumDecider {
         let mut scores: Vec<f32> = frames.iter().map(|f| f.score).collect();
         let x = block_statistic(&mut scores);
         let Some(baseline) = self.baseline.as_ref() else { return Verdict::Wait };
-        let params = self.policy.cusum_params(baseline);
         // The calibration's tail scale bounds a *learned* baseline's; the fallback has its own.
         let floor = match (self.learned, frames.last()) {
             (true, Some(f)) => f64::from(f.clean_tail_scale),
             _ => 0.0,
         };
+        let mut params = self.policy.cusum_params(baseline);
+        if self.policy.threshold == ThresholdRule::Simulated {
+            params.h = match self.simulated_h {
+                Some((f, h)) if f == floor => h,
+                _ => {
+                    let p = &self.policy;
+                    let sim = simulated_threshold(
+                        baseline,
+                        floor,
+                        p.kappa,
+                        p.false_alarms_per_day,
+                        p.block_ms,
+                        SIMULATION_SEED,
+                    );
+                    self.simulated_h = Some((floor, sim.h));
+                    sim.h
+                }
+            };
+        }
         let p = baseline.p_value(x, floor);
         self.stat.update(&params, p, open.is_some());
         self.last_block = Some((x, p));
@@ -82,6 +117,7 @@ impl CusumDecider {
             if let Some(b) = learner.block(unix_ms(now), x, suspicious, current) {
                 self.baseline = Some(b);
                 self.learned = true;
+                self.simulated_h = None;
             }
         }
         if let Some(o) = open {
@@ -154,7 +190,7 @@ impl Decider for CusumDecider {
         PolicyDetail {
             policy: Some(PolicyKind::Cusum.as_str().into()),
             statistic: Some(self.stat.s),
-            statistic_threshold: Some(CusumParams::threshold(self.policy.false_alarms_per_day, self.policy.block_ms)),
+            statistic_threshold: Some(self.h()),
             false_alarms_per_day: Some(self.policy.false_alarms_per_day),
             baseline: Some(if self.learned { "learned" } else { "calibration" }.into()),
         }
@@ -174,6 +210,7 @@ impl Decider for CusumDecider {
         }
         self.baseline = Some(baseline);
         self.learned = true;
+        self.simulated_h = None;
         Ok(())
     }
 
@@ -198,6 +235,7 @@ impl Decider for CusumDecider {
         if prev.learned {
             self.baseline = prev.baseline.take();
             self.learned = self.baseline.is_some();
+            self.simulated_h = None;
         }
         Ok(())
     }
@@ -259,5 +297,36 @@ mod tests {
         assert_eq!(d.baseline().map(|(_, learned)| learned), Some(false));
         d.reset();
         assert_eq!(d.statistic(), 0.0);
+    }
+
+    /// Blocks until the first raise, on frames of 10 per 1 s block scoring `score`, with a
+    /// learned baseline of independent unit-exponential block statistics (theta 1).
+    fn blocks_to_raise(policy: &AlertPolicy, score: f32) -> (u64, f64) {
+        let mut d = CusumDecider::new("cam", policy, "ab");
+        let n = 5000;
+        let blocks: Vec<f32> = (0..n).map(|i| (-(1.0 - (i as f64 + 0.5) / n as f64).ln()) as f32).collect();
+        let mut baseline = Baseline::from_blocks("cam", "ab", 1000, &blocks).unwrap();
+        baseline.theta = 1.0;
+        d.set_baseline(baseline).unwrap();
+        for seq in 0..100_000 {
+            if let Verdict::Raise(_) = d.push(&frame(seq, score), None) {
+                return (seq / 10, d.detail().statistic_threshold.unwrap_or(f64::NAN));
+            }
+        }
+        panic!("no raise");
+    }
+
+    /// With independent blocks the simulated threshold is lower than the bound (the bound is
+    /// loose), so the same evidence raises sooner, and events report the `h` in force.
+    #[test]
+    fn a_simulated_threshold_raises_sooner_than_the_bound() {
+        let bound = AlertPolicy { policy: PolicyKind::Cusum, ..AlertPolicy::default() };
+        let simulated = AlertPolicy { threshold: ThresholdRule::Simulated, ..bound.clone() };
+        // A block median at the baseline's 95th percentile: moderate evidence per block.
+        let (b_blocks, b_h) = blocks_to_raise(&bound, 3.0);
+        let (s_blocks, s_h) = blocks_to_raise(&simulated, 3.0);
+        assert_eq!(b_h, CusumParams::threshold(bound.false_alarms_per_day, bound.block_ms));
+        assert!(s_h < b_h - 1.0, "simulated h {s_h}, bound {b_h}");
+        assert!(s_blocks < b_blocks, "{s_blocks} blocks with the simulated h, {b_blocks} with the bound");
     }
 }
