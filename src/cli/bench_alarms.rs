@@ -1,6 +1,7 @@
 //! `gradwatch bench-alarms`: false alarms per hour and detection delays of the alert policies
 //! (`docs/results/alarms.md`, `make bench-alarms`). The experiment lives in
-//! [`crate::lab::alarms`]; this file parses the arguments and writes the report.
+//! [`crate::lab::alarms`]; this file parses the arguments and writes the report and its
+//! numbers (JSON beside it).
 
 use std::path::PathBuf;
 
@@ -31,7 +32,7 @@ pub struct BenchAlarmsArgs {
     /// `scripts/heldout-tracks.py`): replayed as real camera tracks.
     #[arg(long, default_value = "models/train/heldout-tracks.csv")]
     pub heldout: PathBuf,
-    /// The report to write.
+    /// The report to write; its numbers go beside it as JSON (`alarms.md` -> `alarms.json`).
     #[arg(long, default_value = "docs/results/alarms.md")]
     pub out: PathBuf,
     /// Hours of clean frame time to replay per policy.
@@ -66,11 +67,14 @@ pub fn run(a: BenchAlarmsArgs) -> Result<i32> {
     if a.score_only {
         return Ok(0);
     }
-    let report = alarms::report_from_cache(&cfg)?;
+    let results = alarms::report_from_cache(&cfg)?;
     if let Some(dir) = a.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(&a.out, report).with_context(|| format!("writing {}", a.out.display()))?;
-    eprintln!("bench-alarms: wrote {}", a.out.display());
+    std::fs::write(&a.out, alarms::markdown(&results)).with_context(|| format!("writing {}", a.out.display()))?;
+    let json = a.out.with_extension("json");
+    let text = serde_json::to_string_pretty(&results).context("encoding the results as JSON")?;
+    std::fs::write(&json, text + "\n").with_context(|| format!("writing {}", json.display()))?;
+    eprintln!("bench-alarms: wrote {} and {}", a.out.display(), json.display());
     Ok(0)
 }

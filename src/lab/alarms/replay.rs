@@ -10,6 +10,7 @@ use crate::rng::SplitMix64;
 
 use super::cache::*;
 use super::plan::*;
+use super::results::*;
 use super::*;
 
 /// Frame interval of every replayed stream (10 fps of frame time).
@@ -167,17 +168,14 @@ pub(super) fn learn_baseline(
 }
 
 /// The false-alarm table of every policy over the clean `scores` (a variant that learns uses
-/// `learned`); returns false alarms per hour by policy.
-pub(super) fn false_alarm_table<'a>(
-    w: &mut String,
+/// `learned`): false alarms per hour by policy, and the table's rows.
+pub(super) fn false_alarm_table(
     scores: &[f32],
     learned: &crate::alert::Baseline,
     gate: &dyn Fn(&Variant) -> Gate,
-) -> Result<BTreeMap<&'a str, f64>> {
-    use std::fmt::Write as _;
-    writeln!(w, "| policy | clean frame time | alerts | false alarms / hour | over-threshold frames |")?;
-    writeln!(w, "|---|---:|---:|---:|---:|")?;
+) -> Result<(BTreeMap<&'static str, f64>, Vec<FalseAlarmRow>)> {
     let mut rate = BTreeMap::new();
+    let mut rows = Vec::new();
     for v in policies() {
         let g = gate(&v);
         let over = scores.iter().filter(|&&s| s > g.threshold).count() as f64 / scores.len().max(1) as f64;
@@ -185,17 +183,15 @@ pub(super) fn false_alarm_table<'a>(
         let starts = replay(&mut t, scores, 0, g);
         let hours = scores.len() as f64 * FRAME_MS as f64 / 3_600_000.0;
         rate.insert(v.name, starts.len() as f64 / hours);
-        writeln!(
-            w,
-            "| {} | {hours:.2} h | {} | {:.2} | {:.1} % |",
-            v.name,
-            starts.len(),
-            starts.len() as f64 / hours,
-            100.0 * over
-        )?;
+        rows.push(FalseAlarmRow {
+            policy: v.name.to_string(),
+            hours,
+            alerts: starts.len(),
+            per_hour: starts.len() as f64 / hours,
+            over_pct: 100.0 * over,
+        });
     }
-    writeln!(w)?;
-    Ok(rate)
+    Ok((rate, rows))
 }
 
 /// [`ONSETS`] onsets of `pool`, each after [`LEAD_S`] s (plus a random offset) of `clean`,
@@ -299,28 +295,12 @@ pub(super) fn window_means(x: &[f32], w: usize) -> Vec<f64> {
 /// crossing in that time: about the 0.1-an-hour target), and the share of harmful onsets whose
 /// first `W` seconds alone have a higher mean. A policy that decides within `W` s of an onset
 /// at that false-alarm rate, from the mean score, cannot catch more.
-pub(super) fn window_bound(w: &mut String, clean: &[&CachedTrack], cells: &[OnsetCell]) -> Result<()> {
-    use std::fmt::Write as _;
+pub(super) fn window_bound(clean: &[&CachedTrack], cells: &[OnsetCell]) -> Bound {
     let mut rng = SplitMix64::new(SEED ^ 0x0B0D);
     let mut clean_scores = Vec::new();
     fill(&mut clean_scores, clean, (BOUND_HOURS * 3_600_000.0 / FRAME_MS as f64) as usize, &mut rng);
     let pools: Vec<&[&CachedTrack]> = cells.iter().filter(|c| c.harmful()).map(|c| c.pool.as_slice()).collect();
-    writeln!(
-        w,
-        "## What any policy could do with these scores
-"
-    )?;
-    writeln!(
-        w,
-        "For a decision within W s of the onset: the threshold is the highest mean score of any W-s window of \
-         {BOUND_HOURS} h of clean tracks (so at most one crossing in that time, about the 0.1-an-hour target); \
-         the share is of harmful onsets ({ONSETS} per harmful corruption and level, {} in all) whose first W s alone \
-         have a higher mean score. No policy deciding on the mean score within W s at that false-alarm rate \
-         catches more; a median delay of 3 s needs half of them by 3 s.\n",
-        pools.len() * ONSETS
-    )?;
-    writeln!(w, "| window W | clean threshold (max window mean) | harmful onsets above it from their first W s |")?;
-    writeln!(w, "|---:|---:|---:|")?;
+    let mut rows = Vec::new();
     for wsec in BOUND_WINDOWS_S {
         let n = (wsec * 1000 / FRAME_MS) as usize;
         let thr = window_means(&clean_scores, n).into_iter().fold(f64::NEG_INFINITY, f64::max);
@@ -333,14 +313,15 @@ pub(super) fn window_bound(w: &mut String, clean: &[&CachedTrack], cells: &[Onse
                 hits += usize::from(window_means(&s, n).first().is_some_and(|&m| m > thr));
             }
         }
-        writeln!(
-            w,
-            "| {wsec} s | {thr:.2} | {hits} of {total} ({:.0} %) |",
-            100.0 * hits as f64 / total.max(1) as f64
-        )?;
+        rows.push(BoundRow {
+            window_s: wsec,
+            threshold: thr,
+            hits,
+            total,
+            pct: 100.0 * hits as f64 / total.max(1) as f64,
+        });
     }
-    writeln!(w)?;
-    Ok(())
+    Bound { harmful_onsets: pools.len() * ONSETS, rows }
 }
 
 pub(super) fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -359,22 +340,22 @@ pub(super) struct Delays {
 }
 
 impl Delays {
-    pub(super) fn cell(&self) -> String {
-        if self.delays.is_empty() {
-            return format!("missed {}/{}", self.missed, self.missed);
+    /// Their summary (the delays sorted).
+    pub(super) fn summary(&self) -> DelaySummary {
+        DelaySummary {
+            onsets: self.delays.len() + self.missed,
+            detected: self.delays.len(),
+            missed: self.missed,
+            median: percentile(&self.delays, 0.5),
+            p90: percentile(&self.delays, 0.9),
+            max: self.delays.last().copied().unwrap_or(f64::NAN),
         }
-        let miss = if self.missed > 0 { format!(", **{} missed**", self.missed) } else { String::new() };
-        format!(
-            "{:.1} / {:.1} / {:.1}{miss}",
-            percentile(&self.delays, 0.5),
-            percentile(&self.delays, 0.9),
-            self.delays.last().copied().unwrap_or(f64::NAN)
-        )
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::render::delay_cell;
     use super::{percentile, Delays};
 
     #[test]
@@ -389,10 +370,10 @@ mod tests {
     #[test]
     fn a_delay_cell_shows_median_p90_max_and_the_misses() {
         let d = Delays { delays: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0], missed: 0, early: 0 };
-        assert_eq!(d.cell(), "5.0 / 9.0 / 10.0");
+        assert_eq!(delay_cell(&d.summary()), "5.0 / 9.0 / 10.0");
         let d = Delays { delays: vec![2.5], missed: 2, early: 0 };
-        assert_eq!(d.cell(), "2.5 / 2.5 / 2.5, **2 missed**");
+        assert_eq!(delay_cell(&d.summary()), "2.5 / 2.5 / 2.5, **2 missed**");
         let d = Delays { delays: Vec::new(), missed: 3, early: 0 };
-        assert_eq!(d.cell(), "missed 3/3");
+        assert_eq!(delay_cell(&d.summary()), "missed 3/3");
     }
 }
