@@ -23,10 +23,10 @@ SHELL := /bin/bash
 CARGO ?= cargo
 ORT_DIR := .ort/host
 export ORT_DYLIB_PATH ?= $(CURDIR)/$(ORT_DIR)/libonnxruntime.so
-# Debian packages the build and the tests need (bindgen for v4l, the MQTT test broker, nasm for
-# OpenH264's SIMD, GStreamer's RTSP server and encoders for the rtsp source's tests, promtool
-# from prometheus for the shipped alert rules).
-APT_PACKAGES := libclang-dev pkg-config mosquitto python3-pip unzip nasm \
+# Debian packages the build and the tests need (bindgen for v4l, the MQTT test broker, the
+# system's OpenH264 that the default `h264-system` feature loads, GStreamer's RTSP server and
+# encoders for the rtsp source's tests, promtool from prometheus for the shipped alert rules).
+APT_PACKAGES := libclang-dev pkg-config mosquitto python3-pip unzip libopenh264-7 \
 	python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad prometheus
 

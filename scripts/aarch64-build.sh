@@ -3,6 +3,9 @@
 #
 #   scripts/aarch64-build.sh [extra cargo args, e.g. --example ort_smoke]
 #
+# OpenH264 is compiled in (`--features h264-source`; its aarch64 assembly goes through the C
+# compiler, nasm is for x86 only), so the Jetson binary carries its own decoder instead of depending
+# on which libopenh264 JetPack's Ubuntu packages.
 # Uses cargo-zigbuild (zig as the C compiler and linker) against glibc 2.31, so one binary runs
 # on JetPack 5 (Ubuntu 20.04, glibc 2.31) and JetPack 6 (Ubuntu 22.04, glibc 2.35).
 # Installs what is missing, idempotently (a fresh Debian 12 machine is enough; no Docker):
@@ -69,9 +72,9 @@ esac
 export PATH="$VENV/bin:$PATH"
 
 # --- build -----------------------------------------------------------------------------------
-step "cargo zigbuild --release --locked --target $TARGET.$GLIBC_TARGET $*"
+step "cargo zigbuild --release --locked --target $TARGET.$GLIBC_TARGET --features h264-source $*"
 start=$(date +%s)
-"$CARGO" zigbuild --release --locked --target "$TARGET.$GLIBC_TARGET" "$@" ||
+"$CARGO" zigbuild --release --locked --target "$TARGET.$GLIBC_TARGET" --features h264-source "$@" ||
   fail "cargo zigbuild (see the compiler output above)"
 step "built in $(($(date +%s) - start)) s"
 

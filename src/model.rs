@@ -34,6 +34,9 @@ pub enum ModelError {
     /// A preprocessing (override or stored in a calibration) that does not fit the model's input.
     #[error("preprocessing does not fit the model: {0}")]
     Preprocessing(String),
+    /// The graph has no outputs, so no class scores.
+    #[error("the model has no outputs")]
+    NoOutputs,
 }
 
 /// Memory order of the model's image input.
@@ -494,6 +497,22 @@ impl LoadedModel {
         self.model = ModelProto::default();
         self.compiled.model = ModelProto::default();
     }
+}
+
+/// The model's logits-only forward graph: the first output, or the input of a trailing
+/// Softmax/LogSoftmax (the same logits [`crate::grad::compile`] differentiates).
+pub fn forward_logits_model(model: &ModelProto) -> Result<(ModelProto, String), ModelError> {
+    let mut m = model.clone();
+    let g = m.graph.as_mut().ok_or(OnnxError::NoGraph)?;
+    let out0 = g.output.first().ok_or(ModelError::NoOutputs)?.name.clone();
+    let mut logits = out0;
+    if let Some(n) = g.node.iter().find(|n| n.output.first() == Some(&logits)) {
+        if (n.op_type == "Softmax" || n.op_type == "LogSoftmax") && !n.input.is_empty() {
+            logits = n.input[0].clone();
+        }
+    }
+    g.output = vec![onnx::make_value_info(&logits, onnx::data_type::FLOAT, &[None, None])];
+    Ok((m, logits))
 }
 
 /// Index and value of the largest softmax probability of a logits row.

@@ -4,6 +4,13 @@
 //! threshold, clear at j or fewer) and `cusum` (a CUSUM of per-second p-values under the
 //! stream's [`Baseline`], its threshold set by `false_alarms_per_day`; see [`cusum`]).
 //!
+//! Where things are: the [`AlertTracker`] here (what every policy shares: the stream and
+//! sequence checks, the open alert, its minimum duration and updates, the events); each
+//! policy's running state in `decider/` (one file per policy behind one trait); the CUSUM's
+//! math in `cusum.rs`, the learned baseline in `baseline.rs`, the policy keys in `policy.rs`,
+//! the `[alert]` config in `config.rs`, the wire types in `event.rs`, and the open alerts kept
+//! across a crash in `open.rs`.
+//!
 //! Times come from the frames, never from the wall clock, so recorded score sequences replay to
 //! identical events. The JSON form of [`Event`] is the wire format of every sink and is
 //! documented in `docs/guide/alerts.md`.
@@ -11,11 +18,12 @@
 pub mod baseline;
 mod config;
 pub mod cusum;
+mod decider;
 pub mod event;
 pub mod open;
 mod policy;
+pub mod run_length;
 
-use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use crate::base::time::{rfc3339_ms, unix_ms};
@@ -24,7 +32,9 @@ pub use baseline::{Baseline, BaselineConfig, Learner};
 pub use config::AlertConfig;
 pub use cusum::{Cusum, CusumParams};
 pub use event::{Alert, EndReason, Event, ModelRef, PolicyDetail, Scored};
-pub use policy::{AlertPolicy, PolicyKind};
+pub use policy::{AlertPolicy, PolicyKind, ThresholdRule};
+
+use decider::{Decider, Verdict};
 
 /// Errors of the alert module.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +44,7 @@ pub enum AlertError {
     InvalidPolicy(String),
 }
 
-/// Running statistics of an open alert.
+/// Running statistics of an open alert (or of the alert a policy would raise).
 #[derive(Clone, Debug)]
 struct Open {
     id: String,
@@ -87,71 +97,32 @@ impl Open {
     }
 }
 
-/// Debounced alert state machine for one stream.
+/// Debounced alert state machine for one stream: the stream and sequence checks, the open
+/// alert, its minimum duration and periodic updates, and the events; the policy's own state
+/// (a window of frames, or blocks and a CUSUM with a baseline) is its decider (`decider/`).
 pub struct AlertTracker {
     stream: String,
     policy: AlertPolicy,
     model: ModelRef,
-    /// The last `window` frames, kept in full so a raise can account for the frames since
-    /// the first over-threshold one.
-    recent: VecDeque<Scored>,
-    over_in_window: usize,
+    decider: Box<dyn Decider>,
     last_seq: Option<u64>,
     open: Option<Open>,
     out_of_order: u64,
-    /// The cusum policy's state (`None` under `k_of_n`).
-    cusum: Option<CusumState>,
-}
-
-/// Frames kept per block at most (a block of a very fast stream keeps its first ones).
-const MAX_BLOCK_FRAMES: usize = 10_000;
-
-/// The cusum policy's running state.
-struct CusumState {
-    stat: Cusum,
-    /// Frames of the current block.
-    block: Vec<Scored>,
-    block_start: Option<SystemTime>,
-    /// The clean distribution in force; `None` until the first frame brings the threshold
-    /// the calibration fallback is derived from.
-    baseline: Option<Baseline>,
-    /// Whether `baseline` was learned on this stream (else the calibration fallback).
-    learned: bool,
-    learner: Option<Learner>,
-    /// The alert that would open if `S` reached `h`: from the first block of the current
-    /// run of `S > 0` (the CUSUM's change-point estimate).
-    candidate: Option<Open>,
-    /// The last block's statistic and p-value (for metrics and tests).
-    last_block: Option<(f32, f64)>,
-    /// Blocks closed.
-    blocks: u64,
 }
 
 impl AlertTracker {
     /// A tracker for `stream`; fails if the policy is inconsistent.
     pub fn new(stream: impl Into<String>, policy: AlertPolicy, model: ModelRef) -> Result<Self, AlertError> {
         policy.validate()?;
-        let policy_kind = policy.policy;
+        let stream = stream.into();
         Ok(AlertTracker {
-            stream: stream.into(),
-            recent: VecDeque::with_capacity(policy.window),
+            decider: decider::for_policy(&stream, &policy, &model),
+            stream,
             policy,
             model,
-            over_in_window: 0,
             last_seq: None,
             open: None,
             out_of_order: 0,
-            cusum: (policy_kind == PolicyKind::Cusum).then(|| CusumState {
-                stat: Cusum::default(),
-                block: Vec::new(),
-                block_start: None,
-                baseline: None,
-                learned: false,
-                learner: None,
-                candidate: None,
-                last_block: None,
-                blocks: 0,
-            }),
         })
     }
 
@@ -159,25 +130,13 @@ impl AlertTracker {
     /// distribution; ignored under `k_of_n` or when it was taken at another block length or
     /// for another model.
     pub fn set_baseline(&mut self, baseline: Baseline) -> Result<(), String> {
-        let Some(c) = self.cusum.as_mut() else { return Ok(()) };
-        baseline.validate()?;
-        if baseline.block_ms != self.policy.block_ms {
-            return Err(format!("baseline block_ms {} != policy block_ms {}", baseline.block_ms, self.policy.block_ms));
-        }
-        if baseline.model_sha256 != self.model.sha256 {
-            return Err("baseline belongs to another model (sha256 differs)".into());
-        }
-        c.baseline = Some(baseline);
-        c.learned = true;
-        Ok(())
+        self.decider.set_baseline(baseline)
     }
 
     /// Learns the stream's baseline from its clean blocks (and adapts it afterwards) under
     /// `config`; no-op under `k_of_n`.
     pub fn learn_baseline(&mut self, config: BaselineConfig) {
-        if let Some(c) = self.cusum.as_mut() {
-            c.learner = Some(Learner::new(config, &self.stream, &self.model.sha256, self.policy.block_ms));
-        }
+        self.decider.learn_baseline(config);
     }
 
     /// Takes over `old`'s learned baseline and its learner (the blocks learned so far, the
@@ -186,62 +145,37 @@ impl AlertTracker {
     /// block length under both policies; otherwise nothing is taken (a learned baseline is
     /// refused with the reason, and learning starts over at the new block length).
     pub fn carry_baseline_from(&mut self, old: &mut AlertTracker) -> Result<(), String> {
-        let block_ms = self.policy.block_ms;
-        let (Some(new), Some(prev)) = (self.cusum.as_mut(), old.cusum.as_mut()) else { return Ok(()) };
-        if old.policy.block_ms != block_ms {
-            if prev.learned {
-                return Err(format!("baseline block_ms {} != policy block_ms {block_ms}", old.policy.block_ms));
-            }
-            return Ok(());
-        }
-        if new.learner.is_some() {
-            if let Some(l) = prev.learner.take() {
-                new.learner = Some(l);
-            }
-        }
-        if prev.learned {
-            new.baseline = prev.baseline.take();
-            new.learned = new.baseline.is_some();
-        }
-        Ok(())
+        self.decider.carry_baseline_from(old.decider.as_mut())
     }
 
     /// The clean distribution in force and whether it was learned on this stream (`None`
     /// under `k_of_n`, or before the first frame without a learned one).
     pub fn baseline(&self) -> Option<(&Baseline, bool)> {
-        let c = self.cusum.as_ref()?;
-        c.baseline.as_ref().map(|b| (b, c.learned))
+        self.decider.baseline()
     }
 
     /// The learned baseline when it was completed or adapted since the last call (to persist
     /// it).
     pub fn take_changed_baseline(&mut self) -> Option<Baseline> {
-        let c = self.cusum.as_mut()?;
-        let changed = c.learner.as_mut().is_some_and(Learner::take_changed);
-        if changed && c.learned {
-            c.baseline.clone()
-        } else {
-            None
-        }
+        self.decider.take_changed_baseline()
     }
 
     /// Blocks learned so far and blocks needed, while a baseline is being learned.
     pub fn learning_progress(&self) -> Option<(usize, usize)> {
-        let c = self.cusum.as_ref()?;
-        if c.learned {
-            return None;
-        }
-        c.learner.as_ref().map(|l| (l.learning_blocks(), l.blocks_needed()))
+        self.decider.learning_progress()
     }
 
     /// The CUSUM statistic `S` (0 under `k_of_n`).
     pub fn statistic(&self) -> f64 {
-        self.cusum.as_ref().map_or(0.0, |c| c.stat.s)
+        match self.policy.policy {
+            PolicyKind::Cusum => self.decider.statistic(),
+            PolicyKind::KOfN => 0.0,
+        }
     }
 
     /// The last closed block's statistic (median score) and p-value, under `cusum`.
     pub fn last_block(&self) -> Option<(f32, f64)> {
-        self.cusum.as_ref().and_then(|c| c.last_block)
+        self.decider.last_block()
     }
 
     /// The policy in force.
@@ -264,9 +198,13 @@ impl AlertTracker {
         self.open.is_some()
     }
 
-    /// Over-threshold frames among the last `window` frames.
+    /// Over-threshold frames among the last `window` frames (0 under `cusum`).
     pub fn over_in_window(&self) -> usize {
-        self.over_in_window
+        match self.policy.policy {
+            // The k-of-n statistic is that count.
+            PolicyKind::KOfN => self.decider.statistic() as usize,
+            PolicyKind::Cusum => 0,
+        }
     }
 
     /// Frames ignored because their `seq` did not increase (duplicates, reordering).
@@ -284,43 +222,36 @@ impl AlertTracker {
             return Vec::new();
         }
         self.last_seq = Some(s.seq);
-        if self.cusum.is_some() {
-            return self.push_cusum(s);
-        }
-        self.recent.push_back(s.clone());
-        if s.is_over() {
-            self.over_in_window += 1;
-        }
-        if self.recent.len() > self.policy.window {
-            if let Some(old) = self.recent.pop_front() {
-                if old.is_over() {
-                    self.over_in_window -= 1;
-                }
-            }
-        }
+        let verdict = self.decider.push(s, self.open.as_mut());
+        self.follow(verdict, s.time).into_iter().collect()
+    }
 
-        let mut out = Vec::new();
-        match self.open.as_mut() {
-            None => {
-                if self.over_in_window >= self.policy.raise {
-                    out.push(self.raise(s.time));
-                }
+    /// Acts on the policy's verdict on the frame at `now`.
+    fn follow(&mut self, verdict: Verdict, now: SystemTime) -> Option<Event> {
+        let clear = match verdict {
+            Verdict::Wait => return None,
+            Verdict::Raise(mut open) => {
+                open.raised_at = now;
+                open.last_emit = now;
+                self.open = Some(*open);
+                return Some(Event::AlertStart { alert: self.snapshot(now) });
             }
-            Some(open) => {
-                open.add(s);
-                let held = ms_between(open.raised_at, s.time) >= self.policy.min_duration_ms;
-                if self.over_in_window <= self.policy.clear && held {
-                    out.push(self.close(s.time, EndReason::Cleared));
-                } else if self.policy.update_interval_ms > 0
-                    && ms_between(open.last_emit, s.time) >= self.policy.update_interval_ms
-                {
-                    open.last_emit = s.time;
-                    let alert = self.snapshot(s.time);
-                    out.push(Event::AlertUpdate { alert });
-                }
-            }
+            Verdict::Stay => false,
+            Verdict::Clear => true,
+        };
+        let open = self.open.as_mut()?;
+        let held = ms_between(open.raised_at, now) >= self.policy.min_duration_ms;
+        if clear && held {
+            self.decider.cleared();
+            Some(self.close(now, EndReason::Cleared))
+        } else if self.policy.update_interval_ms > 0
+            && ms_between(open.last_emit, now) >= self.policy.update_interval_ms
+        {
+            open.last_emit = now;
+            Some(Event::AlertUpdate { alert: self.snapshot(now) })
+        } else {
+            None
         }
-        out
     }
 
     /// Closes an open alert with reason "shutdown" at `time`.
@@ -352,121 +283,8 @@ impl AlertTracker {
     }
 
     fn reset_window(&mut self) {
-        self.recent.clear();
-        self.over_in_window = 0;
         self.last_seq = None;
-        if let Some(c) = self.cusum.as_mut() {
-            c.stat.reset();
-            c.block.clear();
-            c.block_start = None;
-            c.candidate = None;
-        }
-    }
-
-    /// `cusum`: adds the frame to its block; the first frame past a block's end closes it.
-    fn push_cusum(&mut self, s: &Scored) -> Vec<Event> {
-        let mut out = Vec::new();
-        let block_ms = self.policy.block_ms;
-        let Some(c) = self.cusum.as_mut() else { return out };
-        if c.baseline.is_none() {
-            c.baseline = Some(cusum::fallback_baseline(&self.stream, &self.model.sha256, block_ms, s.threshold));
-        }
-        if c.block_start.is_some_and(|t| ms_between(t, s.time) >= block_ms) {
-            out.extend(self.close_block(s.time));
-        }
-        let Some(c) = self.cusum.as_mut() else { return out };
-        if c.block_start.is_none() {
-            c.block_start = Some(s.time);
-        }
-        if c.block.len() < MAX_BLOCK_FRAMES {
-            c.block.push(s.clone());
-        }
-        out
-    }
-
-    /// `cusum`: scores the finished block, updates the CUSUM, raises / clears / updates.
-    fn close_block(&mut self, now: SystemTime) -> Vec<Event> {
-        let mut out = Vec::new();
-        let Some(c) = self.cusum.as_mut() else { return out };
-        let frames = std::mem::take(&mut c.block);
-        c.block_start = None;
-        let mut scores: Vec<f32> = frames.iter().map(|f| f.score).collect();
-        let x = cusum::block_statistic(&mut scores);
-        let Some(baseline) = c.baseline.as_ref() else { return out };
-        let params = self.policy.cusum_params(baseline);
-        // The calibration's tail scale bounds a *learned* baseline's; the fallback has its own.
-        let floor = match (c.learned, frames.last()) {
-            (true, Some(f)) => f64::from(f.clean_tail_scale),
-            _ => 0.0,
-        };
-        let p = baseline.p_value(x, floor);
-        let open = self.open.is_some();
-        c.stat.update(&params, p, open);
-        c.last_block = Some((x, p));
-        c.blocks += 1;
-        let suspicious = open || c.stat.s >= params.h / 2.0;
-        if let (Some(learner), false) = (c.learner.as_mut(), x.is_nan()) {
-            let end_ms = unix_ms(now);
-            let current = if c.learned { c.baseline.as_mut() } else { None };
-            if let Some(b) = learner.block(end_ms, x, suspicious, current) {
-                c.baseline = Some(b);
-                c.learned = true;
-            }
-        }
-        if let Some(o) = self.open.as_mut() {
-            for f in &frames {
-                o.add(f);
-            }
-            let held = ms_between(o.raised_at, now) >= self.policy.min_duration_ms;
-            if c.stat.t >= params.clear && held {
-                c.stat.reset();
-                c.candidate = None;
-                out.push(self.close(now, EndReason::Cleared));
-            } else if self.policy.update_interval_ms > 0
-                && ms_between(o.last_emit, now) >= self.policy.update_interval_ms
-            {
-                o.last_emit = now;
-                out.push(Event::AlertUpdate { alert: self.snapshot(now) });
-            }
-            return out;
-        }
-        if c.stat.s <= 0.0 {
-            c.candidate = None;
-            return out;
-        }
-        if c.candidate.is_none() {
-            if let Some(first) = frames.first() {
-                c.candidate = Some(Open::starting_at(&self.stream, first, now));
-            }
-        }
-        if let Some(cand) = c.candidate.as_mut() {
-            for f in &frames {
-                cand.add(f);
-            }
-        }
-        if c.stat.s >= params.h {
-            c.stat.t = 0.0;
-            if let Some(mut o) = c.candidate.take() {
-                o.raised_at = now;
-                o.last_emit = now;
-                self.open = Some(o);
-                out.push(Event::AlertStart { alert: self.snapshot(now) });
-            }
-        }
-        out
-    }
-
-    /// Opens an alert covering the window from its first over-threshold frame.
-    fn raise(&mut self, now: SystemTime) -> Event {
-        let start = self.recent.iter().position(Scored::is_over).unwrap_or(0);
-        let first = &self.recent[start];
-        let mut open = Open::starting_at(&self.stream, first, now);
-        for s in self.recent.iter().skip(start) {
-            open.add(s);
-        }
-        self.open = Some(open);
-        let alert = self.snapshot(now);
-        Event::AlertStart { alert }
+        self.decider.reset();
     }
 
     fn close(&mut self, time: SystemTime, reason: EndReason) -> Event {
@@ -504,7 +322,7 @@ impl AlertTracker {
             tag: peak.and_then(|p| p.tag.clone()),
             snapshot: None,
             heatmap: None,
-            detail: self.detail(),
+            detail: self.decider.detail(),
         }
     }
 
@@ -531,30 +349,7 @@ impl AlertTracker {
             tag: None,
             snapshot: None,
             heatmap: None,
-            detail: self.detail(),
-        }
-    }
-
-    /// The policy's side of an event, as of now.
-    fn detail(&self) -> PolicyDetail {
-        match (self.policy.policy, self.cusum.as_ref()) {
-            (PolicyKind::Cusum, Some(c)) => PolicyDetail {
-                policy: Some(PolicyKind::Cusum.as_str().into()),
-                statistic: Some(c.stat.s),
-                statistic_threshold: Some(CusumParams::threshold(
-                    self.policy.false_alarms_per_day,
-                    self.policy.block_ms,
-                )),
-                false_alarms_per_day: Some(self.policy.false_alarms_per_day),
-                baseline: Some(if c.learned { "learned" } else { "calibration" }.into()),
-            },
-            _ => PolicyDetail {
-                policy: Some(PolicyKind::KOfN.as_str().into()),
-                statistic: Some(self.over_in_window as f64),
-                statistic_threshold: Some(self.policy.raise as f64),
-                false_alarms_per_day: None,
-                baseline: None,
-            },
+            detail: self.decider.detail(),
         }
     }
 }

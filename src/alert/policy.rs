@@ -26,6 +26,20 @@ impl PolicyKind {
     }
 }
 
+/// How the cusum policy turns `false_alarms_per_day` into its threshold `h`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThresholdRule {
+    /// `h = ln(blocks per day / false_alarms_per_day)`: Lorden's bound, so the stated rate is
+    /// an upper bound (about 10x loose for independent blocks).
+    #[default]
+    Bound,
+    /// `h` from the CUSUM's run length simulated on the baseline in force, with its extremal
+    /// index ([`crate::alert::run_length`]): the stated rate is the expected one. Simulated
+    /// once per baseline (at most [`crate::alert::run_length::STEP_BUDGET`] steps).
+    Simulated,
+}
+
 /// Debounce policy of the alert stage (TOML `[alert]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -36,6 +50,9 @@ pub struct AlertPolicy {
     /// blocks); sets the threshold `h = ln(blocks per day / false_alarms_per_day)`. Default
     /// 2.4 (0.1 an hour).
     pub false_alarms_per_day: f64,
+    /// cusum: how `h` follows from `false_alarms_per_day` (`bound` or `simulated`). Default
+    /// `bound`.
+    pub threshold: ThresholdRule,
     /// cusum: block length in ms of frame time (one block statistic each). Default 1000.
     pub block_ms: u64,
     /// cusum: exponent of the p-value calibrator, in (0, 1); smaller reacts more to very small
@@ -65,6 +82,7 @@ impl Default for AlertPolicy {
         AlertPolicy {
             policy: PolicyKind::KOfN,
             false_alarms_per_day: 2.4,
+            threshold: ThresholdRule::Bound,
             block_ms: 1000,
             kappa: 0.4,
             clear_evidence: 3.0,
@@ -111,7 +129,8 @@ impl AlertPolicy {
         Ok(())
     }
 
-    /// The cusum parameters in force with `baseline`.
+    /// The cusum parameters in force with `baseline`, `h` by Lorden's bound (the decider
+    /// replaces it under [`ThresholdRule::Simulated`]).
     pub fn cusum_params(&self, baseline: &Baseline) -> CusumParams {
         CusumParams {
             h: CusumParams::threshold(self.false_alarms_per_day, self.block_ms),

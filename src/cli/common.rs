@@ -1,14 +1,17 @@
 //! Helpers the subcommands share: reading an image input, runtime options, progress bars,
-//! preprocessing overrides.
+//! the command line, preprocessing overrides and the calibration recipe's flags.
 
 use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use crate::detector::fit::DetectorChoice;
+use crate::detector::Target;
 use crate::frame::RgbImage;
 use crate::model::{parse_triple, ColorOrder, Layout, PreprocessOverrides, IMAGENET_MEAN, IMAGENET_STD};
 use crate::runtime::RuntimeOptions;
+use crate::setup::{Recipe, RunOptions};
 
 /// Images of an input path with their names; `npy` says whether it was a `.npy` stack.
 pub struct Input {
@@ -42,6 +45,26 @@ pub fn runtime(threads: usize) -> RuntimeOptions {
 /// Whether to draw progress bars (stderr is a terminal).
 pub fn show_progress() -> bool {
     std::io::stderr().is_terminal()
+}
+
+/// The process's command line, shell-quoted where needed, for provenance.
+pub fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            if a.is_empty() || a.chars().any(|c| c.is_whitespace() || "'\"$`\\".contains(c)) {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// How graphs run: `batch` images at a time, progress bars on a terminal, this command line
+/// recorded in what they fit.
+pub fn run_options(batch: usize) -> RunOptions {
+    RunOptions { batch, progress: show_progress(), command: command_line() }
 }
 
 /// Preprocessing overrides (`calibrate`, `init`): how frames become the model's input when its
@@ -84,6 +107,69 @@ impl PreprocessArgs {
             scale: self.scale,
             mean: self.mean,
             std: self.std,
+        }
+    }
+}
+
+/// How the detector and its threshold are fitted; the defaults are the project's recipe (the
+/// one `models/gtsrb-resnet18.calib.toml` records): every degradation type at levels 2-5, the
+/// risk detector, 1 % false alarms. `calibrate` and `init` share them
+/// ([`Recipe`]).
+#[derive(clap::Args, Debug, Clone)]
+pub struct RecipeArgs {
+    /// Synthetic corruptions of the familiar images used as unfamiliar data: all (every type
+    /// of docs/guide/degradations.md, the recipe), legacy (the ten CURE-TSR-style types of the
+    /// earliest calibrations), paper, a family name, none, or a comma list. One corrupted copy
+    /// per familiar image, type and level round-robin.
+    #[arg(long, default_value = "all")]
+    pub corruptions: String,
+    /// Corruption levels, e.g. 2-5 (the recipe: level 1 is mostly harmless) or 3,4,5.
+    #[arg(long, default_value = "2-5")]
+    pub levels: String,
+    /// One-class detector on familiar images only (ignores unfamiliar data for training).
+    #[arg(long)]
+    pub one_class: bool,
+    /// Detector: risk (gradient + forward-only logit signals, a seed ensemble, trained to flag
+    /// the classifier's errors as well as unfamiliar images; see docs/results/detector-ablation.md)
+    /// or paper (the paper's single MLP on gradient features, novelty labels).
+    #[arg(long, default_value = "risk")]
+    pub detector: DetectorChoice,
+    /// Override the detector's training target: novelty (unfamiliar = 1), harm (classifier
+    /// wrong or OOD = 1) or union (novelty or wrong). harm and union need labels.
+    #[arg(long)]
+    pub target: Option<Target>,
+    /// Override the detector's forward signals: all, none, or a comma list of max_logit,
+    /// logsumexp, margin, msp, neg_entropy.
+    #[arg(long)]
+    pub forward: Option<String>,
+    /// Override the detector's seed-ensemble size.
+    #[arg(long)]
+    pub members: Option<usize>,
+    /// Tolerated false-alarm rate on familiar images.
+    #[arg(long, default_value_t = 0.01)]
+    pub target_fpr: f64,
+    /// Hidden units of the MLP detector.
+    #[arg(long, default_value_t = 64)]
+    pub hidden: usize,
+    /// Seed of splits, corruptions and training.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl RecipeArgs {
+    /// The recipe these flags select.
+    pub fn recipe(&self) -> Recipe {
+        Recipe {
+            corruptions: self.corruptions.clone(),
+            levels: self.levels.clone(),
+            one_class: self.one_class,
+            detector: self.detector,
+            target: self.target,
+            forward: self.forward.clone(),
+            members: self.members,
+            target_fpr: self.target_fpr,
+            hidden: self.hidden,
+            seed: self.seed,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::calibrate::command_line;
+use super::common::command_line;
 use super::common::{runtime, show_progress};
 use crate::detector::MlpConfig;
 use crate::lab::eval::{protocol, report, results};

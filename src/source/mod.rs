@@ -33,6 +33,7 @@
 pub(crate) mod blocking;
 pub mod convert;
 pub mod directory;
+pub mod h264;
 pub mod pipe;
 pub mod replay;
 pub mod rtsp;

@@ -1,5 +1,6 @@
 //! IP cameras over RTSP: the `retina` client (TCP-interleaved by default, UDP optional,
-//! basic/digest auth), H.264 decoded by OpenH264 (built from source), MJPEG by `image`;
+//! basic/digest auth), H.264 decoded by OpenH264 ([`super::h264`]: the system's library or one
+//! built from source), MJPEG by `image`;
 //! reconnection with exponential backoff, a stall timeout.
 //!
 //! ```toml
@@ -433,9 +434,7 @@ impl Worker {
             .map_err(|e| brief(&e))?;
         let mut frames = playing.demuxed().map_err(|e| brief(&e))?;
         let mut decoder = match codec {
-            Codec::H264 => {
-                Some(openh264::decoder::Decoder::new().map_err(|e| format!("cannot start the H.264 decoder: {e}"))?)
-            }
+            Codec::H264 => Some(super::h264::decoder()?),
             Codec::Jpeg => None,
         };
         let mut size = (0, 0);

@@ -113,7 +113,7 @@ fn odin_perturbation_raises_the_max_softmax() {
     let compiled =
         grad::compile(&model, &CompileOptions { loss: Loss::Odin, input_grad: true, ..Default::default() }).unwrap();
     let mut odin = OdinGraph::new(&compiled, &rt).unwrap();
-    let (fwd, out) = baselines::forward_logits_model(&model).unwrap();
+    let (fwd, out) = gradwatch::model::forward_logits_model(&model).unwrap();
     let mut forward = ModelSession::new(&gradwatch::onnx::encode(&fwd), &rt).unwrap();
     let mut rng = Rng::new(5);
     let x = crate::common::input(&mut rng, 6, &[3, 16, 16]);
@@ -413,7 +413,7 @@ fn last_layer_reproduces_the_logits() {
     // The tiny model ends in Gemm(4 -> 5): W h + b must equal the logits the graph computes.
     let rt = ort();
     let model = tiny_model(4);
-    let (fwd, out) = baselines::forward_logits_model(&model).unwrap();
+    let (fwd, out) = gradwatch::model::forward_logits_model(&model).unwrap();
     let (w, b) = fb::last_layer(&fwd, &out).unwrap();
     assert_eq!((w.dim(), b.len()), ((5, 4), 5));
     let compiled = grad::compile(&model, &CompileOptions { penultimate: true, ..Default::default() }).unwrap();

@@ -30,11 +30,12 @@ const MAX_FN_LINES: usize = 150;
 /// Top-level modules of `src/`, lowest layer first. A module may import modules of lower layers
 /// and, without a cycle, of its own layer; never of a higher one. The product path reads
 /// bottom-up: helpers, the gradient compiler and model, the detector and runtime, alert
-/// policies, sources, metrics, sinks, the pipeline, config and the service; the lab (`lab`)
-/// sits above the product, which never imports it, and the CLI above everything.
+/// policies, sources, metrics, sinks, the pipeline, config and the service, then `setup`
+/// (`gradwatch init`'s steps, which nothing of the daemon imports); the lab (`lab`) sits above
+/// the product, which never imports it, and the CLI above everything.
 const LAYERS: &[&[&str]] = &[
     &["base"],
-    &["names", "rng", "frame", "ratelimit", "fleet", "onnx"],
+    &["names", "rng", "frame", "ratelimit", "fleet", "onnx", "plot"],
     &["grad"],
     &["model", "data", "corrupt"],
     &["detector", "runtime"],
@@ -46,14 +47,14 @@ const LAYERS: &[&[&str]] = &[
     &["pipeline"],
     &["config"],
     &["service"],
+    &["setup"],
     &["lab"],
     &["cli"],
 ];
 
 /// Files (or folders, ending in `/`) exempt from the size limits for now, with who is
 /// splitting them. The lead empties this list as the branches merge.
-const KNOWN_OVER: &[(&str, &str)] =
-    &[("src/cli/init.rs", "rooms helper: its logic moves to a library module once calibrate's fit_recipe does")];
+const KNOWN_OVER: &[(&str, &str)] = &[];
 
 /// One module file reached from `src/lib.rs`.
 struct ModFile {

@@ -27,7 +27,7 @@ impl Classifier {
     pub fn load(path: &Path, rt: &RuntimeOptions) -> Result<Self, EvalError> {
         let model = LoadedModel::load(path, &CompileOptions::default())
             .map_err(|e| EvalError::Invalid(format!("{}: {e}", path.display())))?;
-        let (fwd, output) = baselines::forward_logits_model(&model.model)?;
+        let (fwd, output) = crate::model::forward_logits_model(&model.model)?;
         let session = ModelSession::new(&crate::onnx::encode(&fwd), rt)?;
         Ok(Classifier { session, input: model.compiled.input_name.clone(), output, info: model.info })
     }

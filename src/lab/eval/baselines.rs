@@ -104,22 +104,6 @@ pub fn fit_mahalanobis(penultimate: &Array2<f32>, labels: &[usize]) -> Result<Ga
     Ok(Gaussian::fit(penultimate, &compact, present.len().max(1), MAHALANOBIS_SHRINKAGE)?)
 }
 
-/// The model's logits-only forward graph: the first output, or the input of a trailing
-/// Softmax/LogSoftmax (the same logits [`crate::grad::compile`] differentiates).
-pub fn forward_logits_model(model: &ModelProto) -> Result<(ModelProto, String), EvalError> {
-    let mut m = model.clone();
-    let g = m.graph.as_mut().ok_or_else(|| EvalError::Invalid("the model has no graph".into()))?;
-    let out0 = g.output.first().ok_or_else(|| EvalError::Invalid("the model has no outputs".into()))?.name.clone();
-    let mut logits = out0;
-    if let Some(n) = g.node.iter().find(|n| n.output.first() == Some(&logits)) {
-        if (n.op_type == "Softmax" || n.op_type == "LogSoftmax") && !n.input.is_empty() {
-            logits = n.input[0].clone();
-        }
-    }
-    g.output = vec![onnx::make_value_info(&logits, onnx::data_type::FLOAT, &[None, None])];
-    Ok((m, logits))
-}
-
 /// `x - step_c * sign(g)` elementwise, where `step_c = eps / std_c` for the channel of each
 /// element (`nhwc`: channels last, else `[N, C, ...]`). `sign(0) = 0`.
 pub fn odin_perturb(
@@ -208,7 +192,7 @@ impl OdinGraph {
 ///
 /// `odin` gives the clean logits and the input gradient (one pass per temperature); the
 /// perturbed inputs go through `forward` (the model's plain logits graph,
-/// [`forward_logits_model`]): the same logits as the gradient graph without its backward pass.
+/// [`crate::model::forward_logits_model`]): the same logits as the gradient graph without its backward pass.
 #[allow(clippy::too_many_arguments)]
 pub fn odin_scores(
     odin: &mut OdinGraph,

@@ -6,7 +6,6 @@
 pub mod accuracy;
 pub mod baselines;
 pub mod feature_baselines;
-pub mod plot;
 pub mod protocol;
 pub mod report;
 pub mod results;
@@ -34,6 +33,9 @@ pub enum EvalError {
     /// Features could not be extracted, read or written.
     #[error(transparent)]
     Extract(#[from] crate::runtime::ExtractError),
+    /// The model could not be loaded or cut to its logits.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
     /// A corruption could not be applied.
     #[error(transparent)]
     Corrupt(#[from] crate::corrupt::CorruptError),

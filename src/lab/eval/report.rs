@@ -4,12 +4,12 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::plot::{self, PlotSpec, Series};
 use super::results::{paper_cure_tsr, FamilyRow, GenRow, Results, RiskCell, Row, METHODS, POOLED, RISK_METHODS};
 use super::EvalError;
 use crate::corrupt::MAX_LEVEL;
 use crate::detector::roc::{auroc_standard_error, RocSummary};
 use crate::lab::HARMFUL_ACCURACY;
+use crate::plot::{self, PlotSpec, Series};
 
 fn pct(v: f64) -> String {
     if v.is_nan() {

@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
-use super::plot::{self, PlotSpec, Series};
 use super::trust::TrustResults;
+use crate::plot::{self, PlotSpec, Series};
 
 fn pct(v: f64) -> String {
     if v.is_finite() {

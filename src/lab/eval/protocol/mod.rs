@@ -122,7 +122,7 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
         grad::compile(&model.model, &CompileOptions { loss: Loss::Odin, input_grad: true, ..Default::default() })
             .map_err(|e| EvalError::Invalid(format!("compiling the ODIN graph: {e}")))?;
     let mut odin_session = baselines::OdinGraph::new(&odin_compiled, rt)?;
-    let (fwd_model, fwd_out) = baselines::forward_logits_model(&model.model)?;
+    let (fwd_model, fwd_out) = crate::model::forward_logits_model(&model.model)?;
     let mut forward = ModelSession::new(&crate::onnx::encode(&fwd_model), rt)?;
     timings.push(("load and compile".into(), t0.elapsed().as_secs_f64()));
 

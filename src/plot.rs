@@ -1,5 +1,6 @@
 //! Minimal hand-written SVG line plots (no plotting dependency): ROC curves and the paper's
-//! Fig. 3 gradient profile.
+//! Fig. 3 gradient profile. Below the product and the lab alike: `gradwatch init`'s report
+//! draws its held-out ROC with it, the lab its figures.
 
 use std::fmt::Write as _;
 
