@@ -11,6 +11,8 @@
 #   make bench-daemon   fps, latency and memory of the daemon (docs/results/daemon-bench.md)
 #   make bench-rtsp     CPU, drops and latency of one 640x480 30 fps H.264 RTSP camera (docs/results/rtsp-bench.md)
 #   make bench-alarms   false alarms per hour and detection delays of the alert policies (docs/results/alarms.md)
+#   make bench-presets  AUROC of the feature subsets the presets choose from (docs/results/presets.md)
+#   make bench-detectors  targets, inputs and ensembles of the calibration's detector (docs/results/detector-ablation.md)
 #   make status-screenshot  the status page in headless Chromium, checked, into docs/results/status-page.png
 #   make aarch64        the Jetson (aarch64, glibc 2.31) binary, without Docker (docs/guide/jetson.md)
 #   make aarch64-check  that binary under qemu-user vs the x86-64 one, on the same job
@@ -28,7 +30,7 @@ APT_PACKAGES := libclang-dev pkg-config mosquitto python3-pip unzip libopenh264-
 	python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad prometheus
 
-.PHONY: help deps ort build release test lint rules demo bench bench-daemon bench-rtsp bench-alarms clean aarch64 aarch64-check status-screenshot fuzz chaos
+.PHONY: help deps ort build release test lint rules demo bench bench-daemon bench-rtsp bench-alarms bench-presets bench-detectors clean aarch64 aarch64-check status-screenshot fuzz chaos
 
 # Every target with one line each: the comment block at the top of this file.
 help:
@@ -91,6 +93,21 @@ bench-rtsp: build deps
 GTSRB ?= ../shared/data/gtsrb
 bench-alarms: build
 	nice -n 10 ./target/release/gradwatch bench-alarms --data $(GTSRB) --cache out/bench-alarms --out docs/results/alarms.md --hours 2
+
+# The feature-preset ablation: 300 GTSRB test images, 300 CIFAR-10 images and the paper's 8
+# corruption types at levels 3-5 of the same images, once through the full graph into
+# out/presets-cache/ (7,800 images: about 30 min of both cores under load; delete the folder to
+# rebuild), then the paper's detector on 12 feature subsets x 3 split seeds (minutes). Writes
+# docs/results/presets.md and presets.csv.
+DATA ?= ../shared/data
+bench-presets: build
+	nice -n 10 ./target/release/gradwatch bench-presets --data $(DATA) --cache out/presets-cache --per-set 300 --seeds 3
+
+# The detector ablation on bench-presets' cache (built when missing): 249 trainings of 5-member
+# ensembles (targets x inputs x left-out types x 3 seeds). Writes docs/results/detector-ablation.md
+# and detector-ablation.csv.
+bench-detectors: build
+	nice -n 10 ./target/release/gradwatch bench-detectors --data $(DATA) --cache out/presets-cache --per-set 300 --seeds 3
 
 aarch64:
 	scripts/aarch64-build.sh

@@ -3,6 +3,8 @@
 mod baseline;
 pub mod bench;
 mod bench_alarms;
+mod bench_detectors;
+mod bench_presets;
 mod calibrate;
 mod check_config;
 mod common;
@@ -37,6 +39,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// False alarms per hour and detection delays of the alert policies (docs/results/alarms.md).
     BenchAlarms(bench_alarms::BenchAlarmsArgs),
+    /// AUROC of the feature subsets the presets choose from (docs/results/presets.md).
+    BenchPresets(bench_presets::BenchPresetsArgs),
+    /// Targets, inputs and ensemble sizes of the calibration's detector
+    /// (docs/results/detector-ablation.md).
+    BenchDetectors(bench_detectors::BenchDetectorsArgs),
     /// Run the streaming daemon.
     Run(run::RunArgs),
     /// Check a daemon config, its model and calibration; exit 2 when something is wrong.
@@ -68,6 +75,8 @@ pub fn main() -> i32 {
         Command::Baseline(a) => baseline::run(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchAlarms(a) => bench_alarms::run(a),
+        Command::BenchPresets(a) => bench_presets::run(a),
+        Command::BenchDetectors(a) => bench_detectors::run(a),
         Command::Run(a) => run::run(a),
         Command::CheckConfig(a) => check_config::run(a),
         Command::Corrupt(a) => corrupt::run(a),

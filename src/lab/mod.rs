@@ -10,13 +10,18 @@
 //! 3. **`Results`**: plain data (serialisable), computed from the cache;
 //! 4. **render**: markdown, CSV and SVG from `Results` alone.
 //!
-//! Experiments: [`eval`] (`gradwatch eval`: the paper's protocol and the risk tables) and
+//! Experiments: [`eval`] (`gradwatch eval`: the paper's protocol and the risk tables),
 //! [`alarms`] (`gradwatch bench-alarms`: false alarms per hour and detection delays of the alert
-//! policies), and [`timing`] (the speed helpers of `gradwatch bench`). Definitions shared by
+//! policies), [`presets`] (`gradwatch bench-presets`: AUROC of the feature subsets the presets
+//! choose from) and [`detectors`] (`gradwatch bench-detectors`: targets, inputs and ensembles of
+//! the calibration's detector, on the presets' cache), and [`timing`] (the speed helpers of
+//! `gradwatch bench`). Definitions shared by
 //! every experiment (what counts as *harmful*) live here, once.
 
 pub mod alarms;
+pub mod detectors;
 pub mod eval;
+pub mod presets;
 pub mod timing;
 
 /// Classifier accuracy below which a (corruption, level) cell is *harmful*: there the detector
