@@ -212,7 +212,8 @@ impl AlertTracker {
         self.out_of_order
     }
 
-    /// Feeds one frame; returns the events it causes (none, one, or rarely two).
+    /// Feeds one frame; returns the events it causes (none or one with today's policies; a `Vec` so that
+    /// a policy may cause more).
     ///
     /// Frames of another stream or with a non-increasing `seq` are ignored (counted in
     /// [`out_of_order`](Self::out_of_order)).
