@@ -97,7 +97,7 @@ pub fn simulated_threshold(
     let cap = (CAP_FACTOR * sim_target).ceil() as u64;
     let runs = (STEP_BUDGET / cap.max(1)).clamp(MIN_RUNS, MAX_RUNS);
     let means = mean_first_passage(&increments, baseline.theta, &levels, runs, cap, seed);
-    let at_bound = interpolate_mean(&levels, &means, bound);
+    let at_bound = mean_at(&levels, &means, bound);
     let mut h = level_for(&levels, &means, sim_target);
     let extrapolated = target > sim_target;
     if extrapolated {
@@ -153,8 +153,8 @@ fn level_for(levels: &[f64], means: &[f64], target: f64) -> f64 {
     levels[j - 1] + f.clamp(0.0, 1.0) * (levels[j] - levels[j - 1])
 }
 
-/// The mean run length at threshold `h`, interpolated between grid levels.
-fn interpolate_mean(levels: &[f64], means: &[f64], h: f64) -> f64 {
+/// The mean run length at the first grid level at or above `h` (levels are `STEP_H` apart).
+fn mean_at(levels: &[f64], means: &[f64], h: f64) -> f64 {
     let j = levels.partition_point(|&l| l < h).min(levels.len().saturating_sub(1));
     means.get(j).copied().unwrap_or(0.0)
 }

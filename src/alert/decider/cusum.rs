@@ -88,25 +88,14 @@ impl CusumDecider {
             (true, Some(f)) => f64::from(f.clean_tail_scale),
             _ => 0.0,
         };
-        let mut params = self.policy.cusum_params(baseline);
-        if self.policy.threshold == ThresholdRule::Simulated {
-            params.h = match self.simulated_h {
-                Some((f, h)) if f == floor => h,
-                _ => {
-                    let p = &self.policy;
-                    let sim = simulated_threshold(
-                        baseline,
-                        floor,
-                        p.kappa,
-                        p.false_alarms_per_day,
-                        p.block_ms,
-                        SIMULATION_SEED,
-                    );
-                    self.simulated_h = Some((floor, sim.h));
-                    sim.h
-                }
-            };
+        let stale = self.simulated_h.is_none_or(|(f, _)| f != floor);
+        if self.policy.threshold == ThresholdRule::Simulated && stale {
+            let p = &self.policy;
+            let sim =
+                simulated_threshold(baseline, floor, p.kappa, p.false_alarms_per_day, p.block_ms, SIMULATION_SEED);
+            self.simulated_h = Some((floor, sim.h));
         }
+        let params = CusumParams { h: self.h(), ..self.policy.cusum_params(baseline) };
         let p = baseline.p_value(x, floor);
         self.stat.update(&params, p, open.is_some());
         self.last_block = Some((x, p));
