@@ -178,6 +178,13 @@ impl AlertTracker {
         self.decider.last_block()
     }
 
+    /// The policy's state as an alert event would carry it: under `cusum`, `statistic_threshold`
+    /// is the `h` in force (the simulated one once a block has been scored under
+    /// `threshold = "simulated"`).
+    pub fn detail(&self) -> PolicyDetail {
+        self.decider.detail()
+    }
+
     /// The policy in force.
     pub fn policy(&self) -> &AlertPolicy {
         &self.policy

@@ -38,6 +38,10 @@ pub struct BenchAlarmsArgs {
     /// Hours of clean frame time to replay per policy.
     #[arg(long, default_value_t = 2.0)]
     pub hours: f64,
+    /// Hours of clean frame time per camera, stated rate and threshold rule of the table of
+    /// stated against measured false-alarm rates.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate_hours: f64,
     /// Images per graph run.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
@@ -60,6 +64,7 @@ pub fn run(a: BenchAlarmsArgs) -> Result<i32> {
         rows: a.rows,
         heldout: a.heldout,
         hours: a.hours,
+        rate_hours: a.rate_hours,
         batch: a.batch,
         threads: a.threads,
     };

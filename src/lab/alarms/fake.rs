@@ -104,6 +104,7 @@ pub(super) fn config(dir: &Path) -> Config {
         rows: "0..".into(),
         heldout: "heldout.csv".into(),
         hours: 0.5,
+        rate_hours: 2.0,
         batch: 1,
         threads: 1,
     }

@@ -57,6 +57,9 @@ pub struct Config {
     pub heldout: PathBuf,
     /// Hours of clean frame time to replay per policy.
     pub hours: f64,
+    /// Hours of clean frame time per camera, stated rate and threshold rule of the rate table
+    /// (at 2.4 a day, 10 alarms are expected in 100 h).
+    pub rate_hours: f64,
     /// Images per graph run.
     pub batch: usize,
     /// ONNX Runtime intra-op threads (0 = one per core).

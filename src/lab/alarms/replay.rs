@@ -270,6 +270,11 @@ pub(super) fn onset_cells<'a>(
     Ok(cells)
 }
 
+/// Stated false-alarm rates (per day) the rate table measures.
+pub(super) const STATED_RATES: [f64; 3] = [2.4, 24.0, 240.0];
+/// Accuracy ranges of the severity table (lower bounds, harshest first; the last is clean-like).
+pub(super) const SEVERITY_BINS: [f64; 6] = [0.0, 0.2, 0.4, 0.6, 0.8, 0.9];
+
 /// Hours of clean frames the window bound takes its threshold from.
 pub(super) const BOUND_HOURS: f64 = 10.0;
 /// Window lengths of the bound, seconds.

@@ -30,8 +30,67 @@ pub struct Results {
     pub bound: Bound,
     /// Ramps from level 1 to 5.
     pub ramps: Ramps,
+    /// Stated against measured false-alarm rates, per threshold rule.
+    pub rates: Rates,
+    /// The shipped policy's delays by severity and by family, on both cameras.
+    pub breakdown: Breakdown,
     /// The shipped policy against its targets.
     pub targets: Targets,
+}
+
+/// One camera, one stated rate, one threshold rule, over long clean streams.
+#[derive(Clone, Debug, Serialize)]
+pub struct RateRow {
+    /// `test tracks` or `real tracks`.
+    pub camera: String,
+    /// The `false_alarms_per_day` set.
+    pub stated_per_day: f64,
+    /// `bound` or `simulated`.
+    pub rule: String,
+    /// The CUSUM threshold `h` the rule set on the camera's learned baseline.
+    pub h: f64,
+    /// Hours of clean frame time replayed.
+    pub hours: f64,
+    /// Alarms raised.
+    pub alarms: usize,
+    /// Alarms per day of frame time.
+    pub measured_per_day: f64,
+    /// `stated / measured` (infinite when none was measured).
+    pub ratio: f64,
+}
+
+/// Stated against measured false-alarm rates.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rates {
+    /// Per camera, rate and rule.
+    pub rows: Vec<RateRow>,
+}
+
+/// The shipped policy's onsets of a group of cells.
+#[derive(Clone, Debug, Serialize)]
+pub struct BreakdownRow {
+    /// The group: an accuracy range (`60-80 %`) or a family name.
+    pub group: String,
+    /// Whether the group's cells are harmful (accuracy below the bar).
+    pub harmful: bool,
+    /// Test tracks: cells in the group.
+    pub test_cells: usize,
+    /// Test tracks: their delays.
+    pub test: DelaySummary,
+    /// Real tracks (judged on that camera's own signs): cells in the group.
+    pub real_cells: usize,
+    /// Real tracks: their delays.
+    pub real: DelaySummary,
+}
+
+/// The shipped policy's delays by severity (the classifier's accuracy at the onset) and by
+/// family, on both cameras.
+#[derive(Clone, Debug, Serialize)]
+pub struct Breakdown {
+    /// By accuracy range, harshest first.
+    pub severity: Vec<BreakdownRow>,
+    /// By family, harmful cells only.
+    pub family: Vec<BreakdownRow>,
 }
 
 /// Tracks and distinct frames of one set.
@@ -338,4 +397,9 @@ pub struct Targets {
     pub ramp_harmful_met: bool,
     /// Harmful types with a ramp caught at level 4 or later.
     pub late: Vec<LateRamp>,
+    /// Stated over measured false alarms at each stated rate, shipped rule, per camera
+    /// (`(camera, stated, ratio)`).
+    pub rate_ratios: Vec<(String, f64, f64)>,
+    /// Every ratio at 24 and 240 a day within 2x (between 0.5 and 2).
+    pub rate_met: bool,
 }

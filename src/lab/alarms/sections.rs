@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::corrupt::Corruption;
+use crate::alert::{AlertPolicy, Baseline, ThresholdRule};
+use crate::corrupt::{Corruption, Family};
 use crate::detector::Calibration;
 use crate::rng::SplitMix64;
 
@@ -76,7 +77,10 @@ pub(super) fn results(a: &Config, tracks: &[CachedTrack], real: &[CachedTrack]) 
     let ron = real_onsets(&ctx, &cam, &on.cells)?;
     let bound = window_bound(&ctx.group("clean"), &on.cells);
     let ramp = ramps(&ctx, &learned, &on.harmful_kinds)?;
-    let targets = targets(&ctx, &fa_rate, &cam, &on, &ron, &ramp);
+    let rates = rates(&ctx, &learned, &cam)?;
+    let breakdown = breakdown(&ctx, &learned, &cam, &on.cells)?;
+    let mut targets = targets(&ctx, &fa_rate, &cam, &on, &ron, &ramp);
+    rate_targets(&mut targets, &ctx.shipped, &rates);
     Ok(Results {
         cache: a.cache.display().to_string(),
         threshold: ctx.threshold,
@@ -89,6 +93,8 @@ pub(super) fn results(a: &Config, tracks: &[CachedTrack], real: &[CachedTrack]) 
         real_onsets: ron.out,
         bound,
         ramps: ramp.out,
+        rates,
+        breakdown,
         targets,
     })
 }
@@ -396,6 +402,135 @@ fn ramps(ctx: &Ctx, learned: &crate::alert::Baseline, harmful_kinds: &BTreeSet<&
     Ok(RampLevels { worst: ramp_worst, worst_harmful: ramp_worst_harmful, late: ramp_late, out })
 }
 
+/// The rule's name as the TOML spells it.
+fn rule_name(rule: ThresholdRule) -> &'static str {
+    match rule {
+        ThresholdRule::Bound => "bound",
+        ThresholdRule::Simulated => "simulated",
+    }
+}
+
+/// Stated against measured false-alarm rates: the shipped policy at each of [`STATED_RATES`]
+/// under both threshold rules, on `rate_hours` of each camera's clean tracks, with the
+/// camera's learned baseline.
+fn rates(ctx: &Ctx, learned: &Baseline, cam: &Camera) -> Result<Rates> {
+    let mut rng = ctx.rng("rates");
+    let frames = (ctx.a.rate_hours * 3_600_000.0 / FRAME_MS as f64) as usize;
+    let test_clean = ctx.group("clean");
+    let gate = ctx.gate(&ctx.shipped);
+    let mut rows = Vec::new();
+    for (camera, pool, baseline) in [("test tracks", &test_clean, learned), ("real tracks", &cam.clean, &cam.learned)] {
+        let mut scores = Vec::new();
+        fill(&mut scores, pool, frames, &mut rng);
+        let hours = scores.len() as f64 * FRAME_MS as f64 / 3_600_000.0;
+        for stated in STATED_RATES {
+            for rule in [ThresholdRule::Bound, ThresholdRule::Simulated] {
+                let policy =
+                    AlertPolicy { false_alarms_per_day: stated, threshold: rule, ..ctx.shipped.policy.clone() };
+                let mut t = tracker(&policy, Some(baseline))?;
+                let alarms = replay(&mut t, &scores, 0, gate).len();
+                let measured = 24.0 * alarms as f64 / hours;
+                rows.push(RateRow {
+                    camera: camera.to_string(),
+                    stated_per_day: stated,
+                    rule: rule_name(rule).to_string(),
+                    h: t.detail().statistic_threshold.unwrap_or(f64::NAN),
+                    hours,
+                    alarms,
+                    measured_per_day: measured,
+                    ratio: stated / measured,
+                });
+            }
+        }
+    }
+    Ok(Rates { rows })
+}
+
+/// The shipped rule's stated-over-measured ratios and whether those at 24 and 240 a day are
+/// within 2x.
+fn rate_targets(t: &mut Targets, shipped: &Variant, rates: &Rates) {
+    let rule = rule_name(shipped.policy.threshold);
+    let mine: Vec<&RateRow> = rates.rows.iter().filter(|r| r.rule == rule).collect();
+    t.rate_ratios = mine.iter().map(|r| (r.camera.clone(), r.stated_per_day, r.ratio)).collect();
+    t.rate_met = mine.iter().filter(|r| r.stated_per_day >= 24.0).all(|r| (0.5..=2.0).contains(&r.ratio));
+}
+
+/// The severity range of an accuracy: the index into [`SEVERITY_BINS`] (none for NaN).
+fn severity_bin(acc: f64) -> Option<usize> {
+    SEVERITY_BINS.iter().rposition(|&lo| acc >= lo)
+}
+
+/// The name of severity range `i` (`40-60 %`).
+fn severity_name(i: usize) -> String {
+    let lo = 100.0 * SEVERITY_BINS[i];
+    match SEVERITY_BINS.get(i + 1) {
+        Some(hi) => format!("{lo:.0}-{:.0} %", 100.0 * hi),
+        None => format!(">= {lo:.0} %"),
+    }
+}
+
+/// Pools the delays of several onset cells.
+fn pool_delays(parts: impl IntoIterator<Item = Delays>) -> Delays {
+    let mut all = Delays { delays: Vec::new(), missed: 0, early: 0 };
+    for d in parts {
+        all.delays.extend(d.delays);
+        all.missed += d.missed;
+        all.early += d.early;
+    }
+    all.delays.sort_by(f64::total_cmp);
+    all
+}
+
+/// The shipped policy's delays grouped by severity (the classifier's accuracy at the onset,
+/// each camera judged on its own signs) and, for harmful cells, by family. The onsets are
+/// the ones of the delay sections (same seeds), replayed again for every cell.
+fn breakdown(ctx: &Ctx, learned: &Baseline, cam: &Camera, cells: &[OnsetCell]) -> Result<Breakdown> {
+    let v = &ctx.shipped;
+    let gate = ctx.gate(v);
+    let clean = ctx.group("clean");
+    let real_acc = load_accuracy(&ctx.a.cache, REAL_ACCURACY_FILE, cam.out.tracks)?;
+    let real_onset: Vec<&CachedTrack> = ctx.real.iter().filter(|t| t.group == "real-onset").collect();
+    // Per cell: (accuracy, delays) on the test tracks and on the real tracks.
+    let mut test = Vec::new();
+    let mut real = Vec::new();
+    for cell in cells {
+        let seed = (cell.ki * 131 + usize::from(cell.level) * 17) as u64;
+        test.push((cell.acc, onsets(v, learned, gate, &clean, &cell.pool, seed)?.0));
+        let pool: Vec<&CachedTrack> = real_onset
+            .iter()
+            .copied()
+            .filter(|t| t.kind == cell.kind.name() && t.level == f32::from(cell.level))
+            .collect();
+        let acc = real_acc.get(&(cell.kind.name().to_string(), cell.level)).copied().unwrap_or(f64::NAN);
+        let (d, _) = onsets(v, &cam.learned, gate, &cam.clean, &pool, (1 << 40) | seed)?;
+        real.push((acc, d));
+    }
+    let row = |group: String, harmful: bool, pick: &dyn Fn(usize, f64) -> bool| {
+        let of = |cam: &[(f64, Delays)]| {
+            let chosen: Vec<Delays> = cam
+                .iter()
+                .enumerate()
+                .filter(|(i, (acc, _))| pick(*i, *acc))
+                .map(|(_, (_, d))| Delays { delays: d.delays.clone(), missed: d.missed, early: d.early })
+                .collect();
+            (chosen.len(), pool_delays(chosen).summary())
+        };
+        let ((test_cells, t), (real_cells, r)) = (of(&test), of(&real));
+        BreakdownRow { group, harmful, test_cells, test: t, real_cells, real: r }
+    };
+    let severity = (0..SEVERITY_BINS.len())
+        .map(|b| {
+            let harmful = crate::lab::harmful(SEVERITY_BINS[b]);
+            row(severity_name(b), harmful, &|_, acc| severity_bin(acc) == Some(b))
+        })
+        .collect();
+    let family = Family::ALL
+        .into_iter()
+        .map(|f| row(f.name().to_string(), true, &|i, acc| cells[i].kind.family() == f && crate::lab::harmful(acc)))
+        .collect();
+    Ok(Breakdown { severity, family })
+}
+
 /// The targets, from what the sections measured (the shipped policy's numbers).
 fn targets(
     ctx: &Ctx,
@@ -449,5 +584,26 @@ fn targets(
         ramp_harmful,
         ramp_harmful_met: ramp_harmful < 4.0,
         late,
+        rate_ratios: Vec::new(),
+        rate_met: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{severity_bin, severity_name};
+
+    #[test]
+    fn severity_ranges_cover_every_accuracy_once() {
+        assert_eq!(severity_bin(0.0), Some(0));
+        assert_eq!(severity_bin(0.19), Some(0));
+        assert_eq!(severity_bin(0.2), Some(1));
+        assert_eq!(severity_bin(0.79), Some(3));
+        assert_eq!(severity_bin(0.8), Some(4));
+        assert_eq!(severity_bin(1.0), Some(5));
+        assert_eq!(severity_bin(f64::NAN), None);
+        assert_eq!(severity_name(0), "0-20 %");
+        assert_eq!(severity_name(3), "60-80 %");
+        assert_eq!(severity_name(5), ">= 90 %");
     }
 }
