@@ -21,6 +21,7 @@ pub mod names;
 pub mod onnx;
 pub mod pipeline;
 pub mod plot;
+pub mod quality;
 pub mod ratelimit;
 pub mod rng;
 pub mod runtime;

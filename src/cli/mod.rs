@@ -5,6 +5,7 @@ pub mod bench;
 mod bench_alarms;
 mod bench_detectors;
 mod bench_presets;
+mod bench_quality;
 mod calibrate;
 mod check_config;
 mod common;
@@ -44,6 +45,9 @@ enum Command {
     /// Targets, inputs and ensemble sizes of the calibration's detector
     /// (docs/results/detector-ablation.md).
     BenchDetectors(bench_detectors::BenchDetectorsArgs),
+    /// What the image-quality measures add to the camera-health detector
+    /// (docs/results/quality.md).
+    BenchQuality(bench_quality::BenchQualityArgs),
     /// Run the streaming daemon.
     Run(run::RunArgs),
     /// Check a daemon config, its model and calibration; exit 2 when something is wrong.
@@ -77,6 +81,7 @@ pub fn main() -> i32 {
         Command::BenchAlarms(a) => bench_alarms::run(a),
         Command::BenchPresets(a) => bench_presets::run(a),
         Command::BenchDetectors(a) => bench_detectors::run(a),
+        Command::BenchQuality(a) => bench_quality::run(a),
         Command::Run(a) => run::run(a),
         Command::CheckConfig(a) => check_config::run(a),
         Command::Corrupt(a) => corrupt::run(a),

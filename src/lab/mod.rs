@@ -14,7 +14,8 @@
 //! [`alarms`] (`gradwatch bench-alarms`: false alarms per hour and detection delays of the alert
 //! policies), [`presets`] (`gradwatch bench-presets`: AUROC of the feature subsets the presets
 //! choose from) and [`detectors`] (`gradwatch bench-detectors`: targets, inputs and ensembles of
-//! the calibration's detector, on the presets' cache), and [`timing`] (the speed helpers of
+//! the calibration's detector, on the presets' cache), [`quality`] (`gradwatch bench-quality`:
+//! what the image-quality measures add to that detector, on the same cache) and [`timing`] (the speed helpers of
 //! `gradwatch bench`). Definitions shared by
 //! every experiment (what counts as *harmful*) live here, once.
 
@@ -22,6 +23,7 @@ pub mod alarms;
 pub mod detectors;
 pub mod eval;
 pub mod presets;
+pub mod quality;
 pub mod timing;
 
 /// Classifier accuracy below which a (corruption, level) cell is *harmful*: there the detector

@@ -35,7 +35,7 @@ const MAX_FN_LINES: usize = 150;
 /// the product, which never imports it, and the CLI above everything.
 const LAYERS: &[&[&str]] = &[
     &["base"],
-    &["names", "rng", "frame", "ratelimit", "fleet", "onnx", "plot"],
+    &["names", "rng", "frame", "ratelimit", "fleet", "onnx", "plot", "quality"],
     &["grad"],
     &["model", "data", "corrupt"],
     &["detector", "runtime"],

@@ -38,6 +38,8 @@ pub fn run(cfg: &Config) -> Result<Results> {
             plan::Inputs::Gradients => g,
             plan::Inputs::Forward => fwd,
             plan::Inputs::Both => g + fwd,
+            plan::Inputs::Quality | plan::Inputs::QualityAbs => crate::quality::Measure::ALL.len(),
+            plan::Inputs::BothQuality | plan::Inputs::BothQualityAbs => g + fwd + crate::quality::Measure::ALL.len(),
         }
     };
     results::compute(&sets, &jobs, &scores, protocol, width)

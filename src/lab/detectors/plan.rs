@@ -20,6 +20,17 @@ pub enum Inputs {
     Forward,
     /// Both, side by side.
     Both,
+    /// The image-quality measures of the frame ([`crate::quality`]), standardised (only in
+    /// `gradwatch bench-quality`).
+    Quality,
+    /// Gradients, forward signals and image-quality measures (only in `gradwatch bench-quality`).
+    BothQuality,
+    /// The image-quality measures as two-sided deviations from the familiar images (`|z|`):
+    /// any departure looks unusual, in either direction (only in `gradwatch bench-quality`).
+    QualityAbs,
+    /// Gradients, forward signals and the two-sided quality deviations (only in `gradwatch
+    /// bench-quality`).
+    BothQualityAbs,
 }
 
 impl Inputs {
@@ -32,6 +43,10 @@ impl Inputs {
             Inputs::Gradients => "gradients",
             Inputs::Forward => "forward",
             Inputs::Both => "both",
+            Inputs::Quality => "quality",
+            Inputs::BothQuality => "both + quality",
+            Inputs::QualityAbs => "quality, two-sided",
+            Inputs::BothQualityAbs => "both + quality, two-sided",
         }
     }
 }

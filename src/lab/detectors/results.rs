@@ -59,7 +59,7 @@ impl Results {
 }
 
 /// The held-out scores of corruption type `k`'s sets (all levels), ensemble size index `si`.
-fn of_kind(sets: &[Set], r: &Scores, si: usize, k: usize) -> Vec<f32> {
+pub fn of_kind(sets: &[Set], r: &Scores, si: usize, k: usize) -> Vec<f32> {
     sets.iter().zip(r).filter(|(s, _)| s.kind == Some(k)).flat_map(|(_, v)| v[si].iter().copied()).collect()
 }
 

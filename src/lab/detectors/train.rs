@@ -28,6 +28,9 @@ pub struct Set {
     pub kind: Option<usize>,
     /// Whether the classifier's top-1 is wrong (`None` for OOD rows).
     pub wrong: Vec<Option<bool>>,
+    /// The image-quality measures of each row's image, when measured
+    /// ([`crate::lab::quality`]).
+    pub quality: Option<Array2<f32>>,
 }
 
 /// Held-out scores: per set (cache order), per ensemble size ([`SIZES`]), per test row.
@@ -53,6 +56,7 @@ pub fn sets(c: &Cache) -> Vec<Set> {
                 origin,
                 kind,
                 wrong,
+                quality: None,
             }
         })
         .collect()
@@ -104,13 +108,31 @@ fn run(sets: &[Set], cols: &[usize], job: Job, mlp: &MlpConfig) -> Result<Scores
     let grad = |s: &Set, idx: &[usize]| rows(&s.features, idx).select(Axis(1), cols);
     let grad_std = LogStandardizer::fit(&grad(&sets[0], &sp.train))?;
     let fwd_std = Standardizer::fit(&rows(&sets[0].fwd, &sp.train))?;
+    let quality = |s: &Set, idx: &[usize]| {
+        s.quality.as_ref().map(|q| rows(q, idx)).ok_or_else(|| anyhow!("the sets carry no image-quality measures"))
+    };
+    // Fitted on the familiar training rows, as the other inputs' standardisers.
+    let q_std = match job.inputs {
+        Inputs::Quality | Inputs::BothQuality | Inputs::QualityAbs | Inputs::BothQualityAbs => {
+            Some(Standardizer::fit(&quality(&sets[0], &sp.train)?)?)
+        }
+        _ => None,
+    };
     let design = |s: &Set, idx: &[usize]| -> Result<Array2<f32>> {
         let g = || grad_std.transform(&grad(s, idx));
         let f = || fwd_std.transform(&rows(&s.fwd, idx));
+        let q = || -> Result<Array2<f32>> {
+            let st = q_std.as_ref().ok_or_else(|| anyhow!("no quality standardiser"))?;
+            Ok(st.transform(&quality(s, idx)?)?)
+        };
         Ok(match job.inputs {
             Inputs::Gradients => g()?,
             Inputs::Forward => f()?,
             Inputs::Both => concatenate(Axis(1), &[g()?.view(), f()?.view()])?,
+            Inputs::Quality => q()?,
+            Inputs::BothQuality => concatenate(Axis(1), &[g()?.view(), f()?.view(), q()?.view()])?,
+            Inputs::QualityAbs => q()?.mapv(f32::abs),
+            Inputs::BothQualityAbs => concatenate(Axis(1), &[g()?.view(), f()?.view(), q()?.mapv(f32::abs).view()])?,
         })
     };
     let used: Vec<&Set> = sets.iter().filter(|s| s.kind.is_none() || s.kind != job.exclude).collect();

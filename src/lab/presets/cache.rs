@@ -78,7 +78,7 @@ fn familiar(data: &Path, per_set: usize) -> Result<(Vec<usize>, Vec<usize>)> {
 /// 7,800 images through the full graph for 300 per set).
 pub fn load_or_extract(cfg: &Config) -> Result<Cache> {
     let specs = plan::sets()?;
-    let (idx, labels) = familiar(&cfg.data, cfg.per_set)?;
+    let (_, labels) = familiar(&cfg.data, cfg.per_set)?;
     std::fs::create_dir_all(&cfg.cache).with_context(|| format!("creating {}", cfg.cache.display()))?;
     let key_path = cfg.cache.join(PLAN_FILE);
     let key: Option<Key> = match std::fs::read_to_string(&key_path) {
@@ -111,10 +111,10 @@ pub fn load_or_extract(cfg: &Config) -> Result<Cache> {
             Some(f) => f,
             None => {
                 if extractor.is_none() {
-                    extractor = Some(Extractor::new(cfg, &idx)?);
+                    extractor = Some(Extractor::new(cfg)?);
                 }
                 let ex = extractor.as_mut().context("extractor")?;
-                let f = ex.extract(&spec, &idx)?;
+                let f = ex.extract(&spec)?;
                 f.save(&cfg.cache, &prefix)?;
                 f
             }
@@ -142,28 +142,19 @@ pub fn load_or_extract(cfg: &Config) -> Result<Cache> {
     Ok(Cache { names, labels, sets })
 }
 
-/// The model, its session and the source images, loaded on the first set to extract.
-struct Extractor {
-    model: LoadedModel,
-    session: GradSession,
-    names: Vec<String>,
+/// The images every set of the plan is made of: the familiar GTSRB test images (by row), the
+/// CIFAR-10 ones, and the corruptions of the familiar ones.
+pub struct Images {
+    /// GTSRB test rows of the familiar images.
+    idx: Vec<usize>,
     familiar: Vec<RgbImage>,
     cifar: Vec<RgbImage>,
-    batch: usize,
 }
 
-impl Extractor {
-    /// The reference model's full graph with the activation statistics.
-    fn compile() -> Result<LoadedModel> {
-        let opts = CompileOptions { act_stats: true, ..Default::default() };
-        LoadedModel::load(Path::new(DEFAULT_MODEL), &opts).with_context(|| format!("loading {DEFAULT_MODEL}"))
-    }
-
-    fn new(cfg: &Config, idx: &[usize]) -> Result<Extractor> {
-        let model = Self::compile()?;
-        let rt = RuntimeOptions { threads: cfg.threads, ..Default::default() };
-        let session = GradSession::new(&model.compiled, &rt)?;
-        let names = model.compiled.features.clone();
+impl Images {
+    /// Loads the source images of `cfg.per_set` per set from `cfg.data`.
+    pub fn load(cfg: &Config) -> Result<Images> {
+        let (idx, _) = familiar(&cfg.data, cfg.per_set)?;
         let load = |rel: &str| {
             let p = cfg.data.join(rel);
             crate::data::load_npy_images(&p).with_context(|| format!("reading {} (pass --data)", p.display()))
@@ -175,21 +166,51 @@ impl Extractor {
             bail!("CIFAR-10 has {} images, fewer than --per-set {}", all.len(), idx.len());
         }
         let cifar = subsample(all.len(), idx.len(), plan::CIFAR_SEED).iter().map(|&i| all[i].clone()).collect();
-        Ok(Extractor { model, session, names, familiar, cifar, batch: cfg.batch })
+        Ok(Images { idx, familiar, cifar })
     }
 
-    fn extract(&mut self, spec: &SetSpec, idx: &[usize]) -> Result<FeatureSet> {
+    /// The images of one set, in row order.
+    pub fn of(&self, spec: &SetSpec) -> Result<Vec<RgbImage>> {
         let kinds = plan::kinds()?;
-        let images: Vec<RgbImage> = match spec.source {
+        Ok(match spec.source {
             Source::Familiar => self.familiar.clone(),
             Source::Cifar10 => self.cifar.clone(),
             Source::Corrupted { kind, level } => self
                 .familiar
                 .iter()
-                .zip(idx)
+                .zip(&self.idx)
                 .map(|(img, &orig)| corrupt::apply(img, kinds[kind], level, image_seed(0, orig)))
                 .collect::<Result<_, _>>()?,
-        };
+        })
+    }
+}
+
+/// The model, its session and the source images, loaded on the first set to extract.
+struct Extractor {
+    model: LoadedModel,
+    session: GradSession,
+    names: Vec<String>,
+    images: Images,
+    batch: usize,
+}
+
+impl Extractor {
+    /// The reference model's full graph with the activation statistics.
+    fn compile() -> Result<LoadedModel> {
+        let opts = CompileOptions { act_stats: true, ..Default::default() };
+        LoadedModel::load(Path::new(DEFAULT_MODEL), &opts).with_context(|| format!("loading {DEFAULT_MODEL}"))
+    }
+
+    fn new(cfg: &Config) -> Result<Extractor> {
+        let model = Self::compile()?;
+        let rt = RuntimeOptions { threads: cfg.threads, ..Default::default() };
+        let session = GradSession::new(&model.compiled, &rt)?;
+        let names = model.compiled.features.clone();
+        Ok(Extractor { model, session, names, images: Images::load(cfg)?, batch: cfg.batch })
+    }
+
+    fn extract(&mut self, spec: &SetSpec) -> Result<FeatureSet> {
+        let images = self.images.of(spec)?;
         let t = Instant::now();
         let f = extract::extract_labelled(&mut self.session, &self.model.info, &images, self.batch, false, &spec.name)
             .with_context(|| format!("extracting {}", spec.name))?;
