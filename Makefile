@@ -47,16 +47,16 @@ build: ort
 
 release: build
 
-# clippy in the release profile: the dependencies' build scripts (OpenH264's C++ and assembly,
-# bindgen) then run once for both lint and test instead of once per profile.
+# lint and test share the `ci` profile (Cargo.toml: release at opt-level 1, no debug info), so
+# the dependencies' build scripts and proc macros are built once for both.
 lint: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --release --all-targets -- -D warnings
+	$(CARGO) clippy --locked --profile ci --all-targets -- -D warnings
 
 # --lib --bins --tests: the examples are not linked again (clippy above has checked they
 # compile) and there are no runnable doc tests.
 test: ort lint rules
-	$(CARGO) test --locked --release --lib --bins --tests
+	$(CARGO) test --locked --profile ci --lib --bins --tests
 
 # The shipped Prometheus rules: syntax, then their unit tests (deploy/prometheus/).
 rules: deps
