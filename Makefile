@@ -13,6 +13,7 @@
 #   make bench-alarms   false alarms per hour and detection delays of the alert policies (docs/results/alarms.md)
 #   make bench-presets  AUROC of the feature subsets the presets choose from (docs/results/presets.md)
 #   make bench-detectors  targets, inputs and ensembles of the calibration's detector (docs/results/detector-ablation.md)
+#   make bench-quality  what the image-quality measures add to that detector (docs/results/quality.md)
 #   make status-screenshot  the status page in headless Chromium, checked, into docs/results/status-page.png
 #   make aarch64        the Jetson (aarch64, glibc 2.31) binary, without Docker (docs/guide/jetson.md)
 #   make aarch64-check  that binary under qemu-user vs the x86-64 one, on the same job
@@ -30,7 +31,7 @@ APT_PACKAGES := libclang-dev pkg-config mosquitto python3-pip unzip libopenh264-
 	python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad prometheus
 
-.PHONY: help deps ort build release test lint rules demo bench bench-daemon bench-rtsp bench-alarms bench-presets bench-detectors clean aarch64 aarch64-check status-screenshot fuzz chaos
+.PHONY: help deps ort build release test lint rules demo bench bench-daemon bench-rtsp bench-alarms bench-presets bench-detectors bench-quality clean aarch64 aarch64-check status-screenshot fuzz chaos
 
 # Every target with one line each: the comment block at the top of this file.
 help:
@@ -108,6 +109,12 @@ bench-presets: build
 # and detector-ablation.csv.
 bench-detectors: build
 	nice -n 10 ./target/release/gradwatch bench-detectors --data $(DATA) --cache out/presets-cache --per-set 300 --seeds 3
+
+# What the image-quality measures add to the camera-health detector, on bench-presets' cache
+# (built when missing): 135 trainings of 5-member ensembles (5 inputs x left-out types x 3
+# seeds). Writes docs/results/quality.md and quality.json.
+bench-quality: build
+	nice -n 10 ./target/release/gradwatch bench-quality --data $(DATA) --cache out/presets-cache --per-set 300 --seeds 3
 
 aarch64:
 	scripts/aarch64-build.sh
