@@ -73,6 +73,45 @@ pub struct SimulatedThreshold {
     pub extrapolated: bool,
 }
 
+/// [`simulated_threshold`], remembered per baseline and parameters (at most
+/// [`CACHE_ENTRIES`]): the simulation is deterministic, and trackers are rebuilt on the same
+/// baseline (on every reload, and thousands of times by `bench-alarms`), so each pays the
+/// simulation's tens of milliseconds once.
+pub fn simulated_threshold_cached(
+    baseline: &Baseline,
+    min_scale: f64,
+    kappa: f64,
+    false_alarms_per_day: f64,
+    block_ms: u64,
+    seed: u64,
+) -> SimulatedThreshold {
+    use std::collections::HashMap;
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<u64, SimulatedThreshold>>> = OnceLock::new();
+    let mut hs = DefaultHasher::new();
+    baseline.sample.iter().for_each(|v| v.to_bits().hash(&mut hs));
+    baseline.clamp.map(f32::to_bits).hash(&mut hs);
+    (baseline.theta.to_bits(), baseline.block_ms).hash(&mut hs);
+    (min_scale.to_bits(), kappa.to_bits(), false_alarms_per_day.to_bits(), block_ms, seed).hash(&mut hs);
+    let key = hs.finish();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(hit) = cache.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        return hit;
+    }
+    let r = simulated_threshold(baseline, min_scale, kappa, false_alarms_per_day, block_ms, seed);
+    if let Ok(mut m) = cache.lock() {
+        if m.len() >= CACHE_ENTRIES {
+            m.clear();
+        }
+        m.insert(key, r.clone());
+    }
+    r
+}
+
+/// Most (baseline, parameters) whose simulated threshold [`simulated_threshold_cached`] keeps.
+pub const CACHE_ENTRIES: usize = 256;
+
 /// The `h` at which the CUSUM with `kappa` and the baseline's `theta`, fed clean blocks drawn
 /// from `baseline` (p-values with the tail-scale floor `min_scale`, as in the daemon), first
 /// reaches `h` after `86_400_000 / block_ms / false_alarms_per_day` blocks on average. `seed`

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use super::{Decider, Verdict};
 use crate::alert::cusum::{block_statistic, fallback_baseline};
-use crate::alert::run_length::simulated_threshold;
+use crate::alert::run_length::simulated_threshold_cached;
 use crate::alert::{ms_between, AlertPolicy, Baseline, BaselineConfig, Cusum, CusumParams, Learner, Open};
 use crate::alert::{PolicyDetail, PolicyKind, Scored, ThresholdRule};
 use crate::base::time::unix_ms;
@@ -91,8 +91,14 @@ impl CusumDecider {
         let stale = self.simulated_h.is_none_or(|(f, _)| f != floor);
         if self.policy.threshold == ThresholdRule::Simulated && stale {
             let p = &self.policy;
-            let sim =
-                simulated_threshold(baseline, floor, p.kappa, p.false_alarms_per_day, p.block_ms, SIMULATION_SEED);
+            let sim = simulated_threshold_cached(
+                baseline,
+                floor,
+                p.kappa,
+                p.false_alarms_per_day,
+                p.block_ms,
+                SIMULATION_SEED,
+            );
             self.simulated_h = Some((floor, sim.h));
         }
         let params = CusumParams { h: self.h(), ..self.policy.cusum_params(baseline) };
