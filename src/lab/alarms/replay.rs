@@ -117,6 +117,14 @@ pub(super) fn policies() -> Vec<Variant> {
         v("cusum 2.4/day, kappa 0.2, learned baseline", old(2.4), true, true),
         v(SHIPPED, cusum.clone(), true, true),
         v("cusum 24/day, learned baseline", rate(24.0), true, true),
+        // The simulated threshold errs optimistic by up to 2x on these tracks (the rate table):
+        // half the shipped rate, to see what its lower h buys at the same promise.
+        v(
+            "cusum 1.2/day, simulated h, learned baseline",
+            AlertPolicy { threshold: crate::alert::ThresholdRule::Simulated, ..rate(1.2) },
+            true,
+            true,
+        ),
     ]
 }
 
