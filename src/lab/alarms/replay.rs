@@ -253,6 +253,21 @@ impl OnsetCell<'_> {
     pub(super) fn harmful(&self) -> bool {
         crate::lab::harmful(self.acc)
     }
+
+    /// The seed of the cell's onsets on the test tracks ([`onsets`]).
+    pub(super) fn seed(&self) -> u64 {
+        (self.ki * 131 + usize::from(self.level) * 17) as u64
+    }
+
+    /// The seed of the cell's onsets on the real tracks.
+    pub(super) fn real_seed(&self) -> u64 {
+        (1 << 40) | self.seed()
+    }
+
+    /// The cell's corrupted tracks among `tracks` (the real camera's onset tracks).
+    pub(super) fn real_pool<'t>(&self, tracks: &[&'t CachedTrack]) -> Vec<&'t CachedTrack> {
+        tracks.iter().copied().filter(|t| t.kind == self.kind.name() && t.level == f32::from(self.level)).collect()
+    }
 }
 
 /// Every (corruption, level) cell of the onsets, in [`Corruption::ALL`] and level order.
@@ -346,6 +361,7 @@ pub(super) fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Delays in seconds (sorted) and the number missed.
+#[derive(Clone)]
 pub(super) struct Delays {
     pub(super) delays: Vec<f64>,
     pub(super) missed: usize,

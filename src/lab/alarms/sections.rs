@@ -78,7 +78,7 @@ pub(super) fn results(a: &Config, tracks: &[CachedTrack], real: &[CachedTrack]) 
     let bound = window_bound(&ctx.group("clean"), &on.cells);
     let ramp = ramps(&ctx, &learned, &on.harmful_kinds)?;
     let rates = rates(&ctx, &learned, &cam)?;
-    let breakdown = breakdown(&ctx, &learned, &cam, &on.cells)?;
+    let breakdown = breakdown(&ctx, &cam, &on)?;
     let mut targets = targets(&ctx, &fa_rate, &cam, &on, &ron, &ramp);
     rate_targets(&mut targets, &ctx.shipped, &rates);
     Ok(Results {
@@ -178,6 +178,8 @@ fn real_camera<'a>(ctx: &Ctx<'a>) -> Result<Camera<'a>> {
 /// Detection delays after onsets, per cell and pooled over the harmful ones.
 struct OnsetDelays<'a> {
     cells: Vec<OnsetCell<'a>>,
+    /// The shipped policy's delays, per cell of `cells`.
+    shipped: Vec<Delays>,
     harmful_all: BTreeMap<&'static str, Delays>,
     harmful_kinds: BTreeSet<&'static str>,
     early_all: BTreeMap<&'static str, usize>,
@@ -195,9 +197,11 @@ fn onset_delays<'a>(ctx: &Ctx<'a>, learned: &crate::alert::Baseline) -> Result<O
     // Frames of clean lead-in replayed per policy (fresh trackers: the start of a stream).
     let mut lead_frames: BTreeMap<&str, usize> = BTreeMap::new();
     let cells = onset_cells(&onset, &load_accuracy(&ctx.a.cache, ACCURACY_FILE, ACCURACY_IMAGES)?)?;
+    // The shipped policy's delays per cell, for the breakdown.
+    let mut shipped = Vec::new();
     let mut rows = Vec::new();
     for cell in &cells {
-        let (ki, kind, level, pool) = (cell.ki, cell.kind, cell.level, &cell.pool);
+        let (kind, level, pool) = (cell.kind, cell.level, &cell.pool);
         let harmful = cell.harmful();
         if harmful {
             harmful_kinds.insert(kind.name());
@@ -205,8 +209,10 @@ fn onset_delays<'a>(ctx: &Ctx<'a>, learned: &crate::alert::Baseline) -> Result<O
         let mut delays = Vec::new();
         for v in policies() {
             let name = v.name;
-            let seed = (ki * 131 + usize::from(level) * 17) as u64;
-            let (d, lead) = onsets(&v, learned, ctx.gate(&v), &clean, pool, seed)?;
+            let (d, lead) = onsets(&v, learned, ctx.gate(&v), &clean, pool, cell.seed())?;
+            if name == SHIPPED {
+                shipped.push(d.clone());
+            }
             *lead_frames.entry(name).or_default() += lead;
             delays.push(d.summary());
             *early_all.entry(name).or_default() += d.early;
@@ -240,7 +246,7 @@ fn onset_delays<'a>(ctx: &Ctx<'a>, learned: &crate::alert::Baseline) -> Result<O
         cells: rows,
         harmful,
     };
-    Ok(OnsetDelays { cells, harmful_all, harmful_kinds, early_all, lead_frames, out })
+    Ok(OnsetDelays { cells, shipped, harmful_all, harmful_kinds, early_all, lead_frames, out })
 }
 
 /// The onsets on the real tracks: per policy, harmful on the camera's own signs and on the test signs.
@@ -267,13 +273,8 @@ fn real_onsets(ctx: &Ctx, cam: &Camera, cells: &[OnsetCell]) -> Result<RealOnset
     for v in policies() {
         let (mut own, mut test, mut early) = (empty(), empty(), 0);
         for cell in cells.iter().filter(|c| c.harmful() || own_harm(c)) {
-            let pool: Vec<&CachedTrack> = real_onset
-                .iter()
-                .copied()
-                .filter(|t| t.kind == cell.kind.name() && t.level == f32::from(cell.level))
-                .collect();
-            let seed = (1 << 40) | (cell.ki * 131 + usize::from(cell.level) * 17) as u64;
-            let (d, _) = onsets(&v, real_learned, ctx.gate(&v), real_clean, &pool, seed)?;
+            let pool = cell.real_pool(&real_onset);
+            let (d, _) = onsets(&v, real_learned, ctx.gate(&v), real_clean, &pool, cell.real_seed())?;
             if d.missed > 0 && v.name == SHIPPED {
                 let acc = real_acc.get(&(cell.kind.name().to_string(), cell.level)).copied().unwrap_or(f64::NAN);
                 missed_cells.push(MissedCell {
@@ -482,37 +483,26 @@ fn pool_delays(parts: impl IntoIterator<Item = Delays>) -> Delays {
 }
 
 /// The shipped policy's delays grouped by severity (the classifier's accuracy at the onset,
-/// each camera judged on its own signs) and, for harmful cells, by family. The onsets are
-/// the ones of the delay sections (same seeds), replayed again for every cell.
-fn breakdown(ctx: &Ctx, learned: &Baseline, cam: &Camera, cells: &[OnsetCell]) -> Result<Breakdown> {
-    let v = &ctx.shipped;
-    let gate = ctx.gate(v);
-    let clean = ctx.group("clean");
+/// each camera judged on its own signs) and, for harmful cells, by family. The test tracks'
+/// delays are the delay section's; on the real tracks every cell is replayed (that section
+/// replays only the harmful ones), with that section's seeds.
+fn breakdown(ctx: &Ctx, cam: &Camera, on: &OnsetDelays) -> Result<Breakdown> {
+    let (v, cells) = (&ctx.shipped, &on.cells);
     let real_acc = load_accuracy(&ctx.a.cache, REAL_ACCURACY_FILE, cam.out.tracks)?;
     let real_onset: Vec<&CachedTrack> = ctx.real.iter().filter(|t| t.group == "real-onset").collect();
     // Per cell: (accuracy, delays) on the test tracks and on the real tracks.
-    let mut test = Vec::new();
-    let mut real = Vec::new();
+    let test: Vec<(f64, &Delays)> = cells.iter().map(|c| c.acc).zip(&on.shipped).collect();
+    let mut real_delays = Vec::new();
     for cell in cells {
-        let seed = (cell.ki * 131 + usize::from(cell.level) * 17) as u64;
-        test.push((cell.acc, onsets(v, learned, gate, &clean, &cell.pool, seed)?.0));
-        let pool: Vec<&CachedTrack> = real_onset
-            .iter()
-            .copied()
-            .filter(|t| t.kind == cell.kind.name() && t.level == f32::from(cell.level))
-            .collect();
+        let pool = cell.real_pool(&real_onset);
         let acc = real_acc.get(&(cell.kind.name().to_string(), cell.level)).copied().unwrap_or(f64::NAN);
-        let (d, _) = onsets(v, &cam.learned, gate, &cam.clean, &pool, (1 << 40) | seed)?;
-        real.push((acc, d));
+        real_delays.push((acc, onsets(v, &cam.learned, ctx.gate(v), &cam.clean, &pool, cell.real_seed())?.0));
     }
+    let real: Vec<(f64, &Delays)> = real_delays.iter().map(|(acc, d)| (*acc, d)).collect();
     let row = |group: String, harmful: bool, pick: &dyn Fn(usize, f64) -> bool| {
-        let of = |cam: &[(f64, Delays)]| {
-            let chosen: Vec<Delays> = cam
-                .iter()
-                .enumerate()
-                .filter(|(i, (acc, _))| pick(*i, *acc))
-                .map(|(_, (_, d))| Delays { delays: d.delays.clone(), missed: d.missed, early: d.early })
-                .collect();
+        let of = |cam: &[(f64, &Delays)]| {
+            let chosen: Vec<Delays> =
+                cam.iter().enumerate().filter(|(i, (acc, _))| pick(*i, *acc)).map(|(_, (_, d))| (*d).clone()).collect();
             (chosen.len(), pool_delays(chosen).summary())
         };
         let ((test_cells, t), (real_cells, r)) = (of(&test), of(&real));

@@ -31,17 +31,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
     let t = std::time::Instant::now();
     let scores = train::run_all(&sets, &cache.names, &jobs, cfg.threads, &MlpConfig::default())?;
     log::info!("{} trainings in {:.0} s", jobs.len(), t.elapsed().as_secs_f64());
-    let fwd = crate::detector::forward::ForwardSignal::ALL.len();
-    let width = |c: plan::Columns, i: plan::Inputs| {
-        let g = c.pick(&cache.names).len();
-        match i {
-            plan::Inputs::Gradients => g,
-            plan::Inputs::Forward => fwd,
-            plan::Inputs::Both => g + fwd,
-            plan::Inputs::Quality | plan::Inputs::QualityAbs => crate::quality::Measure::ALL.len(),
-            plan::Inputs::BothQuality | plan::Inputs::BothQualityAbs => g + fwd + crate::quality::Measure::ALL.len(),
-        }
-    };
+    let width = |c: plan::Columns, i: plan::Inputs| i.width(c.pick(&cache.names).len());
     results::compute(&sets, &jobs, &scores, protocol, width)
 }
 

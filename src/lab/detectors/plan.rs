@@ -37,6 +37,23 @@ impl Inputs {
     /// Every kind of inputs, in table order.
     pub const ALL: [Inputs; 3] = [Inputs::Gradients, Inputs::Forward, Inputs::Both];
 
+    /// Whether the detector sees the image-quality measures.
+    pub fn uses_quality(self) -> bool {
+        matches!(self, Inputs::Quality | Inputs::BothQuality | Inputs::QualityAbs | Inputs::BothQualityAbs)
+    }
+
+    /// The detector's input columns with `grad` gradient columns.
+    pub fn width(self, grad: usize) -> usize {
+        let (fwd, q) = (crate::detector::forward::ForwardSignal::ALL.len(), crate::quality::Measure::ALL.len());
+        match self {
+            Inputs::Gradients => grad,
+            Inputs::Forward => fwd,
+            Inputs::Both => grad + fwd,
+            Inputs::Quality | Inputs::QualityAbs => q,
+            Inputs::BothQuality | Inputs::BothQualityAbs => grad + fwd + q,
+        }
+    }
+
     /// The table's name.
     pub fn name(self) -> &'static str {
         match self {

@@ -112,12 +112,7 @@ fn run(sets: &[Set], cols: &[usize], job: Job, mlp: &MlpConfig) -> Result<Scores
         s.quality.as_ref().map(|q| rows(q, idx)).ok_or_else(|| anyhow!("the sets carry no image-quality measures"))
     };
     // Fitted on the familiar training rows, as the other inputs' standardisers.
-    let q_std = match job.inputs {
-        Inputs::Quality | Inputs::BothQuality | Inputs::QualityAbs | Inputs::BothQualityAbs => {
-            Some(Standardizer::fit(&quality(&sets[0], &sp.train)?)?)
-        }
-        _ => None,
-    };
+    let q_std = if job.inputs.uses_quality() { Some(Standardizer::fit(&quality(&sets[0], &sp.train)?)?) } else { None };
     let design = |s: &Set, idx: &[usize]| -> Result<Array2<f32>> {
         let g = || grad_std.transform(&grad(s, idx));
         let f = || fwd_std.transform(&rows(&s.fwd, idx));

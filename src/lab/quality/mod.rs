@@ -161,17 +161,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
     let scores = train::run_all(&sets, &cache.names, &jobs, cfg.threads, &MlpConfig::default())?;
     log::info!("{} trainings in {:.0} s", jobs.len(), t.elapsed().as_secs_f64());
     let per_type = per_type(&sets, &jobs, &scores, cfg.seeds)?;
-    let (fwd, q) = (crate::detector::forward::ForwardSignal::ALL.len(), Measure::ALL.len());
-    let width = |c: Columns, i: Inputs| {
-        let g = c.pick(&cache.names).len();
-        match i {
-            Inputs::Gradients => g,
-            Inputs::Forward => fwd,
-            Inputs::Both => g + fwd,
-            Inputs::Quality | Inputs::QualityAbs => q,
-            Inputs::BothQuality | Inputs::BothQualityAbs => g + fwd + q,
-        }
-    };
+    let width = |c: Columns, i: Inputs| i.width(c.pick(&cache.names).len());
     let detectors = detectors::results::compute(&sets, &jobs, &scores, protocol, width)?;
     let small = crate::frame::RgbImage::zeros(32, 32);
     let mut hd = crate::frame::RgbImage::zeros(1280, 720);
