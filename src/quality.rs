@@ -343,6 +343,26 @@ pub fn measure(img: &RgbImage) -> [f32; 12] {
     .map(|v| v as f32)
 }
 
+/// Every [`Measure`] of `img` as the classifier sees it: resized (bilinear, as the model's
+/// preprocessing resizes) to `width` x `height` first, so that a calibration's images and a
+/// camera's frames are measured at the same scale whatever the camera's resolution.
+pub fn measure_as_input(img: &RgbImage, width: usize, height: usize) -> [f32; 12] {
+    if img.width == width && img.height == height {
+        measure(img)
+    } else {
+        measure(&img.resize(width, height))
+    }
+}
+
+/// [`measure_as_input`] of every image, one row each (`[N, 12]`).
+pub fn measure_batch(images: &[RgbImage], width: usize, height: usize) -> ndarray::Array2<f32> {
+    let mut out = ndarray::Array2::zeros((images.len(), Measure::ALL.len()));
+    for (mut row, img) in out.outer_iter_mut().zip(images) {
+        row.assign(&ndarray::ArrayView1::from(&measure_as_input(img, width, height)[..]));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

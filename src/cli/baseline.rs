@@ -72,7 +72,12 @@ pub fn run(a: BaselineArgs) -> Result<i32> {
     let input = load_input(&a.recording, None)?;
     let mut session = GradSession::new(&loaded.model.compiled, &runtime(a.threads))?;
     let fs = extract::extract(&mut session, &loaded.model.info, &input.images, a.batch, show_progress())?;
-    let scores = loaded.calibration.score(&fs.features, &fs.logits);
+    let info = &loaded.model.info;
+    let quality = loaded
+        .calibration
+        .uses_quality()
+        .then(|| crate::quality::measure_batch(&input.images, info.width, info.height));
+    let scores = loaded.calibration.score(&fs.features, &fs.logits, quality.as_ref());
     // Blocks of block_ms of frame time at the recording's frame rate.
     let per_block = ((policy.block_ms as f64 / 1000.0) * fps).round().max(1.0) as usize;
     let blocks: Vec<f32> = scores.chunks(per_block).map(|c| block_statistic(&mut c.to_vec())).collect();

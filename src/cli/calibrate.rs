@@ -12,6 +12,7 @@ use crate::detector::fit::UnfamiliarSet;
 use crate::frame::RgbImage;
 use crate::grad::{CompileOptions, Loss};
 use crate::model::LoadedModel;
+use crate::quality;
 use crate::runtime::extract as features;
 use crate::runtime::GradSession;
 use crate::setup::images::{familiar_labels, take_rows};
@@ -99,7 +100,8 @@ pub fn run(a: CalibrateArgs) -> Result<i32> {
         let f =
             features::extract_labelled(&mut session, &model.info, &u.images, a.batch, show_progress(), "unfamiliar")?;
         let name = p.display().to_string();
-        unfamiliar.push(UnfamiliarSet { name, features: f.features, logits: f.logits, paired: false });
+        let quality = a.recipe.quality.then(|| quality::measure_batch(&u.images, model.info.width, model.info.height));
+        unfamiliar.push(UnfamiliarSet { name, features: f.features, logits: f.logits, quality, paired: false });
     }
     let inputs = FitInputs {
         familiar_name: a.familiar.display().to_string(),

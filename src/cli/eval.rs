@@ -73,6 +73,10 @@ pub struct EvalArgs {
     /// Training seeds of the trust head for the spread of its misclassification AUROC.
     #[arg(long, default_value_t = 3)]
     pub trust_seeds: usize,
+    /// Let the risk detector and the trust head read the image-quality measures of each image
+    /// (as `calibrate --quality` does; cached next to the features).
+    #[arg(long)]
+    pub quality: bool,
     /// Images per graph run.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
@@ -102,6 +106,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         vim_dim: a.vim_dim,
         risk_target: a.risk_target,
         trust_seeds: a.trust_seeds,
+        quality: a.quality,
         progress: show_progress(),
         command: command_line(),
     };

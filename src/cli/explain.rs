@@ -13,7 +13,7 @@ use clap::Args;
 use super::common::{load_input, runtime};
 use super::score::default_model_path;
 use super::EXIT_CONFIG;
-use crate::detector::{Calibration, LogStandardizer};
+use crate::detector::{Calibration, FrameInputs, LogStandardizer};
 use crate::grad::{CompileOptions, Loss};
 use crate::model::{top_class, LoadedModel};
 use crate::runtime::GradSession;
@@ -74,7 +74,9 @@ pub fn run(a: ExplainArgs) -> Result<i32> {
         let out = session.run(x.view().into_dyn())?;
         let feats = out.features.row(0).to_vec();
         let logits = out.logits.row(0).to_vec();
-        let score = calib.score_row(&feats, &logits);
+        let quality =
+            calib.uses_quality().then(|| crate::quality::measure_as_input(img, model.info.width, model.info.height));
+        let score = calib.score_row(FrameInputs::new(&feats, &logits).with_quality(quality.as_ref().map(|q| &q[..])));
         let (cls, conf) = top_class(&logits);
         let grad: Option<Vec<f32>> = out.input_grad.map(|g| g.iter().copied().collect());
         let stem =

@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::common::{load_input, runtime, show_progress};
 use super::EXIT_CONFIG;
-use crate::detector::{CalibError, Calibration};
+use crate::detector::{CalibError, Calibration, FrameInputs};
 use crate::grad::{CompileOptions, Loss};
 use crate::model::{top_class, LoadedModel};
 use crate::runtime::extract as features;
@@ -83,7 +83,9 @@ pub fn run(a: ScoreArgs) -> Result<i32> {
     let input = load_input(&a.input, None)?;
     let mut session = GradSession::new(&model.compiled, &runtime(a.threads))?;
     let fs = features::extract(&mut session, &model.info, &input.images, a.batch, show_progress())?;
-    let scores = calib.score(&fs.features, &fs.logits);
+    let quality =
+        calib.uses_quality().then(|| crate::quality::measure_batch(&input.images, model.info.width, model.info.height));
+    let scores = calib.score(&fs.features, &fs.logits, quality.as_ref());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for (i, ((name, score), z)) in input.names.iter().zip(&scores).zip(fs.logits.outer_iter()).enumerate() {
@@ -100,7 +102,9 @@ pub fn run(a: ScoreArgs) -> Result<i32> {
             serde_json::Number::from_f64(f64::from(*score)).map_or(serde_json::Value::Null, Into::into),
         );
         // The trust head's probability that this classification is wrong (null without one).
-        let risk = calib.risk_row(&fs.features.row(i).to_vec(), &z.to_vec());
+        let (q, f, l) = (quality.as_ref().map(|q| q.row(i).to_vec()), fs.features.row(i).to_vec(), z.to_vec());
+        let frame = FrameInputs::new(&f, &l).with_quality(q.as_deref());
+        let risk = calib.risk_row(frame);
         line.insert(
             "risk".into(),
             risk.and_then(|r| serde_json::Number::from_f64(f64::from(r))).map_or(serde_json::Value::Null, Into::into),

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use ndarray::Array2;
 
-use super::{DetectorError, Ensemble, Gaussian, LogStandardizer, Mlp, TrustHead};
+use super::{DetectorError, Ensemble, FrameInputs, Gaussian, LogStandardizer, Mlp, TrustHead};
 
 /// Current file format version.
 pub const FORMAT: u32 = 1;
@@ -313,16 +313,25 @@ impl Calibration {
         Ok(())
     }
 
-    /// Scores one frame from its gradient features and its logits; higher is more unfamiliar.
-    /// The `mlp` and `one_class` detectors ignore the logits. Wrong lengths and non-finite
-    /// inputs score +inf (most unfamiliar); never panics.
-    pub fn score_row(&self, features: &[f32], logits: &[f32]) -> f32 {
+    /// Whether the detector or the trust head reads the image-quality measures
+    /// ([`crate::quality::measure`] of the image as the model sees it): callers measure frames
+    /// only then.
+    pub fn uses_quality(&self) -> bool {
+        matches!(&self.detector, DetectorKind::Ensemble(e) if e.uses_quality())
+            || self.trust.as_ref().is_some_and(|t| t.ensemble.uses_quality())
+    }
+
+    /// Scores one frame from its gradient features, logits and (when the detector uses them)
+    /// image-quality measures; higher is more unfamiliar. The `mlp` and `one_class` detectors
+    /// read the features only. Wrong lengths, missing measures and non-finite inputs score
+    /// +inf (most unfamiliar); never panics.
+    pub fn score_row(&self, frame: FrameInputs<'_>) -> f32 {
         let s = match &self.detector {
-            DetectorKind::Mlp { normalize, mlp } => normalize.transform_row(features).map(|z| mlp.logit_row(&z)),
+            DetectorKind::Mlp { normalize, mlp } => normalize.transform_row(frame.features).map(|z| mlp.logit_row(&z)),
             DetectorKind::OneClass { normalize, gaussian } => {
-                normalize.transform_row(features).map(|z| gaussian.score_row(&z))
+                normalize.transform_row(frame.features).map(|z| gaussian.score_row(&z))
             }
-            DetectorKind::Ensemble(e) => Ok(e.logit_row(features, logits)),
+            DetectorKind::Ensemble(e) => Ok(e.logit_row(frame)),
         };
         match s {
             Ok(v) if !v.is_nan() => v,
@@ -330,25 +339,27 @@ impl Calibration {
         }
     }
 
-    /// Scores a batch: `features` `[N, P]` and `logits` `[N, C]`, row-aligned (a frame without
-    /// a logits row gets an empty one, which scores +inf where logits are used).
-    pub fn score(&self, features: &Array2<f32>, logits: &Array2<f32>) -> Vec<f32> {
+    /// Scores a batch: `features` `[N, P]`, `logits` `[N, C]` and `quality` `[N, Q]`,
+    /// row-aligned (a frame without a logits or quality row gets an empty one, which scores
+    /// +inf where they are used).
+    pub fn score(&self, features: &Array2<f32>, logits: &Array2<f32>, quality: Option<&Array2<f32>>) -> Vec<f32> {
         features
             .outer_iter()
             .enumerate()
             .map(|(i, r)| {
                 let z = if i < logits.nrows() { logits.row(i).to_vec() } else { Vec::new() };
-                self.score_row(&r.to_vec(), &z)
+                let q = quality.filter(|q| i < q.nrows()).map(|q| q.row(i).to_vec());
+                self.score_row(FrameInputs::new(&r.to_vec(), &z).with_quality(q.as_deref()))
             })
             .collect()
     }
 
     /// The trust head's `risk` of one frame in `[0, 1]` (the probability that its
-    /// classification is wrong); `None` without a trust head. Wrong lengths and non-finite
-    /// inputs give 1.0 (distrust what cannot be scored); never panics.
-    pub fn risk_row(&self, features: &[f32], logits: &[f32]) -> Option<f32> {
+    /// classification is wrong); `None` without a trust head. Wrong lengths, missing measures
+    /// and non-finite inputs give 1.0 (distrust what cannot be scored); never panics.
+    pub fn risk_row(&self, frame: FrameInputs<'_>) -> Option<f32> {
         let t = self.trust.as_ref()?;
-        let r = t.risk_row(features, logits);
+        let r = t.risk_row(frame);
         Some(if r.is_nan() { 1.0 } else { r })
     }
 

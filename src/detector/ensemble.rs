@@ -81,15 +81,54 @@ impl std::str::FromStr for Target {
     }
 }
 
-/// Rows with their training labels: `[N, P]` gradient features, `[N, C]` logits, N labels.
+/// Rows with their training labels: `[N, P]` gradient features, `[N, C]` logits, the
+/// image-quality measures when measured, N labels.
 #[derive(Clone, Debug)]
 pub struct LabelledRows {
     /// Gradient features.
     pub features: Array2<f32>,
     /// Logits (may have 0 columns when no forward signal is used).
     pub logits: Array2<f32>,
+    /// `[N, Q]` image-quality measures ([`crate::quality::measure`] of the image the model
+    /// saw), needed when the ensemble uses them.
+    pub quality: Option<Array2<f32>>,
     /// 0 or 1 per row.
     pub labels: Vec<u8>,
+}
+
+/// The familiar training rows an [`Ensemble`]'s standardisers are fitted on.
+#[derive(Clone, Copy, Debug)]
+pub struct Reference<'a> {
+    /// Gradient features `[N, P]`.
+    pub features: &'a Array2<f32>,
+    /// Logits `[N, C]`.
+    pub logits: &'a Array2<f32>,
+    /// Image-quality measures `[N, Q]`, needed when the ensemble uses them.
+    pub quality: Option<&'a Array2<f32>>,
+}
+
+/// One frame as a detector reads it: its gradient features, logits and (when measured)
+/// image-quality measures.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameInputs<'a> {
+    /// Gradient features.
+    pub features: &'a [f32],
+    /// Logits.
+    pub logits: &'a [f32],
+    /// Image-quality measures (`None`: not measured; an ensemble that uses them scores NaN).
+    pub quality: Option<&'a [f32]>,
+}
+
+impl<'a> FrameInputs<'a> {
+    /// A frame without image-quality measures.
+    pub fn new(features: &'a [f32], logits: &'a [f32]) -> Self {
+        FrameInputs { features, logits, quality: None }
+    }
+
+    /// The same frame with its image-quality measures.
+    pub fn with_quality(self, quality: Option<&'a [f32]>) -> Self {
+        FrameInputs { quality, ..self }
+    }
 }
 
 /// How to train an [`Ensemble`].
@@ -103,6 +142,10 @@ pub struct EnsembleConfig {
     pub members: usize,
     /// MLP hyper-parameters of every member.
     pub mlp: MlpConfig,
+    /// Whether the image-quality measures join the inputs (two-sided: `|z|` against the
+    /// reference rows, so a frame too sharp or too dark counts like one too blurred or too
+    /// bright).
+    pub quality: bool,
 }
 
 /// Gradient (+ forward) columns -> seed ensemble of MLPs; the score is the mean member logit.
@@ -122,7 +165,12 @@ pub struct Ensemble {
     /// Standardisation of the forward columns (present iff `forward` is not empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward_normalize: Option<Standardizer>,
-    /// The members; each takes `normalize.dim() + forward.len()` inputs.
+    /// Standardisation of the image-quality measures, whose `|z|` follow the forward columns
+    /// (absent: the ensemble does not use them; files from before they existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality_normalize: Option<Standardizer>,
+    /// The members; each takes `normalize.dim() + forward.len()` (+ the quality measures)
+    /// inputs.
     pub members: Vec<Mlp>,
 }
 
@@ -163,28 +211,37 @@ impl Ensemble {
     /// Fits the standardisers on the reference rows (familiar training images), then trains
     /// `cfg.members` MLPs on `train`, each early-stopping on `val`.
     pub fn train(
-        reference_features: &Array2<f32>,
-        reference_logits: &Array2<f32>,
+        reference: Reference<'_>,
         train: &LabelledRows,
         val: &LabelledRows,
         cfg: &EnsembleConfig,
     ) -> Result<(Ensemble, Vec<TrainReport>), DetectorError> {
-        let normalize = LogStandardizer::fit(reference_features)?;
+        let normalize = LogStandardizer::fit(reference.features)?;
         let forward_normalize = if cfg.forward.is_empty() {
             None
         } else {
-            Some(Standardizer::fit(&signals_batch(&cfg.forward, reference_logits))?)
+            Some(Standardizer::fit(&signals_batch(&cfg.forward, reference.logits))?)
+        };
+        let quality_normalize = match (cfg.quality, reference.quality) {
+            (false, _) => None,
+            (true, Some(q)) => Some(Standardizer::fit(q)?),
+            (true, None) => {
+                return Err(DetectorError::Config(
+                    "the ensemble uses image-quality measures but the reference rows carry none".into(),
+                ))
+            }
         };
         let mut e = Ensemble {
             target: cfg.target,
             forward: cfg.forward.clone(),
-            classes: if cfg.forward.is_empty() { 0 } else { reference_logits.ncols() },
+            classes: if cfg.forward.is_empty() { 0 } else { reference.logits.ncols() },
             normalize,
             forward_normalize,
+            quality_normalize,
             members: Vec::new(),
         };
-        let xt = e.inputs(&train.features, &train.logits)?;
-        let xv = e.inputs(&val.features, &val.logits)?;
+        let xt = e.inputs(&train.features, &train.logits, train.quality.as_ref())?;
+        let xv = e.inputs(&val.features, &val.logits, val.quality.as_ref())?;
         let (members, reports) = train_members(&xt, &train.labels, &xv, &val.labels, &cfg.mlp, cfg.members)?;
         e.members = members;
         e.validate()?;
@@ -196,10 +253,19 @@ impl Ensemble {
         self.normalize.dim()
     }
 
+    /// Whether it reads the image-quality measures.
+    pub fn uses_quality(&self) -> bool {
+        self.quality_normalize.is_some()
+    }
+
     /// Checks a (deserialised) ensemble: valid standardisers and members, consistent widths.
     pub fn validate(&self) -> Result<(), DetectorError> {
         self.normalize.validate()?;
-        let inputs = self.dim() + self.forward.len();
+        let mut inputs = self.dim() + self.forward.len();
+        if let Some(q) = &self.quality_normalize {
+            q.validate()?;
+            inputs += q.dim();
+        }
         match (&self.forward_normalize, self.forward.is_empty()) {
             (None, true) => {}
             (Some(f), false) => {
@@ -237,50 +303,79 @@ impl Ensemble {
         Ok(())
     }
 
-    /// The standardised input row: gradient columns, then forward columns. Errors on wrong
-    /// lengths (features, or logits when forward signals are used) and NaN.
-    pub fn input_row(&self, features: &[f32], logits: &[f32]) -> Result<Vec<f32>, DetectorError> {
-        let mut z = self.normalize.transform_row(features)?;
+    /// The standardised input row: gradient columns, then forward columns, then the quality
+    /// measures' `|z|`. Errors on wrong lengths (features, logits when forward signals are
+    /// used, quality when it is), missing quality and NaN.
+    pub fn input_row(&self, frame: FrameInputs<'_>) -> Result<Vec<f32>, DetectorError> {
+        let mut z = self.normalize.transform_row(frame.features)?;
         if let Some(f) = &self.forward_normalize {
-            if logits.len() != self.classes {
+            if frame.logits.len() != self.classes {
                 return Err(DetectorError::DimensionMismatch {
                     what: "logits",
                     expected: self.classes,
-                    got: logits.len(),
+                    got: frame.logits.len(),
                 });
             }
-            z.extend(f.transform_row(&signals(&self.forward, logits))?);
+            z.extend(f.transform_row(&signals(&self.forward, frame.logits))?);
+        }
+        if let Some(q) = &self.quality_normalize {
+            let Some(m) = frame.quality else {
+                return Err(DetectorError::DimensionMismatch { what: "quality measures", expected: q.dim(), got: 0 });
+            };
+            z.extend(q.transform_row(m)?.into_iter().map(f32::abs));
         }
         Ok(z)
     }
 
-    /// [`input_row`](Self::input_row) for every row (`features` and `logits` row-aligned).
-    pub fn inputs(&self, features: &Array2<f32>, logits: &Array2<f32>) -> Result<Array2<f32>, DetectorError> {
-        let g = self.normalize.transform(features)?;
-        let Some(f) = &self.forward_normalize else { return Ok(g) };
-        if logits.nrows() != features.nrows() || logits.ncols() != self.classes {
-            return Err(DetectorError::DimensionMismatch {
-                what: "logits",
-                expected: self.classes,
-                got: if logits.nrows() == features.nrows() { logits.ncols() } else { 0 },
-            });
+    /// [`input_row`](Self::input_row) for every row (`features`, `logits` and `quality`
+    /// row-aligned).
+    pub fn inputs(
+        &self,
+        features: &Array2<f32>,
+        logits: &Array2<f32>,
+        quality: Option<&Array2<f32>>,
+    ) -> Result<Array2<f32>, DetectorError> {
+        let mut parts = vec![self.normalize.transform(features)?];
+        if let Some(f) = &self.forward_normalize {
+            if logits.nrows() != features.nrows() || logits.ncols() != self.classes {
+                return Err(DetectorError::DimensionMismatch {
+                    what: "logits",
+                    expected: self.classes,
+                    got: if logits.nrows() == features.nrows() { logits.ncols() } else { 0 },
+                });
+            }
+            parts.push(f.transform(&signals_batch(&self.forward, logits))?);
         }
-        let s = f.transform(&signals_batch(&self.forward, logits))?;
-        concatenate(Axis(1), &[g.view(), s.view()])
-            .map_err(|e| DetectorError::InvalidModel(format!("forward columns do not fit: {e}")))
+        if let Some(q) = &self.quality_normalize {
+            let m = quality.filter(|m| m.nrows() == features.nrows()).ok_or(DetectorError::DimensionMismatch {
+                what: "quality measures",
+                expected: q.dim(),
+                got: 0,
+            })?;
+            parts.push(q.transform(m)?.mapv(f32::abs));
+        }
+        if parts.len() == 1 {
+            return Ok(parts.remove(0));
+        }
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        concatenate(Axis(1), &views).map_err(|e| DetectorError::InvalidModel(format!("input columns do not fit: {e}")))
     }
 
-    /// The mean member logit of every row (`features` and `logits` row-aligned); errors like
-    /// [`inputs`](Self::inputs).
-    pub fn members_logits(&self, features: &Array2<f32>, logits: &Array2<f32>) -> Result<Vec<f32>, DetectorError> {
-        let x = self.inputs(features, logits)?;
+    /// The mean member logit of every row; errors like [`inputs`](Self::inputs).
+    pub fn members_logits(
+        &self,
+        features: &Array2<f32>,
+        logits: &Array2<f32>,
+        quality: Option<&Array2<f32>>,
+    ) -> Result<Vec<f32>, DetectorError> {
+        let x = self.inputs(features, logits, quality)?;
         Ok(x.outer_iter().map(|r| mean_logit(&self.members, &r.to_vec())).collect())
     }
 
     /// The score of one frame: the mean member logit (higher = more likely harmful /
     /// unfamiliar). NaN on any input error.
-    pub fn logit_row(&self, features: &[f32], logits: &[f32]) -> f32 {
-        match self.input_row(features, logits) {
+    pub fn logit_row(&self, frame: FrameInputs<'_>) -> f32 {
+        match self.input_row(frame) {
             Ok(z) => mean_logit(&self.members, &z),
             Err(_) => f32::NAN,
         }
@@ -326,6 +421,7 @@ mod tests {
         LabelledRows {
             features: cat(parts.iter().map(|p| p.0.view()).collect()),
             logits: cat(parts.iter().map(|p| p.1.view()).collect()),
+            quality: None,
             labels: parts.iter().flat_map(|p| std::iter::repeat_n(p.2, p.0.nrows())).collect(),
         }
     }
@@ -343,47 +439,113 @@ mod tests {
             forward: vec![ForwardSignal::MaxLogit, ForwardSignal::Margin],
             members: 3,
             mlp: MlpConfig { hidden: 8, ..Default::default() },
+            quality: false,
         };
-        let (e, reports) = Ensemble::train(&ff, &fl, &train, &val, &cfg).unwrap();
+        let reference = Reference { features: &ff, logits: &fl, quality: None };
+        let (e, reports) = Ensemble::train(reference, &train, &val, &cfg).unwrap();
         assert_eq!((e.members.len(), reports.len(), e.classes), (3, 3, 4));
         assert_ne!(e.members[0], e.members[1], "different seeds");
         e.validate().unwrap();
         let f = ff.row(0).to_vec();
         let l = fl.row(0).to_vec();
-        let s = e.logit_row(&f, &l);
+        let s = e.logit_row(FrameInputs::new(&f, &l));
         let mean = |f: &Array2<f32>, l: &Array2<f32>| {
-            (0..20).map(|i| e.logit_row(&f.row(i).to_vec(), &l.row(i).to_vec())).sum::<f32>() / 20.0
+            (0..20).map(|i| e.logit_row(FrameInputs::new(&f.row(i).to_vec(), &l.row(i).to_vec()))).sum::<f32>() / 20.0
         };
         assert!(mean(&vf, &vl) < mean(&wf, &wl));
         // The mean of the members' logits.
-        let z = e.input_row(&f, &l).unwrap();
+        let z = e.input_row(FrameInputs::new(&f, &l)).unwrap();
         let mean = e.members.iter().map(|m| m.logit_row(&z)).sum::<f32>() / 3.0;
         assert!((s - mean).abs() < 1e-5);
         // Batch inputs agree with row inputs.
-        assert_eq!(e.inputs(&ff, &fl).unwrap().row(0).to_vec(), z);
+        assert_eq!(e.inputs(&ff, &fl, None).unwrap().row(0).to_vec(), z);
         // Wrong lengths and NaN give NaN, never a panic.
-        assert!(e.logit_row(&f[..2], &l).is_nan());
-        assert!(e.logit_row(&f, &l[..3]).is_nan());
-        assert!(e.logit_row(&f, &[f32::NAN; 4]).is_nan());
-        assert!(e.logit_row(&[f32::NAN, 1.0, 1.0], &l).is_nan());
+        assert!(e.logit_row(FrameInputs::new(&f[..2], &l)).is_nan());
+        assert!(e.logit_row(FrameInputs::new(&f, &l[..3])).is_nan());
+        assert!(e.logit_row(FrameInputs::new(&f, &[f32::NAN; 4])).is_nan());
+        assert!(e.logit_row(FrameInputs::new(&[f32::NAN, 1.0, 1.0], &l)).is_nan());
         // Serde round trip, and validation of inconsistent models.
         let back: Ensemble = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
-        assert_eq!(back.logit_row(&f, &l), s);
+        assert_eq!(back.logit_row(FrameInputs::new(&f, &l)), s);
         let mut bad = e.clone();
         bad.forward.pop();
         assert!(bad.validate().is_err());
         let mut bad = e.clone();
         bad.members.clear();
-        assert!(bad.validate().is_err() && bad.logit_row(&f, &l).is_nan());
+        assert!(bad.validate().is_err() && bad.logit_row(FrameInputs::new(&f, &l)).is_nan());
         let mut bad = e.clone();
         bad.forward_normalize = None;
         assert!(bad.validate().is_err());
         // Gradients only: one member equals that member's logit exactly; logits are ignored.
         let g = EnsembleConfig { forward: vec![], members: 1, ..cfg };
-        let (e1, _) = Ensemble::train(&ff, &fl, &train, &val, &g).unwrap();
+        let (e1, _) = Ensemble::train(reference, &train, &val, &g).unwrap();
         assert!(e1.forward_normalize.is_none() && e1.classes == 0);
-        let z1 = e1.input_row(&f, &[]).unwrap();
-        assert_eq!(e1.logit_row(&f, &[]), e1.members[0].logit_row(&z1));
+        let z1 = e1.input_row(FrameInputs::new(&f, &[])).unwrap();
+        assert_eq!(e1.logit_row(FrameInputs::new(&f, &[])), e1.members[0].logit_row(&z1));
         assert!(train_members(&ff, &train.labels[..60], &vf, &val.labels[..20], &g.mlp, 0).is_err());
+    }
+
+    #[test]
+    fn quality_columns_are_two_sided_and_required() {
+        // Quality column 0 separates the sets in both directions (familiar near 0, unfamiliar
+        // at -3 or +3): only |z| makes that one side for an MLP's first layer.
+        let (ff, fl) = data(80, 0.0, 1);
+        let (uf, ul) = data(80, 0.0, 2);
+        let (vf, vl) = data(40, 0.0, 3);
+        let (wf, wl) = data(40, 0.0, 4);
+        let mut r = crate::rng::SplitMix64::new(9);
+        let mut q = |n: usize, far: bool| {
+            Array2::from_shape_fn((n, 2), |(i, j)| {
+                let c = if far && j == 0 {
+                    if i % 2 == 0 {
+                        3.0
+                    } else {
+                        -3.0
+                    }
+                } else {
+                    0.0
+                };
+                c + 0.3 * r.normal() as f32
+            })
+        };
+        let (qf, qu, qv, qw) = (q(80, false), q(80, true), q(40, false), q(40, true));
+        let cat = |a: &Array2<f32>, b: &Array2<f32>| concatenate(Axis(0), &[a.view(), b.view()]).unwrap();
+        let mut train = rows(&[(&ff, &fl, 0), (&uf, &ul, 1)]);
+        train.quality = Some(cat(&qf, &qu));
+        let mut val = rows(&[(&vf, &vl, 0), (&wf, &wl, 1)]);
+        val.quality = Some(cat(&qv, &qw));
+        let cfg = EnsembleConfig {
+            target: Target::Novelty,
+            forward: vec![],
+            members: 2,
+            mlp: MlpConfig { hidden: 8, ..Default::default() },
+            quality: true,
+        };
+        let no_q = Reference { features: &ff, logits: &fl, quality: None };
+        assert!(Ensemble::train(no_q, &train, &val, &cfg).is_err(), "quality asked for but not given");
+        let reference = Reference { quality: Some(&qf), ..no_q };
+        let (e, _) = Ensemble::train(reference, &train, &val, &cfg).unwrap();
+        assert!(e.uses_quality());
+        e.validate().unwrap();
+        let s = e.members_logits(&vf, &vl, Some(&qv)).unwrap();
+        let u = e.members_logits(&wf, &wl, Some(&qw)).unwrap();
+        let auc = crate::detector::roc::auroc(&s, &u);
+        assert!(auc > 0.95, "AUROC {auc}");
+        // The row path agrees with the batch path; |z| of the last columns.
+        let (f, l, qr) = (wf.row(1).to_vec(), wl.row(1).to_vec(), qw.row(1).to_vec());
+        let z = e.input_row(FrameInputs::new(&f, &l).with_quality(Some(&qr))).unwrap();
+        assert_eq!(z.len(), 5);
+        assert!(z[3..].iter().all(|v| *v >= 0.0) && z[3] > 3.0, "{z:?}");
+        assert!((e.logit_row(FrameInputs::new(&f, &l).with_quality(Some(&qr))) - u[1]).abs() < 1e-5);
+        // Missing or short quality is NaN, never a panic; so is a batch without it.
+        assert!(e.logit_row(FrameInputs::new(&f, &l)).is_nan());
+        assert!(e.logit_row(FrameInputs::new(&f, &l).with_quality(Some(&qr[..1]))).is_nan());
+        assert!(e.members_logits(&wf, &wl, None).is_err());
+        // Serde round trip keeps it; a standardiser of the wrong width is refused.
+        let back: Ensemble = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(back, e);
+        let mut bad = e.clone();
+        bad.quality_normalize = None;
+        assert!(bad.validate().is_err());
     }
 }

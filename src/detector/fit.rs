@@ -10,7 +10,7 @@ use super::roc;
 use super::split::{rows, split};
 use super::{
     CalibError, Calibration, DetectorError, DetectorKind, Ensemble, EnsembleConfig, Gaussian, LabelledRows,
-    LogStandardizer, Mlp, MlpConfig, Origin, Target, TrainReport, DEFAULT_SHRINKAGE,
+    LogStandardizer, Mlp, MlpConfig, Origin, Reference, Target, TrainReport, DEFAULT_SHRINKAGE,
 };
 
 /// Errors of fitting a detector or a calibration.
@@ -52,11 +52,14 @@ impl DetectorChoice {
     /// Its options.
     pub fn options(self) -> DetectorOptions {
         match self {
-            DetectorChoice::Paper => DetectorOptions { target: Target::Novelty, forward: Vec::new(), members: 1 },
+            DetectorChoice::Paper => {
+                DetectorOptions { target: Target::Novelty, forward: Vec::new(), members: 1, quality: false }
+            }
             DetectorChoice::Risk => DetectorOptions {
                 target: Self::RISK_TARGET,
                 forward: ForwardSignal::ALL.to_vec(),
                 members: Self::RISK_MEMBERS,
+                quality: false,
             },
         }
     }
@@ -91,12 +94,15 @@ pub struct DetectorOptions {
     pub forward: Vec<ForwardSignal>,
     /// Seed-ensemble size (>= 1).
     pub members: usize,
+    /// Whether the image-quality measures join the inputs of the detector and of the trust
+    /// head (the sets must then carry them).
+    pub quality: bool,
 }
 
 impl DetectorOptions {
     /// Whether this is exactly the paper's detector (fitted as `kind = "mlp"`).
     pub fn is_paper(&self) -> bool {
-        self.target == Target::Novelty && self.forward.is_empty() && self.members == 1
+        self.target == Target::Novelty && self.forward.is_empty() && self.members == 1 && !self.quality
     }
 }
 
@@ -135,6 +141,9 @@ pub struct FamiliarSet {
     pub logits: Array2<f32>,
     /// True class of every image, when known (needed by the `harm` and `union` targets).
     pub labels: Option<Vec<usize>>,
+    /// `[N, Q]` image-quality measures of the images as the model saw them (needed with
+    /// [`DetectorOptions::quality`]).
+    pub quality: Option<Array2<f32>>,
 }
 
 /// An unfamiliar feature set.
@@ -146,6 +155,8 @@ pub struct UnfamiliarSet {
     pub features: Array2<f32>,
     /// `[N, C]` logits (row-aligned with `features`; may have 0 columns like the familiar's).
     pub logits: Array2<f32>,
+    /// `[N, Q]` image-quality measures, row-aligned (needed with [`DetectorOptions::quality`]).
+    pub quality: Option<Array2<f32>>,
     /// Row `i` is a corrupted copy of familiar image `i`: split it exactly like the familiar
     /// set, so that no image content is both trained on and held out; its true class is the
     /// familiar image's.
@@ -162,16 +173,36 @@ fn concat(parts: &[Array2<f32>]) -> Result<Array2<f32>, FitError> {
 struct Part {
     features: Vec<Array2<f32>>,
     logits: Vec<Array2<f32>>,
+    /// Image-quality measures per set (`None` where a set has none).
+    quality: Vec<Option<Array2<f32>>>,
     origin: Vec<Origin>,
     wrong: Vec<Option<bool>>,
 }
 
 impl Part {
-    fn push(&mut self, f: Array2<f32>, l: Array2<f32>, origin: Origin, wrong: Vec<Option<bool>>) {
+    fn push(
+        &mut self,
+        rows: (Array2<f32>, Array2<f32>, Option<Array2<f32>>),
+        origin: Origin,
+        wrong: Vec<Option<bool>>,
+    ) {
+        let (f, l, q) = rows;
         self.origin.extend(std::iter::repeat_n(origin, f.nrows()));
         self.wrong.extend(wrong);
         self.features.push(f);
         self.logits.push(l);
+        self.quality.push(q);
+    }
+
+    /// The familiar rows (set 0), the standardisers' reference.
+    fn reference(&self) -> Reference<'_> {
+        Reference { features: &self.features[0], logits: &self.logits[0], quality: self.quality[0].as_ref() }
+    }
+
+    /// Every set's quality rows stacked, or `None` when any set has none.
+    fn quality_rows(&self, sets: std::ops::RangeFrom<usize>) -> Result<Option<Array2<f32>>, FitError> {
+        let q: Option<Vec<Array2<f32>>> = self.quality[sets].iter().cloned().collect();
+        q.filter(|v| !v.is_empty()).map(|v| concat(&v)).transpose()
     }
 
     /// The unfamiliar rows (every set after the familiar one).
@@ -184,6 +215,7 @@ impl Part {
         Ok(LabelledRows {
             features: concat(&self.features)?,
             logits: concat(&self.logits)?,
+            quality: self.quality_rows(0..)?,
             labels: self.origin.iter().zip(&self.wrong).map(|(&o, &w)| target.label(o, w)).collect(),
         })
     }
@@ -251,10 +283,32 @@ pub fn fit(
     let seed = opts.mlp.seed;
     let fs = split(n, CALIB_SPLIT.0, CALIB_SPLIT.1, seed);
     let mut parts: [Part; 3] = Default::default();
+    let d = &opts.detector;
+    let quality = d.quality && !opts.one_class && !d.is_paper();
+    let measured = |q: &Option<Array2<f32>>, what: &str, rows_needed: usize| -> Result<(), FitError> {
+        match q {
+            Some(q) if q.nrows() == rows_needed => Ok(()),
+            Some(q) => Err(FitError::Invalid(format!(
+                "{what}: {} image-quality rows for {rows_needed} images; measure every image once",
+                q.nrows()
+            ))),
+            None => Err(FitError::Invalid(format!(
+                "{what} carries no image-quality measures but the detector uses them; measure the images or \
+                 leave the quality inputs off"
+            ))),
+        }
+    };
+    if quality {
+        measured(&familiar.quality, &familiar.name, n)?;
+        for u in unfamiliar {
+            measured(&u.quality, &u.name, u.features.nrows())?;
+        }
+    }
+    let q_rows = |q: &Option<Array2<f32>>, idx: &[usize]| q.as_ref().filter(|_| quality).map(|q| rows(q, idx));
     for (part, idx) in parts.iter_mut().zip([&fs.train, &fs.val, &fs.test]) {
         let l = rows(&familiar.logits, idx);
         let w = wrong(&l, labels, idx);
-        part.push(rows(&familiar.features, idx), l, Origin::Familiar, w);
+        part.push((rows(&familiar.features, idx), l, q_rows(&familiar.quality, idx)), Origin::Familiar, w);
     }
     for (i, u) in unfamiliar.iter().enumerate() {
         if u.paired && u.features.nrows() != n {
@@ -275,7 +329,7 @@ pub fn fit(
             } else {
                 (Origin::Ood, vec![None; idx.len()])
             };
-            part.push(rows(&u.features, idx), l, origin, w);
+            part.push((rows(&u.features, idx), l, q_rows(&u.quality, idx)), origin, w);
         }
     }
     let [train, val, test] = parts;
@@ -304,22 +358,26 @@ pub fn fit(
                     .into(),
             ));
         }
-        let d = &opts.detector;
         if d.is_paper() {
             let g = GradDetector::train(fam_train, &unf_train, fam_val, &unf_val, &opts.mlp)?;
             DetectorKind::Mlp { normalize: g.normalize, mlp: g.mlp }
         } else {
             let target = if labels.is_none() && d.target.needs_labels() { Target::Novelty } else { d.target };
-            let cfg = EnsembleConfig { target, forward: d.forward.clone(), members: d.members, mlp: opts.mlp.clone() };
-            let (e, _) =
-                Ensemble::train(fam_train, &train.logits[0], &train.labelled(target)?, &val.labelled(target)?, &cfg)?;
+            let cfg = EnsembleConfig {
+                target,
+                forward: d.forward.clone(),
+                members: d.members,
+                mlp: opts.mlp.clone(),
+                quality,
+            };
+            let (e, _) = Ensemble::train(train.reference(), &train.labelled(target)?, &val.labelled(target)?, &cfg)?;
             DetectorKind::Ensemble(e)
         }
     };
     let trust = if opts.one_class || labels.is_none() || unf_train.nrows() == 0 {
         None
     } else {
-        fit_trust(&train, &val, &test, &opts.mlp)
+        fit_trust(&train, &val, &test, &opts.mlp, quality)
     };
     let mut c = Calibration {
         format: FORMAT,
@@ -341,8 +399,8 @@ pub fn fit(
             command: command.to_string(),
         },
     };
-    let f = c.score(fam_test, fam_test_logits);
-    let u = c.score(&unf_test, &unf_test_logits);
+    let f = c.score(fam_test, fam_test_logits, test.quality[0].as_ref());
+    let u = c.score(&unf_test, &unf_test_logits, test.quality_rows(1..)?.as_ref());
     c.threshold = roc::threshold_for_false_alarm(&f, opts.target_fpr);
     c.clean_tail_scale = super::calibration::tail_scale(&f);
     let (fpr, tpr) = roc::rates_at(&f, &u, c.threshold);
@@ -357,18 +415,17 @@ pub fn fit(
 /// early-stopped and Platt-scaled on `val`, summarised on `test`, all with [`Target::Harm`]
 /// labels. `None` (with a warning) when a part lacks wrong or right frames: the calibration is
 /// still usable, its frames just carry no `risk`.
-fn fit_trust(train: &Part, val: &Part, test: &Part, mlp: &MlpConfig) -> Option<super::TrustHead> {
+fn fit_trust(train: &Part, val: &Part, test: &Part, mlp: &MlpConfig, quality: bool) -> Option<super::TrustHead> {
     let go = || -> Result<super::TrustHead, FitError> {
-        let cfg = super::TrustHead::config(mlp);
+        let cfg = super::TrustHead::config(mlp, quality);
         let (mut head, _) = super::TrustHead::train(
-            &train.features[0],
-            &train.logits[0],
+            train.reference(),
             &train.labelled(Target::Harm)?,
             &val.labelled(Target::Harm)?,
             &cfg,
         )?;
         let t = test.labelled(Target::Harm)?;
-        let risk = head.risk(&t.features, &t.logits);
+        let risk = head.risk(&t.features, &t.logits, t.quality.as_ref());
         let wrong: Vec<bool> = t.labels.iter().map(|&y| y == 1).collect();
         head.held_out = Some(super::TrustSummary {
             n: wrong.len(),

@@ -35,7 +35,9 @@ mod standardize;
 pub mod trust;
 
 pub use calibration::{CalibError, Calibration, DetectorKind};
-pub use ensemble::{mean_logit, train_members, Ensemble, EnsembleConfig, LabelledRows, Origin, Target};
+pub use ensemble::{
+    mean_logit, train_members, Ensemble, EnsembleConfig, FrameInputs, LabelledRows, Origin, Reference, Target,
+};
 pub use fit::{FitError, GradDetector};
 pub use gaussian::{Gaussian, DEFAULT_SHRINKAGE};
 pub use mlp::{Mlp, MlpConfig, TrainReport};

@@ -17,7 +17,9 @@
 use ndarray::Array2;
 
 use super::forward::ForwardSignal;
-use super::{DetectorError, Ensemble, EnsembleConfig, LabelledRows, MlpConfig, Target, TrainReport};
+use super::{
+    DetectorError, Ensemble, EnsembleConfig, FrameInputs, LabelledRows, MlpConfig, Reference, Target, TrainReport,
+};
 
 /// Platt scaling `p = sigmoid(a s + b)` of a score `s`.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -146,14 +148,16 @@ pub struct TrustHead {
 pub const TRUST_MEMBERS: usize = 5;
 
 impl TrustHead {
-    /// The ensemble configuration of the trust head for MLP settings `mlp`.
-    pub fn config(mlp: &MlpConfig) -> EnsembleConfig {
+    /// The ensemble configuration of the trust head for MLP settings `mlp`, with or without
+    /// the image-quality measures.
+    pub fn config(mlp: &MlpConfig, quality: bool) -> EnsembleConfig {
         EnsembleConfig {
             target: Target::Harm,
             forward: ForwardSignal::TRUST.to_vec(),
             members: TRUST_MEMBERS,
             // Its own seeds: the camera-health ensemble uses seed, seed + 1, ...
             mlp: MlpConfig { seed: mlp.seed.wrapping_add(1000), ..mlp.clone() },
+            quality,
         }
     }
 
@@ -161,20 +165,19 @@ impl TrustHead {
     /// standardisers fitted on the reference rows (familiar training images); then fits the
     /// Platt scaling on `val` (on `val` and `train` together when `val` lacks a class).
     pub fn train(
-        reference_features: &Array2<f32>,
-        reference_logits: &Array2<f32>,
+        reference: Reference<'_>,
         train: &LabelledRows,
         val: &LabelledRows,
         cfg: &EnsembleConfig,
     ) -> Result<(TrustHead, Vec<TrainReport>), DetectorError> {
-        let (ensemble, reports) = Ensemble::train(reference_features, reference_logits, train, val, cfg)?;
-        let s: Vec<f32> = ensemble.members_logits(&val.features, &val.logits)?;
+        let (ensemble, reports) = Ensemble::train(reference, train, val, cfg)?;
+        let s: Vec<f32> = ensemble.members_logits(&val.features, &val.logits, val.quality.as_ref())?;
         let platt = match Platt::fit(&s, &val.labels) {
             // A small validation set may hold only wrong (or only right) frames: then the
             // training rows join it (a slightly optimistic scaling beats none).
             Err(DetectorError::MissingClass { .. }) => {
                 let mut s = s;
-                s.extend(ensemble.members_logits(&train.features, &train.logits)?);
+                s.extend(ensemble.members_logits(&train.features, &train.logits, train.quality.as_ref())?);
                 let y: Vec<u8> = val.labels.iter().chain(&train.labels).copied().collect();
                 Platt::fit(&s, &y)?
             }
@@ -197,13 +200,17 @@ impl TrustHead {
 
     /// `risk` of one frame, in `[0, 1]`; NaN on wrong lengths or non-finite inputs (never
     /// panics).
-    pub fn risk_row(&self, features: &[f32], logits: &[f32]) -> f32 {
-        self.platt.apply(self.ensemble.logit_row(features, logits))
+    pub fn risk_row(&self, frame: FrameInputs<'_>) -> f32 {
+        self.platt.apply(self.ensemble.logit_row(frame))
     }
 
-    /// `risk` of every row (`features` `[N, P]`, `logits` `[N, C]`, row-aligned).
-    pub fn risk(&self, features: &Array2<f32>, logits: &Array2<f32>) -> Vec<f32> {
-        features.outer_iter().zip(logits.outer_iter()).map(|(f, l)| self.risk_row(&f.to_vec(), &l.to_vec())).collect()
+    /// `risk` of every row (`features` `[N, P]`, `logits` `[N, C]`, `quality` `[N, Q]`,
+    /// row-aligned); NaN everywhere on an input error.
+    pub fn risk(&self, features: &Array2<f32>, logits: &Array2<f32>, quality: Option<&Array2<f32>>) -> Vec<f32> {
+        match self.ensemble.members_logits(features, logits, quality) {
+            Ok(s) => s.into_iter().map(|v| self.platt.apply(v)).collect(),
+            Err(_) => vec![f32::NAN; features.nrows()],
+        }
     }
 }
 

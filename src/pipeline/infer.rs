@@ -10,6 +10,7 @@ use ndarray::Array2;
 use super::capture::Queued;
 use super::{Env, Heartbeat, Shared};
 use crate::alert::Scored;
+use crate::detector::FrameInputs;
 use crate::frame::RgbImage;
 use crate::model::{top_class, ModelInfo};
 use crate::ratelimit::LogLimiter;
@@ -42,6 +43,11 @@ pub trait Classifier: Send {
     fn class_names(&self) -> &[String];
     /// Runs a batch.
     fn run(&mut self, images: &[&RgbImage]) -> Result<ClassifierOutput, String>;
+    /// The model's input width and height, at which frames are measured for the detectors
+    /// that read image-quality measures (`None`: measured as they come).
+    fn input_size(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 /// The real classifier: the model's preprocessing and an ONNX Runtime session over its
@@ -64,6 +70,10 @@ impl Classifier for GradClassifier {
 
     fn class_names(&self) -> &[String] {
         &self.info.class_names
+    }
+
+    fn input_size(&self) -> Option<(usize, usize)> {
+        Some((self.info.width, self.info.height))
     }
 
     fn run(&mut self, images: &[&RgbImage]) -> Result<ClassifierOutput, String> {
@@ -230,12 +240,20 @@ impl Inference {
             ));
         }
         let scoring = self.shared.scoring();
+        let measure_quality = scoring.calibration.uses_quality();
+        let size = self.classifier.input_size();
         for (i, q) in batch.into_iter().enumerate() {
             let feats = out.features.row(i).to_vec();
             let logits = out.logits.row(i).to_vec();
-            let score = scoring.calibration.score_row(&feats, &logits);
+            // The image-quality measures of the frame as the model sees it, when read.
+            let quality = measure_quality.then(|| match size {
+                Some((w, h)) => crate::quality::measure_as_input(&q.frame.image, w, h),
+                None => crate::quality::measure(&q.frame.image),
+            });
+            let frame = FrameInputs::new(&feats, &logits).with_quality(quality.as_ref().map(|v| &v[..]));
+            let score = scoring.calibration.score_row(frame);
             // The trust head (a second head on the same features): None without one.
-            let risk = scoring.calibration.risk_row(&feats, &logits);
+            let risk = scoring.calibration.risk_row(frame);
             let (top, confidence) = top_class(&logits);
             let sm = m.stream(&q.frame.stream);
             sm.frames_scored.inc();

@@ -40,6 +40,8 @@ pub struct Recipe {
     pub hidden: usize,
     /// Seed of splits, corruptions and training.
     pub seed: u64,
+    /// Whether the image-quality measures join the detector's and the trust head's inputs.
+    pub quality: bool,
 }
 
 impl Default for Recipe {
@@ -55,6 +57,7 @@ impl Default for Recipe {
             target_fpr: 0.01,
             hidden: 64,
             seed: 0,
+            quality: false,
         }
     }
 }
@@ -89,6 +92,7 @@ impl Recipe {
         if let Some(k) = self.members {
             detector.members = k;
         }
+        detector.quality = self.quality;
         let mut warnings = Vec::new();
         if !labels && detector.target.needs_labels() && !self.one_class {
             warnings.push(format!(
@@ -139,6 +143,9 @@ pub fn fit_recipe(
     let r = &plan.recipe;
     let (batch, progress) = (run.batch, run.progress);
     let fam_feats = extract::extract_labelled(session, &model.info, inputs.images, batch, progress, "familiar")?;
+    // The image-quality measures, only when the detector reads them (at the model's input size).
+    let (w, h) = (model.info.width, model.info.height);
+    let measure = |imgs: &[RgbImage]| plan.detector.quality.then(|| crate::quality::measure_batch(imgs, w, h));
     let mut unfamiliar = inputs.unfamiliar;
     if !plan.kinds.is_empty() {
         let imgs = round_robin_corruptions(inputs.images, &plan.kinds, &plan.levels, r.seed)?;
@@ -148,7 +155,8 @@ pub fn fit_recipe(
             plan.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(","),
             r.levels
         );
-        unfamiliar.push(UnfamiliarSet { name, features: f.features, logits: f.logits, paired: true });
+        let quality = measure(&imgs);
+        unfamiliar.push(UnfamiliarSet { name, features: f.features, logits: f.logits, quality, paired: true });
     }
     let opts = CalibrateOptions {
         one_class: r.one_class,
@@ -169,6 +177,7 @@ pub fn fit_recipe(
         features: fam_feats.features,
         logits: fam_feats.logits,
         labels: inputs.labels,
+        quality: measure(inputs.images),
     };
     Ok(fit::fit(cm, &familiar, &unfamiliar, &opts, &run.command)?)
 }

@@ -5,6 +5,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use ndarray::Array2;
+
 use super::inspect::SetupModel;
 use super::recipe::{RecipePlan, RunOptions};
 use super::SetupError;
@@ -26,6 +28,9 @@ pub struct HeldOut {
     pub kinds: Vec<Corruption>,
     /// `(kind, level)` of each corrupted copy.
     pub combos: Vec<(Corruption, u8)>,
+    /// Image-quality measures of the clean and the corrupted images, when the detector reads
+    /// them.
+    pub quality: (Option<Array2<f32>>, Option<Array2<f32>>),
 }
 
 /// The held-out images' features, clean and (with corruptions) one corrupted copy each,
@@ -42,16 +47,20 @@ pub fn measure_held_out(
     }
     let (kinds, levels) = (&plan.kinds, &plan.levels);
     let clean = extract::extract_labelled(session, &model.info, images, run.batch, run.progress, "held out")?;
+    let (w, h) = (model.info.width, model.info.height);
+    let measure = |imgs: &[RgbImage]| plan.detector.quality.then(|| crate::quality::measure_batch(imgs, w, h));
+    let mut quality = (measure(images), None);
     let (corrupted, combos) = if kinds.is_empty() {
         (None, Vec::new())
     } else {
         let imgs = round_robin_corruptions(images, kinds, levels, plan.recipe.seed + 1)?;
         let label = "held out, corrupted";
         let f = extract::extract_labelled(session, &model.info, &imgs, run.batch, run.progress, label)?;
+        quality.1 = measure(&imgs);
         let all: Vec<(Corruption, u8)> = kinds.iter().flat_map(|&k| levels.iter().map(move |&l| (k, l))).collect();
         (Some(f), (0..imgs.len()).map(|i| all[i % all.len()]).collect())
     };
-    Ok(Some(HeldOut { clean, corrupted, kinds: kinds.clone(), combos }))
+    Ok(Some(HeldOut { clean, corrupted, kinds: kinds.clone(), combos, quality }))
 }
 
 /// `report.md`'s parts.
@@ -120,8 +129,9 @@ impl Report {
             setup.source,
         );
         let Some(h) = held else { return };
-        let cs = calib.score(&h.clean.features, &h.clean.logits);
-        let us = h.corrupted.as_ref().map(|c| calib.score(&c.features, &c.logits)).unwrap_or_default();
+        let cs = calib.score(&h.clean.features, &h.clean.logits, h.quality.0.as_ref());
+        let us =
+            h.corrupted.as_ref().map(|c| calib.score(&c.features, &c.logits, h.quality.1.as_ref())).unwrap_or_default();
         self.held_out(calib, h, &cs, &us, labels);
         self.roc_svg = Some(roc_svg(&setup.model.info.name, calib, &cs, &us));
         self.per_type(calib, h, &us, labels);

@@ -9,8 +9,8 @@ use std::process::Command;
 use crate::common::{ort, tiny_model, Rng};
 use gradwatch::corrupt::round_robin_corruptions;
 use gradwatch::detector::calibration::CalibModel;
-use gradwatch::detector::fit::{self, CalibrateOptions, DetectorChoice, FamiliarSet, UnfamiliarSet};
-use gradwatch::detector::{CalibError, Calibration, DetectorKind, MlpConfig, Target};
+use gradwatch::detector::fit::{self, CalibrateOptions, DetectorChoice, DetectorOptions, FamiliarSet, UnfamiliarSet};
+use gradwatch::detector::{CalibError, Calibration, DetectorKind, FrameInputs, MlpConfig, Target};
 use gradwatch::frame::RgbImage;
 use gradwatch::grad::CompileOptions;
 use gradwatch::model::LoadedModel;
@@ -87,7 +87,7 @@ fn calibrate_then_score_round_trip_and_json_lines() {
     // The same scores through the library.
     let mut s = GradSession::new(&lm.compiled, &Default::default()).unwrap();
     let fs = features::extract(&mut s, &lm.info, &images(40, 1), 32, false).unwrap();
-    let want = c.score(&fs.features, &fs.logits);
+    let want = c.score(&fs.features, &fs.logits, None);
     for (i, (l, w)) in lines.iter().zip(&want).enumerate() {
         let o = l.as_object().unwrap();
         let mut keys: Vec<&str> = o.keys().map(String::as_str).collect();
@@ -157,7 +157,7 @@ fn calibrate_risk_with_labels_and_familiar_rows() {
     let lm = LoadedModel::load(&model, &CompileOptions::default()).unwrap();
     let mut s = GradSession::new(&lm.compiled, &Default::default()).unwrap();
     let fs = features::extract(&mut s, &lm.info, &images(40, 1), 32, false).unwrap();
-    let want = c.score(&fs.features, &fs.logits);
+    let want = c.score(&fs.features, &fs.logits, None);
     assert!(c.trust.is_some(), "true classes given: the calibration has a trust head\n{calib_log}");
     for (i, (l, w)) in String::from_utf8(out.stdout).unwrap().lines().zip(&want).enumerate() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
@@ -165,7 +165,7 @@ fn calibrate_risk_with_labels_and_familiar_rows() {
         assert!((got - w).abs() <= 1e-4 * w.abs().max(1.0), "{got} vs {w}");
         // ... and on the trust head's risk, a probability.
         let risk = v["risk"].as_f64().unwrap() as f32;
-        let want_risk = c.risk_row(&fs.features.row(i).to_vec(), &fs.logits.row(i).to_vec()).unwrap();
+        let want_risk = c.risk_row(FrameInputs::new(&fs.features.row(i).to_vec(), &fs.logits.row(i).to_vec())).unwrap();
         assert!((0.0..=1.0).contains(&risk) && (risk - want_risk).abs() <= 1e-4, "{risk} vs {want_risk}");
     }
 
@@ -186,6 +186,57 @@ fn calibrate_risk_with_labels_and_familiar_rows() {
     let out = run(&["--familiar-labels", labels_arg, "--limit", "30", "--familiar-rows", "0..40"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(Calibration::load(&calib).unwrap().fitted_on.familiar.count, 30);
+}
+
+/// `--quality`: both heads read the image-quality measures of each image (at the model's
+/// input size); `score` measures the images it scores and agrees with the library.
+#[test]
+fn calibrate_with_quality_measures_and_score_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = setup(d);
+    let labels = d.join("labels.npy");
+    ndarray_npy::write_npy(&labels, &ndarray::Array1::from_iter((0..40i64).map(|i| i % 5))).unwrap();
+    let calib = d.join("tiny.calib.toml");
+    let out = bin()
+        .args(["calibrate", "--model"])
+        .arg(&model)
+        .arg("--familiar")
+        .arg(d.join("fam.npy"))
+        .arg("--familiar-labels")
+        .arg(&labels)
+        .args(["--corruptions", "noise,haze", "--levels", "4-5", "--target-fpr", "0.1", "--hidden", "8"])
+        .args(["--members", "2", "--quality", "-o"])
+        .arg(&calib)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let c = Calibration::load(&calib).unwrap();
+    let DetectorKind::Ensemble(e) = &c.detector else { panic!("risk fits an ensemble") };
+    let t = c.trust.as_ref().expect("labels given: a trust head");
+    assert!(e.uses_quality() && t.ensemble.uses_quality() && c.uses_quality());
+    assert_eq!(e.members[0].inputs(), e.dim() + e.forward.len() + gradwatch::quality::Measure::ALL.len());
+
+    let out = bin().args(["score", "--calib"]).arg(&calib).arg(d.join("fam.npy")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lm = LoadedModel::load(&model, &CompileOptions::default()).unwrap();
+    let mut s = GradSession::new(&lm.compiled, &Default::default()).unwrap();
+    let imgs = images(40, 1);
+    let fs = features::extract(&mut s, &lm.info, &imgs, 32, false).unwrap();
+    let q = gradwatch::quality::measure_batch(&imgs, lm.info.width, lm.info.height);
+    let want = c.score(&fs.features, &fs.logits, Some(&q));
+    assert!(want.iter().all(|w| w.is_finite()), "{want:?}");
+    // Without the measures the detector cannot score: +inf, never a guess.
+    assert!(c.score(&fs.features, &fs.logits, None).iter().all(|w| *w == f32::INFINITY));
+    for (i, (l, w)) in String::from_utf8(out.stdout).unwrap().lines().zip(&want).enumerate() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let got = v["score"].as_f64().unwrap() as f32;
+        assert!((got - w).abs() <= 1e-4 * w.abs().max(1.0), "{got} vs {w}");
+        let (f, z, qr) = (fs.features.row(i).to_vec(), fs.logits.row(i).to_vec(), q.row(i).to_vec());
+        let want_risk = c.risk_row(FrameInputs::new(&f, &z).with_quality(Some(&qr))).unwrap();
+        let risk = v["risk"].as_f64().unwrap() as f32;
+        assert!((risk - want_risk).abs() <= 1e-4, "{risk} vs {want_risk}");
+    }
 }
 
 #[test]
@@ -248,8 +299,20 @@ fn library_fit_threshold_meets_the_target_on_held_out_familiar() {
     // Logits: familiar confident in class 0, unfamiliar flat.
     let fam_logits = Array2::from_shape_fn((200, 3), |(_, j)| if j == 0 { 5.0 } else { 0.0 });
     let unf_logits = Array2::from_shape_fn((100, 3), |(i, j)| (i + j) as f32 * 0.01);
-    let familiar = FamiliarSet { name: "fam".into(), features: fam.clone(), logits: fam_logits.clone(), labels: None };
-    let sets = [UnfamiliarSet { name: "u".into(), features: unf.clone(), logits: unf_logits.clone(), paired: false }];
+    let familiar = FamiliarSet {
+        name: "fam".into(),
+        features: fam.clone(),
+        logits: fam_logits.clone(),
+        labels: None,
+        quality: None,
+    };
+    let sets = [UnfamiliarSet {
+        name: "u".into(),
+        features: unf.clone(),
+        logits: unf_logits.clone(),
+        quality: None,
+        paired: false,
+    }];
     let paper = CalibrateOptions { detector: DetectorChoice::Paper.options(), ..opts.clone() };
     let c = fit::fit(model.clone(), &familiar, &sets, &paper, "test").unwrap();
     assert!(matches!(c.detector, DetectorKind::Mlp { .. }));
@@ -258,9 +321,9 @@ fn library_fit_threshold_meets_the_target_on_held_out_familiar() {
     assert_eq!(c.fitted_on.validation_auroc, 1.0);
     // It survives a TOML round trip with identical scores.
     let back = Calibration::parse(&toml::to_string(&c).unwrap()).unwrap();
-    assert_eq!(back.score(&unf, &unf_logits), c.score(&unf, &unf_logits));
+    assert_eq!(back.score(&unf, &unf_logits, None), c.score(&unf, &unf_logits, None));
     // The paper's detector ignores the logits.
-    assert_eq!(c.score(&unf, &Array2::zeros((0, 0))), c.score(&unf, &unf_logits));
+    assert_eq!(c.score(&unf, &Array2::zeros((0, 0)), None), c.score(&unf, &unf_logits, None));
     // The default (risk) detector: an ensemble on gradients + forward signals; without true
     // classes it learns novelty labels.
     let r = fit::fit(model.clone(), &familiar, &sets, &opts, "test").unwrap();
@@ -269,9 +332,9 @@ fn library_fit_threshold_meets_the_target_on_held_out_familiar() {
     assert!(r.fitted_on.validation_false_alarm_rate <= 0.05);
     assert_eq!(r.fitted_on.validation_auroc, 1.0);
     let back = Calibration::parse(&toml::to_string(&r).unwrap()).unwrap();
-    assert_eq!(back.score(&unf, &unf_logits), r.score(&unf, &unf_logits));
+    assert_eq!(back.score(&unf, &unf_logits, None), r.score(&unf, &unf_logits, None));
     // Logits of the wrong width score +inf.
-    assert!(r.score(&unf, &Array2::zeros((100, 2))).iter().all(|s| *s == f32::INFINITY));
+    assert!(r.score(&unf, &Array2::zeros((100, 2)), None).iter().all(|s| *s == f32::INFINITY));
     // With true classes the union target marks the misclassified familiar images too.
     let labelled =
         FamiliarSet { labels: Some((0..200).map(|i| usize::from(i % 10 == 0)).collect()), ..familiar.clone() };
@@ -282,18 +345,24 @@ fn library_fit_threshold_meets_the_target_on_held_out_familiar() {
     assert!(r.trust.is_none() && score_ignores_trust_head(&u));
     let t = u.trust.as_ref().expect("a trust head with true classes");
     assert_eq!(t.ensemble.target, Target::Harm);
-    let risk = u.risk_row(&unf.row(0).to_vec(), &unf_logits.row(0).to_vec()).unwrap();
+    let risk = u.risk_row(FrameInputs::new(&unf.row(0).to_vec(), &unf_logits.row(0).to_vec())).unwrap();
     assert!(
-        (0.0..=1.0).contains(&risk) && risk > u.risk_row(&fam.row(1).to_vec(), &fam_logits.row(1).to_vec()).unwrap()
+        (0.0..=1.0).contains(&risk)
+            && risk > u.risk_row(FrameInputs::new(&fam.row(1).to_vec(), &fam_logits.row(1).to_vec())).unwrap()
     );
     let back = Calibration::parse(&toml::to_string(&u).unwrap()).unwrap();
-    assert_eq!(back.risk_row(&unf.row(0).to_vec(), &unf_logits.row(0).to_vec()), Some(risk));
+    assert_eq!(back.risk_row(FrameInputs::new(&unf.row(0).to_vec(), &unf_logits.row(0).to_vec())), Some(risk));
+    // Quality inputs need every set's measures: refused with the fix named when missing.
+    let with_q =
+        CalibrateOptions { detector: DetectorOptions { quality: true, ..opts.detector.clone() }, ..opts.clone() };
+    let e = fit::fit(model.clone(), &labelled, &sets, &with_q, "test").unwrap_err().to_string();
+    assert!(e.contains("image-quality") && e.contains("fam"), "{e}");
     let short = FamiliarSet { labels: Some(vec![0; 3]), ..familiar.clone() };
     assert!(fit::fit(model.clone(), &short, &sets, &opts, "test").unwrap_err().to_string().contains("labels"));
     // One-class: no unfamiliar data needed for training; it still flags the far-away set.
     let oc = CalibrateOptions { one_class: true, ..opts.clone() };
     let c1 = fit::fit(model.clone(), &familiar, &[], &oc, "test").unwrap();
-    assert!(c1.score(&unf, &unf_logits).iter().all(|&s| c1.is_unfamiliar(s)));
+    assert!(c1.score(&unf, &unf_logits, None).iter().all(|&s| c1.is_unfamiliar(s)));
     // The MLP without unfamiliar data is an error that names the fixes.
     let e = fit::fit(model, &familiar, &[], &opts, "test").unwrap_err().to_string();
     assert!(e.contains("--one-class"), "{e}");
@@ -306,7 +375,8 @@ fn score_ignores_trust_head(c: &Calibration) -> bool {
     no_trust.trust = None;
     let z = Array2::from_shape_fn((4, 3), |(i, j)| 1.0 + (i + j) as f32);
     let l = Array2::from_shape_fn((4, 3), |(i, j)| (i * j) as f32);
-    no_trust.score(&z, &l) == c.score(&z, &l) && no_trust.risk_row(&[1.0; 3], &[0.0; 3]).is_none()
+    no_trust.score(&z, &l, None) == c.score(&z, &l, None)
+        && no_trust.risk_row(FrameInputs::new(&[1.0; 3], &[0.0; 3])).is_none()
 }
 
 #[test]

@@ -30,6 +30,7 @@ fn calibration_with_trust(dir: &Path) -> std::path::PathBuf {
             classes: 5,
             normalize,
             forward_normalize: Some(Standardizer { mean: vec![0.0], std: vec![1.0] }),
+            quality_normalize: None,
             members: vec![Mlp { w1: vec![vec![0.0; p]], b1: vec![0.0], w2: vec![0.0], b2: 0.0 }],
         },
         platt: Platt { a: 1.0, b: -1.0 },
@@ -184,4 +185,66 @@ fn check_config_refuses_a_missing_socket() {
         assert_eq!(code, 2, "{err}");
         assert!(err.contains(&target.display().to_string()) && err.contains(want), "{err}");
     }
+}
+
+/// A trust head that reads one image-quality measure: the noise sigma (`Measure::Noise`) of
+/// the frame as the model sees it, `risk = sigmoid(0.1 |sigma| - 2)` (standardiser mean 0,
+/// std 1; zero weights elsewhere). The daemon measures every frame for it, so each clean
+/// frame's risk is that function of the fixture image, and noisy frames' risk is higher.
+#[test]
+fn risk_reads_the_image_quality_measures_of_each_frame() {
+    use gradwatch::quality::{measure_as_input, Measure};
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Calibration::load(&assets().calibration).unwrap();
+    let normalize = match &c.detector {
+        DetectorKind::OneClass { normalize, .. } => normalize.clone(),
+        other => panic!("unexpected detector {other:?}"),
+    };
+    let q = Measure::ALL.len();
+    let noise = Measure::ALL.iter().position(|m| *m == Measure::Noise).unwrap();
+    let p = normalize.dim() + 1 + q;
+    let mut w1 = vec![0.0; p];
+    w1[normalize.dim() + 1 + noise] = 1.0;
+    c.trust = Some(TrustHead {
+        ensemble: Ensemble {
+            target: Target::Harm,
+            forward: vec![ForwardSignal::Msp],
+            classes: 5,
+            normalize,
+            forward_normalize: Some(Standardizer { mean: vec![0.0], std: vec![1.0] }),
+            quality_normalize: Some(Standardizer { mean: vec![0.0; q], std: vec![1.0; q] }),
+            members: vec![Mlp { w1: vec![w1], b1: vec![0.0], w2: vec![1.0], b2: 0.0 }],
+        },
+        platt: Platt { a: 0.1, b: -2.0 },
+        held_out: None,
+    });
+    assert!(c.uses_quality());
+    let calib = dir.path().join("quality.calib.toml");
+    c.save(&calib).unwrap();
+    let frames = dir.path().join("frames.jsonl");
+    let cfg = format!(
+        "{}\n[[stream]]\nname = \"cam\"\nkind = \"replay\"\npath = \"{}\"\nfps = 0\nqueue = {{ policy = \"block\" }}\nschedule = [\n  {{ frames = 40 }},\n  \
+         {{ frames = 40, corruption = \"noise\", level = 5 }},\n]\n\n[[sink]]\nkind = \"frames\"\ntransport = \"file\"\n\
+         path = \"{}\"\n",
+        head("").replace(&assets().calibration.display().to_string(), &calib.display().to_string()),
+        assets().frames.display(),
+        frames.display()
+    );
+    let path = write(dir.path(), "quality.toml", &cfg);
+    let (code, out, err) = Daemon::run(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<Value> =
+        std::fs::read_to_string(&frames).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 80, "{err}");
+    let risk = |v: &Value| v["risk"].as_f64().unwrap() as f32;
+    let imgs = crate::common::daemon::images();
+    for v in &lines[..40] {
+        let seq = v["seq"].as_u64().unwrap() as usize;
+        let sigma = measure_as_input(&imgs[seq % imgs.len()], 32, 32)[noise];
+        let want = 1.0 / (1.0 + (-(0.1 * sigma.abs() - 2.0)).exp());
+        assert!((risk(v) - want).abs() < 1e-4, "seq {seq}: risk {} vs {want} (sigma {sigma})", risk(v));
+    }
+    let mean = |v: &[Value]| v.iter().map(risk).sum::<f32>() / v.len() as f32;
+    let (clean, noisy) = (mean(&lines[..40]), mean(&lines[40..]));
+    assert!(noisy > clean + 0.2, "noisy frames' risk {noisy} vs clean {clean}");
 }

@@ -293,7 +293,14 @@ pub(super) fn load_tracks(dir: &Path, index_name: &str, prefix: &str, calib: &Ca
             calib.model.features.len()
         );
     }
-    let scores = calib.score(&fs.features, &fs.logits);
+    if calib.uses_quality() {
+        bail!(
+            "the calibration reads image-quality measures (--quality) and the score cache {} holds none; \
+             bench-alarms replays calibrations without them",
+            dir.display()
+        );
+    }
+    let scores = calib.score(&fs.features, &fs.logits, None);
     let f = std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut tracks: Vec<CachedTrack> = Vec::new();
     let mut index: BTreeMap<(String, String, String, usize), usize> = BTreeMap::new();

@@ -26,7 +26,7 @@ use super::EvalError;
 use crate::detector::roc as metrics;
 use crate::detector::split::rows;
 use crate::detector::trust::{ece, reliability, ReliabilityBin};
-use crate::detector::{LabelledRows, MlpConfig, Target, TrustHead};
+use crate::detector::{LabelledRows, MlpConfig, Reference, Target, TrustHead};
 
 /// One image set as the trust analysis sees it.
 pub struct TrustSet<'a> {
@@ -40,6 +40,8 @@ pub struct TrustSet<'a> {
     pub features: &'a Array2<f32>,
     /// Logits `[N, C]`.
     pub logits: &'a Array2<f32>,
+    /// Image-quality measures `[N, Q]`, when measured.
+    pub quality: Option<&'a Array2<f32>>,
     /// True class per row (`None`: OOD, no class of the classifier's).
     pub labels: Option<&'a [usize]>,
     /// Train, validation and test rows.
@@ -135,6 +137,8 @@ pub const ECE_BINS: usize = 15;
 struct Pool {
     features: Array2<f32>,
     logits: Array2<f32>,
+    /// Present when every set of the pool has its measures.
+    quality: Option<Array2<f32>>,
     wrong: Vec<bool>,
     /// True class, or `usize::MAX` for OOD rows.
     labels: Vec<usize>,
@@ -142,12 +146,16 @@ struct Pool {
 }
 
 fn pool<'a>(sets: &[TrustSet<'a>], which: usize, keep: impl Fn(&TrustSet<'a>) -> bool) -> Result<Pool, EvalError> {
-    let (mut f, mut l) = (Vec::new(), Vec::new());
+    let (mut f, mut l, mut q) = (Vec::new(), Vec::new(), Some(Vec::new()));
     let (mut wrong, mut labels, mut set) = (Vec::new(), Vec::new(), Vec::new());
     for (si, s) in sets.iter().enumerate().filter(|(_, s)| keep(s)) {
         let idx = [s.split.0, s.split.1, s.split.2][which];
         f.push(rows(s.features, idx));
         l.push(rows(s.logits, idx));
+        q = q.zip(s.quality).map(|(mut v, m)| {
+            v.push(rows(m, idx));
+            v
+        });
         for &i in idx {
             wrong.push(s.wrong(i));
             labels.push(s.labels.and_then(|v| v.get(i).copied()).unwrap_or(usize::MAX));
@@ -158,7 +166,8 @@ fn pool<'a>(sets: &[TrustSet<'a>], which: usize, keep: impl Fn(&TrustSet<'a>) ->
         let views: Vec<_> = v.iter().map(|a| a.view()).collect();
         ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| EvalError::Invalid(e.to_string()))
     };
-    Ok(Pool { features: cat(&f)?, logits: cat(&l)?, wrong, labels, set })
+    let quality = q.filter(|v| !v.is_empty()).map(|v| cat(&v)).transpose()?;
+    Ok(Pool { features: cat(&f)?, logits: cat(&l)?, quality, wrong, labels, set })
 }
 
 impl Pool {
@@ -166,6 +175,7 @@ impl Pool {
         LabelledRows {
             features: self.features.clone(),
             logits: self.logits.clone(),
+            quality: self.quality.clone(),
             labels: self.wrong.iter().map(|&w| u8::from(w)).collect(),
         }
     }
@@ -367,12 +377,14 @@ fn select<T: Copy>(v: &[T], sel: &[usize]) -> Vec<T> {
 fn train_head(
     train: &Pool,
     val: &Pool,
-    reference: (&Array2<f32>, &Array2<f32>),
+    reference: &Pool,
     mlp: &MlpConfig,
+    quality: bool,
 ) -> Result<TrustHead, EvalError> {
-    let cfg = TrustHead::config(mlp);
+    let cfg = TrustHead::config(mlp, quality);
     debug_assert_eq!(cfg.target, Target::Harm);
-    Ok(TrustHead::train(reference.0, reference.1, &train.labelled(), &val.labelled(), &cfg)?.0)
+    let r = Reference { features: &reference.features, logits: &reference.logits, quality: reference.quality.as_ref() };
+    Ok(TrustHead::train(r, &train.labelled(), &val.labelled(), &cfg)?.0)
 }
 
 /// Runs the trust analysis. `sets[0]` must be the familiar set (its training rows are the
@@ -385,16 +397,17 @@ pub fn run(
     extra: &[(String, Vec<f32>)],
     mlp: &MlpConfig,
     seeds: usize,
+    quality: bool,
 ) -> Result<TrustResults, EvalError> {
     let all = |_: &TrustSet| true;
     let gtsrb = |s: &TrustSet| !s.is_ood();
     let (train, val, test) = (pool(sets, 0, all)?, pool(sets, 1, all)?, pool(sets, 2, gtsrb)?);
     let val_gtsrb = pool(sets, 1, gtsrb)?;
-    let fam = &sets[0];
-    let reference = (rows(fam.features, fam.split.0), rows(fam.logits, fam.split.0));
-    let head = train_head(&train, &val, (&reference.0, &reference.1), mlp)?;
+    // The familiar training rows: the standardisers' reference.
+    let reference = pool(&sets[..1], 0, all)?;
+    let head = train_head(&train, &val, &reference, mlp, quality)?;
     let t0 = Instant::now();
-    let risk = head.risk(&test.features, &test.logits);
+    let risk = head.risk(&test.features, &test.logits, test.quality.as_ref());
     let head_secs_per_frame = t0.elapsed().as_secs_f64() / test.wrong.len().max(1) as f64;
     let base = Baselines::fit(&val_gtsrb);
 
@@ -470,11 +483,11 @@ pub fn run(
         for f in &families {
             let without = |s: &TrustSet| s.family.as_deref() != Some(f.as_str());
             let (tr, va) = (pool(sets, 0, without)?, pool(sets, 1, without)?);
-            let h = train_head(&tr, &va, (&reference.0, &reference.1), mlp)?;
+            let h = train_head(&tr, &va, &reference, mlp, quality)?;
             let vg = pool(sets, 1, |s: &TrustSet| without(s) && !s.is_ood())?;
             let t = fit_temperature(&vg.logits, &vg.labels);
             let held = pool(sets, 2, |s: &TrustSet| s.family.as_deref() == Some(f.as_str()))?;
-            let r = h.risk(&held.features, &held.logits);
+            let r = h.risk(&held.features, &held.logits, held.quality.as_ref());
             let m = row_scores(&held.logits, |z| msp_risk(z, t));
             let (a, b) = (auroc(&r, &held.wrong), auroc(&m, &held.wrong));
             lofo.push(LofoRow {
@@ -490,8 +503,8 @@ pub fn run(
         let mut v = vec![out_rows[0].auroc];
         for k in 1..seeds {
             let m = MlpConfig { seed: mlp.seed.wrapping_add(7919 * k as u64), ..mlp.clone() };
-            let h = train_head(&train, &val, (&reference.0, &reference.1), &m)?;
-            v.push(auroc(&h.risk(&test.features, &test.logits), &test.wrong));
+            let h = train_head(&train, &val, &reference, &m, quality)?;
+            v.push(auroc(&h.risk(&test.features, &test.logits, test.quality.as_ref()), &test.wrong));
         }
         let m = v.iter().sum::<f64>() / v.len() as f64;
         let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt();
@@ -616,12 +629,13 @@ mod tests {
                 level: lv,
                 features: f,
                 logits: l,
+                quality: None,
                 labels: (k != 1).then_some(labels.as_slice()),
                 split: (sp.train.as_slice(), sp.val.as_slice(), sp.test.as_slice()),
             })
             .collect();
         let mlp = MlpConfig { hidden: 4, max_epochs: 30, ..Default::default() };
-        let t = run(&sets, &[("extra".into(), vec![0.0; 3 * sp.test.len()])], &mlp, 2).unwrap();
+        let t = run(&sets, &[("extra".into(), vec![0.0; 3 * sp.test.len()])], &mlp, 2, false).unwrap();
         assert_eq!(t.n, 3 * sp.test.len());
         let head = &t.rows[0];
         assert_eq!(head.method, "trust");

@@ -17,7 +17,9 @@ use crate::corrupt::{self, image_seed, Corruption, Family};
 use crate::detector::fit::DetectorChoice;
 use crate::detector::roc as metrics;
 use crate::detector::split::{pick, rows, split_40_40_20, subsample, Split};
-use crate::detector::{Ensemble, EnsembleConfig, GradDetector, LabelledRows, MlpConfig, Origin, Target};
+use crate::detector::{
+    Ensemble, EnsembleConfig, FrameInputs, GradDetector, LabelledRows, MlpConfig, Origin, Reference, Target,
+};
 use crate::frame::RgbImage;
 use crate::grad::{self, CompileOptions, Loss};
 use crate::model::LoadedModel;
@@ -71,6 +73,9 @@ pub struct EvalConfig {
     pub risk_target: Option<Target>,
     /// Training seeds of the trust head for the spread of its AUROC (1: just the one).
     pub trust_seeds: usize,
+    /// Whether the risk detector and the trust head read the image-quality measures
+    /// (`--quality`).
+    pub quality: bool,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
     /// The command line, for the report.
@@ -89,6 +94,8 @@ struct SetData {
     odin_temps: Vec<f32>,
     /// Per image: whether the classifier's top class is wrong (`None`: no labels, CIFAR-10).
     wrong: Option<Vec<bool>>,
+    /// `[N, 12]` image-quality measures (with `--quality`).
+    quality: Option<Array2<f32>>,
 }
 
 /// Methods whose scores are fixed functions of one image (no per-pair fitting).
@@ -181,6 +188,7 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
             forward: risk_opts.forward,
             members: risk_opts.members,
             mlp: cfg.mlp.clone(),
+            quality: cfg.quality,
         },
     };
     let pairs = run_pairs(cfg, &data, &sp, &sp_cifar, &risk)?;
@@ -334,12 +342,13 @@ fn trust_analysis(
                 level: spec.map(|(_, l)| l),
                 features: &d.feats.features,
                 logits: &d.feats.logits,
+                quality: d.quality.as_ref(),
                 labels: (name != "cifar10").then_some(labels),
                 split: (s.train.as_slice(), s.val.as_slice(), s.test.as_slice()),
             }
         })
         .collect();
-    super::trust::run(&sets, trust_extra, &cfg.mlp, cfg.trust_seeds)
+    super::trust::run(&sets, trust_extra, &cfg.mlp, cfg.trust_seeds, cfg.quality)
 }
 
 /// Seconds spent per extraction stage, and images run through the gradient graph.
@@ -378,6 +387,7 @@ fn extract_sets(
     let mut sets: Vec<FeatureSet> = Vec::new();
     let mut odins: Vec<Array2<f32>> = Vec::new();
     let mut odin_temps: Vec<Vec<f32>> = Vec::new();
+    let mut quality: Vec<Option<Array2<f32>>> = Vec::new();
     for (si, (name, spec)) in plan.iter().enumerate() {
         let prefix = cache_prefix(name);
         let cached = FeatureSet::load(cache, &prefix)?.filter(|f| f.len() == n && f.penultimate.is_some());
@@ -390,8 +400,16 @@ fn extract_sets(
         } else {
             None
         };
+        // The image-quality measures are cheap (~50 us a 32x32 image) but need the (corrupted)
+        // images, so they are cached next to the features.
+        let quality_path = cache.join(format!("{prefix}quality.npy"));
+        let quality_cached = match cfg.quality && quality_path.exists() {
+            true => Some(features::read_npy(&quality_path)?).filter(|q| q.nrows() == n),
+            false => None,
+        };
         let (cached, odin_cached) = match (cached, odin_cached) {
-            (Some(c), Some(o)) => {
+            (Some(c), Some(o)) if !cfg.quality || quality_cached.is_some() => {
+                quality.push(quality_cached);
                 log::info!("[{}/{}] {name}: cached", si + 1, plan.len());
                 sets.push(c);
                 odins.push(o);
@@ -413,6 +431,15 @@ fn extract_sets(
             _ => return Err(EvalError::Invalid(format!("set '{name}' has no source"))),
         };
         corrupt_secs += tc.elapsed().as_secs_f64();
+        quality.push(match quality_cached {
+            Some(q) => Some(q),
+            None if cfg.quality => {
+                let q = crate::quality::measure_batch(&images, info.width, info.height);
+                features::write_npy(&quality_path, &q)?;
+                Some(q)
+            }
+            None => None,
+        });
         let fs = match cached {
             Some(f) => f,
             None => {
@@ -457,7 +484,7 @@ fn extract_sets(
         odins.push(od);
     }
     let stats = ExtractStats { corrupt_secs, extract_secs, odin_secs, extracted };
-    Ok((Extracted { sets, odins, odin_temps }, stats))
+    Ok((Extracted { sets, odins, odin_temps, quality }, stats))
 }
 
 /// Index into the plan (and the sets) of corruption `ki` at `level`.
@@ -487,6 +514,7 @@ struct Extracted {
     sets: Vec<FeatureSet>,
     odins: Vec<Array2<f32>>,
     odin_temps: Vec<Vec<f32>>,
+    quality: Vec<Option<Array2<f32>>>,
 }
 
 fn score_sets(
@@ -498,7 +526,7 @@ fn score_sets(
     fam_labels: &Option<Vec<usize>>,
     sp: &Split,
 ) -> Result<Scored, EvalError> {
-    let Extracted { sets, odins, odin_temps } = ex;
+    let Extracted { sets, odins, odin_temps, quality } = ex;
     let fam = &sets[0];
     let pen = fam.penultimate.as_ref().ok_or(EvalError::MissingOutput(grad::outputs::PENULTIMATE))?;
     let maha_labels: Vec<usize> = match &fam_labels {
@@ -538,7 +566,8 @@ fn score_sets(
         }
     };
     let mut data: Vec<SetData> = Vec::new();
-    for (((name, spec), (fs, od)), ot) in plan.iter().zip(sets.into_iter().zip(odins)).zip(odin_temps) {
+    let sets = sets.into_iter().zip(odins).zip(odin_temps).zip(quality);
+    for ((name, spec), (((fs, od), ot), quality)) in plan.iter().zip(sets) {
         let pen = fs.penultimate.as_ref().ok_or(EvalError::MissingOutput(grad::outputs::PENULTIMATE))?;
         let mut scores = BTreeMap::new();
         scores.insert("msp", baselines::msp(fs.logits.view()));
@@ -558,7 +587,7 @@ fn score_sets(
             }
             _ => None,
         };
-        data.push(SetData { name: name.clone(), feats: fs, scores, odin: od, odin_temps: ot, wrong });
+        data.push(SetData { name: name.clone(), feats: fs, scores, odin: od, odin_temps: ot, wrong, quality });
     }
     Ok(Scored { data, mahalanobis_labels: maha_label_kind, knn_k: knn.k(), vim_dim: vim.as_ref().map(|_| vim_dim) })
 }
@@ -644,9 +673,19 @@ impl RiskFit<'_> {
                 idx.iter().map(move |&i| self.cfg.target.label(origin, wrong.and_then(|w| w.get(i).copied())))
             })
             .collect();
+        let quality = if self.cfg.quality {
+            if let Some((m, _)) = parts.iter().find(|(m, _)| self.data[*m].quality.is_none()) {
+                return Err(EvalError::Invalid(format!("set '{}' has no image-quality measures", self.data[*m].name)));
+            }
+            // Every part has its measures (checked above); the fallback is never taken.
+            Some(stack_rows(self.data, parts, |d| d.quality.as_ref().unwrap_or(&d.feats.features))?)
+        } else {
+            None
+        };
         Ok(LabelledRows {
             features: stack_rows(self.data, parts, |d| &d.feats.features)?,
             logits: stack_rows(self.data, parts, |d| &d.feats.logits)?,
+            quality,
             labels,
         })
     }
@@ -665,20 +704,23 @@ impl RiskFit<'_> {
         };
         let train = self.rows(&with_fam(fam.0, unf_train))?;
         let val = self.rows(&with_fam(fam.1, unf_val))?;
-        let reference = &self.data[0].feats;
-        let (e, _) = Ensemble::train(
-            &rows(&reference.features, fam.0),
-            &rows(&reference.logits, fam.0),
-            &train,
-            &val,
-            &self.cfg,
-        )?;
+        let reference = &self.data[0];
+        let (f, l) = (rows(&reference.feats.features, fam.0), rows(&reference.feats.logits, fam.0));
+        let q = reference.quality.as_ref().map(|q| rows(q, fam.0));
+        let (e, _) =
+            Ensemble::train(Reference { features: &f, logits: &l, quality: q.as_ref() }, &train, &val, &self.cfg)?;
         Ok(e)
     }
 
     /// Scores rows `idx` of set `m`.
     fn score(&self, e: &Ensemble, m: usize, idx: &[usize]) -> Vec<f32> {
-        let f = &self.data[m].feats;
-        idx.iter().map(|&i| e.logit_row(&f.features.row(i).to_vec(), &f.logits.row(i).to_vec())).collect()
+        let d = &self.data[m];
+        let q = |i: usize| d.quality.as_ref().map(|q| q.row(i).to_vec());
+        idx.iter()
+            .map(|&i| {
+                let (f, l, q) = (d.feats.features.row(i).to_vec(), d.feats.logits.row(i).to_vec(), q(i));
+                e.logit_row(FrameInputs::new(&f, &l).with_quality(q.as_deref()))
+            })
+            .collect()
     }
 }
