@@ -422,9 +422,15 @@ mod tests {
         assert_eq!(c.stream.len(), 1);
         assert_eq!(c.sink.len(), 2);
         assert_eq!(c.pipeline, PipelineConfig::default());
-        // The shipped file uses the cusum policy (docs/results/alarms.md); every other key is at its
-        // default.
-        assert_eq!(c.alert.default, AlertPolicy { policy: crate::alert::PolicyKind::Cusum, ..AlertPolicy::default() });
+        // The shipped file uses the cusum policy with the simulated threshold at 1.2 a day
+        // (docs/results/alarms.md); every other key is at its default.
+        let shipped = AlertPolicy {
+            policy: crate::alert::PolicyKind::Cusum,
+            false_alarms_per_day: 1.2,
+            threshold: crate::alert::ThresholdRule::Simulated,
+            ..AlertPolicy::default()
+        };
+        assert_eq!(c.alert.default, shipped);
         assert!(c.stream[0].baseline.is_some());
         assert_eq!(c.metrics, MetricsConfig::default());
         let d = parse(include_str!("../config/demo.toml")).unwrap();

@@ -34,9 +34,10 @@ pub enum ThresholdRule {
     /// an upper bound (about 10x loose for independent blocks).
     #[default]
     Bound,
-    /// `h` from the CUSUM's run length simulated on the baseline in force, with its extremal
-    /// index ([`crate::alert::run_length`]): the stated rate is the expected one. Simulated
-    /// once per baseline (at most [`crate::alert::run_length::STEP_BUDGET`] steps).
+    /// `h` from the CUSUM's run length simulated on the stream's learned baseline, with its
+    /// extremal index ([`crate::alert::run_length`]): the stated rate is the expected one.
+    /// Simulated once per baseline (at most [`crate::alert::run_length::STEP_BUDGET`] steps);
+    /// until a baseline is learned (the calibration's fallback) the bound applies.
     Simulated,
 }
 

@@ -67,10 +67,13 @@ impl CusumDecider {
         }
     }
 
-    /// The threshold in force: the simulated one once simulated, else Lorden's bound.
+    /// The threshold in force: the simulated one once simulated on a learned baseline, else
+    /// Lorden's bound. The calibration's fallback keeps the bound: simulated on the calibration's
+    /// held-out scores, `h` comes out above the bound and misses more onsets while a camera
+    /// learns (docs/results/alarms.md).
     fn h(&self) -> f64 {
         match (self.policy.threshold, self.simulated_h) {
-            (ThresholdRule::Simulated, Some((_, h))) => h,
+            (ThresholdRule::Simulated, Some((_, h))) if self.learned => h,
             _ => CusumParams::threshold(self.policy.false_alarms_per_day, self.policy.block_ms),
         }
     }
@@ -89,7 +92,7 @@ impl CusumDecider {
             _ => 0.0,
         };
         let stale = self.simulated_h.is_none_or(|(f, _)| f != floor);
-        if self.policy.threshold == ThresholdRule::Simulated && stale {
+        if self.policy.threshold == ThresholdRule::Simulated && self.learned && stale {
             let p = &self.policy;
             let sim = simulated_threshold_cached(
                 baseline,
@@ -323,5 +326,19 @@ mod tests {
         assert_eq!(b_h, CusumParams::threshold(bound.false_alarms_per_day, bound.block_ms));
         assert!(s_h < b_h - 1.0, "simulated h {s_h}, bound {b_h}");
         assert!(s_blocks < b_blocks, "{s_blocks} blocks with the simulated h, {b_blocks} with the bound");
+    }
+
+    /// Until a baseline is learned (the calibration's fallback) the simulated rule uses the bound.
+    #[test]
+    fn the_calibration_fallback_keeps_the_bound() {
+        let policy =
+            AlertPolicy { policy: PolicyKind::Cusum, threshold: ThresholdRule::Simulated, ..Default::default() };
+        let mut d = CusumDecider::new("cam", &policy, "ab");
+        for seq in 0..50 {
+            let _ = d.push(&frame(seq, 0.0), None);
+        }
+        assert_eq!(d.baseline().map(|(_, learned)| learned), Some(false));
+        let bound = CusumParams::threshold(policy.false_alarms_per_day, policy.block_ms);
+        assert_eq!(d.detail().statistic_threshold, Some(bound));
     }
 }

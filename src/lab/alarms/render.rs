@@ -310,8 +310,9 @@ fn targets(w: &mut String, r: &Results) {
     let yes = |b: bool| if b { "met" } else { "**not met**" };
     let _ = writeln!(
         w,
-        "## Targets (shipped `config/gradwatch.toml`: `policy = \"cusum\"`, `false_alarms_per_day = {}`, learned baseline)\n",
-        t.false_alarms_per_day
+        "## Targets (shipped `config/gradwatch.toml`: `policy = \"cusum\"`, `false_alarms_per_day = {}`, \
+         `threshold = \"{}\"`, learned baseline)\n",
+        t.false_alarms_per_day, t.threshold
     );
     let _ = writeln!(w, "| target | measured | |");
     let _ = writeln!(w, "|---|---|---|");

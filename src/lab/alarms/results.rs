@@ -357,6 +357,8 @@ pub struct LateRamp {
 pub struct Targets {
     /// The shipped `false_alarms_per_day`.
     pub false_alarms_per_day: f64,
+    /// The shipped `threshold` rule (`bound` or `simulated`).
+    pub threshold: String,
     /// False alarms per hour on the clean hours.
     pub fa: f64,
     /// Target <= 0.1.

@@ -554,6 +554,7 @@ fn targets(
         .unwrap_or_default();
     Targets {
         false_alarms_per_day: ctx.shipped.policy.false_alarms_per_day,
+        threshold: rule_name(ctx.shipped.policy.threshold).to_string(),
         fa,
         fa_met: fa <= 0.1,
         pooled_hours: ctx.a.hours + lead_h,
