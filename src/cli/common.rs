@@ -155,8 +155,8 @@ pub struct RecipeArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Add no-reference image-quality measures of each frame (sharpness, noise, exposure,
-    /// colour, haze...; measured at the model's input size) to the inputs of the detector and
-    /// of the trust head (docs/guide/detectors.md). Frames cost ~50 us more at 32x32.
+    /// colour, haze...; measured at the model's input size) to the camera-health detector's
+    /// inputs (docs/guide/detectors.md; the trust head does not use them). ~50 us a 32x32 frame.
     #[arg(long)]
     pub quality: bool,
 }

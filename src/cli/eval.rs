@@ -73,8 +73,8 @@ pub struct EvalArgs {
     /// Training seeds of the trust head for the spread of its misclassification AUROC.
     #[arg(long, default_value_t = 3)]
     pub trust_seeds: usize,
-    /// Let the risk detector and the trust head read the image-quality measures of each image
-    /// (as `calibrate --quality` does; cached next to the features).
+    /// Let the risk detector (the camera-health score) read the image-quality measures of each
+    /// image, as `calibrate --quality` does (cached next to the features).
     #[arg(long)]
     pub quality: bool,
     /// Images per graph run.

@@ -94,8 +94,8 @@ pub struct DetectorOptions {
     pub forward: Vec<ForwardSignal>,
     /// Seed-ensemble size (>= 1).
     pub members: usize,
-    /// Whether the image-quality measures join the inputs of the detector and of the trust
-    /// head (the sets must then carry them).
+    /// Whether the image-quality measures join the detector's inputs (the sets must then carry
+    /// them; the trust head does not read them).
     pub quality: bool,
 }
 
@@ -377,7 +377,7 @@ pub fn fit(
     let trust = if opts.one_class || labels.is_none() || unf_train.nrows() == 0 {
         None
     } else {
-        fit_trust(&train, &val, &test, &opts.mlp, quality)
+        fit_trust(&train, &val, &test, &opts.mlp)
     };
     let mut c = Calibration {
         format: FORMAT,
@@ -415,9 +415,9 @@ pub fn fit(
 /// early-stopped and Platt-scaled on `val`, summarised on `test`, all with [`Target::Harm`]
 /// labels. `None` (with a warning) when a part lacks wrong or right frames: the calibration is
 /// still usable, its frames just carry no `risk`.
-fn fit_trust(train: &Part, val: &Part, test: &Part, mlp: &MlpConfig, quality: bool) -> Option<super::TrustHead> {
+fn fit_trust(train: &Part, val: &Part, test: &Part, mlp: &MlpConfig) -> Option<super::TrustHead> {
     let go = || -> Result<super::TrustHead, FitError> {
-        let cfg = super::TrustHead::config(mlp, quality);
+        let cfg = super::TrustHead::config(mlp);
         let (mut head, _) = super::TrustHead::train(
             train.reference(),
             &train.labelled(Target::Harm)?,

@@ -40,7 +40,7 @@ pub struct Recipe {
     pub hidden: usize,
     /// Seed of splits, corruptions and training.
     pub seed: u64,
-    /// Whether the image-quality measures join the detector's and the trust head's inputs.
+    /// Whether the image-quality measures join the (camera-health) detector's inputs.
     pub quality: bool,
 }
 

@@ -374,14 +374,8 @@ fn select<T: Copy>(v: &[T], sel: &[usize]) -> Vec<T> {
     sel.iter().map(|&i| v[i]).collect()
 }
 
-fn train_head(
-    train: &Pool,
-    val: &Pool,
-    reference: &Pool,
-    mlp: &MlpConfig,
-    quality: bool,
-) -> Result<TrustHead, EvalError> {
-    let cfg = TrustHead::config(mlp, quality);
+fn train_head(train: &Pool, val: &Pool, reference: &Pool, mlp: &MlpConfig) -> Result<TrustHead, EvalError> {
+    let cfg = TrustHead::config(mlp);
     debug_assert_eq!(cfg.target, Target::Harm);
     let r = Reference { features: &reference.features, logits: &reference.logits, quality: reference.quality.as_ref() };
     Ok(TrustHead::train(r, &train.labelled(), &val.labelled(), &cfg)?.0)
@@ -397,7 +391,6 @@ pub fn run(
     extra: &[(String, Vec<f32>)],
     mlp: &MlpConfig,
     seeds: usize,
-    quality: bool,
 ) -> Result<TrustResults, EvalError> {
     let all = |_: &TrustSet| true;
     let gtsrb = |s: &TrustSet| !s.is_ood();
@@ -405,7 +398,7 @@ pub fn run(
     let val_gtsrb = pool(sets, 1, gtsrb)?;
     // The familiar training rows: the standardisers' reference.
     let reference = pool(&sets[..1], 0, all)?;
-    let head = train_head(&train, &val, &reference, mlp, quality)?;
+    let head = train_head(&train, &val, &reference, mlp)?;
     let t0 = Instant::now();
     let risk = head.risk(&test.features, &test.logits, test.quality.as_ref());
     let head_secs_per_frame = t0.elapsed().as_secs_f64() / test.wrong.len().max(1) as f64;
@@ -483,7 +476,7 @@ pub fn run(
         for f in &families {
             let without = |s: &TrustSet| s.family.as_deref() != Some(f.as_str());
             let (tr, va) = (pool(sets, 0, without)?, pool(sets, 1, without)?);
-            let h = train_head(&tr, &va, &reference, mlp, quality)?;
+            let h = train_head(&tr, &va, &reference, mlp)?;
             let vg = pool(sets, 1, |s: &TrustSet| without(s) && !s.is_ood())?;
             let t = fit_temperature(&vg.logits, &vg.labels);
             let held = pool(sets, 2, |s: &TrustSet| s.family.as_deref() == Some(f.as_str()))?;
@@ -503,7 +496,7 @@ pub fn run(
         let mut v = vec![out_rows[0].auroc];
         for k in 1..seeds {
             let m = MlpConfig { seed: mlp.seed.wrapping_add(7919 * k as u64), ..mlp.clone() };
-            let h = train_head(&train, &val, &reference, &m, quality)?;
+            let h = train_head(&train, &val, &reference, &m)?;
             v.push(auroc(&h.risk(&test.features, &test.logits, test.quality.as_ref()), &test.wrong));
         }
         let m = v.iter().sum::<f64>() / v.len() as f64;
@@ -635,7 +628,7 @@ mod tests {
             })
             .collect();
         let mlp = MlpConfig { hidden: 4, max_epochs: 30, ..Default::default() };
-        let t = run(&sets, &[("extra".into(), vec![0.0; 3 * sp.test.len()])], &mlp, 2, false).unwrap();
+        let t = run(&sets, &[("extra".into(), vec![0.0; 3 * sp.test.len()])], &mlp, 2).unwrap();
         assert_eq!(t.n, 3 * sp.test.len());
         let head = &t.rows[0];
         assert_eq!(head.method, "trust");

@@ -73,8 +73,8 @@ pub struct EvalConfig {
     pub risk_target: Option<Target>,
     /// Training seeds of the trust head for the spread of its AUROC (1: just the one).
     pub trust_seeds: usize,
-    /// Whether the risk detector and the trust head read the image-quality measures
-    /// (`--quality`).
+    /// Whether the risk detector (the camera-health score) reads the image-quality measures
+    /// (`--quality`; the trust head never does).
     pub quality: bool,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
@@ -348,7 +348,7 @@ fn trust_analysis(
             }
         })
         .collect();
-    super::trust::run(&sets, trust_extra, &cfg.mlp, cfg.trust_seeds, cfg.quality)
+    super::trust::run(&sets, trust_extra, &cfg.mlp, cfg.trust_seeds)
 }
 
 /// Seconds spent per extraction stage, and images run through the gradient graph.
