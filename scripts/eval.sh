@@ -8,6 +8,7 @@
 #   OUT=docs/results/results-1000 scripts/eval.sh --per-set 1000 --corruptions none   # CIFAR-10 pair only
 #   scripts/eval.sh --corruptions legacy          # the ten CURE-TSR-style types of the first report
 #   OUT=out/risk scripts/eval.sh --per-set 100 --corruptions geometric,colour,weather   # a few families
+#   OUT=out/q scripts/eval.sh --quality   # the detector also reads the image-quality measures (calibrate --quality)
 #
 # --corruptions all (the default) is every type of docs/guide/degradations.md (35 types x 5 levels): the
 # report then adds the risk tables (classifier accuracy next to every detector's AUROC, harmful
