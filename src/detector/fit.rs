@@ -285,24 +285,8 @@ pub fn fit(
     let mut parts: [Part; 3] = Default::default();
     let d = &opts.detector;
     let quality = d.quality && !opts.one_class && !d.is_paper();
-    let measured = |q: &Option<Array2<f32>>, what: &str, rows_needed: usize| -> Result<(), FitError> {
-        match q {
-            Some(q) if q.nrows() == rows_needed => Ok(()),
-            Some(q) => Err(FitError::Invalid(format!(
-                "{what}: {} image-quality rows for {rows_needed} images; measure every image once",
-                q.nrows()
-            ))),
-            None => Err(FitError::Invalid(format!(
-                "{what} carries no image-quality measures but the detector uses them; measure the images or \
-                 leave the quality inputs off"
-            ))),
-        }
-    };
     if quality {
-        measured(&familiar.quality, &familiar.name, n)?;
-        for u in unfamiliar {
-            measured(&u.quality, &u.name, u.features.nrows())?;
-        }
+        check_measured(familiar, unfamiliar)?;
     }
     let q_rows = |q: &Option<Array2<f32>>, idx: &[usize]| q.as_ref().filter(|_| quality).map(|q| rows(q, idx));
     for (part, idx) in parts.iter_mut().zip([&fs.train, &fs.val, &fs.test]) {
@@ -341,15 +325,7 @@ pub fn fit(
     let (fam_test, fam_test_logits) = (&test.features[0], &test.logits[0]);
 
     let detector = if opts.one_class {
-        let normalize = LogStandardizer::fit(fam_train)?;
-        let z = normalize.transform(fam_train)?;
-        let zeros = vec![0usize; z.nrows()];
-        // Fewer samples than features leave the covariance singular; shrink harder then.
-        let gaussian = match Gaussian::fit(&z, &zeros, 1, DEFAULT_SHRINKAGE) {
-            Err(DetectorError::NotPositiveDefinite(_)) => Gaussian::fit(&z, &zeros, 1, 1e-2)?,
-            other => other?,
-        };
-        DetectorKind::OneClass { normalize, gaussian }
+        one_class(fam_train)?
     } else {
         if unf_train.nrows() == 0 || unf_val.nrows() == 0 {
             return Err(FitError::Invalid(
@@ -409,6 +385,43 @@ pub fn fit(
     c.fitted_on.validation_auroc = roc::auroc(&f, &u);
     c.validate()?;
     Ok(c)
+}
+
+/// The one-class detector: a single Gaussian on the familiar training rows' standardised logs.
+fn one_class(fam_train: &Array2<f32>) -> Result<DetectorKind, FitError> {
+    let normalize = LogStandardizer::fit(fam_train)?;
+    let z = normalize.transform(fam_train)?;
+    let zeros = vec![0usize; z.nrows()];
+    // Fewer samples than features leave the covariance singular; shrink harder then.
+    let gaussian = match Gaussian::fit(&z, &zeros, 1, DEFAULT_SHRINKAGE) {
+        Err(DetectorError::NotPositiveDefinite(_)) => Gaussian::fit(&z, &zeros, 1, 1e-2)?,
+        other => other?,
+    };
+    Ok(DetectorKind::OneClass { normalize, gaussian })
+}
+
+/// Checks that every set carries one image-quality row per image (the detector reads them).
+fn check_measured(familiar: &FamiliarSet, unfamiliar: &[UnfamiliarSet]) -> Result<(), FitError> {
+    let sets = std::iter::once((&familiar.quality, &familiar.name, familiar.features.nrows()))
+        .chain(unfamiliar.iter().map(|u| (&u.quality, &u.name, u.features.nrows())));
+    for (q, what, images) in sets {
+        match q {
+            Some(q) if q.nrows() == images => {}
+            Some(q) => {
+                return Err(FitError::Invalid(format!(
+                    "{what}: {} image-quality rows for {images} images; measure every image once",
+                    q.nrows()
+                )))
+            }
+            None => {
+                return Err(FitError::Invalid(format!(
+                    "{what} carries no image-quality measures but the detector uses them; measure the images or \
+                     leave the quality inputs off"
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The trust head ([`super::trust`]) on the same parts as the detector: trained on `train`,
