@@ -284,7 +284,8 @@ pub fn fit(
     let fs = split(n, CALIB_SPLIT.0, CALIB_SPLIT.1, seed);
     let mut parts: [Part; 3] = Default::default();
     let d = &opts.detector;
-    let quality = d.quality && !opts.one_class && !d.is_paper();
+    // `is_paper` is false whenever `quality` is set: only the one-class detector ignores it.
+    let quality = d.quality && !opts.one_class;
     if quality {
         check_measured(familiar, unfamiliar)?;
     }

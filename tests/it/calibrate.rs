@@ -41,6 +41,29 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gradwatch"))
 }
 
+/// `gradwatch calibrate` on `fam.npy` with the tests' quick recipe (two corruptions, levels
+/// 4-5, 10 % false alarms, 8 hidden units) and `extra`, into `calib`.
+fn calibrate(d: &Path, model: &Path, calib: &Path, extra: &[&str]) -> std::process::Output {
+    bin()
+        .args(["calibrate", "--model"])
+        .arg(model)
+        .arg("--familiar")
+        .arg(d.join("fam.npy"))
+        .args(["--corruptions", "noise,haze", "--levels", "4-5", "--target-fpr", "0.1", "--hidden", "8"])
+        .args(extra)
+        .arg("-o")
+        .arg(calib)
+        .output()
+        .unwrap()
+}
+
+/// True classes of `fam.npy`'s 40 images (`i % 5`), as `labels.npy`.
+fn write_labels(d: &Path) -> std::path::PathBuf {
+    let labels = d.join("labels.npy");
+    ndarray_npy::write_npy(&labels, &ndarray::Array1::from_iter((0..40i64).map(|i| i % 5))).unwrap();
+    labels
+}
+
 fn setup(dir: &Path) -> std::path::PathBuf {
     ort();
     let m = dir.join("tiny.onnx");
@@ -55,16 +78,7 @@ fn calibrate_then_score_round_trip_and_json_lines() {
     let d = dir.path();
     let model = setup(d);
     let calib = d.join("tiny.calib.toml");
-    let out = bin()
-        .args(["calibrate", "--model"])
-        .arg(&model)
-        .arg("--familiar")
-        .arg(d.join("fam.npy"))
-        .args(["--corruptions", "noise,haze", "--levels", "4-5", "--target-fpr", "0.1", "--hidden", "8"])
-        .args(["--detector", "paper", "-o"])
-        .arg(&calib)
-        .output()
-        .unwrap();
+    let out = calibrate(d, &model, &calib, &["--detector", "paper"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let c = Calibration::load(&calib).unwrap();
@@ -123,22 +137,9 @@ fn calibrate_risk_with_labels_and_familiar_rows() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let model = setup(d);
-    let labels = d.join("labels.npy");
-    ndarray_npy::write_npy(&labels, &ndarray::Array1::from_iter((0..40i64).map(|i| i % 5))).unwrap();
+    let labels = write_labels(d);
     let calib = d.join("tiny.calib.toml");
-    let run = |extra: &[&str]| {
-        bin()
-            .args(["calibrate", "--model"])
-            .arg(&model)
-            .arg("--familiar")
-            .arg(d.join("fam.npy"))
-            .args(["--corruptions", "noise,haze", "--levels", "4-5", "--target-fpr", "0.1", "--hidden", "8"])
-            .args(extra)
-            .arg("-o")
-            .arg(&calib)
-            .output()
-            .unwrap()
-    };
+    let run = |extra: &[&str]| calibrate(d, &model, &calib, extra);
     let labels_arg = labels.to_str().unwrap();
     let out = run(&["--familiar-labels", labels_arg, "--familiar-rows", "4..36", "--members", "2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -195,21 +196,10 @@ fn calibrate_with_quality_measures_and_score_them() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let model = setup(d);
-    let labels = d.join("labels.npy");
-    ndarray_npy::write_npy(&labels, &ndarray::Array1::from_iter((0..40i64).map(|i| i % 5))).unwrap();
+    let labels = write_labels(d);
     let calib = d.join("tiny.calib.toml");
-    let out = bin()
-        .args(["calibrate", "--model"])
-        .arg(&model)
-        .arg("--familiar")
-        .arg(d.join("fam.npy"))
-        .arg("--familiar-labels")
-        .arg(&labels)
-        .args(["--corruptions", "noise,haze", "--levels", "4-5", "--target-fpr", "0.1", "--hidden", "8"])
-        .args(["--members", "2", "--quality", "-o"])
-        .arg(&calib)
-        .output()
-        .unwrap();
+    let labels_arg = labels.to_str().unwrap();
+    let out = calibrate(d, &model, &calib, &["--familiar-labels", labels_arg, "--members", "2", "--quality"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let c = Calibration::load(&calib).unwrap();
     let DetectorKind::Ensemble(e) = &c.detector else { panic!("risk fits an ensemble") };

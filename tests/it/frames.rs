@@ -14,15 +14,18 @@ use serde_json::Value;
 use crate::common::daemon::{assets, events, head, kind, write, Daemon};
 use crate::common::http::get_text;
 
-/// The daemon tests' calibration plus a hand-made trust head whose risk is
-/// `sigmoid(0 - 1) = 0.2689` for every frame (zero weights): the plumbing, not the model.
-fn calibration_with_trust(dir: &Path) -> std::path::PathBuf {
+/// The daemon tests' calibration with a hand-made trust head: one member over the gradient
+/// columns, MSP and, with `quality`, the image-quality measures (standardised with mean 0 and
+/// std 1, so their `|z|` is their absolute value). `member` builds the member for its input
+/// width.
+fn with_trust_head(quality: bool, member: impl FnOnce(usize) -> Mlp, platt: Platt) -> Calibration {
     let mut c = Calibration::load(&assets().calibration).unwrap();
     let normalize = match &c.detector {
         DetectorKind::OneClass { normalize, .. } => normalize.clone(),
         other => panic!("unexpected detector {other:?}"),
     };
-    let p = normalize.dim() + 1;
+    let q = gradwatch::quality::Measure::ALL.len();
+    let inputs = normalize.dim() + 1 + if quality { q } else { 0 };
     c.trust = Some(TrustHead {
         ensemble: Ensemble {
             target: Target::Harm,
@@ -30,12 +33,20 @@ fn calibration_with_trust(dir: &Path) -> std::path::PathBuf {
             classes: 5,
             normalize,
             forward_normalize: Some(Standardizer { mean: vec![0.0], std: vec![1.0] }),
-            quality_normalize: None,
-            members: vec![Mlp { w1: vec![vec![0.0; p]], b1: vec![0.0], w2: vec![0.0], b2: 0.0 }],
+            quality_normalize: quality.then(|| Standardizer { mean: vec![0.0; q], std: vec![1.0; q] }),
+            members: vec![member(inputs)],
         },
-        platt: Platt { a: 1.0, b: -1.0 },
+        platt,
         held_out: None,
     });
+    c
+}
+
+/// The daemon tests' calibration plus a trust head whose risk is `sigmoid(0 - 1) = 0.2689` for
+/// every frame (zero weights): the plumbing, not the model.
+fn calibration_with_trust(dir: &Path) -> std::path::PathBuf {
+    let zero = |p: usize| Mlp { w1: vec![vec![0.0; p]], b1: vec![0.0], w2: vec![0.0], b2: 0.0 };
+    let c = with_trust_head(false, zero, Platt { a: 1.0, b: -1.0 });
     let out = dir.join("trust.calib.toml");
     c.save(&out).unwrap();
     // An old file (no [trust]) still loads and has no risk.
@@ -195,29 +206,15 @@ fn check_config_refuses_a_missing_socket() {
 fn risk_reads_the_image_quality_measures_of_each_frame() {
     use gradwatch::quality::{measure_as_input, Measure};
     let dir = tempfile::tempdir().unwrap();
-    let mut c = Calibration::load(&assets().calibration).unwrap();
-    let normalize = match &c.detector {
-        DetectorKind::OneClass { normalize, .. } => normalize.clone(),
-        other => panic!("unexpected detector {other:?}"),
-    };
     let q = Measure::ALL.len();
     let noise = Measure::ALL.iter().position(|m| *m == Measure::Noise).unwrap();
-    let p = normalize.dim() + 1 + q;
-    let mut w1 = vec![0.0; p];
-    w1[normalize.dim() + 1 + noise] = 1.0;
-    c.trust = Some(TrustHead {
-        ensemble: Ensemble {
-            target: Target::Harm,
-            forward: vec![ForwardSignal::Msp],
-            classes: 5,
-            normalize,
-            forward_normalize: Some(Standardizer { mean: vec![0.0], std: vec![1.0] }),
-            quality_normalize: Some(Standardizer { mean: vec![0.0; q], std: vec![1.0; q] }),
-            members: vec![Mlp { w1: vec![w1], b1: vec![0.0], w2: vec![1.0], b2: 0.0 }],
-        },
-        platt: Platt { a: 0.1, b: -2.0 },
-        held_out: None,
-    });
+    // One weight of 1 on the noise column (the quality columns come last).
+    let on_noise = |p: usize| {
+        let mut w1 = vec![0.0; p];
+        w1[p - q + noise] = 1.0;
+        Mlp { w1: vec![w1], b1: vec![0.0], w2: vec![1.0], b2: 0.0 }
+    };
+    let c = with_trust_head(true, on_noise, Platt { a: 0.1, b: -2.0 });
     assert!(c.uses_quality());
     let calib = dir.path().join("quality.calib.toml");
     c.save(&calib).unwrap();
