@@ -5,7 +5,7 @@ use std::path::Path;
 
 use gradwatch::grad::CompileOptions;
 use gradwatch::model::{top_class, LoadedModel, DEFAULT_MODEL};
-use gradwatch::runtime::GradSession;
+use gradwatch::runtime::{GradSession, ModelSession};
 
 const SAMPLE: &str = "models/samples/gtsrb-test-sample.npy";
 const LABELS: &str = "models/samples/gtsrb-test-sample-labels.npy";
@@ -25,12 +25,25 @@ fn reference_model_metadata_and_accuracy() {
     let labels = gradwatch::data::load_npy_labels(&dir.join(LABELS)).unwrap();
     assert_eq!(images.len(), labels.len());
     assert!(images.len() >= 500);
+    // Accuracy through the forward graph (the gradient graph costs ten times as much per
+    // image); the gradient graph's logits are checked against it on the first batch.
+    let (fwd, out) = gradwatch::model::forward_logits_model(&m.model).unwrap();
+    let input = m.model.graph.as_ref().unwrap().input[0].name.clone();
+    let mut forward = ModelSession::new(&gradwatch::onnx::encode(&fwd), &crate::common::ort()).unwrap();
+    let mut logits = |chunk: &[gradwatch::frame::RgbImage]| {
+        let x = m.info.preprocess(chunk.iter()).into_dyn();
+        let z = forward.run(&[(input.as_str(), x.view())]).unwrap().remove(&out).unwrap();
+        z.into_dimensionality::<ndarray::Ix2>().unwrap()
+    };
+    let first = &images[..16];
     let mut s = GradSession::new(&m.compiled, &crate::common::ort()).unwrap();
+    let g = s.run(m.info.preprocess(first.iter()).into_dyn().view()).unwrap();
+    let z = logits(first);
+    let worst = g.logits.iter().zip(&z).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-3, "gradient graph and forward logits differ by {worst}");
     let mut correct = 0;
     for (chunk, lab) in images.chunks(64).zip(labels.chunks(64)) {
-        let x = m.info.preprocess(chunk.iter());
-        let out = s.run(x.into_dyn().view()).unwrap();
-        for (row, &l) in out.logits.outer_iter().zip(lab) {
+        for (row, &l) in logits(chunk).outer_iter().zip(lab) {
             if top_class(row.as_slice().unwrap()).0 as i64 == l {
                 correct += 1;
             }
