@@ -6,6 +6,8 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
+use ndarray::Array2;
+
 use super::SetupError;
 use crate::frame::RgbImage;
 use crate::model::{top_class, ColorOrder, Layout, LoadedModel, ModelInfo, Preprocessing, IMAGENET_MEAN, IMAGENET_STD};
@@ -42,6 +44,28 @@ impl Forward {
         Ok(Forward { session, input: model.compiled.input_name.clone(), output })
     }
 
+    /// The logits `[N, C]` of `images` in one run, preprocessed as `info` says (any output
+    /// shape with `N x C` numbers, e.g. `[N, C, 1, 1]`).
+    pub fn logits(&mut self, info: &ModelInfo, images: &[&RgbImage]) -> Result<Array2<f32>, SetupError> {
+        if images.is_empty() {
+            return Ok(Array2::zeros((0, 0)));
+        }
+        let x = info.preprocess(images.iter().copied()).into_dyn();
+        let o = self.session.run(&[(self.input.as_str(), x.view())])?;
+        let z =
+            o.get(&self.output).ok_or_else(|| SetupError::Invalid("the forward graph returned no logits".into()))?;
+        let flat: Vec<f32> = z.iter().copied().collect();
+        let width = flat.len() / images.len();
+        if width == 0 || width * images.len() != flat.len() {
+            return Err(SetupError::Invalid(format!(
+                "the forward graph returned {} numbers for {} images",
+                flat.len(),
+                images.len()
+            )));
+        }
+        Array2::from_shape_vec((images.len(), width), flat).map_err(|e| SetupError::Invalid(e.to_string()))
+    }
+
     /// Top class and its softmax probability of every image, preprocessed as `info` says.
     pub fn predict(
         &mut self,
@@ -51,21 +75,7 @@ impl Forward {
     ) -> Result<Vec<(usize, f32)>, SetupError> {
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(batch.max(1)) {
-            let x = info.preprocess(chunk.iter().copied()).into_dyn();
-            let o = self.session.run(&[(self.input.as_str(), x.view())])?;
-            let z = o
-                .get(&self.output)
-                .ok_or_else(|| SetupError::Invalid("the forward graph returned no logits".into()))?;
-            let flat: Vec<f32> = z.iter().copied().collect();
-            let width = flat.len() / chunk.len().max(1);
-            if width == 0 || width * chunk.len() != flat.len() {
-                return Err(SetupError::Invalid(format!(
-                    "the forward graph returned {} numbers for {} images",
-                    flat.len(),
-                    chunk.len()
-                )));
-            }
-            out.extend(flat.chunks(width).map(top_class));
+            out.extend(self.logits(info, chunk)?.rows().into_iter().map(|z| top_class(&z.to_vec())));
         }
         Ok(out)
     }

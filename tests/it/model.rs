@@ -4,8 +4,9 @@
 use std::path::Path;
 
 use gradwatch::grad::CompileOptions;
-use gradwatch::model::{top_class, LoadedModel, DEFAULT_MODEL};
-use gradwatch::runtime::{GradSession, ModelSession};
+use gradwatch::model::{LoadedModel, DEFAULT_MODEL};
+use gradwatch::runtime::GradSession;
+use gradwatch::setup::check::Forward;
 
 const SAMPLE: &str = "models/samples/gtsrb-test-sample.npy";
 const LABELS: &str = "models/samples/gtsrb-test-sample-labels.npy";
@@ -26,29 +27,17 @@ fn reference_model_metadata_and_accuracy() {
     assert_eq!(images.len(), labels.len());
     assert!(images.len() >= 500);
     // Accuracy through the forward graph (the gradient graph costs ten times as much per
-    // image); the gradient graph's logits are checked against it on the first batch.
-    let (fwd, out) = gradwatch::model::forward_logits_model(&m.model).unwrap();
-    let input = m.model.graph.as_ref().unwrap().input[0].name.clone();
-    let mut forward = ModelSession::new(&gradwatch::onnx::encode(&fwd), &crate::common::ort()).unwrap();
-    let mut logits = |chunk: &[gradwatch::frame::RgbImage]| {
-        let x = m.info.preprocess(chunk.iter()).into_dyn();
-        let z = forward.run(&[(input.as_str(), x.view())]).unwrap().remove(&out).unwrap();
-        z.into_dimensionality::<ndarray::Ix2>().unwrap()
-    };
-    let first = &images[..16];
+    // image); the gradient graph's logits are checked against it on the first 16 images.
+    let mut forward = Forward::new(&m, &crate::common::ort()).unwrap();
+    let refs: Vec<&gradwatch::frame::RgbImage> = images.iter().collect();
     let mut s = GradSession::new(&m.compiled, &crate::common::ort()).unwrap();
-    let g = s.run(m.info.preprocess(first.iter()).into_dyn().view()).unwrap();
-    let z = logits(first);
+    let g = s.run(m.info.preprocess(refs[..16].iter().copied()).into_dyn().view()).unwrap();
+    let z = forward.logits(&m.info, &refs[..16]).unwrap();
+    assert_eq!(g.logits.dim(), z.dim());
     let worst = g.logits.iter().zip(&z).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(worst < 1e-3, "gradient graph and forward logits differ by {worst}");
-    let mut correct = 0;
-    for (chunk, lab) in images.chunks(64).zip(labels.chunks(64)) {
-        for (row, &l) in logits(chunk).outer_iter().zip(lab) {
-            if top_class(row.as_slice().unwrap()).0 as i64 == l {
-                correct += 1;
-            }
-        }
-    }
+    let predicted = forward.predict(&m.info, &refs, 64).unwrap();
+    let correct = predicted.iter().zip(&labels).filter(|((p, _), &l)| *p as i64 == l).count();
     let acc = correct as f64 / images.len() as f64;
     eprintln!("reference model accuracy on the committed sample: {acc:.4} ({correct}/{})", images.len());
     // The shipped model reaches 0.9746 (499/512) on this sample in PyTorch and 0.9814 on the full

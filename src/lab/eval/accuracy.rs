@@ -11,13 +11,12 @@ use crate::corrupt::{self, image_seed, Corruption};
 use crate::frame::RgbImage;
 use crate::grad::CompileOptions;
 use crate::model::{LoadedModel, ModelInfo};
-use crate::runtime::{ModelSession, RuntimeOptions};
+use crate::runtime::RuntimeOptions;
+use crate::setup::check::Forward;
 
-/// The classifier's plain logits graph in a session, with its preprocessing.
+/// The classifier's plain logits graph in a session ([`Forward`]), with its preprocessing.
 pub struct Classifier {
-    session: ModelSession,
-    input: String,
-    output: String,
+    forward: Forward,
     /// Preprocessing, names and hash.
     pub info: ModelInfo,
 }
@@ -27,23 +26,16 @@ impl Classifier {
     pub fn load(path: &Path, rt: &RuntimeOptions) -> Result<Self, EvalError> {
         let model = LoadedModel::load(path, &CompileOptions::default())
             .map_err(|e| EvalError::Invalid(format!("{}: {e}", path.display())))?;
-        let (fwd, output) = crate::model::forward_logits_model(&model.model)?;
-        let session = ModelSession::new(&crate::onnx::encode(&fwd), rt)?;
-        Ok(Classifier { session, input: model.compiled.input_name.clone(), output, info: model.info })
+        let forward = Forward::new(&model, rt).map_err(|e| EvalError::Invalid(e.to_string()))?;
+        Ok(Classifier { forward, info: model.info })
     }
 
     /// The top class of every image, in batches of `batch`.
     pub fn predict(&mut self, images: &[RgbImage], batch: usize) -> Result<Vec<usize>, EvalError> {
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(batch.max(1)) {
-            let x = self.info.preprocess(chunk.iter()).into_dyn();
-            let mut o = self.session.run(&[(self.input.as_str(), x.view())])?;
-            let z = o
-                .remove(&self.output)
-                .ok_or_else(|| EvalError::Invalid(format!("forward graph lacks output '{}'", self.output)))?;
-            let z = z
-                .into_dimensionality::<ndarray::Ix2>()
-                .map_err(|_| EvalError::Invalid("forward logits are not 2-D".into()))?;
+            let refs: Vec<&RgbImage> = chunk.iter().collect();
+            let z = self.forward.logits(&self.info, &refs).map_err(|e| EvalError::Invalid(e.to_string()))?;
             out.extend(baselines::predicted(z.view()));
         }
         Ok(out)
