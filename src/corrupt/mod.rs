@@ -13,6 +13,7 @@
 
 mod extra;
 mod filter;
+pub mod mix;
 mod overlay;
 mod parse;
 
