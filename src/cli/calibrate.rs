@@ -101,7 +101,14 @@ pub fn run(a: CalibrateArgs) -> Result<i32> {
             features::extract_labelled(&mut session, &model.info, &u.images, a.batch, show_progress(), "unfamiliar")?;
         let name = p.display().to_string();
         let quality = a.recipe.quality.then(|| quality::measure_batch(&u.images, model.info.width, model.info.height));
-        unfamiliar.push(UnfamiliarSet { name, features: f.features, logits: f.logits, quality, paired: false });
+        unfamiliar.push(UnfamiliarSet {
+            name,
+            features: f.features,
+            logits: f.logits,
+            quality,
+            paired: false,
+            benign: false,
+        });
     }
     let inputs = FitInputs {
         familiar_name: a.familiar.display().to_string(),

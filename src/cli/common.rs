@@ -159,6 +159,12 @@ pub struct RecipeArgs {
     /// inputs (docs/guide/detectors.md; the trust head does not use them). ~50 us a 32x32 frame.
     #[arg(long)]
     pub quality: bool,
+    /// Generalising training data (docs/guide/detectors.md): `mixed` adds a copy of each image
+    /// with one or two degradation types of different families at levels in between;
+    /// `lighting` adds exposure changes that count as unfamiliar only where the classifier gets
+    /// them wrong; `mixed,lighting` both. `--augment` alone is `mixed`.
+    #[arg(long, value_name = "SETS", num_args = 0..=1, default_value = "none", default_missing_value = "mixed")]
+    pub augment: crate::corrupt::mix::AugmentSets,
 }
 
 impl RecipeArgs {
@@ -176,6 +182,7 @@ impl RecipeArgs {
             hidden: self.hidden,
             seed: self.seed,
             quality: self.quality,
+            augment: self.augment,
         }
     }
 }

@@ -37,6 +37,9 @@ pub enum Origin {
     Corrupted,
     /// An out-of-distribution image (no true class among the classifier's).
     Ood,
+    /// A change the camera may well see in normal service (a lighting change): unfamiliar
+    /// only where the classifier gets it wrong, so the detector learns when it is harmless.
+    Benign,
 }
 
 impl Target {
@@ -396,6 +399,9 @@ mod tests {
             ((Familiar, Some(true)), [0, 1, 1]),
             ((Corrupted, Some(false)), [1, 0, 1]),
             ((Corrupted, Some(true)), [1, 1, 1]),
+            ((Benign, Some(false)), [0, 0, 0]),
+            ((Benign, Some(true)), [0, 1, 1]),
+            ((Benign, None), [0, 0, 0]),
             ((Ood, None), [1, 1, 1]),
             ((Familiar, None), [0, 0, 0]),
         ];

@@ -161,6 +161,9 @@ pub struct UnfamiliarSet {
     /// set, so that no image content is both trained on and held out; its true class is the
     /// familiar image's.
     pub paired: bool,
+    /// Paired rows of a change the camera may see in normal service (lighting): labelled by
+    /// the classifier's correctness alone ([`Origin::Benign`]), not counted as unfamiliar.
+    pub benign: bool,
 }
 
 fn concat(parts: &[Array2<f32>]) -> Result<Array2<f32>, FitError> {
@@ -175,6 +178,8 @@ struct Part {
     logits: Vec<Array2<f32>>,
     /// Image-quality measures per set (`None` where a set has none).
     quality: Vec<Option<Array2<f32>>>,
+    /// Per set: whether its rows are [`Origin::Benign`] (neither familiar nor unfamiliar).
+    benign: Vec<bool>,
     origin: Vec<Origin>,
     wrong: Vec<Option<bool>>,
 }
@@ -189,6 +194,7 @@ impl Part {
         let (f, l, q) = rows;
         self.origin.extend(std::iter::repeat_n(origin, f.nrows()));
         self.wrong.extend(wrong);
+        self.benign.push(origin == Origin::Benign);
         self.features.push(f);
         self.logits.push(l);
         self.quality.push(q);
@@ -200,22 +206,35 @@ impl Part {
     }
 
     /// Every set's quality rows stacked, or `None` when any set has none.
-    fn quality_rows(&self, sets: std::ops::RangeFrom<usize>) -> Result<Option<Array2<f32>>, FitError> {
-        let q: Option<Vec<Array2<f32>>> = self.quality[sets].iter().cloned().collect();
+    fn quality_rows(&self, sets: &[usize]) -> Result<Option<Array2<f32>>, FitError> {
+        let q: Option<Vec<Array2<f32>>> = sets.iter().map(|&j| self.quality[j].clone()).collect();
         q.filter(|v| !v.is_empty()).map(|v| concat(&v)).transpose()
     }
 
-    /// The unfamiliar rows (every set after the familiar one).
+    /// The unfamiliar sets: every set after the familiar one but the benign ones.
+    fn unfamiliar_sets(&self) -> Vec<usize> {
+        (1..self.features.len()).filter(|&j| !self.benign[j]).collect()
+    }
+
+    /// The unfamiliar sets' rows ([`Self::unfamiliar_sets`]).
     fn unfamiliar(&self, width: usize, classes: usize) -> Result<(Array2<f32>, Array2<f32>), FitError> {
-        let or_empty = |v: &[Array2<f32>], w: usize| if v.is_empty() { Ok(Array2::zeros((0, w))) } else { concat(v) };
-        Ok((or_empty(&self.features[1..], width)?, or_empty(&self.logits[1..], classes)?))
+        let sets = self.unfamiliar_sets();
+        let pick = |v: &[Array2<f32>], w: usize| {
+            let v: Vec<Array2<f32>> = sets.iter().map(|&j| v[j].clone()).collect();
+            if v.is_empty() {
+                Ok(Array2::zeros((0, w)))
+            } else {
+                concat(&v)
+            }
+        };
+        Ok((pick(&self.features, width)?, pick(&self.logits, classes)?))
     }
 
     fn labelled(&self, target: Target) -> Result<LabelledRows, FitError> {
         Ok(LabelledRows {
             features: concat(&self.features)?,
             logits: concat(&self.logits)?,
-            quality: self.quality_rows(0..)?,
+            quality: self.quality_rows(&(0..self.quality.len()).collect::<Vec<_>>())?,
             labels: self.origin.iter().zip(&self.wrong).map(|(&o, &w)| target.label(o, w)).collect(),
         })
     }
@@ -310,7 +329,8 @@ pub fn fit(
         for (part, idx) in parts.iter_mut().zip([&s.train, &s.val, &s.test]) {
             let l = rows(&u.logits, idx);
             let (origin, w) = if u.paired {
-                (Origin::Corrupted, wrong(&l, labels, idx))
+                let origin = if u.benign { Origin::Benign } else { Origin::Corrupted };
+                (origin, wrong(&l, labels, idx))
             } else {
                 (Origin::Ood, vec![None; idx.len()])
             };
@@ -377,7 +397,7 @@ pub fn fit(
         },
     };
     let f = c.score(fam_test, fam_test_logits, test.quality[0].as_ref());
-    let u = c.score(&unf_test, &unf_test_logits, test.quality_rows(1..)?.as_ref());
+    let u = c.score(&unf_test, &unf_test_logits, test.quality_rows(&test.unfamiliar_sets())?.as_ref());
     c.threshold = roc::threshold_for_false_alarm(&f, opts.target_fpr);
     c.clean_tail_scale = super::calibration::tail_scale(&f);
     let (fpr, tpr) = roc::rates_at(&f, &u, c.threshold);

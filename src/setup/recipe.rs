@@ -3,7 +3,8 @@
 //! (every degradation type at levels 2-5, round-robin), the risk detector, and its threshold
 //! for 1 % false alarms (what `models/gtsrb-resnet18.calib.toml` records).
 
-use crate::corrupt::{parse_corruptions, parse_levels, round_robin_corruptions, Corruption};
+use crate::corrupt::mix;
+use crate::corrupt::{parse_corruptions, parse_levels, round_robin_corruptions, Corruption, Family};
 use crate::detector::calibration::CalibModel;
 use crate::detector::fit::{self, CalibrateOptions, DetectorChoice, DetectorOptions, FamiliarSet, UnfamiliarSet};
 use crate::detector::forward::ForwardSignal;
@@ -42,6 +43,10 @@ pub struct Recipe {
     pub seed: u64,
     /// Whether the image-quality measures join the (camera-health) detector's inputs.
     pub quality: bool,
+    /// Generalising training data (issue #25): a second corrupted copy of each image with one
+    /// or two types of different families at levels in between, and/or lighting changes judged
+    /// by the classifier alone (they replace the illumination types' round-robin copies).
+    pub augment: mix::AugmentSets,
 }
 
 impl Default for Recipe {
@@ -58,6 +63,7 @@ impl Default for Recipe {
             hidden: 64,
             seed: 0,
             quality: false,
+            augment: mix::AugmentSets::default(),
         }
     }
 }
@@ -105,6 +111,9 @@ impl Recipe {
     }
 }
 
+/// Salt of the augment sets' patterns, so they differ from the round-robin copy's.
+const AUGMENT_SALT: u64 = 0xA06;
+
 /// How graphs run, and the command line a calibration records.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -147,16 +156,39 @@ pub fn fit_recipe(
     let (w, h) = (model.info.width, model.info.height);
     let measure = |imgs: &[RgbImage]| plan.detector.quality.then(|| crate::quality::measure_batch(imgs, w, h));
     let mut unfamiliar = inputs.unfamiliar;
-    if !plan.kinds.is_empty() {
-        let imgs = round_robin_corruptions(inputs.images, &plan.kinds, &plan.levels, r.seed)?;
+    // With `augment`, lighting is judged by the classifier (the lighting set below), not
+    // labelled unfamiliar by where it came from.
+    let kinds: Vec<Corruption> =
+        plan.kinds.iter().copied().filter(|k| !r.augment.lighting || k.family() != Family::Illumination).collect();
+    if !kinds.is_empty() {
+        let imgs = round_robin_corruptions(inputs.images, &kinds, &plan.levels, r.seed)?;
         let f = extract::extract_labelled(session, &model.info, &imgs, batch, progress, "corruptions")?;
         let name = format!(
             "synthetic corruptions of the familiar images ({}; levels {})",
-            plan.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(","),
+            kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(","),
             r.levels
         );
         let quality = measure(&imgs);
-        unfamiliar.push(UnfamiliarSet { name, features: f.features, logits: f.logits, quality, paired: true });
+        let (features, logits) = (f.features, f.logits);
+        unfamiliar.push(UnfamiliarSet { name, features, logits, quality, paired: true, benign: false });
+    }
+    let sets = [
+        (r.augment.mixed, mix::generalising_plan(&plan.kinds, &plan.levels), false, "mixed"),
+        (r.augment.lighting, mix::lighting_plan(&plan.kinds), true, "lighting"),
+    ];
+    for (_, mix_plan, benign, what) in sets.into_iter().filter(|(on, p, _, _)| *on && !p.kinds.is_empty()) {
+        let (imgs, _) = mix::mixed_corruptions(inputs.images, &mix_plan, r.seed ^ AUGMENT_SALT)?;
+        let f = extract::extract_labelled(session, &model.info, &imgs, batch, progress, what)?;
+        let name = match benign {
+            true => "lighting changes of the familiar images (exposure, levels 1-5; judged by the classifier)".into(),
+            false => format!(
+                "mixed corruptions of the familiar images (one or two types, levels {:.0}-{:.0} continuous)",
+                mix_plan.lowest, mix_plan.highest
+            ),
+        };
+        let quality = measure(&imgs);
+        let (features, logits) = (f.features, f.logits);
+        unfamiliar.push(UnfamiliarSet { name, features, logits, quality, paired: true, benign });
     }
     let opts = CalibrateOptions {
         one_class: r.one_class,

@@ -231,6 +231,46 @@ fn calibrate_with_quality_measures_and_score_them() {
     }
 }
 
+/// `--augment` (issue #25, item 2): a mixed copy of each image and lighting changes judged by
+/// the classifier; the lighting types leave the round-robin copy, whose rows would call every
+/// lighting change unfamiliar.
+#[test]
+fn calibrate_with_generalising_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = setup(d);
+    let labels = write_labels(d);
+    let calib = d.join("tiny.calib.toml");
+    let labels_arg = labels.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        bin()
+            .args(["calibrate", "--model"])
+            .arg(&model)
+            .arg("--familiar")
+            .arg(d.join("fam.npy"))
+            .args(["--corruptions", "noise,haze,exposure,darkening", "--levels", "4-5", "--augment", "mixed,lighting"])
+            .args(["--target-fpr", "0.1", "--hidden", "8", "--members", "1"])
+            .args(extra)
+            .arg("-o")
+            .arg(&calib)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--familiar-labels", labels_arg]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let c = Calibration::load(&calib).unwrap();
+    let names: Vec<(&str, usize)> = c.fitted_on.unfamiliar.iter().map(|u| (u.name.as_str(), u.count)).collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names[0].0.contains("(noise,haze; levels 4-5)"), "{names:?}");
+    assert!(names[1].0.starts_with("mixed corruptions") && names[2].0.starts_with("lighting changes"), "{names:?}");
+    assert!(names.iter().all(|&(_, n)| n == 40), "{names:?}");
+    assert!(c.fitted_on.validation_auroc.is_finite() && c.threshold.is_finite());
+    // The paper's detector has no use for rows labelled by the classifier: it leaves them out.
+    let out = run(&["--detector", "paper"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(matches!(Calibration::load(&calib).unwrap().detector, DetectorKind::Mlp { .. }));
+}
+
 #[test]
 fn calibration_for_another_model_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -304,6 +344,7 @@ fn library_fit_threshold_meets_the_target_on_held_out_familiar() {
         logits: unf_logits.clone(),
         quality: None,
         paired: false,
+        benign: false,
     }];
     let paper = CalibrateOptions { detector: DetectorChoice::Paper.options(), ..opts.clone() };
     let c = fit::fit(model.clone(), &familiar, &sets, &paper, "test").unwrap();
