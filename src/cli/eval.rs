@@ -77,6 +77,11 @@ pub struct EvalArgs {
     /// image, as `calibrate --quality` does (cached next to the features).
     #[arg(long)]
     pub quality: bool,
+    /// Train the camera-health detectors that stand for the shipped one (pooled, leave one
+    /// family out) on the generalising data too, as `calibrate --augment SETS` does (`mixed`,
+    /// `lighting` or `mixed,lighting`; alone: `mixed`; issue #25).
+    #[arg(long, value_name = "SETS", num_args = 0..=1, default_value = "none", default_missing_value = "mixed")]
+    pub augment: crate::corrupt::mix::AugmentSets,
     /// Images per graph run.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
@@ -107,6 +112,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         risk_target: a.risk_target,
         trust_seeds: a.trust_seeds,
         quality: a.quality,
+        augment: a.augment,
         progress: show_progress(),
         command: command_line(),
     };

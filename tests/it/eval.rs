@@ -207,6 +207,7 @@ fn fake_results() -> Results {
         model_sha256: "abc123".into(),
         command: "gradwatch eval --per-set 100".into(),
         per_set: 100,
+        augment: "none".into(),
         seed: 0,
         familiar_accuracy: Some(0.97),
         mahalanobis_labels: "true labels".into(),

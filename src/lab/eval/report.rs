@@ -317,6 +317,16 @@ fn family_out_section(o: &mut String, r: &Results) {
          the paper's detector held out / the risk detector (the calibration's default) held out / the paper's detector \
          trained on that very type and level / the paper's detector trained on every type.\n"
     );
+    if !matches!(r.augment.as_str(), "" | "none") {
+        let _ = writeln!(
+            o,
+            "With `--augment {}` the risk detectors that stand for the shipped one (held out and pooled) also \
+             train on generalising data (`mixed`: a copy of each image with one or two types of different families \
+             at continuous levels; `lighting`: exposure changes labelled by the classifier's correctness, replacing \
+             the illumination types' own sets); rows touching the held-out family are left out.\n",
+            r.augment
+        );
+    }
     let _ = writeln!(
         o,
         "| held-out family | type | {} |",

@@ -184,6 +184,9 @@ pub struct Results {
     pub command: String,
     /// Images per set.
     pub per_set: usize,
+    /// The generalising sets the pooled and held-out-family risk detectors also trained on
+    /// (`--augment`: `mixed`, `lighting`, `mixed,lighting`; `none` or empty: none).
+    pub augment: String,
     /// Seed.
     pub seed: u64,
     /// The classifier's accuracy on the familiar images, when labels are known.

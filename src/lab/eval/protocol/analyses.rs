@@ -116,7 +116,10 @@ pub(super) fn run_pairs(
         if pair == POOLED {
             pooled = Some((det, (cf, cu)));
         }
-        let e = risk.train((&sp.train, &sp.val), &unf_train, &unf_val)?;
+        let e = match pair == POOLED {
+            true => risk.train_general((&sp.train, &sp.val), &unf_train, &unf_val, None)?,
+            false => risk.train((&sp.train, &sp.val), &unf_train, &unf_val)?,
+        };
         let f = risk.score(&e, 0, &sp.test);
         let u: Vec<f32> = unf_test.iter().flat_map(|(m, idx)| risk.score(&e, *m, idx)).collect();
         push("risk", f, u, &mut results_rows);
@@ -211,7 +214,8 @@ pub(super) fn family_out(fit: &Fitted) -> Result<(Vec<FamilyRow>, Lofo), EvalErr
                 .collect();
             let det = train_on_sets(data, sp, &others, &cfg.mlp)?;
             let f = fam_test(&det)?;
-            let e = risk.train((&sp.train, &sp.val), &parts_of(&others, &sp.train), &parts_of(&others, &sp.val))?;
+            let (tr, va) = (parts_of(&others, &sp.train), parts_of(&others, &sp.val));
+            let e = risk.train_general((&sp.train, &sp.val), &tr, &va, Some(held))?;
             let fr = risk.score(&e, 0, &sp.test);
             for (ki, &k) in cfg.corruptions.iter().enumerate().filter(|(_, k)| k.family() == held) {
                 for &level in &cfg.levels {

@@ -27,6 +27,7 @@ use crate::runtime::extract::{self as features, FeatureSet};
 use crate::runtime::{GradSession, ModelSession, RuntimeOptions};
 
 mod analyses;
+mod augment;
 use analyses::*;
 
 /// Options of [`run`].
@@ -76,6 +77,9 @@ pub struct EvalConfig {
     /// Whether the risk detector (the camera-health score) reads the image-quality measures
     /// (`--quality`; the trust head never does).
     pub quality: bool,
+    /// Whether the generalising detectors (pooled, leave one family out) also train on the
+    /// recipe's mixed and/or lighting sets (`--augment`, [`augment`]).
+    pub augment: crate::corrupt::mix::AugmentSets,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
     /// The command line, for the report.
@@ -160,6 +164,11 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
     timings.push(("gradient features (uncached sets)".into(), st.extract_secs));
     timings.push(("ODIN grid (uncached sets)".into(), st.odin_secs));
     let features_per_sec = if st.extract_secs > 0.0 { st.extracted as f64 / st.extract_secs } else { f64::NAN };
+    let ta = Instant::now();
+    let augment_sets = augment::extract(cfg, &plan, &cache, &mut session, &info, &fam_images, fam_labels.as_deref())?;
+    if augment_sets.is_some() {
+        timings.push(("augment sets".into(), ta.elapsed().as_secs_f64()));
+    }
 
     // Splits: one 40/40/20 split of 0..n shared by the familiar set and its corrupted copies
     // (the clean and the corrupted version of an image always fall in the same part, so no
@@ -170,18 +179,18 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
     // Baselines fitted on the familiar training split.
     let tb = Instant::now();
     let scored = score_sets(cfg, &model, &fwd_out, &plan, ex, &fam_labels, &sp)?;
-    let data = scored.data;
+    // The augment sets sit after the plan's: only the risk fit sees them.
+    let (all_data, augment) = augment::append(scored.data, augment_sets);
+    let data = &all_data[..plan.len()];
     timings.push(("baseline scores".into(), tb.elapsed().as_secs_f64()));
-    let accuracy = fam_labels.as_ref().map(|l| {
-        let p = baselines::predicted(data[0].feats.logits.view());
-        p.iter().zip(l).filter(|(a, b)| a == b).count() as f64 / l.len().max(1) as f64
-    });
+    let accuracy = fam_labels.as_ref().map(|l| top1_accuracy(&data[0].feats.logits, l));
 
     let tp = Instant::now();
     let fam = &data[0];
     let risk_opts = DetectorChoice::Risk.options();
     let risk = RiskFit {
-        data: &data,
+        data: &all_data,
+        augment,
         cfg: EnsembleConfig {
             // Without true classes the calibration falls back to novelty labels too.
             target: if fam.wrong.is_some() { cfg.risk_target.unwrap_or(risk_opts.target) } else { Target::Novelty },
@@ -191,9 +200,9 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
             quality: cfg.quality,
         },
     };
-    let pairs = run_pairs(cfg, &data, &sp, &sp_cifar, &risk)?;
+    let pairs = run_pairs(cfg, data, &sp, &sp_cifar, &risk)?;
     timings.push(("per-pair detectors and metrics".into(), tp.elapsed().as_secs_f64()));
-    let fit = Fitted { cfg, data: &data, sp: &sp, risk: &risk, pairs: &pairs };
+    let fit = Fitted { cfg, data, sp: &sp, risk: &risk, pairs: &pairs };
 
     let tg = Instant::now();
     let generalisation = generalisation(&fit)?;
@@ -214,7 +223,7 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
     let trust = match &fam_labels {
         Some(labels) if !cfg.corruptions.is_empty() => {
             let splits = (&sp, &sp_cifar);
-            let mut t = trust_analysis(cfg, &data, &plan, labels, splits, &trust_extra)?;
+            let mut t = trust_analysis(cfg, data, &plan, labels, splits, &trust_extra)?;
             t.graph_secs_per_frame = graph_secs_per_frame(&mut session, &info, &fam_images, cfg.batch)?;
             Some(t)
         }
@@ -222,7 +231,7 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
     };
     timings.push(("trust analysis".into(), tt.elapsed().as_secs_f64()));
 
-    let profile = grad_profile(&data);
+    let profile = grad_profile(data);
     timings.push(("total".into(), t_all.elapsed().as_secs_f64()));
 
     Ok(Results {
@@ -230,6 +239,7 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
         model_sha256: info.sha256.clone(),
         command: cfg.command.clone(),
         per_set: n,
+        augment: cfg.augment.name().to_string(),
         seed: cfg.seed,
         familiar_accuracy: accuracy,
         mahalanobis_labels: scored.mahalanobis_labels,
@@ -610,6 +620,12 @@ fn graph_secs_per_frame(
     Ok(best)
 }
 
+/// Share of rows whose top class is `labels`' class.
+fn top1_accuracy(logits: &Array2<f32>, labels: &[usize]) -> f64 {
+    let p = baselines::predicted(logits.view());
+    p.iter().zip(labels).filter(|(a, b)| a == b).count() as f64 / labels.len().max(1) as f64
+}
+
 fn pick_bool(v: &[bool], idx: &[usize]) -> Vec<bool> {
     idx.iter().filter_map(|&i| v.get(i).copied()).collect()
 }
@@ -651,12 +667,17 @@ fn train_on_sets(data: &[SetData], sp: &Split, sets: &[usize], mlp: &MlpConfig) 
 /// trains it: each row labelled by the detector's target from where it comes from (familiar,
 /// corrupted copy, CIFAR-10) and whether the classifier gets it wrong.
 struct RiskFit<'a> {
+    /// The plan's sets, then the augment sets.
     data: &'a [SetData],
+    augment: Option<augment::Augment>,
     cfg: EnsembleConfig,
 }
 
 impl RiskFit<'_> {
     fn origin(&self, m: usize) -> Origin {
+        if let Some(o) = self.augment.as_ref().and_then(|a| a.origin(m)) {
+            return o;
+        }
         match self.data[m].name.as_str() {
             "familiar" => Origin::Familiar,
             "cifar10" => Origin::Ood,
@@ -710,6 +731,21 @@ impl RiskFit<'_> {
         let (e, _) =
             Ensemble::train(Reference { features: &f, logits: &l, quality: q.as_ref() }, &train, &val, &self.cfg)?;
         Ok(e)
+    }
+
+    /// [`Self::train`] for a detector that stands for the shipped one: with `--augment`, on the
+    /// generalising data too (none of it touching the `held` family).
+    fn train_general(
+        &self,
+        fam: (&[usize], &[usize]),
+        unf_train: &[(usize, Vec<usize>)],
+        unf_val: &[(usize, Vec<usize>)],
+        held: Option<Family>,
+    ) -> Result<Ensemble, EvalError> {
+        match &self.augment {
+            None => self.train(fam, unf_train, unf_val),
+            Some(a) => self.train(fam, &a.parts(unf_train, fam.0, held), &a.parts(unf_val, fam.1, held)),
+        }
     }
 
     /// Scores rows `idx` of set `m`.
