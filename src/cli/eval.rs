@@ -82,6 +82,10 @@ pub struct EvalArgs {
     /// `lighting` or `mixed,lighting`; alone: `mixed`; issue #25).
     #[arg(long, value_name = "SETS", num_args = 0..=1, default_value = "none", default_missing_value = "mixed")]
     pub augment: crate::corrupt::mix::AugmentSets,
+    /// Copies of each familiar image in `--augment mixed`'s set, each drawn anew (one copy is
+    /// about 1 % of a detector's training rows here, against half in a calibration).
+    #[arg(long, default_value_t = 10)]
+    pub augment_copies: usize,
     /// Images per graph run.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
@@ -113,6 +117,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         trust_seeds: a.trust_seeds,
         quality: a.quality,
         augment: a.augment,
+        augment_copies: a.augment_copies,
         progress: show_progress(),
         command: command_line(),
     };

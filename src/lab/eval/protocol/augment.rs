@@ -12,13 +12,17 @@ use super::*;
 use crate::corrupt::mix::{self, Mix, MixPlan};
 
 /// The augment sets, stored after the plan's sets in the risk fit's data.
+#[derive(Clone)]
 pub(super) struct Augment {
     /// Index of the first augment set.
     pub(super) first: usize,
     /// Per augment set: whether its rows are [`Origin::Benign`] (lighting).
     pub(super) benign: Vec<bool>,
-    /// Per augment set, per row: what it got.
+    /// Per augment set, per row: what it got. Row `c * n + i` is copy `c` of familiar image
+    /// `i` (`n` = [`Self::images`]).
     pub(super) mixes: Vec<Vec<Mix>>,
+    /// The familiar images each copy holds.
+    pub(super) images: usize,
     /// Per plan set: the family of its degradation (`None`: familiar, CIFAR-10).
     pub(super) plan_family: Vec<Option<Family>>,
     /// Whether the lighting set stands for the illumination types' own sets.
@@ -28,7 +32,7 @@ pub(super) struct Augment {
 impl Augment {
     /// The unfamiliar parts of a generalising detector: `parts` without the illumination
     /// types' sets (lighting stands for them), then every augment set's rows among `idx` that
-    /// do not touch `held`.
+    /// do not touch `held` (in every copy of those images).
     pub(super) fn parts(
         &self,
         parts: &[(usize, Vec<usize>)],
@@ -43,10 +47,10 @@ impl Augment {
             .cloned()
             .collect();
         for (j, mixes) in self.mixes.iter().enumerate() {
-            let keep: Vec<usize> = idx
-                .iter()
-                .copied()
-                .filter(|&i| held.is_none_or(|h| mixes.get(i).is_some_and(|m| !m.touches(h))))
+            let copies = mixes.len() / self.images.max(1);
+            let keep: Vec<usize> = (0..copies)
+                .flat_map(|c| idx.iter().map(move |&i| c * self.images + i))
+                .filter(|&r| held.is_none_or(|h| mixes.get(r).is_some_and(|m| !m.touches(h))))
                 .collect();
             if !keep.is_empty() {
                 out.push((self.first + j, keep));
@@ -89,12 +93,13 @@ pub(super) fn extract(
     if !cfg.augment.any() {
         return Ok(None);
     }
-    let mut sets: Vec<(&str, bool, MixPlan)> = Vec::new();
+    let mut sets: Vec<(String, bool, MixPlan, usize)> = Vec::new();
     if cfg.augment.mixed {
-        sets.push(("augment-mixed-v1", false, mix::generalising_plan(&cfg.corruptions, &cfg.levels)));
+        let plan = mix::generalising_plan(&cfg.corruptions, &cfg.levels);
+        sets.push((format!("augment-mixed-v1-x{}", cfg.augment_copies), false, plan, cfg.augment_copies.max(1)));
     }
     if cfg.augment.lighting {
-        sets.push(("augment-lighting-v1", true, mix::lighting_plan(&cfg.corruptions)));
+        sets.push(("augment-lighting-v1".into(), true, mix::lighting_plan(&cfg.corruptions), 1));
     }
     let mut data = Vec::new();
     let mut augment = Augment {
@@ -103,13 +108,19 @@ pub(super) fn extract(
         mixes: Vec::new(),
         plan_family: plan.iter().map(|(_, s)| s.map(|(k, _)| k.family())).collect(),
         lighting: cfg.augment.lighting,
+        images: fam_images.len(),
     };
-    for (name, benign, mix_plan) in sets {
+    for (name, benign, mix_plan, copies) in sets {
         if mix_plan.kinds.is_empty() {
             continue;
         }
-        let (images, mixes) = mix::mixed_corruptions(fam_images, &mix_plan, cfg.seed ^ 0xA06)?;
-        let prefix = cache_prefix(name);
+        let (mut images, mut mixes) = (Vec::new(), Vec::new());
+        for c in 0..copies as u64 {
+            let (i, m) = mix::mixed_corruptions(fam_images, &mix_plan, (cfg.seed ^ 0xA06).wrapping_add(c << 32))?;
+            images.extend(i);
+            mixes.extend(m);
+        }
+        let (prefix, name) = (cache_prefix(&name), name.as_str());
         let feats = match FeatureSet::load(cache, &prefix)?.filter(|f| f.len() == images.len()) {
             Some(f) => f,
             None => {
@@ -134,7 +145,8 @@ pub(super) fn extract(
             None
         };
         let wrong = fam_labels.map(|l| {
-            baselines::predicted(feats.logits.view()).iter().zip(l).map(|(p, t)| p != t).collect::<Vec<bool>>()
+            let p = baselines::predicted(feats.logits.view());
+            p.iter().enumerate().map(|(r, p)| Some(p) != l.get(r % l.len().max(1))).collect::<Vec<bool>>()
         });
         let n = feats.len();
         data.push(SetData {
@@ -173,6 +185,7 @@ mod tests {
             ],
             plan_family: vec![None, None, Some(Family::Geometric), Some(Family::Illumination), Some(Family::Weather)],
             lighting: true,
+            images: 3,
         };
         let plan_parts: Vec<(usize, Vec<usize>)> = (2..5).map(|m| (m, vec![0, 1])).collect();
         let got = a.parts(&plan_parts, &[0, 1, 2], Some(Family::Weather));
@@ -186,6 +199,14 @@ mod tests {
             (a.origin(2), a.origin(5), a.origin(6), a.origin(7)),
             (None, Some(Origin::Corrupted), Some(Origin::Benign), None)
         );
+        // Two copies of 2 images: rows 0, 1 and then 2, 3; image 1 is rows 1 (noise) and 3 (snow).
+        let c = Augment {
+            mixes: vec![vec![mix(&[C::Haze]), mix(&[C::Noise]), mix(&[C::Noise]), mix(&[C::Snow])]],
+            images: 2,
+            ..a.clone()
+        };
+        assert_eq!(c.parts(&[], &[1], Some(Family::Weather)), vec![(5, vec![1])]);
+        assert_eq!(c.parts(&[], &[1], None), vec![(5, vec![1, 3])]);
         // Without the lighting set the illumination types' own sets stay.
         let b = Augment { lighting: false, ..a };
         assert_eq!(b.parts(&plan_parts, &[], None), plan_parts);

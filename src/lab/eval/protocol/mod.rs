@@ -80,6 +80,10 @@ pub struct EvalConfig {
     /// Whether the generalising detectors (pooled, leave one family out) also train on the
     /// recipe's mixed and/or lighting sets (`--augment`, [`augment`]).
     pub augment: crate::corrupt::mix::AugmentSets,
+    /// Copies of each familiar image in the mixed set, each with its own draw. The plan's sets
+    /// are every type at every level (about 100 sets of the familiar images), so one copy is
+    /// 1 % of a detector's training rows (the recipe's is half) and ten are 9 %.
+    pub augment_copies: usize,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
     /// The command line, for the report.
