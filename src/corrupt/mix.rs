@@ -176,6 +176,10 @@ impl std::str::FromStr for AugmentSets {
     }
 }
 
+/// Salt of the run seed for the generalising sets (calibration and evaluation alike), so
+/// their patterns differ from the round-robin copy's.
+pub const AUGMENT_SALT: u64 = 0xA06;
+
 /// Salt of the draw's generator, so the mix an image gets does not correlate with the pattern
 /// seed its steps use.
 const DRAW_SALT: u64 = 0x6D69_7865_645F_7631;

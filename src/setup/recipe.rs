@@ -111,9 +111,6 @@ impl Recipe {
     }
 }
 
-/// Salt of the augment sets' patterns, so they differ from the round-robin copy's.
-const AUGMENT_SALT: u64 = 0xA06;
-
 /// How graphs run, and the command line a calibration records.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -177,7 +174,7 @@ pub fn fit_recipe(
         (r.augment.lighting, mix::lighting_plan(&plan.kinds), true, "lighting"),
     ];
     for (_, mix_plan, benign, what) in sets.into_iter().filter(|(on, p, _, _)| *on && !p.kinds.is_empty()) {
-        let (imgs, _) = mix::mixed_corruptions(inputs.images, &mix_plan, r.seed ^ AUGMENT_SALT)?;
+        let (imgs, _) = mix::mixed_corruptions(inputs.images, &mix_plan, r.seed ^ mix::AUGMENT_SALT)?;
         let f = extract::extract_labelled(session, &model.info, &imgs, batch, progress, what)?;
         let name = match benign {
             true => "lighting changes of the familiar images (exposure, levels 1-5; judged by the classifier)".into(),

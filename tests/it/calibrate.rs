@@ -44,12 +44,17 @@ fn bin() -> Command {
 /// `gradwatch calibrate` on `fam.npy` with the tests' quick recipe (two corruptions, levels
 /// 4-5, 10 % false alarms, 8 hidden units) and `extra`, into `calib`.
 fn calibrate(d: &Path, model: &Path, calib: &Path, extra: &[&str]) -> std::process::Output {
+    calibrate_kinds(d, model, calib, "noise,haze", extra)
+}
+
+/// [`calibrate`] with the corruption types `kinds`.
+fn calibrate_kinds(d: &Path, model: &Path, calib: &Path, kinds: &str, extra: &[&str]) -> std::process::Output {
     bin()
         .args(["calibrate", "--model"])
         .arg(model)
         .arg("--familiar")
         .arg(d.join("fam.npy"))
-        .args(["--corruptions", "noise,haze", "--levels", "4-5", "--target-fpr", "0.1", "--hidden", "8"])
+        .args(["--corruptions", kinds, "--levels", "4-5", "--target-fpr", "0.1", "--hidden", "8"])
         .args(extra)
         .arg("-o")
         .arg(calib)
@@ -70,6 +75,12 @@ fn setup(dir: &Path) -> std::path::PathBuf {
     onnx::save(&tiny_model(4), &m).unwrap();
     gradwatch::data::save_npy_images(&dir.join("fam.npy"), &images(40, 1)).unwrap();
     m
+}
+
+/// [`setup`] plus `labels.npy`: the model, where its calibration goes, and the labels.
+fn labelled_setup(d: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let model = setup(d);
+    (model, d.join("tiny.calib.toml"), write_labels(d))
 }
 
 #[test]
@@ -136,9 +147,7 @@ fn calibrate_then_score_round_trip_and_json_lines() {
 fn calibrate_risk_with_labels_and_familiar_rows() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let model = setup(d);
-    let labels = write_labels(d);
-    let calib = d.join("tiny.calib.toml");
+    let (model, calib, labels) = labelled_setup(d);
     let run = |extra: &[&str]| calibrate(d, &model, &calib, extra);
     let labels_arg = labels.to_str().unwrap();
     let out = run(&["--familiar-labels", labels_arg, "--familiar-rows", "4..36", "--members", "2"]);
@@ -195,9 +204,7 @@ fn calibrate_risk_with_labels_and_familiar_rows() {
 fn calibrate_with_quality_measures_and_score_them() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let model = setup(d);
-    let labels = write_labels(d);
-    let calib = d.join("tiny.calib.toml");
+    let (model, calib, labels) = labelled_setup(d);
     let labels_arg = labels.to_str().unwrap();
     let out = calibrate(d, &model, &calib, &["--familiar-labels", labels_arg, "--members", "2", "--quality"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -238,23 +245,11 @@ fn calibrate_with_quality_measures_and_score_them() {
 fn calibrate_with_generalising_data() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let model = setup(d);
-    let labels = write_labels(d);
-    let calib = d.join("tiny.calib.toml");
+    let (model, calib, labels) = labelled_setup(d);
     let labels_arg = labels.to_str().unwrap();
     let run = |extra: &[&str]| {
-        bin()
-            .args(["calibrate", "--model"])
-            .arg(&model)
-            .arg("--familiar")
-            .arg(d.join("fam.npy"))
-            .args(["--corruptions", "noise,haze,exposure,darkening", "--levels", "4-5", "--augment", "mixed,lighting"])
-            .args(["--target-fpr", "0.1", "--hidden", "8", "--members", "1"])
-            .args(extra)
-            .arg("-o")
-            .arg(&calib)
-            .output()
-            .unwrap()
+        let args = [&["--augment", "mixed,lighting", "--members", "1"][..], extra].concat();
+        calibrate_kinds(d, &model, &calib, "noise,haze,exposure,darkening", &args)
     };
     let out = run(&["--familiar-labels", labels_arg]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -116,7 +116,8 @@ pub(super) fn extract(
         }
         let (mut images, mut mixes) = (Vec::new(), Vec::new());
         for c in 0..copies as u64 {
-            let (i, m) = mix::mixed_corruptions(fam_images, &mix_plan, (cfg.seed ^ 0xA06).wrapping_add(c << 32))?;
+            let (i, m) =
+                mix::mixed_corruptions(fam_images, &mix_plan, (cfg.seed ^ mix::AUGMENT_SALT).wrapping_add(c << 32))?;
             images.extend(i);
             mixes.extend(m);
         }
@@ -133,14 +134,10 @@ pub(super) fn extract(
         };
         let quality = if cfg.quality {
             let path = cache.join(format!("{prefix}quality.npy"));
-            match path.exists().then(|| features::read_npy(&path)).transpose()?.filter(|q| q.nrows() == images.len()) {
-                Some(q) => Some(q),
-                None => {
-                    let q = crate::quality::measure_batch(&images, info.width, info.height);
-                    features::write_npy(&path, &q)?;
-                    Some(q)
-                }
-            }
+            Some(match cached_quality(&path, images.len())? {
+                Some(q) => q,
+                None => measure_quality(&path, &images, info)?,
+            })
         } else {
             None
         };

@@ -417,10 +417,7 @@ fn extract_sets(
         // The image-quality measures are cheap (~50 us a 32x32 image) but need the (corrupted)
         // images, so they are cached next to the features.
         let quality_path = cache.join(format!("{prefix}quality.npy"));
-        let quality_cached = match cfg.quality && quality_path.exists() {
-            true => Some(features::read_npy(&quality_path)?).filter(|q| q.nrows() == n),
-            false => None,
-        };
+        let quality_cached = if cfg.quality { cached_quality(&quality_path, n)? } else { None };
         let (cached, odin_cached) = match (cached, odin_cached) {
             (Some(c), Some(o)) if !cfg.quality || quality_cached.is_some() => {
                 quality.push(quality_cached);
@@ -447,11 +444,7 @@ fn extract_sets(
         corrupt_secs += tc.elapsed().as_secs_f64();
         quality.push(match quality_cached {
             Some(q) => Some(q),
-            None if cfg.quality => {
-                let q = crate::quality::measure_batch(&images, info.width, info.height);
-                features::write_npy(&quality_path, &q)?;
-                Some(q)
-            }
+            None if cfg.quality => Some(measure_quality(&quality_path, &images, info)?),
             None => None,
         });
         let fs = match cached {
@@ -499,6 +492,21 @@ fn extract_sets(
     }
     let stats = ExtractStats { corrupt_secs, extract_secs, odin_secs, extracted };
     Ok((Extracted { sets, odins, odin_temps, quality }, stats))
+}
+
+/// The image-quality measures of `n` images cached at `path`, when there.
+fn cached_quality(path: &Path, n: usize) -> Result<Option<Array2<f32>>, EvalError> {
+    match path.exists() {
+        true => Ok(Some(features::read_npy(path)?).filter(|q| q.nrows() == n)),
+        false => Ok(None),
+    }
+}
+
+/// Measures `images` at the model's input size and caches the measures at `path`.
+fn measure_quality(path: &Path, images: &[RgbImage], info: &crate::model::ModelInfo) -> Result<Array2<f32>, EvalError> {
+    let q = crate::quality::measure_batch(images, info.width, info.height);
+    features::write_npy(path, &q)?;
+    Ok(q)
 }
 
 /// Index into the plan (and the sets) of corruption `ki` at `level`.
