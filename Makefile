@@ -94,11 +94,11 @@ bench-rtsp: build deps
 	scripts/bench-rtsp.sh
 
 # The alert policies on hours of camera-like GTSRB test tracks: runs every distinct frame once
-# through the gradient graph into out/bench-alarms/ (features and logits of 81,004 frames from
-# the half of GTSRB test the calibrations never saw, the 3,990 frames of the training tracks the
-# model never trained on and 75,600 corrupted ones, and the classifier's accuracy on 500 more
-# test signs and on those 133 tracks per corruption and level: about 30 min of both cores;
-# delete the folder to rebuild),
+# through the gradient graph into out/bench-alarms/ (features, logits and image-quality measures
+# of 81,004 frames from the half of GTSRB test the calibrations never saw, the 3,990 frames of the
+# training tracks the model never trained on and 75,600 corrupted ones, and the classifier's
+# accuracy on 500 more test signs and on those 133 tracks per corruption and level: about 30 min
+# of both cores; delete the folder to rebuild),
 # then scores them with the calibration and replays k-of-n and cusum over 2 h of clean frame
 # time, onsets and ramps (seconds). Writes docs/results/alarms.md.
 GTSRB ?= ../shared/data/gtsrb

@@ -19,9 +19,9 @@ pub struct BenchAlarmsArgs {
     /// The calibration file.
     #[arg(long, default_value = "models/gtsrb-resnet18.calib.toml")]
     pub calib: PathBuf,
-    /// The feature cache folder (`frames.csv`, `frames.features.npy`, `frames.logits.npy`);
-    /// built when missing. Features do not depend on the calibration: a new calibration is
-    /// benchmarked from the same cache in seconds.
+    /// The feature cache folder (`frames.csv`, `frames.features.npy`, `frames.logits.npy`,
+    /// `frames.quality.npy`); built when missing. Features do not depend on the calibration: a
+    /// new calibration is benchmarked from the same cache in seconds.
     #[arg(long, default_value = "out/bench-alarms")]
     pub cache: PathBuf,
     /// Rows of `test_images.npy` the tracks are drawn from, `A..B` or `A..` (default: the half

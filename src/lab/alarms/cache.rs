@@ -33,6 +33,22 @@ pub(super) const REAL_ONSET_PREFIX: &str = "real-onset.";
 /// signs are 74 % right).
 pub(super) const REAL_ONSET_TRACKS: usize = 24;
 
+/// What an extraction pass of one set of tracks writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Pass {
+    /// Features, logits, image-quality measures and (last) the index: the whole set.
+    Score,
+    /// Only the image-quality measures, for a set scored before they were cached (the frames
+    /// are rendered again, deterministically, without the gradient graph).
+    Quality,
+}
+
+/// The cached image-quality measures of set `prefix` (`[N, 12]`, [`crate::quality::measure`]
+/// of each frame as the model sees it, in the index's row order).
+pub(super) fn quality_path(dir: &Path, prefix: &str) -> std::path::PathBuf {
+    dir.join(format!("{prefix}quality.npy"))
+}
+
 /// The test images and labels of `--rows`, and what [`plan`] draws from them.
 pub(super) fn load_plan(a: &Config) -> Result<(Vec<RgbImage>, Vec<i64>, Plan)> {
     let images = crate::data::load_npy_images(&a.data.join("test_images.npy"))
@@ -44,15 +60,15 @@ pub(super) fn load_plan(a: &Config) -> Result<(Vec<RgbImage>, Vec<i64>, Plan)> {
 }
 
 /// Runs every planned frame through the gradient graph and writes the cache folder.
-pub(super) fn extract_cache(a: &Config) -> Result<()> {
+pub(super) fn extract_cache(a: &Config, pass: Pass) -> Result<()> {
     let (images, labels, plan) = load_plan(a)?;
     let frames = |s: &TrackSpec| render(s, images.get(s.image).context("image index")?);
-    score_tracks(a, &plan.tracks, frames, |s| labels.get(s.image).copied(), CACHE_INDEX, CACHE_PREFIX)
+    score_tracks(a, &plan.tracks, frames, |s| labels.get(s.image).copied(), (CACHE_INDEX, CACHE_PREFIX), pass)
 }
 
 /// The held-out real tracks (`--heldout`, rows of `train_images.npy`) through the gradient
 /// graph, as the cache's `real.*` files.
-pub(super) fn extract_real(a: &Config) -> Result<()> {
+pub(super) fn extract_real(a: &Config, pass: Pass) -> Result<()> {
     let (images, labels, specs) = load_real(a)?;
     let frames = |s: &TrackSpec| {
         (s.image..s.image + s.len)
@@ -64,12 +80,12 @@ pub(super) fn extract_real(a: &Config) -> Result<()> {
             })
             .collect::<Result<Vec<_>>>()
     };
-    score_tracks(a, &specs, frames, |s| labels.get(s.image).copied(), REAL_INDEX, REAL_PREFIX)
+    score_tracks(a, &specs, frames, |s| labels.get(s.image).copied(), (REAL_INDEX, REAL_PREFIX), pass)
 }
 
 /// The held-out real tracks corrupted at every onset level: [`REAL_ONSET_TRACKS`] per type and
 /// level (seeded draw), one pattern per track, no zoom or noise added; as `real-onset.*`.
-pub(super) fn extract_real_onsets(a: &Config) -> Result<()> {
+pub(super) fn extract_real_onsets(a: &Config, pass: Pass) -> Result<()> {
     let (images, labels, real) = load_real(a)?;
     let mut specs = Vec::new();
     for (ki, kind) in Corruption::ALL.into_iter().enumerate() {
@@ -92,7 +108,7 @@ pub(super) fn extract_real_onsets(a: &Config) -> Result<()> {
             })
             .collect::<Result<Vec<_>>>()
     };
-    score_tracks(a, &specs, frames, |s| labels.get(s.image).copied(), REAL_ONSET_INDEX, REAL_ONSET_PREFIX)
+    score_tracks(a, &specs, frames, |s| labels.get(s.image).copied(), (REAL_ONSET_INDEX, REAL_ONSET_PREFIX), pass)
 }
 
 /// The training images and labels, and the held-out tracks of `--heldout` in them.
@@ -120,31 +136,34 @@ pub(super) fn heldout_tracks(path: &Path) -> Result<Vec<TrackSpec>> {
 
 /// Runs the frames of `specs` (from `frames_of`; `label_of` gives a track's class) through the
 /// gradient graph, whole tracks at a time, and writes `<prefix>features.npy`,
-/// `<prefix>logits.npy` and the index `index` (last: it marks a complete set) to the cache.
+/// `<prefix>logits.npy`, `<prefix>quality.npy` and the index `index` (last: it marks a complete
+/// set) to the cache; [`Pass::Quality`] writes only the quality measures.
 pub(super) fn score_tracks(
     a: &Config,
     specs: &[TrackSpec],
     frames_of: impl Fn(&TrackSpec) -> Result<Vec<RgbImage>>,
     label_of: impl Fn(&TrackSpec) -> Option<i64>,
-    index_name: &str,
-    prefix: &str,
+    (index_name, prefix): (&str, &str),
+    pass: Pass,
 ) -> Result<()> {
     use std::fmt::Write as _;
     let calib = Calibration::load(&a.calib)?;
-    let model_path = &a.model;
     let loss: Loss = calib.model.loss.parse().map_err(anyhow::Error::msg)?;
-    let mut model = LoadedModel::load(model_path, &CompileOptions { loss, ..Default::default() })?;
+    let mut model = LoadedModel::load(&a.model, &CompileOptions { loss, ..Default::default() })?;
     calib.check_model(&model.info.sha256, &model.compiled.features)?;
     model.use_preprocessing(calib.model.preprocessing.as_ref())?;
-    let mut session = GradSession::new(
-        &model.compiled,
-        &crate::runtime::RuntimeOptions { threads: a.threads, ..Default::default() },
-    )?;
+    let mut session = match pass {
+        Pass::Score => Some(GradSession::new(
+            &model.compiled,
+            &crate::runtime::RuntimeOptions { threads: a.threads, ..Default::default() },
+        )?),
+        Pass::Quality => None,
+    };
     let total: usize = specs.iter().map(|s| s.len).sum();
-    eprintln!("bench-alarms: extracting {total} distinct frames ({} tracks) into {index_name}", specs.len());
+    eprintln!("bench-alarms: {pass:?} pass over {total} distinct frames ({} tracks) of {index_name}", specs.len());
     std::fs::create_dir_all(&a.cache)?;
     let mut index = String::from("group,kind,level,image,frame,correct\n");
-    let mut parts = Vec::new();
+    let (mut parts, mut quality) = (Vec::new(), Vec::new());
     let t0 = Instant::now();
     let mut done = 0usize;
     // Batches of whole tracks, about 256 frames at a time.
@@ -159,15 +178,18 @@ pub(super) fn score_tracks(
             }
             i += 1;
         }
-        let fs = extract::extract(&mut session, &model.info, &frames, a.batch, false)?;
-        for ((si, j), z) in owners.iter().zip(fs.logits.outer_iter()) {
-            let s = &specs[*si];
-            let (cls, _) = top_class(&z.to_vec());
-            let correct = label_of(s) == Some(cls as i64);
-            let kind = s.kind.map_or("none", Corruption::name);
-            let _ = writeln!(index, "{},{kind},{},{},{j},{}", s.group, s.level, s.image, u8::from(correct));
+        quality.push(crate::quality::measure_batch(&frames, model.info.width, model.info.height));
+        if let Some(session) = session.as_mut() {
+            let fs = extract::extract(session, &model.info, &frames, a.batch, false)?;
+            for ((si, j), z) in owners.iter().zip(fs.logits.outer_iter()) {
+                let s = &specs[*si];
+                let (cls, _) = top_class(&z.to_vec());
+                let correct = label_of(s) == Some(cls as i64);
+                let kind = s.kind.map_or("none", Corruption::name);
+                let _ = writeln!(index, "{},{kind},{},{},{j},{}", s.group, s.level, s.image, u8::from(correct));
+            }
+            parts.push(fs);
         }
-        parts.push(fs);
         done += frames.len();
         let el = t0.elapsed().as_secs_f64();
         eprintln!(
@@ -176,9 +198,14 @@ pub(super) fn score_tracks(
             el / done as f64 * (total - done) as f64
         );
     }
-    let refs: Vec<&extract::FeatureSet> = parts.iter().collect();
-    extract::FeatureSet::concat(&refs)?.save(&a.cache, prefix)?;
-    std::fs::write(a.cache.join(index_name), index)?;
+    let views: Vec<_> = quality.iter().map(|q| q.view()).collect();
+    let quality = ndarray::concatenate(ndarray::Axis(0), &views)?;
+    extract::write_npy(&quality_path(&a.cache, prefix), &quality)?;
+    if pass == Pass::Score {
+        let refs: Vec<&extract::FeatureSet> = parts.iter().collect();
+        extract::FeatureSet::concat(&refs)?.save(&a.cache, prefix)?;
+        std::fs::write(a.cache.join(index_name), index)?;
+    }
     Ok(())
 }
 
@@ -293,14 +320,22 @@ pub(super) fn load_tracks(dir: &Path, index_name: &str, prefix: &str, calib: &Ca
             calib.model.features.len()
         );
     }
-    if calib.uses_quality() {
-        bail!(
-            "the calibration reads image-quality measures (--quality) and the score cache {} holds none; \
-             bench-alarms replays calibrations without them",
-            dir.display()
-        );
-    }
-    let scores = calib.score(&fs.features, &fs.logits, None);
+    let quality = match calib.uses_quality() {
+        true => {
+            let q = extract::read_npy(&quality_path(dir, prefix))?;
+            if q.nrows() != fs.features.nrows() {
+                bail!(
+                    "{}: {} rows of image-quality measures for {} frames; delete {prefix}quality.npy to measure them again",
+                    dir.display(),
+                    q.nrows(),
+                    fs.features.nrows()
+                );
+            }
+            Some(q)
+        }
+        false => None,
+    };
+    let scores = calib.score(&fs.features, &fs.logits, quality.as_ref());
     let f = std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut tracks: Vec<CachedTrack> = Vec::new();
     let mut index: BTreeMap<(String, String, String, usize), usize> = BTreeMap::new();
@@ -348,4 +383,58 @@ pub(super) fn check_plan(tracks: &[CachedTrack]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::Array2;
+
+    use super::{load_tracks, quality_path};
+    use crate::detector::{Calibration, DetectorKind, Standardizer};
+    use crate::runtime::extract::{write_npy, FeatureSet};
+
+    /// The shipped calibration with its detector made to read the image-quality measures too
+    /// (every member gains a weight on each, standardised with mean 0 and std 1).
+    fn quality_calibration() -> Calibration {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/gtsrb-resnet18.calib.toml");
+        let mut c = Calibration::load(std::path::Path::new(path)).unwrap();
+        let q = crate::quality::Measure::ALL.len();
+        let DetectorKind::Ensemble(e) = &mut c.detector else { panic!("the shipped detector is an ensemble") };
+        e.quality_normalize = Some(Standardizer { mean: vec![0.0; q], std: vec![1.0; q] });
+        for m in &mut e.members {
+            m.w1.iter_mut().for_each(|row| row.extend(std::iter::repeat_n(0.5, q)));
+        }
+        assert!(c.uses_quality());
+        c
+    }
+
+    #[test]
+    fn cached_quality_measures_reach_the_scores_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let calib = quality_calibration();
+        // Two frames of one track, alike but for their quality measures.
+        let fs = FeatureSet {
+            features: Array2::from_elem((2, calib.model.features.len()), 1e-3),
+            logits: Array2::zeros((2, 43)),
+            penultimate: None,
+        };
+        fs.save(dir.path(), "frames.").unwrap();
+        let index = "group,kind,level,image,frame,correct\nclean,none,0,7,0,1\nclean,none,0,7,1,1\n";
+        std::fs::write(dir.path().join("frames.csv"), index).unwrap();
+        let load = || load_tracks(dir.path(), "frames.csv", "frames.", &calib);
+        let e = format!("{:#}", load().unwrap_err());
+        assert!(e.contains("frames.quality.npy"), "{e}");
+
+        let q = ndarray::stack![ndarray::Axis(0), [0.0f32; 12], [3.0f32; 12]];
+        write_npy(&quality_path(dir.path(), "frames."), &q).unwrap();
+        let tracks = load().unwrap();
+        let got: Vec<f32> = tracks[0].frames.iter().map(|f| f.score).collect();
+        let want = calib.score(&fs.features, &fs.logits, Some(&q));
+        assert_eq!(got, want);
+        assert!(want[0].is_finite() && want[0] != want[1], "{want:?}");
+
+        write_npy(&quality_path(dir.path(), "frames."), &q.slice(ndarray::s![..1, ..]).to_owned()).unwrap();
+        let e = load().unwrap_err().to_string();
+        assert!(e.contains("1 rows of image-quality measures for 2 frames"), "{e}");
+    }
 }

@@ -5,7 +5,8 @@
 //! calibration) are turned into camera-like *tracks*: each sign for 10-30 frames with a slow
 //! zoom (1.0x to 1.15x) and sensor noise (sigma 2 of 255); every distinct frame (image, zoom
 //! step, noise seed, corruption, level) goes once through the real gradient graph and its
-//! features and logits go to a cache folder (`frames.csv` says which frame each row is). The
+//! features, logits and image-quality measures go to a cache folder (`frames.csv` says which
+//! frame each row is). The
 //! images come from `--rows` of the test set (default `6315..`: the half the shipped
 //! calibration never saw). GTSRB's own tracks that the model never trained on
 //! (`models/train/heldout-tracks.csv`, from `train_images.npy`) are scored as they are and
@@ -96,19 +97,26 @@ const ZOOM: f32 = 0.15;
 /// Sensor noise sigma, 8-bit steps.
 const SENSOR_SIGMA: f32 = 2.0;
 
-/// Builds whatever part of the cache is missing (the expensive phase).
+/// Builds whatever part of the cache is missing (the expensive phase). The image-quality
+/// measures of a set scored before they were cached are measured when the calibration reads
+/// them.
 pub fn extract(a: &Config) -> Result<()> {
-    if !a.cache.join(CACHE_INDEX).exists() {
-        extract_cache(a)?;
+    let needs_quality = Calibration::load(&a.calib)?.uses_quality();
+    type Extract = fn(&Config, Pass) -> Result<()>;
+    let sets: [(&str, &str, Extract); 3] = [
+        (CACHE_INDEX, CACHE_PREFIX, extract_cache),
+        (REAL_INDEX, REAL_PREFIX, extract_real),
+        (REAL_ONSET_INDEX, REAL_ONSET_PREFIX, extract_real_onsets),
+    ];
+    for (index, prefix, extract_set) in sets {
+        if !a.cache.join(index).exists() {
+            extract_set(a, Pass::Score)?;
+        } else if needs_quality && !quality_path(&a.cache, prefix).exists() {
+            extract_set(a, Pass::Quality)?;
+        }
     }
     if !a.cache.join(ACCURACY_FILE).exists() {
         extract_accuracy(a)?;
-    }
-    if !a.cache.join(REAL_INDEX).exists() {
-        extract_real(a)?;
-    }
-    if !a.cache.join(REAL_ONSET_INDEX).exists() {
-        extract_real_onsets(a)?;
     }
     if !a.cache.join(REAL_ACCURACY_FILE).exists() {
         extract_real_accuracy(a)?;
