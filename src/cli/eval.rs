@@ -86,6 +86,11 @@ pub struct EvalArgs {
     /// about 1 % of a detector's training rows here, against half in a calibration).
     #[arg(long, default_value_t = 10)]
     pub augment_copies: usize,
+    /// Train the detectors that stand for the shipped one (pooled, leave one family out, one
+    /// type held out) as `calibrate` does: one corrupted copy of each familiar image, type and
+    /// level round-robin, instead of every type at every level of each.
+    #[arg(long)]
+    pub one_copy: bool,
     /// Images per graph run.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
@@ -118,6 +123,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         quality: a.quality,
         augment: a.augment,
         augment_copies: a.augment_copies,
+        one_copy: a.one_copy,
         progress: show_progress(),
         command: command_line(),
     };

@@ -208,6 +208,7 @@ fn fake_results() -> Results {
         command: "gradwatch eval --per-set 100".into(),
         per_set: 100,
         augment: "none".into(),
+        one_copy: false,
         seed: 0,
         familiar_accuracy: Some(0.97),
         mahalanobis_labels: "true labels".into(),

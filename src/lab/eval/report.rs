@@ -327,6 +327,14 @@ fn family_out_section(o: &mut String, r: &Results) {
             r.augment
         );
     }
+    if r.one_copy {
+        let _ = writeln!(
+            o,
+            "With `--one-copy` the pooled and held-out detectors train as a calibration does: one corrupted copy of \
+             each familiar image, its type and level round-robin over the sets they may see, not every type at \
+             every level of each.\n"
+        );
+    }
     let _ = writeln!(
         o,
         "| held-out family | type | {} |",

@@ -187,6 +187,9 @@ pub struct Results {
     /// The generalising sets the pooled and held-out-family risk detectors also trained on
     /// (`--augment`: `mixed`, `lighting`, `mixed,lighting`; `none` or empty: none).
     pub augment: String,
+    /// Whether the pooled and held-out detectors trained on one corrupted copy per image,
+    /// round-robin as a calibration draws them (`--one-copy`), not every type at every level.
+    pub one_copy: bool,
     /// Seed.
     pub seed: u64,
     /// The classifier's accuracy on the familiar images, when labels are known.

@@ -50,8 +50,11 @@ pub(super) fn run_pairs(
         let gather = |f: &dyn Fn(&SetData, &Split) -> Vec<usize>| -> Vec<(usize, Vec<usize>)> {
             members.iter().map(|&m| (m, f(&data[m], split_of(&data[m].name)))).collect()
         };
-        let unf_train = gather(&|_, s| s.train.clone());
-        let unf_val = gather(&|_, s| s.val.clone());
+        // The pooled pair stands for the shipped detector: with `--one-copy`, one copy per image.
+        let (unf_train, unf_val) = match pair == POOLED && cfg.one_copy {
+            true => (corrupted_parts(members, &sp.train, true), corrupted_parts(members, &sp.val, true)),
+            false => (gather(&|_, s| s.train.clone()), gather(&|_, s| s.val.clone())),
+        };
         let unf_test = gather(&|_, s| s.test.clone());
         let cat_scores = |parts: &[(usize, Vec<usize>)], get: &dyn Fn(&SetData) -> Vec<f32>| -> Vec<f32> {
             parts.iter().flat_map(|(m, idx)| pick(&get(&data[*m]), idx)).collect()
@@ -169,7 +172,7 @@ pub(super) fn generalisation(fit: &Fitted) -> Result<Vec<GenRow>, EvalError> {
                 .filter(|(ki, _)| *ki != hi)
                 .flat_map(|(ki, _)| cfg.levels.iter().map(move |&l| set_of(ki, l)))
                 .collect();
-            let det = train_on_sets(data, sp, &others, &cfg.mlp)?;
+            let det = train_on_sets(data, sp, &others, cfg)?;
             let f = det.score(&rows(&data[0].feats.features, &sp.test))?;
             for &level in cfg.levels.iter().filter(|&&l| l >= 3) {
                 let m = set_of(hi, level);
@@ -212,9 +215,10 @@ pub(super) fn family_out(fit: &Fitted) -> Result<(Vec<FamilyRow>, Lofo), EvalErr
                 .filter(|(_, k)| k.family() != held)
                 .flat_map(|(ki, _)| cfg.levels.iter().map(move |&l| set_of(ki, l)))
                 .collect();
-            let det = train_on_sets(data, sp, &others, &cfg.mlp)?;
+            let det = train_on_sets(data, sp, &others, cfg)?;
             let f = fam_test(&det)?;
-            let (tr, va) = (parts_of(&others, &sp.train), parts_of(&others, &sp.val));
+            let part = |idx: &[usize]| corrupted_parts(&others, idx, cfg.one_copy);
+            let (tr, va) = (part(&sp.train), part(&sp.val));
             let e = risk.train_general((&sp.train, &sp.val), &tr, &va, Some(held))?;
             let fr = risk.score(&e, 0, &sp.test);
             for (ki, &k) in cfg.corruptions.iter().enumerate().filter(|(_, k)| k.family() == held) {

@@ -96,7 +96,9 @@ pub(super) fn extract(
     let mut sets: Vec<(String, bool, MixPlan, usize)> = Vec::new();
     if cfg.augment.mixed {
         let plan = mix::generalising_plan(&cfg.corruptions, &cfg.levels);
-        sets.push((format!("augment-mixed-v1-x{}", cfg.augment_copies), false, plan, cfg.augment_copies.max(1)));
+        // At least one copy (and `0` caches as the `1` it runs as).
+        let copies = cfg.augment_copies.max(1);
+        sets.push((format!("augment-mixed-v1-x{copies}"), false, plan, copies));
     }
     if cfg.augment.lighting {
         sets.push(("augment-lighting-v1".into(), true, mix::lighting_plan(&cfg.corruptions), 1));

@@ -84,6 +84,11 @@ pub struct EvalConfig {
     /// are every type at every level (about 100 sets of the familiar images), so one copy is
     /// 1 % of a detector's training rows (the recipe's is half) and ten are 9 %.
     pub augment_copies: usize,
+    /// Whether the detectors that stand for the shipped one (pooled, leave one family out, one
+    /// type held out) train on one corrupted copy of each familiar image, its type and level
+    /// round-robin as `calibrate` draws them, instead of every type at every level
+    /// (`--one-copy`, [`corrupted_parts`]).
+    pub one_copy: bool,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
     /// The command line, for the report.
@@ -244,6 +249,7 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
         command: cfg.command.clone(),
         per_set: n,
         augment: cfg.augment.name().to_string(),
+        one_copy: cfg.one_copy,
         seed: cfg.seed,
         familiar_accuracy: accuracy,
         mahalanobis_labels: scored.mahalanobis_labels,
@@ -662,16 +668,32 @@ fn parts_of(sets: &[usize], idx: &[usize]) -> Vec<(usize, Vec<usize>)> {
     sets.iter().map(|&m| (m, idx.to_vec())).collect()
 }
 
+/// The corrupted rows of `sets` (copies of the familiar images) for the familiar rows `idx`:
+/// every set's copy of each, or with `one_copy` a single copy of each, familiar row `i` taking
+/// set `sets[i % sets.len()]`: with `sets` in plan order (type, then level) that is the type
+/// and level `calibrate`'s round-robin gives its image `i`.
+fn corrupted_parts(sets: &[usize], idx: &[usize], one_copy: bool) -> Vec<(usize, Vec<usize>)> {
+    if !one_copy || sets.is_empty() {
+        return parts_of(sets, idx);
+    }
+    let mut by_set: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for &i in idx {
+        by_set.entry(sets[i % sets.len()]).or_default().push(i);
+    }
+    by_set.into_iter().collect()
+}
+
 /// The paper's detector trained on the familiar set (0) against the corrupted sets `sets`,
-/// with the shared split's training and validation rows.
-fn train_on_sets(data: &[SetData], sp: &Split, sets: &[usize], mlp: &MlpConfig) -> Result<GradDetector, EvalError> {
+/// with the shared split's training and validation rows ([`corrupted_parts`]).
+fn train_on_sets(data: &[SetData], sp: &Split, sets: &[usize], cfg: &EvalConfig) -> Result<GradDetector, EvalError> {
     let fam = &data[0].feats.features;
+    let part = |idx: &[usize]| corrupted_parts(sets, idx, cfg.one_copy);
     Ok(GradDetector::train(
         &rows(fam, &sp.train),
-        &stack_rows(data, &parts_of(sets, &sp.train), |d| &d.feats.features)?,
+        &stack_rows(data, &part(&sp.train), |d| &d.feats.features)?,
         &rows(fam, &sp.val),
-        &stack_rows(data, &parts_of(sets, &sp.val), |d| &d.feats.features)?,
-        mlp,
+        &stack_rows(data, &part(&sp.val), |d| &d.feats.features)?,
+        &cfg.mlp,
     )?)
 }
 
@@ -770,5 +792,25 @@ impl RiskFit<'_> {
                 e.logit_row(FrameInputs::new(&f, &l).with_quality(q.as_deref()))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::corrupted_parts;
+
+    #[test]
+    fn one_copy_gives_each_image_one_set_round_robin_by_its_row() {
+        let (sets, idx) = ([10, 11, 12], [0, 1, 2, 3, 4, 7]);
+        // Every set's copy of every image.
+        let every = corrupted_parts(&sets, &idx, false);
+        assert_eq!(every.len(), 3);
+        assert!(every.iter().all(|(_, rows)| rows == &idx));
+        // One copy each: row i takes set i mod 3 (as calibrate's round-robin gives image i
+        // combination i mod (types x levels)).
+        let one = corrupted_parts(&sets, &idx, true);
+        assert_eq!(one, vec![(10, vec![0, 3]), (11, vec![1, 4, 7]), (12, vec![2])]);
+        assert_eq!(one.iter().map(|(_, r)| r.len()).sum::<usize>(), idx.len());
+        assert!(corrupted_parts(&[], &idx, true).is_empty());
     }
 }
