@@ -728,14 +728,21 @@ impl RiskFit<'_> {
                 idx.iter().map(move |&i| self.cfg.target.label(origin, wrong.and_then(|w| w.get(i).copied())))
             })
             .collect();
-        let quality = if self.cfg.quality {
-            if let Some((m, _)) = parts.iter().find(|(m, _)| self.data[*m].quality.is_none()) {
-                return Err(EvalError::Invalid(format!("set '{}' has no image-quality measures", self.data[*m].name)));
+        let quality = match self.cfg.quality {
+            true => {
+                let mut blocks = Vec::with_capacity(parts.len());
+                for (m, idx) in parts {
+                    let d = &self.data[*m];
+                    let q = d
+                        .quality
+                        .as_ref()
+                        .ok_or_else(|| EvalError::Invalid(format!("set '{}' has no image-quality measures", d.name)))?;
+                    blocks.push(rows(q, idx));
+                }
+                let views: Vec<_> = blocks.iter().map(|b| b.view()).collect();
+                Some(ndarray::concatenate(Axis(0), &views).map_err(|e| EvalError::Invalid(e.to_string()))?)
             }
-            // Every part has its measures (checked above); the fallback is never taken.
-            Some(stack_rows(self.data, parts, |d| d.quality.as_ref().unwrap_or(&d.feats.features))?)
-        } else {
-            None
+            false => None,
         };
         Ok(LabelledRows {
             features: stack_rows(self.data, parts, |d| &d.feats.features)?,
