@@ -204,6 +204,11 @@ pub struct StreamMetrics {
     pub baseline_median_milli: Gauge,
     /// cusum: the CUSUM statistic S, in thousandths.
     pub cusum_statistic_milli: Gauge,
+    /// The image-quality measures ([`crate::quality::Measure::ALL`] order) of the whole
+    /// captured frame, before the ROI crop, sampled every
+    /// [`FRAME_QUALITY_EVERY`](crate::pipeline::FRAME_QUALITY_EVERY): evidence about the camera
+    /// that does not depend on the sign in the ROI. `None` before the first frame.
+    pub frame_quality: RwLock<Option<[f32; crate::quality::Measure::ALL.len()]>>,
 }
 
 impl StreamMetrics {
@@ -224,6 +229,7 @@ impl StreamMetrics {
             baseline_blocks: Gauge::default(),
             baseline_median_milli: Gauge::default(),
             cusum_statistic_milli: Gauge::default(),
+            frame_quality: RwLock::new(None),
         }
     }
 }
@@ -458,6 +464,7 @@ impl Metrics {
         per_stream(&mut out, "cusum_statistic", "gauge", "cusum: the CUSUM statistic S.", &|m| {
             milli(m.cusum_statistic_milli.get())
         });
+        render_frame_quality(&mut out, &streams);
         header(&mut out, "score", "histogram", "Uncertainty score per frame.");
         for (s, m) in &streams {
             m.score.render(&mut out, "gradwatch_score", &format!("stream=\"{}\"", esc(s)));
@@ -584,6 +591,24 @@ fn fmt_f64(v: f64) -> String {
         if v > 0.0 { "+Inf" } else { "-Inf" }.into()
     } else {
         format!("{v}")
+    }
+}
+
+/// `gradwatch_frame_quality{stream, measure}`: each stream's latest whole-frame measures.
+fn render_frame_quality(out: &mut String, streams: &[(String, Arc<StreamMetrics>)]) {
+    header(
+        out,
+        "frame_quality",
+        "gauge",
+        "Image-quality measures of the whole captured frame, before the ROI crop, sampled once a second.",
+    );
+    for (s, m) in streams {
+        let Some(q) = *read(&m.frame_quality) else { continue };
+        for (measure, v) in crate::quality::Measure::ALL.iter().zip(q) {
+            // `quality:sharpness` -> `sharpness`: the metric's name already says quality.
+            let (s, name) = (esc(s), measure.name().trim_start_matches("quality:"));
+            let _ = writeln!(out, "gradwatch_frame_quality{{stream=\"{s}\",measure=\"{name}\"}} {}", fmt_f64(v.into()));
+        }
     }
 }
 

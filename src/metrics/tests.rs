@@ -51,6 +51,16 @@ fn render_has_every_family() {
     }
     assert!(text.contains("gradwatch_frames_captured_total{stream=\"cam0\"} 3\n"));
     assert!(text.contains("gradwatch_execution_provider{provider=\"cpu\"} 1\n"));
+    // The whole-frame quality measures: a family always, samples once a frame was measured.
+    assert!(text.contains("# TYPE gradwatch_frame_quality gauge\n"));
+    assert!(!text.contains("gradwatch_frame_quality{"), "{text}");
+    let mut q = [0.25f32; 12];
+    q[3] = 0.5;
+    *m.stream("cam0").frame_quality.write().unwrap() = Some(q);
+    let text = m.render();
+    assert!(text.contains("gradwatch_frame_quality{stream=\"cam0\",measure=\"sharpness\"} 0.25\n"), "{text}");
+    assert!(text.contains("gradwatch_frame_quality{stream=\"cam0\",measure=\"brightness\"} 0.5\n"), "{text}");
+    assert_eq!(text.matches("gradwatch_frame_quality{").count(), 12);
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Capture: one thread per stream polls its source, crops to the ROI, stamps the frame and
-//! pushes it into the stream's bounded queue under the stream's drop policy.
+//! Capture: one thread per stream polls its source, measures the whole frame's image quality
+//! once a second, crops to the ROI, stamps the frame and pushes it into the stream's bounded
+//! queue under the stream's drop policy.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,6 +25,11 @@ pub struct Queued {
     /// tests can run it on a simulated clock).
     pub queued_at: Instant,
 }
+
+/// How often the whole captured frame's image-quality measures are taken (for
+/// `gradwatch_frame_quality`): a camera's condition changes over seconds, and a 1280x720 frame
+/// costs about 3 ms to measure.
+pub const FRAME_QUALITY_EVERY: Duration = Duration::from_secs(1);
 
 /// How often a blocked `block`-policy push checks for shutdown.
 const PUSH_POLL: Duration = Duration::from_millis(100);
@@ -66,6 +72,7 @@ impl Capture {
         let bad_log = LogLimiter::new(Duration::from_secs(10));
         let mut link = Link::Unknown;
         let mut seq = 0u64;
+        let mut quality_at: Option<Instant> = None;
         // Sources with their own frame clock (replay, realtime = false) are stamped from here.
         let epoch = self.env.now();
         loop {
@@ -75,6 +82,13 @@ impl Capture {
             }
             match self.source.poll() {
                 SourceEvent::Frame { image, tag } => {
+                    // The whole frame, before the crop: a dirty lens covers all of it.
+                    let now = self.env.clock.now();
+                    if quality_at.is_none_or(|t| now.saturating_duration_since(t) >= FRAME_QUALITY_EVERY) {
+                        quality_at = Some(now);
+                        *m.frame_quality.write().unwrap_or_else(|p| p.into_inner()) =
+                            Some(crate::quality::measure(&image));
+                    }
                     let image = match self.roi {
                         None => image,
                         Some(r) => match r.crop(&image) {

@@ -42,6 +42,7 @@ use crate::metrics::Metrics;
 use crate::sink::{Fanout, Sink};
 use crate::source::{QueueConfig, Roi, Source};
 
+pub use capture::FRAME_QUALITY_EVERY;
 pub use config::PipelineConfig;
 pub use infer::{BatchPolicy, Classifier, ClassifierOutput, GradClassifier};
 pub use summary::{StreamSummary, Summary, WindowStats};

@@ -179,6 +179,9 @@ fn stream_down_up_transitions_and_roi() {
     assert_eq!(kinds, ["stream_up", "stream_down", "stream_up"]);
     assert_eq!(r.metrics.stream("s").frames_scored.get(), 5);
     assert_eq!(r.metrics.stream("s").frames_bad.get(), 0);
+    // The image-quality measures are of the whole 4x4 frame, not the 2x2 crop the model saw.
+    let whole = gradwatch::quality::measure(&RgbImage::new(4, 4, vec![128; 48]).unwrap());
+    assert_eq!(*r.metrics.stream("s").frame_quality.read().unwrap(), Some(whole));
     // A ROI outside the frame: every frame is bad, none scored, no crash.
     let roi = Some(Roi { x: 3, y: 0, width: 2, height: 2 });
     let r = start_with(vec![(4, 128, "clean")], false, None, DropPolicy::Block, Duration::ZERO, roi);
