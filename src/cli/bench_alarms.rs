@@ -51,11 +51,31 @@ pub struct BenchAlarmsArgs {
     /// Only build the feature cache.
     #[arg(long)]
     pub score_only: bool,
+    /// Judge the targets on this policy instead of the shipped one: a TOML file with an
+    /// `[alert]` table (a `gradwatch.toml` will do; its per-stream overrides are ignored). It
+    /// learns its baseline as the shipped policy does.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+}
+
+/// The `[alert]` policy of the file `path` (without per-stream overrides), checked.
+fn read_policy(path: &std::path::Path) -> Result<crate::alert::AlertPolicy> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading --policy {}", path.display()))?;
+    let doc: toml::Table = toml::from_str(&text).with_context(|| format!("--policy {}: not TOML", path.display()))?;
+    let alert = doc.get("alert").cloned().with_context(|| format!("--policy {}: no [alert] table", path.display()))?;
+    let cfg: crate::alert::AlertConfig =
+        alert.try_into().with_context(|| format!("--policy {}: a bad [alert] table", path.display()))?;
+    cfg.default.validate().with_context(|| format!("--policy {}", path.display()))?;
+    Ok(cfg.default)
 }
 
 /// Builds the cache if needed, then writes the report.
 pub fn run(a: BenchAlarmsArgs) -> Result<i32> {
     let model = super::score::default_model_path(&a.calib).context("--calib must end in .calib.toml")?;
+    let policy = match &a.policy {
+        Some(p) => Some((p.display().to_string(), read_policy(p)?)),
+        None => None,
+    };
     let cfg = Config {
         data: a.data,
         calib: a.calib,
@@ -67,6 +87,7 @@ pub fn run(a: BenchAlarmsArgs) -> Result<i32> {
         rate_hours: a.rate_hours,
         batch: a.batch,
         threads: a.threads,
+        policy,
     };
     alarms::extract(&cfg)?;
     if a.score_only {
@@ -82,4 +103,32 @@ pub fn run(a: BenchAlarmsArgs) -> Result<i32> {
     std::fs::write(&json, text + "\n").with_context(|| format!("writing {}", json.display()))?;
     eprintln!("bench-alarms: wrote {} and {}", a.out.display(), json.display());
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_policy;
+    use crate::alert::{PolicyKind, ThresholdRule};
+
+    #[test]
+    fn a_policy_file_gives_its_alert_table_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mine.toml");
+        let text = "[model]\npath = \"x.onnx\"\n\n[alert]\npolicy = \"cusum\"\nfalse_alarms_per_day = 24\n\
+                    threshold = \"bound\"\n\n[alert.stream.cam]\nkappa = 0.3\n";
+        std::fs::write(&path, text).unwrap();
+        let p = read_policy(&path).unwrap();
+        assert_eq!((p.policy, p.false_alarms_per_day, p.threshold), (PolicyKind::Cusum, 24.0, ThresholdRule::Bound));
+        assert_eq!(p.kappa, crate::alert::AlertPolicy::default().kappa, "per-stream overrides are ignored");
+        for (text, says) in [
+            ("[model]\npath = \"x\"\n", "no [alert] table"),
+            ("[alert]\npolicy = \"cusum\"\nfalse_alarms_per_day = -1\n", "false_alarms_per_day"),
+            ("[alert]\nplicy = \"cusum\"\n", "bad [alert] table"),
+            ("[alert\n", "not TOML"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = format!("{:#}", read_policy(&path).unwrap_err());
+            assert!(e.contains(says) && e.contains("mine.toml"), "{text:?}: {e}");
+        }
+    }
 }

@@ -107,5 +107,6 @@ pub(super) fn config(dir: &Path) -> Config {
         rate_hours: 2.0,
         batch: 1,
         threads: 1,
+        policy: None,
     }
 }

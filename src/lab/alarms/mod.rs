@@ -65,6 +65,9 @@ pub struct Config {
     pub batch: usize,
     /// ONNX Runtime intra-op threads (0 = one per core).
     pub threads: usize,
+    /// A policy measured against the targets in place of the shipped one (`--policy`): its
+    /// source, for the report, and the policy. It learns its baseline as the shipped one does.
+    pub policy: Option<(String, crate::alert::AlertPolicy)>,
 }
 
 /// Seed of every random choice of the benchmark.
@@ -196,6 +199,32 @@ mod tests {
             std::fs::write(path, &md).unwrap();
         }
         assert_eq!(md, std::fs::read_to_string(path).unwrap());
+    }
+
+    #[test]
+    fn a_policy_of_ones_own_is_judged_in_place_of_the_shipped_one() {
+        use crate::alert::{AlertPolicy, PolicyKind};
+        let dir = tempfile::tempdir().unwrap();
+        super::fake::write_accuracy(dir.path());
+        let (tracks, real) = super::fake::tracks();
+        let mut cfg = super::fake::config(dir.path());
+        // The same policy as the built-in "cusum 24/day, learned baseline" variant.
+        let policy = AlertPolicy { policy: PolicyKind::Cusum, false_alarms_per_day: 24.0, ..AlertPolicy::default() };
+        cfg.policy = Some(("mine.toml".into(), policy));
+        let r = super::sections::results(&cfg, &tracks, &real).unwrap();
+        let md = super::markdown(&r);
+        let head = "## Targets (`--policy mine.toml`: `policy = \"cusum\"`, `false_alarms_per_day = 24`, \
+                    `threshold = \"bound\"`, learned baseline)";
+        assert!(md.contains(head), "{md}");
+        assert!(md.contains("## Delays by severity and by family (`--policy` policy)"), "{md}");
+        assert!(!md.contains(super::replay::SHIPPED), "the shipped variant is replaced");
+        // Judged on it: its numbers are the built-in twin's, row for row.
+        let row = |name: &str| r.clean.iter().find(|x| x.policy == name).map(|x| (x.alerts, x.over_pct));
+        assert_eq!(row(super::replay::TRIED), row("cusum 24/day, learned baseline"));
+        assert!(row(super::replay::TRIED).is_some());
+        let twin = r.onsets.harmful.iter().find(|h| h.policy == "cusum 24/day, learned baseline").unwrap();
+        let median = twin.delays.median;
+        assert!(r.targets.median == median || (r.targets.median.is_nan() && median.is_nan()), "{}", r.targets.median);
     }
 
     #[test]

@@ -88,6 +88,7 @@ pub(super) fn replay(tracker: &mut crate::alert::AlertTracker, scores: &[f32], s
 }
 
 /// One alert configuration the benchmark compares.
+#[derive(Clone)]
 pub(super) struct Variant {
     pub(super) name: &'static str,
     pub(super) policy: crate::alert::AlertPolicy,
@@ -100,9 +101,28 @@ pub(super) struct Variant {
 
 /// The variant `config/gradwatch.toml` ships.
 pub(super) const SHIPPED: &str = "cusum 1.2/day, simulated h, learned baseline";
+/// The variant of `--policy`, which takes the shipped one's place.
+pub(super) const TRIED: &str = "--policy, learned baseline";
 
-/// The configurations compared.
-pub(super) fn policies() -> Vec<Variant> {
+/// The configurations compared; with `tried` (`--policy`), it replaces the shipped variant.
+pub(super) fn policies(tried: Option<&crate::alert::AlertPolicy>) -> Vec<Variant> {
+    let mut all = builtin_policies();
+    if let (Some(p), Some(v)) = (tried, all.iter_mut().find(|v| v.name == SHIPPED)) {
+        *v = Variant { name: TRIED, policy: p.clone(), learns: true, tail_floor: true };
+    }
+    all
+}
+
+/// The variant the targets are judged on: the shipped one, or `--policy`'s.
+pub(super) fn target_name(a: &Config) -> &'static str {
+    if a.policy.is_some() {
+        TRIED
+    } else {
+        SHIPPED
+    }
+}
+
+fn builtin_policies() -> Vec<Variant> {
     use crate::alert::{AlertPolicy, PolicyKind};
     let cusum = AlertPolicy { policy: PolicyKind::Cusum, ..AlertPolicy::default() };
     let rate = |r: f64| AlertPolicy { false_alarms_per_day: r, ..cusum.clone() };
@@ -176,14 +196,15 @@ pub(super) fn learn_baseline(
 /// The false-alarm table of every policy over the clean `scores` (a variant that learns uses
 /// `learned`): false alarms per hour by policy, and the table's rows.
 pub(super) fn false_alarm_table(
+    variants: &[Variant],
     scores: &[f32],
     learned: &crate::alert::Baseline,
     gate: &dyn Fn(&Variant) -> Gate,
 ) -> Result<(BTreeMap<&'static str, f64>, Vec<FalseAlarmRow>)> {
     let mut rate = BTreeMap::new();
     let mut rows = Vec::new();
-    for v in policies() {
-        let g = gate(&v);
+    for v in variants {
+        let g = gate(v);
         let over = scores.iter().filter(|&&s| s > g.threshold).count() as f64 / scores.len().max(1) as f64;
         let mut t = tracker(&v.policy, v.learns.then_some(learned))?;
         let starts = replay(&mut t, scores, 0, g);

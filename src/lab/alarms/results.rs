@@ -10,6 +10,10 @@ use serde::Serialize;
 pub struct Results {
     /// The score cache folder the tracks came from.
     pub cache: String,
+    /// The model and calibration files scored with.
+    pub model: String,
+    /// The calibration file.
+    pub calib: String,
     /// The calibration's threshold.
     pub threshold: f32,
     /// Hours of clean frame time replayed per policy.
@@ -355,6 +359,10 @@ pub struct LateRamp {
 /// The shipped policy against the targets; each `*_met` says whether one is met.
 #[derive(Clone, Debug, Serialize)]
 pub struct Targets {
+    /// With `--policy`: its file and `policy` kind (the targets are judged on it, not on the
+    /// shipped policy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tried: Option<(String, String)>,
     /// The shipped `false_alarms_per_day`.
     pub false_alarms_per_day: f64,
     /// The shipped `threshold` rule (`bound` or `simulated`).

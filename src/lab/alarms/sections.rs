@@ -26,7 +26,12 @@ struct Ctx<'a> {
     real: &'a [CachedTrack],
     threshold: f32,
     tail: f32,
+    /// The variant the targets are judged on (the shipped one, or `--policy`'s).
     shipped: Variant,
+    /// Every variant compared ([`policies`]).
+    variants: Vec<Variant>,
+    /// [`target_name`]: the name of `shipped`.
+    target: &'static str,
 }
 
 impl<'a> Ctx<'a> {
@@ -61,7 +66,9 @@ fn accuracy_pct<'a>(tracks: impl IntoIterator<Item = &'a &'a CachedTrack>) -> f6
 pub(super) fn results(a: &Config, tracks: &[CachedTrack], real: &[CachedTrack]) -> Result<Results> {
     let t_start = Instant::now();
     let calib = Calibration::load(&a.calib)?;
-    let shipped = policies().into_iter().find(|v| v.name == SHIPPED).context("policies")?;
+    let variants = policies(a.policy.as_ref().map(|(_, p)| p));
+    let target = target_name(a);
+    let shipped = variants.iter().find(|v| v.name == target).cloned().context("policies")?;
     let ctx = Ctx {
         a,
         tracks,
@@ -69,6 +76,8 @@ pub(super) fn results(a: &Config, tracks: &[CachedTrack], real: &[CachedTrack]) 
         threshold: calib.threshold,
         tail: calib.clean_tail_scale.unwrap_or(0.0) as f32,
         shipped,
+        variants,
+        target,
     };
     let (learned, streams) = streams(&ctx)?;
     let (fa_rate, clean) = clean_false_alarms(&ctx, &learned)?;
@@ -83,6 +92,8 @@ pub(super) fn results(a: &Config, tracks: &[CachedTrack], real: &[CachedTrack]) 
     rate_targets(&mut targets, &ctx.shipped, &rates);
     Ok(Results {
         cache: a.cache.display().to_string(),
+        model: a.model.display().to_string(),
+        calib: a.calib.display().to_string(),
         threshold: ctx.threshold,
         hours: a.hours,
         replay_s: t_start.elapsed().as_secs_f64(),
@@ -137,7 +148,7 @@ fn clean_false_alarms(
     let clean_frames = (ctx.a.hours * 3_600_000.0 / FRAME_MS as f64) as usize;
     let mut clean_scores = Vec::new();
     fill(&mut clean_scores, &clean, clean_frames, &mut rng);
-    false_alarm_table(&clean_scores, learned, &|v| ctx.gate(v))
+    false_alarm_table(&ctx.variants, &clean_scores, learned, &|v| ctx.gate(v))
 }
 
 /// The second camera: GTSRB's own held-out tracks, its learned baseline and clean hours.
@@ -158,7 +169,7 @@ fn real_camera<'a>(ctx: &Ctx<'a>) -> Result<Camera<'a>> {
     let (real_learned, real_learn_alerts) = learn_baseline(real_learn, shipped, ctx.gate(shipped), &mut rng)?;
     let mut real_scores = Vec::new();
     fill(&mut real_scores, real_clean, (REAL_HOURS * 3_600_000.0 / FRAME_MS as f64) as usize, &mut rng);
-    let (rate, false_alarms) = false_alarm_table(&real_scores, &real_learned, &|v| ctx.gate(v))?;
+    let (rate, false_alarms) = false_alarm_table(&ctx.variants, &real_scores, &real_learned, &|v| ctx.gate(v))?;
     let out = RealCamera {
         tracks: real_count,
         accuracy_pct: accuracy_pct(&order),
@@ -189,7 +200,7 @@ struct OnsetDelays<'a> {
 
 fn onset_delays<'a>(ctx: &Ctx<'a>, learned: &crate::alert::Baseline) -> Result<OnsetDelays<'a>> {
     let (onset, clean) = (ctx.group("onset"), ctx.group("clean"));
-    let names: Vec<&str> = policies().iter().map(|v| v.name).collect();
+    let names: Vec<&str> = ctx.variants.iter().map(|v| v.name).collect();
     let mut harmful_all: BTreeMap<&str, Delays> = BTreeMap::new();
     // Corruptions the classifier fails on (harmful) at some onset level.
     let mut harmful_kinds: BTreeSet<&str> = BTreeSet::new();
@@ -207,10 +218,10 @@ fn onset_delays<'a>(ctx: &Ctx<'a>, learned: &crate::alert::Baseline) -> Result<O
             harmful_kinds.insert(kind.name());
         }
         let mut delays = Vec::new();
-        for v in policies() {
+        for v in &ctx.variants {
             let name = v.name;
-            let (d, lead) = onsets(&v, learned, ctx.gate(&v), &clean, pool, cell.seed())?;
-            if name == SHIPPED {
+            let (d, lead) = onsets(v, learned, ctx.gate(v), &clean, pool, cell.seed())?;
+            if name == ctx.target {
                 shipped.push(d.clone());
             }
             *lead_frames.entry(name).or_default() += lead;
@@ -270,12 +281,12 @@ fn real_onsets(ctx: &Ctx, cam: &Camera, cells: &[OnsetCell]) -> Result<RealOnset
     let mut missed_cells: Vec<MissedCell> = Vec::new();
     let mut rows = Vec::new();
     let empty = || Delays { delays: Vec::new(), missed: 0, early: 0 };
-    for v in policies() {
+    for v in &ctx.variants {
         let (mut own, mut test, mut early) = (empty(), empty(), 0);
         for cell in cells.iter().filter(|c| c.harmful() || own_harm(c)) {
             let pool = cell.real_pool(&real_onset);
-            let (d, _) = onsets(&v, real_learned, ctx.gate(&v), real_clean, &pool, cell.real_seed())?;
-            if d.missed > 0 && v.name == SHIPPED {
+            let (d, _) = onsets(v, real_learned, ctx.gate(v), real_clean, &pool, cell.real_seed())?;
+            if d.missed > 0 && v.name == ctx.target {
                 let acc = real_acc.get(&(cell.kind.name().to_string(), cell.level)).copied().unwrap_or(f64::NAN);
                 missed_cells.push(MissedCell {
                     kind: cell.kind.name().to_string(),
@@ -368,7 +379,7 @@ fn ramp_level(
 
 fn ramps(ctx: &Ctx, learned: &crate::alert::Baseline, harmful_kinds: &BTreeSet<&'static str>) -> Result<RampLevels> {
     let clean = ctx.group("clean");
-    let names: Vec<&str> = policies().iter().map(|v| v.name).collect();
+    let names: Vec<&str> = ctx.variants.iter().map(|v| v.name).collect();
     // Worst level at alert per policy: over every type, and over the harmful ones.
     let mut ramp_worst: BTreeMap<&str, f64> = BTreeMap::new();
     let mut ramp_worst_harmful: BTreeMap<&str, f64> = BTreeMap::new();
@@ -378,10 +389,10 @@ fn ramps(ctx: &Ctx, learned: &crate::alert::Baseline, harmful_kinds: &BTreeSet<&
     for (ki, kind) in Corruption::ALL.into_iter().enumerate() {
         let grid = ramp_grid(ctx.tracks, kind);
         let mut cells = Vec::new();
-        for v in policies() {
+        for v in &ctx.variants {
             let name = v.name;
             let mut at = (0..RAMPS)
-                .map(|k| ramp_level(&v, learned, ctx.gate(&v), &clean, &grid, ki, k))
+                .map(|k| ramp_level(v, learned, ctx.gate(v), &clean, &grid, ki, k))
                 .collect::<Result<Vec<_>>>()?;
             at.sort_by(f64::total_cmp);
             let worst = at.last().copied().unwrap_or(f64::NAN);
@@ -530,7 +541,7 @@ fn targets(
     ron: &RealOnsetDelays,
     ramp: &RampLevels,
 ) -> Targets {
-    let best = SHIPPED;
+    let best = ctx.target;
     let fa = fa_rate.get(best).copied().unwrap_or(f64::NAN);
     let (med, max, missed) = on.harmful_all.get(best).map_or((f64::NAN, f64::NAN, 0), |d| {
         (percentile(&d.delays, 0.5), d.delays.last().copied().unwrap_or(f64::NAN), d.missed)
@@ -552,7 +563,9 @@ fn targets(
         .get(best)
         .map(|v| v.iter().map(|&(k, before)| LateRamp { kind: k.to_string(), before }).collect())
         .unwrap_or_default();
+    let kind = |p: &AlertPolicy| serde_json::to_value(p.policy).ok().and_then(|v| v.as_str().map(str::to_string));
     Targets {
+        tried: ctx.a.policy.as_ref().map(|(file, p)| (file.clone(), kind(p).unwrap_or_default())),
         false_alarms_per_day: ctx.shipped.policy.false_alarms_per_day,
         threshold: rule_name(ctx.shipped.policy.threshold).to_string(),
         fa,
