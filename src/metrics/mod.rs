@@ -212,6 +212,11 @@ pub struct StreamMetrics {
 }
 
 impl StreamMetrics {
+    /// Records the whole captured frame's latest image-quality measures.
+    pub fn set_frame_quality(&self, q: [f32; crate::quality::Measure::ALL.len()]) {
+        *write(&self.frame_quality) = Some(q);
+    }
+
     fn new() -> Self {
         StreamMetrics {
             frames_captured: Counter::default(),

@@ -56,7 +56,7 @@ fn render_has_every_family() {
     assert!(!text.contains("gradwatch_frame_quality{"), "{text}");
     let mut q = [0.25f32; 12];
     q[3] = 0.5;
-    *m.stream("cam0").frame_quality.write().unwrap() = Some(q);
+    m.stream("cam0").set_frame_quality(q);
     let text = m.render();
     assert!(text.contains("gradwatch_frame_quality{stream=\"cam0\",measure=\"sharpness\"} 0.25\n"), "{text}");
     assert!(text.contains("gradwatch_frame_quality{stream=\"cam0\",measure=\"brightness\"} 0.5\n"), "{text}");

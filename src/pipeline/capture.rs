@@ -86,8 +86,7 @@ impl Capture {
                     let now = self.env.clock.now();
                     if quality_at.is_none_or(|t| now.saturating_duration_since(t) >= FRAME_QUALITY_EVERY) {
                         quality_at = Some(now);
-                        *m.frame_quality.write().unwrap_or_else(|p| p.into_inner()) =
-                            Some(crate::quality::measure(&image));
+                        m.set_frame_quality(crate::quality::measure(&image));
                     }
                     let image = match self.roi {
                         None => image,

@@ -6,8 +6,7 @@
 //! zoom (1.0x to 1.15x) and sensor noise (sigma 2 of 255); every distinct frame (image, zoom
 //! step, noise seed, corruption, level) goes once through the real gradient graph and its
 //! features, logits and image-quality measures go to a cache folder (`frames.csv` says which
-//! frame each row is). The
-//! images come from `--rows` of the test set (default `6315..`: the half the shipped
+//! frame each row is). The images come from `--rows` of the test set (default `6315..`: the half the shipped
 //! calibration never saw). GTSRB's own tracks that the model never trained on
 //! (`models/train/heldout-tracks.csv`, from `train_images.npy`) are scored as they are and
 //! corrupted, as a second camera. The plain classifier also labels 500 more signs per corruption and

@@ -113,15 +113,6 @@ pub(super) fn policies(tried: Option<&crate::alert::AlertPolicy>) -> Vec<Variant
     all
 }
 
-/// The variant the targets are judged on: the shipped one, or `--policy`'s.
-pub(super) fn target_name(a: &Config) -> &'static str {
-    if a.policy.is_some() {
-        TRIED
-    } else {
-        SHIPPED
-    }
-}
-
 fn builtin_policies() -> Vec<Variant> {
     use crate::alert::{AlertPolicy, PolicyKind};
     let cusum = AlertPolicy { policy: PolicyKind::Cusum, ..AlertPolicy::default() };

@@ -10,7 +10,7 @@ use serde::Serialize;
 pub struct Results {
     /// The score cache folder the tracks came from.
     pub cache: String,
-    /// The model and calibration files scored with.
+    /// The model file scored with.
     pub model: String,
     /// The calibration file.
     pub calib: String,

@@ -30,8 +30,6 @@ struct Ctx<'a> {
     shipped: Variant,
     /// Every variant compared ([`policies`]).
     variants: Vec<Variant>,
-    /// [`target_name`]: the name of `shipped`.
-    target: &'static str,
 }
 
 impl<'a> Ctx<'a> {
@@ -67,7 +65,7 @@ pub(super) fn results(a: &Config, tracks: &[CachedTrack], real: &[CachedTrack]) 
     let t_start = Instant::now();
     let calib = Calibration::load(&a.calib)?;
     let variants = policies(a.policy.as_ref().map(|(_, p)| p));
-    let target = target_name(a);
+    let target = if a.policy.is_some() { TRIED } else { SHIPPED };
     let shipped = variants.iter().find(|v| v.name == target).cloned().context("policies")?;
     let ctx = Ctx {
         a,
@@ -77,7 +75,6 @@ pub(super) fn results(a: &Config, tracks: &[CachedTrack], real: &[CachedTrack]) 
         tail: calib.clean_tail_scale.unwrap_or(0.0) as f32,
         shipped,
         variants,
-        target,
     };
     let (learned, streams) = streams(&ctx)?;
     let (fa_rate, clean) = clean_false_alarms(&ctx, &learned)?;
@@ -221,7 +218,7 @@ fn onset_delays<'a>(ctx: &Ctx<'a>, learned: &crate::alert::Baseline) -> Result<O
         for v in &ctx.variants {
             let name = v.name;
             let (d, lead) = onsets(v, learned, ctx.gate(v), &clean, pool, cell.seed())?;
-            if name == ctx.target {
+            if name == ctx.shipped.name {
                 shipped.push(d.clone());
             }
             *lead_frames.entry(name).or_default() += lead;
@@ -286,7 +283,7 @@ fn real_onsets(ctx: &Ctx, cam: &Camera, cells: &[OnsetCell]) -> Result<RealOnset
         for cell in cells.iter().filter(|c| c.harmful() || own_harm(c)) {
             let pool = cell.real_pool(&real_onset);
             let (d, _) = onsets(v, real_learned, ctx.gate(v), real_clean, &pool, cell.real_seed())?;
-            if d.missed > 0 && v.name == ctx.target {
+            if d.missed > 0 && v.name == ctx.shipped.name {
                 let acc = real_acc.get(&(cell.kind.name().to_string(), cell.level)).copied().unwrap_or(f64::NAN);
                 missed_cells.push(MissedCell {
                     kind: cell.kind.name().to_string(),
@@ -541,7 +538,7 @@ fn targets(
     ron: &RealOnsetDelays,
     ramp: &RampLevels,
 ) -> Targets {
-    let best = ctx.target;
+    let best = ctx.shipped.name;
     let fa = fa_rate.get(best).copied().unwrap_or(f64::NAN);
     let (med, max, missed) = on.harmful_all.get(best).map_or((f64::NAN, f64::NAN, 0), |d| {
         (percentile(&d.delays, 0.5), d.delays.last().copied().unwrap_or(f64::NAN), d.missed)
@@ -563,9 +560,8 @@ fn targets(
         .get(best)
         .map(|v| v.iter().map(|&(k, before)| LateRamp { kind: k.to_string(), before }).collect())
         .unwrap_or_default();
-    let kind = |p: &AlertPolicy| serde_json::to_value(p.policy).ok().and_then(|v| v.as_str().map(str::to_string));
     Targets {
-        tried: ctx.a.policy.as_ref().map(|(file, p)| (file.clone(), kind(p).unwrap_or_default())),
+        tried: ctx.a.policy.as_ref().map(|(file, p)| (file.clone(), p.policy.as_str().to_string())),
         false_alarms_per_day: ctx.shipped.policy.false_alarms_per_day,
         threshold: rule_name(ctx.shipped.policy.threshold).to_string(),
         fa,
