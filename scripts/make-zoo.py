@@ -12,7 +12,14 @@ written here, and exports each in two forms:
   default  what torch.onnx.export writes by default (the dynamo exporter and its optimiser,
            which folds BatchNormalization into the Conv before it).
 
-Both with a dynamic batch axis. For each form the float64 goldens come from PyTorch: per-sample
+Both with a dynamic batch axis. A subset (EXTRA_FORMS) is also exported as older or
+fixed-shape tools write models:
+
+  static   the legacy exporter without dynamic_axes: the batch size 1 is a literal in the input
+           and in every shape the model reads (flatten targets, class-token Expand);
+  opset11  the legacy exporter at opset 11 (axes and split sizes as attributes, LayerNorm and
+           GELU decomposed), with a dynamic batch axis.
+ For each form the float64 goldens come from PyTorch: per-sample
 gradients (torch.func vmap over grad) of the paper's loss, binary cross-entropy on the logits
 against the all-ones label (mean over classes), and the squared L2 norm of each parameter
 tensor's gradient. The goldens are keyed by the ONNX initializer a parameter became (found by
@@ -380,6 +387,29 @@ class NhwcNet(nn.Module):
         return self.head(self.body(x).flatten(1))
 
 
+class SoftmaxHead(nn.Module):
+    """A Keras-style classifier: its output is the softmax probabilities (the graph's last node
+    is a Softmax named like the output) and it flattens with `x.view(x.size(0), -1)`. The
+    compiler differentiates the Softmax's input; the goldens are taken on those logits
+    (`probs = False`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.probs = True
+        self.conv1 = nn.Conv2d(3, 12, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(12)
+        self.conv2 = nn.Conv2d(12, 16, 3, stride=2, padding=1)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16 * 4 * 4, 32)
+        self.out = nn.Linear(32, CLASSES)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        z = self.out(F.relu(self.fc(x.view(x.size(0), -1))))
+        return F.softmax(z, dim=1) if self.probs else z
+
+
 ARCHS = {
     "resnet18": resnet18,
     "resnet50": resnet50,
@@ -399,6 +429,16 @@ ARCHS = {
     "gelu_ln_cnn": GeluLnCnn,
     "folded_bn_cnn": folded_cnn,
     "nhwc": NhwcNet,
+    "softmax_head": SoftmaxHead,
+}
+
+# The forms every architecture is exported in, and the extra forms of an old or fixed-shape
+# export, each on a subset that covers its rewrites (class tokens, attention, channel shuffle,
+# Concat/Split, pooling, NHWC, a Softmax output) while keeping the fixtures small.
+FORMS = ["bn", "default"]
+EXTRA_FORMS = {
+    "static": ["vit", "swin", "shufflenet_v2", "googlenet", "hybrid", "nhwc", "softmax_head"],
+    "opset11": ["vit", "hybrid", "densenet", "squeezenet", "gelu_ln_cnn", "googlenet", "softmax_head"],
 }
 
 
@@ -429,6 +469,12 @@ def export(m, x, path, form):
     if form == "bn":
         torch.onnx.export(m, (x,), path, dynamo=False, opset_version=17, training=torch.onnx.TrainingMode.PRESERVE,
                           do_constant_folding=False, **kw)
+    elif form == "static":
+        # No dynamic axes: the batch size (1) is written into every shape the model reads.
+        torch.onnx.export(m, (x[:1],), path, dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["logits"])
+    elif form == "opset11":
+        torch.onnx.export(m, (x,), path, dynamo=False, opset_version=11, **kw)
     else:
         torch.onnx.export(m, (x,), path, **kw)
         # The dynamo exporter writes large tensors to PATH.data; keep one self-contained file,
@@ -525,7 +571,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="tests/fixtures/zoo")
     ap.add_argument("--only", default="")
-    ap.add_argument("--forms", default="bn,default")
+    ap.add_argument("--forms", default=",".join(FORMS + list(EXTRA_FORMS)))
     a = ap.parse_args()
     only = [s for s in a.only.split(",") if s]
     os.makedirs(a.out, exist_ok=True)
@@ -545,12 +591,18 @@ def main():
         xin = x.transpose(0, 2, 3, 1).copy() if arch == "nhwc" else x
         os.makedirs(os.path.join(a.out, arch), exist_ok=True)
         for form in a.forms.split(","):
+            if form in EXTRA_FORMS and arch not in EXTRA_FORMS[form]:
+                continue
             path = os.path.join(a.out, arch, f"{form}.onnx")
+            if hasattr(m, "probs"):
+                m.probs = True
             try:
                 export(m, torch.from_numpy(xin[:2]), path, form)
             except Exception as e:  # noqa: BLE001 - report and go on with the next
                 failures.append(f"{arch}/{form}: export failed: {e!r}"[:300])
                 continue
+            if hasattr(m, "probs"):
+                m.probs = False
             om = onnx.load(path)
             gm = golden_model(m, om)
             mapping, missing = map_initializers(gm, om)
@@ -558,8 +610,14 @@ def main():
                 failures.append(f"{arch}/{form}: parameters with no initializer: {missing}")
             names, feats, logits = goldens(gm, xin, mapping)
             s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-            got = s.run(None, {"input": xin})[0]
-            err = np.abs(got - logits).max() / max(1.0, np.abs(logits).max())
+            # A fixed-batch model takes one image at a time.
+            step = 1 if form == "static" else len(xin)
+            got = np.concatenate([s.run(None, {"input": xin[i:i + step]})[0] for i in range(0, len(xin), step)])
+            want = logits
+            if hasattr(m, "probs"):
+                e = np.exp(logits - logits.max(1, keepdims=True))
+                want = e / e.sum(1, keepdims=True)
+            err = np.abs(got - want).max() / max(1.0, np.abs(want).max())
             if err > 1e-5:
                 failures.append(f"{arch}/{form}: onnxruntime logits differ from PyTorch by {err:.2e} (relative)")
             stem = os.path.join(a.out, arch, form)

@@ -502,7 +502,8 @@ impl LoadedModel {
 /// The model's logits-only forward graph: the first output, or the input of a trailing
 /// Softmax/LogSoftmax (the same logits [`crate::grad::compile`] differentiates).
 pub fn forward_logits_model(model: &ModelProto) -> Result<(ModelProto, String), ModelError> {
-    let mut m = model.clone();
+    // Batch-dynamic like the compiled graph, so it takes the same batches.
+    let mut m = grad::dynamic_batch(model)?.unwrap_or_else(|| model.clone());
     let g = m.graph.as_mut().ok_or(OnnxError::NoGraph)?;
     let out0 = g.output.first().ok_or(ModelError::NoOutputs)?.name.clone();
     let mut logits = out0;

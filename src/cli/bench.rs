@@ -63,8 +63,9 @@ pub struct BenchArgs {
     pub zoo: Option<PathBuf>,
 }
 
-/// The export forms of each zoo architecture (`scripts/make-zoo.py`).
-pub const ZOO_FORMS: [&str; 2] = ["bn", "default"];
+/// The export forms of the zoo (`scripts/make-zoo.py`): every architecture has the first two;
+/// a subset also has the fixed-batch (`static`) and opset-11 exports.
+pub const ZOO_FORMS: [&str; 4] = ["bn", "default", "static", "opset11"];
 
 /// One zoo fixture compiled and run against its float64 goldens.
 #[derive(Clone, Debug)]

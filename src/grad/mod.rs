@@ -27,6 +27,7 @@
 
 mod affine;
 mod backward;
+mod batch;
 mod builder;
 mod ctx;
 mod emit;
@@ -40,6 +41,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::onnx::{self, GraphProto, ModelProto, NodeProto, OnnxError, TensorProto, ValueInfoProto};
 use backward::{backward, confounding_label};
+pub use batch::dynamic_batch;
 use builder::Builder;
 pub(crate) use ctx::Ctx;
 pub use ctx::GradError;
@@ -92,12 +94,14 @@ fn constant_node_value(n: &NodeProto) -> Result<TensorProto, GradError> {
 
 /// Compiles a classifier into its gradient graph.
 ///
-/// The phases, in order: [`check_model`], [`collect_constants`], [`image_input`],
+/// The phases, in order: [`dynamic_batch`] (a fixed batch size made symbolic), [`check_model`], [`collect_constants`], [`image_input`],
 /// [`find_logits`] and [`needed_nodes`] read the model; [`forward`] folds constant nodes
 /// (`fold.rs`), infers shapes and finds the parameters through the rule table; [`confounding_label`] checks the label;
 /// [`backward`] seeds the loss gradient and runs the rules in reverse; [`emit_outputs`] adds
 /// the output nodes and [`assemble`] writes the new model.
 pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, GradError> {
+    let dynamic = dynamic_batch(model)?;
+    let model = dynamic.as_ref().unwrap_or(model);
     let (graph, opset) = check_model(model)?;
     let consts = collect_constants(graph)?;
     let (input, input_shape) = image_input(graph, &consts)?;
@@ -106,10 +110,13 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
     let logits = find_logits(graph, &producers)?;
     let needed = needed_nodes(graph, &logits);
 
+    // Names the compiled graph keeps: a node the logits do not need (a trailing Softmax whose
+    // output is called `logits`, as Keras-style exports do) is dropped, and so is its name.
+    let kept = || graph.node.iter().zip(&needed).filter(|(_, &k)| k).map(|(n, _)| n);
     let mut taken: HashSet<String> = consts.keys().cloned().collect();
-    taken.extend(graph.node.iter().flat_map(|n| n.output.iter().cloned()));
+    taken.extend(kept().flat_map(|n| n.output.iter().cloned()));
     taken.extend(graph.input.iter().map(|i| i.name.clone()));
-    taken.extend(graph.node.iter().map(|n| n.name.clone()));
+    taken.extend(kept().map(|n| n.name.clone()));
     let new_ctx = |consts: HashMap<String, TensorProto>, taken: HashSet<String>| Ctx {
         consts,
         shapes: HashMap::from([(input.name.clone(), input_shape.clone())]),
@@ -201,8 +208,11 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
     })
 }
 
+/// The oldest default-domain opset the compiler reads.
+pub const MIN_OPSET: i64 = 11;
+
 /// The graph and its default-domain opset, once the model is known to be a classifier this
-/// compiler can read: not already compiled, opset 13 or newer, standard operators only.
+/// compiler can read: not already compiled, opset [`MIN_OPSET`] or newer, standard operators only.
 fn check_model(model: &ModelProto) -> Result<(&GraphProto, i64), GradError> {
     let graph = model.graph.as_ref().ok_or(OnnxError::NoGraph)?;
     if model.metadata_props.iter().any(|p| p.key == META_FEATURES) {
@@ -214,9 +224,14 @@ fn check_model(model: &ModelProto) -> Result<(&GraphProto, i64), GradError> {
     }
     let opset =
         onnx::default_opset(model).ok_or_else(|| GradError::Model("the model imports no ai.onnx opset".into()))?;
-    if opset < 13 {
+    // Opsets 11 and 12 differ from 13 in attribute-versus-input forms the rules read either
+    // way (axes, split) and in Softmax's axis, which its rule checks; before 11, Pad, Clip and
+    // Slice took their bounds as attributes.
+    if opset < MIN_OPSET {
         return Err(GradError::Model(format!(
-            "opset {opset} is too old; re-export the model with opset 13 or newer (e.g. torch.onnx.export(..., opset_version=17))"
+            "opset {opset} is too old (gradwatch reads opset {MIN_OPSET} or newer); convert it \
+             (python -m onnx.version_converter, or onnx.version_converter.convert_version(model, 13)) or \
+             re-export the model (e.g. torch.onnx.export(..., opset_version=17))"
         )));
     }
     for n in &graph.node {

@@ -14,12 +14,19 @@ pub(super) const RULES: &[Rule] =
 
 fn softmax_axis(n: &NodeProto, ctx: &Ctx) -> Result<usize, GradError> {
     let x = ctx.shape(n, act_input(n, ctx, 0)?)?;
-    let ax = norm_axis(n, Attrs::of(n).int("axis", -1)?, x.len() + 1)?;
-    if ctx.b.opset < 13 {
-        return Err(node_err(n, "Softmax before opset 13 flattens axes; re-export with opset 13 or newer"));
-    }
+    let legacy = ctx.b.opset < 13;
+    let ax = norm_axis(n, Attrs::of(n).int("axis", if legacy { 1 } else { -1 })?, x.len() + 1)?;
     if ax == 0 {
         return Err(node_err(n, "Softmax over the batch axis mixes samples"));
+    }
+    // Before opset 13 Softmax normalises over every axis from `axis` on (flattened): the same
+    // as over `axis` alone when the axes after it have size 1.
+    if legacy && x[ax..].iter().any(|&d| d != 1) {
+        return Err(node_err(
+            n,
+            "Softmax before opset 13 normalises over the flattened axes after `axis`, not over the last axis \
+             alone; convert the model to opset 13 (onnx.version_converter) or re-export it",
+        ));
     }
     Ok(ax)
 }

@@ -114,7 +114,8 @@ fn max_pool(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> 
     let am = ctx.b.op(
         "ArgMax",
         &[&pr],
-        vec![attr::int("axis", 2), attr::int("keepdims", 1), attr::int("select_last_index", 0)],
+        // select_last_index defaults to 0 (and does not exist before opset 12).
+        vec![attr::int("axis", 2), attr::int("keepdims", 1)],
     );
     let range: Vec<i64> = (0..kk as i64).collect();
     let r = ctx.b.fresh("window_index");

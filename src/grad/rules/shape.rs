@@ -238,17 +238,18 @@ fn concat(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
     let ax = norm_axis(n, Attrs::of(n).int("axis", 0)?, rank)?;
     let sizes: Vec<i64> =
         n.input.iter().map(|i| ctx.shape(n, i).map(|s| s[ax - 1] as i64)).collect::<Result<_, _>>()?;
-    let split = ctx.b.const_i64("split", &sizes);
     let outs: Vec<String> = n.input.iter().map(|_| ctx.b.fresh("split")).collect();
     let out_refs: Vec<&str> = outs.iter().map(String::as_str).collect();
     let name = format!("{}/node", outs[0]);
-    ctx.b.nodes.push(crate::onnx::make_node(
-        "Split",
-        &name,
-        &[dy, &split],
-        &out_refs,
-        vec![attr::int("axis", ax as i64)],
-    ));
+    // The sizes became an input in opset 13.
+    let node = if ctx.b.opset >= 13 {
+        let split = ctx.b.const_i64("split", &sizes);
+        crate::onnx::make_node("Split", &name, &[dy, &split], &out_refs, vec![attr::int("axis", ax as i64)])
+    } else {
+        let attrs = vec![attr::int("axis", ax as i64), attr::ints("split", &sizes)];
+        crate::onnx::make_node("Split", &name, &[dy], &out_refs, attrs)
+    };
+    ctx.b.nodes.push(node);
     Ok(n.input.iter().cloned().zip(outs).filter(|(i, _)| ctx.wants_grad(i)).collect())
 }
 
