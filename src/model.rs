@@ -78,6 +78,10 @@ pub enum ColorOrder {
     Rgb,
     /// Blue, green, red (OpenCV-trained models).
     Bgr,
+    /// One channel, the luma of the RGB frame (ITU-R BT.601, `0.299 R + 0.587 G + 0.114 B`, as
+    /// OpenCV's `COLOR_RGB2GRAY` and PIL's `convert("L")`): for a model whose input has one
+    /// channel, the only order it takes.
+    Gray,
 }
 
 impl ColorOrder {
@@ -86,6 +90,25 @@ impl ColorOrder {
         match self {
             ColorOrder::Rgb => "RGB",
             ColorOrder::Bgr => "BGR",
+            ColorOrder::Gray => "GRAY",
+        }
+    }
+
+    /// Channels of the model input: 1 for gray, else 3.
+    pub fn channels(self) -> usize {
+        if self == ColorOrder::Gray {
+            1
+        } else {
+            3
+        }
+    }
+
+    /// The model-input value of channel `c` of RGB pixel `p` (before scaling).
+    pub fn channel(self, p: [u8; 3], c: usize) -> f32 {
+        match self {
+            ColorOrder::Rgb => f32::from(p[c]),
+            ColorOrder::Bgr => f32::from(p[2 - c]),
+            ColorOrder::Gray => 0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2]),
         }
     }
 }
@@ -96,7 +119,8 @@ impl std::str::FromStr for ColorOrder {
         match s.to_ascii_lowercase().as_str() {
             "rgb" => Ok(ColorOrder::Rgb),
             "bgr" => Ok(ColorOrder::Bgr),
-            _ => Err(format!("color order '{s}': use rgb or bgr")),
+            "gray" | "grey" => Ok(ColorOrder::Gray),
+            _ => Err(format!("color order '{s}': use rgb, bgr or gray")),
         }
     }
 }
@@ -136,7 +160,19 @@ impl Preprocessing {
     pub fn check_fits(&self, input_shape: &[usize]) -> Result<(), ModelError> {
         let shown = format!("[N,{}]", input_shape.iter().map(usize::to_string).collect::<Vec<_>>().join(","));
         let err = |why: String| Err(ModelError::Preprocessing(why));
+        let gray = self.color_order == ColorOrder::Gray;
         let (h, w) = match (self.layout, input_shape) {
+            (Layout::Nchw, [1, h, w]) | (Layout::Nhwc, [h, w, 1]) if gray => (*h, *w),
+            (Layout::Nchw, [1, _, _]) | (Layout::Nhwc, [_, _, 1]) => {
+                return err(format!(
+                    "the model's input {shown} has one channel: use color order gray (frames become their luma)"
+                ))
+            }
+            (Layout::Nchw, [3, _, _]) | (Layout::Nhwc, [_, _, 3]) if gray => {
+                return err(format!(
+                    "color order gray needs a one-channel input, the model's is {shown}: use rgb or bgr"
+                ))
+            }
             (Layout::Nchw, [3, h, w]) => (*h, *w),
             (Layout::Nhwc, [h, w, 3]) => (*h, *w),
             (Layout::Nchw, [_, _, 3]) => {
@@ -151,8 +187,8 @@ impl Preprocessing {
             }
             (l, _) => {
                 return err(format!(
-                    "layout {} needs a 3-channel image input, the model's is {shown}; gradwatch needs an RGB image \
-                     classifier ([N,3,H,W] or [N,H,W,3])",
+                    "layout {} needs a 3-channel (or, gray, 1-channel) image input, the model's is {shown}; \
+                     gradwatch needs an image classifier ([N,3,H,W], [N,H,W,3], [N,1,H,W] or [N,H,W,1])",
                     l.name()
                 ))
             }
@@ -308,8 +344,8 @@ pub struct ModelInfo {
     pub mean: [f32; 3],
     /// Per-channel std divided by after subtracting the mean (RGB).
     pub std: [f32; 3],
-    /// Channel order the model expects: true for BGR.
-    pub bgr: bool,
+    /// Channel order the model expects (gray for a one-channel input).
+    pub color_order: ColorOrder,
     /// Whether the model takes NHWC input.
     pub nhwc: bool,
     /// Class names, one per logit.
@@ -335,6 +371,22 @@ fn triple(meta: &std::collections::HashMap<String, String>, key: &str, default: 
     }
 }
 
+/// The channel order of `gradwatch.color_order`, else RGB; gray for a one-channel input.
+fn color_order(
+    meta: &std::collections::HashMap<String, String>,
+    input_shape: &[usize],
+    nhwc: bool,
+) -> Result<ColorOrder, ModelError> {
+    let one_channel = if nhwc { input_shape.last() == Some(&1) } else { input_shape.first() == Some(&1) };
+    if one_channel {
+        return Ok(ColorOrder::Gray);
+    }
+    match meta.get("gradwatch.color_order") {
+        Some(v) => v.parse().map_err(|why| ModelError::Metadata { key: "gradwatch.color_order".into(), why }),
+        None => Ok(ColorOrder::Rgb),
+    }
+}
+
 impl ModelInfo {
     /// Reads the metadata of `model` (whose file bytes hash to `sha256`), with the input shape
     /// of its compiled graph.
@@ -345,7 +397,9 @@ impl ModelInfo {
                 l.parse::<Layout>().map_err(|why| ModelError::Metadata { key: "gradwatch.input_layout".into(), why })?
                     == Layout::Nhwc
             }
-            None => matches!(compiled.input_shape.as_slice(), [_, _, 3]) && compiled.input_shape[0] != 3,
+            None => {
+                matches!(compiled.input_shape.as_slice(), [c, _, 3 | 1] if *c != 3 && *c != 1)
+            }
         };
         let (height, width) = match (nhwc, compiled.input_shape.as_slice()) {
             (false, [_, h, w]) | (true, [h, w, _]) => (*h, *w),
@@ -383,7 +437,7 @@ impl ModelInfo {
             scale,
             mean: triple(&meta, "gradwatch.mean", 0.0)?,
             std,
-            bgr: meta.get("gradwatch.color_order").is_some_and(|v| v.eq_ignore_ascii_case("BGR")),
+            color_order: color_order(&meta, &compiled.input_shape, nhwc)?,
             nhwc,
             class_names,
         })
@@ -395,7 +449,7 @@ impl ModelInfo {
             layout: if self.nhwc { Layout::Nhwc } else { Layout::Nchw },
             width: self.width,
             height: self.height,
-            color_order: if self.bgr { ColorOrder::Bgr } else { ColorOrder::Rgb },
+            color_order: self.color_order,
             scale: self.scale,
             mean: self.mean,
             std: self.std,
@@ -407,7 +461,7 @@ impl ModelInfo {
         p.check_fits(input_shape)?;
         self.nhwc = p.layout == Layout::Nhwc;
         (self.width, self.height) = (p.width, p.height);
-        self.bgr = p.color_order == ColorOrder::Bgr;
+        self.color_order = p.color_order;
         (self.scale, self.mean, self.std) = (p.scale, p.mean, p.std);
         Ok(())
     }
@@ -416,7 +470,8 @@ impl ModelInfo {
     pub fn preprocess<'a>(&self, images: impl ExactSizeIterator<Item = &'a RgbImage>) -> Array4<f32> {
         let n = images.len();
         let (h, w) = (self.height, self.width);
-        let mut out = if self.nhwc { Array4::zeros((n, h, w, 3)) } else { Array4::zeros((n, 3, h, w)) };
+        let ch = self.color_order.channels();
+        let mut out = if self.nhwc { Array4::zeros((n, h, w, ch)) } else { Array4::zeros((n, ch, h, w)) };
         for (i, img) in images.enumerate() {
             let resized;
             let img = if img.width == w && img.height == h {
@@ -428,9 +483,8 @@ impl ModelInfo {
             for y in 0..h {
                 for x in 0..w {
                     let p = img.pixel(x, y);
-                    for c in 0..3 {
-                        let src = if self.bgr { p[2 - c] } else { p[c] };
-                        let v = (src as f32 * self.scale - self.mean[c]) / self.std[c];
+                    for c in 0..ch {
+                        let v = (self.color_order.channel(p, c) * self.scale - self.mean[c]) / self.std[c];
                         if self.nhwc {
                             out[[i, y, x, c]] = v;
                         } else {
@@ -522,4 +576,47 @@ pub fn top_class(logits: &[f32]) -> (usize, f32) {
     let sum: f32 = logits.iter().map(|&z| (z - m).exp()).sum();
     let (i, z) = logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |a, (i, &z)| if z > a.1 { (i, z) } else { a });
     (i, ((z - m).exp() / sum).clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(color_order: ColorOrder, nhwc: bool) -> ModelInfo {
+        ModelInfo {
+            name: "m".into(),
+            sha256: String::new(),
+            width: 2,
+            height: 1,
+            scale: 1.0 / 255.0,
+            mean: [0.5, 0.0, 0.0],
+            std: [0.5, 1.0, 1.0],
+            color_order,
+            nhwc,
+            class_names: vec![],
+        }
+    }
+
+    #[test]
+    fn gray_frames_are_their_luma_in_one_channel() {
+        // Red and white pixels: luma 0.299 and 1.0, then (v - 0.5) / 0.5.
+        let img = RgbImage::new(2, 1, vec![255, 0, 0, 255, 255, 255]).unwrap();
+        for nhwc in [false, true] {
+            let x = info(ColorOrder::Gray, nhwc).preprocess([&img].into_iter());
+            assert_eq!(x.shape(), if nhwc { [1, 1, 2, 1] } else { [1, 1, 1, 2] });
+            let v: Vec<f32> = x.iter().copied().collect();
+            assert!((v[0] - (0.299 - 0.5) / 0.5).abs() < 1e-5 && (v[1] - 1.0).abs() < 1e-5, "{v:?}");
+        }
+        // BGR swaps the first and last channels.
+        let x = info(ColorOrder::Bgr, false).preprocess([&img].into_iter());
+        assert_eq!(x.shape(), [1, 3, 1, 2]);
+        assert!((x[[0, 0, 0, 0]] + 1.0).abs() < 1e-6 && (x[[0, 2, 0, 0]] - 1.0).abs() < 1e-6);
+        // A one-channel input takes gray and nothing else; gray takes nothing else.
+        let p = |c, l| Preprocessing { color_order: c, ..info(ColorOrder::Rgb, l == Layout::Nhwc).preprocessing() };
+        assert!(p(ColorOrder::Gray, Layout::Nchw).check_fits(&[1, 1, 2]).is_ok());
+        assert!(p(ColorOrder::Gray, Layout::Nhwc).check_fits(&[1, 2, 1]).is_ok());
+        assert!(p(ColorOrder::Rgb, Layout::Nchw).check_fits(&[1, 1, 2]).unwrap_err().to_string().contains("gray"));
+        assert!(p(ColorOrder::Gray, Layout::Nchw).check_fits(&[3, 1, 2]).is_err());
+        assert_eq!("grey".parse::<ColorOrder>(), Ok(ColorOrder::Gray));
+    }
 }

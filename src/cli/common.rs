@@ -80,7 +80,7 @@ pub struct PreprocessArgs {
     /// model's input.
     #[arg(long, value_parser = crate::model::parse_size)]
     pub size: Option<(usize, usize)>,
-    /// Channel order the model was trained on: rgb or bgr (OpenCV). Default: the metadata's, else rgb.
+    /// Channel order the model was trained on: rgb, bgr (OpenCV) or gray (one channel, the luma). Default: gray for a one-channel input, else the metadata's, else rgb.
     #[arg(long, value_parser = |s: &str| s.parse::<ColorOrder>())]
     pub color_order: Option<ColorOrder>,
     /// Multiplier from 0-255 pixels to the model's numbers, e.g. 1/255 or 1. Default: the

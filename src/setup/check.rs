@@ -312,6 +312,7 @@ pub fn alternatives(cur: &Preprocessing) -> Vec<(String, Preprocessing)> {
     let other_color = match cur.color_order {
         ColorOrder::Rgb => ColorOrder::Bgr,
         ColorOrder::Bgr => ColorOrder::Rgb,
+        ColorOrder::Gray => ColorOrder::Gray,
     };
     let other_layout = match cur.layout {
         Layout::Nchw => Layout::Nhwc,

@@ -63,12 +63,14 @@ pub fn inspect(model: &ModelProto) -> Result<Inspection, SetupError> {
     let (elem, dims) = onnx::value_info_shape(input).ok_or_else(|| {
         bad(format!("input '{}' has no tensor shape; re-export it with an [N,3,H,W] or [N,H,W,3] input", input.name))
     })?;
-    let image = dims.len() == 4 && (dims[1] == Some(3) || dims[3] == Some(3));
+    // Colour ([N,3,H,W], [N,H,W,3]) or gray ([N,1,H,W], [N,H,W,1]).
+    let channels = |d: Option<i64>| d == Some(3) || d == Some(1);
+    let image = dims.len() == 4 && (channels(dims[1]) || channels(dims[3]));
     if elem != onnx::data_type::FLOAT || !image {
         let what = if elem == onnx::data_type::FLOAT { "float32".to_string() } else { format!("of type {elem}") };
         return Err(bad(format!(
             "not an image classifier: input '{}' is {what} {}; gradwatch needs one float32 image input [N,3,H,W] or \
-             [N,H,W,3] (3 colour channels)",
+             [N,H,W,3] (3 colour channels; [N,1,H,W] or [N,H,W,1] for gray)",
             input.name,
             show_dims(&dims)
         )));

@@ -16,19 +16,21 @@ pub struct GradLayout {
     pub width: usize,
     /// Model input height.
     pub height: usize,
-    /// `[H, W, 3]` when true, `[3, H, W]` otherwise.
+    /// `[H, W, C]` when true, `[C, H, W]` otherwise.
     pub nhwc: bool,
+    /// Channels: 3, or 1 for a gray model.
+    pub channels: usize,
 }
 
 impl GradLayout {
     /// The layout of a model's input (from its metadata and graph).
     pub fn of(info: &crate::model::ModelInfo) -> Self {
-        GradLayout { width: info.width, height: info.height, nhwc: info.nhwc }
+        GradLayout { width: info.width, height: info.height, nhwc: info.nhwc, channels: info.color_order.channels() }
     }
 
     /// Numbers in one frame's input gradient.
     pub fn len(&self) -> usize {
-        self.width * self.height * 3
+        self.width * self.height * self.channels
     }
 
     /// Whether the layout is empty (a zero-sized input).
@@ -61,8 +63,9 @@ impl HeatMap {
         let mut m = vec![0f32; w * h];
         for (i, v) in m.iter_mut().enumerate() {
             let (y, x) = (i / w, i % w);
-            for c in 0..3 {
-                let g = if layout.nhwc { grad[(y * w + x) * 3 + c] } else { grad[(c * h + y) * w + x] };
+            let ch = layout.channels;
+            for c in 0..ch {
+                let g = if layout.nhwc { grad[(y * w + x) * ch + c] } else { grad[(c * h + y) * w + x] };
                 // NaN says nothing about where; +-inf is as hot as it gets (capped below).
                 if !g.is_nan() {
                     *v += g.abs();
@@ -251,7 +254,7 @@ mod tests {
 
     #[test]
     fn flat_and_broken_gradients_do_not_panic() {
-        let l = GradLayout { width: 4, height: 3, nhwc: false };
+        let l = GradLayout { width: 4, height: 3, nhwc: false, channels: 3 };
         let zero = HeatMap::from_input_grad(&[0.0; 36], &l).unwrap();
         assert!(zero.values.iter().all(|&v| v == 0.0));
         let mut g = vec![0.0; 36];

@@ -119,6 +119,40 @@ fn init_then_check_config_then_a_replay_alerts_on_the_corrupted_window_only() {
     }
 }
 
+/// A model as older tools write it (`scripts/train-user-model.py --gray`): one gray channel,
+/// the batch fixed at 1 (`[1, 1, 32, 32]`), opset 12, softmax probabilities as its output. `init`
+/// needs no flag: it reads the gray input, feeds the frames' luma, runs batches through it and
+/// finds the accuracy PyTorch measured (94.9 % on these 256 images); `score` does the same.
+#[test]
+fn a_gray_fixed_batch_softmax_model_needs_no_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("setup");
+    let (model, images, labels) =
+        (fixture("gray-cnn.onnx"), fixture("heldout-images.npy"), fixture("heldout-labels.npy"));
+    let args = ["init", s(&model), "--images", s(&images), "--labels", s(&labels), "-o", s(&out)];
+    let (code, _, err) =
+        Daemon::run(&[&args[..], &["--rows", INIT_ROWS, "--threads", "1", "--corruptions", "legacy"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("input 'image' [1,1,32,32]: NCHW 32x32") && err.contains("NCHW 32x32 GRAY"), "{err}");
+    let acc: f64 = err
+        .split("accuracy ")
+        .nth(1)
+        .and_then(|t| t.split(" %").next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no accuracy line:\n{err}"));
+    assert!(acc >= 90.0, "accuracy {acc} %: the luma or the batch is wrong\n{err}");
+    assert!(!err.contains("preprocessing is probably wrong"), "{err}");
+
+    let calib = out.join("gray-cnn.calib.toml");
+    let (code, stdout, err) = Daemon::run(&["score", "--calib", s(&calib), "--model", s(&model), s(&images)]);
+    assert_eq!(code, 0, "{err}");
+    let labels = gradwatch::data::load_npy_labels(&labels).unwrap();
+    let ev = events(&stdout);
+    assert_eq!(ev.len(), labels.len());
+    let right = ev.iter().zip(&labels).filter(|(e, &l)| e["top_class"].as_i64() == Some(l)).count();
+    assert!(right * 10 >= labels.len() * 9, "score: only {right} of {} right", labels.len());
+}
+
 /// A small valid CNN built in code, input `[N, 3, 32, 32]`, 5 classes.
 fn small_cnn() -> (Net, String) {
     let mut n = Net::new(3);

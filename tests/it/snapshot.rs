@@ -89,7 +89,7 @@ fn brightness(img: &RgbImage, x0: usize, y0: usize, n: usize) -> f32 {
 #[test]
 fn heat_map_lights_the_corner_the_gradient_is_in() {
     for nhwc in [false, true] {
-        let layout = GradLayout { width: 32, height: 32, nhwc };
+        let layout = GradLayout { width: 32, height: 32, nhwc, channels: 3 };
         // Gradient only in the top-left 4x4 pixels, one channel; everything else 0.
         let mut g = vec![0f32; layout.len()];
         for y in 0..4 {
@@ -352,7 +352,7 @@ fn ring_is_bounded_in_bytes_and_frames_are_kept_small() {
     use gradwatch::snapshot::{SnapshotConfig, Snapshots};
     let dir = tempfile::tempdir().unwrap();
     let cfg = SnapshotConfig { ring_max_bytes: 8 << 20, max_side: 1024, ..SnapshotConfig::default() };
-    let layout = GradLayout { width: 32, height: 32, nhwc: false };
+    let layout = GradLayout { width: 32, height: 32, nhwc: false, channels: 3 };
     let snaps = Snapshots::start(dir.path().to_path_buf(), &cfg, layout, None).unwrap();
     for seq in 0..16 {
         snaps.keep("cam", Kept { seq, score: 1.0, image: RgbImage::zeros(3000, 2000) });

@@ -56,9 +56,9 @@ fn reshape_target(n: &NodeProto, ctx: &Ctx, x: &[usize]) -> Result<Vec<usize>, G
         return Err(node_err(
             n,
             format!(
-                "target shape {shape:?} must keep the batch axis first (0 or -1); a model exported with a fixed \
-                 batch size writes it here: re-export with a dynamic batch axis (torch.onnx.export(..., \
-                 dynamic_axes={{'input': {{0: 'N'}}}}))"
+                "target shape {shape:?} must keep the batch axis first (0 or -1); a fixed batch size is read \
+                 from the input's first axis, so this size does not match it: re-export with a dynamic batch \
+                 axis (torch.onnx.export(..., dynamic_axes={{'input': {{0: 'N'}}}}))"
             ),
         ));
     }
