@@ -387,6 +387,27 @@ class NhwcNet(nn.Module):
         return self.head(self.body(x).flatten(1))
 
 
+class SmoothCnn(nn.Module):
+    """The activations of other model families: per-channel PReLU (a learned slope, a
+    parameter), ELU, SELU, CELU, Mish (an ONNX op from opset 18; the legacy exporter writes
+    Softplus, Tanh and Mul), Softplus and Softsign."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1, self.a1 = nn.Conv2d(3, 12, 3, padding=1), nn.BatchNorm2d(12), nn.PReLU(12)
+        self.c2, self.a2 = nn.Conv2d(12, 16, 3, stride=2, padding=1), nn.ELU(0.7)
+        self.c3, self.a3 = nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.SELU()
+        self.c4, self.a4 = nn.Conv2d(16, 24, 1), nn.Mish()
+        self.fc = nn.Linear(24, CLASSES)
+
+    def forward(self, x):
+        x = self.a1(self.b1(self.c1(x)))
+        x = self.a2(self.c2(x))
+        x = F.celu(self.a3(self.c3(x)), 0.8)
+        x = F.softsign(F.softplus(self.a4(self.c4(x))))
+        return self.fc(x.mean((2, 3)))
+
+
 class SoftmaxHead(nn.Module):
     """A Keras-style classifier: its output is the softmax probabilities (the graph's last node
     is a Softmax named like the output) and it flattens with `x.view(x.size(0), -1)`. The
@@ -430,6 +451,7 @@ ARCHS = {
     "folded_bn_cnn": folded_cnn,
     "nhwc": NhwcNet,
     "softmax_head": SoftmaxHead,
+    "smooth_cnn": SmoothCnn,
 }
 
 # The forms every architecture is exported in, and the extra forms of an old or fixed-shape

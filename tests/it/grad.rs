@@ -889,6 +889,100 @@ fn gelu_both_forms_and_pow() {
     check(case_gelu_both_forms_and_pow());
 }
 
+/// The smooth units of other model families (Elu, Selu, Celu, Mish at opset 18, Softsign,
+/// Softplus) and unary arithmetic (Log, Abs, Reciprocal, Neg, Exp), chained so that each one's
+/// input gradient reaches the convs before it.
+fn case_smooth_units_and_unary_arithmetic() -> Case {
+    let mut case = chain(44, |n, x| {
+        let a = n.op("Elu", &[x], vec![attr::float("alpha", 0.7)]);
+        let w = n.conv(&a, 3, 3, 1, true, vec![]);
+        let b = n.op("Selu", &[&w], vec![]);
+        let c = n.op("Celu", &[&b], vec![attr::float("alpha", 0.8)]);
+        let w2 = n.conv(&c, 3, 3, 1, true, vec![]);
+        let d = n.op("Mish", &[&w2], vec![]);
+        let e = n.op("Softsign", &[&d], vec![]);
+        let sp = n.op("Softplus", &[&e], vec![]);
+        let l = n.op("Log", &[&sp], vec![]);
+        let w3 = n.conv(&l, 3, 3, 1, true, vec![]);
+        let f = n.op("Abs", &[&w3], vec![]);
+        let one = n.constant(&[], &[1.0]);
+        let g = n.op("Add", &[&f, &one], vec![]);
+        let r = n.op("Reciprocal", &[&g], vec![]);
+        let ng = n.op("Neg", &[&r], vec![]);
+        (n.op("Exp", &[&ng], vec![]), 3 * 36)
+    });
+    case.net.opset = 18;
+    case
+}
+
+#[test]
+fn smooth_units_and_unary_arithmetic() {
+    check(case_smooth_units_and_unary_arithmetic());
+}
+
+/// PRelu with a per-channel slope and with one shared slope: both are parameters (their
+/// per-sample gradient norms are features). The first sees only negative inputs (-Softplus)
+/// and the second only positive ones (Softplus), so finite differences never straddle the kink
+/// at 0; each branch is exercised (the PyTorch check of both across 0: docs/results/compiler-zoo.md).
+fn case_prelu_slopes() -> Case {
+    chain(45, |n, x| {
+        let sp = n.op("Softplus", &[x], vec![]);
+        let neg = n.op("Neg", &[&sp], vec![]);
+        let slope = n.param(&[3, 1, 1], 0.5);
+        let a = n.op("PRelu", &[&neg, &slope], vec![]);
+        let w = n.conv(&a, 3, 3, 1, true, vec![]);
+        let pos = n.op("Softplus", &[&w], vec![]);
+        let shared = n.param(&[1], 0.5);
+        (n.op("PRelu", &[&pos, &shared], vec![]), 3 * 36)
+    })
+}
+
+#[test]
+fn prelu_slopes() {
+    check(case_prelu_slopes());
+}
+
+/// Comparisons and Where. A mask mixed over the positions (a constant pattern) is combined with
+/// comparisons of the input that hold everywhere, far from their thresholds (so finite
+/// differences never flip one), through every comparison and logical operator; it selects
+/// between two branches of the first conv, both of which reach the parameters. A mask that is
+/// all false (the dynamo exporter's `softplus` threshold) passes everything to its second branch.
+fn case_masks_and_where() -> Case {
+    chain(46, |n, x| {
+        let mean = n.op("ReduceMean", &["x"], vec![attr::ints("axes", &[1]), attr::int("keepdims", 1)]);
+        let c = |n: &mut Net, v: f32| n.constant(&[], &[v]);
+        let (zero, far, low) = (c(n, 0.0), c(n, 100.0), c(n, -100.0));
+        let pattern: Vec<f32> = (0..36).map(|i| if (i * 7) % 5 < 2 { 1.0 } else { -1.0 }).collect();
+        let pattern = n.constant(&[1, 6, 6], &pattern);
+        let fixed = n.op("Greater", &[&pattern, &zero], vec![]);
+        let lt = n.op("Less", &[&mean, &far], vec![]); // true
+        let le = n.op("LessOrEqual", &[&mean, &far], vec![]); // true
+        let gt = n.op("Greater", &[&mean, &far], vec![]); // false
+        let ge = n.op("GreaterOrEqual", &[&mean, &low], vec![]); // true
+        let eq = n.op("Equal", &[&mean, &far], vec![]); // false
+        let m = n.op("And", &[&fixed, &lt], vec![]);
+        let m = n.op("And", &[&m, &le], vec![]);
+        let m = n.op("And", &[&m, &ge], vec![]);
+        let none = n.op("Or", &[&gt, &eq], vec![]);
+        let m = n.op("Or", &[&m, &none], vec![]);
+        let not_none = n.op("Not", &[&none], vec![]);
+        let m = n.op("And", &[&m, &not_none], vec![]);
+        let a = n.op("Tanh", &[x], vec![]);
+        let b = n.op("Sigmoid", &[x], vec![]);
+        let w = n.op("Where", &[&m, &a, &b], vec![]);
+        let c = n.conv(&w, 3, 3, 1, true, vec![]);
+        let t = n.constant(&[], &[20.0]);
+        let big = n.op("Greater", &[&c, &t], vec![]);
+        let sp = n.op("Softplus", &[&c], vec![]);
+        (n.op("Where", &[&big, &c, &sp], vec![]), 3 * 36)
+    })
+}
+
+#[test]
+fn masks_and_where() {
+    check(case_masks_and_where());
+}
+
 /// A vision-transformer block in miniature: the conv map to tokens by a Reshape whose target
 /// comes from a Shape subgraph (folded at compile time), a class token expanded to the batch
 /// and concatenated, a position embedding, one qkv MatMul split three ways, softmax(q k^T) v,
@@ -965,6 +1059,9 @@ const FD_CASES: &[(&str, MakeCase)] = &[
     ("layernorm_erf_decomposed_norm_tanh", case_layernorm_erf_decomposed_norm_tanh),
     ("gelu_both_forms_and_pow", case_gelu_both_forms_and_pow),
     ("attention_with_shape_subgraphs", case_attention_with_shape_subgraphs),
+    ("smooth_units_and_unary_arithmetic", case_smooth_units_and_unary_arithmetic),
+    ("prelu_slopes", case_prelu_slopes),
+    ("masks_and_where", case_masks_and_where),
 ];
 
 /// Adding a rule to the compiler without a finite-difference case using its operator (or a

@@ -2,7 +2,9 @@
 //! `HardSigmoid`, `HardSwish`, `Tanh`, `Sqrt`, `Pow` by a constant exponent) and GELU in every
 //! exported form: the opset-20 `Gelu` (exact or tanh), and its decompositions `x * 0.5 * (1 +
 //! Erf(x / sqrt 2))` and `0.5 x (1 + Tanh(sqrt(2/pi) (x + 0.044715 x^3)))` through `Erf`, `Tanh`
-//! and `Pow`.
+//! and `Pow`; the smooth units of other model families (`Elu`, `Selu`, `Celu`, `Softplus`,
+//! `Softsign`, `Mish` and its opset-17 decomposition `x * Tanh(Softplus(x))`) and the unary
+//! arithmetic of hand-written layers (`Exp`, `Log`, `Neg`, `Abs`, `Reciprocal`).
 
 use super::{same_shape, single, Grads, Params, Rule};
 use crate::grad::{node_err, Ctx, GradError};
@@ -21,6 +23,17 @@ pub(super) const RULES: &[Rule] = &[
     Rule { op: "Tanh", params: Params::None, shape: same_shape, backward: tanh },
     Rule { op: "Pow", params: Params::None, shape: pow_shape, backward: pow },
     Rule { op: "Sqrt", params: Params::None, shape: same_shape, backward: sqrt },
+    Rule { op: "Elu", params: Params::None, shape: same_shape, backward: elu },
+    Rule { op: "Selu", params: Params::None, shape: same_shape, backward: selu },
+    Rule { op: "Celu", params: Params::None, shape: same_shape, backward: celu },
+    Rule { op: "Softplus", params: Params::None, shape: same_shape, backward: softplus },
+    Rule { op: "Softsign", params: Params::None, shape: same_shape, backward: softsign },
+    Rule { op: "Mish", params: Params::None, shape: same_shape, backward: mish },
+    Rule { op: "Exp", params: Params::None, shape: same_shape, backward: exp },
+    Rule { op: "Log", params: Params::None, shape: same_shape, backward: log },
+    Rule { op: "Neg", params: Params::None, shape: same_shape, backward: neg },
+    Rule { op: "Abs", params: Params::None, shape: same_shape, backward: abs },
+    Rule { op: "Reciprocal", params: Params::None, shape: same_shape, backward: reciprocal },
 ];
 
 fn relu(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
@@ -214,4 +227,105 @@ fn pow(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
 fn sqrt(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
     let y2 = ctx.b.scale(&n.output[0], 2.0);
     Ok(single(n, ctx.b.op("Div", &[dy, &y2], vec![])))
+}
+
+/// `dy` where `x > 0`, `dy * neg` elsewhere (the negative branch of the ELU family, whose
+/// derivative there is read from the output).
+fn by_sign(n: &NodeProto, dy: &str, neg: &str, ctx: &mut Ctx) -> Grads {
+    let zero = ctx.b.scalar(0.0);
+    let m = ctx.b.op("Greater", &[&n.input[0], &zero], vec![]);
+    let g = ctx.b.mul(dy, neg);
+    single(n, ctx.b.op("Where", &[&m, dy, &g], vec![]))
+}
+
+/// `y = alpha (e^x - 1)` for `x <= 0`: `dy/dx = y + alpha` there, 1 above.
+fn elu(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let alpha = Attrs::of(n).float("alpha", 1.0)?;
+    let a = ctx.b.scalar(alpha);
+    let d = ctx.b.add(&n.output[0], &a);
+    Ok(by_sign(n, dy, &d, ctx))
+}
+
+/// `y = gamma x` above 0, `gamma alpha (e^x - 1)` below: `dy/dx = gamma` and `y + gamma alpha`.
+fn selu(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let a = Attrs::of(n);
+    let alpha = a.float("alpha", 1.673_263_2)?;
+    let gamma = a.float("gamma", 1.050_701)?;
+    let ga = ctx.b.scalar(gamma * alpha);
+    let d = ctx.b.add(&n.output[0], &ga);
+    let zero = ctx.b.scalar(0.0);
+    let m = ctx.b.op("Greater", &[&n.input[0], &zero], vec![]);
+    let pos = ctx.b.scale(dy, gamma);
+    let neg = ctx.b.mul(dy, &d);
+    Ok(single(n, ctx.b.op("Where", &[&m, &pos, &neg], vec![])))
+}
+
+/// `y = alpha (e^(x/alpha) - 1)` for `x <= 0`: `dy/dx = e^(x/alpha) = y / alpha + 1` there.
+fn celu(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let alpha = Attrs::of(n).float("alpha", 1.0)?;
+    if alpha == 0.0 {
+        return Err(node_err(n, "Celu with alpha = 0"));
+    }
+    let one = ctx.b.scalar(1.0);
+    let r = ctx.b.scale(&n.output[0], 1.0 / alpha);
+    let d = ctx.b.add(&r, &one);
+    Ok(by_sign(n, dy, &d, ctx))
+}
+
+/// `dy/dx = sigmoid(x)`.
+fn softplus(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let s = ctx.b.op("Sigmoid", &[&n.input[0]], vec![]);
+    Ok(single(n, ctx.b.mul(dy, &s)))
+}
+
+/// `y = x / (1 + |x|)`: `dy/dx = 1 / (1 + |x|)^2`.
+fn softsign(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let one = ctx.b.scalar(1.0);
+    let a = ctx.b.op("Abs", &[&n.input[0]], vec![]);
+    let d = ctx.b.add(&a, &one);
+    let d2 = ctx.b.mul(&d, &d);
+    Ok(single(n, ctx.b.op("Div", &[dy, &d2], vec![])))
+}
+
+/// `y = x tanh(softplus(x))`: `dy/dx = t + x sigmoid(x) (1 - t^2)`, `t = tanh(softplus(x))`.
+fn mish(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let x = n.input[0].clone();
+    let sp = ctx.b.op("Softplus", &[&x], vec![]);
+    let t = ctx.b.op("Tanh", &[&sp], vec![]);
+    let s = ctx.b.op("Sigmoid", &[&x], vec![]);
+    let one = ctx.b.scalar(1.0);
+    let t2 = ctx.b.mul(&t, &t);
+    let sech2 = ctx.b.sub(&one, &t2);
+    let xs = ctx.b.mul(&x, &s);
+    let r = ctx.b.mul(&xs, &sech2);
+    let d = ctx.b.add(&t, &r);
+    Ok(single(n, ctx.b.mul(dy, &d)))
+}
+
+/// `dy/dx = e^x`, the output.
+fn exp(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    Ok(single(n, ctx.b.mul(dy, &n.output[0])))
+}
+
+/// `dy/dx = 1 / x`.
+fn log(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    Ok(single(n, ctx.b.op("Div", &[dy, &n.input[0]], vec![])))
+}
+
+fn neg(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    Ok(single(n, ctx.b.op("Neg", &[dy], vec![])))
+}
+
+/// `dy/dx = sign(x)` (0 at 0, as in PyTorch).
+fn abs(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let s = ctx.b.op("Sign", &[&n.input[0]], vec![]);
+    Ok(single(n, ctx.b.mul(dy, &s)))
+}
+
+/// `y = 1 / x`: `dy/dx = -y^2`.
+fn reciprocal(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let y = n.output[0].clone();
+    let y2 = ctx.b.mul(&y, &y);
+    let g = ctx.b.mul(dy, &y2);
+    Ok(single(n, ctx.b.op("Neg", &[&g], vec![])))
 }

@@ -17,7 +17,7 @@
 //! last axis for channels-last tensors), as many as the activation, and size 1 on every other
 //! axis. Scalars (a `Mul` by 1/255) and full-size constants never count.
 
-use super::{Grads, Params, Rule, Scope};
+use super::{same_shape, single, Grads, Params, Rule, Scope};
 use crate::grad::{node_err, Ctx, GradError, ParamKind};
 use crate::onnx::NodeProto;
 
@@ -27,6 +27,7 @@ pub(super) const RULES: &[Rule] = &[
     Rule { op: "Sub", params: Params::None, shape: broadcast, backward: elementwise },
     Rule { op: "Mul", params: Params::Discover(mul_params), shape: broadcast, backward: elementwise },
     Rule { op: "Div", params: Params::None, shape: div_shape, backward: elementwise },
+    Rule { op: "PRelu", params: Params::Inputs(&[(1, ParamKind::Weight)]), shape: same_shape, backward: prelu },
 ];
 
 /// The activation operand and the position of the constant one, when `n` has one of each.
@@ -126,14 +127,19 @@ fn div_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
 
 /// Per-sample shape of a broadcasting binary operator.
 fn broadcast(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
-    // The backward reads both operands (found by fuzzing: a one-input Mul panicked there).
-    if n.input.len() != 2 {
-        return Err(node_err(n, format!("has {} inputs; the operator takes 2", n.input.len())));
+    broadcast_of(n, ctx, 2)
+}
+
+/// Per-sample shape of a broadcasting operator of `arity` operands.
+pub(super) fn broadcast_of(n: &NodeProto, ctx: &Ctx, arity: usize) -> Result<Vec<usize>, GradError> {
+    // The backward reads every operand (found by fuzzing: a one-input Mul panicked there).
+    if n.input.len() != arity {
+        return Err(node_err(n, format!("has {} inputs; the operator takes {arity}", n.input.len())));
     }
     // Full shapes with the batch as 0 (a placeholder that broadcasts with nothing but itself).
     let mut full: Vec<Vec<usize>> = Vec::new();
     let mut act_rank = 0;
-    for name in n.input.iter().take(2) {
+    for name in &n.input {
         if let Some(s) = ctx.shapes.get(name) {
             let mut f = vec![0];
             f.extend(s);
@@ -168,7 +174,13 @@ fn broadcast(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
 }
 
 /// Sums `g` (shaped like the node output, per sample `out`) down to an input of per-sample shape `inp`.
-fn unbroadcast(n: &NodeProto, ctx: &mut Ctx, g: &str, out: &[usize], inp: &[usize]) -> Result<String, GradError> {
+pub(super) fn unbroadcast(
+    n: &NodeProto,
+    ctx: &mut Ctx,
+    g: &str,
+    out: &[usize],
+    inp: &[usize],
+) -> Result<String, GradError> {
     if out == inp {
         return Ok(g.to_string());
     }
@@ -231,4 +243,27 @@ fn elementwise(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradErro
         }
     }
     Ok(grads)
+}
+
+/// `PRelu(x, slope)`: `x` above 0, `slope * x` below, the slope learned (per channel, or one
+/// value). `dx = dy` or `dy * slope`; the slope's gradient is `dy * x` where `x < 0`, summed
+/// over the axes it is broadcast along.
+fn prelu(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let (x, slope) = (n.input[0].clone(), n.input.get(1).cloned().unwrap_or_default());
+    if ctx.is_act(&slope) {
+        return Err(node_err(n, "PRelu with a computed slope is not supported (the slope must be a constant)"));
+    }
+    let zero = ctx.b.scalar(0.0);
+    let pos = ctx.b.op("Greater", &[&x, &zero], vec![]);
+    if ctx.is_param(&slope) {
+        let dyx = ctx.b.mul(dy, &x);
+        let local = ctx.b.op("Where", &[&pos, &zero, &dyx], vec![]);
+        let out = ctx.shape(n, &x)?;
+        param_norm(n, ctx, &local, &out, &slope)?;
+    }
+    if !ctx.wants_grad(&x) {
+        return Ok(Vec::new());
+    }
+    let neg = ctx.b.mul(dy, &slope);
+    Ok(single(n, ctx.b.op("Where", &[&pos, dy, &neg], vec![])))
 }

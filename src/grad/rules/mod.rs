@@ -43,6 +43,7 @@ mod layernorm;
 mod linear;
 mod norm;
 mod pool;
+mod select;
 mod shape;
 mod window;
 
@@ -93,6 +94,7 @@ const FAMILIES: &[&[Rule]] = &[
     layernorm::RULES,
     activation::RULES,
     arith::RULES,
+    select::RULES,
     pool::RULES,
     shape::RULES,
     linear::RULES,
