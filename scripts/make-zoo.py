@@ -408,6 +408,27 @@ class SmoothCnn(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class NormsCnn(nn.Module):
+    """Normalisations other than BatchNorm, as both exporters write them: InstanceNorm2d with a
+    learned affine (InstanceNormalization), GroupNorm with 4 groups and with one group
+    (PoolFormer's norm; a Reshape, an InstanceNormalization with constant unit scale, a Reshape
+    back, then the learned Mul and Add); pooled by a maximum and a sum (ReduceMax, ReduceSum)."""
+
+    def __init__(self):
+        super().__init__()
+        # No bias before InstanceNorm: its gradient is exactly 0 (the mean removes it).
+        self.c1, self.n1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.InstanceNorm2d(16, affine=True)
+        self.c2, self.n2 = nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.GroupNorm(4, 16)
+        self.c3, self.n3 = nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.GroupNorm(1, 24)
+        self.fc = nn.Linear(24, CLASSES)
+
+    def forward(self, x):
+        x = F.relu(self.n1(self.c1(x)))
+        x = F.silu(self.n2(self.c2(x)))
+        x = F.gelu(self.n3(self.c3(x)))
+        return self.fc(torch.amax(x, (2, 3)) + 0.05 * x.sum((2, 3)))
+
+
 class SoftmaxHead(nn.Module):
     """A Keras-style classifier: its output is the softmax probabilities (the graph's last node
     is a Softmax named like the output) and it flattens with `x.view(x.size(0), -1)`. The
@@ -452,6 +473,7 @@ ARCHS = {
     "nhwc": NhwcNet,
     "softmax_head": SoftmaxHead,
     "smooth_cnn": SmoothCnn,
+    "norms_cnn": NormsCnn,
 }
 
 # The forms every architecture is exported in, and the extra forms of an old or fixed-shape

@@ -168,7 +168,7 @@ fn run_zoo(a: &BenchArgs, dir: &std::path::Path, opts: &RuntimeOptions) -> Resul
                 }
             };
             let model = onnx::load(&path)?;
-            let mut fwd = ModelSession::new(&onnx::encode(&model), opts)?;
+            let mut fwd = ModelSession::new(&onnx::encode(&batch_dynamic(&model)?), opts)?;
             let mut g = ModelSession::new(&onnx::encode(&check.compiled.model), opts)?;
             let mut shape = vec![batch];
             shape.extend(&check.compiled.input_shape);
@@ -224,6 +224,12 @@ fn parse_graph(spec: &str) -> Result<(String, CompileOptions)> {
     Ok((label.to_string(), CompileOptions { params, stages, act_stats: act, ..Default::default() }))
 }
 
+/// The model as the compiled graph sees it: a fixed batch made symbolic, so that the forward
+/// pass runs at the benchmark's batch like the gradient graph.
+fn batch_dynamic(model: &onnx::ModelProto) -> Result<onnx::ModelProto> {
+    Ok(grad::dynamic_batch(model)?.unwrap_or_else(|| model.clone()))
+}
+
 /// Runs `gradwatch bench` and prints a markdown table: per batch size, the forward pass and
 /// every graph (each preset, then each `--graph`), timed in alternating rounds.
 pub fn run(a: BenchArgs) -> Result<i32> {
@@ -249,7 +255,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     if specs.is_empty() {
         anyhow::bail!("nothing to time: give --preset and/or --graph");
     }
-    let mut fwd = ModelSession::new(&onnx::encode(&model), &opts)?;
+    let mut fwd = ModelSession::new(&onnx::encode(&batch_dynamic(&model)?), &opts)?;
     let mut graphs = Vec::new();
     let mut input = None;
     for (label, o) in specs {

@@ -176,12 +176,16 @@ impl SetupModel {
         vec![
             format!("model {} (sha256 {}):", path.display(), m.info.sha256.get(..12).unwrap_or(&m.info.sha256)),
             format!(
-                "  input '{}' {}: {} {}x{}",
+                "  input '{}' {}: {} {}x{}{}",
                 ins.input,
                 show_dims(&ins.dims),
                 pre.layout.name(),
                 pre.width,
-                pre.height
+                pre.height,
+                match ins.dims.first() {
+                    Some(Some(b)) => format!(" (batch fixed at {b} in the file: run with any batch)"),
+                    _ => String::new(),
+                }
             ),
             format!("  output '{}': {} classes", ins.output, m.compiled.num_classes),
             format!("  operators: {}", ops.join(", ")),

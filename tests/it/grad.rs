@@ -983,6 +983,54 @@ fn masks_and_where() {
     check(case_masks_and_where());
 }
 
+/// InstanceNormalization with a learned scale and shift (parameters), and GroupNorm as both
+/// PyTorch exporters write it (one group here, PoolFormer's norm): a Reshape to `[N, 1, -1]`,
+/// an InstanceNormalization with unit scale and zero shift (constants, not features), a
+/// Reshape back and the learned per-channel Mul and Add.
+fn case_instance_and_group_norm() -> Case {
+    chain(47, |n, x| {
+        let scale = n.param(&[3], 0.5);
+        let shift = n.param(&[3], 0.5);
+        let a = n.op("InstanceNormalization", &[x, &scale, &shift], vec![attr::float("epsilon", 1e-3)]);
+        let a = n.op("Tanh", &[&a], vec![]);
+        let w = n.conv(&a, 3, 3, 1, true, vec![]);
+        let groups = n.ints(&[0, 1, -1]);
+        let r = n.op("Reshape", &[&w, &groups], vec![]);
+        let (ones, zeros) = (n.constant(&[1], &[1.0]), n.constant(&[1], &[0.0]));
+        let i = n.op("InstanceNormalization", &[&r, &ones, &zeros], vec![]);
+        let back = n.ints(&[0, 3, 6, 6]);
+        let g = n.op("Reshape", &[&i, &back], vec![]);
+        let gamma = n.param(&[3, 1, 1], 0.5);
+        let beta = n.param(&[3, 1, 1], 0.5);
+        let m = n.op("Mul", &[&g, &gamma], vec![]);
+        (n.op("Add", &[&m, &beta], vec![]), 3 * 36)
+    })
+}
+
+#[test]
+fn instance_and_group_norm() {
+    check(case_instance_and_group_norm());
+}
+
+/// ReduceSum (axes as an input), ReduceMax (axes as an attribute, opset 17) and GlobalMaxPool
+/// on activations, each broadcast back onto the map so that every input position matters.
+fn case_sum_and_max_reductions() -> Case {
+    chain(48, |n, x| {
+        let axes = n.ints(&[3]);
+        let s = n.op("ReduceSum", &[x, &axes], vec![attr::int("keepdims", 1)]);
+        let t = n.op("Mul", &[x, &s], vec![]);
+        let m = n.op("ReduceMax", &[&t], vec![attr::ints("axes", &[2]), attr::int("keepdims", 1)]);
+        let g = n.op("GlobalMaxPool", &[&t], vec![]);
+        let u = n.op("Add", &[&t, &m], vec![]);
+        (n.op("Add", &[&u, &g], vec![]), 3 * 36)
+    })
+}
+
+#[test]
+fn sum_and_max_reductions() {
+    check(case_sum_and_max_reductions());
+}
+
 /// A vision-transformer block in miniature: the conv map to tokens by a Reshape whose target
 /// comes from a Shape subgraph (folded at compile time), a class token expanded to the batch
 /// and concatenated, a position embedding, one qkv MatMul split three ways, softmax(q k^T) v,
@@ -1062,6 +1110,8 @@ const FD_CASES: &[(&str, MakeCase)] = &[
     ("smooth_units_and_unary_arithmetic", case_smooth_units_and_unary_arithmetic),
     ("prelu_slopes", case_prelu_slopes),
     ("masks_and_where", case_masks_and_where),
+    ("instance_and_group_norm", case_instance_and_group_norm),
+    ("sum_and_max_reductions", case_sum_and_max_reductions),
 ];
 
 /// Adding a rule to the compiler without a finite-difference case using its operator (or a

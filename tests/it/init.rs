@@ -133,7 +133,8 @@ fn a_gray_fixed_batch_softmax_model_needs_no_flags() {
     let (code, _, err) =
         Daemon::run(&[&args[..], &["--rows", INIT_ROWS, "--threads", "1", "--corruptions", "legacy"]].concat());
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("input 'image' [1,1,32,32]: NCHW 32x32") && err.contains("NCHW 32x32 GRAY"), "{err}");
+    assert!(err.contains("input 'image' [1,1,32,32]: NCHW 32x32 (batch fixed at 1"), "{err}");
+    assert!(err.contains("NCHW 32x32 GRAY"), "{err}");
     let acc: f64 = err
         .split("accuracy ")
         .nth(1)

@@ -1,21 +1,61 @@
 //! `LayerNormalization` over any trailing axes (`axis` onwards, never the batch): scale and
-//! shift are parameters ([`ParamKind::LnScale`], [`ParamKind::LnShift`]).
+//! shift are parameters ([`ParamKind::LnScale`], [`ParamKind::LnShift`]). And
+//! `InstanceNormalization` (over the spatial axes, per channel), which is also how both PyTorch
+//! exporters write `GroupNorm` (a reshape to `[N, groups, -1]`, an InstanceNormalization with
+//! unit scale and zero shift, then the learned per-channel Mul and Add): its scale and shift
+//! count as the same kinds unless they are those constant ones and zeros.
 //!
 //! With `xhat = (x - mean) / sqrt(var + eps)` over the normalised axes (`D` values) and
 //! `g = dy * scale`: `dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps)`; per sample,
 //! `dScale = sum(dy * xhat)` and `dShift = sum(dy)` over the axes before `axis`.
 
-use super::{act_input, norm_axis, Grads, Params, Rule};
+use super::{act_input, norm_axis, Grads, Params, Rule, Scope};
 use crate::grad::{node_err, Ctx, GradError, ParamKind};
 use crate::onnx::{Attrs, NodeProto};
 
-/// The layer-normalisation rules.
-pub(super) const RULES: &[Rule] = &[Rule {
-    op: "LayerNormalization",
-    params: Params::Inputs(&[(1, ParamKind::LnScale), (2, ParamKind::LnShift)]),
-    shape: ln_shape,
-    backward: ln_backward,
-}];
+/// The normalisation-over-axes rules.
+pub(super) const RULES: &[Rule] = &[
+    Rule {
+        op: "LayerNormalization",
+        params: Params::Inputs(&[(1, ParamKind::LnScale), (2, ParamKind::LnShift)]),
+        shape: ln_shape,
+        backward: ln_backward,
+    },
+    Rule {
+        op: "InstanceNormalization",
+        params: Params::Discover(instance_params),
+        shape: instance_shape,
+        backward: instance_backward,
+    },
+];
+
+/// `xhat = (x - mean) / sqrt(var + eps)` over `axes`, and `1 / sqrt(var + eps)`.
+fn standardise(ctx: &mut Ctx, x: &str, axes: &[i64], eps: f32) -> (String, String) {
+    let b = &mut ctx.b;
+    let mu = b.reduce("ReduceMean", x, axes, true);
+    let xc = b.sub(x, &mu);
+    let sq = b.mul(&xc, &xc);
+    let var = b.reduce("ReduceMean", &sq, axes, true);
+    let e = b.scalar(eps);
+    let ve = b.add(&var, &e);
+    let sd = b.op("Sqrt", &[&ve], vec![]);
+    let rstd = b.op("Reciprocal", &[&sd], vec![]);
+    let xhat = b.mul(&xc, &rstd);
+    (xhat, rstd)
+}
+
+/// The input gradient of a standardisation over `axes` given `g = dy * scale`:
+/// `(g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps)`.
+fn standardised_input_grad(ctx: &mut Ctx, g: &str, xhat: &str, rstd: &str, axes: &[i64]) -> String {
+    let b = &mut ctx.b;
+    let mg = b.reduce("ReduceMean", g, axes, true);
+    let gx = b.mul(g, xhat);
+    let mgx = b.reduce("ReduceMean", &gx, axes, true);
+    let t = b.mul(xhat, &mgx);
+    let c = b.sub(g, &mg);
+    let c = b.sub(&c, &t);
+    b.mul(&c, rstd)
+}
 
 /// The first normalised axis (of the full shape, batch first).
 fn ln_axis(n: &NodeProto, ctx: &Ctx) -> Result<usize, GradError> {
@@ -56,16 +96,7 @@ fn ln_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradErro
     let eps = Attrs::of(n).float("epsilon", 1e-5)?;
     let norm_axes: Vec<i64> = (ax as i64..rank as i64).collect();
     let outer: Vec<i64> = (1..ax as i64).collect();
-    let b = &mut ctx.b;
-    let mu = b.reduce("ReduceMean", &x, &norm_axes, true);
-    let xc = b.sub(&x, &mu);
-    let sq = b.mul(&xc, &xc);
-    let var = b.reduce("ReduceMean", &sq, &norm_axes, true);
-    let e = b.scalar(eps);
-    let ve = b.add(&var, &e);
-    let sd = b.op("Sqrt", &[&ve], vec![]);
-    let rstd = b.op("Reciprocal", &[&sd], vec![]);
-    let xhat = b.mul(&xc, &rstd);
+    let (xhat, rstd) = standardise(ctx, &x, &norm_axes, eps);
 
     let scale = n.input[1].clone();
     let shift = n.input.get(2).filter(|s| !s.is_empty()).cloned();
@@ -90,13 +121,76 @@ fn ln_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradErro
     if !ctx.wants_grad(&x) {
         return Ok(vec![]);
     }
-    let b = &mut ctx.b;
-    let g = b.mul(dy, &scale);
-    let mg = b.reduce("ReduceMean", &g, &norm_axes, true);
-    let gx = b.mul(&g, &xhat);
-    let mgx = b.reduce("ReduceMean", &gx, &norm_axes, true);
-    let t = b.mul(&xhat, &mgx);
-    let c = b.sub(&g, &mg);
-    let c = b.sub(&c, &t);
-    Ok(vec![(x, b.mul(&c, &rstd))])
+    let g = ctx.b.mul(dy, &scale);
+    let dx = standardised_input_grad(ctx, &g, &xhat, &rstd, &norm_axes);
+    Ok(vec![(x, dx)])
+}
+
+/// InstanceNormalization's scale and shift, unless they are all ones and all zeros (the
+/// constants of an exported GroupNorm, whose learned affine follows as Mul and Add).
+fn instance_params(n: &NodeProto, s: &Scope) -> Vec<(usize, ParamKind)> {
+    let all = |i: usize, v: f32| {
+        n.input
+            .get(i)
+            .and_then(|name| s.ctx.consts.get(name))
+            .and_then(|t| crate::onnx::tensor_f32(t).ok())
+            .is_some_and(|a| a.iter().all(|&x| x == v))
+    };
+    let mut p = Vec::new();
+    if !all(1, 1.0) {
+        p.push((1, ParamKind::LnScale));
+    }
+    if !all(2, 0.0) {
+        p.push((2, ParamKind::LnShift));
+    }
+    p
+}
+
+fn instance_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
+    let x = ctx.shape(n, act_input(n, ctx, 0)?)?;
+    if x.len() < 2 {
+        return Err(node_err(n, "InstanceNormalization needs [N, C, spatial...]"));
+    }
+    for i in 1..3 {
+        let name = n.input.get(i).map(String::as_str).unwrap_or("");
+        if ctx.is_act(name) {
+            return Err(node_err(n, "InstanceNormalization's scale and bias must be constants"));
+        }
+        if ctx.const_dims(n, name)? != [x[0]] {
+            return Err(node_err(n, format!("InstanceNormalization's scale and bias must be [{}]", x[0])));
+        }
+    }
+    Ok(x)
+}
+
+/// As LayerNormalization over the spatial axes, with a per-channel scale and shift:
+/// per sample `dScale[c] = sum(dy * xhat)` and `dShift[c] = sum(dy)` over the spatial axes.
+fn instance_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let x = n.input[0].clone();
+    let xs = ctx.shape(n, &x)?;
+    let rank = xs.len() + 1;
+    let eps = Attrs::of(n).float("epsilon", 1e-5)?;
+    let axes: Vec<i64> = (2..rank as i64).collect();
+    let (xhat, rstd) = standardise(ctx, &x, &axes, eps);
+    let (scale, shift) = (n.input[1].clone(), n.input[2].clone());
+    if ctx.is_param(&scale) {
+        let p = ctx.b.mul(dy, &xhat);
+        let s = ctx.b.reduce("ReduceSum", &p, &axes, false);
+        let norm = ctx.b.sample_sq_norm(&s, 2);
+        ctx.add_norm(n, &scale, norm)?;
+    }
+    if ctx.is_param(&shift) {
+        let s = ctx.b.reduce("ReduceSum", dy, &axes, false);
+        let norm = ctx.b.sample_sq_norm(&s, 2);
+        ctx.add_norm(n, &shift, norm)?;
+    }
+    if !ctx.wants_grad(&x) {
+        return Ok(vec![]);
+    }
+    let mut per_channel = vec![xs[0] as i64];
+    per_channel.extend(std::iter::repeat_n(1, rank - 2));
+    let sc = ctx.b.reshape_to(&scale, &per_channel);
+    let g = ctx.b.mul(dy, &sc);
+    let dx = standardised_input_grad(ctx, &g, &xhat, &rstd, &axes);
+    Ok(vec![(x, dx)])
 }

@@ -1,4 +1,7 @@
-//! Pooling and reductions: `MaxPool`, `AveragePool`, `GlobalAveragePool`, `ReduceMean`.
+//! Pooling and reductions: `MaxPool`, `AveragePool`, `GlobalAveragePool`, `GlobalMaxPool`,
+//! `ReduceMean`, `ReduceSum`, `ReduceMax`. The global and reduced maxima pass the gradient to the
+//! maximum, split evenly among ties (as `torch.amax` and TensorFlow's `reduce_max`, which
+//! Keras's `GlobalMaxPooling2D` exports to).
 
 use super::window::{col2im, conv_attrs, crop_spatial, geom, one_hot_kernel, Geom};
 use super::{act_input, norm_axis, single, Grads, Params, Rule};
@@ -16,6 +19,9 @@ pub(super) const RULES: &[Rule] = &[
         backward: global_average_pool,
     },
     Rule { op: "ReduceMean", params: Params::None, shape: reduce_mean_shape, backward: reduce_mean },
+    Rule { op: "ReduceSum", params: Params::None, shape: reduce_mean_shape, backward: reduce_sum },
+    Rule { op: "ReduceMax", params: Params::None, shape: reduce_mean_shape, backward: reduce_max },
+    Rule { op: "GlobalMaxPool", params: Params::None, shape: global_average_pool_shape, backward: global_max_pool },
 ];
 
 /// Geometry and channels of a 2-D pooling node.
@@ -169,15 +175,58 @@ fn global_average_pool(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, 
 }
 
 fn reduce_mean(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
-    let x = n.input[0].clone();
-    let xs = ctx.shape(n, &x)?;
+    spread(n, dy, ctx, true)
+}
+
+fn reduce_sum(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    spread(n, dy, ctx, false)
+}
+
+/// A reduction's axes, its input's per-sample shape and that shape with the reduced axes kept
+/// (size 1).
+type Reduced = (Vec<usize>, Vec<usize>, Vec<usize>);
+
+fn reduced(n: &NodeProto, ctx: &Ctx) -> Result<Reduced, GradError> {
+    let xs = ctx.shape(n, &n.input[0])?;
     let axes = reduce_axes(n, ctx, xs.len() + 1)?;
     let kept: Vec<usize> = xs.iter().enumerate().map(|(i, &d)| if axes.contains(&(i + 1)) { 1 } else { d }).collect();
-    let count: usize = axes.iter().map(|&a| xs[a - 1]).product();
+    Ok((axes, xs, kept))
+}
+
+/// `dy` spread back over the reduced axes: each input gets it (a sum), or a share (a mean).
+fn spread(n: &NodeProto, dy: &str, ctx: &mut Ctx, mean: bool) -> Result<Grads, GradError> {
+    let (axes, xs, kept) = reduced(n, ctx)?;
     let dyk = ctx.b.reshape_batch(dy, &kept);
+    let count: usize = axes.iter().map(|&a| xs[a - 1]).product();
     let mut dims = vec![1];
     dims.extend(xs.iter().enumerate().map(|(i, &d)| if axes.contains(&(i + 1)) { d } else { 1 }));
     let numel: usize = dims.iter().product();
-    let c = ctx.b.const_f32("mean_spread", &dims, &vec![1.0 / count.max(1) as f32; numel]);
+    let v = if mean { 1.0 / count.max(1) as f32 } else { 1.0 };
+    let c = ctx.b.const_f32("mean_spread", &dims, &vec![v; numel]);
     Ok(single(n, ctx.b.mul(&dyk, &c)))
+}
+
+/// `dy` to where `x` equals the maximum `y` (kept axes, broadcast), split among ties.
+fn to_maxima(n: &NodeProto, ctx: &mut Ctx, dyk: &str, y: &str, axes: &[i64]) -> Grads {
+    let x = n.input[0].clone();
+    let eq = ctx.b.op("Equal", &[&x, y], vec![]);
+    let mask = ctx.b.op("Cast", &[&eq], vec![attr::int("to", crate::onnx::data_type::FLOAT as i64)]);
+    let ties = ctx.b.reduce("ReduceSum", &mask, axes, true);
+    let share = ctx.b.op("Div", &[dyk, &ties], vec![]);
+    single(n, ctx.b.mul(&mask, &share))
+}
+
+fn reduce_max(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let (axes, _, kept) = reduced(n, ctx)?;
+    let dyk = ctx.b.reshape_batch(dy, &kept);
+    let y = ctx.b.reshape_batch(&n.output[0], &kept);
+    let axes: Vec<i64> = axes.iter().map(|&a| a as i64).collect();
+    Ok(to_maxima(n, ctx, &dyk, &y, &axes))
+}
+
+fn global_max_pool(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let xs = ctx.shape(n, &n.input[0])?;
+    let axes: Vec<i64> = (2..xs.len() as i64 + 1).collect();
+    let y = n.output[0].clone();
+    Ok(to_maxima(n, ctx, dy, &y, &axes))
 }
