@@ -1031,6 +1031,29 @@ fn sum_and_max_reductions() {
     check(case_sum_and_max_reductions());
 }
 
+/// Elementwise Max and Min of two activations, each winning at half the positions (a constant
+/// offset of +-5 keeps every position's winner fixed under finite differences), and a variadic
+/// Sum of activations and a constant.
+fn case_max_min_and_sum() -> Case {
+    chain(49, |n, x| {
+        let offsets: Vec<f32> = (0..36).map(|i| if (i * 5) % 7 < 3 { 5.0 } else { -5.0 }).collect();
+        let off = n.constant(&[1, 6, 6], &offsets);
+        // Sub: an added learned-looking constant would count as a parameter (an embedding).
+        let a = n.op("Sub", &[x, &off], vec![]);
+        let t = n.op("Tanh", &[x], vec![]);
+        let hi = n.op("Max", &[&a, &t], vec![]);
+        let lo = n.op("Min", &[&a, &t], vec![]);
+        let w = n.conv(&lo, 3, 3, 1, true, vec![]);
+        let c = n.constant(&[3, 1, 1], &[0.1, 0.2, 0.3]);
+        (n.op("Sum", &[&hi, &w, &c], vec![]), 3 * 36)
+    })
+}
+
+#[test]
+fn max_min_and_sum() {
+    check(case_max_min_and_sum());
+}
+
 /// A vision-transformer block in miniature: the conv map to tokens by a Reshape whose target
 /// comes from a Shape subgraph (folded at compile time), a class token expanded to the batch
 /// and concatenated, a position embedding, one qkv MatMul split three ways, softmax(q k^T) v,
@@ -1112,6 +1135,7 @@ const FD_CASES: &[(&str, MakeCase)] = &[
     ("masks_and_where", case_masks_and_where),
     ("instance_and_group_norm", case_instance_and_group_norm),
     ("sum_and_max_reductions", case_sum_and_max_reductions),
+    ("max_min_and_sum", case_max_min_and_sum),
 ];
 
 /// Adding a rule to the compiler without a finite-difference case using its operator (or a

@@ -28,6 +28,7 @@ pub(super) const RULES: &[Rule] = &[
     Rule { op: "Mul", params: Params::Discover(mul_params), shape: broadcast, backward: elementwise },
     Rule { op: "Div", params: Params::None, shape: div_shape, backward: elementwise },
     Rule { op: "PRelu", params: Params::Inputs(&[(1, ParamKind::Weight)]), shape: same_shape, backward: prelu },
+    Rule { op: "Sum", params: Params::None, shape: sum_shape, backward: sum },
 ];
 
 /// The activation operand and the position of the constant one, when `n` has one of each.
@@ -266,4 +267,22 @@ fn prelu(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
     }
     let neg = ctx.b.mul(dy, &slope);
     Ok(single(n, ctx.b.op("Where", &[&pos, dy, &neg], vec![])))
+}
+
+/// `Sum` of any number of broadcasting operands (TensorFlow's `AddN`).
+fn sum_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
+    broadcast_of(n, ctx, n.input.len())
+}
+
+/// Every activation operand gets `dy`, summed over the axes it was broadcast along.
+fn sum(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let out = ctx.shape(n, &n.output[0])?;
+    let mut grads = Vec::new();
+    for name in n.input.clone() {
+        if ctx.wants_grad(&name) {
+            let inp = ctx.shape(n, &name)?;
+            grads.push((name, unbroadcast(n, ctx, dy, &out, &inp)?));
+        }
+    }
+    Ok(grads)
 }

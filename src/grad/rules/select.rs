@@ -1,5 +1,6 @@
 //! Comparisons and `Where`: a mask computed from activations carries no gradient, and `Where`
-//! passes the gradient to the branch it selected. Exporters write these for thresholded
+//! passes the gradient to the branch it selected; elementwise `Max` and `Min` of two operands
+//! pass it to the one selected, split evenly on ties (as `torch.maximum`). Exporters write these for thresholded
 //! activations (the dynamo exporter's `softplus`: `Where(x > 20, x, Softplus(x))`) and for
 //! masks in attention.
 
@@ -19,6 +20,8 @@ pub(super) const RULES: &[Rule] = &[
     Rule { op: "Or", params: Params::None, shape: binary, backward: no_gradient },
     Rule { op: "Not", params: Params::None, shape: super::same_shape, backward: no_gradient },
     Rule { op: "Where", params: Params::None, shape: ternary, backward: select },
+    Rule { op: "Max", params: Params::None, shape: binary, backward: extremum },
+    Rule { op: "Min", params: Params::None, shape: binary, backward: extremum },
 ];
 
 fn binary(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
@@ -47,6 +50,33 @@ fn select(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
         }
         let (a, b) = if i == 1 { (dy, zero.as_str()) } else { (zero.as_str(), dy) };
         let g = ctx.b.op("Where", &[&n.input[0], a, b], vec![]);
+        let inp = ctx.shape(n, &name)?;
+        grads.push((name, unbroadcast(n, ctx, &g, &out, &inp)?));
+    }
+    Ok(grads)
+}
+
+/// `Max(a, b)` / `Min(a, b)`: `dy` to the operand equal to the output, halved where both are.
+fn extremum(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let out = ctx.shape(n, &n.output[0])?;
+    let y = n.output[0].clone();
+    let to_float = || vec![crate::onnx::attr::int("to", crate::onnx::data_type::FLOAT as i64)];
+    let masks: Vec<String> = n
+        .input
+        .iter()
+        .map(|i| {
+            let eq = ctx.b.op("Equal", &[i, &y], vec![]);
+            ctx.b.op("Cast", &[&eq], to_float())
+        })
+        .collect();
+    let ties = ctx.b.add(&masks[0], &masks[1]);
+    let share = ctx.b.op("Div", &[dy, &ties], vec![]);
+    let mut grads = Vec::new();
+    for (name, m) in n.input.clone().into_iter().zip(&masks) {
+        if !ctx.wants_grad(&name) {
+            continue;
+        }
+        let g = ctx.b.mul(&share, m);
         let inp = ctx.shape(n, &name)?;
         grads.push((name, unbroadcast(n, ctx, &g, &out, &inp)?));
     }
