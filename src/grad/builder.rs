@@ -56,6 +56,12 @@ impl Builder {
         name
     }
 
+    /// `1.0` where `a == b` (broadcasting), `0.0` elsewhere: a one-hot or tie mask.
+    pub fn equal_mask(&mut self, a: &str, b: &str) -> String {
+        let eq = self.op("Equal", &[a, b], vec![]);
+        self.op("Cast", &[&eq], vec![attr::int("to", onnx::data_type::FLOAT as i64)])
+    }
+
     /// A float scalar constant of shape `[]`.
     pub fn scalar(&mut self, v: f32) -> String {
         self.const_f32("scalar", &[], &[v])

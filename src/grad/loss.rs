@@ -38,8 +38,7 @@ pub(super) fn loss_seed(ctx: &mut Ctx, z: &str, label: &[f32], loss: Loss) -> Re
             let p = b.op("Softmax", &[&zt], vec![attr::int("axis", 1)]);
             let am = b.op("ArgMax", &[z], vec![attr::int("axis", 1), attr::int("keepdims", 1)]);
             let range = b.const_i64("classes", &(0..c as i64).collect::<Vec<_>>());
-            let eq = b.op("Equal", &[&am, &range], vec![]);
-            let oh = b.op("Cast", &[&eq], vec![attr::int("to", crate::onnx::data_type::FLOAT as i64)]);
+            let oh = b.equal_mask(&am, &range);
             let d = b.sub(&p, &oh);
             b.op("Div", &[&d, t], vec![])
         }

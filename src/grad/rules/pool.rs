@@ -126,8 +126,7 @@ fn max_pool(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> 
     let range: Vec<i64> = (0..kk as i64).collect();
     let r = ctx.b.fresh("window_index");
     ctx.b.inits.push(crate::onnx::make_tensor_i64(&r, &[1, 1, kk, 1], &range));
-    let eq = ctx.b.op("Equal", &[&am, &r], vec![]);
-    let mask = ctx.b.op("Cast", &[&eq], vec![attr::int("to", crate::onnx::data_type::FLOAT as i64)]);
+    let mask = ctx.b.equal_mask(&am, &r);
     let dyr = ctx.b.reshape_to(dy, &[-1, c as i64, 1, l as i64]);
     let dp = ctx.b.mul(&mask, &dyr);
     let dp = ctx.b.reshape_to(&dp, &[-1, (c * kk) as i64, g.out[0] as i64, g.out[1] as i64]);
@@ -209,8 +208,7 @@ fn spread(n: &NodeProto, dy: &str, ctx: &mut Ctx, mean: bool) -> Result<Grads, G
 /// `dy` to where `x` equals the maximum `y` (kept axes, broadcast), split among ties.
 fn to_maxima(n: &NodeProto, ctx: &mut Ctx, dyk: &str, y: &str, axes: &[i64]) -> Grads {
     let x = n.input[0].clone();
-    let eq = ctx.b.op("Equal", &[&x, y], vec![]);
-    let mask = ctx.b.op("Cast", &[&eq], vec![attr::int("to", crate::onnx::data_type::FLOAT as i64)]);
+    let mask = ctx.b.equal_mask(&x, y);
     let ties = ctx.b.reduce("ReduceSum", &mask, axes, true);
     let share = ctx.b.op("Div", &[dyk, &ties], vec![]);
     single(n, ctx.b.mul(&mask, &share))

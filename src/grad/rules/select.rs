@@ -1,8 +1,8 @@
 //! Comparisons and `Where`: a mask computed from activations carries no gradient, and `Where`
 //! passes the gradient to the branch it selected; elementwise `Max` and `Min` of two operands
-//! pass it to the one selected, split evenly on ties (as `torch.maximum`). Exporters write these for thresholded
-//! activations (the dynamo exporter's `softplus`: `Where(x > 20, x, Softplus(x))`) and for
-//! masks in attention.
+//! pass it to the one selected, split evenly on ties (as `torch.maximum`). Exporters write
+//! these for thresholded activations (the dynamo exporter's `softplus`:
+//! `Where(x > 20, x, Softplus(x))`) and for masks in attention.
 
 use super::arith::{broadcast_of, unbroadcast};
 use super::{Grads, Params, Rule};
@@ -60,15 +60,7 @@ fn select(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
 fn extremum(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
     let out = ctx.shape(n, &n.output[0])?;
     let y = n.output[0].clone();
-    let to_float = || vec![crate::onnx::attr::int("to", crate::onnx::data_type::FLOAT as i64)];
-    let masks: Vec<String> = n
-        .input
-        .iter()
-        .map(|i| {
-            let eq = ctx.b.op("Equal", &[i, &y], vec![]);
-            ctx.b.op("Cast", &[&eq], to_float())
-        })
-        .collect();
+    let masks: Vec<String> = n.input.iter().map(|i| ctx.b.equal_mask(i, &y)).collect();
     let ties = ctx.b.add(&masks[0], &masks[1]);
     let share = ctx.b.op("Div", &[dy, &ties], vec![]);
     let mut grads = Vec::new();
