@@ -36,6 +36,7 @@ mod forward;
 mod loss;
 mod options;
 mod rules;
+mod shared;
 
 use std::collections::{HashMap, HashSet};
 
@@ -94,7 +95,8 @@ fn constant_node_value(n: &NodeProto) -> Result<TensorProto, GradError> {
 
 /// Compiles a classifier into its gradient graph.
 ///
-/// The phases, in order: [`dynamic_batch`] (a fixed batch size made symbolic), [`check_model`], [`collect_constants`], [`image_input`],
+/// The phases, in order: [`dynamic_batch`] (a fixed batch size made symbolic),
+/// [`shared::unshare_initializers`] (one copy of a shared tensor per reader), [`check_model`], [`collect_constants`], [`image_input`],
 /// [`find_logits`] and [`needed_nodes`] read the model; [`forward`] folds constant nodes
 /// (`fold.rs`), infers shapes and finds the parameters through the rule table; [`confounding_label`] checks the label;
 /// [`backward`] seeds the loss gradient and runs the rules in reverse; [`emit_outputs`] adds
@@ -102,6 +104,8 @@ fn constant_node_value(n: &NodeProto) -> Result<TensorProto, GradError> {
 pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, GradError> {
     let dynamic = dynamic_batch(model)?;
     let model = dynamic.as_ref().unwrap_or(model);
+    let unshared = shared::unshare_initializers(model);
+    let model = unshared.as_ref().unwrap_or(model);
     let (graph, opset) = check_model(model)?;
     let consts = collect_constants(graph)?;
     let (input, input_shape) = image_input(graph, &consts)?;

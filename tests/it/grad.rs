@@ -1205,3 +1205,48 @@ fn fast_preset_last_stage_matches_finite_differences() {
     assert_eq!(two.features, full.features);
     assert_eq!(two.preset, "custom");
 }
+
+/// Two BatchNormalizations of one width reading one scale, shift, mean and variance tensor (the
+/// dynamo exporter merges equal initializers: an untrained torchvision DenseNet-121 shares 62)
+/// compile to the features of the same model with a copy per layer: one feature per use.
+#[test]
+fn an_initializer_shared_by_two_layers_is_one_feature_per_layer() {
+    let mut net = Net::new(31);
+    let c1 = net.conv("x", 2, 3, 3, true, vec![attr::ints("pads", &[1, 1, 1, 1])]);
+    let (scale, shift) = (net.param(&[3], 1.0), net.param(&[3], 0.5));
+    let (mean, var) = (net.constant(&[3], &[0.1, -0.2, 0.3]), net.constant(&[3], &[0.7, 1.1, 0.9]));
+    let eps = || vec![attr::float("epsilon", 1e-3)];
+    let b1 = net.op("BatchNormalization", &[&c1, &scale, &shift, &mean, &var], eps());
+    let r = net.op("Relu", &[&b1], vec![]);
+    let c2 = net.conv(&r, 3, 3, 3, false, vec![attr::ints("pads", &[1, 1, 1, 1])]);
+    let b2 = net.op("BatchNormalization", &[&c2, &scale, &shift, &mean, &var], eps());
+    let out = net.head(&b2, 3 * 36, CLASSES);
+    let shared = net.model(&[2, 6, 6], &out);
+
+    // The same model with the second layer's tensors copied under their own names.
+    let mut copied = shared.clone();
+    let g = copied.graph.as_mut().unwrap();
+    let second = g.node.iter().rposition(|n| n.op_type == "BatchNormalization").unwrap();
+    for i in 1..5 {
+        let name = g.node[second].input[i].clone();
+        let mut t = g.initializer.iter().find(|t| t.name == name).unwrap().clone();
+        t.name = format!("{name}_copy");
+        g.node[second].input[i] = t.name.clone();
+        g.initializer.push(t);
+    }
+
+    let opts = CompileOptions::default();
+    let a = grad::compile(&shared, &opts).unwrap();
+    let b = grad::compile(&copied, &opts).unwrap();
+    assert_eq!(a.features.len(), b.features.len());
+    for (fa, fb) in a.features.iter().zip(&b.features) {
+        let want = if fb.ends_with("_copy") { format!("{}/use2", fb.trim_end_matches("_copy")) } else { fb.clone() };
+        assert_eq!(*fa, want);
+    }
+    let x: ArrayD<f32> = input(&mut crate::common::Rng::new(5), BATCH, &[2, 6, 6]);
+    let fa = GradSession::new(&a, &ort()).unwrap().run(x.view()).unwrap().features;
+    let fb = GradSession::new(&b, &ort()).unwrap().run(x.view()).unwrap().features;
+    for (u, v) in fa.iter().zip(fb.iter()) {
+        assert!((u - v).abs() <= 1e-5 * v.abs().max(1e-6), "{u} vs {v}");
+    }
+}
