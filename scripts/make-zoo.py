@@ -18,7 +18,11 @@ fixed-shape tools write models:
   static   the legacy exporter without dynamic_axes: the batch size 1 is a literal in the input
            and in every shape the model reads (flatten targets, class-token Expand);
   opset11  the legacy exporter at opset 11 (axes and split sizes as attributes, LayerNorm and
-           GELU decomposed), with a dynamic batch axis.
+           GELU decomposed), with a dynamic batch axis;
+  default_static  torch.onnx.export(model, (x,), path) and nothing more: the dynamo exporter
+           with the example's batch size (1) fixed, its reshapes `allowzero` views of literal
+           shapes, a view it cannot express as a reshape written as a Gather of constant
+           indices from the flattened batch (`as_strided`).
  For each form the float64 goldens come from PyTorch: per-sample
 gradients (torch.func vmap over grad) of the paper's loss, binary cross-entropy on the logits
 against the all-ones label (mean over classes), and the squared L2 norm of each parameter
@@ -483,6 +487,8 @@ FORMS = ["bn", "default"]
 EXTRA_FORMS = {
     "static": ["vit", "swin", "shufflenet_v2", "googlenet", "hybrid", "nhwc", "softmax_head"],
     "opset11": ["vit", "hybrid", "densenet", "squeezenet", "gelu_ln_cnn", "googlenet", "softmax_head"],
+    "default_static": ["resnet18", "mobilenet_v2", "shufflenet_v2", "convnext", "vit", "swin", "hybrid", "nhwc",
+                       "softmax_head"],
 }
 
 
@@ -520,7 +526,10 @@ def export(m, x, path, form):
     elif form == "opset11":
         torch.onnx.export(m, (x,), path, dynamo=False, opset_version=11, **kw)
     else:
-        torch.onnx.export(m, (x,), path, **kw)
+        if form == "default_static":
+            torch.onnx.export(m, (x[:1],), path, input_names=["input"], output_names=["logits"])
+        else:
+            torch.onnx.export(m, (x,), path, **kw)
         # The dynamo exporter writes large tensors to PATH.data; keep one self-contained file,
         # without the per-node stack traces it records (half the file).
         om = onnx.load(path)
@@ -655,7 +664,7 @@ def main():
             names, feats, logits = goldens(gm, xin, mapping)
             s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
             # A fixed-batch model takes one image at a time.
-            step = 1 if form == "static" else len(xin)
+            step = 1 if form in ("static", "default_static") else len(xin)
             got = np.concatenate([s.run(None, {"input": xin[i:i + step]})[0] for i in range(0, len(xin), step)])
             want = logits
             if hasattr(m, "probs"):

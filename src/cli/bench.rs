@@ -64,8 +64,9 @@ pub struct BenchArgs {
 }
 
 /// The export forms of the zoo (`scripts/make-zoo.py`): every architecture has the first two;
-/// a subset also has the fixed-batch (`static`) and opset-11 exports.
-pub const ZOO_FORMS: [&str; 4] = ["bn", "default", "static", "opset11"];
+/// a subset also has the fixed-batch (`static`), opset-11 and plain `torch.onnx.export(model,
+/// (x,), path)` (`default_static`: dynamo, batch fixed at 1) exports.
+pub const ZOO_FORMS: [&str; 5] = ["bn", "default", "static", "opset11", "default_static"];
 
 /// One zoo fixture compiled and run against its float64 goldens.
 #[derive(Clone, Debug)]

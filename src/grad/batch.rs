@@ -7,7 +7,9 @@
 //! folded to a `[1, 1, D]` constant and concatenated with the patch tokens. The rewrite makes
 //! the input's first axis symbolic and replaces those literals with the batch read from the
 //! input (`Shape(input)[0:1]`), which the compiler folds to its symbolic batch like any
-//! dynamic export's. A model that uses its batch size in another way (a `Reshape` that drops
+//! dynamic export's. A view the exporter wrote as a `Gather` of constant indices from the
+//! flattened batch (PyTorch's `as_strided` in torchvision's ConvNeXt head) becomes the same
+//! `Gather` per sample. A model that uses its batch size in another way (a `Reshape` that drops
 //! the batch axis) still compiles to an error that names the node.
 
 use std::collections::{HashMap, HashSet};
@@ -54,6 +56,7 @@ pub fn dynamic_batch(model: &ModelProto) -> Result<Option<ModelProto>, GradError
         nodes: Vec::new(),
         have_batch: false,
         inits: Vec::new(),
+        flat_of: HashMap::new(),
     };
     let mut body = Vec::with_capacity(g.node.len());
     for n in std::mem::take(&mut g.node) {
@@ -92,6 +95,8 @@ struct Rewriter {
     /// Whether `Shape(input)[0:1]` has been emitted.
     have_batch: bool,
     inits: Vec<TensorProto>,
+    /// Outputs of `Reshape(x, [-1])` of an activation (the whole batch flattened): their `x`.
+    flat_of: HashMap<String, String>,
 }
 
 impl Rewriter {
@@ -130,7 +135,13 @@ impl Rewriter {
             return Ok(n);
         }
         match n.op_type.as_str() {
-            "Reshape" => self.reshape(&mut n)?,
+            "Reshape" => {
+                if n.input.get(1).and_then(|s| self.ints(s)).as_deref() == Some(&[-1]) {
+                    self.flat_of.insert(n.output[0].clone(), n.input[0].clone());
+                }
+                self.reshape(&mut n)?
+            }
+            "Gather" => self.gather(&mut n)?,
             "Concat" => {
                 let axis = onnx::Attrs::of(&n).int("axis", 0)?;
                 if axis != 0 {
@@ -149,7 +160,8 @@ impl Rewriter {
     }
 
     /// A leading fixed batch in a Reshape target of an activation becomes `0` (copy the
-    /// input's first axis), or `-1` under `allowzero` when no other axis is inferred.
+    /// input's first axis), or under `allowzero` (the dynamo exporter's `view`) `-1` when no
+    /// other axis is inferred, else the batch read from the input.
     fn reshape(&mut self, n: &mut NodeProto) -> Result<(), GradError> {
         let Some(mut t) = n.input.get(1).and_then(|s| self.ints(s)) else { return Ok(()) };
         if t.first() != Some(&self.batch) {
@@ -161,11 +173,40 @@ impl Rewriter {
         } else if !t.contains(&-1) {
             -1
         } else {
+            n.input[1] = self.batch_led(&t[1..]);
             return Ok(());
         };
         let name = format!("{}/gw_batch", n.input[1]);
         self.inits.push(onnx::make_tensor_i64(&name, &[t.len()], &t));
         n.input[1] = name;
+        Ok(())
+    }
+
+    /// `Gather(Reshape(x, [-1]), idx, axis 0)` with constant indices `idx` `[1, rest...]`
+    /// (`as_strided` of a batch-1 export) becomes `Gather(Reshape(x, [0, -1]), idx[0], axis 1)`:
+    /// the same positions of every sample. With a fixed batch of 1 the flat positions are the
+    /// sample's own.
+    fn gather(&mut self, n: &mut NodeProto) -> Result<(), GradError> {
+        let Some(src) = n.input.first().and_then(|d| self.flat_of.get(d)).cloned() else { return Ok(()) };
+        if self.batch != 1 || onnx::Attrs::of(n).int("axis", 0)? != 0 {
+            return Ok(());
+        }
+        let Some(t) = n.input.get(1).and_then(|i| self.consts.get(i)) else { return Ok(()) };
+        let Some(idx) = self.ints(&t.name).filter(|v| v.iter().all(|&i| i >= 0)) else { return Ok(()) };
+        if t.dims.first() != Some(&1) {
+            return Ok(());
+        }
+        let rest: Vec<usize> = t.dims[1..].iter().map(|&d| d.max(0) as usize).collect();
+        let k = self.inits.len();
+        let (rows, target, ids) =
+            (format!("gw_batch/{k}/rows"), format!("gw_batch/{k}/rows_shape"), format!("gw_batch/{k}/ids"));
+        self.inits.push(onnx::make_tensor_i64(&target, &[2], &[0, -1]));
+        self.inits.push(onnx::make_tensor_i64(&ids, &rest, &idx));
+        self.nodes.push(onnx::make_node("Reshape", &rows, &[&src, &target], &[&rows], vec![]));
+        n.input[0] = rows;
+        n.input[1] = ids;
+        n.attribute.retain(|a| a.name != "axis");
+        n.attribute.push(attr::int("axis", 1));
         Ok(())
     }
 

@@ -317,6 +317,10 @@ fn gather(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
     let (ax, ids, ishape, x) = gather_args(n, ctx)?;
     let len = x[ax - 1];
     let k = ids.len();
+    if k == len && ids.iter().enumerate().all(|(j, &i)| i == j) {
+        // Every index once, in order: a view (PyTorch's `as_strided` as exporters write it).
+        return Ok(single(n, ctx.b.reshape_batch(dy, &x)));
+    }
     // dy as [N, x[..ax-1], k, x[ax..]].
     let mut mid: Vec<usize> = x[..ax - 1].to_vec();
     mid.push(k);
