@@ -1136,7 +1136,26 @@ const FD_CASES: &[(&str, MakeCase)] = &[
     ("instance_and_group_norm", case_instance_and_group_norm),
     ("sum_and_max_reductions", case_sum_and_max_reductions),
     ("max_min_and_sum", case_max_min_and_sum),
+    ("casts", case_casts),
 ];
+
+/// `Cast` to float32 of an activation (a no-op, as EfficientViT's `q.float()` exports), and a
+/// ReLU mask written as casts (`x.bool().float()`): float to bool carries no gradient.
+fn case_casts() -> Case {
+    chain(47, |n, x| {
+        let f = n.op("Cast", &[x], vec![attr::int("to", onnx::data_type::FLOAT as i64)]);
+        let r = n.op("Relu", &[&f], vec![]);
+        let b = n.op("Cast", &[&r], vec![attr::int("to", onnx::data_type::BOOL as i64)]);
+        let m = n.op("Cast", &[&b], vec![attr::int("to", onnx::data_type::FLOAT as i64)]);
+        let t = n.op("Tanh", &[&f], vec![]);
+        (n.op("Mul", &[&t, &m], vec![]), 3 * 36)
+    })
+}
+
+#[test]
+fn casts() {
+    check(case_casts());
+}
 
 /// Adding a rule to the compiler without a finite-difference case using its operator (or a
 /// parameter kind no case produces) fails here.

@@ -19,6 +19,7 @@ pub(super) const RULES: &[Rule] = &[
     Rule { op: "Pad", params: Params::None, shape: pad_shape, backward: pad },
     Rule { op: "Identity", params: Params::None, shape: same_shape, backward: identity },
     Rule { op: "Dropout", params: Params::None, shape: dropout_shape, backward: identity },
+    Rule { op: "Cast", params: Params::None, shape: cast_shape, backward: cast },
     Rule { op: "Constant", params: Params::None, shape: constant_shape, backward: constant },
     Rule { op: "Gather", params: Params::None, shape: gather_shape, backward: gather },
     Rule { op: "Slice", params: Params::None, shape: slice_shape, backward: slice },
@@ -201,6 +202,32 @@ fn dropout_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
         return Err(node_err(n, "Dropout's mask output is not supported (inference models do not use it)"));
     }
     ctx.shape(n, act_input(n, ctx, 0)?)
+}
+
+/// The `to` type of a Cast on an activation: float32 (a no-op in a float32 model: EfficientViT's
+/// `q.float()`), or a bool or integer (a mask, no gradient). Other floats would need the
+/// backward pass in that type.
+fn cast_to(n: &NodeProto) -> Result<i32, GradError> {
+    use crate::onnx::data_type as t;
+    let to = Attrs::of(n).int("to", 0)? as i32;
+    match to {
+        t::FLOAT | t::BOOL | t::INT8 | t::UINT8 | t::INT32 | t::INT64 => Ok(to),
+        _ => Err(node_err(
+            n,
+            format!("Cast of an activation to type {to}: gradwatch differentiates float32 models; export the model in float32"),
+        )),
+    }
+}
+
+fn cast_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
+    cast_to(n)?;
+    ctx.shape(n, act_input(n, ctx, 0)?)
+}
+
+/// To float32: the gradient passes unchanged (a bool cast to float passes it to the comparison,
+/// which drops it). To a bool or an integer: nothing flows back.
+fn cast(n: &NodeProto, dy: &str, _: &mut Ctx) -> Result<Grads, GradError> {
+    Ok(if cast_to(n)? == crate::onnx::data_type::FLOAT { single(n, dy.to_string()) } else { Vec::new() })
 }
 
 fn reshape_back(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
