@@ -57,6 +57,7 @@ pub fn dynamic_batch(model: &ModelProto) -> Result<Option<ModelProto>, GradError
         have_batch: false,
         inits: Vec::new(),
         flat_of: HashMap::new(),
+        rewritten: HashSet::new(),
     };
     let mut body = Vec::with_capacity(g.node.len());
     for n in std::mem::take(&mut g.node) {
@@ -97,6 +98,8 @@ struct Rewriter {
     inits: Vec<TensorProto>,
     /// Outputs of `Reshape(x, [-1])` of an activation (the whole batch flattened): their `x`.
     flat_of: HashMap<String, String>,
+    /// Reshape targets already rewritten (`<target>/gw_batch`).
+    rewritten: HashSet<String>,
 }
 
 impl Rewriter {
@@ -176,8 +179,11 @@ impl Rewriter {
             n.input[1] = self.batch_led(&t[1..]);
             return Ok(());
         };
+        // Exporters share one target between reshapes: one rewritten copy serves them all.
         let name = format!("{}/gw_batch", n.input[1]);
-        self.inits.push(onnx::make_tensor_i64(&name, &[t.len()], &t));
+        if self.rewritten.insert(name.clone()) {
+            self.inits.push(onnx::make_tensor_i64(&name, &[t.len()], &t));
+        }
         n.input[1] = name;
         Ok(())
     }
@@ -260,6 +266,7 @@ mod tests {
         let b = batch.unwrap_or(1);
         let node = vec![
             make_node("Reshape", "flat", &["x", "target"], &["flat"], vec![]),
+            make_node("Reshape", "flat2", &["x", "target"], &["flat2"], vec![]),
             make_node("Concat", "cat", &["cls", "x"], &["cat"], vec![attr::int("axis", 1)]),
         ];
         let graph = GraphProto {
@@ -287,6 +294,10 @@ mod tests {
         // The flatten copies the input's first axis.
         let target = g.initializer.iter().find(|t| t.name == find("Reshape").input[1]).unwrap();
         assert_eq!(onnx::tensor_i64(target).unwrap().iter().copied().collect::<Vec<_>>(), [0, 4]);
+        // A target two reshapes share is rewritten once (a duplicate initializer would be a
+        // graph input to ONNX Runtime).
+        assert_eq!(g.initializer.iter().filter(|t| t.name == target.name).count(), 1);
+        assert_eq!(g.node.iter().filter(|n| n.input.get(1) == Some(&target.name)).count(), 2);
         // The class token is repeated over the batch read from the input, before the Concat.
         let cat = g.node.iter().position(|n| n.name == "cat").unwrap();
         let expand = g.node.iter().position(|n| n.op_type == "Expand").unwrap();
