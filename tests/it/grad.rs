@@ -1137,6 +1137,7 @@ const FD_CASES: &[(&str, MakeCase)] = &[
     ("sum_and_max_reductions", case_sum_and_max_reductions),
     ("max_min_and_sum", case_max_min_and_sum),
     ("casts", case_casts),
+    ("matmul_broadcast_heads", case_matmul_broadcast_heads),
 ];
 
 /// `Cast` to float32 of an activation (a no-op, as EfficientViT's `q.float()` exports), and a
@@ -1155,6 +1156,27 @@ fn case_casts() -> Case {
 #[test]
 fn casts() {
     check(case_casts());
+}
+
+/// Multi-query attention: three query heads against one shared key and value head (`[N, 3, 6, 6]
+/// x [N, 1, 6, 6]`, MobileNetV4's hybrid blocks), and the shared head on the left.
+fn case_matmul_broadcast_heads() -> Case {
+    chain(48, |n, x| {
+        let q = n.op("Tanh", &[x], vec![]);
+        let k = n.op("ReduceMean", &[x], vec![attr::ints("axes", &[1]), attr::int("keepdims", 1)]);
+        let kt = n.op("Transpose", &[&k], vec![attr::ints("perm", &[0, 1, 3, 2])]);
+        let s = n.op("MatMul", &[&q, &kt], vec![]);
+        let p = n.op("Softmax", &[&s], vec![attr::int("axis", -1)]);
+        let v = n.op("Sigmoid", &[&k], vec![]);
+        let o = n.op("MatMul", &[&p, &v], vec![]);
+        let left = n.op("MatMul", &[&v, &q], vec![]);
+        (n.op("Add", &[&o, &left], vec![]), 3 * 36)
+    })
+}
+
+#[test]
+fn matmul_broadcast_heads() {
+    check(case_matmul_broadcast_heads());
 }
 
 /// Adding a rule to the compiler without a finite-difference case using its operator (or a
