@@ -630,7 +630,8 @@ fn gather<T: Clone>(x: &ArrayD<T>, ax: usize, ids: &[usize], ishape: &[usize]) -
     let mut shape: Vec<usize> = x.shape()[..ax].to_vec();
     shape.extend_from_slice(ishape);
     shape.extend_from_slice(&x.shape()[ax + 1..]);
-    picked.into_shape_with_order(IxDyn(&shape)).ok()
+    // `select` keeps the input's memory order; reshaping needs the standard one.
+    picked.as_standard_layout().to_owned().into_shape_with_order(IxDyn(&shape)).ok()
 }
 
 fn reshape(v: &Val, shape: &[usize]) -> Option<Val> {
@@ -749,4 +750,20 @@ fn cmp(op: &str, p: f64, q: f64, eq: bool) -> i64 {
         "And" => p != 0.0 && q != 0.0,
         _ => p != 0.0 || q != 0.0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gather_reads_a_transposed_constant_by_two_dimensional_indices() {
+        // EfficientFormer's attention biases: `biases[:, idx]` with a [2, 2] index table, here on
+        // a transposed constant (not in standard memory order).
+        let x = ArrayD::from_shape_vec(IxDyn(&[2, 3]), (0..6i64).collect()).unwrap().reversed_axes();
+        let g = gather(&x, 1, &[1, 0, 1, 1], &[2, 2]).unwrap();
+        assert_eq!(g.shape(), [3, 2, 2]);
+        // x = [[0, 3], [1, 4], [2, 5]]
+        assert_eq!(g.iter().copied().collect::<Vec<_>>(), [3, 0, 3, 3, 4, 1, 4, 4, 5, 2, 5, 5]);
+    }
 }
