@@ -1138,6 +1138,7 @@ const FD_CASES: &[(&str, MakeCase)] = &[
     ("max_min_and_sum", case_max_min_and_sum),
     ("casts", case_casts),
     ("matmul_broadcast_heads", case_matmul_broadcast_heads),
+    ("resize_nearest_and_linear", case_resize_nearest_and_linear),
 ];
 
 /// `Cast` to float32 of an activation (a no-op, as EfficientViT's `q.float()` exports), and a
@@ -1177,6 +1178,35 @@ fn case_matmul_broadcast_heads() -> Case {
 #[test]
 fn matmul_broadcast_heads() {
     check(case_matmul_broadcast_heads());
+}
+
+/// `Resize` as PyTorch exports `upsample_nearest2d` (asymmetric, floor) and
+/// `upsample_bilinear2d` (pytorch_half_pixel; align_corners), down and up, and nearest with
+/// half_pixel and round_prefer_ceil: `[3,6,6] -> [3,12,12] -> [3,6,9] -> [3,9,9] -> [3,4,4]`.
+fn case_resize_nearest_and_linear() -> Case {
+    chain(49, |n, x| {
+        let s = |n: &mut Net, v: &[f32]| n.constant(&[4], v);
+        let resize = |n: &mut Net, x: &str, scales: &[f32], mode: &str, ctm: &str, nearest: &str| {
+            let sc = s(n, scales);
+            let attrs = vec![
+                attr::string("mode", mode),
+                attr::string("coordinate_transformation_mode", ctm),
+                attr::string("nearest_mode", nearest),
+            ];
+            n.op("Resize", &[x, "", &sc], attrs)
+        };
+        let t = n.op("Tanh", &[x], vec![]);
+        let a = resize(n, &t, &[1.0, 1.0, 2.0, 2.0], "nearest", "asymmetric", "floor");
+        let b = resize(n, &a, &[1.0, 1.0, 0.5, 0.75], "linear", "pytorch_half_pixel", "floor");
+        let c = resize(n, &b, &[1.0, 1.0, 1.5, 1.0], "linear", "align_corners", "floor");
+        let d = resize(n, &c, &[1.0, 1.0, 0.5, 0.5], "nearest", "half_pixel", "round_prefer_ceil");
+        (d, 3 * 16)
+    })
+}
+
+#[test]
+fn resize_nearest_and_linear() {
+    check(case_resize_nearest_and_linear());
 }
 
 /// Adding a rule to the compiler without a finite-difference case using its operator (or a

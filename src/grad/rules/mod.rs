@@ -1,6 +1,6 @@
 //! The rule table: one [`Rule`] per operator the compiler differentiates through, grouped by
-//! family, one file each (`conv`, `norm`, `layernorm`, `activation`, `arith`, `pool`, `shape`,
-//! `linear`, `attention`). Nodes on constants only never reach them: `fold` evaluates those.
+//! family, one file each (`conv`, `norm`, `layernorm`, `activation`, `arith`, `select`, `pool`,
+//! `resize`, `shape`, `linear`, `attention`). Nodes on constants only never reach them: `fold` evaluates those.
 //!
 //! A rule says which inputs of a node are trainable parameters (and of which
 //! [`ParamKind`]), the node's per-sample output shape, and how to emit its backward.
@@ -43,6 +43,7 @@ mod layernorm;
 mod linear;
 mod norm;
 mod pool;
+mod resize;
 mod select;
 mod shape;
 mod window;
@@ -96,6 +97,7 @@ const FAMILIES: &[&[Rule]] = &[
     arith::RULES,
     select::RULES,
     pool::RULES,
+    resize::RULES,
     shape::RULES,
     linear::RULES,
     attention::RULES,

@@ -1,0 +1,136 @@
+//! Interpolation: `Resize` in `nearest` and `linear` modes (PyTorch's `upsample_nearest2d` and
+//! `upsample_bilinear2d`, GhostNetV2's and EfficientFormerV2's up-sampling), any scale and every
+//! coordinate transformation an exporter writes but `tf_crop_and_resize`.
+//!
+//! Both modes are separable linear maps: along each resized axis the output is `A x` for a
+//! constant `[out, in]` matrix built here from the ONNX formulas (one 1 per row for nearest, two
+//! interpolation weights for linear), so the backward is `A^T dy` per axis: a MatMul by a
+//! constant, exact for any scale.
+
+use super::{act_input, single, Grads, Params, Rule};
+use crate::grad::{node_err, Ctx, GradError};
+use crate::onnx::{Attrs, NodeProto};
+
+/// The interpolation rules.
+pub(super) const RULES: &[Rule] = &[Rule { op: "Resize", params: Params::None, shape: resize_shape, backward: resize }];
+
+/// What one Resize does along each per-sample axis: `(input length, output length, scale)`.
+struct Plan {
+    axes: Vec<(usize, usize, f32)>,
+    linear: bool,
+    ctm: String,
+    nearest: String,
+}
+
+fn plan(n: &NodeProto, ctx: &Ctx) -> Result<Plan, GradError> {
+    let x = ctx.shape(n, act_input(n, ctx, 0)?)?;
+    let a = Attrs::of(n);
+    let mode = a.string("mode", "nearest")?;
+    let linear = match mode.as_str() {
+        "nearest" => false,
+        "linear" => true,
+        m => return Err(node_err(n, format!("Resize mode '{m}' is not supported (nearest and linear are)"))),
+    };
+    let ctm = a.string("coordinate_transformation_mode", "half_pixel")?;
+    if !["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn"]
+        .contains(&ctm.as_str())
+    {
+        return Err(node_err(n, format!("Resize coordinate_transformation_mode '{ctm}' is not supported")));
+    }
+    if a.int("antialias", 0)? != 0 || a.ints("axes")?.is_some() {
+        return Err(node_err(n, "Resize with antialias or axes is not supported; export with antialias=False"));
+    }
+    let arg = |i: usize| n.input.get(i).filter(|s| !s.is_empty());
+    let rank = x.len() + 1;
+    // Scales and sizes cover every axis, the batch first (its size may be the symbolic batch).
+    let sizes: Option<Vec<i64>> = arg(3).map(|s| ctx.const_i64(n, s)).transpose()?;
+    let scales: Option<Vec<f32>> = match arg(2) {
+        Some(s) => Some(ctx.const_f32(n, s)?.iter().copied().collect()).filter(|v: &Vec<f32>| !v.is_empty()),
+        None => None,
+    };
+    let mut axes = Vec::with_capacity(x.len());
+    for (i, &len) in x.iter().enumerate() {
+        let (out, scale) = match (&sizes, &scales) {
+            (Some(s), _) if s.len() == rank => {
+                let out = usize::try_from(s[i + 1]).map_err(|_| node_err(n, "negative Resize size"))?;
+                (out, out as f32 / len as f32)
+            }
+            (_, Some(s)) if s.len() == rank => ((len as f32 * s[i + 1]) as usize, s[i + 1]),
+            _ => return Err(node_err(n, "Resize needs constant scales or sizes for every axis")),
+        };
+        if out == 0 || !(scale.is_finite() && scale > 0.0) {
+            return Err(node_err(n, format!("Resize to {out} along an axis of {len}")));
+        }
+        axes.push((len, out, scale));
+    }
+    Ok(Plan { axes, linear, ctm, nearest: a.string("nearest_mode", "round_prefer_floor")? })
+}
+
+fn resize_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
+    Ok(plan(n, ctx)?.axes.iter().map(|&(_, out, _)| out).collect())
+}
+
+/// The `[out, in]` matrix of one axis (ONNX `Resize`, as ONNX Runtime computes it in float32).
+fn axis_matrix(p: &Plan, len: usize, out: usize, scale: f32) -> Vec<f32> {
+    let mut m = vec![0.0f32; out * len];
+    let last = (len - 1) as f32;
+    for o in 0..out {
+        let of = o as f32;
+        let x = match p.ctm.as_str() {
+            "pytorch_half_pixel" if out == 1 => 0.0,
+            "half_pixel" | "pytorch_half_pixel" => (of + 0.5) / scale - 0.5,
+            "align_corners" if out == 1 => 0.0,
+            "align_corners" => of * last / (out - 1) as f32,
+            "tf_half_pixel_for_nn" => (of + 0.5) / scale,
+            _ => of / scale,
+        };
+        let row = &mut m[o * len..(o + 1) * len];
+        if p.linear {
+            let x = x.clamp(0.0, last);
+            let x0 = x.floor();
+            let x1 = (x0 + 1.0).min(last);
+            let w = x - x0;
+            row[x0 as usize] += 1.0 - w;
+            row[x1 as usize] += w;
+        } else {
+            let tie = x.fract() == 0.5;
+            let i = match p.nearest.as_str() {
+                "floor" => x.floor(),
+                "ceil" => x.ceil(),
+                "round_prefer_ceil" if tie => x.ceil(),
+                "round_prefer_ceil" => x.round(),
+                _ if tie => x.floor(),
+                _ => x.round(),
+            };
+            row[i.clamp(0.0, last) as usize] = 1.0;
+        }
+    }
+    m
+}
+
+/// Per resized axis `dx = A^T dy`: the axis moved last, a MatMul by `A` (`[.., out] x [out, in]`),
+/// moved back.
+fn resize(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let p = plan(n, ctx)?;
+    let rank = p.axes.len() + 1;
+    let mut g = dy.to_string();
+    for (i, &(len, out, scale)) in p.axes.iter().enumerate() {
+        let a = axis_matrix(&p, len, out, scale);
+        // Every row sums to one, so a diagonal of ones is the identity: nothing to do.
+        if len == out && (0..out).all(|o| a[o * len + o] == 1.0) {
+            continue;
+        }
+        let am = ctx.b.const_f32("resize_matrix", &[out, len], &a);
+        let ax = i + 1;
+        if ax == rank - 1 {
+            g = ctx.b.op("MatMul", &[&g, &am], vec![]);
+        } else {
+            let mut perm: Vec<i64> = (0..rank as i64).collect();
+            perm.swap(ax, rank - 1);
+            let moved = ctx.b.transpose(&g, &perm);
+            let m = ctx.b.op("MatMul", &[&moved, &am], vec![]);
+            g = ctx.b.transpose(&m, &perm);
+        }
+    }
+    Ok(single(n, g))
+}
