@@ -124,6 +124,7 @@ pub(crate) const FOLDABLE: &[&str] = &[
     "Where",
     "Min",
     "Max",
+    "Clip",
     "ConstantOfShape",
     "Range",
     "Expand",
@@ -201,6 +202,16 @@ pub(crate) fn fold(
         "Add" | "Sub" | "Mul" | "Div" | "Mod" | "Pow" | "Min" | "Max" => {
             let (x, y) = (f.need(0)?, f.need(1)?);
             vec![binary(&n.op_type, &x, &y).ok_or_else(|| f.fail("operands do not broadcast"))?]
+        }
+        // TensorFlow's "same" padding computed at run time: max(needed, 0) as a Clip.
+        "Clip" => {
+            let mut x = f.need(0)?;
+            for (i, op) in [(1, "Max"), (2, "Min")] {
+                if let Some(bound) = f.get(i)? {
+                    x = binary(op, &x, &bound).ok_or_else(|| f.fail("bounds must be scalars"))?;
+                }
+            }
+            vec![x]
         }
         "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" => {
             let (x, y) = (f.need(0)?, f.need(1)?);
@@ -765,5 +776,26 @@ mod tests {
         assert_eq!(g.shape(), [3, 2, 2]);
         // x = [[0, 3], [1, 4], [2, 5]]
         assert_eq!(g.iter().copied().collect::<Vec<_>>(), [3, 0, 3, 3, 4, 1, 4, 4, 5, 2, 5, 5]);
+    }
+
+    #[test]
+    fn clip_folds_with_either_bound() {
+        use crate::onnx::{make_node, make_tensor_i64};
+        let consts: std::collections::HashMap<String, TensorProto> = [
+            make_tensor_i64("pads", &[4], &[-1, 0, 2, 5]),
+            make_tensor_i64("lo", &[], &[0]),
+            make_tensor_i64("hi", &[], &[3]),
+        ]
+        .into_iter()
+        .map(|t| (t.name.clone(), t))
+        .collect();
+        let run = |inputs: &[&str]| {
+            let n = make_node("Clip", "c", inputs, &["y"], vec![]);
+            let t = fold(&n, &consts, |_| None).unwrap().remove(0);
+            crate::onnx::tensor_i64(&t).unwrap().iter().copied().collect::<Vec<_>>()
+        };
+        assert_eq!(run(&["pads", "lo"]), [0, 0, 2, 5]);
+        assert_eq!(run(&["pads", "", "hi"]), [-1, 0, 2, 3]);
+        assert_eq!(run(&["pads", "lo", "hi"]), [0, 0, 2, 3]);
     }
 }
