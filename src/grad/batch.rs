@@ -9,7 +9,7 @@
 //! input (`Shape(input)[0:1]`), which the compiler folds to its symbolic batch like any
 //! dynamic export's. A view the exporter wrote as a `Gather` of constant indices from the
 //! flattened batch (PyTorch's `as_strided` in torchvision's ConvNeXt head) becomes the same
-//! `Gather` per sample. A model that uses its batch size in another way (a `Reshape` that drops
+//! `Gather` per sample, and a `Resize` to literal sizes resizes every sample. A model that uses its batch size in another way (a `Reshape` that drops
 //! the batch axis) still compiles to an error that names the node.
 
 use std::collections::{HashMap, HashSet};
@@ -145,6 +145,13 @@ impl Rewriter {
                 self.reshape(&mut n)?
             }
             "Gather" => self.gather(&mut n)?,
+            // `Resize` to literal sizes `[1, C, H, W]` would shrink the batch to one.
+            "Resize" => {
+                let sizes = n.input.get(3).and_then(|s| self.ints(s)).filter(|t| t.first() == Some(&self.batch));
+                if let Some(t) = sizes {
+                    n.input[3] = self.batch_led(&t[1..]);
+                }
+            }
             "Concat" => {
                 let axis = onnx::Attrs::of(&n).int("axis", 0)?;
                 if axis != 0 {
@@ -305,5 +312,26 @@ mod tests {
         assert!(shape < expand && expand < cat);
         assert_eq!(g.node[cat].input[0], g.node[expand].output[0]);
         assert_eq!(g.node[shape].input[0], "x");
+    }
+
+    #[test]
+    fn a_resize_to_literal_sizes_keeps_the_batch() {
+        // GhostNetV2 exported at a fixed batch: `Resize(x, sizes=[1, 2, 4, 4])` would return one
+        // sample for any batch.
+        let graph = GraphProto {
+            node: vec![make_node("Resize", "up", &["x", "", "", "sizes"], &["y"], vec![])],
+            initializer: vec![make_tensor_i64("sizes", &[4], &[1, 2, 4, 4])],
+            input: vec![make_value_info("x", onnx::data_type::FLOAT, &[Some(1), Some(2), Some(2), Some(2)])],
+            output: vec![make_value_info("y", onnx::data_type::FLOAT, &[Some(1), Some(2), Some(4), Some(4)])],
+            ..Default::default()
+        };
+        let m = dynamic_batch(&ModelProto { graph: Some(graph), ..Default::default() }).unwrap().unwrap();
+        let g = m.graph.as_ref().unwrap();
+        let resize = g.node.iter().find(|n| n.op_type == "Resize").unwrap();
+        let concat = g.node.iter().find(|n| n.output[0] == resize.input[3]).unwrap();
+        assert_eq!(concat.op_type, "Concat");
+        assert_eq!(concat.input[0], "gw_batch/n");
+        let rest = g.initializer.iter().find(|t| t.name == concat.input[1]).unwrap();
+        assert_eq!(onnx::tensor_i64(rest).unwrap().iter().copied().collect::<Vec<_>>(), [2, 4, 4]);
     }
 }
