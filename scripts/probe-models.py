@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Export full-size classifiers the way users do, compile them with gradwatch and check the
+features against PyTorch float64 per-sample gradients (the zoo's goldens, on models too large to
+commit as fixtures). A dev-time probe: torch, torchvision and timm from PyPI.
+
+    .venv/bin/python scripts/probe-models.py --out out/probe --forms legacy,dstatic \
+        [--bench] tv:resnet18@32 timm:mobilevitv2_050@64 ...
+
+Each model is `tv:NAME` (torchvision) or `timm:NAME`, optionally `@SIZE` (input side; timm
+models with a fixed position grid are built for it), 43 classes, random weights with
+BatchNorm statistics measured on random images (as training leaves them: no exploding
+activations). Forms:
+
+  legacy   torch.onnx.export(..., dynamo=False, opset_version=17) with a dynamic batch axis;
+  dstatic  torch.onnx.export(model, (x,), path): the dynamo exporter, batch fixed at 1.
+
+One line per model and form: compiled or the compiler's refusal, features, matched PyTorch
+parameter tensors, worst and median relative feature error, logits error; with --bench also
+`gradwatch bench --batch 16` for the full and fast presets (gradient graph / forward time).
+Parameters that re-parameterisable models fold at export (MobileOne, FastViT) have no initializer
+to match and are counted as unmapped.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+warnings.filterwarnings("ignore")
+HERE = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.util.spec_from_file_location("make_zoo", os.path.join(HERE, "make-zoo.py"))
+mz = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mz)
+GW = os.path.join(HERE, "..", "target", "release", "gradwatch")
+ENV = dict(os.environ)
+ENV.setdefault("ORT_DYLIB_PATH", os.path.abspath(os.path.join(HERE, "..", ".ort", "host", "libonnxruntime.so")))
+
+
+def build(spec):
+    lib, rest = spec.split(":", 1)
+    name, size = (rest.split("@") + [None])[:2]
+    size = int(size) if size else 224
+    if lib == "tv":
+        import torchvision.models as tvm
+        m = getattr(tvm, name)(num_classes=43)
+    else:
+        import timm
+        try:
+            m = timm.create_model(name, pretrained=False, num_classes=43, img_size=size)
+        except TypeError:
+            m = timm.create_model(name, pretrained=False, num_classes=43)
+    torch.manual_seed(0)
+    mz.randomize(m)
+    settle(m, size)
+    return name, m, size
+
+
+def settle(m, size):
+    """BatchNorm running statistics measured on random images, then eval mode."""
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.reset_running_stats()
+            mod.momentum = None
+    m.train()
+    with torch.no_grad():
+        for _ in range(4):
+            m(torch.randn(8, 3, size, size))
+    m.eval()
+
+
+def export(m, x, path, form):
+    if form == "dstatic":
+        torch.onnx.export(m, (x[:1],), path, input_names=["input"], output_names=["logits"])
+        om = onnx.load(path)
+        mz.strip(om)
+        onnx.save(om, path)
+        if os.path.exists(path + ".data"):
+            os.remove(path + ".data")
+    else:
+        torch.onnx.export(m, (x,), path, dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+
+
+def check(m, x, path, gpath):
+    om = onnx.load(path)
+    gm = mz.golden_model(m, om)
+    mapping, missing = mz.map_initializers(gm, om)
+    names, want, logits = mz.goldens(gm, x, mapping)
+    g = onnx.load(gpath)
+    feats = json.loads({p.key: p.value for p in g.metadata_props}["gradwatch.features"])
+    s = ort.InferenceSession(gpath, providers=["CPUExecutionProvider"])
+    out = dict(zip([o.name for o in s.get_outputs()], s.run(None, {s.get_inputs()[0].name: x})))
+    col = {f: i for i, f in enumerate(feats)}
+    errs = sorted(((float(np.max(np.abs(out["grad_features"][:, col[n]] - want[:, j]) / np.abs(want[:, j]))), n)
+                   for j, n in enumerate(names) if n in col), reverse=True)
+    lerr = float(np.abs(out["logits"] - logits).max() / max(1.0, np.abs(logits).max()))
+    worst = f"{errs[0][0]:.1e} ({errs[0][1]})" if errs else "-"
+    median = f"{np.median([e for e, _ in errs]):.1e}" if errs else "-"
+    return (f"{len(feats)} features, {len(errs)} matched, {len(missing)} unmapped; max rel {worst}, "
+            f"median {median}, logits {lerr:.1e}")
+
+
+def bench(path):
+    r = subprocess.run([GW, "bench", "--model", path, "--batch", "16", "--seconds", "1.5", "--rounds", "3"],
+                       capture_output=True, text=True, env=ENV)
+    rows = {line.split("|")[2].strip(): line.split("|")[6].strip() for line in r.stdout.splitlines()
+            if line.startswith("| 16 |")}
+    return f"grad/forward at batch 16: full {rows.get('full', '?')}, fast {rows.get('fast', '?')}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="out/probe")
+    ap.add_argument("--forms", default="legacy,dstatic")
+    ap.add_argument("--bench", action="store_true")
+    ap.add_argument("models", nargs="+")
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    for spec in a.models:
+        try:
+            name, m, size = build(spec)
+        except Exception as e:  # noqa: BLE001 - report and go on
+            print(f"{spec}: not built: {e!r}"[:300], flush=True)
+            continue
+        x = np.random.default_rng(7).standard_normal((2, 3, size, size)).astype(np.float32)
+        for form in a.forms.split(","):
+            path = os.path.join(a.out, f"{name}-{size}.{form}.onnx")
+            gpath = path[:-5] + ".grad.onnx"
+            try:
+                export(m, torch.from_numpy(x), path, form)
+            except Exception as e:  # noqa: BLE001
+                print(f"{spec} {form}: export failed: {e!r}"[:300], flush=True)
+                continue
+            r = subprocess.run([GW, "compile", path, "-o", gpath], capture_output=True, text=True, env=ENV)
+            if r.returncode != 0:
+                err = [line for line in r.stderr.splitlines() if "error" in line.lower()] or [r.stderr[-300:]]
+                print(f"{spec} {form}: refused: {err[0][:400]}", flush=True)
+                continue
+            try:
+                line = check(m, x, path, gpath)
+            except Exception as e:  # noqa: BLE001 - the golden side (torch.fx fusion, vmap) failed
+                line = f"compiled; golden check failed: {e!r}"[:300]
+            if a.bench:
+                line += "; " + bench(path)
+            print(f"{spec} {form}: {line}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
