@@ -1209,6 +1209,17 @@ fn resize_nearest_and_linear() {
     check(case_resize_nearest_and_linear());
 }
 
+/// A Resize to literal sizes `[1, C, H, W]` would return one sample for any batch: refused.
+#[test]
+fn resize_to_a_literal_batch_is_refused() {
+    let case = chain(50, |n, x| {
+        let sizes = n.ints(&[1, 3, 12, 12]);
+        (n.op("Resize", &[x, "", "", &sizes], vec![attr::string("mode", "nearest")]), 3 * 144)
+    });
+    let err = grad::compile(&case.net.model(&case.input, &case.out), &CompileOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("Resize changes the batch axis"), "{err}");
+}
+
 /// Adding a rule to the compiler without a finite-difference case using its operator (or a
 /// parameter kind no case produces) fails here.
 #[test]

@@ -48,6 +48,20 @@ fn plan(n: &NodeProto, ctx: &Ctx) -> Result<Plan, GradError> {
         Some(s) => Some(ctx.const_f32(n, s)?.iter().copied().collect()).filter(|v: &Vec<f32>| !v.is_empty()),
         None => None,
     };
+    // The batch must stay whole: sizes read it from the input (the symbolic batch after
+    // folding), scales keep it at 1. A literal would resize every batch to that many samples.
+    let whole = match (&sizes, &scales) {
+        (Some(s), _) if s.len() == rank => s[0] == crate::grad::fold::BATCH,
+        (_, Some(s)) if s.len() == rank => s[0] == 1.0,
+        _ => true,
+    };
+    if !whole {
+        return Err(node_err(
+            n,
+            "Resize changes the batch axis (sizes or scales with a literal batch); re-export with a dynamic batch \
+             axis",
+        ));
+    }
     let mut axes = Vec::with_capacity(x.len());
     for (i, &len) in x.iter().enumerate() {
         let (out, scale) = match (&sizes, &scales) {
