@@ -1139,6 +1139,7 @@ const FD_CASES: &[(&str, MakeCase)] = &[
     ("casts", case_casts),
     ("matmul_broadcast_heads", case_matmul_broadcast_heads),
     ("resize_nearest_and_linear", case_resize_nearest_and_linear),
+    ("global_response_norm", case_global_response_norm),
 ];
 
 /// `Cast` to float32 of an activation (a no-op, as EfficientViT's `q.float()` exports), and a
@@ -1207,6 +1208,25 @@ fn case_resize_nearest_and_linear() -> Case {
 #[test]
 fn resize_nearest_and_linear() {
     check(case_resize_nearest_and_linear());
+}
+
+/// ConvNeXtV2's global response norm: `x * (g / (mean_c g + eps)) + x` with `g = ||x||_2` over
+/// the spatial axes (`ReduceL2`).
+fn case_global_response_norm() -> Case {
+    chain(51, |n, x| {
+        let g = n.op("ReduceL2", &[x], vec![attr::ints("axes", &[2, 3]), attr::int("keepdims", 1)]);
+        let m = n.op("ReduceMean", &[&g], vec![attr::ints("axes", &[1]), attr::int("keepdims", 1)]);
+        let eps = n.constant(&[], &[1e-6]);
+        let d = n.op("Add", &[&m, &eps], vec![]);
+        let nx = n.op("Div", &[&g, &d], vec![]);
+        let xn = n.op("Mul", &[x, &nx], vec![]);
+        (n.op("Add", &[&xn, x], vec![]), 3 * 36)
+    })
+}
+
+#[test]
+fn global_response_norm() {
+    check(case_global_response_norm());
 }
 
 /// A Resize to literal sizes `[1, C, H, W]` would return one sample for any batch: refused.

@@ -1,5 +1,6 @@
 //! Pooling and reductions: `MaxPool`, `AveragePool`, `GlobalAveragePool`, `GlobalMaxPool`,
-//! `ReduceMean`, `ReduceSum`, `ReduceMax`. The global and reduced maxima pass the gradient to the
+//! `ReduceMean`, `ReduceSum`, `ReduceMax`, `ReduceL2` (ConvNeXtV2's global response norm). The
+//! global and reduced maxima pass the gradient to the
 //! maximum, split evenly among ties (as `torch.amax` and TensorFlow's `reduce_max`, which
 //! Keras's `GlobalMaxPooling2D` exports to).
 
@@ -21,6 +22,7 @@ pub(super) const RULES: &[Rule] = &[
     Rule { op: "ReduceMean", params: Params::None, shape: reduce_mean_shape, backward: reduce_mean },
     Rule { op: "ReduceSum", params: Params::None, shape: reduce_mean_shape, backward: reduce_sum },
     Rule { op: "ReduceMax", params: Params::None, shape: reduce_mean_shape, backward: reduce_max },
+    Rule { op: "ReduceL2", params: Params::None, shape: reduce_mean_shape, backward: reduce_l2 },
     Rule { op: "GlobalMaxPool", params: Params::None, shape: global_average_pool_shape, backward: global_max_pool },
 ];
 
@@ -220,6 +222,18 @@ fn reduce_max(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError
     let y = ctx.b.reshape_batch(&n.output[0], &kept);
     let axes: Vec<i64> = axes.iter().map(|&a| a as i64).collect();
     Ok(to_maxima(n, ctx, &dyk, &y, &axes))
+}
+
+/// `y = ||x||` over the axes: `dx = dy * x / y`, and 0 where `y` is 0 (then every `x` there is
+/// 0, and dividing by the smallest normal float keeps it 0).
+fn reduce_l2(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let (_, _, kept) = reduced(n, ctx)?;
+    let dyk = ctx.b.reshape_batch(dy, &kept);
+    let y = ctx.b.reshape_batch(&n.output[0], &kept);
+    let tiny = ctx.b.scalar(f32::MIN_POSITIVE);
+    let safe = ctx.b.op("Max", &[&y, &tiny], vec![]);
+    let ratio = ctx.b.op("Div", &[&n.input[0], &safe], vec![]);
+    Ok(single(n, ctx.b.mul(&ratio, &dyk)))
 }
 
 fn global_max_pool(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
