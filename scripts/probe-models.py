@@ -78,12 +78,7 @@ def settle(m, size):
 
 def export(m, x, path, form):
     if form == "dstatic":
-        torch.onnx.export(m, (x[:1],), path, input_names=["input"], output_names=["logits"])
-        om = onnx.load(path)
-        mz.strip(om)
-        onnx.save(om, path)
-        if os.path.exists(path + ".data"):
-            os.remove(path + ".data")
+        mz.export(m, x, path, "default_static")
     else:
         torch.onnx.export(m, (x,), path, dynamo=False, opset_version=17, input_names=["input"],
                           output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})

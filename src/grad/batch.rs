@@ -9,8 +9,9 @@
 //! input (`Shape(input)[0:1]`), which the compiler folds to its symbolic batch like any
 //! dynamic export's. A view the exporter wrote as a `Gather` of constant indices from the
 //! flattened batch (PyTorch's `as_strided` in torchvision's ConvNeXt head) becomes the same
-//! `Gather` per sample, and a `Resize` to literal sizes resizes every sample. A model that uses its batch size in another way (a `Reshape` that drops
-//! the batch axis) still compiles to an error that names the node.
+//! `Gather` per sample, and a `Resize` to literal sizes resizes every sample. A model that
+//! uses its batch size in another way (a `Reshape` that drops the batch axis) still compiles to
+//! an error that names the node.
 
 use std::collections::{HashMap, HashSet};
 
@@ -204,12 +205,11 @@ impl Rewriter {
         if self.batch != 1 || onnx::Attrs::of(n).int("axis", 0)? != 0 {
             return Ok(());
         }
-        let Some(t) = n.input.get(1).and_then(|i| self.consts.get(i)) else { return Ok(()) };
-        let Some(idx) = self.ints(&t.name).filter(|v| v.iter().all(|&i| i >= 0)) else { return Ok(()) };
-        if t.dims.first() != Some(&1) {
+        let Some(t) = n.input.get(1).and_then(|i| self.consts.get(i)).filter(|t| t.dims.first() == Some(&1)) else {
             return Ok(());
-        }
+        };
         let rest: Vec<usize> = t.dims[1..].iter().map(|&d| d.max(0) as usize).collect();
+        let Some(idx) = self.ints(&t.name).filter(|v| v.iter().all(|&i| i >= 0)) else { return Ok(()) };
         let k = self.inits.len();
         let (rows, target, ids) =
             (format!("gw_batch/{k}/rows"), format!("gw_batch/{k}/rows_shape"), format!("gw_batch/{k}/ids"));

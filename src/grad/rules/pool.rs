@@ -1,8 +1,7 @@
 //! Pooling and reductions: `MaxPool`, `AveragePool`, `GlobalAveragePool`, `GlobalMaxPool`,
 //! `ReduceMean`, `ReduceSum`, `ReduceMax`, `ReduceL2` (ConvNeXtV2's global response norm). The
-//! global and reduced maxima pass the gradient to the
-//! maximum, split evenly among ties (as `torch.amax` and TensorFlow's `reduce_max`, which
-//! Keras's `GlobalMaxPooling2D` exports to).
+//! global and reduced maxima pass the gradient to the maximum, split evenly among ties (as
+//! `torch.amax` and TensorFlow's `reduce_max`, which Keras's `GlobalMaxPooling2D` exports to).
 
 use super::window::{col2im, conv_attrs, crop_spatial, geom, one_hot_kernel, Geom};
 use super::{act_input, norm_axis, single, Grads, Params, Rule};
@@ -216,20 +215,24 @@ fn to_maxima(n: &NodeProto, ctx: &mut Ctx, dyk: &str, y: &str, axes: &[i64]) -> 
     single(n, ctx.b.mul(&mask, &share))
 }
 
-fn reduce_max(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+/// A reduction's axes, and `dy` and the output `y` with the reduced axes kept (size 1), so that
+/// they broadcast against the input.
+fn kept_dy_y(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<(Vec<i64>, String, String), GradError> {
     let (axes, _, kept) = reduced(n, ctx)?;
     let dyk = ctx.b.reshape_batch(dy, &kept);
     let y = ctx.b.reshape_batch(&n.output[0], &kept);
-    let axes: Vec<i64> = axes.iter().map(|&a| a as i64).collect();
+    Ok((axes.iter().map(|&a| a as i64).collect(), dyk, y))
+}
+
+fn reduce_max(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let (axes, dyk, y) = kept_dy_y(n, dy, ctx)?;
     Ok(to_maxima(n, ctx, &dyk, &y, &axes))
 }
 
 /// `y = ||x||` over the axes: `dx = dy * x / y`, and 0 where `y` is 0 (then every `x` there is
 /// 0, and dividing by the smallest normal float keeps it 0).
 fn reduce_l2(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
-    let (_, _, kept) = reduced(n, ctx)?;
-    let dyk = ctx.b.reshape_batch(dy, &kept);
-    let y = ctx.b.reshape_batch(&n.output[0], &kept);
+    let (_, dyk, y) = kept_dy_y(n, dy, ctx)?;
     let tiny = ctx.b.scalar(f32::MIN_POSITIVE);
     let safe = ctx.b.op("Max", &[&y, &tiny], vec![]);
     let ratio = ctx.b.op("Div", &[&n.input[0], &safe], vec![]);

@@ -22,6 +22,12 @@ struct Plan {
     nearest: String,
 }
 
+/// Where a Resize's output lengths come from, one entry per axis (the batch first).
+enum By {
+    Sizes(Vec<i64>),
+    Scales(Vec<f32>),
+}
+
 fn plan(n: &NodeProto, ctx: &Ctx) -> Result<Plan, GradError> {
     let x = ctx.shape(n, act_input(n, ctx, 0)?)?;
     let a = Attrs::of(n);
@@ -48,12 +54,16 @@ fn plan(n: &NodeProto, ctx: &Ctx) -> Result<Plan, GradError> {
         Some(s) => Some(ctx.const_f32(n, s)?.iter().copied().collect()).filter(|v: &Vec<f32>| !v.is_empty()),
         None => None,
     };
+    let by = match (sizes, scales) {
+        (Some(s), _) if s.len() == rank => By::Sizes(s),
+        (_, Some(s)) if s.len() == rank => By::Scales(s),
+        _ => return Err(node_err(n, "Resize needs constant scales or sizes for every axis")),
+    };
     // The batch must stay whole: sizes read it from the input (the symbolic batch after
     // folding), scales keep it at 1. A literal would resize every batch to that many samples.
-    let whole = match (&sizes, &scales) {
-        (Some(s), _) if s.len() == rank => s[0] == crate::grad::fold::BATCH,
-        (_, Some(s)) if s.len() == rank => s[0] == 1.0,
-        _ => true,
+    let whole = match &by {
+        By::Sizes(s) => s[0] == crate::grad::fold::BATCH,
+        By::Scales(s) => s[0] == 1.0,
     };
     if !whole {
         return Err(node_err(
@@ -64,13 +74,12 @@ fn plan(n: &NodeProto, ctx: &Ctx) -> Result<Plan, GradError> {
     }
     let mut axes = Vec::with_capacity(x.len());
     for (i, &len) in x.iter().enumerate() {
-        let (out, scale) = match (&sizes, &scales) {
-            (Some(s), _) if s.len() == rank => {
+        let (out, scale) = match &by {
+            By::Sizes(s) => {
                 let out = usize::try_from(s[i + 1]).map_err(|_| node_err(n, "negative Resize size"))?;
                 (out, out as f32 / len as f32)
             }
-            (_, Some(s)) if s.len() == rank => ((len as f32 * s[i + 1]) as usize, s[i + 1]),
-            _ => return Err(node_err(n, "Resize needs constant scales or sizes for every axis")),
+            By::Scales(s) => ((len as f32 * s[i + 1]) as usize, s[i + 1]),
         };
         if out == 0 || !(scale.is_finite() && scale > 0.0) {
             return Err(node_err(n, format!("Resize to {out} along an axis of {len}")));
