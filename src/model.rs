@@ -557,7 +557,7 @@ impl LoadedModel {
 /// Softmax/LogSoftmax (the same logits [`crate::grad::compile`] differentiates).
 pub fn forward_logits_model(model: &ModelProto) -> Result<(ModelProto, String), ModelError> {
     // Batch-dynamic like the compiled graph, so it takes the same batches.
-    let mut m = grad::dynamic_batch(model)?.unwrap_or_else(|| model.clone());
+    let mut m = grad::forward_model(model)?;
     let g = m.graph.as_mut().ok_or(OnnxError::NoGraph)?;
     let out0 = g.output.first().ok_or(ModelError::NoOutputs)?.name.clone();
     let mut logits = out0;

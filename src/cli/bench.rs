@@ -228,7 +228,7 @@ fn parse_graph(spec: &str) -> Result<(String, CompileOptions)> {
 /// The model as the compiled graph sees it: a fixed batch made symbolic, so that the forward
 /// pass runs at the benchmark's batch like the gradient graph.
 fn batch_dynamic(model: &onnx::ModelProto) -> Result<onnx::ModelProto> {
-    Ok(grad::dynamic_batch(model)?.unwrap_or_else(|| model.clone()))
+    Ok(grad::forward_model(model)?)
 }
 
 /// Runs `gradwatch bench` and prints a markdown table: per batch size, the forward pass and

@@ -22,6 +22,13 @@ use crate::onnx::{self, attr, ModelProto, NodeProto, TensorProto};
 /// already has a symbolic batch, or the model has no single image input, which the compiler
 /// reports itself).
 pub fn dynamic_batch(model: &ModelProto) -> Result<Option<ModelProto>, GradError> {
+    Ok(rewrite_batch(model)?.map(|(m, _)| m))
+}
+
+/// [`dynamic_batch`], with the Reshape targets it rewrote and their literal values: where the
+/// compiler finds that a reshape's input holds the batch merged with another axis, the
+/// literal (written for the export's batch) says where it goes, not the rewrite.
+pub(super) fn rewrite_batch(model: &ModelProto) -> Result<Option<(ModelProto, Literals)>, GradError> {
     let Some(graph) = model.graph.as_ref() else { return Ok(None) };
     let consts = collect_constants(graph)?;
     let inputs: Vec<_> = graph.input.iter().filter(|i| !consts.contains_key(&i.name)).collect();
@@ -59,6 +66,7 @@ pub fn dynamic_batch(model: &ModelProto) -> Result<Option<ModelProto>, GradError
         inits: Vec::new(),
         flat_of: HashMap::new(),
         rewritten: HashSet::new(),
+        literals: HashMap::new(),
     };
     let mut body = Vec::with_capacity(g.node.len());
     for n in std::mem::take(&mut g.node) {
@@ -70,7 +78,20 @@ pub fn dynamic_batch(model: &ModelProto) -> Result<Option<ModelProto>, GradError
     }
     g.node = body;
     g.initializer.extend(rw.inits);
-    Ok(Some(m))
+    Ok(Some((m, rw.literals)))
+}
+
+/// Rewritten Reshape target -> the export's literal target.
+pub(super) type Literals = HashMap<String, Vec<i64>>;
+
+/// The fixed batch size of the model's one image input, if it has one.
+pub(super) fn fixed_batch(model: &ModelProto) -> Option<usize> {
+    let graph = model.graph.as_ref()?;
+    let consts = collect_constants(graph).ok()?;
+    let inputs: Vec<_> = graph.input.iter().filter(|i| !consts.contains_key(&i.name)).collect();
+    let [input] = inputs.as_slice() else { return None };
+    let b = onnx::value_info_shape(input).and_then(|(_, d)| d.first().copied())??;
+    usize::try_from(b).ok().filter(|&b| b > 0)
 }
 
 /// Sets a value's leading dim to the symbolic `N` when it is the fixed batch `batch`.
@@ -101,6 +122,8 @@ struct Rewriter {
     flat_of: HashMap<String, String>,
     /// Reshape targets already rewritten (`<target>/gw_batch`).
     rewritten: HashSet<String>,
+    /// Rewritten Reshape targets -> their literal values.
+    literals: Literals,
 }
 
 impl Rewriter {
@@ -179,18 +202,21 @@ impl Rewriter {
             return Ok(());
         }
         let allowzero = onnx::Attrs::of(n).int("allowzero", 0)? != 0;
+        let literal = t.clone();
         t[0] = if !allowzero {
             0
         } else if !t.contains(&-1) {
             -1
         } else {
             n.input[1] = self.batch_led(&t[1..]);
+            self.literals.insert(n.input[1].clone(), literal);
             return Ok(());
         };
         // Exporters share one target between reshapes: one rewritten copy serves them all.
         let name = format!("{}/gw_batch", n.input[1]);
         if self.rewritten.insert(name.clone()) {
             self.inits.push(onnx::make_tensor_i64(&name, &[t.len()], &t));
+            self.literals.insert(name.clone(), literal);
         }
         n.input[1] = name;
         Ok(())

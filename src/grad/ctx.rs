@@ -76,7 +76,15 @@ pub(crate) struct Ctx {
     /// Outputs of flattens of the whole batch (`Reshape(x, [-1])`) -> their input.
     pub merged: HashMap<String, String>,
     /// Nodes the analysis rewrote, by their first output: the compiled graph holds these.
-    pub replaced: HashMap<String, NodeProto>,
+    pub replaced: HashMap<String, Vec<NodeProto>>,
+    /// Activations stored batch-first whose original shape holds the batch elsewhere.
+    pub layouts: HashMap<String, super::layout::Layout>,
+    /// The batch size of a fixed-batch export (its literal reshape targets are written for it).
+    pub fixed_batch: Option<usize>,
+    /// Reshape targets the batch rewrite made batch-first -> the export's literal targets.
+    pub literal_targets: HashMap<String, Vec<i64>>,
+    /// Whether a node was rewritten for a tensor that holds the batch elsewhere.
+    pub moved: bool,
     /// Compute gradients for every activation (the input gradient is wanted).
     pub all_grads: bool,
     pub conv_norm: ConvNorm,

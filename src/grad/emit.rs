@@ -113,7 +113,7 @@ pub(super) fn assemble(
     model: &ModelProto,
     graph: &GraphProto,
     needed: &[bool],
-    replaced: &HashMap<String, NodeProto>,
+    replaced: &HashMap<String, Vec<NodeProto>>,
     b: &mut Builder,
     layout: Layout,
     meta: Meta,
@@ -125,9 +125,23 @@ pub(super) fn assemble(
         .iter()
         .enumerate()
         .filter(|(i, _)| needed[*i])
-        .map(|(_, n)| n.output.first().and_then(|o| replaced.get(o)).unwrap_or(n).clone())
+        .flat_map(|(_, n)| match n.output.first().and_then(|o| replaced.get(o)) {
+            Some(r) => r.clone(),
+            None => vec![n.clone()],
+        })
         .collect();
     new_nodes.append(&mut b.nodes);
+    // Shape arithmetic whose reader was rewritten (a reshape target of a moved batch) is dead:
+    // dropped, so that ONNX Runtime does not warn about its constants on every load.
+    let mut live: HashSet<String> = outputs.iter().map(|o| o.name.clone()).collect();
+    let mut keep = vec![false; new_nodes.len()];
+    for (k, n) in new_nodes.iter().enumerate().rev() {
+        if n.output.iter().any(|o| live.contains(o)) {
+            keep[k] = true;
+            live.extend(n.input.iter().cloned());
+        }
+    }
+    let new_nodes: Vec<NodeProto> = new_nodes.into_iter().zip(keep).filter(|(_, k)| *k).map(|(n, _)| n).collect();
     let used: HashSet<&str> = new_nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
     let mut initializer: Vec<TensorProto> =
         graph.initializer.iter().filter(|t| used.contains(t.name.as_str())).cloned().collect();

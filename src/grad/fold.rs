@@ -11,7 +11,7 @@
 
 use ndarray::{ArrayD, Axis, IxDyn, Slice};
 
-use super::{node_err, GradError};
+use super::{fold_nd as nd, node_err, GradError};
 use crate::onnx::{self, data_type, Attrs, NodeProto, TensorProto};
 
 /// The symbolic batch size inside folded integer tensors.
@@ -129,6 +129,8 @@ pub(crate) const FOLDABLE: &[&str] = &[
     "Range",
     "Expand",
     "Split",
+    "GatherND",
+    "ScatterND",
 ];
 
 /// Whether [`fold`] can evaluate `n` given which of its inputs are constants and which are
@@ -222,12 +224,33 @@ pub(crate) fn fold(
         "ConstantOfShape" => fold_constant_of_shape(&f)?,
         "Range" => fold_range(&f)?,
         "Expand" => fold_expand(&f)?,
+        "GatherND" | "ScatterND" => fold_nd(&f)?,
         other => return Err(f.fail(&format!("no folding rule for {other}"))),
     };
     if out.len() < n.output.iter().filter(|o| !o.is_empty()).count() {
         return Err(f.fail("fewer values than outputs"));
     }
     Ok(n.output.iter().zip(out).filter(|(o, _)| !o.is_empty()).map(|(o, v)| v.to_tensor(o)).collect())
+}
+
+/// `GatherND` and `ScatterND` (no batch dims, no reduction): index tables exporters build from
+/// constants (Swin's shifted-window mask, LeViT's and EfficientFormerV2's attention biases).
+fn fold_nd(f: &Inputs) -> Result<Vec<Val>, GradError> {
+    let a = Attrs::of(f.n);
+    if a.int("batch_dims", 0)? != 0 || a.string("reduction", "none")? != "none" {
+        return Err(f.fail("batch_dims or reduction"));
+    }
+    let (data, idx) = (f.need(0)?, as_i(&f.need(1)?));
+    let out = if f.n.op_type == "GatherND" {
+        data.map(|d| nd::gather_nd(d, &idx), |d| nd::gather_nd(d, &idx))
+    } else {
+        match (&data, &f.need(2)?) {
+            (Val::F(d), Val::F(u)) => nd::scatter_nd(d, &idx, u).map(Val::F),
+            (Val::I(d, b), Val::I(u, _)) => nd::scatter_nd(d, &idx, u).map(|v| Val::I(v, *b)),
+            _ => None,
+        }
+    };
+    Ok(vec![out.ok_or_else(|| f.fail("indices out of range or shapes that do not match"))?])
 }
 
 /// `Cast` between float, integer and bool values.

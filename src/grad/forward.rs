@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{affine, fold, node_err, rules, unsupported, Ctx, GradError, ParamKind, ParamSelection};
+use super::{affine, fold, layout, node_err, rules, unsupported, Ctx, GradError, ParamKind, ParamSelection};
 use crate::onnx::{self, attr, GraphProto, NodeProto};
 
 /// What the forward analysis found.
@@ -64,6 +64,9 @@ pub(super) fn forward(
             rewritten
         } else if is_batch_flatten(n, ctx, &readers) {
             continue;
+        } else if let Some(stored) = layout::rewrite(n, ctx)? {
+            // A tensor whose batch is not first and alone is stored batch-first.
+            stored
         } else {
             vec![n.clone()]
         };
@@ -207,8 +210,8 @@ pub(super) fn as_strided(n: &NodeProto, ctx: &mut Ctx) -> Result<Option<Vec<Node
         &n.output.iter().map(String::as_str).collect::<Vec<_>>(),
         vec![attr::int("axis", 1)],
     );
-    ctx.replaced.insert(flat.clone(), r.clone());
-    ctx.replaced.insert(n.output[0].clone(), g.clone());
+    ctx.replaced.insert(flat.clone(), vec![r.clone()]);
+    ctx.replaced.insert(n.output[0].clone(), vec![g.clone()]);
     Ok(Some(vec![r, g]))
 }
 

@@ -19,7 +19,10 @@
 //! inputs and their [`ParamKind`], its shape inference and its backward. Adding an operator
 //! means adding one rule in one file; see "Adding an operator" in `rules/mod.rs`. Nodes that
 //! compute on constants only (the `Shape` subgraphs exporters write) never reach the rules:
-//! `fold.rs` evaluates them at compile time, with the batch size symbolic.
+//! `fold.rs` evaluates them at compile time, with the batch size symbolic. A tensor whose batch
+//! axis an attention or window layer moved or merged with another axis (`[L, N, E]`,
+//! `[N*heads, L, d]`) is stored batch-first and the nodes around it rewritten (`layout/`),
+//! so the rules always see the batch first and alone.
 //!
 //! Which parameter tensors become features is [`CompileOptions::params`]: by default every
 //! trainable tensor (weights, biases, BatchNormalization scale and shift, and BatchNormalization
@@ -32,7 +35,9 @@ mod builder;
 mod ctx;
 mod emit;
 mod fold;
+mod fold_nd;
 mod forward;
+mod layout;
 mod loss;
 mod options;
 mod rules;
@@ -98,11 +103,16 @@ fn constant_node_value(n: &NodeProto) -> Result<TensorProto, GradError> {
 /// The phases, in order: [`dynamic_batch`] (a fixed batch size made symbolic),
 /// [`shared::unshare_initializers`] (one copy of a shared tensor per reader), [`check_model`], [`collect_constants`], [`image_input`],
 /// [`find_logits`] and [`needed_nodes`] read the model; [`forward`] folds constant nodes
-/// (`fold.rs`), infers shapes and finds the parameters through the rule table; [`confounding_label`] checks the label;
+/// (`fold.rs`), stores a moved batch axis first (`layout/`), infers shapes and finds the
+/// parameters through the rule table; [`confounding_label`] checks the label;
 /// [`backward`] seeds the loss gradient and runs the rules in reverse; [`emit_outputs`] adds
 /// the output nodes and [`assemble`] writes the new model.
 pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, GradError> {
-    let dynamic = dynamic_batch(model)?;
+    let (dynamic, literal_targets) = match batch::rewrite_batch(model)? {
+        Some((m, lit)) => (Some(m), lit),
+        None => (None, HashMap::new()),
+    };
+    let fixed_batch = dynamic.as_ref().and_then(|_| batch::fixed_batch(model));
     let model = dynamic.as_ref().unwrap_or(model);
     let unshared = shared::unshare_initializers(model);
     let model = unshared.as_ref().unwrap_or(model);
@@ -136,6 +146,10 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
         affine: HashMap::new(),
         merged: HashMap::new(),
         replaced: HashMap::new(),
+        layouts: HashMap::new(),
+        fixed_batch,
+        literal_targets: literal_targets.clone(),
+        moved: false,
         all_grads: opts.input_grad,
         conv_norm: opts.conv_norm,
         b: Builder::new(opset, taken),
@@ -169,6 +183,9 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
         ctx.shapes.get(&logits).cloned().ok_or_else(|| {
             GradError::Model(format!("output '{logits}' does not depend on the input '{}'", input.name))
         })?;
+    if ctx.layouts.contains_key(&logits) {
+        return Err(GradError::Model(format!("logits '{logits}' hold the batch merged with another axis")));
+    }
     let num_classes = match logits_shape.as_slice() {
         [c] => *c,
         other => return Err(GradError::Model(format!("logits must be [N, C]; '{logits}' is [N, {other:?}]"))),
@@ -195,6 +212,7 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
     let layout = Layout { input_name: &input.name, input_shape: &input_shape, outputs: emitted.outputs };
     let preset = opts.preset_name();
     let meta = Meta { loss: opts.loss, label: &label, features: &features, preset: &preset };
+    let batch_moved = ctx.moved;
     let out_model = assemble(model, graph, &needed, &ctx.replaced, &mut ctx.b, layout, meta);
 
     Ok(Compiled {
@@ -209,7 +227,37 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
         conv_plans: ctx.conv_plans,
         preset,
         act_stats: act_names,
+        batch_moved,
     })
+}
+
+/// The classifier's forward graph with a symbolic batch, as the compiled graph runs it: for
+/// the forward-only sessions of benchmarks and evaluations. A fixed-batch export is made
+/// batch-dynamic ([`dynamic_batch`]); one whose reshapes merge the batch with other axes (a
+/// transformer's heads or windows, written as literals for its one sample) runs the compiled
+/// graph's rewritten forward nodes up to the logits, its only output.
+pub fn forward_model(model: &ModelProto) -> Result<ModelProto, GradError> {
+    let Some(dynamic) = dynamic_batch(model)? else { return Ok(model.clone()) };
+    let compiled = match compile(model, &CompileOptions::default()) {
+        Ok(c) if c.batch_moved => c,
+        _ => return Ok(dynamic),
+    };
+    let (graph, _) = check_model(&dynamic)?;
+    let producers: HashMap<String, &NodeProto> =
+        graph.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.clone(), n))).collect();
+    let logits = find_logits(graph, &producers)?;
+    let mut m = compiled.model;
+    let g = m.graph.as_mut().ok_or(OnnxError::NoGraph)?;
+    let keep = needed_nodes(g, &logits);
+    let nodes = std::mem::take(&mut g.node);
+    g.node = nodes.into_iter().zip(keep).filter(|(_, k)| *k).map(|(n, _)| n).collect();
+    let used: HashSet<&str> = g.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+    let inits = std::mem::take(&mut g.initializer);
+    g.initializer = inits.into_iter().filter(|t| used.contains(t.name.as_str())).collect();
+    g.input.truncate(1);
+    g.output = vec![onnx::make_value_info(&logits, onnx::data_type::FLOAT, &[None, None])];
+    m.metadata_props.retain(|p| !p.key.starts_with("gradwatch."));
+    Ok(m)
 }
 
 /// The oldest default-domain opset the compiler reads.

@@ -402,4 +402,7 @@ pub struct Compiled {
     /// Forward-only statistics appended to the features (names start with [`ACT_PREFIX`]);
     /// `features` ends with them.
     pub act_stats: Vec<String>,
+    /// Whether some activations hold the batch merged with or behind another axis and were
+    /// stored batch-first (the forward nodes differ from the model's).
+    pub batch_moved: bool,
 }

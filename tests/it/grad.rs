@@ -1104,6 +1104,7 @@ type MakeCase = fn() -> Case;
 
 /// Every finite-difference case (each is checked by the test of the same name).
 const FD_CASES: &[(&str, MakeCase)] = &[
+    ("batch_merged_and_moved", case_batch_merged_and_moved),
     ("conv_padded_with_bias", case_conv_padded_with_bias),
     ("conv_strided_dilated_asymmetric_pads", case_conv_strided_dilated_asymmetric_pads),
     ("conv_depthwise_and_grouped", case_conv_depthwise_and_grouped),
@@ -1179,6 +1180,54 @@ fn case_matmul_broadcast_heads() -> Case {
 #[test]
 fn matmul_broadcast_heads() {
     check(case_matmul_broadcast_heads());
+}
+
+/// The batch merged with the channels and moved behind another axis, as attention writes it:
+/// `[N,3,6,6] -> [N*3,6,6]` (heads) -> `[6,N*3,6]` (sequence-first) -> a weight `MatMul`, a
+/// Softmax over the last axis, `Gemm` on `[6*N*3, 6]` (torchvision's output projection with its
+/// bias), LayerNormalization, then back to `[N, 108]`. Stored batch-first by `grad/layout/`; every
+/// weight is a per-sample feature and no sample mixes with another.
+fn case_batch_merged_and_moved() -> Case {
+    chain(51, |n, x| {
+        let heads = n.ints(&[-1, 6, 6]);
+        let h = n.op("Reshape", &[x, &heads], vec![]);
+        let seq = n.op("Transpose", &[&h], vec![attr::ints("perm", &[1, 0, 2])]);
+        let w = n.param(&[6, 6], 0.4);
+        let m = n.op("MatMul", &[&seq, &w], vec![]);
+        let p = n.op("Softmax", &[&m], vec![attr::int("axis", -1)]);
+        let rows = n.ints(&[-1, 6]);
+        let r = n.op("Reshape", &[&p, &rows], vec![]);
+        let (gw, gb) = (n.param(&[6, 6], 0.4), n.param(&[6], 0.1));
+        let g = n.op("Gemm", &[&r, &gw, &gb], vec![attr::int("transB", 1)]);
+        let back = n.ints(&[6, -1, 6]);
+        let b = n.op("Reshape", &[&g, &back], vec![]);
+        let (ls, lb) = (n.param(&[6], 0.3), n.param(&[6], 0.1));
+        let ln = n.op("LayerNormalization", &[&b, &ls, &lb], vec![attr::int("axis", -1)]);
+        let first = n.op("Transpose", &[&ln], vec![attr::ints("perm", &[1, 0, 2])]);
+        let flat = n.ints(&[-1, 108]);
+        (n.op("Reshape", &[&first, &flat], vec![]), 108)
+    })
+}
+
+#[test]
+fn batch_merged_and_moved() {
+    check(case_batch_merged_and_moved());
+}
+
+/// A Conv over `[N*3, 1, 6, 6]` (the batch merged with the channels, as local-window attention
+/// convolves windows) would need per-window sums the rules do not make: refused by name.
+#[test]
+fn a_conv_over_the_merged_batch_is_refused() {
+    let case = chain(52, |n, x| {
+        let t = n.ints(&[-1, 1, 6, 6]);
+        let r = n.op("Reshape", &[x, &t], vec![]);
+        let w = n.param(&[1, 1, 3, 3], 0.3);
+        let c = n.op("Conv", &[&r, &w], vec![attr::ints("pads", &[1, 1, 1, 1])]);
+        let back = n.ints(&[-1, 108]);
+        (n.op("Reshape", &[&c, &back], vec![]), 108)
+    });
+    let err = grad::compile(&case.net.model(&case.input, &case.out), &CompileOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("batch axis is merged with or moved behind another axis"), "{err}");
 }
 
 /// `Resize` as PyTorch exports `upsample_nearest2d` (asymmetric, floor) and

@@ -94,8 +94,8 @@ fn mul_params(n: &NodeProto, s: &Scope) -> Vec<(usize, ParamKind)> {
 
 fn add_params(n: &NodeProto, s: &Scope) -> Vec<(usize, ParamKind)> {
     let Some((x, ci)) = act_and_const(n, s) else { return vec![] };
-    let Some(p) = s.producers.get(&x) else { return vec![] };
-    let kind = match p.op_type.as_str() {
+    // A node the analysis added (a Gemm written as MatMul + Add) has no producer in the model.
+    let kind = s.producers.get(&x).and_then(|p| match p.op_type.as_str() {
         // MatMul + Add is how some exporters write a Gemm: the Add's constant is its bias.
         "MatMul" | "Gemm" => Some(ParamKind::Bias),
         "Conv" if channel_axis(s, &x, &n.input[ci]) == Some(1) => Some(ParamKind::Bias),
@@ -104,7 +104,7 @@ fn add_params(n: &NodeProto, s: &Scope) -> Vec<(usize, ParamKind)> {
             _ => ParamKind::FoldedBnShift,
         }),
         _ => None,
-    };
+    });
     // Any other learned constant added to an activation downstream of a parameter: a position
     // embedding (or a bias the exporter moved away from its layer).
     let kind = kind.or_else(|| {
