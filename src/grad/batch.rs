@@ -22,13 +22,13 @@ use crate::onnx::{self, attr, ModelProto, NodeProto, TensorProto};
 /// already has a symbolic batch, or the model has no single image input, which the compiler
 /// reports itself).
 pub fn dynamic_batch(model: &ModelProto) -> Result<Option<ModelProto>, GradError> {
-    Ok(rewrite_batch(model)?.map(|(m, _)| m))
+    Ok(rewrite_batch(model)?.map(|r| r.model))
 }
 
 /// [`dynamic_batch`], with the Reshape targets it rewrote and their literal values: where the
 /// compiler finds that a reshape's input holds the batch merged with another axis, the
 /// literal (written for the export's batch) says where it goes, not the rewrite.
-pub(super) fn rewrite_batch(model: &ModelProto) -> Result<Option<(ModelProto, Literals)>, GradError> {
+pub(super) fn rewrite_batch(model: &ModelProto) -> Result<Option<Rewritten>, GradError> {
     let Some(graph) = model.graph.as_ref() else { return Ok(None) };
     let consts = collect_constants(graph)?;
     let inputs: Vec<_> = graph.input.iter().filter(|i| !consts.contains_key(&i.name)).collect();
@@ -78,20 +78,20 @@ pub(super) fn rewrite_batch(model: &ModelProto) -> Result<Option<(ModelProto, Li
     }
     g.node = body;
     g.initializer.extend(rw.inits);
-    Ok(Some((m, rw.literals)))
+    Ok(Some(Rewritten { model: m, literals: rw.literals, batch }))
 }
 
 /// Rewritten Reshape target -> the export's literal target.
 pub(super) type Literals = HashMap<String, Vec<i64>>;
 
-/// The fixed batch size of the model's one image input, if it has one.
-pub(super) fn fixed_batch(model: &ModelProto) -> Option<usize> {
-    let graph = model.graph.as_ref()?;
-    let consts = collect_constants(graph).ok()?;
-    let inputs: Vec<_> = graph.input.iter().filter(|i| !consts.contains_key(&i.name)).collect();
-    let [input] = inputs.as_slice() else { return None };
-    let b = onnx::value_info_shape(input).and_then(|(_, d)| d.first().copied())??;
-    usize::try_from(b).ok().filter(|&b| b > 0)
+/// What [`rewrite_batch`] made of a fixed-batch model.
+pub(super) struct Rewritten {
+    /// The model with a symbolic batch.
+    pub model: ModelProto,
+    /// The Reshape targets it rewrote, with their literal values.
+    pub literals: Literals,
+    /// The export's fixed batch size.
+    pub batch: i64,
 }
 
 /// Sets a value's leading dim to the symbolic `N` when it is the fixed batch `batch`.

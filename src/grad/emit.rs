@@ -133,14 +133,7 @@ pub(super) fn assemble(
     new_nodes.append(&mut b.nodes);
     // Shape arithmetic whose reader was rewritten (a reshape target of a moved batch) is dead:
     // dropped, so that ONNX Runtime does not warn about its constants on every load.
-    let mut live: HashSet<String> = outputs.iter().map(|o| o.name.clone()).collect();
-    let mut keep = vec![false; new_nodes.len()];
-    for (k, n) in new_nodes.iter().enumerate().rev() {
-        if n.output.iter().any(|o| live.contains(o)) {
-            keep[k] = true;
-            live.extend(n.input.iter().cloned());
-        }
-    }
+    let keep = super::needed_nodes(&new_nodes, outputs.iter().map(|o| o.name.clone()));
     let new_nodes: Vec<NodeProto> = new_nodes.into_iter().zip(keep).filter(|(_, k)| *k).map(|(n, _)| n).collect();
     let used: HashSet<&str> = new_nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
     let mut initializer: Vec<TensorProto> =

@@ -108,11 +108,10 @@ fn constant_node_value(n: &NodeProto) -> Result<TensorProto, GradError> {
 /// [`backward`] seeds the loss gradient and runs the rules in reverse; [`emit_outputs`] adds
 /// the output nodes and [`assemble`] writes the new model.
 pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, GradError> {
-    let (dynamic, literal_targets) = match batch::rewrite_batch(model)? {
-        Some((m, lit)) => (Some(m), lit),
-        None => (None, HashMap::new()),
+    let (dynamic, literal_targets, fixed_batch) = match batch::rewrite_batch(model)? {
+        Some(r) => (Some(r.model), r.literals, usize::try_from(r.batch).ok().filter(|&b| b > 0)),
+        None => (None, HashMap::new(), None),
     };
-    let fixed_batch = dynamic.as_ref().and_then(|_| batch::fixed_batch(model));
     let model = dynamic.as_ref().unwrap_or(model);
     let unshared = shared::unshare_initializers(model);
     let model = unshared.as_ref().unwrap_or(model);
@@ -122,7 +121,7 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
     let producers: HashMap<String, &NodeProto> =
         graph.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.clone(), n))).collect();
     let logits = find_logits(graph, &producers)?;
-    let needed = needed_nodes(graph, &logits);
+    let needed = needed_nodes(&graph.node, [logits.clone()]);
 
     // Names the compiled graph keeps: a node the logits do not need (a trailing Softmax whose
     // output is called `logits`, as Keras-style exports do) is dropped, and so is its name.
@@ -248,7 +247,7 @@ pub fn forward_model(model: &ModelProto) -> Result<ModelProto, GradError> {
     let logits = find_logits(graph, &producers)?;
     let mut m = compiled.model;
     let g = m.graph.as_mut().ok_or(OnnxError::NoGraph)?;
-    let keep = needed_nodes(g, &logits);
+    let keep = needed_nodes(&g.node, [logits.clone()]);
     let nodes = std::mem::take(&mut g.node);
     g.node = nodes.into_iter().zip(keep).filter(|(_, k)| *k).map(|(n, _)| n).collect();
     let used: HashSet<&str> = g.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
@@ -359,11 +358,11 @@ fn find_logits(graph: &GraphProto, producers: &HashMap<String, &NodeProto>) -> R
     Ok(logits)
 }
 
-/// Which nodes the logits depend on.
-fn needed_nodes(graph: &GraphProto, logits: &str) -> Vec<bool> {
-    let mut needed_vals: HashSet<String> = HashSet::from([logits.to_string()]);
-    let mut needed = vec![false; graph.node.len()];
-    for (i, n) in graph.node.iter().enumerate().rev() {
+/// Which of `nodes` the values `outputs` depend on.
+fn needed_nodes(nodes: &[NodeProto], outputs: impl IntoIterator<Item = String>) -> Vec<bool> {
+    let mut needed_vals: HashSet<String> = outputs.into_iter().collect();
+    let mut needed = vec![false; nodes.len()];
+    for (i, n) in nodes.iter().enumerate().rev() {
         if n.output.iter().any(|o| needed_vals.contains(o)) {
             needed[i] = true;
             needed_vals.extend(n.input.iter().filter(|s| !s.is_empty()).cloned());

@@ -26,6 +26,7 @@
 mod target;
 
 use super::fold::BATCH;
+use super::rules::{self, norm_axis};
 use super::{node_err, Ctx, GradError};
 use crate::onnx::{self, attr, Attrs, NodeProto, TensorProto};
 use target::{product, reshape_layout};
@@ -209,44 +210,21 @@ fn ints(ctx: &mut Ctx, hint: &str, v: &[i64]) -> String {
     name
 }
 
-fn stored_shape(n: &NodeProto, ctx: &Ctx, x: &str) -> Result<Vec<usize>, GradError> {
-    ctx.shape(n, x)
-}
-
-fn norm(n: &NodeProto, axis: i64, rank: usize) -> Result<usize, GradError> {
-    let a = if axis < 0 { axis + rank as i64 } else { axis };
-    if a < 0 || a >= rank as i64 {
-        return Err(node_err(n, format!("axis {axis} out of range for rank {rank}")));
-    }
-    Ok(a as usize)
-}
-
 /// The stored axis of original axis `axis`, refusing the batch axis.
 fn map_axis(n: &NodeProto, l: Layout, axis: i64, rank: usize) -> Result<i64, GradError> {
-    let j = norm(n, axis, rank)?;
+    let j = norm_axis(n, axis, rank)?;
     if j == l.axis {
         return Err(node_err(n, format!("works along axis {j}, which holds the batch: it would mix samples")));
     }
     Ok(l.stored(j) as i64)
 }
 
-/// `axes` of a node, from its attribute or its constant input `idx`.
-fn axes_of(n: &NodeProto, ctx: &Ctx, idx: usize) -> Result<(Option<Vec<i64>>, bool), GradError> {
-    if let Some(v) = Attrs::of(n).ints("axes")? {
-        return Ok((Some(v), false));
-    }
-    match n.input.get(idx).filter(|s| !s.is_empty()) {
-        Some(name) => Ok((Some(ctx.const_i64(n, name)?), true)),
-        None => Ok((None, false)),
-    }
-}
-
-/// `n` with its axes (attribute or input `idx`) replaced by `axes`.
-fn set_axes(n: &NodeProto, ctx: &mut Ctx, idx: usize, axes: &[i64], as_input: bool) -> NodeProto {
-    if as_input {
+/// `n` with its axes (constant input 1 where it has one, else the attribute) replaced by `axes`.
+fn set_axes(n: &NodeProto, ctx: &mut Ctx, axes: &[i64]) -> NodeProto {
+    if n.input.get(1).is_some_and(|s| !s.is_empty()) {
         let name = ints(ctx, "axes", axes);
         let mut inputs = n.input.clone();
-        inputs[idx] = name;
+        inputs[1] = name;
         with_inputs(n, inputs, None)
     } else {
         let mut m = n.clone();
@@ -260,7 +238,7 @@ type Rewritten = (Vec<NodeProto>, Option<Layout>);
 
 fn transpose(n: &NodeProto, ctx: &mut Ctx, l: Layout, odd: bool) -> Result<Option<Rewritten>, GradError> {
     let x = &n.input[0];
-    let rank = l.rank(&stored_shape(n, ctx, x)?);
+    let rank = l.rank(&ctx.shape(n, x)?);
     let perm = Attrs::of(n).ints("perm")?.unwrap_or_else(|| (0..rank as i64).rev().collect());
     let mut sorted = perm.clone();
     sorted.sort_unstable();
@@ -286,7 +264,7 @@ fn transpose(n: &NodeProto, ctx: &mut Ctx, l: Layout, odd: bool) -> Result<Optio
 
 fn reshape(n: &NodeProto, ctx: &mut Ctx, l: Layout, odd: bool) -> Result<Option<Rewritten>, GradError> {
     let x = n.input[0].clone();
-    let stored = stored_shape(n, ctx, &x)?;
+    let stored = ctx.shape(n, &x)?;
     let din = l.orig(&stored);
     let rank = din.len();
     let share = |j: usize| if j == l.axis { l.outer * l.inner } else { din[j] };
@@ -310,15 +288,15 @@ fn reshape(n: &NodeProto, ctx: &mut Ctx, l: Layout, odd: bool) -> Result<Option<
             (t, attrs.int("allowzero", 0)? != 0)
         }
         "Flatten" => {
-            let k = norm(n, attrs.int("axis", 1)?, rank + 1)?;
+            let k = norm_axis(n, attrs.int("axis", 1)?, rank + 1)?;
             let (g0, g1) = (product(&din[..k]), product(&din[k..]));
             let t = if l.axis < k { vec![batch_entry(g0)?, g1 as i64] } else { vec![g0 as i64, batch_entry(g1)?] };
             (t, false)
         }
         "Squeeze" => {
-            let (axes, _) = axes_of(n, ctx, 1)?;
+            let axes = rules::axes(n, ctx)?;
             let axes: Vec<usize> = match axes {
-                Some(v) => v.iter().map(|&a| norm(n, a, rank)).collect::<Result<_, _>>()?,
+                Some(v) => v.iter().map(|&a| norm_axis(n, a, rank)).collect::<Result<_, _>>()?,
                 None => (0..rank).filter(|&j| j != l.axis && din[j] == 1).collect(),
             };
             if axes.contains(&l.axis) {
@@ -334,10 +312,10 @@ fn reshape(n: &NodeProto, ctx: &mut Ctx, l: Layout, odd: bool) -> Result<Option<
             (t, false)
         }
         _ => {
-            let (axes, _) = axes_of(n, ctx, 1)?;
+            let axes = rules::axes(n, ctx)?;
             let out_rank = rank + axes.as_ref().map_or(0, Vec::len);
             let axes: Vec<usize> =
-                axes.unwrap_or_default().iter().map(|&a| norm(n, a, out_rank)).collect::<Result<_, _>>()?;
+                axes.unwrap_or_default().iter().map(|&a| norm_axis(n, a, out_rank)).collect::<Result<_, _>>()?;
             let mut src = 0..rank;
             let mut t = Vec::with_capacity(out_rank);
             for k in 0..out_rank {
@@ -370,7 +348,7 @@ fn reshape(n: &NodeProto, ctx: &mut Ctx, l: Layout, odd: bool) -> Result<Option<
 /// `Shape` (or `Size`) of a stored tensor: the original's, computed from the stored batch.
 fn shape(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<Vec<NodeProto>, GradError> {
     let x = n.input[0].clone();
-    let din = l.orig(&stored_shape(n, ctx, &x)?);
+    let din = l.orig(&ctx.shape(n, &x)?);
     let rank = din.len() as i64;
     let a = Attrs::of(n);
     let (start, end) = if n.op_type == "Size" {
@@ -460,7 +438,7 @@ fn relayout_const(n: &NodeProto, ctx: &mut Ctx, name: &str, l: Layout, rank: usi
 fn same_layout(n: &NodeProto, ctx: &Ctx, l: Layout) -> Result<usize, GradError> {
     let mut rank = None;
     for s in n.input.iter().filter(|s| ctx.is_act(s)) {
-        let r = layout(ctx, s).rank(&stored_shape(n, ctx, s)?);
+        let r = layout(ctx, s).rank(&ctx.shape(n, s)?);
         if layout(ctx, s) != l || rank.is_some_and(|q| q != r) {
             return Err(node_err(
                 n,
@@ -495,7 +473,7 @@ fn along(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<Vec<NodeProto>, Grad
         "Softmax" | "LogSoftmax" | "LayerNormalization" => -1,
         _ => 0,
     };
-    let axis = norm(n, Attrs::of(n).int("axis", default)?, rank)?;
+    let axis = norm_axis(n, Attrs::of(n).int("axis", default)?, rank)?;
     if op == "LayerNormalization" && axis <= l.axis {
         return Err(node_err(n, "normalises over the axis that holds the batch: it would mix samples"));
     }
@@ -515,8 +493,8 @@ fn gather(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<Rewritten, GradErro
     if !ctx.is_act(&x) || ctx.is_act(&idx) {
         return Err(node_err(n, "gathers by computed indices from a tensor whose batch is merged with another axis"));
     }
-    let rank = l.rank(&stored_shape(n, ctx, &x)?);
-    let axis = norm(n, Attrs::of(n).int("axis", 0)?, rank)?;
+    let rank = l.rank(&ctx.shape(n, &x)?);
+    let axis = norm_axis(n, Attrs::of(n).int("axis", 0)?, rank)?;
     let stored = map_axis(n, l, axis as i64, rank)?;
     let q = ctx.const_dims(n, &idx)?.len();
     let out = if l.axis < axis { l } else { Layout { axis: l.axis + q - 1, ..l } };
@@ -528,7 +506,7 @@ fn gather(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<Rewritten, GradErro
 
 fn slice(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<Vec<NodeProto>, GradError> {
     let x = n.input[0].clone();
-    let rank = l.rank(&stored_shape(n, ctx, &x)?);
+    let rank = l.rank(&ctx.shape(n, &x)?);
     let get = |i: usize| -> Result<Option<Vec<i64>>, GradError> {
         match n.input.get(i).filter(|s| !s.is_empty()) {
             Some(s) => Ok(Some(ctx.const_i64(n, s)?)),
@@ -543,7 +521,7 @@ fn slice(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<Vec<NodeProto>, Grad
     let steps = get(4)?.unwrap_or_else(|| vec![1; starts.len()]);
     let (mut s2, mut e2, mut a2, mut st2) = (vec![], vec![], vec![], vec![]);
     for k in 0..starts.len() {
-        let j = norm(n, axes[k], rank)?;
+        let j = norm_axis(n, axes[k], rank)?;
         if j == l.axis {
             // A full slice of the batch axis (x[:, ...]) is no slice.
             if starts[k] == 0 && ends[k] >= i32::MAX as i64 && steps[k] == 1 {
@@ -572,25 +550,25 @@ fn slice(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<Vec<NodeProto>, Grad
 
 fn reduce(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<Rewritten, GradError> {
     let x = n.input[0].clone();
-    let rank = l.rank(&stored_shape(n, ctx, &x)?);
-    let (axes, as_input) = axes_of(n, ctx, 1)?;
+    let rank = l.rank(&ctx.shape(n, &x)?);
+    let axes = rules::axes(n, ctx)?;
     let axes: Vec<usize> = axes
         .filter(|v| !v.is_empty())
         .ok_or_else(|| node_err(n, "reduces over every axis, the batch included: it would mix samples"))?
         .iter()
-        .map(|&a| norm(n, a, rank))
+        .map(|&a| norm_axis(n, a, rank))
         .collect::<Result<_, _>>()?;
     let stored: Vec<i64> = axes.iter().map(|&j| map_axis(n, l, j as i64, rank)).collect::<Result<_, _>>()?;
     let keep = Attrs::of(n).int("keepdims", 1)? != 0;
     let out = if keep { l } else { Layout { axis: l.axis - axes.iter().filter(|&&j| j < l.axis).count(), ..l } };
-    Ok((vec![set_axes(n, ctx, 1, &stored, as_input)], Some(out)))
+    Ok((vec![set_axes(n, ctx, &stored)], Some(out)))
 }
 
 fn matmul(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<Vec<NodeProto>, GradError> {
     let (a, b) = (&n.input[0], &n.input[1]);
     let rank_of = |ctx: &Ctx, s: &str| -> Result<usize, GradError> {
         if ctx.is_act(s) {
-            Ok(layout(ctx, s).rank(&stored_shape(n, ctx, s)?))
+            Ok(layout(ctx, s).rank(&ctx.shape(n, s)?))
         } else {
             Ok(ctx.const_dims(n, s)?.len())
         }
@@ -664,12 +642,12 @@ fn gemm(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<Vec<NodeProto>, GradE
 /// `BatchNormalization` over a stored tensor: its channel axis moved to axis 1 and back.
 fn batchnorm(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<Vec<NodeProto>, GradError> {
     let x = n.input[0].clone();
-    let rank = l.rank(&stored_shape(n, ctx, &x)?);
+    let rank = l.rank(&ctx.shape(n, &x)?);
     if n.output.iter().skip(1).any(|o| !o.is_empty()) {
         return Err(node_err(n, "BatchNormalization's running-statistics outputs are not supported"));
     }
     let c = map_axis(n, l, 1, rank)? as usize;
-    let full = stored_shape(n, ctx, &x)?.len() + 1;
+    let full = ctx.shape(n, &x)?.len() + 1;
     let mut perm: Vec<i64> = vec![0, c as i64];
     perm.extend((1..full).filter(|&k| k != c).map(|k| k as i64));
     let mut inv = vec![0i64; full];

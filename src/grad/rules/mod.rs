@@ -193,8 +193,20 @@ fn act_input<'a>(n: &'a NodeProto, ctx: &Ctx, i: usize) -> Result<&'a str, GradE
     Ok(s)
 }
 
+/// A node's `axes`: its attribute (before opset 13, or 18 for most reductions) or its constant
+/// input 1; `None` when it has neither.
+pub(crate) fn axes(n: &NodeProto, ctx: &Ctx) -> Result<Option<Vec<i64>>, GradError> {
+    if let Some(v) = crate::onnx::Attrs::of(n).ints("axes")? {
+        return Ok(Some(v));
+    }
+    match n.input.get(1).filter(|s| !s.is_empty()) {
+        Some(name) => Ok(Some(ctx.const_i64(n, name)?)),
+        None => Ok(None),
+    }
+}
+
 /// `axis` of a tensor of `rank` (batch axis included) as a non-negative index.
-fn norm_axis(n: &NodeProto, axis: i64, rank: usize) -> Result<usize, GradError> {
+pub(crate) fn norm_axis(n: &NodeProto, axis: i64, rank: usize) -> Result<usize, GradError> {
     let a = if axis < 0 { axis + rank as i64 } else { axis };
     if a < 0 || a >= rank as i64 {
         return Err(node_err(n, format!("axis {axis} out of range for rank {rank}")));

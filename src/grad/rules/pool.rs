@@ -40,13 +40,7 @@ fn pool_geom(n: &NodeProto, ctx: &Ctx) -> Result<(Geom, usize), GradError> {
 
 fn reduce_axes(n: &NodeProto, ctx: &Ctx, rank: usize) -> Result<Vec<usize>, GradError> {
     let a = Attrs::of(n);
-    let raw = match a.ints("axes")? {
-        Some(v) => Some(v),
-        None => match n.input.get(1).filter(|s| !s.is_empty()) {
-            Some(name) => Some(ctx.const_i64(n, name)?),
-            None => None,
-        },
-    };
+    let raw = super::axes(n, ctx)?;
     let axes: Vec<usize> = match raw {
         Some(v) if !v.is_empty() => v.iter().map(|&x| norm_axis(n, x, rank)).collect::<Result<_, _>>()?,
         _ => {

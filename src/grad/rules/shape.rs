@@ -3,7 +3,7 @@
 //! before the analysis), `Gather` and `Slice` by constant indices, `Split`, and `Expand` (of an
 //! activation, or of a constant to the batch size: a class token, [`ParamKind::Embedding`]).
 
-use super::{act_input, norm_axis, same_shape, single, Grads, Params, Rule, Scope};
+use super::{act_input, axes, norm_axis, same_shape, single, Grads, Params, Rule, Scope};
 use crate::grad::fold::{is_batch_derived, slice_range, BATCH};
 use crate::grad::{node_err, Ctx, GradError, ParamKind};
 use crate::onnx::{attr, Attrs, NodeProto};
@@ -26,16 +26,6 @@ pub(super) const RULES: &[Rule] = &[
     Rule { op: "Split", params: Params::None, shape: split_shape, backward: split },
     Rule { op: "Expand", params: Params::Discover(expand_params), shape: expand_shape, backward: expand },
 ];
-
-fn squeeze_axes(n: &NodeProto, ctx: &Ctx) -> Result<Option<Vec<i64>>, GradError> {
-    if let Some(v) = Attrs::of(n).ints("axes")? {
-        return Ok(Some(v));
-    }
-    match n.input.get(1).filter(|s| !s.is_empty()) {
-        Some(name) => Ok(Some(ctx.const_i64(n, name)?)),
-        None => Ok(None),
-    }
-}
 
 fn reshape_target(n: &NodeProto, ctx: &Ctx, x: &[usize]) -> Result<Vec<usize>, GradError> {
     let mut shape = ctx.const_i64(n, n.input.get(1).map(String::as_str).unwrap_or(""))?;
@@ -133,7 +123,7 @@ fn reshape_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
 fn squeeze_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
     let x = ctx.shape(n, act_input(n, ctx, 0)?)?;
     let rank = x.len() + 1;
-    let axes: Vec<usize> = match squeeze_axes(n, ctx)? {
+    let axes: Vec<usize> = match axes(n, ctx)? {
         Some(v) => v.iter().map(|&v| norm_axis(n, v, rank)).collect::<Result<_, _>>()?,
         None => (1..rank).filter(|&i| x[i - 1] == 1).collect(),
     };
@@ -145,7 +135,7 @@ fn squeeze_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
 
 fn unsqueeze_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
     let x = ctx.shape(n, act_input(n, ctx, 0)?)?;
-    let axes = squeeze_axes(n, ctx)?.ok_or_else(|| node_err(n, "Unsqueeze needs axes"))?;
+    let axes = axes(n, ctx)?.ok_or_else(|| node_err(n, "Unsqueeze needs axes"))?;
     let rank = x.len() + 1 + axes.len();
     let mut ax: Vec<usize> = axes.iter().map(|&v| norm_axis(n, v, rank)).collect::<Result<_, _>>()?;
     ax.sort_unstable();
