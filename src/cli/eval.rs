@@ -91,6 +91,11 @@ pub struct EvalArgs {
     /// level round-robin, instead of every type at every level of each.
     #[arg(long)]
     pub one_copy: bool,
+    /// Run only the trust analysis (issue #24: the trust head against the failure-detection
+    /// baselines, leave one family out) and write OUT/trust.md: for iterating on the trust head
+    /// once the features are cached.
+    #[arg(long)]
+    pub trust_only: bool,
     /// Images per graph run.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
@@ -124,10 +129,18 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         augment: a.augment,
         augment_copies: a.augment_copies,
         one_copy: a.one_copy,
+        trust_only: a.trust_only,
         progress: show_progress(),
         command: command_line(),
     };
     let r = protocol::run(&a.model, &cfg, &runtime(a.threads)).with_context(|| "evaluation failed")?;
+    if a.trust_only {
+        let path = a.out.join("trust.md");
+        std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+        std::fs::write(&path, report::trust_markdown(&r)).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+        return Ok(0);
+    }
     report::write(&r, &a.out)?;
     eprintln!("wrote {}/results.md, results.csv and figures/", a.out.display());
     for p in ["cifar10"] {

@@ -182,6 +182,8 @@ struct Part {
     benign: Vec<bool>,
     origin: Vec<Origin>,
     wrong: Vec<Option<bool>>,
+    /// True class per row (`None`: no labels, or a frame of no class).
+    classes: Vec<Option<usize>>,
 }
 
 impl Part {
@@ -189,11 +191,12 @@ impl Part {
         &mut self,
         rows: (Array2<f32>, Array2<f32>, Option<Array2<f32>>),
         origin: Origin,
-        wrong: Vec<Option<bool>>,
+        (wrong, classes): (Vec<Option<bool>>, Vec<Option<usize>>),
     ) {
         let (f, l, q) = rows;
         self.origin.extend(std::iter::repeat_n(origin, f.nrows()));
         self.wrong.extend(wrong);
+        self.classes.extend(classes);
         self.benign.push(origin == Origin::Benign);
         self.features.push(f);
         self.logits.push(l);
@@ -240,15 +243,13 @@ impl Part {
     }
 }
 
-/// Whether the top-1 prediction of each row of `logits` misses the true class `labels[idx[k]]`.
-fn wrong(logits: &Array2<f32>, labels: Option<&[usize]>, idx: &[usize]) -> Vec<Option<bool>> {
-    idx.iter()
-        .enumerate()
-        .map(|(k, &i)| {
-            let y = labels?.get(i)?;
-            Some(argmax(&logits.row(k).to_vec()) != Some(*y))
-        })
-        .collect()
+/// Whether the top-1 prediction of each row of `logits` misses the true class `labels[idx[k]]`,
+/// and that class.
+fn wrong(logits: &Array2<f32>, labels: Option<&[usize]>, idx: &[usize]) -> (Vec<Option<bool>>, Vec<Option<usize>>) {
+    let classes: Vec<Option<usize>> = idx.iter().map(|&i| labels.and_then(|l| l.get(i).copied())).collect();
+    let wrong =
+        classes.iter().enumerate().map(|(k, y)| y.map(|y| argmax(&logits.row(k).to_vec()) != Some(y))).collect();
+    (wrong, classes)
 }
 
 /// Fits a calibration for `model` from familiar outputs and (unless one-class) unfamiliar
@@ -332,7 +333,7 @@ pub fn fit(
                 let origin = if u.benign { Origin::Benign } else { Origin::Corrupted };
                 (origin, wrong(&l, labels, idx))
             } else {
-                (Origin::Ood, vec![None; idx.len()])
+                (Origin::Ood, (vec![None; idx.len()], vec![None; idx.len()]))
             };
             part.push((rows(&u.features, idx), l, q_rows(&u.quality, idx)), origin, w);
         }
@@ -457,6 +458,7 @@ fn fit_trust(train: &Part, val: &Part, test: &Part, mlp: &MlpConfig) -> Option<s
             &train.labelled(Target::Harm)?,
             &val.labelled(Target::Harm)?,
             &cfg,
+            (super::trust::ANCHOR_WEIGHT, &val.classes),
         )?;
         let t = test.labelled(Target::Harm)?;
         let risk = head.risk(&t.features, &t.logits, t.quality.as_ref());

@@ -151,6 +151,16 @@ fn stats(logits: &[f32]) -> Option<Stats> {
     Some(Stats { top1, top2, lse, neg_entropy, gini, pnorm, log_residual })
 }
 
+/// The softmax's own log-odds that its top class is wrong, `ln(1 - MSP) - ln MSP`, computed
+/// without cancellation (at least -100 - ln MSP for a lone class); NaN when the row is empty or
+/// holds a NaN. The trust head's anchor ([`super::trust::Anchor`]).
+pub fn wrong_log_odds(logits: &[f32]) -> f32 {
+    match stats(logits) {
+        Some(s) => (s.log_residual - (s.top1 - s.lse)) as f32,
+        None => f32::NAN,
+    }
+}
+
 /// The signals `names` of one logits row, in that order. NaN for every signal when the row is
 /// empty or holds a NaN.
 pub fn signals(names: &[ForwardSignal], logits: &[f32]) -> Vec<f32> {

@@ -16,7 +16,7 @@
 
 use ndarray::Array2;
 
-use super::forward::ForwardSignal;
+use super::forward::{wrong_log_odds, ForwardSignal};
 use super::{
     DetectorError, Ensemble, EnsembleConfig, FrameInputs, LabelledRows, MlpConfig, Reference, Target, TrainReport,
 };
@@ -130,14 +130,104 @@ pub struct TrustSummary {
     pub ece: f64,
 }
 
+/// The softmax anchor of a trust head: the classifier's own log-odds that its top class is
+/// wrong ([`super::forward::wrong_log_odds`]) at the temperature that fits its true classes
+/// best (Guo et al. 2017), Platt-scaled on held-out rows into a calibrated log-odds and added,
+/// times `weight`, to the ensemble's logit.
+///
+/// Why: the ensemble ranks errors better than the softmax on the degradations it was trained
+/// on, but on a family it never saw its gradient inputs move in ways it did not learn, and it
+/// fell behind MSP on two of nine held-out families. Adding the softmax's own evidence (a
+/// product of the two experts' odds) keeps the head close to MSP where the ensemble is unsure
+/// and lets it lead where it is not; `weight` was chosen on the validation rows of held-out
+/// families (`docs/guide/detectors.md`).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Anchor {
+    /// The softmax temperature ([`fit_temperature`] on the validation rows' true classes).
+    pub temperature: f32,
+    /// The softmax log-odds -> calibrated log-odds.
+    pub platt: Platt,
+    /// Its weight next to the ensemble's logit.
+    pub weight: f64,
+}
+
+impl Anchor {
+    /// Fits the Platt scaling of the softmax log-odds of `logits` at `temperature` to the 0/1
+    /// `labels`.
+    pub fn fit(logits: &Array2<f32>, labels: &[u8], temperature: f32, weight: f64) -> Result<Anchor, DetectorError> {
+        let m: Vec<f32> = logits.outer_iter().map(|z| log_odds_at(&z.to_vec(), temperature)).collect();
+        Ok(Anchor { temperature, platt: Platt::fit(&m, labels)?, weight })
+    }
+
+    /// The weighted calibrated log-odds of one logits row (NaN on a bad row).
+    pub fn term(&self, logits: &[f32]) -> f32 {
+        let m = f64::from(log_odds_at(logits, self.temperature));
+        (self.weight * (self.platt.a * m + self.platt.b)) as f32
+    }
+}
+
+fn log_odds_at(logits: &[f32], t: f32) -> f32 {
+    let z: Vec<f32> = logits.iter().map(|&v| v / t).collect();
+    wrong_log_odds(&z)
+}
+
+/// Negative log-likelihood of the true classes (rows with `None` or an out-of-range class
+/// skipped) under `softmax(z / t)`.
+fn nll(logits: &Array2<f32>, classes: &[Option<usize>], t: f64) -> f64 {
+    let mut s = 0.0;
+    for (z, y) in logits.outer_iter().zip(classes) {
+        let Some(zy) = y.and_then(|y| z.get(y)) else { continue };
+        let m = z.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v) / t));
+        let lse = m + z.iter().map(|&v| (f64::from(v) / t - m).exp()).sum::<f64>().ln();
+        s += lse - f64::from(*zy) / t;
+    }
+    s
+}
+
+/// Temperature scaling (Guo et al. 2017): the `T` in `[0.05, 50]` minimising the negative
+/// log-likelihood of the true classes (`None`: a row of no class, skipped) under
+/// `softmax(z / T)`, by golden-section search over `ln T`. 1 when no row has a class.
+pub fn fit_temperature(logits: &Array2<f32>, classes: &[Option<usize>]) -> f32 {
+    if !classes.iter().any(Option::is_some) {
+        return 1.0;
+    }
+    let f = |lt: f64| nll(logits, classes, lt.exp());
+    let (mut a, mut b) = (0.05f64.ln(), 50f64.ln());
+    let g = (5f64.sqrt() - 1.0) / 2.0;
+    let (mut c, mut d) = (b - g * (b - a), a + g * (b - a));
+    let (mut fc, mut fd) = (f(c), f(d));
+    for _ in 0..60 {
+        if fc < fd {
+            (b, d, fd) = (d, c, fc);
+            c = b - g * (b - a);
+            fc = f(c);
+        } else {
+            (a, c, fc) = (c, d, fd);
+            d = a + g * (b - a);
+            fd = f(d);
+        }
+    }
+    ((a + b) / 2.0).exp() as f32
+}
+
+/// The weight of the softmax anchor in a new trust head ([`Anchor`]), chosen on the
+/// validation rows of held-out degradation families (`docs/guide/evaluation.md`).
+pub const ANCHOR_WEIGHT: f64 = 0.7;
+
 /// The trust head of a calibration (`[trust]`): an [`Ensemble`] trained for "the classification
-/// is wrong" and the Platt scaling that turns its mean logit into `risk`.
+/// is wrong", the softmax [`Anchor`] added to its mean logit, and the Platt scaling that turns
+/// the sum into `risk`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustHead {
     /// The ranking model (target `harm`).
     pub ensemble: Ensemble,
-    /// Its mean logit -> probability.
+    /// The softmax anchor (absent in files written before it existed: the score is then the
+    /// ensemble's logit alone, as it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<Anchor>,
+    /// Its score (mean logit + anchor) -> probability.
     pub platt: Platt,
     /// How it did on held-out rows, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,31 +255,64 @@ impl TrustHead {
     /// Trains the ensemble on `train` (labels: [`Target::Harm`]), early-stopping on `val`, the
     /// standardisers fitted on the reference rows (familiar training images); then fits the
     /// Platt scaling on `val` (on `val` and `train` together when `val` lacks a class).
+    ///
+    /// With `anchor_weight > 0` the softmax [`Anchor`] joins the score before the Platt
+    /// scaling: its temperature fitted on `val_classes` (the true class of each validation
+    /// row, `None` for frames of no class), its scaling on the same rows as the head's.
     pub fn train(
         reference: Reference<'_>,
         train: &LabelledRows,
         val: &LabelledRows,
         cfg: &EnsembleConfig,
+        (anchor_weight, val_classes): (f64, &[Option<usize>]),
     ) -> Result<(TrustHead, Vec<TrainReport>), DetectorError> {
         let (ensemble, reports) = Ensemble::train(reference, train, val, cfg)?;
-        let s: Vec<f32> = ensemble.members_logits(&val.features, &val.logits, val.quality.as_ref())?;
-        let platt = match Platt::fit(&s, &val.labels) {
-            // A small validation set may hold only wrong (or only right) frames: then the
-            // training rows join it (a slightly optimistic scaling beats none).
-            Err(DetectorError::MissingClass { .. }) => {
-                let mut s = s;
-                s.extend(ensemble.members_logits(&train.features, &train.logits, train.quality.as_ref())?);
-                let y: Vec<u8> = val.labels.iter().chain(&train.labels).copied().collect();
-                Platt::fit(&s, &y)?
+        let mut head = TrustHead { ensemble, anchor: None, platt: Platt { a: 1.0, b: 0.0 }, held_out: None };
+        // A small validation set may hold only wrong (or only right) frames: then the
+        // training rows join it (a slightly optimistic scaling beats none).
+        let fit_rows = if val.labels.contains(&0) && val.labels.contains(&1) { vec![val] } else { vec![val, train] };
+        let logits = stack(fit_rows.iter().map(|r| &r.logits))?;
+        let labels: Vec<u8> = fit_rows.iter().flat_map(|r| r.labels.iter().copied()).collect();
+        if anchor_weight > 0.0 {
+            let t = fit_temperature(&val.logits, val_classes);
+            head.anchor = Some(Anchor::fit(&logits, &labels, t, anchor_weight)?);
+        }
+        let mut s = Vec::with_capacity(labels.len());
+        for r in &fit_rows {
+            s.extend(head.scores(&r.features, &r.logits, r.quality.as_ref())?);
+        }
+        head.platt = Platt::fit(&s, &labels)?;
+        Ok((head, reports))
+    }
+
+    /// The score before the Platt scaling: the ensemble's mean logit plus the anchor's term.
+    fn scores(
+        &self,
+        features: &Array2<f32>,
+        logits: &Array2<f32>,
+        quality: Option<&Array2<f32>>,
+    ) -> Result<Vec<f32>, DetectorError> {
+        let mut s = self.ensemble.members_logits(features, logits, quality)?;
+        if let Some(a) = &self.anchor {
+            for (v, z) in s.iter_mut().zip(logits.outer_iter()) {
+                *v += a.term(&z.to_vec());
             }
-            other => other?,
-        };
-        Ok((TrustHead { ensemble, platt, held_out: None }, reports))
+        }
+        Ok(s)
     }
 
     /// Checks a deserialised head.
     pub fn validate(&self) -> Result<(), DetectorError> {
         self.ensemble.validate()?;
+        if let Some(a) = &self.anchor {
+            let finite = [a.platt.a, a.platt.b, a.weight, f64::from(a.temperature)].iter().all(|v| v.is_finite());
+            if !(finite && a.temperature > 0.0) {
+                return Err(DetectorError::InvalidModel(format!(
+                    "trust head anchor a = {}, b = {}, weight = {} must be finite and its temperature {} positive",
+                    a.platt.a, a.platt.b, a.weight, a.temperature
+                )));
+            }
+        }
         if !(self.platt.a.is_finite() && self.platt.b.is_finite()) {
             return Err(DetectorError::InvalidModel(format!(
                 "trust head Platt scaling a = {}, b = {} must be finite",
@@ -202,17 +325,25 @@ impl TrustHead {
     /// `risk` of one frame, in `[0, 1]`; NaN on wrong lengths or non-finite inputs (never
     /// panics).
     pub fn risk_row(&self, frame: FrameInputs<'_>) -> f32 {
-        self.platt.apply(self.ensemble.logit_row(frame))
+        let anchor = self.anchor.map_or(0.0, |a| a.term(frame.logits));
+        self.platt.apply(self.ensemble.logit_row(frame) + anchor)
     }
 
     /// `risk` of every row (`features` `[N, P]`, `logits` `[N, C]`, `quality` `[N, Q]`,
     /// row-aligned); NaN everywhere on an input error.
     pub fn risk(&self, features: &Array2<f32>, logits: &Array2<f32>, quality: Option<&Array2<f32>>) -> Vec<f32> {
-        match self.ensemble.members_logits(features, logits, quality) {
+        match self.scores(features, logits, quality) {
             Ok(s) => s.into_iter().map(|v| self.platt.apply(v)).collect(),
             Err(_) => vec![f32::NAN; features.nrows()],
         }
     }
+}
+
+/// The rows of `parts` stacked.
+fn stack<'a>(parts: impl Iterator<Item = &'a Array2<f32>>) -> Result<Array2<f32>, DetectorError> {
+    let views: Vec<_> = parts.map(|a| a.view()).collect();
+    ndarray::concatenate(ndarray::Axis(0), &views)
+        .map_err(|e| DetectorError::Config(format!("trust head rows differ in width: {e}")))
 }
 
 /// One bin of a reliability diagram.
@@ -290,6 +421,52 @@ mod tests {
         assert!(Platt::fit(&[1.0, 2.0], &[1, 1]).is_err());
         assert!(Platt::fit(&[1.0], &[1, 0]).is_err());
         assert!(q.apply(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn the_anchor_is_the_softmax_log_odds_platt_scaled_and_weighted() {
+        // z = [0, ln 3]: MSP 3/4, log-odds of wrong ln(1/3).
+        let z = [0.0, 3f32.ln()];
+        assert!((wrong_log_odds(&z) + 3f32.ln()).abs() < 1e-6);
+        let a = Anchor { temperature: 1.0, platt: Platt { a: 2.0, b: 1.0 }, weight: 0.5 };
+        assert!((a.term(&z) - 0.5 * (1.0 - 2.0 * 3f32.ln())).abs() < 1e-6);
+        // At T = 2 the logits halve: z / 2 = [0, ln sqrt 3].
+        let a2 = Anchor { temperature: 2.0, ..a };
+        assert!((a2.term(&z) - 0.5 * (1.0 - 3f32.ln())).abs() < 1e-6);
+        assert!(a.term(&[f32::NAN, 1.0]).is_nan() && a.term(&[]).is_nan());
+        // Far beyond f32's MSP resolution the log-odds keep ranking; a lone class stays finite.
+        assert!(wrong_log_odds(&[0.0, 30.0]) < wrong_log_odds(&[0.0, 20.0]));
+        assert!(wrong_log_odds(&[5.0]).is_finite());
+        // Fitted: the Platt slope is positive where a flat softmax means wrong.
+        let l = ndarray::array![[0.0f32, 4.0], [0.0, 5.0], [0.0, 0.5], [0.0, 0.2], [0.0, 3.0], [0.0, 1.0]];
+        let f = Anchor::fit(&l, &[0, 0, 1, 1, 0, 1], 1.0, 1.0).unwrap();
+        assert!(f.platt.a > 0.0 && f.term(&[0.0, 0.1]) > f.term(&[0.0, 6.0]), "{f:?}");
+    }
+
+    #[test]
+    fn temperature_scaling_recovers_the_generating_temperature() {
+        // Classes drawn from softmax(z / 2): the NLL is lowest near T = 2.
+        let mut r = crate::rng::SplitMix64::new(3);
+        let n = 4000;
+        let mut l = Array2::zeros((n, 4));
+        let mut classes = Vec::new();
+        for i in 0..n {
+            let z: Vec<f64> = (0..4).map(|_| 3.0 * r.normal()).collect();
+            let e: Vec<f64> = z.iter().map(|v| (v / 2.0).exp()).collect();
+            let u = r.next_f64() * e.iter().sum::<f64>();
+            let mut acc = 0.0;
+            let y = e.iter().position(|v| {
+                acc += v;
+                acc >= u
+            });
+            for (j, v) in z.iter().enumerate() {
+                l[[i, j]] = *v as f32;
+            }
+            classes.push(if i % 10 == 0 { None } else { y });
+        }
+        let t = fit_temperature(&l, &classes);
+        assert!((t - 2.0).abs() < 0.15, "{t}");
+        assert_eq!(fit_temperature(&l, &vec![None; n]), 1.0);
     }
 
     #[test]

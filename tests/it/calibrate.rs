@@ -373,7 +373,10 @@ fn library_fit_threshold_meets_the_target_on_held_out_familiar() {
     assert!(r.trust.is_none() && score_ignores_trust_head(&u));
     let t = u.trust.as_ref().expect("a trust head with true classes");
     assert_eq!(t.ensemble.target, Target::Harm);
+    // The softmax anchor joins new heads; the one-frame and batch paths agree on it.
+    assert!(t.anchor.is_some_and(|a| a.weight == gradwatch::detector::trust::ANCHOR_WEIGHT));
     let risk = u.risk_row(FrameInputs::new(&unf.row(0).to_vec(), &unf_logits.row(0).to_vec())).unwrap();
+    assert_eq!(t.risk(&unf, &unf_logits, None)[0], risk);
     assert!(
         (0.0..=1.0).contains(&risk)
             && risk > u.risk_row(FrameInputs::new(&fam.row(1).to_vec(), &fam_logits.row(1).to_vec())).unwrap()

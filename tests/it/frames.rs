@@ -36,6 +36,7 @@ fn with_trust_head(quality: bool, member: impl FnOnce(usize) -> Mlp, platt: Plat
             quality_normalize: quality.then(|| Standardizer { mean: vec![0.0; q], std: vec![1.0; q] }),
             members: vec![member(inputs)],
         },
+        anchor: None,
         platt,
         held_out: None,
     });

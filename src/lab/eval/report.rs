@@ -31,6 +31,18 @@ fn pair_title(p: &str) -> String {
     }
 }
 
+/// `trust.md` of `eval --trust-only`: the header, the trust section and its targets.
+pub fn trust_markdown(r: &Results) -> String {
+    let mut o = String::new();
+    header(&mut o, r);
+    if let Some(t) = &r.trust {
+        super::trust_report::section(&mut o, t);
+        let _ = writeln!(o, "\n## Targets\n\n| target | measured | met |\n|---|---|---|");
+        super::trust_report::targets(&mut o, t);
+    }
+    o
+}
+
 /// `results.md`: one function per section, each reading only [`Results`].
 pub fn markdown(r: &Results) -> String {
     let mut o = String::new();

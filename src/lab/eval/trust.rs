@@ -25,7 +25,7 @@ use super::baselines::softmax;
 use super::EvalError;
 use crate::detector::roc as metrics;
 use crate::detector::split::rows;
-use crate::detector::trust::{ece, reliability, ReliabilityBin};
+use crate::detector::trust::{ece, reliability, ReliabilityBin, ANCHOR_WEIGHT};
 use crate::detector::{LabelledRows, MlpConfig, Reference, Target, TrustHead};
 
 /// One image set as the trust analysis sees it.
@@ -96,6 +96,12 @@ pub struct LofoRow {
     pub n_wrong: usize,
     /// Trust head AUROC and its standard error.
     pub trust: (f64, f64),
+    /// The same head's ensemble alone (without the softmax anchor): AUROC and standard error.
+    pub ensemble: (f64, f64),
+    /// On the family's *validation* rows: per anchor weight of [`ANCHOR_WEIGHTS`], the AUROC
+    /// of the ensemble's logit plus the weighted anchor minus MSP's (how the shipped weight
+    /// was chosen, without the test rows).
+    pub val_gain: Vec<(f64, f64)>,
     /// MSP (fitted temperature) AUROC and its standard error.
     pub msp: (f64, f64),
 }
@@ -127,6 +133,26 @@ pub struct TrustResults {
     pub head_secs_per_frame: f64,
     /// Seconds per frame of the gradient graph, measured by the caller (NaN: not measured).
     pub graph_secs_per_frame: f64,
+}
+
+/// The anchor weights the leave-one-family-out analysis tries on validation rows.
+pub const ANCHOR_WEIGHTS: [f64; 7] = [0.0, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0];
+
+/// Per weight of [`ANCHOR_WEIGHTS`]: AUROC of `ensemble + w * anchor` minus that of `msp` on
+/// the rows of `p` (the head's own anchor at weight 1; NaN without one).
+fn weight_gains(h: &TrustHead, p: &Pool, msp: &[f32]) -> Vec<(f64, f64)> {
+    let e = ensemble_scores(h, p);
+    let base = auroc(msp, &p.wrong);
+    ANCHOR_WEIGHTS
+        .iter()
+        .map(|&w| {
+            let Some(a) = h.anchor else { return (w, f64::NAN) };
+            let unit = crate::detector::trust::Anchor { weight: 1.0, ..a };
+            let s: Vec<f32> =
+                e.iter().zip(p.logits.outer_iter()).map(|(v, z)| v + w as f32 * unit.term(&z.to_vec())).collect();
+            (w, auroc(&s, &p.wrong) - base)
+        })
+        .collect()
 }
 
 /// Bins of the ECE and the reliability diagram.
@@ -185,38 +211,14 @@ fn row_scores(logits: &Array2<f32>, f: impl Fn(&[f32]) -> f64) -> Vec<f32> {
     logits.outer_iter().map(|r| f(&r.to_vec()) as f32).collect()
 }
 
-/// Negative log-likelihood of the true classes at temperature `t` (OOD rows skipped).
-fn nll(logits: &Array2<f32>, labels: &[usize], t: f32) -> f64 {
-    let mut s = 0.0;
-    for (r, &y) in logits.outer_iter().zip(labels) {
-        if y == usize::MAX {
-            continue;
-        }
-        let p = softmax(&r.to_vec(), t);
-        s -= p.get(y).copied().unwrap_or(0.0).max(1e-300).ln();
-    }
-    s
+/// The temperature minimising the NLL of the true classes (`usize::MAX`: an OOD row, skipped):
+/// [`crate::detector::trust::fit_temperature`].
+pub fn fit_temperature(logits: &Array2<f32>, labels: &[usize]) -> f32 {
+    crate::detector::trust::fit_temperature(logits, &classes(labels))
 }
 
-/// The temperature minimising the NLL (golden-section search over ln T in [ln 0.05, ln 50]).
-pub fn fit_temperature(logits: &Array2<f32>, labels: &[usize]) -> f32 {
-    let f = |lt: f64| nll(logits, labels, lt.exp() as f32);
-    let (mut a, mut b) = (0.05f64.ln(), 50f64.ln());
-    let g = (5f64.sqrt() - 1.0) / 2.0;
-    let (mut c, mut d) = (b - g * (b - a), a + g * (b - a));
-    let (mut fc, mut fd) = (f(c), f(d));
-    for _ in 0..60 {
-        if fc < fd {
-            (b, d, fd) = (d, c, fc);
-            c = b - g * (b - a);
-            fc = f(c);
-        } else {
-            (a, c, fc) = (c, d, fd);
-            d = a + g * (b - a);
-            fd = f(d);
-        }
-    }
-    ((a + b) / 2.0).exp() as f32
+fn classes(labels: &[usize]) -> Vec<Option<usize>> {
+    labels.iter().map(|&y| (y != usize::MAX).then_some(y)).collect()
 }
 
 /// `-max softmax(z / t)`.
@@ -378,7 +380,15 @@ fn train_head(train: &Pool, val: &Pool, reference: &Pool, mlp: &MlpConfig) -> Re
     let cfg = TrustHead::config(mlp);
     debug_assert_eq!(cfg.target, Target::Harm);
     let r = Reference { features: &reference.features, logits: &reference.logits, quality: reference.quality.as_ref() };
-    Ok(TrustHead::train(r, &train.labelled(), &val.labelled(), &cfg)?.0)
+    Ok(TrustHead::train(r, &train.labelled(), &val.labelled(), &cfg, (ANCHOR_WEIGHT, &classes(&val.labels)))?.0)
+}
+
+/// The ensemble's mean logit alone (the trust head without its softmax anchor; the Platt
+/// scaling is monotone, so AUROC needs no probability).
+fn ensemble_scores(h: &TrustHead, p: &Pool) -> Vec<f32> {
+    h.ensemble
+        .members_logits(&p.features, &p.logits, p.quality.as_ref())
+        .unwrap_or_else(|_| vec![f32::NAN; p.wrong.len()])
 }
 
 /// Runs the trust analysis. `sets[0]` must be the familiar set (its training rows are the
@@ -404,7 +414,8 @@ pub fn run(
     let head_secs_per_frame = t0.elapsed().as_secs_f64() / test.wrong.len().max(1) as f64;
     let base = Baselines::fit(&val_gtsrb);
 
-    let mut methods: Vec<(String, Vec<f32>)> = vec![("trust".into(), risk.clone())];
+    let mut methods: Vec<(String, Vec<f32>)> =
+        vec![("trust".into(), risk.clone()), ("trust_ensemble".into(), ensemble_scores(&head, &test))];
     methods.extend(base.score(&test.logits));
     for (k, s) in extra {
         if s.len() == test.wrong.len() {
@@ -483,11 +494,16 @@ pub fn run(
             let r = h.risk(&held.features, &held.logits, held.quality.as_ref());
             let m = row_scores(&held.logits, |z| msp_risk(z, t));
             let (a, b) = (auroc(&r, &held.wrong), auroc(&m, &held.wrong));
+            let e = auroc(&ensemble_scores(&h, &held), &held.wrong);
+            let hv = pool(sets, 1, |s: &TrustSet| s.family.as_deref() == Some(f.as_str()))?;
+            let val_gain = weight_gains(&h, &hv, &row_scores(&hv.logits, |z| msp_risk(z, t)));
             lofo.push(LofoRow {
                 family: f.clone(),
                 n: held.wrong.len(),
                 n_wrong: held.wrong.iter().filter(|&&w| w).count(),
                 trust: (a, auroc_se(a, &held.wrong)),
+                ensemble: (e, auroc_se(e, &held.wrong)),
+                val_gain,
                 msp: (b, auroc_se(b, &held.wrong)),
             });
         }

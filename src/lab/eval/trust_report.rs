@@ -19,6 +19,7 @@ fn pct(v: f64) -> String {
 pub fn name(key: &str) -> &str {
     match key {
         "trust" => "**trust head (risk)**",
+        "trust_ensemble" => "trust head's ensemble alone (no softmax anchor)",
         "msp_t" => "MSP, fitted temperature",
         "msp" => "MSP (T = 1)",
         "max_logit" => "MaxLogit",
@@ -32,9 +33,9 @@ pub fn name(key: &str) -> &str {
     }
 }
 
-/// The best baseline row by AUROC (every row but the trust head).
+/// The best baseline row by AUROC (every row but the trust head and its ablation).
 fn best_baseline(t: &TrustResults) -> Option<&super::trust::TrustRow> {
-    t.rows.iter().filter(|r| r.method != "trust").max_by(|a, b| a.auroc.total_cmp(&b.auroc))
+    t.rows.iter().filter(|r| !r.method.starts_with("trust")).max_by(|a, b| a.auroc.total_cmp(&b.auroc))
 }
 
 /// Appends the trust section to `o`.
@@ -113,24 +114,49 @@ pub fn section(o: &mut String, t: &TrustResults) {
         let _ = writeln!(
             o,
             "The trust head trained without any type of the family (and MSP's temperature fitted without it), \
-             tested on the family's corrupted test frames (all its types and levels).\n"
+             tested on the family's corrupted test frames (all its types and levels). *Ensemble alone*: the same \
+             head without its softmax anchor (the head before 2026-12-07).\n"
         );
-        let _ =
-            writeln!(o, "| held-out family | frames (wrong) | trust head AUROC | MSP (fitted T) AUROC | trust - MSP |");
-        let _ = writeln!(o, "|---|---|---|---|---|");
+        let _ = writeln!(
+            o,
+            "| held-out family | frames (wrong) | trust head AUROC | ensemble alone | MSP (fitted T) AUROC | trust - MSP |"
+        );
+        let _ = writeln!(o, "|---|---|---|---|---|---|");
         for l in &t.lofo {
             let _ = writeln!(
                 o,
-                "| {} | {} ({}) | {} ± {} | {} ± {} | {:+.2} |",
+                "| {} | {} ({}) | {} ± {} | {} | {} ± {} | {:+.2} |",
                 l.family,
                 l.n,
                 l.n_wrong,
                 pct(l.trust.0),
                 pct(l.trust.1),
+                pct(l.ensemble.0),
                 pct(l.msp.0),
                 pct(l.msp.1),
                 100.0 * (l.trust.0 - l.msp.0)
             );
+        }
+    }
+
+    if let Some(first) = t.lofo.first().filter(|l| !l.val_gain.is_empty()) {
+        let _ = writeln!(o, "\n#### Anchor weight, chosen on validation rows\n");
+        let _ = writeln!(
+            o,
+            "The same held-out heads on each family's *validation* rows (never trained on, not the test rows \
+             above): AUROC of the ensemble's logit plus the anchor times the weight, minus MSP's (fitted T), in \
+             points. Weight 0 is the ensemble alone; the shipped weight is {}.\n",
+            crate::detector::trust::ANCHOR_WEIGHT
+        );
+        let fams: Vec<&str> = t.lofo.iter().map(|l| l.family.as_str()).collect();
+        let _ = writeln!(o, "| weight | {} | min | mean |", fams.join(" | "));
+        let _ = writeln!(o, "|---|{}---|---|", "---|".repeat(fams.len()));
+        for (k, (w, _)) in first.val_gain.iter().enumerate() {
+            let g: Vec<f64> = t.lofo.iter().map(|l| 100.0 * l.val_gain.get(k).map_or(f64::NAN, |v| v.1)).collect();
+            let min = g.iter().copied().fold(f64::INFINITY, f64::min);
+            let mean = g.iter().sum::<f64>() / g.len().max(1) as f64;
+            let cells: Vec<String> = g.iter().map(|v| format!("{v:+.2}")).collect();
+            let _ = writeln!(o, "| {w} | {} | {min:+.2} | {mean:+.2} |", cells.join(" | "));
         }
     }
 
@@ -165,7 +191,8 @@ pub fn targets(o: &mut String, t: &TrustResults) {
             yes_no(head.auroc >= 0.92 && head.auroc - b.auroc >= 0.015)
         );
     }
-    let min_aurc = t.rows.iter().filter(|r| r.method != "trust").map(|r| r.aurc).fold(f64::INFINITY, f64::min);
+    let min_aurc =
+        t.rows.iter().filter(|r| !r.method.starts_with("trust")).map(|r| r.aurc).fold(f64::INFINITY, f64::min);
     let _ = writeln!(
         o,
         "| trust: AURC below every baseline | {} ± {} (lowest baseline {}) | {} |",

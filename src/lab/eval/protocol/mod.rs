@@ -92,6 +92,9 @@ pub struct EvalConfig {
     /// round-robin as `calibrate` draws them, instead of every type at every level
     /// (`--one-copy`, [`corrupted_parts`]).
     pub one_copy: bool,
+    /// Run the trust analysis only (issue #24's table and leave-one-family-out), skipping the
+    /// detection pairs, generalisation and risk analyses: for iterating on the trust head.
+    pub trust_only: bool,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
     /// The command line, for the report.
@@ -197,6 +200,17 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
     timings.push(("baseline scores".into(), tb.elapsed().as_secs_f64()));
     let accuracy = fam_labels.as_ref().map(|l| top1_accuracy(&data[0].feats.logits, l));
 
+    if cfg.trust_only {
+        let tt = Instant::now();
+        let graph = (&mut session, &info, fam_images.as_slice());
+        let Some(trust) = trust_of(cfg, data, &plan, fam_labels.as_deref(), (&sp, &sp_cifar), &[], graph)? else {
+            return Err(EvalError::Invalid("--trust-only needs the familiar images' labels and corruptions".into()));
+        };
+        timings.push(("trust analysis".into(), tt.elapsed().as_secs_f64()));
+        timings.push(("total".into(), t_all.elapsed().as_secs_f64()));
+        return Ok(Results { timings, features_per_sec, trust: Some(trust), ..header(&info, cfg, n, accuracy) });
+    }
+
     let tp = Instant::now();
     let fam = &data[0];
     let risk_opts = DetectorChoice::Risk.options();
@@ -232,29 +246,16 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
 
     // The trust question: the trust head against the softmax-family baselines (issue #24).
     let tt = Instant::now();
-    let trust = match &fam_labels {
-        Some(labels) if !cfg.corruptions.is_empty() => {
-            let splits = (&sp, &sp_cifar);
-            let mut t = trust_analysis(cfg, data, &plan, labels, splits, &trust_extra)?;
-            t.graph_secs_per_frame = graph_secs_per_frame(&mut session, &info, &fam_images, cfg.batch)?;
-            Some(t)
-        }
-        _ => None,
-    };
+    let graph = (&mut session, &info, fam_images.as_slice());
+    let trust = trust_of(cfg, data, &plan, fam_labels.as_deref(), (&sp, &sp_cifar), &trust_extra, graph)?;
     timings.push(("trust analysis".into(), tt.elapsed().as_secs_f64()));
 
     let profile = grad_profile(data);
     timings.push(("total".into(), t_all.elapsed().as_secs_f64()));
 
     Ok(Results {
-        model_name: info.name.clone(),
-        model_sha256: info.sha256.clone(),
-        command: cfg.command.clone(),
-        per_set: n,
         augment: cfg.augment.name().to_string(),
         one_copy: cfg.one_copy,
-        seed: cfg.seed,
-        familiar_accuracy: accuracy,
         mahalanobis_labels: scored.mahalanobis_labels,
         sets: data.iter().map(|d| (d.name.clone(), d.feats.len())).collect(),
         rows: pairs.rows,
@@ -275,7 +276,38 @@ pub fn run(model_path: &Path, cfg: &EvalConfig, rt: &RuntimeOptions) -> Result<R
         odin_corruption_temperatures: cfg.odin_corruption_temperatures.clone(),
         odin_epsilons: cfg.odin_epsilons.clone(),
         trust,
+        ..header(&info, cfg, n, accuracy)
     })
+}
+
+/// The header fields of [`Results`]: model, command, images per set, seed, accuracy.
+fn header(info: &crate::model::ModelInfo, cfg: &EvalConfig, n: usize, accuracy: Option<f64>) -> Results {
+    Results {
+        model_name: info.name.clone(),
+        model_sha256: info.sha256.clone(),
+        command: cfg.command.clone(),
+        per_set: n,
+        seed: cfg.seed,
+        familiar_accuracy: accuracy,
+        ..Default::default()
+    }
+}
+
+/// The trust analysis and the graph's time per frame it is compared with; `None` without the
+/// familiar images' labels or corruptions.
+fn trust_of(
+    cfg: &EvalConfig,
+    data: &[SetData],
+    plan: &[(String, Option<(Corruption, u8)>)],
+    labels: Option<&[usize]>,
+    splits: (&Split, &Split),
+    extra: &[(String, Vec<f32>)],
+    (session, info, images): (&mut GradSession, &crate::model::ModelInfo, &[RgbImage]),
+) -> Result<Option<super::trust::TrustResults>, EvalError> {
+    let Some(labels) = labels.filter(|_| !cfg.corruptions.is_empty()) else { return Ok(None) };
+    let mut t = trust_analysis(cfg, data, plan, labels, splits, extra)?;
+    t.graph_secs_per_frame = graph_secs_per_frame(session, info, images, cfg.batch)?;
+    Ok(Some(t))
 }
 
 /// Every set: the familiar images, CIFAR-10, each corruption x level of the familiar images
