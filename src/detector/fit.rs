@@ -181,7 +181,6 @@ struct Part {
     /// Per set: whether its rows are [`Origin::Benign`] (neither familiar nor unfamiliar).
     benign: Vec<bool>,
     origin: Vec<Origin>,
-    wrong: Vec<Option<bool>>,
     /// True class per row (`None`: no labels, or a frame of no class).
     classes: Vec<Option<usize>>,
 }
@@ -191,11 +190,10 @@ impl Part {
         &mut self,
         rows: (Array2<f32>, Array2<f32>, Option<Array2<f32>>),
         origin: Origin,
-        (wrong, classes): (Vec<Option<bool>>, Vec<Option<usize>>),
+        classes: Vec<Option<usize>>,
     ) {
         let (f, l, q) = rows;
         self.origin.extend(std::iter::repeat_n(origin, f.nrows()));
-        self.wrong.extend(wrong);
         self.classes.extend(classes);
         self.benign.push(origin == Origin::Benign);
         self.features.push(f);
@@ -234,22 +232,23 @@ impl Part {
     }
 
     fn labelled(&self, target: Target) -> Result<LabelledRows, FitError> {
+        let logits = concat(&self.logits)?;
+        // Whether the top-1 prediction misses the row's true class (`None`: no class known).
+        let wrong =
+            self.classes.iter().zip(logits.outer_iter()).map(|(y, z)| y.map(|y| argmax(&z.to_vec()) != Some(y)));
+        let labels = self.origin.iter().zip(wrong).map(|(&o, w)| target.label(o, w)).collect();
         Ok(LabelledRows {
             features: concat(&self.features)?,
-            logits: concat(&self.logits)?,
+            logits,
             quality: self.quality_rows(&(0..self.quality.len()).collect::<Vec<_>>())?,
-            labels: self.origin.iter().zip(&self.wrong).map(|(&o, &w)| target.label(o, w)).collect(),
+            labels,
         })
     }
 }
 
-/// Whether the top-1 prediction of each row of `logits` misses the true class `labels[idx[k]]`,
-/// and that class.
-fn wrong(logits: &Array2<f32>, labels: Option<&[usize]>, idx: &[usize]) -> (Vec<Option<bool>>, Vec<Option<usize>>) {
-    let classes: Vec<Option<usize>> = idx.iter().map(|&i| labels.and_then(|l| l.get(i).copied())).collect();
-    let wrong =
-        classes.iter().enumerate().map(|(k, y)| y.map(|y| argmax(&logits.row(k).to_vec()) != Some(y))).collect();
-    (wrong, classes)
+/// The true class `labels[i]` of each row `i` of `idx` (`None` without labels).
+fn true_classes(labels: Option<&[usize]>, idx: &[usize]) -> Vec<Option<usize>> {
+    idx.iter().map(|&i| labels.and_then(|l| l.get(i).copied())).collect()
 }
 
 /// Fits a calibration for `model` from familiar outputs and (unless one-class) unfamiliar
@@ -312,8 +311,8 @@ pub fn fit(
     let q_rows = |q: &Option<Array2<f32>>, idx: &[usize]| q.as_ref().filter(|_| quality).map(|q| rows(q, idx));
     for (part, idx) in parts.iter_mut().zip([&fs.train, &fs.val, &fs.test]) {
         let l = rows(&familiar.logits, idx);
-        let w = wrong(&l, labels, idx);
-        part.push((rows(&familiar.features, idx), l, q_rows(&familiar.quality, idx)), Origin::Familiar, w);
+        let y = true_classes(labels, idx);
+        part.push((rows(&familiar.features, idx), l, q_rows(&familiar.quality, idx)), Origin::Familiar, y);
     }
     for (i, u) in unfamiliar.iter().enumerate() {
         if u.paired && u.features.nrows() != n {
@@ -329,13 +328,13 @@ pub fn fit(
         };
         for (part, idx) in parts.iter_mut().zip([&s.train, &s.val, &s.test]) {
             let l = rows(&u.logits, idx);
-            let (origin, w) = if u.paired {
+            let (origin, y) = if u.paired {
                 let origin = if u.benign { Origin::Benign } else { Origin::Corrupted };
-                (origin, wrong(&l, labels, idx))
+                (origin, true_classes(labels, idx))
             } else {
-                (Origin::Ood, (vec![None; idx.len()], vec![None; idx.len()]))
+                (Origin::Ood, vec![None; idx.len()])
             };
-            part.push((rows(&u.features, idx), l, q_rows(&u.quality, idx)), origin, w);
+            part.push((rows(&u.features, idx), l, q_rows(&u.quality, idx)), origin, y);
         }
     }
     let [train, val, test] = parts;

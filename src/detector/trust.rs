@@ -153,10 +153,11 @@ pub struct Anchor {
 }
 
 impl Anchor {
-    /// Fits the Platt scaling of the softmax log-odds of `logits` at `temperature` to the 0/1
-    /// `labels`.
-    pub fn fit(logits: &Array2<f32>, labels: &[u8], temperature: f32, weight: f64) -> Result<Anchor, DetectorError> {
-        let m: Vec<f32> = logits.outer_iter().map(|z| log_odds_at(&z.to_vec(), temperature)).collect();
+    /// Fits the Platt scaling of the softmax log-odds at `temperature` of the rows of `logits`
+    /// (one or more matrices, in order) to the 0/1 `labels`.
+    pub fn fit(logits: &[&Array2<f32>], labels: &[u8], temperature: f32, weight: f64) -> Result<Anchor, DetectorError> {
+        let m: Vec<f32> =
+            logits.iter().flat_map(|l| l.outer_iter()).map(|z| log_odds_at(&z.to_vec(), temperature)).collect();
         Ok(Anchor { temperature, platt: Platt::fit(&m, labels)?, weight })
     }
 
@@ -271,7 +272,7 @@ impl TrustHead {
         // A small validation set may hold only wrong (or only right) frames: then the
         // training rows join it (a slightly optimistic scaling beats none).
         let fit_rows = if val.labels.contains(&0) && val.labels.contains(&1) { vec![val] } else { vec![val, train] };
-        let logits = stack(fit_rows.iter().map(|r| &r.logits))?;
+        let logits: Vec<&Array2<f32>> = fit_rows.iter().map(|r| &r.logits).collect();
         let labels: Vec<u8> = fit_rows.iter().flat_map(|r| r.labels.iter().copied()).collect();
         if anchor_weight > 0.0 {
             let t = fit_temperature(&val.logits, val_classes);
@@ -337,13 +338,6 @@ impl TrustHead {
             Err(_) => vec![f32::NAN; features.nrows()],
         }
     }
-}
-
-/// The rows of `parts` stacked.
-fn stack<'a>(parts: impl Iterator<Item = &'a Array2<f32>>) -> Result<Array2<f32>, DetectorError> {
-    let views: Vec<_> = parts.map(|a| a.view()).collect();
-    ndarray::concatenate(ndarray::Axis(0), &views)
-        .map_err(|e| DetectorError::Config(format!("trust head rows differ in width: {e}")))
 }
 
 /// One bin of a reliability diagram.
@@ -439,7 +433,7 @@ mod tests {
         assert!(wrong_log_odds(&[5.0]).is_finite());
         // Fitted: the Platt slope is positive where a flat softmax means wrong.
         let l = ndarray::array![[0.0f32, 4.0], [0.0, 5.0], [0.0, 0.5], [0.0, 0.2], [0.0, 3.0], [0.0, 1.0]];
-        let f = Anchor::fit(&l, &[0, 0, 1, 1, 0, 1], 1.0, 1.0).unwrap();
+        let f = Anchor::fit(&[&l], &[0, 0, 1, 1, 0, 1], 1.0, 1.0).unwrap();
         assert!(f.platt.a > 0.0 && f.term(&[0.0, 0.1]) > f.term(&[0.0, 6.0]), "{f:?}");
     }
 

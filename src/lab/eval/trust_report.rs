@@ -33,9 +33,14 @@ pub fn name(key: &str) -> &str {
     }
 }
 
-/// The best baseline row by AUROC (every row but the trust head and its ablation).
+/// The baseline rows: every row but the trust head and its ablation.
+fn baselines(t: &TrustResults) -> impl Iterator<Item = &super::trust::TrustRow> {
+    t.rows.iter().filter(|r| !r.method.starts_with("trust"))
+}
+
+/// The best baseline row by AUROC.
 fn best_baseline(t: &TrustResults) -> Option<&super::trust::TrustRow> {
-    t.rows.iter().filter(|r| !r.method.starts_with("trust")).max_by(|a, b| a.auroc.total_cmp(&b.auroc))
+    baselines(t).max_by(|a, b| a.auroc.total_cmp(&b.auroc))
 }
 
 /// Appends the trust section to `o`.
@@ -191,8 +196,7 @@ pub fn targets(o: &mut String, t: &TrustResults) {
             yes_no(head.auroc >= 0.92 && head.auroc - b.auroc >= 0.015)
         );
     }
-    let min_aurc =
-        t.rows.iter().filter(|r| !r.method.starts_with("trust")).map(|r| r.aurc).fold(f64::INFINITY, f64::min);
+    let min_aurc = baselines(t).map(|r| r.aurc).fold(f64::INFINITY, f64::min);
     let _ = writeln!(
         o,
         "| trust: AURC below every baseline | {} ± {} (lowest baseline {}) | {} |",
