@@ -74,6 +74,8 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     // Every command logs through `log`; RUST_LOG overrides the default level.
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).try_init();
+    // Constant-only nodes the compiler has no rule for are folded by ONNX Runtime.
+    crate::runtime::register_constant_folding();
     let r = match cli.command {
         Command::Compile(a) => compile::run(a),
         Command::Baseline(a) => baseline::run(a),

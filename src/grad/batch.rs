@@ -154,7 +154,7 @@ impl Rewriter {
             // Folded where the compiler's folding rules allow, so that a later rewrite sees
             // the value (an Expand target built from ConstantOfShape and Where).
             if n.op_type != "Constant" {
-                if let Ok(vals) = super::fold::fold(&n, &self.consts, |_| None) {
+                if let Ok(vals) = super::fold::fold(&n, &self.consts, |_| None, None) {
                     self.consts.extend(vals.into_iter().map(|t| (t.name.clone(), t)));
                 }
             }

@@ -138,7 +138,8 @@ pub(super) fn assemble(
     let used: HashSet<&str> = new_nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
     let mut initializer: Vec<TensorProto> =
         graph.initializer.iter().filter(|t| used.contains(t.name.as_str())).cloned().collect();
-    initializer.append(&mut b.inits);
+    // The builder's constants too: a rewritten reshape target's (above) would be left unread.
+    initializer.extend(b.inits.drain(..).filter(|t| used.contains(t.name.as_str())));
 
     let mut in_dims = vec![None];
     in_dims.extend(input_shape.iter().map(|&v| Some(v as i64)));

@@ -11,7 +11,7 @@
 
 use ndarray::{ArrayD, Axis, IxDyn, Slice};
 
-use super::{fold_nd as nd, node_err, GradError};
+use super::{fold_ext, fold_math, fold_nd as nd, node_err, GradError};
 use crate::onnx::{self, data_type, Attrs, NodeProto, TensorProto};
 
 /// The symbolic batch size inside folded integer tensors.
@@ -24,7 +24,7 @@ pub(crate) fn is_batch_derived(v: i64) -> bool {
 
 /// A folded value.
 #[derive(Clone, Debug)]
-enum Val {
+pub(super) enum Val {
     F(ArrayD<f32>),
     /// Integers (and booleans, with `bool` set).
     I(ArrayD<i64>, bool),
@@ -57,14 +57,14 @@ impl Val {
         }
     }
 
-    fn shape(&self) -> &[usize] {
+    pub(super) fn shape(&self) -> &[usize] {
         match self {
             Val::F(a) => a.shape(),
             Val::I(a, _) => a.shape(),
         }
     }
 
-    fn ints(&self) -> Vec<i64> {
+    pub(super) fn ints(&self) -> Vec<i64> {
         match self {
             Val::F(a) => a.iter().map(|&v| v as i64).collect(),
             Val::I(a, _) => a.iter().copied().collect(),
@@ -107,18 +107,11 @@ pub(crate) const FOLDABLE: &[&str] = &[
     "Div",
     "Mod",
     "Pow",
-    "Neg",
-    "Sqrt",
-    "Reciprocal",
-    "Floor",
-    "Ceil",
-    "Abs",
     "Equal",
     "Less",
     "Greater",
     "LessOrEqual",
     "GreaterOrEqual",
-    "Not",
     "And",
     "Or",
     "Where",
@@ -145,14 +138,14 @@ pub(crate) fn can_fold(n: &NodeProto, is_const: impl Fn(&str) -> bool, is_act: i
 }
 
 /// The node being folded and the constants its inputs may be.
-struct Inputs<'a> {
-    n: &'a NodeProto,
+pub(super) struct Inputs<'a> {
+    pub(super) n: &'a NodeProto,
     consts: &'a std::collections::HashMap<String, TensorProto>,
 }
 
 impl Inputs<'_> {
     /// The error for a node that cannot be folded, with the fix.
-    fn fail(&self, why: &str) -> GradError {
+    pub(super) fn fail(&self, why: &str) -> GradError {
         node_err(
             self.n,
             format!(
@@ -163,7 +156,7 @@ impl Inputs<'_> {
     }
 
     /// Input `i`'s value, `None` when absent (or not a constant).
-    fn get(&self, i: usize) -> Result<Option<Val>, GradError> {
+    pub(super) fn get(&self, i: usize) -> Result<Option<Val>, GradError> {
         match self.n.input.get(i).filter(|s| !s.is_empty()) {
             None => Ok(None),
             Some(name) => match self.consts.get(name) {
@@ -174,21 +167,27 @@ impl Inputs<'_> {
     }
 
     /// Input `i`'s value, which must be there.
-    fn need(&self, i: usize) -> Result<Val, GradError> {
+    pub(super) fn need(&self, i: usize) -> Result<Val, GradError> {
         self.get(i)?.ok_or_else(|| self.fail(&format!("input {i} missing")))
     }
 }
 
 /// Evaluates `n` on constant inputs; returns its outputs' values. `act_shape` gives the
-/// per-sample shape of an activation (the batch is [`BATCH`]).
+/// per-sample shape of an activation (the batch is [`BATCH`]). An operator without a rule here
+/// goes to the registered external evaluator when `external` holds the model's opset.
 pub(crate) fn fold(
     n: &NodeProto,
     consts: &std::collections::HashMap<String, TensorProto>,
     act_shape: impl Fn(&str) -> Option<Vec<usize>>,
+    external: Option<i64>,
 ) -> Result<Vec<TensorProto>, GradError> {
     let f = Inputs { n, consts };
-    if !FOLDABLE.contains(&n.op_type.as_str()) {
-        return Err(f.fail(&format!("no folding rule for {}", n.op_type)));
+    if !FOLDABLE.contains(&n.op_type.as_str()) && !fold_math::OPS.contains(&n.op_type.as_str()) {
+        let why = match external {
+            Some(opset) => fold_ext::fold(n, consts, opset),
+            None => Err(format!("no folding rule for {}", n.op_type)),
+        };
+        return why.map_err(|w| f.fail(&w));
     }
     let out: Vec<Val> = match n.op_type.as_str() {
         "Identity" => vec![f.need(0)?],
@@ -219,12 +218,12 @@ pub(crate) fn fold(
             let (x, y) = (f.need(0)?, f.need(1)?);
             vec![compare(&n.op_type, &x, &y).ok_or_else(|| f.fail("operands do not broadcast"))?]
         }
-        "Neg" | "Sqrt" | "Reciprocal" | "Floor" | "Ceil" | "Abs" | "Not" => fold_unary(&f)?,
         "Where" => fold_where(&f)?,
         "ConstantOfShape" => fold_constant_of_shape(&f)?,
         "Range" => fold_range(&f)?,
         "Expand" => fold_expand(&f)?,
         "GatherND" | "ScatterND" => fold_nd(&f)?,
+        op if fold_math::OPS.contains(&op) => fold_math::fold(&f)?,
         other => return Err(f.fail(&format!("no folding rule for {other}"))),
     };
     if out.len() < n.output.iter().filter(|o| !o.is_empty()).count() {
@@ -384,6 +383,8 @@ fn fold_reshape(f: &Inputs) -> Result<Vec<Val>, GradError> {
                         infer = Some(i);
                         out.push(1);
                     }
+                    // A constant is the same for every sample: its batch axis is one copy.
+                    BATCH if i == 0 => out.push(1),
                     d if d >= 0 => out.push(d as usize),
                     _ => return Err(f.fail("bad target shape")),
                 }
@@ -536,7 +537,12 @@ fn fold_constant_of_shape(f: &Inputs) -> Result<Vec<Val>, GradError> {
     let n = f.n;
     let a = Attrs::of(n);
     let out = {
-        let shape = f.need(0)?.ints();
+        let mut shape = f.need(0)?.ints();
+        // A constant sized by the batch (EdgeNeXt's `zeros(B, H, W)` position grid) holds the
+        // same values for every sample: folded with one copy, it broadcasts where it is used.
+        if shape.first() == Some(&BATCH) {
+            shape[0] = 1;
+        }
         if shape.iter().any(|&d| d < 0) {
             return Err(f.fail("the shape holds the batch size: a batch-sized constant is not supported"));
         }
@@ -608,31 +614,7 @@ fn fold_expand(f: &Inputs) -> Result<Vec<Val>, GradError> {
     Ok(out)
 }
 
-/// Elementwise `Neg`, `Sqrt`, `Reciprocal`, `Floor`, `Ceil`, `Abs` and `Not`.
-fn fold_unary(f: &Inputs) -> Result<Vec<Val>, GradError> {
-    let n = f.n;
-    let out = vec![match f.need(0)? {
-        Val::F(x) => Val::F(x.mapv(|v| match n.op_type.as_str() {
-            "Neg" => -v,
-            "Sqrt" => v.sqrt(),
-            "Reciprocal" => 1.0 / v,
-            "Floor" => v.floor(),
-            "Ceil" => v.ceil(),
-            "Abs" => v.abs(),
-            _ => f32::from(u8::from(v == 0.0)),
-        })),
-        Val::I(x, b) => match n.op_type.as_str() {
-            "Neg" => Val::I(x.mapv(|v| -v), b),
-            "Abs" => Val::I(x.mapv(i64::abs), b),
-            "Not" => Val::I(x.mapv(|v| i64::from(v == 0)), true),
-            "Floor" | "Ceil" => Val::I(x, b),
-            _ => return Err(f.fail("integer operand")),
-        },
-    }];
-    Ok(out)
-}
-
-fn axis(n: &NodeProto, ax: i64, rank: usize) -> Result<usize, GradError> {
+pub(super) fn axis(n: &NodeProto, ax: i64, rank: usize) -> Result<usize, GradError> {
     let a = if ax < 0 { ax + rank as i64 } else { ax };
     if a < 0 || a > rank as i64 || (a == rank as i64 && rank > 0 && n.op_type != "Unsqueeze") {
         return Err(node_err(n, format!("axis {ax} out of range for rank {rank}")));
@@ -675,7 +657,7 @@ fn reshape(v: &Val, shape: &[usize]) -> Option<Val> {
     )
 }
 
-fn as_f(v: &Val) -> ArrayD<f32> {
+pub(super) fn as_f(v: &Val) -> ArrayD<f32> {
     match v {
         Val::F(x) => x.clone(),
         Val::I(x, _) => x.mapv(|v| v as f32),
@@ -725,7 +707,7 @@ fn where3<T: Clone>(c: &ArrayD<i64>, x: &ArrayD<T>, y: &ArrayD<T>) -> Option<Arr
     ArrayD::from_shape_vec(IxDyn(&s), v).ok()
 }
 
-fn binary(op: &str, x: &Val, y: &Val) -> Option<Val> {
+pub(super) fn binary(op: &str, x: &Val, y: &Val) -> Option<Val> {
     match (x, y) {
         (Val::I(a, _), Val::I(b, _)) => Some(Val::I(
             zip2(a, b, |p, q| match op {
@@ -814,7 +796,7 @@ mod tests {
         .collect();
         let run = |inputs: &[&str]| {
             let n = make_node("Clip", "c", inputs, &["y"], vec![]);
-            let t = fold(&n, &consts, |_| None).unwrap().remove(0);
+            let t = fold(&n, &consts, |_| None, None).unwrap().remove(0);
             crate::onnx::tensor_i64(&t).unwrap().iter().copied().collect::<Vec<_>>()
         };
         assert_eq!(run(&["pads", "lo"]), [0, 0, 2, 5]);

@@ -35,6 +35,8 @@ mod builder;
 mod ctx;
 mod emit;
 mod fold;
+mod fold_ext;
+mod fold_math;
 mod fold_nd;
 mod forward;
 mod layout;
@@ -53,6 +55,7 @@ pub(crate) use ctx::Ctx;
 pub use ctx::GradError;
 pub(crate) use ctx::{node_err, unsupported};
 use emit::{assemble, emit_outputs, Layout, Meta};
+pub use fold_ext::{set_external_fold, ExternalFold};
 use forward::{forward, last_stages};
 pub use options::*;
 

@@ -16,8 +16,10 @@ use ort::value::TensorRef;
 use crate::grad;
 
 pub mod extract;
+mod fold;
 
 pub use extract::{ExtractError, FeatureSet};
+pub use fold::register_constant_folding;
 
 /// The library file name.
 pub const LIB_NAME: &str = "libonnxruntime.so";

@@ -114,6 +114,8 @@ pub struct ModelAndCalibration {
 /// Loads the calibration, compiles the model with the calibration's loss, and checks that
 /// the calibration was fitted on this model file (sha256) and feature list.
 pub fn load_model(config: &Config) -> Result<ModelAndCalibration, ServiceError> {
+    // Compiling may fold constants through ONNX Runtime, which must then be the configured one.
+    crate::runtime::init(config.runtime.library.as_deref())?;
     let calibration = Calibration::load(&config.model.calibration)?;
     let loss: Loss = calibration.model.loss.parse().map_err(ServiceError::Loss)?;
     calibration.check_preset(config.model.preset.name())?;
