@@ -80,7 +80,7 @@ pub(super) fn forward(
                     {
                         return Err(unsupported(n));
                     }
-                    for t in fold::fold(n, &ctx.consts, |s| ctx.shapes.get(s).cloned())? {
+                    for t in fold::fold(n, &ctx.consts, |s| ctx.shapes.get(s).cloned(), Some(ctx.b.opset))? {
                         ctx.consts.insert(t.name.clone(), t);
                     }
                     // A weight the exporter transposes or reshapes in the graph (the legacy
@@ -111,6 +111,7 @@ pub(super) fn forward(
             let found: Vec<(String, ParamKind)> = rule
                 .candidates(n, &scope)
                 .into_iter()
+                .filter(|(idx, _)| !computed_and_shared(graph, &readers, ctx, &n.input[*idx]))
                 .map(|(idx, kind)| (ctx.param_name(&n.input[idx]).to_string(), kind))
                 .collect();
             if !found.is_empty() || n.input.iter().any(|s| after_param.contains(s)) {
@@ -237,4 +238,12 @@ pub(super) fn last_stages(fwd: &Forward, stages: usize) -> HashSet<String> {
         .filter(|(_, s)| spatial(s).is_none_or(|r| keep.contains(&r)))
         .map(|((name, _), _)| name.clone())
         .collect()
+}
+
+/// Whether constant `c` was computed from constants and is read by several nodes (EVA's rotary
+/// sin/cos tables, multiplied into both q and k): a buffer, not a parameter. A shared initializer
+/// has one copy per reader by now (`shared.rs`); a computed tensor does not.
+fn computed_and_shared(graph: &GraphProto, readers: &HashMap<String, Vec<&NodeProto>>, ctx: &Ctx, c: &str) -> bool {
+    let src = ctx.param_name(c);
+    !graph.initializer.iter().any(|t| t.name == src) && readers.get(c).is_some_and(|r| r.len() > 1)
 }

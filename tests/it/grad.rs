@@ -1054,6 +1054,90 @@ fn max_min_and_sum() {
     check(case_max_min_and_sum());
 }
 
+/// `Tile` of an activation along a per-sample axis (GCViT's query repeated over windows) and of
+/// a parameter by the batch size read from the input's shape (`pos.repeat(B, 1, 1, 1)`, XCiT),
+/// which makes the tiled parameter a feature.
+fn case_tile_activation_and_parameter() -> Case {
+    chain(51, |n, x| {
+        let reps = n.ints(&[1, 1, 2, 1]);
+        let t = n.op("Tile", &[x, &reps], vec![]); // [3,12,6]
+        let sh = n.op("Shape", &[x], vec![]);
+        let (st, en) = (n.ints(&[0]), n.ints(&[1]));
+        let batch = n.op("Slice", &[&sh, &st, &en], vec![]);
+        let ones = n.ints(&[1, 1, 1]);
+        let preps = n.op("Concat", &[&batch, &ones], vec![attr::int("axis", 0)]);
+        let pos = n.param(&[1, 3, 6, 6], 0.5);
+        let tp = n.op("Tile", &[&pos, &preps], vec![]); // [N,3,6,6]
+        let tp2 = n.op("Concat", &[&tp, &tp], vec![attr::int("axis", 2)]); // [3,12,6]
+        (n.op("Mul", &[&t, &tp2], vec![]), 3 * 72)
+    })
+}
+
+#[test]
+fn tile_activation_and_parameter() {
+    check(case_tile_activation_and_parameter());
+}
+
+/// A table computed from constants (`Sin` of a constant, folded) and read by two nodes, as EVA's
+/// rotary sin/cos tables multiply both q and k: a buffer, not a parameter (no feature), where a
+/// learned-looking constant read once would be a layer scale.
+fn case_shared_computed_table_is_no_parameter() -> Case {
+    chain(53, |n, x| {
+        let angles: Vec<f32> = (0..36).map(|i| i as f32 * 0.21).collect();
+        let a = n.constant(&[1, 6, 6], &angles);
+        let table = n.op("Sin", &[&a], vec![]);
+        let q = n.op("Mul", &[x, &table], vec![]);
+        let t = n.op("Tanh", &[x], vec![]);
+        let k = n.op("Mul", &[&t, &table], vec![]);
+        (n.op("Add", &[&q, &k], vec![]), 3 * 36)
+    })
+}
+
+#[test]
+fn shared_computed_table_is_no_parameter() {
+    check(case_shared_computed_table_is_no_parameter());
+}
+
+/// A node on constants only that the compiler has no folding rule for (a `Conv` of two
+/// constants, as XCiT's position encoding is) is folded by ONNX Runtime once registered: the
+/// model compiles, and its features equal those of the same model with that node's value
+/// stored as an initializer (the derived tensor is the feature, as it then is).
+#[test]
+fn constant_only_nodes_fold_through_onnx_runtime() {
+    gradwatch::runtime::register_constant_folding();
+    let grid: Vec<f32> = (0..72).map(|i| (i as f32 * 0.37).sin()).collect();
+    let w = [0.5f32, -0.25, 0.75, 0.1, -0.6, 0.3];
+    // The 1x1 Conv's value by hand: pos[o, p] = sum_c w[o, c] * grid[c, p].
+    let g = &grid;
+    let pos: Vec<f32> = (0..3).flat_map(|o| (0..36).map(move |p| w[2 * o] * g[p] + w[2 * o + 1] * g[36 + p])).collect();
+    let build = |folded: bool| {
+        let mut n = Net::new(52);
+        let c1 = n.conv("x", 2, 3, 3, true, vec![attr::ints("pads", &[1, 1, 1, 1])]);
+        let p = if folded {
+            let g = n.constant(&[1, 2, 6, 6], &grid);
+            let wc = n.constant(&[3, 2, 1, 1], &w);
+            n.op("Conv", &[&g, &wc], vec![])
+        } else {
+            n.constant(&[1, 3, 6, 6], &pos)
+        };
+        let y = n.op("Add", &[&c1, &p], vec![]);
+        let out = n.head(&y, 3 * 36, CLASSES);
+        (n.model(&[2, 6, 6], &out), p)
+    };
+    let x = input(&mut crate::common::Rng::new(3), BATCH, &[2, 6, 6]);
+    let mut runs = Vec::new();
+    for folded in [true, false] {
+        let (model, p) = build(folded);
+        let c = grad::compile(&model, &CompileOptions::default()).unwrap_or_else(|e| panic!("folded {folded}: {e}"));
+        assert_eq!(c.features.len(), 5, "{:?}", c.features);
+        assert_eq!(c.features[2], p, "the derived tensor is the feature");
+        runs.push(GradSession::new(&c, &ort()).unwrap().run(x.view()).unwrap());
+    }
+    for (a, b) in runs[0].features.iter().zip(runs[1].features.iter()) {
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1e-3), "{a} vs {b}");
+    }
+}
+
 /// A vision-transformer block in miniature: the conv map to tokens by a Reshape whose target
 /// comes from a Shape subgraph (folded at compile time), a class token expanded to the batch
 /// and concatenated, a position embedding, one qkv MatMul split three ways, softmax(q k^T) v,
@@ -1137,6 +1221,8 @@ const FD_CASES: &[(&str, MakeCase)] = &[
     ("instance_and_group_norm", case_instance_and_group_norm),
     ("sum_and_max_reductions", case_sum_and_max_reductions),
     ("max_min_and_sum", case_max_min_and_sum),
+    ("tile_activation_and_parameter", case_tile_activation_and_parameter),
+    ("shared_computed_table_is_no_parameter", case_shared_computed_table_is_no_parameter),
     ("casts", case_casts),
     ("matmul_broadcast_heads", case_matmul_broadcast_heads),
     ("resize_nearest_and_linear", case_resize_nearest_and_linear),

@@ -46,6 +46,7 @@ mod pool;
 mod resize;
 mod select;
 mod shape;
+mod tile;
 mod window;
 
 use std::collections::{HashMap, HashSet};
@@ -99,6 +100,7 @@ const FAMILIES: &[&[Rule]] = &[
     pool::RULES,
     resize::RULES,
     shape::RULES,
+    tile::RULES,
     linear::RULES,
     attention::RULES,
 ];
@@ -225,9 +227,10 @@ fn single(n: &NodeProto, g: String) -> Grads {
 }
 
 /// Whether `n` is an `Expand` of a constant to a shape holding the batch size (a class token
-/// made into one copy per sample): a value that carries the batch though no input does.
+/// made into one copy per sample), or a `Tile` of one by the batch size: a value that carries
+/// the batch though no input does.
 pub(crate) fn expands_to_batch(n: &NodeProto, ctx: &Ctx) -> bool {
-    shape::expands_to_batch(n, ctx)
+    shape::expands_to_batch(n, ctx) || tile::tiles_to_batch(n, ctx)
 }
 
 /// A value's name and per-sample shape.

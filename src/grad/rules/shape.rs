@@ -560,8 +560,8 @@ fn expand_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
     Ok(full[1..].iter().map(|&d| d as usize).collect())
 }
 
-/// The expanded constant of a class token (more than one value) is a parameter.
-fn expand_params(n: &NodeProto, s: &Scope) -> Vec<(usize, ParamKind)> {
+/// The expanded (or tiled) constant of a class token (more than one value) is a parameter.
+pub(super) fn expand_params(n: &NodeProto, s: &Scope) -> Vec<(usize, ParamKind)> {
     let data = &n.input[0];
     match s.ctx.consts.get(data) {
         Some(t) if t.dims.iter().product::<i64>() > 1 && !s.ctx.is_act(data) => vec![(0, ParamKind::Embedding)],
