@@ -1318,7 +1318,8 @@ fn a_conv_over_the_merged_batch_is_refused() {
 
 /// `Resize` as PyTorch exports `upsample_nearest2d` (asymmetric, floor) and
 /// `upsample_bilinear2d` (pytorch_half_pixel; align_corners), down and up, and nearest with
-/// half_pixel and round_prefer_ceil: `[3,6,6] -> [3,12,12] -> [3,6,9] -> [3,9,9] -> [3,4,4]`.
+/// half_pixel and round_prefer_ceil, then bicubic (`upsample_bicubic2d`; and with
+/// `exclude_outside`): `[3,6,6] -> [3,12,12] -> [3,6,9] -> [3,9,9] -> [3,4,4] -> [3,7,6] -> [3,3,3]`.
 fn case_resize_nearest_and_linear() -> Case {
     chain(49, |n, x| {
         let s = |n: &mut Net, v: &[f32]| n.constant(&[4], v);
@@ -1336,7 +1337,12 @@ fn case_resize_nearest_and_linear() -> Case {
         let b = resize(n, &a, &[1.0, 1.0, 0.5, 0.75], "linear", "pytorch_half_pixel", "floor");
         let c = resize(n, &b, &[1.0, 1.0, 1.5, 1.0], "linear", "align_corners", "floor");
         let d = resize(n, &c, &[1.0, 1.0, 0.5, 0.5], "nearest", "half_pixel", "round_prefer_ceil");
-        (d, 3 * 16)
+        // Bicubic as PyTorch exports it (a = -0.75), up; then with taps outside dropped, down.
+        let e = resize(n, &d, &[1.0, 1.0, 1.75, 1.5], "cubic", "pytorch_half_pixel", "floor");
+        let sc = s(n, &[1.0, 1.0, 0.5, 0.5]);
+        let attrs =
+            vec![attr::string("mode", "cubic"), attr::float("cubic_coeff_a", -0.5), attr::int("exclude_outside", 1)];
+        (n.op("Resize", &[&e, "", &sc], attrs), 3 * 9)
     })
 }
 

@@ -1,11 +1,12 @@
-//! Interpolation: `Resize` in `nearest` and `linear` modes (PyTorch's `upsample_nearest2d` and
-//! `upsample_bilinear2d`, GhostNetV2's and EfficientFormerV2's up-sampling), any scale and every
+//! Interpolation: `Resize` in `nearest`, `linear` and `cubic` modes (PyTorch's
+//! `upsample_nearest2d`, `upsample_bilinear2d` and `upsample_bicubic2d`: GhostNetV2's and
+//! EfficientFormerV2's up-sampling, CrossViT's second-branch input), any scale and every
 //! coordinate transformation an exporter writes but `tf_crop_and_resize`.
 //!
-//! Both modes are separable linear maps: along each resized axis the output is `A x` for a
+//! Every mode is a separable linear map: along each resized axis the output is `A x` for a
 //! constant `[out, in]` matrix built here from the ONNX formulas (one 1 per row for nearest, two
-//! interpolation weights for linear), so the backward is `A^T dy` per axis: a MatMul by a
-//! constant, exact for any scale.
+//! interpolation weights for linear, four cubic-convolution weights for cubic), so the backward is
+//! `A^T dy` per axis: a MatMul by a constant, exact for any scale.
 
 use super::{act_input, single, Grads, Params, Rule};
 use crate::grad::{node_err, Ctx, GradError};
@@ -17,12 +18,24 @@ pub(super) const RULES: &[Rule] = &[Rule { op: "Resize", params: Params::None, s
 /// What one Resize does along each per-sample axis: `(input length, output length, scale)`.
 struct Plan {
     axes: Vec<(usize, usize, f32)>,
-    linear: bool,
+    mode: Mode,
     ctm: String,
     nearest: String,
 }
 
 /// Where a Resize's output lengths come from, one entry per axis (the batch first).
+/// The interpolation.
+enum Mode {
+    Nearest,
+    Linear,
+    /// Keys' cubic convolution with coefficient `a`; taps outside the axis dropped and the rest
+    /// renormalised (`exclude_outside`), else the edge value repeated.
+    Cubic {
+        a: f32,
+        exclude_outside: bool,
+    },
+}
+
 enum By {
     Sizes(Vec<i64>),
     Scales(Vec<f32>),
@@ -32,10 +45,13 @@ fn plan(n: &NodeProto, ctx: &Ctx) -> Result<Plan, GradError> {
     let x = ctx.shape(n, act_input(n, ctx, 0)?)?;
     let a = Attrs::of(n);
     let mode = a.string("mode", "nearest")?;
-    let linear = match mode.as_str() {
-        "nearest" => false,
-        "linear" => true,
-        m => return Err(node_err(n, format!("Resize mode '{m}' is not supported (nearest and linear are)"))),
+    let mode = match mode.as_str() {
+        "nearest" => Mode::Nearest,
+        "linear" => Mode::Linear,
+        "cubic" => {
+            Mode::Cubic { a: a.float("cubic_coeff_a", -0.75)?, exclude_outside: a.int("exclude_outside", 0)? != 0 }
+        }
+        m => return Err(node_err(n, format!("Resize mode '{m}' is not supported (nearest, linear and cubic are)"))),
     };
     let ctm = a.string("coordinate_transformation_mode", "half_pixel")?;
     if !["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn"]
@@ -86,7 +102,7 @@ fn plan(n: &NodeProto, ctx: &Ctx) -> Result<Plan, GradError> {
         }
         axes.push((len, out, scale));
     }
-    Ok(Plan { axes, linear, ctm, nearest: a.string("nearest_mode", "round_prefer_floor")? })
+    Ok(Plan { axes, mode, ctm, nearest: a.string("nearest_mode", "round_prefer_floor")? })
 }
 
 fn resize_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
@@ -108,7 +124,9 @@ fn axis_matrix(p: &Plan, len: usize, out: usize, scale: f32) -> Vec<f32> {
             _ => of / scale,
         };
         let row = &mut m[o * len..(o + 1) * len];
-        if p.linear {
+        if let Mode::Cubic { a, exclude_outside } = p.mode {
+            cubic_row(row, x, a, exclude_outside);
+        } else if matches!(p.mode, Mode::Linear) {
             let x = x.clamp(0.0, last);
             let x0 = x.floor();
             let x1 = (x0 + 1.0).min(last);
@@ -129,6 +147,29 @@ fn axis_matrix(p: &Plan, len: usize, out: usize, scale: f32) -> Vec<f32> {
         }
     }
     m
+}
+
+/// One output's cubic weights at source coordinate `x` (not clamped, as in ONNX Runtime and
+/// PyTorch): taps `floor(x) - 1 ..= floor(x) + 2`, an out-of-range tap reading the edge value.
+fn cubic_row(row: &mut [f32], x: f32, a: f32, exclude_outside: bool) {
+    let len = row.len() as i64;
+    let x0 = x.floor();
+    let t = x - x0;
+    // Keys' kernel at distances 1 + t, t, 1 - t, 2 - t.
+    let near = |d: f32| ((a + 2.0) * d - (a + 3.0)) * d * d + 1.0;
+    let far = |d: f32| ((a * d - 5.0 * a) * d + 8.0 * a) * d - 4.0 * a;
+    let w = [far(1.0 + t), near(t), near(1.0 - t), far(2.0 - t)];
+    let taps: Vec<(i64, f32)> = (0..4).map(|k| (x0 as i64 - 1 + k as i64, w[k])).collect();
+    let inside: f32 = taps.iter().filter(|(i, _)| (0..len).contains(i)).map(|(_, w)| w).sum();
+    for (i, wk) in taps {
+        if exclude_outside {
+            if (0..len).contains(&i) && inside != 0.0 {
+                row[i as usize] += wk / inside;
+            }
+        } else {
+            row[i.clamp(0, len - 1) as usize] += wk;
+        }
+    }
 }
 
 /// Per resized axis `dx = A^T dy`: the axis moved last, a MatMul by `A` (`[.., out] x [out, in]`),

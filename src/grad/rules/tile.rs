@@ -49,7 +49,6 @@ fn tile_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
     Ok(dims.iter().zip(&reps).map(|(d, r)| d * r).collect())
 }
 
-
 /// The adjoint: the output seen as `[N, r1, d1, r2, d2, ...]` (tile index outer), summed over
 /// the repeats.
 fn tile(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
