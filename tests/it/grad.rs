@@ -1098,6 +1098,46 @@ fn shared_computed_table_is_no_parameter() {
     check(case_shared_computed_table_is_no_parameter());
 }
 
+/// `Pad` in `reflect` mode (TResNet's anti-aliasing blur pads so), unequal on both sides of
+/// both axes, then in `edge` mode: `[3,6,6] -> [3,9,9] -> [3,10,12]`.
+fn case_pad_reflect_and_edge() -> Case {
+    chain(54, |n, x| {
+        let t = n.op("Tanh", &[x], vec![]);
+        let p1 = n.ints(&[0, 0, 2, 1, 0, 0, 1, 2]);
+        let r = n.op("Pad", &[&t, &p1], vec![attr::string("mode", "reflect")]);
+        let p2 = n.ints(&[0, 0, 1, 0, 0, 0, 0, 3]);
+        let e = n.op("Pad", &[&r, &p2], vec![attr::string("mode", "edge")]);
+        (e, 3 * 120)
+    })
+}
+
+#[test]
+fn pad_reflect_and_edge() {
+    check(case_pad_reflect_and_edge());
+}
+
+/// ECA's channel attention: the pooled channels `[N, 1, C]` convolved by a 1-D Conv (a 3-D
+/// weight, padded, strided 1), a sigmoid gate back on the map.
+fn case_conv1d_channel_attention() -> Case {
+    chain(55, |n, x| {
+        let m = n.op("ReduceMean", &[x], vec![attr::ints("axes", &[2, 3]), attr::int("keepdims", 0)]); // [3]
+        let a1 = n.ints(&[1]);
+        let u = n.op("Unsqueeze", &[&m, &a1], vec![]); // [1,3]
+        let w = n.param(&[1, 1, 3], 0.8);
+        let c = n.op("Conv", &[&u, &w], vec![attr::ints("pads", &[1, 1]), attr::ints("kernel_shape", &[3])]);
+        let g = n.op("Sigmoid", &[&c], vec![]);
+        let a23 = n.ints(&[3]);
+        let g = n.op("Unsqueeze", &[&g, &a23], vec![]); // [1,3,1]
+        let t = n.op("Transpose", &[&g], vec![attr::ints("perm", &[0, 2, 1, 3])]); // [3,1,1]
+        (n.op("Mul", &[x, &t], vec![]), 3 * 36)
+    })
+}
+
+#[test]
+fn conv1d_channel_attention() {
+    check(case_conv1d_channel_attention());
+}
+
 /// A node on constants only that the compiler has no folding rule for (a `Conv` of two
 /// constants, as XCiT's position encoding is) is folded by ONNX Runtime once registered: the
 /// model compiles, and its features equal those of the same model with that node's value
@@ -1222,6 +1262,8 @@ const FD_CASES: &[(&str, MakeCase)] = &[
     ("sum_and_max_reductions", case_sum_and_max_reductions),
     ("max_min_and_sum", case_max_min_and_sum),
     ("tile_activation_and_parameter", case_tile_activation_and_parameter),
+    ("pad_reflect_and_edge", case_pad_reflect_and_edge),
+    ("conv1d_channel_attention", case_conv1d_channel_attention),
     ("shared_computed_table_is_no_parameter", case_shared_computed_table_is_no_parameter),
     ("casts", case_casts),
     ("matmul_broadcast_heads", case_matmul_broadcast_heads),

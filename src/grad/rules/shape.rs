@@ -82,11 +82,26 @@ fn reshape_target(n: &NodeProto, ctx: &Ctx, x: &[usize]) -> Result<Vec<usize>, G
     Ok(out)
 }
 
-fn pads_of(n: &NodeProto, ctx: &Ctx, rank: usize) -> Result<Vec<i64>, GradError> {
-    let a = Attrs::of(n);
-    if a.string("mode", "constant")? != "constant" {
-        return Err(node_err(n, "only constant padding is supported"));
+/// How a `Pad` fills: with a constant, by mirroring the values next to the edge (`reflect`:
+/// TResNet's anti-aliasing blur), or by repeating the edge value (`edge`).
+#[derive(Clone, Copy, PartialEq)]
+enum PadMode {
+    Constant,
+    Reflect,
+    Edge,
+}
+
+fn pad_mode(n: &NodeProto) -> Result<PadMode, GradError> {
+    match Attrs::of(n).string("mode", "constant")?.as_str() {
+        "constant" => Ok(PadMode::Constant),
+        "reflect" => Ok(PadMode::Reflect),
+        "edge" => Ok(PadMode::Edge),
+        m => Err(node_err(n, format!("Pad mode '{m}' is not supported (constant, reflect and edge are)"))),
     }
+}
+
+fn pads_of(n: &NodeProto, ctx: &Ctx, rank: usize) -> Result<Vec<i64>, GradError> {
+    pad_mode(n)?;
     let raw = ctx.const_i64(n, n.input.get(1).map(String::as_str).unwrap_or(""))?;
     let axes: Vec<usize> = match n.input.get(3).filter(|s| !s.is_empty()) {
         Some(name) => ctx.const_i64(n, name)?.iter().map(|&x| norm_axis(n, x, rank)).collect::<Result<_, _>>()?,
@@ -184,6 +199,9 @@ fn pad_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
     let x = ctx.shape(n, act_input(n, ctx, 0)?)?;
     let rank = x.len() + 1;
     let pads = pads_of(n, ctx, rank)?;
+    if pad_mode(n)? == PadMode::Reflect && (1..rank).any(|i| pads[i].max(pads[rank + i]) >= x[i - 1] as i64) {
+        return Err(node_err(n, "reflect padding must be shorter than the axis it pads"));
+    }
     Ok((1..rank).map(|i| x[i - 1] + (pads[i] + pads[rank + i]) as usize).collect())
 }
 
@@ -238,15 +256,61 @@ fn transpose(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError>
     Ok(single(n, ctx.b.transpose(dy, &inv)))
 }
 
+/// The adjoint of Pad: the gradient of the copied region; with `reflect` or `edge`, the padded
+/// strips added back onto the values they copy, one axis at a time (the modes are separable).
 fn pad(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
     let x = n.input[0].clone();
     let xs = ctx.shape(n, &x)?;
     let rank = xs.len() + 1;
     let pads = pads_of(n, ctx, rank)?;
-    let starts: Vec<i64> = (1..rank).map(|i| pads[i]).collect();
-    let ends: Vec<i64> = (1..rank).map(|i| pads[i] + xs[i - 1] as i64).collect();
-    let axes: Vec<i64> = (1..rank as i64).collect();
-    Ok(single(n, ctx.b.slice(dy, &starts, &ends, &axes)))
+    let mode = pad_mode(n)?;
+    if mode == PadMode::Constant {
+        let starts: Vec<i64> = (1..rank).map(|i| pads[i]).collect();
+        let ends: Vec<i64> = (1..rank).map(|i| pads[i] + xs[i - 1] as i64).collect();
+        let axes: Vec<i64> = (1..rank as i64).collect();
+        return Ok(single(n, ctx.b.slice(dy, &starts, &ends, &axes)));
+    }
+    let mut g = dy.to_string();
+    for ax in 1..rank {
+        let (b, e, l) = (pads[ax], pads[rank + ax], xs[ax - 1] as i64);
+        if b == 0 && e == 0 {
+            continue;
+        }
+        let axis = [ax as i64];
+        // Zero-pads a strip along `ax` to the axis's length.
+        let place = |ctx: &mut Ctx, v: &str, before: i64, after: i64| {
+            let mut p = vec![0i64; 2 * rank];
+            (p[ax], p[rank + ax]) = (before, after);
+            ctx.b.pad(v, &p, 0.0)
+        };
+        let mut acc = ctx.b.slice(&g, &[b], &[b + l], &axis);
+        if b > 0 {
+            let strip = if mode == PadMode::Reflect {
+                // y[j] = x[b - j]: the strip reversed lands on x[1..=b].
+                let r = ctx.b.slice_steps(&g, &[b - 1], &[i64::MIN], &axis, &[-1]);
+                place(ctx, &r, 1, l - 1 - b)
+            } else {
+                let s = ctx.b.slice(&g, &[0], &[b], &axis);
+                let s = ctx.b.reduce("ReduceSum", &s, &axis, true);
+                place(ctx, &s, 0, l - 1)
+            };
+            acc = ctx.b.add(&acc, &strip);
+        }
+        if e > 0 {
+            let strip = if mode == PadMode::Reflect {
+                // y[b + l - 1 + t] = x[l - 1 - t], t = 1..=e: reversed, it lands on x[l-1-e..l-1].
+                let r = ctx.b.slice_steps(&g, &[b + l + e - 1], &[b + l - 1], &axis, &[-1]);
+                place(ctx, &r, l - 1 - e, 1)
+            } else {
+                let s = ctx.b.slice(&g, &[b + l], &[b + l + e], &axis);
+                let s = ctx.b.reduce("ReduceSum", &s, &axis, true);
+                place(ctx, &s, l - 1, 0)
+            };
+            acc = ctx.b.add(&acc, &strip);
+        }
+        g = acc;
+    }
+    Ok(single(n, g))
 }
 
 fn concat(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
