@@ -7,6 +7,8 @@
 //! its own copy and its own feature (`name`, `name/use2`, ...): the norm of that use's
 //! gradient. For merged tensors that is exactly the gradient of the layer PyTorch had; for a
 //! weight tied on purpose it is the per-use norm rather than the norm of the summed gradient.
+//! A weight read through one view (a `Transpose` the exporter writes for a `linear`) that
+//! several nodes read is split the same way, view and all.
 
 use std::collections::{HashMap, HashSet};
 
@@ -33,7 +35,8 @@ pub fn unshare_initializers(model: &ModelProto) -> Option<ModelProto> {
             *uses.entry(i.as_str()).or_default() += 1;
         }
     }
-    if uses.values().all(|&u| u < 2) {
+    let shared_views = shared_views(graph, &floats);
+    if uses.values().all(|&u| u < 2) && shared_views.is_empty() {
         return None;
     }
     let mut m = model.clone();
@@ -41,6 +44,41 @@ pub fn unshare_initializers(model: &ModelProto) -> Option<ModelProto> {
     let mut taken: HashSet<String> = g.initializer.iter().map(|t| t.name.clone()).collect();
     taken.extend(g.node.iter().flat_map(|n| n.output.iter().cloned()));
     taken.extend(g.input.iter().map(|i| i.name.clone()));
+    let mut fresh = |base: &str, from: usize| {
+        let mut j = from;
+        loop {
+            let name = format!("{base}/use{j}");
+            if taken.insert(name.clone()) {
+                return name;
+            }
+            j += 1;
+        }
+    };
+    // A weight read through one view (`Transpose(W)`, the dynamo exporter's `linear` of a module
+    // applied in several places: CoaT's shared MLPs) whose output several nodes read: each extra
+    // reader gets its own view of its own copy.
+    let mut view_copies: Vec<(usize, crate::onnx::NodeProto)> = Vec::new();
+    let mut init_copies = Vec::new();
+    for (vi, readers) in &shared_views {
+        let view = g.node[*vi].clone();
+        for (k, (ri, slot)) in readers.iter().enumerate().skip(1) {
+            let w = fresh(&view.input[0], k + 1);
+            let out = fresh(&view.output[0], k + 1);
+            let mut t = graph.initializer[floats[view.input[0].as_str()]].clone();
+            t.name = w.clone();
+            init_copies.push(t);
+            let mut v = view.clone();
+            v.name = format!("{}/use{}", view.name, k + 1);
+            v.input[0] = w;
+            v.output = vec![out.clone()];
+            view_copies.push((*vi, v));
+            g.node[*ri].input[*slot] = out;
+        }
+    }
+    for (vi, v) in view_copies.into_iter().rev() {
+        g.node.insert(vi + 1, v);
+    }
+    g.initializer.extend(init_copies);
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut copies = Vec::new();
     for n in g.node.iter_mut().filter(|n| reads(&n.op_type)) {
@@ -51,14 +89,7 @@ pub fn unshare_initializers(model: &ModelProto) -> Option<ModelProto> {
             if *k == 1 {
                 continue;
             }
-            let mut j = *k;
-            let name = loop {
-                let name = format!("{input}/use{j}");
-                if taken.insert(name.clone()) {
-                    break name;
-                }
-                j += 1;
-            };
+            let name = fresh(input, *k);
             let mut t = graph.initializer[idx].clone();
             t.name = name.clone();
             copies.push(t);
@@ -67,6 +98,31 @@ pub fn unshare_initializers(model: &ModelProto) -> Option<ModelProto> {
     }
     g.initializer.extend(copies);
     Some(m)
+}
+
+/// Views (`Transpose`, `Reshape`, `Squeeze`, `Unsqueeze`, `Flatten`) of a float initializer
+/// read by nothing else, whose output several node inputs read: the view's index and those
+/// readers (node index, input slot).
+fn shared_views(graph: &crate::onnx::GraphProto, floats: &HashMap<&str, usize>) -> Vec<(usize, Vec<(usize, usize)>)> {
+    const VIEWS: &[&str] = &["Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"];
+    let mut readers: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
+    for (ni, n) in graph.node.iter().enumerate() {
+        for (slot, i) in n.input.iter().enumerate() {
+            readers.entry(i.as_str()).or_default().push((ni, slot));
+        }
+    }
+    graph
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| VIEWS.contains(&n.op_type.as_str()))
+        .filter(|(_, n)| n.input.first().is_some_and(|w| floats.contains_key(w.as_str())))
+        .filter(|(_, n)| readers.get(n.input[0].as_str()).is_some_and(|r| r.len() == 1))
+        .filter_map(|(vi, n)| {
+            let r = readers.get(n.output.first()?.as_str())?;
+            (r.len() > 1).then(|| (vi, r.clone()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -120,5 +176,30 @@ mod tests {
             ..Default::default()
         };
         assert!(unshare_initializers(&single).is_none(), "nothing shared, nothing copied");
+    }
+
+    #[test]
+    fn a_weight_shared_through_one_view_gets_a_view_per_reader() {
+        // `linear(x, w)` of one module applied twice, as the dynamo exporter writes it:
+        // `Transpose(w)` read by two MatMuls.
+        let graph = GraphProto {
+            node: vec![
+                make_node("Transpose", "t", &["w"], &["wt"], vec![]),
+                make_node("MatMul", "a", &["x", "wt"], &["a"], vec![]),
+                make_node("MatMul", "b", &["a", "wt"], &["b"], vec![]),
+            ],
+            initializer: vec![make_tensor_f32("w", &[2, 2], &[1.0, 2.0, 3.0, 4.0])],
+            input: vec![make_value_info("x", onnx::data_type::FLOAT, &[None, Some(2)])],
+            output: vec![make_value_info("b", onnx::data_type::FLOAT, &[None, Some(2)])],
+            ..Default::default()
+        };
+        let m = unshare_initializers(&ModelProto { graph: Some(graph), ..Default::default() }).unwrap();
+        let g = m.graph.as_ref().unwrap();
+        let ops: Vec<(&str, &[String])> = g.node.iter().map(|n| (n.op_type.as_str(), n.input.as_slice())).collect();
+        assert_eq!(ops[0], ("Transpose", &["w".to_string()][..]));
+        assert_eq!(ops[1], ("Transpose", &["w/use2".to_string()][..]));
+        assert_eq!(g.node[2].input[1], "wt");
+        assert_eq!(g.node[3].input[1], g.node[1].output[0]);
+        assert!(g.initializer.iter().any(|t| t.name == "w/use2"));
     }
 }
