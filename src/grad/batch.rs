@@ -212,8 +212,9 @@ impl Rewriter {
             self.literals.insert(n.input[1].clone(), literal);
             return Ok(());
         };
-        // Exporters share one target between reshapes: one rewritten copy serves them all.
-        let name = format!("{}/gw_batch", n.input[1]);
+        // Exporters share one target between reshapes: one rewritten copy serves all that
+        // rewrite it alike (a reader under `allowzero` gets the `-1` copy, one without the `0`).
+        let name = format!("{}/gw_batch{}", n.input[1], if t[0] == 0 { "" } else { "_infer" });
         if self.rewritten.insert(name.clone()) {
             self.inits.push(onnx::make_tensor_i64(&name, &[t.len()], &t));
             self.literals.insert(name.clone(), literal);
@@ -338,6 +339,28 @@ mod tests {
         assert!(shape < expand && expand < cat);
         assert_eq!(g.node[cat].input[0], g.node[expand].output[0]);
         assert_eq!(g.node[shape].input[0], "x");
+    }
+
+    #[test]
+    fn a_shared_target_is_rewritten_per_kind_of_reader() {
+        // One literal `[1, 4]` read by a Reshape without `allowzero` (its copy leads with 0) and
+        // by one with it (where 0 would mean an empty axis: its copy leads with -1). DaViT's and
+        // GCViT's dynamo exports share targets so.
+        let mut m = model(Some(1));
+        let g = m.graph.as_mut().unwrap();
+        g.node[1].attribute.push(attr::int("allowzero", 1));
+        let m = dynamic_batch(&m).unwrap().unwrap();
+        let g = m.graph.as_ref().unwrap();
+        let value = |i: usize| {
+            let t = g
+                .initializer
+                .iter()
+                .find(|t| t.name == g.node.iter().filter(|n| n.op_type == "Reshape").nth(i).unwrap().input[1])
+                .unwrap();
+            onnx::tensor_i64(t).unwrap().iter().copied().collect::<Vec<_>>()
+        };
+        assert_eq!(value(0), [0, 4]);
+        assert_eq!(value(1), [-1, 4]);
     }
 
     #[test]
