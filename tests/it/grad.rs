@@ -1264,6 +1264,7 @@ const FD_CASES: &[(&str, MakeCase)] = &[
     ("tile_activation_and_parameter", case_tile_activation_and_parameter),
     ("pad_reflect_and_edge", case_pad_reflect_and_edge),
     ("conv1d_channel_attention", case_conv1d_channel_attention),
+    ("pad_and_expand_on_merged_batch", case_pad_and_expand_on_merged_batch),
     ("shared_computed_table_is_no_parameter", case_shared_computed_table_is_no_parameter),
     ("casts", case_casts),
     ("matmul_broadcast_heads", case_matmul_broadcast_heads),
@@ -1340,6 +1341,29 @@ fn case_batch_merged_and_moved() -> Case {
 #[test]
 fn batch_merged_and_moved() {
     check(case_batch_merged_and_moved());
+}
+
+/// `Pad` and `Expand` of a tensor whose batch is merged with another axis (BoTNet's relative
+/// position logits `[N*heads, ...]` padded then expanded over a new axis): `[N*3, 6, 6]` padded
+/// on its last axis, unsqueezed and expanded three times along the new axis.
+fn case_pad_and_expand_on_merged_batch() -> Case {
+    chain(56, |n, x| {
+        let t = n.ints(&[-1, 6, 6]);
+        let r = n.op("Reshape", &[x, &t], vec![]);
+        let pads = n.ints(&[0, 0, 0, 0, 0, 2]);
+        let p = n.op("Pad", &[&r, &pads], vec![]); // [N*3, 6, 8]
+        let a2 = n.ints(&[2]);
+        let u = n.op("Unsqueeze", &[&p, &a2], vec![]); // [N*3, 6, 1, 8]
+        let shape = n.ints(&[1, 1, 3, 1]);
+        let e = n.op("Expand", &[&u, &shape], vec![]); // [N*3, 6, 3, 8]
+        let back = n.ints(&[-1, 432]);
+        (n.op("Reshape", &[&e, &back], vec![]), 432)
+    })
+}
+
+#[test]
+fn pad_and_expand_on_merged_batch() {
+    check(case_pad_and_expand_on_merged_batch());
 }
 
 /// A Conv over `[N*3, 1, 6, 6]` (the batch merged with the channels, as local-window attention

@@ -25,7 +25,7 @@
 
 mod target;
 
-use super::fold::BATCH;
+use super::fold::{is_batch_derived, BATCH};
 use super::rules::{self, norm_axis};
 use super::{node_err, Ctx, GradError};
 use crate::onnx::{self, attr, Attrs, NodeProto, TensorProto};
@@ -162,6 +162,8 @@ pub(super) fn rewrite(n: &NodeProto, ctx: &mut Ctx) -> Result<Option<Vec<NodePro
         "Softmax" | "LogSoftmax" | "LayerNormalization" | "Concat" | "Split" => (along(n, ctx, l)?, Some(l)),
         "Gather" => gather(n, ctx, l)?,
         "Slice" => (slice(n, ctx, l)?, Some(l)),
+        "Pad" => (pad(n, ctx, l)?, Some(l)),
+        "Expand" => (expand(n, ctx, l)?, Some(l)),
         "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceL2" => reduce(n, ctx, l)?,
         _ if POINTWISE.contains(&op) => (pointwise(n, ctx, l)?, Some(l)),
         _ => {
@@ -170,8 +172,8 @@ pub(super) fn rewrite(n: &NodeProto, ctx: &mut Ctx) -> Result<Option<Vec<NodePro
                 format!(
                     "reads a tensor whose batch axis is merged with or moved behind another axis (axis {} of the \
                      original, {} x batch x {}: heads, windows or patches); gradwatch follows Transpose, reshapes, \
-                     MatMul, Gemm, Softmax, LayerNormalization, BatchNormalization, Gather, Slice, Split, Concat, \
-                     reductions and elementwise operators there, not {op}: apply it with the batch axis first",
+                     MatMul, Gemm, Softmax, LayerNormalization, BatchNormalization, Gather, Slice, Pad, Expand, \
+                     Split, Concat, reductions and elementwise operators there, not {op}: apply it with the batch axis first",
                     l.axis, l.outer, l.inner
                 ),
             ))
@@ -502,6 +504,67 @@ fn gather(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<Rewritten, GradErro
     m.attribute.retain(|a| a.name != "axis");
     m.attribute.push(attr::int("axis", stored));
     Ok((vec![m], Some(out)))
+}
+
+/// `Expand` of a stored tensor to a target of its own rank: each original axis's size on its
+/// stored axis; the batch's axis is not expanded (its entry may only repeat its size).
+fn expand(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<Vec<NodeProto>, GradError> {
+    let x = n.input[0].clone();
+    let stored_dims = ctx.shape(n, &x)?;
+    let din = l.orig(&stored_dims);
+    let t = ctx.const_i64(n, n.input.get(1).map(String::as_str).unwrap_or(""))?;
+    if t.len() != din.len() {
+        return Err(node_err(n, "an Expand that adds axes to a tensor whose batch is merged is not supported"));
+    }
+    let mut target = vec![1i64; stored_dims.len() + 1];
+    for (j, &v) in t.iter().enumerate() {
+        if j == l.axis {
+            if !(v == 1 || v == din[j] as i64 || (is_batch_derived(v) && v % BATCH == 0)) {
+                return Err(node_err(n, "expands the axis that holds the batch: it would mix samples"));
+            }
+            continue;
+        }
+        if is_batch_derived(v) {
+            return Err(node_err(n, "the batch size enters an Expand target in a way gradwatch cannot follow"));
+        }
+        target[l.stored(j)] = v;
+    }
+    let name = ints(ctx, "layout_expand", &target);
+    Ok(vec![with_inputs(n, vec![x, name], None)])
+}
+
+/// `Pad` of a stored tensor: each original axis's pads on its stored axis (none on the batch's).
+fn pad(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<Vec<NodeProto>, GradError> {
+    let x = n.input[0].clone();
+    let stored_dims = ctx.shape(n, &x)?;
+    let rank = l.rank(&stored_dims);
+    let raw = ctx.const_i64(n, n.input.get(1).map(String::as_str).unwrap_or(""))?;
+    let axes: Vec<usize> = match n.input.get(3).filter(|s| !s.is_empty()) {
+        Some(a) => ctx.const_i64(n, a)?.iter().map(|&v| norm_axis(n, v, rank)).collect::<Result<_, _>>()?,
+        None => (0..rank).collect(),
+    };
+    if raw.len() != 2 * axes.len() {
+        return Err(node_err(n, "pads length does not match the axes"));
+    }
+    let full = stored_dims.len() + 1;
+    let mut pads = vec![0i64; 2 * full];
+    for (k, &j) in axes.iter().enumerate() {
+        let (b, e) = (raw[k], raw[axes.len() + k]);
+        if b == 0 && e == 0 {
+            continue;
+        }
+        if j == l.axis {
+            return Err(node_err(n, "pads the axis that holds the batch: it would mix samples"));
+        }
+        let st = l.stored(j);
+        (pads[st], pads[full + st]) = (b, e);
+    }
+    let name = ints(ctx, "layout_pads", &pads);
+    let mut inputs = vec![x, name];
+    if let Some(v) = n.input.get(2) {
+        inputs.push(v.clone());
+    }
+    Ok(vec![with_inputs(n, inputs, None)])
 }
 
 fn slice(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<Vec<NodeProto>, GradError> {
