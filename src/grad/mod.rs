@@ -34,6 +34,7 @@ mod batch;
 mod builder;
 mod conv1d;
 mod ctx;
+mod einsum;
 mod emit;
 mod fold;
 mod fold_ext;
@@ -106,7 +107,7 @@ fn constant_node_value(n: &NodeProto) -> Result<TensorProto, GradError> {
 ///
 /// The phases, in order: [`dynamic_batch`] (a fixed batch size made symbolic),
 /// [`shared::unshare_initializers`] (one copy of a shared tensor per reader), `conv1d::as_2d`
-/// (1-D Convs as 2-D ones), [`check_model`], [`collect_constants`], [`image_input`],
+/// (1-D Convs as 2-D ones), `einsum::as_matmul` (attention's Einsums as MatMuls), [`check_model`], [`collect_constants`], [`image_input`],
 /// [`find_logits`] and [`needed_nodes`] read the model; [`forward`] folds constant nodes
 /// (`fold.rs`), stores a moved batch axis first (`layout/`), infers shapes and finds the
 /// parameters through the rule table; [`confounding_label`] checks the label;
@@ -122,6 +123,8 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
     let model = unshared.as_ref().unwrap_or(model);
     let two_d = conv1d::as_2d(model);
     let model = two_d.as_ref().unwrap_or(model);
+    let matmuls = einsum::as_matmul(model);
+    let model = matmuls.as_ref().unwrap_or(model);
     let (graph, opset) = check_model(model)?;
     let consts = collect_constants(graph)?;
     let (input, input_shape) = image_input(graph, &consts)?;

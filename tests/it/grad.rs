@@ -1265,6 +1265,7 @@ const FD_CASES: &[(&str, MakeCase)] = &[
     ("pad_reflect_and_edge", case_pad_reflect_and_edge),
     ("conv1d_channel_attention", case_conv1d_channel_attention),
     ("pad_and_expand_on_merged_batch", case_pad_and_expand_on_merged_batch),
+    ("einsum_attention", case_einsum_attention),
     ("shared_computed_table_is_no_parameter", case_shared_computed_table_is_no_parameter),
     ("casts", case_casts),
     ("matmul_broadcast_heads", case_matmul_broadcast_heads),
@@ -1364,6 +1365,26 @@ fn case_pad_and_expand_on_merged_batch() -> Case {
 #[test]
 fn pad_and_expand_on_merged_batch() {
     check(case_pad_and_expand_on_merged_batch());
+}
+
+/// Attention written with `Einsum` (torchvision's MaxViT): scores `"nhid,nhjd->nhij"` of the map
+/// and its tanh, a softmax, then `"nhij,nhjd->nhid"` back onto the map, in another index order
+/// (`"nhji,nhjd->nhdi"` would transpose; this one does).
+fn case_einsum_attention() -> Case {
+    chain(57, |n, x| {
+        let q = x.to_string(); // [N, h=3, 6, 6]
+        let t = n.op("Tanh", &[&q], vec![]);
+        let s = n.op("Einsum", &[&q, &t], vec![attr::string("equation", "nhid,nhjd->nhij")]);
+        let p = n.op("Softmax", &[&s], vec![attr::int("axis", -1)]);
+        let o = n.op("Einsum", &[&p, &q], vec![attr::string("equation", "nhij,nhjd->nhdi")]); // [3,6,6]
+        let back = n.ints(&[-1, 108]);
+        (n.op("Reshape", &[&o, &back], vec![]), 108)
+    })
+}
+
+#[test]
+fn einsum_attention() {
+    check(case_einsum_attention());
 }
 
 /// A Conv over `[N*3, 1, 6, 6]` (the batch merged with the channels, as local-window attention
