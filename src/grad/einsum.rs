@@ -1,6 +1,7 @@
 //! `Einsum` of two operands as attention code writes it (`"bhid,bhjd->bhij"`,
 //! `"BGHIJ,BGHJD->BGHID"`: torchvision's MaxViT): indices shared by both operands and the output
-//! (batch), exactly one index the product sums over, and one free index on each side. Such a
+//! (batch), exactly one index the product sums over, and one free index on each side (or, with
+//! no shared index, several on the first operand against a 2-D second: `"bnc,dc->bnd"`). Such a
 //! node becomes `Transpose`s to `[batch..., i, k]` and `[batch..., k, j]`, a `MatMul` and a
 //! `Transpose` to the output's order, which the rules differentiate. Other equations are left
 //! to be refused by name.
@@ -51,20 +52,19 @@ fn plan(n: &NodeProto) -> Option<Plan> {
     let summed: Vec<char> = a.iter().copied().filter(|c| b.contains(c) && !o.contains(c)).collect();
     let free_a: Vec<char> = a.iter().copied().filter(|c| !b.contains(c)).collect();
     let free_b: Vec<char> = b.iter().copied().filter(|c| !a.contains(c)).collect();
-    if summed.len() != 1
-        || free_a.len() != 1
-        || free_b.len() != 1
-        || !free_a.iter().chain(&free_b).all(|c| o.contains(c))
-    {
+    // Several free indices on A are MatMul's broadcast over a 2-D B (`"bnc,dc->bnd"`, a linear
+    // layer), when no index is shared by all three.
+    let free_ok = free_a.len() == 1 || (batch.is_empty() && !free_a.is_empty() && b.len() == 2);
+    if summed.len() != 1 || !free_ok || free_b.len() != 1 || !free_a.iter().chain(&free_b).all(|c| o.contains(c)) {
         return None;
     }
-    if o.len() != batch.len() + 2 {
+    if o.len() != batch.len() + free_a.len() + 1 {
         return None;
     }
     let pos = |v: &[char], c: char| v.iter().position(|&d| d == c).map(|p| p as i64);
-    let order_a: Vec<char> = batch.iter().copied().chain([free_a[0], summed[0]]).collect();
+    let order_a: Vec<char> = batch.iter().chain(&free_a).copied().chain([summed[0]]).collect();
     let order_b: Vec<char> = batch.iter().copied().chain([summed[0], free_b[0]]).collect();
-    let order_m: Vec<char> = batch.iter().copied().chain([free_a[0], free_b[0]]).collect();
+    let order_m: Vec<char> = batch.iter().chain(&free_a).copied().chain([free_b[0]]).collect();
     Some(Plan {
         perm_a: order_a.iter().map(|&c| pos(&a, c)).collect::<Option<_>>()?,
         perm_b: order_b.iter().map(|&c| pos(&b, c)).collect::<Option<_>>()?,

@@ -1369,7 +1369,7 @@ fn pad_and_expand_on_merged_batch() {
 
 /// Attention written with `Einsum` (torchvision's MaxViT): scores `"nhid,nhjd->nhij"` of the map
 /// and its tanh, a softmax, then `"nhij,nhjd->nhid"` back onto the map, in another index order
-/// (`"nhji,nhjd->nhdi"` would transpose; this one does).
+/// (`"nhji,nhjd->nhdi"` would transpose; this one does), then a linear layer `"nhid,ed->nhie"`.
 fn case_einsum_attention() -> Case {
     chain(57, |n, x| {
         let q = x.to_string(); // [N, h=3, 6, 6]
@@ -1377,8 +1377,11 @@ fn case_einsum_attention() -> Case {
         let s = n.op("Einsum", &[&q, &t], vec![attr::string("equation", "nhid,nhjd->nhij")]);
         let p = n.op("Softmax", &[&s], vec![attr::int("axis", -1)]);
         let o = n.op("Einsum", &[&p, &q], vec![attr::string("equation", "nhij,nhjd->nhdi")]); // [3,6,6]
-        let back = n.ints(&[-1, 108]);
-        (n.op("Reshape", &[&o, &back], vec![]), 108)
+                                                                                              // A linear layer as einsum: the weight `[e, d]` against every (n, h, i).
+        let w = n.param(&[4, 6], 0.5);
+        let l = n.op("Einsum", &[&o, &w], vec![attr::string("equation", "nhid,ed->nhie")]); // [3,6,4]
+        let back = n.ints(&[-1, 72]);
+        (n.op("Reshape", &[&l, &back], vec![]), 72)
     })
 }
 
