@@ -1390,11 +1390,14 @@ fn einsum_attention() {
     check(case_einsum_attention());
 }
 
-/// A Conv over `[N*3, 1, 6, 6]` (the batch merged with the channels, as local-window attention
-/// convolves windows) would need per-window sums the rules do not make: refused by name.
+/// A Conv over `[N*3, 1, 6, 6]` (the batch merged with the channels, as EfficientViT-M's
+/// local-window attention convolves windows) compiles as a grouped Conv with one copy of the
+/// weight per window: its features equal those of that grouped Conv written out (`[N, 3, 6, 6]`,
+/// group 3, the weight repeated three times), whose own are checked against finite differences.
+/// The weight's feature is the copies' (`<weight>/per3`): the windows' squared norms summed.
 #[test]
-fn a_conv_over_the_merged_batch_is_refused() {
-    let case = chain(52, |n, x| {
+fn a_conv_over_the_merged_batch_runs_per_window() {
+    let merged = chain(52, |n, x| {
         let t = n.ints(&[-1, 1, 6, 6]);
         let r = n.op("Reshape", &[x, &t], vec![]);
         let w = n.param(&[1, 1, 3, 3], 0.3);
@@ -1402,8 +1405,38 @@ fn a_conv_over_the_merged_batch_is_refused() {
         let back = n.ints(&[-1, 108]);
         (n.op("Reshape", &[&c, &back], vec![]), 108)
     });
-    let err = grad::compile(&case.net.model(&case.input, &case.out), &CompileOptions::default()).unwrap_err();
-    assert!(err.to_string().contains("batch axis is merged with or moved behind another axis"), "{err}");
+    let mut grouped = chain(52, |n, x| {
+        let w = n.param(&[3, 1, 3, 3], 0.3);
+        let c = n.op("Conv", &[x, &w], vec![attr::ints("pads", &[1, 1, 1, 1]), attr::int("group", 3)]);
+        let back = n.ints(&[-1, 108]);
+        (n.op("Reshape", &[&c, &back], vec![]), 108)
+    });
+    // The same values: the window weight three times, and the merged model's head.
+    let value = |net: &Net, name: &str| net.inits.iter().find(|t| t.name == name).unwrap().clone();
+    let (pm, pg) = (merged.net.params.clone(), grouped.net.params.clone());
+    let w = onnx::tensor_f32(&value(&merged.net, &pm[2])).unwrap().iter().copied().collect::<Vec<f32>>().repeat(3);
+    let mut replace = |name: &str, t: onnx::TensorProto| {
+        let slot = grouped.net.inits.iter_mut().find(|x| x.name == name).unwrap();
+        *slot = onnx::TensorProto { name: name.to_string(), ..t };
+    };
+    replace(&pg[2], onnx::make_tensor_f32(&pg[2], &[3, 1, 3, 3], &w));
+    for k in [3, 4] {
+        replace(&pg[k], value(&merged.net, &pm[k]));
+    }
+    let x = input(&mut crate::common::Rng::new(5), BATCH, &[2, 6, 6]);
+    let run = |case: &Case| {
+        let c = grad::compile(&case.net.model(&case.input, &case.out), &CompileOptions::default()).unwrap();
+        (c.features.clone(), GradSession::new(&c, &ort()).unwrap().run(x.view()).unwrap())
+    };
+    let ((fm, om), (_, og)) = (run(&merged), run(&grouped));
+    assert_eq!(fm[2], format!("{}/per3", pm[2]), "{fm:?}");
+    for (a, b) in om.features.iter().zip(og.features.iter()) {
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1e-6), "{a} vs {b}");
+    }
+    for (a, b) in om.logits.iter().zip(og.logits.iter()) {
+        assert!((a - b).abs() <= 1e-5, "logits {a} vs {b}");
+    }
+    check(grouped);
 }
 
 /// `Resize` as PyTorch exports `upsample_nearest2d` (asymmetric, floor) and

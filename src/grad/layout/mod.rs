@@ -23,6 +23,7 @@
 //! the batch goes alone if an axis is just the batch, then never into the last (feature) axis,
 //! then to the start of the later axis (`[L, N*heads, d]`, as PyTorch code writes it).
 
+mod conv;
 mod target;
 
 use super::fold::{is_batch_derived, BATCH};
@@ -164,6 +165,7 @@ pub(super) fn rewrite(n: &NodeProto, ctx: &mut Ctx) -> Result<Option<Vec<NodePro
         "Slice" => (slice(n, ctx, l)?, Some(l)),
         "Pad" => (pad(n, ctx, l)?, Some(l)),
         "Expand" => (expand(n, ctx, l)?, Some(l)),
+        "Conv" => conv::conv(n, ctx, l)?,
         "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceL2" => reduce(n, ctx, l)?,
         _ if POINTWISE.contains(&op) => (pointwise(n, ctx, l)?, Some(l)),
         _ => {
