@@ -1266,6 +1266,7 @@ const FD_CASES: &[(&str, MakeCase)] = &[
     ("conv1d_channel_attention", case_conv1d_channel_attention),
     ("pad_and_expand_on_merged_batch", case_pad_and_expand_on_merged_batch),
     ("einsum_attention", case_einsum_attention),
+    ("pooling_over_merged_windows", case_pooling_over_merged_windows),
     ("shared_computed_table_is_no_parameter", case_shared_computed_table_is_no_parameter),
     ("casts", case_casts),
     ("matmul_broadcast_heads", case_matmul_broadcast_heads),
@@ -1437,6 +1438,25 @@ fn a_conv_over_the_merged_batch_runs_per_window() {
         assert!((a - b).abs() <= 1e-5, "logits {a} vs {b}");
     }
     check(grouped);
+}
+
+/// Pooling over windows merged with the batch (`[N*3, 1, 6, 6]`): max, then average, pooling per
+/// window, then the windows back into the sample.
+fn case_pooling_over_merged_windows() -> Case {
+    chain(58, |n, x| {
+        let t = n.ints(&[-1, 1, 6, 6]);
+        let r = n.op("Reshape", &[x, &t], vec![]);
+        let m = n.op("MaxPool", &[&r], vec![attr::ints("kernel_shape", &[2, 2]), attr::ints("strides", &[2, 2])]);
+        let a =
+            n.op("AveragePool", &[&m], vec![attr::ints("kernel_shape", &[3, 3]), attr::ints("pads", &[1, 1, 1, 1])]);
+        let back = n.ints(&[-1, 27]);
+        (n.op("Reshape", &[&a, &back], vec![]), 27)
+    })
+}
+
+#[test]
+fn pooling_over_merged_windows() {
+    check(case_pooling_over_merged_windows());
 }
 
 /// `Resize` as PyTorch exports `upsample_nearest2d` (asymmetric, floor) and

@@ -23,8 +23,8 @@
 //! the batch goes alone if an axis is just the batch, then never into the last (feature) axis,
 //! then to the start of the later axis (`[L, N*heads, d]`, as PyTorch code writes it).
 
-mod conv;
 mod target;
+mod windows;
 
 use super::fold::{is_batch_derived, BATCH};
 use super::rules::{self, norm_axis};
@@ -165,7 +165,8 @@ pub(super) fn rewrite(n: &NodeProto, ctx: &mut Ctx) -> Result<Option<Vec<NodePro
         "Slice" => (slice(n, ctx, l)?, Some(l)),
         "Pad" => (pad(n, ctx, l)?, Some(l)),
         "Expand" => (expand(n, ctx, l)?, Some(l)),
-        "Conv" => conv::conv(n, ctx, l)?,
+        "Conv" => windows::conv(n, ctx, l)?,
+        "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => windows::pool(n, ctx, l)?,
         "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceL2" => reduce(n, ctx, l)?,
         _ if POINTWISE.contains(&op) => (pointwise(n, ctx, l)?, Some(l)),
         _ => {
@@ -175,7 +176,7 @@ pub(super) fn rewrite(n: &NodeProto, ctx: &mut Ctx) -> Result<Option<Vec<NodePro
                     "reads a tensor whose batch axis is merged with or moved behind another axis (axis {} of the \
                      original, {} x batch x {}: heads, windows or patches); gradwatch follows Transpose, reshapes, \
                      MatMul, Gemm, Softmax, LayerNormalization, BatchNormalization, Gather, Slice, Pad, Expand, \
-                     Split, Concat, reductions and elementwise operators there, not {op}: apply it with the batch axis first",
+                     Conv, pooling, Split, Concat, reductions and elementwise operators there, not {op}: apply it with the batch axis first",
                     l.axis, l.outer, l.inner
                 ),
             ))

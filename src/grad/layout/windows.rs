@@ -1,10 +1,14 @@
-//! A `Conv` over a tensor whose batch is merged with windows or heads (`[N*k, C, h, w]`:
-//! EfficientViT-M's local-window attention convolves each window): the stored `[N, k.., C, h, w]`
-//! read as `[N, k*C, h, w]`, a grouped Conv with `k` copies of the weight side by side (group
-//! `k * group`), its output stored back. Each window's weight gradient lands on its own copy, so
-//! the feature is the windows' squared gradient norms summed (of the copies' tensor,
-//! `<weight>/per<k>`) where the weight's own would be the norm of their sum, as for a weight
-//! tied on purpose (`shared.rs`).
+//! Spatial operators over a tensor whose batch is merged with windows or heads
+//! (`[N*k, C, h, w]`): the stored `[N, k.., C, h, w]` is read as `[N, k*C, h, w]`, the operator
+//! applied, its output stored back.
+//!
+//! - **Pooling** (`MaxPool`, `AveragePool`, global pools) works channel by channel, so `k*C`
+//!   channels are the windows' channels side by side.
+//! - **`Conv`** (EfficientViT-M's local-window attention convolves each window) becomes a grouped
+//!   Conv with `k` copies of the weight side by side (group `k * group`). Each window's weight
+//!   gradient lands on its own copy, so the feature is the windows' squared gradient norms summed
+//!   (of the copies' tensor, `<weight>/per<k>`) where the weight's own would be the norm of their
+//!   sum, as for a weight tied on purpose (`shared.rs`).
 
 use super::{ints, Layout};
 use crate::grad::{node_err, Ctx, GradError};
@@ -61,7 +65,45 @@ pub(super) fn conv(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<(Vec<NodeP
     Ok((nodes, Some(l)))
 }
 
-/// A Conv's output length along spatial axis `i` (0: height, 1: width) for input length `len`.
+/// A pooling node on the stored tensor (its attributes unchanged: pooling is per channel).
+pub(super) fn pool(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<(Vec<NodeProto>, Option<Layout>), GradError> {
+    let x = n.input[0].clone();
+    let din = l.orig(&ctx.shape(n, &x)?);
+    if l.axis != 0 || din.len() != 4 {
+        return Err(node_err(n, "pooling over a batch merged into an axis other than the first is not supported"));
+    }
+    let (k, c, h, w) = (l.outer * l.inner, din[1], din[2], din[3]);
+    let target = ints(ctx, "layout_windows_in", &[0, (k * c) as i64, h as i64, w as i64]);
+    let x4 = ctx.b.fresh("layout_windows_in");
+    let mut nodes = vec![onnx::make_node("Reshape", &format!("{x4}/node"), &[&x, &target], &[&x4], vec![])];
+    let a = Attrs::of(n);
+    let (ho, wo) = if n.op_type.starts_with("Global") {
+        (1, 1)
+    } else {
+        let kernel = a.ints("kernel_shape")?.unwrap_or_default();
+        let (kh, kw) = match kernel.as_slice() {
+            [kh, kw] => (*kh as usize, *kw as usize),
+            _ => return Err(node_err(n, "only 2-D pooling is supported over a merged batch")),
+        };
+        if a.int("ceil_mode", 0)? != 0 {
+            return Err(node_err(n, "ceil_mode pooling over a merged batch is not supported"));
+        }
+        (out_len(n, &a, h, kh, 0)?, out_len(n, &a, w, kw, 1)?)
+    };
+    let y4 = ctx.b.fresh("layout_windows_out");
+    let mut m = n.clone();
+    m.input = vec![x4];
+    m.output = vec![y4.clone()];
+    nodes.push(m);
+    let mut back = vec![0i64];
+    back.extend(l.store(&[k, c, ho, wo]).iter().map(|&d| d as i64));
+    let back = ints(ctx, "layout_windows_back", &back);
+    nodes.push(onnx::make_node("Reshape", &format!("{y4}/back"), &[&y4, &back], &[&n.output[0]], vec![]));
+    Ok((nodes, Some(l)))
+}
+
+/// A Conv's or pool's output length along spatial axis `i` (0: height, 1: width) for input
+/// length `len`.
 fn out_len(n: &NodeProto, a: &Attrs, len: usize, kernel: usize, i: usize) -> Result<usize, GradError> {
     let get = |name: &str, default: i64, at: usize| -> Result<i64, GradError> {
         Ok(a.ints(name)?.and_then(|v| v.get(at).copied()).unwrap_or(default))
