@@ -245,7 +245,12 @@ fn blocked_sink_does_not_block_others_and_counts_overflow() {
     assert_eq!(stuck.dropped, N - 1 - Q as u64);
     assert_eq!(stuck.sent, 0);
     assert_eq!((mem.sent, mem.dropped, mem.failed), (N, 0, 0));
-    wait_for("failing sink", 10, || fan.stats()[2].failed == N);
+    // The failing sink is not paced: on a loaded machine its thread can fall Q events behind
+    // and drop some. Every event is still accounted for, as failed or dropped.
+    wait_for("failing sink", 10, || {
+        let s = &fan.stats()[2];
+        s.failed + s.dropped == N
+    });
     assert_eq!(fan.stats()[2].sent, 0);
 
     let t = Instant::now();
