@@ -24,6 +24,7 @@ to match and are counted as unmapped.
 """
 
 import argparse
+import copy
 import importlib.util
 import json
 import os
@@ -127,7 +128,6 @@ def relu_flips(m, x, path):
     hooks = [mod.register_forward_pre_hook(lambda _m, inp: want.append(inp[0].detach().clone()))
              for mod in m.modules() if isinstance(mod, torch.nn.ReLU)]
     with torch.no_grad():
-        import copy
         copy.deepcopy(m).double()(torch.from_numpy(x).double())
     for h in hooks:
         h.remove()

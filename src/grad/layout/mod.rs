@@ -541,18 +541,11 @@ fn pad(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<Vec<NodeProto>, GradEr
     let x = n.input[0].clone();
     let stored_dims = ctx.shape(n, &x)?;
     let rank = l.rank(&stored_dims);
-    let raw = ctx.const_i64(n, n.input.get(1).map(String::as_str).unwrap_or(""))?;
-    let axes: Vec<usize> = match n.input.get(3).filter(|s| !s.is_empty()) {
-        Some(a) => ctx.const_i64(n, a)?.iter().map(|&v| norm_axis(n, v, rank)).collect::<Result<_, _>>()?,
-        None => (0..rank).collect(),
-    };
-    if raw.len() != 2 * axes.len() {
-        return Err(node_err(n, "pads length does not match the axes"));
-    }
+    let orig = rules::pads(n, ctx, rank)?;
     let full = stored_dims.len() + 1;
     let mut pads = vec![0i64; 2 * full];
-    for (k, &j) in axes.iter().enumerate() {
-        let (b, e) = (raw[k], raw[axes.len() + k]);
+    for j in 0..rank {
+        let (b, e) = (orig[j], orig[rank + j]);
         if b == 0 && e == 0 {
             continue;
         }

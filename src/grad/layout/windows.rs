@@ -16,13 +16,7 @@ use crate::onnx::{self, attr, Attrs, NodeProto, TensorProto};
 
 /// The nodes computing `n` on the stored tensor, and the output's layout (the input's).
 pub(super) fn conv(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<(Vec<NodeProto>, Option<Layout>), GradError> {
-    let x = n.input[0].clone();
-    let din = l.orig(&ctx.shape(n, &x)?);
-    if l.axis != 0 || din.len() != 4 {
-        return Err(node_err(n, "a Conv over a batch merged into an axis other than the first is not supported"));
-    }
-    let k = l.outer * l.inner;
-    let (c, h, w) = (din[1], din[2], din[3]);
+    let input @ [k, _, h, w] = merged(n, ctx, l, "a Conv")?;
     let a = Attrs::of(n);
     let group = a.int("group", 1)?.max(1) as usize;
     let weight =
@@ -41,41 +35,21 @@ pub(super) fn conv(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<(Vec<NodeP
         ctx.consts.insert(name.clone(), rep);
         Ok(name)
     };
-    let mut inputs = vec![String::new(), tiled(ctx, &weight)?];
+    let mut m = n.clone();
+    m.input = vec![String::new(), tiled(ctx, &weight)?];
     if let Some(b) = n.input.get(2).filter(|s| !s.is_empty()) {
         let bias = ctx.consts.get(b).cloned().ok_or_else(|| node_err(n, "the Conv bias must be a constant"))?;
-        inputs.push(tiled(ctx, &bias)?);
+        m.input.push(tiled(ctx, &bias)?);
     }
-    let target = ints(ctx, "layout_windows_in", &[0, (k * c) as i64, h as i64, w as i64]);
-    let x4 = ctx.b.fresh("layout_windows_in");
-    let mut nodes = vec![onnx::make_node("Reshape", &format!("{x4}/node"), &[&x, &target], &[&x4], vec![])];
-    inputs[0] = x4;
-    let (ho, wo) = (out_len(n, &a, h, wd[2], 0)?, out_len(n, &a, w, wd[3], 1)?);
-    let y4 = ctx.b.fresh("layout_windows_out");
-    let mut m = n.clone();
-    m.input = inputs;
-    m.output = vec![y4.clone()];
     m.attribute.retain(|p| p.name != "group");
     m.attribute.push(attr::int("group", (k * group) as i64));
-    nodes.push(m);
-    let mut back = vec![0i64];
-    back.extend(l.store(&[k, wd[0], ho, wo]).iter().map(|&d| d as i64));
-    let back = ints(ctx, "layout_windows_back", &back);
-    nodes.push(onnx::make_node("Reshape", &format!("{y4}/back"), &[&y4, &back], &[&n.output[0]], vec![]));
-    Ok((nodes, Some(l)))
+    let (ho, wo) = (out_len(n, &a, h, wd[2], 0)?, out_len(n, &a, w, wd[3], 1)?);
+    Ok((around(n, ctx, l, m, input, [k, wd[0], ho, wo]), Some(l)))
 }
 
 /// A pooling node on the stored tensor (its attributes unchanged: pooling is per channel).
 pub(super) fn pool(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<(Vec<NodeProto>, Option<Layout>), GradError> {
-    let x = n.input[0].clone();
-    let din = l.orig(&ctx.shape(n, &x)?);
-    if l.axis != 0 || din.len() != 4 {
-        return Err(node_err(n, "pooling over a batch merged into an axis other than the first is not supported"));
-    }
-    let (k, c, h, w) = (l.outer * l.inner, din[1], din[2], din[3]);
-    let target = ints(ctx, "layout_windows_in", &[0, (k * c) as i64, h as i64, w as i64]);
-    let x4 = ctx.b.fresh("layout_windows_in");
-    let mut nodes = vec![onnx::make_node("Reshape", &format!("{x4}/node"), &[&x, &target], &[&x4], vec![])];
+    let input @ [k, c, h, w] = merged(n, ctx, l, "pooling")?;
     let a = Attrs::of(n);
     let (ho, wo) = if n.op_type.starts_with("Global") {
         (1, 1)
@@ -90,16 +64,45 @@ pub(super) fn pool(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<(Vec<NodeP
         }
         (out_len(n, &a, h, kh, 0)?, out_len(n, &a, w, kw, 1)?)
     };
+    Ok((around(n, ctx, l, n.clone(), input, [k, c, ho, wo]), Some(l)))
+}
+
+/// The merged input's `[k, C, h, w]` (windows per sample, channels, map), refusing a batch
+/// merged into another axis than the first.
+fn merged(n: &NodeProto, ctx: &Ctx, l: Layout, what: &str) -> Result<[usize; 4], GradError> {
+    let din = l.orig(&ctx.shape(n, &n.input[0])?);
+    match din.as_slice() {
+        &[_, c, h, w] if l.axis == 0 => Ok([l.outer * l.inner, c, h, w]),
+        _ => Err(node_err(n, format!("{what} over a batch merged into an axis other than the first is not supported"))),
+    }
+}
+
+/// `m` (the node, its other inputs and attributes already set) applied to the stored input
+/// (per-sample `[k, C, h, w]`) read as `[N, k*C, h, w]`, and its output stored back from
+/// per-sample `out` = `[k, C', h', w']` under the node's output name.
+fn around(
+    n: &NodeProto,
+    ctx: &mut Ctx,
+    l: Layout,
+    mut m: NodeProto,
+    input: [usize; 4],
+    out: [usize; 4],
+) -> Vec<NodeProto> {
+    let x = n.input[0].clone();
+    let [k, c, h, w] = input;
+    let target = ints(ctx, "layout_windows_in", &[0, (k * c) as i64, h as i64, w as i64]);
+    let x4 = ctx.b.fresh("layout_windows_in");
     let y4 = ctx.b.fresh("layout_windows_out");
-    let mut m = n.clone();
-    m.input = vec![x4];
+    m.input[0] = x4.clone();
     m.output = vec![y4.clone()];
-    nodes.push(m);
     let mut back = vec![0i64];
-    back.extend(l.store(&[k, c, ho, wo]).iter().map(|&d| d as i64));
+    back.extend(l.store(&out).iter().map(|&d| d as i64));
     let back = ints(ctx, "layout_windows_back", &back);
-    nodes.push(onnx::make_node("Reshape", &format!("{y4}/back"), &[&y4, &back], &[&n.output[0]], vec![]));
-    Ok((nodes, Some(l)))
+    vec![
+        onnx::make_node("Reshape", &format!("{x4}/node"), &[&x, &target], &[&x4], vec![]),
+        m,
+        onnx::make_node("Reshape", &format!("{y4}/back"), &[&y4, &back], &[&n.output[0]], vec![]),
+    ]
 }
 
 /// A Conv's or pool's output length along spatial axis `i` (0: height, 1: width) for input

@@ -207,6 +207,25 @@ pub(crate) fn axes(n: &NodeProto, ctx: &Ctx) -> Result<Option<Vec<i64>>, GradErr
     }
 }
 
+/// A `Pad` node's constant pads (input 1) for a tensor of `rank` (batch axis included), as
+/// `[begin per axis..., end per axis...]`, those of the axes not in its `axes` input zero.
+pub(crate) fn pads(n: &NodeProto, ctx: &Ctx, rank: usize) -> Result<Vec<i64>, GradError> {
+    let raw = ctx.const_i64(n, n.input.get(1).map(String::as_str).unwrap_or(""))?;
+    let axes: Vec<usize> = match n.input.get(3).filter(|s| !s.is_empty()) {
+        Some(name) => ctx.const_i64(n, name)?.iter().map(|&x| norm_axis(n, x, rank)).collect::<Result<_, _>>()?,
+        None => (0..rank).collect(),
+    };
+    if raw.len() != 2 * axes.len() {
+        return Err(node_err(n, "pads length does not match the axes"));
+    }
+    let mut pads = vec![0i64; 2 * rank];
+    for (j, &ax) in axes.iter().enumerate() {
+        pads[ax] = raw[j];
+        pads[rank + ax] = raw[axes.len() + j];
+    }
+    Ok(pads)
+}
+
 /// `axis` of a tensor of `rank` (batch axis included) as a non-negative index.
 pub(crate) fn norm_axis(n: &NodeProto, axis: i64, rank: usize) -> Result<usize, GradError> {
     let a = if axis < 0 { axis + rank as i64 } else { axis };

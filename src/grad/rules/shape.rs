@@ -102,19 +102,7 @@ fn pad_mode(n: &NodeProto) -> Result<PadMode, GradError> {
 
 fn pads_of(n: &NodeProto, ctx: &Ctx, rank: usize) -> Result<Vec<i64>, GradError> {
     pad_mode(n)?;
-    let raw = ctx.const_i64(n, n.input.get(1).map(String::as_str).unwrap_or(""))?;
-    let axes: Vec<usize> = match n.input.get(3).filter(|s| !s.is_empty()) {
-        Some(name) => ctx.const_i64(n, name)?.iter().map(|&x| norm_axis(n, x, rank)).collect::<Result<_, _>>()?,
-        None => (0..rank).collect(),
-    };
-    if raw.len() != 2 * axes.len() {
-        return Err(node_err(n, "pads length does not match the axes"));
-    }
-    let mut pads = vec![0i64; 2 * rank];
-    for (j, &ax) in axes.iter().enumerate() {
-        pads[ax] = raw[j];
-        pads[rank + ax] = raw[axes.len() + j];
-    }
+    let pads = super::pads(n, ctx, rank)?;
     if pads.iter().any(|&p| p < 0) || pads[0] != 0 || pads[rank] != 0 {
         return Err(node_err(n, format!("pads {pads:?} must be non-negative and leave the batch axis alone")));
     }
