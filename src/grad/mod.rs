@@ -44,6 +44,7 @@ mod forward;
 mod layout;
 mod loss;
 mod options;
+mod precision;
 mod rules;
 mod shared;
 
@@ -60,6 +61,7 @@ use emit::{assemble, emit_outputs, Layout, Meta};
 pub use fold_ext::{set_external_fold, ExternalFold};
 use forward::{forward, last_stages};
 pub use options::*;
+pub use precision::{as_float32, is_half_precision};
 
 /// Operators the compiler differentiates through (the operators of its rule table).
 pub const SUPPORTED_OPS: &[&str] = &rules::NAMES;
@@ -105,7 +107,8 @@ fn constant_node_value(n: &NodeProto) -> Result<TensorProto, GradError> {
 
 /// Compiles a classifier into its gradient graph.
 ///
-/// The phases, in order: [`dynamic_batch`] (a fixed batch size made symbolic),
+/// The phases, in order: [`as_float32`] (a half-precision model read as float32),
+/// [`dynamic_batch`] (a fixed batch size made symbolic),
 /// [`shared::unshare_initializers`] (one copy of a shared tensor per reader), `conv1d::as_2d`
 /// (1-D Convs as 2-D ones), `einsum::as_matmul` (attention's Einsums as MatMuls), [`check_model`], [`collect_constants`], [`image_input`],
 /// [`find_logits`] and [`needed_nodes`] read the model; [`forward`] folds constant nodes
@@ -114,6 +117,8 @@ fn constant_node_value(n: &NodeProto) -> Result<TensorProto, GradError> {
 /// [`backward`] seeds the loss gradient and runs the rules in reverse; [`emit_outputs`] adds
 /// the output nodes and [`assemble`] writes the new model.
 pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, GradError> {
+    let wide = as_float32(model)?;
+    let model = wide.as_ref().unwrap_or(model);
     let (dynamic, literal_targets, fixed_batch) = match batch::rewrite_batch(model)? {
         Some(r) => (Some(r.model), r.literals, usize::try_from(r.batch).ok().filter(|&b| b > 0)),
         None => (None, HashMap::new(), None),
@@ -246,6 +251,8 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
 /// transformer's heads or windows, written as literals for its one sample) runs the compiled
 /// graph's rewritten forward nodes up to the logits, its only output.
 pub fn forward_model(model: &ModelProto) -> Result<ModelProto, GradError> {
+    let wide = as_float32(model)?;
+    let model = wide.as_ref().unwrap_or(model);
     let Some(dynamic) = dynamic_batch(model)? else { return Ok(model.clone()) };
     let compiled = match compile(model, &CompileOptions::default()) {
         Ok(c) if c.batch_moved => c,

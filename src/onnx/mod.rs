@@ -136,7 +136,7 @@ fn check_external(t: &TensorProto) -> Result<(), OnnxError> {
     Ok(())
 }
 
-/// A float tensor's values (FLOAT, DOUBLE or FLOAT16 storage), as f32.
+/// A float tensor's values (FLOAT, DOUBLE, FLOAT16 or BFLOAT16 storage), as f32.
 pub fn tensor_f32(t: &TensorProto) -> Result<ArrayD<f32>, OnnxError> {
     check_external(t)?;
     let n = element_count(t)?;
@@ -147,6 +147,11 @@ pub fn tensor_f32(t: &TensorProto) -> Result<ArrayD<f32>, OnnxError> {
             from_raw(t, n, f64::from_le_bytes)?.into_iter().map(|v| v as f32).collect()
         }
         data_type::DOUBLE => t.double_data.iter().map(|&v| v as f32).collect(),
+        // Half types hold their bits in raw_data, or one per int32_data entry.
+        data_type::FLOAT16 if !t.raw_data.is_empty() => from_raw(t, n, |b| half::f16::from_le_bytes(b).to_f32())?,
+        data_type::FLOAT16 => t.int32_data.iter().map(|&v| half::f16::from_bits(v as u16).to_f32()).collect(),
+        data_type::BFLOAT16 if !t.raw_data.is_empty() => from_raw(t, n, |b| half::bf16::from_le_bytes(b).to_f32())?,
+        data_type::BFLOAT16 => t.int32_data.iter().map(|&v| half::bf16::from_bits(v as u16).to_f32()).collect(),
         other => return Err(tensor_err(t, format!("data type {other} is not a float type gradwatch reads"))),
     };
     if data.len() != n {

@@ -242,4 +242,6 @@ pub mod data_type {
     pub const FLOAT16: i32 = 10;
     /// 64-bit float.
     pub const DOUBLE: i32 = 11;
+    /// Brain float (16-bit, float32's exponent).
+    pub const BFLOAT16: i32 = 16;
 }

@@ -24,6 +24,8 @@ pub struct Inspection {
     pub ops: BTreeMap<String, usize>,
     /// Operator types the compiler has no rule for (in any node, needed or not).
     pub unknown_ops: Vec<String>,
+    /// The model is float16 or bfloat16 (read as float32: [`crate::grad::as_float32`]).
+    pub half: bool,
 }
 
 /// `dims` as `[N,3,32,32]`: a symbolic batch axis is `N`, another symbolic axis `?`.
@@ -66,10 +68,18 @@ pub fn inspect(model: &ModelProto) -> Result<Inspection, SetupError> {
     // Colour ([N,3,H,W], [N,H,W,3]) or gray ([N,1,H,W], [N,H,W,1]).
     let channels = |d: Option<i64>| d == Some(3) || d == Some(1);
     let image = dims.len() == 4 && (channels(dims[1]) || channels(dims[3]));
-    if elem != onnx::data_type::FLOAT || !image {
-        let what = if elem == onnx::data_type::FLOAT { "float32".to_string() } else { format!("of type {elem}") };
+    // Half-precision inputs are read as float32 (`grad::as_float32`).
+    use onnx::data_type::{BFLOAT16, FLOAT, FLOAT16};
+    let float = matches!(elem, FLOAT | FLOAT16 | BFLOAT16);
+    if !float || !image {
+        let what = match elem {
+            FLOAT => "float32".to_string(),
+            FLOAT16 => "float16".to_string(),
+            BFLOAT16 => "bfloat16".to_string(),
+            other => format!("of type {other}"),
+        };
         return Err(bad(format!(
-            "not an image classifier: input '{}' is {what} {}; gradwatch needs one float32 image input [N,3,H,W] or \
+            "not an image classifier: input '{}' is {what} {}; gradwatch needs one float image input [N,3,H,W] or \
              [N,H,W,3] (3 colour channels; [N,1,H,W] or [N,H,W,1] for gray)",
             input.name,
             show_dims(&dims)
@@ -94,7 +104,8 @@ pub fn inspect(model: &ModelProto) -> Result<Inspection, SetupError> {
         }
     }
     let (ops, unknown_ops) = operators(g);
-    Ok(Inspection { input: input.name.clone(), dims, output: out.name.clone(), ops, unknown_ops })
+    let half = crate::grad::is_half_precision(model);
+    Ok(Inspection { input: input.name.clone(), dims, output: out.name.clone(), ops, unknown_ops, half })
 }
 
 /// Node counts per operator type, and the types without a gradient rule.
@@ -173,7 +184,7 @@ impl SetupModel {
         let (m, ins) = (&self.model, &self.inspection);
         let pre = m.info.preprocessing();
         let ops: Vec<String> = ins.ops.iter().map(|(k, v)| format!("{k} x{v}")).collect();
-        vec![
+        let mut lines = vec![
             format!("model {} (sha256 {}):", path.display(), m.info.sha256.get(..12).unwrap_or(&m.info.sha256)),
             format!(
                 "  input '{}' {}: {} {}x{}{}",
@@ -191,6 +202,15 @@ impl SetupModel {
             format!("  operators: {}", ops.join(", ")),
             format!("  gradient features: {} parameter tensors", m.compiled.features.len()),
             format!("  preprocessing: {} ({})", pre.summary(), self.source),
-        ]
+        ];
+        if ins.half {
+            lines.insert(
+                4,
+                "  precision: half (float16/bfloat16), read as float32 with the same weights: gradients need \
+                 float32's range; the logits differ from a half-precision engine's by its rounding"
+                    .into(),
+            );
+        }
+        lines
     }
 }

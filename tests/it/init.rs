@@ -154,6 +154,25 @@ fn a_gray_fixed_batch_softmax_model_needs_no_flags() {
     assert!(right * 10 >= labels.len() * 9, "score: only {right} of {} right", labels.len());
 }
 
+/// The user's model converted to float16 with half inputs and outputs (as a Jetson user may
+/// have only that file): `init` says it reads it as float32 and finds the float32 model's
+/// accuracy (94.14 % on these images, to the rounding of its weights).
+#[test]
+fn a_half_precision_model_is_set_up_as_float32() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = onnx::load(&fixture("user-cnn.onnx")).unwrap();
+    let half = save(dir.path(), "user-half.onnx", &crate::common::half_model(&model, crate::common::Half::Io16));
+    let (images, labels) = (fixture("heldout-images.npy"), fixture("heldout-labels.npy"));
+    let out = dir.path().join("setup");
+    let args = ["init", s(&half), "--images", s(&images), "--labels", s(&labels), "-o", s(&out)];
+    let flags = ["--threads", "1", "--corruptions", "legacy"];
+    let (code, _, err) = Daemon::run(&[&args[..], &USER_FLAGS, &flags].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("precision: half (float16/bfloat16), read as float32"), "{err}");
+    assert!(err.contains("accuracy 9"), "{err}");
+    assert!(out.join("user-half.calib.toml").exists());
+}
+
 /// A small valid CNN built in code, input `[N, 3, 32, 32]`, 5 classes.
 fn small_cnn() -> (Net, String) {
     let mut n = Net::new(3);

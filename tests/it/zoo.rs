@@ -99,3 +99,40 @@ fn fixed_batch_and_softmax_models_forward_any_batch() {
         assert!(err < 1e-4, "{arch}: logits differ by {err}");
     }
 }
+
+/// A model converted to float16 (as `onnxconverter-common` writes it: half weights and
+/// constants, a Cast to half after the input and back before the logits, or half inputs and
+/// outputs throughout) compiles to the same gradient graph as its float32 original with the
+/// weights rounded to half: same features, same values. Its forward graph takes float32.
+#[test]
+fn a_half_precision_model_compiles_as_its_float32_weights() {
+    use crate::common::{half_model, Half};
+    use gradwatch::onnx;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(DIR);
+    let x: ndarray::ArrayD<f32> = ndarray_npy::read_npy(dir.join("input.npy")).unwrap();
+    let features = |m: &onnx::ModelProto| {
+        let c = gradwatch::grad::compile(m, &Default::default()).unwrap();
+        let mut s = gradwatch::runtime::ModelSession::new(&onnx::encode(&c.model), &crate::common::ort()).unwrap();
+        let mut out = s.run(&[(c.input_name.as_str(), x.view())]).unwrap();
+        (c.features, out.remove("grad_features").unwrap(), out.remove("logits").unwrap())
+    };
+    for arch in ["resnet18", "hybrid"] {
+        let model = onnx::load(&dir.join(arch).join("bn.onnx")).unwrap();
+        let want = features(&half_model(&model, Half::Rounded));
+        let input = model.graph.as_ref().unwrap().input[0].name.clone();
+        for form in [Half::Io32, Half::Io16] {
+            let m = half_model(&model, form);
+            let got = features(&m);
+            assert_eq!(got.0, want.0, "{arch}/{form:?}: feature names");
+            for (g, w) in [(&got.1, &want.1), (&got.2, &want.2)] {
+                let err = g.iter().zip(w.iter()).map(|(a, b)| ((a - b) / b.abs().max(1e-6)).abs()).fold(0.0, f32::max);
+                assert!(err < 1e-5, "{arch}/{form:?}: relative difference {err}");
+            }
+            let (fwd, out) = gradwatch::model::forward_logits_model(&m).unwrap();
+            let mut s = gradwatch::runtime::ModelSession::new(&onnx::encode(&fwd), &crate::common::ort()).unwrap();
+            let l = s.run(&[(input.as_str(), x.view())]).unwrap().remove(&out).unwrap();
+            let err = l.iter().zip(want.2.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(err < 1e-4, "{arch}/{form:?}: forward logits differ by {err}");
+        }
+    }
+}

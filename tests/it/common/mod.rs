@@ -273,3 +273,68 @@ pub fn tiny_model(seed: u64) -> ModelProto {
     let z = n.head(&p, 4, 5);
     n.model(&[3, 16, 16], &z)
 }
+
+/// How [`half_model`] writes a float32 model in half precision.
+#[derive(Clone, Copy, Debug)]
+pub enum Half {
+    /// Still float32, every float tensor rounded to the nearest float16 (the reference).
+    Rounded,
+    /// Float16 weights and constants, a Cast to float16 after the input and back to float32
+    /// before the first output (`onnxconverter-common` with `keep_io_types`).
+    Io32,
+    /// As `Io32`, with the graph's input and first output declared float16 instead.
+    Io16,
+}
+
+/// `model` in half precision, as `form` says (every float initializer and Constant-node tensor).
+pub fn half_model(model: &ModelProto, form: Half) -> ModelProto {
+    use onnx::data_type;
+    let half = |t: &mut TensorProto| {
+        if t.data_type != data_type::FLOAT {
+            return;
+        }
+        let v = onnx::tensor_f32(t).unwrap();
+        let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+        *t = match form {
+            Half::Rounded => {
+                let dims: Vec<usize> = v.shape().to_vec();
+                onnx::make_tensor_f32(&t.name, &dims, &h.iter().map(|x| x.to_f32()).collect::<Vec<_>>())
+            }
+            Half::Io32 | Half::Io16 => {
+                let raw = h.iter().flat_map(|x| x.to_le_bytes()).collect();
+                TensorProto {
+                    name: t.name.clone(),
+                    dims: t.dims.clone(),
+                    data_type: data_type::FLOAT16,
+                    raw_data: raw,
+                    ..Default::default()
+                }
+            }
+        };
+    };
+    let mut m = model.clone();
+    let g = m.graph.as_mut().unwrap();
+    g.initializer.iter_mut().for_each(half);
+    g.node.iter_mut().flat_map(|n| n.attribute.iter_mut()).filter_map(|a| a.t.as_mut()).for_each(half);
+    if let Half::Rounded = form {
+        return m;
+    }
+    let (input, out) = (g.input[0].name.clone(), g.output[0].name.clone());
+    let (input_h, out_h) = (format!("{input}_h"), format!("{out}_h"));
+    for n in g.node.iter_mut() {
+        n.input.iter_mut().filter(|i| **i == input).for_each(|i| *i = input_h.clone());
+        n.output.iter_mut().filter(|o| **o == out).for_each(|o| *o = out_h.clone());
+    }
+    let to = |t: i32| vec![attr::int("to", i64::from(t))];
+    g.node.insert(0, onnx::make_node("Cast", "in_cast", &[&input], &[&input_h], to(data_type::FLOAT16)));
+    g.node.push(onnx::make_node("Cast", "out_cast", &[&out_h], &[&out], to(data_type::FLOAT)));
+    g.value_info.clear();
+    if let Half::Io16 = form {
+        for v in [&mut g.input[0], &mut g.output[0]] {
+            if let Some(t) = v.r#type.as_mut().and_then(|t| t.tensor_type.as_mut()) {
+                t.elem_type = data_type::FLOAT16;
+            }
+        }
+    }
+    m
+}
