@@ -412,6 +412,8 @@ impl ModelInfo {
         };
         let scale = match meta.get("gradwatch.scale") {
             Some(s) => parse_scale(s).map_err(|why| ModelError::Metadata { key: "gradwatch.scale".into(), why })?,
+            // A model with a byte input takes the pixel values as they are.
+            None if grad::byte_input(model) => 1.0,
             None => 1.0 / 255.0,
         };
         let std = triple(&meta, "gradwatch.std", 1.0)?;

@@ -61,7 +61,7 @@ use emit::{assemble, emit_outputs, Layout, Meta};
 pub use fold_ext::{set_external_fold, ExternalFold};
 use forward::{forward, last_stages};
 pub use options::*;
-pub use precision::{as_float32, is_half_precision};
+pub use precision::{as_float32, byte_input, is_half_precision};
 
 /// Operators the compiler differentiates through (the operators of its rule table).
 pub const SUPPORTED_OPS: &[&str] = &rules::NAMES;

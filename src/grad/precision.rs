@@ -6,6 +6,11 @@
 //! `Cast` to a half type made a `Cast` to float32, and half graph inputs and outputs made
 //! float32. The logits then differ from the half model's own by its rounding of activations
 //! (about 1e-3 relative), which is what a float16 engine differs from any float32 one by.
+//!
+//! A model whose image input is 8-bit (`uint8` pixels, read only through a `Cast` to a float
+//! type, as exports with the preprocessing inside the graph write it) gets a float32 input
+//! the same way: the Casts become float-to-float, and the pixel values are fed unscaled
+//! ([`byte_input`]: the default preprocessing scale is then 1).
 
 use crate::onnx::{self, data_type, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
 
@@ -14,7 +19,7 @@ use super::GradError;
 /// The model with its float16 and bfloat16 tensors, casts and graph values widened to
 /// float32, or `None` when it holds none (the usual case: no copy is made).
 pub fn as_float32(model: &ModelProto) -> Result<Option<ModelProto>, GradError> {
-    if !is_half_precision(model) {
+    if !is_half_precision(model) && !byte_input(model) {
         return Ok(None);
     }
     let mut out = model.clone();
@@ -28,6 +33,29 @@ pub fn as_float32(model: &ModelProto) -> Result<Option<ModelProto>, GradError> {
 /// [`as_float32`] widens).
 pub fn is_half_precision(model: &ModelProto) -> bool {
     model.graph.as_ref().is_some_and(has_half)
+}
+
+/// Whether the model's image input holds 8-bit pixels (`uint8` or `int8`) that every reader
+/// casts to a float type first (what [`as_float32`] declares float32).
+pub fn byte_input(model: &ModelProto) -> bool {
+    model.graph.as_ref().is_some_and(|g| byte_input_index(g).is_some())
+}
+
+/// The position in `g.input` of an 8-bit image input read only through Casts to a float type.
+fn byte_input_index(g: &GraphProto) -> Option<usize> {
+    let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let (i, v) = g.input.iter().enumerate().find(|(_, v)| !inits.contains(v.name.as_str()))?;
+    let (elem, _) = onnx::value_info_shape(v)?;
+    if elem != data_type::UINT8 && elem != data_type::INT8 {
+        return None;
+    }
+    let to_float = |n: &NodeProto| {
+        n.op_type == "Cast"
+            && n.attribute.iter().any(|a| a.name == "to" && (a.i as i32 == data_type::FLOAT || is_half(a.i as i32)))
+    };
+    let mut readers = g.node.iter().filter(|n| n.input.contains(&v.name)).peekable();
+    readers.peek()?;
+    readers.all(to_float).then_some(i)
 }
 
 fn is_half(t: i32) -> bool {
@@ -58,6 +86,11 @@ fn has_half(g: &GraphProto) -> bool {
 }
 
 fn widen_graph(g: &mut GraphProto) -> Result<(), GradError> {
+    if let Some(i) = byte_input_index(g) {
+        if let Some(tt) = g.input[i].r#type.as_mut().and_then(|t| t.tensor_type.as_mut()) {
+            tt.elem_type = data_type::FLOAT;
+        }
+    }
     for t in g.initializer.iter_mut() {
         widen_tensor(t)?;
     }
@@ -132,6 +165,18 @@ mod tests {
         assert_eq!(onnx::tensor_f32(&g.initializer[0]).unwrap().as_slice().unwrap(), &[0.5, -1.25, 65504.0]);
         assert_eq!(g.node[0].attribute[0].i, i64::from(data_type::FLOAT));
         assert_eq!(onnx::value_info_shape(&g.output[0]).unwrap().0, data_type::FLOAT);
+        // A byte input read through a Cast becomes float32.
+        let cast = make_node("Cast", "c", &["x"], &["xf"], vec![onnx::attr::int("to", i64::from(data_type::FLOAT))]);
+        let g = GraphProto {
+            node: vec![cast],
+            input: vec![make_value_info("x", data_type::UINT8, &[None, Some(3)])],
+            output: vec![make_value_info("xf", data_type::FLOAT, &[None, Some(3)])],
+            ..Default::default()
+        };
+        let m = ModelProto { graph: Some(g), ..Default::default() };
+        assert!(byte_input(&m));
+        let g = as_float32(&m).unwrap().unwrap().graph.unwrap();
+        assert_eq!(onnx::value_info_shape(&g.input[0]).unwrap().0, data_type::FLOAT);
         // A float32 model is left alone.
         assert!(as_float32(&ModelProto { graph: Some(GraphProto::default()), ..Default::default() })
             .unwrap()

@@ -26,6 +26,8 @@ pub struct Inspection {
     pub unknown_ops: Vec<String>,
     /// The model is float16 or bfloat16 (read as float32: [`crate::grad::as_float32`]).
     pub half: bool,
+    /// The image input is 8-bit pixels the model casts to float ([`crate::grad::byte_input`]).
+    pub bytes: bool,
 }
 
 /// `dims` as `[N,3,32,32]`: a symbolic batch axis is `N`, another symbolic axis `?`.
@@ -68,14 +70,18 @@ pub fn inspect(model: &ModelProto) -> Result<Inspection, SetupError> {
     // Colour ([N,3,H,W], [N,H,W,3]) or gray ([N,1,H,W], [N,H,W,1]).
     let channels = |d: Option<i64>| d == Some(3) || d == Some(1);
     let image = dims.len() == 4 && (channels(dims[1]) || channels(dims[3]));
-    // Half-precision inputs are read as float32 (`grad::as_float32`).
+    // Half-precision inputs, and 8-bit ones the model casts to float first, are read as
+    // float32 (`grad::as_float32`).
     use onnx::data_type::{BFLOAT16, FLOAT, FLOAT16};
-    let float = matches!(elem, FLOAT | FLOAT16 | BFLOAT16);
+    let float = matches!(elem, FLOAT | FLOAT16 | BFLOAT16) || crate::grad::byte_input(model);
     if !float || !image {
         let what = match elem {
             FLOAT => "float32".to_string(),
             FLOAT16 => "float16".to_string(),
             BFLOAT16 => "bfloat16".to_string(),
+            onnx::data_type::UINT8 | onnx::data_type::INT8 => {
+                "8-bit, read other than through a Cast to float (gradwatch feeds float pixels)".to_string()
+            }
             other => format!("of type {other}"),
         };
         return Err(bad(format!(
@@ -104,8 +110,8 @@ pub fn inspect(model: &ModelProto) -> Result<Inspection, SetupError> {
         }
     }
     let (ops, unknown_ops) = operators(g);
-    let half = crate::grad::is_half_precision(model);
-    Ok(Inspection { input: input.name.clone(), dims, output: out.name.clone(), ops, unknown_ops, half })
+    let (half, bytes) = (crate::grad::is_half_precision(model), crate::grad::byte_input(model));
+    Ok(Inspection { input: input.name.clone(), dims, output: out.name.clone(), ops, unknown_ops, half, bytes })
 }
 
 /// Node counts per operator type, and the types without a gradient rule.
@@ -203,6 +209,14 @@ impl SetupModel {
             format!("  gradient features: {} parameter tensors", m.compiled.features.len()),
             format!("  preprocessing: {} ({})", pre.summary(), self.source),
         ];
+        if ins.bytes {
+            lines.insert(
+                2,
+                "  input type: 8-bit pixels the model casts to float itself; fed as float32 pixel values (scale 1 \
+                 unless overridden)"
+                    .into(),
+            );
+        }
         if ins.half {
             lines.insert(
                 4,

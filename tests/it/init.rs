@@ -173,6 +173,44 @@ fn a_half_precision_model_is_set_up_as_float32() {
     assert!(out.join("user-half.calib.toml").exists());
 }
 
+/// The user's model with its preprocessing inside the graph and a `uint8` NHWC input (pixels
+/// cast to float, `/255`, ImageNet mean and std), as exports for edge runtimes write it: `init`
+/// needs no preprocessing flag, feeds the pixel values unscaled and finds the accuracy the
+/// float fixture has with its flags.
+#[test]
+fn a_byte_input_model_with_its_normalisation_inside_needs_no_flags() {
+    use onnx::data_type;
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = onnx::load(&fixture("user-cnn.onnx")).unwrap();
+    let g = model.graph.as_mut().unwrap();
+    let x = g.input[0].name.clone();
+    let dims: Vec<Option<i64>> = onnx::value_info_shape(&g.input[0]).unwrap().1;
+    g.input[0] = onnx::make_value_info("pixels", data_type::UINT8, &dims);
+    let cast = onnx::make_node("Cast", "to_float", &["pixels"], &["px"], vec![attr::int("to", 1)]);
+    let scale = onnx::make_node("Mul", "scale", &["px", "k255"], &["unit"], vec![]);
+    let sub = onnx::make_node("Sub", "mean", &["unit", "mu"], &["centred"], vec![]);
+    let div = onnx::make_node("Div", "std", &["centred", "sigma"], &[&x], vec![]);
+    g.node.splice(0..0, [cast, scale, sub, div]);
+    g.initializer.push(onnx::make_tensor_f32("k255", &[], &[1.0 / 255.0]));
+    g.initializer.push(onnx::make_tensor_f32("mu", &[3], &[0.485, 0.456, 0.406]));
+    g.initializer.push(onnx::make_tensor_f32("sigma", &[3], &[0.229, 0.224, 0.225]));
+    let bytes = save(dir.path(), "user-bytes.onnx", &model);
+    let (images, labels) = (fixture("heldout-images.npy"), fixture("heldout-labels.npy"));
+    let out = dir.path().join("setup");
+    let args = ["init", s(&bytes), "--images", s(&images), "--labels", s(&labels), "-o", s(&out)];
+    let flags = ["--rows", INIT_ROWS, "--threads", "1", "--corruptions", "legacy"];
+    let (code, _, err) = Daemon::run(&[&args[..], &flags].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("input type: 8-bit pixels"), "{err}");
+    assert!(err.contains("pixel*1 then"), "{err}");
+    // The same accuracy as the float model given its preprocessing on the command line.
+    let accuracy = |err: &str| err.lines().find(|l| l.contains("accuracy")).map(str::to_string);
+    let (code, want) = init(&dir.path().join("float"), &[&USER_FLAGS[..], &flags[2..]].concat());
+    assert_eq!(code, 0, "{want}");
+    assert_eq!(accuracy(&err), accuracy(&want), "{err}\n{want}");
+    assert!(accuracy(&err).is_some_and(|l| l.contains("accuracy 9")), "{err}");
+}
+
 /// A small valid CNN built in code, input `[N, 3, 32, 32]`, 5 classes.
 fn small_cnn() -> (Net, String) {
     let mut n = Net::new(3);
