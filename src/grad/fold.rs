@@ -166,6 +166,11 @@ impl Inputs<'_> {
         }
     }
 
+    /// Input `i`'s stored element type, `None` when absent (or not a constant).
+    pub(super) fn data_type(&self, i: usize) -> Option<i32> {
+        self.n.input.get(i).and_then(|name| self.consts.get(name)).map(|t| t.data_type)
+    }
+
     /// Input `i`'s value, which must be there.
     pub(super) fn need(&self, i: usize) -> Result<Val, GradError> {
         self.get(i)?.ok_or_else(|| self.fail(&format!("input {i} missing")))

@@ -1,7 +1,8 @@
 //! Constant folding of the numeric operators exporters leave on constants (see `fold.rs`):
 //! elementwise math (`Neg`, `Sqrt`, `Abs`..., and Fourier position encodings' `Sin`, `Cos`, `Exp`), `Tile`, the reductions,
-//! `CumSum`, `ArgMax`/`ArgMin`, `MatMul`, `Pad`, `Trilu`, variadic `Sum`/`Mean` and
-//! inference-mode `Dropout`. Batch-sized values never reach here as constants: a `Tile` by the
+//! `CumSum`, `ArgMax`/`ArgMin`, `MatMul`, `Pad`, `Trilu`, variadic `Sum`/`Mean`,
+//! inference-mode `Dropout`, and 8-bit `QuantizeLinear`/`DequantizeLinear` (a QDQ model's
+//! weights). Batch-sized values never reach here as constants: a `Tile` by the
 //! symbolic batch is refused with the reason.
 
 use ndarray::{ArrayD, Axis, Dimension, IxDyn};
@@ -46,6 +47,8 @@ pub(crate) const OPS: &[&str] = &[
     "Sum",
     "Mean",
     "Dropout",
+    "QuantizeLinear",
+    "DequantizeLinear",
 ];
 
 /// Evaluates one of [`OPS`] on constant inputs.
@@ -60,6 +63,7 @@ pub(super) fn fold(f: &Inputs) -> Result<Vec<Val>, GradError> {
         "MatMul" => vec![fold_matmul(f)?],
         "Pad" => vec![fold_pad(f)?],
         "Trilu" => vec![fold_trilu(f)?],
+        "QuantizeLinear" | "DequantizeLinear" => vec![fold_quant(f)?],
         "Sum" | "Mean" => {
             let mut acc = f.need(0)?;
             let count = n.input.iter().filter(|s| !s.is_empty()).count();
@@ -104,6 +108,40 @@ pub(super) fn fold(f: &Inputs) -> Result<Vec<Val>, GradError> {
         }
         _ => vec![Val::F(as_f(&f.need(0)?).mapv(|v| unary(op, v)))],
     })
+}
+
+/// `DequantizeLinear`: `(x - zero_point) * scale`; `QuantizeLinear`: `x / scale` rounded (half
+/// to even) plus the zero point, saturated to the zero point's 8-bit type (uint8 without one).
+/// Scales per tensor or per channel of `axis`; blocked quantization is left to the caller.
+fn fold_quant(f: &Inputs) -> Result<Val, GradError> {
+    let a = Attrs::of(f.n);
+    if a.int("block_size", 0)? != 0 {
+        return Err(f.fail("blocked quantization"));
+    }
+    let x = as_f(&f.need(0)?);
+    let scale = as_f(&f.need(1)?);
+    let zero = f.get(2)?.map(|z| as_f(&z)).unwrap_or_else(|| ArrayD::zeros(IxDyn(scale.shape())));
+    // Per-channel values are shaped to broadcast along `axis`.
+    let along = |v: ArrayD<f32>| -> Result<ArrayD<f32>, GradError> {
+        if v.len() <= 1 {
+            return Ok(v);
+        }
+        let ax = axis(f.n, a.int("axis", 1)?, x.ndim())?;
+        let mut dims = vec![1; x.ndim()];
+        dims[ax] = v.len();
+        v.into_shape_with_order(IxDyn(&dims)).map_err(|_| f.fail("scale does not fit the axis"))
+    };
+    let (scale, zero) = (along(scale)?, along(zero)?);
+    if f.n.op_type == "DequantizeLinear" {
+        return Ok(Val::F((&x - &zero) * &scale));
+    }
+    let (lo, hi) = match f.data_type(2) {
+        None | Some(crate::onnx::data_type::UINT8) => (0.0, 255.0),
+        Some(crate::onnx::data_type::INT8) => (-128.0, 127.0),
+        Some(t) => return Err(f.fail(&format!("quantization to type {t}"))),
+    };
+    let q = (&x / &scale).mapv(f32::round_ties_even) + &zero;
+    Ok(Val::I(q.mapv(|v| v.clamp(lo, hi) as i64), false))
 }
 
 /// A float function of one value.

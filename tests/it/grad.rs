@@ -1524,6 +1524,11 @@ fn resize_to_a_literal_batch_is_refused() {
     assert!(err.to_string().contains("Resize changes the batch axis"), "{err}");
 }
 
+/// Operators whose gradient is by definition not the derivative of their forward (quantization
+/// rounds: its finite differences are 0 or a jump), checked instead against the gradient of a
+/// float network with the same forward values (`quantized_activations_pass_the_gradient_straight_through`).
+const STRAIGHT_THROUGH: [&str; 2] = ["QuantizeLinear", "DequantizeLinear"];
+
 /// Adding a rule to the compiler without a finite-difference case using its operator (or a
 /// parameter kind no case produces) fails here.
 #[test]
@@ -1537,6 +1542,7 @@ fn fd_cases_cover_every_rule() {
         let c = grad::compile(&case.net.model(&case.input, &case.out), &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
         kinds.extend(c.feature_kinds);
     }
+    ops.extend(STRAIGHT_THROUGH.iter().map(|op| op.to_string()));
     let missing: Vec<&str> = grad::SUPPORTED_OPS.iter().filter(|op| !ops.contains(**op)).copied().collect();
     assert!(missing.is_empty(), "operators with no finite-difference case in FD_CASES: {missing:?}");
     let missing: Vec<&str> = ParamKind::ALL.iter().filter(|k| !kinds.contains(k)).map(|k| k.name()).collect();
@@ -1635,4 +1641,102 @@ fn an_initializer_shared_by_two_layers_is_one_feature_per_layer() {
     for (u, v) in fa.iter().zip(fb.iter()) {
         assert!((u - v).abs() <= 1e-5 * v.abs().max(1e-6), "{u} vs {v}");
     }
+}
+
+/// A quantize-dequantize (QDQ) network against a float one with the same forward values and
+/// the gradient quantization-aware training defines (the straight-through estimator): every
+/// value integral, so an int8 `QuantizeLinear -> DequantizeLinear` pair of scale 1 is exactly
+/// `Clip(x, -128, 127)`, whose gradient is the pair's (values are even, so none sits on the
+/// bound 127 where `Clip`'s strict mask and the pair's inclusive one differ). About half of
+/// the first Conv's outputs exceed 127, so the clipped values' zero gradient is exercised. The
+/// first Conv's weight is stored as int8 with per-channel scales of 2 and read through a
+/// `DequantizeLinear` (folded: its feature is the dequantized weight's, under that node's output
+/// name), or stored as float and quantized in the graph; a second pair (uint8, zero point 3,
+/// scale 1) after the ReLU clips nothing.
+#[test]
+fn quantized_activations_pass_the_gradient_straight_through() {
+    use onnx::data_type::{INT8, UINT8};
+    let mut rng = crate::common::Rng::new(7);
+    let mut draw = |k: usize, levels: f32| -> Vec<f32> {
+        (0..k).map(|_| ((rng.uniform() + 1.0) * 0.5 * levels).floor().min(levels - 1.0)).collect()
+    };
+    let (cin, cout, k) = (3, 4, 3);
+    let wq = draw(cout * cin * k * k, 4.0); // 0..=3, dequantized to 0, 2, 4, 6
+    let w2 = draw(cout * cout, 3.0).iter().map(|v| v - 1.0).collect::<Vec<f32>>();
+    let x = ArrayD::from_shape_vec(vec![BATCH, cin, 6, 6], draw(BATCH * cin * 36, 4.0)).unwrap();
+    let int8 = |name: &str, t: i32, dims: &[i64], v: &[f32]| onnx::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: t,
+        raw_data: v.iter().map(|&x| x as i8 as u8).collect(),
+        ..Default::default()
+    };
+    // kind 0: QDQ; 1: the float reference with Clip; 2: float without Clip (must differ); 3: QDQ
+    // with the weight quantized in the graph.
+    let build = |kind: usize| {
+        let mut n = Net::new(1);
+        let w1 = "w1_dequantized".to_string();
+        if kind == 0 || kind == 3 {
+            let s = n.constant(&[cout], &[2.0; 4]);
+            n.inits.push(int8("w1_zp", INT8, &[cout as i64], &[0.0; 4]));
+            let axis = || vec![attr::int("axis", 0)];
+            if kind == 0 {
+                n.inits.push(int8("w1_q", INT8, &[cout as i64, cin as i64, k as i64, k as i64], &wq));
+            } else {
+                // As quantization-aware training exports it: the float weight, quantized in the
+                // graph (off the grid by less than half a step, so it rounds back to `wq`).
+                let w: Vec<f32> = wq.iter().enumerate().map(|(i, v)| v * 2.0 + 0.9 * ((i % 3) as f32 - 1.0)).collect();
+                n.inits.push(onnx::make_tensor_f32("w1_f", &[cout, cin, k, k], &w));
+                n.nodes.push(onnx::make_node("QuantizeLinear", "q_w1", &["w1_f", &s, "w1_zp"], &["w1_q"], axis()));
+            }
+            n.nodes.push(onnx::make_node("DequantizeLinear", "dq_w1", &["w1_q", &s, "w1_zp"], &[&w1], axis()));
+        } else {
+            let w: Vec<f32> = wq.iter().map(|v| v * 2.0).collect();
+            n.inits.push(onnx::make_tensor_f32(&w1, &[cout, cin, k, k], &w));
+        }
+        let c1 = n.op("Conv", &["x", &w1], vec![attr::ints("pads", &[1, 1, 1, 1])]);
+        let one = n.constant(&[], &[1.0]);
+        let pair = |n: &mut Net, x: &str, t: i32, zp: f32| {
+            n.inits.push(int8(&format!("zp_{x}"), t, &[], &[zp]));
+            let q = n.op("QuantizeLinear", &[x, &one, &format!("zp_{x}")], vec![]);
+            n.op("DequantizeLinear", &[&q, &one, &format!("zp_{x}")], vec![])
+        };
+        let a = match kind {
+            0 | 3 => pair(&mut n, &c1, INT8, 0.0),
+            1 => {
+                let (lo, hi) = (n.constant(&[], &[-128.0]), n.constant(&[], &[127.0]));
+                n.op("Clip", &[&c1, &lo, &hi], vec![])
+            }
+            _ => c1,
+        };
+        let r = n.op("Relu", &[&a], vec![]);
+        let r = if kind == 0 || kind == 3 { pair(&mut n, &r, UINT8, 3.0) } else { r };
+        let w2 = n.constant(&[cout, cout, 1, 1], &w2);
+        let c2 = n.op("Conv", &[&r, &w2], vec![]);
+        let p = n.op("GlobalAveragePool", &[&c2], vec![]);
+        // Logits of order 1 (the sigmoid not saturated).
+        let small = n.constant(&[], &[0.02]);
+        let p = n.op("Mul", &[&p, &small], vec![]);
+        let out = n.head(&p, cout, CLASSES);
+        n.model(&[cin, 6, 6], &out)
+    };
+    let run = |kind: usize| {
+        let c = grad::compile(&build(kind), &CompileOptions::default()).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        let got = GradSession::new(&c, &ort()).unwrap().run(x.view()).unwrap();
+        (c.features, got.features, got.logits)
+    };
+    let (qdq, clip, plain) = (run(0), run(1), run(2));
+    // The same features (the other names are the builder's counters), the first Conv's weight
+    // under its DequantizeLinear output name.
+    assert_eq!((qdq.0.len(), &qdq.0[0]), (clip.0.len(), &clip.0[0]), "{:?} vs {:?}", qdq.0, clip.0);
+    assert_eq!(qdq.0[0], "w1_dequantized");
+    let close = |a: &ndarray::Array2<f32>, b: &ndarray::Array2<f32>| {
+        a.iter().zip(b.iter()).all(|(x, y)| (x - y).abs() <= 1e-5 * y.abs().max(1e-3))
+    };
+    assert!(close(&qdq.2, &clip.2), "forward: {:?} vs {:?}", qdq.2, clip.2);
+    assert!(close(&qdq.1, &clip.1), "features: {:?} vs {:?}", qdq.1, clip.1);
+    assert!(!close(&plain.1, &clip.1), "the first Conv's outputs must reach the clipped range");
+    let qat = run(3);
+    assert_eq!(qat.0, qdq.0);
+    assert!(close(&qat.1, &qdq.1) && close(&qat.2, &qdq.2), "a weight quantized in the graph folds to the same");
 }

@@ -43,6 +43,7 @@ mod layernorm;
 mod linear;
 mod norm;
 mod pool;
+mod quant;
 mod resize;
 mod select;
 mod shape;
@@ -103,6 +104,7 @@ const FAMILIES: &[&[Rule]] = &[
     tile::RULES,
     linear::RULES,
     attention::RULES,
+    quant::RULES,
 ];
 
 /// Number of rules in the table.
