@@ -1227,7 +1227,39 @@ fn attention_with_shape_subgraphs() {
 type MakeCase = fn() -> Case;
 
 /// Every finite-difference case (each is checked by the test of the same name).
+/// Adaptive average pooling as PyTorch's dynamo exporter writes it when the output is not a
+/// divisor of the map (VGG and AlexNet on small inputs): the map moved in front of the batch
+/// (`[H, W, N, C]`), a `GatherND` of every window's pixels by constant indices, moved back and
+/// averaged. Here 6x6 to 4x4 (windows of 2 that overlap).
+fn case_gather_nd_adaptive_pooling() -> Case {
+    chain(57, |n, x| {
+        let hwnc = n.op("Transpose", &[x], vec![attr::ints("perm", &[2, 3, 0, 1])]);
+        let start = |i: i64| i * 6 / 4;
+        let mut idx = Vec::new();
+        for i in 0..4 {
+            for j in 0..4 {
+                for a in 0..2 {
+                    for b in 0..2 {
+                        idx.extend([start(i) + a, start(j) + b]);
+                    }
+                }
+            }
+        }
+        let name = n.name_of("windows");
+        n.inits.push(onnx::make_tensor_i64(&name, &[4, 4, 2, 2, 2], &idx));
+        let g = n.op("GatherND", &[&hwnc, &name], vec![]); // [4,4,2,2,N,3]
+        let back = n.op("Transpose", &[&g], vec![attr::ints("perm", &[4, 5, 0, 1, 2, 3])]);
+        (n.op("ReduceMean", &[&back], vec![attr::ints("axes", &[4, 5]), attr::int("keepdims", 0)]), 3 * 16)
+    })
+}
+
+#[test]
+fn gather_nd_adaptive_pooling() {
+    check(case_gather_nd_adaptive_pooling());
+}
+
 const FD_CASES: &[(&str, MakeCase)] = &[
+    ("gather_nd_adaptive_pooling", case_gather_nd_adaptive_pooling),
     ("batch_merged_and_moved", case_batch_merged_and_moved),
     ("conv_padded_with_bias", case_conv_padded_with_bias),
     ("conv_strided_dilated_asymmetric_pads", case_conv_strided_dilated_asymmetric_pads),

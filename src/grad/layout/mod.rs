@@ -162,6 +162,7 @@ pub(super) fn rewrite(n: &NodeProto, ctx: &mut Ctx) -> Result<Option<Vec<NodePro
         "BatchNormalization" => (batchnorm(n, ctx, l)?, Some(l)),
         "Softmax" | "LogSoftmax" | "LayerNormalization" | "Concat" | "Split" => (along(n, ctx, l)?, Some(l)),
         "Gather" => gather(n, ctx, l)?,
+        "GatherND" => gather_nd(n, ctx, l)?,
         "Slice" => (slice(n, ctx, l)?, Some(l)),
         "Pad" => (pad(n, ctx, l)?, Some(l)),
         "Expand" => (expand(n, ctx, l)?, Some(l)),
@@ -175,7 +176,7 @@ pub(super) fn rewrite(n: &NodeProto, ctx: &mut Ctx) -> Result<Option<Vec<NodePro
                 format!(
                     "reads a tensor whose batch axis is merged with or moved behind another axis (axis {} of the \
                      original, {} x batch x {}: heads, windows or patches); gradwatch follows Transpose, reshapes, \
-                     MatMul, Gemm, Softmax, LayerNormalization, BatchNormalization, Gather, Slice, Pad, Expand, \
+                     MatMul, Gemm, Softmax, LayerNormalization, BatchNormalization, Gather, GatherND, Slice, Pad, Expand, \
                      Conv, pooling, Split, Concat, reductions and elementwise operators there, not {op}: apply it with the batch axis first",
                     l.axis, l.outer, l.inner
                 ),
@@ -507,6 +508,50 @@ fn gather(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<Rewritten, GradErro
     m.attribute.retain(|a| a.name != "axis");
     m.attribute.push(attr::int("axis", stored));
     Ok((vec![m], Some(out)))
+}
+
+/// `GatherND` by constant indices (`batch_dims` 0) into leading original axes that do not hold
+/// the batch, as PyTorch's dynamo exporter writes an adaptive pooling that enlarges its map
+/// (VGG and AlexNet on small inputs: the map moved behind the batch, then gathered window by
+/// window): those axes, first in the stored tensor too, flattened into one and read by a Gather.
+fn gather_nd(n: &NodeProto, ctx: &mut Ctx, l: Layout) -> Result<Rewritten, GradError> {
+    let x = n.input[0].clone();
+    let idx = n.input.get(1).cloned().unwrap_or_default();
+    if !ctx.is_act(&x) || ctx.is_act(&idx) || Attrs::of(n).int("batch_dims", 0)? != 0 {
+        return Err(node_err(n, "GatherND by computed indices, or with batch_dims, is not supported"));
+    }
+    let stored = ctx.shape(n, &x)?;
+    let ishape = ctx.const_dims(n, &idx)?;
+    let q = ishape.last().copied().unwrap_or(0);
+    if q == 0 || q > l.axis {
+        return Err(node_err(n, "GatherND into the axis that holds the batch: it would mix samples"));
+    }
+    let dims = &stored[..q];
+    let ids = ctx.const_i64(n, &idx)?;
+    let mut flat = Vec::with_capacity(ids.len() / q);
+    for tuple in ids.chunks(q) {
+        let mut f = 0i64;
+        for (&i, &d) in tuple.iter().zip(dims) {
+            let i = if i < 0 { i + d as i64 } else { i };
+            if !(0..d as i64).contains(&i) {
+                return Err(node_err(n, format!("index {i} out of range for a dim of {d}")));
+            }
+            f = f * d as i64 + i;
+        }
+        flat.push(f);
+    }
+    let mut target = vec![0, dims.iter().product::<usize>() as i64];
+    target.extend(stored[q..].iter().map(|&d| d as i64));
+    let target = ints(ctx, "gathernd_flat", &target);
+    let lead = &ishape[..ishape.len() - 1];
+    let flat_idx = ctx.b.fresh("gathernd_index");
+    let t = onnx::make_tensor_i64(&flat_idx, lead, &flat);
+    ctx.b.inits.push(t.clone());
+    ctx.consts.insert(flat_idx.clone(), t);
+    let merged = ctx.b.fresh(&format!("{}/flat", n.output[0]));
+    let r = onnx::make_node("Reshape", &format!("{}/flat", n.name), &[&x, &target], &[&merged], vec![]);
+    let g = onnx::make_node("Gather", &n.name, &[&merged, &flat_idx], &[&n.output[0]], vec![attr::int("axis", 1)]);
+    Ok((vec![r, g], Some(Layout { axis: l.axis - q + lead.len(), ..l })))
 }
 
 /// `Expand` of a stored tensor to a target of its own rank: each original axis's size on its
