@@ -516,11 +516,12 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// Reads, hashes and compiles a model file.
     pub fn load(path: &Path, opts: &CompileOptions) -> Result<Self, ModelError> {
-        let bytes = std::fs::read(path).map_err(|source| OnnxError::Io { path: path.display().to_string(), source })?;
-        let model = onnx::decode(&bytes)?;
+        let file = onnx::read(path)?;
+        let sha256 = model_sha256(&file)?;
+        let model = file.model;
         let compiled = grad::compile(&model, opts)?;
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-        let info = ModelInfo::new(&model, &sha256_hex(&bytes), &compiled, &stem)?;
+        let info = ModelInfo::new(&model, &sha256, &compiled, &stem)?;
         Ok(LoadedModel { path: path.to_path_buf(), model, compiled, info })
     }
 }
@@ -553,6 +554,23 @@ impl LoadedModel {
         self.model = ModelProto::default();
         self.compiled.model = ModelProto::default();
     }
+}
+
+/// The model's identity: sha256 of the `.onnx` file's bytes, followed (for a model whose
+/// weights are in external data files) by those files' bytes, so a changed weight file changes
+/// it too.
+fn model_sha256(file: &onnx::ModelFile) -> Result<String, ModelError> {
+    if file.data_files.is_empty() {
+        return Ok(sha256_hex(&file.bytes));
+    }
+    let mut h = Sha256::new();
+    h.update(&file.bytes);
+    for p in &file.data_files {
+        let io = |source| OnnxError::Io { path: p.display().to_string(), source };
+        let mut f = std::fs::File::open(p).map_err(io)?;
+        std::io::copy(&mut f, &mut h).map_err(io)?;
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The model's logits-only forward graph: the first output, or the input of a trailing

@@ -2,6 +2,7 @@
 //!
 //! Malformed files are errors, never panics: every accessor checks what it reads.
 
+pub mod external;
 pub mod proto;
 
 use std::collections::HashMap;
@@ -54,10 +55,29 @@ pub enum OnnxError {
     },
 }
 
-/// Reads and decodes an ONNX model file.
+/// Reads and decodes an ONNX model file, with the tensors it stores in external data files
+/// read in ([`external::inline`]).
 pub fn load(path: &Path) -> Result<ModelProto, OnnxError> {
+    Ok(read(path)?.model)
+}
+
+/// A model file as read by [`read`].
+pub struct ModelFile {
+    /// The model, every tensor inside it.
+    pub model: ModelProto,
+    /// The `.onnx` file's bytes.
+    pub bytes: Vec<u8>,
+    /// The external data files its tensors were read from, each once (none for most models).
+    pub data_files: Vec<std::path::PathBuf>,
+}
+
+/// Reads an ONNX model file and the external data files it names (relative to its folder).
+pub fn read(path: &Path) -> Result<ModelFile, OnnxError> {
     let bytes = std::fs::read(path).map_err(|source| OnnxError::Io { path: path.display().to_string(), source })?;
-    decode(&bytes)
+    let mut model = decode(&bytes)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let data_files = external::inline(&mut model, dir)?;
+    Ok(ModelFile { model, bytes, data_files })
 }
 
 /// Decodes an ONNX model from bytes and checks it has a graph.
@@ -131,7 +151,10 @@ fn from_raw<T, const N: usize>(t: &TensorProto, n: usize, conv: fn([u8; N]) -> T
 
 fn check_external(t: &TensorProto) -> Result<(), OnnxError> {
     if t.data_location == 1 || !t.external_data.is_empty() {
-        return Err(tensor_err(t, "uses external data; save the model with all tensors inside the .onnx file"));
+        return Err(tensor_err(
+            t,
+            "uses external data that was not read in; load the model from its file, next to its data file",
+        ));
     }
     Ok(())
 }

@@ -44,3 +44,54 @@ fn reference_model_metadata_and_accuracy() {
     // test set (models/README.md); the bar is 0.97.
     assert!(acc >= 0.97, "accuracy {acc} below 0.97");
 }
+
+/// A model whose weights are in an external data file, as `torch.onnx.export` writes every
+/// model by default (`model.onnx` + `model.onnx.data`, each tensor at its offset): loaded as the
+/// same model (same features, same values), its identity covering the data file; a missing
+/// data file is named in the error.
+#[test]
+fn a_model_with_its_weights_in_an_external_file_loads_as_the_same_model() {
+    use gradwatch::onnx::{self, proto::StringStringEntryProto};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("tests/fixtures/zoo/resnet18/bn.onnx");
+    let mut model = onnx::load(&src).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = Vec::new();
+    for t in model.graph.as_mut().unwrap().initializer.iter_mut().filter(|t| t.raw_data.len() > 64) {
+        // 16-byte aligned, as onnx's writer does.
+        data.resize(data.len().div_ceil(16) * 16, 0);
+        let kv = |k: &str, v: String| StringStringEntryProto { key: k.into(), value: v };
+        t.external_data = vec![
+            kv("location", "bn.onnx.data".into()),
+            kv("offset", data.len().to_string()),
+            kv("length", t.raw_data.len().to_string()),
+        ];
+        t.data_location = 1;
+        data.append(&mut t.raw_data);
+    }
+    let path = dir.path().join("bn.onnx");
+    onnx::save(&model, &path).unwrap();
+    std::fs::write(dir.path().join("bn.onnx.data"), &data).unwrap();
+
+    let (inside, outside) = (
+        LoadedModel::load(&src, &CompileOptions::default()).unwrap(),
+        LoadedModel::load(&path, &CompileOptions::default()).unwrap(),
+    );
+    assert_eq!(inside.compiled.features, outside.compiled.features);
+    let x: ndarray::ArrayD<f32> = ndarray_npy::read_npy(root.join("tests/fixtures/zoo/input.npy")).unwrap();
+    let run = |m: &LoadedModel| GradSession::new(&m.compiled, &crate::common::ort()).unwrap().run(x.view()).unwrap();
+    let (a, b) = (run(&inside), run(&outside));
+    assert_eq!(a.features, b.features);
+    assert_eq!(a.logits, b.logits);
+
+    // The identity changes with the weights, not only with the .onnx file.
+    let before = outside.info.sha256.clone();
+    data[0] ^= 1;
+    std::fs::write(dir.path().join("bn.onnx.data"), &data).unwrap();
+    let changed = LoadedModel::load(&path, &CompileOptions::default()).unwrap();
+    assert_ne!(changed.info.sha256, before);
+
+    std::fs::remove_file(dir.path().join("bn.onnx.data")).unwrap();
+    let e = LoadedModel::load(&path, &CompileOptions::default()).err().unwrap().to_string();
+    assert!(e.contains("bn.onnx.data") && e.contains("keep the .onnx file and its data file together"), "{e}");
+}
