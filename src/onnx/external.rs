@@ -16,47 +16,74 @@ use super::{GraphProto, ModelProto, OnnxError, TensorProto};
 /// under `dir` into the tensor itself. Returns the files read, each once, in the order first
 /// read (what a digest of the model must cover besides the `.onnx` bytes).
 pub fn inline(model: &mut ModelProto, dir: &Path) -> Result<Vec<PathBuf>, OnnxError> {
-    let mut files: Vec<PathBuf> = Vec::new();
-    let mut open: HashMap<PathBuf, File> = HashMap::new();
+    let mut r = Reader { dir, files: Vec::new(), open: HashMap::new() };
     if let Some(g) = model.graph.as_mut() {
-        inline_graph(g, dir, &mut files, &mut open)?;
+        r.graph(g)?;
     }
-    Ok(files)
+    Ok(r.files)
 }
 
-fn inline_graph(
-    g: &mut GraphProto,
-    dir: &Path,
-    files: &mut Vec<PathBuf>,
-    open: &mut HashMap<PathBuf, File>,
-) -> Result<(), OnnxError> {
-    for t in g.initializer.iter_mut() {
-        inline_tensor(t, dir, files, open)?;
-    }
-    for a in g.node.iter_mut().flat_map(|n| n.attribute.iter_mut()) {
-        for t in a.t.iter_mut().chain(a.tensors.iter_mut()) {
-            inline_tensor(t, dir, files, open)?;
+/// The data files of one model, each opened once.
+struct Reader<'a> {
+    dir: &'a Path,
+    files: Vec<PathBuf>,
+    open: HashMap<PathBuf, File>,
+}
+
+impl Reader<'_> {
+    fn graph(&mut self, g: &mut GraphProto) -> Result<(), OnnxError> {
+        for t in g.initializer.iter_mut() {
+            self.tensor(t)?;
         }
-        for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
-            inline_graph(sub, dir, files, open)?;
+        for a in g.node.iter_mut().flat_map(|n| n.attribute.iter_mut()) {
+            for t in a.t.iter_mut().chain(a.tensors.iter_mut()) {
+                self.tensor(t)?;
+            }
+            for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
+                self.graph(sub)?;
+            }
         }
+        Ok(())
     }
-    Ok(())
+
+    fn tensor(&mut self, t: &mut TensorProto) -> Result<(), OnnxError> {
+        if !is_external(t) {
+            return Ok(());
+        }
+        let (path, offset, length) = location(t, self.dir)?;
+        let err = |why: String| OnnxError::Tensor { name: t.name.clone(), why };
+        if !self.open.contains_key(&path) {
+            let f = File::open(&path).map_err(|e| {
+                err(format!(
+                    "its weights are in '{}', which cannot be read ({e}); keep the .onnx file and its data file together",
+                    path.display()
+                ))
+            })?;
+            self.files.push(path.clone());
+            self.open.insert(path.clone(), f);
+        }
+        let f = self.open.get_mut(&path).ok_or_else(|| err("file handle lost".into()))?;
+        let io = |source: std::io::Error| OnnxError::Io { path: path.display().to_string(), source };
+        let size = f.metadata().map_err(io)?.len();
+        let length = length.unwrap_or(size.saturating_sub(offset));
+        if offset.checked_add(length).is_none_or(|end| end > size) {
+            return Err(err(format!(
+                "external data at offset {offset}, length {length} lies beyond the end of '{}' ({size} bytes)",
+                path.display()
+            )));
+        }
+        let mut raw = vec![0u8; usize::try_from(length).map_err(|_| err("external data too large".into()))?];
+        f.seek(SeekFrom::Start(offset)).map_err(io)?;
+        f.read_exact(&mut raw).map_err(io)?;
+        t.raw_data = raw;
+        t.external_data.clear();
+        t.data_location = 0;
+        Ok(())
+    }
 }
 
-fn is_external(t: &TensorProto) -> bool {
-    t.data_location == 1 || !t.external_data.is_empty()
-}
-
-fn inline_tensor(
-    t: &mut TensorProto,
-    dir: &Path,
-    files: &mut Vec<PathBuf>,
-    open: &mut HashMap<PathBuf, File>,
-) -> Result<(), OnnxError> {
-    if !is_external(t) {
-        return Ok(());
-    }
+/// A tensor's data file (under `dir`), offset and length (`None`: to the end of the file).
+fn location(t: &TensorProto, dir: &Path) -> Result<(PathBuf, u64, Option<u64>), OnnxError> {
     let err = |why: String| OnnxError::Tensor { name: t.name.clone(), why };
     let key = |k: &str| t.external_data.iter().find(|e| e.key == k).map(|e| e.value.as_str());
     let location = key("location").ok_or_else(|| err("stored externally without a 'location'".into()))?;
@@ -72,36 +99,11 @@ fn inline_tensor(
             .map(|v| v.parse::<u64>().map_err(|_| err(format!("external data {k} '{v}' is not a number"))))
             .transpose()
     };
-    let (offset, length) = (number("offset")?.unwrap_or(0), number("length")?);
-    let path = dir.join(rel);
-    let io = |source: std::io::Error| OnnxError::Io { path: path.display().to_string(), source };
-    if !open.contains_key(&path) {
-        let f = File::open(&path).map_err(|e| OnnxError::Tensor {
-            name: t.name.clone(),
-            why: format!(
-                "its weights are in '{}', which cannot be read ({e}); keep the .onnx file and its data file together",
-                path.display()
-            ),
-        })?;
-        files.push(path.clone());
-        open.insert(path.clone(), f);
-    }
-    let f = open.get_mut(&path).ok_or_else(|| err("file handle lost".into()))?;
-    let size = f.metadata().map_err(io)?.len();
-    let length = length.unwrap_or(size.saturating_sub(offset));
-    if offset.checked_add(length).is_none_or(|end| end > size) {
-        return Err(err(format!(
-            "external data at offset {offset}, length {length} lies beyond the end of '{}' ({size} bytes)",
-            path.display()
-        )));
-    }
-    let mut raw = vec![0u8; usize::try_from(length).map_err(|_| err("external data too large".into()))?];
-    f.seek(SeekFrom::Start(offset)).map_err(io)?;
-    f.read_exact(&mut raw).map_err(io)?;
-    t.raw_data = raw;
-    t.external_data.clear();
-    t.data_location = 0;
-    Ok(())
+    Ok((dir.join(rel), number("offset")?.unwrap_or(0), number("length")?))
+}
+
+fn is_external(t: &TensorProto) -> bool {
+    t.data_location == 1 || !t.external_data.is_empty()
 }
 
 #[cfg(test)]
