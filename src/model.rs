@@ -537,13 +537,14 @@ impl LoadedModel {
     }
 
     /// Applies command-line overrides on top of the model's metadata; returns the resulting
-    /// preprocessing when it differs from the metadata's (what a calibration must store), `None`
-    /// when the metadata's stands. An error when the result does not fit the model's input.
+    /// preprocessing when it differs from the metadata's or the model's input size is symbolic
+    /// (what a calibration must store), `None` when the metadata's stands. An error when the result does not fit the model's input.
     pub fn override_preprocessing(&mut self, ov: &PreprocessOverrides) -> Result<Option<Preprocessing>, ModelError> {
         let base = self.info.preprocessing();
         let p = ov.apply(&base);
         self.info.set_preprocessing(&p, &self.compiled.input_shape)?;
-        Ok((p != base).then_some(p))
+        // A model of symbolic size runs at the size given: every later load needs it stored.
+        Ok((p != base || grad::has_symbolic_size(&self.model)).then_some(p))
     }
 
     /// Drops the model's graph ([`LoadedModel::model`], its weights) and the gradient graph

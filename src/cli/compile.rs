@@ -58,6 +58,10 @@ pub struct CompileArgs {
     /// Conv norm formulation: auto (the cheapest per layer), im2col, ghost, pixel-gram.
     #[arg(long, default_value = "auto", value_parser = parse_conv_norm)]
     pub conv_norm: ConvNorm,
+    /// For a model whose input height and width are symbolic: the image size to compile it
+    /// for, WIDTHxHEIGHT (e.g. 224x224) or one number for a square.
+    #[arg(long, value_parser = crate::model::parse_size)]
+    pub size: Option<(usize, usize)>,
 }
 
 fn parse_conv_norm(s: &str) -> Result<ConvNorm, String> {
@@ -95,6 +99,7 @@ pub fn run(a: CompileArgs) -> Result<i32> {
         preset: a.preset,
         act_stats: a.act_stats,
         stages: a.stages,
+        input_size: a.size.map(|(w, h)| (h, w)),
     };
     let compiled = grad::compile(&model, &opts).with_context(|| format!("compiling {}", a.model.display()))?;
     if a.list {

@@ -65,8 +65,10 @@ pub fn run(a: ScoreArgs) -> Result<i32> {
             return Ok(EXIT_CONFIG);
         }
     };
-    let mut model = LoadedModel::load(&model_path, &CompileOptions { loss, ..CompileOptions::preset(preset) })
-        .with_context(|| format!("loading {}", model_path.display()))?;
+    let input_size = calib.model.preprocessing.as_ref().map(|p| (p.height, p.width));
+    let mut model =
+        LoadedModel::load(&model_path, &CompileOptions { loss, input_size, ..CompileOptions::preset(preset) })
+            .with_context(|| format!("loading {}", model_path.display()))?;
     if let Err(e) = calib.check_compiled(&model.info.sha256, &model.compiled.features, &model.compiled.preset) {
         eprintln!("error: {} vs {}: {e}", a.calib.display(), model_path.display());
         return Ok(match e {

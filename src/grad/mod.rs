@@ -119,6 +119,8 @@ fn constant_node_value(n: &NodeProto) -> Result<TensorProto, GradError> {
 pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, GradError> {
     let wide = as_float32(model)?;
     let model = wide.as_ref().unwrap_or(model);
+    let sized = opts.input_size.and_then(|hw| sized_input(model, hw));
+    let model = sized.as_ref().unwrap_or(model);
     let (dynamic, literal_targets, fixed_batch) = match batch::rewrite_batch(model)? {
         Some(r) => (Some(r.model), r.literals, usize::try_from(r.batch).ok().filter(|&b| b > 0)),
         None => (None, HashMap::new(), None),
@@ -355,12 +357,53 @@ fn image_input<'a>(
     }
     let input_shape: Vec<usize> =
         dims.iter().skip(1).map(|d| d.map(|v| v as usize)).collect::<Option<_>>().ok_or_else(|| {
-            GradError::Model(format!("input '{}' must have static dims after the batch axis: {dims:?}", input.name))
+            let show: Vec<String> = dims.iter().map(|d| d.map_or("?".into(), |v| v.to_string())).collect();
+            GradError::Model(format!(
+                "input '{}' [{}] has symbolic dims after the batch axis; gradwatch compiles for one image size: \
+                 give it (`gradwatch init MODEL --size WxH`, which the calibration stores for every command \
+                 and the daemon; `gradwatch compile --size WxH`) or export the model at a fixed size",
+                input.name,
+                show.join(",")
+            ))
         })?;
     if dims.is_empty() {
         return Err(GradError::Model(format!("input '{}' must have a batch axis", input.name)));
     }
     Ok((input, input_shape))
+}
+
+/// The model with its image input's symbolic height and width set to `(h, w)`: an NCHW or
+/// NHWC input of 1 or 3 channels whose two spatial dims are both symbolic; `None` otherwise.
+fn sized_input(model: &ModelProto, (h, w): (usize, usize)) -> Option<ModelProto> {
+    let (i, spatial) = symbolic_spatial(model)?;
+    let mut out = model.clone();
+    let v = &mut out.graph.as_mut()?.input[i];
+    let shape = v.r#type.as_mut()?.tensor_type.as_mut()?.shape.as_mut()?;
+    for (axis, size) in spatial.into_iter().zip([h, w]) {
+        shape.dim[axis].value = Some(onnx::proto::DimensionValue::DimValue(size as i64));
+    }
+    Some(out)
+}
+
+/// Whether the model's image input has symbolic height and width (so the size to run it at
+/// comes from [`CompileOptions::input_size`], and a calibration must store it).
+pub fn has_symbolic_size(model: &ModelProto) -> bool {
+    symbolic_spatial(model).is_some()
+}
+
+/// The image input's position in `graph.input` and its two spatial axes, when both are
+/// symbolic (NCHW or NHWC, 1 or 3 channels).
+fn symbolic_spatial(model: &ModelProto) -> Option<(usize, [usize; 2])> {
+    let graph = model.graph.as_ref()?;
+    let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let i = graph.input.iter().position(|v| !inits.contains(v.name.as_str()))?;
+    let (_, dims) = onnx::value_info_shape(&graph.input[i])?;
+    let channels = |d: Option<i64>| d == Some(1) || d == Some(3);
+    match dims.as_slice() {
+        [_, c, None, None] if channels(*c) => Some((i, [2, 3])),
+        [_, None, None, c] if channels(*c) => Some((i, [1, 2])),
+        _ => None,
+    }
 }
 
 /// The logits: the first output, or the input of a trailing Softmax.

@@ -354,6 +354,10 @@ pub struct CompileOptions {
     /// Keep only the parameters of the last `stages` spatial resolutions (and the head after
     /// them); `None` keeps every stage. Set by the preset when `None`.
     pub stages: Option<usize>,
+    /// `(height, width)` to compile a model whose input height and width are symbolic for (a
+    /// fully convolutional classifier exported with dynamic spatial axes): the size its frames
+    /// are resized to. Ignored where the model fixes them.
+    pub input_size: Option<(usize, usize)>,
 }
 
 impl CompileOptions {

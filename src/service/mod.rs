@@ -119,7 +119,11 @@ pub fn load_model(config: &Config) -> Result<ModelAndCalibration, ServiceError> 
     let calibration = Calibration::load(&config.model.calibration)?;
     let loss: Loss = calibration.model.loss.parse().map_err(ServiceError::Loss)?;
     calibration.check_preset(config.model.preset.name())?;
-    let opts = CompileOptions { loss, ..CompileOptions::preset(config.model.preset) };
+    let opts = CompileOptions {
+        loss,
+        input_size: calibration.model.preprocessing.as_ref().map(|p| (p.height, p.width)),
+        ..CompileOptions::preset(config.model.preset)
+    };
     let mut model = LoadedModel::load(&config.model.path, &opts)?;
     calibration.check_compiled(&model.info.sha256, &model.compiled.features, &model.compiled.preset)?;
     model.use_preprocessing(calibration.model.preprocessing.as_ref())?;

@@ -154,6 +154,16 @@ fn a_gray_fixed_batch_softmax_model_needs_no_flags() {
     assert!(right * 10 >= labels.len() * 9, "score: only {right} of {} right", labels.len());
 }
 
+/// `init` on a variant of the user model (`model`) into `out`, with the fixture's images and
+/// labels, a quick calibration (one thread, the legacy corruptions) and `extra`.
+fn init_variant(model: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
+    let (images, labels) = (fixture("heldout-images.npy"), fixture("heldout-labels.npy"));
+    let args = ["init", s(model), "--images", s(&images), "--labels", s(&labels), "-o", s(out)];
+    let quick = ["--threads", "1", "--corruptions", "legacy"];
+    let (code, _, err) = Daemon::run(&[&args[..], &quick, extra].concat());
+    (code, err)
+}
+
 /// The user's model converted to float16 with half inputs and outputs (as a Jetson user may
 /// have only that file): `init` says it reads it as float32 and finds the float32 model's
 /// accuracy (94.14 % on these images, to the rounding of its weights).
@@ -162,11 +172,8 @@ fn a_half_precision_model_is_set_up_as_float32() {
     let dir = tempfile::tempdir().unwrap();
     let model = onnx::load(&fixture("user-cnn.onnx")).unwrap();
     let half = save(dir.path(), "user-half.onnx", &crate::common::half_model(&model, crate::common::Half::Io16));
-    let (images, labels) = (fixture("heldout-images.npy"), fixture("heldout-labels.npy"));
     let out = dir.path().join("setup");
-    let args = ["init", s(&half), "--images", s(&images), "--labels", s(&labels), "-o", s(&out)];
-    let flags = ["--threads", "1", "--corruptions", "legacy"];
-    let (code, _, err) = Daemon::run(&[&args[..], &USER_FLAGS, &flags].concat());
+    let (code, err) = init_variant(&half, &out, &USER_FLAGS);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("precision: half (float16/bfloat16), read as float32"), "{err}");
     assert!(err.contains("accuracy 9"), "{err}");
@@ -209,6 +216,44 @@ fn a_byte_input_model_with_its_normalisation_inside_needs_no_flags() {
     assert_eq!(code, 0, "{want}");
     assert_eq!(accuracy(&err), accuracy(&want), "{err}\n{want}");
     assert!(accuracy(&err).is_some_and(|l| l.contains("accuracy 9")), "{err}");
+}
+
+/// The user's model exported with symbolic height and width (`[N, ?, ?, 3]`, as a fully
+/// convolutional classifier may be): `init` without `--size` says to give it (exit 2); with
+/// `--size 32x32` it sets the model up with the accuracy of the fixed-size file, stores the size
+/// in the calibration, and `check-config` and `score` compile the model at that size from it.
+#[test]
+fn a_model_of_symbolic_size_runs_at_the_size_init_was_given() {
+    use onnx::proto::{Dimension, DimensionValue};
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = onnx::load(&fixture("user-cnn.onnx")).unwrap();
+    let input = &mut model.graph.as_mut().unwrap().input[0];
+    let shape = input.r#type.as_mut().unwrap().tensor_type.as_mut().unwrap().shape.as_mut().unwrap();
+    for (i, d) in [(1, "height"), (2, "width")] {
+        shape.dim[i] = Dimension { value: Some(DimensionValue::DimParam(d.into())), denotation: String::new() };
+    }
+    let path = save(dir.path(), "user-any-size.onnx", &model);
+    let out = dir.path().join("setup");
+    let (code, err) = init_variant(&path, &out, &USER_FLAGS);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("symbolic dims") && err.contains("--size"), "{err}");
+
+    let (code, err) = init_variant(&path, &out, &[&USER_FLAGS[..], &["--size", "32x32"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let accuracy = |err: &str| err.lines().find(|l| l.contains("accuracy")).map(str::to_string);
+    let (code, want) = init_variant(&fixture("user-cnn.onnx"), &dir.path().join("fixed"), &USER_FLAGS);
+    assert_eq!(code, 0, "{want}");
+    assert_eq!(accuracy(&err), accuracy(&want), "{err}\n{want}");
+    let calib = out.join("user-any-size.calib.toml");
+    let stored = Calibration::load(&calib).unwrap().model.preprocessing.unwrap();
+    assert_eq!((stored.width, stored.height), (32, 32));
+
+    let config = std::fs::read_to_string(out.join("gradwatch.toml")).unwrap().replace("127.0.0.1:9464", "127.0.0.1:0");
+    let (code, _, err) = Daemon::run(&["check-config", s(&write(&out, "gradwatch.toml", &config))]);
+    assert_eq!(code, 0, "{err}");
+    let images = fixture("heldout-images.npy");
+    let (code, _, err) = Daemon::run(&["score", "--calib", s(&calib), "--model", s(&path), s(&images)]);
+    assert_eq!(code, 0, "{err}");
 }
 
 /// A small valid CNN built in code, input `[N, 3, 32, 32]`, 5 classes.
