@@ -13,6 +13,7 @@ activations). Forms:
 
   legacy   torch.onnx.export(..., dynamo=False, opset_version=17) with a dynamic batch axis;
   dstatic  torch.onnx.export(model, (x,), path): the dynamo exporter, batch fixed at 1.
+  opsetN   legacy at opset N (7 to 10: older tools' and the ONNX model zoo's opsets).
 
 One line per model and form: compiled or the compiler's refusal, features, matched PyTorch
 parameter tensors, worst and median relative feature error, logits error (over 1e-3: how many
@@ -83,7 +84,10 @@ def export(m, x, path, form):
     if form == "dstatic":
         mz.export(m, x, path, "default_static")
     else:
-        torch.onnx.export(m, (x,), path, dynamo=False, opset_version=17, input_names=["input"],
+        # `legacy` at opset 17; `opsetN` the same exporter at an older opset (as the ONNX model
+        # zoo's and older tools' files are).
+        opset = int(form[5:]) if form.startswith("opset") else 17
+        torch.onnx.export(m, (x,), path, dynamo=False, opset_version=opset, input_names=["input"],
                           output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
 
 

@@ -43,6 +43,7 @@ mod fold_nd;
 mod forward;
 mod layout;
 mod loss;
+mod opset;
 mod options;
 mod precision;
 mod rules;
@@ -107,7 +108,8 @@ fn constant_node_value(n: &NodeProto) -> Result<TensorProto, GradError> {
 
 /// Compiles a classifier into its gradient graph.
 ///
-/// The phases, in order: [`as_float32`] (a half-precision model read as float32),
+/// The phases, in order: `opset::upgrade` (opsets 7 to 10 read as 11), [`as_float32`] (a
+/// half-precision model read as float32),
 /// [`dynamic_batch`] (a fixed batch size made symbolic),
 /// [`shared::unshare_initializers`] (one copy of a shared tensor per reader), `conv1d::as_2d`
 /// (1-D Convs as 2-D ones), `einsum::as_matmul` (attention's Einsums as MatMuls), [`check_model`], [`collect_constants`], [`image_input`],
@@ -117,6 +119,8 @@ fn constant_node_value(n: &NodeProto) -> Result<TensorProto, GradError> {
 /// [`backward`] seeds the loss gradient and runs the rules in reverse; [`emit_outputs`] adds
 /// the output nodes and [`assemble`] writes the new model.
 pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, GradError> {
+    let upgraded = opset::upgrade(model)?;
+    let model = upgraded.as_ref().unwrap_or(model);
     let wide = as_float32(model)?;
     let model = wide.as_ref().unwrap_or(model);
     let sized = opts.input_size.and_then(|hw| sized_input(model, hw));
@@ -253,6 +257,8 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
 /// transformer's heads or windows, written as literals for its one sample) runs the compiled
 /// graph's rewritten forward nodes up to the logits, its only output.
 pub fn forward_model(model: &ModelProto) -> Result<ModelProto, GradError> {
+    let upgraded = opset::upgrade(model)?;
+    let model = upgraded.as_ref().unwrap_or(model);
     let wide = as_float32(model)?;
     let model = wide.as_ref().unwrap_or(model);
     let Some(dynamic) = dynamic_batch(model)? else { return Ok(model.clone()) };
@@ -279,7 +285,7 @@ pub fn forward_model(model: &ModelProto) -> Result<ModelProto, GradError> {
 }
 
 /// The oldest default-domain opset the compiler reads.
-pub const MIN_OPSET: i64 = 11;
+pub const MIN_OPSET: i64 = opset::OLDEST;
 
 /// The graph and its default-domain opset, once the model is known to be a classifier this
 /// compiler can read: not already compiled, opset [`MIN_OPSET`] or newer, standard operators only.
@@ -295,8 +301,8 @@ fn check_model(model: &ModelProto) -> Result<(&GraphProto, i64), GradError> {
     let opset =
         onnx::default_opset(model).ok_or_else(|| GradError::Model("the model imports no ai.onnx opset".into()))?;
     // Opsets 11 and 12 differ from 13 in attribute-versus-input forms the rules read either
-    // way (axes, split) and in Softmax's axis, which its rule checks; before 11, Pad, Clip and
-    // Slice took their bounds as attributes.
+    // way (axes, split) and in Softmax's axis, which its rule checks; opsets 7 to 10 were
+    // rewritten to 11 (`opset::upgrade`).
     if opset < MIN_OPSET {
         return Err(GradError::Model(format!(
             "opset {opset} is too old (gradwatch reads opset {MIN_OPSET} or newer); convert it \

@@ -318,6 +318,15 @@ impl<'a> Attrs<'a> {
         }
     }
 
+    /// A FLOATS attribute, or `None` when absent.
+    pub fn floats(&self, name: &str) -> Result<Option<Vec<f32>>, OnnxError> {
+        match self.find(name) {
+            None => Ok(None),
+            Some(a) if a.r#type == AttributeType::Floats as i32 || a.r#type == 0 => Ok(Some(a.floats.clone())),
+            Some(_) => Err(self.err(name, "is not FLOATS")),
+        }
+    }
+
     /// A STRING attribute, or `default`.
     pub fn string(&self, name: &str, default: &str) -> Result<String, OnnxError> {
         match self.find(name) {

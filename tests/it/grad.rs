@@ -1258,7 +1258,34 @@ fn gather_nd_adaptive_pooling() {
     check(case_gather_nd_adaptive_pooling());
 }
 
+/// A model of opset 9 (as the ONNX model zoo's classic files and older exporters write them),
+/// read as opset 11: `Pad`, `Clip` and `Slice` with their bounds as attributes, `Upsample`
+/// (nearest, scales as an input), BatchNormalization and Dropout.
+fn case_opset9_attribute_forms() -> Case {
+    let mut c = chain(59, |n, x| {
+        let p = n.op("Pad", &[x], vec![attr::ints("pads", &[0, 0, 1, 0, 0, 0, 0, 1])]); // [3,7,7]
+        let cl = n.op("Clip", &[&p], vec![attr::float("min", -0.3), attr::float("max", 0.4)]);
+        let sl = n.op(
+            "Slice",
+            &[&cl],
+            vec![attr::ints("starts", &[1, 2]), attr::ints("ends", &[5, 7]), attr::ints("axes", &[2, 3])],
+        ); // [3,4,5]
+        let scales = n.constant(&[4], &[1.0, 1.0, 2.0, 1.0]);
+        let up = n.op("Upsample", &[&sl, &scales], vec![attr::string("mode", "nearest")]); // [3,8,5]
+        let b = batchnorm(n, &up, 3);
+        (n.op("Dropout", &[&b], vec![attr::float("ratio", 0.5)]), 3 * 40)
+    });
+    c.net.opset = 9;
+    c
+}
+
+#[test]
+fn opset9_attribute_forms() {
+    check(case_opset9_attribute_forms());
+}
+
 const FD_CASES: &[(&str, MakeCase)] = &[
+    ("opset9_attribute_forms", case_opset9_attribute_forms),
     ("gather_nd_adaptive_pooling", case_gather_nd_adaptive_pooling),
     ("batch_merged_and_moved", case_batch_merged_and_moved),
     ("conv_padded_with_bias", case_conv_padded_with_bias),

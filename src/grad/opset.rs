@@ -1,0 +1,105 @@
+//! Models of opsets 7 to 10 (the ONNX model zoo's classic vision models, older exporters) read
+//! as opset 11, the oldest the rules and the emitted backward are written for. Between them only
+//! a few operators changed how they take their arguments, and those are rewritten here to their
+//! opset-11 form with the same meaning: `Pad` and `Clip` bounds and `Slice` ranges from
+//! attributes to constant inputs, `Upsample` and opset-10 `Resize` to opset-11 `Resize` with the
+//! `asymmetric` coordinates they used, and the attributes opset 11 dropped (`BatchNormalization`'s
+//! `spatial`, `Dropout`'s `is_test`) removed. Any other operator has the same schema in both.
+
+use crate::onnx::{self, attr, Attrs, ModelProto, NodeProto, TensorProto};
+
+use super::{node_err, GradError};
+
+/// The opset old models are read as.
+const TARGET: i64 = 11;
+
+/// The oldest opset read (older ones also changed broadcasting and `BatchNormalization`).
+pub const OLDEST: i64 = 7;
+
+/// The model rewritten to opset 11 when it imports opset 7 to 10; `None` for opset 11 or later.
+pub(super) fn upgrade(model: &ModelProto) -> Result<Option<ModelProto>, GradError> {
+    let Some(opset) = onnx::default_opset(model) else { return Ok(None) };
+    if !(OLDEST..TARGET).contains(&opset) {
+        return Ok(None);
+    }
+    let mut out = model.clone();
+    let Some(g) = out.graph.as_mut() else { return Ok(None) };
+    let mut consts: Vec<TensorProto> = Vec::new();
+    for n in g.node.iter_mut() {
+        let std = n.domain.is_empty() || n.domain == "ai.onnx";
+        if std {
+            rewrite(n, opset, &mut consts)?;
+        }
+    }
+    g.initializer.extend(consts);
+    for o in out.opset_import.iter_mut().filter(|o| o.domain.is_empty() || o.domain == "ai.onnx") {
+        o.version = TARGET;
+    }
+    Ok(Some(out))
+}
+
+/// One node in its opset-11 form; new constant inputs go to `consts`.
+fn rewrite(n: &mut NodeProto, opset: i64, consts: &mut Vec<TensorProto>) -> Result<(), GradError> {
+    let a = Attrs::of(n);
+    let mut konst = |suffix: &str, t: TensorProto| -> String {
+        let name = format!("{}/gw_opset11_{suffix}", n.output.first().map(String::as_str).unwrap_or(&n.name));
+        consts.push(TensorProto { name: name.clone(), ..t });
+        name
+    };
+    match n.op_type.as_str() {
+        "Pad" => {
+            let pads = a.ints("pads")?.unwrap_or_default();
+            let value = a.float("value", 0.0)?;
+            let p = konst("pads", onnx::make_tensor_i64("", &[pads.len()], &pads));
+            let v = konst("value", onnx::make_tensor_f32("", &[], &[value]));
+            n.input.extend([p, v]);
+            n.attribute.retain(|x| x.name == "mode");
+        }
+        "Clip" => {
+            let (lo, hi) = (a.float("min", f32::MIN)?, a.float("max", f32::MAX)?);
+            let lo = konst("min", onnx::make_tensor_f32("", &[], &[lo]));
+            let hi = konst("max", onnx::make_tensor_f32("", &[], &[hi]));
+            n.input.extend([lo, hi]);
+            n.attribute.clear();
+        }
+        "Slice" if opset < 10 => {
+            let starts = a.ints("starts")?.unwrap_or_default();
+            let ends = a.ints("ends")?.unwrap_or_default();
+            let axes = a.ints("axes")?.unwrap_or_else(|| (0..starts.len() as i64).collect());
+            let s = konst("starts", onnx::make_tensor_i64("", &[starts.len()], &starts));
+            let e = konst("ends", onnx::make_tensor_i64("", &[ends.len()], &ends));
+            let x = konst("axes", onnx::make_tensor_i64("", &[axes.len()], &axes));
+            n.input.extend([s, e, x]);
+            n.attribute.clear();
+        }
+        "Upsample" | "Resize" => {
+            let mode = a.string("mode", "nearest")?;
+            // Opset 7's Upsample holds its scales as an attribute; 9's and Resize-10 as input 1.
+            let scales = match a.floats("scales")? {
+                Some(s) => konst("scales", onnx::make_tensor_f32("", &[s.len()], &s)),
+                None => n.input.get(1).cloned().ok_or_else(|| node_err(n, "Upsample without scales"))?,
+            };
+            let roi = konst("roi", onnx::make_tensor_f32("", &[0], &[]));
+            n.op_type = "Resize".into();
+            n.input = vec![n.input[0].clone(), roi, scales];
+            let linear = mode == "linear" || mode == "bilinear";
+            n.attribute = vec![
+                attr::string("mode", if linear { "linear" } else { "nearest" }),
+                attr::string("coordinate_transformation_mode", "asymmetric"),
+                attr::string("nearest_mode", "floor"),
+            ];
+        }
+        "BatchNormalization" => {
+            if a.int("spatial", 1)? != 1 {
+                return Err(node_err(
+                    n,
+                    "BatchNormalization with spatial = 0 (per-position statistics) is not supported",
+                ));
+            }
+            n.attribute.retain(|x| x.name == "epsilon" || x.name == "momentum");
+        }
+        "Dropout" => n.attribute.retain(|x| x.name != "is_test"),
+        _ => {}
+    }
+    Ok(())
+}
