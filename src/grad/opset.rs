@@ -80,8 +80,9 @@ fn rewrite(n: &mut NodeProto, opset: i64, consts: &mut Vec<TensorProto>) -> Resu
                 None => n.input.get(1).cloned().ok_or_else(|| node_err(n, "Upsample without scales"))?,
             };
             let roi = konst("roi", onnx::make_tensor_f32("", &[0], &[]));
+            let x = n.input.first().cloned().ok_or_else(|| node_err(n, "Upsample without an input"))?;
             n.op_type = "Resize".into();
-            n.input = vec![n.input[0].clone(), roi, scales];
+            n.input = vec![x, roi, scales];
             let linear = mode == "linear" || mode == "bilinear";
             n.attribute = vec![
                 attr::string("mode", if linear { "linear" } else { "nearest" }),

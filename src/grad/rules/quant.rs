@@ -40,7 +40,7 @@ fn quant(n: &NodeProto, ctx: &Ctx) -> Result<Quant, GradError> {
     if scale.is_empty() || zero.len() != scale.len() || scale.iter().any(|&s| !(s.is_finite() && s > 0.0)) {
         return Err(node_err(n, "its scale must be positive and finite, with one zero point per scale"));
     }
-    let x = ctx.shape(n, &n.input[0])?;
+    let x = ctx.shape(n, super::act_input(n, ctx, 0)?)?;
     let rank = x.len() + 1;
     let mut dims = vec![1; rank];
     if scale.len() > 1 {
@@ -78,7 +78,7 @@ fn quantize(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> 
         ctx.b.const_f32("q_hi", &q.dims, &hi),
         ctx.b.const_f32("q_inv", &q.dims, &inv),
     );
-    let x = n.input[0].as_str();
+    let x = super::act_input(n, ctx, 0)?;
     let above = ctx.b.op("GreaterOrEqual", &[x, &lo], vec![]);
     let below = ctx.b.op("Less", &[x, &hi], vec![]);
     let inside = ctx.b.op("And", &[&above, &below], vec![]);
