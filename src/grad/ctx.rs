@@ -35,9 +35,31 @@ pub enum GradError {
     Model(String),
 }
 
-/// The error for a node whose operator has no rule.
+/// The error for a node whose operator has no rule; for the integer operators of quantized
+/// models, the cause and the form that works.
 pub(crate) fn unsupported(n: &NodeProto) -> GradError {
-    GradError::Unsupported { op: n.op_type.clone(), node: n.name.clone() }
+    match quantized_why(&n.op_type) {
+        Some(why) => node_err(n, why),
+        None => GradError::Unsupported { op: n.op_type.clone(), node: n.name.clone() },
+    }
+}
+
+/// Why a quantized model's integer operator (standard or ONNX Runtime's `com.microsoft` ones)
+/// cannot be compiled, and what to give instead; `None` for any other operator.
+pub(crate) fn quantized_why(op: &str) -> Option<&'static str> {
+    const DYNAMIC: &str = "dynamic quantization (onnxruntime's quantize_dynamic) scales each activation by the \
+        range of the whole batch, so one frame's features would depend on the others in its batch; give the \
+        float model, or quantize it statically in the QDQ form (quantize_static(..., \
+        quant_format=QuantFormat.QDQ)), which gradwatch reads";
+    const QOPERATOR: &str = "an integer-only quantized operator (the QOperator form); quantize the model in the \
+        QDQ form instead (quantize_static(..., quant_format=QuantFormat.QDQ)), which gradwatch reads, or give \
+        the float model";
+    match op {
+        "DynamicQuantizeLinear" | "MatMulInteger" | "DynamicQuantizeMatMul" | "MatMulIntegerToFloat" => Some(DYNAMIC),
+        "ConvInteger" | "QGemm" | "QAttention" => Some(QOPERATOR),
+        _ if op.starts_with("QLinear") => Some(QOPERATOR),
+        _ => None,
+    }
 }
 
 pub(crate) fn node_err(n: &NodeProto, why: impl Into<String>) -> GradError {

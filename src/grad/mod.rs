@@ -312,6 +312,9 @@ fn check_model(model: &ModelProto) -> Result<(&GraphProto, i64), GradError> {
     }
     for n in &graph.node {
         if !(n.domain.is_empty() || n.domain == "ai.onnx") {
+            if let Some(why) = ctx::quantized_why(&n.op_type) {
+                return Err(node_err(n, why));
+            }
             return Err(GradError::Unsupported { op: format!("{}:{}", n.domain, n.op_type), node: n.name.clone() });
         }
     }

@@ -313,6 +313,33 @@ fn not_a_classifier_is_refused_with_the_reason() {
     refused(&save(dir.path(), "noclass.onnx", &m), &[], &["no class axis", "[N,5,1]"]);
 }
 
+/// Quantized forms gradwatch cannot differentiate are refused with the cause and the form that
+/// works: dynamic quantization (one scale for the whole batch) and ONNX Runtime's integer-only
+/// operators (the QOperator form, here its `com.microsoft` QGemm).
+#[test]
+fn quantized_forms_that_cannot_be_read_are_refused_with_the_form_that_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut net, out) = small_cnn();
+    let (q, s_, z) = (net.name_of("q"), net.name_of("s"), net.name_of("z"));
+    let dql = onnx::make_node("DynamicQuantizeLinear", "dql", &["x"], &[&q, &s_, &z], vec![]);
+    let xd = net.op("DequantizeLinear", &[&q, &s_, &z], vec![]);
+    // Both before the first Conv, in graph order.
+    let dq = net.nodes.pop().unwrap();
+    net.nodes.splice(0..0, [dql, dq]);
+    // The first Conv reads the dequantized input.
+    let conv = net.nodes.iter_mut().find(|n| n.op_type == "Conv").unwrap();
+    conv.input[0] = xd;
+    let dynamic = save(dir.path(), "dynamic.onnx", &net.model(&[3, 32, 32], &out));
+    refused(&dynamic, &[], &["DynamicQuantizeLinear", "whole batch", "QuantFormat.QDQ"]);
+
+    let (net, out) = small_cnn();
+    let mut m = net.model(&[3, 32, 32], &out);
+    let mut qgemm = onnx::make_node("QGemm", "head_quant", &[&out], &["unused"], vec![]);
+    qgemm.domain = "com.microsoft".into();
+    m.graph.as_mut().unwrap().node.push(qgemm);
+    refused(&save(dir.path(), "qoperator.onnx", &m), &[], &["QGemm", "QOperator form", "QuantFormat.QDQ"]);
+}
+
 #[test]
 fn overrides_that_do_not_fit_and_mismatched_labels_are_refused() {
     let model = fixture("user-cnn.onnx");
