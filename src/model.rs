@@ -354,7 +354,11 @@ pub struct ModelInfo {
 
 /// Hex sha256 of bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn triple(meta: &std::collections::HashMap<String, String>, key: &str, default: f32) -> Result<[f32; 3], ModelError> {
@@ -561,9 +565,6 @@ impl LoadedModel {
 /// weights are in external data files) by those files' bytes, so a changed weight file changes
 /// it too.
 fn model_sha256(file: &onnx::ModelFile) -> Result<String, ModelError> {
-    if file.data_files.is_empty() {
-        return Ok(sha256_hex(&file.bytes));
-    }
     let mut h = Sha256::new();
     h.update(&file.bytes);
     for p in &file.data_files {
@@ -571,7 +572,7 @@ fn model_sha256(file: &onnx::ModelFile) -> Result<String, ModelError> {
         let mut f = std::fs::File::open(p).map_err(io)?;
         std::io::copy(&mut f, &mut h).map_err(io)?;
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&h.finalize()))
 }
 
 /// The model's logits-only forward graph: the first output, or the input of a trailing
