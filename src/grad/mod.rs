@@ -404,8 +404,7 @@ pub fn has_symbolic_size(model: &ModelProto) -> bool {
 /// symbolic (NCHW or NHWC, 1 or 3 channels).
 fn symbolic_spatial(model: &ModelProto) -> Option<(usize, [usize; 2])> {
     let graph = model.graph.as_ref()?;
-    let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let i = graph.input.iter().position(|v| !inits.contains(v.name.as_str()))?;
+    let i = first_input(graph)?;
     let (_, dims) = onnx::value_info_shape(&graph.input[i])?;
     let channels = |d: Option<i64>| d == Some(1) || d == Some(3);
     match dims.as_slice() {
@@ -413,6 +412,13 @@ fn symbolic_spatial(model: &ModelProto) -> Option<(usize, [usize; 2])> {
         [_, None, None, c] if channels(*c) => Some((i, [1, 2])),
         _ => None,
     }
+}
+
+/// The position in `graph.input` of the first input that is not an initializer (the image, in
+/// a model [`image_input`] accepts).
+fn first_input(graph: &GraphProto) -> Option<usize> {
+    let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    graph.input.iter().position(|v| !inits.contains(v.name.as_str()))
 }
 
 /// The logits: the first output, or the input of a trailing Softmax.

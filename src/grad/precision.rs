@@ -43,8 +43,8 @@ pub fn byte_input(model: &ModelProto) -> bool {
 
 /// The position in `g.input` of an 8-bit image input read only through Casts to a float type.
 fn byte_input_index(g: &GraphProto) -> Option<usize> {
-    let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
-    let (i, v) = g.input.iter().enumerate().find(|(_, v)| !inits.contains(v.name.as_str()))?;
+    let i = super::first_input(g)?;
+    let v = &g.input[i];
     let (elem, _) = onnx::value_info_shape(v)?;
     if elem != data_type::UINT8 && elem != data_type::INT8 {
         return None;
