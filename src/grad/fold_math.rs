@@ -111,7 +111,7 @@ pub(super) fn fold(f: &Inputs) -> Result<Vec<Val>, GradError> {
 }
 
 /// `DequantizeLinear`: `(x - zero_point) * scale`; `QuantizeLinear`: `x / scale` rounded (half
-/// to even) plus the zero point, saturated to the zero point's 8-bit type (uint8 without one).
+/// to even) plus the zero point, saturated to the 8-bit range of its output type.
 /// Scales per tensor or per channel of `axis`; blocked quantization is left to the caller.
 fn fold_quant(f: &Inputs) -> Result<Val, GradError> {
     let a = Attrs::of(f.n);
@@ -135,11 +135,7 @@ fn fold_quant(f: &Inputs) -> Result<Val, GradError> {
     if f.n.op_type == "DequantizeLinear" {
         return Ok(Val::F((&x - &zero) * &scale));
     }
-    let (lo, hi) = match f.data_type(2) {
-        None | Some(crate::onnx::data_type::UINT8) => (0.0, 255.0),
-        Some(crate::onnx::data_type::INT8) => (-128.0, 127.0),
-        Some(t) => return Err(f.fail(&format!("quantization to type {t}"))),
-    };
+    let (lo, hi) = super::rules::quant_range(f.n, f.data_type(2))?;
     let q = (&x / &scale).mapv(f32::round_ties_even) + &zero;
     Ok(Val::I(q.mapv(|v| v.clamp(lo, hi) as i64), false))
 }

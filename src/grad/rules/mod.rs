@@ -50,6 +50,8 @@ mod shape;
 mod tile;
 mod window;
 
+pub(crate) use quant::int_range as quant_range;
+
 use std::collections::{HashMap, HashSet};
 
 use super::{node_err, Ctx, GradError, ParamKind};

@@ -53,10 +53,9 @@ fn quant(n: &NodeProto, ctx: &Ctx) -> Result<Quant, GradError> {
     Ok(Quant { scale, zero, dims })
 }
 
-/// The integer range of `QuantizeLinear`'s output type: its zero point's type, or its
-/// `output_dtype`, or uint8.
-fn int_range(n: &NodeProto, ctx: &Ctx) -> Result<(f32, f32), GradError> {
-    let zp_type = n.input.get(2).filter(|s| !s.is_empty()).and_then(|z| ctx.consts.get(z)).map(|t| t.data_type);
+/// The integer range of `QuantizeLinear` node `n`'s output type: its zero point's stored type
+/// (`zp_type`), or its `output_dtype`, or uint8. The rule and the constant fold both use it.
+pub(crate) fn int_range(n: &NodeProto, zp_type: Option<i32>) -> Result<(f32, f32), GradError> {
     let out_type = Attrs::of(n).int("output_dtype", 0)? as i32;
     match zp_type.unwrap_or(if out_type != 0 { out_type } else { data_type::UINT8 }) {
         data_type::UINT8 => Ok((0.0, 255.0)),
@@ -68,7 +67,8 @@ fn int_range(n: &NodeProto, ctx: &Ctx) -> Result<(f32, f32), GradError> {
 /// `dx = dy / scale` where `x` rounds into the integer range, 0 where it was clipped.
 fn quantize(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
     let q = quant(n, ctx)?;
-    let (qmin, qmax) = int_range(n, ctx)?;
+    let zp_type = n.input.get(2).filter(|s| !s.is_empty()).and_then(|z| ctx.consts.get(z)).map(|t| t.data_type);
+    let (qmin, qmax) = int_range(n, zp_type)?;
     let per = |f: &dyn Fn(usize) -> f32| -> Vec<f32> { (0..q.scale.len()).map(f).collect() };
     let lo = per(&|c| (qmin - q.zero[c] - 0.5) * q.scale[c]);
     let hi = per(&|c| (qmax - q.zero[c] + 0.5) * q.scale[c]);
