@@ -84,10 +84,11 @@ pub fn run(a: CalibrateArgs) -> Result<i32> {
         anyhow::bail!("--loss odin is for the ODIN baseline, not for calibration; use bce-logits");
     }
     let overrides = a.preprocess.overrides();
-    let input_size = overrides.size.map(|(w, h)| (h, w));
-    let mut model =
-        LoadedModel::load(&a.model, &CompileOptions { loss: a.loss, input_size, ..CompileOptions::preset(a.preset) })
-            .with_context(|| format!("loading {}", a.model.display()))?;
+    let mut model = LoadedModel::load(
+        &a.model,
+        &CompileOptions { loss: a.loss, input_size: overrides.size, ..CompileOptions::preset(a.preset) },
+    )
+    .with_context(|| format!("loading {}", a.model.display()))?;
     let preprocessing = match model.override_preprocessing(&overrides) {
         Ok(p) => p,
         Err(e) => {

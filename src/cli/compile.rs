@@ -99,7 +99,7 @@ pub fn run(a: CompileArgs) -> Result<i32> {
         preset: a.preset,
         act_stats: a.act_stats,
         stages: a.stages,
-        input_size: a.size.map(|(w, h)| (h, w)),
+        input_size: a.size,
     };
     let compiled = grad::compile(&model, &opts).with_context(|| format!("compiling {}", a.model.display()))?;
     if a.list {

@@ -123,7 +123,7 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
     let model = upgraded.as_ref().unwrap_or(model);
     let wide = as_float32(model)?;
     let model = wide.as_ref().unwrap_or(model);
-    let sized = opts.input_size.and_then(|hw| sized_input(model, hw));
+    let sized = opts.input_size.and_then(|wh| sized_input(model, wh));
     let model = sized.as_ref().unwrap_or(model);
     let (dynamic, literal_targets, fixed_batch) = match batch::rewrite_batch(model)? {
         Some(r) => (Some(r.model), r.literals, usize::try_from(r.batch).ok().filter(|&b| b > 0)),
@@ -381,9 +381,9 @@ fn image_input<'a>(
     Ok((input, input_shape))
 }
 
-/// The model with its image input's symbolic height and width set to `(h, w)`: an NCHW or
+/// The model with its image input's symbolic width and height set to `(w, h)`: an NCHW or
 /// NHWC input of 1 or 3 channels whose two spatial dims are both symbolic; `None` otherwise.
-fn sized_input(model: &ModelProto, (h, w): (usize, usize)) -> Option<ModelProto> {
+fn sized_input(model: &ModelProto, (w, h): (usize, usize)) -> Option<ModelProto> {
     let (i, spatial) = symbolic_spatial(model)?;
     let mut out = model.clone();
     let v = &mut out.graph.as_mut()?.input[i];

@@ -354,9 +354,10 @@ pub struct CompileOptions {
     /// Keep only the parameters of the last `stages` spatial resolutions (and the head after
     /// them); `None` keeps every stage. Set by the preset when `None`.
     pub stages: Option<usize>,
-    /// `(height, width)` to compile a model whose input height and width are symbolic for (a
+    /// `(width, height)` to compile a model whose input height and width are symbolic for (a
     /// fully convolutional classifier exported with dynamic spatial axes): the size its frames
-    /// are resized to. Ignored where the model fixes them.
+    /// are resized to, in the order of [`crate::model::parse_size`] and the preprocessing.
+    /// Ignored where the model fixes them.
     pub input_size: Option<(usize, usize)>,
 }
 

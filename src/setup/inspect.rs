@@ -149,7 +149,7 @@ pub fn load(path: &Path, overrides: &PreprocessOverrides) -> Result<SetupModel, 
     let proto = onnx::load(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
     let ins = inspect(&proto).map_err(|e| bad(format!("{}: {e}", path.display())))?;
     drop(proto);
-    let opts = CompileOptions { input_size: overrides.size.map(|(w, h)| (h, w)), ..Default::default() };
+    let opts = CompileOptions { input_size: overrides.size, ..Default::default() };
     let mut model = match LoadedModel::load(path, &opts) {
         Ok(m) => m,
         Err(e) => {

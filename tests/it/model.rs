@@ -95,3 +95,20 @@ fn a_model_with_its_weights_in_an_external_file_loads_as_the_same_model() {
     let e = LoadedModel::load(&path, &CompileOptions::default()).err().unwrap().to_string();
     assert!(e.contains("bn.onnx.data") && e.contains("keep the .onnx file and its data file together"), "{e}");
 }
+
+/// `CompileOptions::input_size` is `(width, height)`, as `--size WxH` and the preprocessing
+/// give it: a symbolic-size model compiled at 48x32 takes `[N, 3, 32, 48]`.
+#[test]
+fn a_symbolic_size_is_set_width_by_height() {
+    use gradwatch::onnx::{self, proto::DimensionValue};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut model = onnx::load(&root.join("tests/fixtures/zoo/resnet18/bn.onnx")).unwrap();
+    let input = &mut model.graph.as_mut().unwrap().input[0];
+    let shape = input.r#type.as_mut().unwrap().tensor_type.as_mut().unwrap().shape.as_mut().unwrap();
+    for (i, d) in [(2, "height"), (3, "width")] {
+        shape.dim[i].value = Some(DimensionValue::DimParam(d.into()));
+    }
+    let c =
+        gradwatch::grad::compile(&model, &CompileOptions { input_size: Some((48, 32)), ..Default::default() }).unwrap();
+    assert_eq!(c.input_shape, vec![3, 32, 48]);
+}
