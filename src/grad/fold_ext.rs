@@ -35,7 +35,7 @@ pub(super) fn fold(
     opset: i64,
 ) -> Result<Vec<TensorProto>, String> {
     let eval = EXTERNAL.get().ok_or_else(|| format!("no folding rule for {}", n.op_type))?;
-    if !n.domain.is_empty() && n.domain != "ai.onnx" {
+    if !crate::onnx::is_default_domain(&n.domain) {
         return Err(format!("no folding rule for {}::{}", n.domain, n.op_type));
     }
     let inputs: Vec<Option<&TensorProto>> = n.input.iter().map(|s| consts.get(s)).collect();

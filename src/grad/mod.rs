@@ -311,7 +311,7 @@ fn check_model(model: &ModelProto) -> Result<(&GraphProto, i64), GradError> {
         )));
     }
     for n in &graph.node {
-        if !(n.domain.is_empty() || n.domain == "ai.onnx") {
+        if !onnx::is_default_domain(&n.domain) {
             if let Some(why) = ctx::quantized_why(&n.op_type) {
                 return Err(node_err(n, why));
             }

@@ -25,14 +25,11 @@ pub(super) fn upgrade(model: &ModelProto) -> Result<Option<ModelProto>, GradErro
     let mut out = model.clone();
     let Some(g) = out.graph.as_mut() else { return Ok(None) };
     let mut consts: Vec<TensorProto> = Vec::new();
-    for n in g.node.iter_mut() {
-        let std = n.domain.is_empty() || n.domain == "ai.onnx";
-        if std {
-            rewrite(n, opset, &mut consts)?;
-        }
+    for n in g.node.iter_mut().filter(|n| onnx::is_default_domain(&n.domain)) {
+        rewrite(n, opset, &mut consts)?;
     }
     g.initializer.extend(consts);
-    for o in out.opset_import.iter_mut().filter(|o| o.domain.is_empty() || o.domain == "ai.onnx") {
+    for o in out.opset_import.iter_mut().filter(|o| onnx::is_default_domain(&o.domain)) {
         o.version = TARGET;
     }
     Ok(Some(out))

@@ -115,7 +115,12 @@ pub fn set_metadata(model: &mut ModelProto, key: &str, value: &str) {
 
 /// The opset version the model imports for the default (`ai.onnx`) domain.
 pub fn default_opset(model: &ModelProto) -> Option<i64> {
-    model.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version)
+    model.opset_import.iter().find(|o| is_default_domain(&o.domain)).map(|o| o.version)
+}
+
+/// Whether `domain` names ONNX's default operator set (empty or `ai.onnx`).
+pub fn is_default_domain(domain: &str) -> bool {
+    domain.is_empty() || domain == "ai.onnx"
 }
 
 fn tensor_err(t: &TensorProto, why: impl Into<String>) -> OnnxError {

@@ -73,7 +73,8 @@ pub fn inspect(model: &ModelProto) -> Result<Inspection, SetupError> {
     // Half-precision inputs, and 8-bit ones the model casts to float first, are read as
     // float32 (`grad::as_float32`).
     use onnx::data_type::{BFLOAT16, FLOAT, FLOAT16};
-    let float = matches!(elem, FLOAT | FLOAT16 | BFLOAT16) || crate::grad::byte_input(model);
+    let bytes = crate::grad::byte_input(model);
+    let float = matches!(elem, FLOAT | FLOAT16 | BFLOAT16) || bytes;
     if !float || !image {
         let what = match elem {
             FLOAT => "float32".to_string(),
@@ -110,7 +111,7 @@ pub fn inspect(model: &ModelProto) -> Result<Inspection, SetupError> {
         }
     }
     let (ops, unknown_ops) = operators(g);
-    let (half, bytes) = (crate::grad::is_half_precision(model), crate::grad::byte_input(model));
+    let half = crate::grad::is_half_precision(model);
     Ok(Inspection { input: input.name.clone(), dims, output: out.name.clone(), ops, unknown_ops, half, bytes })
 }
 
@@ -119,7 +120,7 @@ fn operators(g: &onnx::GraphProto) -> (BTreeMap<String, usize>, Vec<String>) {
     let mut ops = BTreeMap::new();
     let mut unknown = Vec::new();
     for n in &g.node {
-        let std_domain = n.domain.is_empty() || n.domain == "ai.onnx";
+        let std_domain = onnx::is_default_domain(&n.domain);
         let name = if std_domain { n.op_type.clone() } else { format!("{}:{}", n.domain, n.op_type) };
         *ops.entry(name.clone()).or_insert(0) += 1;
         if (!std_domain || !crate::grad::SUPPORTED_OPS.contains(&n.op_type.as_str())) && !unknown.contains(&name) {
