@@ -520,7 +520,11 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// Reads, hashes and compiles a model file.
     pub fn load(path: &Path, opts: &CompileOptions) -> Result<Self, ModelError> {
-        let file = onnx::read(path)?;
+        Self::from_file(path, onnx::read(path)?, opts)
+    }
+
+    /// Hashes and compiles a model file already read from `path` ([`onnx::read`]).
+    pub fn from_file(path: &Path, file: onnx::ModelFile, opts: &CompileOptions) -> Result<Self, ModelError> {
         let sha256 = model_sha256(&file)?;
         let model = file.model;
         let compiled = grad::compile(&model, opts)?;

@@ -147,11 +147,10 @@ pub struct SetupModel {
 /// not a usable classifier, one the compiler cannot differentiate (the operators without a
 /// rule named) or overrides that do not fit its input are [`SetupError::BadInput`].
 pub fn load(path: &Path, overrides: &PreprocessOverrides) -> Result<SetupModel, SetupError> {
-    let proto = onnx::load(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
-    let ins = inspect(&proto).map_err(|e| bad(format!("{}: {e}", path.display())))?;
-    drop(proto);
+    let file = onnx::read(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    let ins = inspect(&file.model).map_err(|e| bad(format!("{}: {e}", path.display())))?;
     let opts = CompileOptions { input_size: overrides.size, ..Default::default() };
-    let mut model = match LoadedModel::load(path, &opts) {
+    let mut model = match LoadedModel::from_file(path, file, &opts) {
         Ok(m) => m,
         Err(e) => {
             let mut msg = format!("{}: ", path.display());
