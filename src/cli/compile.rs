@@ -62,6 +62,10 @@ pub struct CompileArgs {
     /// for, WIDTHxHEIGHT (e.g. 224x224) or one number for a square.
     #[arg(long, value_parser = crate::model::parse_size)]
     pub size: Option<(usize, usize)>,
+    /// Write the graph for TensorRT's ONNX parser (no MaxPool `Indices`, no `ScatterElements`):
+    /// what `run` does when `[runtime] providers` includes tensorrt.
+    #[arg(long)]
+    pub tensorrt: bool,
 }
 
 fn parse_conv_norm(s: &str) -> Result<ConvNorm, String> {
@@ -100,6 +104,7 @@ pub fn run(a: CompileArgs) -> Result<i32> {
         act_stats: a.act_stats,
         stages: a.stages,
         input_size: a.size,
+        tensorrt: a.tensorrt,
     };
     let compiled = grad::compile(&model, &opts).with_context(|| format!("compiling {}", a.model.display()))?;
     if a.list {

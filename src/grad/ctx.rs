@@ -110,6 +110,8 @@ pub(crate) struct Ctx {
     /// Compute gradients for every activation (the input gradient is wanted).
     pub all_grads: bool,
     pub conv_norm: ConvNorm,
+    /// Emit only what TensorRT's ONNX parser takes (see [`super::CompileOptions::tensorrt`]).
+    pub tensorrt: bool,
     pub b: Builder,
 }
 

@@ -172,6 +172,7 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
         moved: false,
         all_grads: opts.input_grad,
         conv_norm: opts.conv_norm,
+        tensorrt: opts.tensorrt,
         b: Builder::new(opset, taken),
     };
 

@@ -359,6 +359,12 @@ pub struct CompileOptions {
     /// are resized to, in the order of [`crate::model::parse_size`] and the preprocessing.
     /// Ignored where the model fixes them.
     pub input_size: Option<(usize, usize)>,
+    /// Write the graph for TensorRT, whose ONNX parser takes neither MaxPool's `Indices`
+    /// output nor `ScatterElements` with a reduction: MaxPool's backward then reads its
+    /// windows' patches instead, which costs ONNX Runtime's CPU kernels more (GoogLeNet's
+    /// gradient graph about 1.4x). Set when the providers include TensorRT; the features are
+    /// the same either way.
+    pub tensorrt: bool,
 }
 
 impl CompileOptions {

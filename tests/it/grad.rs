@@ -521,25 +521,62 @@ fn label_with_one_positive_is_refused() {
 
 #[test]
 fn max_pool_ties_go_to_the_first_maximum() {
-    // x -> MaxPool 2x2 -> Flatten -> Gemm; every window is all-equal, so PyTorch sends each
-    // window's gradient to its top-left element.
-    let mut net = Net::new(19);
-    let p = net.op("MaxPool", &["x"], vec![attr::ints("kernel_shape", &[2, 2]), attr::ints("strides", &[2, 2])]);
-    let out = net.head(&p, 4, CLASSES);
-    let model = net.model(&[1, 4, 4], &out);
-    let compiled = grad::compile(&model, &CompileOptions { input_grad: true, ..Default::default() }).unwrap();
-    let mut s = GradSession::new(&compiled, &ort()).unwrap();
-    let x = ArrayD::from_elem(ndarray::IxDyn(&[1, 1, 4, 4]), 0.5f32);
-    let g = s.run(x.view()).unwrap().input_grad.unwrap();
-    for y in 0..4 {
-        for xx in 0..4 {
-            let v = g[[0, 0, y, xx]];
-            if y % 2 == 0 && xx % 2 == 0 {
-                assert!(v != 0.0, "top-left of window ({y},{xx}) must get the gradient");
-            } else {
-                assert_eq!(v, 0.0, "({y},{xx}) is not the first maximum");
+    // x [1, 5, 5] -> MaxPool -> Flatten -> Gemm; every window is all-equal, so PyTorch sends
+    // each window's gradient to its top-left element (windows at 0 and 2 on both axes), for
+    // disjoint (2x2) and overlapping (3x3) windows, in each backward form: scatter (with and
+    // without a reduction), windows for TensorRT, and the opset-13 forms.
+    for (k, opset, tensorrt) in
+        [(2, 17, false), (3, 17, false), (2, 17, true), (3, 17, true), (2, 13, false), (3, 13, false)]
+    {
+        let mut net = Net::new(19);
+        net.opset = opset;
+        let p = net.op("MaxPool", &["x"], vec![attr::ints("kernel_shape", &[k, k]), attr::ints("strides", &[2, 2])]);
+        let out = net.head(&p, 4, CLASSES);
+        let model = net.model(&[1, 5, 5], &out);
+        let opts = CompileOptions { input_grad: true, tensorrt, ..Default::default() };
+        let compiled = grad::compile(&model, &opts).unwrap();
+        let mut s = GradSession::new(&compiled, &ort()).unwrap();
+        let x = ArrayD::from_elem(ndarray::IxDyn(&[2, 1, 5, 5]), 0.5f32);
+        let g = s.run(x.view()).unwrap().input_grad.unwrap();
+        for n in 0..2 {
+            for y in 0..5 {
+                for xx in 0..5 {
+                    let v = g[[n, 0, y, xx]];
+                    let case = format!("{k}x{k} opset {opset} tensorrt {tensorrt}: sample {n} ({y},{xx})");
+                    if y % 2 == 0 && xx % 2 == 0 && y < 4 && xx < 4 {
+                        assert!(v != 0.0, "{case}: the top-left of a window must get the gradient");
+                    } else {
+                        assert_eq!(v, 0.0, "{case}: not a window's first maximum");
+                    }
+                }
             }
         }
+    }
+}
+
+fn case_max_pool_disjoint_windows() -> Case {
+    chain(31, |n, x| {
+        let p = n.op("MaxPool", &[x], vec![attr::ints("kernel_shape", &[2, 2]), attr::ints("strides", &[2, 2])]);
+        (p, 3 * 3 * 3)
+    })
+}
+
+#[test]
+fn max_pool_disjoint_windows() {
+    check(case_max_pool_disjoint_windows());
+}
+
+/// MaxPool's other backward forms against finite differences: the windows form (for TensorRT,
+/// and for overlapping windows before opset 16) and the scatter without a reduction (disjoint
+/// windows before opset 16).
+#[test]
+fn max_pool_for_tensorrt_and_before_opset_16() {
+    let trt = CompileOptions { tensorrt: true, ..Default::default() };
+    for make in [case_max_pool_ceil_mode_padded, case_max_pool_dilated, case_max_pool_disjoint_windows] {
+        check_with(&make(), &trt, &[1.0; CLASSES]);
+        let mut old = make();
+        old.net.opset = 13;
+        check(old);
     }
 }
 
@@ -586,8 +623,8 @@ fn compiling_a_compiled_graph_is_refused() {
 
 #[test]
 fn output_uses_standard_ops_only() {
-    // What TensorRT's ONNX parser accepts: ai.onnx ops, no MaxPool Indices, no ScatterElements,
-    // every Conv/ConvTranspose weight an initializer.
+    // What TensorRT's ONNX parser accepts (`CompileOptions::tensorrt`): ai.onnx ops, no MaxPool
+    // Indices, no ScatterElements, every Conv/ConvTranspose weight an initializer.
     let case = chain(22, |n, x| {
         let b = batchnorm(n, x, 3);
         let r = n.op("Relu", &[&b], vec![]);
@@ -597,7 +634,7 @@ fn output_uses_standard_ops_only() {
     });
     let compiled = grad::compile(
         &case.net.model(&case.input, &case.out),
-        &CompileOptions { input_grad: true, penultimate: true, ..Default::default() },
+        &CompileOptions { input_grad: true, penultimate: true, tensorrt: true, ..Default::default() },
     )
     .unwrap();
     let g = compiled.model.graph.as_ref().unwrap();
@@ -1302,6 +1339,7 @@ const FD_CASES: &[(&str, MakeCase)] = &[
     ("elementwise_residual_and_broadcast", case_elementwise_residual_and_broadcast),
     ("max_pool_ceil_mode_padded", case_max_pool_ceil_mode_padded),
     ("max_pool_dilated", case_max_pool_dilated),
+    ("max_pool_disjoint_windows", case_max_pool_disjoint_windows),
     ("average_pools", case_average_pools),
     ("reduce_mean_squeeze_unsqueeze_reshape_transpose", case_reduce_mean_squeeze_unsqueeze_reshape_transpose),
     ("nhwc_input_concat_pad_identity_dropout", case_nhwc_input_concat_pad_identity_dropout),
