@@ -422,12 +422,14 @@ fn first_input(graph: &GraphProto) -> Option<usize> {
     graph.input.iter().position(|v| !inits.contains(v.name.as_str()))
 }
 
-/// The logits: the first output, or the input of a trailing Softmax.
+/// The logits: the first output, or the input of a trailing Softmax, LogSoftmax or Sigmoid (a
+/// multi-label or Keras `activation='sigmoid'` head: the loss applies the sigmoid itself, so
+/// it must see the values before it).
 fn find_logits(graph: &GraphProto, producers: &HashMap<String, &NodeProto>) -> Result<String, GradError> {
     let out0 = graph.output.first().ok_or_else(|| GradError::Model("the model has no outputs".into()))?;
     let mut logits = out0.name.clone();
     if let Some(p) = producers.get(&logits) {
-        if p.op_type == "Softmax" || p.op_type == "LogSoftmax" {
+        if matches!(p.op_type.as_str(), "Softmax" | "LogSoftmax" | "Sigmoid") {
             logits = p.input[0].clone();
         }
     }
