@@ -5,6 +5,7 @@
 //! attributes to constant inputs, `Upsample` and opset-10 `Resize` to opset-11 `Resize` with the
 //! `asymmetric` coordinates they used, and the attributes opset 11 dropped (`BatchNormalization`'s
 //! `spatial`, `Dropout`'s `is_test`) removed. Any other operator has the same schema in both.
+//! Opsets 13 to 15 are declared 16 as they are (see [`SCATTER_ADD`]).
 
 use crate::onnx::{self, attr, Attrs, ModelProto, NodeProto, TensorProto};
 
@@ -16,9 +17,24 @@ const TARGET: i64 = 11;
 /// The oldest opset read (older ones also changed broadcasting and `BatchNormalization`).
 pub const OLDEST: i64 = 7;
 
-/// The model rewritten to opset 11 when it imports opset 7 to 10; `None` for opset 11 or later.
+/// Opsets 13 to 15 are read as this one: between them only operator types, attributes with
+/// the old meaning as default, and operators no classifier rule reads (`RoiAlign`'s default
+/// coordinates, `GridSample`, control flow) changed, and 16 gives `ScatterElements` the `add`
+/// reduction that MaxPool's backward uses (`rules/pool.rs`). Opsets 11 and 12 stay as they are:
+/// 13 moved several operators' axes from attributes to inputs.
+const SCATTER_ADD: i64 = 16;
+
+/// The model rewritten to opset 11 when it imports opset 7 to 10, or declared opset 16 when it
+/// imports 13 to 15; `None` otherwise.
 pub(super) fn upgrade(model: &ModelProto) -> Result<Option<ModelProto>, GradError> {
     let Some(opset) = onnx::default_opset(model) else { return Ok(None) };
+    if (13..SCATTER_ADD).contains(&opset) {
+        let mut out = model.clone();
+        for o in out.opset_import.iter_mut().filter(|o| onnx::is_default_domain(&o.domain)) {
+            o.version = SCATTER_ADD;
+        }
+        return Ok(Some(out));
+    }
     if !(OLDEST..TARGET).contains(&opset) {
         return Ok(None);
     }

@@ -544,9 +544,9 @@ fn max_pool_ties_go_to_the_first_maximum() {
     // x [1, 5, 5] -> MaxPool -> Flatten -> Gemm; every window is all-equal, so PyTorch sends
     // each window's gradient to its top-left element (windows at 0 and 2 on both axes), for
     // disjoint (2x2) and overlapping (3x3) windows, in each backward form: scatter (with and
-    // without a reduction), windows for TensorRT, and the opset-13 forms.
+    // without a reduction), windows for TensorRT, and the opset-12 forms.
     for (k, opset, tensorrt) in
-        [(2, 17, false), (3, 17, false), (2, 17, true), (3, 17, true), (2, 13, false), (3, 13, false)]
+        [(2, 17, false), (3, 17, false), (2, 17, true), (3, 17, true), (2, 12, false), (3, 12, false)]
     {
         let mut net = Net::new(19);
         net.opset = opset;
@@ -587,16 +587,32 @@ fn max_pool_disjoint_windows() {
 }
 
 /// MaxPool's other backward forms against finite differences: the windows form (for TensorRT,
-/// and for overlapping windows before opset 16) and the scatter without a reduction (disjoint
-/// windows before opset 16).
+/// and for overlapping windows at opsets 11 and 12) and the scatter without a reduction
+/// (disjoint windows there).
 #[test]
-fn max_pool_for_tensorrt_and_before_opset_16() {
+fn max_pool_for_tensorrt_and_opset_12() {
     let trt = CompileOptions { tensorrt: true, ..Default::default() };
     for make in [case_max_pool_ceil_mode_padded, case_max_pool_dilated, case_max_pool_disjoint_windows] {
         check_with(&make(), &trt, &[1.0; CLASSES]);
         let mut old = make();
-        old.net.opset = 13;
+        old.net.opset = 12;
         check(old);
+    }
+}
+
+/// Opsets 13 to 15 are read as 16, whose `ScatterElements` adds up (MaxPool's backward by
+/// scatter); 12 is not.
+#[test]
+fn opsets_13_to_15_get_the_scatter_backward() {
+    for (opset, scatter) in [(12, false), (13, true), (15, true), (17, true)] {
+        let mut case = case_max_pool_ceil_mode_padded();
+        case.net.opset = opset;
+        let compiled = grad::compile(&case.net.model(&case.input, &case.out), &CompileOptions::default()).unwrap();
+        let ops: Vec<&str> = compiled.model.graph.as_ref().unwrap().node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops.contains(&"ScatterElements"), scatter, "opset {opset}");
+        if opset >= 13 {
+            check(case);
+        }
     }
 }
 

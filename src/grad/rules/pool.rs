@@ -98,7 +98,7 @@ fn reduce_mean_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> 
 }
 
 /// MaxPool's backward: by scatter where it can, else by windows (TensorRT, or overlapping
-/// windows before opset 16).
+/// windows at opsets 11 and 12; 13 to 15 are read as 16, `opset.rs`).
 fn max_pool(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
     let (g, c) = pool_geom(n, ctx)?;
     let overlap = (0..2).any(|i| g.s[i] < g.keff(i));
