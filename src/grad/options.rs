@@ -362,7 +362,7 @@ pub struct CompileOptions {
     /// Write the graph for TensorRT, whose ONNX parser takes neither MaxPool's `Indices`
     /// output nor `ScatterElements` with a reduction: MaxPool's backward then reads its
     /// windows' patches instead, which costs ONNX Runtime's CPU kernels more (GoogLeNet's
-    /// gradient graph about 1.4x). Set when the providers include TensorRT; the features are
+    /// gradient graph about 1.3x). Set when the providers include TensorRT; the features are
     /// the same either way.
     pub tensorrt: bool,
 }

@@ -113,7 +113,7 @@ fn max_pool(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> 
 /// PyTorch's tie rule) and `dy` put there by `ScatterElements`, adding up where overlapping
 /// windows pick the same input (reduction `add`, opset 16). One pass over the input, where
 /// [`max_pool_windows`] reads every window's patch, its mask and a ConvTranspose: GoogLeNet's
-/// gradient graph 1.4x faster, ResNet-18's 1.15x (the zoo fixtures, batch 16, CPU).
+/// gradient graph 1.3x faster, ResNet-18's 1.15x (the zoo fixtures, batch 16, CPU).
 fn max_pool_scatter(n: &NodeProto, dy: &str, ctx: &mut Ctx, g: &Geom, c: usize, overlap: bool) -> String {
     let x = n.input[0].clone();
     // Row-major indices whatever the forward asked for (`storage_order` changes only them).
