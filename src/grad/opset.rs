@@ -5,9 +5,10 @@
 //! attributes to constant inputs, `Upsample` and opset-10 `Resize` to opset-11 `Resize` with the
 //! `asymmetric` coordinates they used, and the attributes opset 11 dropped (`BatchNormalization`'s
 //! `spatial`, `Dropout`'s `is_test`) removed. Any other operator has the same schema in both.
-//! Opsets 13 to 15 are declared 16 as they are (see [`SCATTER_ADD`]).
+//! Opset 11 and 12 models are then rewritten to 13 (axes and split sizes as inputs), and every
+//! model of opset 13 to 15 is declared 16 as it is (see [`SCATTER_ADD`]).
 
-use crate::onnx::{self, attr, Attrs, ModelProto, NodeProto, TensorProto};
+use crate::onnx::{self, attr, Attrs, GraphProto, ModelProto, NodeProto, TensorProto};
 
 use super::{node_err, GradError};
 
@@ -17,38 +18,84 @@ const TARGET: i64 = 11;
 /// The oldest opset read (older ones also changed broadcasting and `BatchNormalization`).
 pub const OLDEST: i64 = 7;
 
-/// Opsets 13 to 15 are read as this one: between them only operator types, attributes with
-/// the old meaning as default, and operators no classifier rule reads (`RoiAlign`'s default
-/// coordinates, `GridSample`, control flow) changed, and 16 gives `ScatterElements` the `add`
-/// reduction that MaxPool's backward uses (`rules/pool.rs`). Opsets 11 and 12 stay as they are:
-/// 13 moved several operators' axes from attributes to inputs.
+/// Models of opset 11 or later are read as this one where they can be: from 13 on only operator
+/// types, attributes whose default keeps the old meaning, and operators no classifier rule reads
+/// (`RoiAlign`'s default coordinates, `GridSample`, control flow) changed, and 16 gives
+/// `ScatterElements` the `add` reduction that MaxPool's backward uses (`rules/pool.rs`). Opsets
+/// 11 and 12 are rewritten first ([`to_13`]).
 const SCATTER_ADD: i64 = 16;
 
-/// The model rewritten to opset 11 when it imports opset 7 to 10, or declared opset 16 when it
-/// imports 13 to 15; `None` otherwise.
+/// The model as the compiler reads it: opsets 7 to 10 rewritten to 11, 11 and 12 to 13 (unless a
+/// Softmax inside the graph keeps them), then 13 to 15 declared 16. `None` when nothing changes.
 pub(super) fn upgrade(model: &ModelProto) -> Result<Option<ModelProto>, GradError> {
-    let Some(opset) = onnx::default_opset(model) else { return Ok(None) };
-    if (13..SCATTER_ADD).contains(&opset) {
-        let mut out = model.clone();
-        for o in out.opset_import.iter_mut().filter(|o| onnx::is_default_domain(&o.domain)) {
-            o.version = SCATTER_ADD;
-        }
-        return Ok(Some(out));
-    }
-    if !(OLDEST..TARGET).contains(&opset) {
+    let Some(mut opset) = onnx::default_opset(model) else { return Ok(None) };
+    if !(OLDEST..SCATTER_ADD).contains(&opset) || model.graph.is_none() {
         return Ok(None);
     }
     let mut out = model.clone();
     let Some(g) = out.graph.as_mut() else { return Ok(None) };
-    let mut consts: Vec<TensorProto> = Vec::new();
-    for n in g.node.iter_mut().filter(|n| onnx::is_default_domain(&n.domain)) {
-        rewrite(n, opset, &mut consts)?;
+    if opset < TARGET {
+        let mut consts: Vec<TensorProto> = Vec::new();
+        for n in g.node.iter_mut().filter(|n| onnx::is_default_domain(&n.domain)) {
+            rewrite(n, opset, &mut consts)?;
+        }
+        g.initializer.extend(consts);
+        opset = TARGET;
     }
-    g.initializer.extend(consts);
+    if opset < 13 && to_13(g)? {
+        opset = 13;
+    }
+    if opset >= 13 {
+        opset = SCATTER_ADD;
+    }
     for o in out.opset_import.iter_mut().filter(|o| onnx::is_default_domain(&o.domain)) {
-        o.version = TARGET;
+        o.version = opset;
     }
     Ok(Some(out))
+}
+
+/// Opset 11 or 12 rewritten to 13, where 13 moved `Squeeze`/`Unsqueeze`/`ReduceSum` axes and
+/// `Split` sizes from attributes to inputs and opset 12 `Dropout`'s ratio. False (the graph
+/// untouched) when it holds a `Softmax`, `LogSoftmax` or `Hardmax` other than a trailing one on
+/// the `[N, classes]` output or one over axis -1 (13 changed what a positive axis means for
+/// inputs of rank 3 or more), or
+/// a `Resize` with the `tf_half_pixel_for_nn` coordinates, which 13 dropped.
+fn to_13(g: &mut GraphProto) -> Result<bool, GradError> {
+    let first_out = g.output.first().map(|o| o.name.clone()).unwrap_or_default();
+    let softmax = |n: &NodeProto| matches!(n.op_type.as_str(), "Softmax" | "LogSoftmax" | "Hardmax");
+    // Resize-13 dropped the `tf_half_pixel_for_nn` coordinates.
+    let tf_nn = |n: &NodeProto| {
+        n.op_type == "Resize"
+            && n.attribute.iter().any(|a| a.name == "coordinate_transformation_mode" && a.s == b"tf_half_pixel_for_nn")
+    };
+    // Axis -1 means the last axis in both.
+    let last = |n: &NodeProto| n.attribute.iter().any(|a| a.name == "axis" && a.i == -1);
+    let kept = |n: &NodeProto| (softmax(n) && n.output.first() != Some(&first_out) && !last(n)) || tf_nn(n);
+    if g.node.iter().any(|n| onnx::is_default_domain(&n.domain) && kept(n)) {
+        return Ok(false);
+    }
+    let mut consts: Vec<TensorProto> = Vec::new();
+    for n in g.node.iter_mut().filter(|n| onnx::is_default_domain(&n.domain)) {
+        let (key, input) = match n.op_type.as_str() {
+            "Squeeze" | "Unsqueeze" | "ReduceSum" => ("axes", 1),
+            "Split" => ("split", 1),
+            "Dropout" => {
+                // Opset 12 moved the ratio to an input; in inference it does nothing.
+                n.attribute.retain(|a| a.name != "ratio");
+                continue;
+            }
+            _ => continue,
+        };
+        let Some(v) = Attrs::of(n).ints(key)? else { continue };
+        let name = format!("{}/gw_opset13_{key}", n.output.first().map(String::as_str).unwrap_or(&n.name));
+        consts.push(onnx::make_tensor_i64(&name, &[v.len()], &v));
+        n.attribute.retain(|a| a.name != key);
+        // The input slot after the data; an empty name would be a missing optional input.
+        n.input.truncate(input);
+        n.input.push(name);
+    }
+    g.initializer.extend(consts);
+    Ok(true)
 }
 
 /// One node in its opset-11 form; new constant inputs go to `consts`.

@@ -586,34 +586,75 @@ fn max_pool_disjoint_windows() {
     check(case_max_pool_disjoint_windows());
 }
 
+/// A pool on the chain's 6x6 map, then a Softmax over the last axis as opsets 11 and 12 write it
+/// (`axis = 3`, whose meaning opset 13 changed): the model stays at its opset.
+fn pool_then_softmax(seed: u64, pool: Vec<onnx::AttributeProto>, features: usize, opset: i64) -> Case {
+    let mut case = chain(seed, |n, x| {
+        let p = n.op("MaxPool", &[x], pool);
+        (n.op("Softmax", &[&p], vec![attr::int("axis", 3)]), features)
+    });
+    case.net.opset = opset;
+    case
+}
+
 /// MaxPool's other backward forms against finite differences: the windows form (for TensorRT,
-/// and for overlapping windows at opsets 11 and 12) and the scatter without a reduction
-/// (disjoint windows there).
+/// and for overlapping windows in an opset 11 or 12 model that stays there) and the scatter
+/// without a reduction (disjoint windows there).
 #[test]
 fn max_pool_for_tensorrt_and_opset_12() {
     let trt = CompileOptions { tensorrt: true, ..Default::default() };
     for make in [case_max_pool_ceil_mode_padded, case_max_pool_dilated, case_max_pool_disjoint_windows] {
         check_with(&make(), &trt, &[1.0; CLASSES]);
-        let mut old = make();
-        old.net.opset = 12;
-        check(old);
+    }
+    let overlapping =
+        vec![attr::ints("kernel_shape", &[3, 3]), attr::ints("strides", &[2, 2]), attr::ints("pads", &[1, 1, 1, 1])];
+    let disjoint = vec![attr::ints("kernel_shape", &[2, 2]), attr::ints("strides", &[2, 2])];
+    for (pool, scatter) in [(overlapping, false), (disjoint, true)] {
+        let case = pool_then_softmax(32, pool, 27, 12);
+        let compiled = grad::compile(&case.net.model(&case.input, &case.out), &CompileOptions::default()).unwrap();
+        let g = compiled.model.graph.as_ref().unwrap();
+        let sc: Vec<_> = g.node.iter().filter(|n| n.op_type == "ScatterElements").collect();
+        assert_eq!(sc.len(), usize::from(scatter));
+        assert!(sc.iter().all(|n| n.attribute.iter().all(|a| a.name != "reduction")), "no reduction before 16");
+        check(case);
     }
 }
 
-/// Opsets 13 to 15 are read as 16, whose `ScatterElements` adds up (MaxPool's backward by
-/// scatter); 12 is not.
+/// Models of opsets 10 to 15 are read as 16 (12 and older rewritten first), whose
+/// `ScatterElements` adds up: MaxPool's backward by scatter.
 #[test]
-fn opsets_13_to_15_get_the_scatter_backward() {
-    for (opset, scatter) in [(12, false), (13, true), (15, true), (17, true)] {
+fn older_opsets_get_the_scatter_backward() {
+    for opset in [10, 11, 12, 13, 15, 17] {
         let mut case = case_max_pool_ceil_mode_padded();
         case.net.opset = opset;
         let compiled = grad::compile(&case.net.model(&case.input, &case.out), &CompileOptions::default()).unwrap();
         let ops: Vec<&str> = compiled.model.graph.as_ref().unwrap().node.iter().map(|n| n.op_type.as_str()).collect();
-        assert_eq!(ops.contains(&"ScatterElements"), scatter, "opset {opset}");
-        if opset >= 13 {
-            check(case);
-        }
+        assert!(ops.contains(&"ScatterElements"), "opset {opset}");
+        check(case);
     }
+}
+
+/// Opset 11's attribute forms that opset 13 moved to inputs (`Split` sizes, `ReduceSum`,
+/// `Squeeze` and `Unsqueeze` axes) and `Dropout`'s ratio, rewritten when the model is read as 16.
+fn case_opset11_attribute_axes() -> Case {
+    let mut c = chain(26, |n, x| {
+        let (s0, s1) = (n.name_of("split"), n.name_of("split"));
+        let split = vec![attr::int("axis", 2), attr::ints("split", &[2, 4])];
+        n.nodes.push(onnx::make_node("Split", "n_split11", &[x], &[&s0, &s1], split));
+        let r = n.op("ReduceSum", &[&s1], vec![attr::ints("axes", &[2]), attr::int("keepdims", 0)]); // [3, 6]
+        let u = n.op("Unsqueeze", &[&r], vec![attr::ints("axes", &[2])]); // [3, 1, 6]
+        let c = n.op("Concat", &[&s0, &u], vec![attr::int("axis", 2)]); // [3, 3, 6]
+        let e = n.op("Unsqueeze", &[&c], vec![attr::ints("axes", &[4])]);
+        let q = n.op("Squeeze", &[&e], vec![attr::ints("axes", &[4])]);
+        (n.op("Dropout", &[&q], vec![attr::float("ratio", 0.3)]), 3 * 3 * 6)
+    });
+    c.net.opset = 11;
+    c
+}
+
+#[test]
+fn opset11_attribute_axes() {
+    check(case_opset11_attribute_axes());
 }
 
 #[test]
@@ -1359,6 +1400,7 @@ fn opset9_attribute_forms() {
 
 const FD_CASES: &[(&str, MakeCase)] = &[
     ("opset9_attribute_forms", case_opset9_attribute_forms),
+    ("opset11_attribute_axes", case_opset11_attribute_axes),
     ("gather_nd_adaptive_pooling", case_gather_nd_adaptive_pooling),
     ("batch_merged_and_moved", case_batch_merged_and_moved),
     ("conv_padded_with_bias", case_conv_padded_with_bias),
