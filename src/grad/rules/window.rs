@@ -112,19 +112,34 @@ pub(super) fn crop_spatial(ctx: &mut Ctx, x: &str, cur: [usize; 2], start: [usiz
 }
 
 /// Scatters per-window values back to the input grid (the adjoint of a strided window read).
+/// The ConvTranspose writes the input's extent itself: its `pads` crop the windows' full span
+/// to the input and `output_padding` adds the rows and columns no window reads (fewer than a
+/// stride), which a Slice and Pad after it cost ONNX Runtime about as much as the ConvTranspose.
 pub(super) fn col2im(ctx: &mut Ctx, x: &str, w: &str, group: usize, g: &Geom) -> String {
-    let y = ctx.b.op(
-        "ConvTranspose",
-        &[x, w],
-        vec![
-            attr::int("group", group as i64),
-            attr::ints("strides", &[g.s[0] as i64, g.s[1] as i64]),
-            attr::ints("dilations", &[g.d[0] as i64, g.d[1] as i64]),
-            attr::ints("kernel_shape", &[g.k[0] as i64, g.k[1] as i64]),
-        ],
-    );
-    let full = [(g.out[0] - 1) * g.s[0] + g.keff(0), (g.out[1] - 1) * g.s[1] + g.keff(1)];
-    crop_spatial(ctx, &y, full, [g.pads[0], g.pads[1]], g.inp)
+    let mut pads = [0i64; 4];
+    let mut extra = [0i64; 2];
+    for i in 0..2 {
+        let full = ((g.out[i] - 1) * g.s[i] + g.keff(i)) as i64;
+        let (start, size) = (g.pads[i] as i64, g.inp[i] as i64);
+        pads[i] = start;
+        let end = full - start - size;
+        if end >= 0 {
+            pads[i + 2] = end;
+        } else {
+            extra[i] = -end;
+        }
+    }
+    let mut attrs = vec![
+        attr::int("group", group as i64),
+        attr::ints("strides", &[g.s[0] as i64, g.s[1] as i64]),
+        attr::ints("dilations", &[g.d[0] as i64, g.d[1] as i64]),
+        attr::ints("kernel_shape", &[g.k[0] as i64, g.k[1] as i64]),
+        attr::ints("pads", &pads),
+    ];
+    if extra != [0, 0] {
+        attrs.push(attr::ints("output_padding", &extra));
+    }
+    ctx.b.op("ConvTranspose", &[x, w], attrs)
 }
 
 /// Conv attributes for geometry `g` with explicit `pads`.
