@@ -82,6 +82,19 @@ fn init_then_check_config_then_a_replay_alerts_on_the_corrupted_window_only() {
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("ok: 1 streams, 1 sinks"), "{stdout}");
 
+    // The daemon compiles the form its providers run fastest: MaxPool's backward by scatter on
+    // the CPU, and the form TensorRT's parser takes whole (no Indices, no ScatterElements) when
+    // tensorrt is listed; the one calibration fits both.
+    for (providers, scatter) in [("[\"cpu\"]", true), ("[\"tensorrt\", \"cuda\", \"cpu\"]", false)] {
+        let text = config.replace("providers = [\"cpu\"]", &format!("providers = {providers}"));
+        assert!(text.contains(providers), "{text}");
+        let cfg = gradwatch::config::Config::load(&write(&out, "providers.toml", &text)).unwrap();
+        let loaded = gradwatch::service::load_model(&cfg).unwrap();
+        let g = loaded.model.compiled.model.graph.as_ref().unwrap();
+        let found = g.node.iter().any(|n| n.op_type == "ScatterElements" || n.output.len() > 1);
+        assert_eq!(found, scatter, "providers {providers}");
+    }
+
     // `score` uses the stored preprocessing: the replayed images' top classes are mostly right.
     let replay = dir.path().join("replay.npy");
     let images = gradwatch::data::load_npy_images(&fixture("heldout-images.npy")).unwrap();
