@@ -120,11 +120,8 @@ fn zoo_input(dir: &std::path::Path, input_shape: &[usize]) -> Result<ArrayD<f32>
 pub fn check_zoo_fixture(dir: &std::path::Path, arch: &str, form: &str, opts: &RuntimeOptions) -> Result<ZooCheck> {
     let base = dir.join(arch);
     let model = onnx::load(&base.join(format!("{form}.onnx")))?;
-    let compiled = grad::compile(
-        &model,
-        &CompileOptions { tensorrt: opts.providers.contains(&Provider::Tensorrt), ..Default::default() },
-    )
-    .with_context(|| format!("compiling {arch}/{form}"))?;
+    let o = CompileOptions { tensorrt: opts.uses_tensorrt(), ..Default::default() };
+    let compiled = grad::compile(&model, &o).with_context(|| format!("compiling {arch}/{form}"))?;
     let names: Vec<String> = serde_json::from_str(&std::fs::read_to_string(base.join(format!("{form}.names.json")))?)?;
     let want: ndarray::Array2<f64> = ndarray_npy::read_npy(base.join(format!("{form}.features.npy")))?;
     let want_logits: ndarray::Array2<f64> = ndarray_npy::read_npy(base.join(format!("{form}.logits.npy")))?;
@@ -262,10 +259,9 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     let mut fwd = ModelSession::new(&onnx::encode(&batch_dynamic(&model)?), &opts)?;
     let mut graphs = Vec::new();
     let mut input = None;
-    // Time the graph the daemon would run with these providers.
-    let tensorrt = a.providers.contains(&Provider::Tensorrt);
     for (label, o) in specs {
-        let o = CompileOptions { tensorrt, ..o };
+        // The graph the daemon would run with these providers.
+        let o = CompileOptions { tensorrt: opts.uses_tensorrt(), ..o };
         let compiled = grad::compile(&model, &o).with_context(|| format!("compiling '{label}'"))?;
         input.get_or_insert_with(|| (compiled.input_name.clone(), compiled.input_shape.clone()));
         let session = ModelSession::new(&onnx::encode(&compiled.model), &opts)?;

@@ -117,6 +117,12 @@ impl RuntimeOptions {
             crate::base::path::resolve_path(p, base);
         }
     }
+
+    /// Whether TensorRT is among the providers: graphs are then compiled in the form its ONNX
+    /// parser takes whole ([`crate::grad::CompileOptions::tensorrt`]).
+    pub fn uses_tensorrt(&self) -> bool {
+        self.providers.contains(&Provider::Tensorrt)
+    }
 }
 
 /// How sessions are created.

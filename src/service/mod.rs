@@ -122,7 +122,7 @@ pub fn load_model(config: &Config) -> Result<ModelAndCalibration, ServiceError> 
     let opts = CompileOptions {
         loss,
         input_size: calibration.model.preprocessing.as_ref().map(|p| (p.width, p.height)),
-        tensorrt: config.runtime.providers.contains(&crate::runtime::Provider::Tensorrt),
+        tensorrt: config.runtime.uses_tensorrt(),
         ..CompileOptions::preset(config.model.preset)
     };
     let mut model = LoadedModel::load(&config.model.path, &opts)?;
