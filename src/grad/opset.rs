@@ -58,12 +58,11 @@ pub(super) fn upgrade(model: &ModelProto) -> Result<Option<ModelProto>, GradErro
 /// `Split` sizes from attributes to inputs and opset 12 `Dropout`'s ratio. False (the graph
 /// untouched) when it holds a `Softmax`, `LogSoftmax` or `Hardmax` other than a trailing one on
 /// the `[N, classes]` output or one over axis -1 (13 changed what a positive axis means for
-/// inputs of rank 3 or more), or
-/// a `Resize` with the `tf_half_pixel_for_nn` coordinates, which 13 dropped.
+/// inputs of rank 3 or more), or a `Resize` with the `tf_half_pixel_for_nn` coordinates, which
+/// 13 dropped.
 fn to_13(g: &mut GraphProto) -> Result<bool, GradError> {
     let first_out = g.output.first().map(|o| o.name.clone()).unwrap_or_default();
     let softmax = |n: &NodeProto| matches!(n.op_type.as_str(), "Softmax" | "LogSoftmax" | "Hardmax");
-    // Resize-13 dropped the `tf_half_pixel_for_nn` coordinates.
     let tf_nn = |n: &NodeProto| {
         n.op_type == "Resize"
             && n.attribute.iter().any(|a| a.name == "coordinate_transformation_mode" && a.s == b"tf_half_pixel_for_nn")

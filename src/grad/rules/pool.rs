@@ -134,8 +134,9 @@ fn max_pool_scatter(n: &NodeProto, dy: &str, ctx: &mut Ctx, g: &Geom, c: usize, 
     ctx.b.reshape_to(&dx, &[-1, c as i64, g.inp[0] as i64, g.inp[1] as i64])
 }
 
-/// MaxPool's backward for opsets before 16 (no `ScatterElements` reduction): each window's
-/// patch (a one-hot Conv), its first maximum by `ArgMax`, and `dy` put back by ConvTranspose.
+/// MaxPool's backward for TensorRT, and for overlapping windows where `ScatterElements` has no
+/// reduction (opsets 11 and 12): each window's patch (a one-hot Conv), its first maximum by
+/// `ArgMax`, and `dy` put back by ConvTranspose.
 fn max_pool_windows(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
     let x = n.input[0].clone();
     let (g, c) = pool_geom(n, ctx)?;

@@ -114,7 +114,7 @@ pub(super) fn crop_spatial(ctx: &mut Ctx, x: &str, cur: [usize; 2], start: [usiz
 /// Scatters per-window values back to the input grid (the adjoint of a strided window read).
 /// The ConvTranspose writes the input's extent itself: its `pads` crop the windows' full span
 /// to the input and `output_padding` adds the rows and columns no window reads (fewer than a
-/// stride), which a Slice and Pad after it cost ONNX Runtime about as much as the ConvTranspose.
+/// stride), where a Slice and a Pad after it cost ONNX Runtime up to as much as the ConvTranspose.
 pub(super) fn col2im(ctx: &mut Ctx, x: &str, w: &str, group: usize, g: &Geom) -> String {
     let mut pads = [0i64; 4];
     let mut extra = [0i64; 2];
