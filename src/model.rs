@@ -579,19 +579,17 @@ fn model_sha256(file: &onnx::ModelFile) -> Result<String, ModelError> {
     Ok(hex(&h.finalize()))
 }
 
-/// The model's logits-only forward graph: the first output, or the input of a trailing
-/// Softmax/LogSoftmax (the same logits [`crate::grad::compile`] differentiates).
+/// The model's logits-only forward graph: the logits [`crate::grad::compile`] differentiates
+/// ([`grad::logits_name`]: the first output, or the input of a trailing Softmax, LogSoftmax or
+/// Sigmoid).
 pub fn forward_logits_model(model: &ModelProto) -> Result<(ModelProto, String), ModelError> {
     // Batch-dynamic like the compiled graph, so it takes the same batches.
     let mut m = grad::forward_model(model)?;
     let g = m.graph.as_mut().ok_or(OnnxError::NoGraph)?;
-    let out0 = g.output.first().ok_or(ModelError::NoOutputs)?.name.clone();
-    let mut logits = out0;
-    if let Some(n) = g.node.iter().find(|n| n.output.first() == Some(&logits)) {
-        if (n.op_type == "Softmax" || n.op_type == "LogSoftmax") && !n.input.is_empty() {
-            logits = n.input[0].clone();
-        }
+    if g.output.is_empty() {
+        return Err(ModelError::NoOutputs);
     }
+    let logits = grad::logits_name(g)?;
     g.output = vec![onnx::make_value_info(&logits, onnx::data_type::FLOAT, &[None, None])];
     Ok((m, logits))
 }

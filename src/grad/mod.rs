@@ -422,12 +422,25 @@ fn first_input(graph: &GraphProto) -> Option<usize> {
     graph.input.iter().position(|v| !inits.contains(v.name.as_str()))
 }
 
+/// The name of the classifier's logits in `graph` (see [`find_logits`]): what the compiled graph
+/// differentiates and outputs as `logits`.
+pub fn logits_name(graph: &GraphProto) -> Result<String, GradError> {
+    let producers: HashMap<String, &NodeProto> =
+        graph.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.clone(), n))).collect();
+    find_logits(graph, &producers)
+}
+
 /// The logits: the first output, or the input of a trailing Softmax, LogSoftmax or Sigmoid (a
 /// multi-label or Keras `activation='sigmoid'` head: the loss applies the sigmoid itself, so
-/// it must see the values before it).
+/// it must see the values before it), through any `Identity` that renames the output (as
+/// tf2onnx writes Keras models' outputs).
 fn find_logits(graph: &GraphProto, producers: &HashMap<String, &NodeProto>) -> Result<String, GradError> {
     let out0 = graph.output.first().ok_or_else(|| GradError::Model("the model has no outputs".into()))?;
     let mut logits = out0.name.clone();
+    let identity = |name: &String| producers.get(name).filter(|p| p.op_type == "Identity" && !p.input.is_empty());
+    while let Some(p) = identity(&logits) {
+        logits = p.input[0].clone();
+    }
     if let Some(p) = producers.get(&logits) {
         if matches!(p.op_type.as_str(), "Softmax" | "LogSoftmax" | "Sigmoid") {
             logits = p.input[0].clone();

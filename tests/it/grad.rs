@@ -494,23 +494,31 @@ fn trailing_softmax_is_skipped_and_bce_softmax_loss() {
 }
 
 #[test]
-fn trailing_sigmoid_is_skipped() {
-    // A multi-label head: the compiled graph's logits and features are those of the model
-    // without its Sigmoid (the loss applies the sigmoid to the logits itself).
-    let mut case = chain(18, |n, x| (n.op("Relu", &[x], vec![]), 3 * 36));
-    let logits = case.out.clone();
-    let plain = grad::compile(&case.net.model(&case.input, &logits), &CompileOptions::default()).unwrap();
-    case.out = case.net.op("Sigmoid", &[&logits], vec![]);
-    let sig = grad::compile(&case.net.model(&case.input, &case.out), &CompileOptions::default()).unwrap();
-    assert_eq!(sig.features, plain.features);
-    let x = input(&mut crate::common::Rng::new(3), BATCH, &case.input);
-    let (a, b) = (
-        GradSession::new(&sig, &ort()).unwrap().run(x.view()).unwrap(),
-        GradSession::new(&plain, &ort()).unwrap().run(x.view()).unwrap(),
-    );
-    assert_eq!(a.logits, b.logits);
-    assert_eq!(a.features, b.features);
-    assert!(a.logits.iter().any(|&v| !(0.0..=1.0).contains(&v)), "logits, not probabilities");
+fn trailing_sigmoid_and_renaming_identity_are_skipped() {
+    // A multi-label head (Sigmoid), and heads whose output an Identity renames (tf2onnx's Keras
+    // outputs): the compiled graph's logits and features are those of the model without them
+    // (the loss applies the sigmoid to the logits itself).
+    let heads: [&[(&str, i64)]; 3] =
+        [&[("Sigmoid", 0)], &[("Softmax", 1), ("Identity", 0)], &[("Sigmoid", 0), ("Identity", 0), ("Identity", 0)]];
+    for head in heads {
+        let mut case = chain(18, |n, x| (n.op("Relu", &[x], vec![]), 3 * 36));
+        let logits = case.out.clone();
+        let plain = grad::compile(&case.net.model(&case.input, &logits), &CompileOptions::default()).unwrap();
+        for &(op, axis) in head {
+            let attrs = if op == "Softmax" { vec![attr::int("axis", axis)] } else { vec![] };
+            case.out = case.net.op(op, &[&case.out.clone()], attrs);
+        }
+        let with = grad::compile(&case.net.model(&case.input, &case.out), &CompileOptions::default()).unwrap();
+        assert_eq!(with.features, plain.features, "{head:?}");
+        let x = input(&mut crate::common::Rng::new(3), BATCH, &case.input);
+        let (a, b) = (
+            GradSession::new(&with, &ort()).unwrap().run(x.view()).unwrap(),
+            GradSession::new(&plain, &ort()).unwrap().run(x.view()).unwrap(),
+        );
+        assert_eq!(a.logits, b.logits, "{head:?}");
+        assert_eq!(a.features, b.features, "{head:?}");
+        assert!(a.logits.iter().any(|&v| !(0.0..=1.0).contains(&v)), "{head:?}: logits, not probabilities");
+    }
 }
 
 fn clone_net(n: &Net) -> Net {
