@@ -268,9 +268,7 @@ pub fn forward_model(model: &ModelProto) -> Result<ModelProto, GradError> {
         _ => return Ok(dynamic),
     };
     let (graph, _) = check_model(&dynamic)?;
-    let producers: HashMap<String, &NodeProto> =
-        graph.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.clone(), n))).collect();
-    let logits = find_logits(graph, &producers)?;
+    let logits = logits_name(graph)?;
     let mut m = compiled.model;
     let g = m.graph.as_mut().ok_or(OnnxError::NoGraph)?;
     let keep = needed_nodes(&g.node, [logits.clone()]);
@@ -442,7 +440,7 @@ fn find_logits(graph: &GraphProto, producers: &HashMap<String, &NodeProto>) -> R
         logits = p.input[0].clone();
     }
     if let Some(p) = producers.get(&logits) {
-        if matches!(p.op_type.as_str(), "Softmax" | "LogSoftmax" | "Sigmoid") {
+        if matches!(p.op_type.as_str(), "Softmax" | "LogSoftmax" | "Sigmoid") && !p.input.is_empty() {
             logits = p.input[0].clone();
         }
     }
