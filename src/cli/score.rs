@@ -65,7 +65,7 @@ pub fn run(a: ScoreArgs) -> Result<i32> {
             return Ok(EXIT_CONFIG);
         }
     };
-    let input_size = calib.model.preprocessing.as_ref().map(|p| (p.width, p.height));
+    let input_size = calib.model.input_size();
     let mut model =
         LoadedModel::load(&model_path, &CompileOptions { loss, input_size, ..CompileOptions::preset(preset) })
             .with_context(|| format!("loading {}", model_path.display()))?;

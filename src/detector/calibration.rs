@@ -81,6 +81,14 @@ pub struct CalibModel {
     pub preprocessing: Option<crate::model::Preprocessing>,
 }
 
+impl CalibModel {
+    /// The `(width, height)` the stored preprocessing resizes frames to: the size a model of
+    /// symbolic input size is compiled for ([`crate::grad::CompileOptions::input_size`]).
+    pub fn input_size(&self) -> Option<(usize, usize)> {
+        self.preprocessing.as_ref().map(|p| (p.width, p.height))
+    }
+}
+
 fn default_preset() -> String {
     crate::grad::Preset::Full.name().to_string()
 }

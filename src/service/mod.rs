@@ -121,7 +121,7 @@ pub fn load_model(config: &Config) -> Result<ModelAndCalibration, ServiceError> 
     calibration.check_preset(config.model.preset.name())?;
     let opts = CompileOptions {
         loss,
-        input_size: calibration.model.preprocessing.as_ref().map(|p| (p.width, p.height)),
+        input_size: calibration.model.input_size(),
         tensorrt: config.runtime.uses_tensorrt(),
         ..CompileOptions::preset(config.model.preset)
     };
