@@ -3,7 +3,7 @@
 //! global and reduced maxima pass the gradient to the maximum, split evenly among ties (as
 //! `torch.amax` and TensorFlow's `reduce_max`, which Keras's `GlobalMaxPooling2D` exports to).
 
-use super::window::{col2im, conv_attrs, crop_spatial, geom, one_hot_kernel, Geom};
+use super::window::{col2im, conv_attrs, geom, one_hot_kernel, Geom};
 use super::{act_input, norm_axis, single, Grads, Params, Rule};
 use crate::grad::{node_err, Ctx, GradError};
 use crate::onnx::{attr, Attrs, NodeProto};
@@ -102,10 +102,12 @@ fn reduce_mean_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> 
 fn max_pool(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
     let (g, c) = pool_geom(n, ctx)?;
     let overlap = (0..2).any(|i| g.s[i] < g.keff(i));
-    if ctx.tensorrt || (overlap && ctx.b.opset < 16) {
-        return max_pool_windows(n, dy, ctx);
-    }
-    Ok(single(n, max_pool_scatter(n, dy, ctx, &g, c, overlap)))
+    let dx = if ctx.tensorrt || (overlap && ctx.b.opset < 16) {
+        max_pool_windows(n, dy, ctx, &g, c)
+    } else {
+        max_pool_scatter(n, dy, ctx, &g, c, overlap)
+    };
+    Ok(single(n, dx))
 }
 
 /// MaxPool's backward from its own argmax: the pool run again with its `Indices` output (the
@@ -137,9 +139,8 @@ fn max_pool_scatter(n: &NodeProto, dy: &str, ctx: &mut Ctx, g: &Geom, c: usize, 
 /// MaxPool's backward for TensorRT, and for overlapping windows where `ScatterElements` has no
 /// reduction (opsets 11 and 12): each window's patch (a one-hot Conv), its first maximum by
 /// `ArgMax`, and `dy` put back by ConvTranspose.
-fn max_pool_windows(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+fn max_pool_windows(n: &NodeProto, dy: &str, ctx: &mut Ctx, g: &Geom, c: usize) -> String {
     let x = n.input[0].clone();
-    let (g, c) = pool_geom(n, ctx)?;
     let kk = g.k[0] * g.k[1];
     let l = g.out[0] * g.out[1];
     let eh = ((g.out[0] - 1) * g.s[0] + g.keff(0)).saturating_sub(g.inp[0] + g.pads[0] + g.pads[2]);
@@ -149,7 +150,7 @@ fn max_pool_windows(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, Gra
     let xp = if pads.iter().any(|&p| p != 0) { ctx.b.pad(&x, &pads, f32::MIN) } else { x.clone() };
     let e = one_hot_kernel(c, g.k[0], g.k[1]);
     let e = ctx.b.const_f32("window_kernel", &[c * kk, 1, g.k[0], g.k[1]], &e);
-    let p = ctx.b.op("Conv", &[&xp, &e], conv_attrs(&g, c, [0; 4]));
+    let p = ctx.b.op("Conv", &[&xp, &e], conv_attrs(g, c, [0; 4]));
     let pr = ctx.b.reshape_to(&p, &[-1, c as i64, kk as i64, l as i64]);
     // First maximum in scan order gets the gradient (PyTorch's tie rule).
     let am = ctx.b.op(
@@ -165,14 +166,8 @@ fn max_pool_windows(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, Gra
     let dyr = ctx.b.reshape_to(dy, &[-1, c as i64, 1, l as i64]);
     let dp = ctx.b.mul(&mask, &dyr);
     let dp = ctx.b.reshape_to(&dp, &[-1, (c * kk) as i64, g.out[0] as i64, g.out[1] as i64]);
-    let gp = Geom {
-        pads: [0, 0, 0, 0],
-        inp: [g.inp[0] + g.pads[0] + g.pads[2] + eh, g.inp[1] + g.pads[1] + g.pads[3] + ew],
-        ..g
-    };
-    let full = col2im(ctx, &dp, &e, c, &gp);
-    let hp = [gp.inp[0], gp.inp[1]];
-    Ok(single(n, crop_spatial(ctx, &full, hp, [g.pads[0], g.pads[1]], g.inp)))
+    // The same windows read back onto the unpadded input (col2im crops the padding).
+    col2im(ctx, &dp, &e, c, g)
 }
 
 fn average_pool(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {

@@ -96,21 +96,6 @@ pub(super) fn one_hot_kernel(channels: usize, kh: usize, kw: usize) -> Vec<f32> 
     e
 }
 
-/// Pads/crops the two spatial axes of `x` (currently `cur`) to the window `[start, start+size)`.
-pub(super) fn crop_spatial(ctx: &mut Ctx, x: &str, cur: [usize; 2], start: [usize; 2], size: [usize; 2]) -> String {
-    let mut x = x.to_string();
-    let need = [start[0] + size[0], start[1] + size[1]];
-    if need[0] > cur[0] || need[1] > cur[1] {
-        let eh = need[0].saturating_sub(cur[0]) as i64;
-        let ew = need[1].saturating_sub(cur[1]) as i64;
-        x = ctx.b.pad(&x, &[0, 0, 0, 0, 0, 0, eh, ew], 0.0);
-    }
-    if start == [0, 0] && size == cur {
-        return x;
-    }
-    ctx.b.slice(&x, &[start[0] as i64, start[1] as i64], &[need[0] as i64, need[1] as i64], &[2, 3])
-}
-
 /// Scatters per-window values back to the input grid (the adjoint of a strided window read).
 /// The ConvTranspose writes the input's extent itself: its `pads` crop the windows' full span
 /// to the input and `output_padding` adds the rows and columns no window reads (fewer than a
