@@ -29,7 +29,7 @@ const SCATTER_ADD: i64 = 16;
 /// Softmax inside the graph keeps them), then 13 to 15 declared 16. `None` when nothing changes.
 pub(super) fn upgrade(model: &ModelProto) -> Result<Option<ModelProto>, GradError> {
     let Some(mut opset) = onnx::default_opset(model) else { return Ok(None) };
-    if !(OLDEST..SCATTER_ADD).contains(&opset) || model.graph.is_none() {
+    if !(OLDEST..SCATTER_ADD).contains(&opset) {
         return Ok(None);
     }
     let mut out = model.clone();
