@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use gradwatch::cli::bench::{check_zoo_fixture, zoo_archs, ZOO_FORMS};
+use gradwatch::lab::zoo::{check_zoo_fixture, zoo_archs, ZOO_FORMS};
 
 const DIR: &str = "tests/fixtures/zoo";
 
@@ -135,4 +135,45 @@ fn a_half_precision_model_compiles_as_its_float32_weights() {
             assert!(err < 1e-4, "{arch}/{form:?}: forward logits differ by {err}");
         }
     }
+}
+
+/// `gradwatch bench --zoo`'s report: one ratio column per preset, a row per export form, and a
+/// refused fixture reported in its row (exit code 1) rather than ending the report.
+#[test]
+fn zoo_report_times_each_preset_and_reports_refusals() {
+    use gradwatch::grad::Preset;
+    use gradwatch::lab::zoo::{report, Timing};
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(DIR);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("input.npy"), tmp.path().join("input.npy")).unwrap();
+    let arch = tmp.path().join("smooth_cnn");
+    std::fs::create_dir(&arch).unwrap();
+    for f in std::fs::read_dir(src.join("smooth_cnn")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), arch.join(f.file_name())).unwrap();
+    }
+    let t = Timing { batch: 2, seconds: 0.01, rounds: 1, presets: vec![Preset::Full, Preset::Fast] };
+    let mut out = Vec::new();
+    assert_eq!(report(tmp.path(), &t, &crate::common::ort(), &mut out).unwrap(), 0);
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].ends_with("| grad/forward at batch 2, `full` | grad/forward at batch 2, `fast` |"), "{text}");
+    let rows: Vec<&str> = lines.iter().skip(2).copied().collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    for row in &rows {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        // | arch | form | features | max | median | logits | full | fast |
+        assert_eq!(cells.len(), 10, "{row}");
+        for ratio in &cells[7..9] {
+            let r: f64 = ratio.strip_suffix('x').unwrap().parse().unwrap();
+            assert!(r.is_finite() && r > 0.0, "{row}");
+        }
+    }
+    // A fixture that does not load is a row saying so, and the report still ends.
+    std::fs::write(arch.join("bn.onnx"), b"not onnx").unwrap();
+    let mut out = Vec::new();
+    assert_eq!(report(tmp.path(), &t, &crate::common::ort(), &mut out).unwrap(), 1);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("| smooth_cnn | bn | refused: "), "{text}");
+    assert!(text.contains("| smooth_cnn | default | "), "{text}");
 }
