@@ -8,9 +8,9 @@ use clap::Args;
 use ndarray::{ArrayD, IxDyn};
 
 use crate::grad::{self, CompileOptions, ParamSelection, Preset};
-use crate::lab::timing::{median, time_per_frame};
 use crate::lab::zoo;
 use crate::onnx;
+use crate::runtime::timing::{median, time_per_frame};
 use crate::runtime::{ModelSession, Provider, RuntimeOptions, TensorRtOptions};
 
 /// Arguments of `gradwatch bench`.

@@ -15,8 +15,8 @@
 //! policies), [`presets`] (`gradwatch bench-presets`: AUROC of the feature subsets the presets
 //! choose from) and [`detectors`] (`gradwatch bench-detectors`: targets, inputs and ensembles of
 //! the calibration's detector, on the presets' cache), [`quality`] (`gradwatch bench-quality`:
-//! what the image-quality measures add to that detector, on the same cache), [`zoo`] (`gradwatch bench --zoo`: the
-//! compiler zoo's errors and costs) and [`timing`] (the speed helpers of `gradwatch bench`). Definitions shared by
+//! what the image-quality measures add to that detector, on the same cache), and [`zoo`] (`gradwatch bench --zoo`: the
+//! compiler zoo's errors and costs; timings with [`crate::runtime::timing`]). Definitions shared by
 //! every experiment (what counts as *harmful*) live here, once.
 
 pub mod alarms;
@@ -24,7 +24,6 @@ pub mod detectors;
 pub mod eval;
 pub mod presets;
 pub mod quality;
-pub mod timing;
 pub mod zoo;
 
 /// Classifier accuracy below which a (corruption, level) cell is *harmful*: there the detector

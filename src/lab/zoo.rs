@@ -10,8 +10,8 @@ use anyhow::{Context, Result};
 use ndarray::{ArrayD, IxDyn};
 
 use crate::grad::{self, CompileOptions, Preset};
-use crate::lab::timing::{median, time_per_frame};
 use crate::onnx;
+use crate::runtime::timing::{median, time_per_frame};
 use crate::runtime::{ModelSession, RuntimeOptions};
 
 /// The export forms of the zoo (`scripts/make-zoo.py`): every architecture has the first two;

@@ -17,6 +17,7 @@ use crate::grad;
 
 pub mod extract;
 mod fold;
+pub mod timing;
 
 pub use extract::{ExtractError, FeatureSet};
 pub use fold::register_constant_folding;

@@ -1,19 +1,32 @@
-//! Timing helpers of the speed measurements (`gradwatch bench`): a graph's milliseconds per
-//! frame, and the median of alternating rounds. Speed is measured here, never in unit tests.
+//! How long a graph takes on this machine: a graph's milliseconds per frame, and the median of
+//! alternating rounds (`gradwatch bench`, the compiler zoo's report, and `gradwatch init`'s cost
+//! of each preset). Speed is measured here, never in unit tests.
 
 use std::time::{Duration, Instant};
 
 use ndarray::ArrayD;
 
-use crate::runtime::{ModelSession, RuntimeError};
+use super::{ModelSession, RuntimeError};
 
 /// Milliseconds per frame of `s` on the batch `x`: one warm-up run, then runs for at least
 /// `seconds` (and at least three).
 pub fn time_per_frame(s: &mut ModelSession, input: &str, x: &ArrayD<f32>, seconds: f64) -> Result<f64, RuntimeError> {
+    time_runs(s, input, x, seconds, 3)
+}
+
+/// [`time_per_frame`] with at least `min_runs` timed runs (one suits a graph whose batch takes
+/// seconds).
+pub fn time_runs(
+    s: &mut ModelSession,
+    input: &str,
+    x: &ArrayD<f32>,
+    seconds: f64,
+    min_runs: usize,
+) -> Result<f64, RuntimeError> {
     s.run(&[(input, x.view())])?;
     let start = Instant::now();
     let mut runs = 0usize;
-    while start.elapsed() < Duration::from_secs_f64(seconds) || runs < 3 {
+    while start.elapsed() < Duration::from_secs_f64(seconds) || runs < min_runs.max(1) {
         s.run(&[(input, x.view())])?;
         runs += 1;
     }
