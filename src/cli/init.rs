@@ -1,7 +1,9 @@
 //! `gradwatch init`: sets a user's own classifier up in one command. It inspects the ONNX
 //! file (one image input, a class axis, operators the compiler differentiates), applies
 //! preprocessing overrides, checks the classifier's accuracy on labelled images (a wrong
-//! preprocessing, or training images that would make the threshold optimistic), calibrates
+//! preprocessing, or training images that would make the threshold optimistic), times each
+//! feature preset's gradient graph against the forward pass (a warning when the chosen one
+//! costs over 6x and the other does not), calibrates
 //! with the project's recipe (`calibrate`'s code path) on part of the images and measures the
 //! rest: `DIR/<model>.calib.toml`, `DIR/gradwatch.toml`, `DIR/report.md` + `DIR/roc.svg`.
 //! Bad input exits 2 with the cause and the fix (docs/guide/your-model.md). The steps live in
@@ -16,9 +18,10 @@ use super::common::{run_options, runtime, PreprocessArgs, RecipeArgs};
 use super::EXIT_CONFIG;
 use crate::detector::Calibration;
 use crate::frame::RgbImage;
-use crate::grad::Loss;
+use crate::grad::{Loss, Preset};
 use crate::runtime::GradSession;
 use crate::setup::check::{Forward, ImageCheck, PreprocessCheck};
+use crate::setup::cost::CostTiming;
 use crate::setup::report::{measure_held_out, Outputs, Report};
 use crate::setup::{self, fit_recipe, FitInputs, SetupError};
 
@@ -54,6 +57,12 @@ pub struct InitArgs {
     /// ONNX Runtime intra-op threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Feature preset to calibrate: full (the paper's features, every layer) or fast (the last
+    /// stage and the head: docs/guide/presets.md). init times both on this machine first and
+    /// warns when the chosen one costs over 6x the classifier's forward pass and the other does
+    /// not; the daemon's `[model] preset` in the written gradwatch.toml is this one.
+    #[arg(long, default_value = "full")]
+    pub preset: Preset,
     #[command(flatten)]
     pub recipe: RecipeArgs,
     #[command(flatten)]
@@ -74,7 +83,8 @@ pub fn run(a: InitArgs) -> Result<i32> {
 
 fn init(a: &InitArgs) -> Result<(), SetupError> {
     // 1. What the file is.
-    let setup = setup::inspect::load(&a.model, &a.preprocess.overrides())?;
+    let overrides = a.preprocess.overrides();
+    let setup = setup::inspect::load(&a.model, &overrides, a.preset)?;
     for line in setup.summary(&a.model) {
         eprintln!("{line}");
     }
@@ -114,7 +124,16 @@ fn init(a: &InitArgs) -> Result<(), SetupError> {
         report.warnings.push(w);
     }
 
-    // 3. Calibrate on part of the images (calibrate's code path), keep the rest to measure.
+    // 3. What each preset costs here, before minutes of calibrating the chosen one.
+    let cost = setup::cost::measure(model, a.preset, overrides.size, &rt, CostTiming::default())?;
+    eprintln!("{}", cost.summary());
+    if let Some(w) = cost.advice() {
+        eprintln!("warning: {w}");
+        report.warnings.push(w);
+    }
+    report.cost = cost.markdown();
+
+    // 4. Calibrate on part of the images (calibrate's code path), keep the rest to measure.
     let total = images.images.len();
     let split = setup::recipe::split(images.images, labels.as_deref(), a.holdout, a.recipe.seed)?;
     let mut session = GradSession::new(&model.compiled, &rt)?;
@@ -140,10 +159,10 @@ fn init(a: &InitArgs) -> Result<(), SetupError> {
     let out = Outputs::new(&a.output, &a.model);
     out.save_calibration(&calib)?;
 
-    // 4. Measure on the held-out images, write the report and the daemon config.
+    // 5. Measure on the held-out images, write the report and the daemon config.
     let held = measure_held_out(&mut session, model, &plan, &run, &split.hold_images)?;
     report.fill(&setup, &plan, &calib, held.as_ref(), split.hold_labels.as_deref());
-    out.write(&report, &report.markdown(&run.command, &a.model, model, &out.calib_name()), &a.model)?;
+    out.write(&report, &report.markdown(&run.command, &a.model, model, &out.calib_name()), &a.model, a.preset)?;
     print_written(a, &out.calib_name(), &calib, report.headline.as_deref());
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::{bad, SetupError};
-use crate::grad::CompileOptions;
+use crate::grad::{CompileOptions, Preset};
 use crate::model::{LoadedModel, ModelError, PreprocessOverrides, Preprocessing};
 use crate::onnx::{self, ModelProto};
 
@@ -143,13 +143,14 @@ pub struct SetupModel {
     pub inspection: Inspection,
 }
 
-/// Loads, inspects and compiles the model at `path` and applies `overrides`. A file that is
+/// Loads, inspects and compiles the model at `path` (the `preset`'s gradient graph) and applies
+/// `overrides`. A file that is
 /// not a usable classifier, one the compiler cannot differentiate (the operators without a
 /// rule named) or overrides that do not fit its input are [`SetupError::BadInput`].
-pub fn load(path: &Path, overrides: &PreprocessOverrides) -> Result<SetupModel, SetupError> {
+pub fn load(path: &Path, overrides: &PreprocessOverrides, preset: Preset) -> Result<SetupModel, SetupError> {
     let file = onnx::read(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
     let ins = inspect(&file.model).map_err(|e| bad(format!("{}: {e}", path.display())))?;
-    let opts = CompileOptions { input_size: overrides.size, ..Default::default() };
+    let opts = CompileOptions { input_size: overrides.size, ..CompileOptions::preset(preset) };
     let mut model = match LoadedModel::from_file(path, file, &opts) {
         Ok(m) => m,
         Err(e) => {

@@ -6,6 +6,8 @@
 //! * [`images`]: the labelled images (rows, labels checked against the model's classes);
 //! * [`check`]: what the classifier makes of them: accuracy, the likely preprocessing mistakes
 //!   tried side by side, warnings about training images or too few classes;
+//! * [`cost`]: what each feature preset's gradient graph costs on this machine against the
+//!   classifier's forward pass (a warning when the chosen one is over budget and another fits);
 //! * [`recipe`]: the project's calibration recipe (synthetic corruptions, the detector, its
 //!   threshold) on part of the images;
 //! * [`report`]: the rest measured, and `<model>.calib.toml`, `gradwatch.toml`, `report.md`
@@ -15,6 +17,7 @@
 //! fix are [`SetupError::BadInput`] (the CLI exits 2 on them).
 
 pub mod check;
+pub mod cost;
 pub mod images;
 pub mod inspect;
 pub mod recipe;

@@ -13,6 +13,7 @@ use super::SetupError;
 use crate::corrupt::{round_robin_corruptions, Corruption};
 use crate::detector::{roc, Calibration, DetectorKind};
 use crate::frame::RgbImage;
+use crate::grad::Preset;
 use crate::model::{top_class, LoadedModel};
 use crate::plot::{PlotSpec, Series};
 use crate::runtime::extract::{self, FeatureSet};
@@ -80,6 +81,8 @@ pub struct Report {
     pub per_type: String,
     /// The held-out ROC as SVG.
     pub roc_svg: Option<String>,
+    /// What each preset's gradient graph costs ([`super::cost::Cost::markdown`]).
+    pub cost: String,
 }
 
 fn pct(k: usize, n: usize) -> String {
@@ -224,6 +227,9 @@ impl Report {
             }
             md.push('\n');
         }
+        if !self.cost.is_empty() {
+            let _ = writeln!(md, "## Cost per frame\n\n{}", self.cost);
+        }
         let _ = writeln!(md, "## Calibration\n\n{}", self.calibration);
         if !self.per_type.is_empty() {
             let _ = writeln!(md, "## Per degradation type (held-out corrupted copies)\n\n{}", self.per_type);
@@ -283,7 +289,7 @@ impl Outputs {
 
     /// Writes `roc.svg` (when the report has one), `report.md` and `gradwatch.toml` (pointing
     /// at `model`, made absolute where it exists).
-    pub fn write(&self, report: &Report, markdown: &str, model: &Path) -> Result<(), SetupError> {
+    pub fn write(&self, report: &Report, markdown: &str, model: &Path, preset: Preset) -> Result<(), SetupError> {
         let dir = self.dir.display();
         if let Some(svg) = &report.roc_svg {
             std::fs::write(self.dir.join("roc.svg"), svg).map_err(SetupError::io(format!("writing {dir}")))?;
@@ -291,7 +297,7 @@ impl Outputs {
         std::fs::write(self.dir.join("report.md"), markdown)
             .map_err(SetupError::io(format!("writing report.md in {dir}")))?;
         let model_abs = std::fs::canonicalize(model).unwrap_or_else(|_| model.to_path_buf());
-        std::fs::write(self.dir.join("gradwatch.toml"), config_text(&model_abs, &self.calib_name(), &self.stem))
+        std::fs::write(self.dir.join("gradwatch.toml"), config_text(&model_abs, &self.calib_name(), &self.stem, preset))
             .map_err(SetupError::io(format!("writing gradwatch.toml in {dir}")))
     }
 }
@@ -321,7 +327,7 @@ pub fn shipped_alert_section() -> String {
 }
 
 /// A ready daemon config for the model: one stream to fill in, the shipped alert policy.
-pub fn config_text(model: &Path, calib_name: &str, stem: &str) -> String {
+pub fn config_text(model: &Path, calib_name: &str, stem: &str, preset: Preset) -> String {
     let q = |p: &str| p.replace('\\', "\\\\").replace('"', "\\\"");
     format!(
         r#"# gradwatch daemon configuration for {stem}, written by `gradwatch init`.
@@ -335,7 +341,7 @@ path = "{}"
 # Made by `gradwatch init` for exactly this model file (sha256-checked); it also holds the
 # preprocessing when it was overridden.
 calibration = "{}"
-preset = "full"
+preset = "{}"
 
 [runtime]
 providers = ["cpu"]
@@ -361,6 +367,7 @@ kind = "stdout"
 "#,
         q(&model.display().to_string()),
         q(calib_name),
+        preset.name(),
         shipped_alert_section().trim_end().to_string() + "\n"
     )
 }
@@ -376,10 +383,11 @@ mod tests {
         assert!(s.contains("policy = \"cusum\""), "{s}");
         assert!(!s.contains("[metrics]"), "{s}");
         assert!(s.lines().all(|l| !l.trim_start().starts_with("state_dir")), "{s}");
-        let text = config_text(Path::new("/m/my \"model\".onnx"), "m.calib.toml", "m");
+        let text = config_text(Path::new("/m/my \"model\".onnx"), "m.calib.toml", "m", Preset::Fast);
         let v: toml::Value = toml::from_str(&text).unwrap();
         assert_eq!(v["alert"]["policy"].as_str(), Some("cusum"));
         assert_eq!(v["model"]["path"].as_str(), Some("/m/my \"model\".onnx"));
         assert_eq!(v["stream"].as_array().map(Vec::len), Some(1));
+        assert_eq!(v["model"]["preset"].as_str(), Some("fast"));
     }
 }

@@ -1,0 +1,227 @@
+//! Step 3 of `gradwatch init`, before the calibration: what each feature preset's gradient graph
+//! costs on this machine, relative to the classifier's own forward pass at batch [`COST_BATCH`].
+//! The project's aim is at most [`COST_BUDGET`] times the forward pass; a model whose `full`
+//! graph costs more (depthwise and pooling-heavy edge CNNs: `docs/results/compiler-zoo.md`) is
+//! told that `fast` fits, before minutes of calibrating the slower one.
+
+use ndarray::{ArrayD, IxDyn};
+use std::fmt::Write as _;
+
+use super::SetupError;
+use crate::grad::{self, CompileOptions, Preset};
+use crate::model::LoadedModel;
+use crate::runtime::timing::{median, time_runs};
+use crate::runtime::{ModelSession, RuntimeOptions};
+
+/// The batch the costs are measured at (the project's cost target is stated at it).
+pub const COST_BATCH: usize = 16;
+/// Gradient graph / forward pass the project aims at.
+pub const COST_BUDGET: f64 = 6.0;
+
+/// How long [`measure`] times each graph.
+#[derive(Clone, Copy, Debug)]
+pub struct CostTiming {
+    /// Seconds of timed runs per graph and round (at least one run each).
+    pub seconds: f64,
+    /// Alternating rounds (forward, then each preset); the ratio is the median of the rounds'.
+    pub rounds: usize,
+}
+
+impl Default for CostTiming {
+    fn default() -> Self {
+        CostTiming { seconds: 0.3, rounds: 3 }
+    }
+}
+
+/// One preset's cost.
+#[derive(Clone, Debug)]
+pub struct PresetCost {
+    /// The preset.
+    pub preset: Preset,
+    /// Its features (gradient norms and statistics), or why its graph could not be built.
+    pub features: Result<usize, String>,
+    /// Gradient graph time / forward time per frame, median over rounds (NaN when not built).
+    pub ratio: f64,
+}
+
+/// What every preset costs, and the one `init` calibrates.
+#[derive(Clone, Debug)]
+pub struct Cost {
+    /// The forward pass, milliseconds per frame at [`COST_BATCH`] (median over rounds).
+    pub forward_ms: f64,
+    /// Each preset, in [`Preset`] order.
+    pub presets: Vec<PresetCost>,
+    /// The preset being calibrated.
+    pub chosen: Preset,
+}
+
+/// The presets `init` compares.
+const PRESETS: [Preset; 2] = [Preset::Full, Preset::Fast];
+
+/// Times the forward pass and each preset's gradient graph on a fixed batch of
+/// [`COST_BATCH`] frames, in alternating rounds. `model.compiled` is the `chosen` preset's graph;
+/// the others are compiled here with `input_size` (the size a symbolic-size model is set up for).
+pub fn measure(
+    model: &LoadedModel,
+    chosen: Preset,
+    input_size: Option<(usize, usize)>,
+    rt: &RuntimeOptions,
+    timing: CostTiming,
+) -> Result<Cost, SetupError> {
+    let forward = grad::forward_model(&model.model).map_err(|e| SetupError::Model(e.into()))?;
+    let mut fwd = ModelSession::new(&crate::onnx::encode(&forward), rt)?;
+    let mut graphs: Vec<Option<ModelSession>> = Vec::new();
+    let mut presets = Vec::new();
+    for p in PRESETS {
+        let compiled = if p == chosen {
+            Ok(model.compiled.clone())
+        } else {
+            let o = CompileOptions { input_size, tensorrt: rt.uses_tensorrt(), ..CompileOptions::preset(p) };
+            grad::compile(&model.model, &o).map_err(|e| e.to_string())
+        };
+        let features = compiled.as_ref().map(|c| c.features.len()).map_err(Clone::clone);
+        graphs.push(match compiled {
+            Ok(c) => Some(ModelSession::new(&crate::onnx::encode(&c.model), rt)?),
+            Err(_) => None,
+        });
+        presets.push(PresetCost { preset: p, features, ratio: f64::NAN });
+    }
+    let mut shape = vec![COST_BATCH];
+    shape.extend(&model.compiled.input_shape);
+    let n: usize = shape.iter().product();
+    // Any values will do for timing; a fixed pattern keeps runs comparable.
+    let x = ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect())
+        .map_err(|e| SetupError::BadInput(format!("the model's input shape {shape:?}: {e}")))?;
+    let name = model.compiled.input_name.as_str();
+    let (mut tf, mut ratios) = (Vec::new(), vec![Vec::new(); graphs.len()]);
+    for _ in 0..timing.rounds.max(1) {
+        let f = time_runs(&mut fwd, name, &x, timing.seconds, 1)?;
+        tf.push(f);
+        for (g, r) in graphs.iter_mut().zip(ratios.iter_mut()) {
+            if let Some(g) = g {
+                r.push(time_runs(g, name, &x, timing.seconds, 1)? / f);
+            }
+        }
+    }
+    for (p, r) in presets.iter_mut().zip(ratios) {
+        p.ratio = median(r);
+    }
+    Ok(Cost { forward_ms: median(tf), presets, chosen })
+}
+
+impl Cost {
+    /// The preset's cost, when its graph was built and timed.
+    pub fn ratio(&self, p: Preset) -> Option<f64> {
+        self.presets.iter().find(|c| c.preset == p).map(|c| c.ratio).filter(|r| r.is_finite())
+    }
+
+    /// One line for the terminal: every preset's cost.
+    pub fn summary(&self) -> String {
+        let each: Vec<String> = self
+            .presets
+            .iter()
+            .map(|c| match (&c.features, self.ratio(c.preset)) {
+                (Ok(f), Some(r)) => format!("{} {r:.1}x ({f} features)", c.preset.name()),
+                (Err(e), _) => format!("{} not built ({e})", c.preset.name()),
+                (Ok(_), None) => format!("{} not timed", c.preset.name()),
+            })
+            .collect();
+        format!(
+            "gradient graph cost on this machine, times the forward pass ({:.2} ms/frame) at batch {COST_BATCH}: {}",
+            self.forward_ms,
+            each.join(", ")
+        )
+    }
+
+    /// A warning when the chosen preset costs more than [`COST_BUDGET`] and another fits it.
+    pub fn advice(&self) -> Option<String> {
+        let mine = self.ratio(self.chosen)?;
+        if mine <= COST_BUDGET {
+            return None;
+        }
+        let other = self
+            .presets
+            .iter()
+            .filter(|c| c.preset != self.chosen)
+            .filter_map(|c| self.ratio(c.preset).map(|r| (c.preset, r)))
+            .filter(|&(_, r)| r <= COST_BUDGET)
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        let tail = match other {
+            Some((p, r)) => format!(
+                "`--preset {}` costs {r:.1}x (docs/guide/presets.md: what it keeps); rerun with it for a device \
+                 without headroom",
+                p.name()
+            ),
+            None => "no preset fits it on this machine".into(),
+        };
+        Some(format!(
+            "the `{}` gradient graph costs {mine:.1}x the classifier's forward pass here ({:.2} ms a frame), over the \
+             {COST_BUDGET}x gradwatch aims at; {tail}",
+            self.chosen.name(),
+            mine * self.forward_ms
+        ))
+    }
+
+    /// `report.md`'s cost section.
+    pub fn markdown(&self) -> String {
+        let mut md = format!(
+            "Gradient graph time / the classifier's forward time per frame, batch {COST_BATCH}, this machine \
+             (forward {:.2} ms/frame; the median of alternating rounds: expect +-30 % on a busy machine). gradwatch \
+             aims at {COST_BUDGET}x or less.\n\n| preset | features | cost | |\n|---|---:|---:|---|\n",
+            self.forward_ms
+        );
+        for c in &self.presets {
+            let mark = if c.preset == self.chosen { "calibrated" } else { "" };
+            let (f, r) = match (&c.features, self.ratio(c.preset)) {
+                (Ok(f), Some(r)) => (f.to_string(), format!("{r:.2}x")),
+                (Ok(f), None) => (f.to_string(), "-".into()),
+                (Err(e), _) => ("-".into(), format!("not built: {}", e.replace('|', "/"))),
+            };
+            let _ = writeln!(md, "| `{}` | {f} | {r} | {mark} |", c.preset.name());
+        }
+        md
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cost(full: f64, fast: f64, chosen: Preset) -> Cost {
+        Cost {
+            forward_ms: 0.5,
+            presets: vec![
+                PresetCost { preset: Preset::Full, features: Ok(62), ratio: full },
+                PresetCost { preset: Preset::Fast, features: Ok(25), ratio: fast },
+            ],
+            chosen,
+        }
+    }
+
+    #[test]
+    fn advice_only_when_over_budget_and_another_preset_fits() {
+        assert!(cost(5.9, 1.5, Preset::Full).advice().is_none());
+        let a = cost(11.2, 2.2, Preset::Full).advice().unwrap();
+        assert!(
+            a.contains("11.2x") && a.contains("(5.60 ms a frame)") && a.contains("`--preset fast` costs 2.2x"),
+            "{a}"
+        );
+        let none = cost(11.2, 7.0, Preset::Full).advice().unwrap();
+        assert!(none.contains("no preset fits"), "{none}");
+        // Chosen fast and over: full is no help.
+        assert!(cost(12.0, 6.5, Preset::Fast).advice().unwrap().contains("no preset fits"));
+        // A preset that could not be timed gives no advice either way.
+        assert!(cost(f64::NAN, 2.0, Preset::Full).advice().is_none());
+    }
+
+    #[test]
+    fn markdown_marks_the_calibrated_preset_and_unbuilt_ones() {
+        let mut c = cost(7.25, 1.5, Preset::Fast);
+        c.presets[0].features = Err("no | stage".into());
+        c.presets[0].ratio = f64::NAN;
+        let md = c.markdown();
+        assert!(md.contains("| `full` | - | not built: no / stage |  |"), "{md}");
+        assert!(md.contains("| `fast` | 25 | 1.50x | calibrated |"), "{md}");
+        assert!(c.summary().contains("full not built (no | stage), fast 1.5x (25 features)"), "{}", c.summary());
+    }
+}
