@@ -17,6 +17,8 @@ use crate::runtime::{ModelSession, RuntimeOptions};
 pub const COST_BATCH: usize = 16;
 /// Gradient graph / forward pass the project aims at.
 pub const COST_BUDGET: f64 = 6.0;
+/// A forward batch slower than this (ms) is timed in one round only.
+const ONE_ROUND_MS: f64 = 250.0;
 
 /// How long [`measure`] times each graph.
 #[derive(Clone, Copy, Debug)]
@@ -24,6 +26,7 @@ pub struct CostTiming {
     /// Seconds of timed runs per graph and round (at least one run each).
     pub seconds: f64,
     /// Alternating rounds (forward, then each preset); the ratio is the median of the rounds'.
+    /// One when a forward batch takes over 250 ms.
     pub rounds: usize,
 }
 
@@ -94,8 +97,16 @@ pub fn measure(
         .map_err(|e| SetupError::BadInput(format!("the model's input shape {shape:?}: {e}")))?;
     let name = model.compiled.input_name.as_str();
     let (mut tf, mut ratios) = (Vec::new(), vec![Vec::new(); graphs.len()]);
-    for _ in 0..timing.rounds.max(1) {
+    let mut rounds = timing.rounds.max(1);
+    let mut round = 0;
+    while round < rounds {
+        round += 1;
         let f = time_runs(&mut fwd, name, &x, timing.seconds, 1)?;
+        // A batch that takes this long is measured well by one round (a full-size model: the
+        // three rounds would add half a minute to init).
+        if f * COST_BATCH as f64 > ONE_ROUND_MS {
+            rounds = 1;
+        }
         tf.push(f);
         for (g, r) in graphs.iter_mut().zip(ratios.iter_mut()) {
             if let Some(g) = g {
