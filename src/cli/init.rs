@@ -125,13 +125,22 @@ fn init(a: &InitArgs) -> Result<(), SetupError> {
     }
 
     // 3. What each preset costs here, before minutes of calibrating the chosen one.
-    let cost = setup::cost::measure(model, a.preset, overrides.size, &rt, CostTiming::default())?;
-    eprintln!("{}", cost.summary());
-    if let Some(w) = cost.advice() {
-        eprintln!("warning: {w}");
-        report.warnings.push(w);
+    // Informational: a failure to time them is a warning, not a failed init.
+    match setup::cost::measure(model, a.preset, overrides.size, &rt, CostTiming::default()) {
+        Ok(cost) => {
+            eprintln!("{}", cost.summary());
+            if let Some(w) = cost.advice() {
+                eprintln!("warning: {w}");
+                report.warnings.push(w);
+            }
+            report.cost = cost.markdown();
+        }
+        Err(e) => {
+            let w = format!("the presets' cost could not be measured ({e}); `gradwatch bench --model` times them");
+            eprintln!("warning: {w}");
+            report.warnings.push(w);
+        }
     }
-    report.cost = cost.markdown();
 
     // 4. Calibrate on part of the images (calibrate's code path), keep the rest to measure.
     let total = images.images.len();

@@ -82,11 +82,16 @@ pub fn measure(
             let o = CompileOptions { input_size, tensorrt: rt.uses_tensorrt(), ..CompileOptions::preset(p) };
             grad::compile(&model.model, &o).map_err(|e| e.to_string())
         };
-        let features = compiled.as_ref().map(|c| c.features.len()).map_err(Clone::clone);
-        graphs.push(match compiled {
-            Ok(c) => Some(ModelSession::new(&crate::onnx::encode(&c.model), rt)?),
-            Err(_) => None,
+        // A preset ONNX Runtime cannot load is a row that says so, not a failed init.
+        let built = compiled.and_then(|c| {
+            let session = ModelSession::new(&crate::onnx::encode(&c.model), rt).map_err(|e| e.to_string())?;
+            Ok((c.features.len(), session))
         });
+        let (features, session) = match built {
+            Ok((f, s)) => (Ok(f), Some(s)),
+            Err(e) => (Err(e), None),
+        };
+        graphs.push(session);
         presets.push(PresetCost { preset: p, features, ratio: f64::NAN });
     }
     let mut shape = vec![COST_BATCH];
