@@ -164,6 +164,43 @@ fn conv_depthwise_plan() {
     }
 }
 
+/// Kernels wider than the maps they run on, where some taps read only padding (their weight
+/// gradient is zero, so the norms leave them out): a 5x5 depthwise Conv padded by 2 on a 2x2 map
+/// (9 of its 25 taps read the map), a 3x3 stride-2 Conv onto 1x1 (4 of 9), a 7x7 depthwise Conv
+/// padded by 3 on 1x1 (1 of 49) and an ungrouped 3x3 padded Conv on 1x1 (its centre only).
+fn case_conv_taps_on_padding_only() -> Case {
+    chain(33, |n, x| {
+        let stride2 = || vec![attr::ints("strides", &[2, 2]), attr::ints("pads", &[1, 1, 1, 1])];
+        let a = n.conv(x, 3, 3, 3, false, stride2()); // 6x6 -> 3x3
+        let b = n.conv(&a, 3, 3, 3, false, stride2()); // 3x3 -> 2x2
+        let c = n.conv(&b, 3, 3, 5, true, vec![attr::int("group", 3), attr::ints("pads", &[2, 2, 2, 2])]);
+        let cr = n.op("Relu", &[&c], vec![]);
+        let d = n.conv(&cr, 3, 4, 3, true, stride2()); // 2x2 -> 1x1
+        let e = n.conv(&d, 4, 4, 7, true, vec![attr::int("group", 4), attr::ints("pads", &[3, 3, 3, 3])]);
+        let f = n.conv(&e, 4, 4, 3, true, vec![attr::ints("pads", &[1, 1, 1, 1])]);
+        (f, 4)
+    })
+}
+
+#[test]
+fn conv_taps_on_padding_only() {
+    for norm in [ConvNorm::Auto, ConvNorm::Im2col, ConvNorm::Ghost, ConvNorm::PixelGram, ConvNorm::Depthwise] {
+        check_with(
+            &case_conv_taps_on_padding_only(),
+            &CompileOptions { conv_norm: norm, ..Default::default() },
+            &[1.0; CLASSES],
+        );
+    }
+    // The 7x7 depthwise Conv on its 1x1 map reads one window: its norm takes one patch, not 49.
+    let case = case_conv_taps_on_padding_only();
+    let opts = CompileOptions { conv_norm: ConvNorm::Depthwise, ..Default::default() };
+    let compiled = grad::compile(&case.net.model(&case.input, &case.out), &opts).unwrap();
+    let g = compiled.model.graph.as_ref().unwrap();
+    let slices = g.node.iter().filter(|n| n.op_type == "Slice").count();
+    // 9 windows of the 5x5 depthwise Conv and 1 of the 7x7 (the ungrouped Convs use no Slice).
+    assert_eq!(slices, 9 + 1, "{slices} Slices");
+}
+
 fn case_conv_auto_pad_same_upper_and_lower() -> Case {
     chain(4, |n, x| {
         let a = n.conv(x, 3, 3, 3, false, vec![attr::string("auto_pad", "SAME_UPPER"), attr::ints("strides", &[2, 2])]);
@@ -1416,6 +1453,7 @@ const FD_CASES: &[(&str, MakeCase)] = &[
     ("conv_depthwise_and_grouped", case_conv_depthwise_and_grouped),
     ("conv_auto_pad_same_upper_and_lower", case_conv_auto_pad_same_upper_and_lower),
     ("conv_depthwise_plan", case_conv_depthwise_plan),
+    ("conv_taps_on_padding_only", case_conv_taps_on_padding_only),
     ("conv_norm_formulations_agree", case_conv_norm_formulations_agree),
     ("batchnorm_relu_global_average_pool", case_batchnorm_relu_global_average_pool),
     ("residual_block_batchnorm_folds_into_convs", case_residual_block_batchnorm_folds_into_convs),

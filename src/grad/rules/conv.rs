@@ -1,6 +1,6 @@
 //! Convolution: `Conv` (2-D, grouped, strided, dilated, padded), with its weight-norm plans.
 
-use super::window::{col2im, conv_attrs, geom, one_hot_kernel, Geom};
+use super::window::{col2im, conv_attrs, geom, live_taps, one_hot_taps, Geom};
 use super::{act_input, Grads, Params, Rule};
 use crate::grad::{node_err, ConvNorm, Ctx, GradError, ParamKind};
 use crate::onnx::{attr, Attrs, NodeProto};
@@ -108,12 +108,11 @@ fn depthwise_norm(ctx: &mut Ctx, x: &str, dy: &str, g: &Geom, c: usize, gain: Op
     let xu = ctx.b.reshape_to(&xt, &[-1, 1, hp, wp, c as i64]);
     let (s, d) = (g.s.map(|v| v as i64), g.d.map(|v| v as i64));
     let span = [(g.out[0] as i64 - 1) * s[0] + 1, (g.out[1] as i64 - 1) * s[1] + 1];
-    let mut windows = Vec::with_capacity(g.k[0] * g.k[1]);
-    for a in 0..g.k[0] as i64 {
-        for b in 0..g.k[1] as i64 {
-            let st = [a * d[0], b * d[1]];
-            windows.push(ctx.b.slice_steps(&xu, &st, &[st[0] + span[0], st[1] + span[1]], &[2, 3], &s));
-        }
+    // Only the taps that read the map: the others' gradients are zero.
+    let mut windows = Vec::new();
+    for (a, b) in live_taps(g) {
+        let st = [a as i64 * d[0], b as i64 * d[1]];
+        windows.push(ctx.b.slice_steps(&xu, &st, &[st[0] + span[0], st[1] + span[1]], &[2, 3], &s));
     }
     let patches = if windows.len() == 1 {
         windows.remove(0)
@@ -239,7 +238,10 @@ fn weight_norm(
     let (kh, kw) = (g.k[0], g.k[1]);
     let (cin_g, cout_g) = (cin / group, cout / group);
     let l = g.out[0] * g.out[1];
-    let kg = cin_g * kh * kw;
+    // Patches of the taps that read the map only (the others are zero: small maps under wide
+    // padded kernels).
+    let taps = live_taps(g);
+    let kg = cin_g * taps.len();
     let pointwise = kh == 1 && kw == 1 && g.s == [1, 1] && g.pads == [0; 4];
     let patch_cost = if pointwise { 0 } else { PATCH_WEIGHT * kg * l };
     let im2col_cost = cout_g * kg * l + patch_cost;
@@ -277,8 +279,8 @@ fn weight_norm(
         let patches = if pointwise {
             x.to_string()
         } else {
-            let e = one_hot_kernel(cin, kh, kw);
-            let e = ctx.b.const_f32("im2col_kernel", &[cin * kh * kw, 1, kh, kw], &e);
+            let e = one_hot_taps(cin, kh, kw, &taps);
+            let e = ctx.b.const_f32("im2col_kernel", &[cin * taps.len(), 1, kh, kw], &e);
             ctx.b.op("Conv", &[x, &e], conv_attrs(g, cin, g.pads))
         };
         let pr = ctx.b.reshape_to(&patches, &[-1, group as i64, kg as i64, l as i64]);

@@ -83,17 +83,48 @@ pub(super) fn geom(n: &NodeProto, in_hw: [usize; 2], kernel: [usize; 2], ceil: b
     Ok(g)
 }
 
-/// Weights of the depthwise convolution that copies each window position to its own channel.
-pub(super) fn one_hot_kernel(channels: usize, kh: usize, kw: usize) -> Vec<f32> {
-    // [channels*kh*kw, 1, kh, kw]: output channel c*kk + a*kw + b copies input channel c at (a, b).
-    let kk = kh * kw;
-    let mut e = vec![0.0f32; channels * kk * kk];
+/// The kernel taps `(row, column)` whose windows read at least one input value, not only
+/// padding: a tap that reads only padding has a zero weight gradient, so a norm can skip it (a
+/// 5x5 kernel padded by 2 on a 2x2 map reads the map with 9 of its 25 taps; on a 1x1 map, 1).
+/// All taps when none reads the input (a Conv of padding alone).
+pub(super) fn live_taps(g: &Geom) -> Vec<(usize, usize)> {
+    let live = |axis: usize| -> Vec<usize> {
+        let (lo, hi) = (g.pads[axis], g.pads[axis] + g.inp[axis]);
+        (0..g.k[axis])
+            .filter(|&a| (0..g.out[axis]).any(|i| (lo..hi).contains(&(a * g.d[axis] + i * g.s[axis]))))
+            .collect()
+    };
+    let (rows, cols) = (live(0), live(1));
+    let taps: Vec<(usize, usize)> = rows.iter().flat_map(|&a| cols.iter().map(move |&b| (a, b))).collect();
+    if taps.is_empty() {
+        all_taps(g.k[0], g.k[1])
+    } else {
+        taps
+    }
+}
+
+/// Every tap of a `kh x kw` kernel, in row-major order.
+fn all_taps(kh: usize, kw: usize) -> Vec<(usize, usize)> {
+    (0..kh).flat_map(|a| (0..kw).map(move |b| (a, b))).collect()
+}
+
+/// Weights `[channels * taps, 1, kh, kw]` of the grouped convolution that copies each of `taps`
+/// to its own channel: output channel `c * taps.len() + t` is input channel `c` at `taps[t]`.
+pub(super) fn one_hot_taps(channels: usize, kh: usize, kw: usize, taps: &[(usize, usize)]) -> Vec<f32> {
+    let t = taps.len();
+    let mut e = vec![0.0f32; channels * t * kh * kw];
     for c in 0..channels {
-        for r in 0..kk {
-            e[(c * kk + r) * kk + r] = 1.0;
+        for (i, &(a, b)) in taps.iter().enumerate() {
+            e[((c * t + i) * kh + a) * kw + b] = 1.0;
         }
     }
     e
+}
+
+/// Weights of the depthwise convolution that copies each window position to its own channel
+/// ([`one_hot_taps`] with every tap, in row-major order).
+pub(super) fn one_hot_kernel(channels: usize, kh: usize, kw: usize) -> Vec<f32> {
+    one_hot_taps(channels, kh, kw, &all_taps(kh, kw))
 }
 
 /// Scatters per-window values back to the input grid (the adjoint of a strided window read).
