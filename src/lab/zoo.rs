@@ -134,7 +134,11 @@ pub fn report(dir: &Path, t: &Timing, opts: &RuntimeOptions, out: &mut dyn Write
                 Err(e) => {
                     failed += 1;
                     let blank = " |".repeat(t.presets.len());
-                    writeln!(out, "| {arch} | {form} | refused: {} | | |{blank}", format!("{e:#}").replace('|', "/"))?;
+                    writeln!(
+                        out,
+                        "| {arch} | {form} | refused: {} | | | |{blank}",
+                        format!("{e:#}").replace('|', "/")
+                    )?;
                     continue;
                 }
             };
