@@ -157,6 +157,7 @@ fn a_gray_fixed_batch_softmax_model_needs_no_flags() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("input 'image' [1,1,32,32]: NCHW 32x32 (batch fixed at 1"), "{err}");
     assert!(err.contains("NCHW 32x32 GRAY"), "{err}");
+    assert!(err.contains("gradient graph cost on this machine"), "a batch of 16 through the fixed-batch file:\n{err}");
     let acc: f64 = err
         .split("accuracy ")
         .nth(1)
@@ -219,6 +220,7 @@ fn a_half_precision_model_is_set_up_as_float32() {
     let (code, err) = init_variant(&half, &out, &USER_FLAGS);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("precision: half (float16/bfloat16), read as float32"), "{err}");
+    assert!(err.contains("gradient graph cost on this machine"), "the presets timed as float32 too:\n{err}");
     assert!(err.contains("accuracy 9"), "{err}");
     assert!(out.join("user-half.calib.toml").exists());
 }
@@ -252,6 +254,7 @@ fn a_byte_input_model_with_its_normalisation_inside_needs_no_flags() {
     let (code, _, err) = Daemon::run(&[&args[..], &flags].concat());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("input type: 8-bit pixels"), "{err}");
+    assert!(err.contains("gradient graph cost on this machine"), "the presets timed on 8-bit input too:\n{err}");
     assert!(err.contains("pixel*1 then"), "{err}");
     // The same accuracy as the float model given its preprocessing on the command line.
     let accuracy = |err: &str| err.lines().find(|l| l.contains("accuracy")).map(str::to_string);
@@ -283,6 +286,7 @@ fn a_model_of_symbolic_size_runs_at_the_size_init_was_given() {
 
     let (code, err) = init_variant(&path, &out, &[&USER_FLAGS[..], &["--size", "32x32"]].concat());
     assert_eq!(code, 0, "{err}");
+    assert!(err.contains("gradient graph cost on this machine"), "both presets compiled at 32x32:\n{err}");
     let accuracy = |err: &str| err.lines().find(|l| l.contains("accuracy")).map(str::to_string);
     let (code, want) = init_variant(&fixture("user-cnn.onnx"), &dir.path().join("fixed"), &USER_FLAGS);
     assert_eq!(code, 0, "{want}");
