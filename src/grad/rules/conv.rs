@@ -95,7 +95,8 @@ fn pixel_gram_norm(ctx: &mut Ctx, x: &str, dy: &str, g: &Geom, cin: usize, cout:
 /// `||dW||^2` of a depthwise Conv (one input and one output channel per group): the per-sample
 /// gradient is `C x k x k` values, `dW[c, a, b] = sum_p x_pad[c, p*s + (a,b)*d] * delta[c, p]`.
 /// Computed channels-last, so every op runs over whole rows of `C` values: the `k*k` strided
-/// windows of the padded input (Slice), concatenated `[N, k*k, Ho, Wo, C]`, times `delta`,
+/// windows of the padded input (Slice; only those that read the map, [`live_taps`]),
+/// concatenated `[N, taps, Ho, Wo, C]`, times `delta`,
 /// summed over the window. ONNX Runtime's grouped Conv and batched MatMul (the im2col plan) pay
 /// a fixed cost per sample and channel, which dominates on small feature maps.
 fn depthwise_norm(ctx: &mut Ctx, x: &str, dy: &str, g: &Geom, c: usize, gain: Option<&[f32]>) -> String {
