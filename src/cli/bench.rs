@@ -5,12 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use ndarray::{ArrayD, IxDyn};
 
 use crate::grad::{self, CompileOptions, ParamSelection, Preset};
 use crate::lab::zoo;
 use crate::onnx;
-use crate::runtime::timing::{median, time_per_frame};
+use crate::runtime::timing::{alternate, pattern_batch, Rounds};
 use crate::runtime::{ModelSession, Provider, RuntimeOptions, TensorRtOptions};
 
 /// Arguments of `gradwatch bench`.
@@ -133,25 +132,15 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     println!();
     println!("| batch | graph | features | forward ms/frame | graph ms/frame | ratio |");
     println!("|---|---|---|---|---|---|");
+    let plan = Rounds { rounds: a.rounds, seconds: a.seconds, min_runs: 3, one_round_over_ms: f64::INFINITY };
     for &b in &a.batch {
-        let mut shape = vec![b];
-        shape.extend(&input_shape);
-        let n: usize = shape.iter().product();
-        let x =
-            ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect())?;
-        let mut tf = Vec::new();
-        let mut tg: Vec<Vec<f64>> = vec![Vec::new(); graphs.len()];
-        for _ in 0..a.rounds.max(1) {
-            tf.push(time_per_frame(&mut fwd, &input_name, &x, a.seconds)?);
-            for (g, t) in graphs.iter_mut().zip(tg.iter_mut()) {
-                t.push(time_per_frame(&mut g.session, &input_name, &x, a.seconds)?);
-            }
-        }
-        // Each graph's ratio is the median of its per-round ratios to that round's forward.
-        let f = median(tf.clone());
-        for (g, t) in graphs.iter().zip(tg) {
-            let ratio = median(t.iter().zip(&tf).map(|(g, f)| g / f).collect());
-            println!("| {b} | {} | {} | {f:.2} | {:.2} | {ratio:.2}x |", g.label, g.features, median(t));
+        let x = pattern_batch(b, &input_shape);
+        let mut sessions: Vec<&mut ModelSession> = graphs.iter_mut().map(|g| &mut g.session).collect();
+        let timed = alternate(&mut fwd, &mut sessions, &input_name, &x, plan)?;
+        let f = timed.forward_ms();
+        for (i, g) in graphs.iter().enumerate() {
+            let (ms, ratio) = (timed.graph_ms(i), timed.ratio(i));
+            println!("| {b} | {} | {} | {f:.2} | {ms:.2} | {ratio:.2}x |", g.label, g.features);
         }
     }
     Ok(0)

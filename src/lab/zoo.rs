@@ -11,7 +11,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use crate::grad::{self, CompileOptions, Preset};
 use crate::onnx;
-use crate::runtime::timing::{median, time_per_frame};
+use crate::runtime::timing::{alternate, median, pattern_batch, Rounds};
 use crate::runtime::{ModelSession, RuntimeOptions};
 
 /// The export forms of the zoo (`scripts/make-zoo.py`): every architecture has the first two;
@@ -187,19 +187,11 @@ fn time_fixture(path: &Path, check: &ZooCheck, t: &Timing, opts: &RuntimeOptions
             }
         }
     }
-    let mut shape = vec![t.batch];
-    shape.extend(&check.compiled.input_shape);
-    let n: usize = shape.iter().product();
-    let x = ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect())?;
-    let name = &check.compiled.input_name;
-    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); graphs.len()];
-    for _ in 0..t.rounds.max(1) {
-        let f = time_per_frame(&mut fwd, name, &x, t.seconds)?;
-        for (g, r) in graphs.iter_mut().zip(ratios.iter_mut()) {
-            if let Some(g) = g {
-                r.push(time_per_frame(g, name, &x, t.seconds)? / f);
-            }
-        }
-    }
-    Ok(cells.into_iter().zip(ratios).map(|(c, r)| c.unwrap_or_else(|| format!("{:.2}x", median(r)))).collect())
+    let x = pattern_batch(t.batch, &check.compiled.input_shape);
+    let mut sessions: Vec<&mut ModelSession> = graphs.iter_mut().flatten().collect();
+    let plan = Rounds { rounds: t.rounds, seconds: t.seconds, min_runs: 3, one_round_over_ms: f64::INFINITY };
+    let timed = alternate(&mut fwd, &mut sessions, &check.compiled.input_name, &x, plan)?;
+    let mut ratios = (0..timed.graphs.len()).map(|i| timed.ratio(i));
+    // The built graphs were timed in order; an unbuilt one keeps its reason.
+    Ok(cells.into_iter().map(|c| c.unwrap_or_else(|| format!("{:.2}x", ratios.next().unwrap_or(f64::NAN)))).collect())
 }

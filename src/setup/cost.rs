@@ -4,13 +4,12 @@
 //! graph costs more (depthwise and pooling-heavy edge CNNs: `docs/results/compiler-zoo.md`) is
 //! told that `fast` fits, before minutes of calibrating the slower one.
 
-use ndarray::{ArrayD, IxDyn};
 use std::fmt::Write as _;
 
 use super::SetupError;
 use crate::grad::{self, CompileOptions, Preset};
 use crate::model::LoadedModel;
-use crate::runtime::timing::{median, time_runs};
+use crate::runtime::timing::{alternate, pattern_batch, Rounds};
 use crate::runtime::{ModelSession, RuntimeOptions};
 
 /// The batch the costs are measured at (the project's cost target is stated at it).
@@ -94,35 +93,16 @@ pub fn measure(
         graphs.push(session);
         presets.push(PresetCost { preset: p, features, ratio: f64::NAN });
     }
-    let mut shape = vec![COST_BATCH];
-    shape.extend(&model.compiled.input_shape);
-    let n: usize = shape.iter().product();
-    // Any values will do for timing; a fixed pattern keeps runs comparable.
-    let x = ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect())
-        .map_err(|e| SetupError::BadInput(format!("the model's input shape {shape:?}: {e}")))?;
-    let name = model.compiled.input_name.as_str();
-    let (mut tf, mut ratios) = (Vec::new(), vec![Vec::new(); graphs.len()]);
-    let mut rounds = timing.rounds.max(1);
-    let mut round = 0;
-    while round < rounds {
-        round += 1;
-        let f = time_runs(&mut fwd, name, &x, timing.seconds, 1)?;
-        // A batch that takes this long is measured well by one round (a full-size model: the
-        // three rounds would add half a minute to init).
-        if f * COST_BATCH as f64 > ONE_ROUND_MS {
-            rounds = 1;
-        }
-        tf.push(f);
-        for (g, r) in graphs.iter_mut().zip(ratios.iter_mut()) {
-            if let Some(g) = g {
-                r.push(time_runs(g, name, &x, timing.seconds, 1)? / f);
-            }
-        }
+    let x = pattern_batch(COST_BATCH, &model.compiled.input_shape);
+    let mut sessions: Vec<&mut ModelSession> = graphs.iter_mut().flatten().collect();
+    let plan = Rounds { rounds: timing.rounds, seconds: timing.seconds, min_runs: 1, one_round_over_ms: ONE_ROUND_MS };
+    let timed = alternate(&mut fwd, &mut sessions, &model.compiled.input_name, &x, plan)?;
+    // The built graphs were timed in order.
+    let mut ratios = (0..timed.graphs.len()).map(|i| timed.ratio(i));
+    for p in presets.iter_mut().filter(|p| p.features.is_ok()) {
+        p.ratio = ratios.next().unwrap_or(f64::NAN);
     }
-    for (p, r) in presets.iter_mut().zip(ratios) {
-        p.ratio = median(r);
-    }
-    Ok(Cost { forward_ms: median(tf), presets, chosen })
+    Ok(Cost { forward_ms: timed.forward_ms(), presets, chosen })
 }
 
 impl Cost {
