@@ -24,6 +24,8 @@ pub const ZOO_FORMS: [&str; 5] = ["bn", "default", "static", "opset11", "default
 pub struct ZooCheck {
     /// The compiled graph.
     pub compiled: grad::Compiled,
+    /// The fixture as read (the report times its forward pass and other presets).
+    pub model: onnx::ModelProto,
     /// Golden feature names (ONNX initializers) that the compiler did not produce.
     pub missing: Vec<String>,
     /// Compiled features with no golden.
@@ -96,7 +98,7 @@ pub fn check_zoo_fixture(dir: &Path, arch: &str, form: &str, opts: &RuntimeOptio
     let scale = want_logits.iter().fold(1.0f64, |a, v| a.max(v.abs()));
     let logit_err =
         got.logits.iter().zip(want_logits.iter()).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max) / scale;
-    Ok(ZooCheck { compiled, missing, extra, rel_errors, worst, logit_err })
+    Ok(ZooCheck { compiled, model, missing, extra, rel_errors, worst, logit_err })
 }
 
 /// How [`report`] times each fixture.
@@ -142,7 +144,7 @@ pub fn report(dir: &Path, t: &Timing, opts: &RuntimeOptions, out: &mut dyn Write
                     continue;
                 }
             };
-            let ratios = time_fixture(&path, &check, t, opts)?;
+            let ratios = time_fixture(&check, t, opts)?;
             let note = if check.missing.is_empty() && check.extra.is_empty() {
                 String::new()
             } else {
@@ -165,20 +167,20 @@ pub fn report(dir: &Path, t: &Timing, opts: &RuntimeOptions, out: &mut dyn Write
 /// One cell per preset: the median over rounds of the graph's time per frame over the forward
 /// pass's in the same round (`full` is the graph [`check_zoo_fixture`] compiled), or why that
 /// preset's graph could not be built.
-fn time_fixture(path: &Path, check: &ZooCheck, t: &Timing, opts: &RuntimeOptions) -> Result<Vec<String>> {
-    let model = onnx::load(path)?;
-    let mut fwd = ModelSession::new(&onnx::encode(&grad::forward_model(&model)?), opts)?;
+fn time_fixture(check: &ZooCheck, t: &Timing, opts: &RuntimeOptions) -> Result<Vec<String>> {
+    let mut fwd = ModelSession::new(&onnx::encode(&grad::forward_model(&check.model)?), opts)?;
     let mut graphs: Vec<Option<ModelSession>> = Vec::new();
     let mut cells: Vec<Option<String>> = Vec::new();
     for &p in &t.presets {
-        let compiled = if p == Preset::Full {
-            Ok(check.compiled.clone())
+        let encoded = if p == Preset::Full {
+            Ok(onnx::encode(&check.compiled.model))
         } else {
-            grad::compile(&model, &CompileOptions { tensorrt: opts.uses_tensorrt(), ..CompileOptions::preset(p) })
+            let o = CompileOptions { tensorrt: opts.uses_tensorrt(), ..CompileOptions::preset(p) };
+            grad::compile(&check.model, &o).map(|c| onnx::encode(&c.model))
         };
-        match compiled {
-            Ok(c) => {
-                graphs.push(Some(ModelSession::new(&onnx::encode(&c.model), opts)?));
+        match encoded {
+            Ok(bytes) => {
+                graphs.push(Some(ModelSession::new(&bytes, opts)?));
                 cells.push(None);
             }
             Err(e) => {

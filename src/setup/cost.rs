@@ -75,17 +75,17 @@ pub fn measure(
     let mut graphs: Vec<Option<ModelSession>> = Vec::new();
     let mut presets = Vec::new();
     for p in PRESETS {
+        // (features, the graph encoded)
         let compiled = if p == chosen {
-            Ok(model.compiled.clone())
+            Ok((model.compiled.features.len(), crate::onnx::encode(&model.compiled.model)))
         } else {
             let o = CompileOptions { input_size, tensorrt: rt.uses_tensorrt(), ..CompileOptions::preset(p) };
-            grad::compile(&model.model, &o).map_err(|e| e.to_string())
+            grad::compile(&model.model, &o)
+                .map(|c| (c.features.len(), crate::onnx::encode(&c.model)))
+                .map_err(|e| e.to_string())
         };
         // A preset ONNX Runtime cannot load is a row that says so, not a failed init.
-        let built = compiled.and_then(|c| {
-            let session = ModelSession::new(&crate::onnx::encode(&c.model), rt).map_err(|e| e.to_string())?;
-            Ok((c.features.len(), session))
-        });
+        let built = compiled.and_then(|(f, bytes)| Ok((f, ModelSession::new(&bytes, rt).map_err(|e| e.to_string())?)));
         let (features, session) = match built {
             Ok((f, s)) => (Ok(f), Some(s)),
             Err(e) => (Err(e), None),
