@@ -535,6 +535,14 @@ impl LoadedModel {
 }
 
 impl LoadedModel {
+    /// Compiles the gradient graph again with other options (another preset, as `init
+    /// --preset auto` chooses after timing them). The preprocessing already set stays: it
+    /// reads only the input shape and class count, which no option changes.
+    pub fn recompile(&mut self, opts: &CompileOptions) -> Result<(), ModelError> {
+        self.compiled = grad::compile(&self.model, opts)?;
+        Ok(())
+    }
+
     /// Uses the preprocessing a calibration stored (`[model.preprocessing]`), if any, instead
     /// of the model's metadata; an error when it does not fit the model's input.
     pub fn use_preprocessing(&mut self, p: Option<&Preprocessing>) -> Result<(), ModelError> {

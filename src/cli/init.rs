@@ -18,10 +18,10 @@ use super::common::{run_options, runtime, PreprocessArgs, RecipeArgs};
 use super::EXIT_CONFIG;
 use crate::detector::Calibration;
 use crate::frame::RgbImage;
-use crate::grad::{Loss, Preset};
-use crate::runtime::GradSession;
+use crate::grad::{CompileOptions, Loss, Preset};
+use crate::runtime::{GradSession, RuntimeOptions};
 use crate::setup::check::{Forward, ImageCheck, PreprocessCheck};
-use crate::setup::cost::CostTiming;
+use crate::setup::cost::{CostTiming, PresetChoice};
 use crate::setup::report::{measure_held_out, Outputs, Report};
 use crate::setup::{self, fit_recipe, FitInputs, SetupError};
 
@@ -57,12 +57,13 @@ pub struct InitArgs {
     /// ONNX Runtime intra-op threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// Feature preset to calibrate: full (the paper's features, every layer) or fast (the last
-    /// stage and the head: docs/guide/presets.md). init times both on this machine first and
-    /// warns when the chosen one costs over 6x the classifier's forward pass and the other does
-    /// not; the daemon's `[model] preset` in the written gradwatch.toml is this one.
-    #[arg(long, default_value = "full")]
-    pub preset: Preset,
+    /// Feature preset to calibrate: full (the paper's features, every layer), fast (the last
+    /// stage and the head: docs/guide/presets.md) or auto: init times both on this machine first
+    /// and auto takes full when its gradient graph costs at most 6x the classifier's forward
+    /// pass, else fast. A named preset is kept, with a warning when it is over 6x and the other
+    /// is not. The daemon's `[model] preset` in the written gradwatch.toml is the one calibrated.
+    #[arg(long, default_value = "auto")]
+    pub preset: PresetChoice,
     #[command(flatten)]
     pub recipe: RecipeArgs,
     #[command(flatten)]
@@ -84,7 +85,7 @@ pub fn run(a: InitArgs) -> Result<i32> {
 fn init(a: &InitArgs) -> Result<(), SetupError> {
     // 1. What the file is.
     let overrides = a.preprocess.overrides();
-    let setup = setup::inspect::load(&a.model, &overrides, a.preset)?;
+    let mut setup = setup::inspect::load(&a.model, &overrides, a.preset.first())?;
     for line in setup.summary(&a.model) {
         eprintln!("{line}");
     }
@@ -125,22 +126,8 @@ fn init(a: &InitArgs) -> Result<(), SetupError> {
     }
 
     // 3. What each preset costs here, before minutes of calibrating the chosen one.
-    // Informational: a failure to time them is a warning, not a failed init.
-    match setup::cost::measure(model, a.preset, overrides.size, &rt, CostTiming::default()) {
-        Ok(cost) => {
-            eprintln!("{}", cost.summary());
-            if let Some(w) = cost.advice() {
-                eprintln!("warning: {w}");
-                report.warnings.push(w);
-            }
-            report.cost = cost.markdown();
-        }
-        Err(e) => {
-            let w = format!("the presets' cost could not be measured ({e}); `gradwatch bench --model` times them");
-            eprintln!("warning: {w}");
-            report.warnings.push(w);
-        }
-    }
+    let preset = choose_preset(a, &mut setup, &rt, &mut report)?;
+    let model = &setup.model;
 
     // 4. Calibrate on part of the images (calibrate's code path), keep the rest to measure.
     let total = images.images.len();
@@ -171,9 +158,48 @@ fn init(a: &InitArgs) -> Result<(), SetupError> {
     // 5. Measure on the held-out images, write the report and the daemon config.
     let held = measure_held_out(&mut session, model, &plan, &run, &split.hold_images)?;
     report.fill(&setup, &plan, &calib, held.as_ref(), split.hold_labels.as_deref());
-    out.write(&report, &report.markdown(&run.command, &a.model, model, &out.calib_name()), &a.model, a.preset)?;
+    out.write(&report, &report.markdown(&run.command, &a.model, model, &out.calib_name()), &a.model, preset)?;
     print_written(a, &out.calib_name(), &calib, report.headline.as_deref());
     Ok(())
+}
+
+/// Times every preset and settles `--preset` (a failure to time them is a warning, not a failed
+/// init: `auto` then keeps `full`); compiles the chosen preset when it is not the one loaded.
+fn choose_preset(
+    a: &InitArgs,
+    setup: &mut setup::inspect::SetupModel,
+    rt: &RuntimeOptions,
+    report: &mut Report,
+) -> Result<Preset, SetupError> {
+    let loaded = a.preset.first();
+    let size = a.preprocess.overrides().size;
+    let chosen = match setup::cost::measure(&setup.model, loaded, size, rt, CostTiming::default()) {
+        Ok(mut cost) => {
+            cost.chosen = a.preset.resolve(Some(&cost));
+            eprintln!("{}", cost.summary());
+            report.cost = cost.markdown();
+            if let Some(note) = cost.auto_note() {
+                eprintln!("{note}");
+                report.cost.push_str(&format!("\n{note}.\n"));
+            }
+            if let Some(w) = cost.advice() {
+                eprintln!("warning: {w}");
+                report.warnings.push(w);
+            }
+            cost.chosen
+        }
+        Err(e) => {
+            let w = format!("the presets' cost could not be measured ({e}); `gradwatch bench --model` times them");
+            eprintln!("warning: {w}");
+            report.warnings.push(w);
+            a.preset.resolve(None)
+        }
+    };
+    if chosen != loaded {
+        let opts = CompileOptions { input_size: size, ..CompileOptions::preset(chosen) };
+        setup.model.recompile(&opts)?;
+    }
+    Ok(chosen)
 }
 
 /// What [`init`] wrote, its headline number, and the next two commands.

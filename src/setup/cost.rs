@@ -1,8 +1,10 @@
 //! Step 3 of `gradwatch init`, before the calibration: what each feature preset's gradient graph
 //! costs on this machine, relative to the classifier's own forward pass at batch [`COST_BATCH`].
-//! The project's aim is at most [`COST_BUDGET`] times the forward pass; a model whose `full`
-//! graph costs more (depthwise and pooling-heavy edge CNNs: `docs/results/compiler-zoo.md`) is
-//! told that `fast` fits, before minutes of calibrating the slower one.
+//! The project's aim is at most [`COST_BUDGET`] times the forward pass. With `--preset auto`
+//! (the default) `init` calibrates the first preset, in [`Preset::ALL`] order, that fits it on
+//! this machine ([`PresetChoice::resolve`]): `full` where it fits, `fast` for the depthwise and
+//! pooling-heavy edge CNNs whose `full` graph costs more (`docs/results/compiler-zoo.md`). A
+//! preset named on the command line is kept, with a warning when it is over and another fits.
 
 use std::fmt::Write as _;
 
@@ -18,6 +20,57 @@ pub const COST_BATCH: usize = 16;
 pub const COST_BUDGET: f64 = 6.0;
 /// A forward batch slower than this (ms) is timed in one round only.
 const ONE_ROUND_MS: f64 = 250.0;
+
+/// What `--preset` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PresetChoice {
+    /// The first preset, in [`Preset::ALL`] order (most features first), whose gradient graph
+    /// costs at most [`COST_BUDGET`] times the forward pass here; the cheapest when none does,
+    /// `full` when none could be timed.
+    Auto,
+    /// This preset, whatever it costs.
+    Only(Preset),
+}
+
+impl std::str::FromStr for PresetChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(PresetChoice::Auto),
+            _ => s
+                .parse()
+                .map(PresetChoice::Only)
+                .map_err(|_| format!("unknown preset '{s}' (expected auto, full or fast)")),
+        }
+    }
+}
+
+impl PresetChoice {
+    /// The preset to compile before the costs are known (the one `auto` prefers).
+    pub fn first(self) -> Preset {
+        match self {
+            PresetChoice::Auto => Preset::ALL[0],
+            PresetChoice::Only(p) => p,
+        }
+    }
+
+    /// The preset to calibrate, given what each costs (`None` when timing failed).
+    pub fn resolve(self, cost: Option<&Cost>) -> Preset {
+        let (PresetChoice::Auto, Some(cost)) = (self, cost) else { return self.first() };
+        auto_pick(cost.presets.iter().map(|c| (c.preset, c.ratio))).unwrap_or(self.first())
+    }
+}
+
+/// `auto`'s rule over (preset, gradient graph / forward) pairs in [`Preset::ALL`] order: the
+/// first at most [`COST_BUDGET`], else the cheapest; `None` when none was timed (NaN).
+pub fn auto_pick(ratios: impl IntoIterator<Item = (Preset, f64)>) -> Option<Preset> {
+    let timed: Vec<(Preset, f64)> = ratios.into_iter().filter(|(_, r)| r.is_finite()).collect();
+    timed
+        .iter()
+        .find(|&&(_, r)| r <= COST_BUDGET)
+        .or_else(|| timed.iter().min_by(|a, b| a.1.total_cmp(&b.1)))
+        .map(|&(p, _)| p)
+}
 
 /// How long [`measure`] times each graph.
 #[derive(Clone, Copy, Debug)]
@@ -51,14 +104,12 @@ pub struct PresetCost {
 pub struct Cost {
     /// The forward pass, milliseconds per frame at [`COST_BATCH`] (median over rounds).
     pub forward_ms: f64,
-    /// Each preset, in [`Preset`] order.
+    /// Each preset, in [`Preset::ALL`] order.
     pub presets: Vec<PresetCost>,
-    /// The preset being calibrated.
+    /// The preset being calibrated: [`measure`] sets the one it was given compiled, `init`
+    /// the one [`PresetChoice::resolve`] picks.
     pub chosen: Preset,
 }
-
-/// The presets `init` compares.
-const PRESETS: [Preset; 2] = [Preset::Full, Preset::Fast];
 
 /// Times the forward pass and each preset's gradient graph on a fixed batch of
 /// [`COST_BATCH`] frames, in alternating rounds. `model.compiled` is the `chosen` preset's graph;
@@ -74,7 +125,7 @@ pub fn measure(
     let mut fwd = ModelSession::new(&crate::onnx::encode(&forward), rt)?;
     let mut graphs: Vec<Option<ModelSession>> = Vec::new();
     let mut presets = Vec::new();
-    for p in PRESETS {
+    for p in Preset::ALL {
         // (features, the graph encoded)
         let compiled = if p == chosen {
             Ok((model.compiled.features.len(), crate::onnx::encode(&model.compiled.model)))
@@ -127,6 +178,25 @@ impl Cost {
             self.forward_ms,
             each.join(", ")
         )
+    }
+
+    /// Why `auto` did not take the preset it prefers, when it did not.
+    pub fn auto_note(&self) -> Option<String> {
+        let first = PresetChoice::Auto.first();
+        if self.chosen == first {
+            return None;
+        }
+        let over = match self.ratio(first) {
+            Some(r) => format!("costs {r:.1}x the forward pass here, over the {COST_BUDGET}x gradwatch aims at"),
+            None => "could not be timed here".into(),
+        };
+        Some(format!(
+            "calibrating the `{}` preset (--preset auto): `{}` {over}; `--preset {}` calibrates it anyway \
+             (docs/guide/presets.md: what each keeps)",
+            self.chosen.name(),
+            first.name(),
+            first.name()
+        ))
     }
 
     /// A warning when the chosen preset costs more than [`COST_BUDGET`] and another fits it.
@@ -208,6 +278,34 @@ mod tests {
         assert!(cost(12.0, 6.5, Preset::Fast).advice().unwrap().contains("no preset fits"));
         // A preset that could not be timed gives no advice either way.
         assert!(cost(f64::NAN, 2.0, Preset::Full).advice().is_none());
+    }
+
+    #[test]
+    fn auto_takes_full_where_it_fits_else_the_first_that_does_else_the_cheapest() {
+        let auto = PresetChoice::Auto;
+        assert_eq!(auto.resolve(Some(&cost(6.0, 1.5, Preset::Full))), Preset::Full);
+        assert_eq!(auto.resolve(Some(&cost(6.1, 1.5, Preset::Full))), Preset::Fast);
+        assert_eq!(auto.resolve(Some(&cost(9.0, 7.0, Preset::Full))), Preset::Fast, "none fits: the cheapest");
+        assert_eq!(auto.resolve(Some(&cost(f64::NAN, 2.0, Preset::Full))), Preset::Fast, "full untimed");
+        assert_eq!(auto.resolve(Some(&cost(f64::NAN, f64::NAN, Preset::Full))), Preset::Full);
+        assert_eq!(auto.resolve(None), Preset::Full, "no timing: the paper's features");
+        // A preset named on the command line is kept whatever it costs.
+        let full = PresetChoice::Only(Preset::Full);
+        assert_eq!(full.resolve(Some(&cost(11.0, 1.5, Preset::Full))), Preset::Full);
+        assert_eq!("auto".parse::<PresetChoice>(), Ok(auto));
+        assert_eq!("fast".parse::<PresetChoice>(), Ok(PresetChoice::Only(Preset::Fast)));
+        assert!("quick".parse::<PresetChoice>().unwrap_err().contains("auto, full or fast"));
+    }
+
+    #[test]
+    fn auto_says_why_it_left_full() {
+        assert!(cost(5.0, 1.5, Preset::Full).auto_note().is_none());
+        let note = cost(11.25, 1.5, Preset::Fast).auto_note().unwrap();
+        assert!(
+            note.contains("`fast` preset") && note.contains("`full` costs 11.2x") && note.contains("--preset full"),
+            "{note}"
+        );
+        assert!(cost(f64::NAN, 1.5, Preset::Fast).auto_note().unwrap().contains("could not be timed"));
     }
 
     #[test]
