@@ -13,6 +13,7 @@ use crate::grad::{self, CompileOptions, Preset};
 use crate::onnx;
 use crate::runtime::timing::{alternate, median, pattern_batch, Rounds};
 use crate::runtime::{ModelSession, RuntimeOptions};
+use crate::setup::cost::{auto_pick, COST_BUDGET};
 
 /// The export forms of the zoo (`scripts/make-zoo.py`): every architecture has the first two;
 /// a subset also has the fixed-batch (`static`), opset-11 and plain `torch.onnx.export(model,
@@ -114,17 +115,26 @@ pub struct Timing {
     pub presets: Vec<Preset>,
 }
 
-/// Writes the report table to `out`, one row per architecture and export form; returns 1 when a
-/// fixture is refused (its row says why), else 0.
+/// Writes the report table to `out`, one row per architecture and export form, then how many
+/// fixtures each preset (and `init --preset auto`'s pick, when both are timed) keeps at or
+/// under [`COST_BUDGET`]; returns 1 when a fixture is refused (its row says why), else 0.
 pub fn report(dir: &Path, t: &Timing, opts: &RuntimeOptions, out: &mut dyn Write) -> Result<i32> {
     let batch = t.batch;
-    let cols: String = t.presets.iter().map(|p| format!(" grad/forward at batch {batch}, `{}` |", p.name())).collect();
+    let auto = Preset::ALL.iter().all(|p| t.presets.contains(p));
+    let mut cols: String =
+        t.presets.iter().map(|p| format!(" grad/forward at batch {batch}, `{}` |", p.name())).collect();
+    if auto {
+        cols.push_str(" `init --preset auto` |");
+    }
+    let ncols = t.presets.len() + usize::from(auto);
     writeln!(
         out,
         "| architecture | export | features | max rel. error | median rel. error | logits rel. error |{cols}"
     )?;
-    writeln!(out, "|---|---|---|---|---|---|{}", "---|".repeat(t.presets.len()))?;
+    writeln!(out, "|---|---|---|---|---|---|{}", "---|".repeat(ncols))?;
     let mut failed = 0;
+    // Per column: fixtures timed, and those at or under the budget.
+    let mut within = vec![(0usize, 0usize); ncols];
     for arch in zoo_archs(dir)? {
         for form in ZOO_FORMS {
             let path = dir.join(&arch).join(format!("{form}.onnx"));
@@ -135,7 +145,7 @@ pub fn report(dir: &Path, t: &Timing, opts: &RuntimeOptions, out: &mut dyn Write
                 Ok(c) => c,
                 Err(e) => {
                     failed += 1;
-                    let blank = " |".repeat(t.presets.len());
+                    let blank = " |".repeat(ncols);
                     writeln!(
                         out,
                         "| {arch} | {form} | refused: {} | | | |{blank}",
@@ -145,12 +155,36 @@ pub fn report(dir: &Path, t: &Timing, opts: &RuntimeOptions, out: &mut dyn Write
                 }
             };
             let ratios = time_fixture(&check, t, opts)?;
+            let ratio = |i: usize| *ratios[i].as_ref().unwrap_or(&f64::NAN);
+            let mut cells = String::new();
+            let mut count = |col: usize, r: f64| {
+                within[col].0 += 1;
+                within[col].1 += usize::from(r <= COST_BUDGET);
+            };
+            for (i, r) in ratios.iter().enumerate() {
+                match r {
+                    Ok(r) => {
+                        count(i, *r);
+                        cells.push_str(&format!(" {r:.2}x |"));
+                    }
+                    Err(e) => cells.push_str(&format!(" {e} |")),
+                }
+            }
+            if auto {
+                let timed = t.presets.iter().enumerate().map(|(i, &p)| (p, ratio(i)));
+                match auto_pick(timed).and_then(|p| t.presets.iter().position(|&q| q == p)) {
+                    Some(i) => {
+                        count(ncols - 1, ratio(i));
+                        cells.push_str(&format!(" `{}` {:.2}x |", t.presets[i].name(), ratio(i)));
+                    }
+                    None => cells.push_str(" none timed |"),
+                }
+            }
             let note = if check.missing.is_empty() && check.extra.is_empty() {
                 String::new()
             } else {
                 format!(" (missing {:?}, extra {:?})", check.missing, check.extra)
             };
-            let cells: String = ratios.iter().map(|r| format!(" {r} |")).collect();
             writeln!(
                 out,
                 "| {arch} | {form} | {}{note} | {:.1e} | {:.1e} | {:.1e} |{cells}",
@@ -161,13 +195,16 @@ pub fn report(dir: &Path, t: &Timing, opts: &RuntimeOptions, out: &mut dyn Write
             )?;
         }
     }
+    let names = t.presets.iter().map(|p| format!("`{}`", p.name())).chain(auto.then(|| "`auto`".to_string()));
+    let counts: Vec<String> = names.zip(&within).map(|(n, (all, ok))| format!("{n} {ok} of {all}")).collect();
+    writeln!(out, "\nAt or under {COST_BUDGET}x the forward pass: {}.", counts.join(", "))?;
     Ok(if failed > 0 { 1 } else { 0 })
 }
 
-/// One cell per preset: the median over rounds of the graph's time per frame over the forward
+/// One ratio per preset: the median over rounds of the graph's time per frame over the forward
 /// pass's in the same round (`full` is the graph [`check_zoo_fixture`] compiled), or why that
 /// preset's graph could not be built.
-fn time_fixture(check: &ZooCheck, t: &Timing, opts: &RuntimeOptions) -> Result<Vec<String>> {
+fn time_fixture(check: &ZooCheck, t: &Timing, opts: &RuntimeOptions) -> Result<Vec<Result<f64, String>>> {
     let mut fwd = ModelSession::new(&onnx::encode(&grad::forward_model(&check.model)?), opts)?;
     let mut graphs: Vec<Option<ModelSession>> = Vec::new();
     let mut cells: Vec<Option<String>> = Vec::new();
@@ -195,5 +232,5 @@ fn time_fixture(check: &ZooCheck, t: &Timing, opts: &RuntimeOptions) -> Result<V
     let timed = alternate(&mut fwd, &mut sessions, &check.compiled.input_name, &x, plan)?;
     let mut ratios = (0..timed.graphs.len()).map(|i| timed.ratio(i));
     // The built graphs were timed in order; an unbuilt one keeps its reason.
-    Ok(cells.into_iter().map(|c| c.unwrap_or_else(|| format!("{:.2}x", ratios.next().unwrap_or(f64::NAN)))).collect())
+    Ok(cells.into_iter().map(|c| c.map_or_else(|| Ok(ratios.next().unwrap_or(f64::NAN)), Err)).collect())
 }

@@ -157,25 +157,45 @@ fn zoo_report_times_each_preset_and_reports_refusals() {
     assert_eq!(report(tmp.path(), &t, &crate::common::ort(), &mut out).unwrap(), 0);
     let text = String::from_utf8(out).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines[0].ends_with("| grad/forward at batch 2, `full` | grad/forward at batch 2, `fast` |"), "{text}");
-    let rows: Vec<&str> = lines.iter().skip(2).copied().collect();
+    assert!(
+        lines[0]
+            .ends_with("| grad/forward at batch 2, `full` | grad/forward at batch 2, `fast` | `init --preset auto` |"),
+        "{text}"
+    );
+    let rows: Vec<&str> = lines.iter().skip(2).take_while(|l| l.starts_with('|')).copied().collect();
     assert_eq!(rows.len(), 2, "{text}");
+    let mut within = [0, 0, 0];
     for row in &rows {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-        // | arch | form | features | max | median | logits | full | fast |
-        assert_eq!(cells.len(), 10, "{row}");
-        for ratio in &cells[7..9] {
-            let r: f64 = ratio.strip_suffix('x').unwrap().parse().unwrap();
-            assert!(r.is_finite() && r > 0.0, "{row}");
+        // | arch | form | features | max | median | logits | full | fast | auto |
+        assert_eq!(cells.len(), 11, "{row}");
+        let r: Vec<f64> = cells[7..9].iter().map(|c| c.strip_suffix('x').unwrap().parse().unwrap()).collect();
+        assert!(r.iter().all(|r| r.is_finite() && *r > 0.0), "{row}");
+        // auto: full where it fits the budget, else the cheaper.
+        let (name, pick) = if r[0] <= 6.0 {
+            ("full", r[0])
+        } else if r[1] <= 6.0 || r[1] < r[0] {
+            ("fast", r[1])
+        } else {
+            ("full", r[0])
+        };
+        assert_eq!(cells[9], format!("`{name}` {pick:.2}x"), "{row}");
+        for (i, x) in [r[0], r[1], pick].into_iter().enumerate() {
+            within[i] += usize::from(x <= 6.0);
         }
     }
+    let summary = format!(
+        "At or under 6x the forward pass: `full` {} of 2, `fast` {} of 2, `auto` {} of 2.",
+        within[0], within[1], within[2]
+    );
+    assert!(text.contains(&summary), "{summary}\n{text}");
     // A fixture that does not load is a row saying so, and the report still ends.
     std::fs::write(arch.join("bn.onnx"), b"not onnx").unwrap();
     let mut out = Vec::new();
     assert_eq!(report(tmp.path(), &t, &crate::common::ort(), &mut out).unwrap(), 1);
     let text = String::from_utf8(out).unwrap();
     let refused = text.lines().find(|l| l.starts_with("| smooth_cnn | bn | refused: ")).expect(&text);
-    // As many cells as the header: | arch | form | refused: why | | | | full | fast |
+    // As many cells as the header: | arch | form | refused: why | | | | full | fast | auto |
     assert_eq!(refused.split('|').count(), text.lines().next().unwrap().split('|').count(), "{text}");
     assert!(text.contains("| smooth_cnn | default | "), "{text}");
 }
