@@ -12,7 +12,7 @@ pub enum PolicyKind {
     #[default]
     KOfN,
     /// CUSUM of per-block p-values (`false_alarms_per_day`, `block_ms`, `kappa`,
-    /// `clear_evidence`); see [`cusum`].
+    /// `clear_evidence`); see [`cusum`](super::cusum).
     Cusum,
 }
 

@@ -111,13 +111,13 @@ fn constant_node_value(n: &NodeProto) -> Result<TensorProto, GradError> {
 /// The phases, in order: `opset::upgrade` (opsets 7 to 10 read as 11), [`as_float32`] (a
 /// half-precision model read as float32),
 /// [`dynamic_batch`] (a fixed batch size made symbolic),
-/// [`shared::unshare_initializers`] (one copy of a shared tensor per reader), `conv1d::as_2d`
-/// (1-D Convs as 2-D ones), `einsum::as_matmul` (attention's Einsums as MatMuls), [`check_model`], [`collect_constants`], [`image_input`],
-/// [`find_logits`] and [`needed_nodes`] read the model; [`forward`] folds constant nodes
-/// (`fold.rs`), stores a moved batch axis first (`layout/`), infers shapes and finds the
-/// parameters through the rule table; [`confounding_label`] checks the label;
-/// [`backward`] seeds the loss gradient and runs the rules in reverse; [`emit_outputs`] adds
-/// the output nodes and [`assemble`] writes the new model.
+/// `shared::unshare_initializers` (one copy of a shared tensor per reader), `conv1d::as_2d`
+/// (1-D Convs as 2-D ones), `einsum::as_matmul` (attention's Einsums as MatMuls), `check_model`,
+/// `collect_constants`, `image_input`, `find_logits` and `needed_nodes` read the model;
+/// `forward` folds constant nodes (`fold.rs`), stores a moved batch axis first (`layout/`),
+/// infers shapes and finds the parameters through the rule table; `confounding_label` checks
+/// the label; `backward` seeds the loss gradient and runs the rules in reverse; `emit_outputs`
+/// adds the output nodes and `assemble` writes the new model.
 pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, GradError> {
     let upgraded = opset::upgrade(model)?;
     let model = upgraded.as_ref().unwrap_or(model);
@@ -420,7 +420,7 @@ fn first_input(graph: &GraphProto) -> Option<usize> {
     graph.input.iter().position(|v| !inits.contains(v.name.as_str()))
 }
 
-/// The name of the classifier's logits in `graph` (see [`find_logits`]): what the compiled graph
+/// The name of the classifier's logits in `graph` (see `find_logits`): what the compiled graph
 /// differentiates and outputs as `logits`.
 pub fn logits_name(graph: &GraphProto) -> Result<String, GradError> {
     let producers: HashMap<String, &NodeProto> =

@@ -329,7 +329,7 @@ fn glob(pat: &[u8], s: &[u8]) -> bool {
     pat[p..].iter().all(|&c| c == b'*')
 }
 
-/// Options of [`compile`].
+/// Options of [`compile`](super::compile).
 #[derive(Clone, Debug, Default)]
 pub struct CompileOptions {
     /// The loss.
@@ -410,8 +410,8 @@ pub struct Compiled {
     pub conv_plans: Vec<(String, &'static str)>,
     /// The preset name recorded in the metadata (`full`, `fast` or `custom`).
     pub preset: String,
-    /// Forward-only statistics appended to the features (names start with [`ACT_PREFIX`]);
-    /// `features` ends with them.
+    /// Forward-only statistics appended to the features (names start with
+    /// [`ACT_PREFIX`](super::ACT_PREFIX)); `features` ends with them.
     pub act_stats: Vec<String>,
     /// Whether some activations hold the batch merged with or behind another axis and were
     /// stored batch-first (the forward nodes differ from the model's).

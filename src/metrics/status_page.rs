@@ -9,8 +9,9 @@
 //! and every one that goes into a URL is percent-encoded.
 //!
 //! Pictures: `/snapshots/<alert id>/<file name>` serves a file only when it is the snapshot or
-//! heat map that an event of a remembered alert named ([`StreamStatus::alert_file`]): the
-//! request names no path, so nothing outside the files the daemon wrote itself can be reached.
+//! heat map that an event of a remembered alert named
+//! ([`StreamStatus::alert_file`](super::StreamStatus::alert_file)): the request names no path,
+//! so nothing outside the files the daemon wrote itself can be reached.
 
 use std::fmt::Write as _;
 use std::time::SystemTime;

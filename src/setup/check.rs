@@ -218,7 +218,7 @@ pub struct PreprocessCheck {
 }
 
 impl PreprocessCheck {
-    /// The check on up to [`ALTERNATIVE_IMAGES`] of `images`: the current preprocessing, then
+    /// The check on up to `ALTERNATIVE_IMAGES` of `images`: the current preprocessing, then
     /// every [`alternatives`] one. `overall` is the accuracy on all images.
     pub fn run(
         fwd: &mut Forward,

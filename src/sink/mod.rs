@@ -40,8 +40,9 @@ pub mod reason {
     pub const SPOOL_FULL: &str = "spool_full";
     /// MQTT: older than `spool_max_age_s`.
     pub const TOO_OLD: &str = "too_old";
-    /// MQTT: refused by the broker (or too big for a packet) [`mqtt::DEAD_LETTER_TRIES`]
-    /// times; written to the dead-letter file.
+    /// MQTT: refused by the broker (or too big for a packet)
+    /// [`mqtt::DEAD_LETTER_TRIES`](super::mqtt::DEAD_LETTER_TRIES) times; written to the
+    /// dead-letter file.
     pub const DEAD_LETTER: &str = "dead_letter";
     /// MQTT: a spool record found corrupt at start-up.
     pub const SPOOL_CORRUPT: &str = "spool_corrupt";

@@ -36,7 +36,7 @@
 //! FIFO is opened on the first `poll`, not at build time, because opening a FIFO blocks until
 //! a writer appears.
 //!
-//! Opening and reading run on a helper thread ([`super::blocking`]): when no frame arrives for
+//! Opening and reading run on a helper thread (`super::blocking`): when no frame arrives for
 //! `timeout_s` (a hung ffmpeg, a FIFO nobody opened) the source returns
 //! [`SourceEvent::Down`] (the stream's `stream_down`, `/healthz` unhealthy) and again after each
 //! further `timeout_s`, while it keeps waiting; the next complete frame brings the stream up.

@@ -1,5 +1,5 @@
 //! What `gradwatch bench-alarms` measured: plain data, built section by section by
-//! [`super::sections`] from the cached tracks and rendered by [`super::render`] (markdown) or
+//! `super::sections` from the cached tracks and rendered by [`super::markdown`] (markdown) or
 //! written as JSON beside it, so that later reports and the docs read numbers instead of
 //! retyping them. Rates are per hour of frame time, delays in seconds, accuracies in percent.
 

@@ -1,5 +1,5 @@
 //! The detectors the paper compares against, all scored so that **higher = more unfamiliar**
-//! (the convention of [`super::metrics`]).
+//! (the convention of [`crate::detector::roc`]).
 //!
 //! * MSP (Hendrycks & Gimpel 2017): `-max_k softmax(z)_k`.
 //! * ODIN (Liang et al. 2018): temperature scaling and input pre-processing,

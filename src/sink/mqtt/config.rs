@@ -256,7 +256,7 @@ impl MqttSinkConfig {
     }
 
     /// Topic of the events of `stream` (the stream name as one topic level, see
-    /// [`topic_level`]).
+    /// `topic_level`).
     pub fn event_topic(&self, stream: &str) -> String {
         format!("{}/{}/events/{}", self.topic_prefix, self.client_id, topic_level(stream))
     }

@@ -81,7 +81,7 @@ pub struct EvalConfig {
     /// (`--quality`; the trust head never does).
     pub quality: bool,
     /// Whether the generalising detectors (pooled, leave one family out) also train on the
-    /// recipe's mixed and/or lighting sets (`--augment`, [`augment`]).
+    /// recipe's mixed and/or lighting sets (`--augment`, `augment`).
     pub augment: crate::corrupt::mix::AugmentSets,
     /// Copies of each familiar image in the mixed set, each with its own draw. The plan's sets
     /// are every type at every level (about 100 sets of the familiar images), so one copy is
@@ -90,7 +90,7 @@ pub struct EvalConfig {
     /// Whether the detectors that stand for the shipped one (pooled, leave one family out, one
     /// type held out) train on one corrupted copy of each familiar image, its type and level
     /// round-robin as `calibrate` draws them, instead of every type at every level
-    /// (`--one-copy`, [`corrupted_parts`]).
+    /// (`--one-copy`, `corrupted_parts`).
     pub one_copy: bool,
     /// Run the trust analysis only (issue #24's table and leave-one-family-out), skipping the
     /// detection pairs, generalisation and risk analyses: for iterating on the trust head.
