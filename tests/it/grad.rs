@@ -1079,6 +1079,69 @@ fn smooth_units_and_unary_arithmetic() {
     check(case_smooth_units_and_unary_arithmetic());
 }
 
+/// The trigonometric functions and their inverses, each fed a range where it is smooth (Tanh
+/// for the inverse sine and cosine), chained so that each one's input gradient reaches the
+/// convs before it.
+fn case_trigonometric() -> Case {
+    chain(61, |n, x| {
+        let a = n.op("Sin", &[x], vec![]);
+        let b = n.op("Cos", &[&a], vec![]);
+        let w = n.conv(&b, 3, 3, 3, true, vec![attr::ints("pads", &[1, 1, 1, 1])]);
+        let t = n.op("Tanh", &[&w], vec![]);
+        let c = n.op("Tan", &[&t], vec![]);
+        let d = n.op("Atan", &[&c], vec![]);
+        let e = n.op("Asin", &[&d], vec![]);
+        let t2 = n.op("Tanh", &[&e], vec![]);
+        (n.op("Acos", &[&t2], vec![]), 3 * 36)
+    })
+}
+
+#[test]
+fn trigonometric() {
+    check(case_trigonometric());
+}
+
+/// The hyperbolic functions and their inverses (1 + Softplus for the inverse cosh), and the
+/// piecewise-constant Floor, Ceil, Round and Sign, each fed values kept away from its jumps
+/// (so finite differences see the zero gradient their rule gives) and multiplied or added into
+/// the chain.
+fn case_hyperbolic_and_piecewise_constant() -> Case {
+    chain(62, |n, x| {
+        let t = n.op("Tanh", &[x], vec![]);
+        let a = n.op("Sinh", &[&t], vec![]);
+        let b = n.op("Cosh", &[&a], vec![]);
+        let c = n.op("Asinh", &[&b], vec![]);
+        let w = n.conv(&c, 3, 3, 3, true, vec![attr::ints("pads", &[1, 1, 1, 1])]);
+        let t2 = n.op("Tanh", &[&w], vec![]);
+        let d = n.op("Atanh", &[&t2], vec![]);
+        let sp = n.op("Softplus", &[&d], vec![]);
+        let one = n.constant(&[], &[1.0]);
+        let sp1 = n.op("Add", &[&sp, &one], vec![]);
+        let k = n.op("Acosh", &[&sp1], vec![]);
+        // q = sigmoid(k) / 2 + 1/4 lies in (0.25, 0.75), where Floor is 0, Ceil 1 and Sign 1;
+        // Round's jump is at 0.5, so it gets q / 2, in (0.125, 0.375), where it is 0.
+        let sg = n.op("Sigmoid", &[&k], vec![]);
+        let half = n.constant(&[], &[0.5]);
+        let quarter = n.constant(&[], &[0.25]);
+        let hs = n.op("Mul", &[&sg, &half], vec![]);
+        let q = n.op("Add", &[&hs, &quarter], vec![]);
+        let q2 = n.op("Mul", &[&q, &half], vec![]);
+        let fl = n.op("Floor", &[&q], vec![]);
+        let ce = n.op("Ceil", &[&q], vec![]);
+        let si = n.op("Sign", &[&q], vec![]);
+        let ro = n.op("Round", &[&q2], vec![]);
+        let m1 = n.op("Mul", &[&k, &ce], vec![]);
+        let m2 = n.op("Mul", &[&m1, &si], vec![]);
+        let a1 = n.op("Add", &[&m2, &fl], vec![]);
+        (n.op("Add", &[&a1, &ro], vec![]), 3 * 36)
+    })
+}
+
+#[test]
+fn hyperbolic_and_piecewise_constant() {
+    check(case_hyperbolic_and_piecewise_constant());
+}
+
 /// PRelu with a per-channel slope and with one shared slope: both are parameters (their
 /// per-sample gradient norms are features). The first sees only negative inputs (-Softplus)
 /// and the second only positive ones (Softplus), so finite differences never straddle the kink
@@ -1444,6 +1507,8 @@ fn opset9_attribute_forms() {
 }
 
 const FD_CASES: &[(&str, MakeCase)] = &[
+    ("trigonometric", case_trigonometric),
+    ("hyperbolic_and_piecewise_constant", case_hyperbolic_and_piecewise_constant),
     ("opset9_attribute_forms", case_opset9_attribute_forms),
     ("opset11_attribute_axes", case_opset11_attribute_axes),
     ("gather_nd_adaptive_pooling", case_gather_nd_adaptive_pooling),

@@ -1,5 +1,5 @@
 //! The rule table: one [`Rule`] per operator the compiler differentiates through, grouped by
-//! family, one file each (`conv`, `norm`, `layernorm`, `activation`, `arith`, `select`, `pool`,
+//! family, one file each (`conv`, `norm`, `layernorm`, `activation`, `math`, `arith`, `select`, `pool`,
 //! `resize`, `shape`, `linear`, `attention`). Nodes on constants only never reach them: `fold` evaluates those.
 //!
 //! A rule says which inputs of a node are trainable parameters (and of which
@@ -41,6 +41,7 @@ mod attention;
 mod conv;
 mod layernorm;
 mod linear;
+mod math;
 mod norm;
 mod pool;
 mod quant;
@@ -98,6 +99,7 @@ const FAMILIES: &[&[Rule]] = &[
     norm::RULES,
     layernorm::RULES,
     activation::RULES,
+    math::RULES,
     arith::RULES,
     select::RULES,
     pool::RULES,
