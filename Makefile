@@ -5,7 +5,7 @@
 #   make deps           the Debian packages the build and the tests need (scripts/apt-install.sh)
 #   make ort            ONNX Runtime's shared library into .ort/host (scripts/fetch-onnxruntime.sh)
 #   make build          the release binary, target/release/gradwatch (also: make release)
-#   make lint           cargo fmt --check and clippy -D warnings (part of make test)
+#   make lint           cargo fmt --check, clippy -D warnings and rustdoc -D warnings (part of make test)
 #   make rules          promtool checks and unit tests of the shipped Prometheus rules (part of make test)
 #   make bench          the gradient graph's criterion micro-benchmark (benches/gradient.rs)
 #   make bench-daemon   fps, latency and memory of the daemon (docs/results/daemon-bench.md)
@@ -54,6 +54,7 @@ release: build
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --profile ci --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps --quiet
 
 # --lib --bins --tests: the examples are not linked again (clippy above has checked they
 # compile) and there are no runnable doc tests. The integration tests mostly wait on real
