@@ -40,7 +40,8 @@ pub struct CompileArgs {
     #[arg(long)]
     pub stages: Option<usize>,
     /// Append the forward-only activation statistics (mean square of every residual block's
-    /// output) to the features (`fast` does this by itself).
+    /// output, and of the last Conv activation of each stage without one) to the features
+    /// (`fast` does this by itself).
     #[arg(long)]
     pub act_stats: bool,
     /// Loss: bce-logits (the paper), bce-softmax, odin.

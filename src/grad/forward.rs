@@ -16,9 +16,66 @@ pub(super) struct Forward {
     pub(super) candidates: Vec<(String, ParamKind)>,
     /// For each candidate, the per-sample shape of its node's output (which stage it is in).
     pub(super) candidate_shapes: Vec<Vec<usize>>,
-    /// Residual block outputs (for [`CompileOptions::act_stats`]): the tensor and its
-    /// per-sample shape.
-    pub(super) block_outputs: Vec<(String, Vec<usize>)>,
+    /// Candidates for [`CompileOptions::act_stats`], in graph order: residual block outputs
+    /// and the outputs of activations applied to a Conv's (or its norm's) output, each with its
+    /// per-sample shape ([`Forward::activation_stats`] chooses).
+    pub(super) stat_candidates: Vec<StatCandidate>,
+}
+
+/// A tensor whose per-sample mean square may become a forward-only feature.
+#[derive(Clone, Debug)]
+pub(super) struct StatCandidate {
+    /// The tensor.
+    pub tensor: String,
+    /// Its per-sample shape.
+    pub shape: Vec<usize>,
+    /// A residual block's output (the `Add` of two activations, or the activation after it),
+    /// rather than an activation's output.
+    pub block: bool,
+}
+
+/// Activations whose output stands for a stage that has no residual join.
+const STAGE_ACTIVATIONS: &[&str] = &[
+    "Relu",
+    "LeakyRelu",
+    "PRelu",
+    "Clip",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Gelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Softplus",
+    "Mish",
+    "Tanh",
+];
+
+impl Forward {
+    /// The tensors whose mean square [`CompileOptions::act_stats`] adds, in graph order: every
+    /// residual block's output, and for each convolutional stage (spatial resolution, as
+    /// [`last_stages`] counts them) without one, its last Conv activation's output, so that the
+    /// early layers of a CNN without residual blocks are represented too.
+    pub(super) fn activation_stats(&self) -> Vec<(String, Vec<usize>)> {
+        let res = |s: &[usize]| -> Option<usize> { (s.len() >= 2).then(|| s[1..].iter().product()) };
+        let blocks: Vec<&StatCandidate> = self.stat_candidates.iter().filter(|c| c.block).collect();
+        let with_blocks: HashSet<usize> = blocks.iter().filter_map(|c| res(&c.shape)).collect();
+        let block_names: HashSet<&str> = blocks.iter().map(|c| c.tensor.as_str()).collect();
+        let mut last: HashMap<usize, usize> = HashMap::new();
+        for (i, c) in self.stat_candidates.iter().enumerate().filter(|(_, c)| !c.block) {
+            if let Some(r) = res(&c.shape).filter(|r| !with_blocks.contains(r)) {
+                last.insert(r, i);
+            }
+        }
+        let stage_last: HashSet<usize> = last.into_values().collect();
+        self.stat_candidates
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| c.block || (stage_last.contains(i) && !block_names.contains(c.tensor.as_str())))
+            .map(|(_, c)| (c.tensor.clone(), c.shape.clone()))
+            .collect()
+    }
 }
 
 /// Forward analysis through the rule table: per-sample shapes, parameter candidates and the
@@ -46,7 +103,7 @@ pub(super) fn forward(
         last_linear: None,
         candidates: Vec::new(),
         candidate_shapes: Vec::new(),
-        block_outputs: Vec::new(),
+        stat_candidates: Vec::new(),
     };
     for (i, n) in graph.node.iter().enumerate() {
         if !needed[i] || n.output.iter().all(|o| ctx.consts.contains_key(o)) {
@@ -128,6 +185,16 @@ pub(super) fn forward(
                     fwd.last_linear = Some((a.clone(), s.iter().product()));
                 }
             }
+            // A convolutional stage's activation: one applied to a Conv's (or its norm's) output.
+            let of_conv =
+                n.input.first().and_then(|x| producers.get(x)).is_some_and(|p| {
+                    matches!(p.op_type.as_str(), "Conv" | "BatchNormalization" | "InstanceNormalization")
+                });
+            if STAGE_ACTIVATIONS.contains(&n.op_type.as_str()) && of_conv && after_param.contains(&n.input[0]) {
+                if let Some(s) = ctx.shapes.get(out) {
+                    fwd.stat_candidates.push(StatCandidate { tensor: out.clone(), shape: s.clone(), block: false });
+                }
+            }
             if n.op_type == "Add" && n.input.len() == 2 && n.input.iter().all(|s| ctx.is_act(s)) {
                 // A residual join; its statistic is taken after the activation that follows it.
                 let after = readers.get(out).and_then(|r| match r.as_slice() {
@@ -138,7 +205,7 @@ pub(super) fn forward(
                 });
                 let stat = after.unwrap_or_else(|| out.clone());
                 if let Some(s) = ctx.shapes.get(out) {
-                    fwd.block_outputs.push((stat, s.clone()));
+                    fwd.stat_candidates.push(StatCandidate { tensor: stat, shape: s.clone(), block: true });
                 }
             }
             ctx.param_set.extend(selected.iter().map(|(p, _)| p.clone()));

@@ -223,7 +223,7 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
     } else {
         None
     };
-    let stats = if act_stats { fwd.block_outputs.clone() } else { Vec::new() };
+    let stats = if act_stats { fwd.activation_stats() } else { Vec::new() };
     let emitted =
         emit_outputs(&mut ctx, opts, &logits, num_classes, fwd.last_linear, input_grad, &input_shape, &stats)?;
     let act_names: Vec<String> = stats.iter().map(|(t, _)| format!("{ACT_PREFIX}{t}")).collect();

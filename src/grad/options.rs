@@ -13,7 +13,8 @@ pub enum Preset {
     Full,
     /// A backward pass that stops early: the norms of the parameters of the last stage (the
     /// layers at the smallest spatial resolution) and of the classifier head only, plus the
-    /// mean square of every residual block's output (forward-only, nearly free). Chosen by
+    /// mean square of every residual block's output and of the last Conv activation of each
+    /// stage without one (forward-only, nearly free). Chosen by
     /// measurement: `docs/results/presets.md`.
     Fast,
 }
@@ -349,7 +350,9 @@ pub struct CompileOptions {
     /// stage(s) and the head, and turns on [`CompileOptions::act_stats`].
     pub preset: Preset,
     /// Append forward-only features: the per-sample mean square of every residual block's
-    /// output (an `Add` of two activations, or the activation after it), named `act:<tensor>`.
+    /// output (an `Add` of two activations, or the activation after it) and, for each
+    /// convolutional stage without one, of its last activation of a Conv (or its norm), named
+    /// `act:<tensor>`.
     pub act_stats: bool,
     /// Keep only the parameters of the last `stages` spatial resolutions (and the head after
     /// them); `None` keeps every stage. Set by the preset when `None`.

@@ -1837,7 +1837,8 @@ fn fd_cases_cover_every_rule() {
 
 /// The `fast` preset on a two-stage net (a residual block at 6x6, then a strided conv to 2x2):
 /// only the last stage's and the head's norms, each equal to the finite differences of the
-/// full model, then the residual block's output mean square (checked against the forward).
+/// full model, then the mean squares of the residual block's output and of the 2x2 stage's
+/// activation (checked against the forward).
 #[test]
 fn fast_preset_last_stage_matches_finite_differences() {
     let case = case_residual_block_batchnorm_folds_into_convs();
@@ -1851,7 +1852,11 @@ fn fast_preset_last_stage_matches_finite_differences() {
     assert!(norms.len() >= 3 && norms.len() < full.features.len(), "{norms:?}");
     let first_conv = &case.net.params[0];
     assert!(!norms.contains(first_conv), "{norms:?}");
-    assert_eq!(fast.act_stats.len(), 1, "one residual join");
+    // The residual join's output, and the 2x2 stage's (no residual join there) last Conv
+    // activation: the strided conv's BatchNormalization + Relu.
+    assert_eq!(fast.act_stats.len(), 2, "{:?}", fast.act_stats);
+    let last_relu = case.net.nodes.iter().rev().find(|n| n.op_type == "Relu").unwrap();
+    assert_eq!(fast.act_stats[1], format!("{}{}", grad::ACT_PREFIX, last_relu.output[0]));
     let mut rng = crate::common::Rng::new(99);
     let x: ArrayD<f32> = input(&mut rng, BATCH, &case.input);
     let got = GradSession::new(&fast, &ort()).unwrap().run(x.view()).unwrap();
@@ -1866,17 +1871,20 @@ fn fast_preset_last_stage_matches_finite_differences() {
             );
         }
     }
-    // The statistic: mean of the squared block output, from a forward run that outputs it.
-    let act = fast.act_stats[0].strip_prefix(grad::ACT_PREFIX).unwrap();
-    let fwd = case.net.model(&case.input, act);
-    let mut s = gradwatch::runtime::ModelSession::new(&gradwatch::onnx::encode(&fwd), &ort()).unwrap();
-    let y = s.run(&[("x", x.view())]).unwrap().remove(act).unwrap();
-    let per = y.len() / BATCH;
-    for k in 0..BATCH {
-        let want: f64 =
-            y.as_slice().unwrap()[k * per..(k + 1) * per].iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / per as f64;
-        let g = got.features[[k, norms.len()]] as f64;
-        assert!((g - want).abs() <= 1e-5 * want.abs() + 1e-9, "act stat sample {k}: {g} vs {want}");
+    // Each statistic: the mean of the squared tensor, from a forward run that outputs it.
+    for (j, stat) in fast.act_stats.iter().enumerate() {
+        let act = stat.strip_prefix(grad::ACT_PREFIX).unwrap();
+        let fwd = case.net.model(&case.input, act);
+        let mut s = gradwatch::runtime::ModelSession::new(&gradwatch::onnx::encode(&fwd), &ort()).unwrap();
+        let y = s.run(&[("x", x.view())]).unwrap().remove(act).unwrap();
+        let per = y.len() / BATCH;
+        for k in 0..BATCH {
+            let want: f64 =
+                y.as_slice().unwrap()[k * per..(k + 1) * per].iter().map(|&v| (v as f64).powi(2)).sum::<f64>()
+                    / per as f64;
+            let g = got.features[[k, norms.len() + j]] as f64;
+            assert!((g - want).abs() <= 1e-5 * want.abs() + 1e-9, "{stat} sample {k}: {g} vs {want}");
+        }
     }
     // The stage cut by itself (`--stages 2` keeps both stages: every norm of the full graph).
     let two = grad::compile(&model, &CompileOptions { stages: Some(2), ..Default::default() }).unwrap();
