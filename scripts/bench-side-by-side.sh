@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Gradient/forward ratio of zoo fixtures under two gradwatch binaries, alternating, three runs
 # each (the side-by-side tables of docs/results/compiler-zoo.md):
-#   scripts/bench-side-by-side.sh BEFORE_BINARY AFTER_BINARY [ARCH/FORM ...]
+#   [PRESET=fast] scripts/bench-side-by-side.sh BEFORE_BINARY AFTER_BINARY [ARCH/FORM ...]
 # Build BEFORE_BINARY from the commit before a change (git worktree add; cargo build --release).
 # Prints "ARCH/FORM before|after RATIO" lines; take the median of the three per binary.
 set -euo pipefail
@@ -18,7 +18,7 @@ for f in "${fixtures[@]}"; do
     for side in before after; do
       bin=$before
       [ "$side" = after ] && bin=$after
-      ratio=$("$bin" bench --model "tests/fixtures/zoo/$f.onnx" --batch 16 --preset full --seconds 0.6 --rounds 3 2>/dev/null |
+      ratio=$("$bin" bench --model "tests/fixtures/zoo/$f.onnx" --batch 16 --preset "${PRESET:-full}" --seconds 0.6 --rounds 3 2>/dev/null |
         tail -1 | awk -F'|' '{print $(NF-1)}')
       echo "$f $side ${ratio:-failed}"
     done
