@@ -185,28 +185,8 @@ pub(super) fn forward(
                     fwd.last_linear = Some((a.clone(), s.iter().product()));
                 }
             }
-            // A convolutional stage's activation: one applied to a Conv's (or its norm's) output.
-            let of_conv =
-                n.input.first().and_then(|x| producers.get(x)).is_some_and(|p| {
-                    matches!(p.op_type.as_str(), "Conv" | "BatchNormalization" | "InstanceNormalization")
-                });
-            if STAGE_ACTIVATIONS.contains(&n.op_type.as_str()) && of_conv && after_param.contains(&n.input[0]) {
-                if let Some(s) = ctx.shapes.get(out) {
-                    fwd.stat_candidates.push(StatCandidate { tensor: out.clone(), shape: s.clone(), block: false });
-                }
-            }
-            if n.op_type == "Add" && n.input.len() == 2 && n.input.iter().all(|s| ctx.is_act(s)) {
-                // A residual join; its statistic is taken after the activation that follows it.
-                let after = readers.get(out).and_then(|r| match r.as_slice() {
-                    [r] if matches!(r.op_type.as_str(), "Relu" | "LeakyRelu" | "Clip" | "Sigmoid" | "HardSwish") => {
-                        r.output.first().cloned()
-                    }
-                    _ => None,
-                });
-                let stat = after.unwrap_or_else(|| out.clone());
-                if let Some(s) = ctx.shapes.get(out) {
-                    fwd.stat_candidates.push(StatCandidate { tensor: stat, shape: s.clone(), block: true });
-                }
+            if let Some(c) = stat_candidate(n, ctx, producers, &readers, &after_param) {
+                fwd.stat_candidates.push(c);
             }
             ctx.param_set.extend(selected.iter().map(|(p, _)| p.clone()));
             ctx.params.extend(selected);
@@ -305,6 +285,38 @@ pub(super) fn last_stages(fwd: &Forward, stages: usize) -> HashSet<String> {
         .filter(|(_, s)| spatial(s).is_none_or(|r| keep.contains(&r)))
         .map(|((name, _), _)| name.clone())
         .collect()
+}
+
+/// Node `n`'s [`StatCandidate`], if it is one: an activation applied to a Conv's (or its
+/// norm's) output, or a residual join (`Add` of two activations), whose statistic is taken after
+/// the activation that follows it.
+fn stat_candidate(
+    n: &NodeProto,
+    ctx: &Ctx,
+    producers: &HashMap<String, &NodeProto>,
+    readers: &HashMap<String, Vec<&NodeProto>>,
+    after_param: &HashSet<String>,
+) -> Option<StatCandidate> {
+    let out = n.output.first()?;
+    let shape = ctx.shapes.get(out)?.clone();
+    let of_conv = n
+        .input
+        .first()
+        .and_then(|x| producers.get(x))
+        .is_some_and(|p| matches!(p.op_type.as_str(), "Conv" | "BatchNormalization" | "InstanceNormalization"));
+    if STAGE_ACTIVATIONS.contains(&n.op_type.as_str()) && of_conv && after_param.contains(&n.input[0]) {
+        return Some(StatCandidate { tensor: out.clone(), shape, block: false });
+    }
+    if n.op_type == "Add" && n.input.len() == 2 && n.input.iter().all(|s| ctx.is_act(s)) {
+        let after = readers.get(out).and_then(|r| match r.as_slice() {
+            [r] if matches!(r.op_type.as_str(), "Relu" | "LeakyRelu" | "Clip" | "Sigmoid" | "HardSwish") => {
+                r.output.first().cloned()
+            }
+            _ => None,
+        });
+        return Some(StatCandidate { tensor: after.unwrap_or_else(|| out.clone()), shape, block: true });
+    }
+    None
 }
 
 /// Whether constant `c` was computed from constants and is read by several nodes (EVA's rotary
