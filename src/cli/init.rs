@@ -178,7 +178,7 @@ fn choose_preset(
             cost.chosen = a.preset.resolve(Some(&cost));
             eprintln!("{}", cost.summary());
             report.cost = cost.markdown();
-            if let Some(note) = cost.auto_note() {
+            if let Some(note) = cost.auto_note().filter(|_| a.preset == PresetChoice::Auto) {
                 eprintln!("{note}");
                 report.cost.push_str(&format!("\n{note}.\n"));
             }

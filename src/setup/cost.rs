@@ -180,7 +180,8 @@ impl Cost {
         )
     }
 
-    /// Why `auto` did not take the preset it prefers, when it did not.
+    /// Why `auto` did not take the preset it prefers, when it did not (for `--preset auto` only:
+    /// a named preset is the user's choice).
     pub fn auto_note(&self) -> Option<String> {
         let first = PresetChoice::Auto.first();
         if self.chosen == first {

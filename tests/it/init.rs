@@ -207,6 +207,7 @@ fn init_with_the_fast_preset_configures_the_daemon_for_it() {
     let flags = [&USER_FLAGS[..], &["--preset", "fast"]].concat();
     let (code, err) = init_variant(&fixture("user-cnn.onnx"), &out, &flags);
     assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("--preset auto"), "a named preset is not auto's choice:\n{err}");
     let calib = Calibration::load(&out.join("user-cnn.calib.toml")).unwrap();
     assert_eq!(calib.model.preset, "fast");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
