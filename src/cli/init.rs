@@ -2,8 +2,9 @@
 //! file (one image input, a class axis, operators the compiler differentiates), applies
 //! preprocessing overrides, checks the classifier's accuracy on labelled images (a wrong
 //! preprocessing, or training images that would make the threshold optimistic), times each
-//! feature preset's gradient graph against the forward pass (a warning when the chosen one
-//! costs over 6x and the other does not), calibrates
+//! feature preset's gradient graph against the forward pass and settles `--preset` (`auto`:
+//! `full` where it costs at most 6x, else `fast`; a named preset is kept, with a warning when
+//! it is over 6x and the other is not), calibrates
 //! with the project's recipe (`calibrate`'s code path) on part of the images and measures the
 //! rest: `DIR/<model>.calib.toml`, `DIR/gradwatch.toml`, `DIR/report.md` + `DIR/roc.svg`.
 //! Bad input exits 2 with the cause and the fix (docs/guide/your-model.md). The steps live in

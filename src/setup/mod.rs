@@ -7,7 +7,8 @@
 //! * [`check`]: what the classifier makes of them: accuracy, the likely preprocessing mistakes
 //!   tried side by side, warnings about training images or too few classes;
 //! * [`cost`]: what each feature preset's gradient graph costs on this machine against the
-//!   classifier's forward pass (a warning when the chosen one is over budget and another fits);
+//!   classifier's forward pass, and the preset `--preset auto` takes (a warning when a named one
+//!   is over budget and another fits);
 //! * [`recipe`]: the project's calibration recipe (synthetic corruptions, the detector, its
 //!   threshold) on part of the images;
 //! * [`report`]: the rest measured, and `<model>.calib.toml`, `gradwatch.toml`, `report.md`
