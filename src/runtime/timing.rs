@@ -72,6 +72,14 @@ impl Alternated {
         median(self.graphs[i].clone())
     }
 
+    /// Appends another run's rounds (of the same graphs, in the same order).
+    pub fn extend(&mut self, more: Alternated) {
+        self.forward.extend(more.forward);
+        for (g, m) in self.graphs.iter_mut().zip(more.graphs) {
+            g.extend(m);
+        }
+    }
+
     /// Graph `i`'s cost: the median over rounds of its time over that round's forward time.
     pub fn ratio(&self, i: usize) -> f64 {
         median(self.graphs[i].iter().zip(&self.forward).map(|(g, f)| g / f).collect())
@@ -126,6 +134,13 @@ mod tests {
         let x = pattern_batch(2, &[3, 4]);
         assert_eq!(x.shape(), &[2, 3, 4]);
         assert!(x.iter().all(|v| (-1.0..1.0).contains(v)));
+        // More rounds join the median: per round 3, 5, 3, 1, 1 -> 3; then 3, 5, 3, 1, 1, 1 -> 3
+        // (the upper middle of six).
+        let mut b = a.clone();
+        b.extend(Alternated { forward: vec![2.0, 2.0], graphs: vec![vec![2.0, 2.0]] });
+        assert_eq!((b.forward.len(), b.graphs[0].len(), b.ratio(0)), (5, 5, 3.0));
+        b.extend(Alternated { forward: vec![1.0], graphs: vec![vec![1.0]] });
+        assert_eq!(b.ratio(0), 3.0);
     }
 
     #[test]
