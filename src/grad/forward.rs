@@ -58,13 +58,12 @@ impl Forward {
     /// [`last_stages`] counts them) without one, its last Conv activation's output, so that the
     /// early layers of a CNN without residual blocks are represented too.
     pub(super) fn activation_stats(&self) -> Vec<(String, Vec<usize>)> {
-        let res = |s: &[usize]| -> Option<usize> { (s.len() >= 2).then(|| s[1..].iter().product()) };
         let blocks: Vec<&StatCandidate> = self.stat_candidates.iter().filter(|c| c.block).collect();
-        let with_blocks: HashSet<usize> = blocks.iter().filter_map(|c| res(&c.shape)).collect();
+        let with_blocks: HashSet<usize> = blocks.iter().filter_map(|c| resolution(&c.shape)).collect();
         let block_names: HashSet<&str> = blocks.iter().map(|c| c.tensor.as_str()).collect();
         let mut last: HashMap<usize, usize> = HashMap::new();
         for (i, c) in self.stat_candidates.iter().enumerate().filter(|(_, c)| !c.block) {
-            if let Some(r) = res(&c.shape).filter(|r| !with_blocks.contains(r)) {
+            if let Some(r) = resolution(&c.shape).filter(|r| !with_blocks.contains(r)) {
                 last.insert(r, i);
             }
         }
@@ -263,15 +262,20 @@ pub(super) fn as_strided(n: &NodeProto, ctx: &mut Ctx) -> Result<Option<Vec<Node
     Ok(Some(vec![r, g]))
 }
 
+/// A per-sample shape's stage key: the product of its spatial dims (`[C, spatial...]`), `None`
+/// for a vector (the head).
+fn resolution(s: &[usize]) -> Option<usize> {
+    (s.len() >= 2).then(|| s[1..].iter().product())
+}
+
 /// The names of the candidates in the last `stages` stages and the head: a stage is a run of
 /// layers at one spatial resolution (per-sample shapes `[C, spatial...]`, by the product of the
 /// spatial dims); the head is what comes after the spatial axes are gone (`[C]` outputs, e.g.
 /// the classifier's Gemm after global pooling).
 pub(super) fn last_stages(fwd: &Forward, stages: usize) -> HashSet<String> {
-    let spatial = |s: &[usize]| -> Option<usize> { (s.len() >= 2).then(|| s[1..].iter().product()) };
     let mut order: Vec<usize> = Vec::new();
     for s in &fwd.candidate_shapes {
-        if let Some(r) = spatial(s) {
+        if let Some(r) = resolution(s) {
             if order.last() != Some(&r) {
                 order.retain(|&o| o != r);
                 order.push(r);
@@ -282,7 +286,7 @@ pub(super) fn last_stages(fwd: &Forward, stages: usize) -> HashSet<String> {
     fwd.candidates
         .iter()
         .zip(&fwd.candidate_shapes)
-        .filter(|(_, s)| spatial(s).is_none_or(|r| keep.contains(&r)))
+        .filter(|(_, s)| resolution(s).is_none_or(|r| keep.contains(&r)))
         .map(|((name, _), _)| name.clone())
         .collect()
 }
