@@ -33,17 +33,30 @@ fn times_fn_of_x(n: &NodeProto, dy: &str, op: &str, ctx: &mut Ctx) -> Grads {
     single(n, ctx.b.mul(dy, &d))
 }
 
-/// `dx = dy / sqrt(s * x^2 + c)` (the inverse sine, cosine and hyperbolic functions), negated
-/// when `negate`.
-fn over_sqrt(n: &NodeProto, dy: &str, s: f32, c: f32, negate: bool, ctx: &mut Ctx) -> Grads {
+/// `c - x^2` (`minus`) or `x^2 + c`: the inverse functions' denominators.
+fn quadratic(n: &NodeProto, minus: bool, c: f32, ctx: &mut Ctx) -> String {
     let x = n.input[0].clone();
     let x2 = ctx.b.mul(&x, &x);
-    let sx2 = ctx.b.scale(&x2, s);
     let cc = ctx.b.scalar(c);
-    let r = ctx.b.add(&sx2, &cc);
-    let root = ctx.b.op("Sqrt", &[&r], vec![]);
-    let g = ctx.b.op("Div", &[dy, &root], vec![]);
+    if minus {
+        ctx.b.sub(&cc, &x2)
+    } else {
+        ctx.b.add(&x2, &cc)
+    }
+}
+
+/// `dx = dy / d`, negated when `negate`.
+fn over(n: &NodeProto, dy: &str, d: &str, negate: bool, ctx: &mut Ctx) -> Grads {
+    let g = ctx.b.op("Div", &[dy, d], vec![]);
     single(n, if negate { ctx.b.op("Neg", &[&g], vec![]) } else { g })
+}
+
+/// `dx = dy / sqrt(c - x^2)` or `dy / sqrt(x^2 + c)` (the inverse sine, cosine and hyperbolic
+/// functions), negated when `negate`.
+fn over_sqrt(n: &NodeProto, dy: &str, minus: bool, c: f32, negate: bool, ctx: &mut Ctx) -> Grads {
+    let q = quadratic(n, minus, c, ctx);
+    let root = ctx.b.op("Sqrt", &[&q], vec![]);
+    over(n, dy, &root, negate, ctx)
 }
 
 /// `dy/dx = cos x`.
@@ -69,21 +82,18 @@ fn tan(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
 
 /// `dy/dx = 1 / sqrt(1 - x^2)`.
 fn asin(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
-    Ok(over_sqrt(n, dy, -1.0, 1.0, false, ctx))
+    Ok(over_sqrt(n, dy, true, 1.0, false, ctx))
 }
 
 /// `dy/dx = -1 / sqrt(1 - x^2)`.
 fn acos(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
-    Ok(over_sqrt(n, dy, -1.0, 1.0, true, ctx))
+    Ok(over_sqrt(n, dy, true, 1.0, true, ctx))
 }
 
 /// `dy/dx = 1 / (1 + x^2)`.
 fn atan(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
-    let x = n.input[0].clone();
-    let x2 = ctx.b.mul(&x, &x);
-    let one = ctx.b.scalar(1.0);
-    let d = ctx.b.add(&x2, &one);
-    Ok(single(n, ctx.b.op("Div", &[dy, &d], vec![])))
+    let d = quadratic(n, false, 1.0, ctx);
+    Ok(over(n, dy, &d, false, ctx))
 }
 
 /// `dy/dx = cosh x`.
@@ -98,21 +108,18 @@ fn cosh(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
 
 /// `dy/dx = 1 / sqrt(x^2 + 1)`.
 fn asinh(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
-    Ok(over_sqrt(n, dy, 1.0, 1.0, false, ctx))
+    Ok(over_sqrt(n, dy, false, 1.0, false, ctx))
 }
 
 /// `dy/dx = 1 / sqrt(x^2 - 1)`.
 fn acosh(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
-    Ok(over_sqrt(n, dy, 1.0, -1.0, false, ctx))
+    Ok(over_sqrt(n, dy, false, -1.0, false, ctx))
 }
 
 /// `dy/dx = 1 / (1 - x^2)`.
 fn atanh(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
-    let x = n.input[0].clone();
-    let x2 = ctx.b.mul(&x, &x);
-    let one = ctx.b.scalar(1.0);
-    let d = ctx.b.sub(&one, &x2);
-    Ok(single(n, ctx.b.op("Div", &[dy, &d], vec![])))
+    let d = quadratic(n, true, 1.0, ctx);
+    Ok(over(n, dy, &d, false, ctx))
 }
 
 /// `Floor`, `Ceil`, `Round`, `Sign`: no gradient reaches the input (zero almost everywhere,
