@@ -127,7 +127,7 @@ fn init(a: &InitArgs) -> Result<(), SetupError> {
     }
 
     // 3. What each preset costs here, before minutes of calibrating the chosen one.
-    let preset = choose_preset(a, &mut setup, &rt, &mut report)?;
+    let preset = choose_preset(a, overrides.size, &mut setup, &rt, &mut report)?;
     let model = &setup.model;
 
     // 4. Calibrate on part of the images (calibrate's code path), keep the rest to measure.
@@ -165,15 +165,16 @@ fn init(a: &InitArgs) -> Result<(), SetupError> {
 }
 
 /// Times every preset and settles `--preset` (a failure to time them is a warning, not a failed
-/// init: `auto` then keeps `full`); compiles the chosen preset when it is not the one loaded.
+/// init: `auto` then keeps `full`); compiles the chosen preset, at `size` (the image size a
+/// symbolic-size model is set up for), when it is not the one loaded.
 fn choose_preset(
     a: &InitArgs,
+    size: Option<(usize, usize)>,
     setup: &mut setup::inspect::SetupModel,
     rt: &RuntimeOptions,
     report: &mut Report,
 ) -> Result<Preset, SetupError> {
     let loaded = a.preset.first();
-    let size = a.preprocess.overrides().size;
     let chosen = match setup::cost::measure(&setup.model, loaded, size, rt, CostTiming::default()) {
         Ok(mut cost) => {
             cost.chosen = a.preset.resolve(Some(&cost));
