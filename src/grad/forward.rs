@@ -292,8 +292,8 @@ pub(super) fn last_stages(fwd: &Forward, stages: usize) -> HashSet<String> {
 }
 
 /// Node `n`'s [`StatCandidate`], if it is one: an activation applied to a Conv's (or its
-/// norm's) output, or a residual join (`Add` of two activations), whose statistic is taken after
-/// the activation that follows it.
+/// norm's) output, the operator or written out in elementary operators, or a residual join
+/// (`Add` of two activations), whose statistic is taken after the activation that follows it.
 fn stat_candidate(
     n: &NodeProto,
     ctx: &Ctx,
@@ -311,7 +311,30 @@ fn stat_candidate(
     if STAGE_ACTIVATIONS.contains(&n.op_type.as_str()) && of_conv && after_param.contains(&n.input[0]) {
         return Some(StatCandidate { tensor: out.clone(), shape, block: false });
     }
-    if n.op_type == "Add" && n.input.len() == 2 && n.input.iter().all(|s| ctx.is_act(s)) {
+    let two_acts = n.input.len() == 2 && n.input.iter().all(|s| ctx.is_act(s));
+    // An activation written out as its input times a function of it (`x * sigmoid(x)`, Erf- or
+    // tanh-GELU, Mish or HardSwish in elementary operators, as older opsets export them) stands
+    // for its Conv as the operator would; Erf-GELU's trailing `* 0.5` is followed.
+    if n.op_type == "Mul" && two_acts && n.input[0] != n.input[1] {
+        if let Some(root) = pointwise_root(out, ctx, producers, GATED_DEPTH) {
+            if of_norm_or_conv(root, producers) && after_param.contains(root) {
+                let scaled = match readers.get(out).map(Vec::as_slice) {
+                    Some([r])
+                        if matches!(r.op_type.as_str(), "Mul" | "Div")
+                            && r.input.iter().any(|s| ctx.consts.contains_key(s)) =>
+                    {
+                        r.output.first().cloned()
+                    }
+                    _ => None,
+                };
+                let tensor = scaled.unwrap_or_else(|| out.clone());
+                return Some(StatCandidate { tensor, shape, block: false });
+            }
+        }
+    }
+    // Two values computed pointwise from one tensor (tanh-GELU's `x + 0.044715 x^3`) are no
+    // residual join.
+    if n.op_type == "Add" && two_acts && pointwise_root(out, ctx, producers, GATED_DEPTH).is_none() {
         let after = readers.get(out).and_then(|r| match r.as_slice() {
             [r] if matches!(r.op_type.as_str(), "Relu" | "LeakyRelu" | "Clip" | "Sigmoid" | "HardSwish") => {
                 r.output.first().cloned()
@@ -321,6 +344,64 @@ fn stat_candidate(
         return Some(StatCandidate { tensor: after.unwrap_or_else(|| out.clone()), shape, block: true });
     }
     None
+}
+
+/// How many pointwise steps [`pointwise_root`] follows back (tanh-GELU takes 7).
+const GATED_DEPTH: usize = 10;
+
+/// Elementwise operators an activation written out in elementary operators is made of.
+const POINTWISE_STEPS: &[&str] = &[
+    "Mul",
+    "Div",
+    "Add",
+    "Sub",
+    "Pow",
+    "Erf",
+    "Tanh",
+    "Sigmoid",
+    "HardSigmoid",
+    "Softplus",
+    "Exp",
+    "Neg",
+    "Relu",
+    "Clip",
+    "Min",
+    "Max",
+    "Sqrt",
+    "Reciprocal",
+];
+
+fn of_norm_or_conv(t: &str, producers: &HashMap<String, &NodeProto>) -> bool {
+    producers
+        .get(t)
+        .is_some_and(|p| matches!(p.op_type.as_str(), "Conv" | "BatchNormalization" | "InstanceNormalization"))
+}
+
+/// The one tensor that `t` is computed from by elementwise steps alone (constants and
+/// parameters aside), stopping at a Conv's or norm's output: `Some(x)` for `x * sigmoid(x)`,
+/// `None` for the sum of two layers' outputs.
+fn pointwise_root<'a>(
+    t: &'a str,
+    ctx: &Ctx,
+    producers: &'a HashMap<String, &NodeProto>,
+    depth: usize,
+) -> Option<&'a str> {
+    let p = producers.get(t)?;
+    if of_norm_or_conv(t, producers) {
+        return Some(t);
+    }
+    if depth == 0 || !POINTWISE_STEPS.contains(&p.op_type.as_str()) {
+        return None;
+    }
+    let mut root = None;
+    for i in p.input.iter().filter(|s| ctx.is_act(s)) {
+        let r = pointwise_root(i, ctx, producers, depth - 1)?;
+        if root.is_some_and(|q| q != r) {
+            return None;
+        }
+        root = Some(r);
+    }
+    root
 }
 
 /// Whether constant `c` was computed from constants and is read by several nodes (EVA's rotary

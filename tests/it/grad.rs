@@ -1844,6 +1844,57 @@ fn fd_cases_cover_every_rule() {
     assert!(missing.is_empty(), "parameter kinds with no finite-difference case in FD_CASES: {missing:?}");
 }
 
+/// An activation written out in elementary operators (as opset 17 exports GELU, and as SiLU
+/// is written `x * sigmoid(x)`) gives the same forward-only statistic as the operator would: its
+/// output (after Erf-GELU's `* 0.5`), one per stage; tanh-GELU's `x + 0.044715 x^3` is no
+/// residual join.
+#[test]
+fn written_out_activations_give_their_stage_statistic() {
+    type Form = fn(&mut Net, &str) -> String;
+    fn erf_gelu(n: &mut Net, x: &str) -> String {
+        let r2 = n.constant(&[], &[std::f32::consts::SQRT_2]);
+        let (one, half) = (n.constant(&[], &[1.0]), n.constant(&[], &[0.5]));
+        let d = n.op("Div", &[x, &r2], vec![]);
+        let e = n.op("Erf", &[&d], vec![]);
+        let a = n.op("Add", &[&e, &one], vec![]);
+        let m = n.op("Mul", &[x, &a], vec![]);
+        n.op("Mul", &[&m, &half], vec![])
+    }
+    fn tanh_gelu(n: &mut Net, x: &str) -> String {
+        let (three, c) = (n.constant(&[], &[3.0]), n.constant(&[], &[0.044715]));
+        let (k, one, half) = (n.constant(&[], &[0.797_884_6]), n.constant(&[], &[1.0]), n.constant(&[], &[0.5]));
+        let h = n.op("Mul", &[x, &half], vec![]);
+        let cube = n.op("Pow", &[x, &three], vec![]);
+        let inner = n.op("Mul", &[&cube, &c], vec![]);
+        let sum = n.op("Add", &[x, &inner], vec![]);
+        let t = n.op("Mul", &[&sum, &k], vec![]);
+        let t = n.op("Tanh", &[&t], vec![]);
+        let a = n.op("Add", &[&t, &one], vec![]);
+        n.op("Mul", &[&h, &a], vec![])
+    }
+    fn silu(n: &mut Net, x: &str) -> String {
+        let s = n.op("Sigmoid", &[x], vec![]);
+        n.op("Mul", &[x, &s], vec![])
+    }
+    fn gelu_op(n: &mut Net, x: &str) -> String {
+        n.op("Tanh", &[x], vec![])
+    }
+    let forms: [(&str, Form); 4] = [("erf", erf_gelu), ("tanh", tanh_gelu), ("silu", silu), ("operator", gelu_op)];
+    for (name, act) in forms {
+        let mut net = Net::new(7);
+        let c1 = net.conv("x", 2, 3, 3, true, vec![attr::ints("pads", &[1, 1, 1, 1])]);
+        let a1 = act(&mut net, &c1);
+        let c2 = net.conv(&a1, 3, 4, 3, true, vec![attr::ints("pads", &[1, 1, 1, 1]), attr::ints("strides", &[2, 2])]);
+        let a2 = act(&mut net, &c2);
+        let out = net.head(&a2, 4 * 9, CLASSES);
+        let model = net.model(&[2, 6, 6], &out);
+        let opts = CompileOptions { act_stats: true, ..Default::default() };
+        let c = grad::compile(&model, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let want: Vec<String> = [&a1, &a2].iter().map(|t| format!("{}{t}", grad::ACT_PREFIX)).collect();
+        assert_eq!(c.act_stats, want, "{name}");
+    }
+}
+
 /// The `fast` preset on a two-stage net (a residual block at 6x6, then a strided conv to 2x2):
 /// only the last stage's and the head's norms, each equal to the finite differences of the
 /// full model, then the mean squares of the residual block's output and of the 2x2 stage's
