@@ -1515,7 +1515,32 @@ fn opset9_attribute_forms() {
     check(case_opset9_attribute_forms());
 }
 
+/// Local response normalisation across channels (AlexNet, GoogLeNet v1): a window of 3, then
+/// one of 5 over 4 channels (wider than the map's channels: zeros beyond the ends), with an alpha
+/// large enough that the cross-channel term matters. ONNX Runtime takes odd sizes only.
+fn case_local_response_norm() -> Case {
+    chain(63, |n, x| {
+        let attrs = |size: i64, alpha: f32| {
+            vec![
+                attr::int("size", size),
+                attr::float("alpha", alpha),
+                attr::float("beta", 0.75),
+                attr::float("bias", 1.5),
+            ]
+        };
+        let a = n.op("LRN", &[x], attrs(3, 2.0));
+        let c = n.conv(&a, 3, 4, 3, true, vec![attr::ints("pads", &[1, 1, 1, 1])]);
+        (n.op("LRN", &[&c], attrs(5, 1.0)), 4 * 36)
+    })
+}
+
+#[test]
+fn local_response_norm() {
+    check(case_local_response_norm());
+}
+
 const FD_CASES: &[(&str, MakeCase)] = &[
+    ("local_response_norm", case_local_response_norm),
     ("trigonometric", case_trigonometric),
     ("hyperbolic_and_piecewise_constant", case_hyperbolic_and_piecewise_constant),
     ("opset9_attribute_forms", case_opset9_attribute_forms),

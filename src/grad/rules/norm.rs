@@ -1,16 +1,72 @@
-//! Normalisation: `BatchNormalization` in inference form (scale and shift are parameters).
+//! Normalisation: `BatchNormalization` in inference form (scale and shift are parameters), and
+//! `LRN`, the local response normalisation across channels of AlexNet, GoogLeNet v1 and the
+//! Caffe-converted classifiers of the ONNX model zoo.
 
-use super::{act_input, Grads, Params, Rule};
+use super::{act_input, single, Grads, Params, Rule};
 use crate::grad::{node_err, Ctx, GradError, ParamKind};
-use crate::onnx::{Attrs, NodeProto};
+use crate::onnx::{attr, Attrs, NodeProto};
 
 /// The normalisation rules.
-pub(super) const RULES: &[Rule] = &[Rule {
-    op: "BatchNormalization",
-    params: Params::Inputs(&[(1, ParamKind::BnScale), (2, ParamKind::BnShift)]),
-    shape: bn_shape,
-    backward: bn_backward,
-}];
+pub(super) const RULES: &[Rule] = &[
+    Rule {
+        op: "BatchNormalization",
+        params: Params::Inputs(&[(1, ParamKind::BnScale), (2, ParamKind::BnShift)]),
+        shape: bn_shape,
+        backward: bn_backward,
+    },
+    Rule { op: "LRN", params: Params::None, shape: lrn_shape, backward: lrn_backward },
+];
+
+fn lrn_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
+    let x = ctx.shape(n, act_input(n, ctx, 0)?)?;
+    if x.len() < 2 || Attrs::of(n).int("size", 0)? < 1 {
+        return Err(node_err(n, "LRN needs a channel axis and spatial axes, and a size of at least 1"));
+    }
+    Ok(x)
+}
+
+/// The sum over each channel's window of `t` (`[N, C, ...]` of per-sample shape `shape`), the
+/// window reaching `before` channels down and `after` up (zeros beyond the ends): a Conv of ones
+/// over the channels laid out as the height of a one-channel image.
+fn channel_window_sum(ctx: &mut Ctx, t: &str, shape: &[usize], before: usize, after: usize) -> String {
+    let (c, l) = (shape[0] as i64, shape[1..].iter().product::<usize>() as i64);
+    let tr = ctx.b.reshape_to(t, &[-1, 1, c, l]);
+    let size = before + after + 1;
+    let ones = ctx.b.const_f32("lrn_window", &[1, 1, size, 1], &vec![1.0; size]);
+    let pads = attr::ints("pads", &[before as i64, 0, after as i64, 0]);
+    let sum = ctx.b.op("Conv", &[&tr, &ones], vec![pads]);
+    let mut full = vec![-1];
+    full.extend(shape.iter().map(|&d| d as i64));
+    ctx.b.reshape_to(&sum, &full)
+}
+
+/// `y = x s^-beta` with `s = bias + alpha / size * sum over the window of x^2` (the window: from
+/// `(size - 1) / 2` channels below to the rest above): `dx = dy s^-beta - 2 alpha beta / size *
+/// x * sum over the mirrored window of dy x s^(-beta - 1)`.
+fn lrn_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let a = Attrs::of(n);
+    let (alpha, beta, bias) = (a.float("alpha", 1e-4)?, a.float("beta", 0.75)?, a.float("bias", 1.0)?);
+    let size = a.int("size", 1)?.max(1) as usize;
+    let x = n.input[0].clone();
+    let shape = ctx.shape(n, &x)?;
+    let (below, above) = ((size - 1) / 2, size / 2);
+    let x2 = ctx.b.mul(&x, &x);
+    let win = channel_window_sum(ctx, &x2, &shape, below, above);
+    let scaled = ctx.b.scale(&win, alpha / size as f32);
+    let bias_c = ctx.b.scalar(bias);
+    let s = ctx.b.add(&scaled, &bias_c);
+    let neg_beta = ctx.b.scalar(-beta);
+    let t = ctx.b.op("Pow", &[&s, &neg_beta], vec![]);
+    let direct = ctx.b.mul(dy, &t);
+    let dyx = ctx.b.mul(dy, &x);
+    let dyxt = ctx.b.mul(&dyx, &t);
+    let u = ctx.b.op("Div", &[&dyxt, &s], vec![]);
+    // Channel c's window holds j exactly when j's mirrored window holds c.
+    let back = channel_window_sum(ctx, &u, &shape, above, below);
+    let xb = ctx.b.mul(&x, &back);
+    let cross = ctx.b.scale(&xb, 2.0 * alpha * beta / size as f32);
+    Ok(single(n, ctx.b.sub(&direct, &cross)))
+}
 
 fn bn_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
     let x = ctx.shape(n, act_input(n, ctx, 0)?)?;
