@@ -1539,7 +1539,34 @@ fn local_response_norm() {
     check(case_local_response_norm());
 }
 
+/// GroupNormalization as opset 21 writes it (a scale and shift per channel: 4 channels in 2
+/// groups) and as opset 18 did (one per group), over a map.
+fn case_group_norm(opset: i64, per: usize) -> Case {
+    let mut c = chain(64, |n, x| {
+        let a = n.conv(x, 3, 4, 3, true, vec![attr::ints("pads", &[1, 1, 1, 1])]);
+        let (scale, shift) = (n.param(&[per], 0.8), n.param(&[per], 0.3));
+        (n.op("GroupNormalization", &[&a, &scale, &shift], vec![attr::int("num_groups", 2)]), 4 * 36)
+    });
+    c.net.opset = opset;
+    c
+}
+
+fn case_group_norm_per_channel() -> Case {
+    case_group_norm(21, 4)
+}
+
+#[test]
+fn group_norm_per_channel() {
+    check(case_group_norm_per_channel());
+}
+
+#[test]
+fn group_norm_per_group() {
+    check(case_group_norm(18, 2));
+}
+
 const FD_CASES: &[(&str, MakeCase)] = &[
+    ("group_norm_per_channel", case_group_norm_per_channel),
     ("local_response_norm", case_local_response_norm),
     ("trigonometric", case_trigonometric),
     ("hyperbolic_and_piecewise_constant", case_hyperbolic_and_piecewise_constant),

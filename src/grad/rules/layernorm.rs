@@ -3,7 +3,9 @@
 //! `InstanceNormalization` (over the spatial axes, per channel), which is also how both PyTorch
 //! exporters write `GroupNorm` (a reshape to `[N, groups, -1]`, an InstanceNormalization with
 //! unit scale and zero shift, then the learned per-channel Mul and Add): its scale and shift
-//! count as the same kinds unless they are those constant ones and zeros.
+//! count as the same kinds unless they are those constant ones and zeros. And
+//! `GroupNormalization` (opset 18 with a scale and shift per group, 21 with one per channel), as
+//! a standardisation over each group's channels and positions.
 //!
 //! With `xhat = (x - mean) / sqrt(var + eps)` over the normalised axes (`D` values) and
 //! `g = dy * scale`: `dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps)`; per sample,
@@ -26,6 +28,12 @@ pub(super) const RULES: &[Rule] = &[
         params: Params::Discover(instance_params),
         shape: instance_shape,
         backward: instance_backward,
+    },
+    Rule {
+        op: "GroupNormalization",
+        params: Params::Inputs(&[(1, ParamKind::LnScale), (2, ParamKind::LnShift)]),
+        shape: group_shape,
+        backward: group_backward,
     },
 ];
 
@@ -193,4 +201,71 @@ fn instance_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, Gr
     let g = ctx.b.mul(dy, &sc);
     let dx = standardised_input_grad(ctx, &g, &xhat, &rstd, &axes);
     Ok(vec![(x, dx)])
+}
+
+/// `(groups, per_channel)`: the group count, and whether scale and shift hold one value per
+/// channel (opset 21) rather than one per group (opset 18; the same where they are equal).
+fn group_geometry(n: &NodeProto, ctx: &Ctx) -> Result<(usize, bool), GradError> {
+    let x = ctx.shape(n, act_input(n, ctx, 0)?)?;
+    let groups = Attrs::of(n).int("num_groups", 0)?;
+    if x.len() < 2 || groups < 1 || x[0] % groups as usize != 0 {
+        return Err(node_err(n, format!("GroupNormalization's {groups} groups do not divide the channels of {x:?}")));
+    }
+    let groups = groups as usize;
+    let mut per_channel = None;
+    for i in 1..3 {
+        let name = n.input.get(i).map(String::as_str).unwrap_or("");
+        if ctx.is_act(name) {
+            return Err(node_err(n, "GroupNormalization's scale and bias must be constants"));
+        }
+        let len: usize = ctx.const_dims(n, name)?.iter().product();
+        if len != x[0] && len != groups {
+            return Err(node_err(n, format!("GroupNormalization's scale and bias must be [{}] or [{groups}]", x[0])));
+        }
+        per_channel = Some(per_channel.unwrap_or(false) || len == x[0]);
+    }
+    Ok((groups, per_channel.unwrap_or(true)))
+}
+
+fn group_shape(n: &NodeProto, ctx: &Ctx) -> Result<Vec<usize>, GradError> {
+    group_geometry(n, ctx)?;
+    ctx.shape(n, &n.input[0])
+}
+
+/// In the layout `[N, groups, C / groups, positions]`: a standardisation over the last two
+/// axes, then the scale and shift per channel (`[groups, C / groups, 1]`) or per group
+/// (`[groups, 1, 1]`); per sample `dScale = sum(dy * xhat)` and `dShift = sum(dy)` over what
+/// each value scales.
+fn group_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradError> {
+    let (groups, per_channel) = group_geometry(n, ctx)?;
+    let x = n.input[0].clone();
+    let xs = ctx.shape(n, &x)?;
+    let eps = Attrs::of(n).float("epsilon", 1e-5)?;
+    let (g, cg, l) = (groups as i64, (xs[0] / groups) as i64, xs[1..].iter().product::<usize>() as i64);
+    let grouped = [-1, g, cg, l];
+    let xg = ctx.b.reshape_to(&x, &grouped);
+    let dyg = ctx.b.reshape_to(dy, &grouped);
+    let (xhat, rstd) = standardise(ctx, &xg, &[2, 3], eps);
+    let over: &[i64] = if per_channel { &[3] } else { &[2, 3] };
+    let (scale, shift) = (n.input[1].clone(), n.input[2].clone());
+    if ctx.is_param(&scale) {
+        let p = ctx.b.mul(&dyg, &xhat);
+        let s = ctx.b.reduce("ReduceSum", &p, over, false);
+        let norm = ctx.b.sample_sq_norm(&s, 4 - over.len());
+        ctx.add_norm(n, &scale, norm)?;
+    }
+    if ctx.is_param(&shift) {
+        let s = ctx.b.reduce("ReduceSum", &dyg, over, false);
+        let norm = ctx.b.sample_sq_norm(&s, 4 - over.len());
+        ctx.add_norm(n, &shift, norm)?;
+    }
+    if !ctx.wants_grad(&x) {
+        return Ok(vec![]);
+    }
+    let sc = ctx.b.reshape_to(&scale, &[g, if per_channel { cg } else { 1 }, 1]);
+    let gs = ctx.b.mul(&dyg, &sc);
+    let dx = standardised_input_grad(ctx, &gs, &xhat, &rstd, &[2, 3]);
+    let mut full = vec![-1];
+    full.extend(xs.iter().map(|&d| d as i64));
+    Ok(vec![(x, ctx.b.reshape_to(&dx, &full))])
 }
