@@ -303,11 +303,7 @@ fn stat_candidate(
 ) -> Option<StatCandidate> {
     let out = n.output.first()?;
     let shape = ctx.shapes.get(out)?.clone();
-    let of_conv = n
-        .input
-        .first()
-        .and_then(|x| producers.get(x))
-        .is_some_and(|p| matches!(p.op_type.as_str(), "Conv" | "BatchNormalization" | "InstanceNormalization"));
+    let of_conv = n.input.first().is_some_and(|x| of_norm_or_conv(x, producers));
     if STAGE_ACTIVATIONS.contains(&n.op_type.as_str()) && of_conv && after_param.contains(&n.input[0]) {
         return Some(StatCandidate { tensor: out.clone(), shape, block: false });
     }
@@ -371,10 +367,11 @@ const POINTWISE_STEPS: &[&str] = &[
     "Reciprocal",
 ];
 
+/// Whether `t` is a Conv's output or its norm's.
 fn of_norm_or_conv(t: &str, producers: &HashMap<String, &NodeProto>) -> bool {
-    producers
-        .get(t)
-        .is_some_and(|p| matches!(p.op_type.as_str(), "Conv" | "BatchNormalization" | "InstanceNormalization"))
+    producers.get(t).is_some_and(|p| {
+        matches!(p.op_type.as_str(), "Conv" | "BatchNormalization" | "InstanceNormalization" | "GroupNormalization")
+    })
 }
 
 /// The one tensor that `t` is computed from by elementwise steps alone (constants and
