@@ -49,22 +49,18 @@ pub(super) fn emit_outputs(
                 "parameter '{p}' gets no gradient from the logits (is it on a path to the output?)"
             ))
         })?;
-        cols.push(norm.clone());
+        cols.push(b.reshape_to(norm, &[-1, 1]));
     }
     for (t, shape) in stats {
         let sq = b.sample_sq_norm(t, shape.len() + 1);
         let mean = b.scale(&sq, 1.0 / shape.iter().product::<usize>().max(1) as f32);
-        cols.push(mean);
+        cols.push(b.reshape_to(&mean, &[-1, 1]));
     }
     let col_refs: Vec<&str> = cols.iter().map(String::as_str).collect();
     if !b.reserve(outputs::FEATURES) {
         return Err(GradError::Model(format!("the model already has a value named '{}'", outputs::FEATURES)));
     }
-    // Every column is `[N]`: stacked as `[F * N]` and turned to `[N, F]` in two nodes, where a
-    // reshape to `[N, 1]` per column costs a node each (a tenth of a small model's graph).
-    let stacked = b.op("Concat", &col_refs, vec![attr::int("axis", 0)]);
-    let rows = b.reshape_to(&stacked, &[cols.len() as i64, -1]);
-    b.op_to("Transpose", &[&rows], outputs::FEATURES, vec![attr::ints("perm", &[1, 0])]);
+    b.op_to("Concat", &col_refs, outputs::FEATURES, vec![attr::int("axis", 1)]);
     outputs.push(onnx::make_value_info(
         outputs::FEATURES,
         onnx::data_type::FLOAT,
