@@ -95,8 +95,8 @@ fn pixel_gram_norm(ctx: &mut Ctx, x: &str, dy: &str, g: &Geom, cin: usize, cout:
 /// `||dW||^2` of a depthwise Conv (one input and one output channel per group): the per-sample
 /// gradient is `C x k x k` values, `dW[c, a, b] = sum_p x_pad[c, p*s + (a,b)*d] * delta[c, p]`.
 /// Computed channels-last, so every op runs over whole rows of `C` values: the `k*k` strided
-/// windows of the padded input (one Gather; only the taps that read the map, [`live_taps`]),
-/// `[N, taps, Ho, Wo, C]`, times `delta`,
+/// windows of the padded input (Slice; only those that read the map, [`live_taps`]),
+/// concatenated `[N, taps, Ho, Wo, C]`, times `delta`,
 /// summed over the window. ONNX Runtime's grouped Conv and batched MatMul (the im2col plan) pay
 /// a fixed cost per sample and channel, which dominates on small feature maps.
 fn depthwise_norm(ctx: &mut Ctx, x: &str, dy: &str, g: &Geom, c: usize, gain: Option<&[f32]>) -> String {
@@ -106,29 +106,20 @@ fn depthwise_norm(ctx: &mut Ctx, x: &str, dy: &str, g: &Geom, c: usize, gain: Op
         xt = ctx.b.pad(&xt, &[0, pt, pl, 0, 0, pb, pr, 0], 0.0);
     }
     let (hp, wp) = (g.inp[0] as i64 + pt + pb, g.inp[1] as i64 + pl + pr);
+    let xu = ctx.b.reshape_to(&xt, &[-1, 1, hp, wp, c as i64]);
     let (s, d) = (g.s.map(|v| v as i64), g.d.map(|v| v as i64));
+    let span = [(g.out[0] as i64 - 1) * s[0] + 1, (g.out[1] as i64 - 1) * s[1] + 1];
     // Only the taps that read the map: the others' gradients are zero.
-    let taps = live_taps(g);
-    let patches = if taps.len() == 1 {
-        let xu = ctx.b.reshape_to(&xt, &[-1, 1, hp, wp, c as i64]);
-        let span = [(g.out[0] as i64 - 1) * s[0] + 1, (g.out[1] as i64 - 1) * s[1] + 1];
-        let st = [taps[0].0 as i64 * d[0], taps[0].1 as i64 * d[1]];
-        ctx.b.slice_steps(&xu, &st, &[st[0] + span[0], st[1] + span[1]], &[2, 3], &s)
+    let mut windows = Vec::new();
+    for (a, b) in live_taps(g) {
+        let st = [a as i64 * d[0], b as i64 * d[1]];
+        windows.push(ctx.b.slice_steps(&xu, &st, &[st[0] + span[0], st[1] + span[1]], &[2, 3], &s));
+    }
+    let patches = if windows.len() == 1 {
+        windows.remove(0)
     } else {
-        // Every tap's window in one Gather over the flattened map (a Slice per tap and their
-        // Concat cost a node each, which dominates on the small maps this plan is for).
-        let mut idx = Vec::with_capacity(taps.len() * g.out[0] * g.out[1]);
-        for &(a, b) in &taps {
-            for i in 0..g.out[0] as i64 {
-                for j in 0..g.out[1] as i64 {
-                    idx.push((a as i64 * d[0] + i * s[0]) * wp + b as i64 * d[1] + j * s[1]);
-                }
-            }
-        }
-        let name = ctx.b.fresh("window_taps");
-        ctx.b.inits.push(crate::onnx::make_tensor_i64(&name, &[taps.len(), g.out[0], g.out[1]], &idx));
-        let xf = ctx.b.reshape_to(&xt, &[-1, hp * wp, c as i64]);
-        ctx.b.op("Gather", &[&xf, &name], vec![attr::int("axis", 1)])
+        let refs: Vec<&str> = windows.iter().map(String::as_str).collect();
+        ctx.b.op("Concat", &refs, vec![attr::int("axis", 1)])
     };
     let dt = ctx.b.transpose(dy, &[0, 2, 3, 1]);
     let du = ctx.b.reshape_to(&dt, &[-1, 1, g.out[0] as i64, g.out[1] as i64, c as i64]);
