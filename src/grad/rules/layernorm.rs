@@ -265,7 +265,5 @@ fn group_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradE
     let sc = ctx.b.reshape_to(&scale, &[g, if per_channel { cg } else { 1 }, 1]);
     let gs = ctx.b.mul(&dyg, &sc);
     let dx = standardised_input_grad(ctx, &gs, &xhat, &rstd, &[2, 3]);
-    let mut full = vec![-1];
-    full.extend(xs.iter().map(|&d| d as i64));
-    Ok(vec![(x, ctx.b.reshape_to(&dx, &full))])
+    Ok(vec![(x, ctx.b.reshape_batch(&dx, &xs))])
 }

@@ -35,9 +35,7 @@ fn channel_window_sum(ctx: &mut Ctx, t: &str, shape: &[usize], before: usize, af
     let ones = ctx.b.const_f32("lrn_window", &[1, 1, size, 1], &vec![1.0; size]);
     let pads = attr::ints("pads", &[before as i64, 0, after as i64, 0]);
     let sum = ctx.b.op("Conv", &[&tr, &ones], vec![pads]);
-    let mut full = vec![-1];
-    full.extend(shape.iter().map(|&d| d as i64));
-    ctx.b.reshape_to(&sum, &full)
+    ctx.b.reshape_batch(&sum, shape)
 }
 
 /// `y = x s^-beta` with `s = bias + alpha / size * sum over the window of x^2` (the window: from
