@@ -311,22 +311,20 @@ fn stat_candidate(
     // An activation written out as its input times a function of it (`x * sigmoid(x)`, Erf- or
     // tanh-GELU, Mish or HardSwish in elementary operators, as older opsets export them) stands
     // for its Conv as the operator would; Erf-GELU's trailing `* 0.5` is followed.
-    if n.op_type == "Mul" && two_acts && n.input[0] != n.input[1] {
-        if let Some(root) = pointwise_root(out, ctx, producers, GATED_DEPTH) {
-            if of_norm_or_conv(root, producers) && after_param.contains(root) {
-                let scaled = match readers.get(out).map(Vec::as_slice) {
-                    Some([r])
-                        if matches!(r.op_type.as_str(), "Mul" | "Div")
-                            && r.input.iter().any(|s| ctx.consts.contains_key(s)) =>
-                    {
-                        r.output.first().cloned()
-                    }
-                    _ => None,
-                };
-                let tensor = scaled.unwrap_or_else(|| out.clone());
-                return Some(StatCandidate { tensor, shape, block: false });
+    let gated = n.op_type == "Mul" && two_acts && n.input[0] != n.input[1];
+    // (`pointwise_root` is only ever a Conv's or norm's output.)
+    if gated && pointwise_root(out, ctx, producers, GATED_DEPTH).is_some_and(|r| after_param.contains(r)) {
+        let scaled = match readers.get(out).map(Vec::as_slice) {
+            Some([r])
+                if matches!(r.op_type.as_str(), "Mul" | "Div")
+                    && r.input.iter().any(|s| ctx.consts.contains_key(s)) =>
+            {
+                r.output.first().cloned()
             }
-        }
+            _ => None,
+        };
+        let tensor = scaled.unwrap_or_else(|| out.clone());
+        return Some(StatCandidate { tensor, shape, block: false });
     }
     // Two values computed pointwise from one tensor (tanh-GELU's `x + 0.044715 x^3`) are no
     // residual join.
