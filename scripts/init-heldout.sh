@@ -5,7 +5,8 @@
 # `reference` (the reference ResNet-18), both calibrated on GTSRB test rows $INIT_ROWS; and
 # `training-images`, the reference model calibrated the way the issue's newcomer did (the first
 # 2,000 GTSRB *training* images, sorted by class: 2 classes), which must warn. Each calibration
-# then scores GTSRB test rows $EVAL_ROWS, which none of them saw. Needs numpy (the row slice)
+# then scores GTSRB test rows $EVAL_ROWS, which none of them saw. $INIT_ARGS go to every init
+# (e.g. INIT_ARGS="--preset head"). Needs numpy (the row slice)
 # and a release build. ResNet-18 setups take minutes each on a 2-core machine.
 set -euo pipefail
 DATA=${1:-../shared/data/gtsrb}
@@ -33,8 +34,9 @@ over() { # calibration model -> "k of n over the threshold"
 run() { # name model args...
     local name=$1 model=$2
     shift 2
-    echo "== $name: $GW init $model $*"
-    "$GW" init "$model" "$@" -o "$OUT/$name" > "$OUT/$name.log" 2>&1
+    echo "== $name: $GW init $model $* ${INIT_ARGS:-}"
+    # shellcheck disable=SC2086 # INIT_ARGS is a word list
+    "$GW" init "$model" "$@" ${INIT_ARGS:-} -o "$OUT/$name" > "$OUT/$name.log" 2>&1
     grep -v INFO "$OUT/$name.log"
     echo "== $name, GTSRB test rows $EVAL_ROWS: $(over "$OUT/$name/$(basename "$model" .onnx).calib.toml" "$model")"
 }

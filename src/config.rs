@@ -67,9 +67,9 @@ pub struct ModelConfig {
     /// the calibration's threshold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f32>,
-    /// The feature preset the model is compiled with: `full` (the paper's features) or `fast`
-    /// (the last stage and the head; `docs/results/presets.md`). The calibration must have been fitted
-    /// for the same preset. Default `full`.
+    /// The feature preset the model is compiled with: `full` (the paper's features), `fast`
+    /// (the last stage and the head) or `head` (the head alone; `docs/guide/presets.md`). The
+    /// calibration must have been fitted for the same preset. Default `full`.
     #[serde(default)]
     pub preset: crate::grad::Preset,
 }

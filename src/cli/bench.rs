@@ -43,8 +43,8 @@ pub struct BenchArgs {
     /// TensorRT: build FP16 engines.
     #[arg(long)]
     pub trt_fp16: bool,
-    /// Feature presets to time (comma list of full, fast), each against the forward pass.
-    #[arg(long, value_delimiter = ',', default_value = "full,fast")]
+    /// Feature presets to time (comma list of full, fast, head), each against the forward pass.
+    #[arg(long, value_delimiter = ',', default_value = "full,fast,head")]
     pub preset: Vec<Preset>,
     /// More graphs to time, for ablations: `LABEL=SELECTION` with a `--params` selection,
     /// optionally followed by `@N` (keep the last N stages) and/or `+act` (activation

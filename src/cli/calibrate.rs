@@ -24,7 +24,7 @@ pub struct CalibrateArgs {
     /// The classifier (.onnx).
     #[arg(long)]
     pub model: PathBuf,
-    /// Feature preset: full (the paper's features) or fast (`docs/results/presets.md`). The
+    /// Feature preset: full (the paper's features), fast or head (`docs/guide/presets.md`). The
     /// calibration records it; the daemon's `[model] preset` must match.
     #[arg(long, default_value = "full")]
     pub preset: crate::grad::Preset,

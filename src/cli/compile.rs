@@ -30,13 +30,14 @@ pub struct CompileArgs {
     /// with a removal starts from `default`). E.g. `weight`, `-folded_bn_*`, `layer4.*,fc.*`.
     #[arg(long, default_value = "default", allow_hyphen_values = true)]
     pub params: ParamSelection,
-    /// Feature preset: `full` (every selected parameter tensor, the paper's features) or
-    /// `fast` (the last stage and the head only, plus forward-only activation statistics;
-    /// `docs/results/presets.md`). The preset is recorded in the graph's metadata.
+    /// Feature preset: `full` (every selected parameter tensor, the paper's features), `fast`
+    /// (the last stage and the head only, plus forward-only activation statistics;
+    /// `docs/results/presets.md`) or `head` (the head only, plus the same statistics). The preset
+    /// is recorded in the graph's metadata.
     #[arg(long, default_value = "full")]
     pub preset: Preset,
-    /// Keep only the parameters of the last N stages (spatial resolutions) and the head
-    /// (overrides the preset's cut; for ablations).
+    /// Keep only the parameters of the last N stages (spatial resolutions) and the head; 0: the
+    /// head alone (overrides the preset's cut; for ablations).
     #[arg(long)]
     pub stages: Option<usize>,
     /// Append the forward-only activation statistics (mean square of every residual block's

@@ -3,8 +3,8 @@
 //! preprocessing overrides, checks the classifier's accuracy on labelled images (a wrong
 //! preprocessing, or training images that would make the threshold optimistic), times each
 //! feature preset's gradient graph against the forward pass and settles `--preset` (`auto`:
-//! `full` where it costs at most 6x, else `fast`; a named preset is kept, with a warning when
-//! it is over 6x and the other is not), calibrates
+//! `full` where it costs at most 6x, else `fast`, else `head`; a named preset is kept, with a
+//! warning when it is over 6x and another is not), calibrates
 //! with the project's recipe (`calibrate`'s code path) on part of the images and measures the
 //! rest: `DIR/<model>.calib.toml`, `DIR/gradwatch.toml`, `DIR/report.md` + `DIR/roc.svg`.
 //! Bad input exits 2 with the cause and the fix (docs/guide/your-model.md). The steps live in
@@ -59,10 +59,11 @@ pub struct InitArgs {
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Feature preset to calibrate: full (the paper's features, every layer), fast (the last
-    /// stage and the head: docs/guide/presets.md) or auto: init times both on this machine first
-    /// and auto takes full when its gradient graph costs at most 6x the classifier's forward
-    /// pass, else fast. A named preset is kept, with a warning when it is over 6x and the other
-    /// is not. The daemon's `[model] preset` in the written gradwatch.toml is the one calibrated.
+    /// stage and the head: docs/guide/presets.md), head (the head alone, no backward through
+    /// the network) or auto: init times them on this machine first and auto takes the first of
+    /// full, fast, head whose gradient graph costs at most 6x the classifier's forward pass. A
+    /// named preset is kept, with a warning when it is over 6x and another is not. The daemon's
+    /// `[model] preset` in the written gradwatch.toml is the one calibrated.
     #[arg(long, default_value = "auto")]
     pub preset: PresetChoice,
     #[command(flatten)]

@@ -271,7 +271,9 @@ fn resolution(s: &[usize]) -> Option<usize> {
 /// The names of the candidates in the last `stages` stages and the head: a stage is a run of
 /// layers at one spatial resolution (per-sample shapes `[C, spatial...]`, by the product of the
 /// spatial dims); the head is what comes after the spatial axes are gone (`[C]` outputs, e.g.
-/// the classifier's Gemm after global pooling).
+/// the classifier's Gemm after global pooling). With no stage and no head (a fully
+/// convolutional classifier, whose last layer is a Conv before the pooling), the last layer:
+/// the trailing candidates whose node outputs the last candidate's shape (a Conv with its norm).
 pub(super) fn last_stages(fwd: &Forward, stages: usize) -> HashSet<String> {
     let mut order: Vec<usize> = Vec::new();
     for s in &fwd.candidate_shapes {
@@ -283,12 +285,24 @@ pub(super) fn last_stages(fwd: &Forward, stages: usize) -> HashSet<String> {
         }
     }
     let keep: HashSet<usize> = order.iter().rev().take(stages).copied().collect();
-    fwd.candidates
+    let kept: HashSet<String> = fwd
+        .candidates
         .iter()
         .zip(&fwd.candidate_shapes)
         .filter(|(_, s)| resolution(s).is_none_or(|r| keep.contains(&r)))
         .map(|((name, _), _)| name.clone())
-        .collect()
+        .collect();
+    match fwd.candidate_shapes.last() {
+        Some(last) if kept.is_empty() => fwd
+            .candidates
+            .iter()
+            .zip(&fwd.candidate_shapes)
+            .rev()
+            .take_while(|(_, s)| *s == last)
+            .map(|((name, _), _)| name.clone())
+            .collect(),
+        _ => kept,
+    }
 }
 
 /// Node `n`'s [`StatCandidate`], if it is one: an activation applied to a Conv's (or its

@@ -184,12 +184,13 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<Compiled, Gr
         Some(k) => {
             let mut pre = new_ctx(consts.clone(), HashSet::new());
             let f = forward(graph, &needed, &producers, &opts.params, &mut pre)?;
-            let keep = last_stages(&f, k.max(1));
+            let keep = last_stages(&f, k);
             let names: Vec<String> =
                 pre.params.iter().filter(|(p, _)| keep.contains(p)).map(|(p, _)| p.clone()).collect();
             if names.is_empty() {
+                let which = if k == 0 { "the head".to_string() } else { format!("the last {k} stage(s) or the head") };
                 return Err(GradError::Model(format!(
-                    "--params {} selects no parameter tensor in the last {k} stage(s) or the head",
+                    "--params {} selects no parameter tensor in {which}",
                     opts.params
                 )));
             }

@@ -17,17 +17,23 @@ pub enum Preset {
     /// stage without one (forward-only, nearly free). Chosen by
     /// measurement: `docs/results/presets.md`.
     Fast,
+    /// No backward pass through the network: the norms of the classifier head's parameters
+    /// (the layers after the spatial axes are gone; for a fully convolutional classifier, its
+    /// last layer) and `fast`'s forward-only statistics. For a device where even `fast` costs
+    /// more than the budget (`gradwatch init --preset auto` falls back to it).
+    Head,
 }
 
 impl Preset {
     /// Every preset.
-    pub const ALL: [Preset; 2] = [Preset::Full, Preset::Fast];
+    pub const ALL: [Preset; 3] = [Preset::Full, Preset::Fast, Preset::Head];
 
     /// The command-line / metadata / calibration name.
     pub fn name(self) -> &'static str {
         match self {
             Preset::Full => "full",
             Preset::Fast => "fast",
+            Preset::Head => "head",
         }
     }
 
@@ -37,12 +43,13 @@ impl Preset {
         match self {
             Preset::Full => None,
             Preset::Fast => Some(FAST_STAGES),
+            Preset::Head => Some(0),
         }
     }
 
     /// Whether this preset adds the forward-only activation statistics.
     pub fn act_stats(self) -> bool {
-        matches!(self, Preset::Fast)
+        matches!(self, Preset::Fast | Preset::Head)
     }
 }
 
@@ -61,7 +68,8 @@ impl std::str::FromStr for Preset {
         match s {
             "full" => Ok(Preset::Full),
             "fast" => Ok(Preset::Fast),
-            _ => Err(format!("unknown preset '{s}' (expected full or fast)")),
+            "head" => Ok(Preset::Head),
+            _ => Err(format!("unknown preset '{s}' (expected full, fast or head)")),
         }
     }
 }
@@ -343,11 +351,12 @@ pub struct CompileOptions {
     pub input_grad: bool,
     /// Conv norm formulation.
     pub conv_norm: ConvNorm,
-    /// Which parameter tensors become features. Under [`Preset::Fast`] the preset's stages
-    /// further restrict it.
+    /// Which parameter tensors become features. Under [`Preset::Fast`] and [`Preset::Head`] the
+    /// preset's stages further restrict it.
     pub params: ParamSelection,
     /// The feature preset; [`Preset::Fast`] keeps only the selected parameters of the last
-    /// stage(s) and the head, and turns on [`CompileOptions::act_stats`].
+    /// stage(s) and the head, [`Preset::Head`] those of the head, and both turn on
+    /// [`CompileOptions::act_stats`].
     pub preset: Preset,
     /// Append forward-only features: the per-sample mean square of every residual block's
     /// output (an `Add` of two activations, or the activation after it) and, for each
@@ -355,7 +364,7 @@ pub struct CompileOptions {
     /// `act:<tensor>`.
     pub act_stats: bool,
     /// Keep only the parameters of the last `stages` spatial resolutions (and the head after
-    /// them); `None` keeps every stage. Set by the preset when `None`.
+    /// them; 0: the head alone); `None` keeps every stage. Set by the preset when `None`.
     pub stages: Option<usize>,
     /// `(width, height)` to compile a model whose input height and width are symbolic for (a
     /// fully convolutional classifier exported with dynamic spatial axes): the size its frames

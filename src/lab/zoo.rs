@@ -171,7 +171,9 @@ pub fn report(dir: &Path, t: &Timing, opts: &RuntimeOptions, out: &mut dyn Write
                 }
             }
             if auto {
-                let timed = t.presets.iter().enumerate().map(|(i, &p)| (p, ratio(i)));
+                // In auto's order, whatever the order of --preset.
+                let column = |p: Preset| t.presets.iter().position(|&q| q == p);
+                let timed = Preset::ALL.iter().filter_map(|&p| column(p).map(|i| (p, ratio(i))));
                 match auto_pick(timed).and_then(|p| t.presets.iter().position(|&q| q == p)) {
                     Some(i) => {
                         count(ncols - 1, ratio(i));

@@ -3,8 +3,10 @@
 //! The project's aim is at most [`COST_BUDGET`] times the forward pass. With `--preset auto`
 //! (the default) `init` calibrates the first preset, in [`Preset::ALL`] order, that fits it on
 //! this machine ([`PresetChoice::resolve`]): `full` where it fits, `fast` for the depthwise and
-//! pooling-heavy edge CNNs whose `full` graph costs more (`docs/results/compiler-zoo.md`). A
-//! preset named on the command line is kept, with a warning when it is over and another fits.
+//! pooling-heavy edge CNNs whose `full` graph costs more (`docs/results/compiler-zoo.md`), `head`
+//! where even `fast` does not (one whose last stage holds most of the network, on a slow
+//! machine). A preset named on the command line is kept, with a warning when it is over and
+//! another fits.
 
 use std::fmt::Write as _;
 
@@ -40,7 +42,7 @@ impl std::str::FromStr for PresetChoice {
             _ => s
                 .parse()
                 .map(PresetChoice::Only)
-                .map_err(|_| format!("unknown preset '{s}' (expected auto, full or fast)")),
+                .map_err(|_| format!("unknown preset '{s}' (expected auto, full, fast or head)")),
         }
     }
 }
@@ -198,15 +200,20 @@ impl Cost {
         if self.chosen == first {
             return None;
         }
-        let over = match self.ratio(first) {
-            Some(r) => format!("costs {r:.1}x the forward pass here, over the {COST_BUDGET}x gradwatch aims at"),
-            None => "could not be timed here".into(),
-        };
+        // Every preset auto preferred to the one it took, and why it was passed over.
+        let passed: Vec<String> = Preset::ALL
+            .iter()
+            .take_while(|&&p| p != self.chosen)
+            .map(|&p| match self.ratio(p) {
+                Some(r) => format!("`{}` costs {r:.1}x", p.name()),
+                None => format!("`{}` could not be timed", p.name()),
+            })
+            .collect();
         Some(format!(
-            "calibrating the `{}` preset (--preset auto): `{}` {over}; `--preset {}` calibrates it anyway \
-             (docs/guide/presets.md: what each keeps)",
+            "calibrating the `{}` preset (--preset auto): {} the forward pass here, against the {COST_BUDGET}x \
+             gradwatch aims at; `--preset {}` calibrates it anyway (docs/guide/presets.md: what each keeps)",
             self.chosen.name(),
-            first.name(),
+            passed.join(", "),
             first.name()
         ))
     }
@@ -298,6 +305,11 @@ mod tests {
         assert_eq!(auto.resolve(Some(&cost(6.0, 1.5, Preset::Full))), Preset::Full);
         assert_eq!(auto.resolve(Some(&cost(6.1, 1.5, Preset::Full))), Preset::Fast);
         assert_eq!(auto.resolve(Some(&cost(9.0, 7.0, Preset::Full))), Preset::Fast, "none fits: the cheapest");
+        let mut three = cost(9.0, 6.3, Preset::Full);
+        three.presets.push(PresetCost { preset: Preset::Head, features: Ok(4), ratio: 1.3 });
+        assert_eq!(auto.resolve(Some(&three)), Preset::Head, "fast over: head");
+        three.presets[1].ratio = 5.9;
+        assert_eq!(auto.resolve(Some(&three)), Preset::Fast, "fast fits: fast before head");
         assert_eq!(auto.resolve(Some(&cost(f64::NAN, 2.0, Preset::Full))), Preset::Fast, "full untimed");
         assert_eq!(auto.resolve(Some(&cost(f64::NAN, f64::NAN, Preset::Full))), Preset::Full);
         assert_eq!(auto.resolve(None), Preset::Full, "no timing: the paper's features");
@@ -306,7 +318,7 @@ mod tests {
         assert_eq!(full.resolve(Some(&cost(11.0, 1.5, Preset::Full))), Preset::Full);
         assert_eq!("auto".parse::<PresetChoice>(), Ok(auto));
         assert_eq!("fast".parse::<PresetChoice>(), Ok(PresetChoice::Only(Preset::Fast)));
-        assert!("quick".parse::<PresetChoice>().unwrap_err().contains("auto, full or fast"));
+        assert!("quick".parse::<PresetChoice>().unwrap_err().contains("auto, full, fast or head"));
     }
 
     #[test]
@@ -323,7 +335,11 @@ mod tests {
             note.contains("`fast` preset") && note.contains("`full` costs 11.2x") && note.contains("--preset full"),
             "{note}"
         );
-        assert!(cost(f64::NAN, 1.5, Preset::Fast).auto_note().unwrap().contains("could not be timed"));
+        assert!(cost(f64::NAN, 1.5, Preset::Fast).auto_note().unwrap().contains("`full` could not be timed"));
+        let mut c = cost(9.5, 6.4, Preset::Head);
+        c.presets.push(PresetCost { preset: Preset::Head, features: Ok(4), ratio: 1.3 });
+        let note = c.auto_note().unwrap();
+        assert!(note.contains("`head` preset") && note.contains("`full` costs 9.5x, `fast` costs 6.4x"), "{note}");
     }
 
     #[test]

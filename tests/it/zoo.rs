@@ -152,41 +152,40 @@ fn zoo_report_times_each_preset_and_reports_refusals() {
         let f = f.unwrap();
         std::fs::copy(f.path(), arch.join(f.file_name())).unwrap();
     }
-    let t = Timing { batch: 2, seconds: 0.01, rounds: 1, presets: vec![Preset::Full, Preset::Fast] };
+    let t = Timing { batch: 2, seconds: 0.01, rounds: 1, presets: Preset::ALL.to_vec() };
     let mut out = Vec::new();
     assert_eq!(report(tmp.path(), &t, &crate::common::ort(), &mut out).unwrap(), 0);
     let text = String::from_utf8(out).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert!(
-        lines[0]
-            .ends_with("| grad/forward at batch 2, `full` | grad/forward at batch 2, `fast` | `init --preset auto` |"),
+        lines[0].ends_with(
+            "| grad/forward at batch 2, `full` | grad/forward at batch 2, `fast` | grad/forward at batch 2, `head` \
+             | `init --preset auto` |"
+        ),
         "{text}"
     );
     let rows: Vec<&str> = lines.iter().skip(2).take_while(|l| l.starts_with('|')).copied().collect();
     assert_eq!(rows.len(), 2, "{text}");
-    let mut within = [0, 0, 0];
+    let mut within = [0, 0, 0, 0];
     for row in &rows {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-        // | arch | form | features | max | median | logits | full | fast | auto |
-        assert_eq!(cells.len(), 11, "{row}");
-        let r: Vec<f64> = cells[7..9].iter().map(|c| c.strip_suffix('x').unwrap().parse().unwrap()).collect();
+        // | arch | form | features | max | median | logits | full | fast | head | auto |
+        assert_eq!(cells.len(), 12, "{row}");
+        let r: Vec<f64> = cells[7..10].iter().map(|c| c.strip_suffix('x').unwrap().parse().unwrap()).collect();
         assert!(r.iter().all(|r| r.is_finite() && *r > 0.0), "{row}");
-        // auto: full where it fits the budget, else the cheaper.
-        let (name, pick) = if r[0] <= 6.0 {
-            ("full", r[0])
-        } else if r[1] <= 6.0 || r[1] < r[0] {
-            ("fast", r[1])
-        } else {
-            ("full", r[0])
-        };
-        assert_eq!(cells[9], format!("`{name}` {pick:.2}x"), "{row}");
-        for (i, x) in [r[0], r[1], pick].into_iter().enumerate() {
+        // auto: the first preset that fits the budget, else the cheapest.
+        let names = ["full", "fast", "head"];
+        let k =
+            r.iter().position(|&x| x <= 6.0).unwrap_or_else(|| (0..3).min_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap());
+        let (name, pick) = (names[k], r[k]);
+        assert_eq!(cells[10], format!("`{name}` {pick:.2}x"), "{row}");
+        for (i, x) in [r[0], r[1], r[2], pick].into_iter().enumerate() {
             within[i] += usize::from(x <= 6.0);
         }
     }
     let summary = format!(
-        "At or under 6x the forward pass: `full` {} of 2, `fast` {} of 2, `auto` {} of 2.",
-        within[0], within[1], within[2]
+        "At or under 6x the forward pass: `full` {} of 2, `fast` {} of 2, `head` {} of 2, `auto` {} of 2.",
+        within[0], within[1], within[2], within[3]
     );
     assert!(text.contains(&summary), "{summary}\n{text}");
     // A fixture that does not load is a row saying so, and the report still ends.
@@ -195,7 +194,39 @@ fn zoo_report_times_each_preset_and_reports_refusals() {
     assert_eq!(report(tmp.path(), &t, &crate::common::ort(), &mut out).unwrap(), 1);
     let text = String::from_utf8(out).unwrap();
     let refused = text.lines().find(|l| l.starts_with("| smooth_cnn | bn | refused: ")).expect(&text);
-    // As many cells as the header: | arch | form | refused: why | | | | full | fast | auto |
+    // As many cells as the header: | arch | form | refused: why | | | | full | fast | head | auto |
     assert_eq!(refused.split('|').count(), text.lines().next().unwrap().split('|').count(), "{text}");
     assert!(text.contains("| smooth_cnn | default | "), "{text}");
+}
+
+/// The `head` preset (the budget's last resort: no backward through the network) keeps the
+/// classifier head's norms exactly as `full` computes them, plus `fast`'s statistics: a Gemm
+/// head (GoogLeNet), a two-Gemm head (MobileNetV3), and a fully convolutional classifier whose
+/// last layer is a Conv before the pooling (SqueezeNet: that Conv's weight and bias).
+#[test]
+fn head_preset_keeps_the_heads_norms_as_full_computes_them() {
+    use gradwatch::grad::{self, CompileOptions, Preset};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(DIR);
+    let x: ndarray::ArrayD<f32> = ndarray_npy::read_npy(dir.join("input.npy")).unwrap();
+    for (arch, heads) in [("googlenet", 2), ("mobilenet_v3", 4), ("squeezenet", 2)] {
+        let model = gradwatch::onnx::load(&dir.join(arch).join("bn.onnx")).unwrap();
+        let head = grad::compile(&model, &CompileOptions::preset(Preset::Head)).unwrap();
+        let fast = grad::compile(&model, &CompileOptions::preset(Preset::Fast)).unwrap();
+        let full = grad::compile(&model, &CompileOptions::default()).unwrap();
+        assert_eq!(head.preset, "head");
+        assert_eq!(head.act_stats, fast.act_stats, "{arch}: fast's statistics");
+        let norms = &head.features[..head.features.len() - head.act_stats.len()];
+        assert_eq!(norms.len(), heads, "{arch}: {norms:?}");
+        // The last parameter tensors of the network, in graph order.
+        assert_eq!(norms, &full.features[full.features.len() - heads..], "{arch}");
+        let got = gradwatch::runtime::GradSession::new(&head, &crate::common::ort()).unwrap().run(x.view()).unwrap();
+        let want = gradwatch::runtime::GradSession::new(&full, &crate::common::ort()).unwrap().run(x.view()).unwrap();
+        for (j, name) in norms.iter().enumerate() {
+            let i = full.features.iter().position(|f| f == name).unwrap();
+            for k in 0..x.shape()[0] {
+                let (g, w) = (got.features[[k, j]], want.features[[k, i]]);
+                assert!((g - w).abs() <= 1e-5 * w.abs() + 1e-12, "{arch} {name} sample {k}: head {g:e}, full {w:e}");
+            }
+        }
+    }
 }
