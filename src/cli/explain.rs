@@ -54,7 +54,22 @@ pub fn run(a: ExplainArgs) -> Result<i32> {
         .or_else(|| default_model_path(&a.calib).filter(|p| p.is_file()))
         .unwrap_or_else(|| PathBuf::from(crate::model::DEFAULT_MODEL));
     let loss: Loss = calib.model.loss.parse().map_err(anyhow::Error::msg)?;
-    let mut model = LoadedModel::load(&model_path, &CompileOptions { loss, input_grad: true, ..Default::default() })
+    // The calibration's preset and input size, as `score` and the daemon compile it: the
+    // input gradient is the same whatever norms the graph computes.
+    let preset: crate::grad::Preset = match calib.model.preset.parse() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {}: preset: {e}", a.calib.display());
+            return Ok(EXIT_CONFIG);
+        }
+    };
+    let opts = CompileOptions {
+        loss,
+        input_grad: true,
+        input_size: calib.model.input_size(),
+        ..CompileOptions::preset(preset)
+    };
+    let mut model = LoadedModel::load(&model_path, &opts)
         .with_context(|| format!("loading {} (with its input gradient)", model_path.display()))?;
     if let Err(e) = calib.check_model(&model.info.sha256, &model.compiled.features) {
         eprintln!("error: {} vs {}: {e}", a.calib.display(), model_path.display());

@@ -323,6 +323,51 @@ fn explain_writes_a_heat_map_and_a_chart_with_one_bar_per_feature() {
     }
 }
 
+/// `explain` compiles the model as the calibration was fitted (here the shipped `fast` one: its
+/// 25 features, not the 62 of `full`), gives `score`'s score, and its heat map's input gradient
+/// is `full`'s: the stage cut prunes only the weight norms' backward, not the input's.
+#[test]
+fn explain_takes_the_calibrations_preset() {
+    use gradwatch::grad::{self, CompileOptions, Preset};
+    let out = tempfile::tempdir().unwrap();
+    let calib = repo("models/gtsrb-resnet18.fast.calib.toml");
+    let image = repo("models/samples/frames/frame-003-class03.png");
+    let run = |cmd: &str, extra: &[&std::ffi::OsStr]| {
+        let r = Command::new(bin())
+            .args([cmd, image.to_str().unwrap(), "--calib", calib.to_str().unwrap(), "--threads", "1"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{cmd}: {}", String::from_utf8_lossy(&r.stderr));
+        serde_json::from_str::<Value>(String::from_utf8_lossy(&r.stdout).trim()).unwrap()
+    };
+    let explained = run("explain", &["-o".as_ref(), out.path().as_os_str()]);
+    let scored = run("score", &[]);
+    let (e, s) = (explained["score"].as_f64().unwrap(), scored["score"].as_f64().unwrap());
+    assert!((e - s).abs() <= 1e-4 * s.abs().max(1.0), "explain {e} vs score {s}");
+    let svg = std::fs::read_to_string(out.path().join("frame-003-class03-layers.svg")).unwrap();
+    assert_eq!(svg.matches("<rect class=\"bar\"").count(), 25);
+
+    let model = gradwatch::onnx::load(&repo("models/gtsrb-resnet18.onnx")).unwrap();
+    let x = ndarray::ArrayD::<f32>::from_shape_fn(vec![2, 3, 32, 32], |d| {
+        ((d[1] * 7 + d[2] * 3 + d[3] + d[0]) % 11) as f32 / 11.0
+    });
+    let grads: Vec<Vec<f32>> = [Preset::Full, Preset::Fast, Preset::Head]
+        .into_iter()
+        .map(|p| {
+            let c = grad::compile(&model, &CompileOptions { input_grad: true, ..CompileOptions::preset(p) }).unwrap();
+            let mut s = gradwatch::runtime::GradSession::new(&c, &crate::common::ort()).unwrap();
+            s.run(x.view()).unwrap().input_grad.unwrap().iter().copied().collect()
+        })
+        .collect();
+    let scale = grads[0].iter().fold(0f32, |a, v| a.max(v.abs()));
+    assert!(scale > 0.0);
+    for g in &grads[1..] {
+        let worst = g.iter().zip(&grads[0]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-5 * scale, "input gradient differs from full's by {worst:e} (max |g| {scale:e})");
+    }
+}
+
 /// The heat-map session is opened on the first heat map (`LazyGradient`): from the model file,
 /// which must still be the one the daemon started with.
 #[test]
