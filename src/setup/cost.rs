@@ -224,13 +224,13 @@ impl Cost {
         if mine <= COST_BUDGET {
             return None;
         }
+        // The one auto would take: the first that fits, so the most features that do.
         let other = self
             .presets
             .iter()
             .filter(|c| c.preset != self.chosen)
             .filter_map(|c| self.ratio(c.preset).map(|r| (c.preset, r)))
-            .filter(|&(_, r)| r <= COST_BUDGET)
-            .min_by(|a, b| a.1.total_cmp(&b.1));
+            .find(|&(_, r)| r <= COST_BUDGET);
         let tail = match other {
             Some((p, r)) => format!(
                 "`--preset {}` costs {r:.1}x (docs/guide/presets.md: what it keeps); rerun with it for a device \
@@ -295,6 +295,10 @@ mod tests {
         assert!(none.contains("no preset fits"), "{none}");
         // Chosen fast and over: full is no help.
         assert!(cost(12.0, 6.5, Preset::Fast).advice().unwrap().contains("no preset fits"));
+        // Of two that fit, the one with more features (auto's order), not the cheaper.
+        let mut three = cost(12.4, 2.6, Preset::Full);
+        three.presets.push(PresetCost { preset: Preset::Head, features: Ok(5), ratio: 1.4 });
+        assert!(three.advice().unwrap().contains("`--preset fast` costs 2.6x"), "{:?}", three.advice());
         // A preset that could not be timed gives no advice either way.
         assert!(cost(f64::NAN, 2.0, Preset::Full).advice().is_none());
     }
