@@ -18,7 +18,7 @@ pub fn markdown(r: &Results) -> String {
     real_camera(&mut w, &r.real);
     onsets(&mut w, &r.onsets);
     real_onsets(&mut w, r);
-    bound(&mut w, &r.bound);
+    bound(&mut w, &r.bound, &r.error_oracle);
     ramps(&mut w, &r.ramps);
     // The policy the targets are judged on.
     let judged = if r.targets.tried.is_some() { "`--policy` policy" } else { "shipped policy" };
@@ -211,7 +211,7 @@ fn real_onsets(w: &mut String, r: &Results) {
     let _ = writeln!(w);
 }
 
-fn bound(w: &mut String, b: &Bound) {
+fn bound(w: &mut String, b: &Bound, oracle: &Bound) {
     let _ = writeln!(w, "## What any policy could do with these scores\n");
     let _ = writeln!(
         w,
@@ -226,6 +226,18 @@ fn bound(w: &mut String, b: &Bound) {
         writeln!(w, "| window W | clean threshold (max window mean) | harmful onsets above it from their first W s |");
     let _ = writeln!(w, "|---:|---:|---:|");
     for r in &b.rows {
+        let _ = writeln!(w, "| {} s | {:.2} | {} of {} ({:.0} %) |", r.window_s, r.threshold, r.hits, r.total, r.pct);
+    }
+    let _ = writeln!(
+        w,
+        "\nThe same bound for an oracle of the classifier's errors, in place of the score: evidence 1 on a frame \
+         whose top class is wrong, 0 on one it gets right (each window's mean is then its share of wrong frames). \
+         This is what a perfect per-frame score of whether the classification is wrong (the trust head's \
+         question) could do within W s at the same false-alarm rate.\n"
+    );
+    let _ = writeln!(w, "| window W | clean threshold (max share of wrong frames) | harmful onsets above it |");
+    let _ = writeln!(w, "|---:|---:|---:|");
+    for r in &oracle.rows {
         let _ = writeln!(w, "| {} s | {:.2} | {} of {} ({:.0} %) |", r.window_s, r.threshold, r.hits, r.total, r.pct);
     }
     let _ = writeln!(w);

@@ -31,6 +31,17 @@ pub(super) const RAMP_S: u64 = 600;
 
 /// Appends tracks drawn in a seeded random order from `pool` until `frames` frames.
 pub(super) fn fill(out: &mut Vec<f32>, pool: &[&CachedTrack], frames: usize, rng: &mut SplitMix64) {
+    fill_with(out, pool, frames, rng, |f| f.score);
+}
+
+/// [`fill`] with each frame's `evidence` instead of its score.
+fn fill_with(
+    out: &mut Vec<f32>,
+    pool: &[&CachedTrack],
+    frames: usize,
+    rng: &mut SplitMix64,
+    evidence: fn(&CachedFrame) -> f32,
+) {
     if pool.is_empty() {
         return;
     }
@@ -43,7 +54,7 @@ pub(super) fn fill(out: &mut Vec<f32>, pool: &[&CachedTrack], frames: usize, rng
                 if out.len() >= end {
                     return;
                 }
-                out.push(f.score);
+                out.push(evidence(f));
             }
         }
     }
@@ -334,9 +345,21 @@ pub(super) fn window_means(x: &[f32], w: usize) -> Vec<f64> {
 /// first `W` seconds alone have a higher mean. A policy that decides within `W` s of an onset
 /// at that false-alarm rate, from the mean score, cannot catch more.
 pub(super) fn window_bound(clean: &[&CachedTrack], cells: &[OnsetCell]) -> Bound {
-    let mut rng = SplitMix64::new(SEED ^ 0x0B0D);
+    bound_of(clean, cells, |f| f.score, SEED ^ 0x0B0D)
+}
+
+/// The [`window_bound`] of an oracle of the classifier's errors: evidence 1 on a frame whose
+/// top class is wrong, 0 on one it gets right: what a perfect per-frame score of whether the
+/// classification is wrong (the trust head's question) could do in the same window.
+pub(super) fn error_oracle_bound(clean: &[&CachedTrack], cells: &[OnsetCell]) -> Bound {
+    bound_of(clean, cells, |f| if f.correct { 0.0 } else { 1.0 }, SEED ^ 0x0B0E)
+}
+
+fn bound_of(clean: &[&CachedTrack], cells: &[OnsetCell], evidence: fn(&CachedFrame) -> f32, seed: u64) -> Bound {
+    let mut rng = SplitMix64::new(seed);
     let mut clean_scores = Vec::new();
-    fill(&mut clean_scores, clean, (BOUND_HOURS * 3_600_000.0 / FRAME_MS as f64) as usize, &mut rng);
+    let frames = (BOUND_HOURS * 3_600_000.0 / FRAME_MS as f64) as usize;
+    fill_with(&mut clean_scores, clean, frames, &mut rng, evidence);
     let pools: Vec<&[&CachedTrack]> = cells.iter().filter(|c| c.harmful()).map(|c| c.pool.as_slice()).collect();
     let mut rows = Vec::new();
     for wsec in BOUND_WINDOWS_S {
@@ -346,7 +369,7 @@ pub(super) fn window_bound(clean: &[&CachedTrack], cells: &[OnsetCell]) -> Bound
         for &pool in &pools {
             for _ in 0..ONSETS {
                 let mut s = Vec::new();
-                fill(&mut s, pool, n, &mut rng);
+                fill_with(&mut s, pool, n, &mut rng, evidence);
                 total += 1;
                 hits += usize::from(window_means(&s, n).first().is_some_and(|&m| m > thr));
             }
@@ -395,7 +418,43 @@ impl Delays {
 #[cfg(test)]
 mod tests {
     use super::super::render::delay_cell;
-    use super::{percentile, Delays};
+    use super::{error_oracle_bound, percentile, window_bound, CachedFrame, CachedTrack, Delays, OnsetCell, ONSETS};
+    use crate::corrupt::Corruption;
+
+    fn track(frames: usize, correct: bool, score: f32) -> CachedTrack {
+        CachedTrack {
+            group: "clean".into(),
+            kind: "none".into(),
+            level: 0.0,
+            frames: vec![CachedFrame { score, correct }; frames],
+        }
+    }
+
+    /// Hand-computed: nine clean 1-s tracks the classifier gets right and one it gets wrong, so
+    /// the clean stream's worst share of wrong frames is 1 in a 1-s window and 2/3 in a 3-s one
+    /// (the wrong track twice in a row, where one reshuffled pass ends and the next begins: in
+    /// 10 h of 10-s passes, certain); a harmful cell whose every frame is wrong is caught from
+    /// its first 3 s, not from its first 1 s. The score's bound reads the scores instead (all
+    /// clean 0, harmful 1).
+    #[test]
+    fn the_error_oracle_bound_reads_the_share_of_wrong_frames() {
+        let mut clean: Vec<CachedTrack> = (0..9).map(|_| track(10, true, 0.0)).collect();
+        clean.push(track(10, false, 0.0));
+        let clean: Vec<&CachedTrack> = clean.iter().collect();
+        let wrong = track(10, false, 1.0);
+        let cell =
+            |acc| OnsetCell { ki: 0, kind: Corruption::ALL[0], level: 5, pool: vec![&wrong], acc, pool_acc: 0.0 };
+        let cells = [cell(0.1), cell(0.95)];
+        let oracle = error_oracle_bound(&clean, &cells);
+        assert_eq!(oracle.harmful_onsets, ONSETS, "the benign cell is left out");
+        let row = |b: &super::Bound, w: u64| *b.rows.iter().find(|r| r.window_s == w).unwrap();
+        assert_eq!((row(&oracle, 1).threshold, row(&oracle, 1).hits), (1.0, 0));
+        let three = row(&oracle, 3);
+        assert!((three.threshold - 2.0 / 3.0).abs() < 1e-9, "{}", three.threshold);
+        assert_eq!((three.hits, three.total), (ONSETS, ONSETS));
+        let scores = window_bound(&clean, &cells);
+        assert_eq!((row(&scores, 1).threshold, row(&scores, 1).hits), (0.0, ONSETS));
+    }
 
     #[test]
     fn percentile_is_the_nearest_rank() {

@@ -32,6 +32,8 @@ pub struct Results {
     pub real_onsets: RealOnsets,
     /// What any policy could do with these scores.
     pub bound: Bound,
+    /// What any policy could do with an oracle of the classifier's errors instead.
+    pub error_oracle: Bound,
     /// Ramps from level 1 to 5.
     pub ramps: Ramps,
     /// Stated against measured false-alarm rates, per threshold rule.

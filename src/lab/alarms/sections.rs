@@ -82,6 +82,7 @@ pub(super) fn results(a: &Config, tracks: &[CachedTrack], real: &[CachedTrack]) 
     let on = onset_delays(&ctx, &learned)?;
     let ron = real_onsets(&ctx, &cam, &on.cells)?;
     let bound = window_bound(&ctx.group("clean"), &on.cells);
+    let error_oracle = error_oracle_bound(&ctx.group("clean"), &on.cells);
     let ramp = ramps(&ctx, &learned, &on.harmful_kinds)?;
     let rates = rates(&ctx, &learned, &cam)?;
     let breakdown = breakdown(&ctx, &cam, &on)?;
@@ -100,6 +101,7 @@ pub(super) fn results(a: &Config, tracks: &[CachedTrack], real: &[CachedTrack]) 
         onsets: on.out,
         real_onsets: ron.out,
         bound,
+        error_oracle,
         ramps: ramp.out,
         rates,
         breakdown,
