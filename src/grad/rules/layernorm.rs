@@ -65,6 +65,39 @@ fn standardised_input_grad(ctx: &mut Ctx, g: &str, xhat: &str, rstd: &str, axes:
     b.mul(&c, rstd)
 }
 
+/// The scale's and the shift's per-sample squared gradient norms, each where it is a parameter:
+/// `dScale = sum(dy * xhat)` and `dShift = sum(dy)` over `axes` (none: as they are), leaving
+/// tensors of rank `rank` (batch included).
+fn scale_shift_norms(
+    n: &NodeProto,
+    ctx: &mut Ctx,
+    dy: &str,
+    xhat: &str,
+    (scale, shift): (&str, Option<&str>),
+    axes: &[i64],
+    rank: usize,
+) -> Result<(), GradError> {
+    let sum = |ctx: &mut Ctx, t: &str| -> String {
+        if axes.is_empty() {
+            t.to_string()
+        } else {
+            ctx.b.reduce("ReduceSum", t, axes, false)
+        }
+    };
+    if ctx.is_param(scale) {
+        let p = ctx.b.mul(dy, xhat);
+        let s = sum(ctx, &p);
+        let norm = ctx.b.sample_sq_norm(&s, rank);
+        ctx.add_norm(n, scale, norm)?;
+    }
+    if let Some(shift) = shift.filter(|s| ctx.is_param(s)) {
+        let s = sum(ctx, dy);
+        let norm = ctx.b.sample_sq_norm(&s, rank);
+        ctx.add_norm(n, shift, norm)?;
+    }
+    Ok(())
+}
+
 /// The first normalised axis (of the full shape, batch first).
 fn ln_axis(n: &NodeProto, ctx: &Ctx) -> Result<usize, GradError> {
     let x = ctx.shape(n, act_input(n, ctx, 0)?)?;
@@ -108,24 +141,7 @@ fn ln_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradErro
 
     let scale = n.input[1].clone();
     let shift = n.input.get(2).filter(|s| !s.is_empty()).cloned();
-    let sum_outer = |ctx: &mut Ctx, t: &str| -> String {
-        if outer.is_empty() {
-            t.to_string()
-        } else {
-            ctx.b.reduce("ReduceSum", t, &outer, false)
-        }
-    };
-    if ctx.is_param(&scale) {
-        let p = ctx.b.mul(dy, &xhat);
-        let s = sum_outer(ctx, &p);
-        let norm = ctx.b.sample_sq_norm(&s, rank + 1 - ax);
-        ctx.add_norm(n, &scale, norm)?;
-    }
-    if let Some(sh) = shift.filter(|s| ctx.is_param(s)) {
-        let s = sum_outer(ctx, dy);
-        let norm = ctx.b.sample_sq_norm(&s, rank + 1 - ax);
-        ctx.add_norm(n, &sh, norm)?;
-    }
+    scale_shift_norms(n, ctx, dy, &xhat, (&scale, shift.as_deref()), &outer, rank + 1 - ax)?;
     if !ctx.wants_grad(&x) {
         return Ok(vec![]);
     }
@@ -181,17 +197,7 @@ fn instance_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, Gr
     let axes: Vec<i64> = (2..rank as i64).collect();
     let (xhat, rstd) = standardise(ctx, &x, &axes, eps);
     let (scale, shift) = (n.input[1].clone(), n.input[2].clone());
-    if ctx.is_param(&scale) {
-        let p = ctx.b.mul(dy, &xhat);
-        let s = ctx.b.reduce("ReduceSum", &p, &axes, false);
-        let norm = ctx.b.sample_sq_norm(&s, 2);
-        ctx.add_norm(n, &scale, norm)?;
-    }
-    if ctx.is_param(&shift) {
-        let s = ctx.b.reduce("ReduceSum", dy, &axes, false);
-        let norm = ctx.b.sample_sq_norm(&s, 2);
-        ctx.add_norm(n, &shift, norm)?;
-    }
+    scale_shift_norms(n, ctx, dy, &xhat, (&scale, Some(&shift)), &axes, 2)?;
     if !ctx.wants_grad(&x) {
         return Ok(vec![]);
     }
@@ -248,17 +254,7 @@ fn group_backward(n: &NodeProto, dy: &str, ctx: &mut Ctx) -> Result<Grads, GradE
     let (xhat, rstd) = standardise(ctx, &xg, &[2, 3], eps);
     let over: &[i64] = if per_channel { &[3] } else { &[2, 3] };
     let (scale, shift) = (n.input[1].clone(), n.input[2].clone());
-    if ctx.is_param(&scale) {
-        let p = ctx.b.mul(&dyg, &xhat);
-        let s = ctx.b.reduce("ReduceSum", &p, over, false);
-        let norm = ctx.b.sample_sq_norm(&s, 4 - over.len());
-        ctx.add_norm(n, &scale, norm)?;
-    }
-    if ctx.is_param(&shift) {
-        let s = ctx.b.reduce("ReduceSum", &dyg, over, false);
-        let norm = ctx.b.sample_sq_norm(&s, 4 - over.len());
-        ctx.add_norm(n, &shift, norm)?;
-    }
+    scale_shift_norms(n, ctx, &dyg, &xhat, (&scale, Some(&shift)), over, 4 - over.len())?;
     if !ctx.wants_grad(&x) {
         return Ok(vec![]);
     }
