@@ -11,10 +11,10 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::common::{load_input, runtime};
-use super::score::default_model_path;
+use super::score::{calib_compile_options, default_model_path};
 use super::EXIT_CONFIG;
 use crate::detector::{Calibration, FrameInputs, LogStandardizer};
-use crate::grad::{CompileOptions, Loss};
+use crate::grad::CompileOptions;
 use crate::model::{top_class, LoadedModel};
 use crate::runtime::GradSession;
 use crate::snapshot::{file_safe, heatmap, write_atomic, GradLayout};
@@ -53,23 +53,10 @@ pub fn run(a: ExplainArgs) -> Result<i32> {
         .clone()
         .or_else(|| default_model_path(&a.calib).filter(|p| p.is_file()))
         .unwrap_or_else(|| PathBuf::from(crate::model::DEFAULT_MODEL));
-    let loss: Loss = calib.model.loss.parse().map_err(anyhow::Error::msg)?;
-    // The calibration's preset and input size, as `score` and the daemon compile it: the
-    // input gradient is the same whatever norms the graph computes.
-    let preset: crate::grad::Preset = match calib.model.preset.parse() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {}: preset: {e}", a.calib.display());
-            return Ok(EXIT_CONFIG);
-        }
-    };
-    let opts = CompileOptions {
-        loss,
-        input_grad: true,
-        input_size: calib.model.input_size(),
-        ..CompileOptions::preset(preset)
-    };
-    let mut model = LoadedModel::load(&model_path, &opts)
+    // As `score` and the daemon compile it: the input gradient is the same whatever norms the
+    // preset's graph computes.
+    let Some(opts) = calib_compile_options(&calib, &a.calib)? else { return Ok(EXIT_CONFIG) };
+    let mut model = LoadedModel::load(&model_path, &CompileOptions { input_grad: true, ..opts })
         .with_context(|| format!("loading {} (with its input gradient)", model_path.display()))?;
     if let Err(e) = calib.check_model(&model.info.sha256, &model.compiled.features) {
         eprintln!("error: {} vs {}: {e}", a.calib.display(), model_path.display());

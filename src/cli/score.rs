@@ -44,6 +44,20 @@ pub fn default_model_path(calib: &Path) -> Option<PathBuf> {
     Some(calib.with_file_name(format!("{stem}.onnx")))
 }
 
+/// The compile options `calib` was fitted with (its loss, feature preset and input size), as
+/// the daemon compiles the model; `None` when the preset is unknown (said on stderr: exit 2).
+pub fn calib_compile_options(calib: &Calibration, calib_path: &Path) -> Result<Option<CompileOptions>> {
+    let loss: Loss = calib.model.loss.parse().map_err(anyhow::Error::msg)?;
+    let preset: crate::grad::Preset = match calib.model.preset.parse() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {}: preset: {e}", calib_path.display());
+            return Ok(None);
+        }
+    };
+    Ok(Some(CompileOptions { loss, input_size: calib.model.input_size(), ..CompileOptions::preset(preset) }))
+}
+
 /// Runs `gradwatch score`.
 pub fn run(a: ScoreArgs) -> Result<i32> {
     let calib = Calibration::load(&a.calib)?;
@@ -57,18 +71,9 @@ pub fn run(a: ScoreArgs) -> Result<i32> {
             return Ok(EXIT_CONFIG);
         }
     };
-    let loss: Loss = calib.model.loss.parse().map_err(anyhow::Error::msg)?;
-    let preset: crate::grad::Preset = match calib.model.preset.parse() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {}: preset: {e}", a.calib.display());
-            return Ok(EXIT_CONFIG);
-        }
-    };
-    let input_size = calib.model.input_size();
+    let Some(opts) = calib_compile_options(&calib, &a.calib)? else { return Ok(EXIT_CONFIG) };
     let mut model =
-        LoadedModel::load(&model_path, &CompileOptions { loss, input_size, ..CompileOptions::preset(preset) })
-            .with_context(|| format!("loading {}", model_path.display()))?;
+        LoadedModel::load(&model_path, &opts).with_context(|| format!("loading {}", model_path.display()))?;
     if let Err(e) = calib.check_compiled(&model.info.sha256, &model.compiled.features, &model.compiled.preset) {
         eprintln!("error: {} vs {}: {e}", a.calib.display(), model_path.display());
         return Ok(match e {
