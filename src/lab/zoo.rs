@@ -174,7 +174,7 @@ pub fn report(dir: &Path, t: &Timing, opts: &RuntimeOptions, out: &mut dyn Write
                 // In auto's order, whatever the order of --preset.
                 let column = |p: Preset| t.presets.iter().position(|&q| q == p);
                 let timed = Preset::ALL.iter().filter_map(|&p| column(p).map(|i| (p, ratio(i))));
-                match auto_pick(timed).and_then(|p| t.presets.iter().position(|&q| q == p)) {
+                match auto_pick(timed).and_then(column) {
                     Some(i) => {
                         count(ncols - 1, ratio(i));
                         cells.push_str(&format!(" `{}` {:.2}x |", t.presets[i].name(), ratio(i)));
