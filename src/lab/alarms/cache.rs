@@ -320,7 +320,9 @@ pub(super) fn load_tracks(dir: &Path, index_name: &str, prefix: &str, calib: &Ca
             calib.model.features.len()
         );
     }
-    let quality = match calib.uses_quality() {
+    // Read whenever cached (the image-evidence section uses them), required when the
+    // calibration scores with them.
+    let quality = match calib.uses_quality() || quality_path(dir, prefix).exists() {
         true => {
             let q = extract::read_npy(&quality_path(dir, prefix))?;
             if q.nrows() != fs.features.nrows() {
@@ -335,7 +337,7 @@ pub(super) fn load_tracks(dir: &Path, index_name: &str, prefix: &str, calib: &Ca
         }
         false => None,
     };
-    let scores = calib.score(&fs.features, &fs.logits, quality.as_ref());
+    let scores = calib.score(&fs.features, &fs.logits, quality.as_ref().filter(|_| calib.uses_quality()));
     let f = std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut tracks: Vec<CachedTrack> = Vec::new();
     let mut index: BTreeMap<(String, String, String, usize), usize> = BTreeMap::new();
@@ -361,7 +363,13 @@ pub(super) fn load_tracks(dir: &Path, index_name: &str, prefix: &str, calib: &Ca
             return Err(bad("frame (out of order)"));
         }
         let score = *scores.get(n - 1).ok_or_else(|| bad("row (more rows than features)"))?;
-        tracks[t].frames.push(CachedFrame { score, correct: p[5] == "1" });
+        let quality = match &quality {
+            Some(q) => {
+                Some(q.row(n - 1).iter().copied().collect::<Vec<f32>>().try_into().map_err(|_| bad("quality row"))?)
+            }
+            None => None,
+        };
+        tracks[t].frames.push(CachedFrame { score, correct: p[5] == "1", quality });
     }
     Ok(tracks)
 }

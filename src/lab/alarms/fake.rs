@@ -42,7 +42,11 @@ fn track(rng: &mut SplitMix64, group: &str, ki: Option<usize>, level: f32) -> Ca
         Some(ki) => lift(ki, level),
     };
     let frames = (0..len)
-        .map(|_| CachedFrame { score: 1.6 + lift + 0.45 * rng.normalish(), correct: rng.uniform() > 0.1 + 0.04 * lift })
+        .map(|_| CachedFrame {
+            score: 1.6 + lift + 0.45 * rng.normalish(),
+            correct: rng.uniform() > 0.1 + 0.04 * lift,
+            quality: None,
+        })
         .collect();
     let kind = ki.map_or("none", |k| Corruption::ALL[k].name());
     CachedTrack { group: group.into(), kind: kind.into(), level, frames }

@@ -17,12 +17,16 @@
 //! real [`AlertTracker`](crate::alert::AlertTracker): clean streams for false alarms per hour,
 //! clean-then-corrupted streams for detection delays, 10-minute ramps for slow degradation.
 //!
+//! Beside the model's score, `image.rs` measures what the image-quality measures of a whole
+//! frame would add, in a proxy scene of sign-sized regions (the cached frames are sign crops).
+//!
 //! The report is made in two steps: [`report_from_cache`] measures every section into
 //! [`Results`] (plain data, also written as JSON), [`markdown`] formats it.
 
 mod cache;
 #[cfg(test)]
 mod fake;
+mod image;
 mod plan;
 mod render;
 mod replay;

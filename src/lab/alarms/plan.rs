@@ -17,6 +17,9 @@ pub struct CachedFrame {
     pub(super) score: f32,
     /// Whether the classifier's top class was the label.
     pub(super) correct: bool,
+    /// Its image-quality measures ([`crate::quality::measure`] of the frame the classifier
+    /// saw), when the cache holds them.
+    pub(super) quality: Option<[f32; crate::quality::Measure::ALL.len()]>,
 }
 
 /// A track of the cache: one sign, under one condition.

@@ -35,12 +35,12 @@ pub(super) fn fill(out: &mut Vec<f32>, pool: &[&CachedTrack], frames: usize, rng
 }
 
 /// [`fill`] with each frame's `evidence` instead of its score.
-fn fill_with(
-    out: &mut Vec<f32>,
-    pool: &[&CachedTrack],
+pub(super) fn fill_with<'a, T>(
+    out: &mut Vec<T>,
+    pool: &[&'a CachedTrack],
     frames: usize,
     rng: &mut SplitMix64,
-    evidence: fn(&CachedFrame) -> f32,
+    evidence: impl Fn(&'a CachedFrame) -> T,
 ) {
     if pool.is_empty() {
         return;
@@ -360,16 +360,34 @@ fn bound_of(clean: &[&CachedTrack], cells: &[OnsetCell], evidence: fn(&CachedFra
     let mut clean_scores = Vec::new();
     let frames = (BOUND_HOURS * 3_600_000.0 / FRAME_MS as f64) as usize;
     fill_with(&mut clean_scores, clean, frames, &mut rng, evidence);
+    let per_s = (1000 / FRAME_MS) as usize;
+    let onset = |pool: &[&CachedTrack], n: usize| -> Result<Vec<f32>> {
+        let mut s = Vec::new();
+        fill_with(&mut s, pool, n, &mut rng, evidence);
+        Ok(s)
+    };
+    // Drawing frames cannot fail.
+    bound_from(&clean_scores, per_s, cells, onset).unwrap_or(Bound { harmful_onsets: 0, rows: Vec::new() })
+}
+
+/// The window bound of an evidence stream: `clean` ([`BOUND_HOURS`] of it, `per_s` values a
+/// second) sets each window's threshold, and `onset(pool, n)` draws the first `n` values after
+/// an onset of a harmful cell's `pool` ([`ONSETS`] per cell).
+pub(super) fn bound_from(
+    clean: &[f32],
+    per_s: usize,
+    cells: &[OnsetCell],
+    mut onset: impl FnMut(&[&CachedTrack], usize) -> Result<Vec<f32>>,
+) -> Result<Bound> {
     let pools: Vec<&[&CachedTrack]> = cells.iter().filter(|c| c.harmful()).map(|c| c.pool.as_slice()).collect();
     let mut rows = Vec::new();
     for wsec in BOUND_WINDOWS_S {
-        let n = (wsec * 1000 / FRAME_MS) as usize;
-        let thr = window_means(&clean_scores, n).into_iter().fold(f64::NEG_INFINITY, f64::max);
+        let n = wsec as usize * per_s;
+        let thr = window_means(clean, n).into_iter().fold(f64::NEG_INFINITY, f64::max);
         let (mut hits, mut total) = (0usize, 0usize);
         for &pool in &pools {
             for _ in 0..ONSETS {
-                let mut s = Vec::new();
-                fill_with(&mut s, pool, n, &mut rng, evidence);
+                let s = onset(pool, n)?;
                 total += 1;
                 hits += usize::from(window_means(&s, n).first().is_some_and(|&m| m > thr));
             }
@@ -382,7 +400,7 @@ fn bound_of(clean: &[&CachedTrack], cells: &[OnsetCell], evidence: fn(&CachedFra
             pct: 100.0 * hits as f64 / total.max(1) as f64,
         });
     }
-    Bound { harmful_onsets: pools.len() * ONSETS, rows }
+    Ok(Bound { harmful_onsets: pools.len() * ONSETS, rows })
 }
 
 pub(super) fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -426,7 +444,7 @@ mod tests {
             group: "clean".into(),
             kind: "none".into(),
             level: 0.0,
-            frames: vec![CachedFrame { score, correct }; frames],
+            frames: vec![CachedFrame { score, correct, quality: None }; frames],
         }
     }
 

@@ -42,6 +42,9 @@ pub struct Results {
     pub breakdown: Breakdown,
     /// The shipped policy against its targets.
     pub targets: Targets,
+    /// Whole-frame image evidence beside the model's (absent when the cache has no
+    /// image-quality measures).
+    pub image: Option<ImageEvidence>,
 }
 
 /// One camera, one stated rate, one threshold rule, over long clean streams.
@@ -414,4 +417,106 @@ pub struct Targets {
     pub rate_ratios: Vec<(String, f64, f64)>,
     /// Every ratio at 24 and 240 a day within 2x (between 0.5 and 2).
     pub rate_met: bool,
+}
+
+/// The window bound of the image evidence for scenes of `tiles` sign-sized regions.
+#[derive(Clone, Debug, Serialize)]
+pub struct TileBound {
+    /// Regions of the proxy scene (1: the classifier's crop alone).
+    pub tiles: usize,
+    /// The bound.
+    pub bound: Bound,
+}
+
+/// One camera and arm (model, image, both) of the image-evidence section.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageArmRow {
+    /// `test tracks` or `real tracks`.
+    pub camera: String,
+    /// `model (shipped)`, `image` or `model + image`.
+    pub arm: String,
+    /// Hours of clean scenes replayed.
+    pub clean_hours: f64,
+    /// Alarms raised in them.
+    pub false_alarms: usize,
+    /// Delays after the onsets harmful on this camera.
+    pub harmful: DelaySummary,
+    /// Alarms raised during those onsets' clean lead-ins.
+    pub lead_in_alarms: usize,
+    /// Onsets of the cells that are not harmful raised within the onset window.
+    pub benign_alarmed: usize,
+    /// Onsets of those cells.
+    pub benign_onsets: usize,
+}
+
+/// Harmful-onset delays of one family on the test camera: the model alone and fused.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageFamilyRow {
+    /// Family name.
+    pub family: String,
+    /// The model's CUSUM alone (the shipped alarm).
+    pub model: DelaySummary,
+    /// The model's and the image's CUSUMs at half the rate each.
+    pub fused: DelaySummary,
+}
+
+/// One arm's ramps (types the classifier fails on, test camera).
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageRampRow {
+    /// The arm.
+    pub arm: String,
+    /// Ramps replayed.
+    pub ramps: usize,
+    /// Ramps that reached level 4 before an alarm.
+    pub late: usize,
+    /// Highest level at `alert_start` (6: not detected).
+    pub worst: f64,
+}
+
+/// How the image CUSUM turns the image deviation into evidence (the rest is the shipped
+/// policy's).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct ImageCusum {
+    /// The CUSUM's `kappa`.
+    pub kappa: f64,
+    /// Floor of the learned baseline's tail scale, in deviation units.
+    pub tail_floor: f32,
+    /// Lorden's bound for `h` (else the threshold simulated on the learned baseline).
+    pub bound: bool,
+}
+
+/// The fused alarm under one setting of the image CUSUM.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageSettingRow {
+    /// The setting.
+    pub cusum: ImageCusum,
+    /// The fused arm on the test camera.
+    pub test: ImageArmRow,
+    /// The fused arm on the real camera.
+    pub real: ImageArmRow,
+    /// The fused arm's ramps (test camera).
+    pub ramp: ImageRampRow,
+}
+
+/// Whole-frame image evidence in a proxy scene, beside the model's (`image.rs`).
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageEvidence {
+    /// Sign-sized regions of the proxy scene.
+    pub tiles: usize,
+    /// The measures read.
+    pub measures: Vec<String>,
+    /// The image CUSUM's setting of the tables.
+    pub cusum: ImageCusum,
+    /// The fused alarm under other settings (the first: `cusum`).
+    pub settings: Vec<ImageSettingRow>,
+    /// The image evidence's window bound per scene size.
+    pub bounds: Vec<TileBound>,
+    /// The arms compared.
+    pub arms: Vec<String>,
+    /// Per camera and arm.
+    pub rows: Vec<ImageArmRow>,
+    /// Per family, test camera.
+    pub families: Vec<ImageFamilyRow>,
+    /// Ramps, test camera.
+    pub ramps: Vec<ImageRampRow>,
 }

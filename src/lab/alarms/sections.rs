@@ -88,6 +88,7 @@ pub(super) fn results(a: &Config, tracks: &[CachedTrack], real: &[CachedTrack]) 
     let breakdown = breakdown(&ctx, &cam, &on)?;
     let mut targets = targets(&ctx, &fa_rate, &cam, &on, &ron, &ramp);
     rate_targets(&mut targets, &ctx.shipped, &rates);
+    let image = image_evidence(&ctx, [&learned, &cam.learned], &cam, &on.cells)?;
     Ok(Results {
         cache: a.cache.display().to_string(),
         model: a.model.display().to_string(),
@@ -106,7 +107,30 @@ pub(super) fn results(a: &Config, tracks: &[CachedTrack], real: &[CachedTrack]) 
         rates,
         breakdown,
         targets,
+        image,
     })
+}
+
+/// The whole-frame image evidence (`image.rs`), on both cameras.
+fn image_evidence(
+    ctx: &Ctx,
+    learned: [&Baseline; 2],
+    cam: &Camera,
+    cells: &[OnsetCell],
+) -> Result<Option<ImageEvidence>> {
+    let real_acc = load_accuracy(&ctx.a.cache, REAL_ACCURACY_FILE, cam.out.tracks)?;
+    let inputs = super::image::Inputs {
+        tracks: ctx.tracks,
+        real: ctx.real,
+        cells,
+        real_acc: &real_acc,
+        policy: &ctx.shipped.policy,
+        gate: ctx.gate(&ctx.shipped),
+        learned,
+        real_learn: cam.learn.clone(),
+        real_clean: cam.clean.clone(),
+    };
+    super::image::section(&inputs, &mut ctx.rng("image"))
 }
 
 /// The streams table and the learned baseline. The baseline is learned first, from the RNG
@@ -153,6 +177,8 @@ fn clean_false_alarms(
 /// The second camera: GTSRB's own held-out tracks, its learned baseline and clean hours.
 struct Camera<'a> {
     learned: crate::alert::Baseline,
+    /// The tracks its baseline was learned from.
+    learn: Vec<&'a CachedTrack>,
     clean: Vec<&'a CachedTrack>,
     rate: BTreeMap<&'static str, f64>,
     out: RealCamera,
@@ -182,7 +208,7 @@ fn real_camera<'a>(ctx: &Ctx<'a>) -> Result<Camera<'a>> {
         reuse: REAL_HOURS * 36_000.0 / real_clean.iter().map(|t| t.frames.len()).sum::<usize>().max(1) as f64,
         false_alarms,
     };
-    Ok(Camera { learned: real_learned, clean: real_clean.to_vec(), rate, out })
+    Ok(Camera { learned: real_learned, learn: real_learn.to_vec(), clean: real_clean.to_vec(), rate, out })
 }
 
 /// Detection delays after onsets, per cell and pooled over the harmful ones.
@@ -325,7 +351,7 @@ struct RampLevels {
 }
 
 /// Per corruption, the scored levels of the ramp grid and their tracks (learn tracks left out).
-fn ramp_grid(tracks: &[CachedTrack], kind: Corruption) -> Vec<(f32, Vec<&CachedTrack>)> {
+pub(super) fn ramp_grid(tracks: &[CachedTrack], kind: Corruption) -> Vec<(f32, Vec<&CachedTrack>)> {
     let mut grid: Vec<(f32, Vec<&CachedTrack>)> = Vec::new();
     let mut levels: Vec<f32> = RAMP_LEVELS.to_vec();
     levels.extend([3.0, 4.0, 5.0]);
@@ -352,28 +378,45 @@ fn ramp_level(
     k: usize,
 ) -> Result<f64> {
     let mut r = SplitMix64::new(SEED ^ ((ki * 7 + k) as u64) << 30);
-    let mut scores = Vec::new();
-    fill(&mut scores, clean, (LEAD_S * 1000 / FRAME_MS) as usize, &mut r);
-    let onset_at = scores.len();
-    let ramp_frames = (RAMP_S * 1000 / FRAME_MS) as usize;
-    // Track by track: each track takes the grid level at or below the ramp level at its start.
-    while scores.len() < onset_at + ramp_frames {
-        let lvl = 1.0 + 4.0 * (scores.len() - onset_at) as f32 / ramp_frames as f32;
+    let frames = ramp_frames(clean, grid, 0, &mut r);
+    let scores: Vec<f32> = frames.iter().map(|f| f.score).collect();
+    let mut t = tracker(&v.policy, v.learns.then_some(learned))?;
+    Ok(ramp_level_at(replay(&mut t, &scores, 0, gate).into_iter().find(|&i| i >= RAMP_ONSET)))
+}
+
+/// Where a ramp's frames ([`ramp_frames`]) leave the clean lead-in.
+pub(super) const RAMP_ONSET: usize = (LEAD_S * 1000 / FRAME_MS) as usize;
+
+/// A ramp's frames: [`LEAD_S`] of `clean` (after leaving out its first `skip` frames), then
+/// [`RAMP_S`] rising from level 1 to 5, track by track: each track takes the grid level at or
+/// below the ramp's level at its start.
+pub(super) fn ramp_frames<'a>(
+    clean: &[&'a CachedTrack],
+    grid: &[(f32, Vec<&'a CachedTrack>)],
+    skip: usize,
+    r: &mut SplitMix64,
+) -> Vec<&'a CachedFrame> {
+    let mut frames = Vec::new();
+    fill_with(&mut frames, clean, RAMP_ONSET + skip, r, |f| f);
+    frames.drain(..skip.min(frames.len()));
+    let ramp = (RAMP_S * 1000 / FRAME_MS) as usize;
+    while frames.len() < RAMP_ONSET + ramp {
+        let lvl = 1.0 + 4.0 * (frames.len() - RAMP_ONSET) as f32 / ramp as f32;
         let Some((_, pool)) = grid.iter().rev().find(|(l, _)| *l <= lvl + 1e-4).or(grid.first()) else {
             break;
         };
-        let t = pool[r.below(pool.len())];
-        for f in &t.frames {
-            scores.push(f.score);
-        }
+        frames.extend(&pool[r.below(pool.len())].frames);
     }
-    let mut t = tracker(&v.policy, v.learns.then_some(learned))?;
-    let starts = replay(&mut t, &scores, 0, gate);
-    let level = match starts.iter().find(|&&i| i >= onset_at) {
-        Some(&i) => 1.0 + 4.0 * (i - onset_at) as f64 / ramp_frames as f64,
-        None => f64::INFINITY,
-    };
-    Ok(level.min(5.0 + f64::from(u8::from(level.is_infinite()))))
+    frames
+}
+
+/// The ramp's level at the frame an alert started (5 when reached at the end, 6 when none).
+pub(super) fn ramp_level_at(start: Option<usize>) -> f64 {
+    let ramp = (RAMP_S * 1000 / FRAME_MS) as f64;
+    match start {
+        Some(i) => (1.0 + 4.0 * (i - RAMP_ONSET) as f64 / ramp).min(5.0),
+        None => 6.0,
+    }
 }
 
 fn ramps(ctx: &Ctx, learned: &crate::alert::Baseline, harmful_kinds: &BTreeSet<&'static str>) -> Result<RampLevels> {
