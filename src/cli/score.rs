@@ -47,15 +47,15 @@ pub fn default_model_path(calib: &Path) -> Option<PathBuf> {
 /// The compile options `calib` was fitted with (its loss, feature preset and input size), as
 /// the daemon compiles the model; `None` when the preset is unknown (said on stderr: exit 2).
 pub fn calib_compile_options(calib: &Calibration, calib_path: &Path) -> Result<Option<CompileOptions>> {
-    let loss: Loss = calib.model.loss.parse().map_err(anyhow::Error::msg)?;
-    let preset: crate::grad::Preset = match calib.model.preset.parse() {
-        Ok(p) => p,
+    // A bad loss is an error; a bad preset a bad calibration file (exit 2).
+    let _: Loss = calib.model.loss.parse().map_err(anyhow::Error::msg)?;
+    match calib.model.compile_options() {
+        Ok(o) => Ok(Some(o)),
         Err(e) => {
-            eprintln!("error: {}: preset: {e}", calib_path.display());
-            return Ok(None);
+            eprintln!("error: {}: {e}", calib_path.display());
+            Ok(None)
         }
-    };
-    Ok(Some(CompileOptions { loss, input_size: calib.model.input_size(), ..CompileOptions::preset(preset) }))
+    }
 }
 
 /// Runs `gradwatch score`.

@@ -87,6 +87,18 @@ impl CalibModel {
     pub fn input_size(&self) -> Option<(usize, usize)> {
         self.preprocessing.as_ref().map(|p| (p.width, p.height))
     }
+
+    /// The options that compile the graph these features were taken from: the loss, the
+    /// preset and the input size. Fails naming the field that does not parse.
+    pub fn compile_options(&self) -> Result<crate::grad::CompileOptions, String> {
+        let loss: crate::grad::Loss = self.loss.parse().map_err(|e| format!("loss: {e}"))?;
+        let preset: crate::grad::Preset = self.preset.parse().map_err(|e| format!("preset: {e}"))?;
+        Ok(crate::grad::CompileOptions {
+            loss,
+            input_size: self.input_size(),
+            ..crate::grad::CompileOptions::preset(preset)
+        })
+    }
 }
 
 fn default_preset() -> String {
@@ -379,6 +391,21 @@ impl Calibration {
 
 #[cfg(test)]
 mod tests {
+
+    /// The shipped `fast` calibration compiles the `fast` graph at the model's size; a file
+    /// naming a preset or loss that does not exist is refused naming the field.
+    #[test]
+    fn a_calibration_says_how_its_graph_is_compiled() {
+        let c = super::Calibration::load(std::path::Path::new("models/gtsrb-resnet18.fast.calib.toml")).unwrap();
+        let o = c.model.compile_options().unwrap();
+        let fast = crate::grad::CompileOptions::preset(crate::grad::Preset::Fast);
+        assert_eq!(format!("{o:?}"), format!("{fast:?}"));
+        let mut m = c.model.clone();
+        m.preset = "fastest".into();
+        assert!(m.compile_options().unwrap_err().starts_with("preset: "));
+        m.loss = "l2".into();
+        assert!(m.compile_options().unwrap_err().starts_with("loss: "));
+    }
     use super::tail_scale;
 
     #[test]

@@ -12,7 +12,6 @@ use anyhow::{bail, Context, Result};
 use crate::corrupt::Corruption;
 use crate::detector::Calibration;
 use crate::frame::RgbImage;
-use crate::grad::{CompileOptions, Loss};
 use crate::model::{top_class, LoadedModel};
 use crate::rng::SplitMix64;
 use crate::runtime::{extract, GradSession};
@@ -148,8 +147,9 @@ pub(super) fn score_tracks(
 ) -> Result<()> {
     use std::fmt::Write as _;
     let calib = Calibration::load(&a.calib)?;
-    let loss: Loss = calib.model.loss.parse().map_err(anyhow::Error::msg)?;
-    let mut model = LoadedModel::load(&a.model, &CompileOptions { loss, ..Default::default() })?;
+    // The calibration's own graph (a `fast` or `head` calibration reads fewer features).
+    let opts = calib.model.compile_options().map_err(|e| anyhow::anyhow!("{}: {e}", a.calib.display()))?;
+    let mut model = LoadedModel::load(&a.model, &opts)?;
     calib.check_model(&model.info.sha256, &model.compiled.features)?;
     model.use_preprocessing(calib.model.preprocessing.as_ref())?;
     let mut session = match pass {
