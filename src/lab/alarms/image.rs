@@ -309,7 +309,9 @@ fn measure(cams: &[(&str, Camera)], inp: &Inputs, cusum: ImageCusum, seed: u64) 
     let mut rng = SplitMix64::new(seed);
     let rng = &mut rng;
     let mut rows = Vec::new();
-    let mut families: BTreeMap<&'static str, [Delays; 2]> = BTreeMap::new();
+    // Per family of the test camera: harmful delays and benign onsets alarmed (model, fused),
+    // and the benign onsets.
+    let mut families: BTreeMap<&'static str, ([Delays; 2], [usize; 2], usize)> = BTreeMap::new();
     let real_onset: Vec<&CachedTrack> = inp.real.iter().filter(|t| t.group == "real-onset").collect();
     let empty = || Delays { delays: Vec::new(), missed: 0, early: 0 };
     for (ci, (name, cam)) in cams.iter().enumerate() {
@@ -327,9 +329,16 @@ fn measure(cams: &[(&str, Camera)], inp: &Inputs, cusum: ImageCusum, seed: u64) 
                 ),
             };
             let d = cell_onsets(cam, inp, cusum, &pool, rng)?;
+            let family = (ci == 0)
+                .then(|| families.entry(cell.kind.family().name()).or_insert_with(|| ([empty(), empty()], [0, 0], 0)));
             if !hurts {
                 benign.1 += ONSETS;
                 benign.0.iter_mut().zip(&d).for_each(|(b, x)| *b += x.delays.len());
+                if let Some(f) = family {
+                    f.1[0] += d[0].delays.len();
+                    f.1[1] += d[2].delays.len();
+                    f.2 += ONSETS;
+                }
                 continue;
             }
             for (agg, x) in harmful.iter_mut().zip(&d) {
@@ -337,9 +346,8 @@ fn measure(cams: &[(&str, Camera)], inp: &Inputs, cusum: ImageCusum, seed: u64) 
                 agg.missed += x.missed;
                 agg.early += x.early;
             }
-            if ci == 0 {
-                let f = families.entry(cell.kind.family().name()).or_insert_with(|| [empty(), empty()]);
-                for (agg, x) in f.iter_mut().zip([&d[0], &d[2]]) {
+            if let Some(f) = family {
+                for (agg, x) in f.0.iter_mut().zip([&d[0], &d[2]]) {
                     agg.delays.extend(&x.delays);
                     agg.missed += x.missed;
                 }
@@ -361,9 +369,16 @@ fn measure(cams: &[(&str, Camera)], inp: &Inputs, cusum: ImageCusum, seed: u64) 
     }
     let families = families
         .into_iter()
-        .map(|(family, mut d)| {
+        .map(|(family, (mut d, benign, benign_onsets))| {
             d.iter_mut().for_each(|x| x.delays.sort_by(f64::total_cmp));
-            ImageFamilyRow { family: family.to_string(), model: d[0].summary(), fused: d[1].summary() }
+            ImageFamilyRow {
+                family: family.to_string(),
+                model: d[0].summary(),
+                fused: d[1].summary(),
+                benign_model: benign[0],
+                benign_fused: benign[1],
+                benign_onsets,
+            }
         })
         .collect();
     let ramps = ramps(&cams[0].1, inp, cusum, rng)?;

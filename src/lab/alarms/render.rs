@@ -491,11 +491,30 @@ fn image_arms(w: &mut String, e: &ImageEvidence) {
             r.benign_onsets
         );
     }
-    let _ = writeln!(w, "\nHarmful onsets of the test camera by family (what the image adds to the model):\n");
-    let _ = writeln!(w, "| family | model (shipped) | model + image |");
-    let _ = writeln!(w, "|---|---|---|");
+    let _ = writeln!(
+        w,
+        "\nThe test camera by family (what the image adds to the model): delays after harmful onsets, and the \
+         onsets of benign cells (the classifier 80 % right or more: an alarm there is about the camera, not the \
+         classification) raised within 60 s:\n"
+    );
+    let _ = writeln!(
+        w,
+        "| family | harmful: model (shipped) | harmful: model + image | benign alarmed: model | model + image |"
+    );
+    let _ = writeln!(w, "|---|---|---|---:|---:|");
+    let cell = |d: &DelaySummary| if d.onsets == 0 { "-".to_string() } else { delay_cell(d) };
     for f in &e.families {
-        let _ = writeln!(w, "| {} | {} | {} |", f.family, delay_cell(&f.model), delay_cell(&f.fused));
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} of {} | {} of {} |",
+            f.family,
+            cell(&f.model),
+            cell(&f.fused),
+            f.benign_model,
+            f.benign_onsets,
+            f.benign_fused,
+            f.benign_onsets
+        );
     }
     let _ = writeln!(w, "\nRamps 1 -> 5 over 10 minutes of the types the classifier fails on (test camera):\n");
     let _ = writeln!(w, "| alarm | ramps | reached level 4 first | worst level at alert |");

@@ -449,7 +449,8 @@ pub struct ImageArmRow {
     pub benign_onsets: usize,
 }
 
-/// Harmful-onset delays of one family on the test camera: the model alone and fused.
+/// One family on the test camera: harmful-onset delays and benign onsets alarmed, the model
+/// alone and fused.
 #[derive(Clone, Debug, Serialize)]
 pub struct ImageFamilyRow {
     /// Family name.
@@ -458,6 +459,13 @@ pub struct ImageFamilyRow {
     pub model: DelaySummary,
     /// The model's and the image's CUSUMs at half the rate each.
     pub fused: DelaySummary,
+    /// Onsets of the family's benign cells (the classifier at 80 % or more) the model's CUSUM
+    /// raised within the onset window.
+    pub benign_model: usize,
+    /// The same for the fused alarm.
+    pub benign_fused: usize,
+    /// Onsets of the family's benign cells.
+    pub benign_onsets: usize,
 }
 
 /// One arm's ramps (types the classifier fails on, test camera).
