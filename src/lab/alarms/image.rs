@@ -291,6 +291,7 @@ pub(super) fn section(inp: &Inputs, rng: &mut SplitMix64) -> Result<Option<Image
         arms: ARMS.iter().map(|a| a.to_string()).collect(),
         rows: chosen.rows,
         families: chosen.families,
+        severity: chosen.severity,
         ramps: chosen.ramps,
         settings,
     }))
@@ -301,6 +302,7 @@ pub(super) fn section(inp: &Inputs, rng: &mut SplitMix64) -> Result<Option<Image
 struct Measured {
     rows: Vec<ImageArmRow>,
     families: Vec<ImageFamilyRow>,
+    severity: Vec<ImageSeverityRow>,
     ramps: Vec<ImageRampRow>,
 }
 
@@ -309,6 +311,7 @@ fn measure(cams: &[(&str, Camera)], inp: &Inputs, cusum: ImageCusum, seed: u64) 
     let mut rng = SplitMix64::new(seed);
     let rng = &mut rng;
     let mut rows = Vec::new();
+    let mut severity = Vec::new();
     // Per family of the test camera: harmful delays and benign onsets alarmed (model, fused),
     // and the benign onsets.
     let mut families: BTreeMap<&'static str, ([Delays; 2], [usize; 2], usize)> = BTreeMap::new();
@@ -318,17 +321,27 @@ fn measure(cams: &[(&str, Camera)], inp: &Inputs, cusum: ImageCusum, seed: u64) 
         let clean_alarms = clean_alarms(cam, inp, cusum, rng)?;
         let mut harmful: [Delays; 3] = [empty(), empty(), empty()];
         let mut benign = ([0usize; 3], 0usize);
+        // Per severity range (the classifier's accuracy on this camera's signs): cells, and the
+        // model's and the fused delays.
+        let mut by_severity: BTreeMap<usize, (usize, [Delays; 2])> = BTreeMap::new();
         for cell in inp.cells {
-            let (pool, hurts) = match ci {
-                0 => (cell.pool.clone(), cell.harmful()),
+            let (pool, acc) = match ci {
+                0 => (cell.pool.clone(), Some(cell.acc)),
                 _ => (
                     cell.real_pool(&real_onset),
-                    inp.real_acc
-                        .get(&(cell.kind.name().to_string(), cell.level))
-                        .is_some_and(|&a| crate::lab::harmful(a)),
+                    inp.real_acc.get(&(cell.kind.name().to_string(), cell.level)).copied(),
                 ),
             };
+            let hurts = acc.is_some_and(crate::lab::harmful);
             let d = cell_onsets(cam, inp, cusum, &pool, rng)?;
+            if let Some(bin) = acc.and_then(super::sections::severity_bin) {
+                let e = by_severity.entry(bin).or_insert_with(|| (0, [empty(), empty()]));
+                e.0 += 1;
+                for (agg, x) in e.1.iter_mut().zip([&d[0], &d[2]]) {
+                    agg.delays.extend(&x.delays);
+                    agg.missed += x.missed;
+                }
+            }
             let family = (ci == 0)
                 .then(|| families.entry(cell.kind.family().name()).or_insert_with(|| ([empty(), empty()], [0, 0], 0)));
             if !hurts {
@@ -352,6 +365,17 @@ fn measure(cams: &[(&str, Camera)], inp: &Inputs, cusum: ImageCusum, seed: u64) 
                     agg.missed += x.missed;
                 }
             }
+        }
+        for (bin, (cells, mut d)) in by_severity {
+            d.iter_mut().for_each(|x| x.delays.sort_by(f64::total_cmp));
+            severity.push(ImageSeverityRow {
+                camera: name.to_string(),
+                accuracy: super::sections::severity_name(bin),
+                harmful: crate::lab::harmful(super::replay::SEVERITY_BINS[bin]),
+                cells,
+                model: d[0].summary(),
+                fused: d[1].summary(),
+            });
         }
         for (a, arm) in ARMS.iter().enumerate() {
             harmful[a].delays.sort_by(f64::total_cmp);
@@ -382,7 +406,7 @@ fn measure(cams: &[(&str, Camera)], inp: &Inputs, cusum: ImageCusum, seed: u64) 
         })
         .collect();
     let ramps = ramps(&cams[0].1, inp, cusum, rng)?;
-    Ok(Measured { rows, families, ramps })
+    Ok(Measured { rows, families, severity, ramps })
 }
 
 /// Alarms of each arm over [`BOUND_HOURS`] of the camera's clean scenes.

@@ -516,6 +516,18 @@ fn image_arms(w: &mut String, e: &ImageEvidence) {
             f.benign_onsets
         );
     }
+    let _ = writeln!(
+        w,
+        "\nBy severity (the classifier's accuracy in the cell, on each camera's own signs; ranges at 80 % or \
+         more are not harmful):\n"
+    );
+    let _ = writeln!(w, "| camera | accuracy at the onset | cells | model (shipped) | model + image |");
+    let _ = writeln!(w, "|---|---|---:|---|---|");
+    for r in &e.severity {
+        let acc = if r.harmful { format!("**{}**", r.accuracy) } else { r.accuracy.clone() };
+        let _ =
+            writeln!(w, "| {} | {acc} | {} | {} | {} |", r.camera, r.cells, delay_cell(&r.model), delay_cell(&r.fused));
+    }
     let _ = writeln!(w, "\nRamps 1 -> 5 over 10 minutes of the types the classifier fails on (test camera):\n");
     let _ = writeln!(w, "| alarm | ramps | reached level 4 first | worst level at alert |");
     let _ = writeln!(w, "|---|---:|---:|---:|");

@@ -468,6 +468,23 @@ pub struct ImageFamilyRow {
     pub benign_onsets: usize,
 }
 
+/// One camera and severity range: the model alone and fused.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageSeverityRow {
+    /// `test tracks` or `real tracks`.
+    pub camera: String,
+    /// The classifier's accuracy range on the camera's signs (`40-60 %`).
+    pub accuracy: String,
+    /// Whether the range is below the harmful accuracy.
+    pub harmful: bool,
+    /// Cells in it.
+    pub cells: usize,
+    /// The model's CUSUM alone.
+    pub model: DelaySummary,
+    /// The fused alarm.
+    pub fused: DelaySummary,
+}
+
 /// One arm's ramps (types the classifier fails on, test camera).
 #[derive(Clone, Debug, Serialize)]
 pub struct ImageRampRow {
@@ -525,6 +542,8 @@ pub struct ImageEvidence {
     pub rows: Vec<ImageArmRow>,
     /// Per family, test camera.
     pub families: Vec<ImageFamilyRow>,
+    /// Per severity range, both cameras.
+    pub severity: Vec<ImageSeverityRow>,
     /// Ramps, test camera.
     pub ramps: Vec<ImageRampRow>,
 }

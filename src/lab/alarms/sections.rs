@@ -510,12 +510,12 @@ fn rate_targets(t: &mut Targets, shipped: &Variant, rates: &Rates) {
 }
 
 /// The severity range of an accuracy: the index into [`SEVERITY_BINS`] (none for NaN).
-fn severity_bin(acc: f64) -> Option<usize> {
+pub(super) fn severity_bin(acc: f64) -> Option<usize> {
     SEVERITY_BINS.iter().rposition(|&lo| acc >= lo)
 }
 
 /// The name of severity range `i` (`40-60 %`).
-fn severity_name(i: usize) -> String {
+pub(super) fn severity_name(i: usize) -> String {
     let lo = 100.0 * SEVERITY_BINS[i];
     match SEVERITY_BINS.get(i + 1) {
         Some(hi) => format!("{lo:.0}-{:.0} %", 100.0 * hi),
