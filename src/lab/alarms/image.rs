@@ -13,9 +13,10 @@
 //! The camera's image evidence is one number a second ([`ImageNorm::deviation`]): the largest
 //! deviation of the scene's measures from what the camera learned, each measure scaled by the
 //! distance of its learned 1st or 99th percentile from its median (1: as unusual as the learned
-//! 1 %). It drives a second CUSUM, the shipped policy with its own learned baseline; fused, the
-//! model's and the image's CUSUMs each get half the stated rate and the camera alarms at the
-//! earlier of the two.
+//! 1 %). It drives a second CUSUM: the shipped policy with the `kappa`, tail floor and threshold
+//! rule of [`SHIPPED_IMAGE`], and a baseline learned from other tracks than the norm. Fused,
+//! the model's and the image's CUSUMs each get half the stated rate and the camera alarms at
+//! the earlier of the two.
 
 use std::collections::BTreeMap;
 

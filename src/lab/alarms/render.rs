@@ -429,8 +429,9 @@ fn image(w: &mut String, e: &ImageEvidence) {
          deviation is the image evidence, fed to a second CUSUM whose baseline comes from 10 minutes of the other \
          half (a camera's next minutes show other scenes) (`src/lab/alarms/image.rs`). \
          *model + image*: the shipped CUSUM and the image's, each at half the shipped rate, the camera alarming at \
-         the earlier. A proxy: sixteen independent signs vary more than a fixed camera's scene and less than a \
-         drive through town; the bound below shows how the evidence grows with the picture it sees.\n",
+         the earlier (its false alarms count the starts of both). A proxy: sixteen independent signs vary more \
+         than a fixed camera's scene and less than a drive through town; the bound below shows how the evidence \
+         grows with the picture it sees.\n",
         e.tiles,
         e.tiles - 1,
         e.measures.iter().map(|m| format!("`{}`", m.trim_start_matches("quality:"))).collect::<Vec<_>>().join(", ")
