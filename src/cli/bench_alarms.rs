@@ -17,11 +17,12 @@ pub struct BenchAlarmsArgs {
     #[arg(long, default_value = "../shared/data/gtsrb")]
     pub data: PathBuf,
     /// The calibration file.
-    #[arg(long, default_value = "models/gtsrb-resnet18.calib.toml")]
+    #[arg(long, default_value = crate::lab::alarms::DEFAULT_CALIB)]
     pub calib: PathBuf,
     /// The feature cache folder (`frames.csv`, `frames.features.npy`, `frames.logits.npy`,
-    /// `frames.quality.npy`); built when missing. Features do not depend on the calibration: a
-    /// new calibration is benchmarked from the same cache in seconds.
+    /// `frames.quality.npy`); built when missing. Features depend on the calibration's preset
+    /// only: a new calibration of the same preset is benchmarked from the same cache in
+    /// seconds, one of another preset needs a folder of its own.
     #[arg(long, default_value = "out/bench-alarms")]
     pub cache: PathBuf,
     /// Rows of `test_images.npy` the tracks are drawn from, `A..B` or `A..` (default: the half

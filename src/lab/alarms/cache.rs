@@ -314,7 +314,7 @@ pub(super) fn load_tracks(dir: &Path, index_name: &str, prefix: &str, calib: &Ca
         .with_context(|| format!("{}: no {prefix}features.npy; delete the folder to rebuild it", dir.display()))?;
     if fs.features.ncols() != calib.model.features.len() {
         bail!(
-            "{}: the cache has {} features per frame, the calibration {} (another preset?); delete the folder to rebuild it",
+            "{}: the cache has {} features per frame, the calibration {} (another preset?); give another --cache, or delete this one to rebuild it",
             dir.display(),
             fs.features.ncols(),
             calib.model.features.len()

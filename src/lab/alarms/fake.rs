@@ -16,7 +16,7 @@ use super::*;
 pub(super) const REAL_COUNT: usize = 60;
 
 /// The calibration the fake scores are drawn around.
-pub(super) const CALIB: &str = "models/gtsrb-resnet18.calib.toml";
+pub(super) const CALIB: &str = DEFAULT_CALIB;
 
 /// Corruption types with tracks (the first of [`Corruption::ALL`]); the others' cells have
 /// none, as a cut-short cache would, which keeps the test's replay short.

@@ -73,6 +73,9 @@ pub struct Config {
     pub policy: Option<(String, crate::alert::AlertPolicy)>,
 }
 
+/// The calibration `bench-alarms` measures unless told otherwise (`make bench-alarms`).
+pub const DEFAULT_CALIB: &str = "models/gtsrb-resnet18.calib.toml";
+
 /// Seed of every random choice of the benchmark.
 const SEED: u64 = 20_260_101;
 /// Tracks of the baseline-learning stream.
