@@ -271,11 +271,16 @@ pub struct BaselineConfig {
     /// After learning, the sample turns over in about this many hours of clean frame time;
     /// 0 = never adapt. Default 168 (a week).
     pub adapt_hours: f64,
+    /// Also learn the camera's whole-frame picture and fuse its image evidence into the
+    /// `cusum` alarm ([`crate::alert::image`]): the picture's norm over `learn_minutes`, its
+    /// evidence's baseline over the next `learn_minutes`; each CUSUM then gets half the stated
+    /// rate. Default false.
+    pub image: bool,
 }
 
 impl Default for BaselineConfig {
     fn default() -> Self {
-        BaselineConfig { learn_minutes: 10.0, quarantine_s: 120.0, adapt_hours: 168.0 }
+        BaselineConfig { learn_minutes: 10.0, quarantine_s: 120.0, adapt_hours: 168.0, image: false }
     }
 }
 

@@ -149,6 +149,16 @@ pub struct PolicyDetail {
     /// `calibration` (the fallback derived from the calibration's threshold).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<String>,
+    /// `cusum` with image evidence: which evidence raised the alert, `model` (the scores) or
+    /// `image` (the whole frame's picture).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
+    /// `cusum` with image evidence, once learned: the image CUSUM's `S`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_statistic: Option<f64>,
+    /// `cusum` with image evidence, once learned: the image CUSUM's `h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_statistic_threshold: Option<f64>,
 }
 
 /// An event emitted by the alert stage: the unit every sink delivers.

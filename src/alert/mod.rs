@@ -7,7 +7,8 @@
 //! Where things are: the [`AlertTracker`] here (what every policy shares: the stream and
 //! sequence checks, the open alert, its minimum duration and updates, the events); each
 //! policy's running state in `decider/` (one file per policy behind one trait); the CUSUM's
-//! math in `cusum.rs`, the learned baseline in `baseline.rs`, the policy keys in `policy.rs`,
+//! math in `cusum.rs`, the learned baseline in `baseline.rs`, the whole-frame image evidence
+//! fused into the `cusum` alarm in `image.rs`, the policy keys in `policy.rs`,
 //! the `[alert]` config in `config.rs`, the wire types in `event.rs`, and the open alerts kept
 //! across a crash in `open.rs`.
 //!
@@ -20,6 +21,7 @@ mod config;
 pub mod cusum;
 mod decider;
 pub mod event;
+pub mod image;
 pub mod open;
 mod policy;
 pub mod run_length;
@@ -32,6 +34,7 @@ pub use baseline::{Baseline, BaselineConfig, Learner};
 pub use config::AlertConfig;
 pub use cusum::{Cusum, CusumParams};
 pub use event::{Alert, EndReason, Event, ModelRef, PolicyDetail, Scored};
+pub use image::{ImageBaseline, ImageEvidence};
 pub use policy::{AlertPolicy, PolicyKind, ThresholdRule};
 
 use decider::{Decider, Verdict};
@@ -64,14 +67,20 @@ struct Open {
 impl Open {
     /// An empty alert whose first frame is `first`.
     fn starting_at(stream: &str, first: &Scored, now: SystemTime) -> Open {
+        Open::at(stream, first.seq, first.time, now)
+    }
+
+    /// An empty alert whose first frame is frame `seq` at `time` (the image evidence's
+    /// change point: a sample, not a scored frame).
+    fn at(stream: &str, seq: u64, time: SystemTime, now: SystemTime) -> Open {
         Open {
-            id: format!("{}-{}-{}", stream, first.seq, unix_ms(first.time)),
-            first_seq: first.seq,
-            first_time: first.time,
+            id: format!("{}-{}-{}", stream, seq, unix_ms(time)),
+            first_seq: seq,
+            first_time: time,
             raised_at: now,
             last_emit: now,
-            last_seq: first.seq,
-            last_time: first.time,
+            last_seq: seq,
+            last_time: time,
             frames: 0,
             frames_over: 0,
             score_sum: 0.0,
@@ -108,6 +117,12 @@ pub struct AlertTracker {
     last_seq: Option<u64>,
     open: Option<Open>,
     out_of_order: u64,
+    /// The whole-frame image evidence fused into the `cusum` alarm, when the stream learns it.
+    image: Option<ImageEvidence>,
+    /// The open alert: which evidence raised it, and whether the model's and the image's
+    /// evidence would each clear it (it clears when both would).
+    raised_by: Option<&'static str>,
+    clear_votes: [bool; 2],
 }
 
 impl AlertTracker {
@@ -123,6 +138,9 @@ impl AlertTracker {
             last_seq: None,
             open: None,
             out_of_order: 0,
+            image: None,
+            raised_by: None,
+            clear_votes: [false; 2],
         })
     }
 
@@ -134,9 +152,95 @@ impl AlertTracker {
     }
 
     /// Learns the stream's baseline from its clean blocks (and adapts it afterwards) under
-    /// `config`; no-op under `k_of_n`.
+    /// `config`; no-op under `k_of_n`. With `config.image` (under `cusum`) the stream also
+    /// learns its picture ([`image`]) and its alarm fuses both: the model's CUSUM then runs at
+    /// the rest of the stated rate (a baseline already set is kept).
     pub fn learn_baseline(&mut self, config: BaselineConfig) {
+        if config.image && self.image.is_none() {
+            let p = &self.policy;
+            let rate = p.false_alarms_per_day;
+            let e = ImageEvidence::new(&self.stream, config.learn_minutes, image::SETTING, rate, p.clear_evidence);
+            self.use_image_evidence(e);
+        }
         self.decider.learn_baseline(config);
+    }
+
+    /// Fuses `evidence` into the alarm (under `cusum`; no-op under `k_of_n`): the model's CUSUM
+    /// is rebuilt at the rest of the stated rate, keeping a baseline already set (call
+    /// [`learn_baseline`](Self::learn_baseline) afterwards to learn and adapt).
+    pub fn use_image_evidence(&mut self, evidence: ImageEvidence) {
+        if self.policy.policy != PolicyKind::Cusum {
+            return;
+        }
+        let p = &self.policy;
+        let rest =
+            AlertPolicy { false_alarms_per_day: p.false_alarms_per_day * (1.0 - image::RATE_SHARE), ..p.clone() };
+        let mut old = std::mem::replace(&mut self.decider, decider::for_policy(&self.stream, &rest, &self.model));
+        if let Err(e) = self.decider.carry_baseline_from(old.as_mut()) {
+            log::warn!("stream {}: baseline not kept: {e}", self.stream);
+        }
+        self.image = Some(evidence);
+    }
+
+    /// The stream's image evidence, when it learns its picture.
+    pub fn image(&self) -> Option<&ImageEvidence> {
+        self.image.as_ref()
+    }
+
+    /// Uses a saved image baseline; an error when the stream does not learn its picture or the
+    /// file is not this stream's.
+    pub fn set_image_baseline(&mut self, b: ImageBaseline) -> Result<(), String> {
+        match self.image.as_mut() {
+            Some(i) => i.set_learned(b),
+            None => Err("this stream does not use image evidence (`baseline = { image = true }`)".into()),
+        }
+    }
+
+    /// The image baseline when it was learned since the last call (to persist it).
+    pub fn take_changed_image(&mut self) -> Option<ImageBaseline> {
+        self.image.as_mut().and_then(ImageEvidence::take_changed)
+    }
+
+    /// One whole-frame sample of the frame `seq` at `time` (frame time): learning, or the
+    /// image CUSUM, which may raise the stream's alert or vote to clear it.
+    pub fn image_sample(&mut self, seq: u64, time: SystemTime, q: &image::Quality) -> Vec<Event> {
+        let Some(img) = self.image.as_mut() else { return Vec::new() };
+        let verdict = match img.sample(seq, time, q, self.open.is_some()) {
+            image::ImageVerdict::Wait => return Vec::new(),
+            image::ImageVerdict::Raise(first_seq, first_time) => {
+                if self.open.is_some() {
+                    return Vec::new();
+                }
+                self.open = Some(Open::at(&self.stream, first_seq, first_time, time));
+                self.raised(Some("image"));
+                return vec![Event::AlertStart { alert: self.snapshot(time) }];
+            }
+            image::ImageVerdict::Open(clear) => {
+                self.clear_votes[1] = clear;
+                self.fused_verdict()
+            }
+        };
+        self.follow(verdict, time).into_iter().collect()
+    }
+
+    /// An alert was raised by `by`: the clear votes start over.
+    fn raised(&mut self, by: Option<&'static str>) {
+        self.raised_by = by;
+        self.clear_votes = [false; 2];
+    }
+
+    /// Whether the image evidence has learned its baseline (and so takes part).
+    fn image_in_force(&self) -> bool {
+        self.image.as_ref().is_some_and(|i| i.learned().is_some())
+    }
+
+    /// Clear when the model's evidence would and, once learned, the image's too.
+    fn fused_verdict(&self) -> Verdict {
+        if self.clear_votes[0] && (self.clear_votes[1] || !self.image_in_force()) {
+            Verdict::Clear
+        } else {
+            Verdict::Stay
+        }
     }
 
     /// Takes over `old`'s learned baseline and its learner (the blocks learned so far, the
@@ -145,6 +249,9 @@ impl AlertTracker {
     /// block length under both policies; otherwise nothing is taken (a learned baseline is
     /// refused with the reason, and learning starts over at the new block length).
     pub fn carry_baseline_from(&mut self, old: &mut AlertTracker) -> Result<(), String> {
+        if let (Some(new), Some(prev)) = (self.image.as_mut(), old.image.as_mut()) {
+            new.carry_from(prev);
+        }
         self.decider.carry_baseline_from(old.decider.as_mut())
     }
 
@@ -182,7 +289,18 @@ impl AlertTracker {
     /// is the `h` in force (the simulated one once a block has been scored under
     /// `threshold = "simulated"`).
     pub fn detail(&self) -> PolicyDetail {
-        self.decider.detail()
+        let mut d = self.decider.detail();
+        if let Some(i) = self.image.as_ref() {
+            // The model's CUSUM runs at its share; the stream's stated rate is the pair's.
+            d.false_alarms_per_day = Some(self.policy.false_alarms_per_day);
+            if i.learned().is_some() {
+                let (s, h) = i.statistic();
+                d.image_statistic = Some(s);
+                d.image_statistic_threshold = Some(h);
+            }
+        }
+        d.evidence = self.open.as_ref().and(self.raised_by).map(str::to_string);
+        d
     }
 
     /// The policy in force.
@@ -230,7 +348,13 @@ impl AlertTracker {
             return Vec::new();
         }
         self.last_seq = Some(s.seq);
-        let verdict = self.decider.push(s, self.open.as_mut());
+        let verdict = match self.decider.push(s, self.open.as_mut()) {
+            v @ (Verdict::Stay | Verdict::Clear) if self.image.is_some() => {
+                self.clear_votes[0] = matches!(v, Verdict::Clear);
+                self.fused_verdict()
+            }
+            v => v,
+        };
         self.follow(verdict, s.time).into_iter().collect()
     }
 
@@ -242,6 +366,7 @@ impl AlertTracker {
                 open.raised_at = now;
                 open.last_emit = now;
                 self.open = Some(*open);
+                self.raised(Some("model"));
                 return Some(Event::AlertStart { alert: self.snapshot(now) });
             }
             Verdict::Stay => false,
@@ -251,6 +376,9 @@ impl AlertTracker {
         let held = ms_between(open.raised_at, now) >= self.policy.min_duration_ms;
         if clear && held {
             self.decider.cleared();
+            if let Some(i) = self.image.as_mut() {
+                i.reset();
+            }
             Some(self.close(now, EndReason::Cleared))
         } else if self.policy.update_interval_ms > 0
             && ms_between(open.last_emit, now) >= self.policy.update_interval_ms
@@ -293,6 +421,9 @@ impl AlertTracker {
     fn reset_window(&mut self) {
         self.last_seq = None;
         self.decider.reset();
+        if let Some(i) = self.image.as_mut() {
+            i.reset();
+        }
     }
 
     fn close(&mut self, time: SystemTime, reason: EndReason) -> Event {
@@ -330,7 +461,7 @@ impl AlertTracker {
             tag: peak.and_then(|p| p.tag.clone()),
             snapshot: None,
             heatmap: None,
-            detail: self.decider.detail(),
+            detail: self.detail(),
         }
     }
 
@@ -357,7 +488,7 @@ impl AlertTracker {
             tag: None,
             snapshot: None,
             heatmap: None,
-            detail: self.decider.detail(),
+            detail: self.detail(),
         }
     }
 }
@@ -389,6 +520,62 @@ mod tests {
         assert_eq!(p.window, 10);
         assert_eq!(p.update_interval_ms, 5000);
         assert!(toml::from_str::<AlertPolicy>("rise = 4").is_err());
+    }
+
+    /// A noisy clean picture (measure `j` of sample `i` near 10) or a degraded one (all 0).
+    fn picture(i: u64, degraded: bool) -> image::Quality {
+        let mut q = [10.0; image::MEASURES];
+        for (j, v) in q.iter_mut().enumerate() {
+            *v += (((i * 7919 + j as u64 * 104_729) % 1000) as f32 / 1000.0) - 0.5;
+        }
+        if degraded {
+            q = [0.0; image::MEASURES];
+        }
+        q
+    }
+
+    /// Frames `seq` in `range` at 10 a second scoring 0 (clean to the model), a whole-frame
+    /// sample each second showing `degraded` or a clean picture; the events.
+    fn feed(t: &mut AlertTracker, range: std::ops::Range<u64>, degraded: bool) -> Vec<Event> {
+        let mut evs = Vec::new();
+        for seq in range {
+            let f = decider::test_frame(seq, 0.0, 2.0);
+            if seq % 10 == 0 {
+                evs.extend(t.image_sample(seq, f.time, &picture(seq / 10, degraded)));
+            }
+            evs.extend(t.push(&f));
+        }
+        evs
+    }
+
+    /// With image evidence the stream learns its picture in two periods, then alarms on
+    /// whichever evidence fires first (here the picture, while the scores stay clean), says
+    /// so, and clears only when both evidences would; each CUSUM runs at half the stated rate.
+    #[test]
+    fn image_evidence_raises_and_both_must_clear() {
+        let policy = AlertPolicy { policy: PolicyKind::Cusum, false_alarms_per_day: 1.2, ..Default::default() };
+        let model = ModelRef { name: "m".into(), sha256: "ab".into() };
+        let mut t = AlertTracker::new("cam", policy, model).unwrap();
+        t.learn_baseline(BaselineConfig { learn_minutes: 1.0, image: true, ..Default::default() });
+        // Two learning periods of 60 samples, then ten clean minutes: no event.
+        assert!(feed(&mut t, 0..1200, false).is_empty());
+        assert!(t.take_changed_image().is_some());
+        assert!(feed(&mut t, 1200..7200, false).is_empty());
+        let d = t.detail();
+        let half = CusumParams::threshold(0.6, 1000);
+        assert_eq!(d.false_alarms_per_day, Some(1.2));
+        assert_eq!((d.statistic_threshold, d.image_statistic_threshold), (Some(half), Some(half)));
+        assert_eq!(d.evidence, None);
+        // The picture degrades: raised by the image within 10 s, from the first degraded second.
+        let evs = feed(&mut t, 7200..7300, true);
+        let Some(Event::AlertStart { alert }) = evs.first() else { panic!("no alert: {evs:?}") };
+        assert_eq!((alert.first_seq, alert.detail.evidence.as_deref()), (7200, Some("image")));
+        // The scores alone would clear it at once; the degraded picture keeps it open.
+        assert!(feed(&mut t, 7300..7900, true).iter().all(|e| !matches!(e, Event::AlertEnd { .. })));
+        // The picture comes back: cleared within seconds.
+        let evs = feed(&mut t, 7900..8200, false);
+        let end = evs.iter().position(|e| matches!(e, Event::AlertEnd { reason: EndReason::Cleared, .. }));
+        assert!(end.is_some(), "not cleared: {evs:?}");
     }
 
     #[test]

@@ -234,7 +234,7 @@ fn cusum_alert_clears_with_hysteresis() {
 #[test]
 fn baseline_is_learned_saved_reloaded_and_not_polluted() {
     let mut tr = AlertTracker::new("cam0", cusum(1.0), model()).unwrap();
-    let cfg = BaselineConfig { learn_minutes: 10.0, quarantine_s: 30.0, adapt_hours: 1.0 };
+    let cfg = BaselineConfig { learn_minutes: 10.0, quarantine_s: 30.0, adapt_hours: 1.0, image: false };
     tr.learn_baseline(cfg);
     let mut cam = Camera::new(6, 0.3, 1.0);
     let mut seq = 0u64;
@@ -285,7 +285,7 @@ fn slow_ramp_is_caught_despite_adaptation() {
     let b = learn(&mut cam, 600);
     let mut tr = AlertTracker::new("cam0", cusum(1.0), model()).unwrap();
     tr.set_baseline(b).unwrap();
-    tr.learn_baseline(BaselineConfig { learn_minutes: 10.0, quarantine_s: 30.0, adapt_hours: 1.68 });
+    tr.learn_baseline(BaselineConfig { learn_minutes: 10.0, quarantine_s: 30.0, adapt_hours: 1.68, image: false });
     let lead = 6000u64; // 10 min clean
     let ramp = 6000u64;
     let mut at = None;

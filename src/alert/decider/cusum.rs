@@ -191,6 +191,7 @@ impl Decider for CusumDecider {
             statistic_threshold: Some(self.h()),
             false_alarms_per_day: Some(self.policy.false_alarms_per_day),
             baseline: Some(if self.learned { "learned" } else { "calibration" }.into()),
+            ..PolicyDetail::default()
         }
     }
 

@@ -89,6 +89,7 @@ impl Decider for KOfN {
             statistic_threshold: Some(self.raise as f64),
             false_alarms_per_day: None,
             baseline: None,
+            ..PolicyDetail::default()
         }
     }
 

@@ -101,7 +101,7 @@ pub(super) fn for_policy(stream: &str, policy: &AlertPolicy, model: &ModelRef) -
 
 /// A frame of stream `cam` at `seq * 100` ms of frame time, for the policies' unit tests.
 #[cfg(test)]
-fn test_frame(seq: u64, score: f32, threshold: f32) -> Scored {
+pub(super) fn test_frame(seq: u64, score: f32, threshold: f32) -> Scored {
     Scored {
         stream: "cam".into(),
         seq,
