@@ -204,6 +204,10 @@ pub struct StreamMetrics {
     pub baseline_median_milli: Gauge,
     /// cusum: the CUSUM statistic S, in thousandths.
     pub cusum_statistic_milli: Gauge,
+    /// cusum with image evidence: 1 once the stream's picture is learned.
+    pub image_learned: Gauge,
+    /// cusum with image evidence: the image CUSUM's S, in thousandths.
+    pub image_statistic_milli: Gauge,
     /// The image-quality measures ([`crate::quality::Measure::ALL`] order) of the whole
     /// captured frame, before the ROI crop, sampled every
     /// [`FRAME_QUALITY_EVERY`](crate::pipeline::FRAME_QUALITY_EVERY): evidence about the camera
@@ -234,6 +238,8 @@ impl StreamMetrics {
             baseline_blocks: Gauge::default(),
             baseline_median_milli: Gauge::default(),
             cusum_statistic_milli: Gauge::default(),
+            image_learned: Gauge::default(),
+            image_statistic_milli: Gauge::default(),
             frame_quality: RwLock::new(None),
         }
     }
@@ -448,27 +454,7 @@ impl Metrics {
             "The calibration's score threshold (NaN before the first frame).",
             &|m| fmt_f64(m.status.view(false).threshold.unwrap_or(f64::NAN)),
         );
-        let milli = |v: i64| format!("{:.3}", v as f64 / 1000.0);
-        per_stream(
-            &mut out,
-            "baseline_learned",
-            "gauge",
-            "cusum: 1 when the stream's own learned baseline is in force, 0 for the calibration's.",
-            &|m| m.baseline_learned.get().to_string(),
-        );
-        per_stream(
-            &mut out,
-            "baseline_blocks",
-            "gauge",
-            "cusum: clean blocks learned (while learning) or in the baseline.",
-            &|m| m.baseline_blocks.get().to_string(),
-        );
-        per_stream(&mut out, "baseline_median_score", "gauge", "cusum: median block score of the baseline.", &|m| {
-            milli(m.baseline_median_milli.get())
-        });
-        per_stream(&mut out, "cusum_statistic", "gauge", "cusum: the CUSUM statistic S.", &|m| {
-            milli(m.cusum_statistic_milli.get())
-        });
+        render_cusum(&mut out, &per_stream);
         render_frame_quality(&mut out, &streams);
         header(&mut out, "score", "histogram", "Uncertainty score per frame.");
         for (s, m) in &streams {
@@ -597,6 +583,44 @@ fn fmt_f64(v: f64) -> String {
     } else {
         format!("{v}")
     }
+}
+
+/// [`Metrics::render`]'s writer of one per-stream series: name, type, help, value.
+type PerStream<'a> = dyn Fn(&mut String, &str, &str, &str, &dyn Fn(&StreamMetrics) -> String) + 'a;
+
+/// The `cusum` policy's per-stream gauges: baseline, statistic, image evidence.
+fn render_cusum(out: &mut String, per_stream: &PerStream) {
+    let milli = |v: i64| format!("{:.3}", v as f64 / 1000.0);
+    per_stream(
+        out,
+        "baseline_learned",
+        "gauge",
+        "cusum: 1 when the stream's own learned baseline is in force, 0 for the calibration's.",
+        &|m| m.baseline_learned.get().to_string(),
+    );
+    per_stream(
+        out,
+        "baseline_blocks",
+        "gauge",
+        "cusum: clean blocks learned (while learning) or in the baseline.",
+        &|m| m.baseline_blocks.get().to_string(),
+    );
+    per_stream(out, "baseline_median_score", "gauge", "cusum: median block score of the baseline.", &|m| {
+        milli(m.baseline_median_milli.get())
+    });
+    per_stream(out, "cusum_statistic", "gauge", "cusum: the CUSUM statistic S.", &|m| {
+        milli(m.cusum_statistic_milli.get())
+    });
+    per_stream(
+        out,
+        "image_learned",
+        "gauge",
+        "cusum with image evidence: 1 once the stream's whole-frame picture is learned.",
+        &|m| m.image_learned.get().to_string(),
+    );
+    per_stream(out, "image_statistic", "gauge", "cusum with image evidence: the image CUSUM's S.", &|m| {
+        milli(m.image_statistic_milli.get())
+    });
 }
 
 /// `gradwatch_frame_quality{stream, measure}`: each stream's latest whole-frame measures.

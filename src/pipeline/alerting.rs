@@ -37,6 +37,9 @@ pub enum StreamEventKind {
     Down(String),
     /// The source (re)connected.
     Up,
+    /// The whole frame's image-quality measures (once a second of frame time; `time` is the
+    /// frame's capture time, `before_seq` its sequence number).
+    Quality(crate::alert::image::Quality),
 }
 
 const IDLE_TICK: Duration = Duration::from_millis(200);
@@ -87,7 +90,16 @@ pub(crate) fn init_baseline(t: &mut AlertTracker, alert: &AlertConfig, metrics: 
             Err(e) => log::warn!("stream {name}: saved baseline not used: {e}"),
         }
     }
+    if let (Some(dir), true) = (&alert.state_dir, t.image().is_some()) {
+        match crate::alert::ImageBaseline::load(dir, &name).and_then(|b| b.map(|b| t.set_image_baseline(b)).transpose())
+        {
+            Ok(Some(())) => log::info!("stream {name}: learned image baseline loaded from {}", dir.display()),
+            Ok(None) => {}
+            Err(e) => log::warn!("stream {name}: saved image baseline not used (learning it again): {e}"),
+        }
+    }
     publish_baseline(t, metrics);
+    publish_image(t, metrics);
 }
 
 /// Baseline and CUSUM gauges of one stream.
@@ -167,7 +179,8 @@ impl AlertStage {
             baselines,
             state_dir,
         } = self;
-        let learn_cfg = AlertConfig { baselines, state_dir: state_dir.clone(), ..AlertConfig::default() };
+        let fixed =
+            Fixed { model, learn: AlertConfig { baselines, state_dir: state_dir.clone(), ..AlertConfig::default() } };
         // Alerts the previous run left open (it died) end first, with reason "restart".
         let open = state_dir.clone().or_else(crate::sink::mqtt::state_directory).map(|d| OpenAlerts::new(&d));
         if let Some(o) = &open {
@@ -198,11 +211,11 @@ impl AlertStage {
                 recv(scored) -> m => match m {
                     Ok(s) => {
                         held.extend(stream_events.try_iter());
-                        release_held(&mut held, Some(&s), &mut slots, &fanout, &env, &model, &learn_cfg);
-                        on_scored(s, &mut slots, &mut summary, &fanout, &env, &model, &learn_cfg);
+                        release_held(&mut held, Some(&s), &mut slots, &mut summary, &fanout, &env, &fixed);
+                        on_scored(s, &mut slots, &mut summary, &fanout, &env, &fixed);
                         if scored.is_empty() {
                             // Every verdict delivered so far is handled: the rest are due.
-                            release_held(&mut held, None, &mut slots, &fanout, &env, &model, &learn_cfg);
+                            release_held(&mut held, None, &mut slots, &mut summary, &fanout, &env, &fixed);
                         }
                     }
                     // Inference finished (stop, every stream ended, or it failed).
@@ -216,10 +229,10 @@ impl AlertStage {
                         // its queued frames were handed on (see `capture`).
                         while let Ok(s) = scored.try_recv() {
                             held.extend(stream_events.try_iter());
-                            release_held(&mut held, Some(&s), &mut slots, &fanout, &env, &model, &learn_cfg);
-                            on_scored(s, &mut slots, &mut summary, &fanout, &env, &model, &learn_cfg);
+                            release_held(&mut held, Some(&s), &mut slots, &mut summary, &fanout, &env, &fixed);
+                            on_scored(s, &mut slots, &mut summary, &fanout, &env, &fixed);
                         }
-                        release_held(&mut held, None, &mut slots, &fanout, &env, &model, &learn_cfg);
+                        release_held(&mut held, None, &mut slots, &mut summary, &fanout, &env, &fixed);
                     }
                     Err(_) => stream_events = never(),
                 },
@@ -228,7 +241,7 @@ impl AlertStage {
                         for (name, slot) in slots.iter_mut() {
                             let p = cfg.policy_for(name).clone();
                             slot.pending = Some(p);
-                            apply_pending(slot, &model, &learn_cfg);
+                            apply_pending(slot, &fixed);
                         }
                     }
                     Ok(AlertControl::ReopenSinks) => fanout.reopen(),
@@ -255,7 +268,7 @@ impl AlertStage {
         held.extend(stream_events.try_iter());
         while let Some(e) = held.pop_front() {
             if let Some(slot) = slots.get_mut(&e.stream) {
-                handle_stream_event(slot, e, &fanout, &env);
+                handle_stream_event(slot, e, &mut summary, &fanout, &env, &fixed.learn);
             }
         }
         let now = env.now();
@@ -310,6 +323,13 @@ fn warn_undelivered(report: &crate::sink::ShutdownReport) {
     }
 }
 
+/// What the alert stage's handlers share for its whole run: the model, the streams that learn
+/// baselines and where baselines are saved.
+struct Fixed {
+    model: ModelRef,
+    learn: AlertConfig,
+}
+
 /// One verdict: the summary, the stream's tracker, its events out.
 fn on_scored(
     s: Scored,
@@ -317,36 +337,41 @@ fn on_scored(
     summary: &mut Summary,
     fanout: &Fanout,
     env: &Env,
-    model: &ModelRef,
-    learn: &AlertConfig,
+    fixed: &Fixed,
 ) {
     summary.frame(&s, env.now());
     let Some(slot) = slots.get_mut(&s.stream) else { return };
     env.metrics.stream(&s.stream).status.frame(s.time, s.score, s.threshold);
     let mut evs = slot.tracker.push(&s);
     slot.snapshots(Some(&s), &mut evs);
-    slot.persist(&evs);
-    for ev in &evs {
-        if matches!(ev, Event::AlertStart { .. }) {
-            env.metrics.stream(&s.stream).alerts_raised.inc();
-        }
-        summary.event(&s, ev);
-        status_event(env, ev);
-        fanout.send(ev);
-    }
+    emit(slot, &evs, (s.seq, s.time), summary, fanout, env);
     if let Some(b) = slot.tracker.take_changed_baseline() {
         // A freshly learned baseline is saved at once; adaptation at most every SAVE_EVERY.
         let first = slot.saved_at.is_none();
         slot.unsaved = Some(b);
         if first || slot.saved_at.is_some_and(|t| t.elapsed() >= SAVE_EVERY) {
             if let Some(b) = slot.unsaved.take() {
-                save_baseline(learn.state_dir.as_deref(), &b);
+                save_baseline(fixed.learn.state_dir.as_deref(), &b);
             }
             slot.saved_at = Some(Instant::now());
         }
     }
     publish_baseline(&slot.tracker, &env.metrics);
-    apply_pending(slot, model, learn);
+    apply_pending(slot, fixed);
+}
+
+/// Sends a tracker's events (raised at frame `at`) out: persisted, counted, summarised, to the
+/// status and the sinks.
+fn emit(slot: &Slot, evs: &[Event], at: (u64, SystemTime), summary: &mut Summary, fanout: &Fanout, env: &Env) {
+    slot.persist(evs);
+    for ev in evs {
+        if matches!(ev, Event::AlertStart { .. }) {
+            env.metrics.stream(ev.stream()).alerts_raised.inc();
+        }
+        summary.event(ev.stream(), at.0, at.1, ev);
+        status_event(env, ev);
+        fanout.send(ev);
+    }
 }
 
 /// Handles the held transitions that are due before verdict `next` (those of its stream with
@@ -356,10 +381,10 @@ fn release_held(
     held: &mut VecDeque<StreamEvent>,
     next: Option<&Scored>,
     slots: &mut BTreeMap<String, Slot>,
+    summary: &mut Summary,
     fanout: &Fanout,
     env: &Env,
-    model: &ModelRef,
-    learn: &AlertConfig,
+    fixed: &Fixed,
 ) {
     let due = |e: &StreamEvent| next.is_none_or(|s| e.stream == s.stream && e.before_seq <= s.seq);
     let mut keep = VecDeque::with_capacity(held.len());
@@ -369,24 +394,46 @@ fn release_held(
             continue;
         }
         if let Some(slot) = slots.get_mut(&e.stream) {
-            handle_stream_event(slot, e, fanout, env);
-            apply_pending(slot, model, learn);
+            handle_stream_event(slot, e, summary, fanout, env, &fixed.learn);
+            apply_pending(slot, fixed);
         }
     }
     *held = keep;
 }
 
-fn handle_stream_event(slot: &mut Slot, e: StreamEvent, fanout: &Fanout, env: &Env) {
+fn handle_stream_event(
+    slot: &mut Slot,
+    e: StreamEvent,
+    summary: &mut Summary,
+    fanout: &Fanout,
+    env: &Env,
+    learn: &AlertConfig,
+) {
     let mut evs = match e.kind {
         StreamEventKind::Down(reason) => slot.tracker.stream_down(e.time, &reason),
         StreamEventKind::Up => vec![slot.tracker.stream_up(e.time)],
+        StreamEventKind::Quality(q) => {
+            let evs = slot.tracker.image_sample(e.before_seq, e.time, &q);
+            if let (Some(b), Some(dir)) = (slot.tracker.take_changed_image(), learn.state_dir.as_deref()) {
+                match b.save(dir) {
+                    Ok(p) => log::info!("stream {}: image baseline saved to {}", b.stream, p.display()),
+                    Err(err) => log::warn!("stream {}: image baseline not saved: {err}", b.stream),
+                }
+            }
+            publish_image(&slot.tracker, &env.metrics);
+            evs
+        }
     };
     slot.snapshots(None, &mut evs);
-    slot.persist(&evs);
-    for ev in &evs {
-        status_event(env, ev);
-        fanout.send(ev);
-    }
+    emit(slot, &evs, (e.before_seq, e.time), summary, fanout, env);
+}
+
+/// Image-evidence gauges of one stream.
+fn publish_image(t: &AlertTracker, metrics: &Metrics) {
+    let Some(i) = t.image() else { return };
+    let m = metrics.stream(t.stream());
+    m.image_learned.set(i64::from(i.learned().is_some()));
+    m.image_statistic_milli.set((i.statistic().0 * 1000.0).round() as i64);
 }
 
 /// The stream's status (the status page, the MQTT dashboard topics) learns of an event as it
@@ -397,7 +444,8 @@ fn status_event(env: &Env, ev: &Event) {
 
 /// Swaps in a pending policy once no alert is open (a policy change never cuts an alert short).
 /// A learned baseline carries over to the new tracker.
-fn apply_pending(slot: &mut Slot, model: &ModelRef, learn: &AlertConfig) {
+fn apply_pending(slot: &mut Slot, fixed: &Fixed) {
+    let (model, learn) = (&fixed.model, &fixed.learn);
     if slot.tracker.is_active() {
         return;
     }

@@ -1,6 +1,7 @@
 //! Capture: one thread per stream polls its source, measures the whole frame's image quality
-//! once a second, crops to the ROI, stamps the frame and pushes it into the stream's bounded
-//! queue under the stream's drop policy.
+//! once a second of frame time (for the gauges and the alert stage's image evidence), crops to
+//! the ROI, stamps the frame and pushes it into the stream's bounded queue under the stream's
+//! drop policy.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,10 +27,10 @@ pub struct Queued {
     pub queued_at: Instant,
 }
 
-/// How often the whole captured frame's image-quality measures are taken (for
-/// `gradwatch_frame_quality`): a camera's condition changes over seconds, and a 1280x720 frame
-/// costs about 3 ms to measure.
-pub const FRAME_QUALITY_EVERY: Duration = Duration::from_secs(1);
+/// How often (frame time) the whole captured frame's image-quality measures are taken (for
+/// `gradwatch_frame_quality` and the image evidence, one sample a second): a camera's
+/// condition changes over seconds, and a 1280x720 frame costs about 3 ms to measure.
+pub const FRAME_QUALITY_EVERY: Duration = Duration::from_millis(crate::alert::image::SAMPLE_MS);
 
 /// How often a blocked `block`-policy push checks for shutdown.
 const PUSH_POLL: Duration = Duration::from_millis(100);
@@ -72,7 +73,7 @@ impl Capture {
         let bad_log = LogLimiter::new(Duration::from_secs(10));
         let mut link = Link::Unknown;
         let mut seq = 0u64;
-        let mut quality_at: Option<Instant> = None;
+        let mut quality_at: Option<std::time::SystemTime> = None;
         // Sources with their own frame clock (replay, realtime = false) are stamped from here.
         let epoch = self.env.now();
         loop {
@@ -82,12 +83,17 @@ impl Capture {
             }
             match self.source.poll() {
                 SourceEvent::Frame { image, tag } => {
-                    // The whole frame, before the crop: a dirty lens covers all of it.
-                    let now = self.env.clock.now();
-                    if quality_at.is_none_or(|t| now.saturating_duration_since(t) >= FRAME_QUALITY_EVERY) {
-                        quality_at = Some(now);
-                        m.set_frame_quality(crate::quality::measure(&image));
-                    }
+                    let captured_at = self.source.frame_time().map_or_else(|| self.env.now(), |d| epoch + d);
+                    // The whole frame, before the crop: a dirty lens covers all of it. A clock
+                    // that went back (a source restarted) measures at once.
+                    let due = quality_at
+                        .is_none_or(|t| captured_at.duration_since(t).map_or(true, |d| d >= FRAME_QUALITY_EVERY));
+                    let quality = due.then(|| {
+                        quality_at = Some(captured_at);
+                        let q = crate::quality::measure(&image);
+                        m.set_frame_quality(q);
+                        q
+                    });
                     let image = match self.roi {
                         None => image,
                         Some(r) => match r.crop(&image) {
@@ -112,6 +118,10 @@ impl Capture {
                         link = Link::Up;
                         m.up.set(1);
                     }
+                    if let Some(q) = quality {
+                        // Ordered before this frame's verdict by the alert stage.
+                        self.send_event(StreamEventKind::Quality(q), captured_at, seq);
+                    }
                     // Frames the source did not even decode under `score_fps` (rtsp).
                     let undecoded = self.source.take_skipped();
                     m.frames_captured.add(undecoded + 1);
@@ -119,7 +129,6 @@ impl Capture {
                     if let Some(f) = self.shared.first_frame.get(&self.spec_name) {
                         f.store(true, Ordering::Relaxed);
                     }
-                    let captured_at = self.source.frame_time().map_or_else(|| self.env.now(), |d| epoch + d);
                     let frame = Frame { stream: self.spec_name.clone(), seq, captured_at, image, tag };
                     seq += 1;
                     if !self.rate.admit(self.env.clock.now()) {

@@ -145,14 +145,15 @@ impl Summary {
         }
     }
 
-    /// Records an event produced by the frame `s`.
+    /// Records an event produced by frame `seq` of `stream` at `time` (a scored frame, or the
+    /// frame whose image sample raised it).
     ///
     /// An `alert_start` belongs to the window of its raising frame, except when that window
     /// is clean and the alert's first over-threshold frame lies in an earlier, corrupted
     /// window: then it is a late detection of that window, not a false alarm.
-    pub fn event(&mut self, s: &Scored, ev: &Event) {
+    pub fn event(&mut self, stream: &str, seq: u64, time: SystemTime, ev: &Event) {
         let Event::AlertStart { alert } = ev else { return };
-        let st = self.streams.entry(s.stream.clone()).or_default();
+        let st = self.streams.entry(stream.to_string()).or_default();
         st.alerts += 1;
         let Some(last) = st.windows.len().checked_sub(1) else { return };
         let mut idx = last;
@@ -163,7 +164,7 @@ impl Summary {
                 }
             }
         }
-        st.windows[idx].alerts.push((s.seq, s.time));
+        st.windows[idx].alerts.push((seq, time));
     }
 }
 
@@ -205,7 +206,7 @@ mod tests {
             let s = frame(seq, tag, score);
             sum.frame(&s, s.time + Duration::from_millis(50));
             for ev in t.push(&s) {
-                sum.event(&s, &ev);
+                sum.event(&s.stream, s.seq, s.time, &ev);
             }
         }
         let st = &sum.streams["s"];

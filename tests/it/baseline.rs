@@ -4,7 +4,8 @@
 //! `baseline-<stream>-<model sha256>.toml` and shows it in the metrics; a restart loads it
 //! instead of learning again; a SIGHUP that changes `[alert]` keeps the learned baseline and
 //! the learning progress; an alarmed period is neither learned nor adapted from; a file of
-//! another model is not used.
+//! another model is not used; with `image = true` the stream also learns its whole-frame
+//! picture, saves it as `image-<stream>.toml`, and its alerts say which evidence raised them.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -41,6 +42,8 @@ struct Setup<'a> {
     false_alarms_per_day: f64,
     /// The metrics endpoint on a free port.
     metrics: bool,
+    /// `baseline = { image = true }`: fuse the whole-frame image evidence.
+    image: bool,
 }
 
 impl Default for Setup<'_> {
@@ -52,6 +55,7 @@ impl Default for Setup<'_> {
             repeat: true,
             false_alarms_per_day: 2.4,
             metrics: true,
+            image: false,
         }
     }
 }
@@ -69,11 +73,12 @@ impl Setup<'_> {
             h = h.replace("[metrics]\nenabled = false", "[metrics]\nbind = \"127.0.0.1:0\"");
         }
         let cfg = format!(
-            "{h}\n[[stream]]\nname = \"cam\"\nkind = \"replay\"\npath = \"{}\"\nfps = 10\nrealtime = false\nrepeat = {}\nqueue = {{ size = 8, policy = \"block\" }}\nbaseline = {{ learn_minutes = {}, quarantine_s = 2, adapt_hours = {} }}\nschedule = [{}]\n",
+            "{h}\n[[stream]]\nname = \"cam\"\nkind = \"replay\"\npath = \"{}\"\nfps = 10\nrealtime = false\nrepeat = {}\nqueue = {{ size = 8, policy = \"block\" }}\nbaseline = {{ learn_minutes = {}, quarantine_s = 2, adapt_hours = {}, image = {} }}\nschedule = [{}]\n",
             assets().frames.display(),
             self.repeat,
             self.learn_minutes,
             self.adapt_hours,
+            self.image,
             self.schedule
         );
         write(dir, "baseline.toml", &cfg)
@@ -322,4 +327,43 @@ fn baselines_of_similar_names_do_not_collide() {
         assert_eq!((b.stream.as_str(), b.sample[0]), (*n, (i * 100) as f32));
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), names.len());
+}
+
+/// Whole-frame image evidence in the real process: with `baseline = { image = true }` the
+/// stream learns its picture over two periods of `learn_minutes` (2 x 24 samples, one per
+/// second of frame time), saves it as `image-cam.toml` and shows it in the metrics; its alerts
+/// carry which evidence raised them, the image CUSUM's statistic and the stream's whole stated
+/// rate; a restart loads the picture instead of learning it again.
+#[test]
+fn image_evidence_is_learned_saved_and_fused() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup {
+        image: true,
+        repeat: false,
+        schedule: "{ frames = 600 }, { frames = 300, corruption = \"noise\", level = 5 }, { frames = 300 }",
+        ..Setup::default()
+    };
+    let cfg = setup.write(dir.path());
+    let (evs, err) = run_to_end(&cfg);
+    assert!(err.contains("image baseline saved"), "{err}");
+    let saved = gradwatch::alert::ImageBaseline::load(&dir.path().join("state"), "cam").unwrap().expect("saved");
+    assert_eq!(saved.baseline.learned_blocks, 24);
+    let starts: Vec<&Value> = evs.iter().filter(|e| kind(e) == "alert_start").collect();
+    assert!(!starts.is_empty(), "no alert on the noise: {evs:?}\n{err}");
+    for s in &starts {
+        let by = s["evidence"].as_str().unwrap_or_default();
+        assert!(by == "model" || by == "image", "{s}");
+        assert_eq!(s["false_alarms_per_day"].as_f64(), Some(2.4), "{s}");
+    }
+    // The noise begins at frame 600, after the picture was learned (frame 480).
+    let noisy =
+        starts.iter().find(|s| s["first_seq"].as_u64().is_some_and(|q| q >= 590)).expect("an alert on the noise");
+    assert!(noisy["image_statistic_threshold"].as_f64().is_some(), "{noisy}");
+    // The first noisy second's sample reached the image CUSUM before the model's alarm.
+    assert!(noisy["image_statistic"].as_f64().is_some_and(|s| s > 0.0), "{noisy}");
+    // A restart loads the picture: in force from the first second, nothing learned again.
+    let (evs, err) = run_to_end(&cfg);
+    assert!(err.contains("learned image baseline loaded") && !err.contains("image baseline saved"), "{err}");
+    let first = evs.iter().find(|e| kind(e) == "alert_start").expect("an alert on the noise");
+    assert!(first["image_statistic_threshold"].as_f64().is_some(), "{first}");
 }
