@@ -10,11 +10,12 @@
 //! means (saturation, dark channel, flat share, the clipped shares), close for the others. They
 //! are taken once a second, as the daemon's capture thread takes them.
 //!
-//! The camera's image evidence is one number a second ([`ImageNorm::deviation`]): the largest
-//! deviation of the scene's measures from what the camera learned, each measure scaled by the
-//! distance of its learned 1st or 99th percentile from its median (1: as unusual as the learned
-//! 1 %). It drives a second CUSUM: the shipped policy with the `kappa`, tail floor and threshold
-//! rule of [`SHIPPED_IMAGE`], and a baseline learned from other tracks than the norm. Fused,
+//! The camera's image evidence is the daemon's ([`crate::alert::image`]): one number a second
+//! ([`ImageNorm::deviation`]), the largest deviation of the scene's measures from what the
+//! camera learned, each measure scaled by the distance of its learned 1st or 99th percentile
+//! from its median (1: as unusual as the learned 1 %). It drives a second CUSUM: the shipped
+//! policy with the `kappa`, tail floor and threshold rule of [`SHIPPED_IMAGE`], and a baseline
+//! learned from other tracks than the norm. Fused,
 //! the model's and the image's CUSUMs each get half the stated rate and the camera alarms at
 //! the earlier of the two.
 
@@ -22,48 +23,27 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 
+use crate::alert::image::{self, measures_read, ImageNorm, Quality};
 use crate::alert::{AlertPolicy, Baseline, ThresholdRule};
 use crate::corrupt::Corruption;
-use crate::quality::Measure;
 use crate::rng::SplitMix64;
 
 use super::plan::{CachedFrame, CachedTrack};
 use super::replay::*;
 use super::results::*;
 
-const Q: usize = Measure::ALL.len();
-type Quality = [f32; Q];
+const Q: usize = image::MEASURES;
 
 /// Sign-sized regions of the proxy scene.
 pub(super) const SCENE_TILES: usize = 16;
 /// Scene sizes of the window bound: the crop alone, 4 and [`SCENE_TILES`] regions.
 pub(super) const BOUND_TILES: [usize; 3] = [1, 4, SCENE_TILES];
 
-/// The measures the image evidence leaves out: the exposure level (brightness and the clipped
-/// shares); it reads every other one of [`Measure::ALL`]. Ten minutes of a camera rarely show
-/// its darkest scenes (on the test tracks the learned 99th percentile of the crushed-black
-/// share was 0.003, the clean hours' 0.035), and a change of light alone is often harmless to
-/// the classifier (exposure and darkening are at 86-96 % right at levels 3-5); where it is not,
-/// the model's evidence says so.
-pub(super) const IGNORED_MEASURES: [Measure; 3] = [Measure::Brightness, Measure::ClipLow, Measure::ClipHigh];
-
-/// The measures read, with their index into a [`Quality`].
-fn image_measures() -> impl Iterator<Item = (usize, Measure)> {
-    Measure::ALL.into_iter().enumerate().filter(|(_, m)| !IGNORED_MEASURES.contains(m))
-}
-
 /// Frames per image sample (one a second).
 const FRAMES_PER_SAMPLE: usize = (1000 / FRAME_MS) as usize;
-/// Smallest spread a measure is scaled by (a measure constant while learning).
-const SPREAD_FLOOR: f32 = 1e-6;
-
-/// The image CUSUM's setting in this report: `kappa` 0.1 (evidence only from seconds well
-/// beyond the learned picture), a tail floor of 0.5 (an excursion past the learned sample is
-/// scored as if the tail fell by e per half a learned 1 %-distance, however light the learned
-/// tail) and Lorden's bound (the simulated threshold rests on the learned distribution, which
-/// ten minutes of a camera's picture understate). Chosen from the settings table of the report,
-/// which holds both cameras: the lightest floor at which neither raised a false alarm.
-pub(super) const SHIPPED_IMAGE: ImageCusum = ImageCusum { kappa: 0.1, tail_floor: 0.5, bound: true };
+/// The image CUSUM's setting in this report: the daemon's ([`crate::alert::image::SETTING`]).
+pub(super) const SHIPPED_IMAGE: ImageCusum =
+    ImageCusum { kappa: image::SETTING.kappa, tail_floor: image::SETTING.tail_floor, bound: image::SETTING.bound };
 
 /// The other settings the report compares: lighter and heavier floors, larger `kappa`, and the
 /// model CUSUM's own setting (`kappa` 0.4, no floor, simulated threshold).
@@ -76,49 +56,6 @@ const IMAGE_SETTINGS: [ImageCusum; 7] = [
     ImageCusum { kappa: 0.1, tail_floor: 0.5, bound: false },
     ImageCusum { kappa: 0.4, tail_floor: 0.0, bound: false },
 ];
-
-/// A camera's learned image-quality measures: per measure, the median and the distances of
-/// the 99th and 1st percentiles from it.
-#[derive(Clone, Debug, PartialEq)]
-pub(super) struct ImageNorm {
-    centre: Quality,
-    upper: Quality,
-    lower: Quality,
-}
-
-impl ImageNorm {
-    /// Learned from a camera's samples; `None` when a measure has no finite sample.
-    pub(super) fn learn(samples: &[Quality]) -> Option<ImageNorm> {
-        let mut n = ImageNorm { centre: [0.0; Q], upper: [0.0; Q], lower: [0.0; Q] };
-        for j in 0..Q {
-            let mut v: Vec<f32> = samples.iter().map(|s| s[j]).filter(|x| x.is_finite()).collect();
-            if v.is_empty() {
-                return None;
-            }
-            v.sort_by(f32::total_cmp);
-            let at = |q: f64| v[(q * (v.len() - 1) as f64).round() as usize];
-            let c = at(0.5);
-            n.centre[j] = c;
-            n.upper[j] = (at(0.99) - c).max(SPREAD_FLOOR);
-            n.lower[j] = (c - at(0.01)).max(SPREAD_FLOOR);
-        }
-        Some(n)
-    }
-
-    /// The largest scaled deviation of `q` over the measures read (all but
-    /// [`IGNORED_MEASURES`]; 0 at the medians; a non-finite measure counts for nothing).
-    pub(super) fn deviation(&self, q: &Quality) -> f32 {
-        let mut worst = 0.0f32;
-        for (j, _) in image_measures() {
-            let d = q[j] - self.centre[j];
-            let z = if d > 0.0 { d / self.upper[j] } else { -d / self.lower[j] };
-            if z.is_finite() {
-                worst = worst.max(z);
-            }
-        }
-        worst
-    }
-}
 
 /// Draws one tile's frames with its own RNG, the first `skip` frames of its clean lead-in left
 /// out (so that it starts inside a track; the condition changes at the same frame for every
@@ -159,16 +96,9 @@ fn scene_samples<'a>(
     Ok(out)
 }
 
-/// The image evidence of a stream at its frame rate: each second's deviation held over its
-/// frames.
-fn image_stream<'a>(
-    norm: &ImageNorm,
-    roi: &[&'a CachedFrame],
-    draw: Draw<'a, '_>,
-    rng: &mut SplitMix64,
-) -> Result<Vec<f32>> {
-    let samples = scene_samples(roi, SCENE_TILES, draw, rng)?;
-    Ok((0..roi.len()).map(|i| norm.deviation(&samples[i / FRAMES_PER_SAMPLE])).collect())
+/// The whole-frame samples of a stream of [`SCENE_TILES`] regions, one a second.
+fn image_stream<'a>(roi: &[&'a CachedFrame], draw: Draw<'a, '_>, rng: &mut SplitMix64) -> Result<Vec<Quality>> {
+    scene_samples(roi, SCENE_TILES, draw, rng)
 }
 
 /// `frames` frames of `pool` (reshuffled as needed), after leaving out its first `skip`.
@@ -211,24 +141,72 @@ fn learn_image(
     Ok((norm, image))
 }
 
-/// The arms compared: the model's CUSUM alone at the stated rate (the shipped alarm), the
-/// image's alone at the same rate, and both at half the rate each.
+/// The arms compared: the model's CUSUM alone at the stated rate (the shipped alarm without
+/// image evidence), the image's alone at the same rate, and the daemon's fused alarm (its
+/// tracker with `baseline = { image = true }`: each CUSUM at half the rate, one alert).
 pub(super) const ARMS: [&str; 3] = ["model (shipped)", "image", "model + image"];
 
-/// Alert starts (frame indices) of each of [`ARMS`] over one stream.
-fn arm_starts(cam: &Camera, inp: &Inputs, cusum: ImageCusum, scores: &[f32], image: &[f32]) -> Result<[Vec<usize>; 3]> {
+/// Alert starts (frame indices) of each of [`ARMS`] over one stream of model `scores` and
+/// whole-frame `samples` (one a second).
+fn arm_starts(
+    cam: &Camera,
+    inp: &Inputs,
+    cusum: ImageCusum,
+    scores: &[f32],
+    samples: &[Quality],
+) -> Result<[Vec<usize>; 3]> {
     let policy = inp.policy;
-    let half = AlertPolicy { false_alarms_per_day: policy.false_alarms_per_day / 2.0, ..policy.clone() };
     let rule = if cusum.bound { ThresholdRule::Bound } else { ThresholdRule::Simulated };
-    let image_policy = |p: &AlertPolicy| AlertPolicy { kappa: cusum.kappa, threshold: rule, ..p.clone() };
+    let image_policy = AlertPolicy { kappa: cusum.kappa, threshold: rule, ..policy.clone() };
     let image_gate = Gate { threshold: 1.0, tail: cusum.tail_floor };
-    let run = |p: &AlertPolicy, b: &Baseline, x: &[f32], g: Gate| -> Result<Vec<usize>> {
+    let deviations: Vec<f32> = (0..scores.len()).map(|i| cam.norm.deviation(&samples[i / FRAMES_PER_SAMPLE])).collect();
+    let alone = |p: &AlertPolicy, b: &Baseline, x: &[f32], g: Gate| -> Result<Vec<usize>> {
         Ok(replay(&mut tracker(p, Some(b))?, x, 0, g))
     };
-    let mut fused = run(&half, cam.model, scores, inp.gate)?;
-    fused.extend(run(&image_policy(&half), &cam.image, image, image_gate)?);
-    fused.sort_unstable();
-    Ok([run(policy, cam.model, scores, inp.gate)?, run(&image_policy(policy), &cam.image, image, image_gate)?, fused])
+    Ok([
+        alone(policy, cam.model, scores, inp.gate)?,
+        alone(&image_policy, &cam.image, &deviations, image_gate)?,
+        fused_starts(cam, inp, cusum, scores, samples)?,
+    ])
+}
+
+/// Alert starts of the daemon's fused tracker: the model's learned baseline, the camera's
+/// learned picture under `cusum`'s setting, each second's sample before that second's first
+/// frame (as the alert stage orders them).
+fn fused_starts(
+    cam: &Camera,
+    inp: &Inputs,
+    cusum: ImageCusum,
+    scores: &[f32],
+    samples: &[Quality],
+) -> Result<Vec<usize>> {
+    let policy = inp.policy;
+    let mut t = crate::alert::AlertTracker::new("bench", policy.clone(), model_ref())?;
+    t.set_baseline(cam.model.clone()).map_err(anyhow::Error::msg)?;
+    let setting = image::ImageSetting { kappa: cusum.kappa, tail_floor: cusum.tail_floor, bound: cusum.bound };
+    let mut e = crate::alert::ImageEvidence::new(
+        "bench",
+        LEARN_MINUTES,
+        setting,
+        policy.false_alarms_per_day,
+        policy.clear_evidence,
+    );
+    e.set_learned(crate::alert::ImageBaseline::new("bench", cam.norm.clone(), cam.image.clone()))
+        .map_err(anyhow::Error::msg)?;
+    t.use_image_evidence(e);
+    t.learn_baseline(crate::alert::BaselineConfig::default());
+    let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600);
+    let mut starts = Vec::new();
+    for (i, &sc) in scores.iter().enumerate() {
+        let f = scored(i as u64, t0, sc, inp.gate);
+        let mut evs = Vec::new();
+        if i % FRAMES_PER_SAMPLE == 0 {
+            evs.extend(t.image_sample(f.seq, f.time, &samples[i / FRAMES_PER_SAMPLE]));
+        }
+        evs.extend(t.push(&f));
+        starts.extend(evs.iter().filter(|e| matches!(e, crate::alert::Event::AlertStart { .. })).map(|_| i));
+    }
+    Ok(starts)
 }
 
 /// The section's inputs from the rest of the report.
@@ -281,7 +259,7 @@ pub(super) fn section(inp: &Inputs, rng: &mut SplitMix64) -> Result<Option<Image
     }
     Ok(Some(ImageEvidence {
         tiles: SCENE_TILES,
-        measures: image_measures().map(|(_, m)| m.name().to_string()).collect(),
+        measures: measures_read().map(|(_, m)| m.name().to_string()).collect(),
         cusum: SHIPPED_IMAGE,
         bounds,
         arms: ARMS.iter().map(|a| a.to_string()).collect(),
@@ -410,7 +388,7 @@ fn clean_alarms(cam: &Camera, inp: &Inputs, cusum: ImageCusum, rng: &mut SplitMi
     let frames = (BOUND_HOURS * 3_600_000.0 / FRAME_MS as f64) as usize;
     let draw = |r: &mut SplitMix64, skip| drawn(&cam.clean, frames, skip, r);
     let roi = draw(rng, 0);
-    let image = image_stream(&cam.norm, &roi, &draw, rng)?;
+    let image = image_stream(&roi, &draw, rng)?;
     let scores: Vec<f32> = roi.iter().map(|f| f.score).collect();
     Ok(arm_starts(cam, inp, cusum, &scores, &image)?.map(|s| s.len()))
 }
@@ -434,7 +412,7 @@ fn cell_onsets(
             v
         };
         let roi = draw(rng, 0);
-        let image = image_stream(&cam.norm, &roi, &draw, rng)?;
+        let image = image_stream(&roi, &draw, rng)?;
         let scores: Vec<f32> = roi.iter().map(|f| f.score).collect();
         for (d, starts) in out.iter_mut().zip(arm_starts(cam, inp, cusum, &scores, &image)?) {
             d.early += starts.iter().filter(|&&i| i < lead).count();
@@ -458,7 +436,7 @@ fn ramps(cam: &Camera, inp: &Inputs, cusum: ImageCusum, rng: &mut SplitMix64) ->
         for _ in 0..RAMPS {
             let draw = |r: &mut SplitMix64, skip| super::sections::ramp_frames(&cam.clean, &grid, skip, r);
             let roi = draw(rng, 0);
-            let image = image_stream(&cam.norm, &roi, &draw, rng)?;
+            let image = image_stream(&roi, &draw, rng)?;
             let scores: Vec<f32> = roi.iter().map(|f| f.score).collect();
             ramps += 1;
             for (a, starts) in arm_starts(cam, inp, cusum, &scores, &image)?.iter().enumerate() {
@@ -502,28 +480,6 @@ mod tests {
 
     fn q(v: f32) -> Quality {
         [v; Q]
-    }
-
-    /// Hand-computed: samples 0..=100 of every measure give median 50 and 1st/99th
-    /// percentiles 1 and 99, so 99 deviates by 1, 1 by 1, 148 by 2; a measure of
-    /// [`IGNORED_MEASURES`] (brightness) moves nothing.
-    #[test]
-    fn the_deviation_is_the_largest_scaled_distance_from_the_learned_median() {
-        let samples: Vec<Quality> = (0..=100).map(|i| q(i as f32)).collect();
-        let n = ImageNorm::learn(&samples).unwrap();
-        assert_eq!(n.deviation(&q(50.0)), 0.0);
-        assert!((n.deviation(&q(99.0)) - 1.0).abs() < 1e-6);
-        assert!((n.deviation(&q(1.0)) - 1.0).abs() < 1e-6);
-        assert!((n.deviation(&q(148.0)) - 2.0).abs() < 1e-6);
-        let mut one = q(50.0);
-        one[Measure::ALL.iter().position(|&m| m == Measure::Brightness).unwrap()] = 1e6;
-        assert_eq!(n.deviation(&one), 0.0);
-        one[0] = f32::NAN;
-        assert_eq!(n.deviation(&one), 0.0, "a non-finite measure counts for nothing");
-        // A constant measure is scaled by the floor, not divided by zero.
-        let flat = ImageNorm::learn(&[q(3.0), q(3.0)]).unwrap();
-        assert!(flat.deviation(&q(3.0 + 1e-3)) > 100.0);
-        assert!(ImageNorm::learn(&[]).is_none());
     }
 
     fn tracks(n: usize, score: f32, shift: f32, rng: &mut SplitMix64) -> Vec<CachedTrack> {
