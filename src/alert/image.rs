@@ -169,6 +169,17 @@ impl ImageBaseline {
         ImageBaseline { format: FORMAT, stream: stream.to_string(), measures: Self::names(), norm, baseline }
     }
 
+    /// Learned offline from a clean recording's samples in time order (one a second): the norm
+    /// from the first half, the deviation's distribution from the second, as the daemon learns
+    /// them over two periods. `None` with fewer than 20 finite samples in either half.
+    pub fn from_samples(stream: &str, samples: &[Quality]) -> Option<ImageBaseline> {
+        let (first, second) = samples.split_at(samples.len() / 2);
+        let norm = ImageNorm::learn(first).filter(|_| first.len() >= 20)?;
+        let deviations: Vec<f32> = second.iter().map(|q| norm.deviation(q)).collect();
+        let baseline = Baseline::from_blocks(stream, NO_MODEL, SAMPLE_MS, &deviations)?;
+        Some(ImageBaseline::new(stream, norm, baseline))
+    }
+
     fn names() -> Vec<String> {
         Measure::ALL.iter().map(|m| m.name().to_string()).collect()
     }
@@ -530,6 +541,10 @@ mod tests {
         let mut other = b.clone();
         other.norm.upper[0] = 0.0;
         assert!(other.validate().is_err());
+        // Offline from the same samples: the same baseline.
+        let samples: Vec<Quality> = (0..120).map(clean).collect();
+        assert_eq!(ImageBaseline::from_samples("cam 1", &samples).as_ref(), Some(&b));
+        assert!(ImageBaseline::from_samples("cam 1", &samples[..39]).is_none());
         let mut fresh = ImageEvidence::new("cam 1", 1.0, SETTING, 1.2, 3.0);
         fresh.set_learned(b.clone()).unwrap();
         assert!(fresh.learning_progress().is_none());

@@ -84,6 +84,20 @@ pub fn run(a: BaselineArgs) -> Result<i32> {
     let b = Baseline::from_blocks(&a.stream, &loaded.model.info.sha256, policy.block_ms, &blocks)
         .context("the recording is too short: a baseline needs at least 20 blocks")?;
     let path = b.save(&dir).map_err(anyhow::Error::msg)?;
+    if stream.baseline.as_ref().is_some_and(|c| c.image) {
+        // One whole-frame sample a second of the recording's frame time, as the daemon takes them.
+        let every = fps.round().max(1.0) as usize;
+        let samples: Vec<_> = input.images.iter().step_by(every).map(crate::quality::measure).collect();
+        let ib = crate::alert::ImageBaseline::from_samples(&a.stream, &samples)
+            .context("the recording is too short for the image baseline: it needs at least 40 s (20 samples a half)")?;
+        let p = ib.save(&dir).map_err(anyhow::Error::msg)?;
+        println!(
+            "{}: image norm from {} s, deviation baseline from {} s",
+            p.display(),
+            samples.len() / 2,
+            ib.baseline.sample.len()
+        );
+    }
     println!(
         "{}: {} blocks of {} ms ({} frames each), median {:.3}, 95th percentile {:.3}, theta {:.2}",
         path.display(),
