@@ -68,6 +68,8 @@ pub struct AlertInfo {
     pub duration_ms: u64,
     /// Tag of the peak frame.
     pub tag: Option<String>,
+    /// What raised it, under `cusum` with image evidence: `model` or `image`.
+    pub evidence: Option<String>,
     /// JPEG snapshot path (`snapshot` of the latest `alert_start`/`alert_end` that had one).
     pub snapshot: Option<String>,
     /// PNG heat map path, likewise.
@@ -244,16 +246,18 @@ impl StreamStatus {
                     threshold: f("threshold"),
                     duration_ms: v.get("duration_ms").and_then(Value::as_u64).unwrap_or(0),
                     tag: s("tag"),
+                    evidence: s("evidence"),
                     snapshot: s("snapshot"),
                     heatmap: s("heatmap"),
                 };
                 match g.alerts.iter_mut().rev().find(|a| a.id == id) {
                     Some(a) => {
                         // An update or end without pictures keeps the start's.
-                        let (snapshot, heatmap) = (a.snapshot.take(), a.heatmap.take());
+                        let (snapshot, heatmap, evidence) = (a.snapshot.take(), a.heatmap.take(), a.evidence.take());
                         *a = AlertInfo {
                             snapshot: info.snapshot.or(snapshot),
                             heatmap: info.heatmap.or(heatmap),
+                            evidence: info.evidence.or(evidence),
                             ..info
                         };
                     }
@@ -363,7 +367,7 @@ mod tests {
         s.event_json(&json!({"event": "stream_up", "stream": "a", "time": "t"}));
         assert_eq!(s.view(false).state, Some(StreamState::Ok));
         s.event_json(&json!({"event": "alert_start", "id": "a-1-2", "stream": "a", "peak_score": 3.0,
-            "snapshot": "/snaps/a-1-2-start.jpg", "heatmap": "/snaps/a-1-2-start-heatmap.png"}));
+            "snapshot": "/snaps/a-1-2-start.jpg", "heatmap": "/snaps/a-1-2-start-heatmap.png", "evidence": "image"}));
         let v = s.view(false);
         assert_eq!(v.state, Some(StreamState::Degraded));
         assert_eq!(v.alert.as_ref().map(|a| a.id.as_str()), Some("a-1-2"));
@@ -372,6 +376,7 @@ mod tests {
         assert_eq!(v.state, Some(StreamState::Ok));
         let a = v.alert.unwrap();
         assert_eq!(a.end_reason.as_deref(), Some("cleared"));
+        assert_eq!(a.evidence.as_deref(), Some("image"));
         assert_eq!(a.snapshot.as_deref(), Some("/snaps/a-1-2-start.jpg"), "the end keeps the start's pictures");
         assert_eq!(s.alert_file("a-1-2", "a-1-2-start.jpg").as_deref(), Some("/snaps/a-1-2-start.jpg"));
         assert_eq!(s.alert_file("a-1-2", "../a-1-2-start.jpg"), None);

@@ -227,6 +227,11 @@ fn alert(o: &mut String, a: &AlertInfo) {
     if let Some(t) = &a.tag {
         let _ = write!(o, " · tag {}", html_escape(t));
     }
+    match a.evidence.as_deref() {
+        Some("image") => o.push_str(" · raised by the whole-frame picture"),
+        Some("model") => o.push_str(" · raised by the model's scores"),
+        _ => {}
+    }
     if let Some(r) = &a.end_reason {
         let secs = a.duration_ms as f64 / 1000.0;
         let _ = write!(o, " · ended {} after {secs:.1} s ({})", html_escape(&a.time), html_escape(r));
