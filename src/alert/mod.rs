@@ -211,7 +211,10 @@ impl AlertTracker {
                 if self.open.is_some() {
                     return Vec::new();
                 }
-                self.open = Some(Open::at(&self.stream, first_seq, first_time, time));
+                // From the run's first sample to the one that raised it.
+                let mut open = Open::at(&self.stream, first_seq, first_time, time);
+                (open.last_seq, open.last_time) = (seq, time);
+                self.open = Some(open);
                 self.raised(Some("image"));
                 return vec![Event::AlertStart { alert: self.snapshot(time) }];
             }
