@@ -141,10 +141,11 @@ fn learn_image(
     Ok((norm, image))
 }
 
-/// The arms compared: the model's CUSUM alone at the stated rate (the shipped alarm without
-/// image evidence), the image's alone at the same rate, and the daemon's fused alarm (its
-/// tracker with `baseline = { image = true }`: each CUSUM at half the rate, one alert).
-pub(super) const ARMS: [&str; 3] = ["model (shipped)", "image", "model + image"];
+/// The arms compared: the model's CUSUM alone at the stated rate (the shipped policy without
+/// image evidence), the image's alone at the same rate, and the shipped fused alarm (the
+/// daemon's tracker with `baseline = { image = true }`: each CUSUM at half the rate, one
+/// alert).
+pub(super) const ARMS: [&str; 3] = ["model alone", "image alone", "model + image (shipped)"];
 
 /// Alert starts (frame indices) of each of [`ARMS`] over one stream of model `scores` and
 /// whole-frame `samples` (one a second).
@@ -155,18 +156,21 @@ fn arm_starts(
     scores: &[f32],
     samples: &[Quality],
 ) -> Result<[Vec<usize>; 3]> {
+    let fused = fused_starts(cam, inp, cusum, scores, samples)?;
+    // The arms alone are reported for the shipped setting only (the settings table reads the
+    // fused arm): other settings skip their replays.
+    if cusum != SHIPPED_IMAGE {
+        return Ok([Vec::new(), Vec::new(), fused]);
+    }
     let policy = inp.policy;
     let rule = if cusum.bound { ThresholdRule::Bound } else { ThresholdRule::Simulated };
     let image_policy = AlertPolicy { kappa: cusum.kappa, threshold: rule, ..policy.clone() };
     let image_gate = Gate { threshold: 1.0, tail: cusum.tail_floor };
     let deviations: Vec<f32> = (0..scores.len()).map(|i| cam.norm.deviation(&samples[i / FRAMES_PER_SAMPLE])).collect();
-    let alone = |p: &AlertPolicy, b: &Baseline, x: &[f32], g: Gate| -> Result<Vec<usize>> {
-        Ok(replay(&mut tracker(p, Some(b))?, x, 0, g))
-    };
     Ok([
-        alone(policy, cam.model, scores, inp.gate)?,
-        alone(&image_policy, &cam.image, &deviations, image_gate)?,
-        fused_starts(cam, inp, cusum, scores, samples)?,
+        replay(&mut tracker(policy, Some(cam.model))?, scores, 0, inp.gate),
+        replay(&mut tracker(&image_policy, Some(&cam.image))?, &deviations, 0, image_gate),
+        fused,
     ])
 }
 

@@ -433,7 +433,7 @@ pub struct TileBound {
 pub struct ImageArmRow {
     /// `test tracks` or `real tracks`.
     pub camera: String,
-    /// `model (shipped)`, `image` or `model + image`.
+    /// `model alone`, `image alone` or `model + image (shipped)`.
     pub arm: String,
     /// Hours of clean scenes replayed.
     pub clean_hours: f64,
