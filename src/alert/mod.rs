@@ -301,8 +301,8 @@ impl AlertTracker {
                 d.image_statistic = Some(s);
                 d.image_statistic_threshold = Some(h);
             }
+            d.evidence = self.open.as_ref().and(self.raised_by).map(str::to_string);
         }
-        d.evidence = self.open.as_ref().and(self.raised_by).map(str::to_string);
         d
     }
 

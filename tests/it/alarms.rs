@@ -199,6 +199,8 @@ fn delay_after_a_clear_shift_is_as_documented() {
     assert!(alert.detail.statistic.unwrap() >= params.h);
     assert_eq!(alert.detail.false_alarms_per_day, Some(1.0));
     assert_eq!(alert.detail.baseline.as_deref(), Some("learned"));
+    // Without image evidence the events do not name one.
+    assert_eq!((alert.detail.evidence.as_ref(), alert.detail.image_statistic), (None, None));
     // first_seq is the CUSUM's change-point estimate: the first frame of the run of S > 0 that
     // crossed h, a block boundary at or a few clean blocks before the onset.
     assert!(alert.first_seq <= onset && alert.first_seq + 100 >= onset, "first_seq {}", alert.first_seq);
