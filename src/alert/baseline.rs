@@ -187,13 +187,8 @@ impl Baseline {
     /// Writes the baseline into `dir` (created if missing) under [`file_name`], atomically
     /// (a temporary file renamed over the old one).
     pub fn save(&self, dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let path = dir.join(file_name(&self.stream, &self.model_sha256));
-        let tmp = path.with_extension("toml.tmp");
         let text = toml::to_string(self).map_err(|e| format!("cannot serialize the baseline: {e}"))?;
-        std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).map_err(|e| format!("cannot rename to {}: {e}", path.display()))?;
-        Ok(path)
+        crate::base::path::write_state_file(dir, &file_name(&self.stream, &self.model_sha256), &text)
     }
 
     /// Reads the baseline of `stream` for `model_sha256` from `dir`: `Ok(None)` when there is

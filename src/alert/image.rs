@@ -176,7 +176,13 @@ impl ImageBaseline {
         let (first, second) = samples.split_at(samples.len() / 2);
         let norm = ImageNorm::learn(first).filter(|_| first.len() >= 20)?;
         let deviations: Vec<f32> = second.iter().map(|q| norm.deviation(q)).collect();
-        let baseline = Baseline::from_blocks(stream, NO_MODEL, SAMPLE_MS, &deviations)?;
+        Self::from_deviations(stream, norm, &deviations)
+    }
+
+    /// The baseline of `norm` and the clean `deviations` from it (one a second); `None` with
+    /// fewer than 20 finite ones.
+    fn from_deviations(stream: &str, norm: ImageNorm, deviations: &[f32]) -> Option<ImageBaseline> {
+        let baseline = Baseline::from_blocks(stream, NO_MODEL, SAMPLE_MS, deviations)?;
         Some(ImageBaseline::new(stream, norm, baseline))
     }
 
@@ -203,13 +209,8 @@ impl ImageBaseline {
 
     /// Writes it into `dir` (created if missing), atomically.
     pub fn save(&self, dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let path = dir.join(Self::file_name(&self.stream));
-        let tmp = path.with_extension("toml.tmp");
         let text = toml::to_string(self).map_err(|e| format!("cannot serialize the image baseline: {e}"))?;
-        std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).map_err(|e| format!("cannot rename to {}: {e}", path.display()))?;
-        Ok(path)
+        crate::base::path::write_state_file(dir, &Self::file_name(&self.stream), &text)
     }
 
     /// Reads `stream`'s image baseline from `dir`: `Ok(None)` when there is none; an error when
@@ -249,6 +250,7 @@ pub struct ImageEvidence {
     period: usize,
     norm_samples: Vec<Quality>,
     deviations: Vec<f32>,
+    /// The norm of the first period, while the second is learned.
     norm: Option<ImageNorm>,
     learned: Option<ImageBaseline>,
     changed: bool,
@@ -260,7 +262,6 @@ pub struct ImageEvidence {
     h: f64,
     clear: f64,
     run_start: Option<(u64, std::time::SystemTime)>,
-    last: Option<(f32, f64)>,
 }
 
 impl ImageEvidence {
@@ -290,7 +291,6 @@ impl ImageEvidence {
             h: CusumParams::threshold(rate, SAMPLE_MS),
             clear: clear_evidence,
             run_start: None,
-            last: None,
         }
     }
 
@@ -300,7 +300,6 @@ impl ImageEvidence {
         if b.stream != self.stream {
             return Err(format!("image baseline of stream `{}`", b.stream));
         }
-        self.norm = Some(b.norm.clone());
         self.h = self.threshold(Some(&b.baseline));
         self.learned = Some(b);
         Ok(())
@@ -344,11 +343,6 @@ impl ImageEvidence {
         (self.stat.s, self.h)
     }
 
-    /// The last sample's deviation and p-value (once learned).
-    pub fn last(&self) -> Option<(f32, f64)> {
-        self.last
-    }
-
     /// One sample, of the frame `seq` at `time`; `open` when an alert is open.
     pub fn sample(&mut self, seq: u64, time: std::time::SystemTime, q: &Quality, open: bool) -> ImageVerdict {
         let Some(b) = self.learned.as_ref() else {
@@ -361,7 +355,6 @@ impl ImageEvidence {
         let p = b.baseline.p_value(x, f64::from(self.setting.tail_floor));
         let params = CusumParams { h: self.h, clear: self.clear, kappa: self.setting.kappa, theta: b.baseline.theta };
         self.stat.update(&params, p, open);
-        self.last = Some((x, p));
         if open {
             return ImageVerdict::Open(self.stat.t >= self.clear);
         }
@@ -391,11 +384,10 @@ impl ImageEvidence {
             Some(norm) => {
                 self.deviations.push(norm.deviation(q));
                 if self.deviations.len() >= self.period {
-                    let baseline = Baseline::from_blocks(&self.stream, NO_MODEL, SAMPLE_MS, &self.deviations);
+                    let learned = ImageBaseline::from_deviations(&self.stream, norm.clone(), &self.deviations);
                     self.deviations.clear();
-                    match baseline {
-                        Some(baseline) => {
-                            let b = ImageBaseline::new(&self.stream, norm.clone(), baseline);
+                    match learned {
+                        Some(b) => {
                             self.h = self.threshold(Some(&b.baseline));
                             self.learned = Some(b);
                             self.changed = true;

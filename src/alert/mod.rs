@@ -215,7 +215,7 @@ impl AlertTracker {
                 let mut open = Open::at(&self.stream, first_seq, first_time, time);
                 (open.last_seq, open.last_time) = (seq, time);
                 self.open = Some(open);
-                self.raised(Some("image"));
+                self.raised("image");
                 return vec![Event::AlertStart { alert: self.snapshot(time) }];
             }
             image::ImageVerdict::Open(clear) => {
@@ -227,8 +227,8 @@ impl AlertTracker {
     }
 
     /// An alert was raised by `by`: the clear votes start over.
-    fn raised(&mut self, by: Option<&'static str>) {
-        self.raised_by = by;
+    fn raised(&mut self, by: &'static str) {
+        self.raised_by = Some(by);
         self.clear_votes = [false; 2];
     }
 
@@ -369,7 +369,7 @@ impl AlertTracker {
                 open.raised_at = now;
                 open.last_emit = now;
                 self.open = Some(*open);
-                self.raised(Some("model"));
+                self.raised("model");
                 return Some(Event::AlertStart { alert: self.snapshot(now) });
             }
             Verdict::Stay => false,

@@ -55,6 +55,17 @@ pub fn resolve_credential(path: &Path, relative_ok: bool) -> Result<PathBuf, Str
     }
 }
 
+/// Writes `text` as `name` (a `.toml` file) into the state directory `dir` (created if
+/// missing), atomically: a temporary file renamed over the old one. Returns the path.
+pub fn write_state_file(dir: &Path, name: &str, text: &str) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join(name);
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("cannot rename to {}: {e}", path.display()))?;
+    Ok(path)
+}
+
 /// Reads a state file of at most `max` bytes as UTF-8 text: `Ok(None)` when it does not
 /// exist; an error naming the size for a larger file (read no further, so a huge file neither
 /// stalls the start nor ends up in a log line).

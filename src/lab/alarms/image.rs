@@ -199,7 +199,7 @@ fn fused_starts(
         .map_err(anyhow::Error::msg)?;
     t.use_image_evidence(e);
     t.learn_baseline(crate::alert::BaselineConfig::default());
-    let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600);
+    let t0 = epoch();
     let mut starts = Vec::new();
     for (i, &sc) in scores.iter().enumerate() {
         let f = scored(i as u64, t0, sc, inp.gate);

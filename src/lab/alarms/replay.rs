@@ -75,6 +75,11 @@ pub(super) fn scored(seq: u64, t0: std::time::SystemTime, score: f32, gate: Gate
     }
 }
 
+/// Frame time of every replayed stream's frame 0.
+pub(super) fn epoch() -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600)
+}
+
 /// What every replayed frame carries from the calibration.
 #[derive(Clone, Copy)]
 pub(super) struct Gate {
@@ -86,7 +91,7 @@ pub(super) struct Gate {
 /// Runs `tracker` over `scores` from frame `seq0`; returns the frame indices (into `scores`)
 /// at which alerts started.
 pub(super) fn replay(tracker: &mut crate::alert::AlertTracker, scores: &[f32], seq0: u64, gate: Gate) -> Vec<usize> {
-    let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600);
+    let t0 = epoch();
     let mut starts = Vec::new();
     for (i, &sc) in scores.iter().enumerate() {
         for e in tracker.push(&scored(seq0 + i as u64, t0, sc, gate)) {
